@@ -1,0 +1,486 @@
+//! Kefu's HTTP API, minus the HTTP: routing, request validation, error bodies and the JSON
+//! and SSE shapes of every answer (see `docs/api.md`).
+//!
+//! Both hosts call these functions, so a request that one runtime rejects the other rejects
+//! with the same status, code and message.
+
+use serde_json::{Map, Value, json};
+
+use crate::conversation::{Conversation, ConversationId, Message, Part, TenantId};
+use crate::provider::ProviderError;
+use crate::turn::TurnReply;
+
+/// The largest request body accepted, in bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// The longest message accepted, in characters.
+pub const MAX_MESSAGE_CHARS: usize = 16_000;
+/// The header that names the tenant.
+pub const TENANT_HEADER: &str = "x-kefu-tenant";
+
+/// An error answer: status, stable code, message, and the field at fault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: u16,
+    /// Stable, documented code.
+    pub code: &'static str,
+    /// For people.
+    pub message: String,
+    /// The request field at fault, if one is.
+    pub field: Option<&'static str>,
+    /// For 405: the methods the route allows (the `Allow` header).
+    pub allow: Option<&'static str>,
+}
+
+impl ApiError {
+    fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+            allow: None,
+        }
+    }
+
+    fn field(mut self, field: &'static str) -> Self {
+        self.field = Some(field);
+        self
+    }
+
+    /// `404 conversation_not_found`.
+    pub fn conversation_not_found() -> Self {
+        Self::new(404, "conversation_not_found", "no such conversation")
+    }
+
+    /// `500 internal_error`, with what failed.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(500, "internal_error", message)
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Value {
+        let mut error = Map::new();
+        error.insert("code".into(), Value::from(self.code));
+        error.insert("message".into(), Value::from(self.message.clone()));
+        if let Some(f) = self.field {
+            error.insert("field".into(), Value::from(f));
+        }
+        json!({ "error": error })
+    }
+}
+
+/// What a request asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /`: where to start.
+    Index,
+    /// `GET /healthz`.
+    Healthz,
+    /// `GET /demo`.
+    Demo,
+    /// `POST /api/v1/chat`.
+    Chat,
+    /// `GET /api/v1/conversations/{id}`.
+    GetConversation(ConversationId),
+}
+
+/// Maps a method and path to a route, or to the 404/405 error for it.
+pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
+    let path = if path.len() > 1 {
+        path.trim_end_matches('/')
+    } else {
+        path
+    };
+    let (allowed, route): (&'static str, Result<Route, ApiError>) = match path {
+        "/" => ("GET, HEAD", Ok(Route::Index)),
+        "/healthz" => ("GET, HEAD", Ok(Route::Healthz)),
+        "/demo" => ("GET", Ok(Route::Demo)),
+        "/api/v1/chat" => ("POST", Ok(Route::Chat)),
+        _ => match path.strip_prefix("/api/v1/conversations/") {
+            Some(id) if !id.contains('/') => (
+                "GET",
+                ConversationId::parse(id)
+                    .map(Route::GetConversation)
+                    .ok_or_else(ApiError::conversation_not_found),
+            ),
+            _ => {
+                return Err(ApiError::new(
+                    404,
+                    "not_found",
+                    format!("no route for {path}"),
+                ));
+            }
+        },
+    };
+    let method_ok = allowed.split(", ").any(|m| m == method);
+    if !method_ok {
+        let mut e = ApiError::new(
+            405,
+            "method_not_allowed",
+            format!("{method} is not allowed here; use {allowed}"),
+        );
+        e.allow = Some(allowed);
+        return Err(e);
+    }
+    route
+}
+
+/// The tenant a request belongs to, from its `X-Kefu-Tenant` header.
+pub fn tenant(header: Option<&str>) -> Result<TenantId, ApiError> {
+    match header {
+        None => Ok(TenantId::default_tenant()),
+        Some(h) => TenantId::parse(h.trim()).ok_or_else(|| {
+            ApiError::new(
+                400,
+                "invalid_tenant",
+                "X-Kefu-Tenant must be 1 to 64 characters of [A-Za-z0-9_-]",
+            )
+        }),
+    }
+}
+
+/// A validated `POST /api/v1/chat` body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChatRequest {
+    /// The conversation to continue, or `None` to start one.
+    pub conversation_id: Option<ConversationId>,
+    /// The visitor's message.
+    pub message: String,
+    /// Answer with Server-Sent Events.
+    pub stream: bool,
+}
+
+impl ChatRequest {
+    /// The message as parts.
+    pub fn parts(&self) -> Vec<Part> {
+        vec![Part::Text(self.message.clone())]
+    }
+}
+
+/// Checks a declared `Content-Length` before the body is read.
+pub fn check_content_length(declared: Option<u64>) -> Result<(), ApiError> {
+    match declared {
+        Some(n) if n > MAX_BODY_BYTES as u64 => Err(too_large()),
+        _ => Ok(()),
+    }
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        413,
+        "payload_too_large",
+        format!("the request body exceeds {MAX_BODY_BYTES} bytes"),
+    )
+}
+
+/// Parses and validates a chat request body.
+pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(too_large());
+    }
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            400,
+            "invalid_json",
+            format!("the body is not valid JSON: {e}"),
+        )
+    })?;
+    let Value::Object(obj) = value else {
+        return Err(ApiError::new(
+            400,
+            "invalid_json",
+            "the body must be a JSON object",
+        ));
+    };
+    const FIELDS: [&str; 3] = ["message", "conversation_id", "stream"];
+    if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(ApiError::new(
+            400,
+            "invalid_field",
+            format!(
+                "unknown field `{unknown}`; expected one of `message`, `conversation_id`, `stream`"
+            ),
+        ));
+    }
+    let message = match obj.get("message") {
+        None | Some(Value::Null) => {
+            return Err(
+                ApiError::new(400, "missing_field", "`message` is required").field("message")
+            );
+        }
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => {
+            return Err(
+                ApiError::new(400, "invalid_field", "`message` must be a string").field("message"),
+            );
+        }
+    };
+    let stream = match obj.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(
+                ApiError::new(400, "invalid_field", "`stream` must be a boolean").field("stream"),
+            );
+        }
+    };
+    let conversation_id = match obj.get("conversation_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => {
+            Some(ConversationId::parse(s).ok_or_else(ApiError::conversation_not_found)?)
+        }
+        Some(_) => {
+            return Err(
+                ApiError::new(400, "invalid_field", "`conversation_id` must be a string")
+                    .field("conversation_id"),
+            );
+        }
+    };
+    if message.trim().is_empty() {
+        return Err(
+            ApiError::new(400, "empty_message", "`message` must not be empty").field("message"),
+        );
+    }
+    if message.chars().count() > MAX_MESSAGE_CHARS {
+        return Err(ApiError::new(
+            413,
+            "message_too_large",
+            format!("`message` exceeds {MAX_MESSAGE_CHARS} characters"),
+        )
+        .field("message"));
+    }
+    Ok(ChatRequest {
+        conversation_id,
+        message,
+        stream,
+    })
+}
+
+/// A message as the API shows it.
+pub fn message_json(m: &Message) -> Value {
+    let parts: Vec<Value> = m
+        .parts
+        .iter()
+        .map(|p| match p {
+            Part::Text(text) => json!({"type": "text", "text": text}),
+            Part::Image { url, mime } => json!({"type": "image", "url": url, "mime": mime}),
+            Part::Document { url, name, mime } => {
+                json!({"type": "document", "url": url, "name": name, "mime": mime})
+            }
+        })
+        .collect();
+    json!({"seq": m.seq, "role": m.role.as_str(), "parts": parts, "created_at": m.created_at.to_rfc3339()})
+}
+
+/// A conversation and its transcript as the API shows them.
+pub fn conversation_json(c: &Conversation, transcript: &[Message]) -> Value {
+    json!({
+        "id": c.id().as_str(),
+        "tenant": c.tenant().as_str(),
+        "status": c.status().as_str(),
+        "created_at": c.created_at().to_rfc3339(),
+        "updated_at": c.updated_at().to_rfc3339(),
+        "messages": transcript.iter().map(message_json).collect::<Vec<_>>(),
+    })
+}
+
+fn reply_fields(reply_message: &Message, reply: &TurnReply) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("reply".into(), message_json(reply_message));
+    m.insert("responder".into(), Value::from(reply.responder.kind()));
+    m.insert(
+        "model".into(),
+        reply.responder.model().map_or(Value::Null, Value::from),
+    );
+    m.insert(
+        "finish_reason".into(),
+        Value::from(reply.finish_reason.as_str()),
+    );
+    m.insert(
+        "usage".into(),
+        reply.usage.map_or(Value::Null, |u| json!(u)),
+    );
+    m
+}
+
+/// The JSON answer to a chat turn that produced a reply.
+pub fn chat_reply_json(
+    id: &ConversationId,
+    created: bool,
+    visitor: &Message,
+    reply_message: &Message,
+    reply: &TurnReply,
+) -> Value {
+    let mut m = Map::new();
+    m.insert("conversation_id".into(), Value::from(id.as_str()));
+    m.insert("created".into(), Value::from(created));
+    m.insert("message".into(), message_json(visitor));
+    m.extend(reply_fields(reply_message, reply));
+    Value::Object(m)
+}
+
+/// The JSON answer (with its status) to a turn whose provider failed; the visitor's message
+/// was stored all the same.
+pub fn chat_failure_json(
+    id: &ConversationId,
+    created: bool,
+    visitor: &Message,
+    error: &ProviderError,
+) -> (u16, Value) {
+    (
+        error.http_status(),
+        json!({
+            "error": {"code": error.code(), "message": error.to_string()},
+            "conversation_id": id.as_str(),
+            "created": created,
+            "message": message_json(visitor),
+        }),
+    )
+}
+
+/// A turn that could not run at all (e.g. a storage failure after the message was stored).
+pub fn chat_error_json(
+    id: &ConversationId,
+    created: bool,
+    visitor: &Message,
+    error: &ApiError,
+) -> Value {
+    let mut body = error.body();
+    if let Value::Object(m) = &mut body {
+        m.insert("conversation_id".into(), Value::from(id.as_str()));
+        m.insert("created".into(), Value::from(created));
+        m.insert("message".into(), message_json(visitor));
+    }
+    body
+}
+
+/// One Server-Sent Events frame.
+pub fn sse_frame(event: &str, data: &Value) -> String {
+    format!("event: {event}\ndata: {data}\n\n")
+}
+
+/// The stream's first frame: the visitor's message is stored.
+pub fn sse_accepted(id: &ConversationId, created: bool, visitor: &Message) -> String {
+    sse_frame(
+        "accepted",
+        &json!({"conversation_id": id.as_str(), "created": created, "message": message_json(visitor)}),
+    )
+}
+
+/// A frame of reply text.
+pub fn sse_delta(text: &str) -> String {
+    sse_frame("delta", &json!({"text": text}))
+}
+
+/// The stream's last frame when a reply was produced and stored.
+pub fn sse_done(reply_message: &Message, reply: &TurnReply) -> String {
+    sse_frame("done", &Value::Object(reply_fields(reply_message, reply)))
+}
+
+/// The stream's last frame when no reply was produced.
+pub fn sse_error(code: &str, message: &str) -> String {
+    sse_frame(
+        "error",
+        &json!({"error": {"code": code, "message": message}}),
+    )
+}
+
+/// The `/healthz` body.
+pub fn health_json() -> Value {
+    json!({"status": "ok", "version": crate::VERSION})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(body: &[u8]) -> &'static str {
+        parse_chat_request(body).unwrap_err().code
+    }
+
+    #[test]
+    fn routes_and_methods() {
+        assert_eq!(route("POST", "/api/v1/chat"), Ok(Route::Chat));
+        assert_eq!(route("GET", "/healthz/"), Ok(Route::Healthz));
+        let e = route("GET", "/api/v1/chat").unwrap_err();
+        assert_eq!(
+            (e.status, e.code, e.allow),
+            (405, "method_not_allowed", Some("POST"))
+        );
+        assert_eq!(
+            route("DELETE", "/api/v1/conversations/abc")
+                .unwrap_err()
+                .status,
+            405
+        );
+        assert_eq!(
+            route("GET", "/api/v1/conversations/a%20b")
+                .unwrap_err()
+                .code,
+            "conversation_not_found"
+        );
+        assert_eq!(
+            route("GET", "/api/v1/conversations/a/b").unwrap_err().code,
+            "not_found"
+        );
+        assert_eq!(route("GET", "/nope").unwrap_err().code, "not_found");
+        assert!(matches!(
+            route("GET", "/api/v1/conversations/abc"),
+            Ok(Route::GetConversation(_))
+        ));
+    }
+
+    #[test]
+    fn validates_chat_bodies() {
+        assert_eq!(code(b"{"), "invalid_json");
+        assert_eq!(code(b"[]"), "invalid_json");
+        assert_eq!(code(b"{}"), "missing_field");
+        assert_eq!(code(br#"{"message":42}"#), "invalid_field");
+        assert_eq!(code(br#"{"message":"hi","stream":"yes"}"#), "invalid_field");
+        assert_eq!(code(br#"{"message":"hi","strem":true}"#), "invalid_field");
+        assert_eq!(
+            code(br#"{"message":"hi","conversation_id":7}"#),
+            "invalid_field"
+        );
+        assert_eq!(
+            code(br#"{"message":"hi","conversation_id":"no pe"}"#),
+            "conversation_not_found"
+        );
+        assert_eq!(code(br#"{"message":" \n "}"#), "empty_message");
+        let long = format!(r#"{{"message":"{}"}}"#, "x".repeat(MAX_MESSAGE_CHARS + 1));
+        assert_eq!(code(long.as_bytes()), "message_too_large");
+        let huge = format!(r#"{{"message":"{}"}}"#, "x".repeat(1 << 20));
+        assert_eq!(code(huge.as_bytes()), "payload_too_large");
+        // Characters, not bytes: 16 000 Chinese characters are allowed (48 000 bytes).
+        let zh = format!(r#"{{"message":"{}"}}"#, "你".repeat(MAX_MESSAGE_CHARS));
+        assert!(parse_chat_request(zh.as_bytes()).is_ok());
+        let ok = parse_chat_request(br#"{"message":"hi","stream":true,"conversation_id":"c_1"}"#)
+            .unwrap();
+        assert!(ok.stream);
+        assert_eq!(ok.conversation_id.unwrap().as_str(), "c_1");
+    }
+
+    #[test]
+    fn error_bodies_are_stable() {
+        let e = parse_chat_request(b"{}").unwrap_err();
+        assert_eq!(
+            e.body(),
+            json!({"error": {"code": "missing_field", "message": "`message` is required", "field": "message"}})
+        );
+        assert_eq!(
+            tenant(Some("bad tenant!")).unwrap_err().code,
+            "invalid_tenant"
+        );
+        assert_eq!(tenant(None).unwrap().as_str(), "default");
+    }
+
+    #[test]
+    fn sse_frames() {
+        assert_eq!(
+            sse_delta("Hi\n"),
+            "event: delta\ndata: {\"text\":\"Hi\\n\"}\n\n"
+        );
+        assert!(sse_error("provider_timeout", "slow").starts_with("event: error\n"));
+    }
+}

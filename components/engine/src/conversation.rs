@@ -1,0 +1,567 @@
+//! The conversation: who said what, in one order, and what the bot remembers.
+//!
+//! A [`Conversation`] is the durable state of one chat. It keeps the head (ids, status, times,
+//! the next sequence number), a bounded window of the most recent messages for the prompt,
+//! and a summary slot for what fell out of the window. The full transcript is not part of it:
+//! hosts append every [`Message`] to their own transcript store as they persist, so the state
+//! a turn loads stays small however long the chat runs.
+//!
+//! Every change goes through a method that returns what the host must persist and emit, so
+//! the rule "a visitor's message is stored before anything else happens" lives here, once.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Event;
+use crate::config::TenantConfig;
+use crate::time::Timestamp;
+use crate::turn::{ReplyMode, Turn, TurnReply};
+
+/// A conversation's id: 1 to 128 characters of `[A-Za-z0-9_-]`, chosen by the host.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ConversationId(String);
+
+/// A tenant's id: 1 to 64 characters of `[A-Za-z0-9_-]`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TenantId(String);
+
+fn is_id(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl ConversationId {
+    /// Parses an id, or `None` when it is not of the allowed form.
+    pub fn parse(s: &str) -> Option<Self> {
+        is_id(s, 128).then(|| Self(s.to_owned()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TenantId {
+    /// The tenant a request without a tenant header belongs to.
+    pub const DEFAULT: &'static str = "default";
+
+    /// Parses an id, or `None` when it is not of the allowed form.
+    pub fn parse(s: &str) -> Option<Self> {
+        is_id(s, 64).then(|| Self(s.to_owned()))
+    }
+
+    /// The `default` tenant.
+    pub fn default_tenant() -> Self {
+        Self(Self::DEFAULT.to_owned())
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Who owns the conversation now. The handoff state machine grows on these states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Status {
+    /// The bot answers.
+    Bot,
+    /// A human was asked for; the bot is silent.
+    WaitingForAgent,
+    /// A human agent owns the conversation; the bot is silent.
+    WithAgent,
+    /// Closed; a new visitor message reopens it.
+    Resolved,
+}
+
+impl Status {
+    /// The status as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Bot => "bot",
+            Status::WaitingForAgent => "waiting_for_agent",
+            Status::WithAgent => "with_agent",
+            Status::Resolved => "resolved",
+        }
+    }
+}
+
+/// Who wrote a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// The person asking for help.
+    Visitor,
+    /// Kefu's automated answer (a model, or the offline responder).
+    Bot,
+    /// A human agent.
+    Agent,
+    /// A notice from the system (e.g. "an agent joined").
+    System,
+}
+
+impl Role {
+    /// The role as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Visitor => "visitor",
+            Role::Bot => "bot",
+            Role::Agent => "agent",
+            Role::System => "system",
+        }
+    }
+}
+
+/// One part of a message. Text today; images and documents travel the same way.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Part {
+    /// Plain text.
+    Text(String),
+    /// An image, by URL (a stored upload or a `data:` URL).
+    Image {
+        /// Where the image is.
+        url: String,
+        /// Its media type, when known.
+        mime: Option<String>,
+    },
+    /// A document, by URL.
+    Document {
+        /// Where the document is.
+        url: String,
+        /// The file name shown to people.
+        name: String,
+        /// Its media type, when known.
+        mime: Option<String>,
+    },
+}
+
+/// One message in a conversation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// Position in the conversation's one order, from 1.
+    pub seq: u32,
+    /// Who wrote it.
+    pub role: Role,
+    /// What it says.
+    pub parts: Vec<Part>,
+    /// When the engine accepted it.
+    pub created_at: Timestamp,
+}
+
+impl Message {
+    /// The message's text parts joined with newlines.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        for part in &self.parts {
+            if let Part::Text(t) = part {
+                if !out.is_empty() {
+                    out.push('\n');
+                }
+                out.push_str(t);
+            }
+        }
+        out
+    }
+
+    /// Bytes of message content (text and URLs), the part of the state that is the
+    /// conversation itself rather than bookkeeping.
+    pub fn content_len(&self) -> usize {
+        self.parts
+            .iter()
+            .map(|p| match p {
+                Part::Text(t) => t.len(),
+                Part::Image { url, mime } => url.len() + mime.as_ref().map_or(0, String::len),
+                Part::Document { url, name, mime } => {
+                    url.len() + name.len() + mime.as_ref().map_or(0, String::len)
+                }
+            })
+            .sum()
+    }
+}
+
+/// Why the conversation refused a change. Nothing was changed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConversationError {
+    /// The message has no content.
+    #[error("the message is empty")]
+    EmptyMessage,
+    /// The conversation has reached the largest sequence number.
+    #[error("the conversation is full")]
+    Full,
+    /// A turn was asked for a message that is not a visitor message in this window.
+    #[error("message {0} is not a visitor message awaiting a reply")]
+    NotAwaitingReply(u32),
+}
+
+/// What a change produced: the messages to append to the transcript and the events to emit.
+/// The host persists the appended messages together with [`Conversation::encode`] before it
+/// acknowledges anything.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recorded {
+    /// The message the change created.
+    pub message: Message,
+    /// Events for observers (webhooks, live chat, logs).
+    pub events: Vec<Event>,
+}
+
+/// The durable state of one conversation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conversation {
+    id: ConversationId,
+    tenant: TenantId,
+    status: Status,
+    created_at: Timestamp,
+    updated_at: Timestamp,
+    next_seq: u32,
+    /// What the bot remembers of messages that left the window.
+    summary: Option<String>,
+    /// How many messages have left the window (their text lives on in the transcript).
+    evicted: u32,
+    /// The most recent messages, oldest first.
+    window: Vec<Message>,
+}
+
+/// The serialized form's version. Bump it when the layout changes, and keep a decoder for
+/// every version still found in stores.
+pub const STATE_FORMAT_VERSION: u8 = 1;
+
+/// Why stored bytes could not be decoded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// No bytes at all.
+    #[error("empty conversation state")]
+    Empty,
+    /// A version this build does not know (written by a newer Kefu).
+    #[error(
+        "conversation state format {0} is not supported (this build reads {STATE_FORMAT_VERSION})"
+    )]
+    UnknownVersion(u8),
+    /// The bytes are damaged.
+    #[error("conversation state is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl Conversation {
+    /// A new, empty conversation.
+    pub fn new(id: ConversationId, tenant: TenantId, now: Timestamp) -> Self {
+        Self {
+            id,
+            tenant,
+            status: Status::Bot,
+            created_at: now,
+            updated_at: now,
+            next_seq: 1,
+            summary: None,
+            evicted: 0,
+            window: Vec::new(),
+        }
+    }
+
+    /// The conversation's id.
+    pub fn id(&self) -> &ConversationId {
+        &self.id
+    }
+
+    /// The tenant it belongs to.
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+
+    /// Who owns it now.
+    pub fn status(&self) -> Status {
+        self.status
+    }
+
+    /// When it was created.
+    pub fn created_at(&self) -> Timestamp {
+        self.created_at
+    }
+
+    /// When it last changed.
+    pub fn updated_at(&self) -> Timestamp {
+        self.updated_at
+    }
+
+    /// How many messages it holds in all (window and evicted).
+    pub fn message_count(&self) -> u32 {
+        self.next_seq - 1
+    }
+
+    /// The recent messages the bot sees, oldest first.
+    pub fn window(&self) -> &[Message] {
+        &self.window
+    }
+
+    /// The running summary of messages that left the window, if one was written.
+    pub fn summary(&self) -> Option<&str> {
+        self.summary.as_deref()
+    }
+
+    /// How many messages have left the window.
+    pub fn evicted(&self) -> u32 {
+        self.evicted
+    }
+
+    /// Records a visitor's message. The host must persist the result before it answers.
+    pub fn handle_visitor_message(
+        &mut self,
+        now: Timestamp,
+        parts: Vec<Part>,
+        config: &TenantConfig,
+    ) -> Result<Recorded, ConversationError> {
+        let is_empty = parts
+            .iter()
+            .all(|p| matches!(p, Part::Text(t) if t.trim().is_empty()));
+        if is_empty {
+            return Err(ConversationError::EmptyMessage);
+        }
+        let first = self.next_seq == 1;
+        let message = self.append(now, Role::Visitor, parts, config)?;
+        let mut events = Vec::with_capacity(3);
+        if first {
+            events.push(Event::ConversationCreated {
+                conversation: self.id.clone(),
+            });
+        }
+        if self.status == Status::Resolved {
+            self.status = Status::Bot;
+            events.push(Event::StatusChanged {
+                conversation: self.id.clone(),
+                status: Status::Bot,
+            });
+        }
+        events.push(Event::MessageCreated {
+            conversation: self.id.clone(),
+            seq: message.seq,
+            role: Role::Visitor,
+        });
+        Ok(Recorded { message, events })
+    }
+
+    /// Whether the bot should answer now (no human owns the conversation).
+    pub fn bot_answers(&self) -> bool {
+        self.status == Status::Bot
+    }
+
+    /// Starts the bot's turn answering visitor message `trigger`.
+    ///
+    /// The prompt is the window as it stands, without visitor messages that arrived after
+    /// `trigger` (their own turns answer them).
+    pub fn start_turn(
+        &self,
+        now: Timestamp,
+        config: &TenantConfig,
+        trigger: u32,
+        mode: ReplyMode,
+        api_key: Option<&str>,
+    ) -> Result<Turn, ConversationError> {
+        let is_visitor = self
+            .window
+            .iter()
+            .any(|m| m.seq == trigger && m.role == Role::Visitor);
+        if !is_visitor {
+            return Err(ConversationError::NotAwaitingReply(trigger));
+        }
+        let history: Vec<&Message> = self
+            .window
+            .iter()
+            .filter(|m| !(m.role == Role::Visitor && m.seq > trigger))
+            .collect();
+        Ok(Turn::start(
+            now,
+            config,
+            self.summary.as_deref(),
+            &history,
+            mode,
+            api_key,
+        ))
+    }
+
+    /// Records the bot's reply that a finished turn produced.
+    pub fn record_reply(
+        &mut self,
+        now: Timestamp,
+        reply: &TurnReply,
+        config: &TenantConfig,
+    ) -> Result<Recorded, ConversationError> {
+        let message = self.append(now, Role::Bot, vec![Part::Text(reply.text.clone())], config)?;
+        let events = vec![Event::MessageCreated {
+            conversation: self.id.clone(),
+            seq: message.seq,
+            role: Role::Bot,
+        }];
+        Ok(Recorded { message, events })
+    }
+
+    fn append(
+        &mut self,
+        now: Timestamp,
+        role: Role,
+        parts: Vec<Part>,
+        config: &TenantConfig,
+    ) -> Result<Message, ConversationError> {
+        let seq = self.next_seq;
+        self.next_seq = seq.checked_add(1).ok_or(ConversationError::Full)?;
+        let message = Message {
+            seq,
+            role,
+            parts,
+            created_at: now,
+        };
+        self.window.push(message.clone());
+        let limit = usize::from(config.history_window.max(1));
+        if self.window.len() > limit {
+            let drop = self.window.len() - limit;
+            self.window.drain(..drop);
+            self.evicted += drop as u32;
+        }
+        self.updated_at = now;
+        Ok(message)
+    }
+
+    /// The compact, versioned serialized form: one version byte, then the fields in
+    /// postcard's varint encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![STATE_FORMAT_VERSION];
+        // Serializing plain owned data into a Vec cannot fail.
+        out.extend(postcard::to_allocvec(self).expect("conversation state serializes"));
+        out
+    }
+
+    /// Decodes what [`Conversation::encode`] wrote.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        match bytes.split_first() {
+            None => Err(DecodeError::Empty),
+            Some((&STATE_FORMAT_VERSION, rest)) => {
+                postcard::from_bytes(rest).map_err(|e| DecodeError::Corrupt(e.to_string()))
+            }
+            Some((&v, _)) => Err(DecodeError::UnknownVersion(v)),
+        }
+    }
+
+    /// Bytes of state that are not message content: the bookkeeping a conversation costs.
+    pub fn overhead_len(&self) -> usize {
+        let content: usize = self.window.iter().map(Message::content_len).sum::<usize>()
+            + self.summary.as_ref().map_or(0, String::len);
+        self.encode().len() - content
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conv() -> Conversation {
+        Conversation::new(
+            ConversationId::parse("c1").unwrap(),
+            TenantId::default_tenant(),
+            Timestamp::from_millis(1_000),
+        )
+    }
+
+    fn text(s: &str) -> Vec<Part> {
+        vec![Part::Text(s.to_owned())]
+    }
+
+    #[test]
+    fn ids_are_validated() {
+        assert!(ConversationId::parse("abc_DEF-123").is_some());
+        assert!(ConversationId::parse("").is_none());
+        assert!(ConversationId::parse("a b").is_none());
+        assert!(ConversationId::parse(&"a".repeat(129)).is_none());
+        assert!(TenantId::parse(&"t".repeat(64)).is_some());
+        assert!(TenantId::parse(&"t".repeat(65)).is_none());
+        assert!(TenantId::parse("bad tenant!").is_none());
+    }
+
+    #[test]
+    fn first_message_creates_and_numbers_from_one() {
+        let mut c = conv();
+        let cfg = TenantConfig::default();
+        let r = c
+            .handle_visitor_message(Timestamp::from_millis(2_000), text("hi"), &cfg)
+            .unwrap();
+        assert_eq!(r.message.seq, 1);
+        assert_eq!(r.events.len(), 2);
+        assert!(matches!(r.events[0], Event::ConversationCreated { .. }));
+        let r = c
+            .handle_visitor_message(Timestamp::from_millis(3_000), text("again"), &cfg)
+            .unwrap();
+        assert_eq!(r.message.seq, 2);
+        assert_eq!(r.events.len(), 1);
+        assert_eq!(c.updated_at(), Timestamp::from_millis(3_000));
+        assert_eq!(c.message_count(), 2);
+    }
+
+    #[test]
+    fn empty_message_changes_nothing() {
+        let mut c = conv();
+        let before = c.clone();
+        let err = c.handle_visitor_message(
+            Timestamp::from_millis(5),
+            text("  \n "),
+            &TenantConfig::default(),
+        );
+        assert_eq!(err, Err(ConversationError::EmptyMessage));
+        assert_eq!(c, before);
+    }
+
+    #[test]
+    fn window_is_bounded_and_counts_evictions() {
+        let mut c = conv();
+        let cfg = TenantConfig {
+            history_window: 4,
+            ..TenantConfig::default()
+        };
+        for i in 0..10 {
+            c.handle_visitor_message(Timestamp::from_millis(i), text(&format!("m{i}")), &cfg)
+                .unwrap();
+        }
+        assert_eq!(c.window().len(), 4);
+        assert_eq!(c.evicted(), 6);
+        assert_eq!(c.window()[0].text(), "m6");
+        assert_eq!(c.message_count(), 10);
+    }
+
+    #[test]
+    fn state_round_trips_and_rejects_unknown_versions() {
+        let mut c = conv();
+        let cfg = TenantConfig::default();
+        c.handle_visitor_message(Timestamp::from_millis(7), text("hello 你好"), &cfg)
+            .unwrap();
+        let bytes = c.encode();
+        assert_eq!(bytes[0], STATE_FORMAT_VERSION);
+        assert_eq!(Conversation::decode(&bytes).unwrap(), c);
+        let mut newer = bytes.clone();
+        newer[0] = 99;
+        assert_eq!(
+            Conversation::decode(&newer),
+            Err(DecodeError::UnknownVersion(99))
+        );
+        assert_eq!(Conversation::decode(&[]), Err(DecodeError::Empty));
+        assert!(matches!(
+            Conversation::decode(&bytes[..bytes.len() - 3]),
+            Err(DecodeError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn turn_only_for_a_visitor_message() {
+        let mut c = conv();
+        let cfg = TenantConfig::default();
+        c.handle_visitor_message(Timestamp::from_millis(7), text("hi"), &cfg)
+            .unwrap();
+        assert!(
+            c.start_turn(Timestamp::from_millis(8), &cfg, 1, ReplyMode::Whole, None)
+                .is_ok()
+        );
+        assert_eq!(
+            c.start_turn(Timestamp::from_millis(8), &cfg, 2, ReplyMode::Whole, None)
+                .err(),
+            Some(ConversationError::NotAwaitingReply(2))
+        );
+    }
+}

@@ -1,0 +1,103 @@
+//! Kefu's dialogue engine.
+//!
+//! This crate does no I/O: it opens no socket, reads no clock and touches no storage or
+//! platform API. Time comes in as an argument; work goes out as values the host carries out.
+//! The Cloudflare Worker (`workers/`) and the Spin component are thin drivers around it, and
+//! the [`sim`] module drives it with a fake clock, a scripted provider and an in-memory store.
+//!
+//! One chat turn, as every host runs it:
+//!
+//! 1. [`api::parse_chat_request`] validates the request; nothing is stored if it fails.
+//! 2. [`Conversation::handle_visitor_message`] records the visitor's message; the host
+//!    persists the [`Recorded`] message with [`Conversation::encode`] and emits its events.
+//! 3. [`Conversation::start_turn`] returns a [`Turn`]; the host performs its [`Action`]s
+//!    (call the provider, stream deltas), feeds back [`ProviderEvent`]s and timeouts, until
+//!    [`Action::Finished`].
+//! 4. [`Conversation::record_reply`] records the reply, which the host persists; a failed
+//!    turn records nothing, and the visitor gets a typed error instead of a fake reply.
+
+pub mod api;
+pub mod config;
+pub mod conversation;
+pub mod demo;
+pub mod offline;
+pub mod openai;
+pub mod provider;
+#[cfg(feature = "sim")]
+pub mod sim;
+pub mod sse;
+pub mod time;
+pub mod turn;
+
+pub use config::TenantConfig;
+pub use conversation::{
+    Conversation, ConversationId, Message, Part, Recorded, Role, Status, TenantId,
+};
+pub use provider::{HttpRequest, ProviderError, ProviderEvent};
+pub use time::Timestamp;
+pub use turn::{Action, AttemptId, ReplyMode, Responder, Turn, TurnReply};
+
+use serde_json::{Value, json};
+
+/// This engine's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Something observers (webhooks, live chat, logs) may want to know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A conversation received its first message.
+    ConversationCreated {
+        /// Which conversation.
+        conversation: ConversationId,
+    },
+    /// A message was stored.
+    MessageCreated {
+        /// Which conversation.
+        conversation: ConversationId,
+        /// The message's sequence number.
+        seq: u32,
+        /// Who wrote it.
+        role: Role,
+    },
+    /// The conversation changed hands.
+    StatusChanged {
+        /// Which conversation.
+        conversation: ConversationId,
+        /// The new status.
+        status: Status,
+    },
+}
+
+impl Event {
+    /// The event's type name (as webhooks will spell it).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::ConversationCreated { .. } => "conversation.created",
+            Event::MessageCreated { .. } => "message.created",
+            Event::StatusChanged { .. } => "conversation.status_changed",
+        }
+    }
+
+    /// The event as a JSON object, for logs and (later) webhook payloads.
+    pub fn to_json(&self) -> Value {
+        match self {
+            Event::ConversationCreated { conversation } => {
+                json!({"type": self.name(), "conversation_id": conversation.as_str()})
+            }
+            Event::MessageCreated {
+                conversation,
+                seq,
+                role,
+            } => {
+                json!({"type": self.name(), "conversation_id": conversation.as_str(), "seq": seq, "role": role.as_str()})
+            }
+            Event::StatusChanged {
+                conversation,
+                status,
+            } => {
+                json!({"type": self.name(), "conversation_id": conversation.as_str(), "status": status.as_str()})
+            }
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! A deterministic simulator: a fake clock, a scripted provider and an in-memory store,
+//! driving the engine exactly as a host does, with no network and no real time.
+//!
+//! Each provider call consumes the next [`Script`]: timed steps (head, data, end, failure)
+//! relative to the moment the call was made. The simulator advances its clock to whichever
+//! comes first, the next scripted step or the turn's own deadline, so timeouts, stalls and
+//! cut streams play out in microseconds and the same every time.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::Event;
+use crate::config::TenantConfig;
+use crate::conversation::{
+    Conversation, ConversationError, ConversationId, Message, Part, TenantId,
+};
+use crate::provider::{HttpRequest, ProviderError, ProviderEvent};
+use crate::time::Timestamp;
+use crate::turn::{Action, ReplyMode, TurnReply};
+
+use core::time::Duration;
+
+/// One timed step of a scripted provider response.
+#[derive(Clone, Debug)]
+pub struct Step {
+    /// Milliseconds after the call.
+    pub at_ms: u64,
+    /// What happens then.
+    pub event: ProviderEvent,
+}
+
+/// A scripted provider response: steps in time order. A script that ends without `End` or
+/// `Failed` hangs, as a provider that stops sending does.
+#[derive(Clone, Debug, Default)]
+pub struct Script {
+    /// The steps.
+    pub steps: Vec<Step>,
+}
+
+fn chunk_json(content: Option<&str>, finish: Option<&str>) -> String {
+    let delta = match content {
+        Some(c) => serde_json::json!({"content": c}),
+        None => serde_json::json!({}),
+    };
+    let v = serde_json::json!({"object": "chat.completion.chunk", "model": "sim-model",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+    format!("data: {v}\n\n")
+}
+
+impl Script {
+    fn head(status: u16, content_type: &str) -> Step {
+        Step {
+            at_ms: 0,
+            event: ProviderEvent::Head {
+                status,
+                headers: vec![("content-type".into(), content_type.into())],
+            },
+        }
+    }
+
+    /// A successful streamed reply: one chunk per piece, `gap_ms` apart, then a finish
+    /// reason, usage and `[DONE]`.
+    pub fn stream(pieces: &[&str], gap_ms: u64) -> Self {
+        let mut steps = vec![Self::head(200, "text/event-stream")];
+        let mut t = 0;
+        for p in pieces {
+            t += gap_ms;
+            steps.push(Step {
+                at_ms: t,
+                event: ProviderEvent::Data(chunk_json(Some(p), None).into_bytes()),
+            });
+        }
+        let tail = format!(
+            "{}data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":10,\"completion_tokens\":{},\"total_tokens\":{}}}}}\n\ndata: [DONE]\n\n",
+            chunk_json(None, Some("stop")),
+            pieces.len(),
+            10 + pieces.len()
+        );
+        steps.push(Step {
+            at_ms: t + gap_ms,
+            event: ProviderEvent::Data(tail.into_bytes()),
+        });
+        steps.push(Step {
+            at_ms: t + gap_ms,
+            event: ProviderEvent::End,
+        });
+        Script { steps }
+    }
+
+    /// A successful whole (JSON) reply after `delay_ms`.
+    pub fn json(text: &str, delay_ms: u64) -> Self {
+        let body = serde_json::json!({"object": "chat.completion", "model": "sim-model",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}});
+        let mut head = Self::head(200, "application/json");
+        head.at_ms = delay_ms;
+        Script {
+            steps: vec![
+                head,
+                Step {
+                    at_ms: delay_ms,
+                    event: ProviderEvent::Data(body.to_string().into_bytes()),
+                },
+                Step {
+                    at_ms: delay_ms,
+                    event: ProviderEvent::End,
+                },
+            ],
+        }
+    }
+
+    /// An error status with a body.
+    pub fn status(status: u16, headers: &[(&str, &str)], body: &str) -> Self {
+        let headers = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Script {
+            steps: vec![
+                Step {
+                    at_ms: 1,
+                    event: ProviderEvent::Head { status, headers },
+                },
+                Step {
+                    at_ms: 1,
+                    event: ProviderEvent::Data(body.as_bytes().to_vec()),
+                },
+                Step {
+                    at_ms: 1,
+                    event: ProviderEvent::End,
+                },
+            ],
+        }
+    }
+
+    /// A stream that delivers `pieces` and then has its connection cut.
+    pub fn cut_stream(pieces: &[&str], gap_ms: u64) -> Self {
+        let mut s = Self::stream(pieces, gap_ms);
+        s.steps.truncate(pieces.len() + 1);
+        let t = s.steps.last().map_or(0, |st| st.at_ms) + gap_ms;
+        s.steps.push(Step {
+            at_ms: t,
+            event: ProviderEvent::Failed {
+                reason: "connection reset".into(),
+            },
+        });
+        s
+    }
+
+    /// A connection that cannot be made.
+    pub fn unreachable() -> Self {
+        Script {
+            steps: vec![Step {
+                at_ms: 2,
+                event: ProviderEvent::Failed {
+                    reason: "connection refused".into(),
+                },
+            }],
+        }
+    }
+
+    /// Never answers.
+    pub fn hang() -> Self {
+        Script::default()
+    }
+
+    /// Raw steps.
+    pub fn steps(steps: Vec<Step>) -> Self {
+        Script { steps }
+    }
+}
+
+/// A conversation as the in-memory store holds it: the encoded state and the transcript.
+#[derive(Clone, Debug, Default)]
+pub struct Stored {
+    /// [`Conversation::encode`] output.
+    pub state: Vec<u8>,
+    /// Every message, in order.
+    pub transcript: Vec<Message>,
+}
+
+/// What one simulated chat request produced.
+#[derive(Clone, Debug)]
+pub struct ChatOutcome {
+    /// The conversation.
+    pub conversation_id: ConversationId,
+    /// The stored visitor message.
+    pub visitor: Message,
+    /// Deltas streamed to the visitor, in order.
+    pub deltas: Vec<String>,
+    /// The stored reply, or why there is none.
+    pub result: Result<(Message, TurnReply), ProviderError>,
+}
+
+/// The simulator.
+#[derive(Debug)]
+pub struct Simulator {
+    /// The fake clock.
+    pub now: Timestamp,
+    /// The tenant configuration every turn uses.
+    pub config: TenantConfig,
+    /// The API key handed to turns.
+    pub api_key: Option<String>,
+    /// Scripts for the next provider calls, in order.
+    pub scripts: VecDeque<Script>,
+    /// Every request sent to the provider.
+    pub requests: Vec<HttpRequest>,
+    /// How many calls were cancelled.
+    pub cancelled: usize,
+    /// Every event emitted.
+    pub events: Vec<Event>,
+    /// The store.
+    pub store: HashMap<ConversationId, Stored>,
+    next_id: u32,
+}
+
+impl Simulator {
+    /// A simulator at a fixed start time with this configuration.
+    pub fn new(config: TenantConfig) -> Self {
+        Self {
+            now: Timestamp::from_millis(1_795_593_600_000),
+            config,
+            api_key: None,
+            scripts: VecDeque::new(),
+            requests: Vec::new(),
+            cancelled: 0,
+            events: Vec::new(),
+            store: HashMap::new(),
+            next_id: 0,
+        }
+    }
+
+    /// Queues the script for the next provider call.
+    pub fn script(&mut self, script: Script) -> &mut Self {
+        self.scripts.push_back(script);
+        self
+    }
+
+    fn load(&self, id: &ConversationId) -> Conversation {
+        let stored = &self.store[id];
+        Conversation::decode(&stored.state).expect("stored state decodes")
+    }
+
+    fn persist(&mut self, conversation: &Conversation, message: Message, events: Vec<Event>) {
+        let stored = self.store.entry(conversation.id().clone()).or_default();
+        stored.state = conversation.encode();
+        stored.transcript.push(message);
+        self.events.extend(events);
+    }
+
+    /// A visitor message arrives: stored at once (in a new conversation when `id` is
+    /// `None`), before any turn runs. Returns the conversation and the message.
+    pub fn arrive(
+        &mut self,
+        id: Option<&ConversationId>,
+        text: &str,
+    ) -> Result<(ConversationId, Message), ConversationError> {
+        let mut conversation = match id {
+            Some(id) => self.load(id),
+            None => {
+                self.next_id += 1;
+                let id = ConversationId::parse(&format!("sim-{}", self.next_id)).expect("valid id");
+                Conversation::new(id, TenantId::default_tenant(), self.now)
+            }
+        };
+        let recorded = conversation.handle_visitor_message(
+            self.now,
+            vec![Part::Text(text.to_owned())],
+            &self.config,
+        )?;
+        let id = conversation.id().clone();
+        self.persist(&conversation, recorded.message.clone(), recorded.events);
+        Ok((id, recorded.message))
+    }
+
+    /// Runs the bot's turn for visitor message `seq`, as a host would: perform actions,
+    /// advance the clock to the next scripted step or deadline, feed events back.
+    pub fn run_turn(
+        &mut self,
+        id: &ConversationId,
+        visitor: Message,
+        mode: ReplyMode,
+    ) -> ChatOutcome {
+        let conversation = self.load(id);
+        let mut turn = conversation
+            .start_turn(
+                self.now,
+                &self.config,
+                visitor.seq,
+                mode,
+                self.api_key.as_deref(),
+            )
+            .expect("turn starts");
+        let mut deltas = Vec::new();
+        // The call in flight: its attempt id, start time and remaining steps.
+        let mut call: Option<(crate::turn::AttemptId, Timestamp, VecDeque<Step>)> = None;
+        let result = loop {
+            let mut finished = None;
+            while let Some(action) = turn.poll_action() {
+                match action {
+                    Action::CallProvider { attempt, request } => {
+                        self.requests.push(request);
+                        let script = self
+                            .scripts
+                            .pop_front()
+                            .expect("a script for every provider call");
+                        call = Some((attempt, self.now, script.steps.into()));
+                    }
+                    Action::CancelProvider { .. } => {
+                        self.cancelled += 1;
+                        call = None;
+                    }
+                    Action::Delta(text) => deltas.push(text),
+                    Action::Finished(result) => finished = Some(result),
+                }
+            }
+            if let Some(result) = finished {
+                break result;
+            }
+            let next_step = call.as_ref().and_then(|(_, started, steps)| {
+                steps
+                    .front()
+                    .map(|s| started.add(Duration::from_millis(s.at_ms)))
+            });
+            let deadline = turn.poll_timeout();
+            match (next_step, deadline) {
+                (Some(step_at), d) if d.is_none_or(|d| step_at < d) => {
+                    self.now = self.now.max(step_at);
+                    let (attempt, _, steps) = call.as_mut().expect("a call in flight");
+                    let step = steps.pop_front().expect("a step");
+                    turn.handle_provider_event(self.now, *attempt, step.event);
+                }
+                (_, Some(d)) => {
+                    self.now = self.now.max(d);
+                    turn.handle_timeout(self.now);
+                }
+                (_, None) => panic!("turn is stuck: no scripted step and no deadline"),
+            }
+        };
+        let result = match result {
+            Ok(reply) => {
+                // Reload: other visitor messages may have arrived while the turn ran.
+                let mut conversation = self.load(id);
+                let recorded = conversation
+                    .record_reply(self.now, &reply, &self.config)
+                    .expect("reply recorded");
+                self.persist(&conversation, recorded.message.clone(), recorded.events);
+                Ok((recorded.message, reply))
+            }
+            Err(e) => Err(e),
+        };
+        ChatOutcome {
+            conversation_id: id.clone(),
+            visitor,
+            deltas,
+            result,
+        }
+    }
+
+    /// One whole chat request: the message arrives, then its turn runs.
+    pub fn chat(
+        &mut self,
+        id: Option<&ConversationId>,
+        text: &str,
+        mode: ReplyMode,
+    ) -> ChatOutcome {
+        let (id, visitor) = self.arrive(id, text).expect("message accepted");
+        self.run_turn(&id, visitor, mode)
+    }
+
+    /// The stored transcript of a conversation.
+    pub fn transcript(&self, id: &ConversationId) -> &[Message] {
+        &self.store[id].transcript
+    }
+
+    /// The stored state of a conversation, decoded.
+    pub fn conversation(&self, id: &ConversationId) -> Conversation {
+        self.load(id)
+    }
+}
