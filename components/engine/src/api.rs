@@ -27,7 +27,7 @@ pub struct ApiError {
     /// For people.
     pub message: String,
     /// The request field at fault, if one is.
-    pub field: Option<&'static str>,
+    pub field: Option<String>,
     /// For 405: the methods the route allows (the `Allow` header).
     pub allow: Option<&'static str>,
 }
@@ -43,8 +43,8 @@ impl ApiError {
         }
     }
 
-    fn field(mut self, field: &'static str) -> Self {
-        self.field = Some(field);
+    fn field(mut self, field: &str) -> Self {
+        self.field = Some(field.to_owned());
         self
     }
 
@@ -63,8 +63,8 @@ impl ApiError {
         let mut error = Map::new();
         error.insert("code".into(), Value::from(self.code));
         error.insert("message".into(), Value::from(self.message.clone()));
-        if let Some(f) = self.field {
-            error.insert("field".into(), Value::from(f));
+        if let Some(f) = &self.field {
+            error.insert("field".into(), Value::from(f.as_str()));
         }
         json!({ "error": error })
     }
@@ -201,7 +201,8 @@ pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
             format!(
                 "unknown field `{unknown}`; expected one of `message`, `conversation_id`, `stream`"
             ),
-        ));
+        )
+        .field(unknown));
     }
     let message = match obj.get("message") {
         None | Some(Value::Null) => {

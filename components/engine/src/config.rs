@@ -191,10 +191,10 @@ impl TenantConfig {
                     ));
                 }
             }
-            if let Some(temp) = p.temperature {
-                if !(0.0..=2.0).contains(&temp) {
-                    return Err(invalid("provider.temperature", "must be between 0 and 2"));
-                }
+            if let Some(temp) = p.temperature
+                && !(0.0..=2.0).contains(&temp)
+            {
+                return Err(invalid("provider.temperature", "must be between 0 and 2"));
             }
             if p.max_tokens == Some(0) {
                 return Err(invalid("provider.max_tokens", "must be positive"));

@@ -102,6 +102,17 @@ pub enum Role {
 }
 
 impl Role {
+    /// Parses the API's spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "visitor" => Role::Visitor,
+            "bot" => Role::Bot,
+            "agent" => Role::Agent,
+            "system" => Role::System,
+            _ => return None,
+        })
+    }
+
     /// The role as the API spells it.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -164,6 +175,19 @@ impl Message {
         out
     }
 
+    /// The compact, versioned form hosts store transcript rows in (same scheme as
+    /// [`Conversation::encode`]).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![STATE_FORMAT_VERSION];
+        out.extend(postcard::to_allocvec(self).expect("message serializes"));
+        out
+    }
+
+    /// Decodes what [`Message::encode`] wrote.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        decode_versioned(bytes)
+    }
+
     /// Bytes of message content (text and URLs), the part of the state that is the
     /// conversation itself rather than bookkeeping.
     pub fn content_len(&self) -> usize {
@@ -190,7 +214,7 @@ pub enum ConversationError {
     /// The conversation has reached the largest sequence number.
     #[error("the conversation is full")]
     Full,
-    /// A turn was asked for a message that is not a visitor message in this window.
+    /// A turn was asked for a message that is not one of this conversation's visitor messages.
     #[error("message {0} is not a visitor message awaiting a reply")]
     NotAwaitingReply(u32),
 }
@@ -242,6 +266,16 @@ pub enum DecodeError {
     /// The bytes are damaged.
     #[error("conversation state is corrupt: {0}")]
     Corrupt(String),
+}
+
+fn decode_versioned<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    match bytes.split_first() {
+        None => Err(DecodeError::Empty),
+        Some((&STATE_FORMAT_VERSION, rest)) => {
+            postcard::from_bytes(rest).map_err(|e| DecodeError::Corrupt(e.to_string()))
+        }
+        Some((&v, _)) => Err(DecodeError::UnknownVersion(v)),
+    }
 }
 
 impl Conversation {
@@ -346,30 +380,30 @@ impl Conversation {
         self.status == Status::Bot
     }
 
-    /// Starts the bot's turn answering visitor message `trigger`.
+    /// Starts the bot's turn answering the visitor message `trigger` (as
+    /// [`Conversation::handle_visitor_message`] recorded it).
     ///
     /// The prompt is the window as it stands, without visitor messages that arrived after
-    /// `trigger` (their own turns answer them).
+    /// `trigger` (their own turns answer them), and with `trigger` last. A burst of messages
+    /// longer than the window can push `trigger` itself out of the window before its turn
+    /// runs; it is still answered, with whatever context the window still holds.
     pub fn start_turn(
         &self,
         now: Timestamp,
         config: &TenantConfig,
-        trigger: u32,
+        trigger: &Message,
         mode: ReplyMode,
         api_key: Option<&str>,
     ) -> Result<Turn, ConversationError> {
-        let is_visitor = self
-            .window
-            .iter()
-            .any(|m| m.seq == trigger && m.role == Role::Visitor);
-        if !is_visitor {
-            return Err(ConversationError::NotAwaitingReply(trigger));
+        if trigger.role != Role::Visitor || trigger.seq >= self.next_seq {
+            return Err(ConversationError::NotAwaitingReply(trigger.seq));
         }
-        let history: Vec<&Message> = self
+        let mut history: Vec<&Message> = self
             .window
             .iter()
-            .filter(|m| !(m.role == Role::Visitor && m.seq > trigger))
+            .filter(|m| m.seq != trigger.seq && !(m.role == Role::Visitor && m.seq > trigger.seq))
             .collect();
+        history.push(trigger);
         Ok(Turn::start(
             now,
             config,
@@ -433,13 +467,7 @@ impl Conversation {
 
     /// Decodes what [`Conversation::encode`] wrote.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        match bytes.split_first() {
-            None => Err(DecodeError::Empty),
-            Some((&STATE_FORMAT_VERSION, rest)) => {
-                postcard::from_bytes(rest).map_err(|e| DecodeError::Corrupt(e.to_string()))
-            }
-            Some((&v, _)) => Err(DecodeError::UnknownVersion(v)),
-        }
+        decode_versioned(bytes)
     }
 
     /// Bytes of state that are not message content: the bookkeeping a conversation costs.
@@ -546,21 +574,51 @@ mod tests {
             Conversation::decode(&bytes[..bytes.len() - 3]),
             Err(DecodeError::Corrupt(_))
         ));
+        let m = &c.window()[0];
+        assert_eq!(&Message::decode(&m.encode()).unwrap(), m);
     }
 
     #[test]
     fn turn_only_for_a_visitor_message() {
         let mut c = conv();
         let cfg = TenantConfig::default();
-        c.handle_visitor_message(Timestamp::from_millis(7), text("hi"), &cfg)
-            .unwrap();
+        let visitor = c
+            .handle_visitor_message(Timestamp::from_millis(7), text("hi"), &cfg)
+            .unwrap()
+            .message;
         assert!(
-            c.start_turn(Timestamp::from_millis(8), &cfg, 1, ReplyMode::Whole, None)
-                .is_ok()
+            c.start_turn(
+                Timestamp::from_millis(8),
+                &cfg,
+                &visitor,
+                ReplyMode::Whole,
+                None
+            )
+            .is_ok()
         );
+        let mut bot = visitor.clone();
+        bot.role = Role::Bot;
+        assert!(
+            c.start_turn(
+                Timestamp::from_millis(8),
+                &cfg,
+                &bot,
+                ReplyMode::Whole,
+                None
+            )
+            .is_err()
+        );
+        let mut future = visitor.clone();
+        future.seq = 2;
         assert_eq!(
-            c.start_turn(Timestamp::from_millis(8), &cfg, 2, ReplyMode::Whole, None)
-                .err(),
+            c.start_turn(
+                Timestamp::from_millis(8),
+                &cfg,
+                &future,
+                ReplyMode::Whole,
+                None
+            )
+            .err(),
             Some(ConversationError::NotAwaitingReply(2))
         );
     }

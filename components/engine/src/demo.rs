@@ -5,7 +5,9 @@
 //! whatever responder the deployment really has: the offline responder with no key, the
 //! configured model otherwise.
 
-use crate::conversation::{Message, Role};
+use serde_json::Value;
+
+use crate::conversation::Role;
 use crate::turn::Responder;
 
 /// What the demo visitor asks, in order.
@@ -24,9 +26,40 @@ pub struct DemoRun {
     /// Who answered the last turn.
     pub responder: Option<Responder>,
     /// The transcript, or as much of it as was produced.
-    pub transcript: Vec<Message>,
+    pub transcript: Vec<DemoLine>,
     /// Why the demo stopped early, if it did.
     pub error: Option<String>,
+}
+
+/// One line of the demo transcript.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DemoLine {
+    /// Who said it.
+    pub role: Role,
+    /// What they said (text parts joined).
+    pub text: String,
+}
+
+/// Reads the transcript out of a conversation as the API shows it
+/// ([`crate::api::conversation_json`]), so a host can render what was really stored.
+pub fn transcript_from_json(conversation: &Value) -> Vec<DemoLine> {
+    let Some(messages) = conversation.get("messages").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    messages
+        .iter()
+        .filter_map(|m| {
+            let role = Role::parse(m.get("role")?.as_str()?)?;
+            let text = m
+                .get("parts")?
+                .as_array()?
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join("\n");
+            Some(DemoLine { role, text })
+        })
+        .collect()
 }
 
 fn responder_line(run: &DemoRun) -> String {
@@ -56,16 +89,11 @@ pub fn render_text(run: &DemoRun, origin: &str) -> String {
         responder_line(run)
     );
     for m in &run.transcript {
-        let mut lines = m
-            .text()
-            .lines()
-            .map(str::to_owned)
-            .collect::<Vec<_>>()
-            .into_iter();
+        let mut lines = m.text.lines();
         out.push_str(&format!(
             "{:>7} > {}\n",
             speaker(m.role),
-            lines.next().unwrap_or_default()
+            lines.next().unwrap_or("")
         ));
         for line in lines {
             out.push_str(&format!("{:>7}   {line}\n", ""));
@@ -108,7 +136,7 @@ pub fn render_html(run: &DemoRun, origin: &str) -> String {
             "<li class=\"{}\"><span class=\"who\">{}</span><p>{}</p></li>\n",
             speaker(m.role),
             speaker(m.role),
-            escape_html(&m.text()).replace('\n', "<br>")
+            escape_html(&m.text).replace('\n', "<br>")
         ));
     }
     let error = run
@@ -151,15 +179,13 @@ curl -sN {origin}/api/v1/chat -d '{{\"message\":\"Hello\",\"stream\":true}}'</pr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conversation::Part;
+    use crate::conversation::{Message, Part};
     use crate::time::Timestamp;
 
     fn run() -> DemoRun {
-        let msg = |seq, role, text: &str| Message {
-            seq,
+        let msg = |_seq: u32, role, text: &str| DemoLine {
             role,
-            parts: vec![Part::Text(text.into())],
-            created_at: Timestamp::from_millis(0),
+            text: text.into(),
         };
         DemoRun {
             conversation_id: "c1".into(),
@@ -170,6 +196,24 @@ mod tests {
             ],
             error: None,
         }
+    }
+
+    #[test]
+    fn transcript_round_trips_through_the_api_json() {
+        let m = Message {
+            seq: 1,
+            role: Role::Bot,
+            parts: vec![Part::Text("hi".into())],
+            created_at: Timestamp::from_millis(0),
+        };
+        let json = serde_json::json!({"messages": [crate::api::message_json(&m)]});
+        assert_eq!(
+            transcript_from_json(&json),
+            vec![DemoLine {
+                role: Role::Bot,
+                text: "hi".into()
+            }]
+        );
     }
 
     #[test]

@@ -59,10 +59,10 @@ pub fn tokens(text: &str) -> Vec<String> {
 }
 
 fn flush_run(run: &mut Vec<char>, out: &mut Vec<String>) {
-    if let [c] = run.as_slice() {
-        if !STOP_WORDS.contains(&c.to_string().as_str()) {
-            out.push(c.to_string());
-        }
+    if let [c] = run.as_slice()
+        && !STOP_WORDS.contains(&c.to_string().as_str())
+    {
+        out.push(c.to_string());
     }
     run.clear();
 }

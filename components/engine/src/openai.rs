@@ -248,10 +248,9 @@ pub fn decode_stream_event(
             .get("delta")
             .and_then(|d| d.get("content"))
             .and_then(Value::as_str)
+            && !text.is_empty()
         {
-            if !text.is_empty() {
-                out.push(StreamItem::Delta(text.to_owned()));
-            }
+            out.push(StreamItem::Delta(text.to_owned()));
         }
         if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
             out.push(StreamItem::Finish(FinishReason::parse(reason)));

@@ -320,15 +320,17 @@ pub fn retry_after(headers: &[(String, String)]) -> Option<Duration> {
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.trim())
     };
-    if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
-        if ms.is_finite() && ms >= 0.0 {
-            return Some(Duration::from_millis(ms as u64));
-        }
+    if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<f64>().ok())
+        && ms.is_finite()
+        && ms >= 0.0
+    {
+        return Some(Duration::from_millis(ms as u64));
     }
-    if let Some(secs) = get("retry-after").and_then(|v| v.parse::<f64>().ok()) {
-        if secs.is_finite() && secs >= 0.0 {
-            return Some(Duration::from_millis((secs * 1000.0) as u64));
-        }
+    if let Some(secs) = get("retry-after").and_then(|v| v.parse::<f64>().ok())
+        && secs.is_finite()
+        && secs >= 0.0
+    {
+        return Some(Duration::from_millis((secs * 1000.0) as u64));
     }
     ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"]
         .iter()

@@ -285,7 +285,7 @@ impl Simulator {
             .start_turn(
                 self.now,
                 &self.config,
-                visitor.seq,
+                &visitor,
                 mode,
                 self.api_key.as_deref(),
             )
@@ -319,7 +319,7 @@ impl Simulator {
             let next_step = call.as_ref().and_then(|(_, started, steps)| {
                 steps
                     .front()
-                    .map(|s| started.add(Duration::from_millis(s.at_ms)))
+                    .map(|s| *started + Duration::from_millis(s.at_ms))
             });
             let deadline = turn.poll_timeout();
             match (next_step, deadline) {

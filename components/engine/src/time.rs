@@ -26,12 +26,6 @@ impl Timestamp {
         self.0
     }
 
-    /// `self + d`, saturating at the far future.
-    pub fn add(self, d: Duration) -> Self {
-        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        Self(self.0.saturating_add(ms))
-    }
-
     /// The time from `earlier` to `self`, zero if `earlier` is later.
     pub fn since(self, earlier: Timestamp) -> Duration {
         Duration::from_millis(self.0.saturating_sub(earlier.0))
@@ -40,6 +34,16 @@ impl Timestamp {
     /// RFC 3339 in UTC with milliseconds, e.g. `2026-11-25T08:00:00.000Z`.
     pub fn to_rfc3339(self) -> String {
         self.to_string()
+    }
+}
+
+/// `t + d`, saturating at the far future.
+impl core::ops::Add<Duration> for Timestamp {
+    type Output = Timestamp;
+
+    fn add(self, d: Duration) -> Timestamp {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Timestamp(self.0.saturating_add(ms))
     }
 }
 
@@ -100,12 +104,10 @@ mod tests {
     #[test]
     fn arithmetic_saturates() {
         let t = Timestamp::from_millis(1000);
-        assert_eq!(t.add(Duration::from_millis(500)).as_millis(), 1500);
+        assert_eq!((t + Duration::from_millis(500)).as_millis(), 1500);
         assert_eq!(t.since(Timestamp::from_millis(2000)), Duration::ZERO);
         assert_eq!(
-            Timestamp::from_millis(u64::MAX)
-                .add(Duration::from_secs(1))
-                .as_millis(),
+            (Timestamp::from_millis(u64::MAX) + Duration::from_secs(1)).as_millis(),
             u64::MAX
         );
     }

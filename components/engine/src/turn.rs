@@ -197,8 +197,8 @@ impl Turn {
         turn.state = State::Calling(Box::new(Call {
             attempt,
             model: provider.model.clone(),
-            first_token_deadline: Some(now.add(Duration::from_millis(t.first_token_ms.into()))),
-            total_deadline: now.add(Duration::from_millis(t.total_ms.into())),
+            first_token_deadline: Some(now + Duration::from_millis(t.first_token_ms.into())),
+            total_deadline: now + Duration::from_millis(t.total_ms.into()),
             status: None,
             headers: Vec::new(),
             buffer_whole: mode == ReplyMode::Whole,
@@ -378,7 +378,7 @@ impl Turn {
             call.finish = completion.finish_reason.or(Some(FinishReason::Stop));
             call.usage = completion.usage;
             call.first_token_at.get_or_insert(now);
-        } else if !(call.done || call.finish.is_some()) || call.sse.has_partial() && !call.done {
+        } else if !call.done && (call.finish.is_none() || call.sse.has_partial()) {
             // The body ended cleanly at the transport level, but the stream never said it
             // was complete: this is a cut, not a reply.
             return Err(ProviderError::StreamInterrupted {
@@ -408,12 +408,12 @@ impl Turn {
     }
 
     fn fail(&mut self, error: ProviderError, cancel: bool) {
-        if let State::Calling(call) = &self.state {
-            if cancel {
-                self.actions.push_back(Action::CancelProvider {
-                    attempt: call.attempt,
-                });
-            }
+        if let State::Calling(call) = &self.state
+            && cancel
+        {
+            self.actions.push_back(Action::CancelProvider {
+                attempt: call.attempt,
+            });
         }
         self.finish(Err(error));
     }

@@ -134,6 +134,32 @@ fn messages_arriving_together_are_all_kept_in_one_order() {
 }
 
 #[test]
+fn a_burst_longer_than_the_window_is_answered_message_by_message() {
+    let mut s = sim();
+    s.config.history_window = 4;
+    let (id, first) = s.arrive(None, "b0").unwrap();
+    let mut queued = vec![first];
+    for i in 1..10 {
+        queued.push(s.arrive(Some(&id), &format!("b{i}")).unwrap().1);
+    }
+    for (i, visitor) in queued.into_iter().enumerate() {
+        s.script(Script::json(&format!("reply {i}"), 2));
+        let out = s.run_turn(&id, visitor, ReplyMode::Whole);
+        assert_eq!(out.result.unwrap().1.text, format!("reply {i}"));
+        let msgs = request_messages(&s, i);
+        assert_eq!(msgs.last().unwrap()["content"], format!("b{i}"));
+        // Never a later visitor message in the prompt.
+        for m in &msgs {
+            if let Some(n) = m["content"].as_str().and_then(|c| c.strip_prefix('b')) {
+                assert!(n.parse::<usize>().unwrap() <= i, "turn {i} saw b{n}");
+            }
+        }
+    }
+    assert_eq!(s.transcript(&id).len(), 20);
+    assert!(s.conversation(&id).window().len() <= 4);
+}
+
+#[test]
 fn first_token_timeout_is_an_error_and_the_call_is_cancelled() {
     let mut s = sim();
     s.script(Script::hang());

@@ -1,0 +1,93 @@
+# Kefu: one command to run it locally (`make dev`), one to test everything (`make test`).
+# Both set up what they need on a fresh machine: Rust targets, pinned CLIs, npm packages.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+CARGO_HOME ?= $(HOME)/.cargo
+CARGO_BIN := $(CARGO_HOME)/bin
+export PATH := $(CARGO_BIN):$(CURDIR)/node_modules/.bin:$(PATH)
+
+# worker-build must match the `worker` crate; the wasm-bindgen CLI must equal the
+# wasm-bindgen crate in Cargo.lock exactly.
+WORKER_BUILD_VERSION := 0.8.7
+WASM_BINDGEN_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/ { getline; gsub(/"/, "", $$3); print $$3; exit }' Cargo.lock)
+
+# worker-build would download these from a code-hosting site; point it at pinned copies.
+export WASM_BINDGEN_BIN := $(CARGO_BIN)/wasm-bindgen
+export WASM_OPT_BIN := $(CURDIR)/node_modules/.bin/wasm-opt
+export ESBUILD_BIN := $(CURDIR)/node_modules/.bin/esbuild
+export WRANGLER_SEND_METRICS := false
+
+DEV_PORT ?= 8080
+WORKER_OUT := workers/build/index.js
+WORKER_SOURCES := $(shell find workers/src components/engine/src -name '*.rs' 2>/dev/null) \
+	workers/Cargo.toml components/engine/Cargo.toml Cargo.toml Cargo.lock
+
+.PHONY: help setup rust-targets tools dev worker test check test-engine test-runtime wasm size clean
+
+help:
+	@echo "make dev    set up everything and run Kefu locally on workerd (http://localhost:$(DEV_PORT)/demo)"
+	@echo "make test   set up everything and run every check and test"
+	@echo "make size   report the Worker's gzipped bundle size"
+
+## Setup ----------------------------------------------------------------------------------
+
+setup: rust-targets tools node_modules/.package-lock.json
+
+rust-targets:
+	@rustup target add wasm32-unknown-unknown wasm32-wasip2 >/dev/null 2>&1 || rustup target add wasm32-unknown-unknown wasm32-wasip2
+
+tools:
+	@if ! worker-build --version 2>/dev/null | grep -qx '$(WORKER_BUILD_VERSION)'; then \
+		echo "installing worker-build $(WORKER_BUILD_VERSION) (a few minutes, once)"; \
+		cargo install worker-build --version $(WORKER_BUILD_VERSION) --locked; fi
+	@if ! wasm-bindgen --version 2>/dev/null | grep -qx 'wasm-bindgen $(WASM_BINDGEN_VERSION)'; then \
+		echo "installing wasm-bindgen-cli $(WASM_BINDGEN_VERSION) (a few minutes, once)"; \
+		cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --force; fi
+
+# Its lock file names a crate the registry lacks, so wasm-bindgen-cli installs without --locked.
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+## Build and run --------------------------------------------------------------------------
+
+worker: $(WORKER_OUT)
+
+$(WORKER_OUT): $(WORKER_SOURCES) | setup
+	cd workers && worker-build --release
+	@touch $@
+
+dev: setup $(WORKER_OUT)
+	@echo "Kefu on http://localhost:$(DEV_PORT)  —  try: curl http://localhost:$(DEV_PORT)/demo"
+	wrangler dev --port $(DEV_PORT)
+
+size: $(WORKER_OUT)
+	@raw=$$(cat workers/build/index.js workers/build/*.wasm | wc -c); \
+	 gz=$$(cat workers/build/index.js workers/build/*.wasm | gzip -9 | wc -c); \
+	 echo "worker bundle: $$raw bytes, $$gz bytes gzipped"
+
+## Checks and tests -----------------------------------------------------------------------
+
+test: setup check test-engine test-runtime
+
+check: setup
+	cargo fmt --all --check
+	cargo clippy -p kefu-engine -p kefu-runtime-tests --all-targets -- -D warnings
+	cargo clippy -p kefu-worker --target wasm32-unknown-unknown -- -D warnings
+	$(MAKE) --no-print-directory wasm
+
+wasm:
+	cargo build -p kefu-engine --target wasm32-unknown-unknown
+	cargo build -p kefu-engine --target wasm32-wasip2
+
+test-engine:
+	cargo test -p kefu-engine
+
+test-runtime: $(WORKER_OUT)
+	cargo test -p kefu-runtime-tests
+
+clean:
+	rm -rf workers/build target/runtime-tests

@@ -1,0 +1,17 @@
+//! Runtime tests for Kefu: the real host, spoken to over HTTP.
+//!
+//! The engine's own tests run in milliseconds against a simulator; this crate checks what
+//! they cannot: that a host (the Cloudflare Worker on workerd today, the Spin component
+//! later) wires the engine to real sockets, storage and a real provider connection.
+//!
+//! - [`mock`]: an OpenAI-compatible provider on loopback whose behaviour (errors, latency,
+//!   cut or malformed streams) is scripted by directives inside the visitor's message.
+//! - [`worker`]: starts Kefu on workerd through `wrangler dev`, with tenant configs seeded
+//!   into local KV, and stops the whole process group again.
+//! - [`scenarios`]: the checks, written once against a base URL so every host runs the same.
+//! - [`sse`]: a small Server-Sent Events reader used by the scenarios and the mock's tests.
+
+pub mod mock;
+pub mod scenarios;
+pub mod sse;
+pub mod worker;

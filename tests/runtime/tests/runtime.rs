@@ -1,0 +1,207 @@
+//! The runtime test runner: Kefu on workerd (`wrangler dev`) against the mock provider.
+//!
+//! Runs every scenario of `kefu_runtime_tests::scenarios` in order, each under a 60 s
+//! timeout with panics caught, prints `PASS name (ms)` or `FAIL name: error` per scenario and
+//! ends with `N passed, N failed`. An argument filters scenarios by substring:
+//! `cargo test -p kefu-runtime-tests --test runtime -- chat`.
+//!
+//! Environment:
+//! - `KEFU_BASE_URL`: run against an already running host instead of starting wrangler (its
+//!   tenants must then point at the mock this runner starts: see `KEFU_MOCK_PORT`).
+//! - `KEFU_MOCK_PORT`: the port for the mock provider (default: any free port).
+//! - `KEFU_WRANGLER`: the `wrangler` to run (default: `node_modules/.bin/wrangler`).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kefu_runtime_tests::mock::{MOCK_MODEL, MockProvider};
+use kefu_runtime_tests::scenarios::{self, Ctx, SYSTEM_PROMPT, Scenario};
+use kefu_runtime_tests::worker::{KefuWorker, WorkerOptions};
+use serde_json::json;
+
+const SCENARIO_TIMEOUT: Duration = Duration::from_secs(60);
+const LOG_TAIL_LINES: usize = 80;
+
+fn main() -> ExitCode {
+    // libtest-style flags (`--nocapture`, …) may be passed to every test binary: ignore them.
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let selected: Vec<Scenario> = scenarios::all()
+        .into_iter()
+        .filter(|s| filter.as_deref().is_none_or(|f| s.name.contains(f)))
+        .collect();
+    if selected.is_empty() {
+        println!("no runtime scenario matches {filter:?}");
+        println!("0 passed, 0 failed");
+        return ExitCode::SUCCESS;
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            println!("FAIL startup: cannot build the tokio runtime: {e}");
+            println!("0 passed, 1 failed");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (passed, failed) = runtime.block_on(async {
+        tokio::select! {
+            counts = run(selected) => counts,
+            // Dropping `run` drops the worker, which stops wrangler's process group.
+            _ = tokio::signal::ctrl_c() => {
+                println!("interrupted");
+                (0, 1)
+            }
+        }
+    });
+    drop(runtime);
+    println!("{passed} passed, {failed} failed");
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Starts the mock and the host, runs the scenarios; returns (passed, failed).
+async fn run(selected: Vec<Scenario>) -> (usize, usize) {
+    let mock_port = std::env::var("KEFU_MOCK_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    let mock = match MockProvider::start_on(mock_port).await {
+        Ok(mock) => Arc::new(mock),
+        Err(e) => {
+            println!("FAIL startup: the mock provider cannot bind 127.0.0.1:{mock_port}: {e}");
+            return (0, 1);
+        }
+    };
+    println!("mock provider at {}", mock.base_url());
+
+    let mut worker = None;
+    let base = match std::env::var("KEFU_BASE_URL") {
+        Ok(url) => {
+            println!(
+                "note: KEFU_BASE_URL is set, so wrangler is not started; the host's tenants \
+                 `default` and `fast-timeout` must already use the mock at {} \
+                 (set KEFU_MOCK_PORT to fix its port)",
+                mock.base_url()
+            );
+            url
+        }
+        Err(_) => {
+            let provider = json!({ "base_url": mock.base_url(), "model": MOCK_MODEL });
+            let tenants = vec![
+                (
+                    "default".to_owned(),
+                    json!({ "system_prompt": SYSTEM_PROMPT, "provider": provider }),
+                ),
+                (
+                    "fast-timeout".to_owned(),
+                    json!({
+                        "system_prompt": SYSTEM_PROMPT,
+                        "provider": provider,
+                        // The engine's `TenantConfig` names the first limit `first_token_ms`
+                        // (it rejects unknown fields, so the name matters).
+                        "timeouts": { "first_token_ms": 1000, "total_ms": 3000 },
+                    }),
+                ),
+            ];
+            println!("starting wrangler dev (the first run may build the Worker)…");
+            let started = Instant::now();
+            match KefuWorker::start(WorkerOptions {
+                tenants,
+                ..WorkerOptions::default()
+            })
+            .await
+            {
+                Ok(w) => {
+                    println!(
+                        "Kefu at {} after {} ms (log: {})",
+                        w.base_url(),
+                        started.elapsed().as_millis(),
+                        w.log_path().display()
+                    );
+                    let base = w.base_url().to_owned();
+                    worker = Some(w);
+                    base
+                }
+                Err(e) => {
+                    println!("FAIL startup: {e:#}");
+                    return (0, 1);
+                }
+            }
+        }
+    };
+
+    let ctx = match Ctx::new(base, Some(mock.clone())) {
+        Ok(ctx) => Arc::new(ctx),
+        Err(e) => {
+            println!("FAIL startup: cannot build the HTTP client: {e:#}");
+            return (0, 1);
+        }
+    };
+
+    let (mut passed, mut failed) = (0, 0);
+    for scenario in selected {
+        let started = Instant::now();
+        match run_one(scenario, ctx.clone()).await {
+            Ok(()) => {
+                passed += 1;
+                println!(
+                    "PASS {} ({} ms)",
+                    scenario.name,
+                    started.elapsed().as_millis()
+                );
+            }
+            Err(error) => {
+                failed += 1;
+                let mut lines = error.lines();
+                println!("FAIL {}: {}", scenario.name, lines.next().unwrap_or(""));
+                for line in lines {
+                    println!("    {line}");
+                }
+            }
+        }
+    }
+    if failed > 0
+        && let Some(worker) = &worker
+    {
+        println!(
+            "--- last {LOG_TAIL_LINES} lines of {} ---",
+            worker.log_path().display()
+        );
+        println!("{}", worker.log_tail(LOG_TAIL_LINES));
+        println!("--- end of wrangler log ---");
+    }
+    // Stop wrangler before the summary line, so nothing it prints can come after it.
+    drop(worker);
+    (passed, failed)
+}
+
+/// Runs one scenario on its own task, so a panic or a hang fails only that scenario.
+async fn run_one(scenario: Scenario, ctx: Arc<Ctx>) -> Result<(), String> {
+    let task = tokio::spawn(async move { (scenario.run)(&ctx).await });
+    let abort = task.abort_handle();
+    match tokio::time::timeout(SCENARIO_TIMEOUT, task).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(format!("{e:#}")),
+        Ok(Err(join)) if join.is_panic() => {
+            let panic = join.into_panic();
+            let message = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("(non-string panic)");
+            Err(format!("panicked: {message}"))
+        }
+        Ok(Err(join)) => Err(format!("task failed: {join}")),
+        Err(_) => {
+            abort.abort();
+            Err(format!("timed out after {} s", SCENARIO_TIMEOUT.as_secs()))
+        }
+    }
+}

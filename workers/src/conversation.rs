@@ -1,0 +1,474 @@
+//! One Durable Object per conversation: it owns the conversation's state and transcript in
+//! its SQLite storage and runs its turns one at a time.
+//!
+//! Ordering and durability, the guarantee this object gives:
+//! - A visitor's message is recorded (sequence number assigned, written to SQLite together
+//!   with the conversation state) as soon as it arrives, before anything waits; only then is
+//!   it acknowledged (`accepted` event, or the JSON reply). Durable Objects run one request's
+//!   synchronous code at a time, so every message gets its own number in one order.
+//! - Bot turns then run strictly one after another in arrival order ([`TurnQueue`]), each
+//!   seeing the messages before it; a reply is recorded only when the turn finished properly.
+
+// `#[durable_object]` generates undocumented public JavaScript glue methods.
+#![allow(missing_docs)]
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use futures::StreamExt;
+use futures::channel::{mpsc, oneshot};
+use kefu_engine::api::{self, ApiError};
+use kefu_engine::{
+    Conversation, ConversationId, Message, Part, ProviderError, ReplyMode, TenantConfig, TenantId,
+    TurnReply,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use worker::{
+    DurableObject, Env, Headers, Method, ObjectNamespace, Request, RequestInit, Response,
+    SqlStorage, SqlStorageValue, State, Stub, durable_object, wasm_bindgen_futures,
+};
+
+use crate::http::{error_response, internal, json_response, set};
+use crate::provider::{self, now};
+use crate::{CONVERSATIONS, config, log};
+
+/// The object's internal route for a chat turn.
+pub(crate) const TURN_PATH: &str = "/turn";
+/// The object's internal route for reading the conversation.
+pub(crate) const TRANSCRIPT_PATH: &str = "/transcript";
+
+/// A validated chat turn, as the front hands it to the conversation's object.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct InternalTurn {
+    pub tenant: String,
+    /// `None` creates the conversation.
+    pub conversation_id: Option<String>,
+    pub message: String,
+    pub stream: bool,
+    pub config: TenantConfig,
+}
+
+/// The stub of an existing conversation's object (`Some(id)`), or of a new one.
+pub(crate) fn stub_for(env: &Env, id: Option<&str>) -> Result<Stub, ApiError> {
+    let ns: ObjectNamespace = env.durable_object(CONVERSATIONS).map_err(internal)?;
+    let object_id = match id {
+        // Kefu's conversation ids on Workers are Durable Object ids; anything else names no
+        // conversation.
+        Some(id) => ns
+            .id_from_string(id)
+            .map_err(|_| ApiError::conversation_not_found())?,
+        None => ns.unique_id().map_err(internal)?,
+    };
+    object_id.get_stub().map_err(internal)
+}
+
+/// Sends a request to a conversation's object and returns its answer unchanged.
+pub(crate) async fn forward(
+    stub: &Stub,
+    method: Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<Response, ApiError> {
+    let mut init = RequestInit::new();
+    init.with_method(method);
+    if let Some(body) = body {
+        init.with_body(Some(
+            worker::js_sys::Uint8Array::from(body.as_slice()).into(),
+        ));
+    }
+    let req =
+        Request::new_with_init(&format!("https://conversation{path}"), &init).map_err(internal)?;
+    stub.fetch_with_request(req).await.map_err(internal)
+}
+
+/// Runs a chat turn in the conversation's object (creating the conversation when the turn
+/// names none).
+pub(crate) async fn send_turn(env: &Env, turn: &InternalTurn) -> Result<Response, ApiError> {
+    let ns: ObjectNamespace = env.durable_object(CONVERSATIONS).map_err(internal)?;
+    let (stub, id, create) = match &turn.conversation_id {
+        Some(id) => (stub_for(env, Some(id))?, id.clone(), false),
+        None => {
+            let object_id = ns.unique_id().map_err(internal)?;
+            let id = object_id.to_string();
+            (object_id.get_stub().map_err(internal)?, id, true)
+        }
+    };
+    let body = json!({
+        "tenant": turn.tenant, "conversation_id": id, "create": create,
+        "message": turn.message, "stream": turn.stream, "config": turn.config,
+    });
+    forward(
+        &stub,
+        Method::Post,
+        TURN_PATH,
+        Some(body.to_string().into_bytes()),
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+struct TurnRequest {
+    tenant: String,
+    conversation_id: String,
+    create: bool,
+    message: String,
+    stream: bool,
+    config: TenantConfig,
+}
+
+/// A first-come, first-served async lock: turns run one at a time, in arrival order.
+#[derive(Default)]
+struct TurnQueue {
+    busy: Cell<bool>,
+    waiting: RefCell<VecDeque<oneshot::Sender<()>>>,
+}
+
+struct TurnGuard {
+    inner: Rc<Inner>,
+}
+
+impl TurnQueue {
+    async fn acquire(inner: &Rc<Inner>) -> TurnGuard {
+        let queue = &inner.turns;
+        if queue.busy.replace(true) {
+            let (tx, rx) = oneshot::channel();
+            queue.waiting.borrow_mut().push_back(tx);
+            // The guard that wakes us hands the lock over without releasing it.
+            let _ = rx.await;
+        }
+        TurnGuard {
+            inner: inner.clone(),
+        }
+    }
+}
+
+impl Drop for TurnGuard {
+    fn drop(&mut self) {
+        let queue = &self.inner.turns;
+        loop {
+            let next = queue.waiting.borrow_mut().pop_front();
+            match next {
+                // A waiter whose request went away cannot take the lock: try the next one.
+                Some(tx) => {
+                    if tx.send(()).is_ok() {
+                        return;
+                    }
+                }
+                None => {
+                    queue.busy.set(false);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+struct Inner {
+    sql: SqlStorage,
+    env: Env,
+    /// The conversation as last persisted; `None` until loaded, or after a failed write
+    /// (then the next use reloads what storage really holds).
+    conversation: RefCell<Option<Conversation>>,
+    turns: TurnQueue,
+}
+
+impl Inner {
+    fn load(&self) -> Result<Option<Conversation>, ApiError> {
+        if let Some(c) = self.conversation.borrow().as_ref() {
+            return Ok(Some(c.clone()));
+        }
+        let cursor = self
+            .sql
+            .exec("SELECT state FROM conversation WHERE id = 0", None)
+            .map_err(internal)?;
+        let Some(row) = cursor.raw().next() else {
+            return Ok(None);
+        };
+        let row = row.map_err(internal)?;
+        let Some(SqlStorageValue::Blob(bytes)) = row.into_iter().next() else {
+            return Err(ApiError::internal("conversation state is not a blob"));
+        };
+        let c = Conversation::decode(&bytes).map_err(internal)?;
+        *self.conversation.borrow_mut() = Some(c.clone());
+        Ok(Some(c))
+    }
+
+    /// Applies `change` to the conversation and persists the message it produced together
+    /// with the new state, in one synchronous step (so atomically). Nothing changes if
+    /// either fails.
+    fn record<T>(
+        &self,
+        mut conversation: Conversation,
+        change: impl FnOnce(&mut Conversation) -> Result<(Message, T), ApiError>,
+    ) -> Result<(Message, T), ApiError> {
+        let (message, extra) = change(&mut conversation)?;
+        let write = || -> worker::Result<()> {
+            let created_at = i64::try_from(message.created_at.as_millis()).unwrap_or(i64::MAX);
+            self.sql.exec(
+                "INSERT INTO messages (seq, role, body, created_at) VALUES (?, ?, ?, ?)",
+                vec![
+                    i64::from(message.seq).into(),
+                    message.role.as_str().into(),
+                    message.encode().into(),
+                    created_at.into(),
+                ],
+            )?;
+            self.sql.exec(
+                "INSERT INTO conversation (id, state) VALUES (0, ?) ON CONFLICT (id) DO UPDATE SET state = excluded.state",
+                vec![conversation.encode().into()],
+            )?;
+            Ok(())
+        };
+        match write() {
+            Ok(()) => {
+                *self.conversation.borrow_mut() = Some(conversation);
+                Ok((message, extra))
+            }
+            Err(e) => {
+                *self.conversation.borrow_mut() = None;
+                Err(ApiError::internal(format!(
+                    "storing the message failed: {e}"
+                )))
+            }
+        }
+    }
+
+    fn transcript(&self) -> Result<Vec<Message>, ApiError> {
+        let cursor = self
+            .sql
+            .exec("SELECT body FROM messages ORDER BY seq", None)
+            .map_err(internal)?;
+        let mut out = Vec::new();
+        for row in cursor.raw() {
+            let row = row.map_err(internal)?;
+            match row.into_iter().next() {
+                Some(SqlStorageValue::Blob(bytes)) => {
+                    out.push(Message::decode(&bytes).map_err(internal)?)
+                }
+                _ => return Err(ApiError::internal("transcript row is not a blob")),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The Durable Object class that holds one conversation.
+#[durable_object]
+pub struct ConversationObject {
+    inner: Rc<Inner>,
+}
+
+impl DurableObject for ConversationObject {
+    fn new(state: State, env: Env) -> Self {
+        let sql = state.storage().sql();
+        // Schema creation is idempotent and synchronous; a failure here surfaces on first use.
+        for stmt in [
+            "CREATE TABLE IF NOT EXISTS conversation (id INTEGER PRIMARY KEY CHECK (id = 0), state BLOB NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS messages (seq INTEGER PRIMARY KEY, role TEXT NOT NULL, body BLOB NOT NULL, created_at INTEGER NOT NULL)",
+        ] {
+            if let Err(e) = sql.exec(stmt, None) {
+                log(
+                    "error",
+                    json!({"msg": "schema creation failed", "error": e.to_string()}),
+                );
+            }
+        }
+        Self {
+            inner: Rc::new(Inner {
+                sql,
+                env,
+                conversation: RefCell::new(None),
+                turns: TurnQueue::default(),
+            }),
+        }
+    }
+
+    async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
+        let result = match (req.method(), req.path().as_str()) {
+            (Method::Post, TURN_PATH) => match req.bytes().await {
+                Ok(body) => handle_turn(self.inner.clone(), &body).await,
+                Err(e) => Err(internal(e)),
+            },
+            (Method::Get, TRANSCRIPT_PATH) => {
+                let tenant = req.url().ok().and_then(|u| {
+                    u.query_pairs()
+                        .find(|(k, _)| k == "tenant")
+                        .map(|(_, v)| v.into_owned())
+                });
+                handle_get(&self.inner, tenant.as_deref().unwrap_or(TenantId::DEFAULT))
+            }
+            _ => Err(ApiError::internal("unknown internal route")),
+        };
+        match result {
+            Ok(resp) => Ok(resp),
+            Err(e) => error_response(&e),
+        }
+    }
+}
+
+fn handle_get(inner: &Inner, tenant: &str) -> Result<Response, ApiError> {
+    let conversation = inner
+        .load()?
+        .filter(|c| c.tenant().as_str() == tenant)
+        .ok_or_else(ApiError::conversation_not_found)?;
+    let transcript = inner.transcript()?;
+    json_response(200, &api::conversation_json(&conversation, &transcript))
+}
+
+async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiError> {
+    let t: TurnRequest = serde_json::from_slice(body)
+        .map_err(|e| ApiError::internal(format!("bad internal turn: {e}")))?;
+    let id =
+        ConversationId::parse(&t.conversation_id).ok_or_else(ApiError::conversation_not_found)?;
+    let tenant =
+        TenantId::parse(&t.tenant).ok_or_else(|| ApiError::internal("bad internal tenant"))?;
+    let arrived = now();
+    let existing = inner.load()?;
+    let (conversation, created) = match existing {
+        Some(c) if c.tenant() == &tenant => (c, false),
+        // Another tenant's conversation does not exist for this one.
+        Some(_) => return Err(ApiError::conversation_not_found()),
+        None if t.create => (Conversation::new(id.clone(), tenant.clone(), arrived), true),
+        None => return Err(ApiError::conversation_not_found()),
+    };
+    let parts = vec![Part::Text(t.message)];
+    let (visitor, events) = inner.record(conversation, |c| {
+        let r = c
+            .handle_visitor_message(arrived, parts, &t.config)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok((r.message, r.events))
+    })?;
+    for e in &events {
+        log("info", e.to_json());
+    }
+    let api_key = config::api_key(&inner.env, &t.config);
+    let mode = if t.stream {
+        ReplyMode::Stream
+    } else {
+        ReplyMode::Whole
+    };
+    if !t.stream {
+        let _guard = TurnQueue::acquire(&inner).await;
+        let outcome = run_turn(
+            &inner,
+            &visitor,
+            mode,
+            &t.config,
+            api_key.as_deref(),
+            |_| {},
+        )
+        .await;
+        return match outcome {
+            Ok((reply_message, reply)) => {
+                let mut resp = json_response(
+                    200,
+                    &api::chat_reply_json(&id, created, &visitor, &reply_message, &reply),
+                )?;
+                resp.headers_mut()
+                    .set("x-kefu-conversation-id", id.as_str())
+                    .map_err(internal)?;
+                Ok(resp)
+            }
+            Err(TurnFailure::Provider(e)) => {
+                let (status, body) = api::chat_failure_json(&id, created, &visitor, &e);
+                json_response(status, &body)
+            }
+            Err(TurnFailure::Host(e)) => {
+                json_response(e.status, &api::chat_error_json(&id, created, &visitor, &e))
+            }
+        };
+    }
+    let (tx, rx) = mpsc::unbounded::<Vec<u8>>();
+    let _ = tx.unbounded_send(api::sse_accepted(&id, created, &visitor).into_bytes());
+    let config = t.config;
+    // The turn runs on its own task: if the visitor disconnects, it still finishes and its
+    // reply is still recorded.
+    wasm_bindgen_futures::spawn_local(async move {
+        let _guard = TurnQueue::acquire(&inner).await;
+        let deltas = tx.clone();
+        let outcome = run_turn(
+            &inner,
+            &visitor,
+            mode,
+            &config,
+            api_key.as_deref(),
+            move |text| {
+                let _ = deltas.unbounded_send(api::sse_delta(&text).into_bytes());
+            },
+        )
+        .await;
+        let last = match outcome {
+            Ok((reply_message, reply)) => api::sse_done(&reply_message, &reply),
+            Err(TurnFailure::Provider(e)) => api::sse_error(e.code(), &e.to_string()),
+            Err(TurnFailure::Host(e)) => api::sse_error(e.code, &e.message),
+        };
+        let _ = tx.unbounded_send(last.into_bytes());
+    });
+    let headers = Headers::new();
+    set(&headers, "content-type", "text/event-stream; charset=utf-8")?;
+    set(&headers, "cache-control", "no-cache, no-transform")?;
+    set(&headers, "x-kefu-conversation-id", id.as_str())?;
+    let resp = Response::from_stream(rx.map(Ok::<Vec<u8>, worker::Error>)).map_err(internal)?;
+    Ok(resp.with_headers(headers))
+}
+
+enum TurnFailure {
+    Provider(ProviderError),
+    Host(ApiError),
+}
+
+/// Runs the bot's turn for `visitor` and records its reply.
+async fn run_turn(
+    inner: &Rc<Inner>,
+    visitor: &Message,
+    mode: ReplyMode,
+    config: &TenantConfig,
+    api_key: Option<&str>,
+    on_delta: impl FnMut(String),
+) -> Result<(Message, TurnReply), TurnFailure> {
+    let conversation = inner
+        .load()
+        .map_err(TurnFailure::Host)?
+        .ok_or_else(|| TurnFailure::Host(ApiError::conversation_not_found()))?;
+    let turn = conversation
+        .start_turn(now(), config, visitor, mode, api_key)
+        .map_err(|e| TurnFailure::Host(ApiError::internal(e.to_string())))?;
+    let result = provider::drive(turn, on_delta).await;
+    let mut line =
+        json!({"msg": "turn", "conversation_id": conversation.id().as_str(), "seq": visitor.seq});
+    let outcome = match result {
+        Ok(reply) => {
+            line["responder"] = reply.responder.kind().into();
+            line["model"] = reply.responder.model().map_or(Value::Null, Value::from);
+            line["duration_ms"] = (reply.duration.as_millis() as u64).into();
+            line["ttft_ms"] = reply
+                .time_to_first_token
+                .map_or(Value::Null, |d| (d.as_millis() as u64).into());
+            line["usage"] = json!(reply.usage);
+            let latest = inner
+                .load()
+                .map_err(TurnFailure::Host)?
+                .ok_or_else(|| TurnFailure::Host(ApiError::conversation_not_found()))?;
+            inner
+                .record(latest, |c| {
+                    let r = c
+                        .record_reply(now(), &reply, config)
+                        .map_err(|e| ApiError::internal(e.to_string()))?;
+                    for e in &r.events {
+                        log("info", e.to_json());
+                    }
+                    Ok((r.message, ()))
+                })
+                .map(|(m, ())| (m, reply))
+                .map_err(TurnFailure::Host)
+        }
+        Err(e) => {
+            line["error"] = json!({"code": e.code(), "message": e.to_string()});
+            Err(TurnFailure::Provider(e))
+        }
+    };
+    log(if outcome.is_ok() { "info" } else { "warn" }, line);
+    outcome
+}

@@ -1,0 +1,55 @@
+//! Building responses: JSON bodies, error bodies, and the headers every answer carries.
+
+use kefu_engine::api::ApiError;
+use serde_json::Value;
+use worker::{Headers, Response};
+
+/// A response with a body and content type.
+pub(crate) fn text_response(
+    status: u16,
+    content_type: &str,
+    body: String,
+) -> Result<Response, ApiError> {
+    let headers = Headers::new();
+    set(&headers, "content-type", content_type)?;
+    set(&headers, "x-content-type-options", "nosniff")?;
+    if content_type.starts_with("text/html") {
+        // The demo page has no scripts and loads nothing: forbid everything else.
+        set(
+            &headers,
+            "content-security-policy",
+            "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        )?;
+    }
+    Ok(Response::ok(body)
+        .map_err(internal)?
+        .with_status(status)
+        .with_headers(headers))
+}
+
+/// A JSON response.
+pub(crate) fn json_response(status: u16, body: &Value) -> Result<Response, ApiError> {
+    text_response(status, "application/json; charset=utf-8", body.to_string())
+}
+
+/// The JSON error response for `e` (never fails: a header error falls back to a bare 500).
+pub(crate) fn error_response(e: &ApiError) -> worker::Result<Response> {
+    match json_response(e.status, &e.body()) {
+        Ok(mut resp) => {
+            if let Some(allow) = e.allow {
+                resp.headers_mut().set("allow", allow)?;
+            }
+            Ok(resp)
+        }
+        Err(_) => Response::error(e.body().to_string(), 500),
+    }
+}
+
+pub(crate) fn set(headers: &Headers, name: &str, value: &str) -> Result<(), ApiError> {
+    headers.set(name, value).map_err(internal)
+}
+
+/// Wraps a platform error as `500 internal_error`.
+pub(crate) fn internal(e: impl core::fmt::Display) -> ApiError {
+    ApiError::internal(e.to_string())
+}

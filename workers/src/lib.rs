@@ -1,0 +1,173 @@
+//! Kefu on Cloudflare Workers.
+//!
+//! A thin driver around `kefu-engine`: this stateless front routes and validates requests
+//! (with the engine's rules), reads the tenant's configuration from KV, and hands each chat
+//! turn to the conversation's own Durable Object ([`conversation::ConversationObject`]), which
+//! stores it in SQLite and calls the provider. No business rule lives here.
+
+mod config;
+mod conversation;
+mod http;
+mod provider;
+
+use kefu_engine::api::{self, ApiError, Route};
+use kefu_engine::demo::{self, DemoRun};
+use kefu_engine::{Responder, TenantId};
+use serde_json::{Value, json};
+use worker::{Context, Env, Method, Request, Response, Result, event};
+
+pub use conversation::ConversationObject;
+
+use crate::conversation::{InternalTurn, TRANSCRIPT_PATH};
+use crate::http::{error_response, json_response, text_response};
+
+/// The Durable Object namespace binding that holds one object per conversation.
+pub(crate) const CONVERSATIONS: &str = "CONVERSATIONS";
+
+#[event(fetch)]
+async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
+    let path = req.path();
+    let method = req.method().to_string();
+    let result = match api::route(&method, &path) {
+        Ok(route) => handle(route, req, &env).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(resp) => Ok(resp),
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn handle(
+    route: Route,
+    mut req: Request,
+    env: &Env,
+) -> std::result::Result<Response, ApiError> {
+    match route {
+        Route::Healthz => json_response(200, &api::health_json()),
+        Route::Index => text_response(
+            200,
+            "text/plain; charset=utf-8",
+            "Kefu is running.\n\n  GET  /demo                        a demo conversation\n  \
+             POST /api/v1/chat                 {\"message\": \"…\", \"conversation_id\"?: \"…\", \"stream\"?: true}\n  \
+             GET  /api/v1/conversations/{id}   a conversation and its messages\n  \
+             GET  /healthz\n"
+                .to_owned(),
+        ),
+        Route::Chat => {
+            let tenant = tenant_of(&req)?;
+            let declared = req.headers().get("content-length").ok().flatten().and_then(|v| v.parse().ok());
+            api::check_content_length(declared)?;
+            let body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
+            let chat = api::parse_chat_request(&body)?;
+            let config = config::load(env, &tenant).await?;
+            let turn = InternalTurn {
+                tenant: tenant.as_str().to_owned(),
+                conversation_id: chat.conversation_id.as_ref().map(|c| c.as_str().to_owned()),
+                message: chat.message,
+                stream: chat.stream,
+                config,
+            };
+            conversation::send_turn(env, &turn).await
+        }
+        Route::GetConversation(id) => {
+            let tenant = tenant_of(&req)?;
+            let stub = conversation::stub_for(env, Some(id.as_str()))?;
+            conversation::forward(&stub, Method::Get, &format!("{TRANSCRIPT_PATH}?tenant={}", tenant.as_str()), None).await
+        }
+        Route::Demo => {
+            let tenant = tenant_of(&req)?;
+            let origin = req
+                .url()
+                .map(|u| u.origin().ascii_serialization())
+                .unwrap_or_else(|_| "http://localhost:8080".to_owned());
+            let html = req.headers().get("accept").ok().flatten().is_some_and(|a| a.contains("text/html"));
+            let run = run_demo(env, &tenant).await?;
+            if html {
+                text_response(200, "text/html; charset=utf-8", demo::render_html(&run, &origin))
+            } else {
+                text_response(200, "text/plain; charset=utf-8", demo::render_text(&run, &origin))
+            }
+        }
+    }
+}
+
+fn tenant_of(req: &Request) -> std::result::Result<TenantId, ApiError> {
+    let header = req.headers().get(api::TENANT_HEADER).ok().flatten();
+    api::tenant(header.as_deref())
+}
+
+/// Runs the demo questions through the real chat path, one turn after another, then reads
+/// the stored transcript back.
+async fn run_demo(env: &Env, tenant: &TenantId) -> std::result::Result<DemoRun, ApiError> {
+    let config = config::load(env, tenant).await?;
+    let mut run = DemoRun {
+        conversation_id: String::new(),
+        responder: None,
+        transcript: Vec::new(),
+        error: None,
+    };
+    let mut conversation_id: Option<String> = None;
+    for question in demo::QUESTIONS {
+        let turn = InternalTurn {
+            tenant: tenant.as_str().to_owned(),
+            conversation_id: conversation_id.clone(),
+            message: (*question).to_owned(),
+            stream: false,
+            config: config.clone(),
+        };
+        let mut resp = conversation::send_turn(env, &turn).await?;
+        let body: Value = resp
+            .json()
+            .await
+            .map_err(|e| ApiError::internal(format!("demo turn: {e}")))?;
+        if let Some(id) = body.get("conversation_id").and_then(Value::as_str) {
+            conversation_id = Some(id.to_owned());
+        }
+        if resp.status_code() != 200 {
+            run.error = Some(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap_or("the turn failed")
+                    .to_owned(),
+            );
+            break;
+        }
+        run.responder = Some(match body.get("model").and_then(Value::as_str) {
+            Some(model) if body["responder"] == "provider" => Responder::Provider {
+                model: model.to_owned(),
+            },
+            _ => Responder::Offline,
+        });
+    }
+    let Some(id) = conversation_id else {
+        return Err(ApiError::internal(
+            run.error
+                .unwrap_or_else(|| "the demo produced no conversation".into()),
+        ));
+    };
+    let stub = conversation::stub_for(env, Some(&id))?;
+    let mut resp = conversation::forward(
+        &stub,
+        Method::Get,
+        &format!("{TRANSCRIPT_PATH}?tenant={}", tenant.as_str()),
+        None,
+    )
+    .await?;
+    let body: Value = resp
+        .json()
+        .await
+        .map_err(|e| ApiError::internal(format!("demo transcript: {e}")))?;
+    run.transcript = demo::transcript_from_json(&body);
+    run.conversation_id = id;
+    Ok(run)
+}
+
+/// Logs one structured line (JSON) to the Workers log.
+pub(crate) fn log(level: &str, fields: Value) {
+    let mut line = json!({"level": level, "service": "kefu-worker"});
+    if let (Value::Object(l), Value::Object(f)) = (&mut line, fields) {
+        l.extend(f);
+    }
+    worker::console_log!("{line}");
+}
