@@ -39,15 +39,17 @@ setup: rust-targets tools node_modules/.package-lock.json
 rust-targets:
 	@rustup target add wasm32-unknown-unknown wasm32-wasip2 >/dev/null 2>&1 || rustup target add wasm32-unknown-unknown wasm32-wasip2
 
+# Both CLIs are checked and called by their full path in $(CARGO_BIN), so a different version
+# elsewhere on PATH can never be picked up. wasm-bindgen-cli installs without --locked: its
+# lock file names a crate the registry lacks.
 tools:
-	@if ! worker-build --version 2>/dev/null | grep -qx '$(WORKER_BUILD_VERSION)'; then \
+	@if ! $(CARGO_BIN)/worker-build --version 2>/dev/null | grep -qx '$(WORKER_BUILD_VERSION)'; then \
 		echo "installing worker-build $(WORKER_BUILD_VERSION) (a few minutes, once)"; \
-		cargo install worker-build --version $(WORKER_BUILD_VERSION) --locked; fi
-	@if ! wasm-bindgen --version 2>/dev/null | grep -qx 'wasm-bindgen $(WASM_BINDGEN_VERSION)'; then \
+		cargo install worker-build --version $(WORKER_BUILD_VERSION) --locked --force; fi
+	@if ! $(WASM_BINDGEN_BIN) --version 2>/dev/null | grep -qx 'wasm-bindgen $(WASM_BINDGEN_VERSION)'; then \
 		echo "installing wasm-bindgen-cli $(WASM_BINDGEN_VERSION) (a few minutes, once)"; \
 		cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --force; fi
 
-# Its lock file names a crate the registry lacks, so wasm-bindgen-cli installs without --locked.
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
@@ -57,7 +59,7 @@ node_modules/.package-lock.json: package.json package-lock.json
 worker: $(WORKER_OUT)
 
 $(WORKER_OUT): $(WORKER_SOURCES) | setup
-	cd workers && worker-build --release
+	cd workers && $(CARGO_BIN)/worker-build --release
 	@touch $@
 
 dev: setup $(WORKER_OUT)
