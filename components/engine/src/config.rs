@@ -36,6 +36,9 @@ pub struct TenantConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
+    /// The wire format (`openai` when omitted).
+    #[serde(default)]
+    pub kind: crate::wire::ProviderKind,
     /// The API base, e.g. `https://api.openai.com/v1`; `/chat/completions` is appended.
     pub base_url: String,
     /// The model name sent in every request.
@@ -129,6 +132,7 @@ impl TenantConfig {
         let provider = provider_base_url
             .filter(|u| !u.trim().is_empty())
             .map(|url| ProviderConfig {
+                kind: crate::wire::ProviderKind::Openai,
                 base_url: url.trim().to_owned(),
                 model: model
                     .filter(|m| !m.trim().is_empty())

@@ -28,6 +28,7 @@ pub mod sim;
 pub mod sse;
 pub mod time;
 pub mod turn;
+pub mod wire;
 
 pub use config::TenantConfig;
 pub use conversation::{

@@ -5,64 +5,28 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::config::ProviderConfig;
 use crate::conversation::Part;
 use crate::provider::{FinishReason, Header, HttpRequest, ProviderError, Usage};
 use crate::sse::SseEvent;
-
-/// Who speaks a prompt message, in the model's terms.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PromptRole {
-    /// Instructions.
-    System,
-    /// The visitor.
-    User,
-    /// The bot or an agent.
-    Assistant,
-}
-
-/// One message of a prompt.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PromptMessage {
-    /// Who speaks.
-    pub role: PromptRole,
-    /// What they say.
-    pub parts: Vec<Part>,
-}
-
-/// A reply read whole.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Completion {
-    /// The reply's text.
-    pub text: String,
-    /// Why the model stopped.
-    pub finish_reason: Option<FinishReason>,
-    /// Tokens used, when reported.
-    pub usage: Option<Usage>,
-    /// The model that answered, when reported.
-    pub model: Option<String>,
-}
+use crate::wire::{Completion, Endpoint, ModelRequest, PromptMessage, PromptRole, StreamItem};
 
 /// The URL of the chat-completions endpoint under a base URL.
 pub fn endpoint(base_url: &str) -> String {
     format!("{}/chat/completions", base_url.trim().trim_end_matches('/'))
 }
 
-/// Builds the HTTP request for a prompt.
-pub fn build_request(
-    provider: &ProviderConfig,
-    api_key: Option<&str>,
-    prompt: &[PromptMessage],
-    stream: bool,
-) -> HttpRequest {
-    let messages: Vec<Value> = prompt.iter().map(message_json).collect();
+/// Builds the HTTP request for a model request.
+pub fn build_request(endpoint: &Endpoint<'_>, request: &ModelRequest) -> HttpRequest {
+    let stream = request.stream;
+    let api_key = endpoint.api_key;
+    let messages: Vec<Value> = request.messages.iter().map(message_json).collect();
     let mut body = Map::new();
-    body.insert("model".into(), Value::String(provider.model.clone()));
+    body.insert("model".into(), Value::String(endpoint.model.to_owned()));
     body.insert("messages".into(), Value::Array(messages));
-    if let Some(t) = provider.temperature {
+    if let Some(t) = request.temperature {
         body.insert("temperature".into(), json!(t));
     }
-    if let Some(m) = provider.max_tokens {
+    if let Some(m) = request.max_tokens {
         body.insert("max_tokens".into(), json!(m));
     }
     if stream {
@@ -96,7 +60,7 @@ pub fn build_request(
     }
     HttpRequest {
         method: "POST",
-        url: endpoint(&provider.base_url),
+        url: self::endpoint(endpoint.base_url),
         headers,
         body: serde_json::to_vec(&Value::Object(body)).expect("JSON values serialize"),
     }
@@ -107,6 +71,7 @@ fn message_json(m: &PromptMessage) -> Value {
         PromptRole::System => "system",
         PromptRole::User => "user",
         PromptRole::Assistant => "assistant",
+        PromptRole::Tool => "tool",
     };
     // Plain text stays a string (every compatible server accepts it); images need the
     // array-of-parts form.
@@ -193,6 +158,7 @@ pub fn parse_response(body: &[u8]) -> Result<Completion, ProviderError> {
     };
     Ok(Completion {
         text,
+        tool_calls: Vec::new(),
         finish_reason: choice
             .get("finish_reason")
             .and_then(Value::as_str)
@@ -200,21 +166,6 @@ pub fn parse_response(body: &[u8]) -> Result<Completion, ProviderError> {
         usage: usage_of(&v),
         model: v.get("model").and_then(Value::as_str).map(str::to_owned),
     })
-}
-
-/// What one streamed event contributed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StreamItem {
-    /// More reply text.
-    Delta(String),
-    /// The model stopped, for this reason.
-    Finish(FinishReason),
-    /// Token usage (OpenAI sends it in its own chunk after the finish).
-    Usage(Usage),
-    /// The model that answered.
-    Model(String),
-    /// `data: [DONE]`: the stream is complete.
-    Done,
 }
 
 /// Decodes one SSE event of a chat-completions stream into items.
@@ -267,35 +218,41 @@ mod tests {
     use super::*;
     use crate::sse::SseParser;
 
-    fn provider() -> ProviderConfig {
-        ProviderConfig {
-            base_url: "https://api.openai.com/v1/".into(),
-            model: "gpt-4o-mini".into(),
-            api_key_secret: None,
+    fn endpoint(api_key: Option<&str>) -> Endpoint<'_> {
+        Endpoint {
+            kind: crate::wire::ProviderKind::Openai,
+            base_url: "https://api.openai.com/v1/",
+            model: "gpt-4o-mini",
+            api_key,
+        }
+    }
+
+    fn request(messages: &[PromptMessage], stream: bool) -> ModelRequest {
+        ModelRequest {
+            messages: messages.to_vec(),
             temperature: Some(0.2),
             max_tokens: Some(300),
+            stream,
+            ..ModelRequest::default()
         }
     }
 
     #[test]
     fn builds_text_and_image_requests() {
         let prompt = vec![
-            PromptMessage {
-                role: PromptRole::System,
-                parts: vec![Part::Text("Be brief.".into())],
-            },
-            PromptMessage {
-                role: PromptRole::User,
-                parts: vec![
+            PromptMessage::text(PromptRole::System, "Be brief."),
+            PromptMessage::new(
+                PromptRole::User,
+                vec![
                     Part::Text("What is this?".into()),
                     Part::Image {
                         url: "https://x.example/a.png".into(),
                         mime: None,
                     },
                 ],
-            },
+            ),
         ];
-        let req = build_request(&provider(), Some("sk-1"), &prompt, true);
+        let req = build_request(&endpoint(Some("sk-1")), &request(&prompt, true));
         assert_eq!(req.url, "https://api.openai.com/v1/chat/completions");
         let body: Value = serde_json::from_slice(&req.body).unwrap();
         assert_eq!(body["model"], "gpt-4o-mini");
@@ -317,7 +274,7 @@ mod tests {
             .unwrap();
         assert!(auth.sensitive);
         assert_eq!(auth.value, "Bearer sk-1");
-        let whole = build_request(&provider(), None, &prompt[..1], false);
+        let whole = build_request(&endpoint(None), &request(&prompt[..1], false));
         assert!(whole.headers.iter().all(|h| h.name != "authorization"));
         let body: Value = serde_json::from_slice(&whole.body).unwrap();
         assert!(body.get("stream").is_none());

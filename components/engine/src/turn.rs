@@ -19,14 +19,16 @@
 use std::collections::VecDeque;
 
 use crate::config::TenantConfig;
-use crate::conversation::{Message, Part, Role};
+use crate::conversation::{Message, Role};
 use crate::offline;
-use crate::openai::{self, PromptMessage, PromptRole, StreamItem};
 use crate::provider::{
     FinishReason, HttpRequest, ProviderError, ProviderEvent, TimeoutPhase, Usage,
 };
 use crate::sse::SseParser;
 use crate::time::Timestamp;
+use crate::wire::{
+    self, Endpoint, ModelRequest, PromptMessage, PromptRole, StreamDecoder, StreamItem, ToolCall,
+};
 
 use core::time::Duration;
 
@@ -84,6 +86,8 @@ pub struct TurnReply {
     pub finish_reason: FinishReason,
     /// Tokens used, when the provider reported them.
     pub usage: Option<Usage>,
+    /// Tool calls the model made (carried for plugins; a chat reply needs text).
+    pub tool_calls: Vec<ToolCall>,
     /// From the start of the turn to the first token.
     pub time_to_first_token: Option<Duration>,
     /// From the start of the turn to its end.
@@ -127,6 +131,8 @@ struct Call {
     buffer_whole: bool,
     body: Vec<u8>,
     sse: SseParser,
+    decoder: StreamDecoder,
+    tool_calls: Vec<ToolCall>,
     text: String,
     first_token_at: Option<Timestamp>,
     finish: Option<FinishReason>,
@@ -184,13 +190,29 @@ impl Turn {
                 responder: Responder::Offline,
                 finish_reason: FinishReason::Stop,
                 usage: None,
+                tool_calls: Vec::new(),
                 time_to_first_token: Some(Duration::ZERO),
                 duration: Duration::ZERO,
             })));
             return turn;
         };
         let prompt = build_prompt(&config.system_prompt, summary, history);
-        let request = openai::build_request(provider, api_key, &prompt, mode == ReplyMode::Stream);
+        let endpoint = Endpoint {
+            kind: provider.kind,
+            base_url: &provider.base_url,
+            model: &provider.model,
+            api_key,
+        };
+        let request = wire::build_request(
+            &endpoint,
+            &ModelRequest {
+                messages: prompt,
+                temperature: provider.temperature,
+                max_tokens: provider.max_tokens,
+                stream: mode == ReplyMode::Stream,
+                ..ModelRequest::default()
+            },
+        );
         let attempt = AttemptId(turn.next_attempt);
         turn.next_attempt += 1;
         let t = config.timeouts;
@@ -204,6 +226,8 @@ impl Turn {
             buffer_whole: mode == ReplyMode::Whole,
             body: Vec::new(),
             sse: SseParser::new(),
+            decoder: StreamDecoder::new(provider.kind),
+            tool_calls: Vec::new(),
             text: String::new(),
             first_token_at: None,
             finish: None,
@@ -326,7 +350,7 @@ impl Turn {
             })?;
         let mut items = Vec::new();
         for event in &events {
-            openai::decode_stream_event(event, &mut items)?;
+            call.decoder.decode(event, &mut items)?;
         }
         for item in items {
             match item {
@@ -339,6 +363,29 @@ impl Turn {
                     if self.mode == ReplyMode::Stream {
                         self.actions.push_back(Action::Delta(text));
                     }
+                }
+                StreamItem::ToolCallDelta {
+                    index,
+                    id,
+                    name,
+                    arguments,
+                } => {
+                    let index = index as usize;
+                    if call.tool_calls.len() <= index {
+                        call.tool_calls.resize_with(index + 1, || ToolCall {
+                            id: String::new(),
+                            name: String::new(),
+                            arguments: String::new(),
+                        });
+                    }
+                    let tc = &mut call.tool_calls[index];
+                    if let Some(id) = id {
+                        tc.id = id;
+                    }
+                    if let Some(name) = name {
+                        tc.name = name;
+                    }
+                    tc.arguments.push_str(&arguments);
                 }
                 StreamItem::Finish(reason) => call.finish = Some(reason),
                 StreamItem::Usage(u) => call.usage = Some(u),
@@ -359,14 +406,15 @@ impl Turn {
             detail: "end before a response head".into(),
         })?;
         if !(200..300).contains(&status) {
-            return Err(ProviderError::from_status(
+            return Err(wire::classify_error(
+                call.decoder.kind(),
                 status,
                 &call.headers,
                 &call.body,
             ));
         }
         if call.buffer_whole {
-            let completion = openai::parse_response(&call.body)?;
+            let completion = wire::parse_response(call.decoder.kind(), &call.body)?;
             if let Some(m) = completion.model {
                 call.model = m;
             }
@@ -375,10 +423,11 @@ impl Turn {
                     .push_back(Action::Delta(completion.text.clone()));
             }
             call.text = completion.text;
+            call.tool_calls = completion.tool_calls;
             call.finish = completion.finish_reason.or(Some(FinishReason::Stop));
             call.usage = completion.usage;
             call.first_token_at.get_or_insert(now);
-        } else if !call.done && (call.finish.is_none() || call.sse.has_partial()) {
+        } else if !call.decoder.is_complete() || (!call.done && call.sse.has_partial()) {
             // The body ended cleanly at the transport level, but the stream never said it
             // was complete: this is a cut, not a reply.
             return Err(ProviderError::StreamInterrupted {
@@ -402,6 +451,7 @@ impl Turn {
             },
             finish_reason: call.finish.clone().unwrap_or(FinishReason::Stop),
             usage: call.usage,
+            tool_calls: core::mem::take(&mut call.tool_calls),
             time_to_first_token: call.first_token_at.map(|t| t.since(self.started)),
             duration: now.since(self.started),
         })
@@ -432,18 +482,13 @@ fn build_prompt(
 ) -> Vec<PromptMessage> {
     let mut prompt = Vec::with_capacity(history.len() + 2);
     if !system_prompt.trim().is_empty() {
-        prompt.push(PromptMessage {
-            role: PromptRole::System,
-            parts: vec![Part::Text(system_prompt.to_owned())],
-        });
+        prompt.push(PromptMessage::text(PromptRole::System, system_prompt));
     }
     if let Some(s) = summary {
-        prompt.push(PromptMessage {
-            role: PromptRole::System,
-            parts: vec![Part::Text(format!(
-                "Summary of the earlier conversation:\n{s}"
-            ))],
-        });
+        prompt.push(PromptMessage::text(
+            PromptRole::System,
+            format!("Summary of the earlier conversation:\n{s}"),
+        ));
     }
     for m in history {
         let role = match m.role {
@@ -452,10 +497,7 @@ fn build_prompt(
             // System notices are for people, not the model.
             Role::System => continue,
         };
-        prompt.push(PromptMessage {
-            role,
-            parts: m.parts.clone(),
-        });
+        prompt.push(PromptMessage::new(role, m.parts.clone()));
     }
     prompt
 }

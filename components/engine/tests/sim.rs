@@ -3,12 +3,14 @@
 use kefu_engine::config::{ProviderConfig, Timeouts};
 use kefu_engine::provider::{ProviderError, ProviderEvent, TimeoutPhase};
 use kefu_engine::sim::{Script, Simulator, Step};
+use kefu_engine::wire::ProviderKind;
 use kefu_engine::{ReplyMode, Responder, Role, TenantConfig};
 
 fn provider_config() -> TenantConfig {
     TenantConfig {
         system_prompt: "You are a test bot.".into(),
         provider: Some(ProviderConfig {
+            kind: ProviderKind::Openai,
             base_url: "http://127.0.0.1:9/v1".into(),
             model: "sim-model".into(),
             api_key_secret: Some("KEY".into()),
