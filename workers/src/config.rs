@@ -1,8 +1,10 @@
 //! Tenant configuration: a JSON document in KV under `tenant:<id>`, or the built-in default
 //! from the deployment's variables. The engine parses and validates it.
 
+use std::collections::BTreeMap;
+
 use kefu_engine::api::ApiError;
-use kefu_engine::{TenantConfig, TenantId};
+use kefu_engine::{ReplyMode, TenantConfig, TenantId, TurnOptions};
 use worker::Env;
 
 /// The KV namespace binding that holds tenant configurations.
@@ -45,13 +47,35 @@ pub(crate) async fn load(env: &Env, tenant: &TenantId) -> Result<TenantConfig, A
     }
 }
 
-/// The API key a provider configuration names, from the Worker's secrets (or, for local
-/// development, a plain variable of that name).
-pub(crate) fn api_key(env: &Env, config: &TenantConfig) -> Option<String> {
-    let name = config.provider.as_ref()?.api_key_secret.as_deref()?;
-    env.secret(name)
-        .ok()
-        .map(|s| s.to_string())
-        .or_else(|| var(env, name))
-        .filter(|k| !k.is_empty())
+/// The secrets a configuration names, from the Worker's secrets (or, for local
+/// development, plain variables of those names). Missing ones are simply absent: the turn
+/// then treats that target as failing authentication and falls back.
+pub(crate) fn secrets(env: &Env, config: &TenantConfig) -> BTreeMap<String, String> {
+    config
+        .secret_names()
+        .into_iter()
+        .filter_map(|name| {
+            let value = env
+                .secret(&name)
+                .ok()
+                .map(|s| s.to_string())
+                .or_else(|| var(env, &name))?;
+            (!value.is_empty()).then_some((name, value))
+        })
+        .collect()
+}
+
+/// Options for a turn: the secrets it may need and a fresh random seed.
+pub(crate) fn turn_options(env: &Env, config: &TenantConfig, mode: ReplyMode) -> TurnOptions {
+    let mut options = TurnOptions::new(mode);
+    options.secrets = secrets(env, config);
+    options.seed = random_u64();
+    options
+}
+
+/// 64 random bits from the platform (the engine has no randomness of its own).
+pub(crate) fn random_u64() -> u64 {
+    let hi = (worker::js_sys::Math::random() * 4_294_967_296.0) as u64;
+    let lo = (worker::js_sys::Math::random() * 4_294_967_296.0) as u64;
+    (hi << 32) | lo
 }

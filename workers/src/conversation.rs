@@ -32,7 +32,7 @@ use worker::{
 
 use crate::http::{error_response, internal, json_response, set};
 use crate::provider::{self, now};
-use crate::{CONVERSATIONS, config, log};
+use crate::{CONVERSATIONS, config, gateway, log};
 
 /// The object's internal route for a chat turn.
 pub(crate) const TURN_PATH: &str = "/turn";
@@ -168,6 +168,7 @@ impl Drop for TurnGuard {
 struct Inner {
     sql: SqlStorage,
     env: Env,
+    state: State,
     /// The conversation as last persisted; `None` until loaded, or after a failed write
     /// (then the next use reloads what storage really holds).
     conversation: RefCell<Option<Conversation>>,
@@ -267,6 +268,8 @@ impl DurableObject for ConversationObject {
         for stmt in [
             "CREATE TABLE IF NOT EXISTS conversation (id INTEGER PRIMARY KEY CHECK (id = 0), state BLOB NOT NULL)",
             "CREATE TABLE IF NOT EXISTS messages (seq INTEGER PRIMARY KEY, role TEXT NOT NULL, body BLOB NOT NULL, created_at INTEGER NOT NULL)",
+            // Each turn's attempts, by the visitor message it answered (for the replay console).
+            "CREATE TABLE IF NOT EXISTS traces (seq INTEGER PRIMARY KEY, trace TEXT NOT NULL)",
         ] {
             if let Err(e) = sql.exec(stmt, None) {
                 log(
@@ -279,6 +282,7 @@ impl DurableObject for ConversationObject {
             inner: Rc::new(Inner {
                 sql,
                 env,
+                state,
                 conversation: RefCell::new(None),
                 turns: TurnQueue::default(),
             }),
@@ -343,7 +347,6 @@ async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiError
     for e in &events {
         log("info", e.to_json());
     }
-    let api_key = config::api_key(&inner.env, &t.config);
     let mode = if t.stream {
         ReplyMode::Stream
     } else {
@@ -351,29 +354,38 @@ async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiError
     };
     if !t.stream {
         let _guard = TurnQueue::acquire(&inner).await;
-        let outcome = run_turn(
-            &inner,
-            &visitor,
-            mode,
-            &t.config,
-            api_key.as_deref(),
-            |_| {},
-        )
-        .await;
+        let outcome = run_turn(&inner, &tenant, &visitor, mode, &t.config, |_| {}).await;
         return match outcome {
             Ok((reply_message, reply)) => {
                 let mut resp = json_response(
                     200,
                     &api::chat_reply_json(&id, created, &visitor, &reply_message, &reply),
                 )?;
-                resp.headers_mut()
+                let headers = resp.headers_mut();
+                headers
                     .set("x-kefu-conversation-id", id.as_str())
+                    .map_err(internal)?;
+                if let Some(target) = &reply.target {
+                    headers.set("x-kefu-target", target).map_err(internal)?;
+                }
+                headers
+                    .set("x-kefu-attempts", &reply.attempts.to_string())
                     .map_err(internal)?;
                 Ok(resp)
             }
             Err(TurnFailure::Provider(e)) => {
                 let (status, body) = api::chat_failure_json(&id, created, &visitor, &e);
                 json_response(status, &body)
+            }
+            Err(TurnFailure::Quota(q)) => {
+                let e = api::quota_error(&q);
+                let mut resp =
+                    json_response(e.status, &api::chat_error_json(&id, created, &visitor, &e))?;
+                let secs = q.retry_after.as_millis().div_ceil(1000).max(1);
+                resp.headers_mut()
+                    .set("retry-after", &secs.to_string())
+                    .map_err(internal)?;
+                Ok(resp)
             }
             Err(TurnFailure::Host(e)) => {
                 json_response(e.status, &api::chat_error_json(&id, created, &visitor, &e))
@@ -388,20 +400,17 @@ async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiError
     wasm_bindgen_futures::spawn_local(async move {
         let _guard = TurnQueue::acquire(&inner).await;
         let deltas = tx.clone();
-        let outcome = run_turn(
-            &inner,
-            &visitor,
-            mode,
-            &config,
-            api_key.as_deref(),
-            move |text| {
-                let _ = deltas.unbounded_send(api::sse_delta(&text).into_bytes());
-            },
-        )
+        let outcome = run_turn(&inner, &tenant, &visitor, mode, &config, move |text| {
+            let _ = deltas.unbounded_send(api::sse_delta(&text).into_bytes());
+        })
         .await;
         let last = match outcome {
             Ok((reply_message, reply)) => api::sse_done(&reply_message, &reply),
             Err(TurnFailure::Provider(e)) => api::sse_error(e.code(), &e.to_string()),
+            Err(TurnFailure::Quota(q)) => {
+                let e = api::quota_error(&q);
+                api::sse_error(e.code, &e.message)
+            }
             Err(TurnFailure::Host(e)) => api::sse_error(e.code, &e.message),
         };
         let _ = tx.unbounded_send(last.into_bytes());
@@ -416,32 +425,68 @@ async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiError
 
 enum TurnFailure {
     Provider(ProviderError),
+    Quota(kefu_engine::gateway::QuotaError),
     Host(ApiError),
 }
 
-/// Runs the bot's turn for `visitor` and records its reply.
+/// Runs the bot's turn for `visitor` and records its reply and its trace.
 async fn run_turn(
     inner: &Rc<Inner>,
+    tenant: &TenantId,
     visitor: &Message,
     mode: ReplyMode,
     config: &TenantConfig,
-    api_key: Option<&str>,
     on_delta: impl FnMut(String),
 ) -> Result<(Message, TurnReply), TurnFailure> {
     let conversation = inner
         .load()
         .map_err(TurnFailure::Host)?
         .ok_or_else(|| TurnFailure::Host(ApiError::conversation_not_found()))?;
-    let turn = conversation
-        .start_turn(now(), config, visitor, mode, api_key)
+    let options = config::turn_options(&inner.env, config, mode);
+    let mut turn = conversation
+        .start_turn(now(), config, visitor, options)
         .map_err(|e| TurnFailure::Host(ApiError::internal(e.to_string())))?;
-    let result = provider::drive(turn, on_delta).await;
-    let mut line =
-        json!({"msg": "turn", "conversation_id": conversation.id().as_str(), "seq": visitor.seq});
+    let grant = if config.has_models() {
+        let grant = gateway::begin(&inner.env, tenant, config, &turn)
+            .await
+            .map_err(|r| match r {
+                gateway::Refusal::Quota(q) => TurnFailure::Quota(q),
+                gateway::Refusal::Host(e) => TurnFailure::Host(e),
+            })?;
+        if !grant.blocked.is_empty() {
+            // Breakers refused some targets: plan again without them.
+            let mut options = config::turn_options(&inner.env, config, mode);
+            options.blocked = grant.blocked.clone();
+            turn = conversation
+                .start_turn(now(), config, visitor, options)
+                .map_err(|e| TurnFailure::Host(ApiError::internal(e.to_string())))?;
+        }
+        Some(grant)
+    } else {
+        None
+    };
+    let result = provider::drive(&mut turn, on_delta).await;
+    if let Some(grant) = grant {
+        let env = inner.env.clone();
+        let (tenant, config, trace) = (tenant.clone(), config.clone(), turn.trace().to_vec());
+        // Reporting to the gateway must not delay the visitor's answer.
+        inner.state.wait_until(async move {
+            gateway::settle(&env, &tenant, &config, &grant, &trace).await
+        });
+    }
+    let trace = serde_json::to_string(turn.trace()).unwrap_or_default();
+    let mut line = json!({"msg": "turn", "conversation_id": conversation.id().as_str(), "seq": visitor.seq, "trace": turn.trace()});
+    if let Err(e) = inner.sql.exec(
+        "INSERT INTO traces (seq, trace) VALUES (?, ?) ON CONFLICT (seq) DO UPDATE SET trace = excluded.trace",
+        vec![i64::from(visitor.seq).into(), trace.into()],
+    ) {
+        line["trace_store_error"] = e.to_string().into();
+    }
     let outcome = match result {
         Ok(reply) => {
             line["responder"] = reply.responder.kind().into();
-            line["model"] = reply.responder.model().map_or(Value::Null, Value::from);
+            line["target"] = reply.target.clone().map_or(Value::Null, Value::from);
+            line["attempts"] = reply.attempts.into();
             line["duration_ms"] = (reply.duration.as_millis() as u64).into();
             line["ttft_ms"] = reply
                 .time_to_first_token

@@ -7,6 +7,7 @@
 
 mod config;
 mod conversation;
+mod gateway;
 mod http;
 mod provider;
 
@@ -17,12 +18,15 @@ use serde_json::{Value, json};
 use worker::{Context, Env, Method, Request, Response, Result, event};
 
 pub use conversation::ConversationObject;
+pub use gateway::GatewayObject;
 
 use crate::conversation::{InternalTurn, TRANSCRIPT_PATH};
 use crate::http::{error_response, json_response, text_response};
 
 /// The Durable Object namespace binding that holds one object per conversation.
 pub(crate) const CONVERSATIONS: &str = "CONVERSATIONS";
+/// The Durable Object namespace binding that holds one gateway object per tenant.
+pub(crate) const GATEWAYS: &str = "GATEWAYS";
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {

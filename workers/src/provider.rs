@@ -93,14 +93,16 @@ fn provider_events(
 
 /// Drives `turn` to its end, passing each streamed delta to `on_delta`.
 pub(crate) async fn drive(
-    mut turn: Turn,
+    turn: &mut Turn,
     mut on_delta: impl FnMut(String),
 ) -> Result<TurnReply, ProviderError> {
     let mut in_flight: Option<InFlight> = None;
     loop {
         while let Some(action) = turn.poll_action() {
             match action {
-                Action::CallProvider { attempt, request } => {
+                Action::CallProvider {
+                    attempt, request, ..
+                } => {
                     let controller = AbortController::default();
                     match provider_events(&request, &controller) {
                         Ok(events) => {

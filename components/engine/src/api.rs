@@ -291,6 +291,11 @@ fn reply_fields(reply_message: &Message, reply: &TurnReply) -> Map<String, Value
     m.insert("reply".into(), message_json(reply_message));
     m.insert("responder".into(), Value::from(reply.responder.kind()));
     m.insert(
+        "target".into(),
+        reply.target.as_deref().map_or(Value::Null, Value::from),
+    );
+    m.insert("attempts".into(), Value::from(reply.attempts));
+    m.insert(
         "model".into(),
         reply.responder.model().map_or(Value::Null, Value::from),
     );
@@ -354,6 +359,12 @@ pub fn chat_error_json(
         m.insert("message".into(), message_json(visitor));
     }
     body
+}
+
+/// `429 quota_exceeded`: the tenant's quota or budget refused the turn (the host adds
+/// `Retry-After`).
+pub fn quota_error(e: &crate::gateway::QuotaError) -> ApiError {
+    ApiError::new(429, "quota_exceeded", e.to_string())
 }
 
 /// One Server-Sent Events frame.

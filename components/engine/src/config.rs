@@ -4,7 +4,12 @@
 //! Workers). Parsing and validation live here so every host rejects the same documents with
 //! the same errors, each naming the field at fault.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
+
+use crate::gateway::route::{self, ProviderSpec, RouteContext, RouteSpec, Target};
+use crate::gateway::{BreakerPolicy, Price, QuotaPolicy, RetryPolicy, Rng};
 
 /// The model used when a provider is configured without one.
 pub const DEFAULT_MODEL: &str = "gpt-4o-mini";
@@ -22,8 +27,27 @@ pub struct TenantConfig {
     pub name: Option<String>,
     /// The system prompt sent first in every model call.
     pub system_prompt: String,
-    /// The model provider. Without one the offline responder answers.
+    /// A single model provider: the shorthand for a one-target route. Without it (and
+    /// without `routes`) the offline responder answers.
     pub provider: Option<ProviderConfig>,
+    /// Named providers that routes refer to.
+    pub providers: BTreeMap<String, ProviderSpec>,
+    /// Named routes: ordered, weighted or conditional plans over provider models.
+    pub routes: BTreeMap<String, RouteSpec>,
+    /// The route chat turns use (`default` when omitted).
+    pub route: Option<String>,
+    /// Retries and fallback.
+    pub retry: RetryPolicy,
+    /// Circuit breakers.
+    pub breaker: BreakerPolicy,
+    /// Quotas and budgets.
+    pub quotas: QuotaPolicy,
+    /// Model prices (by `provider/model` or model name), for cost accounting and budgets.
+    pub prices: BTreeMap<String, Price>,
+    /// The tenant's plan, for conditional routes.
+    pub plan: Option<String>,
+    /// Keys for the OpenAI-compatible API, stored hashed.
+    pub api_keys: Vec<crate::auth::ApiKeyEntry>,
     /// How long a provider may take.
     pub timeouts: Timeouts,
     /// How many recent messages the bot sees.
@@ -98,6 +122,15 @@ impl Default for TenantConfig {
             name: None,
             system_prompt: DEFAULT_SYSTEM_PROMPT.to_owned(),
             provider: None,
+            providers: BTreeMap::new(),
+            routes: BTreeMap::new(),
+            route: None,
+            retry: RetryPolicy::default(),
+            breaker: BreakerPolicy::default(),
+            quotas: QuotaPolicy::default(),
+            prices: BTreeMap::new(),
+            plan: None,
+            api_keys: Vec::new(),
             timeouts: Timeouts::default(),
             history_window: 20,
             faq: Vec::new(),
@@ -204,6 +237,45 @@ impl TenantConfig {
                 return Err(invalid("provider.max_tokens", "must be positive"));
             }
         }
+        if self.provider.is_some() && !self.routes.is_empty() {
+            return Err(invalid(
+                "provider",
+                "give either `provider` or `providers` and `routes`, not both",
+            ));
+        }
+        route::validate(&self.providers, &self.routes)?;
+        if !self.routes.is_empty() {
+            let name = self.route_name();
+            if !self.routes.contains_key(name) {
+                return Err(invalid("route", format!("no route named `{name}`")));
+            }
+        } else if !self.providers.is_empty() {
+            return Err(invalid(
+                "routes",
+                "providers are used through routes: add a `default` route",
+            ));
+        }
+        self.retry.validate()?;
+        self.breaker.validate()?;
+        self.quotas.validate()?;
+        for (name, price) in &self.prices {
+            let ok = |x: f64| x.is_finite() && x >= 0.0;
+            if !ok(price.input_per_mtok) || !ok(price.output_per_mtok) {
+                return Err(invalid(
+                    &format!("prices.{name}"),
+                    "prices must be non-negative numbers",
+                ));
+            }
+        }
+        for (i, k) in self.api_keys.iter().enumerate() {
+            let hex = k.sha256.len() == 64 && k.sha256.bytes().all(|b| b.is_ascii_hexdigit());
+            if !hex {
+                return Err(invalid(
+                    &format!("api_keys[{i}].sha256"),
+                    "must be a SHA-256 in hex (64 digits), never the key",
+                ));
+            }
+        }
         for (i, entry) in self.faq.iter().enumerate() {
             if entry.question.trim().is_empty() {
                 return Err(invalid(&format!("faq[{i}].question"), "must not be empty"));
@@ -213,6 +285,86 @@ impl TenantConfig {
             }
         }
         Ok(())
+    }
+}
+
+impl TenantConfig {
+    /// The name of the route chat turns use.
+    pub fn route_name(&self) -> &str {
+        self.route.as_deref().unwrap_or("default")
+    }
+
+    /// Whether a model answers (otherwise the offline responder does).
+    pub fn has_models(&self) -> bool {
+        self.provider.is_some() || !self.routes.is_empty()
+    }
+
+    /// The ordered targets one turn will try on route `route` (the chat route when `None`).
+    pub fn plan(&self, route: Option<&str>, ctx: &RouteContext, rng: &mut Rng) -> Vec<Target> {
+        if let Some(p) = &self.provider {
+            return vec![Target {
+                key: format!("default/{}", p.model),
+                provider: "default".into(),
+                kind: p.kind,
+                base_url: p.base_url.clone(),
+                model: p.model.clone(),
+                api_key_secret: p.api_key_secret.clone(),
+                context_window: None,
+                max_tokens: p.max_tokens,
+                temperature: p.temperature,
+                route: "default".into(),
+            }];
+        }
+        route::plan(
+            &self.providers,
+            &self.routes,
+            route.unwrap_or(self.route_name()),
+            ctx,
+            rng,
+        )
+    }
+
+    /// Every target any route can reach (for breakers and `/v1/models`), in a stable order.
+    pub fn all_targets(&self) -> Vec<Target> {
+        let mut out: Vec<Target> = Vec::new();
+        let names: Vec<&String> = self.routes.keys().collect();
+        let ctxs = [RouteContext::default()];
+        if self.provider.is_some() {
+            return self.plan(None, &ctxs[0], &mut Rng::new(0));
+        }
+        for name in names {
+            for t in route::all_targets(&self.providers, &self.routes, name) {
+                if !out.iter().any(|o| o.key == t.key) {
+                    out.push(t);
+                }
+            }
+        }
+        out
+    }
+
+    /// Every secret name the configuration refers to.
+    pub fn secret_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .provider
+            .iter()
+            .filter_map(|p| p.api_key_secret.clone())
+            .chain(
+                self.providers
+                    .values()
+                    .filter_map(|p| p.api_key_secret.clone()),
+            )
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// The price of a target's tokens, by `provider/model`, else by model.
+    pub fn price_for(&self, target: &Target) -> Option<Price> {
+        self.prices
+            .get(&target.key)
+            .or_else(|| self.prices.get(&target.model))
+            .copied()
     }
 }
 
@@ -242,6 +394,30 @@ mod tests {
         assert_eq!(c.provider.unwrap().model, "gpt-4o");
         assert_eq!(c.timeouts.first_token_ms, 1000);
         assert_eq!(c.history_window, 20);
+    }
+
+    #[test]
+    fn routes_plan_and_validate() {
+        let c = TenantConfig::from_json(
+            r#"{"providers":{"oa":{"kind":"openai","base_url":"https://api.openai.com/v1","api_key_secret":"OPENAI_API_KEY"},
+                             "an":{"kind":"openai_compatible","base_url":"http://127.0.0.1:1/v1"}},
+                "routes":{"default":{"strategy":"fallback","targets":[{"provider":"oa","model":"gpt-4o-mini"},{"route":"backup"}]},
+                          "backup":{"targets":[{"provider":"an","model":"llama"}]}},
+                "prices":{"gpt-4o-mini":{"input_per_mtok":0.15,"output_per_mtok":0.6}},
+                "quotas":{"requests_per_minute":60}}"#,
+        )
+        .unwrap();
+        let plan = c.plan(None, &RouteContext::default(), &mut Rng::new(1));
+        let keys: Vec<&str> = plan.iter().map(|t| t.key.as_str()).collect();
+        assert_eq!(keys, ["oa/gpt-4o-mini", "an/llama"]);
+        assert!(c.price_for(&plan[0]).is_some());
+        assert!(c.price_for(&plan[1]).is_none());
+        assert_eq!(c.secret_names(), ["OPENAI_API_KEY"]);
+        assert_eq!(c.all_targets().len(), 2);
+        let e = TenantConfig::from_json(r#"{"providers":{"oa":{"base_url":"https://x.example/v1"}},"routes":{"main":{"targets":[{"provider":"oa","model":"m"}]}}}"#).unwrap_err();
+        assert_eq!(e.field, "route");
+        let e = TenantConfig::from_json(r#"{"retry":{"max_attempts":0}}"#).unwrap_err();
+        assert_eq!(e.field, "retry.max_attempts");
     }
 
     #[test]

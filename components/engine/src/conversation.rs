@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::Event;
 use crate::config::TenantConfig;
 use crate::time::Timestamp;
-use crate::turn::{ReplyMode, Turn, TurnReply};
+use crate::turn::{Turn, TurnOptions, TurnReply, build_prompt};
 
 /// A conversation's id: 1 to 128 characters of `[A-Za-z0-9_-]`, chosen by the host.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -392,8 +392,7 @@ impl Conversation {
         now: Timestamp,
         config: &TenantConfig,
         trigger: &Message,
-        mode: ReplyMode,
-        api_key: Option<&str>,
+        options: TurnOptions,
     ) -> Result<Turn, ConversationError> {
         if trigger.role != Role::Visitor || trigger.seq >= self.next_seq {
             return Err(ConversationError::NotAwaitingReply(trigger.seq));
@@ -404,14 +403,8 @@ impl Conversation {
             .filter(|m| m.seq != trigger.seq && !(m.role == Role::Visitor && m.seq > trigger.seq))
             .collect();
         history.push(trigger);
-        Ok(Turn::start(
-            now,
-            config,
-            self.summary.as_deref(),
-            &history,
-            mode,
-            api_key,
-        ))
+        let prompt = build_prompt(&config.system_prompt, self.summary.as_deref(), &history);
+        Ok(Turn::new(now, config, prompt, options))
     }
 
     /// Records the bot's reply that a finished turn produced.
@@ -488,6 +481,10 @@ mod tests {
             TenantId::default_tenant(),
             Timestamp::from_millis(1_000),
         )
+    }
+
+    fn opts() -> TurnOptions {
+        TurnOptions::new(crate::turn::ReplyMode::Whole)
     }
 
     fn text(s: &str) -> Vec<Part> {
@@ -587,38 +584,20 @@ mod tests {
             .unwrap()
             .message;
         assert!(
-            c.start_turn(
-                Timestamp::from_millis(8),
-                &cfg,
-                &visitor,
-                ReplyMode::Whole,
-                None
-            )
-            .is_ok()
+            c.start_turn(Timestamp::from_millis(8), &cfg, &visitor, opts())
+                .is_ok()
         );
         let mut bot = visitor.clone();
         bot.role = Role::Bot;
         assert!(
-            c.start_turn(
-                Timestamp::from_millis(8),
-                &cfg,
-                &bot,
-                ReplyMode::Whole,
-                None
-            )
-            .is_err()
+            c.start_turn(Timestamp::from_millis(8), &cfg, &bot, opts())
+                .is_err()
         );
         let mut future = visitor.clone();
         future.seq = 2;
         assert_eq!(
-            c.start_turn(
-                Timestamp::from_millis(8),
-                &cfg,
-                &future,
-                ReplyMode::Whole,
-                None
-            )
-            .err(),
+            c.start_turn(Timestamp::from_millis(8), &cfg, &future, opts())
+                .err(),
             Some(ConversationError::NotAwaitingReply(2))
         );
     }

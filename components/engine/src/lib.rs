@@ -16,12 +16,17 @@
 //! 4. [`Conversation::record_reply`] records the reply, which the host persists; a failed
 //!    turn records nothing, and the visitor gets a typed error instead of a fake reply.
 
+pub mod anthropic;
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod conversation;
 pub mod demo;
+pub mod gateway;
+pub mod gemini;
 pub mod offline;
 pub mod openai;
+pub mod openai_api;
 pub mod provider;
 #[cfg(feature = "sim")]
 pub mod sim;
@@ -29,6 +34,7 @@ pub mod sse;
 pub mod time;
 pub mod turn;
 pub mod wire;
+pub mod workers_ai;
 
 pub use config::TenantConfig;
 pub use conversation::{
@@ -36,7 +42,7 @@ pub use conversation::{
 };
 pub use provider::{HttpRequest, ProviderError, ProviderEvent};
 pub use time::Timestamp;
-pub use turn::{Action, AttemptId, ReplyMode, Responder, Turn, TurnReply};
+pub use turn::{Action, AttemptId, ReplyMode, Responder, Turn, TurnOptions, TurnReply};
 
 use serde_json::{Value, json};
 

@@ -239,32 +239,43 @@ impl ProviderError {
     /// anything else) into a typed error.
     pub fn from_status(status: u16, headers: &[(String, String)], body: &[u8]) -> Self {
         let (message, code) = error_message_and_code(body);
-        let text = format!("{message} {code}").to_ascii_lowercase();
-        match status {
-            429 => Self::RateLimited {
-                retry_after: retry_after(headers),
-                message,
-            },
-            401 | 403 => Self::Auth { status, message },
-            503 | 529 => Self::Overloaded { message },
-            _ if text.contains("overloaded") => Self::Overloaded { message },
-            400..=499
-                if text.contains("context_length")
-                    || text.contains("maximum context")
-                    || text.contains("too many tokens") =>
-            {
-                Self::ContextTooLong { message }
-            }
-            400..=499
-                if text.contains("content_filter")
-                    || text.contains("content_policy")
-                    || text.contains("safety") =>
-            {
-                Self::ContentFiltered { message }
-            }
-            400..=499 => Self::BadRequest { status, message },
-            _ => Self::Upstream { status, message },
+        classify_parts(status, retry_after(headers), message, &code)
+    }
+}
+
+/// The status-and-keyword rules of [`ProviderError::from_status`], for formats that read the
+/// message, code and retry delay out of their own error shapes first.
+pub(crate) fn classify_parts(
+    status: u16,
+    retry_after: Option<Duration>,
+    message: String,
+    code: &str,
+) -> ProviderError {
+    let text = format!("{message} {code}").to_ascii_lowercase();
+    match status {
+        429 => ProviderError::RateLimited {
+            retry_after,
+            message,
+        },
+        401 | 403 => ProviderError::Auth { status, message },
+        503 | 529 => ProviderError::Overloaded { message },
+        _ if text.contains("overloaded") => ProviderError::Overloaded { message },
+        400..=499
+            if text.contains("context_length")
+                || text.contains("maximum context")
+                || text.contains("too many tokens") =>
+        {
+            ProviderError::ContextTooLong { message }
         }
+        400..=499
+            if text.contains("content_filter")
+                || text.contains("content_policy")
+                || text.contains("safety") =>
+        {
+            ProviderError::ContentFiltered { message }
+        }
+        400..=499 => ProviderError::BadRequest { status, message },
+        _ => ProviderError::Upstream { status, message },
     }
 }
 
@@ -338,8 +349,9 @@ pub fn retry_after(headers: &[(String, String)]) -> Option<Duration> {
         .max()
 }
 
-/// Parses durations such as `1s`, `6m0s`, `1h2m3.5s`, `20ms`.
-fn parse_go_duration(s: &str) -> Option<Duration> {
+/// Parses durations such as `1s`, `6m0s`, `1h2m3.5s`, `20ms` (also protobuf's JSON form of
+/// a duration, `13s` or `0.250s`).
+pub(crate) fn parse_go_duration(s: &str) -> Option<Duration> {
     let mut total = 0f64;
     let mut rest = s;
     if rest.is_empty() {
@@ -363,6 +375,162 @@ fn parse_go_duration(s: &str) -> Option<Duration> {
         rest = &rest[unit_end..];
     }
     Some(Duration::from_millis((total * 1000.0) as u64))
+}
+
+/// A header's value, by case-insensitive name, trimmed.
+pub(crate) fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+}
+
+/// Milliseconds since the Unix epoch of an RFC 3339 timestamp (`2024-05-01T12:00:30Z`,
+/// `2024-05-01T12:00:30.250+02:00`).
+///
+/// The engine reads no clock, so a timestamp on its own says nothing about how long to wait;
+/// it becomes a delay only against another timestamp from the same response, such as the
+/// `Date` header ([`parse_http_date`]).
+pub(crate) fn parse_rfc3339(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let num = |r: core::ops::Range<usize>| -> Option<i64> {
+        let part = s.get(r)?;
+        if part.bytes().all(|c| c.is_ascii_digit()) {
+            part.parse().ok()
+        } else {
+            None
+        }
+    };
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut rest = &s[19..];
+    let mut millis = 0i64;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let end = frac
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(frac.len());
+        if end == 0 {
+            return None;
+        }
+        let digits = &frac[..end.min(3)];
+        millis = digits.parse::<i64>().ok()? * 10i64.pow(3 - digits.len() as u32);
+        rest = &frac[end..];
+    }
+    let offset_secs = match rest {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = match rest.as_bytes().first()? {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let hm = rest.get(1..)?;
+            let (h, m) = hm.split_once(':')?;
+            if h.len() != 2 || m.len() != 2 {
+                return None;
+            }
+            sign * (h.parse::<i64>().ok()? * 3600 + m.parse::<i64>().ok()? * 60)
+        }
+    };
+    let secs = unix_seconds(year, month, day, hour, minute, second)? - offset_secs;
+    Some(secs * 1000 + millis)
+}
+
+/// Milliseconds since the Unix epoch of an HTTP date in the IMF-fixdate form every server
+/// sends (`Sun, 06 Nov 1994 08:49:37 GMT`).
+pub(crate) fn parse_http_date(s: &str) -> Option<i64> {
+    let mut it = s.split_whitespace();
+    let _weekday = it.next()?;
+    let day: i64 = it.next()?.parse().ok()?;
+    let month = match it.next()? {
+        "Jan" => 1,
+        "Feb" => 2,
+        "Mar" => 3,
+        "Apr" => 4,
+        "May" => 5,
+        "Jun" => 6,
+        "Jul" => 7,
+        "Aug" => 8,
+        "Sep" => 9,
+        "Oct" => 10,
+        "Nov" => 11,
+        "Dec" => 12,
+        _ => return None,
+    };
+    let year: i64 = it.next()?.parse().ok()?;
+    let mut hms = it.next()?.split(':');
+    let hour: i64 = hms.next()?.parse().ok()?;
+    let minute: i64 = hms.next()?.parse().ok()?;
+    let second: i64 = hms.next()?.parse().ok()?;
+    if it.next()? != "GMT" || it.next().is_some() || hms.next().is_some() {
+        return None;
+    }
+    Some(unix_seconds(year, month, day, hour, minute, second)? * 1000)
+}
+
+/// Seconds since the Unix epoch of a UTC civil time, or `None` when a field is out of range.
+fn unix_seconds(year: i64, month: i64, day: i64, hour: i64, min: i64, sec: i64) -> Option<i64> {
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || !(0..24).contains(&hour)
+        || !(0..60).contains(&min)
+        || !(0..=60).contains(&sec)
+        || !(0..=9999).contains(&year)
+    {
+        return None;
+    }
+    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + min * 60 + sec)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The year and month of a day count since 1970-01-01.
+fn year_month_of_days(days: i64) -> (i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month)
+}
+
+/// How long from `now_ms` (a server's clock, from its `Date` header) until the next 00:00 UTC,
+/// when daily quotas reset.
+pub(crate) fn until_next_utc_day(now_ms: i64) -> Duration {
+    let next = (now_ms.div_euclid(86_400_000) + 1) * 86_400_000;
+    Duration::from_millis(u64::try_from(next - now_ms).unwrap_or(0))
+}
+
+/// How long from `now_ms` until 00:00 UTC on the first day of the next month, when monthly
+/// spend limits reset.
+pub(crate) fn until_next_utc_month(now_ms: i64) -> Duration {
+    let (year, month) = year_month_of_days(now_ms.div_euclid(86_400_000));
+    let (year, month) = if month == 12 {
+        (year + 1, 1)
+    } else {
+        (year, month + 1)
+    };
+    let next = days_from_civil(year, month, 1) * 86_400_000;
+    Duration::from_millis(u64::try_from(next - now_ms).unwrap_or(0))
 }
 
 #[cfg(test)]
@@ -463,5 +631,31 @@ mod tests {
         let shown = format!("{req:?}");
         assert!(!shown.contains("sk-secret"), "{shown}");
         assert!(shown.contains("<redacted>"));
+    }
+
+    #[test]
+    fn timestamps_become_delays_only_against_each_other() {
+        let date = parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        assert_eq!(date, 784_111_777_000);
+        assert_eq!(parse_rfc3339("1994-11-06T08:49:37Z"), Some(784_111_777_000));
+        assert_eq!(
+            parse_rfc3339("1994-11-06T09:49:38.5+01:00"),
+            Some(784_111_778_500)
+        );
+        assert_eq!(
+            parse_rfc3339("2024-02-29T00:00:00Z").map(|t| t % 86_400_000),
+            Some(0)
+        );
+        assert_eq!(parse_rfc3339("2024-13-01T00:00:00Z"), None);
+        assert_eq!(parse_rfc3339("yesterday"), None);
+        assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 PST"), None);
+        assert_eq!(
+            until_next_utc_day(date),
+            Duration::from_secs(24 * 3600 - (8 * 3600 + 49 * 60 + 37))
+        );
+        let dec = parse_rfc3339("2023-12-31T23:00:00Z").unwrap();
+        assert_eq!(until_next_utc_month(dec), Duration::from_secs(3600));
+        let feb = parse_rfc3339("2024-02-28T00:00:00Z").unwrap();
+        assert_eq!(until_next_utc_month(feb), Duration::from_secs(2 * 86_400));
     }
 }

@@ -6,16 +6,17 @@
 //! comes first, the next scripted step or the turn's own deadline, so timeouts, stalls and
 //! cut streams play out in microseconds and the same every time.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use crate::Event;
 use crate::config::TenantConfig;
 use crate::conversation::{
     Conversation, ConversationError, ConversationId, Message, Part, TenantId,
 };
+use crate::gateway::{AttemptRecord, BreakerBoard, QuotaError, QuotaState};
 use crate::provider::{HttpRequest, ProviderError, ProviderEvent};
 use crate::time::Timestamp;
-use crate::turn::{Action, ReplyMode, TurnReply};
+use crate::turn::{Action, ReplyMode, TurnOptions, TurnReply};
 
 use core::time::Duration;
 
@@ -189,6 +190,8 @@ pub struct ChatOutcome {
     pub deltas: Vec<String>,
     /// The stored reply, or why there is none.
     pub result: Result<(Message, TurnReply), ProviderError>,
+    /// What every attempt did.
+    pub trace: Vec<AttemptRecord>,
 }
 
 /// The simulator.
@@ -198,12 +201,22 @@ pub struct Simulator {
     pub now: Timestamp,
     /// The tenant configuration every turn uses.
     pub config: TenantConfig,
-    /// The API key handed to turns.
-    pub api_key: Option<String>,
-    /// Scripts for the next provider calls, in order.
+    /// Secret values handed to turns.
+    pub secrets: BTreeMap<String, String>,
+    /// Scripts for the next provider calls, in order (when no target has its own).
     pub scripts: VecDeque<Script>,
-    /// Every request sent to the provider.
+    /// Scripts for the next calls to one target (`provider/model`), in order.
+    pub target_scripts: HashMap<String, VecDeque<Script>>,
+    /// Every request sent to a provider, with its target.
     pub requests: Vec<HttpRequest>,
+    /// The target of each request in `requests`.
+    pub request_targets: Vec<String>,
+    /// The circuit breakers, shared by every turn as the host's store shares them.
+    pub breakers: BreakerBoard,
+    /// The tenant's quota state.
+    pub quota: QuotaState,
+    /// The next turn's random seed (each turn takes the next).
+    pub seed: u64,
     /// How many calls were cancelled.
     pub cancelled: usize,
     /// Every event emitted.
@@ -219,9 +232,14 @@ impl Simulator {
         Self {
             now: Timestamp::from_millis(1_795_593_600_000),
             config,
-            api_key: None,
+            secrets: BTreeMap::new(),
             scripts: VecDeque::new(),
+            target_scripts: HashMap::new(),
             requests: Vec::new(),
+            request_targets: Vec::new(),
+            breakers: BreakerBoard::default(),
+            quota: QuotaState::default(),
+            seed: 1,
             cancelled: 0,
             events: Vec::new(),
             store: HashMap::new(),
@@ -233,6 +251,33 @@ impl Simulator {
     pub fn script(&mut self, script: Script) -> &mut Self {
         self.scripts.push_back(script);
         self
+    }
+
+    /// Queues the script for the next call to `target` (`provider/model`).
+    pub fn script_for(&mut self, target: &str, script: Script) -> &mut Self {
+        self.target_scripts
+            .entry(target.to_owned())
+            .or_default()
+            .push_back(script);
+        self
+    }
+
+    /// The options a host would hand the next turn: secrets, the targets breakers refuse
+    /// (claiming half-open probes as the host's store does), a fresh seed.
+    pub fn options(&mut self, mode: ReplyMode) -> TurnOptions {
+        let mut blocked = BTreeSet::new();
+        for t in self.config.all_targets() {
+            if !self.breakers.admit(self.now, &t.key, &self.config.breaker) {
+                blocked.insert(t.key);
+            }
+        }
+        self.seed += 1;
+        TurnOptions {
+            secrets: self.secrets.clone(),
+            blocked,
+            seed: self.seed,
+            ..TurnOptions::new(mode)
+        }
     }
 
     fn load(&self, id: &ConversationId) -> Conversation {
@@ -274,22 +319,25 @@ impl Simulator {
 
     /// Runs the bot's turn for visitor message `seq`, as a host would: perform actions,
     /// advance the clock to the next scripted step or deadline, feed events back.
-    pub fn run_turn(
+    pub fn try_run_turn(
         &mut self,
         id: &ConversationId,
         visitor: Message,
         mode: ReplyMode,
-    ) -> ChatOutcome {
+    ) -> Result<ChatOutcome, QuotaError> {
         let conversation = self.load(id);
+        let options = self.options(mode);
         let mut turn = conversation
-            .start_turn(
-                self.now,
-                &self.config,
-                &visitor,
-                mode,
-                self.api_key.as_deref(),
-            )
+            .start_turn(self.now, &self.config, &visitor, options)
             .expect("turn starts");
+        let reservation = if self.config.quotas.is_limited() && self.config.has_models() {
+            Some(
+                self.quota
+                    .reserve(self.now, &self.config.quotas, turn.estimated_tokens())?,
+            )
+        } else {
+            None
+        };
         let mut deltas = Vec::new();
         // The call in flight: its attempt id, start time and remaining steps.
         let mut call: Option<(crate::turn::AttemptId, Timestamp, VecDeque<Step>)> = None;
@@ -297,12 +345,19 @@ impl Simulator {
             let mut finished = None;
             while let Some(action) = turn.poll_action() {
                 match action {
-                    Action::CallProvider { attempt, request } => {
+                    Action::CallProvider {
+                        attempt,
+                        target,
+                        request,
+                    } => {
                         self.requests.push(request);
                         let script = self
-                            .scripts
-                            .pop_front()
-                            .expect("a script for every provider call");
+                            .target_scripts
+                            .get_mut(&target)
+                            .and_then(VecDeque::pop_front)
+                            .or_else(|| self.scripts.pop_front())
+                            .unwrap_or_else(|| panic!("no script for a call to {target}"));
+                        self.request_targets.push(target);
                         call = Some((attempt, self.now, script.steps.into()));
                     }
                     Action::CancelProvider { .. } => {
@@ -348,12 +403,46 @@ impl Simulator {
             }
             Err(e) => Err(e),
         };
-        ChatOutcome {
+        // Settle as a host does: breakers learn from every attempt, the quota from the usage.
+        for a in turn.trace() {
+            if let Some(ok) = a.breaker_signal() {
+                self.breakers
+                    .record(self.now, &a.target, ok, &self.config.breaker);
+            }
+        }
+        if let Some(r) = reservation {
+            let cost = turn.trace().iter().filter_map(|a| a.cost_micros).sum();
+            self.quota.settle(
+                self.now,
+                &self.config.quotas,
+                r,
+                Some(turn.used_tokens()),
+                cost,
+            );
+        }
+        Ok(ChatOutcome {
             conversation_id: id.clone(),
             visitor,
             deltas,
             result,
-        }
+            trace: turn.trace().to_vec(),
+        })
+    }
+
+    /// [`Simulator::try_run_turn`] for a turn the quota admits.
+    pub fn run_turn(
+        &mut self,
+        id: &ConversationId,
+        visitor: Message,
+        mode: ReplyMode,
+    ) -> ChatOutcome {
+        self.try_run_turn(id, visitor, mode)
+            .expect("the quota admits the turn")
+    }
+
+    /// Advances the fake clock.
+    pub fn advance(&mut self, d: Duration) {
+        self.now = self.now + d;
     }
 
     /// One whole chat request: the message arrives, then its turn runs.

@@ -3,7 +3,7 @@
 //! A [`Turn`] owns no socket and reads no clock. The host drives it like this:
 //!
 //! ```text
-//! let mut turn = conversation.start_turn(now, &config, seq, mode, api_key)?;
+//! let mut turn = conversation.start_turn(now, &config, &message, options)?;
 //! loop {
 //!     while let Some(action) = turn.poll_action() { /* call, cancel, stream, finish */ }
 //!     // wait for the provider or for turn.poll_timeout(), whichever comes first, then
@@ -11,19 +11,26 @@
 //! }
 //! ```
 //!
-//! The rule that matters most lives here: a reply is finished only when the provider said so
-//! (`[DONE]` or a finish reason for a stream, a complete JSON body otherwise). A stream that
-//! breaks, stalls past its deadline or carries an error event ends the turn with a typed
-//! [`ProviderError`], never with the partial text passed off as a reply.
+//! A turn is the gateway at work: it plans the route's targets, calls the first, and on a
+//! failure before the first token retries (backoff with jitter, or the provider's
+//! `Retry-After`) or falls back to the next target, skipping targets whose circuit breaker
+//! is open. The rule that matters most lives here too: a reply is finished only when the
+//! provider said so (`[DONE]`, a finish reason or the format's terminal event for a stream,
+//! a complete JSON body otherwise). A stream that breaks, stalls past its deadline or
+//! carries an error event *after text reached the visitor* ends the turn with a typed
+//! [`ProviderError`] (an explicit error event), never with the partial text passed off as a
+//! reply; before any text was shown, the turn quietly moves on to the next attempt.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use crate::config::TenantConfig;
+use crate::config::{TenantConfig, Timeouts};
 use crate::conversation::{Message, Role};
+use crate::gateway::retry::Disposition;
+use crate::gateway::route::{RouteContext, Target};
+use crate::gateway::trace::{AttemptOutcome, AttemptRecord, error_kind};
+use crate::gateway::{Price, RetryPolicy, Rng};
 use crate::offline;
-use crate::provider::{
-    FinishReason, HttpRequest, ProviderError, ProviderEvent, TimeoutPhase, Usage,
-};
+use crate::provider::{FinishReason, ProviderError, ProviderEvent, TimeoutPhase, Usage};
 use crate::sse::SseParser;
 use crate::time::Timestamp;
 use crate::wire::{
@@ -82,10 +89,18 @@ pub struct TurnReply {
     pub text: String,
     /// Who produced it.
     pub responder: Responder,
+    /// The target that answered (`provider/model`), for provider replies.
+    pub target: Option<String>,
+    /// The route that chose it.
+    pub route: Option<String>,
+    /// Provider calls the turn made, the answering one included.
+    pub attempts: u32,
     /// Why generation stopped.
     pub finish_reason: FinishReason,
-    /// Tokens used, when the provider reported them.
+    /// Tokens used by the answering attempt, when the provider reported them.
     pub usage: Option<Usage>,
+    /// Cost of the whole turn in millionths of a dollar, when every model used has a price.
+    pub cost_micros: Option<u64>,
     /// Tool calls the model made (carried for plugins; a chat reply needs text).
     pub tool_calls: Vec<ToolCall>,
     /// From the start of the turn to the first token.
@@ -101,8 +116,10 @@ pub enum Action {
     CallProvider {
         /// The attempt the events belong to.
         attempt: AttemptId,
+        /// The target (`provider/model`) being called.
+        target: String,
         /// The request to send.
-        request: HttpRequest,
+        request: crate::provider::HttpRequest,
     },
     /// Abandon this attempt (abort the fetch); its later events are ignored anyway.
     CancelProvider {
@@ -111,16 +128,67 @@ pub enum Action {
     },
     /// Show the visitor more text (streamed replies only).
     Delta(String),
-    /// The turn is over: a finished reply, or why there is none.
+    /// The turn is over: a finished reply, or why there is none. [`Turn::trace`] says what
+    /// every attempt did.
     Finished(Result<TurnReply, ProviderError>),
+}
+
+/// What a turn needs from its host besides the configuration and the prompt.
+#[derive(Clone, Debug)]
+pub struct TurnOptions {
+    /// Streamed or whole reply.
+    pub mode: ReplyMode,
+    /// Secret values by name (only the ones the configuration names are used).
+    pub secrets: BTreeMap<String, String>,
+    /// Targets whose circuit breaker refused this turn (`provider/model` keys).
+    pub blocked: BTreeSet<String>,
+    /// Seeds the turn's randomness (weighted routes, jitter): the same seed replays the
+    /// same turn.
+    pub seed: u64,
+    /// Use this route instead of the configured chat route.
+    pub route: Option<String>,
+    /// Call only this target (`provider/model`), with no fallback.
+    pub target: Option<String>,
+    /// Overrides the targets' temperature.
+    pub temperature: Option<f64>,
+    /// Overrides the targets' reply token limit.
+    pub max_tokens: Option<u32>,
+    /// Tools the model may call.
+    pub tools: Vec<crate::wire::ToolSpec>,
+    /// What conditional routes look at (language and images are filled in from the prompt
+    /// when not given).
+    pub context: RouteContext,
+}
+
+impl TurnOptions {
+    /// Options for a turn in `mode` with no secrets, breakers or route override.
+    pub fn new(mode: ReplyMode) -> Self {
+        Self {
+            mode,
+            secrets: BTreeMap::new(),
+            blocked: BTreeSet::new(),
+            seed: 0,
+            route: None,
+            target: None,
+            temperature: None,
+            max_tokens: None,
+            tools: Vec::new(),
+            context: RouteContext::default(),
+        }
+    }
 }
 
 /// The most body bytes buffered for a whole reply or an error body.
 const MAX_BODY: usize = 8 << 20;
 
+/// Reply tokens reserved for a target that sets no `max_tokens`.
+pub const DEFAULT_REPLY_TOKENS: u32 = 1024;
+
 #[derive(Debug)]
 struct Call {
     attempt: AttemptId,
+    target: usize,
+    started: Timestamp,
     model: String,
     /// Pending until the first token (stream) or the head (whole) arrives.
     first_token_deadline: Option<Timestamp>,
@@ -143,6 +211,10 @@ struct Call {
 #[derive(Debug)]
 enum State {
     Calling(Box<Call>),
+    /// Backing off before the next attempt on the current target.
+    Waiting {
+        until: Timestamp,
+    },
     Done,
 }
 
@@ -153,32 +225,74 @@ pub struct Turn {
     started: Timestamp,
     state: State,
     actions: VecDeque<Action>,
-    next_attempt: u32,
+    targets: Vec<Target>,
+    prices: Vec<Option<Price>>,
+    /// The target being tried, and how often it has been.
+    current: usize,
+    tries: u32,
+    attempts: u32,
+    prompt: Vec<PromptMessage>,
+    trimmed: bool,
+    secrets: BTreeMap<String, String>,
+    overrides: (Option<f64>, Option<u32>, Vec<crate::wire::ToolSpec>),
+    timeouts: Timeouts,
+    retry: RetryPolicy,
+    rng: Rng,
+    trace: Vec<AttemptRecord>,
+    /// Text already reached the visitor: a failure now cannot be hidden by a fallback.
+    streamed: bool,
+    last_error: Option<ProviderError>,
+    cost_micros: u64,
+    all_priced: bool,
 }
 
 impl Turn {
-    pub(crate) fn start(
+    /// Starts a turn on `prompt` under `config` (the offline responder answers when the
+    /// configuration has no model).
+    pub fn new(
         now: Timestamp,
         config: &TenantConfig,
-        summary: Option<&str>,
-        history: &[&Message],
-        mode: ReplyMode,
-        api_key: Option<&str>,
+        prompt: Vec<PromptMessage>,
+        options: TurnOptions,
     ) -> Self {
+        let TurnOptions {
+            mode,
+            secrets,
+            blocked,
+            seed,
+            route,
+            target,
+            temperature,
+            max_tokens,
+            tools,
+            mut context,
+        } = options;
+        let mut rng = Rng::new(seed);
         let mut turn = Turn {
             mode,
             started: now,
             state: State::Done,
             actions: VecDeque::new(),
-            next_attempt: 0,
+            targets: Vec::new(),
+            prices: Vec::new(),
+            current: 0,
+            tries: 0,
+            attempts: 0,
+            prompt,
+            trimmed: false,
+            secrets,
+            overrides: (temperature, max_tokens, tools),
+            timeouts: config.timeouts,
+            retry: config.retry.clone(),
+            rng: Rng::new(0),
+            trace: Vec::new(),
+            streamed: false,
+            last_error: None,
+            cost_micros: 0,
+            all_priced: true,
         };
-        let Some(provider) = &config.provider else {
-            let question = history
-                .iter()
-                .rev()
-                .find(|m| m.role == Role::Visitor)
-                .map(|m| m.text())
-                .unwrap_or_default();
+        let question = last_user_text(&turn.prompt);
+        if !config.has_models() {
             let text = offline::answer(&config.faq, config.name.as_deref(), &question);
             if mode == ReplyMode::Stream {
                 for piece in split_for_streaming(&text) {
@@ -188,55 +302,113 @@ impl Turn {
             turn.actions.push_back(Action::Finished(Ok(TurnReply {
                 text,
                 responder: Responder::Offline,
+                target: None,
+                route: None,
+                attempts: 0,
                 finish_reason: FinishReason::Stop,
                 usage: None,
+                cost_micros: None,
                 tool_calls: Vec::new(),
                 time_to_first_token: Some(Duration::ZERO),
                 duration: Duration::ZERO,
             })));
             return turn;
+        }
+        if context.plan.is_none() {
+            context.plan.clone_from(&config.plan);
+        }
+        if context.language.is_none() {
+            context.language = Some(
+                match offline::detect_lang(&question) {
+                    offline::Lang::Zh => "zh",
+                    offline::Lang::En => "en",
+                }
+                .to_owned(),
+            );
+        }
+        context.has_images |= turn.prompt.iter().any(|m| {
+            m.parts
+                .iter()
+                .any(|p| matches!(p, crate::conversation::Part::Image { .. }))
+        });
+        let plan = match &target {
+            Some(key) => config
+                .all_targets()
+                .into_iter()
+                .filter(|t| &t.key == key)
+                .collect(),
+            None => config.plan(route.as_deref(), &context, &mut rng),
         };
-        let prompt = build_prompt(&config.system_prompt, summary, history);
-        let endpoint = Endpoint {
-            kind: provider.kind,
-            base_url: &provider.base_url,
-            model: &provider.model,
-            api_key,
+        let (open, closed): (Vec<Target>, Vec<Target>) =
+            plan.into_iter().partition(|t| blocked.contains(&t.key));
+        for t in &open {
+            turn.trace.push(AttemptRecord {
+                target: t.key.clone(),
+                route: t.route.clone(),
+                started_ms: 0,
+                status: None,
+                latency_ms: 0,
+                ttft_ms: None,
+                usage: None,
+                cost_micros: None,
+                outcome: AttemptOutcome::SkippedOpenBreaker,
+            });
+        }
+        // With every breaker open, probing the first target beats refusing the visitor.
+        turn.targets = if closed.is_empty() {
+            open.into_iter().take(1).collect()
+        } else {
+            closed
         };
-        let request = wire::build_request(
-            &endpoint,
-            &ModelRequest {
-                messages: prompt,
-                temperature: provider.temperature,
-                max_tokens: provider.max_tokens,
-                stream: mode == ReplyMode::Stream,
-                ..ModelRequest::default()
-            },
-        );
-        let attempt = AttemptId(turn.next_attempt);
-        turn.next_attempt += 1;
-        let t = config.timeouts;
-        turn.state = State::Calling(Box::new(Call {
-            attempt,
-            model: provider.model.clone(),
-            first_token_deadline: Some(now + Duration::from_millis(t.first_token_ms.into())),
-            total_deadline: now + Duration::from_millis(t.total_ms.into()),
-            status: None,
-            headers: Vec::new(),
-            buffer_whole: mode == ReplyMode::Whole,
-            body: Vec::new(),
-            sse: SseParser::new(),
-            decoder: StreamDecoder::new(provider.kind),
-            tool_calls: Vec::new(),
-            text: String::new(),
-            first_token_at: None,
-            finish: None,
-            usage: None,
-            done: false,
-        }));
-        turn.actions
-            .push_back(Action::CallProvider { attempt, request });
+        turn.prices = turn.targets.iter().map(|t| config.price_for(t)).collect();
+        turn.rng = rng;
+        if turn.targets.is_empty() {
+            turn.finish(Err(ProviderError::Unreachable {
+                reason: "the route has no targets".into(),
+            }));
+        } else {
+            turn.start_attempt(now);
+        }
         turn
+    }
+
+    /// Tokens to reserve against quotas before the turn's calls: the prompt (estimated at
+    /// three characters a token, generous for most scripts) plus the reply limit.
+    pub fn estimated_tokens(&self) -> u64 {
+        let chars: usize = self
+            .prompt
+            .iter()
+            .flat_map(|m| m.parts.iter())
+            .map(|p| match p {
+                crate::conversation::Part::Text(t) => t.chars().count(),
+                _ => 1000,
+            })
+            .sum();
+        let reply = self
+            .overrides
+            .1
+            .or_else(|| self.targets.first().and_then(|t| t.max_tokens))
+            .unwrap_or(DEFAULT_REPLY_TOKENS);
+        (chars as u64).div_ceil(3) + u64::from(reply)
+    }
+
+    /// The targets this turn will try, in order (after breakers).
+    pub fn targets(&self) -> &[Target] {
+        &self.targets
+    }
+
+    /// What every attempt did so far.
+    pub fn trace(&self) -> &[AttemptRecord] {
+        &self.trace
+    }
+
+    /// Tokens all attempts used, as reported.
+    pub fn used_tokens(&self) -> u64 {
+        self.trace
+            .iter()
+            .filter_map(|a| a.usage)
+            .map(|u| u64::from(u.total_tokens))
+            .sum()
     }
 
     /// The next thing the host must do, if any.
@@ -251,6 +423,7 @@ impl Turn {
                 c.first_token_deadline
                     .map_or(c.total_deadline, |d| d.min(c.total_deadline)),
             ),
+            State::Waiting { until } => Some(*until),
             State::Done => None,
         }
     }
@@ -260,19 +433,91 @@ impl Turn {
         matches!(self.state, State::Done)
     }
 
+    fn start_attempt(&mut self, now: Timestamp) {
+        let target = &self.targets[self.current];
+        self.tries += 1;
+        self.attempts += 1;
+        let attempt = AttemptId(self.attempts);
+        let api_key = target
+            .api_key_secret
+            .as_ref()
+            .and_then(|name| self.secrets.get(name));
+        if let (Some(name), None) = (&target.api_key_secret, api_key) {
+            // A missing secret is this target's failure, not the turn's: another target may
+            // have its key.
+            let error = ProviderError::Auth {
+                status: 0,
+                message: format!("the secret {name} is not set"),
+            };
+            self.state = State::Calling(Box::new(self.new_call(attempt, now)));
+            self.fail(now, error, false);
+            return;
+        }
+        let request = wire::build_request(
+            &Endpoint {
+                kind: target.kind,
+                base_url: &target.base_url,
+                model: &target.model,
+                api_key: api_key.map(String::as_str),
+            },
+            &ModelRequest {
+                messages: self.prompt.clone(),
+                tools: self.overrides.2.clone(),
+                temperature: self.overrides.0.or(target.temperature),
+                max_tokens: self.overrides.1.or(target.max_tokens),
+                stream: self.mode == ReplyMode::Stream,
+            },
+        );
+        self.state = State::Calling(Box::new(self.new_call(attempt, now)));
+        let target = self.targets[self.current].key.clone();
+        self.actions.push_back(Action::CallProvider {
+            attempt,
+            target,
+            request,
+        });
+    }
+
+    fn new_call(&self, attempt: AttemptId, now: Timestamp) -> Call {
+        let target = &self.targets[self.current];
+        let t = self.timeouts;
+        Call {
+            attempt,
+            target: self.current,
+            started: now,
+            model: target.model.clone(),
+            first_token_deadline: Some(now + Duration::from_millis(t.first_token_ms.into())),
+            total_deadline: now + Duration::from_millis(t.total_ms.into()),
+            status: None,
+            headers: Vec::new(),
+            buffer_whole: self.mode == ReplyMode::Whole,
+            body: Vec::new(),
+            sse: SseParser::new(),
+            decoder: StreamDecoder::new(target.kind),
+            tool_calls: Vec::new(),
+            text: String::new(),
+            first_token_at: None,
+            finish: None,
+            usage: None,
+            done: false,
+        }
+    }
+
     /// A deadline may have passed.
     pub fn handle_timeout(&mut self, now: Timestamp) {
-        let State::Calling(call) = &self.state else {
-            return;
-        };
-        let phase = if now >= call.total_deadline {
-            TimeoutPhase::Total
-        } else if call.first_token_deadline.is_some_and(|d| now >= d) {
-            TimeoutPhase::FirstToken
-        } else {
-            return;
-        };
-        self.fail(ProviderError::Timeout { phase }, true);
+        match &self.state {
+            State::Calling(call) => {
+                let phase = if now >= call.total_deadline {
+                    TimeoutPhase::Total
+                } else if call.first_token_deadline.is_some_and(|d| now >= d) {
+                    TimeoutPhase::FirstToken
+                } else {
+                    return;
+                };
+                self.fail(now, ProviderError::Timeout { phase }, true);
+            }
+            State::Waiting { until } if now >= *until => self.start_attempt(now),
+            _ => {}
+        }
     }
 
     /// Something happened to provider call `attempt`.
@@ -293,6 +538,11 @@ impl Turn {
         let State::Calling(call) = &mut self.state else {
             return;
         };
+        if call.attempt != attempt {
+            return;
+        }
+        // After End or Failed the connection is gone; after a bad head or body it is open.
+        let still_open = matches!(event, ProviderEvent::Head { .. } | ProviderEvent::Data(_));
         let result = match event {
             ProviderEvent::Head { status, headers } => {
                 let is_json = headers.iter().any(|(k, v)| {
@@ -319,8 +569,7 @@ impl Turn {
         match result {
             Ok(Some(reply)) => self.finish(Ok(reply)),
             Ok(None) => {}
-            // After End or Failed the connection is gone: nothing to cancel.
-            Err(e) => self.fail(e, false),
+            Err(e) => self.fail(now, e, still_open),
         }
     }
 
@@ -361,6 +610,7 @@ impl Turn {
                     }
                     call.text.push_str(&text);
                     if self.mode == ReplyMode::Stream {
+                        self.streamed = true;
                         self.actions.push_back(Action::Delta(text));
                     }
                 }
@@ -419,6 +669,7 @@ impl Turn {
                 call.model = m;
             }
             if self.mode == ReplyMode::Stream && !completion.text.is_empty() {
+                self.streamed = true;
                 self.actions
                     .push_back(Action::Delta(completion.text.clone()));
             }
@@ -444,28 +695,160 @@ impl Turn {
                 },
             });
         }
-        Ok(TurnReply {
+        let call_target = call.target;
+        let cost = self.prices[call_target]
+            .zip(call.usage)
+            .map(|(p, u)| p.cost_micros(&u));
+        let record = AttemptRecord {
+            target: self.targets[call_target].key.clone(),
+            route: self.targets[call_target].route.clone(),
+            started_ms: ms(call.started.since(self.started)),
+            status: call.status,
+            latency_ms: ms(now.since(call.started)),
+            ttft_ms: call.first_token_at.map(|t| ms(t.since(call.started))),
+            usage: call.usage,
+            cost_micros: cost,
+            outcome: AttemptOutcome::Success,
+        };
+        let mut reply = TurnReply {
             text: core::mem::take(&mut call.text),
             responder: Responder::Provider {
                 model: call.model.clone(),
             },
+            target: Some(record.target.clone()),
+            route: Some(record.route.clone()),
+            attempts: self.attempts,
             finish_reason: call.finish.clone().unwrap_or(FinishReason::Stop),
             usage: call.usage,
+            cost_micros: None,
             tool_calls: core::mem::take(&mut call.tool_calls),
             time_to_first_token: call.first_token_at.map(|t| t.since(self.started)),
             duration: now.since(self.started),
-        })
+        };
+        self.add_cost(cost);
+        self.trace.push(record);
+        reply.cost_micros = self.all_priced.then_some(self.cost_micros);
+        Ok(reply)
     }
 
-    fn fail(&mut self, error: ProviderError, cancel: bool) {
-        if let State::Calling(call) = &self.state
-            && cancel
-        {
+    fn add_cost(&mut self, cost: Option<u64>) {
+        match cost {
+            Some(c) => self.cost_micros += c,
+            None => self.all_priced = false,
+        }
+    }
+
+    /// The current attempt failed: record it, then retry, fall back or give up.
+    fn fail(&mut self, now: Timestamp, error: ProviderError, cancel: bool) {
+        let State::Calling(call) = &self.state else {
+            return;
+        };
+        if cancel {
             self.actions.push_back(Action::CancelProvider {
                 attempt: call.attempt,
             });
         }
-        self.finish(Err(error));
+        let (call_started, status, first_token_at, usage, target_idx) = (
+            call.started,
+            call.status,
+            call.first_token_at,
+            call.usage,
+            call.target,
+        );
+        let next = if self.mode == ReplyMode::Stream && self.streamed {
+            // The visitor saw part of this reply: say it broke rather than splice another
+            // model's answer onto it.
+            Disposition::Stop
+        } else if self.attempts >= self.retry.max_attempts {
+            Disposition::Stop
+        } else {
+            self.retry.dispose(&error, self.tries, &mut self.rng)
+        };
+        let next = match next {
+            Disposition::ShrinkContext => self.shrink_context(),
+            Disposition::Fallback if self.current + 1 >= self.targets.len() => Disposition::Stop,
+            other => other,
+        };
+        let cost = self.prices[target_idx]
+            .zip(usage)
+            .map(|(p, u)| p.cost_micros(&u));
+        if usage.is_some() {
+            self.add_cost(cost);
+        }
+        self.trace.push(AttemptRecord {
+            target: self.targets[target_idx].key.clone(),
+            route: self.targets[target_idx].route.clone(),
+            started_ms: ms(call_started.since(self.started)),
+            status,
+            latency_ms: ms(now.since(call_started)),
+            ttft_ms: first_token_at.map(|t| ms(t.since(call_started))),
+            usage,
+            cost_micros: cost,
+            outcome: AttemptOutcome::Failure {
+                code: error_kind(&error).into(),
+                message: error.to_string(),
+                next: match &next {
+                    Disposition::Retry(_) => "retry",
+                    Disposition::Fallback => "fallback",
+                    Disposition::ShrinkContext => "shrink_context",
+                    Disposition::Stop => "stop",
+                }
+                .into(),
+            },
+        });
+        match next {
+            Disposition::Retry(wait) => {
+                self.last_error = Some(error);
+                if wait.is_zero() {
+                    self.start_attempt(now);
+                } else {
+                    self.state = State::Waiting { until: now + wait };
+                }
+            }
+            Disposition::Fallback => {
+                self.last_error = Some(error);
+                self.current += 1;
+                self.tries = 0;
+                self.start_attempt(now);
+            }
+            // `shrink_context` already moved to a larger target or trimmed the prompt.
+            Disposition::ShrinkContext => {
+                self.last_error = Some(error);
+                self.start_attempt(now);
+            }
+            Disposition::Stop => self.finish(Err(error)),
+        }
+    }
+
+    /// After "context too long": move to a later target with a larger context window, or
+    /// (once) drop the older half of the history and retry; otherwise stop.
+    fn shrink_context(&mut self) -> Disposition {
+        let here = self.targets[self.current].context_window.unwrap_or(0);
+        if let Some(j) = (self.current + 1..self.targets.len())
+            .find(|&j| self.targets[j].context_window.is_some_and(|w| w > here))
+        {
+            self.current = j;
+            self.tries = 0;
+            return Disposition::ShrinkContext;
+        }
+        if !self.trimmed {
+            let (system, rest): (Vec<PromptMessage>, Vec<PromptMessage>) =
+                core::mem::take(&mut self.prompt)
+                    .into_iter()
+                    .partition(|m| m.role == PromptRole::System);
+            let keep = rest.len().div_ceil(2).max(1);
+            let dropped = rest.len() - keep;
+            self.prompt = system
+                .into_iter()
+                .chain(rest.into_iter().skip(dropped))
+                .collect();
+            self.trimmed = dropped > 0;
+            if self.trimmed {
+                self.tries = 0;
+                return Disposition::ShrinkContext;
+            }
+        }
+        Disposition::Stop
     }
 
     fn finish(&mut self, result: Result<TurnReply, ProviderError>) {
@@ -474,8 +857,33 @@ impl Turn {
     }
 }
 
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn last_user_text(prompt: &[PromptMessage]) -> String {
+    prompt
+        .iter()
+        .rev()
+        .find(|m| m.role == PromptRole::User)
+        .map(|m| {
+            m.parts
+                .iter()
+                .filter_map(|p| {
+                    if let crate::conversation::Part::Text(t) = p {
+                        Some(t.as_str())
+                    } else {
+                        None
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
+
 /// The prompt: the system prompt, the running summary, then the window.
-fn build_prompt(
+pub(crate) fn build_prompt(
     system_prompt: &str,
     summary: Option<&str>,
     history: &[&Message],

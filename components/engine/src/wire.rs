@@ -9,10 +9,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use serde_json::Value;
+
 use crate::conversation::Part;
-use crate::openai;
-use crate::provider::{FinishReason, HttpRequest, ProviderError, Usage};
+use crate::provider::{FinishReason, Header, HttpRequest, ProviderError, Usage};
 use crate::sse::SseEvent;
+use crate::{anthropic, gemini, openai, workers_ai};
 
 /// Which wire format a provider speaks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -26,16 +28,48 @@ pub enum ProviderKind {
     OpenaiCompatible,
     /// Mistral's chat completions (OpenAI's shape, Mistral's errors and limits).
     Mistral,
+    /// Anthropic's Messages API (`/v1/messages`).
+    Anthropic,
+    /// Google's Gemini API (`generateContent`, `streamGenerateContent`).
+    Gemini,
+    /// Cloudflare Workers AI's REST API (`/run/{model}`).
+    WorkersAi,
 }
 
 impl ProviderKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [ProviderKind; 6] = [
+        ProviderKind::Openai,
+        ProviderKind::OpenaiCompatible,
+        ProviderKind::Mistral,
+        ProviderKind::Anthropic,
+        ProviderKind::Gemini,
+        ProviderKind::WorkersAi,
+    ];
+
     /// The configuration's spelling.
     pub fn as_str(self) -> &'static str {
         match self {
             ProviderKind::Openai => "openai",
             ProviderKind::OpenaiCompatible => "openai_compatible",
             ProviderKind::Mistral => "mistral",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Gemini => "gemini",
+            ProviderKind::WorkersAi => "workers_ai",
         }
+    }
+
+    /// The kind the configuration spells `s`, if any.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Whether the format speaks OpenAI's chat-completions shape.
+    pub fn is_openai_shaped(self) -> bool {
+        matches!(
+            self,
+            ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Mistral
+        )
     }
 }
 
@@ -180,6 +214,9 @@ pub fn build_request(endpoint: &Endpoint<'_>, request: &ModelRequest) -> HttpReq
         ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Mistral => {
             openai::build_request(endpoint, request)
         }
+        ProviderKind::Anthropic => anthropic::build_request(endpoint, request),
+        ProviderKind::Gemini => gemini::build_request(endpoint, request),
+        ProviderKind::WorkersAi => workers_ai::build_request(endpoint, request),
     }
 }
 
@@ -187,8 +224,11 @@ pub fn build_request(endpoint: &Endpoint<'_>, request: &ModelRequest) -> HttpReq
 pub fn parse_response(kind: ProviderKind, body: &[u8]) -> Result<Completion, ProviderError> {
     match kind {
         ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Mistral => {
-            openai::parse_response(body)
+            openai::parse_response_for(kind, body)
         }
+        ProviderKind::Anthropic => anthropic::parse_response(body),
+        ProviderKind::Gemini => gemini::parse_response(body),
+        ProviderKind::WorkersAi => workers_ai::parse_response(body),
     }
 }
 
@@ -200,9 +240,13 @@ pub fn classify_error(
     body: &[u8],
 ) -> ProviderError {
     match kind {
-        ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Mistral => {
+        ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
             ProviderError::from_status(status, headers, body)
         }
+        ProviderKind::Mistral => openai::classify_mistral_error(status, headers, body),
+        ProviderKind::Anthropic => anthropic::classify_error(status, headers, body),
+        ProviderKind::Gemini => gemini::classify_error(status, headers, body),
+        ProviderKind::WorkersAi => workers_ai::classify_error(status, headers, body),
     }
 }
 
@@ -211,15 +255,34 @@ pub fn classify_error(
 #[derive(Debug)]
 pub struct StreamDecoder {
     kind: ProviderKind,
+    format: FormatState,
     saw_done: bool,
     saw_finish: bool,
+}
+
+/// What each format remembers between events.
+#[derive(Debug)]
+enum FormatState {
+    Openai(openai::StreamState),
+    Anthropic(anthropic::StreamState),
+    Gemini(gemini::StreamState),
+    WorkersAi(workers_ai::StreamState),
 }
 
 impl StreamDecoder {
     /// A decoder at the start of a stream.
     pub fn new(kind: ProviderKind) -> Self {
+        let format = match kind {
+            ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Mistral => {
+                FormatState::Openai(openai::StreamState::new(kind))
+            }
+            ProviderKind::Anthropic => FormatState::Anthropic(anthropic::StreamState::default()),
+            ProviderKind::Gemini => FormatState::Gemini(gemini::StreamState::default()),
+            ProviderKind::WorkersAi => FormatState::WorkersAi(workers_ai::StreamState::default()),
+        };
         Self {
             kind,
+            format,
             saw_done: false,
             saw_finish: false,
         }
@@ -230,17 +293,19 @@ impl StreamDecoder {
         self.kind
     }
 
-    /// Decodes one event into items.
+    /// Decodes one event into items. An error event mid-stream is an `Err`: the reply is not
+    /// finished, whatever text came before it.
     pub fn decode(
         &mut self,
         event: &SseEvent,
         out: &mut Vec<StreamItem>,
     ) -> Result<(), ProviderError> {
         let start = out.len();
-        match self.kind {
-            ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Mistral => {
-                openai::decode_stream_event(event, out)?
-            }
+        match &mut self.format {
+            FormatState::Openai(state) => state.decode(event, out)?,
+            FormatState::Anthropic(state) => state.decode(event, out)?,
+            FormatState::Gemini(state) => state.decode(event, out)?,
+            FormatState::WorkersAi(state) => state.decode(event, out)?,
         }
         for item in &out[start..] {
             match item {
@@ -255,11 +320,197 @@ impl StreamDecoder {
     /// Whether the stream has said, in its format's terms, that the reply is complete.
     /// A stream that ends before this is a cut, whatever the transport says.
     pub fn is_complete(&self) -> bool {
-        match self.kind {
+        match &self.format {
             // `[DONE]`; some compatible servers end after the finish reason without it.
-            ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Mistral => {
-                self.saw_done || self.saw_finish
+            FormatState::Openai(_) => self.saw_done || self.saw_finish,
+            // `message_stop`, with every tool-use block closed.
+            FormatState::Anthropic(state) => state.is_complete(),
+            // A chunk that carried a `finishReason`: Gemini sends no terminal event.
+            FormatState::Gemini(state) => state.is_complete(),
+            // `[DONE]` only: a finish reason in an OpenAI-shaped chunk may still be followed
+            // by the usage chunk, and native chunks carry no finish reason at all.
+            FormatState::WorkersAi(state) => state.is_complete(),
+        }
+    }
+}
+
+// Helpers the format modules share.
+
+/// The most tool calls one reply may carry; more is a malfunction, and bounding it bounds
+/// the decoders' state.
+pub(crate) const MAX_TOOL_CALLS: usize = 128;
+
+/// The user turn put before a prompt that opens with the assistant (a bot greeting), for
+/// formats that require the first message to be the user's (Anthropic, Gemini).
+pub(crate) const OPENING_TURN: &str = "[The visitor opened the chat.]";
+
+/// A `Malformed` error.
+pub(crate) fn malformed(detail: impl Into<String>) -> ProviderError {
+    ProviderError::Malformed {
+        detail: detail.into(),
+    }
+}
+
+/// Serializes a JSON value. A `Value` always serializes; the fallback only avoids a panic
+/// path.
+pub(crate) fn json_bytes(value: &Value) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// The text parts of a message, joined with newlines.
+pub(crate) fn text_of(parts: &[Part]) -> String {
+    let texts: Vec<&str> = parts
+        .iter()
+        .filter_map(|p| match p {
+            Part::Text(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect();
+    texts.join("\n")
+}
+
+/// How a document the model cannot read is mentioned to it instead.
+pub(crate) fn document_mention(name: &str, url: &str) -> String {
+    format!("[attached document: {name} <{url}>]")
+}
+
+/// A number from JSON as a `u32`, saturating.
+pub(crate) fn json_u32(v: Option<&Value>) -> Option<u32> {
+    v.and_then(Value::as_u64)
+        .map(|x| u32::try_from(x).unwrap_or(u32::MAX))
+}
+
+/// The media type and base64 payload of a `data:` URL (`data:image/png;base64,....`).
+/// URLs that are not base64-encoded yield `None`.
+pub(crate) fn data_url(url: &str) -> Option<(&str, &str)> {
+    let rest = url.strip_prefix("data:")?;
+    let (meta, data) = rest.split_once(',')?;
+    let mime = meta.strip_suffix(";base64")?;
+    let mime = if mime.is_empty() {
+        "application/octet-stream"
+    } else {
+        mime
+    };
+    Some((mime, data))
+}
+
+/// The media type of a part: as given, from a `data:` URL, or guessed from the URL's
+/// extension; `fallback` when nothing says.
+pub(crate) fn media_type<'a>(url: &'a str, given: Option<&'a str>, fallback: &'a str) -> &'a str {
+    if let Some(m) = given.filter(|m| !m.trim().is_empty()) {
+        return m.trim();
+    }
+    if let Some((m, _)) = data_url(url) {
+        return m;
+    }
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    let ext = path
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    match ext.as_str() {
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "heic" => "image/heic",
+        "heif" => "image/heif",
+        "pdf" => "application/pdf",
+        "txt" => "text/plain",
+        _ => fallback,
+    }
+}
+
+/// Tool-call arguments (JSON text) as the JSON object formats that want structured
+/// arguments (Anthropic's `input`, Gemini's `args`) send. Empty text is `{}`; text that is not
+/// a JSON object is kept whole under `"arguments"` rather than dropped.
+pub(crate) fn arguments_object(arguments: &str) -> Value {
+    if arguments.trim().is_empty() {
+        return Value::Object(serde_json::Map::new());
+    }
+    match serde_json::from_str::<Value>(arguments) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => serde_json::json!({ "arguments": arguments }),
+    }
+}
+
+/// Structured tool-call arguments as JSON text (what [`ToolCall::arguments`] holds).
+pub(crate) fn arguments_text(arguments: Option<&Value>) -> String {
+    match arguments {
+        None | Some(Value::Null) => "{}".to_owned(),
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+    }
+}
+
+/// The usual request headers: JSON in, JSON or an event stream out.
+pub(crate) fn json_headers(stream: bool) -> Vec<Header> {
+    vec![
+        Header {
+            name: "content-type",
+            value: "application/json".into(),
+            sensitive: false,
+        },
+        Header {
+            name: "accept",
+            value: if stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            }
+            .into(),
+            sensitive: false,
+        },
+    ]
+}
+
+/// Conversation turns for formats that require user and assistant to alternate (Anthropic,
+/// Gemini): consecutive messages of one side are merged into one turn.
+#[derive(Debug, Default)]
+pub(crate) struct Turns {
+    turns: Vec<(bool, Vec<Value>)>,
+}
+
+impl Turns {
+    /// Adds content blocks said by the assistant (`true`) or the user (`false`).
+    pub(crate) fn push(&mut self, assistant: bool, blocks: Vec<Value>) {
+        if blocks.is_empty() {
+            return;
+        }
+        match self.turns.last_mut() {
+            Some((side, existing)) if *side == assistant => existing.extend(blocks),
+            _ => self.turns.push((assistant, blocks)),
+        }
+    }
+
+    /// The turns, user first: a prompt that opens with the assistant gets `opening` before
+    /// it. In user turns, blocks for which `answers_call` holds (tool results) come first,
+    /// as the formats require results to lead the turn that follows the calls.
+    pub(crate) fn finish(
+        mut self,
+        opening: Value,
+        answers_call: impl Fn(&Value) -> bool,
+    ) -> Vec<(bool, Vec<Value>)> {
+        if self.turns.first().is_some_and(|(assistant, _)| *assistant) {
+            self.turns.insert(0, (false, vec![opening]));
+        }
+        for (assistant, blocks) in &mut self.turns {
+            if !*assistant {
+                let (mut results, rest): (Vec<Value>, Vec<Value>) =
+                    blocks.drain(..).partition(|b| answers_call(b));
+                results.extend(rest);
+                *blocks = results;
             }
         }
+        self.turns
+    }
+}
+
+/// A usage report; the total is the sum when the provider reports none.
+pub(crate) fn usage(prompt_tokens: u32, completion_tokens: u32, total: Option<u32>) -> Usage {
+    Usage {
+        prompt_tokens,
+        completion_tokens,
+        total_tokens: total.unwrap_or(prompt_tokens.saturating_add(completion_tokens)),
     }
 }

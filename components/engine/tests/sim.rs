@@ -1,6 +1,7 @@
 //! Simulator tests: whole chat turns against a scripted provider with a fake clock.
 
 use kefu_engine::config::{ProviderConfig, Timeouts};
+use kefu_engine::gateway::RetryPolicy;
 use kefu_engine::provider::{ProviderError, ProviderEvent, TimeoutPhase};
 use kefu_engine::sim::{Script, Simulator, Step};
 use kefu_engine::wire::ProviderKind;
@@ -17,6 +18,12 @@ fn provider_config() -> TenantConfig {
             temperature: None,
             max_tokens: None,
         }),
+        // One attempt per turn: these tests are about a single call (tests/gateway.rs covers
+        // retries and fallback).
+        retry: RetryPolicy {
+            attempts_per_target: 1,
+            ..RetryPolicy::default()
+        },
         timeouts: Timeouts {
             first_token_ms: 1_000,
             total_ms: 5_000,
@@ -27,7 +34,7 @@ fn provider_config() -> TenantConfig {
 
 fn sim() -> Simulator {
     let mut s = Simulator::new(provider_config());
-    s.api_key = Some("sk-test".into());
+    s.secrets.insert("KEY".into(), "sk-test".into());
     s
 }
 
