@@ -34,7 +34,7 @@ help:
 
 ## Setup ----------------------------------------------------------------------------------
 
-setup: rust-targets tools node_modules/.package-lock.json
+setup: rust-targets tools node_modules/.package-lock.json .tools/venv/.installed
 
 rust-targets:
 	@rustup target add wasm32-unknown-unknown wasm32-wasip2 >/dev/null 2>&1 || rustup target add wasm32-unknown-unknown wasm32-wasip2
@@ -52,6 +52,12 @@ tools:
 
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# Real clients the runtime tests drive Kefu with (the official openai SDK).
+.tools/venv/.installed: tests/runtime/python/requirements.txt
+	python3 -m venv .tools/venv
+	.tools/venv/bin/pip install --quiet --disable-pip-version-check -r tests/runtime/python/requirements.txt
 	@touch $@
 
 ## Build and run --------------------------------------------------------------------------

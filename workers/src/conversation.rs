@@ -354,7 +354,7 @@ async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiError
     };
     if !t.stream {
         let _guard = TurnQueue::acquire(&inner).await;
-        let outcome = run_turn(&inner, &tenant, &visitor, mode, &t.config, |_| {}).await;
+        let outcome = run_turn(&inner, &tenant, &visitor, mode, &t.config, |_, _| {}).await;
         return match outcome {
             Ok((reply_message, reply)) => {
                 let mut resp = json_response(
@@ -400,7 +400,7 @@ async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiError
     wasm_bindgen_futures::spawn_local(async move {
         let _guard = TurnQueue::acquire(&inner).await;
         let deltas = tx.clone();
-        let outcome = run_turn(&inner, &tenant, &visitor, mode, &config, move |text| {
+        let outcome = run_turn(&inner, &tenant, &visitor, mode, &config, move |_, text| {
             let _ = deltas.unbounded_send(api::sse_delta(&text).into_bytes());
         })
         .await;
@@ -436,7 +436,7 @@ async fn run_turn(
     visitor: &Message,
     mode: ReplyMode,
     config: &TenantConfig,
-    on_delta: impl FnMut(String),
+    on_delta: impl FnMut(&kefu_engine::Turn, String),
 ) -> Result<(Message, TurnReply), TurnFailure> {
     let conversation = inner
         .load()

@@ -53,3 +53,17 @@ pub(crate) fn set(headers: &Headers, name: &str, value: &str) -> Result<(), ApiE
 pub(crate) fn internal(e: impl core::fmt::Display) -> ApiError {
     ApiError::internal(e.to_string())
 }
+
+/// Reads and discards what is left of a request body (up to 8 MiB; past that the connection
+/// is simply closed), so a refused request leaves its keep-alive connection usable.
+pub(crate) async fn drain(req: &mut worker::Request) {
+    use futures::StreamExt;
+    let Ok(mut body) = req.stream() else { return };
+    let mut seen = 0usize;
+    while let Some(Ok(chunk)) = body.next().await {
+        seen += chunk.len();
+        if seen > 8 << 20 {
+            break;
+        }
+    }
+}

@@ -9,6 +9,7 @@ mod config;
 mod conversation;
 mod gateway;
 mod http;
+mod openai_compat;
 mod provider;
 
 use kefu_engine::api::{self, ApiError, Route};
@@ -29,22 +30,30 @@ pub(crate) const CONVERSATIONS: &str = "CONVERSATIONS";
 pub(crate) const GATEWAYS: &str = "GATEWAYS";
 
 #[event(fetch)]
-async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
+async fn fetch(mut req: Request, env: Env, ctx: Context) -> Result<Response> {
     let path = req.path();
     let method = req.method().to_string();
     let result = match api::route(&method, &path) {
-        Ok(route) => handle(route, req, &env).await,
+        // The OpenAI-compatible API answers in OpenAI's error shape, not Kefu's.
+        Ok(Route::OpenAiChat) => return openai_compat::chat(req, &env, &ctx).await,
+        Ok(Route::OpenAiModels) => return openai_compat::models(req, &env).await,
+        Ok(route) => handle(route, &mut req, &env).await,
         Err(e) => Err(e),
     };
     match result {
         Ok(resp) => Ok(resp),
-        Err(e) => error_response(&e),
+        Err(e) => {
+            // An unread request body would force the runtime to close the connection under
+            // a client that is about to reuse it.
+            http::drain(&mut req).await;
+            error_response(&e)
+        }
     }
 }
 
 async fn handle(
     route: Route,
-    mut req: Request,
+    req: &mut Request,
     env: &Env,
 ) -> std::result::Result<Response, ApiError> {
     match route {
@@ -59,7 +68,7 @@ async fn handle(
                 .to_owned(),
         ),
         Route::Chat => {
-            let tenant = tenant_of(&req)?;
+            let tenant = tenant_of(req)?;
             let declared = req.headers().get("content-length").ok().flatten().and_then(|v| v.parse().ok());
             api::check_content_length(declared)?;
             let body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
@@ -75,12 +84,13 @@ async fn handle(
             conversation::send_turn(env, &turn).await
         }
         Route::GetConversation(id) => {
-            let tenant = tenant_of(&req)?;
+            let tenant = tenant_of(req)?;
             let stub = conversation::stub_for(env, Some(id.as_str()))?;
             conversation::forward(&stub, Method::Get, &format!("{TRANSCRIPT_PATH}?tenant={}", tenant.as_str()), None).await
         }
+        Route::OpenAiChat | Route::OpenAiModels => Err(ApiError::internal("routed before handle")),
         Route::Demo => {
-            let tenant = tenant_of(&req)?;
+            let tenant = tenant_of(req)?;
             let origin = req
                 .url()
                 .map(|u| u.origin().ascii_serialization())

@@ -91,10 +91,11 @@ fn provider_events(
     .boxed_local())
 }
 
-/// Drives `turn` to its end, passing each streamed delta to `on_delta`.
+/// Drives `turn` to its end, passing each streamed delta (and the turn, to see which target
+/// is answering) to `on_delta`.
 pub(crate) async fn drive(
     turn: &mut Turn,
-    mut on_delta: impl FnMut(String),
+    mut on_delta: impl FnMut(&Turn, String),
 ) -> Result<TurnReply, ProviderError> {
     let mut in_flight: Option<InFlight> = None;
     loop {
@@ -124,7 +125,7 @@ pub(crate) async fn drive(
                         call.controller.abort();
                     }
                 }
-                Action::Delta(text) => on_delta(text),
+                Action::Delta(text) => on_delta(turn, text),
                 Action::Finished(result) => {
                     if let Some(call) = in_flight.take() {
                         call.controller.abort();

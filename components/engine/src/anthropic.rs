@@ -21,7 +21,7 @@ use crate::sse::SseEvent;
 use crate::wire::{
     Completion, Endpoint, MAX_TOOL_CALLS, ModelRequest, OPENING_TURN, PromptMessage, PromptRole,
     StreamItem, ToolCall, Turns, arguments_object, arguments_text, data_url, document_mention,
-    json_bytes, json_headers, json_u32, malformed, media_type, text_of, usage,
+    image_mention, json_bytes, json_headers, json_u32, malformed, media_type, text_of, usage,
 };
 
 /// The API version every request names (`anthropic-version`).
@@ -152,7 +152,7 @@ fn content_blocks(parts: &[Part]) -> Vec<Value> {
             Part::Text(t) => (!t.trim().is_empty()).then(|| json!({"type": "text", "text": t})),
             Part::Image { url, mime } => Some(match source(url, mime.as_deref()) {
                 Some(source) => json!({"type": "image", "source": source}),
-                None => json!({"type": "text", "text": format!("[image: {url}]")}),
+                None => json!({"type": "text", "text": image_mention(url)}),
             }),
             Part::Document { url, name, mime } => {
                 let pdf = media_type(url, mime.as_deref(), "") == "application/pdf";

@@ -83,6 +83,10 @@ pub enum Route {
     Chat,
     /// `GET /api/v1/conversations/{id}`.
     GetConversation(ConversationId),
+    /// `POST /v1/chat/completions` (OpenAI-compatible).
+    OpenAiChat,
+    /// `GET /v1/models` (OpenAI-compatible).
+    OpenAiModels,
 }
 
 /// Maps a method and path to a route, or to the 404/405 error for it.
@@ -97,6 +101,8 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         "/healthz" => ("GET, HEAD", Ok(Route::Healthz)),
         "/demo" => ("GET", Ok(Route::Demo)),
         "/api/v1/chat" => ("POST", Ok(Route::Chat)),
+        "/v1/chat/completions" => ("POST", Ok(Route::OpenAiChat)),
+        "/v1/models" => ("GET", Ok(Route::OpenAiModels)),
         _ => match path.strip_prefix("/api/v1/conversations/") {
             Some(id) if !id.contains('/') => (
                 "GET",

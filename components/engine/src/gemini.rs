@@ -23,8 +23,8 @@ use crate::provider::{
 use crate::sse::SseEvent;
 use crate::wire::{
     Completion, Endpoint, MAX_TOOL_CALLS, ModelRequest, OPENING_TURN, PromptMessage, PromptRole,
-    StreamItem, ToolCall, Turns, arguments_object, data_url, document_mention, json_bytes,
-    json_headers, json_u32, malformed, media_type, text_of, usage,
+    StreamItem, ToolCall, Turns, arguments_object, data_url, document_mention, image_mention,
+    json_bytes, json_headers, json_u32, malformed, media_type, text_of, usage,
 };
 
 /// The URL of the model's `generateContent` (or, streaming, `streamGenerateContent` as SSE)
@@ -139,7 +139,7 @@ fn parts(parts: &[Part]) -> Vec<Value> {
             Part::Text(t) => (!t.trim().is_empty()).then(|| json!({"text": t})),
             Part::Image { url, mime } => Some(
                 media(url, media_type(url, mime.as_deref(), "image/jpeg"))
-                    .unwrap_or_else(|| json!({"text": format!("[image: {url}]")})),
+                    .unwrap_or_else(|| json!({"text": image_mention(url)})),
             ),
             Part::Document { url, name, mime } => {
                 let mime = media_type(url, mime.as_deref(), "");
@@ -351,7 +351,9 @@ impl StreamState {
         out: &mut Vec<StreamItem>,
     ) -> Result<(), ProviderError> {
         let data = event.data.trim();
-        if data.is_empty() {
+        // Gemini sends no `[DONE]`; OpenAI-minded proxies in front of it may. It ends
+        // nothing: the finish reason does.
+        if data.is_empty() || data == "[DONE]" {
             return Ok(());
         }
         let v: Value = serde_json::from_str(data)

@@ -390,8 +390,16 @@ impl StreamState {
             || event.event.as_deref() == Some("error")
             || v.get("object").and_then(Value::as_str) == Some("error")
         {
-            // An error event mid-stream (e.g. an overloaded upstream): the reply is not finished.
-            return Err(classify_for(self.kind, 500, &[], data.as_bytes()));
+            // An error event mid-stream (e.g. an overloaded upstream): the reply is not
+            // finished. Its own code, when it has one, is the best status there is.
+            let status = v
+                .get("error")
+                .and_then(|e| e.get("code"))
+                .and_then(Value::as_u64)
+                .and_then(|c| u16::try_from(c).ok())
+                .filter(|c| (400..600).contains(c))
+                .unwrap_or(500);
+            return Err(classify_for(self.kind, status, &[], data.as_bytes()));
         }
         self.decode_chunk(&v, out)
     }

@@ -392,6 +392,16 @@ impl Turn {
         (chars as u64).div_ceil(3) + u64::from(reply)
     }
 
+    /// The target being tried now (the one answering, once text arrived).
+    pub fn current_target(&self) -> Option<&Target> {
+        self.targets.get(self.current)
+    }
+
+    /// Provider calls made so far.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
     /// The targets this turn will try, in order (after breakers).
     pub fn targets(&self) -> &[Target] {
         &self.targets

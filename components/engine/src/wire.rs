@@ -6,9 +6,14 @@
 //! Server-Sent Events through a [`StreamDecoder`], into normalized [`Completion`]s and
 //! [`StreamItem`]s; error statuses become typed [`ProviderError`]s ([`classify_error`]).
 //! The turn state machine knows nothing about any one provider's JSON.
+//!
+//! The formats live in their own modules: [`openai`](crate::openai) (OpenAI, compatible
+//! servers, Mistral), [`anthropic`](crate::anthropic), [`gemini`](crate::gemini) and
+//! [`workers_ai`](crate::workers_ai). Each decides, in [`StreamDecoder::is_complete`], what
+//! "the reply is complete" means in its own terms; an error event mid-stream is always an
+//! `Err`, never a completion.
 
 use serde::{Deserialize, Serialize};
-
 use serde_json::Value;
 
 use crate::conversation::Part;
@@ -20,19 +25,23 @@ use crate::{anthropic, gemini, openai, workers_ai};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProviderKind {
-    /// OpenAI's chat completions (`/chat/completions`).
+    /// OpenAI's chat completions (`{base}/chat/completions`, base like
+    /// `https://api.openai.com/v1`).
     #[default]
     Openai,
     /// Any server that speaks OpenAI's chat completions (Ollama, vLLM, DeepSeek, Groq,
     /// OpenRouter, …).
     OpenaiCompatible,
-    /// Mistral's chat completions (OpenAI's shape, Mistral's errors and limits).
+    /// Mistral's chat completions (OpenAI's shape, Mistral's errors and limits; base
+    /// `https://api.mistral.ai/v1`).
     Mistral,
-    /// Anthropic's Messages API (`/v1/messages`).
+    /// Anthropic's Messages API (`{base}/v1/messages`, base `https://api.anthropic.com`).
     Anthropic,
-    /// Google's Gemini API (`generateContent`, `streamGenerateContent`).
+    /// Google's Gemini API (`{base}/v1beta/models/{model}:generateContent`, base
+    /// `https://generativelanguage.googleapis.com`).
     Gemini,
-    /// Cloudflare Workers AI's REST API (`/run/{model}`).
+    /// Cloudflare Workers AI's REST API (`{base}/run/{model}`, base
+    /// `https://api.cloudflare.com/client/v4/accounts/{account_id}/ai`).
     WorkersAi,
 }
 
@@ -367,6 +376,16 @@ pub(crate) fn text_of(parts: &[Part]) -> String {
         })
         .collect();
     texts.join("\n")
+}
+
+/// How an image the format cannot fetch is mentioned instead (a `data:` URL it cannot
+/// decode is not pasted into the prompt).
+pub(crate) fn image_mention(url: &str) -> String {
+    if url.starts_with("data:") {
+        "[image]".to_owned()
+    } else {
+        format!("[image: {url}]")
+    }
 }
 
 /// How a document the model cannot read is mentioned to it instead.

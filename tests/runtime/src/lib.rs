@@ -4,13 +4,17 @@
 //! they cannot: that a host (the Cloudflare Worker on workerd today, the Spin component
 //! later) wires the engine to real sockets, storage and a real provider connection.
 //!
-//! - [`mock`]: an OpenAI-compatible provider on loopback whose behaviour (errors, latency,
+//! - [`mock`]: a mock LLM provider on loopback speaking OpenAI, Anthropic, Gemini, Workers AI
+//!   and Mistral wire formats, whose behaviour (errors, latency,
 //!   cut or malformed streams) is scripted by directives inside the visitor's message.
-//! - [`worker`]: starts Kefu on workerd through `wrangler dev`, with tenant configs seeded
+//! - [`worker`]: starts Kefu on workerd (through Miniflare), with tenant configs seeded
 //!   into local KV, and stops the whole process group again.
 //! - [`scenarios`]: the checks, written once against a base URL so every host runs the same.
+//! - [`gateway`]: the gateway's scenarios (fallback, breakers, quotas, the OpenAI SDK) and
+//!   the tenant configurations they need.
 //! - [`sse`]: a small Server-Sent Events reader used by the scenarios and the mock's tests.
 
+pub mod gateway;
 pub mod mock;
 pub mod scenarios;
 pub mod sse;

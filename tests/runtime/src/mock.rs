@@ -1,44 +1,111 @@
-//! A mock OpenAI-compatible provider: a real HTTP server on loopback.
+//! A mock LLM provider: a real HTTP server on loopback that speaks every wire format Kefu's
+//! gateway supports.
 //!
-//! It speaks the chat-completions wire format (plain JSON and Server-Sent Events streams,
-//! including `stream_options.include_usage`) so the host under test talks to it exactly as it
-//! would talk to a real provider. What it does for a request is scripted by directives in the
-//! *last user message*, written as `[mock key=value ...]`, so a scenario sends an ordinary chat
-//! message through Kefu and the fault arrives where it would in production:
+//! | format | path (any of them may start with `/p/<directives>/`) |
+//! |---|---|
+//! | OpenAI chat completions (also Mistral, compatible servers) | `POST /v1/chat/completions`, `GET /v1/models` |
+//! | Anthropic Messages | `POST /v1/messages` (needs `x-api-key` and `anthropic-version`) |
+//! | Gemini | `POST /v1beta/models/{model}:generateContent`, `…:streamGenerateContent?alt=sse` (key in `x-goog-api-key` or `?key=`; `/v1/models/…` too) |
+//! | Workers AI REST | `POST /client/v4/accounts/{account}/ai/run/{model}` (model may hold `/` and `@`; needs `Authorization: Bearer …`) |
+//!
+//! Each format answers whole (JSON) and streamed (its own Server-Sent Events framing: OpenAI
+//! `data:` chunks with `[DONE]` and `stream_options.include_usage`; Anthropic named events;
+//! Gemini data-only full-response chunks, the last with `finishReason`, or one JSON array
+//! without `alt=sse`; Workers AI `{"response":…}` chunks, a usage chunk and `[DONE]`), and
+//! fails in its own documented error body. The bodies are rendered from the real-shape
+//! fixtures in `tests/runtime/fixtures/`, so the host under test talks to the mock exactly as
+//! it would talk to the real provider.
+//!
+//! What the mock does for a request is scripted by directives, written `key=value`:
+//! in the *last user message* as `[mock key=value ...]`, so a scenario sends an ordinary chat
+//! message through Kefu and the fault arrives where it would in production; and in the URL
+//! path as `/p/key=value,key=value/…` (a *fault profile*), so a gateway route whose targets
+//! have different base URLs can make only one target fail even though every target gets the
+//! same message. Path directives apply first, message directives override them.
 //!
 //! | directive | effect |
 //! |---|---|
-//! | `status=NNN` | answer with that status and an OpenAI-style error body |
-//! | `retry_after=S` | with `status`, also send `Retry-After: S` |
-//! | `delay_ms=N` | wait before sending the response headers |
-//! | `chunk_delay_ms=N` | (stream) wait between chunks |
+//! | `status=NNN` | always fail with that status and the format's error body (`format=anthropic` or the Anthropic path: 529 → `overloaded_error`, 429 → `rate_limit_error`, 400 → `invalid_request_error`, 401 → `authentication_error`, …) |
+//! | `fail_percent=N` | fail about N % of calls (0–100), pseudo-randomly but reproducibly per (profile, seed, call number) |
+//! | `fail_first=N` | the profile's first N calls fail, later ones succeed (circuit-breaker recovery) |
+//! | `fail_status=S` | status of `fail_percent` (default 500) and `fail_first` (default 503) failures |
+//! | `seed=K` | varies the `fail_percent` sequence (default 0) |
+//! | `retry_after=S` | on any failure, also send `Retry-After: S` (OpenAI/Mistral format: and `x-ratelimit-reset-requests: Ss`) |
+//! | `retry_after_ms=N` | on any failure, also send `retry-after-ms: N` |
+//! | `delay_ms=N` | wait before sending the response headers (a timeout before the first byte) |
+//! | `headers_delay_ms=N` | alias of `delay_ms` |
+//! | `latency_ms=N` | alias of `delay_ms` (a fixed latency, for benchmarks) |
+//! | `chunk_delay_ms=N` | (stream) wait before each content chunk |
 //! | `stall_ms=N` | (stream) wait after the first content chunk |
-//! | `cut_after=N` | (stream) drop the connection after N content chunks; (JSON) after half the body |
-//! | `malformed=1` | (JSON) a body that is not JSON; (stream) a broken `data:` line |
+//! | `cut_after=N` | (stream) drop the connection after N content chunks; (whole) after half the body |
+//! | `malformed=1` | (whole) a body that is not JSON; (stream) a broken JSON line after the first content chunk |
+//! | `malformed_sse=1` | alias of `malformed` |
+//! | `overload_mid_stream=1` | (stream) after the first content chunk an error event, then the stream ends (Anthropic: `event: error` with `overloaded_error`; others: their error body as a `data:` line) |
+//! | `format=NAME` | error body shape: `openai`, `mistral`, `anthropic`, `gemini`, `workers_ai` (default: the route's; `mistral` on `/v1/chat/completions` gives Mistral's `{"object":"error",…}`) |
 //! | `reply=WORD_WORD` | reply with this text, `_` meaning a space |
+//! | `tool=NAME` | when the request offers `tools`, answer with a call to NAME (OpenAI `tool_calls`, Anthropic `tool_use`, Gemini `functionCall`, Workers AI `tool_calls`); streamed, the arguments come in fragments |
+//! | `args=JSON` | the call's arguments: a JSON object without spaces (default `{}`) |
 //!
-//! Without `reply`, the answer is `Echo: <text> (history=<messages in the request>)`, so a
-//! scenario can check both what reached the provider and how much history came with it.
-//! Every request is recorded ([`MockProvider::requests`], or `GET /_mock/requests`).
+//! Without `reply` or `tool`, the answer is `Echo: <text> (history=<messages in the request>)`
+//! (a top-level `system` / `systemInstruction` counts as one message), so a scenario can check
+//! both what reached the provider and how much history came with it. When the request's last
+//! message is a tool result (OpenAI `role: "tool"`, an Anthropic `tool_result` block, a Gemini
+//! `functionResponse`), the answer is `Tool result: <content>`.
+//!
+//! Calls are counted per profile (the `/p/<directives>/` segment, percent-decoded; requests
+//! without one share the empty profile `""`): `fail_first` and `fail_percent` use that count,
+//! and [`MockProvider::calls_for`] reads it. Every request is recorded
+//! ([`MockProvider::requests`], or `GET /_mock/requests`; counters at `GET /_mock/counters`).
+//! A request without directives takes a short path: its body is rendered straight from
+//! precompiled template bytes.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
+
+/// `include_str!` of a file under `tests/runtime/fixtures/`.
+macro_rules! fixture {
+    ($path:literal) => {
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/", $path))
+    };
+}
+
+mod anthropic;
+mod directives;
+mod faults;
+mod gemini;
+mod openai;
+mod stream;
+mod template;
+mod wire;
+mod workers_ai;
+
+#[cfg(test)]
+mod tests;
+
+pub use directives::{
+    DIRECTIVE_KEYS, DIRECTIVE_TABLE, Directives, parse_directives, parse_profile,
+};
+pub use faults::{FAIL_FIRST_STATUS, FAIL_PERCENT_STATUS};
+pub use wire::WireFormat;
+
+use stream::{Step, StreamPlan, stepped_body};
+use wire::{Answer, Prompt, Route};
 
 /// The one model the mock serves (any requested model name is echoed back, though).
 pub const MOCK_MODEL: &str = "mock-gpt";
@@ -53,113 +120,56 @@ pub struct RecordedRequest {
     pub index: u64,
     /// HTTP method.
     pub method: String,
-    /// Path and query, e.g. `/v1/chat/completions`.
+    /// Path and query, e.g. `/v1/chat/completions`, after any `/p/<directives>` prefix.
     pub path: String,
     /// Headers, names lower-cased; repeated headers are joined with `, `.
     pub headers: BTreeMap<String, String>,
     /// The body parsed as JSON, or `None` when it was empty or not JSON.
     pub body: Option<Value>,
+    /// The fault profile from the path (`/p/<profile>/…`), percent-decoded.
+    pub profile: Option<String>,
 }
 
 impl RecordedRequest {
-    /// The request's chat messages (`body.messages`), empty when there are none.
+    /// The request's chat messages (`body.messages`, or Gemini's `body.contents`), empty when
+    /// there are none.
     pub fn messages(&self) -> &[Value] {
         self.body
             .as_ref()
-            .and_then(|b| b.get("messages"))
+            .and_then(|b| b.get("messages").or_else(|| b.get("contents")))
             .and_then(Value::as_array)
             .map_or(&[], Vec::as_slice)
     }
 
-    /// The text of the last `user` message, directives included.
+    /// The text of the last `user` message, directives included (in any format).
     pub fn last_user_text(&self) -> Option<String> {
-        last_user_text(self.messages())
+        let body = self.body.as_ref()?;
+        match self.format() {
+            Some(WireFormat::Anthropic) => wire::anthropic_read(body).ok()?.user_text,
+            Some(WireFormat::Gemini) => wire::gemini_prompt(body, "", false).ok()?.user_text,
+            Some(WireFormat::WorkersAi) if body.get("prompt").is_some() => body
+                .get("prompt")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            _ => last_user_text(self.messages()),
+        }
     }
 
-    /// Whether this was a chat-completions call.
+    /// Whether this was an OpenAI-style chat-completions call.
     pub fn is_chat(&self) -> bool {
         self.method == "POST" && self.path.starts_with("/v1/chat/completions")
     }
-}
 
-/// How the mock is told to behave for one request (see the module docs).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Directives {
-    /// `status=NNN`.
-    pub status: Option<u16>,
-    /// `retry_after=S`.
-    pub retry_after: Option<String>,
-    /// `delay_ms=N`.
-    pub delay_ms: Option<u64>,
-    /// `chunk_delay_ms=N`.
-    pub chunk_delay_ms: Option<u64>,
-    /// `stall_ms=N`.
-    pub stall_ms: Option<u64>,
-    /// `cut_after=N`.
-    pub cut_after: Option<usize>,
-    /// `malformed=1`.
-    pub malformed: bool,
-    /// `reply=WORD_WORD`, underscores already turned into spaces.
-    pub reply: Option<String>,
-}
+    /// Whether this was a model call in any format.
+    pub fn is_model_call(&self) -> bool {
+        self.method == "POST" && Route::of(&self.path).is_model_call()
+    }
 
-/// Extracts every `[mock ...]` directive from `text`.
-///
-/// Returns the directives and the text without them, trimmed. An unknown key or a bad value is
-/// an error, so a mistyped directive fails loudly instead of being ignored.
-pub fn parse_directives(text: &str) -> Result<(Directives, String), String> {
-    let mut directives = Directives::default();
-    let mut rest = String::with_capacity(text.len());
-    let mut remaining = text;
-    while let Some(start) = find_directive(remaining) {
-        rest.push_str(&remaining[..start]);
-        let after = &remaining[start + "[mock".len()..];
-        let end = after
-            .find(']')
-            .ok_or_else(|| format!("unterminated `[mock` directive in {text:?}"))?;
-        for pair in after[..end].split_whitespace() {
-            apply_directive(&mut directives, pair)?;
-        }
-        remaining = &after[end + 1..];
+    /// The wire format of the route it was sent to (`None` for unknown paths). Mistral shares
+    /// OpenAI's path and reads as [`WireFormat::Openai`].
+    pub fn format(&self) -> Option<WireFormat> {
+        Route::of(&self.path).format()
     }
-    rest.push_str(remaining);
-    Ok((directives, rest.trim().to_owned()))
-}
-
-/// The byte offset of the next `[mock` that starts a directive (followed by space or `]`).
-fn find_directive(text: &str) -> Option<usize> {
-    let mut from = 0;
-    while let Some(i) = text[from..].find("[mock") {
-        let at = from + i;
-        match text[at + "[mock".len()..].chars().next() {
-            Some(c) if c == ']' || c.is_whitespace() => return Some(at),
-            _ => from = at + 1,
-        }
-    }
-    None
-}
-
-fn apply_directive(d: &mut Directives, pair: &str) -> Result<(), String> {
-    let (key, value) = pair
-        .split_once('=')
-        .ok_or_else(|| format!("mock directive `{pair}` is not key=value"))?;
-    fn num<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, String> {
-        value
-            .parse()
-            .map_err(|_| format!("mock directive `{key}` needs a number, got `{value}`"))
-    }
-    match key {
-        "status" => d.status = Some(num(key, value)?),
-        "retry_after" => d.retry_after = Some(value.to_owned()),
-        "delay_ms" => d.delay_ms = Some(num(key, value)?),
-        "chunk_delay_ms" => d.chunk_delay_ms = Some(num(key, value)?),
-        "stall_ms" => d.stall_ms = Some(num(key, value)?),
-        "cut_after" => d.cut_after = Some(num(key, value)?),
-        "malformed" => d.malformed = num::<u8>(key, value)? != 0,
-        "reply" => d.reply = Some(value.replace('_', " ")),
-        _ => return Err(format!("unknown mock directive `{key}`")),
-    }
-    Ok(())
 }
 
 /// The mock's default answer: what it received and how many messages came with it.
@@ -223,8 +233,37 @@ fn last_user_text(messages: &[Value]) -> Option<String> {
 
 #[derive(Default)]
 struct State {
-    requests: Mutex<Vec<RecordedRequest>>,
+    requests: Mutex<VecDeque<RecordedRequest>>,
     counter: AtomicU64,
+    /// Calls per profile (`""`: requests without one).
+    calls: Mutex<HashMap<String, u64>>,
+    /// Most requests kept in the log; 0 keeps all.
+    record_limit: AtomicUsize,
+}
+
+impl State {
+    /// Counts a call for `profile`; returns its number, from 1.
+    fn count_call(&self, profile: &str) -> u64 {
+        let mut calls = self.calls.lock().expect("mock lock");
+        if let Some(n) = calls.get_mut(profile) {
+            *n += 1;
+            *n
+        } else {
+            calls.insert(profile.to_owned(), 1);
+            1
+        }
+    }
+
+    fn record(&self, request: RecordedRequest) {
+        let limit = self.record_limit.load(Ordering::Relaxed);
+        let mut requests = self.requests.lock().expect("mock lock");
+        if limit > 0 {
+            while requests.len() >= limit {
+                requests.pop_front();
+            }
+        }
+        requests.push_back(request);
+    }
 }
 
 /// The running mock provider. It serves until dropped.
@@ -272,9 +311,41 @@ impl MockProvider {
         format!("http://{}/v1", self.addr)
     }
 
+    /// The server's root, `http://127.0.0.1:<port>` (Anthropic and Gemini base URLs; append
+    /// `/client/v4/accounts/<id>/ai` for Workers AI).
+    pub fn root_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The root URL of a target with a fault profile: `http://127.0.0.1:<port>/p/<profile>`.
+    /// Characters that would end the path segment are percent-encoded; the profile is
+    /// counted under `profile` as given.
+    pub fn profile_url(&self, profile: &str) -> String {
+        let mut url = format!("http://{}/p/", self.addr);
+        for c in profile.chars() {
+            match c {
+                '/' | '?' | '#' | '%' | ' ' => url.push_str(&format!("%{:02X}", c as u32)),
+                c => url.push(c),
+            }
+        }
+        url
+    }
+
+    /// The OpenAI-style base URL of a target with a fault profile:
+    /// `http://127.0.0.1:<port>/p/<profile>/v1`.
+    pub fn profile_base_url(&self, profile: &str) -> String {
+        format!("{}/v1", self.profile_url(profile))
+    }
+
     /// A snapshot of every request received so far (the `/_mock/` endpoints excluded).
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.state.requests.lock().expect("mock lock").clone()
+        self.state
+            .requests
+            .lock()
+            .expect("mock lock")
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// The chat-completions requests received so far.
@@ -283,6 +354,53 @@ impl MockProvider {
             .into_iter()
             .filter(RecordedRequest::is_chat)
             .collect()
+    }
+
+    /// The model calls received so far, in any format.
+    pub fn model_requests(&self) -> Vec<RecordedRequest> {
+        self.requests()
+            .into_iter()
+            .filter(RecordedRequest::is_model_call)
+            .collect()
+    }
+
+    /// How many requests arrived with this fault profile (`""`: without one), including
+    /// failed ones.
+    pub fn calls_for(&self, profile: &str) -> u64 {
+        self.state
+            .calls
+            .lock()
+            .expect("mock lock")
+            .get(profile)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The recorded requests with this fault profile (`""`: those without one).
+    pub fn requests_for(&self, profile: &str) -> Vec<RecordedRequest> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.profile.as_deref().unwrap_or("") == profile)
+            .collect()
+    }
+
+    /// Calls per profile so far.
+    pub fn calls(&self) -> BTreeMap<String, u64> {
+        self.state
+            .calls
+            .lock()
+            .expect("mock lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
+    /// Keeps at most `limit` requests in the log, dropping the oldest (`None`: all, the
+    /// default). Long benchmark runs want a limit.
+    pub fn set_record_limit(&self, limit: Option<usize>) {
+        self.state
+            .record_limit
+            .store(limit.unwrap_or(0), Ordering::Relaxed);
     }
 }
 
@@ -301,6 +419,7 @@ async fn serve(listener: TcpListener, state: Arc<State>) {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        let _ = stream.set_nodelay(true);
         let state = state.clone();
         connections.spawn(async move {
             let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
@@ -314,10 +433,15 @@ async fn serve(listener: TcpListener, state: Arc<State>) {
 
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let method = req.method().clone();
-    let path = req
+    let full_path = req
         .uri()
         .path_and_query()
         .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
+    let (raw_profile, path) = directives::split_profile(&full_path);
+    let profile = raw_profile
+        .map(directives::percent_decode)
+        .filter(|p| !p.is_empty());
+    let path = path.to_owned();
     let mut headers = BTreeMap::<String, String>::new();
     for (name, value) in req.headers() {
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
@@ -329,257 +453,350 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
             })
             .or_insert(value);
     }
+    let route = Route::of(&path);
+    let format = route.format().unwrap_or(WireFormat::Openai);
     let bytes = match req.into_body().collect().await {
         Ok(body) => body.to_bytes(),
         Err(e) => {
             return Ok(error_response(
+                format,
                 StatusCode::BAD_REQUEST,
                 &format!("cannot read body: {e}"),
+                0,
             ));
         }
     };
-    let body: Option<Value> = serde_json::from_slice(&bytes).ok();
 
     if path.starts_with("/_mock/") {
-        return Ok(match (method.clone(), path.as_str()) {
-            (Method::GET, "/_mock/requests") => {
-                let requests = state.requests.lock().expect("mock lock").clone();
-                json_response(StatusCode::OK, &json!(requests))
-            }
-            _ => error_response(StatusCode::NOT_FOUND, "no such mock endpoint"),
-        });
+        return Ok(mock_endpoint(&state, &method, &path));
     }
 
     let index = state.counter.fetch_add(1, Ordering::Relaxed) + 1;
-    state
-        .requests
-        .lock()
-        .expect("mock lock")
-        .push(RecordedRequest {
-            index,
-            method: method.to_string(),
-            path: path.clone(),
-            headers,
-            body: body.clone(),
-        });
-
-    let route = path.split('?').next().unwrap_or_default();
-    Ok(match (method, route) {
-        (Method::POST, "/v1/chat/completions") => match body {
-            Some(body) => chat_completions(index, &body).await,
-            None => error_response(StatusCode::BAD_REQUEST, "request body is not JSON"),
-        },
-        (Method::GET, "/v1/models") => json_response(
-            StatusCode::OK,
-            &json!({
-                "object": "list",
-                "data": [{"id": MOCK_MODEL, "object": "model", "created": 0, "owned_by": "kefu-mock"}],
-            }),
-        ),
-        (_, "/v1/chat/completions" | "/v1/models") => {
-            error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-        }
-        _ => error_response(StatusCode::NOT_FOUND, &format!("no route for {route}")),
+    let call = state.count_call(profile.as_deref().unwrap_or(""));
+    let body: Option<Value> = if bytes.is_empty() {
+        None
+    } else {
+        serde_json::from_slice(&bytes).ok()
+    };
+    let plan = prepare(&Arrival {
+        method: &method,
+        path: path.split('?').next().unwrap_or_default(),
+        route: &route,
+        headers: &headers,
+        body: body.as_ref(),
+        profile: profile.as_deref(),
+        call,
+        index,
+    });
+    state.record(RecordedRequest {
+        index,
+        method: method.to_string(),
+        path,
+        headers,
+        body,
+        profile,
+    });
+    Ok(match plan {
+        Plan::Now(response) => response,
+        Plan::Call(call) => call.run().await,
     })
 }
 
-/// `POST /v1/chat/completions`.
-async fn chat_completions(index: u64, body: &Value) -> Response<Body> {
-    let Some(messages) = body.get("messages").and_then(Value::as_array) else {
-        return error_response(StatusCode::BAD_REQUEST, "`messages` must be an array");
-    };
-    let Some(user_text) = last_user_text(messages) else {
-        return error_response(StatusCode::BAD_REQUEST, "no `user` message in `messages`");
-    };
-    let (directives, text) = match parse_directives(&user_text) {
-        Ok(parsed) => parsed,
-        Err(e) => return error_response(StatusCode::BAD_REQUEST, &e),
-    };
-    let model = body
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or(MOCK_MODEL)
-        .to_owned();
-    let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let include_usage = body
-        .pointer("/stream_options/include_usage")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-
-    if let Some(ms) = directives.delay_ms {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-    }
-    if let Some(status) = directives.status {
-        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut response = error_response(status, &format!("mock error {}", status.as_u16()));
-        if let Some(retry_after) = &directives.retry_after
-            && let Ok(value) = HeaderValue::from_str(retry_after)
-        {
-            response.headers_mut().insert("retry-after", value);
+fn mock_endpoint(state: &State, method: &Method, path: &str) -> Response<Body> {
+    let route = path.split('?').next().unwrap_or_default();
+    match (method, route) {
+        (&Method::GET, "/_mock/requests") => {
+            let requests = state.requests.lock().expect("mock lock");
+            json_response(
+                StatusCode::OK,
+                serde_json::to_vec(&*requests).unwrap_or_default(),
+            )
         }
-        return response;
-    }
-
-    let reply = directives
-        .reply
-        .clone()
-        .unwrap_or_else(|| echo_reply(&text, messages.len()));
-    let prompt_tokens: u64 = messages
-        .iter()
-        .map(|m| count_tokens(&content_text(m)))
-        .sum();
-    let completion_tokens = count_tokens(&reply);
-    let usage = json!({
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    });
-    let id = format!("chatcmpl-mock-{index}");
-    let created = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-
-    if stream {
-        let chunks = StreamChunks {
-            id,
-            created,
-            model,
-            include_usage,
-        };
-        return sse_response(chunks.steps(&reply, &usage, &directives));
-    }
-
-    let completion = json!({
-        "id": id,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": reply},
-            "logprobs": null,
-            "finish_reason": "stop",
-        }],
-        "usage": usage,
-    });
-    let bytes = completion.to_string().into_bytes();
-    if directives.malformed {
-        let broken = format!("{{\"id\": \"{id}\", \"object\": \"chat.completion\", \"choices\": [");
-        return body_response(StatusCode::OK, "application/json", Full::new(broken.into()));
-    }
-    if directives.cut_after.is_some() {
-        let half = Bytes::from(bytes[..bytes.len() / 2].to_vec());
-        return stepped_response(
+        (&Method::GET, "/_mock/counters") => {
+            let calls = state.calls.lock().expect("mock lock");
+            json_response(
+                StatusCode::OK,
+                serde_json::to_vec(&*calls).unwrap_or_default(),
+            )
+        }
+        (&Method::GET, "/_mock/help") => body_response(
             StatusCode::OK,
-            "application/json",
-            vec![Step::Send(half), Step::Abort],
-        );
+            "text/plain; charset=utf-8",
+            Bytes::from_static(DIRECTIVE_TABLE.as_bytes()),
+        ),
+        _ => error_response(
+            WireFormat::Openai,
+            StatusCode::NOT_FOUND,
+            "no such mock endpoint",
+            0,
+        ),
     }
-    body_response(StatusCode::OK, "application/json", Full::new(bytes.into()))
 }
 
-/// What goes into every `chat.completion.chunk` of one stream.
-struct StreamChunks {
-    id: String,
+/// What arrived, as `prepare` needs it.
+struct Arrival<'a> {
+    method: &'a Method,
+    path: &'a str,
+    route: &'a Route,
+    headers: &'a BTreeMap<String, String>,
+    body: Option<&'a Value>,
+    profile: Option<&'a str>,
+    call: u64,
+    index: u64,
+}
+
+/// What to do for a request: answer now, or run a model call (which may wait).
+enum Plan {
+    Now(Response<Body>),
+    Call(Box<Call>),
+}
+
+/// A model call, read and scripted.
+struct Call {
+    directives: Directives,
+    /// The route's format (the answer's shape).
+    format: WireFormat,
+    /// The error bodies' format (`format=`, else the route's).
+    error_format: WireFormat,
+    /// (Gemini) stream framing: `alt=sse`.
+    sse: bool,
+    prompt: Prompt,
+    /// The last user text without directives.
+    text: String,
+    profile: String,
+    call: u64,
+    index: u64,
+}
+
+fn prepare(inc: &Arrival<'_>) -> Plan {
+    let route = inc.route;
+    let Some(format) = route.format() else {
+        return Plan::Now(error_response(
+            WireFormat::Openai,
+            StatusCode::NOT_FOUND,
+            &format!("no route for {}", inc.path),
+            inc.index,
+        ));
+    };
+    if *route == Route::OpenaiModels {
+        return Plan::Now(if *inc.method == Method::GET {
+            body_response(StatusCode::OK, "application/json", openai::MODELS.clone())
+        } else {
+            error_response(
+                format,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed",
+                inc.index,
+            )
+        });
+    }
+    if *inc.method != Method::POST {
+        return Plan::Now(error_response(
+            format,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed",
+            inc.index,
+        ));
+    }
+    let base = match inc.profile.map(parse_profile).transpose() {
+        Ok(base) => base.unwrap_or_default(),
+        Err(e) => {
+            return Plan::Now(error_response(
+                format,
+                StatusCode::BAD_REQUEST,
+                &e,
+                inc.index,
+            ));
+        }
+    };
+    let error_format = base.format.unwrap_or(format);
+    let fail = |status: StatusCode, message: &str| {
+        Plan::Now(error_response(error_format, status, message, inc.index))
+    };
+    if let Some(denied) = check_auth(route, inc.headers) {
+        return fail(denied.0, denied.1);
+    }
+    let Some(body) = inc.body else {
+        return fail(StatusCode::BAD_REQUEST, "request body is not JSON");
+    };
+    let (prompt, sse) = match route {
+        Route::OpenaiChat => (wire::openai_prompt(body), false),
+        Route::AnthropicMessages => (wire::anthropic_prompt(body), false),
+        Route::Gemini {
+            model, stream, sse, ..
+        } => (wire::gemini_prompt(body, model, *stream), *sse),
+        Route::WorkersAi { model } => (wire::workers_ai_prompt(body, model), false),
+        Route::OpenaiModels | Route::Unknown => unreachable!("handled above"),
+    };
+    let prompt = match prompt {
+        Ok(prompt) => prompt,
+        Err(e) => return fail(StatusCode::BAD_REQUEST, &e),
+    };
+    let (directives, text) = match &prompt.user_text {
+        Some(user_text) => match directives::parse_directives_onto(base, user_text) {
+            Ok(parsed) => parsed,
+            Err(e) => return fail(StatusCode::BAD_REQUEST, &e),
+        },
+        None => (base, String::new()),
+    };
+    Plan::Call(Box::new(Call {
+        error_format: directives.format.unwrap_or(format),
+        directives,
+        format,
+        sse,
+        prompt,
+        text,
+        profile: inc.profile.unwrap_or("").to_owned(),
+        call: inc.call,
+        index: inc.index,
+    }))
+}
+
+/// The providers' own checks of credentials and required headers.
+fn check_auth(
+    route: &Route,
+    headers: &BTreeMap<String, String>,
+) -> Option<(StatusCode, &'static str)> {
+    let has = |name: &str| headers.get(name).is_some_and(|v| !v.trim().is_empty());
+    match route {
+        Route::AnthropicMessages if !has("x-api-key") => {
+            Some((StatusCode::UNAUTHORIZED, "x-api-key header is required"))
+        }
+        Route::AnthropicMessages if !has("anthropic-version") => Some((
+            StatusCode::BAD_REQUEST,
+            "anthropic-version: header is required",
+        )),
+        Route::Gemini { query_key, .. } if !query_key && !has("x-goog-api-key") => Some((
+            StatusCode::FORBIDDEN,
+            "Method doesn't allow unregistered callers (callers without established identity). \
+             Please use API Key or other form of API consumer identity to call this API.",
+        )),
+        Route::WorkersAi { .. }
+            if !headers
+                .get("authorization")
+                .is_some_and(|v| v.starts_with("Bearer ") && v.len() > "Bearer ".len()) =>
+        {
+            Some((StatusCode::UNAUTHORIZED, "Authentication error"))
+        }
+        _ => None,
+    }
+}
+
+/// What a format's renderer needs for one answer.
+pub(crate) struct Reply<'a> {
+    index: u64,
     created: u64,
-    model: String,
+    model: &'a str,
+    answer: &'a Answer,
+    prompt_tokens: u64,
+    completion_tokens: u64,
     include_usage: bool,
 }
 
-impl StreamChunks {
-    fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> Step {
-        let mut chunk = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}],
-        });
-        if self.include_usage {
-            // OpenAI sends `usage: null` on every chunk but the last when usage is asked for.
-            chunk["usage"] = Value::Null;
+impl Call {
+    async fn run(self) -> Response<Body> {
+        let d = &self.directives;
+        if let Some(ms) = d.delay_ms {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
         }
-        data_line(&chunk.to_string())
-    }
+        if let Some(status) = faults::failure(d, &self.profile, self.call) {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut response = error_response(
+                self.error_format,
+                status,
+                &format!("mock error {}", status.as_u16()),
+                self.index,
+            );
+            retry_headers(&mut response, d, self.error_format);
+            return response;
+        }
 
-    fn steps(&self, reply: &str, usage: &Value, d: &Directives) -> Vec<Step> {
-        let pause = d.chunk_delay_ms.map(Duration::from_millis);
-        let mut steps = vec![self.chunk(json!({"role": "assistant", "content": ""}), None)];
-        for (n, word) in split_words(reply).into_iter().enumerate() {
-            if let Some(pause) = pause {
-                steps.push(Step::Sleep(pause));
+        let answer = if let Some(result) = &self.prompt.tool_result {
+            Answer::Text(format!("Tool result: {result}"))
+        } else if let (Some(name), true) = (&d.tool, self.prompt.has_tools) {
+            Answer::Tool {
+                name: name.clone(),
+                args: d.args.clone().unwrap_or_else(|| "{}".to_owned()),
             }
-            steps.push(self.chunk(json!({ "content": word }), None));
-            if n == 0 {
-                if let Some(ms) = d.stall_ms {
-                    steps.push(Step::Sleep(Duration::from_millis(ms)));
+        } else if let Some(reply) = &d.reply {
+            Answer::Text(reply.clone())
+        } else {
+            Answer::Text(echo_reply(&self.text, self.prompt.history))
+        };
+        let reply = Reply {
+            index: self.index,
+            created: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            model: &self.prompt.model,
+            answer: &answer,
+            prompt_tokens: self.prompt.prompt_tokens,
+            completion_tokens: answer.tokens(),
+            include_usage: self.prompt.include_usage,
+        };
+
+        if self.prompt.stream {
+            let (plan, content_type): (StreamPlan, &str) = match self.format {
+                WireFormat::Openai | WireFormat::Mistral => {
+                    (openai::stream(&reply), "text/event-stream")
                 }
-                if d.malformed {
-                    steps.push(data_line(&format!(
-                        "{{\"id\":\"{}\",\"choices\":[{{\"delta\":",
-                        self.id
-                    )));
+                WireFormat::Anthropic => (
+                    anthropic::stream(&reply),
+                    "text/event-stream; charset=utf-8",
+                ),
+                WireFormat::Gemini if self.sse => {
+                    (gemini::stream(&reply, true), "text/event-stream")
                 }
-            }
-            if d.cut_after == Some(n + 1) {
-                steps.push(Step::Abort);
-                return steps;
-            }
+                WireFormat::Gemini => (gemini::stream(&reply, false), "application/json"),
+                WireFormat::WorkersAi => (workers_ai::stream(&reply), "text/event-stream"),
+            };
+            let mut response = stepped_response(StatusCode::OK, content_type, plan.steps(d));
+            response
+                .headers_mut()
+                .insert("cache-control", HeaderValue::from_static("no-cache"));
+            return response;
         }
-        if let Some(pause) = pause {
-            steps.push(Step::Sleep(pause));
+
+        let bytes = match self.format {
+            WireFormat::Openai | WireFormat::Mistral => openai::whole(&reply),
+            WireFormat::Anthropic => anthropic::whole(&reply),
+            WireFormat::Gemini => gemini::whole(&reply),
+            WireFormat::WorkersAi => workers_ai::whole(&reply),
+        };
+        if d.malformed {
+            let broken = Bytes::copy_from_slice(stream::broken_json(&bytes));
+            return body_response(StatusCode::OK, "application/json", broken);
         }
-        steps.push(self.chunk(json!({}), Some("stop")));
-        if self.include_usage {
-            let chunk = json!({
-                "id": self.id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": self.model,
-                "choices": [],
-                "usage": usage,
-            });
-            steps.push(data_line(&chunk.to_string()));
+        if d.cut_after.is_some() {
+            let half = Bytes::copy_from_slice(&bytes[..bytes.len() / 2]);
+            return stepped_response(
+                StatusCode::OK,
+                "application/json",
+                vec![Step::Send(half), Step::Abort],
+            );
         }
-        steps.push(data_line("[DONE]"));
-        steps
+        body_response(StatusCode::OK, "application/json", bytes.into())
     }
 }
 
-fn data_line(data: &str) -> Step {
-    Step::Send(Bytes::from(format!("data: {data}\n\n")))
-}
-
-/// One step of a scripted response body.
-enum Step {
-    Sleep(Duration),
-    Send(Bytes),
-    /// End the body with an error: hyper then drops the connection without the final empty
-    /// chunk, so the client sees a broken body rather than a clean end.
-    Abort,
-}
-
-fn stepped_body(steps: Vec<Step>) -> Body {
-    let mut steps: VecDeque<Step> = steps.into();
-    // Give hyper a chance to flush what was sent before the abort tears the connection down:
-    // a body error discards whatever is still in its write buffer.
-    if let Some(i) = steps.iter().position(|s| matches!(s, Step::Abort)) {
-        steps.insert(i, Step::Sleep(Duration::from_millis(10)));
-    }
-    let stream = futures::stream::unfold(steps, |mut steps| async move {
-        loop {
-            match steps.pop_front()? {
-                Step::Sleep(d) => tokio::time::sleep(d).await,
-                Step::Send(bytes) => return Some((Ok(Frame::data(bytes)), steps)),
-                Step::Abort => {
-                    steps.clear();
-                    let err: BoxError = "mock provider: connection cut on purpose".into();
-                    return Some((Err(err), steps));
-                }
-            }
+/// `retry_after` / `retry_after_ms` on a failure.
+fn retry_headers(response: &mut Response<Body>, d: &Directives, format: WireFormat) {
+    let headers = response.headers_mut();
+    if let Some(retry_after) = &d.retry_after
+        && let Ok(value) = HeaderValue::from_str(retry_after)
+    {
+        headers.insert("retry-after", value);
+        if matches!(format, WireFormat::Openai | WireFormat::Mistral)
+            && let Ok(value) = HeaderValue::from_str(&format!("{retry_after}s"))
+        {
+            headers.insert("x-ratelimit-reset-requests", value);
         }
-    });
-    StreamBody::new(stream).boxed_unsync()
+    }
+    if let Some(ms) = d.retry_after_ms
+        && let Ok(value) = HeaderValue::from_str(&ms.to_string())
+    {
+        headers.insert("retry-after-ms", value);
+    }
 }
 
 fn stepped_response(status: StatusCode, content_type: &str, steps: Vec<Step>) -> Response<Body> {
@@ -591,296 +808,37 @@ fn stepped_response(status: StatusCode, content_type: &str, steps: Vec<Step>) ->
     response
 }
 
-fn sse_response(steps: Vec<Step>) -> Response<Body> {
-    let mut response = stepped_response(StatusCode::OK, "text/event-stream", steps);
+fn body_response(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {
+    let mut response = Response::new(
+        Full::new(body)
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = status;
     response
         .headers_mut()
-        .insert("cache-control", HeaderValue::from_static("no-cache"));
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 
-fn body_response(status: StatusCode, content_type: &str, body: Full<Bytes>) -> Response<Body> {
-    let mut response = Response::new(body.map_err(|never| match never {}).boxed_unsync());
-    *response.status_mut() = status;
-    if let Ok(value) = HeaderValue::from_str(content_type) {
-        response.headers_mut().insert(CONTENT_TYPE, value);
-    }
-    response
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    body_response(status, "application/json", body.into())
 }
 
-fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
-    body_response(
-        status,
-        "application/json",
-        Full::new(value.to_string().into()),
-    )
-}
-
-/// An OpenAI-style error: `{"error":{"message","type","code"}}`.
-fn error_response(status: StatusCode, message: &str) -> Response<Body> {
-    let (kind, code) = match status.as_u16() {
-        400 => ("invalid_request_error", Value::Null),
-        401 => ("invalid_request_error", json!("invalid_api_key")),
-        403 => (
-            "invalid_request_error",
-            json!("unsupported_country_region_territory"),
-        ),
-        404 => ("invalid_request_error", json!("not_found")),
-        429 => ("requests", json!("rate_limit_exceeded")),
-        500..=599 => ("server_error", Value::Null),
-        _ => ("invalid_request_error", Value::Null),
+/// An error in `format`'s own body shape.
+fn error_response(
+    format: WireFormat,
+    status: StatusCode,
+    message: &str,
+    index: u64,
+) -> Response<Body> {
+    let code = status.as_u16();
+    let body = match format {
+        WireFormat::Openai => openai::error_body(code, message),
+        WireFormat::Mistral => openai::mistral_error_body(code, message),
+        WireFormat::Anthropic => anthropic::error_body(code, message, index),
+        WireFormat::Gemini => gemini::error_body(code, message),
+        WireFormat::WorkersAi => workers_ai::error_body(code, message),
     };
-    json_response(
-        status,
-        &json!({"error": {"message": message, "type": kind, "param": null, "code": code}}),
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sse;
-
-    #[test]
-    fn directives_are_parsed_and_removed() {
-        let (d, text) =
-            parse_directives("[mock status=503 retry_after=7] hello [mock reply=a_b_c]").unwrap();
-        assert_eq!(
-            d,
-            Directives {
-                status: Some(503),
-                retry_after: Some("7".into()),
-                reply: Some("a b c".into()),
-                ..Directives::default()
-            }
-        );
-        assert_eq!(text, "hello");
-
-        let (d, text) = parse_directives(
-            "slow [mock delay_ms=10 chunk_delay_ms=2 stall_ms=3 cut_after=4 malformed=1]",
-        )
-        .unwrap();
-        assert_eq!(d.delay_ms, Some(10));
-        assert_eq!(d.chunk_delay_ms, Some(2));
-        assert_eq!(d.stall_ms, Some(3));
-        assert_eq!(d.cut_after, Some(4));
-        assert!(d.malformed);
-        assert_eq!(text, "slow");
-    }
-
-    #[test]
-    fn text_without_directives_is_untouched() {
-        let (d, text) = parse_directives("  [mockery] is not [a directive]  ").unwrap();
-        assert_eq!(d, Directives::default());
-        assert_eq!(text, "[mockery] is not [a directive]");
-        assert_eq!(parse_directives("[mock]").unwrap().1, "");
-    }
-
-    #[test]
-    fn bad_directives_fail_loudly() {
-        assert!(parse_directives("[mock stauts=500]").is_err());
-        assert!(parse_directives("[mock status=five]").is_err());
-        assert!(parse_directives("[mock status]").is_err());
-        assert!(parse_directives("[mock status=500").is_err());
-    }
-
-    #[test]
-    fn words_keep_their_spaces() {
-        assert_eq!(
-            split_words("Echo: hi  there (history=2)"),
-            vec!["Echo: ", "hi  ", "there ", "(history=2)"]
-        );
-        assert_eq!(split_words(" lead"), vec![" lead"]);
-        assert_eq!(split_words("trail "), vec!["trail "]);
-        assert!(split_words("").is_empty());
-        let reply = "a b\tc\nd é f";
-        assert_eq!(split_words(reply).concat(), reply);
-        assert_eq!(count_tokens(reply), 6);
-    }
-
-    async fn post(mock: &MockProvider, body: Value) -> reqwest::Response {
-        reqwest::Client::new()
-            .post(format!("{}/chat/completions", mock.base_url()))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    fn chat(text: &str, stream: bool) -> Value {
-        json!({
-            "model": "mock-gpt",
-            "stream": stream,
-            "stream_options": {"include_usage": true},
-            "messages": [
-                {"role": "system", "content": "be brief"},
-                {"role": "user", "content": text},
-            ],
-        })
-    }
-
-    #[tokio::test]
-    async fn json_completion_echoes_and_counts() {
-        let mock = MockProvider::start().await;
-        let response = post(&mock, chat("hello there [mock delay_ms=1]", false)).await;
-        assert_eq!(response.status(), 200);
-        let body: Value = response.json().await.unwrap();
-        assert_eq!(body["object"], "chat.completion");
-        assert_eq!(body["model"], "mock-gpt");
-        assert_eq!(body["choices"][0]["message"]["role"], "assistant");
-        assert_eq!(
-            body["choices"][0]["message"]["content"],
-            "Echo: hello there (history=2)"
-        );
-        assert_eq!(body["choices"][0]["finish_reason"], "stop");
-        // "be brief" + "hello there [mock delay_ms=1]" = 2 + 4 words: the provider sees the
-        // directive too; only the echo drops it.
-        assert_eq!(
-            body["usage"],
-            json!({"prompt_tokens": 6, "completion_tokens": 4, "total_tokens": 10})
-        );
-
-        let recorded = mock.chat_requests();
-        assert_eq!(recorded.len(), 1);
-        assert_eq!(recorded[0].headers["content-type"], "application/json");
-        assert_eq!(
-            recorded[0].last_user_text().as_deref(),
-            Some("hello there [mock delay_ms=1]")
-        );
-        let over_http: Value = reqwest::get(format!("http://{}/_mock/requests", mock.addr()))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(over_http[0]["body"]["messages"][1]["role"], "user");
-    }
-
-    #[tokio::test]
-    async fn stream_deltas_concatenate_to_reply() {
-        let mock = MockProvider::start().await;
-        let response = post(&mock, chat("one two three [mock chunk_delay_ms=1]", true)).await;
-        assert_eq!(response.status(), 200);
-        assert_eq!(
-            response.headers()[CONTENT_TYPE.as_str()],
-            "text/event-stream"
-        );
-        let transcript = sse::read_stream(response).await;
-        assert_eq!(transcript.body_error, None);
-        assert_eq!(transcript.trailing_garbage, None);
-        let datas: Vec<&str> = transcript.events.iter().map(|e| e.data.as_str()).collect();
-        assert_eq!(datas.last(), Some(&"[DONE]"));
-        let chunks: Vec<Value> = transcript.events[..transcript.events.len() - 1]
-            .iter()
-            .map(|e| e.json().unwrap())
-            .collect();
-        assert!(
-            chunks
-                .iter()
-                .all(|c| c["object"] == "chat.completion.chunk")
-        );
-        assert_eq!(
-            chunks[0]["choices"][0]["delta"],
-            json!({"role": "assistant", "content": ""})
-        );
-        let (usage_chunk, rest) = chunks.split_last().unwrap();
-        assert_eq!(usage_chunk["choices"], json!([]));
-        assert_eq!(usage_chunk["usage"]["completion_tokens"], 5);
-        let (finish, content) = rest.split_last().unwrap();
-        assert_eq!(finish["choices"][0]["delta"], json!({}));
-        assert_eq!(finish["choices"][0]["finish_reason"], "stop");
-        let text: String = content
-            .iter()
-            .map(|c| c["choices"][0]["delta"]["content"].as_str().unwrap())
-            .collect();
-        assert_eq!(text, "Echo: one two three (history=2)");
-        assert_eq!(content.len(), 1 + 5);
-    }
-
-    #[tokio::test]
-    async fn stream_without_usage_has_no_usage_chunk() {
-        let mock = MockProvider::start().await;
-        let mut body = chat("[mock reply=just_this]", true);
-        body.as_object_mut().unwrap().remove("stream_options");
-        let transcript = sse::read_stream(post(&mock, body).await).await;
-        let datas: Vec<&str> = transcript.events.iter().map(|e| e.data.as_str()).collect();
-        assert_eq!(datas.len(), 1 + 2 + 1 + 1, "{datas:?}");
-        assert!(datas.iter().all(|d| !d.contains("usage")));
-        assert!(datas[2].contains("\"this\""));
-    }
-
-    #[tokio::test]
-    async fn cut_stream_is_a_body_error() {
-        let mock = MockProvider::start().await;
-        let response = post(&mock, chat("a b c d e [mock cut_after=2]", true)).await;
-        assert_eq!(response.status(), 200);
-        let transcript = sse::read_stream(response).await;
-        assert!(transcript.body_error.is_some(), "{transcript:?}");
-        // The role chunk and two content chunks arrived; no finish chunk, no [DONE].
-        assert_eq!(transcript.events.len(), 3, "{transcript:?}");
-        assert!(transcript.events.iter().all(|e| !e.data.contains("stop")));
-    }
-
-    #[tokio::test]
-    async fn cut_json_is_a_body_error() {
-        let mock = MockProvider::start().await;
-        let response = post(&mock, chat("[mock cut_after=1]", false)).await;
-        assert_eq!(response.status(), 200);
-        assert!(response.bytes().await.is_err());
-    }
-
-    #[tokio::test]
-    async fn malformed_and_error_statuses() {
-        let mock = MockProvider::start().await;
-        let response = post(&mock, chat("[mock malformed=1]", false)).await;
-        assert_eq!(response.status(), 200);
-        assert!(response.json::<Value>().await.is_err());
-
-        let transcript =
-            sse::read_stream(post(&mock, chat("x y [mock malformed=1]", true)).await).await;
-        assert!(
-            transcript
-                .events
-                .iter()
-                .any(|e| e.json().is_err() && e.data != "[DONE]")
-        );
-
-        let response = post(&mock, chat("[mock status=429 retry_after=3]", false)).await;
-        assert_eq!(response.status(), 429);
-        assert_eq!(response.headers()["retry-after"], "3");
-        let body: Value = response.json().await.unwrap();
-        assert_eq!(body["error"]["code"], "rate_limit_exceeded");
-
-        let response = post(&mock, chat("[mock bogus=1]", false)).await;
-        assert_eq!(response.status(), 400);
-    }
-
-    #[tokio::test]
-    async fn delays_hold_headers_and_chunks() {
-        let mock = MockProvider::start().await;
-        let started = std::time::Instant::now();
-        let response = post(&mock, chat("[mock delay_ms=150]", false)).await;
-        assert!(started.elapsed() >= Duration::from_millis(150));
-        assert_eq!(response.status(), 200);
-
-        let started = std::time::Instant::now();
-        let response = post(&mock, chat("a b [mock stall_ms=150]", true)).await;
-        // Headers come at once; the stall is inside the body.
-        assert!(started.elapsed() < Duration::from_millis(150));
-        let transcript = sse::read_stream(response).await;
-        assert!(started.elapsed() >= Duration::from_millis(150));
-        assert_eq!(transcript.events.last().unwrap().data, "[DONE]");
-    }
-
-    #[tokio::test]
-    async fn models_list() {
-        let mock = MockProvider::start().await;
-        let body: Value = reqwest::get(format!("{}/models", mock.base_url()))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(body["data"][0]["id"], MOCK_MODEL);
-    }
+    json_response(status, body)
 }

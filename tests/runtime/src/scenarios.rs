@@ -21,6 +21,11 @@ use reqwest::header::{self, HeaderMap};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+use crate::gateway::{
+    gateway_300_turns_with_a_flaky_primary, gateway_breaker_opens_and_recovers,
+    gateway_fallback_order, gateway_quota_exact_under_concurrency, openai_api_errors,
+    openai_sdk_python,
+};
 use crate::mock::{MockProvider, echo_reply};
 use crate::sse::{self, SseTranscript};
 
@@ -270,6 +275,12 @@ pub fn all() -> Vec<Scenario> {
         offline_responder,
         demo_answers,
         tenant_isolation,
+        gateway_fallback_order,
+        gateway_breaker_opens_and_recovers,
+        gateway_quota_exact_under_concurrency,
+        gateway_300_turns_with_a_flaky_primary,
+        openai_sdk_python,
+        openai_api_errors,
     ]
 }
 

@@ -1,11 +1,15 @@
-//! Starts Kefu on workerd, the real Workers runtime, through `wrangler dev`.
+//! Starts Kefu on workerd, the real Workers runtime, for the runtime tests.
 //!
-//! Tenant configs are written into a fresh local KV store (`wrangler kv key put --local`)
-//! before the Worker starts, and `wrangler dev` persists into that same temporary directory,
-//! so every run starts from a known state and leaves nothing behind. wrangler runs in its own
-//! process group because it spawns workerd (and esbuild, and the build command) as children:
-//! stopping only the process we started would leave workerd serving. [`KefuWorker`] stops the
-//! whole group when dropped, which also happens when a test panics.
+//! `tests/runtime/workerd-host.mjs` runs the built Worker (`workers/build/`) on workerd
+//! through Miniflare, with the bindings `wrangler.toml` declares (the same ones `wrangler dev`
+//! gives `make dev`), tenant configurations seeded into its KV, and storage in memory, so
+//! every run starts from a known state and leaves nothing behind. It skips `wrangler dev`'s
+//! Node proxy, whose reused keep-alive connections now and then drop a POST with a 503
+//! ("worker restarted mid-request") although the Worker never restarted.
+//!
+//! The host runs in its own process group because it spawns workerd: stopping only the
+//! process we started would leave workerd serving. [`KefuWorker`] stops the whole group when
+//! dropped, which also happens when a test panics.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom};
@@ -22,7 +26,7 @@ use tokio::process::{Child, Command};
 pub struct WorkerOptions {
     /// Tenant configurations to seed into KV as `tenant:<id>`.
     pub tenants: Vec<(String, Value)>,
-    /// How long to wait for `GET /healthz` to answer 200 (the build step may compile first).
+    /// How long to wait for `GET /healthz` to answer 200.
     pub startup_timeout: Duration,
 }
 
@@ -30,7 +34,7 @@ impl Default for WorkerOptions {
     fn default() -> Self {
         Self {
             tenants: Vec::new(),
-            startup_timeout: Duration::from_secs(180),
+            startup_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -41,111 +45,68 @@ pub fn repo_root() -> PathBuf {
     root.canonicalize().unwrap_or(root)
 }
 
-/// The `wrangler` binary: `$KEFU_WRANGLER` when set, else the one `make setup` installs
-/// under `node_modules/.bin`.
-pub fn wrangler_bin() -> PathBuf {
-    match std::env::var_os("KEFU_WRANGLER") {
-        Some(path) if !path.is_empty() => PathBuf::from(path),
-        _ => repo_root().join("node_modules/.bin/wrangler"),
-    }
-}
-
-/// A running `wrangler dev`, serving Kefu on loopback. Dropping it stops the process group.
+/// Kefu running on workerd, on loopback. Dropping it stops the process group.
 #[derive(Debug)]
 pub struct KefuWorker {
     child: Child,
     pgid: u32,
     base_url: String,
     log_path: PathBuf,
-    /// Local KV and Durable Object state; removed after the processes are stopped.
-    _persist: tempfile::TempDir,
+    /// Holds the seeded tenant configurations; removed after the processes are stopped.
+    _scratch: tempfile::TempDir,
 }
 
 impl KefuWorker {
-    /// Seeds the tenants, starts `wrangler dev` and waits until `GET /healthz` answers 200.
+    /// Starts the host with the tenants seeded and waits until `GET /healthz` answers 200.
     pub async fn start(opts: WorkerOptions) -> anyhow::Result<Self> {
         let root = repo_root();
-        let wrangler = wrangler_bin();
-        if !wrangler.exists() {
+        let built = root.join("workers/build/index.js");
+        if !built.exists() {
             bail!(
-                "{} is missing: run `make setup` first (it installs wrangler from npm)",
-                wrangler.display()
+                "{} is missing: run `make worker` (or `make test`) first",
+                built.display()
             );
         }
-        let persist = tempfile::Builder::new()
+        let scratch = tempfile::Builder::new()
             .prefix("kefu-runtime-")
             .tempdir()
-            .context("creating the persist directory")?;
+            .context("creating a scratch directory")?;
+        let tenants: serde_json::Map<String, Value> = opts.tenants.iter().cloned().collect();
+        let tenants_file = scratch.path().join("tenants.json");
+        std::fs::write(&tenants_file, Value::Object(tenants).to_string())
+            .context("writing the tenant configurations")?;
 
-        for (tenant, config) in &opts.tenants {
-            let output = Command::new(&wrangler)
-                .current_dir(&root)
-                .args([
-                    "kv",
-                    "key",
-                    "put",
-                    "--binding",
-                    "CONFIG",
-                    "--local",
-                    "--persist-to",
-                ])
-                .arg(persist.path())
-                .arg(format!("tenant:{tenant}"))
-                .arg(config.to_string())
-                .envs(quiet_env())
-                .stdin(Stdio::null())
-                .output()
-                .await
-                .with_context(|| format!("running {}", wrangler.display()))?;
-            if !output.status.success() {
-                bail!(
-                    "seeding tenant `{tenant}` into KV failed ({}):\n{}\n{}",
-                    output.status,
-                    String::from_utf8_lossy(&output.stdout),
-                    String::from_utf8_lossy(&output.stderr)
-                );
-            }
-        }
-
-        let (port, inspector_port) = two_free_ports()?;
+        let port = free_port()?;
         let log_dir = root.join("target/runtime-tests");
         std::fs::create_dir_all(&log_dir)
             .with_context(|| format!("creating {}", log_dir.display()))?;
-        let log_path = log_dir.join(format!("wrangler-{port}.log"));
+        let log_path = log_dir.join(format!("workerd-{port}.log"));
         let log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
             .with_context(|| format!("opening {}", log_path.display()))?;
 
-        let child = Command::new(&wrangler)
+        let child = Command::new("node")
             .current_dir(&root)
-            .args(["dev", "--ip", "127.0.0.1", "--port"])
+            .arg("tests/runtime/workerd-host.mjs")
             .arg(port.to_string())
-            .arg("--inspector-port")
-            .arg(inspector_port.to_string())
-            .arg("--persist-to")
-            .arg(persist.path())
-            .args([
-                "--log-level",
-                "info",
-                "--show-interactive-dev-session=false",
-            ])
-            .envs(quiet_env())
+            .arg(&tenants_file)
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
-            // Its own group, so Drop can signal wrangler, workerd and any build together.
+            // Its own group, so Drop can signal node and workerd together.
             .process_group(0)
             .spawn()
-            .with_context(|| format!("starting {} dev", wrangler.display()))?;
-        let pgid = child.id().context("wrangler exited immediately")?;
+            .context("starting node tests/runtime/workerd-host.mjs")?;
+        let pgid = child.id().context("the host exited immediately")?;
         let mut worker = Self {
             child,
             pgid,
             base_url: format!("http://127.0.0.1:{port}"),
             log_path,
-            _persist: persist,
+            _scratch: scratch,
         };
         // From here on an early return drops `worker`, which stops the group.
         worker.wait_healthy(opts.startup_timeout).await?;
@@ -162,13 +123,20 @@ impl KefuWorker {
         loop {
             if let Some(status) = self.child.try_wait()? {
                 bail!(
-                    "wrangler dev exited early ({status}); log {}:\n{}",
+                    "the workerd host exited early ({status}); log {}:\n{}",
                     self.log_path.display(),
                     self.log_tail(60)
                 );
             }
+            // The host prints `ready` only after the tenants are in KV; /healthz answers
+            // before that, and a scenario must never see an unseeded tenant.
+            let seeded = std::fs::read_to_string(&self.log_path)
+                .is_ok_and(|log| log.lines().any(|l| l.starts_with("ready http")));
             let last = match client.get(&url).send().await {
-                Ok(response) if response.status().is_success() => return Ok(()),
+                Ok(response) if response.status().is_success() && seeded => return Ok(()),
+                Ok(response) if response.status().is_success() => {
+                    "tenants not seeded yet".to_owned()
+                }
                 Ok(response) => format!("status {}", response.status()),
                 Err(e) => format!("{e:#}"),
             };
@@ -188,12 +156,12 @@ impl KefuWorker {
         &self.base_url
     }
 
-    /// Where wrangler's output goes.
+    /// Where the host's (and the Worker's) output goes.
     pub fn log_path(&self) -> &Path {
         &self.log_path
     }
 
-    /// The last `n` lines of wrangler's output.
+    /// The last `n` lines of the host's output.
     pub fn log_tail(&self, n: usize) -> String {
         log_tail(&self.log_path, n)
     }
@@ -205,7 +173,7 @@ impl Drop for KefuWorker {
         signal_group("-TERM", &group);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            // Reap wrangler itself: as a zombie it would still count as a group member.
+            // Reap node itself: as a zombie it would still count as a group member.
             let _ = self.child.try_wait();
             if !group_alive(self.pgid) {
                 return;
@@ -229,7 +197,7 @@ fn signal_group(signal: &str, group: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Whether any process of group `pgid` is still running. Zombies do not count: once wrangler
+/// Whether any process of group `pgid` is still running. Zombies do not count: once node
 /// is gone, workerd's zombie waits for init to reap it, which may take seconds.
 fn group_alive(pgid: u32) -> bool {
     let Ok(out) = std::process::Command::new("ps")
@@ -247,16 +215,10 @@ fn group_alive(pgid: u32) -> bool {
     })
 }
 
-/// Environment for every wrangler run: no telemetry, no colour codes in the log.
-fn quiet_env() -> [(&'static str, &'static str); 2] {
-    [("WRANGLER_SEND_METRICS", "false"), ("NO_COLOR", "1")]
-}
-
-/// Two distinct free loopback ports (both held while picking so they cannot coincide).
-fn two_free_ports() -> anyhow::Result<(u16, u16)> {
-    let a = std::net::TcpListener::bind("127.0.0.1:0").context("picking a free port")?;
-    let b = std::net::TcpListener::bind("127.0.0.1:0").context("picking a free port")?;
-    Ok((a.local_addr()?.port(), b.local_addr()?.port()))
+/// A free loopback port.
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("picking a free port")?;
+    Ok(listener.local_addr()?.port())
 }
 
 /// The last `n` lines of a file (reading at most its last 256 KiB).

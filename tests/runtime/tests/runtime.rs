@@ -1,4 +1,4 @@
-//! The runtime test runner: Kefu on workerd (`wrangler dev`) against the mock provider.
+//! The runtime test runner: Kefu on workerd against the mock provider.
 //!
 //! Runs every scenario of `kefu_runtime_tests::scenarios` in order, each under a 60 s
 //! timeout with panics caught, prints `PASS name (ms)` or `FAIL name: error` per scenario and
@@ -6,10 +6,9 @@
 //! `cargo test -p kefu-runtime-tests --test runtime -- chat`.
 //!
 //! Environment:
-//! - `KEFU_BASE_URL`: run against an already running host instead of starting wrangler (its
+//! - `KEFU_BASE_URL`: run against an already running host instead of starting workerd (its
 //!   tenants must then point at the mock this runner starts: see `KEFU_MOCK_PORT`).
 //! - `KEFU_MOCK_PORT`: the port for the mock provider (default: any free port).
-//! - `KEFU_WRANGLER`: the `wrangler` to run (default: `node_modules/.bin/wrangler`).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -50,7 +49,7 @@ fn main() -> ExitCode {
     let (passed, failed) = runtime.block_on(async {
         tokio::select! {
             counts = run(selected) => counts,
-            // Dropping `run` drops the worker, which stops wrangler's process group.
+            // Dropping `run` drops the worker, which stops the host's process group.
             _ = tokio::signal::ctrl_c() => {
                 println!("interrupted");
                 (0, 1)
@@ -85,7 +84,7 @@ async fn run(selected: Vec<Scenario>) -> (usize, usize) {
     let base = match std::env::var("KEFU_BASE_URL") {
         Ok(url) => {
             println!(
-                "note: KEFU_BASE_URL is set, so wrangler is not started; the host's tenants \
+                "note: KEFU_BASE_URL is set, so the Worker is not started; the host's tenants \
                  `default` and `fast-timeout` must already use the mock at {} \
                  (set KEFU_MOCK_PORT to fix its port)",
                 mock.base_url()
@@ -94,7 +93,7 @@ async fn run(selected: Vec<Scenario>) -> (usize, usize) {
         }
         Err(_) => {
             let provider = json!({ "base_url": mock.base_url(), "model": MOCK_MODEL });
-            let tenants = vec![
+            let mut tenants = vec![
                 (
                     "default".to_owned(),
                     json!({ "system_prompt": SYSTEM_PROMPT, "provider": provider }),
@@ -110,7 +109,8 @@ async fn run(selected: Vec<Scenario>) -> (usize, usize) {
                     }),
                 ),
             ];
-            println!("starting wrangler dev (the first run may build the Worker)…");
+            tenants.extend(kefu_runtime_tests::gateway::tenants(&mock.base_url()));
+            println!("starting Kefu on workerd…");
             let started = Instant::now();
             match KefuWorker::start(WorkerOptions {
                 tenants,
@@ -175,9 +175,9 @@ async fn run(selected: Vec<Scenario>) -> (usize, usize) {
             worker.log_path().display()
         );
         println!("{}", worker.log_tail(LOG_TAIL_LINES));
-        println!("--- end of wrangler log ---");
+        println!("--- end of the workerd log ---");
     }
-    // Stop wrangler before the summary line, so nothing it prints can come after it.
+    // Stop the host before the summary line, so nothing it prints can come after it.
     drop(worker);
     (passed, failed)
 }

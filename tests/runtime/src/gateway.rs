@@ -1,0 +1,336 @@
+//! Gateway runtime scenarios: fallback order, circuit breakers, quotas under concurrency,
+//! the official OpenAI SDK against the OpenAI-compatible API, and a long run against a flaky
+//! primary. Like every scenario they speak only HTTP to the host and read the mock's log.
+//!
+//! Per-target faults come from the mock's path profiles: a provider whose base URL is
+//! `<mock>/p/status=500/v1` always fails, one at `<mock>/p/fail_percent=33,seed=11/v1` fails a
+//! third of its calls, one at `<mock>/v1` is healthy.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::mock::MOCK_MODEL;
+use crate::scenarios::{Ctx, message_text, unique};
+
+/// The API key tenant `gw-sdk` accepts on the OpenAI-compatible API.
+pub const SDK_KEY: &str = "kf-gw-sdk.Kefu0Runtime0Test0Key0123";
+
+fn origin(mock_base: &str) -> String {
+    mock_base
+        .trim_end_matches('/')
+        .trim_end_matches("/v1")
+        .to_owned()
+}
+
+fn provider(origin: &str, profile: &str) -> Value {
+    let base = if profile.is_empty() {
+        format!("{origin}/v1")
+    } else {
+        format!("{origin}/p/{profile}/v1")
+    };
+    json!({"kind": "openai_compatible", "base_url": base})
+}
+
+fn target(p: &str) -> Value {
+    json!({"provider": p, "model": MOCK_MODEL})
+}
+
+/// The gateway tenants' configurations, for a mock at `mock_base` (`http://127.0.0.1:N/v1`).
+pub fn tenants(mock_base: &str) -> Vec<(String, Value)> {
+    let o = origin(mock_base);
+    let one_try = json!({"attempts_per_target": 1});
+    vec![
+        (
+            "gw-order".into(),
+            json!({
+                "providers": {"p1": provider(&o, "status=500"), "p2": provider(&o, "status=503"), "p3": provider(&o, "")},
+                "routes": {"default": {"strategy": "fallback", "targets": [target("p1"), target("p2"), target("p3")]}},
+                "retry": one_try,
+                "breaker": {"consecutive_failures": 1000, "min_requests": 64, "window": 64},
+            }),
+        ),
+        (
+            "gw-breaker".into(),
+            json!({
+                "providers": {"p1": provider(&o, "fail_first=2,fail_status=500"), "p2": provider(&o, "")},
+                "routes": {"default": {"targets": [target("p1"), target("p2")]}},
+                "retry": one_try,
+                "breaker": {"consecutive_failures": 2, "min_requests": 2, "window": 4, "cooldown_ms": 1500},
+            }),
+        ),
+        (
+            "gw-quota".into(),
+            json!({
+                "providers": {"p": provider(&o, "")},
+                "routes": {"default": {"targets": [target("p")]}},
+                "quotas": {"daily_requests": 40},
+            }),
+        ),
+        (
+            "gw-flaky".into(),
+            json!({
+                "providers": {"p1": provider(&o, "fail_percent=33,seed=11"), "p2": provider(&o, "")},
+                "routes": {"default": {"targets": [target("p1"), target("p2")]}},
+                "retry": one_try,
+                // Tolerant breakers: this scenario is about per-turn fallback; a breaker that
+                // opens would just send everything to p2 (also answered, but less to see).
+                "breaker": {"consecutive_failures": 10, "failure_rate": 0.9},
+                "prices": {MOCK_MODEL: {"input_per_mtok": 1.0, "output_per_mtok": 2.0}},
+            }),
+        ),
+        (
+            "gw-sdk".into(),
+            json!({
+                "providers": {"p": provider(&o, "")},
+                "routes": {"default": {"targets": [target("p")]}},
+                "api_keys": [{"id": "runtime-tests", "sha256": kefu_engine::auth::hash_key(SDK_KEY)}],
+            }),
+        ),
+    ]
+}
+
+fn reply_target(answer: &Value) -> Option<&str> {
+    answer.get("target").and_then(Value::as_str)
+}
+
+/// A fallback route tries its targets in order and reports which one answered.
+pub async fn gateway_fallback_order(ctx: &Ctx) -> anyhow::Result<()> {
+    let text = unique("fallback-order");
+    let a = ctx
+        .chat(Some("gw-order"), &json!({"message": text}))
+        .await?;
+    a.expect_status(200)?;
+    ensure!(
+        reply_target(&a.json) == Some("p3/mock-gpt"),
+        "answered by {:?}: {}",
+        reply_target(&a.json),
+        a.text
+    );
+    ensure!(a.json["attempts"] == 3, "attempts: {}", a.json["attempts"]);
+    ensure!(
+        a.header("x-kefu-attempts") == "3" && a.header("x-kefu-target") == "p3/mock-gpt",
+        "headers: {:?}",
+        a.headers
+    );
+    let profiles: Vec<String> = ctx
+        .mock()?
+        .model_requests()
+        .into_iter()
+        .filter(|r| r.last_user_text().is_some_and(|t| t.contains(&text)))
+        .map(|r| r.profile.unwrap_or_default())
+        .collect();
+    ensure!(
+        profiles == ["status=500", "status=503", ""],
+        "targets were called in this order: {profiles:?}"
+    );
+    Ok(())
+}
+
+/// A failing target's breaker opens (the target is skipped, not called), and after the
+/// cool-down one probe finds it healthy again and closes it.
+pub async fn gateway_breaker_opens_and_recovers(ctx: &Ctx) -> anyhow::Result<()> {
+    let profile = "fail_first=2,fail_status=500";
+    let mock = ctx.mock()?;
+    let turn = |label: &'static str| async move {
+        let a = ctx
+            .chat(Some("gw-breaker"), &json!({"message": unique(label)}))
+            .await?;
+        a.expect_status(200)?;
+        // Breaker outcomes are reported right after the answer; give that a moment to land.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        anyhow::Ok(reply_target(&a.json).unwrap_or_default().to_owned())
+    };
+    ensure!(
+        turn("breaker-1").await? == "p2/mock-gpt",
+        "first failure falls back"
+    );
+    ensure!(
+        turn("breaker-2").await? == "p2/mock-gpt",
+        "second failure falls back"
+    );
+    let calls_when_open = mock.calls_for(profile);
+    ensure!(
+        calls_when_open == 2,
+        "p1 was called {calls_when_open} times before opening"
+    );
+    ensure!(
+        turn("breaker-3").await? == "p2/mock-gpt",
+        "open breaker: straight to p2"
+    );
+    ensure!(
+        mock.calls_for(profile) == 2,
+        "an open breaker let a call through to p1"
+    );
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    ensure!(
+        turn("breaker-4").await? == "p1/mock-gpt",
+        "after the cool-down the probe goes to p1 and succeeds"
+    );
+    ensure!(
+        turn("breaker-5").await? == "p1/mock-gpt",
+        "closed again: p1 answers"
+    );
+    Ok(())
+}
+
+/// 100 concurrent turns against a daily budget of 40: exactly 40 answered, 60 refused with
+/// 429, `quota_exceeded` and `Retry-After`.
+pub async fn gateway_quota_exact_under_concurrency(ctx: &Ctx) -> anyhow::Result<()> {
+    let calls = (0..100).map(|i| {
+        let body = json!({"message": unique(&format!("quota-{i}"))});
+        async move { ctx.chat(Some("gw-quota"), &body).await }
+    });
+    let answers = futures::future::join_all(calls).await;
+    let (mut ok, mut refused) = (0, 0);
+    for a in answers {
+        let a = a?;
+        match a.status {
+            StatusCode::OK => ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                ensure!(
+                    a.json["error"]["code"] == "quota_exceeded",
+                    "429 body: {}",
+                    a.text
+                );
+                let retry: u64 = a
+                    .header("retry-after")
+                    .parse()
+                    .context("Retry-After is a number of seconds")?;
+                ensure!(retry >= 1, "Retry-After {retry}");
+                refused += 1;
+            }
+            other => bail!("unexpected {other}: {}", a.text),
+        }
+    }
+    ensure!(
+        (ok, refused) == (40, 60),
+        "{ok} admitted, {refused} refused"
+    );
+    Ok(())
+}
+
+/// With the primary failing a third of its calls, every turn of a 300-turn run is answered.
+pub async fn gateway_300_turns_with_a_flaky_primary(ctx: &Ctx) -> anyhow::Result<()> {
+    let mut conversation: Option<String> = None;
+    let mut by_target = std::collections::BTreeMap::<String, u32>::new();
+    for i in 0..300 {
+        let mut body = json!({"message": unique(&format!("flaky-{i}"))});
+        if let Some(id) = &conversation {
+            body["conversation_id"] = json!(id);
+        }
+        let a = ctx.chat(Some("gw-flaky"), &body).await?;
+        ensure!(
+            a.status == StatusCode::OK,
+            "turn {i} unanswered: {} {}",
+            a.status,
+            a.text
+        );
+        ensure!(
+            message_text(&a.json["reply"]).starts_with("Echo: "),
+            "turn {i}: {}",
+            a.text
+        );
+        conversation = a.json["conversation_id"].as_str().map(str::to_owned);
+        *by_target
+            .entry(reply_target(&a.json).unwrap_or("?").to_owned())
+            .or_default() += 1;
+    }
+    let primary_calls = ctx.mock()?.calls_for("fail_percent=33,seed=11");
+    let primary_answers = by_target.get("p1/mock-gpt").copied().unwrap_or(0);
+    let backup_answers = by_target.get("p2/mock-gpt").copied().unwrap_or(0);
+    // About two thirds of the turns reach the primary first time; the rest fall back.
+    ensure!(
+        primary_answers > 150 && backup_answers > 50,
+        "answers by target: {by_target:?}"
+    );
+    println!("    300 turns answered: {by_target:?}; primary called {primary_calls} times");
+    Ok(())
+}
+
+fn python() -> PathBuf {
+    crate::worker::repo_root().join(".tools/venv/bin/python")
+}
+
+/// The official `openai` Python SDK, a real client, drives `/v1/chat/completions` in both
+/// modes and `/v1/models`, and gets its own AuthenticationError for a wrong key.
+pub async fn openai_sdk_python(ctx: &Ctx) -> anyhow::Result<()> {
+    let python = python();
+    ensure!(
+        python.exists(),
+        "{} is missing: run `make setup` (it installs the openai SDK)",
+        python.display()
+    );
+    let script = crate::worker::repo_root().join("tests/runtime/python/openai_sdk_check.py");
+    let out = tokio::process::Command::new(&python)
+        .arg(&script)
+        .arg(&ctx.base)
+        .arg(SDK_KEY)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("running the openai SDK check")?;
+    ensure!(
+        out.status.success(),
+        "the SDK check failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// The OpenAI-compatible API refuses what it must, in OpenAI's error shape.
+pub async fn openai_api_errors(ctx: &Ctx) -> anyhow::Result<()> {
+    let url = ctx.url("/v1/chat/completions");
+    let body = json!({"model": "kefu", "messages": [{"role": "user", "content": "hi"}]});
+    let cases: Vec<(Option<String>, Value, u16, &str)> = vec![
+        (None, body.clone(), 401, "invalid_api_key"),
+        (
+            Some("sk-not-kefu".into()),
+            body.clone(),
+            401,
+            "invalid_api_key",
+        ),
+        (
+            Some(format!("{SDK_KEY}x")),
+            body.clone(),
+            401,
+            "invalid_api_key",
+        ),
+        (
+            Some(SDK_KEY.into()),
+            json!({"model": "gpt-9", "messages": [{"role": "user", "content": "hi"}]}),
+            404,
+            "model_not_found",
+        ),
+        (
+            Some(SDK_KEY.into()),
+            json!({"model": "kefu", "messages": []}),
+            400,
+            "invalid_request",
+        ),
+    ];
+    for (key, body, status, code) in cases {
+        let mut req = ctx.http.post(&url).json(&body);
+        if let Some(k) = &key {
+            req = req.bearer_auth(k);
+        }
+        let resp = req.send().await?;
+        let got = resp.status().as_u16();
+        let json: Value = resp.json().await.unwrap_or(Value::Null);
+        ensure!(
+            got == status && json["error"]["code"] == code,
+            "{key:?} {body}: got {got} {json}"
+        );
+        ensure!(
+            json["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "no message: {json}"
+        );
+    }
+    Ok(())
+}

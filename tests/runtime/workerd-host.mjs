@@ -1,0 +1,45 @@
+// Runs Kefu's built Worker directly on workerd through Miniflare, for the runtime tests and
+// benchmarks: the same runtime and bindings `wrangler dev` uses (read from wrangler.toml),
+// without wrangler's extra Node proxy hop in front of workerd (which adds latency and drops
+// POSTs on reused keep-alive connections now and then).
+//
+// Usage: node tests/runtime/workerd-host.mjs PORT [TENANTS_JSON_FILE]
+// Seeds KV `CONFIG` with `tenant:<id>` documents from the file ({"id": {...config}}), prints
+// "ready http://127.0.0.1:PORT" once it serves, and runs until SIGTERM or SIGINT.
+// With PORT "auto" (or 0) a free port is chosen. Storage lives in memory and goes with it.
+
+import { readFileSync } from "node:fs";
+import { Miniflare } from "miniflare";
+import { unstable_getMiniflareWorkerOptions } from "wrangler";
+
+const [portArg = "0", tenantsFile] = process.argv.slice(2);
+const { workerOptions } = unstable_getMiniflareWorkerOptions("wrangler.toml");
+
+const mf = new Miniflare({
+  ...workerOptions,
+  host: "127.0.0.1",
+  port: portArg === "auto" ? 0 : Number(portArg),
+  modules: true,
+  scriptPath: "workers/build/index.js",
+  modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"] }],
+});
+
+const url = await mf.ready;
+if (tenantsFile) {
+  const kv = await mf.getKVNamespace("CONFIG");
+  const tenants = JSON.parse(readFileSync(tenantsFile, "utf8"));
+  for (const [id, config] of Object.entries(tenants)) {
+    await kv.put(`tenant:${id}`, JSON.stringify(config));
+  }
+}
+console.log(`ready ${url.origin}`);
+
+let stopping = false;
+const stop = async () => {
+  if (stopping) return;
+  stopping = true;
+  await mf.dispose();
+  process.exit(0);
+};
+process.on("SIGTERM", stop);
+process.on("SIGINT", stop);

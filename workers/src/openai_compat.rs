@@ -1,0 +1,297 @@
+//! The OpenAI-compatible API on Workers: `POST /v1/chat/completions` (JSON and SSE) and
+//! `GET /v1/models`, authenticated with tenant API keys, so the official SDKs work against
+//! Kefu unchanged. The shapes, model selection and key checks are the engine's; this module
+//! only carries them.
+//!
+//! A streamed call commits to `200 text/event-stream` only once the first token is there:
+//! a failure before it (every target failed, a quota refused) is an ordinary HTTP error the
+//! SDKs raise as such; a failure after it is an `error` event and the stream ends without
+//! `[DONE]`, which the SDKs also raise.
+
+use futures::StreamExt;
+use futures::channel::{mpsc, oneshot};
+use kefu_engine::auth;
+use kefu_engine::openai_api::{self as oa, ChunkDelta, OpenAiError, Selection};
+use kefu_engine::{ProviderError, ReplyMode, TenantConfig, TenantId, Turn, TurnReply};
+use serde_json::json;
+use worker::{Context, Env, Headers, Request, Response, wasm_bindgen_futures};
+
+use crate::provider::{self, now};
+use crate::{config, gateway, log};
+
+fn error_response(e: &OpenAiError) -> worker::Result<Response> {
+    let headers = Headers::new();
+    headers.set("content-type", "application/json; charset=utf-8")?;
+    if let Some(secs) = e.retry_after_secs {
+        headers.set("retry-after", &secs.max(1).to_string())?;
+    }
+    Ok(Response::ok(e.body().to_string())?
+        .with_status(e.status)
+        .with_headers(headers))
+}
+
+fn host_error(e: impl core::fmt::Display) -> OpenAiError {
+    OpenAiError {
+        status: 500,
+        kind: "api_error",
+        code: "internal_error",
+        message: e.to_string(),
+        param: None,
+        retry_after_secs: None,
+    }
+}
+
+/// The tenant and its configuration, from the `Authorization: Bearer kf-…` key.
+async fn authenticate(req: &Request, env: &Env) -> Result<(TenantId, TenantConfig), OpenAiError> {
+    let header = req
+        .headers()
+        .get("authorization")
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let key = header
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| {
+            OpenAiError::unauthorized("send your Kefu API key as `Authorization: Bearer kf-…`")
+        })?;
+    let tenant = auth::tenant_of_key(key)
+        .ok_or_else(|| OpenAiError::unauthorized("this is not a Kefu API key"))?;
+    let config = config::load(env, &tenant)
+        .await
+        .map_err(|e| host_error(e.message))?;
+    if auth::verify(key, &config.api_keys).is_none() {
+        return Err(OpenAiError::unauthorized("the API key is not valid"));
+    }
+    Ok((tenant, config))
+}
+
+/// `GET /v1/models`.
+pub(crate) async fn models(req: Request, env: &Env) -> worker::Result<Response> {
+    match authenticate(&req, env).await {
+        Ok((_, config)) => {
+            let body = oa::models_json(&config, now().as_millis() / 1000);
+            let headers = Headers::new();
+            headers.set("content-type", "application/json; charset=utf-8")?;
+            Ok(Response::ok(body.to_string())?.with_headers(headers))
+        }
+        Err(e) => error_response(&e),
+    }
+}
+
+enum Out {
+    Delta {
+        text: String,
+        target: Option<String>,
+        route: Option<String>,
+        attempts: u32,
+    },
+    Done(Box<TurnReply>),
+    Failed(ProviderError),
+}
+
+/// `POST /v1/chat/completions`.
+pub(crate) async fn chat(mut req: Request, env: &Env, ctx: &Context) -> worker::Result<Response> {
+    let (tenant, config) = match authenticate(&req, env).await {
+        Ok(t) => t,
+        Err(e) => {
+            crate::http::drain(&mut req).await;
+            return error_response(&e);
+        }
+    };
+    let body = match req.bytes().await {
+        Ok(b) => b,
+        Err(e) => return error_response(&host_error(e)),
+    };
+    let request = match oa::parse_request(&body) {
+        Ok(r) => r,
+        Err(e) => return error_response(&e),
+    };
+    let selection = match oa::select(&config, &request.model) {
+        Ok(s) => s,
+        Err(e) => return error_response(&e),
+    };
+    let mode = if request.stream {
+        ReplyMode::Stream
+    } else {
+        ReplyMode::Whole
+    };
+    let mut options = config::turn_options(env, &config, mode);
+    match selection {
+        Selection::ChatRoute => {}
+        Selection::Route(r) => options.route = Some(r),
+        Selection::Target(t) => options.target = Some(t),
+    }
+    options.temperature = request.temperature;
+    options.max_tokens = request.max_tokens;
+    options.tools = request.tools.clone();
+    let blueprint = options.clone();
+    let mut turn = Turn::new(now(), &config, request.messages.clone(), options);
+    let grant = if config.has_models() {
+        match gateway::begin(env, &tenant, &config, &turn).await {
+            Ok(g) => {
+                if !g.blocked.is_empty() {
+                    let mut options = blueprint;
+                    options.blocked = g.blocked.clone();
+                    turn = Turn::new(now(), &config, request.messages.clone(), options);
+                }
+                Some(g)
+            }
+            Err(gateway::Refusal::Quota(q)) => return error_response(&OpenAiError::from_quota(&q)),
+            Err(gateway::Refusal::Host(e)) => return error_response(&host_error(e.message)),
+        }
+    } else {
+        None
+    };
+    let id = format!("chatcmpl-kefu{:016x}", config::random_u64());
+    let created = now().as_millis() / 1000;
+
+    // The turn runs on its own task; what it produces comes through `rx`. Settling with the
+    // gateway happens after the answer, in `wait_until`.
+    let (tx, mut rx) = mpsc::unbounded::<Out>();
+    let (trace_tx, trace_rx) = oneshot::channel::<Vec<kefu_engine::gateway::AttemptRecord>>();
+    {
+        let env = env.clone();
+        let (tenant, config) = (tenant.clone(), config.clone());
+        ctx.wait_until(async move {
+            if let (Ok(trace), Some(grant)) = (trace_rx.await, grant) {
+                gateway::settle(&env, &tenant, &config, &grant, &trace).await;
+            }
+        });
+    }
+    let deltas = tx.clone();
+    wasm_bindgen_futures::spawn_local(async move {
+        let result = provider::drive(&mut turn, |t, text| {
+            let _ = deltas.unbounded_send(Out::Delta {
+                text,
+                target: t.current_target().map(|x| x.key.clone()),
+                route: t.current_target().map(|x| x.route.clone()),
+                attempts: t.attempts(),
+            });
+        })
+        .await;
+        log(
+            if result.is_ok() { "info" } else { "warn" },
+            json!({"msg": "completion", "tenant": tenant.as_str(), "trace": turn.trace()}),
+        );
+        let _ = trace_tx.send(turn.trace().to_vec());
+        let _ = tx.unbounded_send(match result {
+            Ok(reply) => Out::Done(Box::new(reply)),
+            Err(e) => Out::Failed(e),
+        });
+    });
+
+    let first = rx.next().await;
+    let headers = Headers::new();
+    let set_meta =
+        |target: Option<&str>, route: Option<&str>, attempts: u32| -> worker::Result<()> {
+            if let Some(t) = target {
+                headers.set("x-kefu-target", t)?;
+            }
+            if let Some(r) = route {
+                headers.set("x-kefu-route", r)?;
+            }
+            headers.set("x-kefu-attempts", &attempts.to_string())
+        };
+    match first {
+        None => error_response(&host_error("the turn ended without an answer")),
+        Some(Out::Failed(e)) => error_response(&OpenAiError::from_provider(&e)),
+        Some(Out::Done(reply)) if !request.stream => {
+            set_meta(
+                reply.target.as_deref(),
+                reply.route.as_deref(),
+                reply.attempts,
+            )?;
+            headers.set("content-type", "application/json; charset=utf-8")?;
+            Ok(
+                Response::ok(oa::completion_json(&id, created, &reply).to_string())?
+                    .with_headers(headers),
+            )
+        }
+        Some(first) => {
+            // Streaming: the first token (or a whole reply) is here; commit to 200.
+            let model = match &first {
+                Out::Done(r) => r.responder.model().unwrap_or("kefu-offline").to_owned(),
+                _ => String::new(),
+            };
+            if let Out::Delta {
+                target,
+                route,
+                attempts,
+                ..
+            } = &first
+            {
+                set_meta(target.as_deref(), route.as_deref(), *attempts)?;
+            }
+            headers.set("content-type", "text/event-stream; charset=utf-8")?;
+            headers.set("cache-control", "no-cache, no-transform")?;
+            let include_usage = request.include_usage;
+            let mut model_name = model;
+            let frames = futures::stream::once(async move { first })
+                .chain(rx)
+                .map(move |out| {
+                    let mut buf = String::new();
+                    match out {
+                        Out::Delta { text, target, .. } => {
+                            if model_name.is_empty() {
+                                model_name = target
+                                    .as_deref()
+                                    .and_then(|t| t.split_once('/'))
+                                    .map_or("kefu", |(_, m)| m)
+                                    .to_owned();
+                                buf += &oa::sse_data(&oa::chunk_json(
+                                    &id,
+                                    created,
+                                    &model_name,
+                                    ChunkDelta::Role,
+                                ));
+                            }
+                            buf += &oa::sse_data(&oa::chunk_json(
+                                &id,
+                                created,
+                                &model_name,
+                                ChunkDelta::Text(&text),
+                            ));
+                        }
+                        Out::Done(reply) => {
+                            if model_name.is_empty() || model_name == "kefu-offline" {
+                                model_name =
+                                    reply.responder.model().unwrap_or("kefu-offline").to_owned();
+                                buf += &oa::sse_data(&oa::chunk_json(
+                                    &id,
+                                    created,
+                                    &model_name,
+                                    ChunkDelta::Role,
+                                ));
+                                if !reply.text.is_empty() {
+                                    buf += &oa::sse_data(&oa::chunk_json(
+                                        &id,
+                                        created,
+                                        &model_name,
+                                        ChunkDelta::Text(&reply.text),
+                                    ));
+                                }
+                            }
+                            buf += &oa::sse_data(&oa::chunk_json(
+                                &id,
+                                created,
+                                &model_name,
+                                ChunkDelta::Finish(&reply),
+                            ));
+                            if include_usage {
+                                buf += &oa::sse_data(&oa::usage_chunk_json(&id, created, &reply));
+                            }
+                            buf += oa::SSE_DONE;
+                        }
+                        Out::Failed(e) => {
+                            // After text was sent the failure can only be an event; no [DONE].
+                            buf += &oa::sse_data(&OpenAiError::from_provider(&e).body());
+                        }
+                    }
+                    Ok::<Vec<u8>, worker::Error>(buf.into_bytes())
+                });
+            Ok(Response::from_stream(frames)?.with_headers(headers))
+        }
+    }
+}
