@@ -25,11 +25,12 @@ WORKER_OUT := workers/build/index.js
 WORKER_SOURCES := $(shell find workers/src components/engine/src -name '*.rs' 2>/dev/null) \
 	workers/Cargo.toml components/engine/Cargo.toml Cargo.toml Cargo.lock
 
-.PHONY: help setup rust-targets tools dev worker test check test-engine test-runtime wasm size clean
+.PHONY: help setup rust-targets tools dev worker test check test-engine test-runtime wasm size bench clean
 
 help:
 	@echo "make dev    set up everything and run Kefu locally on workerd (http://localhost:$(DEV_PORT)/demo)"
 	@echo "make test   set up everything and run every check and test"
+	@echo "make bench  measure Kefu's overhead against a pass-through Worker (writes docs/benchmarks-latest.md)"
 	@echo "make size   report the Worker's gzipped bundle size"
 
 ## Setup ----------------------------------------------------------------------------------
@@ -76,6 +77,12 @@ size: $(WORKER_OUT)
 	@raw=$$(cat workers/build/index.js workers/build/*.wasm | wc -c); \
 	 gz=$$(cat workers/build/index.js workers/build/*.wasm | gzip -9 | wc -c); \
 	 echo "worker bundle: $$raw bytes, $$gz bytes gzipped"
+
+# Ratios in one run (see docs/benchmarks.md): Kefu against a pass-through Worker on the same
+# workerd and against the mock provider directly, plus the engine's CPU per turn.
+bench: setup $(WORKER_OUT)
+	cargo run --release -q -p kefu-runtime-tests --bin kefu-bench -- --write docs/benchmarks-latest.md
+	@$(MAKE) --no-print-directory size
 
 ## Checks and tests -----------------------------------------------------------------------
 

@@ -4,6 +4,8 @@
 // POSTs on reused keep-alive connections now and then).
 //
 // Usage: node tests/runtime/workerd-host.mjs PORT [TENANTS_JSON_FILE]
+// Extra plain-text bindings (e.g. test API keys the tenants' `api_key_secret` names) come from
+// the environment variable KEFU_EXTRA_BINDINGS as a JSON object.
 // Seeds KV `CONFIG` with `tenant:<id>` documents from the file ({"id": {...config}}), prints
 // "ready http://127.0.0.1:PORT" once it serves, and runs until SIGTERM or SIGINT.
 // With PORT "auto" (or 0) a free port is chosen. Storage lives in memory and goes with it.
@@ -15,8 +17,10 @@ import { unstable_getMiniflareWorkerOptions } from "wrangler";
 const [portArg = "0", tenantsFile] = process.argv.slice(2);
 const { workerOptions } = unstable_getMiniflareWorkerOptions("wrangler.toml");
 
+const extra = JSON.parse(process.env.KEFU_EXTRA_BINDINGS || "{}");
 const mf = new Miniflare({
   ...workerOptions,
+  bindings: { ...(workerOptions.bindings || {}), ...extra },
   host: "127.0.0.1",
   port: portArg === "auto" ? 0 : Number(portArg),
   modules: true,

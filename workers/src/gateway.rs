@@ -5,6 +5,13 @@
 //! (`begin`: reserve quota, learn which targets the breakers refuse, claim a half-open probe)
 //! and reports after (`settle`: breaker outcomes, real usage, cost). Both are synchronous
 //! read-modify-write steps inside the object, so concurrent turns can never over-admit.
+//!
+//! A tenant without quotas needs the object only for its breakers, and those need not be
+//! asked on every turn: each isolate keeps the board the object last sent (every answer
+//! carries it) and decides locally, asking the object first only when a breaker is due for
+//! its half-open probe (the object hands that probe to exactly one turn). Reports still go
+//! to the object after every turn, off the visitor's path, so every breaker sees every
+//! outcome; an isolate learns of a breaker another isolate opened with its next report.
 
 // `#[durable_object]` generates undocumented public JavaScript glue methods.
 #![allow(missing_docs)]
@@ -43,6 +50,44 @@ struct BeginAnswer {
     blocked: BTreeSet<String>,
     reservation: Option<Reservation>,
     refused: Option<(Limit, u64)>,
+    board: BreakerBoard,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SettleAnswer {
+    board: BreakerBoard,
+}
+
+thread_local! {
+    /// The breaker board each tenant's gateway object last sent to this isolate.
+    static BOARDS: RefCell<std::collections::HashMap<String, BreakerBoard>> = RefCell::default();
+}
+
+fn cache_board(tenant: &TenantId, board: BreakerBoard) {
+    BOARDS.with(|b| b.borrow_mut().insert(tenant.as_str().to_owned(), board));
+}
+
+/// The targets the cached board refuses, or `None` when the object must decide (no board
+/// yet, or a breaker is due for its one half-open probe).
+fn blocked_locally(tenant: &TenantId, keys: &[String]) -> Option<BTreeSet<String>> {
+    let t = now();
+    BOARDS.with(|boards| {
+        let boards = boards.borrow();
+        let board = boards.get(tenant.as_str())?;
+        let mut blocked = BTreeSet::new();
+        for k in keys {
+            let closed = board.state(k) == kefu_engine::gateway::BreakerState::Closed;
+            match (closed, board.allows(t, k)) {
+                (true, _) => {}
+                (false, false) => {
+                    blocked.insert(k.clone());
+                }
+                // Cool-down over: the probe must be claimed at the object.
+                (false, true) => return None,
+            }
+        }
+        Some(blocked)
+    })
 }
 
 #[derive(Serialize, Deserialize)]
@@ -90,10 +135,19 @@ pub(crate) async fn begin(
     config: &TenantConfig,
     turn: &Turn,
 ) -> Result<Grant, Refusal> {
+    let keys: Vec<String> = config.all_targets().into_iter().map(|t| t.key).collect();
+    if !config.quotas.is_limited()
+        && let Some(blocked) = blocked_locally(tenant, &keys)
+    {
+        return Ok(Grant {
+            blocked,
+            reservation: None,
+        });
+    }
     let body = BeginRequest {
         breaker: config.breaker.clone(),
         quotas: config.quotas.clone(),
-        keys: config.all_targets().into_iter().map(|t| t.key).collect(),
+        keys,
         tokens: turn.estimated_tokens(),
     };
     let body = serde_json::to_vec(&body).map_err(|e| Refusal::Host(internal(e)))?;
@@ -106,6 +160,7 @@ pub(crate) async fn begin(
     .await
     .map_err(Refusal::Host)?;
     let answer: BeginAnswer = resp.json().await.map_err(|e| Refusal::Host(internal(e)))?;
+    cache_board(tenant, answer.board);
     if let Some((limit, retry_after_ms)) = answer.refused {
         return Err(Refusal::Quota(QuotaError {
             limit,
@@ -154,7 +209,10 @@ pub(crate) async fn settle(
     };
     let result = async {
         let body = serde_json::to_vec(&body).map_err(internal)?;
-        forward(&stub(env, tenant)?, Method::Post, "/settle", Some(body)).await
+        let mut resp = forward(&stub(env, tenant)?, Method::Post, "/settle", Some(body)).await?;
+        let answer: SettleAnswer = resp.json().await.map_err(internal)?;
+        cache_board(tenant, answer.board);
+        Ok::<(), ApiError>(())
     }
     .await;
     if let Err(e) = result {
@@ -220,6 +278,7 @@ impl Inner {
     fn begin(&self, req: BeginRequest) -> Result<BeginAnswer, ApiError> {
         let t = now();
         let (mut board, mut quota) = self.load()?;
+        let before = (board.clone(), quota.clone());
         let reservation = if req.quotas.is_limited() {
             match quota.reserve(t, &req.quotas, req.tokens) {
                 Ok(r) => Some(r),
@@ -229,6 +288,7 @@ impl Inner {
                         blocked: BTreeSet::new(),
                         reservation: None,
                         refused: Some((e.limit, ms)),
+                        board,
                     });
                 }
             }
@@ -240,15 +300,18 @@ impl Inner {
             .into_iter()
             .filter(|k| !board.admit(t, k, &req.breaker))
             .collect();
-        self.store(board, quota)?;
+        if (&board, &quota) != (&before.0, &before.1) {
+            self.store(board.clone(), quota)?;
+        }
         Ok(BeginAnswer {
             blocked,
             reservation,
             refused: None,
+            board,
         })
     }
 
-    fn settle(&self, req: SettleRequest) -> Result<(), ApiError> {
+    fn settle(&self, req: SettleRequest) -> Result<BreakerBoard, ApiError> {
         let t = now();
         let (mut board, mut quota) = self.load()?;
         for (key, ok) in &req.signals {
@@ -276,7 +339,8 @@ impl Inner {
                 )
                 .map_err(internal)?;
         }
-        self.store(board, quota)
+        self.store(board.clone(), quota)?;
+        Ok(board)
     }
 
     fn usage(&self) -> Result<serde_json::Value, ApiError> {
@@ -354,7 +418,7 @@ impl DurableObject for GatewayObject {
                 Ok(s) => self
                     .inner
                     .settle(s)
-                    .and_then(|()| json_response(200, &json!({"ok": true}))),
+                    .and_then(|board| json_response(200, &json!({"board": board}))),
                 Err(e) => Err(internal(e)),
             },
             (Method::Get, "/usage") => self.inner.usage().and_then(|u| json_response(200, &u)),

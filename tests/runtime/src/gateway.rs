@@ -18,6 +18,20 @@ use crate::scenarios::{Ctx, message_text, unique};
 
 /// The API key tenant `gw-sdk` accepts on the OpenAI-compatible API.
 pub const SDK_KEY: &str = "kf-gw-sdk.Kefu0Runtime0Test0Key0123";
+/// The API key tenant `gw-formats` accepts.
+pub const FORMATS_KEY: &str = "kf-gw-formats.Kefu0Formats0Test0Key01";
+/// The provider key the host must bind as `TEST_PROVIDER_KEY` (the mock wants one for the
+/// formats that require a key).
+pub const PROVIDER_KEY: &str = "test-provider-key";
+
+/// One target per wire format: (provider, model).
+const FORMAT_TARGETS: [(&str, &str); 5] = [
+    ("oa", MOCK_MODEL),
+    ("mi", "mistral-small-latest"),
+    ("an", "claude-3-5-haiku-latest"),
+    ("ge", "gemini-2.0-flash"),
+    ("cf", "@cf/meta/llama-3.1-8b-instruct"),
+];
 
 fn origin(mock_base: &str) -> String {
     mock_base
@@ -80,6 +94,21 @@ pub fn tenants(mock_base: &str) -> Vec<(String, Value)> {
                 // opens would just send everything to p2 (also answered, but less to see).
                 "breaker": {"consecutive_failures": 10, "failure_rate": 0.9},
                 "prices": {MOCK_MODEL: {"input_per_mtok": 1.0, "output_per_mtok": 2.0}},
+            }),
+        ),
+        (
+            "gw-formats".into(),
+            json!({
+                "providers": {
+                    "oa": {"kind": "openai", "base_url": format!("{o}/v1"), "api_key_secret": "TEST_PROVIDER_KEY"},
+                    "mi": {"kind": "mistral", "base_url": format!("{o}/v1"), "api_key_secret": "TEST_PROVIDER_KEY"},
+                    "an": {"kind": "anthropic", "base_url": o, "api_key_secret": "TEST_PROVIDER_KEY"},
+                    "ge": {"kind": "gemini", "base_url": o, "api_key_secret": "TEST_PROVIDER_KEY"},
+                    "cf": {"kind": "workers_ai", "base_url": format!("{o}/client/v4/accounts/test-account/ai"), "api_key_secret": "TEST_PROVIDER_KEY"},
+                },
+                "routes": {"default": {"targets": FORMAT_TARGETS.iter().map(|(p, m)| json!({"provider": p, "model": m})).collect::<Vec<_>>()}},
+                "retry": one_try,
+                "api_keys": [{"id": "runtime-tests", "sha256": kefu_engine::auth::hash_key(FORMATS_KEY)}],
             }),
         ),
         (
@@ -333,4 +362,93 @@ pub async fn openai_api_errors(ctx: &Ctx) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Every provider wire format, end to end through the Worker: a whole and a streamed
+/// completion per format, each reaching the mock in that format's own shape.
+pub async fn gateway_every_wire_format(ctx: &Ctx) -> anyhow::Result<()> {
+    let url = ctx.url("/v1/chat/completions");
+    for (provider, model) in FORMAT_TARGETS {
+        let target = format!("{provider}/{model}");
+        for stream in [false, true] {
+            let text = unique(&format!("format-{provider}"));
+            let body = json!({"model": target, "stream": stream, "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": text},
+            ]});
+            let resp = ctx
+                .http
+                .post(&url)
+                .bearer_auth(FORMATS_KEY)
+                .json(&body)
+                .send()
+                .await?;
+            let status = resp.status();
+            let answered_by = resp
+                .headers()
+                .get("x-kefu-target")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let raw = resp.text().await?;
+            ensure!(
+                status == StatusCode::OK,
+                "{target} stream={stream}: {status} {raw}"
+            );
+            ensure!(
+                answered_by.as_deref() == Some(target.as_str()),
+                "{target}: answered by {answered_by:?}"
+            );
+            let reply = if stream {
+                let mut out = String::new();
+                for line in raw.lines().filter_map(|l| l.strip_prefix("data: ")) {
+                    if line == "[DONE]" {
+                        break;
+                    }
+                    let v: Value = serde_json::from_str(line)
+                        .with_context(|| format!("{target}: chunk {line}"))?;
+                    out.push_str(
+                        v["choices"][0]["delta"]["content"]
+                            .as_str()
+                            .unwrap_or_default(),
+                    );
+                }
+                ensure!(
+                    raw.trim_end().ends_with("data: [DONE]"),
+                    "{target}: stream did not end with [DONE]:\n{raw}"
+                );
+                out
+            } else {
+                let v: Value = serde_json::from_str(&raw)?;
+                v["choices"][0]["message"]["content"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            ensure!(
+                reply.starts_with(&format!("Echo: {text}")),
+                "{target} stream={stream}: reply {reply:?}"
+            );
+            let seen = ctx
+                .mock()?
+                .model_requests()
+                .into_iter()
+                .find(|r| r.last_user_text().is_some_and(|t| t.contains(&text)))
+                .with_context(|| format!("{target}: the mock never saw the request"))?;
+            let format = seen.format().map(|f| f.as_str());
+            ensure!(
+                format == Some(expected_format(provider)),
+                "{target}: reached the mock as {format:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn expected_format(provider: &str) -> &'static str {
+    match provider {
+        "an" => "anthropic",
+        "ge" => "gemini",
+        "cf" => "workers_ai",
+        _ => "openai",
+    }
 }

@@ -23,8 +23,8 @@ use serde_json::{Value, json};
 
 use crate::gateway::{
     gateway_300_turns_with_a_flaky_primary, gateway_breaker_opens_and_recovers,
-    gateway_fallback_order, gateway_quota_exact_under_concurrency, openai_api_errors,
-    openai_sdk_python,
+    gateway_every_wire_format, gateway_fallback_order, gateway_quota_exact_under_concurrency,
+    openai_api_errors, openai_sdk_python,
 };
 use crate::mock::{MockProvider, echo_reply};
 use crate::sse::{self, SseTranscript};
@@ -281,6 +281,7 @@ pub fn all() -> Vec<Scenario> {
         gateway_300_turns_with_a_flaky_primary,
         openai_sdk_python,
         openai_api_errors,
+        gateway_every_wire_format,
     ]
 }
 

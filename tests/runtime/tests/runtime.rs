@@ -114,6 +114,10 @@ async fn run(selected: Vec<Scenario>) -> (usize, usize) {
             let started = Instant::now();
             match KefuWorker::start(WorkerOptions {
                 tenants,
+                bindings: vec![(
+                    "TEST_PROVIDER_KEY".to_owned(),
+                    kefu_runtime_tests::gateway::PROVIDER_KEY.to_owned(),
+                )],
                 ..WorkerOptions::default()
             })
             .await

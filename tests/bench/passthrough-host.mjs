@@ -1,0 +1,44 @@
+// The benchmark's baseline: a minimal pass-through Worker on the same workerd, forwarding
+// every request to UPSTREAM unchanged. Kefu's gateway is measured against it, so the
+// runtime's own cost (routing a request into an isolate, an outbound fetch) cancels out and
+// what remains is Kefu's.
+//
+// Usage: node tests/bench/passthrough-host.mjs PORT UPSTREAM_ORIGIN
+// Prints "ready http://127.0.0.1:PORT" and runs until SIGTERM or SIGINT.
+
+import { Miniflare } from "miniflare";
+
+const [portArg = "0", upstream] = process.argv.slice(2);
+if (!upstream) {
+  console.error("usage: passthrough-host.mjs PORT UPSTREAM_ORIGIN");
+  process.exit(2);
+}
+
+const mf = new Miniflare({
+  host: "127.0.0.1",
+  port: Number(portArg),
+  modules: true,
+  compatibilityDate: "2026-04-20",
+  bindings: { UPSTREAM: upstream },
+  script: `
+    export default {
+      async fetch(request, env) {
+        const url = new URL(request.url);
+        return fetch(env.UPSTREAM + url.pathname + url.search, {
+          method: request.method,
+          headers: request.headers,
+          body: request.body,
+        });
+      },
+    };
+  `,
+});
+
+const url = await mf.ready;
+console.log(`ready ${url.origin}`);
+const stop = async () => {
+  await mf.dispose();
+  process.exit(0);
+};
+process.on("SIGTERM", stop);
+process.on("SIGINT", stop);

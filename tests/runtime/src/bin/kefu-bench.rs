@@ -1,0 +1,304 @@
+//! `make bench`: Kefu's own cost, measured as ratios in one run on this machine.
+//!
+//! Starts the mock provider (zero latency), Kefu on workerd, and a minimal pass-through
+//! Worker on the same workerd, then measures, with the three targets interleaved so noise
+//! hits them alike:
+//! - `POST /v1/chat/completions` at concurrency 1 (p50, p99) and 64 (throughput): the mock
+//!   directly, through the pass-through Worker, through Kefu's gateway;
+//! - time to first token of a streamed completion, the same three ways;
+//! - a chat turn on Kefu's own API (`POST /api/v1/chat`: Durable Object, SQLite, gateway);
+//! - the engine's CPU per turn, natively, through the simulator (no I/O at all).
+//!
+//! Prints a Markdown report; with `--write PATH` also writes it there.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use futures::StreamExt;
+use kefu_engine::sim::{Script, Simulator};
+use kefu_engine::{ReplyMode, TenantConfig};
+use kefu_runtime_tests::mock::{MOCK_MODEL, MockProvider};
+use kefu_runtime_tests::worker::{KefuWorker, WorkerOptions};
+use serde_json::json;
+
+const KEY: &str = "kf-bench.Kefu0Bench0Key0000000001";
+const SAMPLES: usize = 1000;
+const STREAM_SAMPLES: usize = 300;
+const THROUGHPUT_REQUESTS: usize = 3000;
+
+#[derive(Clone, Copy)]
+enum Path {
+    Direct,
+    Passthrough,
+    Kefu,
+}
+
+struct Targets {
+    direct: String,
+    passthrough: String,
+    kefu: String,
+}
+
+impl Targets {
+    fn url(&self, p: Path) -> &str {
+        match p {
+            Path::Direct => &self.direct,
+            Path::Passthrough => &self.passthrough,
+            Path::Kefu => &self.kefu,
+        }
+    }
+}
+
+fn body(stream: bool) -> serde_json::Value {
+    json!({"model": "kefu", "messages": [{"role": "user", "content": "benchmark question"}],
+           "stream": stream, "stream_options": {"include_usage": stream}})
+}
+
+async fn one(http: &reqwest::Client, url: &str) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let resp = http
+        .post(url)
+        .bearer_auth(KEY)
+        .json(&body(false))
+        .send()
+        .await?;
+    ensure!(resp.status().is_success(), "{url}: {}", resp.status());
+    resp.bytes().await?;
+    Ok(start.elapsed())
+}
+
+/// Time to the first content delta of a streamed completion.
+async fn first_token(http: &reqwest::Client, url: &str) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let resp = http
+        .post(url)
+        .bearer_auth(KEY)
+        .json(&body(true))
+        .send()
+        .await?;
+    ensure!(resp.status().is_success(), "{url}: {}", resp.status());
+    let mut stream = resp.bytes_stream();
+    let mut seen = Vec::new();
+    let mut at = None;
+    while let Some(chunk) = stream.next().await {
+        seen.extend_from_slice(&chunk?);
+        if at.is_none() && String::from_utf8_lossy(&seen).contains("\"content\":\"Echo") {
+            at = Some(start.elapsed());
+        }
+    }
+    at.context("no content delta in the stream")
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx].as_secs_f64() * 1000.0
+}
+
+struct Latency {
+    p50: f64,
+    p99: f64,
+}
+
+fn summarize(mut v: Vec<Duration>) -> Latency {
+    v.sort();
+    Latency {
+        p50: percentile(&v, 0.5),
+        p99: percentile(&v, 0.99),
+    }
+}
+
+async fn throughput(
+    http: &reqwest::Client,
+    url: &str,
+    concurrency: usize,
+    total: usize,
+) -> anyhow::Result<f64> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (http, url, next) = (http.clone(), url.to_owned(), next.clone());
+            tokio::spawn(async move {
+                while next.fetch_add(1, Ordering::Relaxed) < total {
+                    one(&http, &url).await?;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await??;
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+/// The engine alone: whole chat turns through the simulator (state decode and encode, prompt
+/// building, request building, response parsing), no network, no runtime.
+fn engine_cpu_per_turn(mode: ReplyMode) -> Duration {
+    let config = TenantConfig::from_json(&format!(
+        r#"{{"provider":{{"base_url":"http://mock.test/v1","model":"{MOCK_MODEL}"}},"system_prompt":"You are a helpful support bot."}}"#
+    ))
+    .expect("bench config");
+    let mut sim = Simulator::new(config);
+    let turns = 5000;
+    let mut id = None;
+    let start = Instant::now();
+    for i in 0..turns {
+        sim.script(match mode {
+            ReplyMode::Stream => Script::stream(
+                &[
+                    "Thanks ", "for ", "asking! ", "Here ", "is ", "the ", "answer.",
+                ],
+                1,
+            ),
+            ReplyMode::Whole => Script::json("Thanks for asking! Here is the answer.", 1),
+        });
+        let out = sim.chat(
+            id.as_ref(),
+            &format!("How do I reset my password? ({i})"),
+            mode,
+        );
+        assert!(out.result.is_ok());
+        // A long-running conversation: the window stays at its bound (20 messages).
+        id = Some(out.conversation_id);
+    }
+    start.elapsed() / turns
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let write = std::env::args().skip_while(|a| a != "--write").nth(1);
+    let mock = Arc::new(MockProvider::start().await);
+    let mock_origin = mock.base_url().trim_end_matches("/v1").to_owned();
+    let tenants = vec![(
+        "bench".to_owned(),
+        json!({
+            "providers": {"mock": {"kind": "openai_compatible", "base_url": mock.base_url()}},
+            "routes": {"default": {"targets": [{"provider": "mock", "model": MOCK_MODEL}]}},
+            "api_keys": [{"id": "bench", "sha256": kefu_engine::auth::hash_key(KEY)}],
+        }),
+    )];
+    let kefu = KefuWorker::start(WorkerOptions {
+        tenants,
+        ..WorkerOptions::default()
+    })
+    .await?;
+    let passthrough = KefuWorker::start_passthrough(&mock_origin).await?;
+    let targets = Targets {
+        direct: format!("{}/chat/completions", mock.base_url()),
+        passthrough: format!("{}/v1/chat/completions", passthrough.base_url()),
+        kefu: format!("{}/v1/chat/completions", kefu.base_url()),
+    };
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(128)
+        .build()?;
+    let paths = [Path::Direct, Path::Passthrough, Path::Kefu];
+
+    eprintln!("warming up…");
+    for _ in 0..200 {
+        for p in paths {
+            one(&http, targets.url(p)).await?;
+        }
+    }
+
+    eprintln!("latency at concurrency 1 ({SAMPLES} requests each, interleaved)…");
+    let mut lat: [Vec<Duration>; 3] = Default::default();
+    for _ in 0..SAMPLES {
+        for (i, p) in paths.iter().enumerate() {
+            lat[i].push(one(&http, targets.url(*p)).await?);
+        }
+    }
+    let [direct, pass, kefu_lat] = lat.map(summarize);
+
+    eprintln!("time to first token ({STREAM_SAMPLES} streams each, interleaved)…");
+    let mut ttft: [Vec<Duration>; 3] = Default::default();
+    for _ in 0..STREAM_SAMPLES {
+        for (i, p) in paths.iter().enumerate() {
+            ttft[i].push(first_token(&http, targets.url(*p)).await?);
+        }
+    }
+    let [t_direct, t_pass, t_kefu] = ttft.map(summarize);
+
+    eprintln!("throughput at concurrency 64 ({THROUGHPUT_REQUESTS} requests each)…");
+    let mut rps = [0.0; 3];
+    for (i, p) in paths.iter().enumerate() {
+        rps[i] = throughput(&http, targets.url(*p), 64, THROUGHPUT_REQUESTS).await?;
+    }
+
+    eprintln!("chat turns on Kefu's own API…");
+    let mut chat = Vec::new();
+    let chat_url = format!("{}/api/v1/chat", kefu.base_url());
+    let mut conversation: Option<String> = None;
+    for i in 0..300 {
+        let mut b = json!({"message": format!("benchmark turn {i}")});
+        if let Some(id) = &conversation {
+            b["conversation_id"] = json!(id);
+        }
+        let start = Instant::now();
+        let resp = http
+            .post(&chat_url)
+            .header("x-kefu-tenant", "bench")
+            .json(&b)
+            .send()
+            .await?;
+        ensure!(resp.status().is_success(), "chat: {}", resp.status());
+        let v: serde_json::Value = resp.json().await?;
+        chat.push(start.elapsed());
+        conversation = v["conversation_id"].as_str().map(str::to_owned);
+    }
+    let chat = summarize(chat);
+
+    eprintln!("engine CPU per turn…");
+    let cpu_whole = engine_cpu_per_turn(ReplyMode::Whole);
+    let cpu_stream = engine_cpu_per_turn(ReplyMode::Stream);
+    drop(kefu);
+    drop(passthrough);
+
+    let over = |a: f64, b: f64| a - b;
+    let report = format!(
+        "| measure | mock directly | pass-through Worker | Kefu gateway | Kefu over pass-through |\n\
+         |---|---:|---:|---:|---:|\n\
+         | latency p50, c=1 (ms) | {:.2} | {:.2} | {:.2} | **{:+.2} ms** |\n\
+         | latency p99, c=1 (ms) | {:.2} | {:.2} | {:.2} | **{:+.2} ms** |\n\
+         | time to first token p50 (ms) | {:.2} | {:.2} | {:.2} | **{:+.2} ms** |\n\
+         | time to first token p99 (ms) | {:.2} | {:.2} | {:.2} | **{:+.2} ms** |\n\
+         | throughput, c=64 (req/s) | {:.0} | {:.0} | {:.0} | {:.2}× |\n\n\
+         | Kefu chat turn (`POST /api/v1/chat`, Durable Object + SQLite + gateway) | p50 {:.2} ms | p99 {:.2} ms |\n\
+         |---|---:|---:|\n\n\
+         | engine CPU per turn (native, simulator) | whole reply {:.1} µs | streamed reply {:.1} µs |\n\
+         |---|---:|---:|\n",
+        direct.p50,
+        pass.p50,
+        kefu_lat.p50,
+        over(kefu_lat.p50, pass.p50),
+        direct.p99,
+        pass.p99,
+        kefu_lat.p99,
+        over(kefu_lat.p99, pass.p99),
+        t_direct.p50,
+        t_pass.p50,
+        t_kefu.p50,
+        over(t_kefu.p50, t_pass.p50),
+        t_direct.p99,
+        t_pass.p99,
+        t_kefu.p99,
+        over(t_kefu.p99, t_pass.p99),
+        rps[0],
+        rps[1],
+        rps[2],
+        rps[2] / rps[1],
+        chat.p50,
+        chat.p99,
+        cpu_whole.as_secs_f64() * 1e6,
+        cpu_stream.as_secs_f64() * 1e6,
+    );
+    println!("{report}");
+    if let Some(path) = write {
+        std::fs::write(&path, &report).with_context(|| format!("writing {path}"))?;
+        eprintln!("wrote {path}");
+    }
+    Ok(())
+}
