@@ -17,9 +17,44 @@ fn var(env: &Env, name: &str) -> Option<String> {
         .filter(|v| !v.trim().is_empty())
 }
 
+/// How long an isolate reuses a tenant configuration it read (and parsed and validated)
+/// before reading KV again. KV itself propagates a change to other locations within about a
+/// minute; two more seconds here cost nothing in freshness and save a KV read and a parse
+/// on almost every request.
+const CACHE_MS: u64 = 2_000;
+
+/// A configuration read at a time (ms), or the validation error it produced.
+type Cached = (u64, Result<TenantConfig, ApiError>);
+
+thread_local! {
+    static CACHE: std::cell::RefCell<std::collections::HashMap<String, Cached>> = std::cell::RefCell::default();
+}
+
 /// The tenant's configuration. A stored document that fails validation is an error that
 /// names the field, never a silent fall-back to another provider.
 pub(crate) async fn load(env: &Env, tenant: &TenantId) -> Result<TenantConfig, ApiError> {
+    let now = crate::provider::now().as_millis();
+    let cached = CACHE.with(|c| {
+        c.borrow()
+            .get(tenant.as_str())
+            .filter(|(at, _)| now.saturating_sub(*at) < CACHE_MS)
+            .map(|(_, r)| r.clone())
+    });
+    if let Some(result) = cached {
+        return result;
+    }
+    let result = read(env, tenant).await;
+    // Storage failures are not cached: the next request tries again.
+    if !matches!(&result, Err(e) if e.code == "internal_error") {
+        CACHE.with(|c| {
+            c.borrow_mut()
+                .insert(tenant.as_str().to_owned(), (now, result.clone()))
+        });
+    }
+    result
+}
+
+async fn read(env: &Env, tenant: &TenantId) -> Result<TenantConfig, ApiError> {
     let stored = match env.kv(CONFIG_KV) {
         Ok(kv) => kv
             .get(&format!("tenant:{}", tenant.as_str()))

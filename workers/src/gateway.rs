@@ -94,6 +94,8 @@ fn blocked_locally(tenant: &TenantId, keys: &[String]) -> Option<BTreeSet<String
 struct UsageRow {
     route: String,
     target: String,
+    /// Attempts this row sums (one per attempt, more once batched).
+    requests: u64,
     prompt_tokens: u64,
     completion_tokens: u64,
     cost_micros: u64,
@@ -173,15 +175,19 @@ pub(crate) async fn begin(
     })
 }
 
-/// Reports a finished turn to the tenant's gateway (breakers, quota, usage).
-pub(crate) async fn settle(
-    env: &Env,
-    tenant: &TenantId,
-    config: &TenantConfig,
-    grant: &Grant,
-    trace: &[AttemptRecord],
-) {
-    let body = SettleRequest {
+/// Reports of plain successes wait this long in the isolate to travel to the object
+/// together; a failure, a quota reservation or a probe's result goes at once.
+const BATCH_MS: u64 = 250;
+/// A batch this large goes at once.
+const BATCH_MAX: usize = 64;
+
+thread_local! {
+    /// Per tenant: when the oldest pending report arrived, and the reports merged so far.
+    static PENDING: RefCell<std::collections::HashMap<String, (u64, SettleRequest)>> = RefCell::default();
+}
+
+fn settle_request(config: &TenantConfig, grant: &Grant, trace: &[AttemptRecord]) -> SettleRequest {
+    SettleRequest {
         breaker: config.breaker.clone(),
         quotas: config.quotas.clone(),
         reservation: grant.reservation,
@@ -201,16 +207,128 @@ pub(crate) async fn settle(
             .map(|a| UsageRow {
                 route: a.route.clone(),
                 target: a.target.clone(),
+                requests: 1,
                 prompt_tokens: a.usage.map_or(0, |u| u64::from(u.prompt_tokens)),
                 completion_tokens: a.usage.map_or(0, |u| u64::from(u.completion_tokens)),
                 cost_micros: a.cost_micros.unwrap_or(0),
             })
             .collect(),
-    };
+    }
+}
+
+/// Whether a report must go at once: it settles a quota reservation, carries a failure, or
+/// is the outcome of a probe (a breaker that is not closed in this isolate's board).
+fn urgent(tenant: &TenantId, req: &SettleRequest) -> bool {
+    req.reservation.is_some()
+        || req.signals.iter().any(|(_, ok)| !ok)
+        || BOARDS.with(|b| {
+            let boards = b.borrow();
+            let Some(board) = boards.get(tenant.as_str()) else {
+                return true;
+            };
+            req.signals
+                .iter()
+                .any(|(k, _)| board.state(k) != kefu_engine::gateway::BreakerState::Closed)
+        })
+}
+
+fn merge(into: &mut SettleRequest, more: SettleRequest) {
+    into.breaker = more.breaker;
+    into.quotas = more.quotas;
+    into.signals.extend(more.signals);
+    for row in more.usage {
+        match into
+            .usage
+            .iter_mut()
+            .find(|r| r.route == row.route && r.target == row.target)
+        {
+            Some(r) => {
+                r.requests += row.requests;
+                r.prompt_tokens += row.prompt_tokens;
+                r.completion_tokens += row.completion_tokens;
+                r.cost_micros += row.cost_micros;
+            }
+            None => into.usage.push(row),
+        }
+    }
+}
+
+/// Reports a finished turn to the tenant's gateway (breakers, quota, usage). Plain
+/// successes are batched per isolate for up to [`BATCH_MS`]; everything that changes a
+/// decision goes at once.
+pub(crate) async fn settle(
+    env: &Env,
+    tenant: &TenantId,
+    config: &TenantConfig,
+    grant: &Grant,
+    trace: &[AttemptRecord],
+) {
+    let req = settle_request(config, grant, trace);
+    if req.signals.is_empty() && req.usage.is_empty() && req.reservation.is_none() {
+        return;
+    }
+    let now_ms = now().as_millis();
+    if urgent(tenant, &req) {
+        // Take whatever waits for this tenant along.
+        let mut req = req;
+        if let Some((_, pending)) = PENDING.with(|p| p.borrow_mut().remove(tenant.as_str())) {
+            let mine = core::mem::replace(&mut req, pending);
+            let reservation = mine.reservation;
+            let (used, cost) = (mine.used_tokens, mine.cost_micros);
+            merge(&mut req, mine);
+            req.reservation = reservation;
+            req.used_tokens = used;
+            req.cost_micros = cost;
+        }
+        send(env, tenant, req).await;
+        return;
+    }
+    let full = PENDING.with(|p| {
+        let mut p = p.borrow_mut();
+        let entry = p.entry(tenant.as_str().to_owned()).or_insert_with(|| {
+            (
+                now_ms,
+                SettleRequest {
+                    signals: Vec::new(),
+                    usage: Vec::new(),
+                    ..req.clone_empty()
+                },
+            )
+        });
+        merge(&mut entry.1, req);
+        entry.1.signals.len() >= BATCH_MAX
+    });
+    if !full {
+        worker::Delay::from(core::time::Duration::from_millis(BATCH_MS)).await;
+    }
+    // Whichever waiting turn wakes first sends the batch; the others find it gone.
+    let due = PENDING.with(|p| {
+        let mut p = p.borrow_mut();
+        let ready = p.get(tenant.as_str()).is_some_and(|(since, b)| {
+            b.signals.len() >= BATCH_MAX || now().as_millis().saturating_sub(*since) >= BATCH_MS
+        });
+        if ready {
+            p.remove(tenant.as_str()).map(|(_, b)| b)
+        } else {
+            None
+        }
+    });
+    if let Some(batch) = due {
+        send(env, tenant, batch).await;
+    }
+}
+
+async fn send(env: &Env, tenant: &TenantId, req: SettleRequest) {
     let result = async {
-        let body = serde_json::to_vec(&body).map_err(internal)?;
+        let body = serde_json::to_vec(&req).map_err(internal)?;
         let mut resp = forward(&stub(env, tenant)?, Method::Post, "/settle", Some(body)).await?;
-        let answer: SettleAnswer = resp.json().await.map_err(internal)?;
+        let text = resp.text().await.map_err(internal)?;
+        let answer: SettleAnswer = serde_json::from_str(&text).map_err(|e| {
+            ApiError::internal(format!(
+                "{e}: the gateway answered {} {text}",
+                resp.status_code()
+            ))
+        })?;
         cache_board(tenant, answer.board);
         Ok::<(), ApiError>(())
     }
@@ -220,6 +338,21 @@ pub(crate) async fn settle(
             "error",
             json!({"msg": "gateway settle failed", "tenant": tenant.as_str(), "error": e.message}),
         );
+    }
+}
+
+impl SettleRequest {
+    /// The same policies, nothing to report.
+    fn clone_empty(&self) -> SettleRequest {
+        SettleRequest {
+            breaker: self.breaker.clone(),
+            quotas: self.quotas.clone(),
+            reservation: None,
+            signals: Vec::new(),
+            used_tokens: 0,
+            cost_micros: 0,
+            usage: Vec::new(),
+        }
     }
 }
 
@@ -331,11 +464,19 @@ impl Inner {
             self.sql
                 .exec(
                     "INSERT INTO usage (day, route, target, requests, prompt_tokens, completion_tokens, cost_micros) \
-                     VALUES (?, ?, ?, 1, ?, ?, ?) ON CONFLICT (day, route, target) DO UPDATE SET \
-                     requests = requests + 1, prompt_tokens = prompt_tokens + excluded.prompt_tokens, \
+                     VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (day, route, target) DO UPDATE SET \
+                     requests = requests + excluded.requests, prompt_tokens = prompt_tokens + excluded.prompt_tokens, \
                      completion_tokens = completion_tokens + excluded.completion_tokens, \
                      cost_micros = cost_micros + excluded.cost_micros",
-                    vec![day.into(), u.route.as_str().into(), u.target.as_str().into(), n(u.prompt_tokens), n(u.completion_tokens), n(u.cost_micros)],
+                    vec![
+                        day.into(),
+                        u.route.as_str().into(),
+                        u.target.as_str().into(),
+                        n(u.requests),
+                        n(u.prompt_tokens),
+                        n(u.completion_tokens),
+                        n(u.cost_micros),
+                    ],
                 )
                 .map_err(internal)?;
         }

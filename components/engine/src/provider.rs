@@ -216,6 +216,29 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
+    /// Replaces every occurrence of each secret in the error's text with `<redacted>`, so a
+    /// provider that echoes a key in an error message cannot leak it into traces, logs or
+    /// answers. Secrets shorter than 8 characters are left alone (they would match noise).
+    pub fn redact(&mut self, secrets: &[&str]) {
+        let text = match self {
+            Self::RateLimited { message, .. }
+            | Self::Overloaded { message }
+            | Self::ContextTooLong { message }
+            | Self::ContentFiltered { message }
+            | Self::Auth { message, .. }
+            | Self::BadRequest { message, .. }
+            | Self::Upstream { message, .. } => message,
+            Self::Unreachable { reason } => reason,
+            Self::Malformed { detail } => detail,
+            Self::Timeout { .. } | Self::StreamInterrupted { .. } => return,
+        };
+        for secret in secrets.iter().filter(|s| s.len() >= 8) {
+            if text.contains(secret) {
+                *text = text.replace(secret, "<redacted>");
+            }
+        }
+    }
+
     /// Stable API error code.
     pub fn code(&self) -> &'static str {
         match self {

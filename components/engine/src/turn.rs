@@ -749,7 +749,9 @@ impl Turn {
     }
 
     /// The current attempt failed: record it, then retry, fall back or give up.
-    fn fail(&mut self, now: Timestamp, error: ProviderError, cancel: bool) {
+    fn fail(&mut self, now: Timestamp, mut error: ProviderError, cancel: bool) {
+        let secrets: Vec<&str> = self.secrets.values().map(String::as_str).collect();
+        error.redact(&secrets);
         let State::Calling(call) = &self.state else {
             return;
         };

@@ -383,3 +383,32 @@ fn every_turn_is_answered_when_the_primary_fails_a_third_of_the_time() {
     }
     assert_eq!(s.transcript(id.as_ref().unwrap()).len(), 600);
 }
+
+#[test]
+fn a_key_echoed_in_an_error_never_reaches_the_trace_or_the_answer() {
+    let mut s = sim(r#","retry":{"attempts_per_target":1}"#);
+    s.script_for(
+        "a/m",
+        Script::status(
+            401,
+            &[],
+            r#"{"error":{"message":"Incorrect API key provided: sk-a"}}"#,
+        ),
+    );
+    s.secrets
+        .insert("A_KEY".into(), "sk-a-very-secret-key".into());
+    s.target_scripts.clear();
+    s.script_for(
+        "a/m",
+        Script::status(
+            401,
+            &[],
+            r#"{"error":{"message":"Incorrect API key provided: sk-a-very-secret-key"}}"#,
+        ),
+    );
+    s.script_for("b/m", err500()).script_for("c/m", err500());
+    let out = s.chat(None, "hi", ReplyMode::Whole);
+    let shown = format!("{:?} {:?}", out.result, out.trace);
+    assert!(!shown.contains("sk-a-very-secret-key"), "{shown}");
+    assert!(shown.contains("<redacted>"), "{shown}");
+}
