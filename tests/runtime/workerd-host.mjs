@@ -5,7 +5,11 @@
 //
 // Usage: node tests/runtime/workerd-host.mjs PORT [TENANTS_JSON_FILE]
 // Extra plain-text bindings (e.g. test API keys the tenants' `api_key_secret` names) come from
-// the environment variable KEFU_EXTRA_BINDINGS as a JSON object.
+// the environment variable KEFU_EXTRA_BINDINGS as a JSON object. With KEFU_FAKE_AI_UPSTREAM
+// set (an origin), the Worker also gets an `AI` binding: a stand-in for the Workers AI
+// binding (which needs Cloudflare's network) with the same `run(model, input)` contract
+// (a ReadableStream of SSE for `stream: true`, else the result object; a thrown
+// `AiError: <code>: <message>` on failure), answering from the mock's Workers AI endpoint.
 // Seeds KV `CONFIG` with `tenant:<id>` documents from the file ({"id": {...config}}), prints
 // "ready http://127.0.0.1:PORT" once it serves, and runs until SIGTERM or SIGINT.
 // With PORT "auto" (or 0) a free port is chosen. Storage lives in memory and goes with it.
@@ -18,14 +22,44 @@ const [portArg = "0", tenantsFile] = process.argv.slice(2);
 const { workerOptions } = unstable_getMiniflareWorkerOptions("wrangler.toml");
 
 const extra = JSON.parse(process.env.KEFU_EXTRA_BINDINGS || "{}");
-const mf = new Miniflare({
+const fakeAi = process.env.KEFU_FAKE_AI_UPSTREAM;
+const kefu = {
   ...workerOptions,
+  name: "kefu",
   bindings: { ...(workerOptions.bindings || {}), ...extra },
-  host: "127.0.0.1",
-  port: portArg === "auto" ? 0 : Number(portArg),
   modules: true,
   scriptPath: "workers/build/index.js",
   modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"] }],
+  ...(fakeAi ? { wrappedBindings: { AI: { scriptName: "fake-ai", bindings: { UPSTREAM: fakeAi } } } } : {}),
+};
+const fakeAiWorker = {
+  name: "fake-ai",
+  modules: true,
+  script: `
+    class Ai {
+      constructor(upstream) { this.upstream = upstream; }
+      async run(model, input) {
+        const resp = await fetch(this.upstream + "/client/v4/accounts/binding/ai/run/" + model, {
+          method: "POST",
+          headers: { "content-type": "application/json", authorization: "Bearer binding" },
+          body: JSON.stringify(input),
+        });
+        if (input.stream && resp.ok) return resp.body;
+        const body = await resp.json();
+        if (!body.success) {
+          const e = (body.errors || [])[0] || {};
+          throw new Error("AiError: " + e.code + ": " + e.message);
+        }
+        return body.result;
+      }
+    }
+    export default function (env) { return new Ai(env.UPSTREAM); }
+  `,
+};
+const mf = new Miniflare({
+  host: "127.0.0.1",
+  port: portArg === "auto" ? 0 : Number(portArg),
+  workers: fakeAi ? [kefu, fakeAiWorker] : [kefu],
 });
 
 const url = await mf.ready;

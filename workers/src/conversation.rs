@@ -465,7 +465,7 @@ async fn run_turn(
     } else {
         None
     };
-    let result = provider::drive(&mut turn, on_delta).await;
+    let result = provider::drive(&inner.env, &mut turn, on_delta).await;
     if let Some(grant) = grant {
         let env = inner.env.clone();
         let (tenant, config, trace) = (tenant.clone(), config.clone(), turn.trace().to_vec());

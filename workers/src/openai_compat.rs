@@ -161,8 +161,9 @@ pub(crate) async fn chat(mut req: Request, env: &Env, ctx: &Context) -> worker::
         });
     }
     let deltas = tx.clone();
+    let env_for_turn = env.clone();
     wasm_bindgen_futures::spawn_local(async move {
-        let result = provider::drive(&mut turn, |t, text| {
+        let result = provider::drive(&env_for_turn, &mut turn, |t, text| {
             let _ = deltas.unbounded_send(Out::Delta {
                 text,
                 target: t.current_target().map(|x| x.key.clone()),

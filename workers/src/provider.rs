@@ -1,5 +1,5 @@
-//! Carrying out a turn's provider calls with `fetch`: the driver loop around
-//! [`kefu_engine::Turn`].
+//! Carrying out a turn's provider calls with `fetch` (or, for a Workers AI target whose base
+//! URL is `binding:AI`, with the `AI` binding): the driver loop around [`kefu_engine::Turn`].
 //!
 //! The loop performs each action, then waits for whichever comes first: the next thing the
 //! provider does (head, body chunk, end, failure) or the turn's own deadline. Everything it
@@ -30,14 +30,89 @@ struct InFlight {
 
 enum Body {
     Start(Request, worker::AbortSignal),
+    /// A Workers AI binding call: the binding, the model, the JSON input.
+    Binding(worker::Ai, String, worker::wasm_bindgen::JsValue),
     Streaming(ByteStream),
+    /// A whole answer already in hand, still to be handed over.
+    Whole(Vec<u8>),
     Over,
 }
 
+/// Calls `binding.run(model, input)`: a stream of SSE bytes when the input asks to stream,
+/// else a JSON value, which is handed over as its JSON text.
+async fn run_binding(
+    ai: &worker::Ai,
+    model: &str,
+    input: &worker::wasm_bindgen::JsValue,
+) -> (ProviderEvent, Body) {
+    use worker::js_sys::{Function, JSON, Promise, Reflect};
+    use worker::wasm_bindgen::JsCast;
+    use worker::wasm_bindgen_futures::JsFuture;
+    let outcome = async {
+        let run: Function = Reflect::get(ai.as_ref(), &"run".into())?.dyn_into()?;
+        let promise: Promise = run.call2(ai.as_ref(), &model.into(), input)?.dyn_into()?;
+        JsFuture::from(promise).await
+    }
+    .await;
+    match outcome {
+        Ok(out) if out.is_instance_of::<worker::web_sys::ReadableStream>() => {
+            let stream = ByteStream::from(out.unchecked_into::<worker::web_sys::ReadableStream>());
+            let headers = vec![("content-type".to_owned(), "text/event-stream".to_owned())];
+            (
+                ProviderEvent::Head {
+                    status: 200,
+                    headers,
+                },
+                Body::Streaming(stream),
+            )
+        }
+        Ok(out) => match JSON::stringify(&out) {
+            Ok(text) => {
+                let headers = vec![("content-type".to_owned(), "application/json".to_owned())];
+                (
+                    ProviderEvent::Head {
+                        status: 200,
+                        headers,
+                    },
+                    Body::Whole(String::from(text).into_bytes()),
+                )
+            }
+            Err(_) => (
+                ProviderEvent::Failed {
+                    reason: "the AI binding's answer is not JSON".into(),
+                },
+                Body::Over,
+            ),
+        },
+        Err(e) => {
+            let message = e.as_string().or_else(|| {
+                Reflect::get(&e, &"message".into())
+                    .ok()
+                    .and_then(|m| m.as_string())
+            });
+            let (status, body) = kefu_engine::workers_ai::binding_error(
+                &message.unwrap_or_else(|| "the AI binding failed".into()),
+            );
+            let headers = vec![("content-type".to_owned(), "application/json".to_owned())];
+            (ProviderEvent::Head { status, headers }, Body::Whole(body))
+        }
+    }
+}
+
 fn provider_events(
+    env: &worker::Env,
     request: &HttpRequest,
     controller: &AbortController,
 ) -> Result<LocalBoxStream<'static, ProviderEvent>, String> {
+    if let Some((binding, model)) = kefu_engine::workers_ai::parse_binding_url(&request.url) {
+        let ai = env
+            .ai(binding)
+            .map_err(|e| format!("no Workers AI binding `{binding}`: {e}"))?;
+        let text = String::from_utf8_lossy(&request.body);
+        let input = worker::js_sys::JSON::parse(&text)
+            .map_err(|_| "the request body is not JSON".to_owned())?;
+        return Ok(unfold(Body::Binding(ai, model.to_owned(), input), step).boxed_local());
+    }
     let headers = Headers::new();
     for h in &request.headers {
         headers.set(h.name, &h.value).map_err(|e| e.to_string())?;
@@ -49,51 +124,57 @@ fn provider_events(
         .with_body(Some(body.into()));
     let req = Request::new_with_init(&request.url, &init).map_err(|e| e.to_string())?;
     let state = Body::Start(req, controller.signal());
-    Ok(unfold(state, |state| async move {
-        match state {
-            Body::Start(req, signal) => match Fetch::Request(req).send_with_signal(&signal).await {
-                Ok(mut resp) => {
-                    let headers: Vec<(String, String)> = resp.headers().entries().collect();
-                    let status = resp.status_code();
-                    match resp.stream() {
-                        Ok(body) => Some((
-                            ProviderEvent::Head { status, headers },
-                            Body::Streaming(body),
-                        )),
-                        Err(e) => Some((
-                            ProviderEvent::Failed {
-                                reason: e.to_string(),
-                            },
-                            Body::Over,
-                        )),
-                    }
+    Ok(unfold(state, step).boxed_local())
+}
+
+async fn step(state: Body) -> Option<(ProviderEvent, Body)> {
+    match state {
+        Body::Start(req, signal) => match Fetch::Request(req).send_with_signal(&signal).await {
+            Ok(mut resp) => {
+                let headers: Vec<(String, String)> = resp.headers().entries().collect();
+                let status = resp.status_code();
+                match resp.stream() {
+                    Ok(body) => Some((
+                        ProviderEvent::Head { status, headers },
+                        Body::Streaming(body),
+                    )),
+                    Err(e) => Some((
+                        ProviderEvent::Failed {
+                            reason: e.to_string(),
+                        },
+                        Body::Over,
+                    )),
                 }
-                Err(e) => Some((
-                    ProviderEvent::Failed {
-                        reason: e.to_string(),
-                    },
-                    Body::Over,
-                )),
-            },
-            Body::Streaming(mut body) => match body.next().await {
-                Some(Ok(bytes)) => Some((ProviderEvent::Data(bytes), Body::Streaming(body))),
-                Some(Err(e)) => Some((
-                    ProviderEvent::Failed {
-                        reason: e.to_string(),
-                    },
-                    Body::Over,
-                )),
-                None => Some((ProviderEvent::End, Body::Over)),
-            },
-            Body::Over => None,
-        }
-    })
-    .boxed_local())
+            }
+            Err(e) => Some((
+                ProviderEvent::Failed {
+                    reason: e.to_string(),
+                },
+                Body::Over,
+            )),
+        },
+        Body::Streaming(mut body) => match body.next().await {
+            Some(Ok(bytes)) => Some((ProviderEvent::Data(bytes), Body::Streaming(body))),
+            Some(Err(e)) => Some((
+                ProviderEvent::Failed {
+                    reason: e.to_string(),
+                },
+                Body::Over,
+            )),
+            None => Some((ProviderEvent::End, Body::Over)),
+        },
+        Body::Binding(ai, model, input) => Some(run_binding(&ai, &model, &input).await),
+        // The whole body in one piece, then the end.
+        Body::Whole(bytes) if bytes.is_empty() => Some((ProviderEvent::End, Body::Over)),
+        Body::Whole(bytes) => Some((ProviderEvent::Data(bytes), Body::Whole(Vec::new()))),
+        Body::Over => None,
+    }
 }
 
 /// Drives `turn` to its end, passing each streamed delta (and the turn, to see which target
 /// is answering) to `on_delta`.
 pub(crate) async fn drive(
+    env: &worker::Env,
     turn: &mut Turn,
     mut on_delta: impl FnMut(&Turn, String),
 ) -> Result<TurnReply, ProviderError> {
@@ -105,7 +186,7 @@ pub(crate) async fn drive(
                     attempt, request, ..
                 } => {
                     let controller = AbortController::default();
-                    match provider_events(&request, &controller) {
+                    match provider_events(env, &request, &controller) {
                         Ok(events) => {
                             in_flight = Some(InFlight {
                                 attempt,

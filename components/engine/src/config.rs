@@ -210,7 +210,11 @@ impl TenantConfig {
         }
         if let Some(p) = &self.provider {
             let url = p.base_url.trim();
-            if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() < 10 {
+            let binding = p.kind == crate::wire::ProviderKind::WorkersAi
+                && crate::workers_ai::is_binding_base(url);
+            if !(url.starts_with("https://") || url.starts_with("http://") || binding)
+                || url.len() < 10
+            {
                 return Err(invalid(
                     "provider.base_url",
                     "must be an http:// or https:// URL",

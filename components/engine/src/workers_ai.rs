@@ -37,6 +37,46 @@ pub fn endpoint(base_url: &str, model: &str) -> String {
     format!("{base}/run/{model}")
 }
 
+/// The base URL that means "the Workers AI binding named `NAME`" instead of the REST API:
+/// `binding:AI`. The request then goes to `binding:AI/run/<model>`, which a Workers host
+/// carries out with `env.AI.run(model, body)` rather than `fetch`.
+pub const BINDING_SCHEME: &str = "binding:";
+
+/// Whether `base_url` names a binding (`binding:NAME`, NAME of `[A-Za-z0-9_]`).
+pub fn is_binding_base(base_url: &str) -> bool {
+    base_url
+        .trim()
+        .strip_prefix(BINDING_SCHEME)
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+}
+
+/// The binding name and model of a request URL built on a binding base
+/// (`binding:AI/run/@cf/meta/llama-3.1-8b-instruct` → `("AI", "@cf/meta/llama-3.1-8b-instruct")`).
+pub fn parse_binding_url(url: &str) -> Option<(&str, &str)> {
+    let rest = url.strip_prefix(BINDING_SCHEME)?;
+    let (name, model) = rest.split_once("/run/")?;
+    (!name.is_empty() && !model.is_empty()).then_some((name, model))
+}
+
+/// What a binding call that threw looks like as an HTTP answer, so [`classify_error`] reads
+/// it like a REST error: Workers AI puts its internal code in the message
+/// (`AiError: 3040: Capacity temporarily exceeded`), and that code decides the kind.
+pub fn binding_error(message: &str) -> (u16, Vec<u8>) {
+    let code = message
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|d| d.len() == 4)
+        .and_then(|d| d.parse::<u64>().ok());
+    let status = match code {
+        Some(3036) => 429,
+        Some(3040) => 503,
+        Some(10000) | Some(10001) => 401,
+        _ => 500,
+    };
+    let body =
+        json!({"success": false, "errors": [{"code": code, "message": message}], "result": null});
+    (status, body.to_string().into_bytes())
+}
+
 /// Builds the HTTP request for a model request.
 pub fn build_request(endpoint: &Endpoint<'_>, request: &ModelRequest) -> HttpRequest {
     let messages: Vec<Value> = request
@@ -310,5 +350,50 @@ impl StreamState {
             arguments: arguments_text(function.get("arguments")),
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod binding_tests {
+    use super::*;
+
+    #[test]
+    fn binding_urls_and_errors() {
+        assert!(is_binding_base("binding:AI"));
+        assert!(!is_binding_base("binding:"));
+        assert!(!is_binding_base("binding:A I"));
+        assert_eq!(
+            endpoint("binding:AI", "@cf/meta/llama-3.1-8b-instruct"),
+            "binding:AI/run/@cf/meta/llama-3.1-8b-instruct"
+        );
+        assert_eq!(
+            parse_binding_url("binding:AI/run/@cf/meta/llama-3.1-8b-instruct"),
+            Some(("AI", "@cf/meta/llama-3.1-8b-instruct"))
+        );
+        assert_eq!(parse_binding_url("https://api.cloudflare.com/run/x"), None);
+        let (status, body) =
+            binding_error("AiError: 3040: Capacity temporarily exceeded, please try again.");
+        assert_eq!(status, 503);
+        assert!(matches!(
+            classify_error(status, &[], &body),
+            ProviderError::Overloaded { .. }
+        ));
+        let (status, body) = binding_error("something odd");
+        assert_eq!(status, 500);
+        assert!(matches!(
+            classify_error(status, &[], &body),
+            ProviderError::Upstream { .. }
+        ));
+        // A configuration may name the binding as the base URL.
+        let c = crate::TenantConfig::from_json(
+            r#"{"providers":{"cf":{"kind":"workers_ai","base_url":"binding:AI"}},
+                "routes":{"default":{"targets":[{"provider":"cf","model":"@cf/meta/llama-3.1-8b-instruct"}]}}}"#,
+        );
+        assert!(c.is_ok(), "{c:?}");
+        let bad = crate::TenantConfig::from_json(
+            r#"{"providers":{"oa":{"kind":"openai","base_url":"binding:AI"}},
+                "routes":{"default":{"targets":[{"provider":"oa","model":"m"}]}}}"#,
+        );
+        assert_eq!(bad.unwrap_err().field, "providers.oa.base_url");
     }
 }

@@ -112,6 +112,14 @@ pub fn tenants(mock_base: &str) -> Vec<(String, Value)> {
             }),
         ),
         (
+            "gw-ai-binding".into(),
+            json!({
+                "providers": {"cf": {"kind": "workers_ai", "base_url": "binding:AI"}},
+                "routes": {"default": {"targets": [{"provider": "cf", "model": "@cf/meta/llama-3.1-8b-instruct"}]}},
+                "retry": one_try,
+            }),
+        ),
+        (
             "gw-sdk".into(),
             json!({
                 "providers": {"p": provider(&o, "")},
@@ -451,4 +459,56 @@ fn expected_format(provider: &str) -> &'static str {
         "cf" => "workers_ai",
         _ => "openai",
     }
+}
+
+/// A Workers AI target reached through the `AI` binding (`base_url: "binding:AI"`) rather
+/// than REST: whole and streamed replies, and a failure classified from the binding's
+/// `AiError: <code>` (the test host's binding answers from the mock's Workers AI endpoint).
+pub async fn gateway_workers_ai_binding(ctx: &Ctx) -> anyhow::Result<()> {
+    let text = unique("binding");
+    let a = ctx
+        .chat(Some("gw-ai-binding"), &json!({"message": text}))
+        .await?;
+    a.expect_status(200)?;
+    ensure!(
+        message_text(&a.json["reply"]).starts_with(&format!("Echo: {text}")),
+        "{}",
+        a.text
+    );
+    ensure!(
+        a.json["model"] == "@cf/meta/llama-3.1-8b-instruct",
+        "{}",
+        a.text
+    );
+    let text = unique("binding-stream");
+    let events = ctx
+        .chat_stream(
+            Some("gw-ai-binding"),
+            &json!({"message": text, "stream": true}),
+        )
+        .await?;
+    let names: Vec<&str> = events.events.iter().map(|e| e.event.as_str()).collect();
+    ensure!(
+        names.first() == Some(&"accepted") && names.last() == Some(&"done"),
+        "events: {names:?}"
+    );
+    ensure!(
+        names.iter().filter(|n| **n == "delta").count() >= 2,
+        "events: {names:?}"
+    );
+    let seen = ctx.mock()?.model_requests().into_iter().any(|r| {
+        r.path.contains("/ai/run/") && r.last_user_text().is_some_and(|t| t.contains(&text))
+    });
+    ensure!(
+        seen,
+        "the binding's call never reached the Workers AI endpoint"
+    );
+    let failed = ctx
+        .chat(
+            Some("gw-ai-binding"),
+            &json!({"message": "fail [mock status=503]"}),
+        )
+        .await?;
+    failed.expect_error(502, "provider_error")?;
+    Ok(())
 }

@@ -30,6 +30,9 @@ pub struct WorkerOptions {
     pub startup_timeout: Duration,
     /// Extra plain-text bindings (variables) for the Worker, e.g. test API keys.
     pub bindings: Vec<(String, String)>,
+    /// Give the Worker an `AI` binding that stands in for Workers AI, answering from this
+    /// origin's Workers AI REST endpoint (the mock's).
+    pub fake_ai_upstream: Option<String>,
 }
 
 impl Default for WorkerOptions {
@@ -38,6 +41,7 @@ impl Default for WorkerOptions {
             tenants: Vec::new(),
             startup_timeout: Duration::from_secs(60),
             bindings: Vec::new(),
+            fake_ai_upstream: None,
         }
     }
 }
@@ -86,7 +90,10 @@ impl KefuWorker {
             .iter()
             .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
             .collect();
-        let env = [("KEFU_EXTRA_BINDINGS", Value::Object(bindings).to_string())];
+        let mut env = vec![("KEFU_EXTRA_BINDINGS", Value::Object(bindings).to_string())];
+        if let Some(upstream) = &opts.fake_ai_upstream {
+            env.push(("KEFU_FAKE_AI_UPSTREAM", upstream.clone()));
+        }
         let mut worker = Self::spawn(
             "tests/runtime/workerd-host.mjs",
             &args,

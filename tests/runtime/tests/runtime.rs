@@ -118,6 +118,7 @@ async fn run(selected: Vec<Scenario>) -> (usize, usize) {
                     "TEST_PROVIDER_KEY".to_owned(),
                     kefu_runtime_tests::gateway::PROVIDER_KEY.to_owned(),
                 )],
+                fake_ai_upstream: Some(mock.base_url().trim_end_matches("/v1").to_owned()),
                 ..WorkerOptions::default()
             })
             .await

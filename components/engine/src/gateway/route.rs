@@ -180,10 +180,12 @@ pub fn validate(
 ) -> Result<(), ConfigError> {
     for (name, spec) in providers {
         let url = spec.base_url.trim();
-        if !(url.starts_with("https://") || url.starts_with("http://")) {
+        let binding =
+            spec.kind == ProviderKind::WorkersAi && crate::workers_ai::is_binding_base(url);
+        if !(url.starts_with("https://") || url.starts_with("http://") || binding) {
             return Err(err(
                 format!("providers.{name}.base_url"),
-                "must be an http:// or https:// URL",
+                "must be an http:// or https:// URL (or binding:NAME for workers_ai)",
             ));
         }
     }
