@@ -175,6 +175,12 @@ pub(crate) async fn begin(
     })
 }
 
+/// The tenant's usage totals per day, route and target, and today's quota counters.
+pub(crate) async fn usage(env: &Env, tenant: &TenantId) -> Result<serde_json::Value, ApiError> {
+    let mut resp = forward(&stub(env, tenant)?, Method::Get, "/usage", None).await?;
+    resp.json().await.map_err(internal)
+}
+
 /// Reports of plain successes wait this long in the isolate to travel to the object
 /// together; a failure, a quota reservation or a probe's result goes at once.
 const BATCH_MS: u64 = 250;

@@ -89,6 +89,16 @@ async fn handle(
             conversation::forward(&stub, Method::Get, &format!("{TRANSCRIPT_PATH}?tenant={}", tenant.as_str()), None).await
         }
         Route::OpenAiChat | Route::OpenAiModels => Err(ApiError::internal("routed before handle")),
+        Route::Usage => {
+            let (tenant, _) = openai_compat::authenticate(req, env).await.map_err(|e| ApiError {
+                status: e.status,
+                code: if e.status == 401 { "unauthorized" } else { "internal_error" },
+                message: e.message,
+                field: None,
+                allow: None,
+            })?;
+            json_response(200, &gateway::usage(env, &tenant).await?)
+        }
         Route::Demo => {
             let tenant = tenant_of(req)?;
             let origin = req

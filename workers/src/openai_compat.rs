@@ -42,7 +42,10 @@ fn host_error(e: impl core::fmt::Display) -> OpenAiError {
 }
 
 /// The tenant and its configuration, from the `Authorization: Bearer kf-…` key.
-async fn authenticate(req: &Request, env: &Env) -> Result<(TenantId, TenantConfig), OpenAiError> {
+pub(crate) async fn authenticate(
+    req: &Request,
+    env: &Env,
+) -> Result<(TenantId, TenantConfig), OpenAiError> {
     let header = req
         .headers()
         .get("authorization")

@@ -83,6 +83,8 @@ pub enum Route {
     Chat,
     /// `GET /api/v1/conversations/{id}`.
     GetConversation(ConversationId),
+    /// `GET /api/v1/usage`: the tenant's usage and cost (tenant API key).
+    Usage,
     /// `POST /v1/chat/completions` (OpenAI-compatible).
     OpenAiChat,
     /// `GET /v1/models` (OpenAI-compatible).
@@ -101,6 +103,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         "/healthz" => ("GET, HEAD", Ok(Route::Healthz)),
         "/demo" => ("GET", Ok(Route::Demo)),
         "/api/v1/chat" => ("POST", Ok(Route::Chat)),
+        "/api/v1/usage" => ("GET", Ok(Route::Usage)),
         "/v1/chat/completions" => ("POST", Ok(Route::OpenAiChat)),
         "/v1/models" => ("GET", Ok(Route::OpenAiModels)),
         _ => match path.strip_prefix("/api/v1/conversations/") {

@@ -88,6 +88,8 @@ fn default_model() -> String {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Timeouts {
+    /// From the call to the response head (connection, TLS, the provider's queue).
+    pub connect_ms: u32,
     /// From the call to the first token of the reply (or, for a whole reply, its head).
     pub first_token_ms: u32,
     /// From the call to the end of the reply.
@@ -97,6 +99,7 @@ pub struct Timeouts {
 impl Default for Timeouts {
     fn default() -> Self {
         Self {
+            connect_ms: 10_000,
             first_token_ms: 20_000,
             total_ms: 120_000,
         }
@@ -199,7 +202,7 @@ impl TenantConfig {
             return Err(invalid("history_window", "must be between 2 and 200"));
         }
         let t = self.timeouts;
-        if t.first_token_ms == 0 || t.total_ms == 0 {
+        if t.connect_ms == 0 || t.first_token_ms == 0 || t.total_ms == 0 {
             return Err(invalid("timeouts", "timeouts must be positive"));
         }
         if t.first_token_ms > t.total_ms {
@@ -357,6 +360,13 @@ impl TenantConfig {
                     .values()
                     .filter_map(|p| p.api_key_secret.clone()),
             )
+            .chain(self.routes.values().flat_map(|r| {
+                r.targets
+                    .iter()
+                    .chain(r.rules.iter().map(|rule| &rule.then))
+                    .chain(r.default.iter())
+                    .filter_map(|t| t.api_key_secret.clone())
+            }))
             .collect();
         names.sort();
         names.dedup();

@@ -127,6 +127,8 @@ impl FinishReason {
 /// Which limit a timeout hit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimeoutPhase {
+    /// No response head in time (connection, TLS, the provider's queue).
+    Connect,
     /// No first token (or, for a whole reply, no response head) in time.
     FirstToken,
     /// The whole reply took too long.

@@ -192,6 +192,8 @@ struct Call {
     model: String,
     /// Pending until the first token (stream) or the head (whole) arrives.
     first_token_deadline: Option<Timestamp>,
+    /// Pending until the response head arrives.
+    connect_deadline: Option<Timestamp>,
     total_deadline: Timestamp,
     status: Option<u16>,
     headers: Vec<(String, String)>,
@@ -429,10 +431,11 @@ impl Turn {
     /// When the host must call [`Turn::handle_timeout`] if nothing else happens first.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         match &self.state {
-            State::Calling(c) => Some(
-                c.first_token_deadline
-                    .map_or(c.total_deadline, |d| d.min(c.total_deadline)),
-            ),
+            State::Calling(c) => [c.first_token_deadline, c.connect_deadline]
+                .into_iter()
+                .flatten()
+                .chain([c.total_deadline])
+                .min(),
             State::Waiting { until } => Some(*until),
             State::Done => None,
         }
@@ -496,6 +499,7 @@ impl Turn {
             started: now,
             model: target.model.clone(),
             first_token_deadline: Some(now + Duration::from_millis(t.first_token_ms.into())),
+            connect_deadline: Some(now + Duration::from_millis(t.connect_ms.into())),
             total_deadline: now + Duration::from_millis(t.total_ms.into()),
             status: None,
             headers: Vec::new(),
@@ -518,6 +522,8 @@ impl Turn {
             State::Calling(call) => {
                 let phase = if now >= call.total_deadline {
                     TimeoutPhase::Total
+                } else if call.connect_deadline.is_some_and(|d| now >= d) {
+                    TimeoutPhase::Connect
                 } else if call.first_token_deadline.is_some_and(|d| now >= d) {
                     TimeoutPhase::FirstToken
                 } else {
@@ -560,6 +566,7 @@ impl Turn {
                         && v.to_ascii_lowercase().contains("json")
                 });
                 call.status = Some(status);
+                call.connect_deadline = None;
                 call.buffer_whole |= !(200..300).contains(&status) || is_json;
                 call.headers = headers;
                 if self.mode == ReplyMode::Whole && (200..300).contains(&status) {

@@ -412,3 +412,53 @@ fn a_key_echoed_in_an_error_never_reaches_the_trace_or_the_answer() {
     assert!(!shown.contains("sk-a-very-secret-key"), "{shown}");
     assert!(shown.contains("<redacted>"), "{shown}");
 }
+
+#[test]
+fn a_provider_that_never_answers_the_connection_is_left_after_connect_ms() {
+    let mut s = sim("");
+    s.config.timeouts.connect_ms = 300;
+    // a's head would come after 2 s; b answers at once.
+    let mut slow = Script::json("too late", 0);
+    for step in &mut slow.steps {
+        step.at_ms = 2_000;
+    }
+    s.script_for("a/m", slow);
+    s.script_for("b/m", Script::json("b in time", 1));
+    let out = s.chat(None, "hi", ReplyMode::Whole);
+    assert_eq!(out.result.unwrap().1.text, "b in time");
+    assert_eq!(outcomes(&out.trace)[0], "a/m timeout fallback");
+    assert_eq!(out.trace[1].started_ms, 300);
+}
+
+#[test]
+fn a_target_may_carry_its_own_key() {
+    let json = r#"{"providers":{"p":{"base_url":"http://p.test/v1","api_key_secret":"TEAM_KEY"}},
+        "routes":{"default":{"targets":[{"provider":"p","model":"m1","api_key_secret":"OTHER_ACCOUNT_KEY"},{"provider":"p","model":"m2"}]}},
+        "retry":{"attempts_per_target":1}}"#;
+    let mut s = Simulator::new(TenantConfig::from_json(json).unwrap());
+    s.secrets
+        .insert("TEAM_KEY".into(), "sk-team-0000000001".into());
+    s.secrets
+        .insert("OTHER_ACCOUNT_KEY".into(), "sk-other-000000002".into());
+    s.script_for("p/m1", err500())
+        .script_for("p/m2", Script::json("ok", 1));
+    s.chat(None, "hi", ReplyMode::Whole).result.unwrap();
+    let auth = |i: usize| {
+        s.requests[i]
+            .headers
+            .iter()
+            .find(|h| h.name == "authorization")
+            .unwrap()
+            .value
+            .clone()
+    };
+    assert_eq!(auth(0), "Bearer sk-other-000000002");
+    assert_eq!(auth(1), "Bearer sk-team-0000000001");
+    assert_eq!(s.config.secret_names(), ["OTHER_ACCOUNT_KEY", "TEAM_KEY"]);
+    let bad = r#"{"providers":{"p":{"base_url":"http://p.test/v1"}},
+        "routes":{"default":{"targets":[{"provider":"p","model":"m","api_key_secret":"sk-live key"}]}}}"#;
+    assert_eq!(
+        TenantConfig::from_json(bad).unwrap_err().field,
+        "routes.default.targets[0].api_key_secret"
+    );
+}

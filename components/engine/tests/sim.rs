@@ -25,6 +25,7 @@ fn provider_config() -> TenantConfig {
             ..RetryPolicy::default()
         },
         timeouts: Timeouts {
+            connect_ms: 1_000,
             first_token_ms: 1_000,
             total_ms: 5_000,
         },
@@ -171,7 +172,14 @@ fn a_burst_longer_than_the_window_is_answered_message_by_message() {
 #[test]
 fn first_token_timeout_is_an_error_and_the_call_is_cancelled() {
     let mut s = sim();
-    s.script(Script::hang());
+    // The provider answers the connection at once, then sends nothing.
+    s.script(Script::steps(vec![Step {
+        at_ms: 1,
+        event: ProviderEvent::Head {
+            status: 200,
+            headers: vec![],
+        },
+    }]));
     let out = s.chat(None, "hello?", ReplyMode::Stream);
     assert_eq!(
         out.result.unwrap_err(),
@@ -185,6 +193,22 @@ fn first_token_timeout_is_an_error_and_the_call_is_cancelled() {
     let t = s.transcript(&out.conversation_id);
     assert_eq!(t.len(), 1);
     assert_eq!(t[0].role, Role::Visitor);
+}
+
+#[test]
+fn no_response_head_is_a_connect_timeout() {
+    let mut s = sim();
+    s.config.timeouts.connect_ms = 400;
+    s.script(Script::hang());
+    let out = s.chat(None, "hello?", ReplyMode::Stream);
+    assert_eq!(
+        out.result.unwrap_err(),
+        ProviderError::Timeout {
+            phase: TimeoutPhase::Connect
+        }
+    );
+    assert_eq!(s.now.since(out.visitor.created_at).as_millis(), 400);
+    assert_eq!(s.cancelled, 1);
 }
 
 #[test]

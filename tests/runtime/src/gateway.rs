@@ -125,6 +125,7 @@ pub fn tenants(mock_base: &str) -> Vec<(String, Value)> {
                 "providers": {"p": provider(&o, "")},
                 "routes": {"default": {"targets": [target("p")]}},
                 "api_keys": [{"id": "runtime-tests", "sha256": kefu_engine::auth::hash_key(SDK_KEY)}],
+                "prices": {MOCK_MODEL: {"input_per_mtok": 2.5, "output_per_mtok": 10.0}},
             }),
         ),
     ]
@@ -510,5 +511,61 @@ pub async fn gateway_workers_ai_binding(ctx: &Ctx) -> anyhow::Result<()> {
         )
         .await?;
     failed.expect_error(502, "provider_error")?;
+    Ok(())
+}
+
+/// Usage and cost are accounted per tenant, day, route and target, and readable with the
+/// tenant's key.
+pub async fn gateway_usage_accounted(ctx: &Ctx) -> anyhow::Result<()> {
+    let url = ctx.url("/v1/chat/completions");
+    for i in 0..3 {
+        let body = json!({"model": "kefu", "messages": [{"role": "user", "content": unique(&format!("usage-{i}"))}]});
+        let resp = ctx
+            .http
+            .post(&url)
+            .bearer_auth(SDK_KEY)
+            .json(&body)
+            .send()
+            .await?;
+        ensure!(
+            resp.status().is_success(),
+            "completion {i}: {}",
+            resp.status()
+        );
+    }
+    // Successful reports travel in batches of up to 250 ms.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let resp = ctx
+        .http
+        .get(ctx.url("/api/v1/usage"))
+        .bearer_auth(SDK_KEY)
+        .send()
+        .await?;
+    ensure!(resp.status().is_success(), "usage: {}", resp.status());
+    let usage: Value = resp.json().await?;
+    let rows = usage["usage"].as_array().context("a usage array")?;
+    let row = rows
+        .iter()
+        .find(|r| r["target"] == "p/mock-gpt" && r["route"] == "default")
+        .with_context(|| format!("no row for p/mock-gpt: {usage}"))?;
+    ensure!(
+        row["requests"].as_u64().unwrap_or(0) >= 3,
+        "requests: {row}"
+    );
+    ensure!(
+        row["prompt_tokens"].as_u64().unwrap_or(0) > 0
+            && row["completion_tokens"].as_u64().unwrap_or(0) > 0,
+        "{row}"
+    );
+    ensure!(
+        row["cost_micros"].as_u64().unwrap_or(0) > 0,
+        "the price table was not applied: {row}"
+    );
+    let anonymous = ctx.http.get(ctx.url("/api/v1/usage")).send().await?;
+    ensure!(
+        anonymous.status() == StatusCode::UNAUTHORIZED,
+        "without a key: {}",
+        anonymous.status()
+    );
     Ok(())
 }

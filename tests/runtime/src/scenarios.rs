@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use crate::gateway::{
     gateway_300_turns_with_a_flaky_primary, gateway_breaker_opens_and_recovers,
     gateway_every_wire_format, gateway_fallback_order, gateway_quota_exact_under_concurrency,
-    gateway_workers_ai_binding, openai_api_errors, openai_sdk_python,
+    gateway_usage_accounted, gateway_workers_ai_binding, openai_api_errors, openai_sdk_python,
 };
 use crate::mock::{MockProvider, echo_reply};
 use crate::sse::{self, SseTranscript};
@@ -280,6 +280,7 @@ pub fn all() -> Vec<Scenario> {
         gateway_quota_exact_under_concurrency,
         gateway_300_turns_with_a_flaky_primary,
         openai_sdk_python,
+        gateway_usage_accounted,
         openai_api_errors,
         gateway_every_wire_format,
         gateway_workers_ai_binding,

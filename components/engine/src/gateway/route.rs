@@ -40,6 +40,10 @@ pub struct TargetSpec {
     /// Another route's name (instead of `provider` and `model`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
+    /// The secret holding this target's key, when it is not the provider's (e.g. two
+    /// accounts at one provider).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_secret: Option<String>,
     /// Weight in a `weighted` route (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
@@ -214,6 +218,18 @@ pub fn validate(
                 }
                 _ => return Err(err(field, "give either `provider` and `model`, or `route`")),
             }
+            if let Some(secret) = &t.api_key_secret {
+                let ok = !secret.is_empty()
+                    && secret
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                if !ok {
+                    return Err(err(
+                        format!("{field}.api_key_secret"),
+                        "must name a secret ([A-Za-z0-9_]+), not hold a key",
+                    ));
+                }
+            }
             if t.weight == Some(0) {
                 return Err(err(format!("{field}.weight"), "must be positive"));
             }
@@ -383,7 +399,10 @@ fn concrete(p: &str, m: &str, spec: &ProviderSpec, t: &TargetSpec, route: &str) 
         kind: spec.kind,
         base_url: spec.base_url.clone(),
         model: m.to_owned(),
-        api_key_secret: spec.api_key_secret.clone(),
+        api_key_secret: t
+            .api_key_secret
+            .clone()
+            .or_else(|| spec.api_key_secret.clone()),
         context_window: t.context_window,
         max_tokens: t.max_tokens,
         temperature: t.temperature,
