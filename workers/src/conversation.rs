@@ -19,6 +19,8 @@ use std::rc::Rc;
 use futures::StreamExt;
 use futures::channel::{mpsc, oneshot};
 use kefu_engine::api::{self, ApiError};
+use kefu_engine::handoff::{Changed, HandoffReason};
+use kefu_engine::offline;
 use kefu_engine::{
     Conversation, ConversationId, Message, Part, ProviderError, ReplyMode, TenantConfig, TenantId,
     TurnReply,
@@ -26,11 +28,11 @@ use kefu_engine::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use worker::{
-    DurableObject, Env, Headers, Method, ObjectNamespace, Request, RequestInit, Response,
-    SqlStorage, SqlStorageValue, State, Stub, durable_object, wasm_bindgen_futures,
+    DurableObject, Env, Headers, Method, ObjectNamespace, Request, Response, SqlStorage,
+    SqlStorageValue, State, Stub, durable_object, wasm_bindgen_futures,
 };
 
-use crate::http::{error_response, internal, json_response, set};
+use crate::http::{error_response, forward, internal, json_response, set};
 use crate::provider::{self, now};
 use crate::{CONVERSATIONS, config, gateway, log};
 
@@ -38,6 +40,8 @@ use crate::{CONVERSATIONS, config, gateway, log};
 pub(crate) const TURN_PATH: &str = "/turn";
 /// The object's internal route for reading the conversation.
 pub(crate) const TRANSCRIPT_PATH: &str = "/transcript";
+/// The object's internal route for handoff and agent actions.
+pub(crate) const ACTION_PATH: &str = "/action";
 
 /// A validated chat turn, as the front hands it to the conversation's object.
 #[derive(Debug, Serialize, Deserialize)]
@@ -62,25 +66,6 @@ pub(crate) fn stub_for(env: &Env, id: Option<&str>) -> Result<Stub, ApiError> {
         None => ns.unique_id().map_err(internal)?,
     };
     object_id.get_stub().map_err(internal)
-}
-
-/// Sends a request to a conversation's object and returns its answer unchanged.
-pub(crate) async fn forward(
-    stub: &Stub,
-    method: Method,
-    path: &str,
-    body: Option<Vec<u8>>,
-) -> Result<Response, ApiError> {
-    let mut init = RequestInit::new();
-    init.with_method(method);
-    if let Some(body) = body {
-        init.with_body(Some(
-            worker::js_sys::Uint8Array::from(body.as_slice()).into(),
-        ));
-    }
-    let req =
-        Request::new_with_init(&format!("https://conversation{path}"), &init).map_err(internal)?;
-    stub.fetch_with_request(req).await.map_err(internal)
 }
 
 /// Runs a chat turn in the conversation's object (creating the conversation when the turn
@@ -236,6 +221,50 @@ impl Inner {
         }
     }
 
+    /// Applies a handoff or agent `change` and persists every message it recorded together
+    /// with the new state, in one synchronous step. Nothing changes if either fails.
+    fn record_changed(
+        &self,
+        mut conversation: Conversation,
+        change: impl FnOnce(&mut Conversation) -> Result<Changed, ApiError>,
+    ) -> Result<Changed, ApiError> {
+        let changed = change(&mut conversation)?;
+        let write = || -> worker::Result<()> {
+            for message in &changed.messages {
+                let created_at = i64::try_from(message.created_at.as_millis()).unwrap_or(i64::MAX);
+                self.sql.exec(
+                    "INSERT INTO messages (seq, role, body, created_at) VALUES (?, ?, ?, ?)",
+                    vec![
+                        i64::from(message.seq).into(),
+                        message.role.as_str().into(),
+                        message.encode().into(),
+                        created_at.into(),
+                    ],
+                )?;
+            }
+            self.sql.exec(
+                "INSERT INTO conversation (id, state) VALUES (0, ?) ON CONFLICT (id) DO UPDATE SET state = excluded.state",
+                vec![conversation.encode().into()],
+            )?;
+            Ok(())
+        };
+        match write() {
+            Ok(()) => {
+                *self.conversation.borrow_mut() = Some(conversation);
+                for e in &changed.events {
+                    log("info", e.to_json());
+                }
+                Ok(changed)
+            }
+            Err(e) => {
+                *self.conversation.borrow_mut() = None;
+                Err(ApiError::internal(format!(
+                    "storing the change failed: {e}"
+                )))
+            }
+        }
+    }
+
     fn transcript(&self) -> Result<Vec<Message>, ApiError> {
         let cursor = self
             .sql
@@ -296,13 +325,25 @@ impl DurableObject for ConversationObject {
                 Err(e) => Err(internal(e)),
             },
             (Method::Get, TRANSCRIPT_PATH) => {
-                let tenant = req.url().ok().and_then(|u| {
-                    u.query_pairs()
-                        .find(|(k, _)| k == "tenant")
-                        .map(|(_, v)| v.into_owned())
-                });
-                handle_get(&self.inner, tenant.as_deref().unwrap_or(TenantId::DEFAULT))
+                let query = |key: &str| {
+                    req.url().ok().and_then(|u| {
+                        u.query_pairs()
+                            .find(|(k, _)| k == key)
+                            .map(|(_, v)| v.into_owned())
+                    })
+                };
+                let tenant = query("tenant");
+                let notes = query("notes").is_some_and(|v| v == "1");
+                handle_get(
+                    &self.inner,
+                    tenant.as_deref().unwrap_or(TenantId::DEFAULT),
+                    notes,
+                )
             }
+            (Method::Post, ACTION_PATH) => match req.bytes().await {
+                Ok(body) => handle_action(&self.inner, &body),
+                Err(e) => Err(internal(e)),
+            },
             _ => Err(ApiError::internal("unknown internal route")),
         };
         match result {
@@ -312,13 +353,89 @@ impl DurableObject for ConversationObject {
     }
 }
 
-fn handle_get(inner: &Inner, tenant: &str) -> Result<Response, ApiError> {
+fn handle_get(inner: &Inner, tenant: &str, with_notes: bool) -> Result<Response, ApiError> {
     let conversation = inner
         .load()?
         .filter(|c| c.tenant().as_str() == tenant)
         .ok_or_else(ApiError::conversation_not_found)?;
     let transcript = inner.transcript()?;
-    json_response(200, &api::conversation_json(&conversation, &transcript))
+    json_response(
+        200,
+        &api::conversation_json(&conversation, &transcript, with_notes),
+    )
+}
+
+/// A validated handoff or agent action, as the front hands it to the object.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct InternalAction {
+    pub tenant: String,
+    pub action: String,
+    pub request: String,
+    pub config: TenantConfig,
+}
+
+fn handle_action(inner: &Inner, body: &[u8]) -> Result<Response, ApiError> {
+    let a: InternalAction = serde_json::from_slice(body)
+        .map_err(|e| ApiError::internal(format!("bad internal action: {e}")))?;
+    let route = api::route("POST", &format!("/api/v1/conversations/x/{}", a.action))?;
+    let api::Route::ConversationAction(_, action) = route else {
+        return Err(ApiError::internal("not an action"));
+    };
+    let request = api::parse_action(action, a.request.as_bytes())?;
+    let conversation = inner
+        .load()?
+        .filter(|c| c.tenant().as_str() == a.tenant)
+        .ok_or_else(ApiError::conversation_not_found)?;
+    let config = &a.config;
+    let at = now();
+    if matches!(request, api::ActionRequest::Handoff { .. }) && !config.handoff.enabled {
+        return Err(api::handoff_error(
+            &kefu_engine::handoff::HandoffError::WrongStatus {
+                status: conversation.status().as_str(),
+                action: "a handoff (handoff is turned off for this tenant)",
+            },
+        ));
+    }
+    inner.record_changed(conversation, |c| {
+        let result = match &request {
+            api::ActionRequest::Handoff { queue } => {
+                let queue = queue
+                    .clone()
+                    .or_else(|| config.handoff.default_queue.clone());
+                c.request_handoff(
+                    at,
+                    config,
+                    &HandoffReason::VisitorAsked,
+                    queue.as_deref(),
+                    None,
+                )
+            }
+            api::ActionRequest::Claim { agent, name } => c.assign(at, config, agent, name),
+            api::ActionRequest::Message {
+                agent,
+                text,
+                internal,
+            } => {
+                c.handle_agent_message(at, config, agent, vec![Part::Text(text.clone())], *internal)
+            }
+            api::ActionRequest::Transfer {
+                agent,
+                to_agent,
+                to_agent_name,
+                to_queue,
+            } => c.transfer(
+                at,
+                config,
+                agent,
+                to_agent.as_deref().map(|a| (a, to_agent_name.as_str())),
+                to_queue.as_deref(),
+            ),
+            api::ActionRequest::Resolve { agent } => c.resolve(at, config, agent.as_deref()),
+            api::ActionRequest::Csat { score } => c.submit_csat(*score),
+        };
+        result.map_err(|e| api::handoff_error(&e))
+    })?;
+    handle_get(inner, &a.tenant, action.by_agent())
 }
 
 async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiError> {
@@ -352,11 +469,32 @@ async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiError
     } else {
         ReplyMode::Whole
     };
+    let config = t.config;
+    let text = visitor.text();
+    // Decisions that need no model: a human owns the conversation (the bot stays silent),
+    // or the visitor asked for one.
+    let immediate = if !inner.load()?.is_some_and(|c| c.bot_answers()) {
+        Some(Answer::Silent)
+    } else if config.handoff.enabled && config.handoff.on_request && offline::wants_human(&text) {
+        Some(
+            hand_off(&inner, &config, &HandoffReason::VisitorAsked).map_err(|e| match e {
+                TurnFailure::Host(e) => e,
+                _ => ApiError::internal("handoff failed"),
+            })?,
+        )
+    } else {
+        None
+    };
     if !t.stream {
-        let _guard = TurnQueue::acquire(&inner).await;
-        let outcome = run_turn(&inner, &tenant, &visitor, mode, &t.config, |_, _| {}).await;
+        let outcome = match immediate {
+            Some(answer) => Ok(answer),
+            None => {
+                let _guard = TurnQueue::acquire(&inner).await;
+                run_turn(&inner, &tenant, &visitor, mode, &config, |_, _| {}).await
+            }
+        };
         return match outcome {
-            Ok((reply_message, reply)) => {
+            Ok(Answer::Reply(reply_message, reply)) => {
                 let mut resp = json_response(
                     200,
                     &api::chat_reply_json(&id, created, &visitor, &reply_message, &reply),
@@ -372,6 +510,19 @@ async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiError
                     .set("x-kefu-attempts", &reply.attempts.to_string())
                     .map_err(internal)?;
                 Ok(resp)
+            }
+            Ok(Answer::Handoff(notice, status)) => json_response(
+                200,
+                &api::chat_handoff_json(&id, created, &visitor, Some(&notice), status),
+            ),
+            Ok(Answer::Silent) => {
+                let status = inner
+                    .load()?
+                    .map_or(kefu_engine::Status::WaitingForAgent, |c| c.status());
+                json_response(
+                    200,
+                    &api::chat_handoff_json(&id, created, &visitor, None, status),
+                )
             }
             Err(TurnFailure::Provider(e)) => {
                 let (status, body) = api::chat_failure_json(&id, created, &visitor, &e);
@@ -394,18 +545,34 @@ async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiError
     }
     let (tx, rx) = mpsc::unbounded::<Vec<u8>>();
     let _ = tx.unbounded_send(api::sse_accepted(&id, created, &visitor).into_bytes());
-    let config = t.config;
     // The turn runs on its own task: if the visitor disconnects, it still finishes and its
     // reply is still recorded.
     wasm_bindgen_futures::spawn_local(async move {
-        let _guard = TurnQueue::acquire(&inner).await;
         let deltas = tx.clone();
-        let outcome = run_turn(&inner, &tenant, &visitor, mode, &config, move |_, text| {
-            let _ = deltas.unbounded_send(api::sse_delta(&text).into_bytes());
-        })
-        .await;
+        let outcome = match immediate {
+            Some(answer) => Ok(answer),
+            None => {
+                let _guard = TurnQueue::acquire(&inner).await;
+                run_turn(&inner, &tenant, &visitor, mode, &config, move |_, text| {
+                    let _ = deltas.unbounded_send(api::sse_delta(&text).into_bytes());
+                })
+                .await
+            }
+        };
         let last = match outcome {
-            Ok((reply_message, reply)) => api::sse_done(&reply_message, &reply),
+            Ok(Answer::Reply(reply_message, reply)) => api::sse_done(&reply_message, &reply),
+            Ok(Answer::Handoff(notice, status)) => {
+                let _ = tx.unbounded_send(api::sse_delta(&notice.text()).into_bytes());
+                api::sse_done_handoff(Some(&notice), status)
+            }
+            Ok(Answer::Silent) => {
+                let status = inner
+                    .load()
+                    .ok()
+                    .flatten()
+                    .map_or(kefu_engine::Status::WaitingForAgent, |c| c.status());
+                api::sse_done_handoff(None, status)
+            }
             Err(TurnFailure::Provider(e)) => api::sse_error(e.code(), &e.to_string()),
             Err(TurnFailure::Quota(q)) => {
                 let e = api::quota_error(&q);
@@ -423,6 +590,44 @@ async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiError
     Ok(resp.with_headers(headers))
 }
 
+/// How a visitor's message was answered.
+enum Answer {
+    /// The bot replied.
+    Reply(Message, TurnReply),
+    /// The conversation went to a human; the notice the visitor sees, and the new status.
+    Handoff(Message, kefu_engine::Status),
+    /// A human owns the conversation: the message waits for them, the bot stays silent.
+    Silent,
+}
+
+/// Hands the conversation to a human and records the notice.
+fn hand_off(
+    inner: &Inner,
+    config: &TenantConfig,
+    reason: &HandoffReason,
+) -> Result<Answer, TurnFailure> {
+    let conversation = inner
+        .load()
+        .map_err(TurnFailure::Host)?
+        .ok_or_else(|| TurnFailure::Host(ApiError::conversation_not_found()))?;
+    let queue = config.handoff.default_queue.clone();
+    let changed = inner
+        .record_changed(conversation, |c| {
+            c.request_handoff(now(), config, reason, queue.as_deref(), None)
+                .map_err(|e| api::handoff_error(&e))
+        })
+        .map_err(TurnFailure::Host)?;
+    log("info", json!({"msg": "handoff", "reason": reason.as_str()}));
+    let notice =
+        changed.messages.into_iter().next().ok_or_else(|| {
+            TurnFailure::Host(ApiError::internal("the handoff recorded no notice"))
+        })?;
+    Ok(Answer::Handoff(
+        notice,
+        kefu_engine::Status::WaitingForAgent,
+    ))
+}
+
 enum TurnFailure {
     Provider(ProviderError),
     Quota(kefu_engine::gateway::QuotaError),
@@ -437,11 +642,15 @@ async fn run_turn(
     mode: ReplyMode,
     config: &TenantConfig,
     on_delta: impl FnMut(&kefu_engine::Turn, String),
-) -> Result<(Message, TurnReply), TurnFailure> {
+) -> Result<Answer, TurnFailure> {
     let conversation = inner
         .load()
         .map_err(TurnFailure::Host)?
         .ok_or_else(|| TurnFailure::Host(ApiError::conversation_not_found()))?;
+    // An earlier message in the queue may have handed the conversation to a human.
+    if !conversation.bot_answers() {
+        return Ok(Answer::Silent);
+    }
     let options = config::turn_options(&inner.env, config, mode);
     let mut turn = conversation
         .start_turn(now(), config, visitor, options)
@@ -496,18 +705,48 @@ async fn run_turn(
                 .load()
                 .map_err(TurnFailure::Host)?
                 .ok_or_else(|| TurnFailure::Host(ApiError::conversation_not_found()))?;
-            inner
-                .record(latest, |c| {
-                    let r = c
-                        .record_reply(now(), &reply, config)
-                        .map_err(|e| ApiError::internal(e.to_string()))?;
-                    for e in &r.events {
-                        log("info", e.to_json());
+            if !latest.bot_answers() {
+                // A human took the conversation while the model was answering: the bot
+                // never talks over them.
+                line["dropped"] = "a human owns the conversation".into();
+                Ok(Answer::Silent)
+            } else {
+                let handoff = kefu_engine::handoff::model_wants_handoff(&reply)
+                    .filter(|_| config.handoff.enabled && config.handoff.model_may_hand_off);
+                let recorded = if reply.text.trim().is_empty() {
+                    None
+                } else {
+                    Some(
+                        inner
+                            .record(latest, |c| {
+                                let r = c
+                                    .record_reply(now(), &reply, config)
+                                    .map_err(|e| ApiError::internal(e.to_string()))?;
+                                for e in &r.events {
+                                    log("info", e.to_json());
+                                }
+                                Ok((r.message, ()))
+                            })
+                            .map_err(TurnFailure::Host)?
+                            .0,
+                    )
+                };
+                match (handoff, recorded) {
+                    (Some(reason), _) => {
+                        line["handoff"] = reason.into();
+                        hand_off(inner, config, &HandoffReason::Model)
                     }
-                    Ok((r.message, ()))
-                })
-                .map(|(m, ())| (m, reply))
-                .map_err(TurnFailure::Host)
+                    (None, Some(message)) => Ok(Answer::Reply(message, reply)),
+                    (None, None) => Err(TurnFailure::Provider(ProviderError::Malformed {
+                        detail: "the model called a tool but wrote no reply".into(),
+                    })),
+                }
+            }
+        }
+        Err(e) if config.handoff.enabled && config.handoff.on_provider_failure => {
+            line["error"] = json!({"code": e.code(), "message": e.to_string()});
+            line["handoff"] = "provider_failure".into();
+            hand_off(inner, config, &HandoffReason::ProviderFailure)
         }
         Err(e) => {
             line["error"] = json!({"code": e.code(), "message": e.to_string()});

@@ -31,8 +31,7 @@ use worker::{
     durable_object,
 };
 
-use crate::conversation::forward;
-use crate::http::{internal, json_response};
+use crate::http::{forward, internal, json_response};
 use crate::provider::now;
 use crate::{GATEWAYS, log};
 use kefu_engine::api::ApiError;

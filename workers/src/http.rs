@@ -67,3 +67,23 @@ pub(crate) async fn drain(req: &mut worker::Request) {
         }
     }
 }
+
+/// Sends a request to a Durable Object (by its stub) and returns its answer unchanged.
+pub(crate) async fn forward(
+    stub: &worker::Stub,
+    method: worker::Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<Response, ApiError> {
+    let mut init = worker::RequestInit::new();
+    init.with_method(method);
+    if let Some(body) = body {
+        init.with_body(Some(
+            worker::js_sys::Uint8Array::from(body.as_slice()).into(),
+        ));
+    }
+    // The host part is not used for routing: the stub decides which object answers.
+    let req = worker::Request::new_with_init(&format!("https://object{path}"), &init)
+        .map_err(internal)?;
+    stub.fetch_with_request(req).await.map_err(internal)
+}

@@ -84,19 +84,41 @@ async fn handle(
             conversation::send_turn(env, &turn).await
         }
         Route::GetConversation(id) => {
-            let tenant = tenant_of(req)?;
+            // With a tenant key the caller is an agent and sees internal notes; otherwise the
+            // tenant header names a visitor's view.
+            let (tenant, notes) = if req.headers().has("authorization").unwrap_or(false) {
+                (agent_tenant(req, env).await?.0, 1)
+            } else {
+                (tenant_of(req)?, 0)
+            };
             let stub = conversation::stub_for(env, Some(id.as_str()))?;
-            conversation::forward(&stub, Method::Get, &format!("{TRANSCRIPT_PATH}?tenant={}", tenant.as_str()), None).await
+            let path = format!("{TRANSCRIPT_PATH}?tenant={}&notes={notes}", tenant.as_str());
+            http::forward(&stub, Method::Get, &path, None).await
+        }
+        Route::ConversationAction(id, action) => {
+            let (tenant, config) = if action.by_agent() {
+                agent_tenant(req, env).await?
+            } else {
+                let tenant = tenant_of(req)?;
+                let config = config::load(env, &tenant).await?;
+                (tenant, config)
+            };
+            let body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
+            // Validate here so a bad request never reaches the conversation's object.
+            let _ = api::parse_action(action, &body)?;
+            let internal = conversation::InternalAction {
+                tenant: tenant.as_str().to_owned(),
+                action: req.path().rsplit('/').next().unwrap_or_default().to_owned(),
+                request: String::from_utf8_lossy(&body).into_owned(),
+                config,
+            };
+            let stub = conversation::stub_for(env, Some(id.as_str()))?;
+            let body = serde_json::to_vec(&internal).map_err(|e| ApiError::internal(e.to_string()))?;
+            http::forward(&stub, Method::Post, conversation::ACTION_PATH, Some(body)).await
         }
         Route::OpenAiChat | Route::OpenAiModels => Err(ApiError::internal("routed before handle")),
         Route::Usage => {
-            let (tenant, _) = openai_compat::authenticate(req, env).await.map_err(|e| ApiError {
-                status: e.status,
-                code: if e.status == 401 { "unauthorized" } else { "internal_error" },
-                message: e.message,
-                field: None,
-                allow: None,
-            })?;
+            let (tenant, _) = agent_tenant(req, env).await?;
             json_response(200, &gateway::usage(env, &tenant).await?)
         }
         Route::Demo => {
@@ -114,6 +136,27 @@ async fn handle(
             }
         }
     }
+}
+
+/// The tenant (and its configuration) of a caller authenticated with a tenant API key
+/// (`Authorization: Bearer kf-…`): operators' back ends and agents.
+async fn agent_tenant(
+    req: &Request,
+    env: &Env,
+) -> std::result::Result<(TenantId, kefu_engine::TenantConfig), ApiError> {
+    openai_compat::authenticate(req, env)
+        .await
+        .map_err(|e| ApiError {
+            status: e.status,
+            code: if e.status == 401 {
+                "unauthorized"
+            } else {
+                "internal_error"
+            },
+            message: e.message,
+            field: None,
+            allow: None,
+        })
 }
 
 fn tenant_of(req: &Request) -> std::result::Result<TenantId, ApiError> {
@@ -171,7 +214,7 @@ async fn run_demo(env: &Env, tenant: &TenantId) -> std::result::Result<DemoRun, 
         ));
     };
     let stub = conversation::stub_for(env, Some(&id))?;
-    let mut resp = conversation::forward(
+    let mut resp = http::forward(
         &stub,
         Method::Get,
         &format!("{TRANSCRIPT_PATH}?tenant={}", tenant.as_str()),

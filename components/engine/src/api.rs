@@ -85,6 +85,8 @@ pub enum Route {
     GetConversation(ConversationId),
     /// `GET /api/v1/usage`: the tenant's usage and cost (tenant API key).
     Usage,
+    /// `POST /api/v1/conversations/{id}/{action}`: handoff and agent actions.
+    ConversationAction(ConversationId, ConversationAction),
     /// `POST /v1/chat/completions` (OpenAI-compatible).
     OpenAiChat,
     /// `GET /v1/models` (OpenAI-compatible).
@@ -113,6 +115,22 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
                     .map(Route::GetConversation)
                     .ok_or_else(ApiError::conversation_not_found),
             ),
+            Some(rest) if rest.matches('/').count() == 1 => {
+                let (id, action) = rest.split_once('/').unwrap_or_default();
+                let Some(action) = ConversationAction::parse(action) else {
+                    return Err(ApiError::new(
+                        404,
+                        "not_found",
+                        format!("no route for {path}"),
+                    ));
+                };
+                (
+                    "POST",
+                    ConversationId::parse(id)
+                        .map(|id| Route::ConversationAction(id, action))
+                        .ok_or_else(ApiError::conversation_not_found),
+                )
+            }
             _ => {
                 return Err(ApiError::new(
                     404,
@@ -133,6 +151,212 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         return Err(e);
     }
     route
+}
+
+/// An action on a conversation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConversationAction {
+    /// The visitor asks for a human (`handoff`).
+    Handoff,
+    /// An agent takes it (`claim`).
+    Claim,
+    /// An agent writes, or leaves an internal note (`messages`).
+    Message,
+    /// The assigned agent passes it on (`transfer`).
+    Transfer,
+    /// It is closed (`resolve`).
+    Resolve,
+    /// The visitor rates it (`csat`).
+    Csat,
+}
+
+impl ConversationAction {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "handoff" => Self::Handoff,
+            "claim" => Self::Claim,
+            "messages" => Self::Message,
+            "transfer" => Self::Transfer,
+            "resolve" => Self::Resolve,
+            "csat" => Self::Csat,
+            _ => return None,
+        })
+    }
+
+    /// Whether agents (authenticated with a tenant key) perform it, rather than visitors.
+    pub fn by_agent(self) -> bool {
+        matches!(
+            self,
+            Self::Claim | Self::Message | Self::Transfer | Self::Resolve
+        )
+    }
+}
+
+/// A validated action body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ActionRequest {
+    /// `{"queue"?}`
+    Handoff {
+        /// The queue to wait in.
+        queue: Option<String>,
+    },
+    /// `{"agent", "name"?}`
+    Claim {
+        /// The agent's id.
+        agent: String,
+        /// The name the visitor sees.
+        name: String,
+    },
+    /// `{"agent", "text", "internal"?}`
+    Message {
+        /// The agent's id.
+        agent: String,
+        /// The text.
+        text: String,
+        /// An internal note (agents only).
+        internal: bool,
+    },
+    /// `{"agent", "to_agent"?, "to_agent_name"?, "to_queue"?}`
+    Transfer {
+        /// The assigned agent.
+        agent: String,
+        /// The agent to hand it to.
+        to_agent: Option<String>,
+        /// That agent's name.
+        to_agent_name: String,
+        /// Or the queue to put it back in.
+        to_queue: Option<String>,
+    },
+    /// `{"agent"?}`
+    Resolve {
+        /// The agent closing it.
+        agent: Option<String>,
+    },
+    /// `{"score"}`
+    Csat {
+        /// 1 to 5.
+        score: u8,
+    },
+}
+
+/// Parses and validates an action's body (an empty body counts as `{}`).
+pub fn parse_action(action: ConversationAction, body: &[u8]) -> Result<ActionRequest, ApiError> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(too_large());
+    }
+    let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        Value::Object(Map::new())
+    } else {
+        serde_json::from_slice(body).map_err(|e| {
+            ApiError::new(
+                400,
+                "invalid_json",
+                format!("the body is not valid JSON: {e}"),
+            )
+        })?
+    };
+    let Value::Object(obj) = value else {
+        return Err(ApiError::new(
+            400,
+            "invalid_json",
+            "the body must be a JSON object",
+        ));
+    };
+    let allowed: &[&str] = match action {
+        ConversationAction::Handoff => &["queue"],
+        ConversationAction::Claim => &["agent", "name"],
+        ConversationAction::Message => &["agent", "text", "internal"],
+        ConversationAction::Transfer => &["agent", "to_agent", "to_agent_name", "to_queue"],
+        ConversationAction::Resolve => &["agent"],
+        ConversationAction::Csat => &["score"],
+    };
+    if let Some(unknown) = obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(
+            ApiError::new(400, "invalid_field", format!("unknown field `{unknown}`"))
+                .field(unknown),
+        );
+    }
+    let string = |k: &'static str, required: bool| -> Result<Option<String>, ApiError> {
+        match obj.get(k) {
+            None | Some(Value::Null) if required => {
+                Err(ApiError::new(400, "missing_field", format!("`{k}` is required")).field(k))
+            }
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.trim().is_empty() && required => {
+                Err(
+                    ApiError::new(400, "invalid_field", format!("`{k}` must not be empty"))
+                        .field(k),
+                )
+            }
+            Some(Value::String(s)) => Ok(Some(s.trim().to_owned()).filter(|s| !s.is_empty())),
+            Some(_) => {
+                Err(ApiError::new(400, "invalid_field", format!("`{k}` must be a string")).field(k))
+            }
+        }
+    };
+    let need = |k: &'static str| string(k, true).map(Option::unwrap_or_default);
+    Ok(match action {
+        ConversationAction::Handoff => ActionRequest::Handoff {
+            queue: string("queue", false)?,
+        },
+        ConversationAction::Claim => ActionRequest::Claim {
+            agent: need("agent")?,
+            name: string("name", false)?.unwrap_or_default(),
+        },
+        ConversationAction::Message => {
+            let text = need("text")?;
+            if text.chars().count() > MAX_MESSAGE_CHARS {
+                return Err(ApiError::new(
+                    413,
+                    "message_too_large",
+                    format!("`text` exceeds {MAX_MESSAGE_CHARS} characters"),
+                )
+                .field("text"));
+            }
+            let internal = match obj.get("internal") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => {
+                    return Err(ApiError::new(
+                        400,
+                        "invalid_field",
+                        "`internal` must be a boolean",
+                    )
+                    .field("internal"));
+                }
+            };
+            ActionRequest::Message {
+                agent: need("agent")?,
+                text,
+                internal,
+            }
+        }
+        ConversationAction::Transfer => ActionRequest::Transfer {
+            agent: need("agent")?,
+            to_agent: string("to_agent", false)?,
+            to_agent_name: string("to_agent_name", false)?.unwrap_or_default(),
+            to_queue: string("to_queue", false)?,
+        },
+        ConversationAction::Resolve => ActionRequest::Resolve {
+            agent: string("agent", false)?,
+        },
+        ConversationAction::Csat => match obj.get("score").and_then(Value::as_u64) {
+            Some(n @ 1..=5) => ActionRequest::Csat { score: n as u8 },
+            _ => {
+                return Err(ApiError::new(
+                    400,
+                    "invalid_field",
+                    "`score` must be a whole number from 1 to 5",
+                )
+                .field("score"));
+            }
+        },
+    })
+}
+
+/// The error for a refused handoff or agent action.
+pub fn handoff_error(e: &crate::handoff::HandoffError) -> ApiError {
+    ApiError::new(e.status(), e.code(), e.to_string())
 }
 
 /// The tenant a request belongs to, from its `X-Kefu-Tenant` header.
@@ -283,15 +507,24 @@ pub fn message_json(m: &Message) -> Value {
     json!({"seq": m.seq, "role": m.role.as_str(), "parts": parts, "created_at": m.created_at.to_rfc3339()})
 }
 
-/// A conversation and its transcript as the API shows them.
-pub fn conversation_json(c: &Conversation, transcript: &[Message]) -> Value {
+/// A conversation and its transcript as the API shows them. Visitors never see internal
+/// notes (`with_notes: false`); agents do.
+pub fn conversation_json(c: &Conversation, transcript: &[Message], with_notes: bool) -> Value {
     json!({
         "id": c.id().as_str(),
         "tenant": c.tenant().as_str(),
         "status": c.status().as_str(),
+        "assignee": c.assignee(),
+        "queue": c.queue(),
+        "tags": c.tags(),
+        "csat": c.csat(),
         "created_at": c.created_at().to_rfc3339(),
         "updated_at": c.updated_at().to_rfc3339(),
-        "messages": transcript.iter().map(message_json).collect::<Vec<_>>(),
+        "messages": transcript
+            .iter()
+            .filter(|m| with_notes || m.role != crate::conversation::Role::Note)
+            .map(message_json)
+            .collect::<Vec<_>>(),
     })
 }
 
@@ -333,6 +566,41 @@ pub fn chat_reply_json(
     m.insert("message".into(), message_json(visitor));
     m.extend(reply_fields(reply_message, reply));
     Value::Object(m)
+}
+
+/// The JSON answer to a visitor message the bot did not answer itself: a human owns the
+/// conversation (`notice: None`: the message waits for the agent), or it was just handed
+/// to one (`notice`: the handoff notice the visitor sees).
+pub fn chat_handoff_json(
+    id: &ConversationId,
+    created: bool,
+    visitor: &Message,
+    notice: Option<&Message>,
+    status: crate::Status,
+) -> Value {
+    json!({
+        "conversation_id": id.as_str(),
+        "created": created,
+        "message": message_json(visitor),
+        "reply": notice.map(message_json),
+        "responder": if notice.is_some() { "handoff" } else { "none" },
+        "status": status.as_str(),
+        "model": null,
+        "finish_reason": null,
+        "usage": null,
+    })
+}
+
+/// The stream's last frame for [`chat_handoff_json`]'s cases.
+pub fn sse_done_handoff(notice: Option<&Message>, status: crate::Status) -> String {
+    sse_frame(
+        "done",
+        &json!({
+            "reply": notice.map(message_json),
+            "responder": if notice.is_some() { "handoff" } else { "none" },
+            "status": status.as_str(),
+        }),
+    )
 }
 
 /// The JSON answer (with its status) to a turn whose provider failed; the visitor's message
@@ -450,6 +718,64 @@ mod tests {
             route("GET", "/api/v1/conversations/abc"),
             Ok(Route::GetConversation(_))
         ));
+    }
+
+    #[test]
+    fn conversation_actions_route_and_validate() {
+        let r = route("POST", "/api/v1/conversations/c1/claim").unwrap();
+        assert!(matches!(
+            r,
+            Route::ConversationAction(_, ConversationAction::Claim)
+        ));
+        assert_eq!(
+            route("GET", "/api/v1/conversations/c1/claim")
+                .unwrap_err()
+                .status,
+            405
+        );
+        assert_eq!(
+            route("POST", "/api/v1/conversations/c1/fly")
+                .unwrap_err()
+                .code,
+            "not_found"
+        );
+        assert_eq!(
+            parse_action(
+                ConversationAction::Claim,
+                br#"{"agent":"alex","name":"Alex"}"#
+            )
+            .unwrap(),
+            ActionRequest::Claim {
+                agent: "alex".into(),
+                name: "Alex".into()
+            }
+        );
+        assert_eq!(
+            parse_action(ConversationAction::Handoff, b"").unwrap(),
+            ActionRequest::Handoff { queue: None }
+        );
+        let code = |a, b: &[u8]| parse_action(a, b).unwrap_err().code;
+        assert_eq!(code(ConversationAction::Claim, b"{}"), "missing_field");
+        assert_eq!(
+            code(ConversationAction::Message, br#"{"agent":"a","text":"  "}"#),
+            "invalid_field"
+        );
+        assert_eq!(
+            code(
+                ConversationAction::Message,
+                br#"{"agent":"a","text":"x","internal":"yes"}"#
+            ),
+            "invalid_field"
+        );
+        assert_eq!(
+            code(ConversationAction::Csat, br#"{"score":6}"#),
+            "invalid_field"
+        );
+        assert_eq!(
+            code(ConversationAction::Csat, br#"{"score":3,"comment":"x"}"#),
+            "invalid_field"
+        );
+        assert_eq!(code(ConversationAction::Resolve, b"[1]"), "invalid_json");
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub struct TenantConfig {
     pub plan: Option<String>,
     /// Keys for the OpenAI-compatible API, stored hashed.
     pub api_keys: Vec<crate::auth::ApiKeyEntry>,
+    /// When conversations go to a human.
+    pub handoff: HandoffPolicy,
     /// How long a provider may take.
     pub timeouts: Timeouts,
     /// How many recent messages the bot sees.
@@ -106,6 +108,37 @@ impl Default for Timeouts {
     }
 }
 
+/// When conversations go to a human agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HandoffPolicy {
+    /// Handoff is available at all (visitors may ask, rules and the model may hand off).
+    pub enabled: bool,
+    /// A visitor asking for a person ("talk to a human", "转人工") hands off at once.
+    pub on_request: bool,
+    /// The model may hand off by calling its `handoff_to_human` tool.
+    pub model_may_hand_off: bool,
+    /// When no provider can answer, hand off instead of answering with an error.
+    pub on_provider_failure: bool,
+    /// This many "no answer" replies in a row hand off (0: never).
+    pub no_answer_limit: u8,
+    /// The queue new handoffs wait in.
+    pub default_queue: Option<String>,
+}
+
+impl Default for HandoffPolicy {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            on_request: true,
+            model_may_hand_off: true,
+            on_provider_failure: false,
+            no_answer_limit: 2,
+            default_queue: None,
+        }
+    }
+}
+
 /// A question the offline responder can answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -134,6 +167,7 @@ impl Default for TenantConfig {
             prices: BTreeMap::new(),
             plan: None,
             api_keys: Vec::new(),
+            handoff: HandoffPolicy::default(),
             timeouts: Timeouts::default(),
             history_window: 20,
             faq: Vec::new(),

@@ -99,6 +99,8 @@ pub enum Role {
     Agent,
     /// A notice from the system (e.g. "an agent joined").
     System,
+    /// An agent's internal note: for agents only, never shown to the visitor or the model.
+    Note,
 }
 
 impl Role {
@@ -109,6 +111,7 @@ impl Role {
             "bot" => Role::Bot,
             "agent" => Role::Agent,
             "system" => Role::System,
+            "note" => Role::Note,
             _ => return None,
         })
     }
@@ -120,6 +123,7 @@ impl Role {
             Role::Bot => "bot",
             Role::Agent => "agent",
             Role::System => "system",
+            Role::Note => "note",
         }
     }
 }
@@ -183,9 +187,15 @@ impl Message {
         out
     }
 
-    /// Decodes what [`Message::encode`] wrote.
+    /// Decodes what [`Message::encode`] wrote (a message's layout is the same in versions 1
+    /// and 2; version 2 only added a role at the end).
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        decode_versioned(bytes)
+        match bytes.split_first() {
+            Some((1, rest)) => {
+                postcard::from_bytes(rest).map_err(|e| DecodeError::Corrupt(e.to_string()))
+            }
+            _ => decode_versioned(bytes),
+        }
     }
 
     /// Bytes of message content (text and URLs), the part of the state that is the
@@ -245,11 +255,35 @@ pub struct Conversation {
     evicted: u32,
     /// The most recent messages, oldest first.
     window: Vec<Message>,
+    /// The agent who owns the conversation (`with_agent`).
+    pub(crate) assignee: Option<String>,
+    /// The team queue it waits in or belongs to.
+    pub(crate) queue: Option<String>,
+    /// Labels from rules and agents.
+    pub(crate) tags: Vec<String>,
+    /// Bot answers in a row that found no answer (for the repeated-no-answer handoff).
+    pub(crate) no_answers: u8,
+    /// The visitor's satisfaction rating (1–5), once given.
+    pub(crate) csat: Option<u8>,
 }
 
 /// The serialized form's version. Bump it when the layout changes, and keep a decoder for
 /// every version still found in stores.
-pub const STATE_FORMAT_VERSION: u8 = 1;
+pub const STATE_FORMAT_VERSION: u8 = 2;
+
+/// Version 1 of the state: before handoff (no assignee, queue, tags, counters).
+#[derive(Deserialize)]
+struct ConversationV1 {
+    id: ConversationId,
+    tenant: TenantId,
+    status: Status,
+    created_at: Timestamp,
+    updated_at: Timestamp,
+    next_seq: u32,
+    summary: Option<String>,
+    evicted: u32,
+    window: Vec<Message>,
+}
 
 /// Why stored bytes could not be decoded.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -291,6 +325,11 @@ impl Conversation {
             summary: None,
             evicted: 0,
             window: Vec::new(),
+            assignee: None,
+            queue: None,
+            tags: Vec::new(),
+            no_answers: 0,
+            csat: None,
         }
     }
 
@@ -404,6 +443,11 @@ impl Conversation {
             .collect();
         history.push(trigger);
         let prompt = build_prompt(&config.system_prompt, self.summary.as_deref(), &history);
+        let mut options = options;
+        let h = &config.handoff;
+        if h.enabled && h.model_may_hand_off && config.has_models() {
+            options.tools.push(crate::handoff::handoff_tool());
+        }
         Ok(Turn::new(now, config, prompt, options))
     }
 
@@ -423,7 +467,11 @@ impl Conversation {
         Ok(Recorded { message, events })
     }
 
-    fn append(
+    pub(crate) fn set_status(&mut self, status: Status) {
+        self.status = status;
+    }
+
+    pub(crate) fn append(
         &mut self,
         now: Timestamp,
         role: Role,
@@ -460,6 +508,26 @@ impl Conversation {
 
     /// Decodes what [`Conversation::encode`] wrote.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if let Some((1, rest)) = bytes.split_first() {
+            let v1: ConversationV1 =
+                postcard::from_bytes(rest).map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+            return Ok(Conversation {
+                id: v1.id,
+                tenant: v1.tenant,
+                status: v1.status,
+                created_at: v1.created_at,
+                updated_at: v1.updated_at,
+                next_seq: v1.next_seq,
+                summary: v1.summary,
+                evicted: v1.evicted,
+                window: v1.window,
+                assignee: None,
+                queue: None,
+                tags: Vec::new(),
+                no_answers: 0,
+                csat: None,
+            });
+        }
         decode_versioned(bytes)
     }
 
@@ -573,6 +641,44 @@ mod tests {
         ));
         let m = &c.window()[0];
         assert_eq!(&Message::decode(&m.encode()).unwrap(), m);
+    }
+
+    #[test]
+    fn version_1_state_still_decodes() {
+        // The layout version 1 wrote, before handoff added its fields.
+        #[derive(serde::Serialize)]
+        struct V1<'a> {
+            id: &'a ConversationId,
+            tenant: &'a TenantId,
+            status: Status,
+            created_at: Timestamp,
+            updated_at: Timestamp,
+            next_seq: u32,
+            summary: Option<String>,
+            evicted: u32,
+            window: &'a [Message],
+        }
+        let mut c = conv();
+        let cfg = TenantConfig::default();
+        c.handle_visitor_message(Timestamp::from_millis(7), text("from v1"), &cfg)
+            .unwrap();
+        let v1 = V1 {
+            id: c.id(),
+            tenant: c.tenant(),
+            status: c.status(),
+            created_at: c.created_at(),
+            updated_at: c.updated_at(),
+            next_seq: 2,
+            summary: None,
+            evicted: 0,
+            window: c.window(),
+        };
+        let mut bytes = vec![1u8];
+        bytes.extend(postcard::to_allocvec(&v1).unwrap());
+        assert_eq!(Conversation::decode(&bytes).unwrap(), c);
+        let mut m = vec![1u8];
+        m.extend(postcard::to_allocvec(&c.window()[0]).unwrap());
+        assert_eq!(&Message::decode(&m).unwrap(), &c.window()[0]);
     }
 
     #[test]

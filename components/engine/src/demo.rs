@@ -78,6 +78,7 @@ fn speaker(role: Role) -> &'static str {
         Role::Bot => "kefu",
         Role::Agent => "agent",
         Role::System => "system",
+        Role::Note => "note",
     }
 }
 

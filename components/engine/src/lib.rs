@@ -24,15 +24,20 @@ pub mod conversation;
 pub mod demo;
 pub mod gateway;
 pub mod gemini;
+pub mod handoff;
+pub mod hours;
+pub mod knowledge;
 pub mod offline;
 pub mod openai;
 pub mod openai_api;
 pub mod provider;
+pub mod rules;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod sse;
 pub mod time;
 pub mod turn;
+pub mod webhook;
 pub mod wire;
 pub mod workers_ai;
 
@@ -74,6 +79,20 @@ pub enum Event {
         /// The new status.
         status: Status,
     },
+    /// An agent took the conversation (claimed, or received it by transfer).
+    Assigned {
+        /// Which conversation.
+        conversation: ConversationId,
+        /// The agent.
+        agent: String,
+    },
+    /// The visitor rated the conversation.
+    CsatSubmitted {
+        /// Which conversation.
+        conversation: ConversationId,
+        /// 1 (bad) to 5 (great).
+        score: u8,
+    },
 }
 
 impl Event {
@@ -83,6 +102,8 @@ impl Event {
             Event::ConversationCreated { .. } => "conversation.created",
             Event::MessageCreated { .. } => "message.created",
             Event::StatusChanged { .. } => "conversation.status_changed",
+            Event::Assigned { .. } => "conversation.assigned",
+            Event::CsatSubmitted { .. } => "csat.submitted",
         }
     }
 
@@ -104,6 +125,18 @@ impl Event {
                 status,
             } => {
                 json!({"type": self.name(), "conversation_id": conversation.as_str(), "status": status.as_str()})
+            }
+            Event::Assigned {
+                conversation,
+                agent,
+            } => {
+                json!({"type": self.name(), "conversation_id": conversation.as_str(), "agent": agent})
+            }
+            Event::CsatSubmitted {
+                conversation,
+                score,
+            } => {
+                json!({"type": self.name(), "conversation_id": conversation.as_str(), "score": score})
             }
         }
     }

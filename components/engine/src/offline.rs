@@ -240,6 +240,18 @@ fn tenant_answer(faq: &[FaqEntry], query: &[String]) -> Option<String> {
         .map(|(_, e)| e.answer.clone())
 }
 
+/// Whether the visitor is asking for a person ("talk to a human", "转人工", "agent please").
+pub fn wants_human(text: &str) -> bool {
+    let query = tokens(text);
+    RULES
+        .iter()
+        .filter(|(intent, _)| *intent == Intent::Human)
+        .any(|(_, keys)| {
+            keys.iter()
+                .any(|k| tokens(k).iter().any(|t| query.contains(t)))
+        })
+}
+
 fn rule_answer(query: &[String], lang: Lang, bot_name: Option<&str>) -> Option<String> {
     let name = bot_name.unwrap_or("Kefu");
     let intent = RULES
@@ -301,6 +313,20 @@ mod tests {
                 "{q}: {a}"
             );
         }
+    }
+
+    #[test]
+    fn asking_for_a_person_is_recognised() {
+        for q in [
+            "Can I talk to a human?",
+            "agent please",
+            "我要转人工",
+            "有真人客服吗",
+        ] {
+            assert!(wants_human(q), "{q}");
+        }
+        assert!(!wants_human("How do I deploy?"));
+        assert!(!wants_human("What does it cost?"));
     }
 
     #[test]

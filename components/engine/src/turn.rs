@@ -702,7 +702,9 @@ impl Turn {
                 received_chars: call.text.chars().count(),
             });
         }
-        if call.text.trim().is_empty() {
+        // A reply may be only tool calls (the model asked for a tool or a handoff); with
+        // neither text nor calls it is nothing at all.
+        if call.text.trim().is_empty() && call.tool_calls.is_empty() {
             return Err(match call.finish {
                 Some(FinishReason::ContentFilter) => ProviderError::ContentFiltered {
                     message: "the reply was filtered".into(),
@@ -922,7 +924,7 @@ pub(crate) fn build_prompt(
             Role::Visitor => PromptRole::User,
             Role::Bot | Role::Agent => PromptRole::Assistant,
             // System notices are for people, not the model.
-            Role::System => continue,
+            Role::System | Role::Note => continue,
         };
         prompt.push(PromptMessage::new(role, m.parts.clone()));
     }

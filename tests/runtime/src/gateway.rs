@@ -120,6 +120,16 @@ pub fn tenants(mock_base: &str) -> Vec<(String, Value)> {
             }),
         ),
         (
+            // Its provider always answers with a call to the handoff tool (the directive sits in
+            // the URL: in the message, the word "human" would trigger the visitor's own handoff).
+            "gw-model-handoff".into(),
+            json!({
+                "providers": {"p": {"kind": "openai_compatible",
+                    "base_url": format!("{o}/p/tool=handoff_to_human,args=%7B%22reason%22:%22refund_dispute%22%7D/v1")}},
+                "routes": {"default": {"targets": [target("p")]}},
+            }),
+        ),
+        (
             "gw-sdk".into(),
             json!({
                 "providers": {"p": provider(&o, "")},

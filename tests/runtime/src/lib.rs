@@ -12,9 +12,11 @@
 //! - [`scenarios`]: the checks, written once against a base URL so every host runs the same.
 //! - [`gateway`]: the gateway's scenarios (fallback, breakers, quotas, the OpenAI SDK) and
 //!   the tenant configurations they need.
+//! - [`handoff`]: human handoff and the agent actions, end to end.
 //! - [`sse`]: a small Server-Sent Events reader used by the scenarios and the mock's tests.
 
 pub mod gateway;
+pub mod handoff;
 pub mod mock;
 pub mod scenarios;
 pub mod sse;

@@ -26,6 +26,7 @@ use crate::gateway::{
     gateway_every_wire_format, gateway_fallback_order, gateway_quota_exact_under_concurrency,
     gateway_usage_accounted, gateway_workers_ai_binding, openai_api_errors, openai_sdk_python,
 };
+use crate::handoff::{handoff_by_the_model, handoff_end_to_end};
 use crate::mock::{MockProvider, echo_reply};
 use crate::sse::{self, SseTranscript};
 
@@ -121,6 +122,9 @@ impl Ctx {
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(45))
+            // workerd closes idle keep-alive connections after 5 s; a client that reuses one
+            // at that moment loses its request. Never reuse a connection idle for 2 s.
+            .pool_idle_timeout(Duration::from_secs(2))
             .build()?;
         Ok(Self {
             http,
@@ -215,6 +219,41 @@ impl Ctx {
     }
 
     /// `GET /api/v1/conversations/{id}`, read in full.
+    /// `POST /api/v1/conversations/{id}/{action}` with a JSON body; with `key`, as an agent
+    /// (tenant API key), else as a visitor of `tenant`.
+    pub async fn action(
+        &self,
+        tenant: Option<&str>,
+        key: Option<&str>,
+        id: &str,
+        action: &str,
+        body: &Value,
+    ) -> anyhow::Result<Answer> {
+        let mut req = self
+            .request(
+                Method::POST,
+                &format!("/api/v1/conversations/{id}/{action}"),
+                tenant,
+            )
+            .json(body);
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        Answer::read(req.send().await.with_context(|| format!("POST {action}"))?).await
+    }
+
+    /// `GET /api/v1/conversations/{id}` as an agent (tenant API key: internal notes included).
+    pub async fn conversation_as_agent(&self, key: &str, id: &str) -> anyhow::Result<Answer> {
+        let response = self
+            .request(Method::GET, &format!("/api/v1/conversations/{id}"), None)
+            .bearer_auth(key)
+            .send()
+            .await
+            .context("GET conversation as an agent")?;
+        Answer::read(response).await
+    }
+
+    /// `GET /api/v1/conversations/{id}` as a visitor of `tenant`.
     pub async fn conversation(&self, tenant: Option<&str>, id: &str) -> anyhow::Result<Answer> {
         let response = self
             .request(Method::GET, &format!("/api/v1/conversations/{id}"), tenant)
@@ -284,6 +323,8 @@ pub fn all() -> Vec<Scenario> {
         openai_api_errors,
         gateway_every_wire_format,
         gateway_workers_ai_binding,
+        handoff_end_to_end,
+        handoff_by_the_model,
     ]
 }
 
@@ -930,7 +971,7 @@ pub async fn offline_responder(ctx: &Ctx) -> anyhow::Result<()> {
     let answer = ctx
         .chat(
             Some("offline-demo"),
-            &json!({ "message": "How do I talk to a human?" }),
+            &json!({ "message": "What does Kefu cost?" }),
         )
         .await?;
     answer.expect_status(200)?;

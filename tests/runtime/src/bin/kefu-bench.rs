@@ -191,9 +191,11 @@ async fn main() -> anyhow::Result<()> {
         passthrough: format!("{}/v1/chat/completions", passthrough.base_url()),
         kefu: format!("{}/v1/chat/completions", kefu.base_url()),
     };
+    // workerd closes idle keep-alive connections after 5 s: never reuse one idle for 2 s.
     let http = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(128)
+        .pool_idle_timeout(Duration::from_secs(2))
         .build()?;
     let paths = [Path::Direct, Path::Passthrough, Path::Kefu];
 

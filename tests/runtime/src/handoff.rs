@@ -1,0 +1,242 @@
+//! Handoff scenarios: a visitor asks for a person, the bot falls silent, an agent claims,
+//! answers, leaves a note, resolves, and the visitor rates; the model hands off by itself.
+//!
+//! Agents authenticate with the tenant's API key (`gw-sdk`'s, from [`crate::gateway`]).
+
+use anyhow::{Context, ensure};
+use serde_json::{Value, json};
+
+use crate::gateway::SDK_KEY;
+use crate::scenarios::{Ctx, message_text, unique};
+
+const TENANT: &str = "gw-sdk";
+
+fn roles(conversation: &Value) -> Vec<String> {
+    conversation["messages"]
+        .as_array()
+        .map(|ms| {
+            ms.iter()
+                .map(|m| m["role"].as_str().unwrap_or("?").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The whole path, bot → waiting → with an agent → resolved → rated → reopened.
+pub async fn handoff_end_to_end(ctx: &Ctx) -> anyhow::Result<()> {
+    let first = ctx
+        .chat(Some(TENANT), &json!({"message": unique("hello")}))
+        .await?;
+    first.expect_status(200)?;
+    let id = first.json["conversation_id"]
+        .as_str()
+        .context("conversation id")?
+        .to_owned();
+
+    let asked = ctx
+        .chat(
+            Some(TENANT),
+            &json!({"message": "Can I talk to a human please?", "conversation_id": id}),
+        )
+        .await?;
+    asked.expect_status(200)?;
+    ensure!(
+        asked.json["responder"] == "handoff" && asked.json["status"] == "waiting_for_agent",
+        "{}",
+        asked.text
+    );
+    ensure!(
+        asked.json["reply"]["role"] == "system",
+        "the visitor sees a notice: {}",
+        asked.text
+    );
+
+    // The bot is silent now: the message is stored, no model is asked.
+    let waiting_text = unique("still-there");
+    let silent = ctx
+        .chat(
+            Some(TENANT),
+            &json!({"message": waiting_text, "conversation_id": id}),
+        )
+        .await?;
+    silent.expect_status(200)?;
+    ensure!(
+        silent.json["reply"].is_null() && silent.json["responder"] == "none",
+        "{}",
+        silent.text
+    );
+    let asked_model = ctx.mock()?.model_requests().iter().any(|r| {
+        r.last_user_text()
+            .is_some_and(|t| t.contains(&waiting_text))
+    });
+    ensure!(!asked_model, "the bot called the model after the handoff");
+    let streamed = ctx
+        .chat_stream(
+            Some(TENANT),
+            &json!({"message": unique("stream-wait"), "conversation_id": id, "stream": true}),
+        )
+        .await?;
+    let last = streamed.events.last().context("events")?;
+    ensure!(
+        last.event == "done" && last.json()?["responder"] == "none",
+        "stream while waiting: {:?}",
+        streamed.events
+    );
+
+    // Agents need the tenant key.
+    ctx.action(
+        Some(TENANT),
+        None,
+        &id,
+        "claim",
+        &json!({"agent": "alex", "name": "Alex"}),
+    )
+    .await?
+    .expect_error(401, "unauthorized")?;
+    let claimed = ctx
+        .action(
+            None,
+            Some(SDK_KEY),
+            &id,
+            "claim",
+            &json!({"agent": "alex", "name": "Alex"}),
+        )
+        .await?;
+    claimed.expect_status(200)?;
+    ensure!(
+        claimed.json["status"] == "with_agent" && claimed.json["assignee"] == "alex",
+        "{}",
+        claimed.text
+    );
+
+    ctx.action(
+        None,
+        Some(SDK_KEY),
+        &id,
+        "messages",
+        &json!({"agent": "alex", "text": "Hi, I'm Alex. How can I help?"}),
+    )
+    .await?
+    .expect_status(200)?;
+    ctx.action(
+        None,
+        Some(SDK_KEY),
+        &id,
+        "messages",
+        &json!({"agent": "sam", "text": "Gold customer", "internal": true}),
+    )
+    .await?
+    .expect_status(200)?;
+    ctx.action(
+        None,
+        Some(SDK_KEY),
+        &id,
+        "messages",
+        &json!({"agent": "sam", "text": "I'll take over"}),
+    )
+    .await?
+    .expect_error(409, "not_assignee")?;
+    ctx.action(
+        None,
+        Some(SDK_KEY),
+        &id,
+        "messages",
+        &json!({"agent": "alex", "text": " "}),
+    )
+    .await?
+    .expect_error(400, "invalid_field")?;
+
+    let visitor_view = ctx.conversation(Some(TENANT), &id).await?;
+    visitor_view.expect_status(200)?;
+    let visible = roles(&visitor_view.json);
+    ensure!(
+        !visible.contains(&"note".to_owned()),
+        "the visitor sees an internal note: {visible:?}"
+    );
+    ensure!(
+        visible.contains(&"agent".to_owned()),
+        "the agent's reply is missing: {visible:?}"
+    );
+    let texts: Vec<String> = visitor_view.json["messages"]
+        .as_array()
+        .unwrap_or(&vec![])
+        .iter()
+        .map(message_text)
+        .collect();
+    ensure!(
+        texts.iter().any(|t| t.contains("Alex joined")),
+        "no join notice: {texts:?}"
+    );
+    let agent_view = ctx.conversation_as_agent(SDK_KEY, &id).await?;
+    ensure!(
+        roles(&agent_view.json).contains(&"note".to_owned()),
+        "agents see notes: {}",
+        agent_view.text
+    );
+
+    ctx.action(Some(TENANT), None, &id, "csat", &json!({"score": 5}))
+        .await?
+        .expect_error(409, "invalid_state")?;
+    let resolved = ctx
+        .action(
+            None,
+            Some(SDK_KEY),
+            &id,
+            "resolve",
+            &json!({"agent": "alex"}),
+        )
+        .await?;
+    resolved.expect_status(200)?;
+    ensure!(resolved.json["status"] == "resolved", "{}", resolved.text);
+    ctx.action(Some(TENANT), None, &id, "csat", &json!({"score": 9}))
+        .await?
+        .expect_error(400, "invalid_field")?;
+    let rated = ctx
+        .action(Some(TENANT), None, &id, "csat", &json!({"score": 5}))
+        .await?;
+    rated.expect_status(200)?;
+    ensure!(rated.json["csat"] == 5, "{}", rated.text);
+
+    // A new visitor message reopens the conversation to the bot.
+    let again = ctx
+        .chat(
+            Some(TENANT),
+            &json!({"message": unique("one more thing"), "conversation_id": id}),
+        )
+        .await?;
+    again.expect_status(200)?;
+    ensure!(
+        again.json["responder"] == "provider",
+        "reopened to the bot: {}",
+        again.text
+    );
+    Ok(())
+}
+
+/// The model hands the conversation off by calling its `handoff_to_human` tool.
+pub async fn handoff_by_the_model(ctx: &Ctx) -> anyhow::Result<()> {
+    let text = unique("angry");
+    let a = ctx
+        .chat(Some("gw-model-handoff"), &json!({"message": text}))
+        .await?;
+    a.expect_status(200)?;
+    ensure!(
+        a.json["responder"] == "handoff" && a.json["status"] == "waiting_for_agent",
+        "{}",
+        a.text
+    );
+    let sent_tools = ctx
+        .mock()?
+        .model_requests()
+        .into_iter()
+        .rev()
+        .find(|r| r.last_user_text().is_some_and(|t| t.contains(&text)))
+        .and_then(|r| r.body)
+        .map(|b| b["tools"].to_string())
+        .unwrap_or_default();
+    ensure!(
+        sent_tools.contains("handoff_to_human"),
+        "the model was not offered the tool: {sent_tools}"
+    );
+    Ok(())
+}
