@@ -19,6 +19,7 @@ use std::rc::Rc;
 use futures::StreamExt;
 use futures::channel::{mpsc, oneshot};
 use kefu_engine::api::{self, ApiError};
+use kefu_engine::dialogue::{self, Decision};
 use kefu_engine::handoff::{Changed, HandoffReason};
 use kefu_engine::offline;
 use kefu_engine::{
@@ -471,19 +472,74 @@ async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiError
     };
     let config = t.config;
     let text = visitor.text();
-    // Decisions that need no model: a human owns the conversation (the bot stays silent),
-    // or the visitor asked for one.
-    let immediate = if !inner.load()?.is_some_and(|c| c.bot_answers()) {
-        Some(Answer::Silent)
-    } else if config.handoff.enabled && config.handoff.on_request && offline::wants_human(&text) {
-        Some(
-            hand_off(&inner, &config, &HandoffReason::VisitorAsked).map_err(|e| match e {
-                TurnFailure::Host(e) => e,
-                _ => ApiError::internal("handoff failed"),
-            })?,
-        )
-    } else {
-        None
+    // Decisions that need no model (the engine's, so every host takes them alike): a human
+    // owns the conversation, a rule answers or hands off, or the visitor asks for a person.
+    let rules = kefu_engine::rules::RuleSet::compile(&config.rules)
+        .map_err(|e| ApiError::internal(format!("rules: {e}")))?;
+    let schedule = config
+        .business_hours
+        .as_ref()
+        .and_then(|h| h.compile().ok());
+    let current = inner.load()?.ok_or_else(ApiError::conversation_not_found)?;
+    let decision = dialogue::decide(&current, &config, &rules, schedule.as_ref(), arrived, &text);
+    let host = |e: TurnFailure| match e {
+        TurnFailure::Host(e) => e,
+        _ => ApiError::internal("handoff failed"),
+    };
+    let immediate = match decision {
+        Decision::Silent => Some(Answer::Silent),
+        Decision::Model => None,
+        Decision::Handoff {
+            reason,
+            queue,
+            notice,
+            reply,
+        } => {
+            if let Some(reply) = reply {
+                let latest = inner.load()?.ok_or_else(ApiError::conversation_not_found)?;
+                inner.record_changed(latest, |c| {
+                    c.record_bot_text(arrived, &config, &reply)
+                        .map_err(|e| api::handoff_error(&e))
+                })?;
+            }
+            Some(hand_off(&inner, &config, &reason, queue, notice).map_err(host)?)
+        }
+        Decision::Canned {
+            rule,
+            reply,
+            tag,
+            close,
+        } => {
+            let latest = inner.load()?.ok_or_else(ApiError::conversation_not_found)?;
+            let changed = inner.record_changed(latest, |c| {
+                if let Some(tag) = &tag {
+                    c.tag(tag);
+                }
+                let mut changed = if reply.is_empty() {
+                    Changed::default()
+                } else {
+                    c.record_bot_text(arrived, &config, &reply)
+                        .map_err(|e| api::handoff_error(&e))?
+                };
+                if close {
+                    let closed = c
+                        .resolve(arrived, &config, None)
+                        .map_err(|e| api::handoff_error(&e))?;
+                    changed.messages.extend(closed.messages);
+                    changed.events.extend(closed.events);
+                }
+                Ok(changed)
+            })?;
+            log("info", json!({"msg": "rule", "rule": rule, "close": close}));
+            let status = inner
+                .load()?
+                .map_or(kefu_engine::Status::Bot, |c| c.status());
+            changed
+                .messages
+                .into_iter()
+                .next()
+                .map(|m| Answer::Canned(m, status))
+        }
     };
     if !t.stream {
         let outcome = match immediate {
@@ -513,7 +569,11 @@ async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiError
             }
             Ok(Answer::Handoff(notice, status)) => json_response(
                 200,
-                &api::chat_handoff_json(&id, created, &visitor, Some(&notice), status),
+                &api::chat_notice_json(&id, created, &visitor, Some(&notice), "handoff", status),
+            ),
+            Ok(Answer::Canned(reply, status)) => json_response(
+                200,
+                &api::chat_notice_json(&id, created, &visitor, Some(&reply), "rule", status),
             ),
             Ok(Answer::Silent) => {
                 let status = inner
@@ -521,7 +581,7 @@ async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiError
                     .map_or(kefu_engine::Status::WaitingForAgent, |c| c.status());
                 json_response(
                     200,
-                    &api::chat_handoff_json(&id, created, &visitor, None, status),
+                    &api::chat_notice_json(&id, created, &visitor, None, "none", status),
                 )
             }
             Err(TurnFailure::Provider(e)) => {
@@ -563,7 +623,11 @@ async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiError
             Ok(Answer::Reply(reply_message, reply)) => api::sse_done(&reply_message, &reply),
             Ok(Answer::Handoff(notice, status)) => {
                 let _ = tx.unbounded_send(api::sse_delta(&notice.text()).into_bytes());
-                api::sse_done_handoff(Some(&notice), status)
+                api::sse_done_notice(Some(&notice), "handoff", status)
+            }
+            Ok(Answer::Canned(reply, status)) => {
+                let _ = tx.unbounded_send(api::sse_delta(&reply.text()).into_bytes());
+                api::sse_done_notice(Some(&reply), "rule", status)
             }
             Ok(Answer::Silent) => {
                 let status = inner
@@ -571,7 +635,7 @@ async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiError
                     .ok()
                     .flatten()
                     .map_or(kefu_engine::Status::WaitingForAgent, |c| c.status());
-                api::sse_done_handoff(None, status)
+                api::sse_done_notice(None, "none", status)
             }
             Err(TurnFailure::Provider(e)) => api::sse_error(e.code(), &e.to_string()),
             Err(TurnFailure::Quota(q)) => {
@@ -598,6 +662,8 @@ enum Answer {
     Handoff(Message, kefu_engine::Status),
     /// A human owns the conversation: the message waits for them, the bot stays silent.
     Silent,
+    /// A rule answered (its canned reply), and the status after it.
+    Canned(Message, kefu_engine::Status),
 }
 
 /// Hands the conversation to a human and records the notice.
@@ -605,15 +671,16 @@ fn hand_off(
     inner: &Inner,
     config: &TenantConfig,
     reason: &HandoffReason,
+    queue: Option<String>,
+    notice: Option<String>,
 ) -> Result<Answer, TurnFailure> {
     let conversation = inner
         .load()
         .map_err(TurnFailure::Host)?
         .ok_or_else(|| TurnFailure::Host(ApiError::conversation_not_found()))?;
-    let queue = config.handoff.default_queue.clone();
     let changed = inner
         .record_changed(conversation, |c| {
-            c.request_handoff(now(), config, reason, queue.as_deref(), None)
+            c.request_handoff(now(), config, reason, queue.as_deref(), notice)
                 .map_err(|e| api::handoff_error(&e))
         })
         .map_err(TurnFailure::Host)?;
@@ -626,6 +693,12 @@ fn hand_off(
         notice,
         kefu_engine::Status::WaitingForAgent,
     ))
+}
+
+/// The honest handoff notice outside business hours (`None` inside them).
+fn after_hours(config: &TenantConfig, visitor_text: &str) -> Option<String> {
+    let schedule = config.business_hours.as_ref()?.compile().ok()?;
+    dialogue::after_hours_notice(Some(&schedule), now(), offline::detect_lang(visitor_text))
 }
 
 enum TurnFailure {
@@ -734,7 +807,13 @@ async fn run_turn(
                 match (handoff, recorded) {
                     (Some(reason), _) => {
                         line["handoff"] = reason.into();
-                        hand_off(inner, config, &HandoffReason::Model)
+                        hand_off(
+                            inner,
+                            config,
+                            &HandoffReason::Model,
+                            config.handoff.default_queue.clone(),
+                            after_hours(config, &visitor.text()),
+                        )
                     }
                     (None, Some(message)) => Ok(Answer::Reply(message, reply)),
                     (None, None) => Err(TurnFailure::Provider(ProviderError::Malformed {
@@ -746,7 +825,13 @@ async fn run_turn(
         Err(e) if config.handoff.enabled && config.handoff.on_provider_failure => {
             line["error"] = json!({"code": e.code(), "message": e.to_string()});
             line["handoff"] = "provider_failure".into();
-            hand_off(inner, config, &HandoffReason::ProviderFailure)
+            hand_off(
+                inner,
+                config,
+                &HandoffReason::ProviderFailure,
+                config.handoff.default_queue.clone(),
+                after_hours(config, &visitor.text()),
+            )
         }
         Err(e) => {
             line["error"] = json!({"code": e.code(), "message": e.to_string()});

@@ -568,22 +568,23 @@ pub fn chat_reply_json(
     Value::Object(m)
 }
 
-/// The JSON answer to a visitor message the bot did not answer itself: a human owns the
-/// conversation (`notice: None`: the message waits for the agent), or it was just handed
-/// to one (`notice`: the handoff notice the visitor sees).
-pub fn chat_handoff_json(
+/// The JSON answer to a visitor message no model answered: a human owns the conversation
+/// (`reply: None`, responder `none`: the message waits for the agent), it was just handed
+/// to one (the notice, responder `handoff`), or a rule answered (responder `rule`).
+pub fn chat_notice_json(
     id: &ConversationId,
     created: bool,
     visitor: &Message,
-    notice: Option<&Message>,
+    reply: Option<&Message>,
+    responder: &str,
     status: crate::Status,
 ) -> Value {
     json!({
         "conversation_id": id.as_str(),
         "created": created,
         "message": message_json(visitor),
-        "reply": notice.map(message_json),
-        "responder": if notice.is_some() { "handoff" } else { "none" },
+        "reply": reply.map(message_json),
+        "responder": responder,
         "status": status.as_str(),
         "model": null,
         "finish_reason": null,
@@ -591,15 +592,11 @@ pub fn chat_handoff_json(
     })
 }
 
-/// The stream's last frame for [`chat_handoff_json`]'s cases.
-pub fn sse_done_handoff(notice: Option<&Message>, status: crate::Status) -> String {
+/// The stream's last frame for [`chat_notice_json`]'s cases.
+pub fn sse_done_notice(reply: Option<&Message>, responder: &str, status: crate::Status) -> String {
     sse_frame(
         "done",
-        &json!({
-            "reply": notice.map(message_json),
-            "responder": if notice.is_some() { "handoff" } else { "none" },
-            "status": status.as_str(),
-        }),
+        &json!({"reply": reply.map(message_json), "responder": responder, "status": status.as_str()}),
     )
 }
 

@@ -50,6 +50,12 @@ pub struct TenantConfig {
     pub api_keys: Vec<crate::auth::ApiKeyEntry>,
     /// When conversations go to a human.
     pub handoff: HandoffPolicy,
+    /// Keyword and regex rules checked before the model.
+    pub rules: Vec<crate::rules::RuleSpec>,
+    /// When the team is there (without it, always).
+    pub business_hours: Option<crate::hours::BusinessHours>,
+    /// Endpoints that receive signed conversation events.
+    pub webhooks: Vec<crate::webhook::WebhookEndpoint>,
     /// How long a provider may take.
     pub timeouts: Timeouts,
     /// How many recent messages the bot sees.
@@ -168,6 +174,9 @@ impl Default for TenantConfig {
             plan: None,
             api_keys: Vec::new(),
             handoff: HandoffPolicy::default(),
+            rules: Vec::new(),
+            business_hours: None,
+            webhooks: Vec::new(),
             timeouts: Timeouts::default(),
             history_window: 20,
             faq: Vec::new(),
@@ -308,6 +317,11 @@ impl TenantConfig {
                 ));
             }
         }
+        crate::rules::RuleSet::compile(&self.rules)?;
+        if let Some(hours) = &self.business_hours {
+            hours.compile()?;
+        }
+        crate::webhook::validate_endpoints(&self.webhooks)?;
         for (i, k) in self.api_keys.iter().enumerate() {
             let hex = k.sha256.len() == 64 && k.sha256.bytes().all(|b| b.is_ascii_hexdigit());
             if !hex {

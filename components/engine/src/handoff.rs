@@ -427,6 +427,24 @@ impl Conversation {
         limit > 0 && self.no_answers >= limit
     }
 
+    /// Records a reply the bot did not get from a model (a rule's canned reply).
+    pub fn record_bot_text(
+        &mut self,
+        now: Timestamp,
+        config: &TenantConfig,
+        text: &str,
+    ) -> Result<Changed, HandoffError> {
+        let m = self.append(now, Role::Bot, vec![Part::Text(text.to_owned())], config)?;
+        Ok(Changed {
+            events: vec![Event::MessageCreated {
+                conversation: self.id().clone(),
+                seq: m.seq,
+                role: Role::Bot,
+            }],
+            messages: vec![m],
+        })
+    }
+
     /// Adds a tag (no duplicates).
     pub fn tag(&mut self, tag: &str) {
         if !tag.is_empty() && !self.tags.iter().any(|t| t == tag) {

@@ -22,6 +22,7 @@ pub mod auth;
 pub mod config;
 pub mod conversation;
 pub mod demo;
+pub mod dialogue;
 pub mod gateway;
 pub mod gemini;
 pub mod handoff;

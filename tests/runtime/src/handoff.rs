@@ -11,6 +11,28 @@ use crate::scenarios::{Ctx, message_text, unique};
 
 const TENANT: &str = "gw-sdk";
 
+/// The customer-service tenants these scenarios need, for a mock at `mock_base`.
+pub fn tenants(mock_base: &str) -> Vec<(String, Value)> {
+    vec![(
+        "cs-rules".into(),
+        json!({
+            "provider": {"kind": "openai_compatible", "base_url": mock_base, "model": crate::mock::MOCK_MODEL},
+            "api_keys": [{"id": "runtime-tests", "sha256": kefu_engine::auth::hash_key(RULES_KEY)}],
+            "rules": [
+                {"id": "refund", "priority": 10, "when": {"keywords": ["refund", "退款"]},
+                 "then": {"reply": "Refunds reach your card within 5 working days.", "tag": "billing"}},
+                {"id": "legal", "priority": 20, "when": {"regex": "(?i)\\blawyers?\\b"},
+                 "then": {"handoff": true, "queue": "legal"}}
+            ],
+            // No opening hours at all: every handoff happens "after hours".
+            "business_hours": {"timezone": "Europe/Berlin", "weekly": {}},
+        }),
+    )]
+}
+
+/// The tenant key of `cs-rules`.
+pub const RULES_KEY: &str = "kf-cs-rules.Kefu0Rules0Test0Key000001";
+
 fn roles(conversation: &Value) -> Vec<String> {
     conversation["messages"]
         .as_array()
@@ -237,6 +259,72 @@ pub async fn handoff_by_the_model(ctx: &Ctx) -> anyhow::Result<()> {
     ensure!(
         sent_tools.contains("handoff_to_human"),
         "the model was not offered the tool: {sent_tools}"
+    );
+    Ok(())
+}
+
+/// Rules answer before the model (with their tags), a rule hands off to its queue, and a
+/// handoff outside business hours says so instead of promising an agent.
+pub async fn rules_and_business_hours(ctx: &Ctx) -> anyhow::Result<()> {
+    let refund = ctx
+        .chat(
+            Some("cs-rules"),
+            &json!({"message": "I would like a refund please"}),
+        )
+        .await?;
+    refund.expect_status(200)?;
+    ensure!(refund.json["responder"] == "rule", "{}", refund.text);
+    ensure!(
+        message_text(&refund.json["reply"]).starts_with("Refunds reach your card"),
+        "{}",
+        refund.text
+    );
+    let id = refund.json["conversation_id"]
+        .as_str()
+        .context("id")?
+        .to_owned();
+    let view = ctx.conversation_as_agent(RULES_KEY, &id).await?;
+    ensure!(
+        view.json["tags"] == json!(["billing"]),
+        "tags: {}",
+        view.text
+    );
+
+    let legal = ctx
+        .chat(
+            Some("cs-rules"),
+            &json!({"message": "My lawyer will contact you", "conversation_id": id}),
+        )
+        .await?;
+    legal.expect_status(200)?;
+    ensure!(
+        legal.json["responder"] == "handoff" && legal.json["status"] == "waiting_for_agent",
+        "{}",
+        legal.text
+    );
+    let notice = message_text(&legal.json["reply"]);
+    ensure!(
+        notice.contains("closed") && notice.contains("saved"),
+        "the after-hours notice: {notice:?}"
+    );
+    ensure!(
+        !notice.contains("connecting you"),
+        "it promised an agent after hours: {notice:?}"
+    );
+    let view = ctx.conversation_as_agent(RULES_KEY, &id).await?;
+    ensure!(view.json["queue"] == "legal", "queue: {}", view.text);
+
+    let other = ctx
+        .chat(
+            Some("cs-rules"),
+            &json!({"message": unique("how do I reset my password")}),
+        )
+        .await?;
+    other.expect_status(200)?;
+    ensure!(
+        other.json["responder"] == "provider",
+        "no rule matched, so the model answers: {}",
+        other.text
     );
     Ok(())
 }

@@ -26,7 +26,7 @@ use crate::gateway::{
     gateway_every_wire_format, gateway_fallback_order, gateway_quota_exact_under_concurrency,
     gateway_usage_accounted, gateway_workers_ai_binding, openai_api_errors, openai_sdk_python,
 };
-use crate::handoff::{handoff_by_the_model, handoff_end_to_end};
+use crate::handoff::{handoff_by_the_model, handoff_end_to_end, rules_and_business_hours};
 use crate::mock::{MockProvider, echo_reply};
 use crate::sse::{self, SseTranscript};
 
@@ -325,6 +325,7 @@ pub fn all() -> Vec<Scenario> {
         gateway_workers_ai_binding,
         handoff_end_to_end,
         handoff_by_the_model,
+        rules_and_business_hours,
     ]
 }
 
