@@ -35,7 +35,7 @@ use worker::{
 
 use crate::http::{error_response, forward, internal, json_response, set};
 use crate::provider::{self, now};
-use crate::{CONVERSATIONS, config, gateway, log};
+use crate::{CONVERSATIONS, config, gateway, knowledge, log};
 
 /// The object's internal route for a chat turn.
 pub(crate) const TURN_PATH: &str = "/turn";
@@ -538,7 +538,7 @@ async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiError
                 .messages
                 .into_iter()
                 .next()
-                .map(|m| Answer::Canned(m, status))
+                .map(|m| Answer::Canned(m, status, "rule"))
         }
     };
     if !t.stream {
@@ -571,9 +571,9 @@ async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiError
                 200,
                 &api::chat_notice_json(&id, created, &visitor, Some(&notice), "handoff", status),
             ),
-            Ok(Answer::Canned(reply, status)) => json_response(
+            Ok(Answer::Canned(reply, status, responder)) => json_response(
                 200,
-                &api::chat_notice_json(&id, created, &visitor, Some(&reply), "rule", status),
+                &api::chat_notice_json(&id, created, &visitor, Some(&reply), responder, status),
             ),
             Ok(Answer::Silent) => {
                 let status = inner
@@ -625,9 +625,9 @@ async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiError
                 let _ = tx.unbounded_send(api::sse_delta(&notice.text()).into_bytes());
                 api::sse_done_notice(Some(&notice), "handoff", status)
             }
-            Ok(Answer::Canned(reply, status)) => {
+            Ok(Answer::Canned(reply, status, responder)) => {
                 let _ = tx.unbounded_send(api::sse_delta(&reply.text()).into_bytes());
-                api::sse_done_notice(Some(&reply), "rule", status)
+                api::sse_done_notice(Some(&reply), responder, status)
             }
             Ok(Answer::Silent) => {
                 let status = inner
@@ -662,8 +662,9 @@ enum Answer {
     Handoff(Message, kefu_engine::Status),
     /// A human owns the conversation: the message waits for them, the bot stays silent.
     Silent,
-    /// A rule answered (its canned reply), and the status after it.
-    Canned(Message, kefu_engine::Status),
+    /// A reply no model wrote (a rule's, or the knowledge base's "no answer"), the status
+    /// after it, and the responder the API names (`rule`, `no_answer`).
+    Canned(Message, kefu_engine::Status, &'static str),
 }
 
 /// Hands the conversation to a human and records the notice.
@@ -695,6 +696,62 @@ fn hand_off(
     ))
 }
 
+/// The knowledge base had no answer: log the question for the operator, then say so (or,
+/// after `handoff.no_answer_limit` such answers in a row, hand off).
+async fn no_answer_reply(
+    inner: &Inner,
+    tenant: &TenantId,
+    config: &TenantConfig,
+    visitor: &Message,
+    reason: &str,
+    latest: Conversation,
+) -> Result<Answer, TurnFailure> {
+    let entry = kefu_engine::knowledge::Unanswered::new(
+        &visitor.text(),
+        now(),
+        latest.id().clone(),
+        reason,
+    );
+    knowledge::log_unanswered(&inner.env, tenant, &entry).await;
+    let lang = offline::detect_lang(&visitor.text());
+    let limit = config.handoff.no_answer_limit;
+    let mut reached = false;
+    let changed = inner
+        .record_changed(latest, |c| {
+            reached = c.note_no_answer(true, limit);
+            if reached && config.handoff.enabled {
+                // The handoff itself is recorded next; this step only stores the count.
+                return Ok(kefu_engine::handoff::Changed::default());
+            }
+            let text = config.knowledge.no_answer_message.clone().unwrap_or_else(|| match lang {
+                offline::Lang::Zh => "抱歉，我在帮助中心里没有找到这个问题的答案。需要我为你转接人工客服吗？".to_owned(),
+                offline::Lang::En => "I'm sorry, I couldn't find the answer to that in our help center. Would you like me to connect you with a member of our team?".to_owned(),
+            });
+            c.record_bot_text(now(), config, &text).map_err(|e| api::handoff_error(&e))
+        })
+        .map_err(TurnFailure::Host)?;
+    if reached && config.handoff.enabled {
+        return hand_off(
+            inner,
+            config,
+            &HandoffReason::RepeatedNoAnswer,
+            config.handoff.default_queue.clone(),
+            after_hours(config, &visitor.text()),
+        );
+    }
+    let status = inner
+        .load()
+        .ok()
+        .flatten()
+        .map_or(kefu_engine::Status::Bot, |c| c.status());
+    match changed.messages.into_iter().next() {
+        Some(m) => Ok(Answer::Canned(m, status, "no_answer")),
+        None => Err(TurnFailure::Host(ApiError::internal(
+            "no reply was recorded",
+        ))),
+    }
+}
+
 /// The honest handoff notice outside business hours (`None` inside them).
 fn after_hours(config: &TenantConfig, visitor_text: &str) -> Option<String> {
     let schedule = config.business_hours.as_ref()?.compile().ok()?;
@@ -724,7 +781,18 @@ async fn run_turn(
     if !conversation.bot_answers() {
         return Ok(Answer::Silent);
     }
-    let options = config::turn_options(&inner.env, config, mode);
+    let mut options = config::turn_options(&inner.env, config, mode);
+    if config.knowledge.enabled && config.has_models() {
+        match knowledge::search(&inner.env, tenant, &visitor.text(), config.knowledge.top_k).await {
+            Ok(found) => options.knowledge = found,
+            // Without the knowledge base the model still answers (and may say it does not know).
+            Err(e) => log(
+                "error",
+                json!({"msg": "knowledge search failed", "error": e.message}),
+            ),
+        }
+    }
+    let retrieved = options.knowledge.clone();
     let mut turn = conversation
         .start_turn(now(), config, visitor, options)
         .map_err(|e| TurnFailure::Host(ApiError::internal(e.to_string())))?;
@@ -786,12 +854,32 @@ async fn run_turn(
             } else {
                 let handoff = kefu_engine::handoff::model_wants_handoff(&reply)
                     .filter(|_| config.handoff.enabled && config.handoff.model_may_hand_off);
+                let no_answer = if retrieved.is_empty() && !config.knowledge.enabled {
+                    None
+                } else {
+                    kefu_engine::knowledge::detect_no_answer(&reply)
+                };
+                if handoff.is_none()
+                    && let Some(reason) = no_answer
+                {
+                    line["no_answer"] = reason.clone().into();
+                    return no_answer_reply(inner, tenant, config, visitor, &reason, latest).await;
+                }
+                if !retrieved.is_empty() {
+                    let cited = kefu_engine::knowledge::citations(&reply.text, &retrieved);
+                    line["citations"] =
+                        json!(cited.iter().map(|c| &c.chunk_id).collect::<Vec<_>>());
+                }
+                let used_knowledge = !retrieved.is_empty();
                 let recorded = if reply.text.trim().is_empty() {
                     None
                 } else {
                     Some(
                         inner
                             .record(latest, |c| {
+                                if used_knowledge {
+                                    c.note_no_answer(false, 0);
+                                }
                                 let r = c
                                     .record_reply(now(), &reply, config)
                                     .map_err(|e| ApiError::internal(e.to_string()))?;

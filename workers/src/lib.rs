@@ -9,6 +9,7 @@ mod config;
 mod conversation;
 mod gateway;
 mod http;
+mod knowledge;
 mod openai_compat;
 mod provider;
 
@@ -20,6 +21,7 @@ use worker::{Context, Env, Method, Request, Response, Result, event};
 
 pub use conversation::ConversationObject;
 pub use gateway::GatewayObject;
+pub use knowledge::KnowledgeObject;
 
 use crate::conversation::{InternalTurn, TRANSCRIPT_PATH};
 use crate::http::{error_response, json_response, text_response};
@@ -28,6 +30,8 @@ use crate::http::{error_response, json_response, text_response};
 pub(crate) const CONVERSATIONS: &str = "CONVERSATIONS";
 /// The Durable Object namespace binding that holds one gateway object per tenant.
 pub(crate) const GATEWAYS: &str = "GATEWAYS";
+/// The Durable Object namespace binding that holds one knowledge base per tenant.
+pub(crate) const KNOWLEDGE: &str = "KNOWLEDGE";
 
 #[event(fetch)]
 async fn fetch(mut req: Request, env: Env, ctx: Context) -> Result<Response> {
@@ -117,6 +121,35 @@ async fn handle(
             http::forward(&stub, Method::Post, conversation::ACTION_PATH, Some(body)).await
         }
         Route::OpenAiChat | Route::OpenAiModels => Err(ApiError::internal("routed before handle")),
+        Route::Knowledge(k) => {
+            let (tenant, _) = agent_tenant(req, env).await?;
+            let t = tenant.as_str();
+            let q = |key: &str| {
+                req.url().ok().and_then(|u| u.query_pairs().find(|(k, _)| k == key).map(|(_, v)| v.into_owned()))
+            };
+            let enc = |s: &str| worker::url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            match k {
+                api::KnowledgeRoute::ListSources => {
+                    knowledge::operator(env, &tenant, Method::Get, &format!("/sources?tenant={t}"), None).await
+                }
+                api::KnowledgeRoute::PutSource(id) => {
+                    let body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
+                    knowledge::operator(env, &tenant, Method::Put, &format!("/sources/{id}?tenant={t}"), Some(body)).await
+                }
+                api::KnowledgeRoute::DeleteSource(id) => {
+                    knowledge::operator(env, &tenant, Method::Delete, &format!("/sources/{id}?tenant={t}"), None).await
+                }
+                api::KnowledgeRoute::Search => {
+                    let question = q("q").unwrap_or_default();
+                    let k = q("k").unwrap_or_else(|| "5".into());
+                    let path = format!("/query?tenant={t}&q={}&k={}", enc(&question), enc(&k));
+                    knowledge::operator(env, &tenant, Method::Get, &path, None).await
+                }
+                api::KnowledgeRoute::Unanswered => {
+                    knowledge::operator(env, &tenant, Method::Get, &format!("/unanswered?tenant={t}"), None).await
+                }
+            }
+        }
         Route::Usage => {
             let (tenant, _) = agent_tenant(req, env).await?;
             json_response(200, &gateway::usage(env, &tenant).await?)

@@ -87,6 +87,8 @@ pub enum Route {
     Usage,
     /// `POST /api/v1/conversations/{id}/{action}`: handoff and agent actions.
     ConversationAction(ConversationId, ConversationAction),
+    /// `/api/v1/knowledge/…`: the knowledge base (tenant API key).
+    Knowledge(KnowledgeRoute),
     /// `POST /v1/chat/completions` (OpenAI-compatible).
     OpenAiChat,
     /// `GET /v1/models` (OpenAI-compatible).
@@ -106,6 +108,31 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         "/demo" => ("GET", Ok(Route::Demo)),
         "/api/v1/chat" => ("POST", Ok(Route::Chat)),
         "/api/v1/usage" => ("GET", Ok(Route::Usage)),
+        "/api/v1/knowledge/sources" => ("GET", Ok(Route::Knowledge(KnowledgeRoute::ListSources))),
+        "/api/v1/knowledge/search" => ("GET", Ok(Route::Knowledge(KnowledgeRoute::Search))),
+        "/api/v1/knowledge/unanswered" => ("GET", Ok(Route::Knowledge(KnowledgeRoute::Unanswered))),
+        _ if path.starts_with("/api/v1/knowledge/sources/") => {
+            let id = &path["/api/v1/knowledge/sources/".len()..];
+            let valid = !id.is_empty()
+                && id.len() <= 128
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+            let route = if !valid {
+                Err(ApiError::new(
+                    404,
+                    "source_not_found",
+                    "source ids are 1 to 128 characters of [A-Za-z0-9_.-]",
+                ))
+            } else if method == "DELETE" {
+                Ok(Route::Knowledge(KnowledgeRoute::DeleteSource(
+                    id.to_owned(),
+                )))
+            } else {
+                Ok(Route::Knowledge(KnowledgeRoute::PutSource(id.to_owned())))
+            };
+            ("PUT, DELETE", route)
+        }
         "/v1/chat/completions" => ("POST", Ok(Route::OpenAiChat)),
         "/v1/models" => ("GET", Ok(Route::OpenAiModels)),
         _ => match path.strip_prefix("/api/v1/conversations/") {
@@ -151,6 +178,21 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         return Err(e);
     }
     route
+}
+
+/// A knowledge-base request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KnowledgeRoute {
+    /// `GET /api/v1/knowledge/sources`
+    ListSources,
+    /// `PUT /api/v1/knowledge/sources/{id}`: add or replace a source.
+    PutSource(String),
+    /// `DELETE /api/v1/knowledge/sources/{id}`
+    DeleteSource(String),
+    /// `GET /api/v1/knowledge/search?q=…&k=…`
+    Search,
+    /// `GET /api/v1/knowledge/unanswered`
+    Unanswered,
 }
 
 /// An action on a conversation.

@@ -56,6 +56,8 @@ pub struct TenantConfig {
     pub business_hours: Option<crate::hours::BusinessHours>,
     /// Endpoints that receive signed conversation events.
     pub webhooks: Vec<crate::webhook::WebhookEndpoint>,
+    /// Grounded answers from the tenant's knowledge base.
+    pub knowledge: KnowledgePolicy,
     /// How long a provider may take.
     pub timeouts: Timeouts,
     /// How many recent messages the bot sees.
@@ -110,6 +112,29 @@ impl Default for Timeouts {
             connect_ms: 10_000,
             first_token_ms: 20_000,
             total_ms: 120_000,
+        }
+    }
+}
+
+/// How chat turns use the knowledge base.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KnowledgePolicy {
+    /// Search the knowledge base on every bot turn and answer from what it finds.
+    pub enabled: bool,
+    /// How many chunks go into the prompt.
+    pub top_k: u8,
+    /// What the visitor sees when the knowledge base has no answer (before the handoff
+    /// that `handoff.no_answer_limit` triggers). `None`: a built-in sentence.
+    pub no_answer_message: Option<String>,
+}
+
+impl Default for KnowledgePolicy {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            top_k: 5,
+            no_answer_message: None,
         }
     }
 }
@@ -177,6 +202,7 @@ impl Default for TenantConfig {
             rules: Vec::new(),
             business_hours: None,
             webhooks: Vec::new(),
+            knowledge: KnowledgePolicy::default(),
             timeouts: Timeouts::default(),
             history_window: 20,
             faq: Vec::new(),
@@ -318,6 +344,9 @@ impl TenantConfig {
             }
         }
         crate::rules::RuleSet::compile(&self.rules)?;
+        if !(1..=20).contains(&self.knowledge.top_k) {
+            return Err(invalid("knowledge.top_k", "must be between 1 and 20"));
+        }
         if let Some(hours) = &self.business_hours {
             hours.compile()?;
         }

@@ -442,8 +442,22 @@ impl Conversation {
             .filter(|m| m.seq != trigger.seq && !(m.role == Role::Visitor && m.seq > trigger.seq))
             .collect();
         history.push(trigger);
-        let prompt = build_prompt(&config.system_prompt, self.summary.as_deref(), &history);
         let mut options = options;
+        let prompt = if options.knowledge.is_empty() {
+            build_prompt(&config.system_prompt, self.summary.as_deref(), &history)
+        } else {
+            // The grounded system message replaces the plain one (some models accept only
+            // one system message).
+            let (mut system, tools) = crate::knowledge::grounded_prompt(
+                &config.system_prompt,
+                &trigger.text(),
+                &options.knowledge,
+                None,
+            );
+            options.tools.extend(tools);
+            system.extend(build_prompt("", self.summary.as_deref(), &history));
+            system
+        };
         let h = &config.handoff;
         if h.enabled && h.model_may_hand_off && config.has_models() {
             options.tools.push(crate::handoff::handoff_tool());

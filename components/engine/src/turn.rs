@@ -155,6 +155,8 @@ pub struct TurnOptions {
     pub max_tokens: Option<u32>,
     /// Tools the model may call.
     pub tools: Vec<crate::wire::ToolSpec>,
+    /// Knowledge-base chunks to ground the answer in (conversation turns only).
+    pub knowledge: Vec<crate::knowledge::RetrievedChunk>,
     /// What conditional routes look at (language and images are filled in from the prompt
     /// when not given).
     pub context: RouteContext,
@@ -173,6 +175,7 @@ impl TurnOptions {
             temperature: None,
             max_tokens: None,
             tools: Vec::new(),
+            knowledge: Vec::new(),
             context: RouteContext::default(),
         }
     }
@@ -267,6 +270,7 @@ impl Turn {
             temperature,
             max_tokens,
             tools,
+            knowledge: _,
             mut context,
         } = options;
         let mut rng = Rng::new(seed);

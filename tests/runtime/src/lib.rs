@@ -13,10 +13,12 @@
 //! - [`gateway`]: the gateway's scenarios (fallback, breakers, quotas, the OpenAI SDK) and
 //!   the tenant configurations they need.
 //! - [`handoff`]: human handoff and the agent actions, end to end.
+//! - [`knowledge`]: the knowledge base: ingestion, recall@3, grounding, no-answer fallback.
 //! - [`sse`]: a small Server-Sent Events reader used by the scenarios and the mock's tests.
 
 pub mod gateway;
 pub mod handoff;
+pub mod knowledge;
 pub mod mock;
 pub mod scenarios;
 pub mod sse;

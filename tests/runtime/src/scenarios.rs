@@ -27,6 +27,7 @@ use crate::gateway::{
     gateway_usage_accounted, gateway_workers_ai_binding, openai_api_errors, openai_sdk_python,
 };
 use crate::handoff::{handoff_by_the_model, handoff_end_to_end, rules_and_business_hours};
+use crate::knowledge::{knowledge_ingest_search_and_ground, knowledge_no_answer_falls_back};
 use crate::mock::{MockProvider, echo_reply};
 use crate::sse::{self, SseTranscript};
 
@@ -326,6 +327,8 @@ pub fn all() -> Vec<Scenario> {
         handoff_end_to_end,
         handoff_by_the_model,
         rules_and_business_hours,
+        knowledge_ingest_search_and_ground,
+        knowledge_no_answer_falls_back,
     ]
 }
 

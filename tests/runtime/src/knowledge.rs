@@ -1,0 +1,317 @@
+//! Knowledge-base scenarios: ingest FAQ and Markdown sources through the operator API,
+//! measure retrieval (recall@3 on questions whose right chunk is known), ground a chat turn
+//! in what was found, replace and delete sources, and fall back when the knowledge base
+//! has no answer (the model's `kb_no_answer` tool), ending in a handoff.
+
+use anyhow::{Context, ensure};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::scenarios::{Ctx, message_text, unique};
+
+/// The tenant key of `kb`.
+pub const KB_KEY: &str = "kf-kb.Kefu0Knowledge0Test0Key01";
+/// The tenant key of `kb-noanswer`.
+pub const KB_NOANSWER_KEY: &str = "kf-kb-noanswer.Kefu0NoAnswer0Test0Key1";
+
+/// The tenants these scenarios need, for a mock at `mock_base` (`http://127.0.0.1:N/v1`).
+pub fn tenants(mock_base: &str) -> Vec<(String, Value)> {
+    let origin = mock_base.trim_end_matches("/v1");
+    let model = crate::mock::MOCK_MODEL;
+    vec![
+        (
+            "kb".into(),
+            json!({
+                "provider": {"kind": "openai_compatible", "base_url": mock_base, "model": model},
+                "api_keys": [{"id": "t", "sha256": kefu_engine::auth::hash_key(KB_KEY)}],
+                "knowledge": {"enabled": true, "top_k": 3},
+            }),
+        ),
+        (
+            "kb-noanswer".into(),
+            json!({
+                "provider": {"kind": "openai_compatible", "model": model,
+                    "base_url": format!("{origin}/p/tool=kb_no_answer,args=%7B%22reason%22:%22not_covered%22%7D/v1")},
+                "api_keys": [{"id": "t", "sha256": kefu_engine::auth::hash_key(KB_NOANSWER_KEY)}],
+                "knowledge": {"enabled": true},
+                "handoff": {"no_answer_limit": 2},
+            }),
+        ),
+    ]
+}
+
+/// (question, answer) pairs of the FAQ source; chunk `faq#<i>` is pair `i`.
+const FAQ: &[(&str, &str)] = &[
+    (
+        "How long do refunds take?",
+        "Refunds reach your original payment method within 5 to 7 business days after we receive the return.",
+    ),
+    (
+        "Can I change my delivery address after ordering?",
+        "You can change the shipping address until the parcel is dispatched, from the Orders page.",
+    ),
+    (
+        "Which countries do you ship to?",
+        "We ship to the EU, the UK, Switzerland, Norway, the US and Canada.",
+    ),
+    (
+        "How do I reset my password?",
+        "Use the Forgot password link on the sign-in page; the reset e-mail is valid for one hour.",
+    ),
+    (
+        "Do you offer student discounts?",
+        "Students get 15 percent off with a verified university e-mail address.",
+    ),
+    (
+        "What payment methods do you accept?",
+        "We accept Visa, Mastercard, American Express, PayPal, Apple Pay and bank transfer.",
+    ),
+    (
+        "How can I cancel my subscription?",
+        "Cancel anytime under Account, Subscription; you keep access until the end of the billing period.",
+    ),
+    (
+        "Where is my invoice?",
+        "Invoices are e-mailed after each payment and are also under Account, Billing history.",
+    ),
+    (
+        "如何申请发票？",
+        "付款成功后，发票会自动发送到你的邮箱，也可以在账户的账单记录中下载。",
+    ),
+    (
+        "退货需要多长时间处理？",
+        "我们收到退货后会在三个工作日内完成质检并处理退款。",
+    ),
+];
+
+/// Visitor questions in other words, and the FAQ pair that answers each.
+const PROBES: &[(&str, usize)] = &[
+    ("when will I get my money back after returning an item", 0),
+    ("I moved, can I update the shipping address for my order", 1),
+    ("do you deliver to Canada", 2),
+    ("forgot my password, how to reset it", 3),
+    ("is there a discount for students", 4),
+    ("can I pay with PayPal", 5),
+    ("how do I cancel the subscription", 6),
+    ("I need a copy of my invoice", 7),
+    ("发票在哪里申请", 8),
+    ("退货处理时间多久", 9),
+];
+
+async fn put_source(
+    ctx: &Ctx,
+    key: Option<&str>,
+    source: &Value,
+) -> anyhow::Result<reqwest::Response> {
+    let id = source["id"].as_str().context("source id")?;
+    let mut req = ctx
+        .http
+        .put(ctx.url(&format!("/api/v1/knowledge/sources/{id}")))
+        .json(source);
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    Ok(req.send().await?)
+}
+
+async fn search(ctx: &Ctx, key: &str, q: &str, k: u8) -> anyhow::Result<Vec<String>> {
+    let resp = ctx
+        .http
+        .get(ctx.url("/api/v1/knowledge/search"))
+        .query(&[("q", q), ("k", &k.to_string())])
+        .bearer_auth(key)
+        .send()
+        .await?;
+    ensure!(
+        resp.status() == StatusCode::OK,
+        "search {q:?}: {}",
+        resp.status()
+    );
+    let v: Value = resp.json().await?;
+    Ok(v["results"]
+        .as_array()
+        .context("results")?
+        .iter()
+        .filter_map(|r| r["chunk"]["id"].as_str().map(str::to_owned))
+        .collect())
+}
+
+fn faq_source(pairs: &[(&str, &str)]) -> Value {
+    let body: Vec<Value> = pairs
+        .iter()
+        .map(|(q, a)| json!({"question": q, "answer": a}))
+        .collect();
+    json!({"id": "faq", "title": "Help center FAQ", "kind": "faq_json", "body": Value::Array(body).to_string()})
+}
+
+/// Ingest, recall@3, grounding, replace, delete.
+pub async fn knowledge_ingest_search_and_ground(ctx: &Ctx) -> anyhow::Result<()> {
+    let faq = faq_source(FAQ);
+    ensure!(
+        put_source(ctx, None, &faq).await?.status() == StatusCode::UNAUTHORIZED,
+        "ingest without a key"
+    );
+    let bad = json!({"id": "faq", "kind": "faq_json", "body": "not json"});
+    let resp = put_source(ctx, Some(KB_KEY), &bad).await?;
+    ensure!(
+        resp.status() == StatusCode::BAD_REQUEST,
+        "a broken FAQ: {}",
+        resp.status()
+    );
+    let resp = put_source(ctx, Some(KB_KEY), &faq).await?;
+    ensure!(
+        resp.status() == StatusCode::OK,
+        "ingest: {} {}",
+        resp.status(),
+        resp.text().await?
+    );
+    let guide = json!({"id": "shipping-guide", "title": "Shipping guide", "kind": "markdown",
+        "body": "# Shipping\n\n## Parcel tracking\n\nEvery parcel gets a tracking number by e-mail within 24 hours of dispatch.\n\n## Customs\n\nOrders to Switzerland and Norway may incur import duties, paid by the recipient."});
+    ensure!(
+        put_source(ctx, Some(KB_KEY), &guide).await?.status() == StatusCode::OK,
+        "markdown ingest"
+    );
+
+    // Retrieval quality on questions whose right chunk is known.
+    let mut hits = 0;
+    let mut misses = Vec::new();
+    for (question, pair) in PROBES {
+        let top = search(ctx, KB_KEY, question, 3).await?;
+        if top.iter().any(|id| id == &format!("faq#{pair}")) {
+            hits += 1;
+        } else {
+            misses.push(format!("{question:?} → {top:?}"));
+        }
+    }
+    let recall = f64::from(hits) / PROBES.len() as f64;
+    println!(
+        "    knowledge recall@3: {hits}/{} = {recall:.2}",
+        PROBES.len()
+    );
+    ensure!(recall >= 0.8, "recall@3 {recall:.2}; misses: {misses:?}");
+
+    // A chat turn is grounded in what the search found, clearly delimited.
+    let question = format!("How long do refunds take? ({})", unique("kb"));
+    let a = ctx.chat(Some("kb"), &json!({"message": question})).await?;
+    a.expect_status(200)?;
+    let sent = ctx
+        .mock()?
+        .model_requests()
+        .into_iter()
+        .rev()
+        .find(|r| r.last_user_text().is_some_and(|t| t.contains(&question)))
+        .context("the model call")?;
+    let system = sent
+        .messages()
+        .first()
+        .map(|m| m["content"].to_string())
+        .unwrap_or_default();
+    ensure!(
+        system.contains("<kb_chunk") && system.contains("5 to 7 business days"),
+        "system prompt: {system}"
+    );
+
+    // Re-ingesting replaces; deleting removes.
+    let replaced = faq_source(&[(
+        "How long do refunds take?",
+        "Refunds now take 3 business days via the zebracorn gateway.",
+    )]);
+    ensure!(
+        put_source(ctx, Some(KB_KEY), &replaced).await?.status() == StatusCode::OK,
+        "re-ingest"
+    );
+    ensure!(
+        search(ctx, KB_KEY, "student discount", 3)
+            .await?
+            .iter()
+            .all(|id| !id.starts_with("faq#")),
+        "old FAQ chunks survived"
+    );
+    ensure!(
+        !search(ctx, KB_KEY, "zebracorn", 3).await?.is_empty(),
+        "the new FAQ is not searchable"
+    );
+    let del = |id: &str| {
+        ctx.http
+            .delete(ctx.url(&format!("/api/v1/knowledge/sources/{id}")))
+            .bearer_auth(KB_KEY)
+            .send()
+    };
+    ensure!(
+        del("shipping-guide").await?.status() == StatusCode::OK,
+        "delete"
+    );
+    ensure!(
+        del("shipping-guide").await?.status() == StatusCode::NOT_FOUND,
+        "deleting twice"
+    );
+    let list: Value = ctx
+        .http
+        .get(ctx.url("/api/v1/knowledge/sources"))
+        .bearer_auth(KB_KEY)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let ids: Vec<&str> = list["sources"]
+        .as_array()
+        .context("sources")?
+        .iter()
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    ensure!(ids == ["faq"], "sources after delete: {ids:?}");
+    Ok(())
+}
+
+/// The model says the knowledge base has no answer: the visitor is told so (and the question
+/// is logged for the operator); the second time in a row the conversation goes to a human.
+pub async fn knowledge_no_answer_falls_back(ctx: &Ctx) -> anyhow::Result<()> {
+    let faq = faq_source(FAQ);
+    ensure!(
+        put_source(ctx, Some(KB_NOANSWER_KEY), &faq).await?.status() == StatusCode::OK,
+        "ingest"
+    );
+    let first = ctx
+        .chat(
+            Some("kb-noanswer"),
+            &json!({"message": "What is the airspeed of a laden swallow?"}),
+        )
+        .await?;
+    first.expect_status(200)?;
+    ensure!(first.json["responder"] == "no_answer", "{}", first.text);
+    ensure!(
+        message_text(&first.json["reply"]).contains("couldn't find"),
+        "{}",
+        first.text
+    );
+    let id = first.json["conversation_id"]
+        .as_str()
+        .context("id")?
+        .to_owned();
+    let second = ctx
+        .chat(
+            Some("kb-noanswer"),
+            &json!({"message": "And the unladen one?", "conversation_id": id}),
+        )
+        .await?;
+    second.expect_status(200)?;
+    ensure!(
+        second.json["responder"] == "handoff" && second.json["status"] == "waiting_for_agent",
+        "{}",
+        second.text
+    );
+    let log: Value = ctx
+        .http
+        .get(ctx.url("/api/v1/knowledge/unanswered"))
+        .bearer_auth(KB_NOANSWER_KEY)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let entries = log["unanswered"].as_array().context("unanswered")?;
+    ensure!(
+        entries.len() >= 2 && entries.iter().any(|e| e["reason"] == "not_covered"),
+        "log: {log}"
+    );
+    Ok(())
+}

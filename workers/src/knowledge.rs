@@ -1,0 +1,258 @@
+//! One knowledge Durable Object per tenant: its sources, chunks and full-text index in
+//! SQLite (FTS5, bm25), and the log of questions it could not answer.
+//!
+//! Chunking, the schema, the statements and the search query are the engine's
+//! (`kefu_engine::knowledge`); this object only runs them. Re-indexing a source replaces it
+//! in one synchronous step, so a search never sees half a source.
+
+// `#[durable_object]` generates undocumented public JavaScript glue methods.
+#![allow(missing_docs)]
+
+use kefu_engine::TenantId;
+use kefu_engine::api::ApiError;
+use kefu_engine::knowledge::{
+    self, RetrievedChunk, SearchRow, Source, SqlValue, Statement, Unanswered,
+};
+use serde_json::{Value, json};
+use worker::{
+    DurableObject, Env, Method, Request, Response, SqlStorage, SqlStorageValue, State,
+    durable_object,
+};
+
+use crate::http::{forward, internal, json_response};
+use crate::provider::now;
+use crate::{KNOWLEDGE, log};
+
+fn stub(env: &Env, tenant: &TenantId) -> Result<worker::Stub, ApiError> {
+    env.durable_object(KNOWLEDGE)
+        .and_then(|ns| ns.get_by_name(&format!("tenant:{}", tenant.as_str())))
+        .map_err(internal)
+}
+
+/// Searches the tenant's knowledge base for `question`; the best `k` chunks.
+pub(crate) async fn search(
+    env: &Env,
+    tenant: &TenantId,
+    question: &str,
+    k: u8,
+) -> Result<Vec<RetrievedChunk>, ApiError> {
+    let body = json!({"tenant": tenant.as_str(), "q": question, "k": k})
+        .to_string()
+        .into_bytes();
+    let mut resp = forward(&stub(env, tenant)?, Method::Post, "/search", Some(body)).await?;
+    let v: Value = resp.json().await.map_err(internal)?;
+    serde_json::from_value(v["results"].clone()).map_err(internal)
+}
+
+/// Logs a question the knowledge base could not answer.
+pub(crate) async fn log_unanswered(env: &Env, tenant: &TenantId, entry: &Unanswered) {
+    let result = async {
+        let body = serde_json::to_vec(entry).map_err(internal)?;
+        forward(&stub(env, tenant)?, Method::Post, "/unanswered", Some(body)).await
+    }
+    .await;
+    if let Err(e) = result {
+        log(
+            "error",
+            json!({"msg": "unanswered log failed", "error": e.message}),
+        );
+    }
+}
+
+/// Forwards an operator's knowledge-base request to the tenant's object.
+pub(crate) async fn operator(
+    env: &Env,
+    tenant: &TenantId,
+    method: Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<Response, ApiError> {
+    forward(&stub(env, tenant)?, method, path, body).await
+}
+
+fn bind(v: &SqlValue) -> SqlStorageValue {
+    match v {
+        SqlValue::Null => SqlStorageValue::Null,
+        SqlValue::Integer(i) => SqlStorageValue::Integer(*i),
+        SqlValue::Text(t) => SqlStorageValue::String(t.clone()),
+    }
+}
+
+/// The Durable Object class that holds one tenant's knowledge base.
+#[durable_object]
+pub struct KnowledgeObject {
+    sql: SqlStorage,
+}
+
+impl KnowledgeObject {
+    fn run(&self, statements: &[Statement]) -> Result<(), ApiError> {
+        for st in statements {
+            self.sql
+                .exec(st.sql, st.params.iter().map(bind).collect::<Vec<_>>())
+                .map_err(internal)?;
+        }
+        Ok(())
+    }
+
+    fn put_source(&self, tenant: &TenantId, id: &str, body: &[u8]) -> Result<Response, ApiError> {
+        let text =
+            std::str::from_utf8(body).map_err(|_| ApiError::internal("the source is not UTF-8"))?;
+        let source = Source::from_json(text).map_err(|e| invalid_source(&e))?;
+        if source.id != id {
+            return Err(invalid_source(&kefu_engine::config::ConfigError {
+                field: "id".into(),
+                message: format!("the body names source `{}` but the path `{id}`", source.id),
+            }));
+        }
+        let chunks = knowledge::chunk(&source).map_err(|e| invalid_source(&e))?;
+        // All statements run without an await between them: the runtime commits them as one.
+        self.run(&knowledge::index_statements(
+            tenant,
+            &source,
+            &chunks,
+            now(),
+        ))?;
+        json_response(200, &json!({"source": id, "chunks": chunks.len()}))
+    }
+
+    fn search(
+        &self,
+        tenant: &TenantId,
+        question: &str,
+        k: u8,
+    ) -> Result<Vec<RetrievedChunk>, ApiError> {
+        let Some(st) = knowledge::search_statement(tenant, question, u32::from(k)) else {
+            return Ok(Vec::new());
+        };
+        let cursor = self
+            .sql
+            .exec(st.sql, st.params.iter().map(bind).collect::<Vec<_>>())
+            .map_err(internal)?;
+        let rows: Vec<SearchRow> = cursor.to_array().map_err(internal)?;
+        Ok(rows.into_iter().map(RetrievedChunk::from).collect())
+    }
+
+    fn rows(&self, sql: &str, params: Vec<SqlStorageValue>) -> Result<Vec<Value>, ApiError> {
+        let cursor = self.sql.exec(sql, params).map_err(internal)?;
+        cursor.to_array::<Value>().map_err(internal)
+    }
+}
+
+fn invalid_source(e: &kefu_engine::config::ConfigError) -> ApiError {
+    ApiError {
+        status: 400,
+        code: "invalid_source",
+        message: e.to_string(),
+        field: Some(e.field.clone()),
+        allow: None,
+    }
+}
+
+impl DurableObject for KnowledgeObject {
+    fn new(state: State, _env: Env) -> Self {
+        let sql = state.storage().sql();
+        for stmt in knowledge::SCHEMA.iter().chain([
+            &"CREATE TABLE IF NOT EXISTS kb_unanswered (id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, conversation_id TEXT NOT NULL, question TEXT NOT NULL, reason TEXT NOT NULL)",
+        ]) {
+            if let Err(e) = sql.exec(stmt, None) {
+                log("error", json!({"msg": "knowledge schema creation failed", "error": e.to_string()}));
+            }
+        }
+        Self { sql }
+    }
+
+    async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
+        let url = req.url()?;
+        let query = |k: &str| {
+            url.query_pairs()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.into_owned())
+        };
+        let tenant = query("tenant").and_then(|t| TenantId::parse(&t));
+        let path = req.path();
+        let result = match (req.method(), path.as_str()) {
+            (Method::Post, "/search") => match req.json::<Value>().await {
+                Ok(v) => {
+                    let tenant = v["tenant"].as_str().and_then(TenantId::parse);
+                    let q = v["q"].as_str().unwrap_or_default().to_owned();
+                    let k = v["k"].as_u64().unwrap_or(5).clamp(1, 20) as u8;
+                    match tenant {
+                        Some(t) => self.search(&t, &q, k).and_then(|r| json_response(200, &json!({"results": r}))),
+                        None => Err(ApiError::internal("search without a tenant")),
+                    }
+                }
+                Err(e) => Err(internal(e)),
+            },
+            (Method::Post, "/unanswered") => match req.json::<Unanswered>().await {
+                Ok(u) => self
+                    .sql
+                    .exec(
+                        "INSERT INTO kb_unanswered (at, conversation_id, question, reason) VALUES (?, ?, ?, ?)",
+                        vec![
+                            SqlStorageValue::Integer(i64::try_from(u.at.as_millis()).unwrap_or(0)),
+                            u.conversation_id.as_str().into(),
+                            u.question.as_str().into(),
+                            u.reason.as_str().into(),
+                        ],
+                    )
+                    .map_err(internal)
+                    .and_then(|_| json_response(200, &json!({"ok": true}))),
+                Err(e) => Err(internal(e)),
+            },
+            (Method::Get, "/unanswered") => self
+                .rows(
+                    "SELECT at, conversation_id, question, reason FROM kb_unanswered ORDER BY id DESC LIMIT 200",
+                    Vec::new(),
+                )
+                .and_then(|rows| json_response(200, &json!({"unanswered": rows}))),
+            (Method::Get, "/sources") => match &tenant {
+                Some(t) => self
+                    .rows(
+                        "SELECT s.source_id AS id, s.title AS title, s.kind AS kind, s.url AS url, \
+                         (SELECT COUNT(*) FROM kb_chunks c WHERE c.tenant_id = s.tenant_id AND c.source_id = s.source_id) AS chunks \
+                         FROM kb_sources s WHERE s.tenant_id = ? ORDER BY s.source_id",
+                        vec![t.as_str().into()],
+                    )
+                    .and_then(|rows| json_response(200, &json!({"sources": rows}))),
+                None => Err(ApiError::internal("no tenant")),
+            },
+            (Method::Get, "/query") => match (&tenant, query("q")) {
+                (Some(t), Some(q)) => {
+                    let k = query("k").and_then(|k| k.parse::<u8>().ok()).unwrap_or(5).clamp(1, 20);
+                    self.search(t, &q, k).and_then(|r| json_response(200, &json!({"results": r})))
+                }
+                _ => Err(ApiError { status: 400, code: "missing_field", message: "`q` is required".into(), field: Some("q".into()), allow: None }),
+            },
+            (method, p) if p.starts_with("/sources/") => {
+                let id = &p["/sources/".len()..];
+                match (method, &tenant) {
+                    (Method::Put, Some(t)) => match req.bytes().await {
+                        Ok(body) => self.put_source(t, id, &body),
+                        Err(e) => Err(internal(e)),
+                    },
+                    (Method::Delete, Some(t)) => {
+                        let existed = self
+                            .rows(
+                                "SELECT 1 AS x FROM kb_sources WHERE tenant_id = ? AND source_id = ?",
+                                vec![t.as_str().into(), id.into()],
+                            )
+                            .map(|r| !r.is_empty());
+                        match existed {
+                            Ok(true) => self
+                                .run(&knowledge::delete_source_statements(t, id))
+                                .and_then(|()| json_response(200, &json!({"deleted": id}))),
+                            Ok(false) => Err(ApiError { status: 404, code: "source_not_found", message: format!("no source `{id}`"), field: None, allow: None }),
+                            Err(e) => Err(e),
+                        }
+                    }
+                    _ => Err(ApiError::internal("bad knowledge request")),
+                }
+            }
+            _ => Err(ApiError::internal("unknown knowledge route")),
+        };
+        match result {
+            Ok(r) => Ok(r),
+            Err(e) => crate::http::error_response(&e),
+        }
+    }
+}
