@@ -187,38 +187,21 @@ impl Inner {
     /// either fails.
     fn record<T>(
         &self,
-        mut conversation: Conversation,
+        conversation: Conversation,
         change: impl FnOnce(&mut Conversation) -> Result<(Message, T), ApiError>,
     ) -> Result<(Message, T), ApiError> {
-        let (message, extra) = change(&mut conversation)?;
-        let write = || -> worker::Result<()> {
-            let created_at = i64::try_from(message.created_at.as_millis()).unwrap_or(i64::MAX);
-            self.sql.exec(
-                "INSERT INTO messages (seq, role, body, created_at) VALUES (?, ?, ?, ?)",
-                vec![
-                    i64::from(message.seq).into(),
-                    message.role.as_str().into(),
-                    message.encode().into(),
-                    created_at.into(),
-                ],
-            )?;
-            self.sql.exec(
-                "INSERT INTO conversation (id, state) VALUES (0, ?) ON CONFLICT (id) DO UPDATE SET state = excluded.state",
-                vec![conversation.encode().into()],
-            )?;
-            Ok(())
-        };
-        match write() {
-            Ok(()) => {
-                *self.conversation.borrow_mut() = Some(conversation);
-                Ok((message, extra))
-            }
-            Err(e) => {
-                *self.conversation.borrow_mut() = None;
-                Err(ApiError::internal(format!(
-                    "storing the message failed: {e}"
-                )))
-            }
+        let mut extra = None;
+        let changed = self.record_changed(conversation, |c| {
+            let (message, x) = change(c)?;
+            extra = Some(x);
+            Ok(Changed {
+                messages: vec![message],
+                events: Vec::new(),
+            })
+        })?;
+        match (changed.messages.into_iter().next(), extra) {
+            (Some(message), Some(extra)) => Ok((message, extra)),
+            _ => Err(ApiError::internal("the change recorded no message")),
         }
     }
 
