@@ -182,27 +182,27 @@ impl Inner {
         Ok(Some(c))
     }
 
-    /// Applies `change` to the conversation and persists the message it produced together
-    /// with the new state, in one synchronous step (so atomically). Nothing changes if
-    /// either fails.
-    fn record<T>(
+    /// Applies `change` (which records one message) to the conversation and persists the
+    /// message together with the new state, in one synchronous step (so atomically), then
+    /// reports its events. Nothing changes if either fails.
+    fn record(
         &self,
         conversation: Conversation,
-        change: impl FnOnce(&mut Conversation) -> Result<(Message, T), ApiError>,
-    ) -> Result<(Message, T), ApiError> {
-        let mut extra = None;
-        let changed = self.record_changed(conversation, |c| {
-            let (message, x) = change(c)?;
-            extra = Some(x);
+        config: &TenantConfig,
+        change: impl FnOnce(&mut Conversation) -> Result<kefu_engine::Recorded, ApiError>,
+    ) -> Result<Message, ApiError> {
+        let changed = self.record_changed(conversation, config, |c| {
+            let r = change(c)?;
             Ok(Changed {
-                messages: vec![message],
-                events: Vec::new(),
+                messages: vec![r.message],
+                events: r.events,
             })
         })?;
-        match (changed.messages.into_iter().next(), extra) {
-            (Some(message), Some(extra)) => Ok((message, extra)),
-            _ => Err(ApiError::internal("the change recorded no message")),
-        }
+        changed
+            .messages
+            .into_iter()
+            .next()
+            .ok_or_else(|| ApiError::internal("the change recorded no message"))
     }
 
     /// Applies a handoff or agent `change` and persists every message it recorded together
@@ -210,9 +210,11 @@ impl Inner {
     fn record_changed(
         &self,
         mut conversation: Conversation,
+        config: &TenantConfig,
         change: impl FnOnce(&mut Conversation) -> Result<Changed, ApiError>,
     ) -> Result<Changed, ApiError> {
         let changed = change(&mut conversation)?;
+        let tenant = conversation.tenant().clone();
         let write = || -> worker::Result<()> {
             for message in &changed.messages {
                 let created_at = i64::try_from(message.created_at.as_millis()).unwrap_or(i64::MAX);
@@ -238,6 +240,7 @@ impl Inner {
                 for e in &changed.events {
                     log("info", e.to_json());
                 }
+                self.emit(&tenant, config, &changed.events);
                 Ok(changed)
             }
             Err(e) => {
@@ -247,6 +250,23 @@ impl Inner {
                 )))
             }
         }
+    }
+
+    /// Hands stored events to the tenant's webhooks, after the visitor's answer (never in
+    /// its way), and only when the tenant has an enabled endpoint.
+    fn emit(&self, tenant: &TenantId, config: &TenantConfig, events: &[kefu_engine::Event]) {
+        if events.is_empty() || !config.webhooks.iter().any(|w| w.enabled) {
+            return;
+        }
+        let (env, tenant, config, events) = (
+            self.env.clone(),
+            tenant.clone(),
+            config.clone(),
+            events.to_vec(),
+        );
+        self.state.wait_until(async move {
+            crate::webhooks::emit(&env, &tenant, &config, &events).await
+        });
     }
 
     fn transcript(&self) -> Result<Vec<Message>, ApiError> {
@@ -380,7 +400,7 @@ fn handle_action(inner: &Inner, body: &[u8]) -> Result<Response, ApiError> {
             },
         ));
     }
-    inner.record_changed(conversation, |c| {
+    inner.record_changed(conversation, config, |c| {
         let result = match &request {
             api::ActionRequest::Handoff { queue } => {
                 let queue = queue
@@ -439,15 +459,10 @@ async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiError
         None => return Err(ApiError::conversation_not_found()),
     };
     let parts = vec![Part::Text(t.message)];
-    let (visitor, events) = inner.record(conversation, |c| {
-        let r = c
-            .handle_visitor_message(arrived, parts, &t.config)
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-        Ok((r.message, r.events))
+    let visitor = inner.record(conversation, &t.config, |c| {
+        c.handle_visitor_message(arrived, parts, &t.config)
+            .map_err(|e| ApiError::internal(e.to_string()))
     })?;
-    for e in &events {
-        log("info", e.to_json());
-    }
     let mode = if t.stream {
         ReplyMode::Stream
     } else {
@@ -480,7 +495,7 @@ async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiError
         } => {
             if let Some(reply) = reply {
                 let latest = inner.load()?.ok_or_else(ApiError::conversation_not_found)?;
-                inner.record_changed(latest, |c| {
+                inner.record_changed(latest, &config, |c| {
                     c.record_bot_text(arrived, &config, &reply)
                         .map_err(|e| api::handoff_error(&e))
                 })?;
@@ -494,7 +509,7 @@ async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiError
             close,
         } => {
             let latest = inner.load()?.ok_or_else(ApiError::conversation_not_found)?;
-            let changed = inner.record_changed(latest, |c| {
+            let changed = inner.record_changed(latest, &config, |c| {
                 if let Some(tag) = &tag {
                     c.tag(tag);
                 }
@@ -663,7 +678,7 @@ fn hand_off(
         .map_err(TurnFailure::Host)?
         .ok_or_else(|| TurnFailure::Host(ApiError::conversation_not_found()))?;
     let changed = inner
-        .record_changed(conversation, |c| {
+        .record_changed(conversation, config, |c| {
             c.request_handoff(now(), config, reason, queue.as_deref(), notice)
                 .map_err(|e| api::handoff_error(&e))
         })
@@ -700,7 +715,7 @@ async fn no_answer_reply(
     let limit = config.handoff.no_answer_limit;
     let mut reached = false;
     let changed = inner
-        .record_changed(latest, |c| {
+        .record_changed(latest, config, |c| {
             reached = c.note_no_answer(true, limit);
             if reached && config.handoff.enabled {
                 // The handoff itself is recorded next; this step only stores the count.
@@ -859,20 +874,14 @@ async fn run_turn(
                 } else {
                     Some(
                         inner
-                            .record(latest, |c| {
+                            .record(latest, config, |c| {
                                 if used_knowledge {
                                     c.note_no_answer(false, 0);
                                 }
-                                let r = c
-                                    .record_reply(now(), &reply, config)
-                                    .map_err(|e| ApiError::internal(e.to_string()))?;
-                                for e in &r.events {
-                                    log("info", e.to_json());
-                                }
-                                Ok((r.message, ()))
+                                c.record_reply(now(), &reply, config)
+                                    .map_err(|e| ApiError::internal(e.to_string()))
                             })
-                            .map_err(TurnFailure::Host)?
-                            .0,
+                            .map_err(TurnFailure::Host)?,
                     )
                 };
                 match (handoff, recorded) {

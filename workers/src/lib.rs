@@ -12,6 +12,7 @@ mod http;
 mod knowledge;
 mod openai_compat;
 mod provider;
+mod webhooks;
 
 use kefu_engine::api::{self, ApiError, Route};
 use kefu_engine::demo::{self, DemoRun};
@@ -22,6 +23,7 @@ use worker::{Context, Env, Method, Request, Response, Result, event};
 pub use conversation::ConversationObject;
 pub use gateway::GatewayObject;
 pub use knowledge::KnowledgeObject;
+pub use webhooks::WebhookObject;
 
 use crate::conversation::{InternalTurn, TRANSCRIPT_PATH};
 use crate::http::{error_response, json_response, text_response};
@@ -30,6 +32,8 @@ use crate::http::{error_response, json_response, text_response};
 pub(crate) const CONVERSATIONS: &str = "CONVERSATIONS";
 /// The Durable Object namespace binding that holds one gateway object per tenant.
 pub(crate) const GATEWAYS: &str = "GATEWAYS";
+/// The Durable Object namespace binding that holds one webhook delivery object per tenant.
+pub(crate) const WEBHOOKS: &str = "WEBHOOKS";
 /// The Durable Object namespace binding that holds one knowledge base per tenant.
 pub(crate) const KNOWLEDGE: &str = "KNOWLEDGE";
 
@@ -37,6 +41,11 @@ pub(crate) const KNOWLEDGE: &str = "KNOWLEDGE";
 async fn fetch(mut req: Request, env: Env, ctx: Context) -> Result<Response> {
     let path = req.path();
     let method = req.method().to_string();
+    // Webhook delivery log (tenant API key): a route of this host's delivery object
+    // (webhooks.rs), not of the engine's router, so it is matched before `api::route`.
+    if path == webhooks::DELIVERIES_ROUTE {
+        return webhooks::deliveries(req, &env).await;
+    }
     let result = match api::route(&method, &path) {
         // The OpenAI-compatible API answers in OpenAI's error shape, not Kefu's.
         Ok(Route::OpenAiChat) => return openai_compat::chat(req, &env, &ctx).await,

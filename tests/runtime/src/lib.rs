@@ -22,4 +22,5 @@ pub mod knowledge;
 pub mod mock;
 pub mod scenarios;
 pub mod sse;
+pub mod webhooks;
 pub mod worker;

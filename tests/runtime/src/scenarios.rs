@@ -30,6 +30,7 @@ use crate::handoff::{handoff_by_the_model, handoff_end_to_end, rules_and_busines
 use crate::knowledge::{knowledge_ingest_search_and_ground, knowledge_no_answer_falls_back};
 use crate::mock::{MockProvider, echo_reply};
 use crate::sse::{self, SseTranscript};
+use crate::webhooks::webhooks_signed_and_retried;
 
 /// The header naming the tenant.
 pub const TENANT_HEADER: &str = "X-Kefu-Tenant";
@@ -329,6 +330,7 @@ pub fn all() -> Vec<Scenario> {
         rules_and_business_hours,
         knowledge_ingest_search_and_ground,
         knowledge_no_answer_falls_back,
+        webhooks_signed_and_retried,
     ]
 }
 

@@ -111,6 +111,7 @@ async fn run(selected: Vec<Scenario>) -> (usize, usize) {
             ];
             tenants.extend(kefu_runtime_tests::gateway::tenants(&mock.base_url()));
             tenants.extend(kefu_runtime_tests::handoff::tenants(&mock.base_url()));
+            tenants.extend(kefu_runtime_tests::webhooks::tenants(&mock.base_url()));
             tenants.extend(kefu_runtime_tests::knowledge::tenants(&mock.base_url()));
             println!("starting Kefu on workerd…");
             let started = Instant::now();
