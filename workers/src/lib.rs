@@ -130,6 +130,48 @@ async fn handle(
             http::forward(&stub, Method::Post, conversation::ACTION_PATH, Some(body)).await
         }
         Route::OpenAiChat | Route::OpenAiModels => Err(ApiError::internal("routed before handle")),
+        Route::Config(c) => {
+            let (tenant, _) = admin_tenant(req, env).await?;
+            match c {
+                api::ConfigRoute::Get => {
+                    let meta = config::meta(env, &tenant).await?;
+                    let document = config::current_document(env, &tenant).await?;
+                    let current: serde_json::Value = match &document {
+                        Some(d) => serde_json::from_str(d).unwrap_or(serde_json::Value::Null),
+                        None => serde_json::Value::Null,
+                    };
+                    json_response(200, &json!({"tenant": tenant.as_str(), "version": meta.version, "config": current, "builtin_default": document.is_none()}))
+                }
+                api::ConfigRoute::Put => {
+                    let body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
+                    api::parse_config_document(&body)?;
+                    let document = String::from_utf8_lossy(&body).into_owned();
+                    let version = config::store_version(env, &tenant, &document, "put".into()).await?;
+                    log("info", json!({"msg": "config changed", "tenant": tenant.as_str(), "version": version}));
+                    json_response(200, &json!({"tenant": tenant.as_str(), "version": version}))
+                }
+                api::ConfigRoute::Versions => {
+                    let meta = config::meta(env, &tenant).await?;
+                    json_response(200, &json!({"version": meta.version, "history": meta.history}))
+                }
+                api::ConfigRoute::Rollback => {
+                    let body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
+                    let target = api::parse_rollback(&body)?;
+                    let document = config::version_document(env, &tenant, target).await?.ok_or_else(|| ApiError {
+                        status: 404,
+                        code: "version_not_found",
+                        message: format!("version {target} is not in the history"),
+                        field: Some("version".into()),
+                        allow: None,
+                    })?;
+                    // What was valid then must still be valid now (limits may have changed).
+                    api::parse_config_document(document.as_bytes())?;
+                    let version = config::store_version(env, &tenant, &document, format!("rollback to {target}")).await?;
+                    log("info", json!({"msg": "config rolled back", "tenant": tenant.as_str(), "to": target, "version": version}));
+                    json_response(200, &json!({"tenant": tenant.as_str(), "version": version, "restored": target}))
+                }
+            }
+        }
         Route::Knowledge(k) => {
             let (tenant, _) = agent_tenant(req, env).await?;
             let t = tenant.as_str();
@@ -178,6 +220,38 @@ async fn handle(
             }
         }
     }
+}
+
+/// The tenant an operator manages: with the deployment's admin token
+/// (`Authorization: Bearer <KEFU_ADMIN_TOKEN>`, for bootstrapping) the `X-Kefu-Tenant` header
+/// names it; otherwise a tenant API key does.
+async fn admin_tenant(
+    req: &Request,
+    env: &Env,
+) -> std::result::Result<(TenantId, kefu_engine::TenantConfig), ApiError> {
+    let presented = req
+        .headers()
+        .get("authorization")
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let token = env
+        .secret("KEFU_ADMIN_TOKEN")
+        .ok()
+        .map(|s| s.to_string())
+        .or_else(|| env.var("KEFU_ADMIN_TOKEN").ok().map(|v| v.to_string()));
+    if let (Some(token), Some(given)) = (
+        token.filter(|t| t.len() >= 16),
+        presented.strip_prefix("Bearer "),
+    ) && kefu_engine::auth::constant_time_eq(
+        kefu_engine::auth::hash_key(given.trim()).as_bytes(),
+        kefu_engine::auth::hash_key(&token).as_bytes(),
+    ) {
+        let tenant = tenant_of(req)?;
+        let config = config::load(env, &tenant).await?;
+        return Ok((tenant, config));
+    }
+    agent_tenant(req, env).await
 }
 
 /// The tenant (and its configuration) of a caller authenticated with a tenant API key

@@ -89,6 +89,8 @@ pub enum Route {
     ConversationAction(ConversationId, ConversationAction),
     /// `/api/v1/knowledge/…`: the knowledge base (tenant API key).
     Knowledge(KnowledgeRoute),
+    /// `/api/v1/config…`: the tenant's configuration, versioned (tenant API key).
+    Config(ConfigRoute),
     /// `POST /v1/chat/completions` (OpenAI-compatible).
     OpenAiChat,
     /// `GET /v1/models` (OpenAI-compatible).
@@ -108,6 +110,16 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         "/demo" => ("GET", Ok(Route::Demo)),
         "/api/v1/chat" => ("POST", Ok(Route::Chat)),
         "/api/v1/usage" => ("GET", Ok(Route::Usage)),
+        "/api/v1/config" => (
+            "GET, PUT",
+            Ok(Route::Config(if method == "PUT" {
+                ConfigRoute::Put
+            } else {
+                ConfigRoute::Get
+            })),
+        ),
+        "/api/v1/config/versions" => ("GET", Ok(Route::Config(ConfigRoute::Versions))),
+        "/api/v1/config/rollback" => ("POST", Ok(Route::Config(ConfigRoute::Rollback))),
         "/api/v1/knowledge/sources" => ("GET", Ok(Route::Knowledge(KnowledgeRoute::ListSources))),
         "/api/v1/knowledge/search" => ("GET", Ok(Route::Knowledge(KnowledgeRoute::Search))),
         "/api/v1/knowledge/unanswered" => ("GET", Ok(Route::Knowledge(KnowledgeRoute::Unanswered))),
@@ -178,6 +190,63 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         return Err(e);
     }
     route
+}
+
+/// A configuration request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfigRoute {
+    /// `GET /api/v1/config`: the current document and its version.
+    Get,
+    /// `PUT /api/v1/config`: validate and store a new version.
+    Put,
+    /// `GET /api/v1/config/versions`: the history.
+    Versions,
+    /// `POST /api/v1/config/rollback` `{"version"}`: make an earlier version current again.
+    Rollback,
+}
+
+/// The largest configuration document accepted, in bytes.
+pub const MAX_CONFIG_BYTES: usize = 256 * 1024;
+
+/// Validates a configuration document for `PUT /api/v1/config`: `400 invalid_config` with
+/// the field at fault, or the parsed configuration.
+pub fn parse_config_document(body: &[u8]) -> Result<crate::TenantConfig, ApiError> {
+    if body.len() > MAX_CONFIG_BYTES {
+        return Err(ApiError::new(
+            413,
+            "payload_too_large",
+            format!("the configuration exceeds {MAX_CONFIG_BYTES} bytes"),
+        ));
+    }
+    let text = std::str::from_utf8(body)
+        .map_err(|_| ApiError::new(400, "invalid_json", "the body is not UTF-8"))?;
+    crate::TenantConfig::from_json(text).map_err(|e| {
+        let mut err = ApiError::new(400, "invalid_config", e.to_string());
+        err.field = Some(e.field);
+        err
+    })
+}
+
+/// The version a rollback asks for.
+pub fn parse_rollback(body: &[u8]) -> Result<u64, ApiError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            400,
+            "invalid_json",
+            format!("the body is not valid JSON: {e}"),
+        )
+    })?;
+    v.get("version")
+        .and_then(Value::as_u64)
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| {
+            ApiError::new(
+                400,
+                "invalid_field",
+                "`version` must be a version number (1 or more)",
+            )
+            .field("version")
+        })
 }
 
 /// A knowledge-base request.
@@ -815,6 +884,30 @@ mod tests {
             "invalid_field"
         );
         assert_eq!(code(ConversationAction::Resolve, b"[1]"), "invalid_json");
+    }
+
+    #[test]
+    fn config_documents_are_validated_with_the_field() {
+        assert!(matches!(
+            route("PUT", "/api/v1/config"),
+            Ok(Route::Config(ConfigRoute::Put))
+        ));
+        assert!(matches!(
+            route("GET", "/api/v1/config"),
+            Ok(Route::Config(ConfigRoute::Get))
+        ));
+        assert_eq!(route("DELETE", "/api/v1/config").unwrap_err().status, 405);
+        let e = parse_config_document(br#"{"history_window": 1}"#).unwrap_err();
+        assert_eq!(
+            (e.status, e.code, e.field.as_deref()),
+            (400, "invalid_config", Some("history_window"))
+        );
+        assert!(parse_config_document(br#"{"system_prompt": "Be brief."}"#).is_ok());
+        assert_eq!(
+            parse_rollback(br#"{"version": 0}"#).unwrap_err().code,
+            "invalid_field"
+        );
+        assert_eq!(parse_rollback(br#"{"version": 3}"#).unwrap(), 3);
     }
 
     #[test]

@@ -10,12 +10,14 @@
 //! - [`worker`]: starts Kefu on workerd (through Miniflare), with tenant configs seeded
 //!   into local KV, and stops the whole process group again.
 //! - [`scenarios`]: the checks, written once against a base URL so every host runs the same.
+//! - [`config`]: the versioned tenant configuration: validation, effect, rollback.
 //! - [`gateway`]: the gateway's scenarios (fallback, breakers, quotas, the OpenAI SDK) and
 //!   the tenant configurations they need.
 //! - [`handoff`]: human handoff and the agent actions, end to end.
 //! - [`knowledge`]: the knowledge base: ingestion, recall@3, grounding, no-answer fallback.
 //! - [`sse`]: a small Server-Sent Events reader used by the scenarios and the mock's tests.
 
+pub mod config;
 pub mod gateway;
 pub mod handoff;
 pub mod knowledge;

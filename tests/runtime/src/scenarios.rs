@@ -21,6 +21,7 @@ use reqwest::header::{self, HeaderMap};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+use crate::config::config_versions_and_rollback;
 use crate::gateway::{
     gateway_300_turns_with_a_flaky_primary, gateway_breaker_opens_and_recovers,
     gateway_every_wire_format, gateway_fallback_order, gateway_quota_exact_under_concurrency,
@@ -330,6 +331,7 @@ pub fn all() -> Vec<Scenario> {
         rules_and_business_hours,
         knowledge_ingest_search_and_ground,
         knowledge_no_answer_falls_back,
+        config_versions_and_rollback,
         webhooks_signed_and_retried,
     ]
 }

@@ -113,14 +113,21 @@ async fn run(selected: Vec<Scenario>) -> (usize, usize) {
             tenants.extend(kefu_runtime_tests::handoff::tenants(&mock.base_url()));
             tenants.extend(kefu_runtime_tests::webhooks::tenants(&mock.base_url()));
             tenants.extend(kefu_runtime_tests::knowledge::tenants(&mock.base_url()));
+            tenants.extend(kefu_runtime_tests::config::tenants(&mock.base_url()));
             println!("starting Kefu on workerd…");
             let started = Instant::now();
             match KefuWorker::start(WorkerOptions {
                 tenants,
-                bindings: vec![(
-                    "TEST_PROVIDER_KEY".to_owned(),
-                    kefu_runtime_tests::gateway::PROVIDER_KEY.to_owned(),
-                )],
+                bindings: vec![
+                    (
+                        "TEST_PROVIDER_KEY".to_owned(),
+                        kefu_runtime_tests::gateway::PROVIDER_KEY.to_owned(),
+                    ),
+                    (
+                        "KEFU_ADMIN_TOKEN".to_owned(),
+                        kefu_runtime_tests::config::ADMIN_TOKEN.to_owned(),
+                    ),
+                ],
                 fake_ai_upstream: Some(mock.base_url().trim_end_matches("/v1").to_owned()),
                 ..WorkerOptions::default()
             })
