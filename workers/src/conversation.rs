@@ -241,6 +241,7 @@ impl Inner {
                     log("info", e.to_json());
                 }
                 self.emit(&tenant, config, &changed.events);
+                self.update_inbox();
                 Ok(changed)
             }
             Err(e) => {
@@ -250,6 +251,16 @@ impl Inner {
                 )))
             }
         }
+    }
+
+    /// Tells the tenant's inbox where this conversation stands now (after the answer).
+    fn update_inbox(&self) {
+        let Some(snapshot) = self.conversation.borrow().clone() else {
+            return;
+        };
+        let env = self.env.clone();
+        self.state
+            .wait_until(async move { crate::inbox::touch(&env, &snapshot).await });
     }
 
     /// Hands stored events to the tenant's webhooks, after the visitor's answer (never in

@@ -9,6 +9,7 @@ mod config;
 mod conversation;
 mod gateway;
 mod http;
+mod inbox;
 mod knowledge;
 mod openai_compat;
 mod provider;
@@ -22,6 +23,7 @@ use worker::{Context, Env, Method, Request, Response, Result, event};
 
 pub use conversation::ConversationObject;
 pub use gateway::GatewayObject;
+pub use inbox::InboxObject;
 pub use knowledge::KnowledgeObject;
 pub use webhooks::WebhookObject;
 
@@ -34,6 +36,8 @@ pub(crate) const CONVERSATIONS: &str = "CONVERSATIONS";
 pub(crate) const GATEWAYS: &str = "GATEWAYS";
 /// The Durable Object namespace binding that holds one webhook delivery object per tenant.
 pub(crate) const WEBHOOKS: &str = "WEBHOOKS";
+/// The Durable Object namespace binding that holds one inbox per tenant.
+pub(crate) const INBOX: &str = "INBOX";
 /// The Durable Object namespace binding that holds one knowledge base per tenant.
 pub(crate) const KNOWLEDGE: &str = "KNOWLEDGE";
 
@@ -130,6 +134,11 @@ async fn handle(
             http::forward(&stub, Method::Post, conversation::ACTION_PATH, Some(body)).await
         }
         Route::OpenAiChat | Route::OpenAiModels => Err(ApiError::internal("routed before handle")),
+        Route::ListConversations => {
+            let (tenant, _) = agent_tenant(req, env).await?;
+            let query = req.url().ok().and_then(|u| u.query().map(str::to_owned)).unwrap_or_default();
+            inbox::list(env, &tenant, &query).await
+        }
         Route::Config(c) => {
             let (tenant, _) = admin_tenant(req, env).await?;
             match c {

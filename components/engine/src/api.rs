@@ -91,6 +91,8 @@ pub enum Route {
     Knowledge(KnowledgeRoute),
     /// `/api/v1/config…`: the tenant's configuration, versioned (tenant API key).
     Config(ConfigRoute),
+    /// `GET /api/v1/conversations`: the agents' inbox (tenant API key).
+    ListConversations,
     /// `POST /v1/chat/completions` (OpenAI-compatible).
     OpenAiChat,
     /// `GET /v1/models` (OpenAI-compatible).
@@ -109,6 +111,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         "/healthz" => ("GET, HEAD", Ok(Route::Healthz)),
         "/demo" => ("GET", Ok(Route::Demo)),
         "/api/v1/chat" => ("POST", Ok(Route::Chat)),
+        "/api/v1/conversations" => ("GET", Ok(Route::ListConversations)),
         "/api/v1/usage" => ("GET", Ok(Route::Usage)),
         "/api/v1/config" => (
             "GET, PUT",
@@ -616,6 +619,34 @@ pub fn message_json(m: &Message) -> Value {
         })
         .collect();
     json!({"seq": m.seq, "role": m.role.as_str(), "parts": parts, "created_at": m.created_at.to_rfc3339()})
+}
+
+/// One line of the agents' inbox: where a conversation stands, without its transcript.
+pub fn inbox_entry_json(c: &Conversation) -> Value {
+    let last = c
+        .window()
+        .iter()
+        .rev()
+        .find(|m| m.role != crate::conversation::Role::Note);
+    let preview: String = last
+        .map(|m| m.text())
+        .unwrap_or_default()
+        .chars()
+        .take(140)
+        .collect();
+    json!({
+        "id": c.id().as_str(),
+        "status": c.status().as_str(),
+        "assignee": c.assignee(),
+        "queue": c.queue(),
+        "tags": c.tags(),
+        "csat": c.csat(),
+        "messages": c.message_count(),
+        "last_message": {"role": last.map(|m| m.role.as_str()), "preview": preview},
+        "created_at": c.created_at().to_rfc3339(),
+        "updated_at": c.updated_at().to_rfc3339(),
+        "updated_ms": c.updated_at().as_millis(),
+    })
 }
 
 /// A conversation and its transcript as the API shows them. Visitors never see internal

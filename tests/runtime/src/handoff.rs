@@ -328,3 +328,78 @@ pub async fn rules_and_business_hours(ctx: &Ctx) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The agents' inbox lists conversations by status, queue and assignee, newest first.
+pub async fn inbox_lists_and_filters(ctx: &Ctx) -> anyhow::Result<()> {
+    let waiting = ctx
+        .chat(
+            Some(TENANT),
+            &json!({"message": "I need to speak to a person"}),
+        )
+        .await?;
+    waiting.expect_status(200)?;
+    let waiting_id = waiting.json["conversation_id"]
+        .as_str()
+        .context("id")?
+        .to_owned();
+    let bot = ctx
+        .chat(Some(TENANT), &json!({"message": unique("just a question")}))
+        .await?;
+    bot.expect_status(200)?;
+    let bot_id = bot.json["conversation_id"]
+        .as_str()
+        .context("id")?
+        .to_owned();
+    let list = |query: &'static str| async move {
+        let resp = ctx
+            .http
+            .get(ctx.url(&format!("/api/v1/conversations?{query}")))
+            .bearer_auth(SDK_KEY)
+            .send()
+            .await?;
+        ensure!(resp.status().is_success(), "inbox: {}", resp.status());
+        let v: Value = resp.json().await?;
+        anyhow::Ok(
+            v["conversations"]
+                .as_array()
+                .map(|cs| {
+                    cs.iter()
+                        .filter_map(|c| c["id"].as_str().map(str::to_owned))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default(),
+        )
+    };
+    // The inbox is updated right after each answer: give it a moment.
+    let mut found = false;
+    for _ in 0..30 {
+        let waiting_list = list("status=waiting_for_agent&limit=200").await?;
+        if waiting_list.contains(&waiting_id) {
+            ensure!(
+                !waiting_list.contains(&bot_id),
+                "a bot conversation listed as waiting"
+            );
+            found = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    ensure!(
+        found,
+        "the handed-off conversation never showed up as waiting"
+    );
+    ensure!(
+        list("status=bot&limit=200").await?.contains(&bot_id),
+        "the bot conversation is not listed"
+    );
+    let anonymous = ctx
+        .http
+        .get(ctx.url("/api/v1/conversations"))
+        .send()
+        .await?;
+    ensure!(
+        anonymous.status() == reqwest::StatusCode::UNAUTHORIZED,
+        "inbox without a key"
+    );
+    Ok(())
+}

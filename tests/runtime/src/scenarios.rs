@@ -27,7 +27,9 @@ use crate::gateway::{
     gateway_every_wire_format, gateway_fallback_order, gateway_quota_exact_under_concurrency,
     gateway_usage_accounted, gateway_workers_ai_binding, openai_api_errors, openai_sdk_python,
 };
-use crate::handoff::{handoff_by_the_model, handoff_end_to_end, rules_and_business_hours};
+use crate::handoff::{
+    handoff_by_the_model, handoff_end_to_end, inbox_lists_and_filters, rules_and_business_hours,
+};
 use crate::knowledge::{knowledge_ingest_search_and_ground, knowledge_no_answer_falls_back};
 use crate::mock::{MockProvider, echo_reply};
 use crate::sse::{self, SseTranscript};
@@ -329,6 +331,7 @@ pub fn all() -> Vec<Scenario> {
         handoff_end_to_end,
         handoff_by_the_model,
         rules_and_business_hours,
+        inbox_lists_and_filters,
         knowledge_ingest_search_and_ground,
         knowledge_no_answer_falls_back,
         config_versions_and_rollback,

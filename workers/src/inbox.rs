@@ -1,0 +1,154 @@
+//! One inbox Durable Object per tenant: a row per conversation (status, assignee, queue,
+//! tags, last message) for the agents' queue and filters, kept current by every stored
+//! change of every conversation (sent after the visitor's answer, never in its way).
+
+// `#[durable_object]` generates undocumented public JavaScript glue methods.
+#![allow(missing_docs)]
+
+use kefu_engine::api::{self, ApiError};
+use kefu_engine::{Conversation, TenantId};
+use serde_json::{Value, json};
+use worker::{
+    DurableObject, Env, Method, Request, Response, SqlStorage, SqlStorageValue, State,
+    durable_object,
+};
+
+use crate::http::{forward, internal, json_response};
+use crate::{INBOX, log};
+
+fn stub(env: &Env, tenant: &TenantId) -> Result<worker::Stub, ApiError> {
+    env.durable_object(INBOX)
+        .and_then(|ns| ns.get_by_name(&format!("tenant:{}", tenant.as_str())))
+        .map_err(internal)
+}
+
+/// Records where `conversation` stands now.
+pub(crate) async fn touch(env: &Env, conversation: &Conversation) {
+    let entry = api::inbox_entry_json(conversation);
+    let result = async {
+        forward(
+            &stub(env, conversation.tenant())?,
+            Method::Post,
+            "/touch",
+            Some(entry.to_string().into_bytes()),
+        )
+        .await
+    }
+    .await;
+    if let Err(e) = result {
+        log(
+            "error",
+            json!({"msg": "inbox update failed", "error": e.message}),
+        );
+    }
+}
+
+/// Lists the tenant's conversations, newest activity first, filtered by the query string
+/// (`status`, `queue`, `assignee`, `limit`).
+pub(crate) async fn list(env: &Env, tenant: &TenantId, query: &str) -> Result<Response, ApiError> {
+    forward(
+        &stub(env, tenant)?,
+        Method::Get,
+        &format!("/list?{query}"),
+        None,
+    )
+    .await
+}
+
+/// The Durable Object class that holds one tenant's inbox.
+#[durable_object]
+pub struct InboxObject {
+    sql: SqlStorage,
+}
+
+impl DurableObject for InboxObject {
+    fn new(state: State, _env: Env) -> Self {
+        let sql = state.storage().sql();
+        for stmt in [
+            "CREATE TABLE IF NOT EXISTS inbox (id TEXT PRIMARY KEY, status TEXT NOT NULL, assignee TEXT, queue TEXT, \
+             updated_ms INTEGER NOT NULL, entry TEXT NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS inbox_by_status ON inbox (status, updated_ms)",
+        ] {
+            if let Err(e) = sql.exec(stmt, None) {
+                log(
+                    "error",
+                    json!({"msg": "inbox schema creation failed", "error": e.to_string()}),
+                );
+            }
+        }
+        Self { sql }
+    }
+
+    async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
+        let result = match (req.method(), req.path().as_str()) {
+            (Method::Post, "/touch") => match req.json::<Value>().await {
+                Ok(entry) => {
+                    let text = |k: &str| {
+                        entry[k]
+                            .as_str()
+                            .map(|s| SqlStorageValue::String(s.to_owned()))
+                            .unwrap_or(SqlStorageValue::Null)
+                    };
+                    let updated = entry["updated_ms"].as_i64().unwrap_or(0);
+                    // Changes can arrive out of order: an older snapshot never replaces a newer one.
+                    self.sql
+                        .exec(
+                            "INSERT INTO inbox (id, status, assignee, queue, updated_ms, entry) VALUES (?, ?, ?, ?, ?, ?) \
+                             ON CONFLICT (id) DO UPDATE SET status = excluded.status, assignee = excluded.assignee, \
+                             queue = excluded.queue, updated_ms = excluded.updated_ms, entry = excluded.entry \
+                             WHERE excluded.updated_ms >= inbox.updated_ms",
+                            vec![
+                                text("id"),
+                                text("status"),
+                                text("assignee"),
+                                text("queue"),
+                                SqlStorageValue::Integer(updated),
+                                SqlStorageValue::String(entry.to_string()),
+                            ],
+                        )
+                        .map_err(internal)
+                        .and_then(|_| json_response(200, &json!({"ok": true})))
+                }
+                Err(e) => Err(internal(e)),
+            },
+            (Method::Get, "/list") => {
+                let url = req.url()?;
+                let q = |k: &str| {
+                    url.query_pairs()
+                        .find(|(key, _)| key == k)
+                        .map(|(_, v)| v.into_owned())
+                };
+                let limit = q("limit")
+                    .and_then(|l| l.parse::<i64>().ok())
+                    .unwrap_or(50)
+                    .clamp(1, 200);
+                let param = |k: &str| q(k).map_or(SqlStorageValue::Null, SqlStorageValue::String);
+                self.sql
+                    .exec(
+                        "SELECT entry FROM inbox WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR queue = ?2) \
+                         AND (?3 IS NULL OR assignee = ?3) ORDER BY updated_ms DESC LIMIT ?4",
+                        vec![param("status"), param("queue"), param("assignee"), SqlStorageValue::Integer(limit)],
+                    )
+                    .map_err(internal)
+                    .and_then(|cursor| {
+                        let mut out = Vec::new();
+                        for row in cursor.raw() {
+                            if let Some(SqlStorageValue::String(entry)) = row.map_err(internal)?.into_iter().next() {
+                                let mut v: Value = serde_json::from_str(&entry).unwrap_or(Value::Null);
+                                if let Value::Object(m) = &mut v {
+                                    m.remove("updated_ms");
+                                }
+                                out.push(v);
+                            }
+                        }
+                        json_response(200, &json!({"conversations": out}))
+                    })
+            }
+            _ => Err(ApiError::internal("unknown inbox route")),
+        };
+        match result {
+            Ok(r) => Ok(r),
+            Err(e) => crate::http::error_response(&e),
+        }
+    }
+}
