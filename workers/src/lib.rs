@@ -113,14 +113,42 @@ async fn handle(
             http::forward(&stub, Method::Get, &path, None).await
         }
         Route::ConversationAction(id, action) => {
-            let (tenant, config) = if action.by_agent() {
-                agent_tenant(req, env).await?
+            let (tenant, config, claims) = if action.by_agent() {
+                agent_identity(req, env).await?
             } else {
                 let tenant = tenant_of(req)?;
                 let config = config::load(env, &tenant).await?;
-                (tenant, config)
+                (tenant, config, None)
             };
-            let body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
+            let mut body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
+            if let Some(claims) = &claims {
+                // A signed-in agent acts as itself: the token says who, the body may not differ.
+                let mut v: serde_json::Value = if body.iter().all(u8::is_ascii_whitespace) {
+                    json!({})
+                } else {
+                    serde_json::from_slice(&body).map_err(|e| ApiError::internal(format!("the body is not JSON: {e}")))?
+                };
+                if let Some(obj) = v.as_object_mut() {
+                    match obj.get("agent").and_then(|a| a.as_str()) {
+                        Some(a) if a != claims.agent => {
+                            return Err(ApiError {
+                                status: 403,
+                                code: "agent_mismatch",
+                                message: format!("this token is agent {}'s", claims.agent),
+                                field: Some("agent".into()),
+                                allow: None,
+                            });
+                        }
+                        _ => {
+                            obj.insert("agent".into(), claims.agent.clone().into());
+                        }
+                    }
+                    if action == api::ConversationAction::Claim && !obj.contains_key("name") {
+                        obj.insert("name".into(), claims.name.clone().into());
+                    }
+                }
+                body = v.to_string().into_bytes();
+            }
             // Validate here so a bad request never reaches the conversation's object.
             let _ = api::parse_action(action, &body)?;
             let internal = conversation::InternalAction {
@@ -134,6 +162,22 @@ async fn handle(
             http::forward(&stub, Method::Post, conversation::ACTION_PATH, Some(body)).await
         }
         Route::OpenAiChat | Route::OpenAiModels => Err(ApiError::internal("routed before handle")),
+        Route::AgentToken => {
+            let (tenant, _) = admin_tenant(req, env).await?;
+            let secret = token_secret(env).ok_or_else(|| ApiError {
+                status: 503,
+                code: "agent_tokens_unavailable",
+                message: "set the KEFU_TOKEN_SECRET secret (16 bytes or more) to issue agent tokens".into(),
+                field: None,
+                allow: None,
+            })?;
+            let body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
+            let (agent, name, ttl_ms) = api::parse_agent_token_request(&body)?;
+            let expires = provider::now().as_millis() + ttl_ms;
+            let claims = kefu_engine::auth::AgentClaims { tenant: tenant.as_str().to_owned(), agent: agent.clone(), name, expires };
+            let token = kefu_engine::auth::sign_agent_token(&secret, &claims);
+            json_response(200, &json!({"token": token, "agent": agent, "expires_at": kefu_engine::Timestamp::from_millis(expires).to_rfc3339()}))
+        }
         Route::ListConversations => {
             let (tenant, _) = agent_tenant(req, env).await?;
             let query = req.url().ok().and_then(|u| u.query().map(str::to_owned)).unwrap_or_default();
@@ -266,6 +310,67 @@ async fn admin_tenant(
 /// The tenant (and its configuration) of a caller authenticated with a tenant API key
 /// (`Authorization: Bearer kf-…`): operators' back ends and agents.
 async fn agent_tenant(
+    req: &Request,
+    env: &Env,
+) -> std::result::Result<(TenantId, kefu_engine::TenantConfig), ApiError> {
+    agent_identity(req, env).await.map(|(t, c, _)| (t, c))
+}
+
+/// The deployment's agent-token secret, if one is set (16 bytes or more).
+fn token_secret(env: &Env) -> Option<Vec<u8>> {
+    env.secret("KEFU_TOKEN_SECRET")
+        .ok()
+        .map(|s| s.to_string())
+        .or_else(|| env.var("KEFU_TOKEN_SECRET").ok().map(|v| v.to_string()))
+        .filter(|s| s.len() >= 16)
+        .map(String::into_bytes)
+}
+
+/// Who is calling: an agent signed in with a `kfa.` token (its claims), or an operator's
+/// back end with the tenant key.
+async fn agent_identity(
+    req: &Request,
+    env: &Env,
+) -> std::result::Result<
+    (
+        TenantId,
+        kefu_engine::TenantConfig,
+        Option<kefu_engine::auth::AgentClaims>,
+    ),
+    ApiError,
+> {
+    let header = req
+        .headers()
+        .get("authorization")
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    if let Some(token) = header
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| t.starts_with("kfa."))
+    {
+        let unauthorized = |message: String| ApiError {
+            status: 401,
+            code: "unauthorized",
+            message,
+            field: None,
+            allow: None,
+        };
+        let secret = token_secret(env)
+            .ok_or_else(|| unauthorized("agent tokens are not enabled here".into()))?;
+        let claims = kefu_engine::auth::verify_agent_token(&secret, token, provider::now())
+            .map_err(|e| unauthorized(e.to_string()))?;
+        let tenant = TenantId::parse(&claims.tenant)
+            .ok_or_else(|| unauthorized("the token names no valid tenant".into()))?;
+        let config = config::load(env, &tenant).await?;
+        return Ok((tenant, config, Some(claims)));
+    }
+    let (tenant, config) = openai_authenticate(req, env).await?;
+    Ok((tenant, config, None))
+}
+
+async fn openai_authenticate(
     req: &Request,
     env: &Env,
 ) -> std::result::Result<(TenantId, kefu_engine::TenantConfig), ApiError> {

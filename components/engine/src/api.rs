@@ -93,6 +93,8 @@ pub enum Route {
     Config(ConfigRoute),
     /// `GET /api/v1/conversations`: the agents' inbox (tenant API key).
     ListConversations,
+    /// `POST /api/v1/agents/tokens`: mint an agent's sign-in token (tenant API key).
+    AgentToken,
     /// `POST /v1/chat/completions` (OpenAI-compatible).
     OpenAiChat,
     /// `GET /v1/models` (OpenAI-compatible).
@@ -112,6 +114,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         "/demo" => ("GET", Ok(Route::Demo)),
         "/api/v1/chat" => ("POST", Ok(Route::Chat)),
         "/api/v1/conversations" => ("GET", Ok(Route::ListConversations)),
+        "/api/v1/agents/tokens" => ("POST", Ok(Route::AgentToken)),
         "/api/v1/usage" => ("GET", Ok(Route::Usage)),
         "/api/v1/config" => (
             "GET, PUT",
@@ -228,6 +231,58 @@ pub fn parse_config_document(body: &[u8]) -> Result<crate::TenantConfig, ApiErro
         err.field = Some(e.field);
         err
     })
+}
+
+/// A validated `POST /api/v1/agents/tokens` body: `{"agent", "name"?, "ttl_secs"?}`
+/// (default 8 hours, at most 7 days). Returns (agent, name, ttl in ms).
+pub fn parse_agent_token_request(body: &[u8]) -> Result<(String, String, u64), ApiError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            400,
+            "invalid_json",
+            format!("the body is not valid JSON: {e}"),
+        )
+    })?;
+    let agent = v
+        .get("agent")
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .unwrap_or_default();
+    let valid = !agent.is_empty()
+        && agent.len() <= 64
+        && agent
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b));
+    if !valid {
+        return Err(ApiError::new(
+            400,
+            "invalid_field",
+            "`agent` is 1 to 64 characters of [A-Za-z0-9._@-]",
+        )
+        .field("agent"));
+    }
+    let name = v
+        .get("name")
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .unwrap_or(agent);
+    if name.chars().count() > 80 {
+        return Err(
+            ApiError::new(400, "invalid_field", "`name` is at most 80 characters").field("name"),
+        );
+    }
+    let ttl = match v.get("ttl_secs") {
+        None | Some(Value::Null) => 8 * 3600,
+        Some(t) => t
+            .as_u64()
+            .filter(|t| (60..=crate::auth::MAX_AGENT_TOKEN_MS / 1000).contains(t))
+            .ok_or_else(|| {
+                ApiError::new(400, "invalid_field", "`ttl_secs` is between 60 and 604800")
+                    .field("ttl_secs")
+            })?,
+    };
+    Ok((agent.to_owned(), name.to_owned(), ttl * 1000))
 }
 
 /// The version a rollback asks for.

@@ -3,8 +3,20 @@
 //! A key looks like `kf-<tenant>.<secret>`: the tenant part says whose configuration to
 //! load, the secret part is random. Configurations store only the key's SHA-256 (hex), and
 //! the comparison takes the same time whether the first or the last byte differs.
+//!
+//! Agents sign in with expiring tokens instead: `kfa.<claims>.<signature>`, where the claims
+//! (tenant, agent, display name, expiry) are base64url JSON and the signature is
+//! HMAC-SHA256 under the deployment's token secret. The tenant's own sign-in (SSO, its
+//! staff directory) mints them through Kefu's API with the tenant key; Kefu never stores
+//! agent passwords.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::time::Timestamp;
 
 use crate::conversation::TenantId;
 
@@ -64,6 +76,77 @@ pub fn verify<'a>(key: &str, entries: &'a [ApiKeyEntry]) -> Option<&'a str> {
     found
 }
 
+/// What an agent token says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentClaims {
+    /// The tenant the agent works for.
+    #[serde(rename = "t")]
+    pub tenant: String,
+    /// The agent's id.
+    #[serde(rename = "a")]
+    pub agent: String,
+    /// The name visitors see.
+    #[serde(rename = "n")]
+    pub name: String,
+    /// When the token stops working (ms since the epoch).
+    #[serde(rename = "e")]
+    pub expires: u64,
+}
+
+/// Why an agent token was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// Not a Kefu agent token at all.
+    #[error("not an agent token")]
+    Malformed,
+    /// The signature does not match (forged, or signed with another secret).
+    #[error("the token's signature is not valid")]
+    BadSignature,
+    /// It was valid, and has expired.
+    #[error("the token has expired")]
+    Expired,
+}
+
+/// The longest an agent token may live (7 days).
+pub const MAX_AGENT_TOKEN_MS: u64 = 7 * 24 * 3_600_000;
+
+fn mac(secret: &[u8], signed: &str) -> Vec<u8> {
+    let mut m =
+        <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    m.update(signed.as_bytes());
+    m.finalize().into_bytes().to_vec()
+}
+
+/// Mints an agent token.
+pub fn sign_agent_token(secret: &[u8], claims: &AgentClaims) -> String {
+    let body = B64.encode(serde_json::to_vec(claims).expect("claims serialize"));
+    let signed = format!("kfa.{body}");
+    let signature = B64.encode(mac(secret, &signed));
+    format!("{signed}.{signature}")
+}
+
+/// Checks an agent token: its signature (in constant time), then its expiry.
+pub fn verify_agent_token(
+    secret: &[u8],
+    token: &str,
+    now: Timestamp,
+) -> Result<AgentClaims, TokenError> {
+    let (signed, signature) = token.trim().rsplit_once('.').ok_or(TokenError::Malformed)?;
+    let body = signed.strip_prefix("kfa.").ok_or(TokenError::Malformed)?;
+    let given = B64.decode(signature).map_err(|_| TokenError::Malformed)?;
+    if !constant_time_eq(&mac(secret, signed), &given) {
+        return Err(TokenError::BadSignature);
+    }
+    let claims: AgentClaims =
+        serde_json::from_slice(&B64.decode(body).map_err(|_| TokenError::Malformed)?)
+            .map_err(|_| TokenError::Malformed)?;
+    if now.as_millis() >= claims.expires {
+        return Err(TokenError::Expired);
+    }
+    Ok(claims)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,5 +174,46 @@ mod tests {
         assert_eq!(verify(key, &entries), Some("ci"));
         assert_eq!(verify("kf-acme_1.3F9dK2mQ7xZ8pL4wR6tX", &entries), None);
         assert!(!constant_time_eq(b"ab", b"abc"));
+    }
+
+    #[test]
+    fn agent_tokens_sign_verify_and_expire() {
+        let secret = b"deployment-token-secret-0123456789";
+        let claims = AgentClaims {
+            tenant: "acme".into(),
+            agent: "alex".into(),
+            name: "Alex".into(),
+            expires: 10_000,
+        };
+        let token = sign_agent_token(secret, &claims);
+        assert!(token.starts_with("kfa."));
+        assert_eq!(
+            verify_agent_token(secret, &token, Timestamp::from_millis(9_999)),
+            Ok(claims.clone())
+        );
+        assert_eq!(
+            verify_agent_token(secret, &token, Timestamp::from_millis(10_000)),
+            Err(TokenError::Expired)
+        );
+        assert_eq!(
+            verify_agent_token(b"another-secret", &token, Timestamp::from_millis(1)),
+            Err(TokenError::BadSignature)
+        );
+        // Changing the claims (say, the agent) breaks the signature.
+        let forged_claims = AgentClaims {
+            agent: "boss".into(),
+            ..claims
+        };
+        let forged = sign_agent_token(b"guess", &forged_claims);
+        let (body, _) = forged.rsplit_once('.').unwrap();
+        let (_, sig) = token.rsplit_once('.').unwrap();
+        assert_eq!(
+            verify_agent_token(secret, &format!("{body}.{sig}"), Timestamp::from_millis(1)),
+            Err(TokenError::BadSignature)
+        );
+        assert_eq!(
+            verify_agent_token(secret, "kf-acme.abc", Timestamp::from_millis(1)),
+            Err(TokenError::Malformed)
+        );
     }
 }

@@ -403,3 +403,104 @@ pub async fn inbox_lists_and_filters(ctx: &Ctx) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The deployment token secret the runner binds as `KEFU_TOKEN_SECRET`.
+pub const TOKEN_SECRET: &str = "kefu-test-agent-token-secret-0123";
+
+/// Agents sign in with expiring tokens the tenant's back end mints; a token acts as its
+/// agent only.
+pub async fn agent_tokens(ctx: &Ctx) -> anyhow::Result<()> {
+    let mint = |body: Value, key: &'static str| async move {
+        let resp = ctx
+            .http
+            .post(ctx.url("/api/v1/agents/tokens"))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await?;
+        let status = resp.status();
+        anyhow::Ok((status, resp.json::<Value>().await.unwrap_or(Value::Null)))
+    };
+    let (status, _) = mint(json!({"agent": "kim"}), "kf-gw-sdk.wrongwrongwrongwrong").await?;
+    ensure!(
+        status == reqwest::StatusCode::UNAUTHORIZED,
+        "minting with a wrong key: {status}"
+    );
+    let (status, body) = mint(json!({"agent": "bad id!"}), SDK_KEY).await?;
+    ensure!(
+        status == reqwest::StatusCode::BAD_REQUEST && body["error"]["field"] == "agent",
+        "{status} {body}"
+    );
+    let (status, body) = mint(
+        json!({"agent": "kim", "name": "Kim", "ttl_secs": 3600}),
+        SDK_KEY,
+    )
+    .await?;
+    ensure!(status == reqwest::StatusCode::OK, "{status} {body}");
+    let token = body["token"].as_str().context("token")?.to_owned();
+    ensure!(token.starts_with("kfa."), "{token}");
+
+    let waiting = ctx
+        .chat(Some(TENANT), &json!({"message": "please get me a person"}))
+        .await?;
+    let id = waiting.json["conversation_id"]
+        .as_str()
+        .context("id")?
+        .to_owned();
+    // The token says who the agent is: no agent field needed, and another agent's is refused.
+    let claimed = ctx
+        .action(None, Some(&token), &id, "claim", &json!({}))
+        .await?;
+    claimed.expect_status(200)?;
+    ensure!(claimed.json["assignee"] == "kim", "{}", claimed.text);
+    let texts: Vec<String> = claimed.json["messages"]
+        .as_array()
+        .unwrap_or(&vec![])
+        .iter()
+        .map(message_text)
+        .collect();
+    ensure!(
+        texts.iter().any(|t| t.contains("Kim joined")),
+        "the token's name is shown: {texts:?}"
+    );
+    ctx.action(
+        None,
+        Some(&token),
+        &id,
+        "messages",
+        &json!({"agent": "alex", "text": "hi"}),
+    )
+    .await?
+    .expect_error(403, "agent_mismatch")?;
+    ctx.action(
+        None,
+        Some(&token),
+        &id,
+        "messages",
+        &json!({"text": "Hi, Kim here."}),
+    )
+    .await?
+    .expect_status(200)?;
+    let inbox = ctx
+        .http
+        .get(ctx.url("/api/v1/conversations?assignee=kim"))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    ensure!(
+        inbox.status().is_success(),
+        "the inbox with a token: {}",
+        inbox.status()
+    );
+    // A tampered token is refused.
+    let mut forged = token.clone();
+    forged.pop();
+    forged.push(if token.ends_with('A') { 'B' } else { 'A' });
+    ctx.action(None, Some(&forged), &id, "resolve", &json!({}))
+        .await?
+        .expect_error(401, "unauthorized")?;
+    ctx.action(None, Some(&token), &id, "resolve", &json!({}))
+        .await?
+        .expect_status(200)?;
+    Ok(())
+}

@@ -28,7 +28,8 @@ use crate::gateway::{
     gateway_usage_accounted, gateway_workers_ai_binding, openai_api_errors, openai_sdk_python,
 };
 use crate::handoff::{
-    handoff_by_the_model, handoff_end_to_end, inbox_lists_and_filters, rules_and_business_hours,
+    agent_tokens, handoff_by_the_model, handoff_end_to_end, inbox_lists_and_filters,
+    rules_and_business_hours,
 };
 use crate::knowledge::{knowledge_ingest_search_and_ground, knowledge_no_answer_falls_back};
 use crate::mock::{MockProvider, echo_reply};
@@ -332,6 +333,7 @@ pub fn all() -> Vec<Scenario> {
         handoff_by_the_model,
         rules_and_business_hours,
         inbox_lists_and_filters,
+        agent_tokens,
         knowledge_ingest_search_and_ground,
         knowledge_no_answer_falls_back,
         config_versions_and_rollback,

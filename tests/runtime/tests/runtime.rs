@@ -127,6 +127,10 @@ async fn run(selected: Vec<Scenario>) -> (usize, usize) {
                         "KEFU_ADMIN_TOKEN".to_owned(),
                         kefu_runtime_tests::config::ADMIN_TOKEN.to_owned(),
                     ),
+                    (
+                        "KEFU_TOKEN_SECRET".to_owned(),
+                        kefu_runtime_tests::handoff::TOKEN_SECRET.to_owned(),
+                    ),
                 ],
                 fake_ai_upstream: Some(mock.base_url().trim_end_matches("/v1").to_owned()),
                 ..WorkerOptions::default()
