@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ConfigError;
 use crate::offline::Lang;
-use crate::time::Timestamp;
+use crate::time::{Timestamp, civil_from_days};
 
 /// How far ahead [`Schedule::next_open`] and [`Schedule::next_close`] look.
 pub const SEARCH_DAYS: i64 = 14;
@@ -628,19 +628,6 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     era * 146_097 + doe - 719_468
-}
-
-/// Days since 1970-01-01 to (year, month, day) (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 // ---------------------------------------------------------------------------------------
