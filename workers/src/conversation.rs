@@ -43,6 +43,10 @@ pub(crate) const TURN_PATH: &str = "/turn";
 pub(crate) const TRANSCRIPT_PATH: &str = "/transcript";
 /// The object's internal route for handoff and agent actions.
 pub(crate) const ACTION_PATH: &str = "/action";
+/// The object's internal route for live updates.
+pub(crate) const EVENTS_PATH: &str = "/events";
+/// The object's internal route for typing indicators.
+pub(crate) const TYPING_PATH: &str = "/typing";
 
 /// A validated chat turn, as the front hands it to the conversation's object.
 #[derive(Debug, Serialize, Deserialize)]
@@ -159,9 +163,76 @@ struct Inner {
     /// (then the next use reloads what storage really holds).
     conversation: RefCell<Option<Conversation>>,
     turns: TurnQueue,
+    /// Live-update streams open on this conversation (visitors' and agents').
+    subscribers: RefCell<Vec<Subscriber>>,
+}
+
+/// One open live-update stream.
+struct Subscriber {
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    /// An agent's stream: internal notes included.
+    notes: bool,
+}
+
+/// How long a live-update stream stays open; clients reconnect with their cursor.
+const STREAM_LIFETIME: core::time::Duration = core::time::Duration::from_secs(300);
+/// Comment lines keep idle streams from being cut by proxies.
+const HEARTBEAT: core::time::Duration = core::time::Duration::from_secs(15);
+
+fn message_frame(m: &Message) -> Vec<u8> {
+    format!(
+        "event: message\nid: {}\ndata: {}\n\n",
+        m.seq,
+        api::message_json(m)
+    )
+    .into_bytes()
+}
+
+fn status_frame(c: &Conversation) -> Vec<u8> {
+    let data = json!({"status": c.status().as_str(), "assignee": c.assignee(), "queue": c.queue()});
+    format!("event: status\ndata: {data}\n\n").into_bytes()
 }
 
 impl Inner {
+    /// Sends a frame to every open stream (notes only to agents'), dropping closed ones.
+    fn broadcast(&self, frame: &[u8], notes_only: bool) {
+        self.subscribers
+            .borrow_mut()
+            .retain(|s| (notes_only && !s.notes) || s.tx.unbounded_send(frame.to_vec()).is_ok());
+    }
+
+    /// Opens a live-update stream: first what came after `after`, then every change as it
+    /// is stored, with heartbeats, for [`STREAM_LIFETIME`].
+    fn open_stream(&self, tenant: &str, after: u32, notes: bool) -> Result<Response, ApiError> {
+        let conversation = self
+            .load()?
+            .filter(|c| c.tenant().as_str() == tenant)
+            .ok_or_else(ApiError::conversation_not_found)?;
+        let (tx, rx) = mpsc::unbounded::<Vec<u8>>();
+        for m in self
+            .transcript()?
+            .iter()
+            .filter(|m| m.seq > after && (notes || m.role != kefu_engine::Role::Note))
+        {
+            let _ = tx.unbounded_send(message_frame(m));
+        }
+        let _ = tx.unbounded_send(status_frame(&conversation));
+        self.subscribers.borrow_mut().push(Subscriber { tx, notes });
+        let heartbeat = futures::stream::unfold((), |()| async {
+            worker::Delay::from(HEARTBEAT).await;
+            Some((b": ping\n\n".to_vec(), ()))
+        });
+        let frames = futures::stream::select(rx, heartbeat)
+            .take_until(worker::Delay::from(STREAM_LIFETIME))
+            .map(Ok::<Vec<u8>, worker::Error>);
+        let headers = Headers::new();
+        set(&headers, "content-type", "text/event-stream; charset=utf-8")?;
+        set(&headers, "cache-control", "no-cache, no-transform")?;
+        Ok(Response::from_stream(frames)
+            .map_err(internal)?
+            .with_headers(headers))
+    }
+
     fn load(&self) -> Result<Option<Conversation>, ApiError> {
         if let Some(c) = self.conversation.borrow().as_ref() {
             return Ok(Some(c.clone()));
@@ -242,6 +313,19 @@ impl Inner {
                 }
                 self.emit(&tenant, config, &changed.events);
                 self.update_inbox();
+                for m in &changed.messages {
+                    self.broadcast(&message_frame(m), m.role == kefu_engine::Role::Note);
+                }
+                let status_moved = changed.events.iter().any(|e| {
+                    matches!(
+                        e,
+                        kefu_engine::Event::StatusChanged { .. }
+                            | kefu_engine::Event::Assigned { .. }
+                    )
+                });
+                if status_moved && let Some(c) = self.conversation.borrow().as_ref() {
+                    self.broadcast(&status_frame(c), false);
+                }
                 Ok(changed)
             }
             Err(e) => {
@@ -329,6 +413,7 @@ impl DurableObject for ConversationObject {
                 state,
                 conversation: RefCell::new(None),
                 turns: TurnQueue::default(),
+                subscribers: RefCell::new(Vec::new()),
             }),
         }
     }
@@ -359,6 +444,43 @@ impl DurableObject for ConversationObject {
                 Ok(body) => handle_action(&self.inner, &body),
                 Err(e) => Err(internal(e)),
             },
+            (Method::Get, EVENTS_PATH) => {
+                let query = |key: &str| {
+                    req.url().ok().and_then(|u| {
+                        u.query_pairs()
+                            .find(|(k, _)| k == key)
+                            .map(|(_, v)| v.into_owned())
+                    })
+                };
+                let tenant = query("tenant").unwrap_or_default();
+                let after = query("after").and_then(|a| a.parse().ok()).unwrap_or(0);
+                let notes = query("notes").is_some_and(|v| v == "1");
+                self.inner.open_stream(&tenant, after, notes)
+            }
+            (Method::Post, TYPING_PATH) => {
+                let query = |key: &str| {
+                    req.url().ok().and_then(|u| {
+                        u.query_pairs()
+                            .find(|(k, _)| k == key)
+                            .map(|(_, v)| v.into_owned())
+                    })
+                };
+                let tenant = query("tenant").unwrap_or_default();
+                let who = query("who").unwrap_or_default();
+                match self.inner.load() {
+                    Ok(Some(c)) if c.tenant().as_str() == tenant => {
+                        let until = now().as_millis() + api::TYPING_TTL_MS;
+                        let frame = format!(
+                            "event: typing\ndata: {}\n\n",
+                            json!({"who": who, "until_ms": until})
+                        );
+                        self.inner.broadcast(frame.as_bytes(), false);
+                        json_response(200, &json!({"ok": true, "until_ms": until}))
+                    }
+                    Ok(_) => Err(ApiError::conversation_not_found()),
+                    Err(e) => Err(e),
+                }
+            }
             _ => Err(ApiError::internal("unknown internal route")),
         };
         match result {

@@ -178,6 +178,37 @@ async fn handle(
             let token = kefu_engine::auth::sign_agent_token(&secret, &claims);
             json_response(200, &json!({"token": token, "agent": agent, "expires_at": kefu_engine::Timestamp::from_millis(expires).to_rfc3339()}))
         }
+        Route::ConversationEvents(id) => {
+            let (tenant, notes) = if req.headers().has("authorization").unwrap_or(false) {
+                (agent_tenant(req, env).await?.0, 1)
+            } else {
+                (tenant_of(req)?, 0)
+            };
+            // The cursor: `?after=N`, or the SSE reconnect header.
+            let after = req
+                .url()
+                .ok()
+                .and_then(|u| u.query_pairs().find(|(k, _)| k == "after").map(|(_, v)| v.into_owned()))
+                .or_else(|| req.headers().get("last-event-id").ok().flatten())
+                .and_then(|a| a.trim().parse::<u32>().ok())
+                .unwrap_or(0);
+            let stub = conversation::stub_for(env, Some(id.as_str()))?;
+            let path = format!("{}?tenant={}&after={after}&notes={notes}", conversation::EVENTS_PATH, tenant.as_str());
+            http::forward(&stub, Method::Get, &path, None).await
+        }
+        Route::Typing(id) => {
+            let body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
+            let visitor = api::parse_typing(&body)?;
+            let tenant = if visitor {
+                tenant_of(req)?
+            } else {
+                agent_tenant(req, env).await?.0
+            };
+            let who = if visitor { "visitor" } else { "agent" };
+            let stub = conversation::stub_for(env, Some(id.as_str()))?;
+            let path = format!("{}?tenant={}&who={who}", conversation::TYPING_PATH, tenant.as_str());
+            http::forward(&stub, Method::Post, &path, None).await
+        }
         Route::ListConversations => {
             let (tenant, _) = agent_tenant(req, env).await?;
             let query = req.url().ok().and_then(|u| u.query().map(str::to_owned)).unwrap_or_default();

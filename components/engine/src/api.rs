@@ -93,6 +93,11 @@ pub enum Route {
     Config(ConfigRoute),
     /// `GET /api/v1/conversations`: the agents' inbox (tenant API key).
     ListConversations,
+    /// `GET /api/v1/conversations/{id}/events?after=N`: live updates as Server-Sent Events,
+    /// after catching up from the cursor.
+    ConversationEvents(ConversationId),
+    /// `POST /api/v1/conversations/{id}/typing`: someone is typing.
+    Typing(ConversationId),
     /// `POST /api/v1/agents/tokens`: mint an agent's sign-in token (tenant API key).
     AgentToken,
     /// `POST /v1/chat/completions` (OpenAI-compatible).
@@ -162,6 +167,13 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
             ),
             Some(rest) if rest.matches('/').count() == 1 => {
                 let (id, action) = rest.split_once('/').unwrap_or_default();
+                let id = ConversationId::parse(id).ok_or_else(ApiError::conversation_not_found);
+                if action == "events" {
+                    return check_method(method, "GET", id.map(Route::ConversationEvents));
+                }
+                if action == "typing" {
+                    return check_method(method, "POST", id.map(Route::Typing));
+                }
                 let Some(action) = ConversationAction::parse(action) else {
                     return Err(ApiError::new(
                         404,
@@ -169,12 +181,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
                         format!("no route for {path}"),
                     ));
                 };
-                (
-                    "POST",
-                    ConversationId::parse(id)
-                        .map(|id| Route::ConversationAction(id, action))
-                        .ok_or_else(ApiError::conversation_not_found),
-                )
+                ("POST", id.map(|id| Route::ConversationAction(id, action)))
             }
             _ => {
                 return Err(ApiError::new(
@@ -527,6 +534,43 @@ pub fn parse_action(action: ConversationAction, body: &[u8]) -> Result<ActionReq
 pub fn handoff_error(e: &crate::handoff::HandoffError) -> ApiError {
     ApiError::new(e.status(), e.code(), e.to_string())
 }
+
+fn check_method(
+    method: &str,
+    allowed: &'static str,
+    route: Result<Route, ApiError>,
+) -> Result<Route, ApiError> {
+    if method != allowed {
+        let mut e = ApiError::new(
+            405,
+            "method_not_allowed",
+            format!("{method} is not allowed here; use {allowed}"),
+        );
+        e.allow = Some(allowed);
+        return Err(e);
+    }
+    route
+}
+
+/// `POST /api/v1/conversations/{id}/typing`: `{"who": "visitor" | "agent"}`; returns whether
+/// it is the visitor typing.
+pub fn parse_typing(body: &[u8]) -> Result<bool, ApiError> {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    match v.get("who").and_then(Value::as_str) {
+        Some("visitor") => Ok(true),
+        Some("agent") => Ok(false),
+        _ => Err(ApiError::new(
+            400,
+            "invalid_field",
+            "`who` must be \"visitor\" or \"agent\"",
+        )
+        .field("who")),
+    }
+}
+
+/// How long a typing indicator lasts unless renewed: clients clear it by themselves after
+/// this, so it always clears even if the typist vanishes.
+pub const TYPING_TTL_MS: u64 = 6_000;
 
 /// The tenant a request belongs to, from its `X-Kefu-Tenant` header.
 pub fn tenant(header: Option<&str>) -> Result<TenantId, ApiError> {

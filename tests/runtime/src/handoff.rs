@@ -504,3 +504,140 @@ pub async fn agent_tokens(ctx: &Ctx) -> anyhow::Result<()> {
         .expect_status(200)?;
     Ok(())
 }
+
+/// Live updates over Server-Sent Events: a stream catches up from its cursor, then carries
+/// every stored change (status, messages, typing) as it happens; visitors never see notes.
+pub async fn live_updates_via_sse(ctx: &Ctx) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use std::time::Duration;
+
+    let waiting = ctx
+        .chat(Some(TENANT), &json!({"message": "a person please"}))
+        .await?;
+    let id = waiting.json["conversation_id"]
+        .as_str()
+        .context("id")?
+        .to_owned();
+    let resp = ctx
+        .http
+        .get(ctx.url(&format!("/api/v1/conversations/{id}/events?after=0")))
+        .header(crate::scenarios::TENANT_HEADER, TENANT)
+        .send()
+        .await?;
+    ensure!(resp.status().is_success(), "events: {}", resp.status());
+    let mut body = resp.bytes_stream();
+    let mut parser = crate::sse::SseParser::default();
+    let mut pending: std::collections::VecDeque<crate::sse::SseEvent> = Default::default();
+    // The next event other than heartbeats, within 10 s.
+    let mut next = async || -> anyhow::Result<crate::sse::SseEvent> {
+        loop {
+            if let Some(e) = pending.pop_front() {
+                return Ok(e);
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), body.next())
+                .await
+                .context("no live update within 10 s")?
+                .context("the stream ended")??;
+            pending.extend(parser.push(&chunk));
+        }
+    };
+    // Catch-up: the visitor's message and the handoff notice, then the status.
+    let (first, second, status) = (next().await?, next().await?, next().await?);
+    ensure!(
+        first.event == "message" && second.event == "message",
+        "{first:?} {second:?}"
+    );
+    ensure!(
+        status.event == "status" && status.json()?["status"] == "waiting_for_agent",
+        "{status:?}"
+    );
+
+    let claimed = ctx
+        .action(
+            None,
+            Some(SDK_KEY),
+            &id,
+            "claim",
+            &json!({"agent": "alex", "name": "Alex"}),
+        )
+        .await?;
+    claimed.expect_status(200)?;
+    let joined = next().await?;
+    ensure!(
+        joined.event == "message" && message_text(&joined.json()?).contains("Alex joined"),
+        "{joined:?}"
+    );
+    let status = next().await?;
+    ensure!(
+        status.event == "status" && status.json()?["status"] == "with_agent",
+        "{status:?}"
+    );
+
+    let typing = ctx
+        .http
+        .post(ctx.url(&format!("/api/v1/conversations/{id}/typing")))
+        .bearer_auth(SDK_KEY)
+        .json(&json!({"who": "agent"}))
+        .send()
+        .await?;
+    ensure!(typing.status().is_success(), "typing: {}", typing.status());
+    let t = next().await?;
+    ensure!(
+        t.event == "typing"
+            && t.json()?["who"] == "agent"
+            && t.json()?["until_ms"].as_u64().is_some(),
+        "{t:?}"
+    );
+
+    ctx.action(
+        None,
+        Some(SDK_KEY),
+        &id,
+        "messages",
+        &json!({"agent": "alex", "text": "internal only", "internal": true}),
+    )
+    .await?
+    .expect_status(200)?;
+    ctx.action(
+        None,
+        Some(SDK_KEY),
+        &id,
+        "messages",
+        &json!({"agent": "alex", "text": "Hello from Alex"}),
+    )
+    .await?
+    .expect_status(200)?;
+    let reply = next().await?;
+    ensure!(reply.event == "message", "{reply:?}");
+    let m = reply.json()?;
+    ensure!(
+        m["role"] == "agent" && message_text(&m) == "Hello from Alex",
+        "the visitor's stream got {m} (a note must never reach it)"
+    );
+
+    // Reconnecting from the cursor brings nothing already seen.
+    let last_seq = m["seq"].as_u64().context("seq")?;
+    let resp = ctx
+        .http
+        .get(ctx.url(&format!("/api/v1/conversations/{id}/events")))
+        .header(crate::scenarios::TENANT_HEADER, TENANT)
+        .header("last-event-id", last_seq.to_string())
+        .send()
+        .await?;
+    let mut again = resp.bytes_stream();
+    let mut p2 = crate::sse::SseParser::default();
+    let first_again = loop {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), again.next())
+            .await
+            .context("reconnect")?
+            .context("ended")??;
+        if let Some(e) = p2.push(&chunk).into_iter().next() {
+            break e;
+        }
+    };
+    ensure!(
+        first_again.event == "status",
+        "after the cursor only the status comes: {first_again:?}"
+    );
+    Ok(())
+}

@@ -29,7 +29,7 @@ use crate::gateway::{
 };
 use crate::handoff::{
     agent_tokens, handoff_by_the_model, handoff_end_to_end, inbox_lists_and_filters,
-    rules_and_business_hours,
+    live_updates_via_sse, rules_and_business_hours,
 };
 use crate::knowledge::{knowledge_ingest_search_and_ground, knowledge_no_answer_falls_back};
 use crate::mock::{MockProvider, echo_reply};
@@ -334,6 +334,7 @@ pub fn all() -> Vec<Scenario> {
         rules_and_business_hours,
         inbox_lists_and_filters,
         agent_tokens,
+        live_updates_via_sse,
         knowledge_ingest_search_and_ground,
         knowledge_no_answer_falls_back,
         config_versions_and_rollback,
