@@ -179,26 +179,94 @@ const STREAM_LIFETIME: core::time::Duration = core::time::Duration::from_secs(30
 /// Comment lines keep idle streams from being cut by proxies.
 const HEARTBEAT: core::time::Duration = core::time::Duration::from_secs(15);
 
-fn message_frame(m: &Message) -> Vec<u8> {
-    format!(
-        "event: message\nid: {}\ndata: {}\n\n",
-        m.seq,
-        api::message_json(m)
-    )
-    .into_bytes()
+/// One live update, written as an SSE frame or a WebSocket JSON text.
+struct LiveUpdate {
+    event: &'static str,
+    id: Option<u32>,
+    data: Value,
 }
 
-fn status_frame(c: &Conversation) -> Vec<u8> {
-    let data = json!({"status": c.status().as_str(), "assignee": c.assignee(), "queue": c.queue()});
-    format!("event: status\ndata: {data}\n\n").into_bytes()
+impl LiveUpdate {
+    fn message(m: &Message) -> Self {
+        Self {
+            event: "message",
+            id: Some(m.seq),
+            data: api::message_json(m),
+        }
+    }
+
+    fn status(c: &Conversation) -> Self {
+        let data =
+            json!({"status": c.status().as_str(), "assignee": c.assignee(), "queue": c.queue()});
+        Self {
+            event: "status",
+            id: None,
+            data,
+        }
+    }
+
+    fn typing(who: &str, until_ms: u64) -> Self {
+        Self {
+            event: "typing",
+            id: None,
+            data: json!({"who": who, "until_ms": until_ms}),
+        }
+    }
+
+    fn sse(&self) -> Vec<u8> {
+        match self.id {
+            Some(id) => format!("event: {}\nid: {id}\ndata: {}\n\n", self.event, self.data),
+            None => format!("event: {}\ndata: {}\n\n", self.event, self.data),
+        }
+        .into_bytes()
+    }
+
+    fn json(&self) -> String {
+        json!({"event": self.event, "id": self.id, "data": self.data}).to_string()
+    }
 }
 
 impl Inner {
-    /// Sends a frame to every open stream (notes only to agents'), dropping closed ones.
-    fn broadcast(&self, frame: &[u8], notes_only: bool) {
+    /// Sends a live update to every open stream and WebSocket (notes only to agents'),
+    /// dropping closed streams.
+    fn broadcast(&self, update: &LiveUpdate, notes_only: bool) {
+        let frame = update.sse();
         self.subscribers
             .borrow_mut()
-            .retain(|s| (notes_only && !s.notes) || s.tx.unbounded_send(frame.to_vec()).is_ok());
+            .retain(|s| (notes_only && !s.notes) || s.tx.unbounded_send(frame.clone()).is_ok());
+        let text = update.json();
+        for ws in self.state.get_websockets() {
+            let agent = self.state.get_tags(&ws).iter().any(|t| t == "agent");
+            if !notes_only || agent {
+                // A socket that went away is cleaned up by the runtime.
+                let _ = ws.send_with_str(&text);
+            }
+        }
+    }
+
+    /// Accepts a live-update WebSocket (hibernatable: the object may sleep between
+    /// messages) and sends it what came after `after`, then the status.
+    fn open_websocket(&self, tenant: &str, after: u32, notes: bool) -> Result<Response, ApiError> {
+        let conversation = self
+            .load()?
+            .filter(|c| c.tenant().as_str() == tenant)
+            .ok_or_else(ApiError::conversation_not_found)?;
+        let pair = worker::WebSocketPair::new().map_err(internal)?;
+        self.state
+            .accept_websocket_with_tags(&pair.server, &[if notes { "agent" } else { "visitor" }]);
+        for m in self
+            .transcript()?
+            .iter()
+            .filter(|m| m.seq > after && (notes || m.role != kefu_engine::Role::Note))
+        {
+            pair.server
+                .send_with_str(LiveUpdate::message(m).json())
+                .map_err(internal)?;
+        }
+        pair.server
+            .send_with_str(LiveUpdate::status(&conversation).json())
+            .map_err(internal)?;
+        Response::from_websocket(pair.client).map_err(internal)
     }
 
     /// Opens a live-update stream: first what came after `after`, then every change as it
@@ -214,9 +282,9 @@ impl Inner {
             .iter()
             .filter(|m| m.seq > after && (notes || m.role != kefu_engine::Role::Note))
         {
-            let _ = tx.unbounded_send(message_frame(m));
+            let _ = tx.unbounded_send(LiveUpdate::message(m).sse());
         }
-        let _ = tx.unbounded_send(status_frame(&conversation));
+        let _ = tx.unbounded_send(LiveUpdate::status(&conversation).sse());
         self.subscribers.borrow_mut().push(Subscriber { tx, notes });
         let heartbeat = futures::stream::unfold((), |()| async {
             worker::Delay::from(HEARTBEAT).await;
@@ -314,7 +382,7 @@ impl Inner {
                 self.emit(&tenant, config, &changed.events);
                 self.update_inbox();
                 for m in &changed.messages {
-                    self.broadcast(&message_frame(m), m.role == kefu_engine::Role::Note);
+                    self.broadcast(&LiveUpdate::message(m), m.role == kefu_engine::Role::Note);
                 }
                 let status_moved = changed.events.iter().any(|e| {
                     matches!(
@@ -323,8 +391,11 @@ impl Inner {
                             | kefu_engine::Event::Assigned { .. }
                     )
                 });
-                if status_moved && let Some(c) = self.conversation.borrow().as_ref() {
-                    self.broadcast(&status_frame(c), false);
+                let status = status_moved
+                    .then(|| self.conversation.borrow().as_ref().map(LiveUpdate::status))
+                    .flatten();
+                if let Some(update) = status {
+                    self.broadcast(&update, false);
                 }
                 Ok(changed)
             }
@@ -455,7 +526,17 @@ impl DurableObject for ConversationObject {
                 let tenant = query("tenant").unwrap_or_default();
                 let after = query("after").and_then(|a| a.parse().ok()).unwrap_or(0);
                 let notes = query("notes").is_some_and(|v| v == "1");
-                self.inner.open_stream(&tenant, after, notes)
+                let upgrade = req
+                    .headers()
+                    .get("upgrade")
+                    .ok()
+                    .flatten()
+                    .is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
+                if upgrade {
+                    self.inner.open_websocket(&tenant, after, notes)
+                } else {
+                    self.inner.open_stream(&tenant, after, notes)
+                }
             }
             (Method::Post, TYPING_PATH) => {
                 let query = |key: &str| {
@@ -470,11 +551,8 @@ impl DurableObject for ConversationObject {
                 match self.inner.load() {
                     Ok(Some(c)) if c.tenant().as_str() == tenant => {
                         let until = now().as_millis() + api::TYPING_TTL_MS;
-                        let frame = format!(
-                            "event: typing\ndata: {}\n\n",
-                            json!({"who": who, "until_ms": until})
-                        );
-                        self.inner.broadcast(frame.as_bytes(), false);
+                        self.inner
+                            .broadcast(&LiveUpdate::typing(&who, until), false);
                         json_response(200, &json!({"ok": true, "until_ms": until}))
                     }
                     Ok(_) => Err(ApiError::conversation_not_found()),
@@ -487,6 +565,50 @@ impl DurableObject for ConversationObject {
             Ok(resp) => Ok(resp),
             Err(e) => error_response(&e),
         }
+    }
+
+    async fn websocket_message(
+        &self,
+        ws: worker::WebSocket,
+        message: worker::WebSocketIncomingMessage,
+    ) -> worker::Result<()> {
+        // Over the socket a client only says that someone types (messages go through the
+        // HTTP API, where they are validated and stored before anything else happens).
+        let typing = match &message {
+            worker::WebSocketIncomingMessage::String(text) => serde_json::from_str::<Value>(text)
+                .ok()
+                .is_some_and(|v| v["type"] == "typing"),
+            worker::WebSocketIncomingMessage::Binary(_) => false,
+        };
+        if !typing {
+            // Answer what the socket cannot take in the API's error shape; nothing changes.
+            let error = json!({"event": "error", "data": {"error": {
+                "code": "invalid_frame",
+                "message": "a socket only takes {\"type\": \"typing\"}; visitors send messages with POST /api/v1/chat, agents with POST /api/v1/conversations/{id}/messages",
+            }}});
+            let _ = ws.send_with_str(error.to_string());
+            return Ok(());
+        }
+        let who = if self.inner.state.get_tags(&ws).iter().any(|t| t == "agent") {
+            "agent"
+        } else {
+            "visitor"
+        };
+        self.inner.broadcast(
+            &LiveUpdate::typing(who, now().as_millis() + api::TYPING_TTL_MS),
+            false,
+        );
+        Ok(())
+    }
+
+    async fn websocket_close(
+        &self,
+        _ws: worker::WebSocket,
+        _code: usize,
+        _reason: String,
+        _was_clean: bool,
+    ) -> worker::Result<()> {
+        Ok(())
     }
 }
 

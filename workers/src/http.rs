@@ -87,3 +87,17 @@ pub(crate) async fn forward(
         .map_err(internal)?;
     stub.fetch_with_request(req).await.map_err(internal)
 }
+
+/// [`forward`] for a request whose headers matter to the object (a WebSocket upgrade).
+pub(crate) async fn forward_with_headers(
+    stub: &worker::Stub,
+    method: worker::Method,
+    path: &str,
+    headers: &Headers,
+) -> Result<Response, ApiError> {
+    let mut init = worker::RequestInit::new();
+    init.with_method(method).with_headers(headers.clone());
+    let req = worker::Request::new_with_init(&format!("https://object{path}"), &init)
+        .map_err(internal)?;
+    stub.fetch_with_request(req).await.map_err(internal)
+}

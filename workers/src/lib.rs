@@ -179,22 +179,46 @@ async fn handle(
             json_response(200, &json!({"token": token, "agent": agent, "expires_at": kefu_engine::Timestamp::from_millis(expires).to_rfc3339()}))
         }
         Route::ConversationEvents(id) => {
+            // Browsers' `EventSource` and `WebSocket` cannot set headers, so the stream also
+            // takes its credentials from the query: `tenant` for a visitor, `access_token`
+            // for an agent (a short-lived `kfa.` token only, never the tenant key).
+            let query = |name: &str| {
+                req.url()
+                    .ok()
+                    .and_then(|u| u.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned()))
+            };
             let (tenant, notes) = if req.headers().has("authorization").unwrap_or(false) {
                 (agent_tenant(req, env).await?.0, 1)
-            } else {
+            } else if let Some(token) = query("access_token") {
+                if !token.starts_with("kfa.") {
+                    return Err(ApiError {
+                        status: 401,
+                        code: "unauthorized",
+                        message: "access_token takes an agent token (kfa.…); send the tenant key in the Authorization header".into(),
+                        field: Some("access_token".into()),
+                        allow: None,
+                    });
+                }
+                (agent_by_token(env, &token).await?.0, 1)
+            } else if req.headers().has(api::TENANT_HEADER).unwrap_or(false) {
                 (tenant_of(req)?, 0)
+            } else {
+                (api::tenant(query("tenant").as_deref())?, 0)
             };
             // The cursor: `?after=N`, or the SSE reconnect header.
-            let after = req
-                .url()
-                .ok()
-                .and_then(|u| u.query_pairs().find(|(k, _)| k == "after").map(|(_, v)| v.into_owned()))
+            let after = query("after")
                 .or_else(|| req.headers().get("last-event-id").ok().flatten())
                 .and_then(|a| a.trim().parse::<u32>().ok())
                 .unwrap_or(0);
             let stub = conversation::stub_for(env, Some(id.as_str()))?;
             let path = format!("{}?tenant={}&after={after}&notes={notes}", conversation::EVENTS_PATH, tenant.as_str());
-            http::forward(&stub, Method::Get, &path, None).await
+            let upgrade = req.headers().get("upgrade").ok().flatten().is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
+            if upgrade {
+                // The WebSocket handshake travels to the object, which accepts the socket.
+                http::forward_with_headers(&stub, Method::Get, &path, req.headers()).await
+            } else {
+                http::forward(&stub, Method::Get, &path, None).await
+            }
         }
         Route::Typing(id) => {
             let body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
@@ -381,24 +405,39 @@ async fn agent_identity(
         .map(str::trim)
         .filter(|t| t.starts_with("kfa."))
     {
-        let unauthorized = |message: String| ApiError {
-            status: 401,
-            code: "unauthorized",
-            message,
-            field: None,
-            allow: None,
-        };
-        let secret = token_secret(env)
-            .ok_or_else(|| unauthorized("agent tokens are not enabled here".into()))?;
-        let claims = kefu_engine::auth::verify_agent_token(&secret, token, provider::now())
-            .map_err(|e| unauthorized(e.to_string()))?;
-        let tenant = TenantId::parse(&claims.tenant)
-            .ok_or_else(|| unauthorized("the token names no valid tenant".into()))?;
-        let config = config::load(env, &tenant).await?;
-        return Ok((tenant, config, Some(claims)));
+        return agent_by_token(env, token).await;
     }
     let (tenant, config) = openai_authenticate(req, env).await?;
     Ok((tenant, config, None))
+}
+
+/// Verifies an agent's `kfa.` token: the tenant, its configuration and the agent's claims.
+async fn agent_by_token(
+    env: &Env,
+    token: &str,
+) -> std::result::Result<
+    (
+        TenantId,
+        kefu_engine::TenantConfig,
+        Option<kefu_engine::auth::AgentClaims>,
+    ),
+    ApiError,
+> {
+    let unauthorized = |message: String| ApiError {
+        status: 401,
+        code: "unauthorized",
+        message,
+        field: None,
+        allow: None,
+    };
+    let secret = token_secret(env)
+        .ok_or_else(|| unauthorized("agent tokens are not enabled here".into()))?;
+    let claims = kefu_engine::auth::verify_agent_token(&secret, token, provider::now())
+        .map_err(|e| unauthorized(e.to_string()))?;
+    let tenant = TenantId::parse(&claims.tenant)
+        .ok_or_else(|| unauthorized("the token names no valid tenant".into()))?;
+    let config = config::load(env, &tenant).await?;
+    Ok((tenant, config, Some(claims)))
 }
 
 async fn openai_authenticate(

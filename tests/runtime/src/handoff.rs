@@ -641,3 +641,199 @@ pub async fn live_updates_via_sse(ctx: &Ctx) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Live updates over a WebSocket (the Durable Object's hibernatable sockets): the same
+/// catch-up and updates as the SSE stream, and typing announced over the socket itself.
+pub async fn live_updates_via_websocket(ctx: &Ctx) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use std::time::Duration;
+    use tokio_tungstenite::tungstenite::Message as Ws;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let waiting = ctx
+        .chat(Some(TENANT), &json!({"message": "I need a human agent"}))
+        .await?;
+    let id = waiting.json["conversation_id"]
+        .as_str()
+        .context("id")?
+        .to_owned();
+    // As a browser connects: credentials in the query, since `WebSocket` sets no headers.
+    let connect = |query: String| {
+        let url = ctx
+            .url(&format!("/api/v1/conversations/{id}/events?{query}"))
+            .replacen("http://", "ws://", 1);
+        async move {
+            let request = url.into_client_request()?;
+            let (ws, _) = tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio_tungstenite::connect_async(request),
+            )
+            .await
+            .context("connecting the WebSocket")??;
+            anyhow::Ok(ws)
+        }
+    };
+    async fn next<S>(ws: &mut S) -> anyhow::Result<Value>
+    where
+        S: futures::Stream<Item = Result<Ws, tokio_tungstenite::tungstenite::Error>> + Unpin,
+    {
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                .await
+                .context("no update within 10 s")?
+                .context("the socket closed")??;
+            if let Ws::Text(text) = frame {
+                return Ok(serde_json::from_str(text.as_str())?);
+            }
+        }
+    }
+    // The tenant key is never accepted in a URL; only a short-lived agent token is.
+    let refused = connect(format!("after=0&access_token={SDK_KEY}")).await;
+    ensure!(
+        refused.is_err(),
+        "a tenant key in the query opened a socket"
+    );
+    let mut ws = connect(format!("after=0&tenant={TENANT}")).await?;
+    let (a, b, status) = (
+        next(&mut ws).await?,
+        next(&mut ws).await?,
+        next(&mut ws).await?,
+    );
+    ensure!(
+        a["event"] == "message" && b["event"] == "message",
+        "{a} {b}"
+    );
+    ensure!(
+        status["event"] == "status" && status["data"]["status"] == "waiting_for_agent",
+        "{status}"
+    );
+
+    ctx.action(
+        None,
+        Some(SDK_KEY),
+        &id,
+        "claim",
+        &json!({"agent": "alex", "name": "Alex"}),
+    )
+    .await?
+    .expect_status(200)?;
+    let joined = next(&mut ws).await?;
+    ensure!(
+        joined["event"] == "message" && message_text(&joined["data"]).contains("Alex joined"),
+        "{joined}"
+    );
+    let status = next(&mut ws).await?;
+    ensure!(status["data"]["status"] == "with_agent", "{status}");
+    // Alex's console, signed in with an agent token, watches the same conversation.
+    let minted: Value = ctx
+        .http
+        .post(ctx.url("/api/v1/agents/tokens"))
+        .bearer_auth(SDK_KEY)
+        .json(&json!({"agent": "alex", "name": "Alex", "ttl_secs": 600}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let token = minted["token"].as_str().context("token")?;
+    let mut console = connect(format!("after=999&access_token={token}")).await?;
+    let status = next(&mut console).await?;
+    ensure!(status["data"]["assignee"] == "alex", "{status}");
+    ctx.action(
+        None,
+        Some(SDK_KEY),
+        &id,
+        "messages",
+        &json!({"agent": "alex", "text": "note", "internal": true}),
+    )
+    .await?
+    .expect_status(200)?;
+    ctx.action(
+        None,
+        Some(SDK_KEY),
+        &id,
+        "messages",
+        &json!({"agent": "alex", "text": "Hi over the socket"}),
+    )
+    .await?
+    .expect_status(200)?;
+    let reply = next(&mut ws).await?;
+    ensure!(
+        message_text(&reply["data"]) == "Hi over the socket",
+        "a note reached the visitor's socket: {reply}"
+    );
+    let note = next(&mut console).await?;
+    ensure!(
+        message_text(&note["data"]) == "note",
+        "the agent's socket missed the internal note: {note}"
+    );
+    Ok(())
+}
+
+/// Typing announced over a visitor's socket reaches everyone watching (here, the socket itself).
+pub async fn typing_over_websocket(ctx: &Ctx) -> anyhow::Result<()> {
+    use futures::{SinkExt, StreamExt};
+    use std::time::Duration;
+    use tokio_tungstenite::tungstenite::Message as Ws;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let first = ctx
+        .chat(Some(TENANT), &json!({"message": unique("typing")}))
+        .await?;
+    let id = first.json["conversation_id"]
+        .as_str()
+        .context("id")?
+        .to_owned();
+    let url = ctx
+        .url(&format!("/api/v1/conversations/{id}/events?after=99"))
+        .replacen("http://", "ws://", 1);
+    let mut request = url.into_client_request()?;
+    request
+        .headers_mut()
+        .insert("x-kefu-tenant", TENANT.parse()?);
+    let (mut ws, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(request),
+    )
+    .await
+    .context("connecting the WebSocket")??;
+    ws.send(Ws::text(r#"{"type":"message","text":"hi"}"#))
+        .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let frame = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .context("no answer to a frame the socket cannot take")?
+            .context("closed")??;
+        if let Ws::Text(text) = frame {
+            let v: Value = serde_json::from_str(text.as_str())?;
+            if v["event"] == "error" {
+                ensure!(v["data"]["error"]["code"] == "invalid_frame", "{v}");
+                break;
+            }
+            ensure!(
+                v["event"] != "message",
+                "a socket frame became a message: {v}"
+            );
+        }
+    }
+    ws.send(Ws::text(r#"{"type":"typing"}"#)).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let frame = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .context("no typing update")?
+            .context("closed")??;
+        if let Ws::Text(text) = frame {
+            let v: Value = serde_json::from_str(text.as_str())?;
+            if v["event"] == "typing" {
+                ensure!(
+                    v["data"]["who"] == "visitor" && v["data"]["until_ms"].as_u64().is_some(),
+                    "{v}"
+                );
+                break;
+            }
+        }
+    }
+    ws.close(None).await.ok();
+    Ok(())
+}

@@ -29,7 +29,8 @@ use crate::gateway::{
 };
 use crate::handoff::{
     agent_tokens, handoff_by_the_model, handoff_end_to_end, inbox_lists_and_filters,
-    live_updates_via_sse, rules_and_business_hours,
+    live_updates_via_sse, live_updates_via_websocket, rules_and_business_hours,
+    typing_over_websocket,
 };
 use crate::knowledge::{knowledge_ingest_search_and_ground, knowledge_no_answer_falls_back};
 use crate::mock::{MockProvider, echo_reply};
@@ -335,6 +336,8 @@ pub fn all() -> Vec<Scenario> {
         inbox_lists_and_filters,
         agent_tokens,
         live_updates_via_sse,
+        live_updates_via_websocket,
+        typing_over_websocket,
         knowledge_ingest_search_and_ground,
         knowledge_no_answer_falls_back,
         config_versions_and_rollback,
