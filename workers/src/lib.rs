@@ -381,19 +381,17 @@ fn token_secret(env: &Env) -> Option<Vec<u8>> {
         .map(String::into_bytes)
 }
 
+/// A caller on the agents' API: the tenant, its configuration, and the agent's claims when
+/// they signed in with a token (`None` for the tenant key).
+type AgentIdentity = (
+    TenantId,
+    kefu_engine::TenantConfig,
+    Option<kefu_engine::auth::AgentClaims>,
+);
+
 /// Who is calling: an agent signed in with a `kfa.` token (its claims), or an operator's
 /// back end with the tenant key.
-async fn agent_identity(
-    req: &Request,
-    env: &Env,
-) -> std::result::Result<
-    (
-        TenantId,
-        kefu_engine::TenantConfig,
-        Option<kefu_engine::auth::AgentClaims>,
-    ),
-    ApiError,
-> {
+async fn agent_identity(req: &Request, env: &Env) -> std::result::Result<AgentIdentity, ApiError> {
     let header = req
         .headers()
         .get("authorization")
@@ -412,17 +410,7 @@ async fn agent_identity(
 }
 
 /// Verifies an agent's `kfa.` token: the tenant, its configuration and the agent's claims.
-async fn agent_by_token(
-    env: &Env,
-    token: &str,
-) -> std::result::Result<
-    (
-        TenantId,
-        kefu_engine::TenantConfig,
-        Option<kefu_engine::auth::AgentClaims>,
-    ),
-    ApiError,
-> {
+async fn agent_by_token(env: &Env, token: &str) -> std::result::Result<AgentIdentity, ApiError> {
     let unauthorized = |message: String| ApiError {
         status: 401,
         code: "unauthorized",

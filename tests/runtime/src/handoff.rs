@@ -131,15 +131,7 @@ pub async fn handoff_end_to_end(ctx: &Ctx) -> anyhow::Result<()> {
         claimed.text
     );
 
-    ctx.action(
-        None,
-        Some(SDK_KEY),
-        &id,
-        "messages",
-        &json!({"agent": "alex", "text": "Hi, I'm Alex. How can I help?"}),
-    )
-    .await?
-    .expect_status(200)?;
+    alex_says(ctx, &id, "Hi, I'm Alex. How can I help?", false).await?;
     ctx.action(
         None,
         Some(SDK_KEY),
@@ -589,24 +581,8 @@ pub async fn live_updates_via_sse(ctx: &Ctx) -> anyhow::Result<()> {
         "{t:?}"
     );
 
-    ctx.action(
-        None,
-        Some(SDK_KEY),
-        &id,
-        "messages",
-        &json!({"agent": "alex", "text": "internal only", "internal": true}),
-    )
-    .await?
-    .expect_status(200)?;
-    ctx.action(
-        None,
-        Some(SDK_KEY),
-        &id,
-        "messages",
-        &json!({"agent": "alex", "text": "Hello from Alex"}),
-    )
-    .await?
-    .expect_status(200)?;
+    alex_says(ctx, &id, "internal only", true).await?;
+    alex_says(ctx, &id, "Hello from Alex", false).await?;
     let reply = next().await?;
     ensure!(reply.event == "message", "{reply:?}");
     let m = reply.json()?;
@@ -738,24 +714,8 @@ pub async fn live_updates_via_websocket(ctx: &Ctx) -> anyhow::Result<()> {
     let mut console = connect(format!("after=999&access_token={token}")).await?;
     let status = next(&mut console).await?;
     ensure!(status["data"]["assignee"] == "alex", "{status}");
-    ctx.action(
-        None,
-        Some(SDK_KEY),
-        &id,
-        "messages",
-        &json!({"agent": "alex", "text": "note", "internal": true}),
-    )
-    .await?
-    .expect_status(200)?;
-    ctx.action(
-        None,
-        Some(SDK_KEY),
-        &id,
-        "messages",
-        &json!({"agent": "alex", "text": "Hi over the socket"}),
-    )
-    .await?
-    .expect_status(200)?;
+    alex_says(ctx, &id, "note", true).await?;
+    alex_says(ctx, &id, "Hi over the socket", false).await?;
     let reply = next(&mut ws).await?;
     ensure!(
         message_text(&reply["data"]) == "Hi over the socket",
@@ -835,5 +795,19 @@ pub async fn typing_over_websocket(ctx: &Ctx) -> anyhow::Result<()> {
         }
     }
     ws.close(None).await.ok();
+    Ok(())
+}
+
+/// Alex (already the assignee) writes in the conversation: a reply, or an internal note.
+async fn alex_says(ctx: &Ctx, id: &str, text: &str, internal: bool) -> anyhow::Result<()> {
+    ctx.action(
+        None,
+        Some(SDK_KEY),
+        id,
+        "messages",
+        &json!({"agent": "alex", "text": text, "internal": internal}),
+    )
+    .await?
+    .expect_status(200)?;
     Ok(())
 }
