@@ -22,6 +22,12 @@ const [portArg = "0", tenantsFile] = process.argv.slice(2);
 const { workerOptions } = unstable_getMiniflareWorkerOptions("wrangler.toml");
 
 const extra = JSON.parse(process.env.KEFU_EXTRA_BINDINGS || "{}");
+// KEFU_VISITOR_LIMIT replaces the per-visitor message limit (messages a minute): the suites
+// send thousands of messages from one loopback address, the limit's own test very few.
+const visitorLimit = Number(process.env.KEFU_VISITOR_LIMIT || 0);
+if (visitorLimit > 0 && workerOptions.ratelimits?.VISITOR_LIMITER) {
+  workerOptions.ratelimits.VISITOR_LIMITER.simple.limit = visitorLimit;
+}
 const fakeAi = process.env.KEFU_FAKE_AI_UPSTREAM;
 const kefu = {
   ...workerOptions,

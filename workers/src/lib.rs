@@ -86,6 +86,9 @@ async fn handle(
         ),
         Route::Chat => {
             let tenant = tenant_of(req)?;
+            if let Some(refused) = limit_visitor(req, env, &tenant).await? {
+                return Ok(refused);
+            }
             let declared = req.headers().get("content-length").ok().flatten().and_then(|v| v.parse().ok());
             api::check_content_length(declared)?;
             let body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
@@ -445,6 +448,55 @@ async fn openai_authenticate(
             field: None,
             allow: None,
         })
+}
+
+/// The per-visitor message limit's binding (Cloudflare's Rate Limiting; see wrangler.toml).
+const VISITOR_LIMITER: &str = "VISITOR_LIMITER";
+/// The limiter's period, for `Retry-After` (wrangler.toml's `simple.period`).
+const VISITOR_LIMIT_PERIOD_SECS: u32 = 60;
+
+/// Counts a visitor's message against the per-visitor limit, keyed on the site (tenant) and
+/// the visitor's real address (`CF-Connecting-IP`, which Cloudflare sets and clients cannot
+/// forge). `Some(429 response)` when over it — before the body is read, so nothing is
+/// stored and the visitor's widget knows to resend. No binding (e.g. a deployment that
+/// removed it): no limit.
+async fn limit_visitor(
+    req: &Request,
+    env: &Env,
+    tenant: &TenantId,
+) -> std::result::Result<Option<Response>, ApiError> {
+    let Ok(limiter) = env.rate_limiter(VISITOR_LIMITER) else {
+        return Ok(None);
+    };
+    let address = req
+        .headers()
+        .get("cf-connecting-ip")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| "unknown".to_owned());
+    let outcome = limiter
+        .limit(format!("{}|{address}", tenant.as_str()))
+        .await
+        .map_err(|e| ApiError::internal(format!("the visitor rate limiter: {e}")))?;
+    if outcome.success {
+        return Ok(None);
+    }
+    let error = ApiError {
+        status: 429,
+        code: "rate_limited",
+        message: format!(
+            "too many messages from this visitor; nothing was stored, try again in {VISITOR_LIMIT_PERIOD_SECS} seconds"
+        ),
+        field: None,
+        allow: None,
+    };
+    let mut resp = http::error_response(&error).map_err(|e| ApiError::internal(e.to_string()))?;
+    http::set(
+        resp.headers_mut(),
+        "retry-after",
+        &VISITOR_LIMIT_PERIOD_SECS.to_string(),
+    )?;
+    Ok(Some(resp))
 }
 
 fn tenant_of(req: &Request) -> std::result::Result<TenantId, ApiError> {

@@ -33,6 +33,9 @@ pub struct WorkerOptions {
     /// Give the Worker an `AI` binding that stands in for Workers AI, answering from this
     /// origin's Workers AI REST endpoint (the mock's).
     pub fake_ai_upstream: Option<String>,
+    /// The per-visitor message limit (a minute) in place of wrangler.toml's: the suites send
+    /// thousands of messages from one loopback address, so the default is out of reach.
+    pub visitor_limit: u32,
 }
 
 impl Default for WorkerOptions {
@@ -42,6 +45,7 @@ impl Default for WorkerOptions {
             startup_timeout: Duration::from_secs(60),
             bindings: Vec::new(),
             fake_ai_upstream: None,
+            visitor_limit: 1_000_000,
         }
     }
 }
@@ -90,7 +94,10 @@ impl KefuWorker {
             .iter()
             .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
             .collect();
-        let mut env = vec![("KEFU_EXTRA_BINDINGS", Value::Object(bindings).to_string())];
+        let mut env = vec![
+            ("KEFU_EXTRA_BINDINGS", Value::Object(bindings).to_string()),
+            ("KEFU_VISITOR_LIMIT", opts.visitor_limit.to_string()),
+        ];
         if let Some(upstream) = &opts.fake_ai_upstream {
             env.push(("KEFU_FAKE_AI_UPSTREAM", upstream.clone()));
         }

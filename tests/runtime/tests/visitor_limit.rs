@@ -1,0 +1,75 @@
+//! The per-visitor message limit on workerd (Cloudflare's Rate Limiting binding, emulated by
+//! Miniflare): its own host with a limit of 3 messages a minute, so the rest of the suite's
+//! traffic from the same loopback address cannot interfere.
+
+use anyhow::{Context, ensure};
+use kefu_runtime_tests::scenarios::Ctx;
+use kefu_runtime_tests::worker::{KefuWorker, WorkerOptions};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn visitor_messages_beyond_the_limit_are_refused_and_not_stored() -> anyhow::Result<()> {
+    let kefu = KefuWorker::start(WorkerOptions {
+        visitor_limit: 3,
+        ..WorkerOptions::default()
+    })
+    .await?;
+    let ctx = Ctx::new(kefu.base_url(), None)?;
+
+    let first = ctx
+        .chat(Some("site-a"), &json!({"message": "hello"}))
+        .await?;
+    ensure!(first.status == 200, "{}", first.text);
+    let id = first.json["conversation_id"]
+        .as_str()
+        .context("conversation_id")?
+        .to_owned();
+    for n in 2..=3 {
+        let answer = ctx
+            .chat(
+                Some("site-a"),
+                &json!({"message": format!("message {n}"), "conversation_id": id}),
+            )
+            .await?;
+        ensure!(answer.status == 200, "message {n}: {}", answer.text);
+    }
+
+    let refused = ctx
+        .chat(
+            Some("site-a"),
+            &json!({"message": "one too many", "conversation_id": id}),
+        )
+        .await?;
+    ensure!(
+        refused.status == 429 && refused.json["error"]["code"] == "rate_limited",
+        "{} {}",
+        refused.status,
+        refused.text
+    );
+    ensure!(
+        refused
+            .headers
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.parse::<u32>().is_ok_and(|s| s > 0)),
+        "no Retry-After: {:?}",
+        refused.headers
+    );
+    // The refused message was not stored: three visitor messages, none of them the fourth.
+    let messages = ctx.messages(Some("site-a"), &id).await?;
+    let visitor: Vec<_> = messages.iter().filter(|m| m["role"] == "visitor").collect();
+    ensure!(visitor.len() == 3, "{messages:?}");
+    ensure!(
+        !messages
+            .iter()
+            .any(|m| m.to_string().contains("one too many")),
+        "the refused message was stored: {messages:?}"
+    );
+
+    // The limit is per site: the same address still reaches another site's bot.
+    let other = ctx
+        .chat(Some("site-b"), &json!({"message": "hello"}))
+        .await?;
+    ensure!(other.status == 200, "{}", other.text);
+    Ok(())
+}
