@@ -57,6 +57,8 @@ pub(crate) struct InternalTurn {
     pub message: String,
     pub stream: bool,
     pub config: TenantConfig,
+    /// The visitor's verified id (checked against the tenant's identity secret), if any.
+    pub visitor: Option<String>,
 }
 
 /// The stub of an existing conversation's object (`Some(id)`), or of a new one.
@@ -88,6 +90,7 @@ pub(crate) async fn send_turn(env: &Env, turn: &InternalTurn) -> Result<Response
     let body = json!({
         "tenant": turn.tenant, "conversation_id": id, "create": create,
         "message": turn.message, "stream": turn.stream, "config": turn.config,
+        "visitor": turn.visitor,
     });
     forward(
         &stub,
@@ -106,6 +109,8 @@ struct TurnRequest {
     message: String,
     stream: bool,
     config: TenantConfig,
+    #[serde(default)]
+    visitor: Option<String>,
 }
 
 /// A first-come, first-served async lock: turns run one at a time, in arrival order.
@@ -435,6 +440,30 @@ impl Inner {
         });
     }
 
+    /// The verified visitor the conversation belongs to, if any.
+    fn owner(&self) -> Result<Option<String>, ApiError> {
+        let cursor = self
+            .sql
+            .exec("SELECT visitor FROM owner WHERE id = 0", None)
+            .map_err(internal)?;
+        for row in cursor.raw() {
+            if let Some(SqlStorageValue::String(v)) = row.map_err(internal)?.into_iter().next() {
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
+    }
+
+    fn set_owner(&self, visitor: &str) -> Result<(), ApiError> {
+        self.sql
+            .exec(
+                "INSERT INTO owner (id, visitor) VALUES (0, ?) ON CONFLICT (id) DO NOTHING",
+                vec![visitor.into()],
+            )
+            .map(|_| ())
+            .map_err(internal)
+    }
+
     fn transcript(&self) -> Result<Vec<Message>, ApiError> {
         let cursor = self
             .sql
@@ -469,6 +498,8 @@ impl DurableObject for ConversationObject {
             "CREATE TABLE IF NOT EXISTS messages (seq INTEGER PRIMARY KEY, role TEXT NOT NULL, body BLOB NOT NULL, created_at INTEGER NOT NULL)",
             // Each turn's attempts, by the visitor message it answered (for the replay console).
             "CREATE TABLE IF NOT EXISTS traces (seq INTEGER PRIMARY KEY, trace TEXT NOT NULL)",
+            // The verified visitor the conversation belongs to (none: anonymous).
+            "CREATE TABLE IF NOT EXISTS owner (id INTEGER PRIMARY KEY CHECK (id = 0), visitor TEXT NOT NULL)",
         ] {
             if let Err(e) = sql.exec(stmt, None) {
                 log(
@@ -713,6 +744,14 @@ async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiError
         None if t.create => (Conversation::new(id.clone(), tenant.clone(), arrived), true),
         None => return Err(ApiError::conversation_not_found()),
     };
+    // A verified visitor's conversation takes only that visitor (the engine's rule); an
+    // anonymous one is adopted by the first verified visitor who writes in it.
+    let owner = inner.owner()?;
+    kefu_engine::identity::may_continue(owner.as_deref(), t.visitor.as_deref())
+        .map_err(|e| api::identity_error(&e))?;
+    if let (None, Some(visitor)) = (&owner, &t.visitor) {
+        inner.set_owner(visitor)?;
+    }
     let parts = vec![Part::Text(t.message)];
     let visitor = inner.record(conversation, &t.config, |c| {
         c.handle_visitor_message(arrived, parts, &t.config)

@@ -94,12 +94,15 @@ async fn handle(
             let body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
             let chat = api::parse_chat_request(&body)?;
             let config = config::load(env, &tenant).await?;
+            let visitor = kefu_engine::identity::verify(config.identity.as_ref(), chat.visitor.as_ref())
+                .map_err(|e| api::identity_error(&e))?;
             let turn = InternalTurn {
                 tenant: tenant.as_str().to_owned(),
                 conversation_id: chat.conversation_id.as_ref().map(|c| c.as_str().to_owned()),
                 message: chat.message,
                 stream: chat.stream,
                 config,
+                visitor,
             };
             conversation::send_turn(env, &turn).await
         }
@@ -522,6 +525,7 @@ async fn run_demo(env: &Env, tenant: &TenantId) -> std::result::Result<DemoRun, 
             message: (*question).to_owned(),
             stream: false,
             config: config.clone(),
+            visitor: None,
         };
         let mut resp = conversation::send_turn(env, &turn).await?;
         let body: Value = resp

@@ -595,6 +595,8 @@ pub struct ChatRequest {
     pub message: String,
     /// Answer with Server-Sent Events.
     pub stream: bool,
+    /// The visitor's identity proof, when the site verifies signed-in users.
+    pub visitor: Option<crate::identity::VisitorIdentity>,
 }
 
 impl ChatRequest {
@@ -639,17 +641,18 @@ pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
             "the body must be a JSON object",
         ));
     };
-    const FIELDS: [&str; 3] = ["message", "conversation_id", "stream"];
+    const FIELDS: [&str; 4] = ["message", "conversation_id", "stream", "visitor"];
     if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(ApiError::new(
             400,
             "invalid_field",
             format!(
-                "unknown field `{unknown}`; expected one of `message`, `conversation_id`, `stream`"
+                "unknown field `{unknown}`; expected one of `message`, `conversation_id`, `stream`, `visitor`"
             ),
         )
         .field(unknown));
     }
+    let visitor = parse_visitor(obj.get("visitor"))?;
     let message = match obj.get("message") {
         None | Some(Value::Null) => {
             return Err(
@@ -701,7 +704,73 @@ pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
         conversation_id,
         message,
         stream,
+        visitor,
     })
+}
+
+/// `"visitor": {"id": "…", "hash": "…"}`: the shape only; [`crate::identity::verify`] checks
+/// the hash against the tenant's secret.
+fn parse_visitor(
+    value: Option<&Value>,
+) -> Result<Option<crate::identity::VisitorIdentity>, ApiError> {
+    let invalid = |field: &str, message: &str| {
+        Err(ApiError::new(400, "invalid_field", message.to_owned()).field(field))
+    };
+    let obj = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(obj)) => obj,
+        Some(_) => {
+            return invalid(
+                "visitor",
+                "`visitor` must be an object with `id` and `hash`",
+            );
+        }
+    };
+    if let Some(unknown) = obj.keys().find(|k| !["id", "hash"].contains(&k.as_str())) {
+        return invalid(
+            &format!("visitor.{unknown}"),
+            "unknown field; `visitor` takes `id` and `hash`",
+        );
+    }
+    let id = match obj.get("id") {
+        Some(Value::String(id))
+            if !id.trim().is_empty()
+                && id.chars().count() <= crate::identity::MAX_ID_CHARS
+                && !id.chars().any(char::is_control) =>
+        {
+            id.clone()
+        }
+        _ => {
+            return invalid(
+                "visitor.id",
+                "`visitor.id` must be a string of 1 to 128 printable characters",
+            );
+        }
+    };
+    let hash = match obj.get("hash") {
+        Some(Value::String(h)) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            h.clone()
+        }
+        _ => {
+            return invalid(
+                "visitor.hash",
+                "`visitor.hash` must be the 64 hex digits of HMAC-SHA256(identity secret, id)",
+            );
+        }
+    };
+    Ok(Some(crate::identity::VisitorIdentity { id, hash }))
+}
+
+/// The API's answer when a visitor's identity does not let them go on.
+pub fn identity_error(e: &crate::identity::IdentityError) -> ApiError {
+    use crate::identity::IdentityError as E;
+    let message = e.to_string();
+    match e {
+        E::NotConfigured => ApiError::new(400, "invalid_field", message).field("visitor"),
+        E::Required => ApiError::new(401, "identity_required", message).field("visitor"),
+        E::Invalid => ApiError::new(401, "invalid_identity", message).field("visitor.hash"),
+        E::NotYours => ApiError::new(403, "conversation_not_yours", message),
+    }
 }
 
 /// A message as the API shows it.
@@ -1068,6 +1137,40 @@ mod tests {
             .unwrap();
         assert!(ok.stream);
         assert_eq!(ok.conversation_id.unwrap().as_str(), "c_1");
+    }
+
+    #[test]
+    fn validates_the_visitor_identity_shape() {
+        let hash = "ab".repeat(32);
+        let ok = parse_chat_request(
+            format!(r#"{{"message":"hi","visitor":{{"id":"user-42","hash":"{hash}"}}}}"#)
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(ok.visitor.unwrap().id, "user-42");
+        let field = |body: String| parse_chat_request(body.as_bytes()).unwrap_err().field;
+        assert_eq!(
+            field(r#"{"message":"hi","visitor":"user-42"}"#.into()).as_deref(),
+            Some("visitor")
+        );
+        assert_eq!(
+            field(format!(
+                r#"{{"message":"hi","visitor":{{"id":"","hash":"{hash}"}}}}"#
+            ))
+            .as_deref(),
+            Some("visitor.id")
+        );
+        assert_eq!(
+            field(r#"{"message":"hi","visitor":{"id":"u","hash":"xyz"}}"#.into()).as_deref(),
+            Some("visitor.hash")
+        );
+        assert_eq!(
+            field(format!(
+                r#"{{"message":"hi","visitor":{{"id":"u","hash":"{hash}","email":"a@b"}}}}"#
+            ))
+            .as_deref(),
+            Some("visitor.email")
+        );
     }
 
     #[test]

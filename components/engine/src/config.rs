@@ -64,6 +64,8 @@ pub struct TenantConfig {
     pub history_window: u16,
     /// Question-and-answer pairs the offline responder answers from, before its built-ins.
     pub faq: Vec<FaqEntry>,
+    /// Verified visitor identity (anonymous visitors only, without it).
+    pub identity: Option<crate::identity::IdentityPolicy>,
 }
 
 /// An OpenAI-compatible chat-completions provider.
@@ -206,6 +208,7 @@ impl Default for TenantConfig {
             timeouts: Timeouts::default(),
             history_window: 20,
             faq: Vec::new(),
+            identity: None,
         }
     }
 }
@@ -269,6 +272,14 @@ impl TenantConfig {
         }
         if !(2..=200).contains(&self.history_window) {
             return Err(invalid("history_window", "must be between 2 and 200"));
+        }
+        if let Some(identity) = &self.identity
+            && identity.secret.chars().count() < crate::identity::MIN_SECRET_CHARS
+        {
+            return Err(invalid(
+                "identity.secret",
+                "must be at least 32 characters (a random string shared with your server)",
+            ));
         }
         let t = self.timeouts;
         if t.connect_ms == 0 || t.first_token_ms == 0 || t.total_ms == 0 {
@@ -527,6 +538,10 @@ mod tests {
                 "timeouts.first_token_ms",
             ),
             (r#"{"history_window":1}"#, "history_window"),
+            (
+                r#"{"identity":{"secret":"too-short","required":true}}"#,
+                "identity.secret",
+            ),
             (
                 r#"{"faq":[{"question":" ","answer":"a"}]}"#,
                 "faq[0].question",

@@ -27,6 +27,7 @@ pub mod gateway;
 pub mod gemini;
 pub mod handoff;
 pub mod hours;
+pub mod identity;
 pub mod knowledge;
 pub mod offline;
 pub mod openai;

@@ -13,22 +13,32 @@ const TENANT: &str = "gw-sdk";
 
 /// The customer-service tenants these scenarios need, for a mock at `mock_base`.
 pub fn tenants(mock_base: &str) -> Vec<(String, Value)> {
-    vec![(
-        "cs-rules".into(),
-        json!({
-            "provider": {"kind": "openai_compatible", "base_url": mock_base, "model": crate::mock::MOCK_MODEL},
-            "api_keys": [{"id": "runtime-tests", "sha256": kefu_engine::auth::hash_key(RULES_KEY)}],
-            "rules": [
-                {"id": "refund", "priority": 10, "when": {"keywords": ["refund", "退款"]},
-                 "then": {"reply": "Refunds reach your card within 5 working days.", "tag": "billing"}},
-                {"id": "legal", "priority": 20, "when": {"regex": "(?i)\\blawyers?\\b"},
-                 "then": {"handoff": true, "queue": "legal"}}
-            ],
-            // No opening hours at all: every handoff happens "after hours".
-            "business_hours": {"timezone": "Europe/Berlin", "weekly": {}},
-        }),
-    )]
+    vec![
+        (
+            "cs-rules".into(),
+            json!({
+                "provider": {"kind": "openai_compatible", "base_url": mock_base, "model": crate::mock::MOCK_MODEL},
+                "api_keys": [{"id": "runtime-tests", "sha256": kefu_engine::auth::hash_key(RULES_KEY)}],
+                "rules": [
+                    {"id": "refund", "priority": 10, "when": {"keywords": ["refund", "退款"]},
+                     "then": {"reply": "Refunds reach your card within 5 working days.", "tag": "billing"}},
+                    {"id": "legal", "priority": 20, "when": {"regex": "(?i)\\blawyers?\\b"},
+                     "then": {"handoff": true, "queue": "legal"}}
+                ],
+                // No opening hours at all: every handoff happens "after hours".
+                "business_hours": {"timezone": "Europe/Berlin", "weekly": {}},
+            }),
+        ),
+        (
+            VERIFIED_SITE.into(),
+            json!({"identity": {"secret": IDENTITY_SECRET, "required": true}}),
+        ),
+    ]
 }
+
+/// A site that only talks to signed-in visitors (verified with an HMAC of their id).
+pub const VERIFIED_SITE: &str = "verified-site";
+const IDENTITY_SECRET: &str = "a-random-identity-secret-for-the-runtime-tests";
 
 /// The tenant key of `cs-rules`.
 pub const RULES_KEY: &str = "kf-cs-rules.Kefu0Rules0Test0Key000001";
@@ -809,5 +819,60 @@ async fn alex_says(ctx: &Ctx, id: &str, text: &str, internal: bool) -> anyhow::R
     )
     .await?
     .expect_status(200)?;
+    Ok(())
+}
+
+/// Verified visitor identity: a site that requires it refuses anonymous and forged visitors,
+/// and a verified visitor's conversation takes only that visitor — nothing refused is stored.
+pub async fn verified_visitor_identity(ctx: &Ctx) -> anyhow::Result<()> {
+    use kefu_engine::identity::visitor_hash;
+    let as_user = |id: &str| json!({"id": id, "hash": visitor_hash(IDENTITY_SECRET, id)});
+
+    ctx.chat(Some(VERIFIED_SITE), &json!({"message": "hi"}))
+        .await?
+        .expect_error(401, "identity_required")?;
+    ctx.chat(
+        Some(VERIFIED_SITE),
+        &json!({"message": "hi", "visitor": {"id": "user-42", "hash": visitor_hash("not-the-secret-not-the-secret-xx", "user-42")}}),
+    )
+    .await?
+    .expect_error(401, "invalid_identity")?;
+
+    let first = ctx
+        .chat(
+            Some(VERIFIED_SITE),
+            &json!({"message": "hello, I am user 42", "visitor": as_user("user-42")}),
+        )
+        .await?;
+    ensure!(first.status == 200, "{}", first.text);
+    let id = first.json["conversation_id"]
+        .as_str()
+        .context("id")?
+        .to_owned();
+    let before = ctx.messages(Some(VERIFIED_SITE), &id).await?.len();
+
+    // Another signed-in visitor who learns the id cannot write in it.
+    ctx.chat(
+        Some(VERIFIED_SITE),
+        &json!({"message": "let me in", "conversation_id": id, "visitor": as_user("user-43")}),
+    )
+    .await?
+    .expect_error(403, "conversation_not_yours")?;
+    ensure!(
+        ctx.messages(Some(VERIFIED_SITE), &id).await?.len() == before,
+        "a refused message was stored"
+    );
+
+    let again = ctx
+        .chat(
+            Some(VERIFIED_SITE),
+            &json!({"message": "still me", "conversation_id": id, "visitor": as_user("user-42")}),
+        )
+        .await?;
+    ensure!(again.status == 200, "{}", again.text);
+    ensure!(
+        ctx.messages(Some(VERIFIED_SITE), &id).await?.len() > before,
+        "the owner's message was not stored"
+    );
     Ok(())
 }

@@ -30,7 +30,7 @@ use crate::gateway::{
 use crate::handoff::{
     agent_tokens, handoff_by_the_model, handoff_end_to_end, inbox_lists_and_filters,
     live_updates_via_sse, live_updates_via_websocket, rules_and_business_hours,
-    typing_over_websocket,
+    typing_over_websocket, verified_visitor_identity,
 };
 use crate::knowledge::{knowledge_ingest_search_and_ground, knowledge_no_answer_falls_back};
 use crate::mock::{MockProvider, echo_reply};
@@ -338,6 +338,7 @@ pub fn all() -> Vec<Scenario> {
         live_updates_via_sse,
         live_updates_via_websocket,
         typing_over_websocket,
+        verified_visitor_identity,
         knowledge_ingest_search_and_ground,
         knowledge_no_answer_falls_back,
         config_versions_and_rollback,
