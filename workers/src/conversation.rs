@@ -440,6 +440,17 @@ impl Inner {
         });
     }
 
+    /// Whether a reader may see the conversation: agents (`notes`) always; a visitor when
+    /// it is anonymous or theirs (`visitor`: their verified id, empty or absent without).
+    fn check_reader(&self, notes: bool, visitor: Option<String>) -> Result<(), ApiError> {
+        if notes {
+            return Ok(());
+        }
+        let visitor = visitor.filter(|v| !v.is_empty());
+        kefu_engine::identity::may_continue(self.owner()?.as_deref(), visitor.as_deref())
+            .map_err(|e| api::identity_error(&e))
+    }
+
     /// The verified visitor the conversation belongs to, if any.
     fn owner(&self) -> Result<Option<String>, ApiError> {
         let cursor = self
@@ -536,11 +547,15 @@ impl DurableObject for ConversationObject {
                 };
                 let tenant = query("tenant");
                 let notes = query("notes").is_some_and(|v| v == "1");
-                handle_get(
-                    &self.inner,
-                    tenant.as_deref().unwrap_or(TenantId::DEFAULT),
-                    notes,
-                )
+                self.inner
+                    .check_reader(notes, query("visitor"))
+                    .and_then(|()| {
+                        handle_get(
+                            &self.inner,
+                            tenant.as_deref().unwrap_or(TenantId::DEFAULT),
+                            notes,
+                        )
+                    })
             }
             (Method::Post, ACTION_PATH) => match req.bytes().await {
                 Ok(body) => handle_action(&self.inner, &body),
@@ -557,17 +572,20 @@ impl DurableObject for ConversationObject {
                 let tenant = query("tenant").unwrap_or_default();
                 let after = query("after").and_then(|a| a.parse().ok()).unwrap_or(0);
                 let notes = query("notes").is_some_and(|v| v == "1");
+                let reader = self.inner.check_reader(notes, query("visitor"));
                 let upgrade = req
                     .headers()
                     .get("upgrade")
                     .ok()
                     .flatten()
                     .is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
-                if upgrade {
-                    self.inner.open_websocket(&tenant, after, notes)
-                } else {
-                    self.inner.open_stream(&tenant, after, notes)
-                }
+                reader.and_then(|()| {
+                    if upgrade {
+                        self.inner.open_websocket(&tenant, after, notes)
+                    } else {
+                        self.inner.open_stream(&tenant, after, notes)
+                    }
+                })
             }
             (Method::Post, TYPING_PATH) => {
                 let query = |key: &str| {

@@ -101,3 +101,10 @@ pub(crate) async fn forward_with_headers(
         .map_err(internal)?;
     stub.fetch_with_request(req).await.map_err(internal)
 }
+
+/// `pairs` as a URL query string, each value percent-encoded.
+pub(crate) fn query_string(pairs: &[(&str, &str)]) -> String {
+    let mut url = worker::Url::parse("https://kefu.internal/").expect("a constant, valid URL");
+    url.query_pairs_mut().extend_pairs(pairs);
+    url.query().unwrap_or_default().to_owned()
+}

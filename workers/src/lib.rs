@@ -86,12 +86,14 @@ async fn handle(
         ),
         Route::Chat => {
             let tenant = tenant_of(req)?;
+            let declared = req.headers().get("content-length").ok().flatten().and_then(|v| v.parse().ok());
+            api::check_content_length(declared)?;
+            // The (bounded) body is read even when the limit refuses it: answering before the
+            // body is consumed makes the runtime reset the client's keep-alive connection.
+            let body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
             if let Some(refused) = limit_visitor(req, env, &tenant).await? {
                 return Ok(refused);
             }
-            let declared = req.headers().get("content-length").ok().flatten().and_then(|v| v.parse().ok());
-            api::check_content_length(declared)?;
-            let body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
             let chat = api::parse_chat_request(&body)?;
             let config = config::load(env, &tenant).await?;
             let visitor = kefu_engine::identity::verify(config.identity.as_ref(), chat.visitor.as_ref())
@@ -114,8 +116,16 @@ async fn handle(
             } else {
                 (tenant_of(req)?, 0)
             };
+            let visitor = if notes == 0 { verified_reader(req, env, &tenant).await? } else { None };
             let stub = conversation::stub_for(env, Some(id.as_str()))?;
-            let path = format!("{TRANSCRIPT_PATH}?tenant={}&notes={notes}", tenant.as_str());
+            let path = format!(
+                "{TRANSCRIPT_PATH}?{}",
+                http::query_string(&[
+                    ("tenant", tenant.as_str()),
+                    ("notes", &notes.to_string()),
+                    ("visitor", visitor.as_deref().unwrap_or_default()),
+                ])
+            );
             http::forward(&stub, Method::Get, &path, None).await
         }
         Route::ConversationAction(id, action) => {
@@ -216,8 +226,18 @@ async fn handle(
                 .or_else(|| req.headers().get("last-event-id").ok().flatten())
                 .and_then(|a| a.trim().parse::<u32>().ok())
                 .unwrap_or(0);
+            let visitor = if notes == 0 { verified_reader(req, env, &tenant).await? } else { None };
             let stub = conversation::stub_for(env, Some(id.as_str()))?;
-            let path = format!("{}?tenant={}&after={after}&notes={notes}", conversation::EVENTS_PATH, tenant.as_str());
+            let path = format!(
+                "{}?{}",
+                conversation::EVENTS_PATH,
+                http::query_string(&[
+                    ("tenant", tenant.as_str()),
+                    ("after", &after.to_string()),
+                    ("notes", &notes.to_string()),
+                    ("visitor", visitor.as_deref().unwrap_or_default()),
+                ])
+            );
             let upgrade = req.headers().get("upgrade").ok().flatten().is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
             if upgrade {
                 // The WebSocket handshake travels to the object, which accepts the socket.
@@ -453,6 +473,37 @@ async fn openai_authenticate(
         })
 }
 
+/// A visitor reading a conversation (its transcript or live updates) with an identity
+/// proof: the `X-Kefu-Visitor-Id` and `X-Kefu-Visitor-Hash` headers, or `visitor_id` and
+/// `visitor_hash` in the query (browsers' `EventSource` and `WebSocket` set no headers).
+/// `Some(id)` once verified; `None` without a proof. A verified visitor's conversation is
+/// readable only with its owner's proof (checked in the conversation's object).
+async fn verified_reader(
+    req: &Request,
+    env: &Env,
+    tenant: &TenantId,
+) -> std::result::Result<Option<String>, ApiError> {
+    let from = |header: &str, param: &str| {
+        req.headers().get(header).ok().flatten().or_else(|| {
+            req.url().ok().and_then(|u| {
+                u.query_pairs()
+                    .find(|(k, _)| k == param)
+                    .map(|(_, v)| v.into_owned())
+            })
+        })
+    };
+    let (Some(id), Some(hash)) = (
+        from("x-kefu-visitor-id", "visitor_id"),
+        from("x-kefu-visitor-hash", "visitor_hash"),
+    ) else {
+        return Ok(None);
+    };
+    let proof = kefu_engine::identity::VisitorIdentity { id, hash };
+    let config = config::load(env, tenant).await?;
+    kefu_engine::identity::verify(config.identity.as_ref(), Some(&proof))
+        .map_err(|e| api::identity_error(&e))
+}
+
 /// The per-visitor message limit's binding (Cloudflare's Rate Limiting; see wrangler.toml).
 const VISITOR_LIMITER: &str = "VISITOR_LIMITER";
 /// The limiter's period, for `Retry-After` (wrangler.toml's `simple.period`).
@@ -460,8 +511,8 @@ const VISITOR_LIMIT_PERIOD_SECS: u32 = 60;
 
 /// Counts a visitor's message against the per-visitor limit, keyed on the site (tenant) and
 /// the visitor's real address (`CF-Connecting-IP`, which Cloudflare sets and clients cannot
-/// forge). `Some(429 response)` when over it — before the body is read, so nothing is
-/// stored and the visitor's widget knows to resend. No binding (e.g. a deployment that
+/// forge). `Some(429 response)` when over it — before anything is stored, so the visitor's
+/// widget knows to resend. No binding (e.g. a deployment that
 /// removed it): no limit.
 async fn limit_visitor(
     req: &Request,

@@ -849,7 +849,49 @@ pub async fn verified_visitor_identity(ctx: &Ctx) -> anyhow::Result<()> {
         .as_str()
         .context("id")?
         .to_owned();
-    let before = ctx.messages(Some(VERIFIED_SITE), &id).await?.len();
+    // Reading it takes the owner's proof too (headers here; the query for EventSource).
+    let read_as = |user: Option<&'static str>| {
+        let mut request = ctx.request(
+            reqwest::Method::GET,
+            &format!("/api/v1/conversations/{id}"),
+            Some(VERIFIED_SITE),
+        );
+        if let Some(user) = user {
+            request = request
+                .header("x-kefu-visitor-id", user)
+                .header("x-kefu-visitor-hash", visitor_hash(IDENTITY_SECRET, user));
+        }
+        async move { crate::scenarios::Answer::read(request.send().await?).await }
+    };
+    read_as(None)
+        .await?
+        .expect_error(403, "conversation_not_yours")?;
+    read_as(Some("user-43"))
+        .await?
+        .expect_error(403, "conversation_not_yours")?;
+    let count = async || -> anyhow::Result<usize> {
+        let answer = read_as(Some("user-42")).await?;
+        ensure!(answer.status == 200, "{}", answer.text);
+        Ok(answer.json["messages"].as_array().map_or(0, Vec::len))
+    };
+    let before = count().await?;
+    ensure!(before >= 2, "the owner reads {before} messages");
+    let events = ctx
+        .request(
+            reqwest::Method::GET,
+            &format!(
+                "/api/v1/conversations/{id}/events?after=0&visitor_id=user-43&visitor_hash={}",
+                visitor_hash(IDENTITY_SECRET, "user-43")
+            ),
+            Some(VERIFIED_SITE),
+        )
+        .send()
+        .await?;
+    ensure!(
+        events.status() == 403,
+        "another user's live stream: {}",
+        events.status()
+    );
 
     // Another signed-in visitor who learns the id cannot write in it.
     ctx.chat(
@@ -858,10 +900,7 @@ pub async fn verified_visitor_identity(ctx: &Ctx) -> anyhow::Result<()> {
     )
     .await?
     .expect_error(403, "conversation_not_yours")?;
-    ensure!(
-        ctx.messages(Some(VERIFIED_SITE), &id).await?.len() == before,
-        "a refused message was stored"
-    );
+    ensure!(count().await? == before, "a refused message was stored");
 
     let again = ctx
         .chat(
@@ -871,7 +910,7 @@ pub async fn verified_visitor_identity(ctx: &Ctx) -> anyhow::Result<()> {
         .await?;
     ensure!(again.status == 200, "{}", again.text);
     ensure!(
-        ctx.messages(Some(VERIFIED_SITE), &id).await?.len() > before,
+        count().await? > before,
         "the owner's message was not stored"
     );
     Ok(())

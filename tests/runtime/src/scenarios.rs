@@ -67,7 +67,7 @@ pub struct Answer {
 }
 
 impl Answer {
-    async fn read(response: reqwest::Response) -> anyhow::Result<Self> {
+    pub(crate) async fn read(response: reqwest::Response) -> anyhow::Result<Self> {
         let status = response.status();
         let headers = response.headers().clone();
         let text = response.text().await.context("reading the response body")?;
