@@ -440,8 +440,9 @@ impl Inner {
         });
     }
 
-    /// Whether a reader may see the conversation: agents (`notes`) always; a visitor when
-    /// it is anonymous or theirs (`visitor`: their verified id, empty or absent without).
+    /// Whether a reader may see (or a visitor act on) the conversation: agents (`notes`)
+    /// always; a visitor when it is anonymous or theirs (`visitor`: their verified id, empty
+    /// or absent without one).
     fn check_reader(&self, notes: bool, visitor: Option<String>) -> Result<(), ApiError> {
         if notes {
             return Ok(());
@@ -597,7 +598,8 @@ impl DurableObject for ConversationObject {
                 };
                 let tenant = query("tenant").unwrap_or_default();
                 let who = query("who").unwrap_or_default();
-                match self.inner.load() {
+                let reader = self.inner.check_reader(who == "agent", query("visitor"));
+                match reader.and_then(|()| self.inner.load()) {
                     Ok(Some(c)) if c.tenant().as_str() == tenant => {
                         let until = now().as_millis() + api::TYPING_TTL_MS;
                         self.inner
@@ -680,6 +682,9 @@ pub(crate) struct InternalAction {
     pub action: String,
     pub request: String,
     pub config: TenantConfig,
+    /// For a visitor's action: their verified id, if they proved one.
+    #[serde(default)]
+    pub visitor: Option<String>,
 }
 
 fn handle_action(inner: &Inner, body: &[u8]) -> Result<Response, ApiError> {
@@ -690,6 +695,9 @@ fn handle_action(inner: &Inner, body: &[u8]) -> Result<Response, ApiError> {
         return Err(ApiError::internal("not an action"));
     };
     let request = api::parse_action(action, a.request.as_bytes())?;
+    if !action.by_agent() {
+        inner.check_reader(false, a.visitor.clone())?;
+    }
     let conversation = inner
         .load()?
         .filter(|c| c.tenant().as_str() == a.tenant)

@@ -136,6 +136,9 @@ async fn handle(
                 let config = config::load(env, &tenant).await?;
                 (tenant, config, None)
             };
+            // A visitor's action (a handoff request, a rating) takes their identity proof, like
+            // their messages: a verified visitor's conversation is theirs alone.
+            let visitor = if action.by_agent() { None } else { verified_reader(req, env, &tenant).await? };
             let mut body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
             if let Some(claims) = &claims {
                 // A signed-in agent acts as itself: the token says who, the body may not differ.
@@ -172,6 +175,7 @@ async fn handle(
                 action: req.path().rsplit('/').next().unwrap_or_default().to_owned(),
                 request: String::from_utf8_lossy(&body).into_owned(),
                 config,
+                visitor,
             };
             let stub = conversation::stub_for(env, Some(id.as_str()))?;
             let body = serde_json::to_vec(&internal).map_err(|e| ApiError::internal(e.to_string()))?;
@@ -255,8 +259,17 @@ async fn handle(
                 agent_tenant(req, env).await?.0
             };
             let who = if visitor { "visitor" } else { "agent" };
+            let proof = if visitor { verified_reader(req, env, &tenant).await? } else { None };
             let stub = conversation::stub_for(env, Some(id.as_str()))?;
-            let path = format!("{}?tenant={}&who={who}", conversation::TYPING_PATH, tenant.as_str());
+            let path = format!(
+                "{}?{}",
+                conversation::TYPING_PATH,
+                http::query_string(&[
+                    ("tenant", tenant.as_str()),
+                    ("who", who),
+                    ("visitor", proof.as_deref().unwrap_or_default()),
+                ])
+            );
             http::forward(&stub, Method::Post, &path, None).await
         }
         Route::ListConversations => {

@@ -892,6 +892,22 @@ pub async fn verified_visitor_identity(ctx: &Ctx) -> anyhow::Result<()> {
         "another user's live stream: {}",
         events.status()
     );
+    // Nor act in it as its visitor: typing, or asking for a person, without the proof.
+    let typing = ctx
+        .request(
+            reqwest::Method::POST,
+            &format!("/api/v1/conversations/{id}/typing"),
+            Some(VERIFIED_SITE),
+        )
+        .json(&json!({"who": "visitor"}))
+        .send()
+        .await?;
+    crate::scenarios::Answer::read(typing)
+        .await?
+        .expect_error(403, "conversation_not_yours")?;
+    ctx.action(Some(VERIFIED_SITE), None, &id, "handoff", &json!({}))
+        .await?
+        .expect_error(403, "conversation_not_yours")?;
 
     // Another signed-in visitor who learns the id cannot write in it.
     ctx.chat(
