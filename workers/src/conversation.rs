@@ -33,7 +33,7 @@ use worker::{
     SqlStorageValue, State, Stub, durable_object, wasm_bindgen_futures,
 };
 
-use crate::http::{error_response, forward, internal, json_response, set};
+use crate::http::{self, error_response, forward, internal, json_response, set};
 use crate::provider::{self, now};
 use crate::{CONVERSATIONS, config, gateway, knowledge, log};
 
@@ -539,13 +539,8 @@ impl DurableObject for ConversationObject {
                 Err(e) => Err(internal(e)),
             },
             (Method::Get, TRANSCRIPT_PATH) => {
-                let query = |key: &str| {
-                    req.url().ok().and_then(|u| {
-                        u.query_pairs()
-                            .find(|(k, _)| k == key)
-                            .map(|(_, v)| v.into_owned())
-                    })
-                };
+                let url = req.url().ok();
+                let query = |key: &str| url.as_ref().and_then(|u| http::param(u, key));
                 let tenant = query("tenant");
                 let notes = query("notes").is_some_and(|v| v == "1");
                 self.inner
@@ -563,13 +558,8 @@ impl DurableObject for ConversationObject {
                 Err(e) => Err(internal(e)),
             },
             (Method::Get, EVENTS_PATH) => {
-                let query = |key: &str| {
-                    req.url().ok().and_then(|u| {
-                        u.query_pairs()
-                            .find(|(k, _)| k == key)
-                            .map(|(_, v)| v.into_owned())
-                    })
-                };
+                let url = req.url().ok();
+                let query = |key: &str| url.as_ref().and_then(|u| http::param(u, key));
                 let tenant = query("tenant").unwrap_or_default();
                 let after = query("after").and_then(|a| a.parse().ok()).unwrap_or(0);
                 let notes = query("notes").is_some_and(|v| v == "1");
@@ -589,13 +579,8 @@ impl DurableObject for ConversationObject {
                 })
             }
             (Method::Post, TYPING_PATH) => {
-                let query = |key: &str| {
-                    req.url().ok().and_then(|u| {
-                        u.query_pairs()
-                            .find(|(k, _)| k == key)
-                            .map(|(_, v)| v.into_owned())
-                    })
-                };
+                let url = req.url().ok();
+                let query = |key: &str| url.as_ref().and_then(|u| http::param(u, key));
                 let tenant = query("tenant").unwrap_or_default();
                 let who = query("who").unwrap_or_default();
                 let reader = self.inner.check_reader(who == "agent", query("visitor"));

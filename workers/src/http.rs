@@ -104,7 +104,14 @@ pub(crate) async fn forward_with_headers(
 
 /// `pairs` as a URL query string, each value percent-encoded.
 pub(crate) fn query_string(pairs: &[(&str, &str)]) -> String {
-    let mut url = worker::Url::parse("https://kefu.internal/").expect("a constant, valid URL");
-    url.query_pairs_mut().extend_pairs(pairs);
-    url.query().unwrap_or_default().to_owned()
+    worker::url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+}
+
+/// The first value of the query parameter `name` in `url`, decoded.
+pub(crate) fn param(url: &worker::Url, name: &str) -> Option<String> {
+    url.query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }

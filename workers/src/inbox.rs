@@ -113,11 +113,7 @@ impl DurableObject for InboxObject {
             },
             (Method::Get, "/list") => {
                 let url = req.url()?;
-                let q = |k: &str| {
-                    url.query_pairs()
-                        .find(|(key, _)| key == k)
-                        .map(|(_, v)| v.into_owned())
-                };
+                let q = |k: &str| crate::http::param(&url, k);
                 let limit = q("limit")
                     .and_then(|l| l.parse::<i64>().ok())
                     .unwrap_or(50)

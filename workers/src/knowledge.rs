@@ -163,11 +163,7 @@ impl DurableObject for KnowledgeObject {
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
         let url = req.url()?;
-        let query = |k: &str| {
-            url.query_pairs()
-                .find(|(key, _)| key == k)
-                .map(|(_, v)| v.into_owned())
-        };
+        let query = |k: &str| crate::http::param(&url, k);
         let tenant = query("tenant").and_then(|t| TenantId::parse(&t));
         let path = req.path();
         let result = match (req.method(), path.as_str()) {

@@ -205,7 +205,7 @@ async fn handle(
             let query = |name: &str| {
                 req.url()
                     .ok()
-                    .and_then(|u| u.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned()))
+                    .and_then(|u| http::param(&u, name))
             };
             let (tenant, notes) = if req.headers().has("authorization").unwrap_or(false) {
                 (agent_tenant(req, env).await?.0, 1)
@@ -323,7 +323,7 @@ async fn handle(
             let (tenant, _) = agent_tenant(req, env).await?;
             let t = tenant.as_str();
             let q = |key: &str| {
-                req.url().ok().and_then(|u| u.query_pairs().find(|(k, _)| k == key).map(|(_, v)| v.into_owned()))
+                req.url().ok().and_then(|u| http::param(&u, key))
             };
             let enc = |s: &str| worker::url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
             match k {
@@ -497,13 +497,11 @@ async fn verified_reader(
     tenant: &TenantId,
 ) -> std::result::Result<Option<String>, ApiError> {
     let from = |header: &str, param: &str| {
-        req.headers().get(header).ok().flatten().or_else(|| {
-            req.url().ok().and_then(|u| {
-                u.query_pairs()
-                    .find(|(k, _)| k == param)
-                    .map(|(_, v)| v.into_owned())
-            })
-        })
+        req.headers()
+            .get(header)
+            .ok()
+            .flatten()
+            .or_else(|| req.url().ok().and_then(|u| http::param(&u, param)))
     };
     let (Some(id), Some(hash)) = (
         from("x-kefu-visitor-id", "visitor_id"),

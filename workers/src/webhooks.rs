@@ -231,11 +231,7 @@ pub(crate) async fn deliveries(mut req: Request, env: &Env) -> worker::Result<Re
         let limit = req
             .url()
             .ok()
-            .and_then(|u| {
-                u.query_pairs()
-                    .find(|(k, _)| k == "limit")
-                    .map(|(_, v)| v.into_owned())
-            })
+            .and_then(|u| crate::http::param(&u, "limit"))
             .map(|v| {
                 v.parse::<usize>()
                     .ok()
@@ -976,11 +972,8 @@ impl DurableObject for WebhookObject {
                 let limit = req
                     .url()
                     .ok()
-                    .and_then(|u| {
-                        u.query_pairs()
-                            .find(|(k, _)| k == "limit")
-                            .and_then(|(_, v)| v.parse::<usize>().ok())
-                    })
+                    .and_then(|u| crate::http::param(&u, "limit"))
+                    .and_then(|v| v.parse::<usize>().ok())
                     .unwrap_or(DEFAULT_LIST)
                     .clamp(1, MAX_LIST);
                 self.inner.list(limit).and_then(|v| json_response(200, &v))
