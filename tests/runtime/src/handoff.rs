@@ -5,6 +5,7 @@
 
 use anyhow::{Context, ensure};
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message as Ws;
 
 use crate::gateway::SDK_KEY;
 use crate::scenarios::{Ctx, message_text, unique};
@@ -631,11 +632,6 @@ pub async fn live_updates_via_sse(ctx: &Ctx) -> anyhow::Result<()> {
 /// Live updates over a WebSocket (the Durable Object's hibernatable sockets): the same
 /// catch-up and updates as the SSE stream, and typing announced over the socket itself.
 pub async fn live_updates_via_websocket(ctx: &Ctx) -> anyhow::Result<()> {
-    use futures::StreamExt;
-    use std::time::Duration;
-    use tokio_tungstenite::tungstenite::Message as Ws;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
     let waiting = ctx
         .chat(Some(TENANT), &json!({"message": "I need a human agent"}))
         .await?;
@@ -644,35 +640,7 @@ pub async fn live_updates_via_websocket(ctx: &Ctx) -> anyhow::Result<()> {
         .context("id")?
         .to_owned();
     // As a browser connects: credentials in the query, since `WebSocket` sets no headers.
-    let connect = |query: String| {
-        let url = ctx
-            .url(&format!("/api/v1/conversations/{id}/events?{query}"))
-            .replacen("http://", "ws://", 1);
-        async move {
-            let request = url.into_client_request()?;
-            let (ws, _) = tokio::time::timeout(
-                Duration::from_secs(10),
-                tokio_tungstenite::connect_async(request),
-            )
-            .await
-            .context("connecting the WebSocket")??;
-            anyhow::Ok(ws)
-        }
-    };
-    async fn next<S>(ws: &mut S) -> anyhow::Result<Value>
-    where
-        S: futures::Stream<Item = Result<Ws, tokio_tungstenite::tungstenite::Error>> + Unpin,
-    {
-        loop {
-            let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
-                .await
-                .context("no update within 10 s")?
-                .context("the socket closed")??;
-            if let Ws::Text(text) = frame {
-                return Ok(serde_json::from_str(text.as_str())?);
-            }
-        }
-    }
+    let connect = |query: String| open_socket(ctx, &id, query);
     // The tenant key is never accepted in a URL; only a short-lived agent token is.
     let refused = connect(format!("after=0&access_token={SDK_KEY}")).await;
     ensure!(
@@ -681,9 +649,9 @@ pub async fn live_updates_via_websocket(ctx: &Ctx) -> anyhow::Result<()> {
     );
     let mut ws = connect(format!("after=0&tenant={TENANT}")).await?;
     let (a, b, status) = (
-        next(&mut ws).await?,
-        next(&mut ws).await?,
-        next(&mut ws).await?,
+        next_json(&mut ws).await?,
+        next_json(&mut ws).await?,
+        next_json(&mut ws).await?,
     );
     ensure!(
         a["event"] == "message" && b["event"] == "message",
@@ -703,12 +671,12 @@ pub async fn live_updates_via_websocket(ctx: &Ctx) -> anyhow::Result<()> {
     )
     .await?
     .expect_status(200)?;
-    let joined = next(&mut ws).await?;
+    let joined = next_json(&mut ws).await?;
     ensure!(
         joined["event"] == "message" && message_text(&joined["data"]).contains("Alex joined"),
         "{joined}"
     );
-    let status = next(&mut ws).await?;
+    let status = next_json(&mut ws).await?;
     ensure!(status["data"]["status"] == "with_agent", "{status}");
     // Alex's console, signed in with an agent token, watches the same conversation.
     let minted: Value = ctx
@@ -722,16 +690,16 @@ pub async fn live_updates_via_websocket(ctx: &Ctx) -> anyhow::Result<()> {
         .await?;
     let token = minted["token"].as_str().context("token")?;
     let mut console = connect(format!("after=999&access_token={token}")).await?;
-    let status = next(&mut console).await?;
+    let status = next_json(&mut console).await?;
     ensure!(status["data"]["assignee"] == "alex", "{status}");
     alex_says(ctx, &id, "note", true).await?;
     alex_says(ctx, &id, "Hi over the socket", false).await?;
-    let reply = next(&mut ws).await?;
+    let reply = next_json(&mut ws).await?;
     ensure!(
         message_text(&reply["data"]) == "Hi over the socket",
         "a note reached the visitor's socket: {reply}"
     );
-    let note = next(&mut console).await?;
+    let note = next_json(&mut console).await?;
     ensure!(
         message_text(&note["data"]) == "note",
         "the agent's socket missed the internal note: {note}"
@@ -741,10 +709,7 @@ pub async fn live_updates_via_websocket(ctx: &Ctx) -> anyhow::Result<()> {
 
 /// Typing announced over a visitor's socket reaches everyone watching (here, the socket itself).
 pub async fn typing_over_websocket(ctx: &Ctx) -> anyhow::Result<()> {
-    use futures::{SinkExt, StreamExt};
-    use std::time::Duration;
-    use tokio_tungstenite::tungstenite::Message as Ws;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use futures::SinkExt;
 
     let first = ctx
         .chat(Some(TENANT), &json!({"message": unique("typing")}))
@@ -753,55 +718,31 @@ pub async fn typing_over_websocket(ctx: &Ctx) -> anyhow::Result<()> {
         .as_str()
         .context("id")?
         .to_owned();
-    let url = ctx
-        .url(&format!("/api/v1/conversations/{id}/events?after=99"))
-        .replacen("http://", "ws://", 1);
-    let mut request = url.into_client_request()?;
-    request
-        .headers_mut()
-        .insert("x-kefu-tenant", TENANT.parse()?);
-    let (mut ws, _) = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_tungstenite::connect_async(request),
-    )
-    .await
-    .context("connecting the WebSocket")??;
+    let mut ws = open_socket(ctx, &id, format!("after=99&tenant={TENANT}")).await?;
     ws.send(Ws::text(r#"{"type":"message","text":"hi"}"#))
         .await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let frame = tokio::time::timeout_at(deadline, ws.next())
+        let v = next_json(&mut ws)
             .await
-            .context("no answer to a frame the socket cannot take")?
-            .context("closed")??;
-        if let Ws::Text(text) = frame {
-            let v: Value = serde_json::from_str(text.as_str())?;
-            if v["event"] == "error" {
-                ensure!(v["data"]["error"]["code"] == "invalid_frame", "{v}");
-                break;
-            }
-            ensure!(
-                v["event"] != "message",
-                "a socket frame became a message: {v}"
-            );
+            .context("no answer to a frame the socket cannot take")?;
+        if v["event"] == "error" {
+            ensure!(v["data"]["error"]["code"] == "invalid_frame", "{v}");
+            break;
         }
+        ensure!(
+            v["event"] != "message",
+            "a socket frame became a message: {v}"
+        );
     }
     ws.send(Ws::text(r#"{"type":"typing"}"#)).await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let frame = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .context("no typing update")?
-            .context("closed")??;
-        if let Ws::Text(text) = frame {
-            let v: Value = serde_json::from_str(text.as_str())?;
-            if v["event"] == "typing" {
-                ensure!(
-                    v["data"]["who"] == "visitor" && v["data"]["until_ms"].as_u64().is_some(),
-                    "{v}"
-                );
-                break;
-            }
+        let v = next_json(&mut ws).await.context("no typing update")?;
+        if v["event"] == "typing" {
+            ensure!(
+                v["data"]["who"] == "visitor" && v["data"]["until_ms"].as_u64().is_some(),
+                "{v}"
+            );
+            break;
         }
     }
     ws.close(None).await.ok();
@@ -930,4 +871,43 @@ pub async fn verified_visitor_identity(ctx: &Ctx) -> anyhow::Result<()> {
         "the owner's message was not stored"
     );
     Ok(())
+}
+
+/// A conversation's live-update socket, opened as a browser does (`query` carries the
+/// cursor and the credentials).
+async fn open_socket(
+    ctx: &Ctx,
+    id: &str,
+    query: String,
+) -> anyhow::Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = ctx
+        .url(&format!("/api/v1/conversations/{id}/events?{query}"))
+        .replacen("http://", "ws://", 1);
+    let (ws, _) = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio_tungstenite::connect_async(url.into_client_request()?),
+    )
+    .await
+    .context("connecting the WebSocket")??;
+    Ok(ws)
+}
+
+/// The socket's next text frame as JSON, within 10 s.
+async fn next_json<S>(ws: &mut S) -> anyhow::Result<Value>
+where
+    S: futures::Stream<Item = Result<Ws, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    use futures::StreamExt;
+    loop {
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+            .await
+            .context("no update within 10 s")?
+            .context("the socket closed")??;
+        if let Ws::Text(text) = frame {
+            return Ok(serde_json::from_str(text.as_str())?);
+        }
+    }
 }
