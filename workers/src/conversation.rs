@@ -35,7 +35,7 @@ use worker::{
 
 use crate::http::{self, error_response, forward, internal, json_response, set};
 use crate::provider::{self, now};
-use crate::{CONVERSATIONS, config, gateway, knowledge, log};
+use crate::{CONVERSATIONS, attachments, config, gateway, knowledge, log};
 
 /// The object's internal route for a chat turn.
 pub(crate) const TURN_PATH: &str = "/turn";
@@ -59,6 +59,9 @@ pub(crate) struct InternalTurn {
     pub config: TenantConfig,
     /// The visitor's verified id (checked against the tenant's identity secret), if any.
     pub visitor: Option<String>,
+    /// The uploaded files the message carries (looked up under the tenant).
+    #[serde(default)]
+    pub attachments: Vec<kefu_engine::attachment::Attachment>,
 }
 
 /// The stub of an existing conversation's object (`Some(id)`), or of a new one.
@@ -90,7 +93,7 @@ pub(crate) async fn send_turn(env: &Env, turn: &InternalTurn) -> Result<Response
     let body = json!({
         "tenant": turn.tenant, "conversation_id": id, "create": create,
         "message": turn.message, "stream": turn.stream, "config": turn.config,
-        "visitor": turn.visitor,
+        "visitor": turn.visitor, "attachments": turn.attachments,
     });
     forward(
         &stub,
@@ -111,6 +114,8 @@ struct TurnRequest {
     config: TenantConfig,
     #[serde(default)]
     visitor: Option<String>,
+    #[serde(default)]
+    attachments: Vec<kefu_engine::attachment::Attachment>,
 }
 
 /// A first-come, first-served async lock: turns run one at a time, in arrival order.
@@ -670,6 +675,9 @@ pub(crate) struct InternalAction {
     /// For a visitor's action: their verified id, if they proved one.
     #[serde(default)]
     pub visitor: Option<String>,
+    /// For an agent's message: the uploaded files it carries.
+    #[serde(default)]
+    pub attachments: Vec<kefu_engine::attachment::Attachment>,
 }
 
 fn handle_action(inner: &Inner, body: &[u8]) -> Result<Response, ApiError> {
@@ -716,9 +724,14 @@ fn handle_action(inner: &Inner, body: &[u8]) -> Result<Response, ApiError> {
                 agent,
                 text,
                 internal,
-            } => {
-                c.handle_agent_message(at, config, agent, vec![Part::Text(text.clone())], *internal)
-            }
+                ..
+            } => c.handle_agent_message(
+                at,
+                config,
+                agent,
+                message_parts(text, &a.attachments),
+                *internal,
+            ),
             api::ActionRequest::Transfer {
                 agent,
                 to_agent,
@@ -737,6 +750,20 @@ fn handle_action(inner: &Inner, body: &[u8]) -> Result<Response, ApiError> {
         result.map_err(|e| api::handoff_error(&e))
     })?;
     handle_get(inner, &a.tenant, action.by_agent())
+}
+
+/// A message's parts: its text (when it has any), then its files.
+fn message_parts(text: &str, attachments: &[kefu_engine::attachment::Attachment]) -> Vec<Part> {
+    let mut parts = Vec::with_capacity(attachments.len() + 1);
+    if !text.trim().is_empty() {
+        parts.push(Part::Text(text.to_owned()));
+    }
+    parts.extend(
+        attachments
+            .iter()
+            .map(kefu_engine::attachment::Attachment::part),
+    );
+    parts
 }
 
 async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiError> {
@@ -763,7 +790,7 @@ async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiError
     if let (None, Some(visitor)) = (&owner, &t.visitor) {
         inner.set_owner(visitor)?;
     }
-    let parts = vec![Part::Text(t.message)];
+    let parts = message_parts(&t.message, &t.attachments);
     let visitor = inner.record(conversation, &t.config, |c| {
         c.handle_visitor_message(arrived, parts, &t.config)
             .map_err(|e| ApiError::internal(e.to_string()))
@@ -1096,6 +1123,9 @@ async fn run_turn(
         }
     }
     let retrieved = options.knowledge.clone();
+    let wanted = conversation.turn_attachments(visitor);
+    let files = attachments::resolve(&inner.env, tenant, &wanted).await;
+    options.attachments = files.clone();
     let mut turn = conversation
         .start_turn(now(), config, visitor, options)
         .map_err(|e| TurnFailure::Host(ApiError::internal(e.to_string())))?;
@@ -1110,6 +1140,9 @@ async fn run_turn(
             // Breakers refused some targets: plan again without them.
             let mut options = config::turn_options(&inner.env, config, mode);
             options.blocked = grant.blocked.clone();
+            // The same grounding and files as the first plan.
+            options.knowledge = retrieved.clone();
+            options.attachments = files;
             turn = conversation
                 .start_turn(now(), config, visitor, options)
                 .map_err(|e| TurnFailure::Host(ApiError::internal(e.to_string())))?;

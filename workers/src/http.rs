@@ -115,3 +115,43 @@ pub(crate) fn param(url: &worker::Url, name: &str) -> Option<String> {
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.into_owned())
 }
+
+/// Sends one engine-built request and reads the whole answer (for one-shot calls such as
+/// transcriptions and embeddings): its status and body, or why there is none (a network
+/// error, or no answer within `timeout_ms`, after which the call is aborted).
+pub(crate) async fn send(
+    request: &kefu_engine::HttpRequest,
+    timeout_ms: u64,
+) -> Result<(u16, Vec<u8>), String> {
+    use futures::future::{Either, select};
+    use std::pin::pin;
+    let headers = Headers::new();
+    for h in &request.headers {
+        headers.set(h.name, &h.value).map_err(|e| e.to_string())?;
+    }
+    let mut init = worker::RequestInit::new();
+    init.with_method(worker::Method::from(request.method.to_owned()))
+        .with_headers(headers)
+        .with_body(Some(
+            worker::js_sys::Uint8Array::from(request.body.as_slice()).into(),
+        ));
+    let req = worker::Request::new_with_init(&request.url, &init).map_err(|e| e.to_string())?;
+    let controller = worker::AbortController::default();
+    let signal = controller.signal();
+    let call = async {
+        let mut resp = worker::Fetch::Request(req)
+            .send_with_signal(&signal)
+            .await
+            .map_err(|e| e.to_string())?;
+        let body = resp.bytes().await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((resp.status_code(), body))
+    };
+    let timer = worker::Delay::from(core::time::Duration::from_millis(timeout_ms));
+    match select(pin!(call), pin!(timer)).await {
+        Either::Left((outcome, _)) => outcome,
+        Either::Right(((), _)) => {
+            controller.abort();
+            Err(format!("no answer within {timeout_ms} ms"))
+        }
+    }
+}

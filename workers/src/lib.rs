@@ -5,6 +5,7 @@
 //! turn to the conversation's own Durable Object ([`conversation::ConversationObject`]), which
 //! stores it in SQLite and calls the provider. No business rule lives here.
 
+mod attachments;
 mod config;
 mod conversation;
 mod gateway;
@@ -98,6 +99,7 @@ async fn handle(
             let config = config::load(env, &tenant).await?;
             let visitor = kefu_engine::identity::verify(config.identity.as_ref(), chat.visitor.as_ref())
                 .map_err(|e| api::identity_error(&e))?;
+            let attachments = attachments::lookup(env, &tenant, &chat.attachments).await?;
             let turn = InternalTurn {
                 tenant: tenant.as_str().to_owned(),
                 conversation_id: chat.conversation_id.as_ref().map(|c| c.as_str().to_owned()),
@@ -105,6 +107,7 @@ async fn handle(
                 stream: chat.stream,
                 config,
                 visitor,
+                attachments,
             };
             conversation::send_turn(env, &turn).await
         }
@@ -169,19 +172,52 @@ async fn handle(
                 body = v.to_string().into_bytes();
             }
             // Validate here so a bad request never reaches the conversation's object.
-            let _ = api::parse_action(action, &body)?;
+            let parsed = api::parse_action(action, &body)?;
+            let attachments = match &parsed {
+                api::ActionRequest::Message { attachments, .. } => attachments::lookup(env, &tenant, attachments).await?,
+                _ => Vec::new(),
+            };
             let internal = conversation::InternalAction {
                 tenant: tenant.as_str().to_owned(),
                 action: req.path().rsplit('/').next().unwrap_or_default().to_owned(),
                 request: String::from_utf8_lossy(&body).into_owned(),
                 config,
                 visitor,
+                attachments,
             };
             let stub = conversation::stub_for(env, Some(id.as_str()))?;
             let body = serde_json::to_vec(&internal).map_err(|e| ApiError::internal(e.to_string()))?;
             http::forward(&stub, Method::Post, conversation::ACTION_PATH, Some(body)).await
         }
         Route::OpenAiChat | Route::OpenAiModels => Err(ApiError::internal("routed before handle")),
+        Route::Upload => {
+            // Agents upload with their token or the tenant key; visitors name the site (and,
+            // where it verifies visitors, prove who they are), and count against their limit.
+            let (tenant, config) = if req.headers().has("authorization").unwrap_or(false) {
+                agent_tenant(req, env).await?
+            } else {
+                let tenant = visitor_tenant(req)?;
+                let config = config::load(env, &tenant).await?;
+                if config.identity.as_ref().is_some_and(|i| i.required) && verified_reader(req, env, &tenant).await?.is_none() {
+                    return Err(api::identity_error(&kefu_engine::identity::IdentityError::Required));
+                }
+                if let Some(refused) = limit_visitor(req, env, &tenant).await? {
+                    return Ok(refused);
+                }
+                (tenant, config)
+            };
+            attachments::upload(req, env, &tenant, &config).await
+        }
+        Route::GetAttachment(id) => {
+            // `<img src>` cannot send headers: the tenant may come in the query. The id (128
+            // random bits) is what grants reading the file.
+            let tenant = if req.headers().has("authorization").unwrap_or(false) {
+                agent_tenant(req, env).await?.0
+            } else {
+                visitor_tenant(req)?
+            };
+            attachments::download(env, &tenant, &id).await
+        }
         Route::AgentToken => {
             let (tenant, _) = admin_tenant(req, env).await?;
             let secret = token_secret(env).ok_or_else(|| ApiError {
@@ -564,6 +600,16 @@ async fn limit_visitor(
     Ok(Some(resp))
 }
 
+/// A visitor's tenant: the `X-Kefu-Tenant` header, else the `tenant` query parameter (for
+/// requests a browser makes without headers).
+fn visitor_tenant(req: &Request) -> std::result::Result<TenantId, ApiError> {
+    if req.headers().has(api::TENANT_HEADER).unwrap_or(false) {
+        return tenant_of(req);
+    }
+    let query = req.url().ok().and_then(|u| http::param(&u, "tenant"));
+    api::tenant(query.as_deref())
+}
+
 fn tenant_of(req: &Request) -> std::result::Result<TenantId, ApiError> {
     let header = req.headers().get(api::TENANT_HEADER).ok().flatten();
     api::tenant(header.as_deref())
@@ -588,6 +634,7 @@ async fn run_demo(env: &Env, tenant: &TenantId) -> std::result::Result<DemoRun, 
             stream: false,
             config: config.clone(),
             visitor: None,
+            attachments: Vec::new(),
         };
         let mut resp = conversation::send_turn(env, &turn).await?;
         let body: Value = resp

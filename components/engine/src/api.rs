@@ -100,6 +100,10 @@ pub enum Route {
     Typing(ConversationId),
     /// `POST /api/v1/agents/tokens`: mint an agent's sign-in token (tenant API key).
     AgentToken,
+    /// `POST /api/v1/attachments`: upload a file to send with a message.
+    Upload,
+    /// `GET /api/v1/attachments/{id}`: an uploaded file.
+    GetAttachment(String),
     /// `POST /v1/chat/completions` (OpenAI-compatible).
     OpenAiChat,
     /// `GET /v1/models` (OpenAI-compatible).
@@ -155,6 +159,20 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
                 Ok(Route::Knowledge(KnowledgeRoute::PutSource(id.to_owned())))
             };
             ("PUT, DELETE", route)
+        }
+        "/api/v1/attachments" => ("POST", Ok(Route::Upload)),
+        _ if path.starts_with("/api/v1/attachments/") => {
+            let id = &path["/api/v1/attachments/".len()..];
+            let route = if crate::attachment::is_id(id) {
+                Ok(Route::GetAttachment(id.to_owned()))
+            } else {
+                Err(ApiError::new(
+                    404,
+                    "attachment_not_found",
+                    "no such attachment",
+                ))
+            };
+            ("GET, HEAD", route)
         }
         "/v1/chat/completions" => ("POST", Ok(Route::OpenAiChat)),
         "/v1/models" => ("GET", Ok(Route::OpenAiModels)),
@@ -383,14 +401,16 @@ pub enum ActionRequest {
         /// The name the visitor sees.
         name: String,
     },
-    /// `{"agent", "text", "internal"?}`
+    /// `{"agent", "text", "internal"?, "attachments"?}`
     Message {
         /// The agent's id.
         agent: String,
-        /// The text.
+        /// The text (may be empty when files are attached).
         text: String,
         /// An internal note (agents only).
         internal: bool,
+        /// Uploaded attachments' ids.
+        attachments: Vec<String>,
     },
     /// `{"agent", "to_agent"?, "to_agent_name"?, "to_queue"?}`
     Transfer {
@@ -441,7 +461,7 @@ pub fn parse_action(action: ConversationAction, body: &[u8]) -> Result<ActionReq
     let allowed: &[&str] = match action {
         ConversationAction::Handoff => &["queue"],
         ConversationAction::Claim => &["agent", "name"],
-        ConversationAction::Message => &["agent", "text", "internal"],
+        ConversationAction::Message => &["agent", "text", "internal", "attachments"],
         ConversationAction::Transfer => &["agent", "to_agent", "to_agent_name", "to_queue"],
         ConversationAction::Resolve => &["agent"],
         ConversationAction::Csat => &["score"],
@@ -480,7 +500,12 @@ pub fn parse_action(action: ConversationAction, body: &[u8]) -> Result<ActionReq
             name: string("name", false)?.unwrap_or_default(),
         },
         ConversationAction::Message => {
-            let text = need("text")?;
+            let attachments = parse_attachment_ids(obj.get("attachments"))?;
+            let text = if attachments.is_empty() {
+                need("text")?
+            } else {
+                string("text", false)?.unwrap_or_default()
+            };
             if text.chars().count() > MAX_MESSAGE_CHARS {
                 return Err(ApiError::new(
                     413,
@@ -505,6 +530,7 @@ pub fn parse_action(action: ConversationAction, body: &[u8]) -> Result<ActionReq
                 agent: need("agent")?,
                 text,
                 internal,
+                attachments,
             }
         }
         ConversationAction::Transfer => ActionRequest::Transfer {
@@ -597,12 +623,19 @@ pub struct ChatRequest {
     pub stream: bool,
     /// The visitor's identity proof, when the site verifies signed-in users.
     pub visitor: Option<crate::identity::VisitorIdentity>,
+    /// Uploaded attachments' ids (see [`crate::attachment`]).
+    pub attachments: Vec<String>,
 }
 
 impl ChatRequest {
-    /// The message as parts.
+    /// The message's text as parts (attachments join them once the host has looked them
+    /// up: see [`crate::attachment::Attachment::part`]).
     pub fn parts(&self) -> Vec<Part> {
-        vec![Part::Text(self.message.clone())]
+        if self.message.trim().is_empty() {
+            Vec::new()
+        } else {
+            vec![Part::Text(self.message.clone())]
+        }
     }
 }
 
@@ -641,19 +674,28 @@ pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
             "the body must be a JSON object",
         ));
     };
-    const FIELDS: [&str; 4] = ["message", "conversation_id", "stream", "visitor"];
+    const FIELDS: [&str; 5] = [
+        "message",
+        "conversation_id",
+        "stream",
+        "visitor",
+        "attachments",
+    ];
     if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(ApiError::new(
             400,
             "invalid_field",
             format!(
-                "unknown field `{unknown}`; expected one of `message`, `conversation_id`, `stream`, `visitor`"
+                "unknown field `{unknown}`; expected one of `message`, `conversation_id`, `stream`, `visitor`, `attachments`"
             ),
         )
         .field(unknown));
     }
     let visitor = parse_visitor(obj.get("visitor"))?;
+    let attachments = parse_attachment_ids(obj.get("attachments"))?;
     let message = match obj.get("message") {
+        // A message may be only files.
+        None | Some(Value::Null) if !attachments.is_empty() => String::new(),
         None | Some(Value::Null) => {
             return Err(
                 ApiError::new(400, "missing_field", "`message` is required").field("message")
@@ -687,7 +729,7 @@ pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
             );
         }
     };
-    if message.trim().is_empty() {
+    if message.trim().is_empty() && attachments.is_empty() {
         return Err(
             ApiError::new(400, "empty_message", "`message` must not be empty").field("message"),
         );
@@ -705,7 +747,64 @@ pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
         message,
         stream,
         visitor,
+        attachments,
     })
+}
+
+/// `"attachments": ["att_…", …]`: at most [`crate::attachment::MAX_PER_MESSAGE`] uploaded
+/// files' ids, no repeats.
+fn parse_attachment_ids(value: Option<&Value>) -> Result<Vec<String>, ApiError> {
+    use crate::attachment::{MAX_PER_MESSAGE, is_id};
+    let items = match value {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(_) => {
+            return Err(ApiError::new(
+                400,
+                "invalid_field",
+                "`attachments` must be an array of attachment ids",
+            )
+            .field("attachments"));
+        }
+    };
+    if items.len() > MAX_PER_MESSAGE {
+        return Err(ApiError::new(
+            400,
+            "too_many_attachments",
+            format!("a message takes at most {MAX_PER_MESSAGE} attachments"),
+        )
+        .field("attachments"));
+    }
+    let mut ids: Vec<String> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        match item.as_str() {
+            Some(id) if is_id(id) && !ids.iter().any(|s| s == id) => ids.push(id.to_owned()),
+            _ => {
+                return Err(ApiError::new(
+                    400,
+                    "invalid_field",
+                    "each attachment is the `id` an upload answered with (`att_…`), once",
+                )
+                .field(&format!("attachments[{i}]")));
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// The API's answer to a refused upload.
+pub fn attachment_error(e: &crate::attachment::AttachmentError) -> ApiError {
+    ApiError::new(e.status(), e.code(), e.to_string())
+}
+
+/// An attachment a message names that this tenant never uploaded (or that expired).
+pub fn attachment_not_found(index: usize, id: &str) -> ApiError {
+    ApiError::new(
+        400,
+        "attachment_not_found",
+        format!("no uploaded attachment `{id}`; upload it first with POST /api/v1/attachments"),
+    )
+    .field(&format!("attachments[{index}]"))
 }
 
 /// `"visitor": {"id": "…", "hash": "…"}`: the shape only; [`crate::identity::verify`] checks
@@ -780,6 +879,17 @@ pub fn message_json(m: &Message) -> Value {
         .iter()
         .map(|p| match p {
             Part::Text(text) => json!({"type": "text", "text": text}),
+            // A stored upload is shown by its API path (and id); other URLs as given.
+            _ if crate::attachment::part_ref(p).is_some() => {
+                let id = crate::attachment::part_ref(p).unwrap_or_default();
+                let kind = crate::attachment::part_kind(p).map_or("document", |k| k.as_str());
+                let (name, mime) = match p {
+                    Part::Document { name, mime, .. } => (Some(name), mime),
+                    Part::Image { mime, .. } => (None, mime),
+                    Part::Text(_) => (None, &None),
+                };
+                json!({"type": kind, "attachment_id": id, "url": crate::attachment::api_path(id), "name": name, "mime": mime})
+            }
             Part::Image { url, mime } => json!({"type": "image", "url": url, "mime": mime}),
             Part::Document { url, name, mime } => {
                 json!({"type": "document", "url": url, "name": name, "mime": mime})
@@ -993,6 +1103,68 @@ mod tests {
 
     fn code(body: &[u8]) -> &'static str {
         parse_chat_request(body).unwrap_err().code
+    }
+
+    #[test]
+    fn messages_carry_attachments() {
+        let a = crate::attachment::new_id([1; 16]);
+        let b = crate::attachment::new_id([2; 16]);
+        // Files alone are a message; text alone still is one.
+        let only_files =
+            parse_chat_request(format!(r#"{{"attachments": ["{a}"]}}"#).as_bytes()).unwrap();
+        assert_eq!(
+            (only_files.message.as_str(), only_files.attachments.len()),
+            ("", 1)
+        );
+        assert!(only_files.parts().is_empty());
+        assert_eq!(code(br#"{"attachments": []}"#), "missing_field");
+        let five =
+            format!(r#"{{"message": "x", "attachments": ["{a}", "{b}", "{a}1", "{b}2", "{a}3"]}}"#);
+        assert_eq!(code(five.as_bytes()), "too_many_attachments");
+        let twice = parse_chat_request(
+            format!(r#"{{"message": "x", "attachments": ["{a}", "{a}"]}}"#).as_bytes(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            (twice.code, twice.field.as_deref()),
+            ("invalid_field", Some("attachments[1]"))
+        );
+        assert_eq!(
+            code(br#"{"message": "x", "attachments": "att_1"}"#),
+            "invalid_field"
+        );
+        assert_eq!(
+            code(br#"{"message": "x", "attachments": [7]}"#),
+            "invalid_field"
+        );
+        // An agent may answer with a file and no text.
+        let sent = parse_action(
+            ConversationAction::Message,
+            format!(r#"{{"agent": "ana", "attachments": ["{b}"]}}"#).as_bytes(),
+        )
+        .unwrap();
+        assert!(
+            matches!(sent, ActionRequest::Message { ref text, ref attachments, .. } if text.is_empty() && attachments == &[b.clone()])
+        );
+        assert!(parse_action(ConversationAction::Message, br#"{"agent": "ana"}"#).is_err());
+    }
+
+    #[test]
+    fn attachment_routes() {
+        let id = crate::attachment::new_id([3; 16]);
+        assert_eq!(route("POST", "/api/v1/attachments").unwrap(), Route::Upload);
+        assert_eq!(
+            route("GET", &format!("/api/v1/attachments/{id}")).unwrap(),
+            Route::GetAttachment(id)
+        );
+        assert_eq!(
+            route("GET", "/api/v1/attachments/../x").unwrap_err().code,
+            "attachment_not_found"
+        );
+        assert_eq!(
+            route("GET", "/api/v1/attachments").unwrap_err().code,
+            "method_not_allowed"
+        );
     }
 
     #[test]

@@ -66,6 +66,39 @@ pub struct TenantConfig {
     pub faq: Vec<FaqEntry>,
     /// Verified visitor identity (anonymous visitors only, without it).
     pub identity: Option<crate::identity::IdentityPolicy>,
+    /// Files visitors and agents send.
+    pub attachments: AttachmentPolicy,
+}
+
+/// A model of one of the named `providers`, for a job beside chat (speech to text,
+/// embeddings).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelRef {
+    /// The provider's name in `providers`.
+    pub provider: String,
+    /// The model, e.g. `whisper-1` or `text-embedding-3-small`.
+    pub model: String,
+}
+
+/// Files visitors and agents send (see [`crate::attachment`] for the types and limits).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AttachmentPolicy {
+    /// Uploads are accepted at all.
+    pub enabled: bool,
+    /// The speech-to-text model that transcribes voice messages (an OpenAI-shaped
+    /// `/audio/transcriptions` API). Without it, voice messages reach agents untranscribed.
+    pub transcription: Option<ModelRef>,
+}
+
+impl Default for AttachmentPolicy {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            transcription: None,
+        }
+    }
 }
 
 /// An OpenAI-compatible chat-completions provider.
@@ -129,6 +162,9 @@ pub struct KnowledgePolicy {
     /// What the visitor sees when the knowledge base has no answer (before the handoff
     /// that `handoff.no_answer_limit` triggers). `None`: a built-in sentence.
     pub no_answer_message: Option<String>,
+    /// The embedding model (an OpenAI-shaped `/embeddings` API) for vector search beside
+    /// full-text search; the two result lists are merged. Without it, full-text only.
+    pub embeddings: Option<ModelRef>,
 }
 
 impl Default for KnowledgePolicy {
@@ -137,6 +173,7 @@ impl Default for KnowledgePolicy {
             enabled: false,
             top_k: 5,
             no_answer_message: None,
+            embeddings: None,
         }
     }
 }
@@ -209,6 +246,7 @@ impl Default for TenantConfig {
             history_window: 20,
             faq: Vec::new(),
             identity: None,
+            attachments: AttachmentPolicy::default(),
         }
     }
 }
@@ -265,6 +303,48 @@ impl TenantConfig {
         Ok(config)
     }
 
+    /// A [`ModelRef`] must name a provider in `providers` that speaks OpenAI's shape (the
+    /// transcription and embeddings APIs are OpenAI's).
+    fn check_model_ref(&self, field: &str, r: &ModelRef) -> Result<(), ConfigError> {
+        use crate::wire::ProviderKind as K;
+        let Some(spec) = self.providers.get(&r.provider) else {
+            return Err(invalid(
+                &format!("{field}.provider"),
+                format!("names no provider in `providers` (`{}`)", r.provider),
+            ));
+        };
+        if !matches!(spec.kind, K::Openai | K::OpenaiCompatible | K::Mistral) {
+            return Err(invalid(
+                &format!("{field}.provider"),
+                "must be an OpenAI-compatible provider (kind openai, openai_compatible or mistral)",
+            ));
+        }
+        if r.model.trim().is_empty() {
+            return Err(invalid(&format!("{field}.model"), "must not be empty"));
+        }
+        Ok(())
+    }
+
+    /// Where a [`ModelRef`]'s model is called: its provider's wire format, base URL and API
+    /// key (from `secrets`). `None` when the provider is not configured.
+    pub fn model_endpoint<'a>(
+        &'a self,
+        r: &'a ModelRef,
+        secrets: &'a BTreeMap<String, String>,
+    ) -> Option<crate::wire::Endpoint<'a>> {
+        let spec = self.providers.get(&r.provider)?;
+        Some(crate::wire::Endpoint {
+            kind: spec.kind,
+            base_url: &spec.base_url,
+            model: &r.model,
+            api_key: spec
+                .api_key_secret
+                .as_ref()
+                .and_then(|s| secrets.get(s))
+                .map(String::as_str),
+        })
+    }
+
     /// Checks the rules serde's types cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.system_prompt.chars().count() > 20_000 {
@@ -280,6 +360,12 @@ impl TenantConfig {
                 "identity.secret",
                 "must be at least 32 characters (a random string shared with your server)",
             ));
+        }
+        if let Some(r) = &self.attachments.transcription {
+            self.check_model_ref("attachments.transcription", r)?;
+        }
+        if let Some(r) = &self.knowledge.embeddings {
+            self.check_model_ref("knowledge.embeddings", r)?;
         }
         let t = self.timeouts;
         if t.connect_ms == 0 || t.first_token_ms == 0 || t.total_ms == 0 {

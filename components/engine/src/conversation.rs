@@ -419,6 +419,34 @@ impl Conversation {
         self.status == Status::Bot
     }
 
+    /// The messages a turn answering `trigger` shows the model, oldest first: the window
+    /// without visitor messages that came after it, and the trigger last.
+    fn turn_history<'a>(&'a self, trigger: &'a Message) -> Vec<&'a Message> {
+        let mut history: Vec<&Message> = self
+            .window
+            .iter()
+            .filter(|m| m.seq != trigger.seq && !(m.role == Role::Visitor && m.seq > trigger.seq))
+            .collect();
+        history.push(trigger);
+        history
+    }
+
+    /// The stored attachments a turn answering `trigger` shows the model (newest first, at
+    /// most [`crate::attachment::MAX_RESOLVED_PER_TURN`]), each with whether the host should
+    /// fetch its bytes (`true`: images, PDFs) or the text stored beside them. The host puts
+    /// what it fetched in [`TurnOptions::attachments`].
+    pub fn turn_attachments(&self, trigger: &Message) -> Vec<(String, bool)> {
+        let history = self.turn_history(trigger);
+        let parts = history
+            .iter()
+            .filter(|m| matches!(m.role, Role::Visitor | Role::Bot | Role::Agent))
+            .flat_map(|m| m.parts.iter());
+        crate::attachment::wanted(parts)
+            .into_iter()
+            .map(|(id, part)| (id.to_owned(), crate::attachment::part_wants_bytes(part)))
+            .collect()
+    }
+
     /// Starts the bot's turn answering the visitor message `trigger` (as
     /// [`Conversation::handle_visitor_message`] recorded it).
     ///
@@ -436,14 +464,9 @@ impl Conversation {
         if trigger.role != Role::Visitor || trigger.seq >= self.next_seq {
             return Err(ConversationError::NotAwaitingReply(trigger.seq));
         }
-        let mut history: Vec<&Message> = self
-            .window
-            .iter()
-            .filter(|m| m.seq != trigger.seq && !(m.role == Role::Visitor && m.seq > trigger.seq))
-            .collect();
-        history.push(trigger);
+        let history = self.turn_history(trigger);
         let mut options = options;
-        let prompt = if options.knowledge.is_empty() {
+        let mut prompt = if options.knowledge.is_empty() {
             build_prompt(&config.system_prompt, self.summary.as_deref(), &history)
         } else {
             // The grounded system message replaces the plain one (some models accept only
@@ -458,6 +481,15 @@ impl Conversation {
             system.extend(build_prompt("", self.summary.as_deref(), &history));
             system
         };
+        // Stored files become what the model takes: images, PDFs, or their text.
+        for m in &mut prompt {
+            if m.parts
+                .iter()
+                .any(|p| crate::attachment::part_ref(p).is_some())
+            {
+                m.parts = crate::attachment::resolve_parts(&m.parts, &options.attachments);
+            }
+        }
         let h = &config.handoff;
         if h.enabled && h.model_may_hand_off && config.has_models() {
             options.tools.push(crate::handoff::handoff_tool());
@@ -571,6 +603,62 @@ mod tests {
 
     fn text(s: &str) -> Vec<Part> {
         vec![Part::Text(s.to_owned())]
+    }
+
+    #[test]
+    fn a_turn_sees_stored_files_as_the_host_resolved_them() {
+        use crate::attachment::{Resolved, accept, new_id};
+        let mut cfg = TenantConfig::default();
+        cfg.provider = Some(crate::config::ProviderConfig {
+            kind: crate::wire::ProviderKind::Openai,
+            base_url: "https://api.example.test/v1".into(),
+            model: "gpt-4o-mini".into(),
+            api_key_secret: None,
+            temperature: None,
+            max_tokens: None,
+        });
+        let png = b"\x89PNG\r\n\x1a\nrest".as_slice();
+        let image = accept(new_id([1; 16]), "image/png", "i.png", png).unwrap();
+        let notes = accept(new_id([2; 16]), "text/plain", "n.txt", b"serial 99").unwrap();
+        let mut c = conv();
+        let mut parts = text("what is this?");
+        parts.push(image.part());
+        parts.push(notes.part());
+        let r = c
+            .handle_visitor_message(Timestamp::from_millis(2_000), parts, &cfg)
+            .unwrap();
+        let wanted = c.turn_attachments(&r.message);
+        assert_eq!(
+            wanted,
+            vec![(notes.id.clone(), false), (image.id.clone(), true)]
+        );
+        let mut options = opts();
+        options.attachments.insert(
+            image.id.clone(),
+            Resolved::Bytes {
+                mime: "image/png".into(),
+                bytes: png.to_vec(),
+            },
+        );
+        options
+            .attachments
+            .insert(notes.id.clone(), Resolved::Text("serial 99".into()));
+        let mut turn = c
+            .start_turn(Timestamp::from_millis(2_001), &cfg, &r.message, options)
+            .unwrap();
+        let Some(crate::Action::CallProvider { request, .. }) = turn.poll_action() else {
+            panic!("the turn calls the provider first");
+        };
+        let body = String::from_utf8(request.body).unwrap();
+        assert!(
+            body.contains("data:image/png;base64,iVBORw0KGgpyZXN0"),
+            "{body}"
+        );
+        assert!(
+            body.contains("serial 99") && body.contains("n.txt"),
+            "{body}"
+        );
+        assert!(!body.contains(crate::attachment::SCHEME), "{body}");
     }
 
     #[test]

@@ -1100,6 +1100,29 @@ const BLOCK_ELEMENTS: &[&str] = &[
     "option",
 ];
 
+/// The readable text of an HTML document: headings, paragraphs, lists and tables as lines,
+/// without markup, scripts or styles (what a model reads of an attached web page).
+pub fn html_text(html: &str) -> String {
+    let outline = parse_html(html);
+    let mut out = String::new();
+    for section in &outline.sections {
+        // Each section after the first starts at a heading: the last of its path.
+        if let Some(title) = section.path.last() {
+            if !out.is_empty() {
+                out.push_str("\n\n");
+            }
+            out.push_str(title);
+        }
+        for block in &section.blocks {
+            if !out.is_empty() {
+                out.push_str("\n\n");
+            }
+            out.push_str(&block.text());
+        }
+    }
+    out
+}
+
 fn parse_html(html: &str) -> Outline {
     let b = html.as_bytes();
     let n = b.len();

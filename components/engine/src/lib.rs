@@ -18,6 +18,7 @@
 
 pub mod anthropic;
 pub mod api;
+pub mod attachment;
 pub mod auth;
 pub mod config;
 pub mod conversation;
@@ -29,6 +30,7 @@ pub mod handoff;
 pub mod hours;
 pub mod identity;
 pub mod knowledge;
+pub mod models;
 pub mod offline;
 pub mod openai;
 pub mod openai_api;

@@ -160,6 +160,9 @@ pub struct TurnOptions {
     /// What conditional routes look at (language and images are filled in from the prompt
     /// when not given).
     pub context: RouteContext,
+    /// What the host fetched for the stored attachments the prompt refers to, by id (see
+    /// [`crate::Conversation::turn_attachments`]).
+    pub attachments: BTreeMap<String, crate::attachment::Resolved>,
 }
 
 impl TurnOptions {
@@ -177,6 +180,7 @@ impl TurnOptions {
             tools: Vec::new(),
             knowledge: Vec::new(),
             context: RouteContext::default(),
+            attachments: BTreeMap::new(),
         }
     }
 }
@@ -272,6 +276,7 @@ impl Turn {
             tools,
             knowledge: _,
             mut context,
+            attachments: _,
         } = options;
         let mut rng = Rng::new(seed);
         let mut turn = Turn {

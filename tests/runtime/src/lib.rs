@@ -17,6 +17,7 @@
 //! - [`knowledge`]: the knowledge base: ingestion, recall@3, grounding, no-answer fallback.
 //! - [`sse`]: a small Server-Sent Events reader used by the scenarios and the mock's tests.
 
+pub mod attachments;
 pub mod config;
 pub mod gateway;
 pub mod handoff;

@@ -90,6 +90,7 @@ mod directives;
 mod faults;
 mod gemini;
 mod openai;
+pub mod services;
 mod stream;
 mod template;
 mod wire;
@@ -472,6 +473,40 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     }
 
     let index = state.counter.fetch_add(1, Ordering::Relaxed) + 1;
+    let bare = path.split('?').next().unwrap_or_default();
+    if method == Method::POST && matches!(bare, "/v1/audio/transcriptions" | "/v1/embeddings") {
+        // Speech to text and embeddings (see `services`): recorded, never faulted.
+        let content_type = headers.get("content-type").cloned().unwrap_or_default();
+        let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
+        let outcome = if bare == "/v1/embeddings" {
+            services::embeddings(parsed.as_ref())
+                .map(|a| (a, parsed.clone().unwrap_or(Value::Null)))
+        } else {
+            services::transcription(&content_type, &bytes)
+        };
+        let (response, recorded) = match outcome {
+            Ok((answer, summary)) => (
+                json_response(
+                    StatusCode::OK,
+                    serde_json::to_vec(&answer).unwrap_or_default(),
+                ),
+                Some(summary),
+            ),
+            Err(e) => (
+                error_response(WireFormat::Openai, StatusCode::BAD_REQUEST, &e, index),
+                None,
+            ),
+        };
+        state.record(RecordedRequest {
+            index,
+            method: method.to_string(),
+            path,
+            headers,
+            body: recorded,
+            profile,
+        });
+        return Ok(response);
+    }
     let call = state.count_call(profile.as_deref().unwrap_or(""));
     let body: Option<Value> = if bytes.is_empty() {
         None

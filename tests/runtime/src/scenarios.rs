@@ -21,6 +21,9 @@ use reqwest::header::{self, HeaderMap};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+use crate::attachments::{
+    attachments_checked_stored_and_seen, attachments_documents_voice_and_agents,
+};
 use crate::config::config_versions_and_rollback;
 use crate::gateway::{
     gateway_300_turns_with_a_flaky_primary, gateway_breaker_opens_and_recovers,
@@ -339,6 +342,8 @@ pub fn all() -> Vec<Scenario> {
         live_updates_via_websocket,
         typing_over_websocket,
         verified_visitor_identity,
+        attachments_checked_stored_and_seen,
+        attachments_documents_voice_and_agents,
         knowledge_ingest_search_and_ground,
         knowledge_no_answer_falls_back,
         config_versions_and_rollback,

@@ -114,6 +114,7 @@ async fn run(selected: Vec<Scenario>) -> (usize, usize) {
             tenants.extend(kefu_runtime_tests::webhooks::tenants(&mock.base_url()));
             tenants.extend(kefu_runtime_tests::knowledge::tenants(&mock.base_url()));
             tenants.extend(kefu_runtime_tests::config::tenants(&mock.base_url()));
+            tenants.extend(kefu_runtime_tests::attachments::tenants(&mock.base_url()));
             println!("starting Kefu on workerd…");
             let started = Instant::now();
             match KefuWorker::start(WorkerOptions {
