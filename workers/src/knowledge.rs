@@ -1,25 +1,28 @@
 //! One knowledge Durable Object per tenant: its sources, chunks and full-text index in
-//! SQLite (FTS5, bm25), and the log of questions it could not answer.
+//! SQLite (FTS5, bm25), the chunks' embeddings when the tenant configures an embedding model
+//! (`knowledge.embeddings`: then a search ranks by both and fuses the two), and the log of
+//! questions it could not answer.
 //!
-//! Chunking, the schema, the statements and the search query are the engine's
-//! (`kefu_engine::knowledge`); this object only runs them. Re-indexing a source replaces it
-//! in one synchronous step, so a search never sees half a source.
+//! Chunking, the schema, the statements, the search query and the ranking are the engine's
+//! (`kefu_engine::knowledge`); this object only runs them and calls the embedding model.
+//! Re-indexing a source replaces it in one synchronous step (the embeddings are computed
+//! first), so a search never sees half a source.
 
 // `#[durable_object]` generates undocumented public JavaScript glue methods.
 #![allow(missing_docs)]
 
-use kefu_engine::TenantId;
 use kefu_engine::api::ApiError;
 use kefu_engine::knowledge::{
     self, RetrievedChunk, SearchRow, Source, SqlValue, Statement, Unanswered,
 };
+use kefu_engine::{TenantConfig, TenantId};
 use serde_json::{Value, json};
 use worker::{
     DurableObject, Env, Method, Request, Response, SqlStorage, SqlStorageValue, State,
     durable_object,
 };
 
-use crate::http::{forward, internal, json_response};
+use crate::http::{self, forward, internal, json_response};
 use crate::provider::now;
 use crate::{KNOWLEDGE, log};
 
@@ -75,13 +78,44 @@ fn bind(v: &SqlValue) -> SqlStorageValue {
         SqlValue::Null => SqlStorageValue::Null,
         SqlValue::Integer(i) => SqlStorageValue::Integer(*i),
         SqlValue::Text(t) => SqlStorageValue::String(t.clone()),
+        SqlValue::Blob(b) => SqlStorageValue::Blob(b.clone()),
     }
+}
+
+/// How long one embeddings call may take.
+const EMBEDDING_TIMEOUT_MS: u64 = 30_000;
+
+/// Embeds `texts` with the tenant's embedding model, in batches; `Ok(None)` when none is
+/// configured.
+async fn embed(
+    env: &Env,
+    config: &TenantConfig,
+    texts: &[String],
+) -> Result<Option<(String, Vec<Vec<f32>>)>, String> {
+    let Some(model) = &config.knowledge.embeddings else {
+        return Ok(None);
+    };
+    let secrets = crate::config::secrets(env, config);
+    let endpoint = config
+        .model_endpoint(model, &secrets)
+        .ok_or_else(|| format!("no provider `{}`", model.provider))?;
+    let mut vectors = Vec::with_capacity(texts.len());
+    for batch in texts.chunks(kefu_engine::models::MAX_EMBEDDING_INPUTS) {
+        let inputs: Vec<&str> = batch.iter().map(String::as_str).collect();
+        let request = kefu_engine::models::embeddings_request(&endpoint, &inputs);
+        let (status, body) = http::send(&request, EMBEDDING_TIMEOUT_MS).await?;
+        let got = kefu_engine::models::parse_embeddings(status, &body, inputs.len())
+            .map_err(|e| e.to_string())?;
+        vectors.extend(got);
+    }
+    Ok(Some((model.model.clone(), vectors)))
 }
 
 /// The Durable Object class that holds one tenant's knowledge base.
 #[durable_object]
 pub struct KnowledgeObject {
     sql: SqlStorage,
+    env: Env,
 }
 
 impl KnowledgeObject {
@@ -94,7 +128,12 @@ impl KnowledgeObject {
         Ok(())
     }
 
-    fn put_source(&self, tenant: &TenantId, id: &str, body: &[u8]) -> Result<Response, ApiError> {
+    async fn put_source(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        body: &[u8],
+    ) -> Result<Response, ApiError> {
         let text =
             std::str::from_utf8(body).map_err(|_| ApiError::internal("the source is not UTF-8"))?;
         let source = Source::from_json(text).map_err(|e| invalid_source(&e))?;
@@ -105,31 +144,125 @@ impl KnowledgeObject {
             }));
         }
         let chunks = knowledge::chunk(&source).map_err(|e| invalid_source(&e))?;
+        // Embeddings first (the only wait); a failed call leaves the source searchable by
+        // its text and says why.
+        let config = crate::config::load(&self.env, tenant).await?;
+        let texts: Vec<String> = chunks.iter().map(knowledge::embedding_text).collect();
+        let (vectors, embedding_error) = match embed(&self.env, &config, &texts).await {
+            Ok(v) => (v, None),
+            Err(e) => (None, Some(e)),
+        };
         // All statements run without an await between them: the runtime commits them as one.
-        self.run(&knowledge::index_statements(
-            tenant,
-            &source,
-            &chunks,
-            now(),
-        ))?;
-        json_response(200, &json!({"source": id, "chunks": chunks.len()}))
+        let mut statements = knowledge::index_statements(tenant, &source, &chunks, now());
+        if let Some((model, vectors)) = &vectors {
+            statements.extend(knowledge::vector_statements(
+                tenant, &chunks, vectors, model,
+            ));
+        }
+        self.run(&statements)?;
+        let mut answer = json!({"source": id, "chunks": chunks.len(),
+            "embedded": vectors.as_ref().map_or(0, |(_, v)| v.len())});
+        if let Some(e) = embedding_error {
+            log(
+                "error",
+                json!({"msg": "embedding a source failed", "source": id, "error": e}),
+            );
+            answer["embedding_error"] = json!(e);
+        }
+        json_response(200, &answer)
     }
 
-    fn search(
+    /// The best `k` chunks for `question`: full-text alone, or fused with the nearest
+    /// embeddings when the tenant has an embedding model (full text alone again if the
+    /// question cannot be embedded just now).
+    async fn search(
         &self,
         tenant: &TenantId,
         question: &str,
         k: u8,
     ) -> Result<Vec<RetrievedChunk>, ApiError> {
-        let Some(st) = knowledge::search_statement(tenant, question, u32::from(k)) else {
-            return Ok(Vec::new());
+        let config = crate::config::load(&self.env, tenant).await?;
+        let question_vector = match embed(&self.env, &config, &[question.to_owned()]).await {
+            Ok(Some((model, mut v))) => v.pop().map(|v| (model, v)),
+            Ok(None) => None,
+            Err(e) => {
+                log(
+                    "error",
+                    json!({"msg": "embedding a question failed", "error": e}),
+                );
+                None
+            }
         };
+        // Each list is deeper than `k`, so fusion has something to reorder.
+        let depth = if question_vector.is_some() {
+            u32::from(k) * 4
+        } else {
+            u32::from(k)
+        };
+        let fulltext: Vec<SearchRow> = match knowledge::search_statement(tenant, question, depth) {
+            Some(st) => self.query(st.sql, &st.params)?,
+            None => Vec::new(),
+        };
+        let Some((model, vector)) = question_vector else {
+            return Ok(fulltext.into_iter().map(RetrievedChunk::from).collect());
+        };
+        let nearest = knowledge::vector_ranking(
+            &vector,
+            self.stored_vectors(tenant, &model)?,
+            depth as usize,
+        );
+        let ids: Vec<&str> = nearest.iter().map(|(id, _)| id.as_str()).collect();
+        let rows: Vec<SearchRow> = self.query(
+            knowledge::CHUNKS_BY_ID_SQL,
+            &[
+                SqlValue::Text(tenant.as_str().to_owned()),
+                SqlValue::Text(serde_json::to_string(&ids).map_err(internal)?),
+            ],
+        )?;
+        let all = fulltext.iter().cloned().chain(rows).collect();
+        Ok(knowledge::hybrid_results(
+            &fulltext,
+            &nearest,
+            all,
+            usize::from(k),
+        ))
+    }
+
+    /// The tenant's chunk embeddings by `model`, `(chunk id, vector bytes)` (read raw: the
+    /// vectors are BLOBs).
+    fn stored_vectors(
+        &self,
+        tenant: &TenantId,
+        model: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
         let cursor = self
             .sql
-            .exec(st.sql, st.params.iter().map(bind).collect::<Vec<_>>())
+            .exec(
+                knowledge::VECTORS_SQL,
+                vec![tenant.as_str().into(), model.into()],
+            )
             .map_err(internal)?;
-        let rows: Vec<SearchRow> = cursor.to_array().map_err(internal)?;
-        Ok(rows.into_iter().map(RetrievedChunk::from).collect())
+        let mut out = Vec::new();
+        for row in cursor.raw() {
+            if let [SqlStorageValue::String(id), SqlStorageValue::Blob(vector)] =
+                row.map_err(internal)?.as_slice()
+            {
+                out.push((id.clone(), vector.clone()));
+            }
+        }
+        Ok(out)
+    }
+
+    fn query<T: serde::de::DeserializeOwned>(
+        &self,
+        sql: &str,
+        params: &[SqlValue],
+    ) -> Result<Vec<T>, ApiError> {
+        let cursor = self
+            .sql
+            .exec(sql, params.iter().map(bind).collect::<Vec<_>>())
+            .map_err(internal)?;
+        cursor.to_array().map_err(internal)
     }
 
     fn rows(&self, sql: &str, params: Vec<SqlStorageValue>) -> Result<Vec<Value>, ApiError> {
@@ -149,7 +282,7 @@ fn invalid_source(e: &kefu_engine::config::ConfigError) -> ApiError {
 }
 
 impl DurableObject for KnowledgeObject {
-    fn new(state: State, _env: Env) -> Self {
+    fn new(state: State, env: Env) -> Self {
         let sql = state.storage().sql();
         for stmt in knowledge::SCHEMA.iter().chain([
             &"CREATE TABLE IF NOT EXISTS kb_unanswered (id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, conversation_id TEXT NOT NULL, question TEXT NOT NULL, reason TEXT NOT NULL)",
@@ -158,7 +291,7 @@ impl DurableObject for KnowledgeObject {
                 log("error", json!({"msg": "knowledge schema creation failed", "error": e.to_string()}));
             }
         }
-        Self { sql }
+        Self { sql, env }
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
@@ -173,7 +306,7 @@ impl DurableObject for KnowledgeObject {
                     let q = v["q"].as_str().unwrap_or_default().to_owned();
                     let k = v["k"].as_u64().unwrap_or(5).clamp(1, 20) as u8;
                     match tenant {
-                        Some(t) => self.search(&t, &q, k).and_then(|r| json_response(200, &json!({"results": r}))),
+                        Some(t) => self.search(&t, &q, k).await.and_then(|r| json_response(200, &json!({"results": r}))),
                         None => Err(ApiError::internal("search without a tenant")),
                     }
                 }
@@ -205,7 +338,8 @@ impl DurableObject for KnowledgeObject {
                 Some(t) => self
                     .rows(
                         "SELECT s.source_id AS id, s.title AS title, s.kind AS kind, s.url AS url, \
-                         (SELECT COUNT(*) FROM kb_chunks c WHERE c.tenant_id = s.tenant_id AND c.source_id = s.source_id) AS chunks \
+                         (SELECT COUNT(*) FROM kb_chunks c WHERE c.tenant_id = s.tenant_id AND c.source_id = s.source_id) AS chunks, \
+                         (SELECT COUNT(*) FROM kb_vectors v WHERE v.tenant_id = s.tenant_id AND v.source_id = s.source_id) AS embedded \
                          FROM kb_sources s WHERE s.tenant_id = ? ORDER BY s.source_id",
                         vec![t.as_str().into()],
                     )
@@ -215,7 +349,7 @@ impl DurableObject for KnowledgeObject {
             (Method::Get, "/query") => match (&tenant, query("q")) {
                 (Some(t), Some(q)) => {
                     let k = query("k").and_then(|k| k.parse::<u8>().ok()).unwrap_or(5).clamp(1, 20);
-                    self.search(t, &q, k).and_then(|r| json_response(200, &json!({"results": r})))
+                    self.search(t, &q, k).await.and_then(|r| json_response(200, &json!({"results": r})))
                 }
                 _ => Err(ApiError { status: 400, code: "missing_field", message: "`q` is required".into(), field: Some("q".into()), allow: None }),
             },
@@ -223,7 +357,7 @@ impl DurableObject for KnowledgeObject {
                 let id = &p["/sources/".len()..];
                 match (method, &tenant) {
                     (Method::Put, Some(t)) => match req.bytes().await {
-                        Ok(body) => self.put_source(t, id, &body),
+                        Ok(body) => self.put_source(t, id, &body).await,
                         Err(e) => Err(internal(e)),
                     },
                     (Method::Delete, Some(t)) => {

@@ -1144,7 +1144,7 @@ mod tests {
         )
         .unwrap();
         assert!(
-            matches!(sent, ActionRequest::Message { ref text, ref attachments, .. } if text.is_empty() && attachments == &[b.clone()])
+            matches!(sent, ActionRequest::Message { ref text, ref attachments, .. } if text.is_empty() && attachments == std::slice::from_ref(&b))
         );
         assert!(parse_action(ConversationAction::Message, br#"{"agent": "ana"}"#).is_err());
     }

@@ -608,15 +608,17 @@ mod tests {
     #[test]
     fn a_turn_sees_stored_files_as_the_host_resolved_them() {
         use crate::attachment::{Resolved, accept, new_id};
-        let mut cfg = TenantConfig::default();
-        cfg.provider = Some(crate::config::ProviderConfig {
-            kind: crate::wire::ProviderKind::Openai,
-            base_url: "https://api.example.test/v1".into(),
-            model: "gpt-4o-mini".into(),
-            api_key_secret: None,
-            temperature: None,
-            max_tokens: None,
-        });
+        let cfg = TenantConfig {
+            provider: Some(crate::config::ProviderConfig {
+                kind: crate::wire::ProviderKind::Openai,
+                base_url: "https://api.example.test/v1".into(),
+                model: "gpt-4o-mini".into(),
+                api_key_secret: None,
+                temperature: None,
+                max_tokens: None,
+            }),
+            ..TenantConfig::default()
+        };
         let png = b"\x89PNG\r\n\x1a\nrest".as_slice();
         let image = accept(new_id([1; 16]), "image/png", "i.png", png).unwrap();
         let notes = accept(new_id([2; 16]), "text/plain", "n.txt", b"serial 99").unwrap();

@@ -1977,6 +1977,16 @@ pub const SCHEMA: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS kb_chunks_by_source ON kb_chunks (tenant_id, source_id, position)",
     // Text tokenized by `search_text`; see the module documentation for why not trigram.
     "CREATE VIRTUAL TABLE IF NOT EXISTS kb_fts USING fts5(heading, body, tokenize = 'unicode61 remove_diacritics 2')",
+    // Chunk embeddings (unit-length little-endian f32s) for vector search, by model: a
+    // change of model leaves the old vectors unused until the sources are ingested again.
+    "CREATE TABLE IF NOT EXISTS kb_vectors (
+    tenant_id TEXT NOT NULL,
+    chunk_id TEXT NOT NULL,
+    source_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    PRIMARY KEY (tenant_id, chunk_id)
+)",
 ];
 
 /// Writes a source's row. Parameters: tenant id, source id, title, kind, url,
@@ -1994,6 +2004,7 @@ pub const INSERT_FTS_SQL: &str = "INSERT INTO kb_fts (rowid, heading, body) VALU
 /// Removes a source, its chunks and their index entries. Each statement takes the tenant id
 /// and the source id.
 pub const DELETE_SOURCE_SQL: &[&str] = &[
+    "DELETE FROM kb_vectors WHERE tenant_id = ? AND source_id = ?",
     "DELETE FROM kb_fts WHERE rowid IN (SELECT id FROM kb_chunks WHERE tenant_id = ? AND source_id = ?)",
     "DELETE FROM kb_chunks WHERE tenant_id = ? AND source_id = ?",
     "DELETE FROM kb_sources WHERE tenant_id = ? AND source_id = ?",
@@ -2022,6 +2033,8 @@ pub enum SqlValue {
     Integer(i64),
     /// Text.
     Text(String),
+    /// Bytes.
+    Blob(Vec<u8>),
 }
 
 impl SqlValue {
@@ -2121,6 +2134,104 @@ pub fn delete_source_statements(tenant: &TenantId, source_id: &str) -> Vec<State
         .map(|sql| Statement {
             sql,
             params: vec![SqlValue::text(tenant.as_str()), SqlValue::text(source_id)],
+        })
+        .collect()
+}
+
+/// Writes a chunk's embedding. Parameters: tenant id, chunk id, source id, model, vector
+/// ([`crate::models::encode_vector`]).
+pub const INSERT_VECTOR_SQL: &str = "INSERT OR REPLACE INTO kb_vectors (tenant_id, chunk_id, source_id, model, vector) VALUES (?, ?, ?, ?, ?)";
+
+/// A tenant's chunk embeddings made by one model. Parameters: tenant id, model. Rows:
+/// `chunk_id`, `vector`.
+pub const VECTORS_SQL: &str =
+    "SELECT chunk_id, vector FROM kb_vectors WHERE tenant_id = ? AND model = ?";
+
+/// Chunks by id, as [`SearchRow`]s with score 0 (the caller ranks them). Parameters: tenant
+/// id, then a JSON array of chunk ids.
+pub const CHUNKS_BY_ID_SQL: &str = "SELECT c.chunk_id AS chunk_id, c.source_id AS source_id, c.position AS position, \
+c.heading_path AS heading_path, c.text AS text, s.title AS source_title, s.url AS source_url, 0.0 AS score \
+FROM kb_chunks AS c \
+JOIN kb_sources AS s ON s.tenant_id = c.tenant_id AND s.source_id = c.source_id \
+WHERE c.tenant_id = ? AND c.chunk_id IN (SELECT value FROM json_each(?))";
+
+/// What of a chunk is embedded: its heading path and its text (the same context a reader
+/// of the chunk has).
+pub fn embedding_text(chunk: &Chunk) -> String {
+    if chunk.heading_path.is_empty() {
+        chunk.text.clone()
+    } else {
+        format!("{}\n{}", chunk.heading_path.join(" › "), chunk.text)
+    }
+}
+
+/// Statements storing a source's chunk embeddings (`vectors[i]` is `chunks[i]`'s), to run
+/// right after [`index_statements`], in the same synchronous step.
+pub fn vector_statements(
+    tenant: &TenantId,
+    chunks: &[Chunk],
+    vectors: &[Vec<f32>],
+    model: &str,
+) -> Vec<Statement> {
+    chunks
+        .iter()
+        .zip(vectors)
+        .map(|(c, v)| Statement {
+            sql: INSERT_VECTOR_SQL,
+            params: vec![
+                SqlValue::text(tenant.as_str()),
+                SqlValue::text(&c.id),
+                SqlValue::text(&c.source_id),
+                SqlValue::text(model),
+                SqlValue::Blob(crate::models::encode_vector(v)),
+            ],
+        })
+        .collect()
+}
+
+/// The `limit` chunks nearest the question's embedding, `(chunk id, similarity)`, best
+/// first. Stored vectors that do not decode or differ in length are skipped.
+pub fn vector_ranking(
+    question: &[f32],
+    stored: impl IntoIterator<Item = (String, Vec<u8>)>,
+    limit: usize,
+) -> Vec<(String, f64)> {
+    let mut scored: Vec<(String, f64)> = stored
+        .into_iter()
+        .filter_map(|(id, bytes)| {
+            let v = crate::models::decode_vector(&bytes)?;
+            (v.len() == question.len())
+                .then(|| (id, f64::from(crate::models::similarity(question, &v))))
+        })
+        .collect();
+    scored.sort_by(|(a_id, a), (b_id, b)| b.total_cmp(a).then_with(|| a_id.cmp(b_id)));
+    scored.truncate(limit);
+    scored
+}
+
+/// Full-text rows and a vector ranking fused into the best `limit` chunks (reciprocal rank
+/// fusion, [`merge_results`]), each with its fused score. `rows` must hold every chunk the
+/// fused list may name: the full-text hits plus the vector hits fetched with
+/// [`CHUNKS_BY_ID_SQL`].
+pub fn hybrid_results(
+    fulltext: &[SearchRow],
+    vector: &[(String, f64)],
+    rows: Vec<SearchRow>,
+    limit: usize,
+) -> Vec<RetrievedChunk> {
+    let ft: Vec<(String, f64)> = fulltext
+        .iter()
+        .map(|r| (r.chunk_id.clone(), r.score))
+        .collect();
+    let fused = merge_results(&ft, vector, limit);
+    let mut by_id: BTreeMap<String, SearchRow> =
+        rows.into_iter().map(|r| (r.chunk_id.clone(), r)).collect();
+    fused
+        .into_iter()
+        .filter_map(|(id, score)| {
+            let mut row = by_id.remove(&id)?;
+            row.score = score;
+            Some(RetrievedChunk::from(row))
         })
         .collect()
 }
@@ -2667,6 +2778,48 @@ impl Unanswered {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn row(id: &str, score: f64) -> SearchRow {
+        SearchRow {
+            chunk_id: id.into(),
+            source_id: "s".into(),
+            position: 0,
+            heading_path: "[]".into(),
+            text: format!("text of {id}"),
+            source_title: None,
+            source_url: None,
+            score,
+        }
+    }
+
+    #[test]
+    fn vectors_rank_by_similarity_and_fuse_with_full_text() {
+        use crate::models::encode_vector;
+        let q = [1.0_f32, 0.0];
+        let stored = vec![
+            ("far".to_owned(), encode_vector(&[0.0, 1.0])),
+            ("near".to_owned(), encode_vector(&[0.8, 0.6])),
+            ("same".to_owned(), encode_vector(&[1.0, 0.0])),
+            ("broken".to_owned(), vec![1, 2, 3]),
+            ("short".to_owned(), encode_vector(&[1.0])),
+        ];
+        let ranked = vector_ranking(&q, stored, 2);
+        assert_eq!(
+            ranked.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
+            ["same", "near"]
+        );
+        // "same" is found only by vectors, "lex" only by full text, "near" by both: it wins.
+        let fulltext = vec![row("near", -3.0), row("lex", -2.0)];
+        let rows = vec![row("near", -3.0), row("lex", -2.0), row("same", 0.0)];
+        let out = hybrid_results(&fulltext, &ranked, rows, 3);
+        let ids: Vec<&str> = out.iter().map(|c| c.chunk.id.as_str()).collect();
+        assert_eq!(ids[0], "near");
+        assert!(ids.contains(&"same") && ids.contains(&"lex"), "{ids:?}");
+        assert!(out[0].score > out[1].score);
+        // A fused id without a row is dropped rather than invented.
+        let out = hybrid_results(&fulltext, &ranked, vec![row("near", -3.0)], 3);
+        assert_eq!(out.len(), 1);
+    }
 
     #[test]
     fn sentences_split_latin_and_cjk() {

@@ -11,6 +11,11 @@ use crate::scenarios::{Ctx, message_text, unique};
 
 /// The tenant key of `kb`.
 pub const KB_KEY: &str = "kf-kb.Kefu0Knowledge0Test0Key01";
+/// The tenant key of `kb-hybrid` (embeddings from the mock).
+pub const KB_HYBRID_KEY: &str = "kf-kb-hybrid.Kefu0Hybrid0Test0Key0001";
+/// The tenant key of `kb-hybrid-down` (its embedding model is unreachable).
+pub const KB_HYBRID_DOWN_KEY: &str = "kf-kb-hybrid-down.Kefu0Down0Test0Key01";
+
 /// The tenant key of `kb-noanswer`.
 pub const KB_NOANSWER_KEY: &str = "kf-kb-noanswer.Kefu0NoAnswer0Test0Key1";
 
@@ -18,7 +23,25 @@ pub const KB_NOANSWER_KEY: &str = "kf-kb-noanswer.Kefu0NoAnswer0Test0Key1";
 pub fn tenants(mock_base: &str) -> Vec<(String, Value)> {
     let origin = mock_base.trim_end_matches("/v1");
     let model = crate::mock::MOCK_MODEL;
+    let hybrid = |key: &str, embed_base: &str| {
+        json!({
+            "providers": {
+                "mock": {"kind": "openai_compatible", "base_url": mock_base},
+                "embedder": {"kind": "openai_compatible", "base_url": embed_base},
+            },
+            "routes": {"default": {"targets": [{"provider": "mock", "model": model}]}},
+            "api_keys": [{"id": "t", "sha256": kefu_engine::auth::hash_key(key)}],
+            "knowledge": {"enabled": true, "top_k": 3,
+                "embeddings": {"provider": "embedder", "model": "mock-embed"}},
+        })
+    };
     vec![
+        ("kb-hybrid".into(), hybrid(KB_HYBRID_KEY, mock_base)),
+        // Port 9 (discard) on loopback: nothing listens, the connection is refused.
+        (
+            "kb-hybrid-down".into(),
+            hybrid(KB_HYBRID_DOWN_KEY, "http://127.0.0.1:9/v1"),
+        ),
         (
             "kb".into(),
             json!({
@@ -313,5 +336,113 @@ pub async fn knowledge_no_answer_falls_back(ctx: &Ctx) -> anyhow::Result<()> {
         entries.len() >= 2 && entries.iter().any(|e| e["reason"] == "not_covered"),
         "log: {log}"
     );
+    Ok(())
+}
+
+/// A small help center whose refund answer shares no word with "Could I be reimbursed?".
+const HYBRID_FAQ: &[(&str, &str)] = &[
+    (
+        "How long do refunds take?",
+        "Refunds reach your original payment method within 14 days.",
+    ),
+    (
+        "Which countries do you ship to?",
+        "We ship to the EU, the UK, Switzerland and Norway.",
+    ),
+    (
+        "How do I reset my password?",
+        "Use the Forgot password link on the sign-in page.",
+    ),
+    (
+        "What payment methods do you accept?",
+        "Visa, Mastercard, PayPal and bank transfer.",
+    ),
+    (
+        "Where is my invoice?",
+        "Invoices are e-mailed after each payment.",
+    ),
+];
+
+/// Vector search beside full-text search: a question with no word in common with its
+/// answer is found through the embeddings (the mock's model folds "reimbursed" and
+/// "refunds" into one concept) and grounds the chat turn; with the embedding model down,
+/// ingestion still indexes the text and says why nothing was embedded, and search falls
+/// back to full text.
+pub async fn knowledge_hybrid_vector_search(ctx: &Ctx) -> anyhow::Result<()> {
+    let mut source = faq_source(HYBRID_FAQ);
+    source["id"] = json!("hybrid");
+    let up = put_source(ctx, Some(KB_HYBRID_KEY), &source).await?;
+    ensure!(up.status() == StatusCode::OK, "ingest: {}", up.status());
+    let up: Value = up.json().await?;
+    ensure!(
+        up["chunks"].as_u64().is_some_and(|n| n >= 5) && up["embedded"] == up["chunks"],
+        "every chunk is embedded: {up}"
+    );
+    let down = put_source(ctx, Some(KB_HYBRID_DOWN_KEY), &source).await?;
+    ensure!(
+        down.status() == StatusCode::OK,
+        "ingest without embeddings: {}",
+        down.status()
+    );
+    let down: Value = down.json().await?;
+    ensure!(
+        down["embedded"] == 0
+            && down["embedding_error"]
+                .as_str()
+                .is_some_and(|e| !e.is_empty()),
+        "a failed embedding is reported, the text still indexed: {down}"
+    );
+
+    let question = "Could I be reimbursed?";
+    let refund = "hybrid#0";
+    let fulltext_only = search(ctx, KB_HYBRID_DOWN_KEY, question, 3).await?;
+    ensure!(
+        !fulltext_only.iter().any(|id| id == refund),
+        "full text alone has no word to match: {fulltext_only:?}"
+    );
+    let hybrid = search(ctx, KB_HYBRID_KEY, question, 3).await?;
+    ensure!(
+        hybrid.first().map(String::as_str) == Some(refund),
+        "the embeddings find the refund answer: {hybrid:?}"
+    );
+    // Full text still counts: a lexical question finds its chunk first.
+    let lexical = search(ctx, KB_HYBRID_KEY, "reset password", 3).await?;
+    ensure!(
+        lexical.first().map(String::as_str) == Some("hybrid#2"),
+        "{lexical:?}"
+    );
+
+    // The chat turn is grounded in the chunk only the vectors found.
+    let asked = format!("{question} ({})", unique("hybrid"));
+    ctx.chat(Some("kb-hybrid"), &json!({"message": asked}))
+        .await?
+        .expect_status(200)?;
+    let sent = ctx
+        .mock()?
+        .model_requests()
+        .into_iter()
+        .rev()
+        .find(|r| r.last_user_text().is_some_and(|t| t.contains(&asked)))
+        .context("the model call")?;
+    let prompt = serde_json::to_string(&sent.body).unwrap_or_default();
+    ensure!(
+        prompt.contains("within 14 days"),
+        "the refund answer grounds the turn"
+    );
+
+    // Deleting the source removes its vectors too.
+    let deleted = ctx
+        .http
+        .delete(ctx.url("/api/v1/knowledge/sources/hybrid"))
+        .bearer_auth(KB_HYBRID_KEY)
+        .send()
+        .await?;
+    ensure!(
+        deleted.status() == StatusCode::OK,
+        "delete: {}",
+        deleted.status()
+    );
+    let gone = search(ctx, KB_HYBRID_KEY, question, 3).await?;
+    ensure!(gone.is_empty(), "nothing is left to find: {gone:?}");
     Ok(())
 }

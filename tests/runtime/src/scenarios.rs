@@ -35,7 +35,10 @@ use crate::handoff::{
     live_updates_via_sse, live_updates_via_websocket, rules_and_business_hours,
     typing_over_websocket, verified_visitor_identity,
 };
-use crate::knowledge::{knowledge_ingest_search_and_ground, knowledge_no_answer_falls_back};
+use crate::knowledge::{
+    knowledge_hybrid_vector_search, knowledge_ingest_search_and_ground,
+    knowledge_no_answer_falls_back,
+};
 use crate::mock::{MockProvider, echo_reply};
 use crate::sse::{self, SseTranscript};
 use crate::webhooks::webhooks_signed_and_retried;
@@ -346,6 +349,7 @@ pub fn all() -> Vec<Scenario> {
         attachments_documents_voice_and_agents,
         knowledge_ingest_search_and_ground,
         knowledge_no_answer_falls_back,
+        knowledge_hybrid_vector_search,
         config_versions_and_rollback,
         webhooks_signed_and_retried,
     ]
