@@ -423,9 +423,11 @@ impl Inner {
         let Some(snapshot) = self.conversation.borrow().clone() else {
             return;
         };
+        let visitor = self.owner().ok().flatten();
         let env = self.env.clone();
-        self.state
-            .wait_until(async move { crate::inbox::touch(&env, &snapshot).await });
+        self.state.wait_until(async move {
+            crate::inbox::touch(&env, &snapshot, visitor.as_deref()).await;
+        });
     }
 
     /// Hands stored events to the tenant's webhooks, after the visitor's answer (never in
@@ -659,9 +661,10 @@ fn handle_get(inner: &Inner, tenant: &str, with_notes: bool) -> Result<Response,
         .filter(|c| c.tenant().as_str() == tenant)
         .ok_or_else(ApiError::conversation_not_found)?;
     let transcript = inner.transcript()?;
+    let visitor = inner.owner()?;
     json_response(
         200,
-        &api::conversation_json(&conversation, &transcript, with_notes),
+        &api::conversation_json(&conversation, &transcript, with_notes, visitor.as_deref()),
     )
 }
 
@@ -812,6 +815,15 @@ async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiError
         .and_then(|h| h.compile().ok());
     let current = inner.load()?.ok_or_else(ApiError::conversation_not_found)?;
     let decision = dialogue::decide(&current, &config, &rules, schedule.as_ref(), arrived, &text);
+    // Outside business hours the bot says so (once a closed stretch) before it answers.
+    if matches!(decision, Decision::Model | Decision::Canned { .. })
+        && current.closed_notice_due(arrived, schedule.as_ref())
+    {
+        inner.record_changed(current, &config, |c| {
+            c.record_closed_notice(arrived, &config, schedule.as_ref())
+                .map_err(|e| api::handoff_error(&e))
+        })?;
+    }
     let host = |e: TurnFailure| match e {
         TurnFailure::Host(e) => e,
         _ => ApiError::internal("handoff failed"),

@@ -22,9 +22,9 @@ fn stub(env: &Env, tenant: &TenantId) -> Result<worker::Stub, ApiError> {
         .map_err(internal)
 }
 
-/// Records where `conversation` stands now.
-pub(crate) async fn touch(env: &Env, conversation: &Conversation) {
-    let entry = api::inbox_entry_json(conversation);
+/// Records where `conversation` stands now (and whose it is, for a verified visitor's).
+pub(crate) async fn touch(env: &Env, conversation: &Conversation, visitor: Option<&str>) {
+    let entry = api::inbox_entry_json(conversation, visitor);
     let result = async {
         forward(
             &stub(env, conversation.tenant())?,

@@ -899,8 +899,15 @@ pub fn message_json(m: &Message) -> Value {
     json!({"seq": m.seq, "role": m.role.as_str(), "parts": parts, "created_at": m.created_at.to_rfc3339()})
 }
 
+/// The verified visitor a conversation belongs to, as the API shows it (`null` when the
+/// visitor is anonymous).
+fn visitor_json(visitor: Option<&str>) -> Value {
+    visitor.map_or(Value::Null, |id| json!({"id": id, "verified": true}))
+}
+
 /// One line of the agents' inbox: where a conversation stands, without its transcript.
-pub fn inbox_entry_json(c: &Conversation) -> Value {
+/// `visitor` is the verified visitor it belongs to, if any.
+pub fn inbox_entry_json(c: &Conversation, visitor: Option<&str>) -> Value {
     let last = c
         .window()
         .iter()
@@ -920,6 +927,7 @@ pub fn inbox_entry_json(c: &Conversation) -> Value {
         "tags": c.tags(),
         "csat": c.csat(),
         "messages": c.message_count(),
+        "visitor": visitor_json(visitor),
         "last_message": {"role": last.map(|m| m.role.as_str()), "preview": preview},
         "created_at": c.created_at().to_rfc3339(),
         "updated_at": c.updated_at().to_rfc3339(),
@@ -928,12 +936,19 @@ pub fn inbox_entry_json(c: &Conversation) -> Value {
 }
 
 /// A conversation and its transcript as the API shows them. Visitors never see internal
-/// notes (`with_notes: false`); agents do.
-pub fn conversation_json(c: &Conversation, transcript: &[Message], with_notes: bool) -> Value {
+/// notes (`with_notes: false`); agents do. `visitor` is the verified visitor it belongs
+/// to, if any.
+pub fn conversation_json(
+    c: &Conversation,
+    transcript: &[Message],
+    with_notes: bool,
+    visitor: Option<&str>,
+) -> Value {
     json!({
         "id": c.id().as_str(),
         "tenant": c.tenant().as_str(),
         "status": c.status().as_str(),
+        "visitor": visitor_json(visitor),
         "assignee": c.assignee(),
         "queue": c.queue(),
         "tags": c.tags(),

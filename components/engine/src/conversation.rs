@@ -188,10 +188,11 @@ impl Message {
     }
 
     /// Decodes what [`Message::encode`] wrote (a message's layout is the same in versions 1
-    /// and 2; version 2 only added a role at the end).
+    /// to 3; version 2 only added a role at the end, version 3 changed the conversation's
+    /// layout alone).
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         match bytes.split_first() {
-            Some((1, rest)) => {
+            Some((1 | 2, rest)) => {
                 postcard::from_bytes(rest).map_err(|e| DecodeError::Corrupt(e.to_string()))
             }
             _ => decode_versioned(bytes),
@@ -265,11 +266,34 @@ pub struct Conversation {
     pub(crate) no_answers: u8,
     /// The visitor's satisfaction rating (1–5), once given.
     pub(crate) csat: Option<u8>,
+    /// Outside business hours, the visitor was told so for the closed stretch that ends
+    /// at this time (the team's next opening): the notice is given once a stretch.
+    pub(crate) closed_notice_until: Option<Timestamp>,
 }
 
 /// The serialized form's version. Bump it when the layout changes, and keep a decoder for
 /// every version still found in stores.
-pub const STATE_FORMAT_VERSION: u8 = 2;
+pub const STATE_FORMAT_VERSION: u8 = 3;
+
+/// Version 2 of the state: before the business-hours notice mark.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct ConversationV2 {
+    id: ConversationId,
+    tenant: TenantId,
+    status: Status,
+    created_at: Timestamp,
+    updated_at: Timestamp,
+    next_seq: u32,
+    summary: Option<String>,
+    evicted: u32,
+    window: Vec<Message>,
+    assignee: Option<String>,
+    queue: Option<String>,
+    tags: Vec<String>,
+    no_answers: u8,
+    csat: Option<u8>,
+}
 
 /// Version 1 of the state: before handoff (no assignee, queue, tags, counters).
 #[derive(Deserialize)]
@@ -330,6 +354,7 @@ impl Conversation {
             tags: Vec::new(),
             no_answers: 0,
             csat: None,
+            closed_notice_until: None,
         }
     }
 
@@ -572,6 +597,28 @@ impl Conversation {
                 tags: Vec::new(),
                 no_answers: 0,
                 csat: None,
+                closed_notice_until: None,
+            });
+        }
+        if let Some((2, rest)) = bytes.split_first() {
+            let v2: ConversationV2 =
+                postcard::from_bytes(rest).map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+            return Ok(Conversation {
+                id: v2.id,
+                tenant: v2.tenant,
+                status: v2.status,
+                created_at: v2.created_at,
+                updated_at: v2.updated_at,
+                next_seq: v2.next_seq,
+                summary: v2.summary,
+                evicted: v2.evicted,
+                window: v2.window,
+                assignee: v2.assignee,
+                queue: v2.queue,
+                tags: v2.tags,
+                no_answers: v2.no_answers,
+                csat: v2.csat,
+                closed_notice_until: None,
             });
         }
         decode_versioned(bytes)
@@ -603,6 +650,46 @@ mod tests {
 
     fn text(s: &str) -> Vec<Part> {
         vec![Part::Text(s.to_owned())]
+    }
+
+    #[test]
+    fn version_2_states_still_decode() {
+        let mut c = conv();
+        c.handle_visitor_message(
+            Timestamp::from_millis(2_000),
+            text("hi"),
+            &TenantConfig::default(),
+        )
+        .unwrap();
+        let v2 = ConversationV2 {
+            id: c.id.clone(),
+            tenant: c.tenant.clone(),
+            status: c.status,
+            created_at: c.created_at,
+            updated_at: c.updated_at,
+            next_seq: c.next_seq,
+            summary: None,
+            evicted: 0,
+            window: c.window.clone(),
+            assignee: Some("ana".into()),
+            queue: Some("billing".into()),
+            tags: vec!["vip".into()],
+            no_answers: 1,
+            csat: Some(5),
+        };
+        let mut bytes = vec![2];
+        bytes.extend(postcard::to_allocvec(&v2).unwrap());
+        let decoded = Conversation::decode(&bytes).unwrap();
+        assert_eq!(decoded.window, c.window);
+        assert_eq!(
+            (decoded.assignee.as_deref(), decoded.csat),
+            (Some("ana"), Some(5))
+        );
+        assert_eq!(decoded.closed_notice_until, None);
+        // Messages stored under version 2 read the same.
+        let mut message = vec![2];
+        message.extend(postcard::to_allocvec(&c.window[0]).unwrap());
+        assert_eq!(Message::decode(&message).unwrap(), c.window[0]);
     }
 
     #[test]

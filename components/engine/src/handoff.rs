@@ -18,6 +18,7 @@
 use crate::Event;
 use crate::config::TenantConfig;
 use crate::conversation::{Conversation, ConversationError, Message, Part, Role, Status};
+use crate::hours::Schedule;
 use crate::offline::{Lang, detect_lang};
 use crate::time::Timestamp;
 use crate::turn::TurnReply;
@@ -445,6 +446,49 @@ impl Conversation {
         })
     }
 
+    /// Whether the bot should say, before it answers at `now`, that the team is away: outside
+    /// business hours, once per closed stretch (until the next opening; a visitor who comes
+    /// back after the team opened and closed again hears it again).
+    pub fn closed_notice_due(&self, now: Timestamp, schedule: Option<&Schedule>) -> bool {
+        schedule.is_some_and(|s| !s.is_open(now))
+            && self.closed_notice_until.is_none_or(|until| now >= until)
+    }
+
+    /// Records the closed notice ([`Conversation::closed_notice_due`]): the team is away,
+    /// when it is back, that the bot can still help and that a message left here reaches the
+    /// team — never that an agent is coming now. Returns nothing to record while open.
+    pub fn record_closed_notice(
+        &mut self,
+        now: Timestamp,
+        config: &TenantConfig,
+        schedule: Option<&Schedule>,
+    ) -> Result<Changed, HandoffError> {
+        let mut changed = Changed::default();
+        let Some(schedule) = schedule.filter(|_| self.closed_notice_due(now, schedule)) else {
+            return Ok(changed);
+        };
+        let lang = self.visitor_lang();
+        let Some(closed) = schedule.closed_notice(now, lang) else {
+            return Ok(changed);
+        };
+        let text = match lang {
+            Lang::Zh => format!(
+                "{closed} 我是智能助手，现在仍可以回答很多问题。如需人工服务，请在这里留言（最好留下邮箱），同事回来后会回复你。"
+            ),
+            Lang::En => format!(
+                "{closed} I'm the virtual assistant and can still help with many questions now. If you need a person, leave your message here (and your e-mail address) and the team will reply when they're back."
+            ),
+        };
+        self.notice(now, config, text, &mut changed)?;
+        // A schedule that never opens again: said once, for good.
+        self.closed_notice_until = Some(
+            schedule
+                .next_open(now)
+                .unwrap_or(Timestamp::from_millis(u64::MAX)),
+        );
+        Ok(changed)
+    }
+
     /// Adds a tag (no duplicates).
     pub fn tag(&mut self, tag: &str) {
         if !tag.is_empty() && !self.tags.iter().any(|t| t == tag) {
@@ -476,6 +520,61 @@ mod tests {
 
     fn t(ms: u64) -> Timestamp {
         Timestamp::from_millis(ms)
+    }
+
+    #[test]
+    fn the_closed_notice_is_said_once_a_closed_stretch() {
+        let (mut c, cfg) = conv();
+        let hours: crate::hours::BusinessHours = serde_json::from_str(
+            r#"{"timezone": "Europe/Berlin", "weekly": {"mon": [["09:00", "17:00"]]}}"#,
+        )
+        .unwrap();
+        let schedule = hours.compile().unwrap();
+        let saturday_noon = t(1_795_867_200_000);
+        let saturday_night = t(1_795_896_000_000);
+        let monday_open = t(1_796_032_800_000);
+        let monday_evening = t(1_796_061_600_000);
+        assert!(
+            !c.closed_notice_due(saturday_noon, None),
+            "no hours: always open"
+        );
+        assert!(c.closed_notice_due(saturday_noon, Some(&schedule)));
+        let said = c
+            .record_closed_notice(saturday_noon, &cfg, Some(&schedule))
+            .unwrap();
+        assert_eq!(said.messages.len(), 1);
+        assert_eq!(said.messages[0].role, Role::System);
+        let text = said.messages[0].text();
+        assert!(
+            text.contains("Monday") && text.contains("leave your message"),
+            "{text}"
+        );
+        assert!(!text.contains("connecting"), "{text}");
+        // Later the same weekend: already said.
+        assert!(!c.closed_notice_due(saturday_night, Some(&schedule)));
+        let again = c
+            .record_closed_notice(saturday_night, &cfg, Some(&schedule))
+            .unwrap();
+        assert!(again.messages.is_empty());
+        // Open: nothing to say; closed again after that: said again.
+        assert!(!c.closed_notice_due(monday_open, Some(&schedule)));
+        assert!(c.closed_notice_due(monday_evening, Some(&schedule)));
+        // It survives a round trip through the stored state.
+        let stored = Conversation::decode(&c.encode()).unwrap();
+        assert!(!stored.closed_notice_due(saturday_night, Some(&schedule)));
+        // A schedule that never opens says it once, for good.
+        let never: crate::hours::BusinessHours =
+            serde_json::from_str(r#"{"timezone": "UTC", "weekly": {}}"#).unwrap();
+        let never = never.compile().unwrap();
+        let (mut c, cfg) = conv();
+        assert_eq!(
+            c.record_closed_notice(saturday_noon, &cfg, Some(&never))
+                .unwrap()
+                .messages
+                .len(),
+            1
+        );
+        assert!(!c.closed_notice_due(monday_evening, Some(&never)));
     }
 
     fn names(c: &Changed) -> Vec<&'static str> {

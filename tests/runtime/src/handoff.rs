@@ -32,7 +32,8 @@ pub fn tenants(mock_base: &str) -> Vec<(String, Value)> {
         ),
         (
             VERIFIED_SITE.into(),
-            json!({"identity": {"secret": IDENTITY_SECRET, "required": true}}),
+            json!({"identity": {"secret": IDENTITY_SECRET, "required": true},
+                   "api_keys": [{"id": "agents", "sha256": kefu_engine::auth::hash_key(VERIFIED_KEY)}]}),
         ),
     ]
 }
@@ -40,6 +41,8 @@ pub fn tenants(mock_base: &str) -> Vec<(String, Value)> {
 /// A site that only talks to signed-in visitors (verified with an HMAC of their id).
 pub const VERIFIED_SITE: &str = "verified-site";
 const IDENTITY_SECRET: &str = "a-random-identity-secret-for-the-runtime-tests";
+/// The tenant key of the verified site (its agents).
+const VERIFIED_KEY: &str = "kf-verified-site.Kefu0Verified0Test0Key1";
 
 /// The tenant key of `cs-rules`.
 pub const RULES_KEY: &str = "kf-cs-rules.Kefu0Rules0Test0Key000001";
@@ -292,6 +295,17 @@ pub async fn rules_and_business_hours(ctx: &Ctx) -> anyhow::Result<()> {
         "tags: {}",
         view.text
     );
+    // The site is closed: before its first answer the bot says so, honestly.
+    ensure!(
+        roles(&view.json) == ["visitor", "system", "bot"],
+        "{}",
+        view.text
+    );
+    let closed = message_text(&view.json["messages"][1]);
+    ensure!(
+        closed.contains("leave your message") && !closed.contains("connecting you"),
+        "the closed notice: {closed:?}"
+    );
 
     let legal = ctx
         .chat(
@@ -328,6 +342,20 @@ pub async fn rules_and_business_hours(ctx: &Ctx) -> anyhow::Result<()> {
         other.json["responder"] == "provider",
         "no rule matched, so the model answers: {}",
         other.text
+    );
+    // Said once a closed stretch, however many answers follow.
+    let other_id = other.json["conversation_id"].as_str().context("id")?;
+    ctx.chat(
+        Some("cs-rules"),
+        &json!({"message": unique("and my username?"), "conversation_id": other_id}),
+    )
+    .await?
+    .expect_status(200)?;
+    let view = ctx.conversation_as_agent(RULES_KEY, other_id).await?;
+    ensure!(
+        roles(&view.json) == ["visitor", "system", "bot", "visitor", "bot"],
+        "{}",
+        view.text
     );
     Ok(())
 }
@@ -869,6 +897,39 @@ pub async fn verified_visitor_identity(ctx: &Ctx) -> anyhow::Result<()> {
     ensure!(
         count().await? > before,
         "the owner's message was not stored"
+    );
+
+    // Agents see whose conversation it is: in the transcript and in the inbox.
+    let seen = ctx.conversation_as_agent(VERIFIED_KEY, &id).await?;
+    ensure!(
+        seen.json["visitor"] == json!({"id": "user-42", "verified": true}),
+        "{}",
+        seen.text
+    );
+    let mut listed = Value::Null;
+    // The inbox is updated after the visitor's answer, a moment later.
+    for _ in 0..40 {
+        let inbox = crate::scenarios::Answer::read(
+            ctx.request(reqwest::Method::GET, "/api/v1/conversations", None)
+                .bearer_auth(VERIFIED_KEY)
+                .send()
+                .await?,
+        )
+        .await?;
+        inbox.expect_status(200)?;
+        if let Some(entry) = inbox.json["conversations"]
+            .as_array()
+            .and_then(|all| all.iter().find(|c| c["id"] == id.as_str()))
+            .filter(|c| !c["visitor"].is_null())
+        {
+            listed = entry.clone();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    ensure!(
+        listed["visitor"]["id"] == "user-42",
+        "the inbox names the verified visitor: {listed}"
     );
     Ok(())
 }
