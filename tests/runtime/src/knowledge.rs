@@ -7,7 +7,7 @@ use anyhow::{Context, ensure};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::scenarios::{Ctx, message_text, unique};
+use crate::scenarios::{Answer, Ctx, message_text, unique};
 
 /// The tenant key of `kb`.
 pub const KB_KEY: &str = "kf-kb.Kefu0Knowledge0Test0Key01";
@@ -444,5 +444,127 @@ pub async fn knowledge_hybrid_vector_search(ctx: &Ctx) -> anyhow::Result<()> {
     );
     let gone = search(ctx, KB_HYBRID_KEY, question, 3).await?;
     ensure!(gone.is_empty(), "nothing is left to find: {gone:?}");
+    Ok(())
+}
+
+/// Tenant A's key never reaches tenant B: not B's conversations (transcript, inbox,
+/// actions), knowledge base, configuration or files, whatever tenant header it sends.
+pub async fn tenant_keys_see_only_their_own(ctx: &Ctx) -> anyhow::Result<()> {
+    const A: &str = KB_KEY; // tenant `kb`
+    const B: &str = KB_HYBRID_KEY; // tenant `kb-hybrid`
+    let word = unique("zanzibarquux").replace('-', "");
+    let secret = json!({"id": "iso-secret", "kind": "text",
+        "body": format!("The staff discount code is {word}.")});
+    let put = put_source(ctx, Some(B), &secret).await?;
+    ensure!(
+        put.status() == StatusCode::OK,
+        "B ingests: {}",
+        put.status()
+    );
+    ensure!(
+        search(ctx, B, &word, 3).await? == ["iso-secret#0"],
+        "B finds its own chunk"
+    );
+    ensure!(
+        search(ctx, A, &word, 3).await?.is_empty(),
+        "A searched B's knowledge base"
+    );
+    let listed = ctx
+        .http
+        .get(ctx.url("/api/v1/knowledge/sources"))
+        .bearer_auth(A)
+        .header(crate::scenarios::TENANT_HEADER, "kb-hybrid")
+        .send()
+        .await?
+        .text()
+        .await?;
+    ensure!(
+        !listed.contains("iso-secret"),
+        "A listed B's sources: {listed}"
+    );
+
+    // Configuration: the key decides the tenant, not the header.
+    let config = Answer::read(
+        ctx.http
+            .get(ctx.url("/api/v1/config"))
+            .bearer_auth(A)
+            .header(crate::scenarios::TENANT_HEADER, "kb-hybrid")
+            .send()
+            .await?,
+    )
+    .await?;
+    config.expect_status(200)?;
+    ensure!(
+        config.json["tenant"] == "kb" && !config.text.contains("embedder"),
+        "A's key read another configuration: {}",
+        config.text
+    );
+
+    // Conversations: B's is invisible to A, in the transcript, the inbox and actions.
+    let chat = ctx
+        .chat(Some("kb-hybrid"), &json!({"message": unique("b-private")}))
+        .await?;
+    chat.expect_status(200)?;
+    let id = chat.json["conversation_id"]
+        .as_str()
+        .context("id")?
+        .to_owned();
+    ctx.conversation_as_agent(A, &id)
+        .await?
+        .expect_error(404, "conversation_not_found")?;
+    ctx.action(None, Some(A), &id, "claim", &json!({"agent": "mallory"}))
+        .await?
+        .expect_error(404, "conversation_not_found")?;
+    let inbox = ctx
+        .http
+        .get(ctx.url("/api/v1/conversations?limit=200"))
+        .bearer_auth(A)
+        .send()
+        .await?
+        .text()
+        .await?;
+    ensure!(!inbox.contains(&id), "A's inbox lists B's conversation");
+    ensure!(
+        ctx.conversation_as_agent(B, &id).await?.status == StatusCode::OK,
+        "B reads its own conversation"
+    );
+
+    // Files: B's upload is not A's.
+    let up = ctx
+        .http
+        .post(ctx.url("/api/v1/attachments?name=b.txt"))
+        .bearer_auth(B)
+        .header("content-type", "text/plain")
+        .body("B's file")
+        .send()
+        .await?;
+    let up = Answer::read(up).await?;
+    up.expect_status(201)?;
+    let url = up.json["url"].as_str().context("url")?;
+    Answer::read(ctx.http.get(ctx.url(url)).bearer_auth(A).send().await?)
+        .await?
+        .expect_error(404, "attachment_not_found")?;
+    ensure!(
+        ctx.http
+            .get(ctx.url(url))
+            .bearer_auth(B)
+            .send()
+            .await?
+            .status()
+            == StatusCode::OK,
+        "B reads its own file"
+    );
+
+    let deleted = ctx
+        .http
+        .delete(ctx.url("/api/v1/knowledge/sources/iso-secret"))
+        .bearer_auth(B)
+        .send()
+        .await?;
+    ensure!(
+        deleted.status() == StatusCode::OK,
+        "cleanup: {}",
+        deleted.status()
+    );
     Ok(())
 }

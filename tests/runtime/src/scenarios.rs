@@ -37,7 +37,7 @@ use crate::handoff::{
 };
 use crate::knowledge::{
     knowledge_hybrid_vector_search, knowledge_ingest_search_and_ground,
-    knowledge_no_answer_falls_back,
+    knowledge_no_answer_falls_back, tenant_keys_see_only_their_own,
 };
 use crate::mock::{MockProvider, echo_reply};
 use crate::sse::{self, SseTranscript};
@@ -350,6 +350,7 @@ pub fn all() -> Vec<Scenario> {
         knowledge_ingest_search_and_ground,
         knowledge_no_answer_falls_back,
         knowledge_hybrid_vector_search,
+        tenant_keys_see_only_their_own,
         config_versions_and_rollback,
         webhooks_signed_and_retried,
     ]
