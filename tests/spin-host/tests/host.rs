@@ -1,0 +1,523 @@
+//! End-to-end tests: the probe component (`fixtures/probe`) on a real `kefu-spin-host`
+//! process, spoken to over HTTP. Each test starts its own host with its own state
+//! directory; the host is stopped when the test ends, pass or fail.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use support::{App, Host, Upstream, mqtt_wasm, probe_wasm, run_to_exit};
+
+/// The probe's manifest, granting the key-value stores `stores` (a TOML array's items):
+/// `upstream_port` is the only port outbound HTTP may reach.
+fn probe_manifest(stores: &str) -> String {
+    format!(
+        r#"spin_manifest_version = 2
+
+[application]
+name = "probe"
+
+[variables]
+greeting = {{ default = "hello" }}
+api_key = {{ required = true, secret = true }}
+upstream_port = {{ default = "1" }}
+
+[[trigger.http]]
+route = "/..."
+component = "probe"
+
+[component.probe]
+source = "{source}"
+allowed_outbound_hosts = ["http://127.0.0.1:{{{{ upstream_port }}}}"]
+key_value_stores = [{stores}]
+sqlite_databases = ["default"]
+
+[component.probe.variables]
+greeting = "{{{{ greeting }}}}, world"
+key = "{{{{ api_key }}}}"
+"#,
+        source = probe_wasm().display()
+    )
+}
+
+fn start_probe(app: &App, label: &str, args: &[&str]) -> Host {
+    let mut command = app.command();
+    command
+        .env("SPIN_VARIABLE_API_KEY", "key-from-env")
+        .args(args);
+    Host::start(command, label).expect("starting the host")
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("building the client")
+}
+
+/// GET (or POST with `body`) and return status and text.
+async fn call(host: &Host, path: &str, body: Option<&str>) -> (u16, String) {
+    let client = client();
+    let request = match body {
+        Some(body) => client.post(host.url(path)).body(body.to_owned()),
+        None => client.get(host.url(path)),
+    };
+    let response = request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{path}: {e}\n{}", host.log()));
+    let status = response.status().as_u16();
+    (status, response.text().await.expect("reading the body"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn variables_resolve_like_spin() {
+    let app = App::new(&probe_manifest(r#""default""#));
+    let host = start_probe(&app, "variables", &[]);
+    assert_eq!(
+        call(&host, "/var?name=greeting", None).await,
+        (200, "hello, world".into()),
+        "a component variable is a template over application variables and defaults"
+    );
+    assert_eq!(
+        call(&host, "/var?name=key", None).await,
+        (200, "key-from-env".into()),
+        "SPIN_VARIABLE_API_KEY supplies `api_key`"
+    );
+    let (status, text) = call(&host, "/var?name=upstream_port", None).await;
+    assert_eq!(status, 500);
+    assert!(
+        text.contains("Undefined"),
+        "an application variable the component does not declare is undefined to it: {text}"
+    );
+    let (status, text) = call(&host, "/var?name=Not-Valid", None).await;
+    assert_eq!(status, 500);
+    assert!(text.contains("InvalidName"), "{text}");
+    drop(host);
+
+    // --variable beats the environment.
+    let host = start_probe(
+        &app,
+        "variables-flag",
+        &["--variable", "api_key=key-from-flag"],
+    );
+    assert_eq!(
+        call(&host, "/var?name=key", None).await,
+        (200, "key-from-flag".into())
+    );
+}
+
+#[test]
+fn a_required_variable_without_a_value_stops_startup() {
+    let app = App::new(&probe_manifest(r#""default""#));
+    let (status, stdout, stderr) = run_to_exit(app.command());
+    assert!(!status.success());
+    assert!(
+        !stdout.contains("ready"),
+        "it must not report ready: {stdout}"
+    );
+    assert!(
+        stderr.contains("`api_key` is required") && stderr.contains("SPIN_VARIABLE_API_KEY"),
+        "the error names the variable and where to set it: {stderr}"
+    );
+}
+
+#[test]
+fn an_import_the_host_does_not_provide_fails_at_startup_naming_it() {
+    let manifest = format!(
+        r#"spin_manifest_version = 2
+[application]
+name = "mqtt"
+[[trigger.http]]
+route = "/..."
+component = "mqtt"
+[component.mqtt]
+source = "{}"
+"#,
+        mqtt_wasm().display()
+    );
+    let app = App::new(&manifest);
+    let (status, stdout, stderr) = run_to_exit(app.command());
+    assert!(!status.success());
+    assert!(!stdout.contains("ready"), "{stdout}");
+    assert!(
+        stderr.contains("fermyon:spin/mqtt@2.0.0"),
+        "the error must name the missing import: {stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_gets_a_fresh_instance() {
+    let app = App::new(&probe_manifest(r#""default""#));
+    let host = start_probe(&app, "fresh-instance", &[]);
+    for _ in 0..3 {
+        assert_eq!(
+            call(&host, "/counter", None).await,
+            (200, "1".into()),
+            "a static counter in the guest must not survive between requests"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_value_through_both_interfaces() {
+    let app = App::new(&probe_manifest(r#""default""#));
+    let host = start_probe(&app, "key-value", &[]);
+
+    // fermyon:spin/key-value@2.0.0
+    assert_eq!(
+        call(&host, "/kv?op=get&key=a", None).await,
+        (404, "none".into())
+    );
+    assert_eq!(
+        call(&host, "/kv?op=exists&key=a", None).await,
+        (200, "false".into())
+    );
+    assert_eq!(call(&host, "/kv?op=set&key=a", Some("one")).await.0, 200);
+    assert_eq!(call(&host, "/kv?op=set&key=b", Some("two")).await.0, 200);
+    assert_eq!(
+        call(&host, "/kv?op=get&key=a", None).await,
+        (200, "one".into())
+    );
+    assert_eq!(
+        call(&host, "/kv?op=exists&key=a", None).await,
+        (200, "true".into())
+    );
+    assert_eq!(call(&host, "/kv?op=keys", None).await, (200, "a\nb".into()));
+    assert_eq!(call(&host, "/kv?op=delete&key=a", None).await.0, 200);
+    assert_eq!(
+        call(&host, "/kv?op=delete&key=a", None).await.0,
+        200,
+        "deleting nothing is fine"
+    );
+    assert_eq!(call(&host, "/kv?op=keys", None).await, (200, "b".into()));
+
+    // wasi:keyvalue sees the same store.
+    assert_eq!(
+        call(&host, "/wkv?op=get&key=b", None).await,
+        (200, "two".into())
+    );
+    assert_eq!(call(&host, "/wkv?op=set&key=c", Some("three")).await.0, 200);
+    assert_eq!(
+        call(&host, "/kv?op=get&key=c", None).await,
+        (200, "three".into())
+    );
+    assert_eq!(
+        call(&host, "/wkv?op=exists&key=zz", None).await,
+        (200, "false".into())
+    );
+    assert_eq!(
+        call(&host, "/wkv?op=list", None).await,
+        (200, "b\nc".into())
+    );
+    assert_eq!(call(&host, "/wkv?op=delete&key=c", None).await.0, 200);
+
+    // wasi:keyvalue/batch
+    assert_eq!(
+        call(&host, "/wkv?op=batch-set", Some("x=1\ny=2")).await.0,
+        200
+    );
+    assert_eq!(
+        call(&host, "/wkv?op=batch-get&keys=x,nope,y", None).await,
+        (200, "x=1\nnope missing\ny=2".into())
+    );
+    assert_eq!(
+        call(&host, "/wkv?op=batch-delete&keys=x,y", None).await.0,
+        200
+    );
+    assert_eq!(call(&host, "/wkv?op=list", None).await, (200, "b".into()));
+
+    // Only labels the manifest grants may be opened.
+    for path in ["/kv?op=open&store=other", "/wkv?op=open&store=other"] {
+        let (status, text) = call(&host, path, None).await;
+        assert_eq!(status, 500, "{path}");
+        assert!(text.contains("AccessDenied"), "{path}: {text}");
+    }
+
+    // Data outlives the process, as Spin's .spin/ files do.
+    let status = host.stop();
+    assert!(status.success(), "SIGTERM stops the host cleanly: {status}");
+    let host = start_probe(&app, "key-value-restart", &[]);
+    assert_eq!(
+        call(&host, "/kv?op=get&key=b", None).await,
+        (200, "two".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_store_labels_are_separate_and_must_be_defined() {
+    let app = App::new(&probe_manifest(r#""default", "cache""#));
+    let mut command = app.command();
+    command.env("SPIN_VARIABLE_API_KEY", "key-from-env");
+    let (status, _, stderr) = run_to_exit(command);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("`cache`") && stderr.contains("--key-value-store"),
+        "a granted label the host does not define stops startup, as in Spin: {stderr}"
+    );
+
+    let host = start_probe(&app, "labels", &["--key-value-store", "cache"]);
+    assert_eq!(
+        call(&host, "/kv?op=set&store=cache&key=k", Some("cached"))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        call(&host, "/kv?op=get&store=cache&key=k", None).await,
+        (200, "cached".into())
+    );
+    assert_eq!(
+        call(&host, "/wkv?op=get&store=default&key=k", None).await,
+        (404, "none".into()),
+        "stores do not share keys"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_compare_and_swap_has_exactly_one_winner_per_round() {
+    let app = App::new(&probe_manifest(r#""default""#));
+    let host = start_probe(&app, "cas", &[]);
+    for round in 0..5 {
+        let start = format!("round-{round}");
+        assert_eq!(
+            call(&host, "/wkv?op=set&key=doc", Some(&start)).await.0,
+            200
+        );
+        // Both read the value, hold it for 400 ms, then swap: both swaps meet a value the
+        // other may have changed.
+        let a = format!("/wkv?op=cas&key=doc&value=a{round}&hold_ms=400");
+        let b = format!("/wkv?op=cas&key=doc&value=b{round}&hold_ms=400");
+        let ((sa, ta), (sb, tb)) = tokio::join!(call(&host, &a, None), call(&host, &b, None));
+        let (winner, loser_text) = match (sa, sb) {
+            (200, 409) => (format!("a{round}"), tb),
+            (409, 200) => (format!("b{round}"), ta),
+            other => panic!(
+                "round {round}: expected one winner and one cas-failed, got {other:?}: {ta} / {tb}"
+            ),
+        };
+        assert!(
+            loser_text.contains(&format!("saw {start}")),
+            "round {round}: the loser read the same value as the winner: {loser_text}"
+        );
+        assert!(
+            loser_text.ends_with(&format!("now {winner}")),
+            "round {round}: the retry handle holds the winner's value: {loser_text}"
+        );
+        assert_eq!(
+            call(&host, "/wkv?op=get&key=doc", None).await,
+            (200, winner)
+        );
+    }
+
+    // A CAS on an absent key only creates it if it is still absent.
+    let first = call(&host, "/wkv?op=cas&key=fresh&value=first&hold_ms=400", None);
+    let second = call(
+        &host,
+        "/wkv?op=cas&key=fresh&value=second&hold_ms=400",
+        None,
+    );
+    let ((s1, _), (s2, _)) = tokio::join!(first, second);
+    let mut statuses = [s1, s2];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 409], "exactly one may create the key");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn increment_is_atomic_under_concurrency() {
+    let app = App::new(&probe_manifest(r#""default""#));
+    let host = start_probe(&app, "increment", &[]);
+    let calls = (0..20).map(|_| call(&host, "/wkv?op=incr&key=n&delta=1", None));
+    let mut values: Vec<i64> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|(status, text)| {
+            assert_eq!(status, 200, "{text}");
+            text.parse().expect("a number")
+        })
+        .collect();
+    values.sort_unstable();
+    assert_eq!(
+        values,
+        (1..=20).collect::<Vec<i64>>(),
+        "every increment saw a distinct value"
+    );
+    assert_eq!(
+        call(&host, "/wkv?op=incr&key=n&delta=-25", None).await,
+        (200, "-5".into())
+    );
+    assert_eq!(
+        call(&host, "/wkv?op=set&key=word", Some("hello")).await.0,
+        200
+    );
+    let (status, text) = call(&host, "/wkv?op=incr&key=word&delta=1", None).await;
+    assert_eq!(
+        status, 500,
+        "a value increment did not write is an error: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_with_fts5_and_bm25() {
+    let app = App::new(&probe_manifest(r#""default""#));
+    let host = start_probe(&app, "sqlite", &[]);
+    let ok = |r: (u16, String)| {
+        assert_eq!(r.0, 200, "{}", r.1);
+        r.1
+    };
+    ok(call(
+        &host,
+        "/sql",
+        Some("CREATE VIRTUAL TABLE kb USING fts5(title, body, tokenize = 'porter unicode61')"),
+    )
+    .await);
+    for (title, body) in [
+        (
+            "Deploying",
+            "deploy kefu with wrangler; deploying twice is safe; deploy",
+        ),
+        ("Billing", "invoices arrive monthly; deploy nothing"),
+        ("Hours", "support answers during business hours"),
+    ] {
+        let path = format!(
+            "/sql?p=t:{title}&p=t:{}",
+            body.replace(' ', "+").replace(';', "%3B")
+        );
+        ok(call(
+            &host,
+            &path,
+            Some("INSERT INTO kb (title, body) VALUES (?1, ?2)"),
+        )
+        .await);
+    }
+    let found = ok(call(
+        &host,
+        "/sql?p=t:deploy",
+        Some("SELECT title, bm25(kb) AS score FROM kb WHERE kb MATCH ?1 ORDER BY score"),
+    )
+    .await);
+    let lines: Vec<&str> = found.lines().collect();
+    assert_eq!(lines[0], "title\tscore");
+    assert!(
+        lines[1].starts_with("t:Deploying\tr:-"),
+        "best match first, scored by bm25: {found}"
+    );
+    assert!(lines[2].starts_with("t:Billing\tr:-"), "{found}");
+    assert_eq!(lines.len(), 4, "two rows and the rowid line: {found}");
+
+    // Every value type round-trips, and rowid/changes describe the last statement.
+    ok(call(
+        &host,
+        "/sql",
+        Some("CREATE TABLE t (i INTEGER, r REAL, s TEXT, b BLOB, n)"),
+    )
+    .await);
+    let inserted = ok(call(
+        &host,
+        "/sql?p=i:-7&p=r:2.5&p=t:h%C3%A9llo&p=b:raw&p=n",
+        Some("INSERT INTO t VALUES (?, ?, ?, ?, ?)"),
+    )
+    .await);
+    assert!(inserted.ends_with("rowid=1 changes=1"), "{inserted}");
+    let row = ok(call(&host, "/sql", Some("SELECT * FROM t")).await);
+    assert_eq!(
+        row.lines().nth(1),
+        Some("i:-7\tr:2.5\tt:héllo\tb:raw\tnull"),
+        "{row}"
+    );
+
+    // The older fermyon:spin/sqlite@2.0.0 reaches the same database.
+    let v2 = ok(call(&host, "/sql2", Some("SELECT count(*) FROM kb")).await);
+    assert_eq!(v2, "count(*)\nValue::Integer(3)");
+
+    let (status, text) = call(&host, "/sql", Some("SELEC nonsense")).await;
+    assert_eq!(status, 500);
+    assert!(
+        text.contains("Io") && text.contains("syntax error"),
+        "{text}"
+    );
+
+    let (status, text) = call(&host, "/sql?db=other", Some("SELECT 1")).await;
+    assert_eq!(status, 500);
+    assert!(text.contains("AccessDenied"), "{text}");
+
+    assert!(
+        app.state_dir().join("sqlite_db.db").exists(),
+        "the default database is sqlite_db.db in the state directory"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_http_is_limited_to_allowed_hosts() {
+    let allowed = Upstream::start();
+    let forbidden = Upstream::start();
+    let app = App::new(&probe_manifest(r#""default""#));
+    let port = format!("upstream_port={}", allowed.port);
+    let host = start_probe(&app, "outbound", &["--variable", &port]);
+
+    let url = format!("/fetch?url=http://127.0.0.1:{}/hello", allowed.port);
+    assert_eq!(
+        call(&host, &url, None).await,
+        (200, "status=200 body=upstream:/hello".into())
+    );
+
+    let url = format!("/fetch?url=http://127.0.0.1:{}/secret", forbidden.port);
+    let (status, text) = call(&host, &url, None).await;
+    assert_eq!(status, 502);
+    assert!(
+        text.contains("HttpRequestDenied"),
+        "a host not granted gets HTTP-request-denied: {text}"
+    );
+    // A different scheme to the allowed host and port is not allowed either.
+    let url = format!("/fetch?url=https://127.0.0.1:{}/tls", allowed.port);
+    let (status, text) = call(&host, &url, None).await;
+    assert_eq!(
+        (status, text.contains("HttpRequestDenied")),
+        (502, true),
+        "{text}"
+    );
+    assert_eq!(
+        forbidden.connections(),
+        0,
+        "the denied request never left the host"
+    );
+    assert_eq!(allowed.connections(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_sent_events_stream_as_they_are_written() {
+    let app = App::new(&probe_manifest(r#""default""#));
+    let host = start_probe(&app, "sse", &[]);
+    let started = Instant::now();
+    let response = client()
+        .get(host.url("/sse?n=3&gap_ms=500"))
+        .send()
+        .await
+        .expect("GET /sse");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let mut arrivals = Vec::new();
+    let mut text = String::new();
+    let mut body = response.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        text.push_str(std::str::from_utf8(&chunk.expect("reading a chunk")).unwrap());
+        for i in 0..3 {
+            if arrivals.len() == i && text.contains(&format!("data: event {i}\n\n")) {
+                arrivals.push(started.elapsed());
+            }
+        }
+    }
+    assert_eq!(text, "data: event 0\n\ndata: event 1\n\ndata: event 2\n\n");
+    assert_eq!(arrivals.len(), 3);
+    // The guest writes event 2 a second after event 0: buffering would deliver them
+    // together.
+    assert!(
+        arrivals[2] - arrivals[0] >= Duration::from_millis(800),
+        "events arrived at {arrivals:?}: the body was buffered, not streamed"
+    );
+}
