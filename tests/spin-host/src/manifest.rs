@@ -69,6 +69,9 @@ struct RawComponent {
     variables: BTreeMap<String, String>,
     #[serde(default)]
     environment: BTreeMap<String, String>,
+    /// Refused when present: this host mounts no files.
+    #[serde(default)]
+    files: Vec<toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -206,6 +209,11 @@ impl Application {
                     )));
                 }
             };
+            if !c.files.is_empty() {
+                return Err(invalid(format!(
+                    "component `{id}`: `files` mounts are not supported by this host"
+                )));
+            }
             let mut variables = BTreeMap::new();
             for (name, template) in &c.variables {
                 validate_variable_name(name).map_err(|reason| {

@@ -125,6 +125,8 @@ impl HostPattern {
                 return Err(format!("prefix length {bits} is longer than {max}"));
             }
             HostMatch::Cidr(ip, bits)
+        } else if host == "self" {
+            return Err("`self` (service chaining) is not supported by this host".into());
         } else if host.is_empty() {
             return Err("the host is empty".into());
         } else if host.contains('*') {
@@ -328,6 +330,7 @@ mod tests {
             "https://ex*ample.com",
             "http://127.0.0.1:port",
             "http://127.0.0.1:9..3",
+            "http://self",
         ] {
             assert!(
                 AllowedHosts::parse(&[bad.to_owned()]).is_err(),
