@@ -25,7 +25,7 @@ WORKER_OUT := workers/build/index.js
 WORKER_SOURCES := $(shell find workers/src components/engine/src -name '*.rs' 2>/dev/null) \
 	workers/Cargo.toml components/engine/Cargo.toml Cargo.toml Cargo.lock
 
-.PHONY: help setup rust-targets tools dev worker test check test-engine test-runtime wasm size bench clean
+.PHONY: help setup rust-targets tools dev worker test check test-engine test-runtime test-spin-host wasm size bench clean
 
 help:
 	@echo "make dev    set up everything and run Kefu locally on workerd (http://localhost:$(DEV_PORT)/demo)"
@@ -86,11 +86,12 @@ bench: setup $(WORKER_OUT)
 
 ## Checks and tests -----------------------------------------------------------------------
 
-test: setup check test-engine test-runtime
+test: setup check test-engine test-spin-host test-runtime
 
 check: setup
 	cargo fmt --all --check
-	cargo clippy -p kefu-engine -p kefu-runtime-tests --all-targets -- -D warnings
+	cargo fmt --manifest-path tests/spin-host/fixtures/Cargo.toml --all --check
+	cargo clippy -p kefu-engine -p kefu-runtime-tests -p kefu-spin-host --all-targets -- -D warnings
 	cargo clippy -p kefu-worker --target wasm32-unknown-unknown -- -D warnings
 	$(MAKE) --no-print-directory wasm
 
@@ -100,6 +101,11 @@ wasm:
 
 test-engine:
 	cargo test -p kefu-engine
+
+# The Spin test host (tests/spin-host): builds its fixture components for wasm32-wasip2 and
+# runs them on the host process. Spin itself cannot be installed here; users run real Spin.
+test-spin-host: rust-targets
+	cargo test -p kefu-spin-host
 
 test-runtime: $(WORKER_OUT)
 	cargo test -p kefu-runtime-tests
