@@ -286,10 +286,10 @@ async fn concurrent_compare_and_swap_has_exactly_one_winner_per_round() {
             call(&host, "/wkv?op=set&key=doc", Some(&start)).await.0,
             200
         );
-        // Both read the value, hold it for 400 ms, then swap: both swaps meet a value the
-        // other may have changed.
-        let a = format!("/wkv?op=cas&key=doc&value=a{round}&hold_ms=400");
-        let b = format!("/wkv?op=cas&key=doc&value=b{round}&hold_ms=400");
+        // Both read the value and wait for each other (a barrier counted in the store)
+        // before they swap, so both swap against the value they read: one may succeed.
+        let a = format!("/wkv?op=cas&key=doc&value=a{round}&barrier=doc-{round}&parties=2");
+        let b = format!("/wkv?op=cas&key=doc&value=b{round}&barrier=doc-{round}&parties=2");
         let ((sa, ta), (sb, tb)) = tokio::join!(call(&host, &a, None), call(&host, &b, None));
         let (winner, loser_text) = match (sa, sb) {
             (200, 409) => (format!("a{round}"), tb),
@@ -313,12 +313,8 @@ async fn concurrent_compare_and_swap_has_exactly_one_winner_per_round() {
     }
 
     // A CAS on an absent key only creates it if it is still absent.
-    let first = call(&host, "/wkv?op=cas&key=fresh&value=first&hold_ms=400", None);
-    let second = call(
-        &host,
-        "/wkv?op=cas&key=fresh&value=second&hold_ms=400",
-        None,
-    );
+    let first = call(&host, "/wkv?op=cas&key=fresh&value=first&barrier=f", None);
+    let second = call(&host, "/wkv?op=cas&key=fresh&value=second&barrier=f", None);
     let ((s1, _), (s2, _)) = tokio::join!(first, second);
     let mut statuses = [s1, s2];
     statuses.sort_unstable();
