@@ -517,3 +517,39 @@ async fn server_sent_events_stream_as_they_are_written() {
         "events arrived at {arrivals:?}: the body was buffered, not streamed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_pick_the_component_and_spin_headers_describe_the_match() {
+    let manifest =
+        probe_manifest(r#""default""#).replace(r#"route = "/...""#, r#"route = "/api/...""#);
+    let app = App::new(&manifest);
+    let host = start_probe(&app, "routes", &[]);
+    let (status, text) = call(&host, "/api/v1/spin-headers?q=1", None).await;
+    assert_eq!(status, 200, "{text}");
+    let headers: Vec<&str> = text.lines().collect();
+    let port = host.url("").rsplit(':').next().unwrap().to_owned();
+    for expected in [
+        "spin-base-path: /".to_owned(),
+        "spin-component-route: /api".to_owned(),
+        format!("spin-full-url: http://127.0.0.1:{port}/api/v1/spin-headers?q=1"),
+        "spin-matched-route: /api/...".to_owned(),
+        "spin-path-info: /v1/spin-headers".to_owned(),
+        "spin-raw-component-route: /api/...".to_owned(),
+    ] {
+        assert!(
+            headers.contains(&expected.as_str()),
+            "missing {expected:?} in {headers:?}"
+        );
+    }
+    assert!(
+        headers
+            .iter()
+            .any(|h| h.starts_with("spin-client-addr: 127.0.0.1:")),
+        "{headers:?}"
+    );
+    let (status, _) = call(&host, "/apix/spin-headers", None).await;
+    assert_eq!(
+        status, 404,
+        "a path outside every route reaches no component"
+    );
+}
