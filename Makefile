@@ -25,7 +25,7 @@ WORKER_OUT := workers/build/index.js
 WORKER_SOURCES := $(shell find workers/src components/engine/src -name '*.rs' 2>/dev/null) \
 	workers/Cargo.toml components/engine/Cargo.toml Cargo.toml Cargo.lock
 
-.PHONY: help setup rust-targets tools dev worker test check test-engine test-runtime wasm size bench clean
+.PHONY: help setup rust-targets tools dev worker spin test check test-engine test-runtime wasm size bench clean
 
 help:
 	@echo "make dev    set up everything and run Kefu locally on workerd (http://localhost:$(DEV_PORT)/demo)"
@@ -92,11 +92,16 @@ check: setup
 	cargo fmt --all --check
 	cargo clippy -p kefu-engine -p kefu-runtime-tests --all-targets -- -D warnings
 	cargo clippy -p kefu-worker --target wasm32-unknown-unknown -- -D warnings
+	cargo clippy -p kefu-spin --target wasm32-wasip2 -- -D warnings
 	$(MAKE) --no-print-directory wasm
 
 wasm:
 	cargo build -p kefu-engine --target wasm32-unknown-unknown
 	cargo build -p kefu-engine --target wasm32-wasip2
+
+# The Spin component (what `spin build` runs, per spin.toml).
+spin: rust-targets
+	cargo build -p kefu-spin --target wasm32-wasip2 --release
 
 test-engine:
 	cargo test -p kefu-engine
