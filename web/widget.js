@@ -8,7 +8,7 @@
  * Host page API: window.Kefu.open(), .close(), .toggle(), .identify({id, hash}),
  * .setAttributes({...}), .on(event, fn) / .off(event, fn) for open, close, message, status.
  *
- * Everything lives in a closed shadow root, so the page's CSS cannot reach in and ours cannot
+ * Everything lives in a shadow root, so the page's CSS cannot reach in and ours cannot
  * leak out. Nothing a person typed (messages, names, file names) is ever parsed as HTML: the
  * DOM is built with createElement and text nodes only. The file is served as written (no build
  * step); `make size` reports its gzipped size.
@@ -151,7 +151,8 @@ button{font:inherit;color:inherit;cursor:pointer}
 background:var(--a);color:var(--on-a);box-shadow:0 8px 24px rgba(17,24,39,.25);display:grid;place-items:center;
 transition:transform .18s ease,box-shadow .18s ease}
 .launcher:hover{transform:scale(1.06)}
-.launcher svg{width:28px;height:28px}
+.launcher svg{width:28px;height:28px;transition:transform .18s ease}
+.open .launcher .i-chat,.launcher .i-down{display:none}.open .launcher .i-down{display:block}
 .right .launcher,.right .panel{right:20px}.left .launcher,.left .panel{left:20px}
 .badge{position:absolute;top:-2px;right:-2px;min-width:22px;height:22px;padding:0 6px;border-radius:11px;
 background:#ef4444;color:#fff;font-size:12px;font-weight:700;line-height:22px;text-align:center;border:2px solid #fff}
@@ -169,15 +170,19 @@ background:color-mix(in srgb,var(--on-a) 18%,transparent);font-weight:700}
 .avatar svg{width:22px;height:22px}
 .who{flex:1;min-width:0}
 h2{margin:0;font-size:16px;font-weight:650;line-height:1.25;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
-.sub{margin:2px 0 0;font-size:13px;opacity:.88;display:flex;align-items:center;gap:6px}
+.sub{margin:2px 0 0;font-size:13px;opacity:.88;display:flex;align-items:center;gap:6px;white-space:nowrap}
+.sub span:last-child{overflow:hidden;text-overflow:ellipsis}
 .dot{width:8px;height:8px;border-radius:50%;background:#34d399;flex:none}
 .k[data-status=waiting_for_agent] .dot{background:#fbbf24}.k[data-status=resolved] .dot{background:#9ca3af}
 .icon{flex:none;width:36px;height:36px;border-radius:10px;border:0;background:transparent;display:grid;place-items:center}
 .icon:hover{background:color-mix(in srgb,currentColor 12%,transparent)}
 .icon svg{width:20px;height:20px}
-.human{flex:none;border:1px solid color-mix(in srgb,var(--on-a) 45%,transparent);background:transparent;color:var(--on-a);
-border-radius:999px;padding:5px 11px;font-size:13px;font-weight:600;white-space:nowrap}
-.human:hover{background:color-mix(in srgb,var(--on-a) 14%,transparent)}
+.actions{display:flex;justify-content:center;padding:0 14px 8px}
+.actions:has(.human[hidden]){display:none}
+.human{display:inline-flex;align-items:center;gap:6px;border:1px solid var(--line);background:var(--bg);color:var(--fg);
+border-radius:999px;padding:6px 14px 6px 10px;font-size:13px;font-weight:600;white-space:nowrap;box-shadow:0 1px 2px rgba(17,24,39,.06)}
+.human svg{width:16px;height:16px;color:var(--a)}
+.human:hover{border-color:var(--a)}
 .human[hidden]{display:none}
 .banner{padding:9px 16px;font-size:13px;background:var(--note);color:var(--note-fg);border-bottom:1px solid var(--line)}
 .banner:empty{display:none}
@@ -230,7 +235,7 @@ font-size:14px;line-height:20px;padding:0}
 .row{display:flex;align-items:flex-end;gap:6px}
 textarea{flex:1;resize:none;border:1px solid var(--line);border-radius:14px;padding:9px 12px;max-height:120px;min-height:40px;
 font:inherit;color:var(--fg);background:var(--bg);outline:none}
-textarea:focus{border-color:var(--a);box-shadow:0 0 0 3px color-mix(in srgb,var(--a) 22%,transparent)}
+textarea:focus,textarea:focus-visible{outline:none;border-color:var(--a);box-shadow:0 0 0 3px color-mix(in srgb,var(--a) 22%,transparent)}
 textarea::placeholder{color:var(--muted)}
 .row .icon{color:var(--muted);width:40px;height:40px}
 .attach[hidden]{display:none}
@@ -270,8 +275,9 @@ textarea::placeholder{color:var(--muted)}
     doc: "M7 3h7l5 5v13H7zM14 3v5h5",
     agent: "M12 12a4 4 0 1 0 0-8 4 4 0 0 0 0 8zm-7 8a7 7 0 0 1 14 0",
   };
-  function icon(name, filled) {
+  function icon(name, filled, cls) {
     const svg = document.createElementNS(SVG_NS, "svg");
+    if (cls) svg.setAttribute("class", cls);
     svg.setAttribute("viewBox", "0 0 24 24");
     svg.setAttribute("aria-hidden", "true");
     svg.setAttribute("focusable", "false");
@@ -394,8 +400,13 @@ textarea::placeholder{color:var(--muted)}
 
   // ---- UI --------------------------------------------------------------------------------
 
-  const host = h("div", { "data-kefu": VERSION });
-  const shadow = host.attachShadow({ mode: "closed" });
+  // Its own element name, so the page's `div { … }` rules never match it, and every property
+  // reset inline with !important, so not even `body > * { transform: … }` moves it.
+  const host = h("kefu-widget", { "data-version": VERSION });
+  host.style.setProperty("all", "initial", "important");
+  // Open, not closed: the isolation that matters is CSS (which a shadow root gives either way);
+  // a closed root would only hide the widget from accessibility tooling and tests.
+  const shadow = host.attachShadow({ mode: "open" });
   // A constructed stylesheet is not an inline <style>, so a host page whose CSP forbids
   // inline styles still shows the widget styled.
   if ("adoptedStyleSheets" in shadow && typeof CSSStyleSheet.prototype.replaceSync === "function") {
@@ -420,12 +431,13 @@ textarea::placeholder{color:var(--muted)}
       "aria-haspopup": "dialog",
       onclick: () => (state.open ? close() : open()),
     },
-    icon("chat", true),
+    icon("chat", true, "i-chat"),
+    icon("down", false, "i-down"),
     ui.badge,
   );
   ui.title = h("h2", { id: "kefu-title", text: opts.title || t("title") });
   ui.sub = h("span", { text: t("sub_bot") });
-  ui.human = h("button", { class: "human", type: "button", hidden: true, onclick: askForPerson, text: t("human") });
+  ui.human = h("button", { class: "human", type: "button", hidden: true, onclick: askForPerson }, icon("agent"), t("human"));
   ui.banner = h("div", { class: "banner", role: "status" });
   ui.log = h("ol", { class: "log", role: "log", "aria-live": "polite", "aria-label": t("log"), tabindex: "0" });
   ui.typingText = h("span");
@@ -451,12 +463,12 @@ textarea::placeholder{color:var(--muted)}
       {},
       h("div", { class: "avatar" }, icon("agent")),
       h("div", { class: "who" }, ui.title, h("p", { class: "sub" }, h("span", { class: "dot" }), ui.sub)),
-      ui.human,
       h("button", { class: "icon", type: "button", "aria-label": t("close"), title: t("close"), onclick: () => close() }, icon("down")),
     ),
     ui.banner,
     ui.log,
     ui.typing,
+    h("div", { class: "actions" }, ui.human),
     ui.rating,
     ui.form,
   );
@@ -590,7 +602,8 @@ textarea::placeholder{color:var(--muted)}
     state.unread = n;
     ui.badge.hidden = n === 0;
     ui.badge.textContent = n > 9 ? "9+" : String(n);
-    ui.launcher.setAttribute("aria-label", n ? `${t("open")} (${t("unread", { n })})` : t("open"));
+    const label = state.open ? t("close") : n ? `${t("open")} (${t("unread", { n })})` : t("open");
+    ui.launcher.setAttribute("aria-label", label);
   }
 
   function setStatus(s) {
@@ -629,7 +642,6 @@ textarea::placeholder{color:var(--muted)}
     ui.panel.hidden = false;
     ui.root.classList.add("open");
     ui.launcher.setAttribute("aria-expanded", "true");
-    ui.launcher.setAttribute("aria-label", t("close"));
     setUnread(0);
     scrollToEnd();
     ui.input.focus();
@@ -1022,8 +1034,11 @@ textarea::placeholder{color:var(--muted)}
   }
 
   window.addEventListener("online", () => {
+    // A socket that lived through the outage may be dead without knowing it: start over
+    // from the cursor (catch-up drops what we already have).
     state.backoff = 0;
-    if (!state.live) connectLive();
+    disconnectLive();
+    connectLive();
   });
   window.addEventListener("offline", () => setBanner(t("offline")));
   document.addEventListener("visibilitychange", () => {
