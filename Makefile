@@ -25,13 +25,14 @@ WORKER_OUT := workers/build/index.js
 WORKER_SOURCES := $(shell find workers/src components/engine/src -name '*.rs' 2>/dev/null) \
 	workers/Cargo.toml components/engine/Cargo.toml Cargo.toml Cargo.lock
 
-.PHONY: help setup rust-targets tools dev worker test check test-engine test-runtime wasm size bench clean
+.PHONY: help setup rust-targets tools dev worker test check test-engine test-runtime test-browser chromium wasm size bench clean
 
 help:
 	@echo "make dev    set up everything and run Kefu locally on workerd (http://localhost:$(DEV_PORT)/demo)"
 	@echo "make test   set up everything and run every check and test"
 	@echo "make bench  measure Kefu's overhead against a pass-through Worker (writes docs/benchmarks-latest.md)"
-	@echo "make size   report the Worker's gzipped bundle size"
+	@echo "make size   report the Worker's and the widget's gzipped sizes"
+	@echo "make test-browser  the widget's browser tests (Debian's Chromium, installed if missing)"
 
 ## Setup ----------------------------------------------------------------------------------
 
@@ -77,6 +78,7 @@ size: $(WORKER_OUT)
 	@raw=$$(cat workers/build/index.js workers/build/*.wasm | wc -c); \
 	 gz=$$(cat workers/build/index.js workers/build/*.wasm | gzip -9 | wc -c); \
 	 echo "worker bundle: $$raw bytes, $$gz bytes gzipped"
+	@echo "widget.js: $$(wc -c < web/widget.js) bytes, $$(gzip -9 < web/widget.js | wc -c) bytes gzipped (bar: 30 KB)"
 
 # Ratios in one run (see docs/benchmarks.md): Kefu against a pass-through Worker on the same
 # workerd and against the mock provider directly, plus the engine's CPU per turn.
@@ -86,7 +88,7 @@ bench: setup $(WORKER_OUT)
 
 ## Checks and tests -----------------------------------------------------------------------
 
-test: setup check test-engine test-runtime
+test: setup check test-engine test-runtime test-browser
 
 check: setup
 	cargo fmt --all --check
@@ -103,6 +105,26 @@ test-engine:
 
 test-runtime: $(WORKER_OUT)
 	cargo test -p kefu-runtime-tests
+
+# The widget in a real browser: Debian's Chromium driven by playwright-core against Kefu on
+# workerd and the mock provider (tests/browser). Playwright's own browser download does not
+# work offline, so Debian's package it is, installed on first use (with CJK fonts, for the
+# Chinese screenshot). Screenshots land in docs/screenshots/.
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+chromium:
+	@missing=""; \
+	 [ -x $(CHROMIUM) ] || missing="chromium"; \
+	 fc-list :lang=zh 2>/dev/null | grep -q . || missing="$$missing fonts-noto-cjk"; \
+	 if [ -n "$$missing" ]; then \
+		echo "installing$$missing from Debian (once)"; \
+		$(SUDO) apt-get update -qq; \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
+
+test-browser: setup $(WORKER_OUT) chromium
+	cargo build -q -p kefu-runtime-tests --bin kefu-mock-provider
+	KEFU_CHROMIUM=$(CHROMIUM) node --test --test-reporter=spec tests/browser/
 
 clean:
 	rm -rf workers/build target/runtime-tests

@@ -246,7 +246,8 @@ textarea::placeholder{color:var(--muted)}
 @media (max-width:480px){
 .panel{inset:0 !important;width:100%;height:100%;border-radius:0;bottom:0}
 .launcher{bottom:16px}.right .launcher{right:16px}.left .launcher{left:16px}
-.k.open .launcher{display:none}}
+.k.open .launcher{display:none}
+textarea{font-size:16px}}
 @media (prefers-reduced-motion:reduce){*{animation:none !important;transition:none !important}}
 `;
 

@@ -1,0 +1,372 @@
+// Browser tests for the visitor widget: Debian's Chromium (headless, via playwright-core)
+// on the demo host page that Kefu serves itself (web/widget-demo.html), against Kefu on
+// workerd with the mock provider. The agent side acts through the HTTP API.
+//
+//   node --test tests/browser/          (make test-browser builds what it needs first)
+//
+// Screenshots go to docs/screenshots/ (shown in the README).
+
+import assert from "node:assert/strict";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { Agent, NORTHWIND_KEY, ROOT, TENANT_KEY, keyHash, launchChromium, profileBase, startKefu } from "./harness.mjs";
+
+const SHOTS = join(ROOT, "docs/screenshots");
+const XSS = `<img src=x onerror="window.__xss=1">`;
+const XSS_NAME = `<img src=x onerror="window.__xss=2"><script>window.__xss=3</script>`;
+
+// The mock's reply for the screenshot tenants (a fault profile's `reply=`; `_` is a space).
+const reply = (text) => "reply=" + text.replaceAll(" ", "_");
+
+let kefu;
+let browser;
+
+before(async () => {
+  kefu = await startKefu((mock) => {
+    const keys = [{ id: "browser-tests", sha256: keyHash(TENANT_KEY) }];
+    return {
+      // Echo replies, streamed one word every 60 ms, so a test can watch the text grow.
+      default: { provider: { base_url: profileBase(mock, "chunk_delay_ms=60"), model: "mock-gpt" }, api_keys: keys },
+      northwind: {
+        name: "Northwind Coffee",
+        provider: {
+          base_url: profileBase(mock, "chunk_delay_ms=25," + reply("Great choice! For a pour-over use 15 g of coffee to 250 g of water just off the boil. Grind medium-fine and aim for a 3-minute brew. Our Yirgacheffe shines this way.")),
+          model: "mock-gpt",
+        },
+        api_keys: [{ id: "browser-tests", sha256: keyHash(NORTHWIND_KEY) }],
+      },
+      "northwind-zh": {
+        provider: {
+          base_url: profileBase(mock, "chunk_delay_ms=25," + reply("手冲建议：15 克咖啡粉配 250 克水，水温约 92 度，中细研磨，总萃取时间约 3 分钟。我们的耶加雪菲用这种方法冲煮风味最佳。")),
+          model: "mock-gpt",
+        },
+      },
+    };
+  });
+  browser = await launchChromium();
+});
+
+after(async () => {
+  await browser?.close();
+  kefu?.stop();
+});
+
+/** A fresh visitor (own storage) on the demo host page; `attrs` rewrite the script tag's
+ * data-* options, e.g. {tenant: "northwind", lang: "zh"}. */
+async function visit(attrs = {}, context = {}) {
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 }, locale: "en-US", ...context });
+  const page = await ctx.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e));
+  page.on("console", (m) => {
+    // The widget's feature check for uploads expects a 404 where there is no upload
+    // endpoint; Chromium logs every 404 it fetches.
+    const probe = /\/api\/v1\/conversations\/[^/]+\/attachments$/.test(m.location().url);
+    if (m.type() === "error" && !probe) errors.push(new Error(`${m.text()} (${m.location().url})`));
+  });
+  if (Object.keys(attrs).length) {
+    // Other options on the page's one tag, set before the widget reads them. (Rewriting the
+    // page itself would make Chromium treat it as a public page and block its socket to
+    // 127.0.0.1 under its local network access checks.)
+    await page.route("**/widget.js", async (route) => {
+      const resp = await route.fetch();
+      const set = Object.entries(attrs).map(([k, v]) => `document.currentScript.dataset[${JSON.stringify(k)}] = ${JSON.stringify(v)};`);
+      await route.fulfill({ response: resp, body: set.join("\n") + "\n" + (await resp.text()) });
+    });
+  }
+  await page.goto(kefu.base + "/widget-demo");
+  await page.waitForFunction(() => window.Kefu && document.querySelector("kefu-widget"));
+  return { ctx, page, errors, w: (sel) => page.locator("kefu-widget " + sel) };
+}
+
+/** Texts of the messages in the widget's log, in order. */
+const logTexts = (page) =>
+  page.evaluate(() =>
+    [...document.querySelector("kefu-widget").shadowRoot.querySelectorAll(".log > li .bubble")].map((b) => b.textContent),
+  );
+
+async function sendMessage(v, text) {
+  await v.w("textarea").fill(text);
+  await v.w("textarea").press("Enter");
+}
+
+describe("visitor widget", { concurrency: false }, () => {
+  let conversation;
+  let visitor;
+  const agent = () => new Agent(kefu.base, "alex", "Alex").signIn();
+
+  test("the page and the widget carry a Content-Security-Policy and load without errors", async () => {
+    for (const path of ["/widget-demo", "/widget.js"]) {
+      const resp = await fetch(kefu.base + path);
+      assert.equal(resp.status, 200, path);
+      assert.match(resp.headers.get("content-security-policy") || "", /default-src 'none'; script-src 'self'/, path);
+    }
+    // The API still answers at its routes (assets do not shadow the Worker), cross-origin too.
+    const pre = await fetch(kefu.base + "/api/v1/chat", { method: "OPTIONS", headers: { origin: "https://shop.example" } });
+    assert.equal(pre.status, 204);
+    assert.match(pre.headers.get("access-control-allow-headers"), /x-kefu-tenant/);
+    const health = await fetch(kefu.base + "/healthz");
+    assert.deepEqual(await health.json(), { status: "ok", version: "0.1.0" });
+  });
+
+  test("a visitor opens the widget, sends a message and sees the reply stream in", async () => {
+    visitor = await visit();
+    const { page, w } = visitor;
+    await page.evaluate(() => {
+      window.__events = [];
+      for (const e of ["open", "close", "message", "status"]) Kefu.on(e, (d) => window.__events.push([e, d]));
+    });
+    await w(".launcher").click();
+    await assert.doesNotReject(w('[role="dialog"]').waitFor({ state: "visible" }));
+    // Record every length the bot's streaming bubble goes through.
+    await page.evaluate(() => {
+      const root = document.querySelector("kefu-widget").shadowRoot;
+      window.__lengths = [];
+      new MutationObserver(() => {
+        const b = root.querySelector(".streaming .bubble");
+        if (b) window.__lengths.push(b.textContent.length);
+      }).observe(root.querySelector(".log"), { subtree: true, childList: true, characterData: true });
+    });
+    await sendMessage(visitor, "Hello, do you ship to Norway?");
+    await w(".msg.bot:not(.greeting):not(.streaming) .bubble").filter({ hasText: "Echo: Hello, do you ship to Norway?" }).waitFor();
+    const lengths = await page.evaluate(() => window.__lengths);
+    const distinct = [...new Set(lengths)];
+    assert.ok(distinct.length >= 4, `the reply should grow in steps, saw lengths ${JSON.stringify(lengths)}`);
+    assert.deepEqual(distinct, [...distinct].sort((a, b) => a - b), "the streamed text only grows");
+    conversation = await page.evaluate(() => Kefu.conversationId);
+    assert.match(conversation, /^[A-Za-z0-9_-]+$/);
+    const texts = await logTexts(page);
+    assert.equal(texts.filter((t) => t === "Hello, do you ship to Norway?").length, 1, "the visitor's message once");
+    assert.equal(texts.filter((t) => t.startsWith("Echo: Hello")).length, 1, "the reply once");
+    const events = await page.evaluate(() => window.__events.map(([e, d]) => [e, d.role || d.status || null]));
+    assert.deepEqual(events.slice(0, 3), [["open", null], ["message", "visitor"], ["message", "bot"]]);
+    assert.deepEqual(visitor.errors, []);
+  });
+
+  test("the visitor asks for a person and sees the handoff notice", async () => {
+    const { w, page } = visitor;
+    await w("button.human").click();
+    await w(".msg.system .bubble").filter({ hasText: "connecting you with a member of our team" }).waitFor();
+    await w(".sub").filter({ hasText: "Waiting for a person" }).waitFor();
+    assert.equal(await w("button.human").isVisible(), false, "no second request while waiting");
+    const statuses = await page.evaluate(() => window.__events.filter(([e]) => e === "status").map(([, d]) => d.status));
+    assert.deepEqual(statuses, ["waiting_for_agent"]);
+  });
+
+  test("an agent claims and answers; the visitor sees it live, typing indicator included", async () => {
+    const { w, page } = visitor;
+    const alex = await agent();
+    await alex.claim(conversation);
+    await w(".msg.system .bubble").filter({ hasText: "Alex joined the conversation." }).waitFor();
+    await w(".sub").filter({ hasText: "chatting with our team" }).waitFor();
+    await alex.typing(conversation);
+    await w(".typing:not([hidden])").filter({ hasText: "agent is typing" }).waitFor();
+    await alex.reply(conversation, "Hi, I'm Alex. Yes, we ship to Norway: 3 to 5 days, €9.");
+    await w(".msg.agent .bubble").filter({ hasText: "we ship to Norway" }).waitFor();
+    await w(".typing[hidden]").waitFor({ state: "attached" });
+    assert.equal(await w(".typing").isVisible(), false, "the agent's message clears the typing indicator");
+    assert.equal(await page.evaluate(() => Kefu.status), "with_agent");
+  });
+
+  test("a reload keeps the conversation and catches up, with nothing twice", async () => {
+    const { page, w } = visitor;
+    const before = await logTexts(page);
+    // Something happens while the visitor is away.
+    await page.goto("about:blank");
+    const alex = await agent();
+    await alex.reply(conversation, "While you were away: your order has shipped.");
+    await page.goto(kefu.base + "/widget-demo");
+    await page.waitForFunction(() => window.Kefu);
+    await w(".launcher").click();
+    await w(".msg.agent .bubble").filter({ hasText: "While you were away" }).waitFor();
+    const after = await logTexts(page);
+    assert.deepEqual(after, [...before, "While you were away: your order has shipped."]);
+    assert.equal(await page.evaluate(() => Kefu.conversationId), conversation);
+  });
+
+  test("a lost connection comes back and catches up: nothing missed, nothing twice", async () => {
+    const { page, w, ctx } = visitor;
+    const before = await logTexts(page);
+    await ctx.setOffline(true);
+    await page.evaluate(() => window.dispatchEvent(new Event("offline")));
+    await w(".banner").filter({ hasText: "offline" }).waitFor();
+    const alex = await agent();
+    await alex.reply(conversation, "Sent while you were offline.");
+    await ctx.setOffline(false);
+    await page.evaluate(() => window.dispatchEvent(new Event("online")));
+    await w(".msg.agent .bubble").filter({ hasText: "Sent while you were offline." }).waitFor();
+    await w(".banner:empty").waitFor({ state: "attached" });
+    assert.deepEqual(await logTexts(page), [...before, "Sent while you were offline."]);
+  });
+
+  test("HTML in messages and names stays inert text", async () => {
+    const { page, w } = visitor;
+    const alex = await agent();
+    const mallory = await new Agent(kefu.base, "mallory", XSS_NAME).signIn();
+    await page.evaluate((name) => Kefu.setAttributes({ name, plan: { tier: name } }), XSS_NAME);
+    // As a message from the visitor…
+    await sendMessage(visitor, XSS);
+    await w(".msg.visitor[data-seq] .bubble").filter({ hasText: XSS }).waitFor();
+    // …as an agent's name (in the join notice)…
+    await alex.call(`/api/v1/conversations/${conversation}/transfer`, { to_agent: "mallory", to_agent_name: XSS_NAME });
+    await w(".msg.system .bubble").filter({ hasText: `${XSS_NAME} joined the conversation.` }).waitFor();
+    // …and as an agent's message.
+    await mallory.reply(conversation, XSS_NAME);
+    await w(".msg.agent .bubble").filter({ hasText: XSS_NAME }).waitFor();
+    const found = await page.evaluate(() => {
+      const root = document.querySelector("kefu-widget").shadowRoot;
+      return {
+        xss: window.__xss,
+        imgs: root.querySelectorAll("img").length + document.querySelectorAll("img").length,
+        scripts: root.querySelectorAll("script").length + document.querySelectorAll("script").length,
+        attributes: Kefu.getAttributes(),
+      };
+    });
+    assert.equal(found.xss, undefined, "no payload ran");
+    assert.equal(found.imgs, 0, "no <img> was created from text");
+    assert.equal(found.scripts, 1, "no <script> besides the widget's own tag");
+    assert.deepEqual(found.attributes, { name: XSS_NAME, plan: JSON.stringify({ tier: XSS_NAME }) }, "attributes are kept as text");
+    const texts = await logTexts(page);
+    assert.equal(texts.filter((t) => t === XSS).length, 1, "the visitor's HTML shows once, as typed");
+    assert.equal(texts.filter((t) => t === `${XSS_NAME} joined the conversation.`).length, 1);
+    assert.equal(texts.filter((t) => t === XSS_NAME).length, 1, "the agent's HTML shows as text");
+    assert.deepEqual(visitor.errors, []);
+    await visitor.ctx.close();
+  });
+
+  test("without WebSocket the widget follows the conversation over Server-Sent Events", async () => {
+    const v = await visit();
+    const { page, w } = v;
+    await page.addInitScript(() => delete window.WebSocket);
+    await page.reload();
+    await page.waitForFunction(() => window.Kefu && !window.WebSocket);
+    await w(".launcher").click();
+    await sendMessage(v, "talk to a human");
+    await w(".msg.system .bubble").filter({ hasText: "connecting you" }).waitFor();
+    const id = await page.evaluate(() => Kefu.conversationId);
+    const alex = await agent();
+    await alex.claim(id);
+    await alex.reply(id, "Hello over Server-Sent Events.");
+    await w(".msg.agent .bubble").filter({ hasText: "Hello over Server-Sent Events." }).waitFor();
+    assert.equal(await page.evaluate(() => Kefu.status), "with_agent");
+    assert.deepEqual(v.errors, []);
+    await v.ctx.close();
+  });
+
+  test("keyboard: Enter on the launcher opens, focus goes in, Escape closes and focus returns", async () => {
+    const v = await visit();
+    const { page, w } = v;
+    const launcher = w(".launcher");
+    assert.equal(await launcher.getAttribute("aria-label"), "Open chat");
+    assert.equal(await launcher.getAttribute("aria-expanded"), "false");
+    await launcher.focus();
+    await page.keyboard.press("Enter");
+    await w('[role="dialog"]').waitFor({ state: "visible" });
+    assert.equal(await launcher.getAttribute("aria-expanded"), "true");
+    assert.equal(await launcher.getAttribute("aria-label"), "Close chat");
+    const focused = () => page.evaluate(() => document.querySelector("kefu-widget").shadowRoot.activeElement?.className || document.activeElement?.tagName);
+    assert.equal(await page.evaluate(() => document.querySelector("kefu-widget").shadowRoot.activeElement?.tagName), "TEXTAREA");
+    const log = w('[role="log"]');
+    assert.equal(await log.getAttribute("aria-live"), "polite");
+    assert.equal(await w('[role="dialog"]').getAttribute("aria-labelledby"), "kefu-title");
+    // Type and send with the keyboard alone.
+    await page.keyboard.type("Typed with the keyboard");
+    await page.keyboard.press("Enter");
+    await w(".msg.bot:not(.greeting):not(.streaming) .bubble").filter({ hasText: "Echo: Typed with the keyboard" }).waitFor();
+    await page.keyboard.press("Escape");
+    await w('[role="dialog"]').waitFor({ state: "hidden" });
+    assert.equal(await focused(), "launcher");
+    assert.equal(await launcher.getAttribute("aria-expanded"), "false");
+    // The host page's API does the same.
+    await page.evaluate(() => Kefu.open());
+    await w('[role="dialog"]').waitFor({ state: "visible" });
+    await page.evaluate(() => Kefu.close());
+    await w('[role="dialog"]').waitFor({ state: "hidden" });
+    assert.deepEqual(v.errors, []);
+    await v.ctx.close();
+  });
+
+  test("the widget and the page do not style each other", async () => {
+    const v = await visit();
+    const { page, w } = v;
+    await w(".launcher").click();
+    const result = await page.evaluate(() => {
+      const root = document.querySelector("kefu-widget").shadowRoot;
+      const send = root.querySelector(".send");
+      const before = getComputedStyle(send).backgroundColor;
+      // A hostile page stylesheet (constructed, since the page's CSP forbids inline styles).
+      const sheet = new CSSStyleSheet();
+      sheet.replaceSync("* { font-family: serif !important; } button { background: rgb(0, 255, 0) !important; } body > * { transform: translateX(-500px) !important; }");
+      document.adoptedStyleSheets = [sheet];
+      const after = getComputedStyle(send).backgroundColor;
+      const launcherBox = root.querySelector(".launcher").getBoundingClientRect();
+      const pageSheets = [...document.styleSheets].map((s) => s.href);
+      document.adoptedStyleSheets = [];
+      return { before, after, right: innerWidth - launcherBox.right, pageSheets, font: getComputedStyle(root.querySelector("textarea")).fontFamily };
+    });
+    assert.equal(result.after, result.before, "the page's button rule does not reach the widget");
+    assert.ok(result.right >= 0 && result.right < 40, `the launcher stays in its corner (${result.right}px from the right)`);
+    assert.doesNotMatch(result.font, /^serif/, "the page's font rule does not reach the widget");
+    assert.deepEqual(result.pageSheets, [kefu.base + "/widget-demo.css"], "the widget adds no stylesheet to the page");
+    await v.ctx.close();
+  });
+
+  test("the attach button stays hidden while this Kefu has no upload endpoint", async () => {
+    const probe = await fetch(`${kefu.base}/api/v1/conversations/probe/attachments`, { headers: { "x-kefu-tenant": "default" } });
+    const v = await visit();
+    await v.w(".launcher").click();
+    await v.page.waitForFunction(() => document.querySelector("kefu-widget").shadowRoot.querySelector(".attach"));
+    await v.page.waitForTimeout(300); // the probe answers
+    const hidden = await v.w(".attach").isHidden();
+    if (probe.status === 404 && (await probe.json()).error.code === "not_found") {
+      assert.equal(hidden, true, "no endpoint, no button");
+    } else {
+      assert.equal(hidden, false, "the endpoint exists, so the button shows");
+    }
+    await v.ctx.close();
+  });
+
+  test("screenshots: desktop light with a person, dark, Chinese, phone", async () => {
+    mkdirSync(SHOTS, { recursive: true });
+    const shoot = async (file, attrs, context, script) => {
+      const v = await visit(attrs, context);
+      await v.w(".launcher").click();
+      await script(v);
+      await v.page.waitForTimeout(400); // animations settle
+      await v.page.screenshot({ path: join(SHOTS, file) });
+      assert.deepEqual(v.errors, []);
+      await v.ctx.close();
+    };
+    const question = async (v, text, until) => {
+      await sendMessage(v, text);
+      await v.w(".msg.bot:not(.greeting):not(.streaming) .bubble").filter({ hasText: until }).waitFor();
+    };
+    await shoot("widget-desktop-light.png", { tenant: "northwind", title: "Northwind Coffee" }, { colorScheme: "light" }, async (v) => {
+      await question(v, "How should I brew the Yirgacheffe as a pour-over?", "Yirgacheffe shines");
+      await v.w("button.human").click();
+      await v.w(".msg.system").filter({ hasText: "connecting you" }).waitFor();
+      const id = await v.page.evaluate(() => Kefu.conversationId);
+      const sam = await new Agent(kefu.base, "sam", "Sam", NORTHWIND_KEY).signIn();
+      await sam.claim(id);
+      await sam.reply(id, "Hi, I'm Sam from the roastery! Happy to help with grind settings too.");
+      await v.w(".msg.agent").waitFor();
+      await sam.typing(id);
+      await v.w(".typing:not([hidden])").waitFor();
+    });
+    await shoot("widget-desktop-dark.png", { tenant: "northwind", title: "Northwind Coffee", color: "#0d9488" }, { colorScheme: "dark" }, async (v) => {
+      await question(v, "Any tips for brewing a pour-over at home?", "Yirgacheffe shines");
+    });
+    await shoot("widget-chinese.png", { tenant: "northwind-zh", lang: "zh", title: "Northwind 咖啡" }, { colorScheme: "light", locale: "zh-CN" }, async (v) => {
+      assert.equal(await v.w(".launcher").getAttribute("aria-label"), "关闭聊天");
+      await question(v, "请问耶加雪菲怎么手冲比较好？", "耶加雪菲");
+      await v.w("textarea").fill("谢谢！");
+    });
+    await shoot("widget-phone.png", { tenant: "northwind", title: "Northwind Coffee", position: "left" }, { viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true }, async (v) => {
+      await v.page.waitForTimeout(400); // the opening animation ends
+      const box = await v.w('[role="dialog"]').boundingBox();
+      assert.deepEqual([box.x, box.y, box.width, box.height].map(Math.round), [0, 0, 390, 844], "the panel fills a phone's screen");
+      await question(v, "What grind for a pour-over?", "Yirgacheffe shines");
+    });
+  });
+});
