@@ -8,6 +8,7 @@
 
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
+import { createServer } from "node:http";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { Agent, NORTHWIND_KEY, ROOT, TENANT_KEY, keyHash, launchChromium, profileBase, startKefu } from "./harness.mjs";
@@ -324,6 +325,119 @@ describe("visitor widget", { concurrency: false }, () => {
     } else {
       assert.equal(hidden, false, "the endpoint exists, so the button shows");
     }
+    await v.ctx.close();
+  });
+
+  test("on another site (another origin) the widget talks to Kefu across origins", async () => {
+    // A site of its own, with its own strict CSP that lets in only Kefu.
+    const ws = kefu.base.replace(/^http/, "ws");
+    const site = createServer((req, res) => {
+      res.writeHead(200, {
+        "content-type": "text/html; charset=utf-8",
+        "content-security-policy": `default-src 'none'; script-src ${kefu.base}; connect-src ${kefu.base} ${ws}; img-src ${kefu.base} data: blob:`,
+      });
+      res.end(`<!doctype html><title>Another shop</title><h1>Another shop</h1><script src="${kefu.base}/widget.js" data-tenant="default" async></script>`);
+    });
+    await new Promise((r) => site.listen(0, "127.0.0.1", r));
+    try {
+      const origin = `http://127.0.0.1:${site.address().port}`;
+      assert.notEqual(origin, kefu.base);
+      const ctx = await browser.newContext();
+      const page = await ctx.newPage();
+      const errors = [];
+      page.on("pageerror", (e) => errors.push(e));
+      page.on("console", (m) => m.type() === "error" && !/\/attachments$/.test(m.location().url) && errors.push(m.text()));
+      await page.goto(origin);
+      const w = (sel) => page.locator("kefu-widget " + sel);
+      await w(".launcher").click();
+      await w("textarea").fill("Hello from another site");
+      await w("textarea").press("Enter");
+      await w(".msg.bot:not(.greeting):not(.streaming) .bubble").filter({ hasText: "Echo: Hello from another site" }).waitFor();
+      await w("button.human").click();
+      await w(".msg.system .bubble").filter({ hasText: "connecting you" }).waitFor();
+      const id = await page.evaluate(() => Kefu.conversationId);
+      const alex = await agent();
+      await alex.claim(id);
+      await alex.reply(id, "Hello, other site!");
+      await w(".msg.agent .bubble").filter({ hasText: "Hello, other site!" }).waitFor();
+      // The reload reads the transcript (custom headers: a preflighted cross-origin GET).
+      await page.reload();
+      await w(".launcher").click();
+      await w(".msg.agent .bubble").filter({ hasText: "Hello, other site!" }).waitFor();
+      assert.deepEqual(errors, []);
+      await ctx.close();
+    } finally {
+      site.close();
+    }
+  });
+
+  test("a rate-limited message is kept and sent when Retry-After says", async () => {
+    const v = await visit();
+    const { page, w } = v;
+    // The per-visitor limit is set for the whole deployment (30 a minute; the tests raise it),
+    // so the refusal is played here, in the shape docs/api.md gives it; the resend is real.
+    let refused = 0;
+    await page.route("**/api/v1/chat", (route) => {
+      if (refused++ > 0) return route.continue();
+      return route.fulfill({
+        status: 429,
+        headers: { "content-type": "application/json", "retry-after": "1" },
+        body: JSON.stringify({ error: { code: "rate_limited", message: "too many messages; retry in 1 s" } }),
+      });
+    });
+    await w(".launcher").click();
+    await sendMessage(v, "Are you open on Sundays?");
+    await w(".msg.visitor.failed .state").filter({ hasText: "send this one in 1 s" }).waitFor();
+    await w(".msg.bot:not(.greeting):not(.streaming) .bubble").filter({ hasText: "Echo: Are you open on Sundays?" }).waitFor();
+    assert.equal(refused, 2, "refused once, then sent again");
+    const texts = await logTexts(page);
+    assert.equal(texts.filter((t) => t === "Are you open on Sundays?").length, 1, "the message shows once");
+    assert.equal(await w(".msg.visitor.failed").count(), 0);
+    // Chromium logs the refusal itself; nothing else went wrong.
+    assert.deepEqual(v.errors.map((e) => e.message).filter((m) => !/status of 429 .*\/api\/v1\/chat/.test(m)), []);
+    await v.ctx.close();
+  });
+
+  test("with an upload endpoint: the picker checks type and size, previews images, uploads multipart", async () => {
+    const v = await visit();
+    const { page, w } = v;
+    // The upload endpoint is being built (POST /api/v1/conversations/{id}/attachments); until
+    // it lands, play its feature check and acceptance here and look at what the widget sends.
+    const uploads = [];
+    await page.route("**/attachments", async (route) => {
+      const req = route.request();
+      if (req.method() === "GET") {
+        return route.fulfill({ status: 405, headers: { "content-type": "application/json", allow: "POST" }, body: '{"error":{"code":"method_not_allowed","message":"use POST"}}' });
+      }
+      uploads.push({ url: req.url(), type: req.headers()["content-type"], body: req.postDataBuffer() });
+      return route.fulfill({ status: 201, headers: { "content-type": "application/json" }, body: "{}" });
+    });
+    await w(".launcher").click();
+    await w(".attach").waitFor({ state: "visible" });
+    const png = Buffer.from("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==", "base64");
+    await w('input[type="file"]').setInputFiles([
+      { name: "cup.png", mimeType: "image/png", buffer: png },
+      { name: "setup.exe", mimeType: "application/x-msdownload", buffer: Buffer.from("MZ") },
+      { name: "huge.pdf", mimeType: "application/pdf", buffer: Buffer.alloc(11 * 1024 * 1024) },
+    ]);
+    await w(".ferr").filter({ hasText: "setup.exe: only images, PDF and text files can be sent." }).waitFor();
+    assert.match(await w(".ferr").textContent(), /huge\.pdf is larger than 10 MB\./);
+    assert.equal(await w(".files .file").count(), 1, "only the valid file is kept");
+    assert.match(await w(".files .file img").getAttribute("src"), /^blob:/, "an image preview");
+    assert.equal(await w('.files .file button[aria-label="Remove cup.png"]').count(), 1);
+    await sendMessage(v, "Here is my cup");
+    await w(".msg.bot:not(.greeting):not(.streaming) .bubble").filter({ hasText: "Echo: Here is my cup" }).waitFor();
+    await page.waitForFunction(() => window.Kefu.conversationId);
+    await assert.doesNotReject(async () => {
+      for (let i = 0; i < 50 && uploads.length === 0; i++) await page.waitForTimeout(100);
+    });
+    const id = await page.evaluate(() => Kefu.conversationId);
+    assert.equal(uploads.length, 1);
+    assert.equal(uploads[0].url, `${kefu.base}/api/v1/conversations/${id}/attachments`);
+    assert.match(uploads[0].type, /^multipart\/form-data; boundary=/);
+    assert.ok(uploads[0].body.includes('name="file"; filename="cup.png"'), "the file goes as the multipart field `file`");
+    assert.equal(await w(".files .file").count(), 0, "the tray empties once sent");
+    assert.deepEqual(v.errors, []);
     await v.ctx.close();
   });
 
