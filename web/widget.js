@@ -1,4 +1,4 @@
-/*! Kefu visitor widget — https://github.com/kefu (Apache-2.0)
+/*! Kefu visitor widget (Apache-2.0)
  *
  * One tag puts a chat launcher on any page:
  *   <script src="https://<kefu>/widget.js" data-tenant="acme" async></script>
