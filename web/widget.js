@@ -477,7 +477,7 @@ textarea{font-size:16px}}
   shadow.append(ui.root);
   // Escape closes, wherever the focus is in the widget (the panel or the launcher).
   ui.root.addEventListener("keydown", (e) => {
-    if (e.key === "Escape" && state.open) {
+    if (e.key === "Escape" && state.open && !e.isComposing) {
       e.preventDefault();
       e.stopPropagation();
       close();
@@ -919,6 +919,8 @@ textarea{font-size:16px}}
     state.status = "bot";
     ui.log.textContent = "";
     greet();
+    // Messages still on their way stay in view; they will start the new conversation.
+    for (const o of state.outbox) if (!o.seq) ui.log.append(o.el);
     setStatus({ status: "bot" });
   }
 

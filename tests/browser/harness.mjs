@@ -168,6 +168,39 @@ export class Agent {
     return this.call(`/api/v1/conversations/${conversation}/typing`, { who: "agent" });
   }
 
+  /** Follows the conversation's live updates (SSE) until `match(event)`; resolves with it. */
+  async waitForEvent(conversation, match, timeoutMs = 10_000) {
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), timeoutMs);
+    try {
+      const resp = await fetch(`${this.base}/api/v1/conversations/${conversation}/events?access_token=${this.token}`, { signal: abort.signal });
+      if (!resp.ok) throw new Error(`events: ${resp.status} ${await resp.text()}`);
+      const decoder = new TextDecoder();
+      let buf = "";
+      for await (const chunk of resp.body) {
+        buf += decoder.decode(chunk, { stream: true });
+        let end;
+        while ((end = buf.indexOf("\n\n")) >= 0) {
+          const block = buf.slice(0, end);
+          buf = buf.slice(end + 2);
+          const event = /^event: (.*)$/m.exec(block)?.[1];
+          const data = /^data: (.*)$/m.exec(block)?.[1];
+          if (event && data) {
+            const e = { event, data: JSON.parse(data) };
+            if (match(e)) return e;
+          }
+        }
+      }
+      throw new Error("the live stream ended before the event came");
+    } catch (e) {
+      if (abort.signal.aborted) throw new Error(`no matching live event within ${timeoutMs} ms`);
+      throw e;
+    } finally {
+      clearTimeout(timer);
+      abort.abort();
+    }
+  }
+
   resolve(conversation) {
     return this.call(`/api/v1/conversations/${conversation}/resolve`, {});
   }

@@ -168,6 +168,11 @@ describe("visitor widget", { concurrency: false }, () => {
     await w(".typing[hidden]").waitFor({ state: "attached" });
     assert.equal(await w(".typing").isVisible(), false, "the agent's message clears the typing indicator");
     assert.equal(await page.evaluate(() => Kefu.status), "with_agent");
+    // The other way: the agent's live stream hears the visitor typing.
+    const heard = alex.waitForEvent(conversation, (e) => e.event === "typing" && e.data.who === "visitor");
+    await w("textarea").pressSequentially("Great, tha", { delay: 20 });
+    assert.equal((await heard).data.who, "visitor");
+    await w("textarea").fill("");
   });
 
   test("a reload keeps the conversation and catches up, with nothing twice", async () => {
@@ -194,6 +199,8 @@ describe("visitor widget", { concurrency: false }, () => {
     await w(".banner").filter({ hasText: "offline" }).waitFor();
     const alex = await agent();
     await alex.reply(conversation, "Sent while you were offline.");
+    await page.waitForTimeout(500);
+    assert.deepEqual(await logTexts(page), before, "offline, nothing arrives");
     await ctx.setOffline(false);
     await page.evaluate(() => window.dispatchEvent(new Event("online")));
     await w(".msg.agent .bubble").filter({ hasText: "Sent while you were offline." }).waitFor();
@@ -236,7 +243,7 @@ describe("visitor widget", { concurrency: false }, () => {
     await visitor.ctx.close();
   });
 
-  test("without WebSocket the widget follows the conversation over Server-Sent Events", async () => {
+  test("without WebSocket the widget follows the conversation over Server-Sent Events, to the rating", async () => {
     const v = await visit();
     const { page, w } = v;
     await page.addInitScript(() => delete window.WebSocket);
@@ -251,6 +258,14 @@ describe("visitor widget", { concurrency: false }, () => {
     await alex.reply(id, "Hello over Server-Sent Events.");
     await w(".msg.agent .bubble").filter({ hasText: "Hello over Server-Sent Events." }).waitFor();
     assert.equal(await page.evaluate(() => Kefu.status), "with_agent");
+    // Resolved: the visitor is asked for a rating and gives one.
+    await alex.resolve(id);
+    await w(".rating").waitFor({ state: "visible" });
+    assert.equal(await w(".sub").textContent(), "This conversation is closed");
+    await w('.stars button[aria-label="5 out of 5"]').click();
+    await w(".rating").filter({ hasText: "Thanks for your feedback!" }).waitFor();
+    const stored = await (await fetch(`${kefu.base}/api/v1/conversations/${id}`, { headers: { authorization: `Bearer ${TENANT_KEY}` } })).json();
+    assert.equal(stored.csat, 5);
     assert.deepEqual(v.errors, []);
     await v.ctx.close();
   });
