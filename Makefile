@@ -25,7 +25,7 @@ WORKER_OUT := workers/build/index.js
 WORKER_SOURCES := $(shell find workers/src components/engine/src -name '*.rs' 2>/dev/null) \
 	workers/Cargo.toml components/engine/Cargo.toml Cargo.toml Cargo.lock
 
-.PHONY: help setup rust-targets tools dev worker test check test-engine test-runtime test-browser chromium wasm size bench clean
+.PHONY: help setup rust-targets tools dev worker test check test-engine test-runtime test-browser screenshots chromium wasm size bench clean
 
 help:
 	@echo "make dev    set up everything and run Kefu locally on workerd (http://localhost:$(DEV_PORT)/demo)"
@@ -33,6 +33,7 @@ help:
 	@echo "make bench  measure Kefu's overhead against a pass-through Worker (writes docs/benchmarks-latest.md)"
 	@echo "make size   report the Worker's and the widget's gzipped sizes"
 	@echo "make test-browser  the widget's browser tests (Debian's Chromium, installed if missing)"
+	@echo "make screenshots   the browser tests, renewing docs/screenshots/"
 
 ## Setup ----------------------------------------------------------------------------------
 
@@ -111,6 +112,7 @@ test-runtime: $(WORKER_OUT)
 # work offline, so Debian's package it is, installed on first use (with CJK fonts, for the
 # Chinese screenshot). Screenshots land in docs/screenshots/.
 CHROMIUM ?= /usr/bin/chromium
+export KEFU_SCREENSHOTS
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 chromium:
@@ -125,6 +127,10 @@ chromium:
 test-browser: setup $(WORKER_OUT) chromium
 	cargo build -q -p kefu-runtime-tests --bin kefu-mock-provider
 	KEFU_CHROMIUM=$(CHROMIUM) node --test --test-reporter=spec tests/browser/
+
+# The same run, keeping its screenshots for the README (otherwise they go to target/).
+screenshots:
+	$(MAKE) --no-print-directory test-browser KEFU_SCREENSHOTS=docs/screenshots
 
 clean:
 	rm -rf workers/build target/runtime-tests
