@@ -6,6 +6,7 @@
 //
 
 import assert from "node:assert/strict";
+import { createHmac } from "node:crypto";
 import { mkdirSync } from "node:fs";
 import { createServer } from "node:http";
 import { join, resolve } from "node:path";
@@ -17,6 +18,9 @@ import { Agent, NORTHWIND_KEY, ROOT, TENANT_KEY, keyHash, launchChromium, profil
 const SHOTS = resolve(ROOT, process.env.KEFU_SCREENSHOTS || "target/browser-screenshots");
 const XSS = `<img src=x onerror="window.__xss=1">`;
 const XSS_NAME = `<img src=x onerror="window.__xss=2"><script>window.__xss=3</script>`;
+
+const IDENTITY_SECRET = "browser-tests-identity-secret-0123456789";
+const proof = (id) => ({ id, hash: createHmac("sha256", IDENTITY_SECRET).update(id).digest("hex") });
 
 // The mock's reply for the screenshot tenants (a fault profile's `reply=`; `_` is a space).
 const reply = (text) => "reply=" + text.replaceAll(" ", "_");
@@ -37,6 +41,11 @@ before(async () => {
           model: "mock-gpt",
         },
         api_keys: [{ id: "browser-tests", sha256: keyHash(NORTHWIND_KEY) }],
+      },
+      // Signed-in visitors only: the page identifies them with an HMAC from its server.
+      members: {
+        provider: { base_url: profileBase(mock, "chunk_delay_ms=5"), model: "mock-gpt" },
+        identity: { secret: IDENTITY_SECRET, required: true },
       },
       "northwind-zh": {
         provider: {
@@ -269,6 +278,62 @@ describe("visitor widget", { concurrency: false }, () => {
     assert.equal(stored.csat, 5);
     assert.deepEqual(v.errors, []);
     await v.ctx.close();
+  });
+
+  test("calls queued before the widget loads run in order, and identify() keeps each visitor's chat theirs", async () => {
+    const ctx = await browser.newContext();
+    const page = await ctx.newPage();
+    const errors = [];
+    page.on("pageerror", (e) => errors.push(e));
+    // The site's own snippet, run before widget.js arrives.
+    await page.addInitScript((ada) => {
+      window.__opened = 0;
+      window.Kefu = { q: [["identify", ada], ["on", "open", () => window.__opened++], ["setAttributes", { plan: "pro" }], ["open"]] };
+    }, proof("ada"));
+    await page.route("**/widget.js", async (route) => {
+      const resp = await route.fetch();
+      await route.fulfill({ response: resp, body: 'document.currentScript.dataset.tenant = "members";\n' + (await resp.text()) });
+    });
+    await page.goto(kefu.base + "/widget-demo");
+    // Live updates for whose proof: the first frame each socket gets (the status after catch-up).
+    const sockets = [];
+    page.on("websocket", (ws) => {
+      const entry = { visitor: new URL(ws.url()).searchParams.get("visitor_id"), frames: 0 };
+      sockets.push(entry);
+      ws.on("framereceived", () => entry.frames++);
+    });
+    const w = (sel) => page.locator("kefu-widget " + sel);
+    await w('[role="dialog"]').waitFor({ state: "visible" });
+    assert.equal(await page.evaluate(() => window.__opened), 1, "the queued listener saw the queued open");
+    assert.deepEqual(await page.evaluate(() => Kefu.getAttributes()), { plan: "pro" });
+    await w("textarea").fill("I'm Ada");
+    await w("textarea").press("Enter");
+    await w(".msg.bot:not(.greeting):not(.streaming) .bubble").filter({ hasText: "Echo: I'm Ada" }).waitFor();
+    const adas = await page.evaluate(() => Kefu.conversationId);
+    // Only Ada's proof reads Ada's conversation.
+    const read = (who) => fetch(`${kefu.base}/api/v1/conversations/${adas}`, { headers: { "x-kefu-tenant": "members", ...(who ? { "x-kefu-visitor-id": who.id, "x-kefu-visitor-hash": who.hash } : {}) } });
+    assert.equal((await read(proof("ada"))).status, 200);
+    assert.equal((await read(proof("bob"))).status, 403);
+    // Bob signs in on the same browser: a chat of his own, not Ada's.
+    await page.evaluate((bob) => Kefu.identify(bob), proof("bob"));
+    assert.equal(await page.evaluate(() => Kefu.conversationId), null);
+    assert.equal((await logTexts(page)).some((t) => t.includes("Ada")), false, "Ada's messages are gone from view");
+    await w("textarea").fill("I'm Bob");
+    await w("textarea").press("Enter");
+    await w(".msg.bot:not(.greeting):not(.streaming) .bubble").filter({ hasText: "Echo: I'm Bob" }).waitFor();
+    assert.notEqual(await page.evaluate(() => Kefu.conversationId), adas);
+    // Ada again: her conversation comes back, over a live stream opened with her proof.
+    await page.evaluate((ada) => Kefu.identify(ada), proof("ada"));
+    await w(".msg.visitor .bubble").filter({ hasText: "I'm Ada" }).waitFor();
+    assert.equal(await page.evaluate(() => Kefu.conversationId), adas);
+    for (let i = 0; i < 50 && !(sockets.at(-1)?.frames > 0); i++) await page.waitForTimeout(100);
+    assert.deepEqual(sockets.map((s) => [s.visitor, s.frames > 0]), [["ada", true], ["bob", true], ["ada", true]], "each socket carried its visitor's proof and was let in");
+    await page.evaluate(() => Kefu.identify({ id: "ada", hash: "not-a-hash" })).then(
+      () => assert.fail("a malformed hash must be refused"),
+      (e) => assert.match(e.message, /hash is hex\(HMAC-SHA256/),
+    );
+    assert.deepEqual(errors, []);
+    await ctx.close();
   });
 
   test("keyboard: Enter on the launcher opens, focus goes in, Escape closes and focus returns", async () => {
