@@ -710,23 +710,28 @@ textarea{font-size:16px}}
 
   async function pump() {
     if (state.sending) return;
-    const item = state.outbox.find((o) => !o.seq && !o.waiting);
-    if (!item) return;
+    // The first unsent message, always: while it waits (rate limit, offline), later ones wait
+    // behind it, so they are never stored out of the order they were written in.
+    const item = state.outbox.find((o) => !o.seq);
+    if (!item || item.waiting) return;
     state.sending = true;
     try {
       await deliver(item);
     } finally {
       state.sending = false;
     }
-    state.outbox = state.outbox.filter((o) => !o.seq);
+    state.outbox = state.outbox.filter((o) => !o.seq && !o.dropped);
     pump();
   }
 
-  function markFailed(item, text, retryAfterMs) {
+  /** Shows why a message is not sent; it is resent after `retryAfterMs`, when the visitor
+   * says (Retry), or, if `final`, never. */
+  function markFailed(item, text, retryAfterMs, final) {
     item.el.classList.remove("pending");
     item.el.classList.add("failed");
     item.el.querySelector(".state")?.remove();
     const again = () => {
+      if (!item.waiting) return; // the timer, the network and the Retry button may all call
       clearTimeout(item.timer);
       item.waiting = false;
       item.el.classList.remove("failed");
@@ -734,8 +739,10 @@ textarea{font-size:16px}}
       item.el.querySelector(".state")?.remove();
       pump();
     };
-    item.el.append(h("div", { class: "state" }, h("span", { text }), retryAfterMs == null ? h("button", { type: "button", onclick: again, text: t("retry") }) : null));
-    item.waiting = true;
+    const retry = retryAfterMs == null && !final ? h("button", { type: "button", onclick: again, text: t("retry") }) : null;
+    item.el.append(h("div", { class: "state", role: "alert" }, h("span", { text }), retry));
+    item.dropped = !!final;
+    item.waiting = !final;
     if (retryAfterMs != null) item.timer = setTimeout(again, retryAfterMs);
     return again;
   }
@@ -784,7 +791,14 @@ textarea{font-size:16px}}
       systemNote(err.code === "quota_exceeded" ? t("busy", { s: wait }) : t("error", { msg: err.message }), true);
       return;
     }
-    markFailed(item, err.code === "identity_required" || err.code === "invalid_identity" ? t("identity") : t("error", { msg: err.message }));
+    if (err.status >= 400 && err.status < 500) {
+      // Sending it again would be refused again (too long, not signed in, …): say why, and
+      // let the messages behind it go.
+      const text = err.code === "identity_required" || err.code === "invalid_identity" ? t("identity") : t("error", { msg: err.message });
+      markFailed(item, text, null, true);
+      return;
+    }
+    markFailed(item, t("error", { msg: err.message }));
   }
 
   async function readStream(item, resp) {

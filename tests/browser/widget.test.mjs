@@ -332,6 +332,12 @@ describe("visitor widget", { concurrency: false }, () => {
       () => assert.fail("a malformed hash must be refused"),
       (e) => assert.match(e.message, /hash is hex\(HMAC-SHA256/),
     );
+    // Signed out on a site that talks only to signed-in visitors: told so, and not resent.
+    await page.evaluate(() => Kefu.identify(null));
+    await w("textarea").fill("Anyone there?");
+    await w("textarea").press("Enter");
+    await w(".msg.visitor.failed .state").filter({ hasText: "Please sign in to chat with us." }).waitFor();
+    assert.equal(await w(".msg.visitor.failed .state button").count(), 0, "no Retry for what would be refused again");
     assert.deepEqual(errors, []);
     await ctx.close();
   });
