@@ -28,7 +28,7 @@ WORKER_SOURCES := $(shell find workers/src components/engine/src -name '*.rs' 2>
 .PHONY: help setup rust-targets tools dev worker test check test-engine test-runtime test-browser screenshots chromium wasm size bench clean
 
 help:
-	@echo "make dev    set up everything and run Kefu locally on workerd (http://localhost:$(DEV_PORT)/demo)"
+	@echo "make dev    set up everything and run Kefu locally on workerd (http://localhost:$(DEV_PORT)/demo, /widget-demo)"
 	@echo "make test   set up everything and run every check and test"
 	@echo "make bench  measure Kefu's overhead against a pass-through Worker (writes docs/benchmarks-latest.md)"
 	@echo "make size   report the Worker's and the widget's gzipped sizes"
@@ -72,7 +72,7 @@ $(WORKER_OUT): $(WORKER_SOURCES) | setup
 	@touch $@
 
 dev: setup $(WORKER_OUT)
-	@echo "Kefu on http://localhost:$(DEV_PORT)  —  try: curl http://localhost:$(DEV_PORT)/demo"
+	@echo "Kefu on http://localhost:$(DEV_PORT)  —  try: curl http://localhost:$(DEV_PORT)/demo, or open http://localhost:$(DEV_PORT)/widget-demo"
 	wrangler dev --port $(DEV_PORT)
 
 size: $(WORKER_OUT)

@@ -26,7 +26,7 @@
   const API = new URL(script && script.src ? script.src : location.href).origin;
   const TENANT = opts.tenant || "default";
   if (!/^[A-Za-z0-9_-]{1,64}$/.test(TENANT)) {
-    console.error("Kefu: data-tenant must be 1 to 64 characters of A-Z a-z 0-9 _ -; got %o", TENANT);
+    console.error(`Kefu: data-tenant must be 1 to 64 characters of A-Z a-z 0-9 _ -; got ${JSON.stringify(TENANT)}`);
     return;
   }
 
@@ -488,7 +488,7 @@ textarea{font-size:16px}}
   function applyColor(color) {
     if (!color) return;
     if (!CSS_SUPPORTS("color", color)) {
-      console.error("Kefu: data-color %o is not a CSS colour", color);
+      console.error(`Kefu: data-color ${JSON.stringify(color)} is not a CSS colour; using the default`);
       return;
     }
     ui.root.style.setProperty("--a", color);
@@ -1283,7 +1283,7 @@ textarea{font-size:16px}}
     for (const [method, ...args] of queued) {
       try {
         if (method === "on" || method === "off" || method === "identify" || method === "setAttributes" || method === "open" || method === "close") api[method](...args);
-        else console.error("Kefu: unknown queued call %o", method);
+        else console.error(`Kefu: unknown queued call ${JSON.stringify(method)}; use identify, setAttributes, on, off, open or close`);
       } catch (e) {
         console.error(e);
       }

@@ -400,6 +400,22 @@ describe("visitor widget", { concurrency: false }, () => {
     await v.ctx.close();
   });
 
+  test("options: colour with readable text on it, left position, forced dark theme; a bad colour is named", async () => {
+    const v = await visit({ color: "#fde047", position: "left", theme: "dark" }, { colorScheme: "light" });
+    const { page, w } = v;
+    const look = await page.evaluate(() => {
+      const root = document.querySelector("kefu-widget").shadowRoot;
+      const launcher = root.querySelector(".launcher");
+      const s = getComputedStyle(launcher);
+      return { bg: s.backgroundColor, fg: s.color, left: launcher.getBoundingClientRect().left, theme: root.querySelector(".k").dataset.theme };
+    });
+    assert.deepEqual(look, { bg: "rgb(253, 224, 71)", fg: "rgb(17, 24, 39)", left: 20, theme: "dark" });
+    await v.ctx.close();
+    const bad = await visit({ color: "not-a-colour" });
+    assert.match(bad.errors.map((e) => e.message).join("\n"), /data-color "not-a-colour" is not a CSS colour/);
+    await bad.ctx.close();
+  });
+
   test("the attach button stays hidden while this Kefu has no upload endpoint", async () => {
     const probe = await fetch(`${kefu.base}/api/v1/conversations/probe/attachments`, { headers: { "x-kefu-tenant": "default" } });
     const v = await visit();
