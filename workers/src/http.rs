@@ -52,11 +52,14 @@ const CORS_ALLOW_HEADERS: &str = "content-type, authorization, x-kefu-tenant, x-
 const CORS_EXPOSE_HEADERS: &str =
     "retry-after, x-kefu-conversation-id, x-kefu-target, x-kefu-attempts, allow";
 
-/// The answer to a CORS preflight (`OPTIONS`) for the API.
+/// The answer to a CORS preflight (`OPTIONS`) for a route of the API.
 pub(crate) fn preflight() -> worker::Result<Response> {
     let headers = Headers::new();
     headers.set("access-control-allow-origin", "*")?;
-    headers.set("access-control-allow-methods", "GET, POST, PUT, DELETE")?;
+    headers.set(
+        "access-control-allow-methods",
+        "GET, POST, PUT, DELETE, OPTIONS",
+    )?;
     headers.set("access-control-allow-headers", CORS_ALLOW_HEADERS)?;
     headers.set("access-control-max-age", "86400")?;
     Ok(Response::empty()?.with_status(204).with_headers(headers))

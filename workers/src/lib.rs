@@ -47,9 +47,19 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     // The visitor widget runs on other sites' pages, so the API answers cross-origin calls.
     // Credentials travel in headers (tenant, visitor proof, agent token), never in cookies,
     // so any origin may call: a page gains nothing it could not do with curl.
-    if req.path().starts_with("/api/") {
+    let path = req.path();
+    if path.starts_with("/api/") {
         if req.method() == Method::Options {
-            return http::preflight();
+            // A preflight, or a page asking whether this deployment serves a route at all
+            // (the widget shows its attach button only where uploads exist): a route that
+            // does not exist is `404 not_found`, without calling anything.
+            let wanted = req.headers().get("access-control-request-method")?;
+            return match api::route(wanted.as_deref().unwrap_or("GET"), &path) {
+                Err(e) if e.code == "not_found" && path != webhooks::DELIVERIES_ROUTE => {
+                    http::allow_cross_origin(error_response(&e)?)
+                }
+                _ => http::preflight(),
+            };
         }
         return http::allow_cross_origin(serve(req, env, ctx).await?);
     }
