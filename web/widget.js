@@ -30,11 +30,18 @@
     return;
   }
 
-  // Attachments: checked on the client before upload (the server checks again).
-  const MAX_FILE_BYTES = 10 * 1024 * 1024;
-  const MAX_FILES = 4;
-  const FILE_TYPES = /^(image\/(png|jpeg|gif|webp)|application\/pdf|text\/plain)$/;
-  const FILE_ACCEPT = "image/png,image/jpeg,image/gif,image/webp,application/pdf,text/plain";
+  // Attachments (docs/api.md, "Attachments"): the types Kefu takes and their size limits in
+  // MiB, checked here before uploading; the server checks again, by content.
+  const FILE_KINDS = [
+    [/^image\/(png|jpeg|gif|webp)$/, 5],
+    [/^application\/pdf$/, 10],
+    [/^(text\/(plain|markdown|csv)|application\/json)$/, 1],
+    [/^audio\/(mpeg|wav|ogg|webm|mp4)$/, 10],
+  ];
+  // What a browser may leave without a type (the server decides by the extension too).
+  const FILE_EXT = { md: "text/markdown", csv: "text/csv", txt: "text/plain", json: "application/json", pdf: "application/pdf" };
+  const FILE_ACCEPT = "image/png,image/jpeg,image/gif,image/webp,application/pdf,text/plain,text/markdown,text/csv,application/json,audio/*,.md,.csv,.txt,.json";
+  const MAX_FILES = 4; // per message
   const TYPING_EVERY_MS = 3000;
   const TYPING_MAX_MS = 6000;
 
@@ -77,7 +84,8 @@
       star: "{n} out of 5",
       thanks: "Thanks for your feedback!",
       too_big: "{name} is larger than {mb} MB.",
-      bad_type: "{name}: only images, PDF and text files can be sent.",
+      bad_type: "{name}: only images, PDF, text and audio files can be sent.",
+      files_off: "Files can't be sent in this chat.",
       too_many: "Up to {n} files at a time.",
       upload_failed: "{name} could not be uploaded: {msg}",
       image: "Image",
@@ -120,7 +128,8 @@
       star: "{n} 分（满分 5 分）",
       thanks: "感谢您的评价！",
       too_big: "{name} 超过 {mb} MB。",
-      bad_type: "{name}：仅支持图片、PDF 和文本文件。",
+      bad_type: "{name}：仅支持图片、PDF、文本和音频文件。",
+      files_off: "本会话不支持发送文件。",
       too_many: "一次最多发送 {n} 个文件。",
       upload_failed: "{name} 上传失败：{msg}",
       image: "图片",
@@ -537,16 +546,33 @@ textarea{font-size:16px}}
   function fillParts(bubble, parts) {
     bubble.textContent = "";
     for (const p of parts || []) {
+      const name = String(p.name || "");
       if (p.type === "text") bubble.append(linkified(String(p.text)));
       else if (p.type === "image") {
-        const src = safeUrl(p.url, true);
-        if (src) bubble.append(h("a", { href: src, target: "_blank", rel: "noopener noreferrer" }, h("img", { src, alt: t("image"), loading: "lazy" })));
+        const src = fileUrl(p.url, true);
+        if (src) bubble.append(h("a", { href: src, target: "_blank", rel: "noopener noreferrer" }, h("img", { src, alt: name || t("image"), loading: "lazy" })));
+      } else if (p.type === "audio") {
+        const src = fileUrl(p.url);
+        if (src) bubble.append(h("audio", { src, controls: true, preload: "metadata", "aria-label": name || "audio" }));
       } else if (p.type === "document") {
-        const href = safeUrl(p.url);
-        const name = String(p.name || "file");
-        bubble.append(href ? h("a", { class: "doc", href, target: "_blank", rel: "noopener noreferrer" }, icon("doc"), name) : name);
+        const href = fileUrl(p.url);
+        const label = name || "file";
+        bubble.append(href ? h("a", { class: "doc", href, target: "_blank", rel: "noopener noreferrer" }, icon("doc"), label) : h("span", { class: "doc" }, icon("doc"), label));
       }
     }
+  }
+
+  /** A file's URL for <img>, <audio> or a link: Kefu's own files take the tenant in the query
+   * (an element cannot send headers); the file id is what grants reading. */
+  function fileUrl(url, image) {
+    const safe = url && safeUrl(url, image);
+    if (!safe) return null;
+    const u = new URL(safe);
+    if (u.origin === API && u.pathname.startsWith("/api/v1/attachments/")) {
+      u.searchParams.set("tenant", TENANT);
+      return u.href;
+    }
+    return safe;
   }
 
   const textOf = (parts) => (parts || []).filter((p) => p.type === "text").map((p) => p.text).join("\n");
@@ -566,6 +592,11 @@ textarea{font-size:16px}}
         li = item.el;
         li.classList.remove("pending", "failed");
         li.querySelector(".state")?.remove();
+        // The stored files in place of the local previews.
+        if (item.files.length) {
+          fillParts(li.querySelector(".bubble"), m.parts);
+          for (const f of item.files) if (f.url) URL.revokeObjectURL(f.url);
+        }
       }
     } else if (m.role === "bot" && state.stream && m.seq > state.stream.after) {
       // The reply being streamed, stored: adopt the streaming bubble.
@@ -694,17 +725,22 @@ textarea{font-size:16px}}
     ui.input.style.height = "";
     renderFiles();
     updateSend();
-    if (files.length) uploadAll(files, text);
-    else if (text) send(text);
+    send(text, files);
   }
 
-  /** Queues a message; the outbox sends one at a time, so the visitor's order is kept. */
-  function send(text) {
-    const el = messageItem("visitor", [{ type: "text", text }]);
+  /** Queues a message (text, files or both); the outbox sends one at a time, so the
+   * visitor's order is kept. Until it is stored the bubble shows local previews. */
+  function send(text, files = []) {
+    const parts = text ? [{ type: "text", text }] : [];
+    for (const f of files) {
+      const kind = f.type.startsWith("image/") ? "image" : f.type.startsWith("audio/") ? "audio" : "document";
+      parts.push({ type: kind, url: kind === "document" ? null : f.url, name: f.file.name });
+    }
+    const el = messageItem("visitor", parts);
     el.classList.add("pending");
     ui.log.append(el);
     scrollToEnd();
-    state.outbox.push({ text, el, after: state.lastSeq, tries: 0, seq: 0 });
+    state.outbox.push({ text, files, el, after: state.lastSeq, tries: 0, seq: 0 });
     pump();
   }
 
@@ -753,7 +789,17 @@ textarea{font-size:16px}}
     // A retry after a lost connection: the message may have been stored before the
     // connection died. The transcript says; never send it twice.
     if (item.tries > 1 && state.conversation && (await catchUp()) && item.seq) return;
-    const body = { message: item.text, stream: true };
+    if (!(await uploadFiles(item))) return;
+    const ids = item.files.map((f) => f.id);
+    if (!item.text && ids.length === 0) {
+      // Every file was refused (and said why): there is nothing left to send.
+      item.el.remove();
+      item.dropped = true;
+      return;
+    }
+    const body = { stream: true };
+    if (item.text) body.message = item.text;
+    if (ids.length) body.attachments = ids;
     if (state.conversation) body.conversation_id = state.conversation;
     if (state.identity) body.visitor = { id: state.identity.id, hash: state.identity.hash };
     let resp;
@@ -1113,21 +1159,21 @@ textarea{font-size:16px}}
 
   // ---- Attachments ------------------------------------------------------------------------
 
-  /** Shows the attach button only if this Kefu has the upload endpoint: a deployment without
-   * it answers `404 not_found` (no such route), and the button stays hidden. */
+  /** Shows the attach button only if this Kefu takes uploads. It asks with `OPTIONS`, which
+   * calls nothing: a deployment without the route answers `404 not_found`. */
   async function probeAttachments() {
     if (state.attachments !== null) return;
     state.attachments = false;
     try {
-      const id = state.conversation || "probe";
-      const resp = await fetch(`${API}/api/v1/conversations/${encodeURIComponent(id)}/attachments`, { method: "GET", headers: headers(false) });
-      const err = resp.ok ? null : await errorOf(resp);
-      state.attachments = !(err && err.status === 404 && err.code === "not_found");
+      const resp = await fetch(`${API}/api/v1/attachments`, { method: "OPTIONS" });
+      state.attachments = resp.status !== 404;
     } catch (_) {
       state.attachments = false;
     }
     ui.attach.hidden = !state.attachments;
   }
+
+  const typeOf = (file) => file.type || FILE_EXT[(file.name.split(".").pop() || "").toLowerCase()] || "";
 
   function onPick() {
     const picked = [...ui.picker.files];
@@ -1138,9 +1184,11 @@ textarea{font-size:16px}}
         errors.push(t("too_many", { n: MAX_FILES }));
         break;
       }
-      if (!FILE_TYPES.test(file.type)) errors.push(t("bad_type", { name: file.name }));
-      else if (file.size > MAX_FILE_BYTES) errors.push(t("too_big", { name: file.name, mb: MAX_FILE_BYTES / 1048576 }));
-      else state.files.push({ file, url: file.type.startsWith("image/") ? URL.createObjectURL(file) : null });
+      const type = typeOf(file);
+      const limit = (FILE_KINDS.find(([re]) => re.test(type)) || [])[1];
+      if (!limit) errors.push(t("bad_type", { name: file.name }));
+      else if (file.size > limit * 1048576) errors.push(t("too_big", { name: file.name, mb: limit }));
+      else state.files.push({ file, type, id: null, url: /^(image|audio)\//.test(type) ? URL.createObjectURL(file) : null });
     }
     ui.fileError.textContent = errors.join(" ");
     renderFiles();
@@ -1161,7 +1209,7 @@ textarea{font-size:16px}}
         h(
           "div",
           { class: "file" },
-          f.url ? h("img", { src: f.url, alt: "" }) : icon("doc"),
+          f.url && f.type.startsWith("image/") ? h("img", { src: f.url, alt: "" }) : icon("doc"),
           h("span", { text: f.file.name }),
           h("button", { type: "button", "aria-label": t("remove", { name: f.file.name }), onclick: remove, text: "×" }),
         ),
@@ -1169,30 +1217,40 @@ textarea{font-size:16px}}
     });
   }
 
-  /** Uploads the files (the conversation is created by the text, or the file names, first),
-   * each as multipart `file`; the stored message comes back and through the live stream. */
-  async function uploadAll(files, text) {
-    if (!state.conversation || text) {
-      send(text || files.map((f) => f.file.name).join(", "));
-      // Wait until the outbox has delivered it, so the conversation exists.
-      while (state.outbox.length) await new Promise((r) => setTimeout(r, 100));
-    }
-    for (const f of files) {
-      const form = new FormData();
-      form.append("file", f.file, f.file.name);
-      const hd = headers(false);
+  /** Uploads the message's files not uploaded yet (`POST /api/v1/attachments?name=`, the raw
+   * bytes). A refused file is dropped with the reason shown; false when the message must
+   * wait (rate limit, network) and will be tried again. */
+  async function uploadFiles(item) {
+    for (const f of [...item.files]) {
+      if (f.id) continue;
+      let resp;
       try {
-        if (!state.conversation) throw new Error("no conversation");
-        const resp = await fetch(convUrl("/attachments"), { method: "POST", headers: hd, body: form });
-        if (!resp.ok) throw new Error((await errorOf(resp)).message);
-        const body = await resp.json();
-        if (body.message) upsert(body.message);
-      } catch (e) {
-        systemNote(t("upload_failed", { name: f.file.name, msg: e.message }), true);
-      } finally {
-        if (f.url) URL.revokeObjectURL(f.url);
+        const hd = headers(false);
+        hd["Content-Type"] = f.type || "application/octet-stream";
+        resp = await fetch(`${API}/api/v1/attachments?name=${encodeURIComponent(f.file.name)}`, { method: "POST", headers: hd, body: f.file });
+      } catch (_) {
+        setBanner(navigator.onLine === false ? t("offline") : t("reconnecting"));
+        whenOnline(markFailed(item, t("failed")));
+        return false;
       }
+      if (resp.ok) {
+        f.id = (await resp.json()).id;
+        continue;
+      }
+      const err = await errorOf(resp);
+      if (err.code === "rate_limited") {
+        const wait = Math.max(1, Number(resp.headers.get("Retry-After")) || 5);
+        markFailed(item, t("rate_limited", { s: wait }), wait * 1000);
+        return false;
+      }
+      if (err.code === "attachments_disabled") {
+        state.attachments = false;
+        ui.attach.hidden = true;
+      }
+      systemNote(err.code === "attachments_disabled" ? t("files_off") : t("upload_failed", { name: f.file.name, msg: err.message }), true);
+      item.files.splice(item.files.indexOf(f), 1);
     }
+    return true;
   }
 
   // ---- Host page API ----------------------------------------------------------------------
