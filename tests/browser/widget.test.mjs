@@ -70,12 +70,7 @@ async function visit(attrs = {}, context = {}) {
   const page = await ctx.newPage();
   const errors = [];
   page.on("pageerror", (e) => errors.push(e));
-  page.on("console", (m) => {
-    // The widget's feature check for uploads expects a 404 where there is no upload
-    // endpoint; Chromium logs every 404 it fetches.
-    const probe = /\/api\/v1\/conversations\/[^/]+\/attachments$/.test(m.location().url);
-    if (m.type() === "error" && !probe) errors.push(new Error(`${m.text()} (${m.location().url})`));
-  });
+  page.on("console", (m) => m.type() === "error" && errors.push(new Error(`${m.text()} (${m.location().url})`)));
   if (Object.keys(attrs).length) {
     // Other options on the page's one tag, set before the widget reads them. (Rewriting the
     // page itself would make Chromium treat it as a public page and block its socket to
@@ -416,19 +411,22 @@ describe("visitor widget", { concurrency: false }, () => {
     await bad.ctx.close();
   });
 
-  test("the attach button stays hidden while this Kefu has no upload endpoint", async () => {
-    const probe = await fetch(`${kefu.base}/api/v1/conversations/probe/attachments`, { headers: { "x-kefu-tenant": "default" } });
+  test("the attach button shows where Kefu takes uploads, and stays hidden where it does not", async () => {
     const v = await visit();
     await v.w(".launcher").click();
-    await v.page.waitForFunction(() => document.querySelector("kefu-widget").shadowRoot.querySelector(".attach"));
-    await v.page.waitForTimeout(300); // the probe answers
-    const hidden = await v.w(".attach").isHidden();
-    if (probe.status === 404 && (await probe.json()).error.code === "not_found") {
-      assert.equal(hidden, true, "no endpoint, no button");
-    } else {
-      assert.equal(hidden, false, "the endpoint exists, so the button shows");
-    }
+    await v.w(".attach").waitFor({ state: "visible" });
+    assert.equal(await v.w(".attach").getAttribute("aria-label"), "Attach a file");
     await v.ctx.close();
+    // A deployment from before uploads answers the widget's OPTIONS with 404 not_found.
+    const old = await visit();
+    await old.page.route("**/api/v1/attachments", (route) =>
+      route.fulfill({ status: 404, headers: { "content-type": "application/json" }, body: '{"error":{"code":"not_found","message":"no route for /api/v1/attachments"}}' }),
+    );
+    await old.w(".launcher").click();
+    await old.page.waitForTimeout(500);
+    assert.equal(await old.w(".attach").isHidden(), true);
+    assert.deepEqual(old.errors.map((e) => e.message).filter((m) => !/status of 404 .*\/api\/v1\/attachments/.test(m)), []);
+    await old.ctx.close();
   });
 
   test("on another site (another origin) the widget talks to Kefu across origins", async () => {
@@ -449,7 +447,7 @@ describe("visitor widget", { concurrency: false }, () => {
       const page = await ctx.newPage();
       const errors = [];
       page.on("pageerror", (e) => errors.push(e));
-      page.on("console", (m) => m.type() === "error" && !/\/attachments$/.test(m.location().url) && errors.push(m.text()));
+      page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
       await page.goto(origin);
       const w = (sel) => page.locator("kefu-widget " + sel);
       await w(".launcher").click();
@@ -501,45 +499,47 @@ describe("visitor widget", { concurrency: false }, () => {
     await v.ctx.close();
   });
 
-  test("with an upload endpoint: the picker checks type and size, previews images, uploads multipart", async () => {
+  test("attachments: checked before upload, previewed, uploaded, sent with the message, shown from storage", async () => {
     const v = await visit();
     const { page, w } = v;
-    // The upload endpoint is being built (POST /api/v1/conversations/{id}/attachments); until
-    // it lands, play its feature check and acceptance here and look at what the widget sends.
-    const uploads = [];
-    await page.route("**/attachments", async (route) => {
-      const req = route.request();
-      if (req.method() === "GET") {
-        return route.fulfill({ status: 405, headers: { "content-type": "application/json", allow: "POST" }, body: '{"error":{"code":"method_not_allowed","message":"use POST"}}' });
-      }
-      uploads.push({ url: req.url(), type: req.headers()["content-type"], body: req.postDataBuffer() });
-      return route.fulfill({ status: 201, headers: { "content-type": "application/json" }, body: "{}" });
-    });
     await w(".launcher").click();
     await w(".attach").waitFor({ state: "visible" });
     const png = Buffer.from("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==", "base64");
+    const evilName = `<img src=x onerror="window.__xss=9">.png`;
     await w('input[type="file"]').setInputFiles([
-      { name: "cup.png", mimeType: "image/png", buffer: png },
+      { name: evilName, mimeType: "image/png", buffer: png },
+      { name: "order.md", mimeType: "", buffer: Buffer.from("# Order 1042\n\nTwo bags of Huila, ground for filter.\n") },
       { name: "setup.exe", mimeType: "application/x-msdownload", buffer: Buffer.from("MZ") },
       { name: "huge.pdf", mimeType: "application/pdf", buffer: Buffer.alloc(11 * 1024 * 1024) },
     ]);
-    await w(".ferr").filter({ hasText: "setup.exe: only images, PDF and text files can be sent." }).waitFor();
+    // Refused before any upload, each with its reason.
+    await w(".ferr").filter({ hasText: "setup.exe: only images, PDF, text and audio files can be sent." }).waitFor();
     assert.match(await w(".ferr").textContent(), /huge\.pdf is larger than 10 MB\./);
-    assert.equal(await w(".files .file").count(), 1, "only the valid file is kept");
-    assert.match(await w(".files .file img").getAttribute("src"), /^blob:/, "an image preview");
-    assert.equal(await w('.files .file button[aria-label="Remove cup.png"]').count(), 1);
-    await sendMessage(v, "Here is my cup");
-    await w(".msg.bot:not(.greeting):not(.streaming) .bubble").filter({ hasText: "Echo: Here is my cup" }).waitFor();
-    await page.waitForFunction(() => window.Kefu.conversationId);
-    await assert.doesNotReject(async () => {
-      for (let i = 0; i < 50 && uploads.length === 0; i++) await page.waitForTimeout(100);
-    });
-    const id = await page.evaluate(() => Kefu.conversationId);
-    assert.equal(uploads.length, 1);
-    assert.equal(uploads[0].url, `${kefu.base}/api/v1/conversations/${id}/attachments`);
-    assert.match(uploads[0].type, /^multipart\/form-data; boundary=/);
-    assert.ok(uploads[0].body.includes('name="file"; filename="cup.png"'), "the file goes as the multipart field `file`");
+    assert.equal(await w(".files .file").count(), 2, "the image and the Markdown file are kept");
+    assert.match(await w(".files .file img").getAttribute("src"), /^blob:/, "a preview of the image");
+    assert.equal(await page.getByRole("button", { name: `Remove ${evilName}`, exact: true }).count(), 1);
+    assert.equal(await w(".files .file span").first().textContent(), evilName, "the file's name is text, never markup");
+    await sendMessage(v, "Here is my cup and my order");
+    await w(".msg.bot:not(.greeting):not(.streaming) .bubble").filter({ hasText: "Echo: Here is my cup and my order" }).waitFor();
     assert.equal(await w(".files .file").count(), 0, "the tray empties once sent");
+    // The visitor's bubble now shows the stored files, served by Kefu.
+    const mine = w(".msg.visitor[data-seq]").filter({ hasText: "Here is my cup and my order" });
+    const img = mine.locator("img");
+    await img.waitFor();
+    assert.match(await img.getAttribute("src"), new RegExp(`^${kefu.base}/api/v1/attachments/[^?]+\\?tenant=default$`));
+    assert.equal(await img.getAttribute("alt"), "Image", "Kefu keeps no name for images");
+    await page.waitForFunction((el) => el.complete && el.naturalWidth === 1, await img.elementHandle());
+    assert.equal(await mine.locator("a.doc").textContent(), "order.md");
+    // The conversation holds them (what an agent sees), and nothing ran.
+    const id = await page.evaluate(() => Kefu.conversationId);
+    const stored = await (await fetch(`${kefu.base}/api/v1/conversations/${id}`, { headers: { authorization: `Bearer ${TENANT_KEY}` } })).json();
+    const parts = stored.messages.find((m) => m.role === "visitor").parts;
+    assert.deepEqual(parts.map((p) => [p.type, p.type === "text" ? p.text : p.name]), [["text", "Here is my cup and my order"], ["image", null], ["document", "order.md"]]);
+    assert.equal(await page.evaluate(() => window.__xss), undefined);
+    // A file on its own is a message too.
+    await w('input[type="file"]').setInputFiles([{ name: "latte.png", mimeType: "image/png", buffer: png }]);
+    await w(".send").click();
+    await page.waitForFunction(() => document.querySelector("kefu-widget").shadowRoot.querySelectorAll(".msg.visitor[data-seq] img").length === 2);
     assert.deepEqual(v.errors, []);
     await v.ctx.close();
   });
@@ -583,7 +583,14 @@ describe("visitor widget", { concurrency: false }, () => {
       await v.page.waitForTimeout(400); // the opening animation ends
       const box = await v.w('[role="dialog"]').boundingBox();
       assert.deepEqual([box.x, box.y, box.width, box.height].map(Math.round), [0, 0, 390, 844], "the panel fills a phone's screen");
-      await question(v, "What grind for a pour-over?", "Yirgacheffe shines");
+      // A photo (of the page's own coffee swatch) with the question.
+      const shop = await browser.newPage({ viewport: { width: 800, height: 900 } });
+      await shop.goto(kefu.base + "/widget-demo");
+      const photo = await shop.locator(".swatch.s1").screenshot();
+      await shop.close();
+      await v.w('input[type="file"]').setInputFiles([{ name: "my-beans.png", mimeType: "image/png", buffer: photo }]);
+      await question(v, "What grind for a pour-over with these?", "Yirgacheffe shines");
+      await v.page.waitForFunction(() => [...document.querySelector("kefu-widget").shadowRoot.querySelectorAll(".msg.visitor img")].every((i) => i.complete && i.naturalWidth > 0));
     });
   });
 });
