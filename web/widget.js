@@ -89,7 +89,7 @@
       too_many: "Up to {n} files at a time.",
       upload_failed: "{name} could not be uploaded: {msg}",
       image: "Image",
-      unread: "{n} new messages",
+      unread: "{n} unread",
       powered: "Powered by Kefu",
     },
     zh: {
@@ -578,8 +578,9 @@ textarea{font-size:16px}}
   const textOf = (parts) => (parts || []).filter((p) => p.type === "text").map((p) => p.text).join("\n");
 
   /** Puts a stored message in its place (by seq), once: live updates, catch-up, the
-   * transcript and the chat answer may all bring the same message. */
-  function upsert(m) {
+   * transcript and the chat answer may all bring the same message. `history` (the
+   * transcript) neither counts as unread nor fires `message` for the page. */
+  function upsert(m, history) {
     if (!m || typeof m.seq !== "number" || m.role === "note") return;
     if (state.rendered.has(m.seq)) return;
     let li = null;
@@ -625,9 +626,10 @@ textarea{font-size:16px}}
     if (li.parentNode !== ui.log || (before && li.nextSibling !== before)) ui.log.insertBefore(li, before);
     state.lastSeq = Math.max(state.lastSeq, m.seq);
     if (m.role === "agent") hideTyping();
+    scrollToEnd();
+    if (history) return;
     if (m.role !== "visitor" && !state.open) setUnread(state.unread + 1);
     emit("message", { seq: m.seq, role: m.role, text: textOf(m.parts), parts: m.parts, created_at: m.created_at });
-    scrollToEnd();
   }
 
   function setUnread(n) {
@@ -1006,7 +1008,7 @@ textarea{font-size:16px}}
     }
     if (!resp.ok) return false;
     const c = await resp.json();
-    for (const m of c.messages || []) upsert(m);
+    for (const m of c.messages || []) upsert(m, true);
     setStatus(c);
     return true;
   }

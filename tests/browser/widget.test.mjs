@@ -189,10 +189,16 @@ describe("visitor widget", { concurrency: false }, () => {
     await alex.reply(conversation, "While you were away: your order has shipped.");
     await page.goto(kefu.base + "/widget-demo");
     await page.waitForFunction(() => window.Kefu);
+    await w(".msg.agent .bubble").filter({ hasText: "While you were away" }).waitFor({ state: "attached" });
+    assert.equal(await w(".badge").isHidden(), true, "the transcript is history, not unread");
+    // Live while the panel is closed: the launcher counts it.
+    await alex.reply(conversation, "Are you still there?");
+    await w(".badge").filter({ hasText: "1" }).waitFor();
+    assert.equal(await w(".launcher").getAttribute("aria-label"), "Open chat (1 unread)");
     await w(".launcher").click();
-    await w(".msg.agent .bubble").filter({ hasText: "While you were away" }).waitFor();
+    assert.equal(await w(".badge").isHidden(), true);
     const after = await logTexts(page);
-    assert.deepEqual(after, [...before, "While you were away: your order has shipped."]);
+    assert.deepEqual(after, [...before, "While you were away: your order has shipped.", "Are you still there?"]);
     assert.equal(await page.evaluate(() => Kefu.conversationId), conversation);
   });
 
