@@ -110,7 +110,8 @@ test-runtime: $(WORKER_OUT)
 # The widget in a real browser: Debian's Chromium driven by playwright-core against Kefu on
 # workerd and the mock provider (tests/browser). Playwright's own browser download does not
 # work offline, so Debian's package it is, installed on first use (with CJK fonts, for the
-# Chinese screenshot). Screenshots land in docs/screenshots/.
+# Chinese screenshot). Screenshots go to target/browser-screenshots/ (`make screenshots`:
+# docs/screenshots/, for the README).
 CHROMIUM ?= /usr/bin/chromium
 export KEFU_SCREENSHOTS
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
