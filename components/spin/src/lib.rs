@@ -11,6 +11,7 @@
 //! instead; a tenant configuration that needs a feature it lacks is refused the same way,
 //! rather than half-honoured.
 
+mod admin;
 mod chat;
 mod http;
 mod outbound;
@@ -74,10 +75,10 @@ fn handle(kv: &Kv, req: &Incoming, route: Route) -> Result<Reply, ApiError> {
         Route::GetConversation(id) => transcript(kv, req, &id),
         Route::Chat => Err(ApiError::internal("routed before handle")),
         Route::Demo => Err(not_on_spin("/demo", "use POST /api/v1/chat")),
+        Route::Config(c) => admin::config(kv, req, c),
         Route::Usage
         | Route::ConversationAction(..)
         | Route::Knowledge(_)
-        | Route::Config(_)
         | Route::ListConversations
         | Route::ConversationEvents(_)
         | Route::Typing(_)
@@ -87,9 +88,9 @@ fn handle(kv: &Kv, req: &Incoming, route: Route) -> Result<Reply, ApiError> {
         | Route::OpenAiChat
         | Route::OpenAiModels => Err(not_on_spin(
             &req.path,
-            "the Spin component serves chat, transcripts and health so far; agents, the \
-             knowledge base, configuration, live updates, files and the OpenAI-compatible API \
-             run on the Worker",
+            "the Spin component serves chat, transcripts, configuration and health so far; \
+             agents, the knowledge base, live updates, files and the OpenAI-compatible API run \
+             on the Worker",
         )),
     }
 }

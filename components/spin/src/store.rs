@@ -50,13 +50,36 @@ impl Kv {
         Ok(Self { bucket })
     }
 
-    /// The tenant's stored configuration document, if any.
-    pub fn config_document(&self, tenant: &TenantId) -> Result<Option<String>, ApiError> {
+    /// A value as text, if the key exists.
+    pub fn get_text(&self, key: &str) -> Result<Option<String>, ApiError> {
         let bytes = self
             .bucket
-            .get(&format!("tenant:{}", tenant.as_str()))
-            .map_err(|e| internal("reading the configuration", e))?;
+            .get(key)
+            .map_err(|e| internal("reading key-value", e))?;
         Ok(bytes.map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    /// Applies configuration writes in order ([`kefu_engine::config_history`]).
+    pub fn apply(&self, ops: Vec<kefu_engine::config_history::KvOp>) -> Result<(), ApiError> {
+        use kefu_engine::config_history::KvOp;
+        for op in ops {
+            match op {
+                KvOp::Put(key, value) => self
+                    .bucket
+                    .set(&key, value.as_bytes())
+                    .map_err(|e| internal("writing key-value", e))?,
+                // Only frees space: a failure is harmless.
+                KvOp::Delete(key) => {
+                    let _ = self.bucket.delete(&key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The tenant's stored configuration document, if any.
+    pub fn config_document(&self, tenant: &TenantId) -> Result<Option<String>, ApiError> {
+        self.get_text(&kefu_engine::config_history::document_key(tenant))
     }
 
     /// The conversation, if it exists under `tenant` (another tenant's does not exist).
