@@ -25,13 +25,15 @@ WORKER_OUT := workers/build/index.js
 WORKER_SOURCES := $(shell find workers/src components/engine/src -name '*.rs' 2>/dev/null) \
 	workers/Cargo.toml components/engine/Cargo.toml Cargo.toml Cargo.lock
 
-.PHONY: help setup rust-targets tools dev worker test check test-engine test-runtime test-spin-host wasm size bench clean
+.PHONY: help setup rust-targets tools dev worker spin test check test-engine test-runtime test-spin-host test-browser screenshots chromium wasm size bench clean
 
 help:
-	@echo "make dev    set up everything and run Kefu locally on workerd (http://localhost:$(DEV_PORT)/demo)"
+	@echo "make dev    set up everything and run Kefu locally on workerd (http://localhost:$(DEV_PORT)/demo, /widget-demo)"
 	@echo "make test   set up everything and run every check and test"
 	@echo "make bench  measure Kefu's overhead against a pass-through Worker (writes docs/benchmarks-latest.md)"
-	@echo "make size   report the Worker's gzipped bundle size"
+	@echo "make size   report the Worker's and the widget's gzipped sizes"
+	@echo "make test-browser  the widget's browser tests (Debian's Chromium, installed if missing)"
+	@echo "make screenshots   the browser tests, renewing docs/screenshots/"
 
 ## Setup ----------------------------------------------------------------------------------
 
@@ -70,13 +72,14 @@ $(WORKER_OUT): $(WORKER_SOURCES) | setup
 	@touch $@
 
 dev: setup $(WORKER_OUT)
-	@echo "Kefu on http://localhost:$(DEV_PORT)  —  try: curl http://localhost:$(DEV_PORT)/demo"
+	@echo "Kefu on http://localhost:$(DEV_PORT)  —  try: curl http://localhost:$(DEV_PORT)/demo, or open http://localhost:$(DEV_PORT)/widget-demo"
 	wrangler dev --port $(DEV_PORT)
 
 size: $(WORKER_OUT)
 	@raw=$$(cat workers/build/index.js workers/build/*.wasm | wc -c); \
 	 gz=$$(cat workers/build/index.js workers/build/*.wasm | gzip -9 | wc -c); \
 	 echo "worker bundle: $$raw bytes, $$gz bytes gzipped"
+	@echo "widget.js: $$(wc -c < web/widget.js) bytes, $$(gzip -9 < web/widget.js | wc -c) bytes gzipped (bar: 30 KB)"
 
 # Ratios in one run (see docs/benchmarks.md): Kefu against a pass-through Worker on the same
 # workerd and against the mock provider directly, plus the engine's CPU per turn.
@@ -86,18 +89,23 @@ bench: setup $(WORKER_OUT)
 
 ## Checks and tests -----------------------------------------------------------------------
 
-test: setup check test-engine test-spin-host test-runtime
+test: setup check test-engine test-spin-host test-runtime test-browser
 
 check: setup
 	cargo fmt --all --check
 	cargo fmt --manifest-path tests/spin-host/fixtures/Cargo.toml --all --check
 	cargo clippy -p kefu-engine -p kefu-runtime-tests -p kefu-spin-host --all-targets -- -D warnings
 	cargo clippy -p kefu-worker --target wasm32-unknown-unknown -- -D warnings
+	cargo clippy -p kefu-spin --target wasm32-wasip2 -- -D warnings
 	$(MAKE) --no-print-directory wasm
 
 wasm:
 	cargo build -p kefu-engine --target wasm32-unknown-unknown
 	cargo build -p kefu-engine --target wasm32-wasip2
+
+# The Spin component (what `spin build` runs, per spin.toml).
+spin: rust-targets
+	cargo build -p kefu-spin --target wasm32-wasip2 --release
 
 test-engine:
 	cargo test -p kefu-engine
@@ -109,6 +117,32 @@ test-spin-host: rust-targets
 
 test-runtime: $(WORKER_OUT)
 	cargo test -p kefu-runtime-tests
+
+# The widget in a real browser: Debian's Chromium driven by playwright-core against Kefu on
+# workerd and the mock provider (tests/browser). Playwright's own browser download does not
+# work offline, so Debian's package it is, installed on first use (with CJK fonts, for the
+# Chinese screenshot). Screenshots go to target/browser-screenshots/ (`make screenshots`:
+# docs/screenshots/, for the README).
+CHROMIUM ?= /usr/bin/chromium
+export KEFU_SCREENSHOTS
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+chromium:
+	@missing=""; \
+	 [ -x $(CHROMIUM) ] || missing="chromium"; \
+	 fc-list :lang=zh 2>/dev/null | grep -q . || missing="$$missing fonts-noto-cjk"; \
+	 if [ -n "$$missing" ]; then \
+		echo "installing$$missing from Debian (once)"; \
+		$(SUDO) apt-get update -qq; \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
+
+test-browser: setup $(WORKER_OUT) chromium
+	cargo build -q -p kefu-runtime-tests --bin kefu-mock-provider
+	KEFU_CHROMIUM=$(CHROMIUM) node --test --test-reporter=spec tests/browser/
+
+# The same run, keeping its screenshots for the README (otherwise they go to target/).
+screenshots:
+	$(MAKE) --no-print-directory test-browser KEFU_SCREENSHOTS=docs/screenshots
 
 clean:
 	rm -rf workers/build target/runtime-tests

@@ -1,7 +1,9 @@
 // Runs Kefu's built Worker directly on workerd through Miniflare, for the runtime tests and
 // benchmarks: the same runtime and bindings `wrangler dev` uses (read from wrangler.toml),
 // without wrangler's extra Node proxy hop in front of workerd (which adds latency and drops
-// POSTs on reused keep-alive connections now and then).
+// POSTs on reused keep-alive connections now and then). The static assets of wrangler.toml's
+// `[assets]` (web/: the widget, the demo page, `_headers` with the CSP) come along with the
+// other options, so the browser tests load the widget from this host as visitors would.
 //
 // Usage: node tests/runtime/workerd-host.mjs PORT [TENANTS_JSON_FILE]
 // Extra plain-text bindings (e.g. test API keys the tenants' `api_key_secret` names) come from

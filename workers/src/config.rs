@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use kefu_engine::api::ApiError;
+use kefu_engine::config_history::{self, ConfigMeta, KvOp};
 use kefu_engine::{ReplyMode, TenantConfig, TenantId, TurnOptions};
 use worker::Env;
 
@@ -57,7 +58,7 @@ pub(crate) async fn load(env: &Env, tenant: &TenantId) -> Result<TenantConfig, A
 async fn read(env: &Env, tenant: &TenantId) -> Result<TenantConfig, ApiError> {
     let stored = match env.kv(CONFIG_KV) {
         Ok(kv) => kv
-            .get(&format!("tenant:{}", tenant.as_str()))
+            .get(&config_history::document_key(tenant))
             .text()
             .await
             .map_err(|e| ApiError::internal(format!("reading the tenant configuration: {e}")))?,
@@ -115,44 +116,19 @@ pub(crate) fn random_u64() -> u64 {
     (hi << 32) | lo
 }
 
-/// The version history of a tenant's configuration, kept in KV beside it
-/// (`tenant:<id>:meta`); each version's document is under `tenant:<id>:v:<n>`.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
-pub(crate) struct ConfigMeta {
-    /// The current version (0: a document written outside the API, or none).
-    pub version: u64,
-    /// Newest first, at most [`HISTORY`] entries.
-    pub history: Vec<ConfigVersion>,
-}
-
-/// One version in the history.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub(crate) struct ConfigVersion {
-    pub version: u64,
-    /// RFC 3339.
-    pub at: String,
-    /// `put` or `rollback to N`.
-    pub change: String,
-}
-
-/// How many versions the history keeps (older documents are deleted).
-const HISTORY: usize = 50;
-
 fn kv(env: &Env) -> Result<worker::KvStore, ApiError> {
     env.kv(CONFIG_KV)
         .map_err(|e| ApiError::internal(format!("the CONFIG namespace: {e}")))
 }
 
-/// The version history.
+/// The version history (the engine's layout: [`config_history`]).
 pub(crate) async fn meta(env: &Env, tenant: &TenantId) -> Result<ConfigMeta, ApiError> {
     let text = kv(env)?
-        .get(&format!("tenant:{}:meta", tenant.as_str()))
+        .get(&config_history::meta_key(tenant))
         .text()
         .await
         .map_err(|e| ApiError::internal(format!("reading the history: {e}")))?;
-    Ok(text
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default())
+    Ok(ConfigMeta::from_json(text.as_deref()))
 }
 
 /// The current document as stored (not the built-in default).
@@ -161,7 +137,7 @@ pub(crate) async fn current_document(
     tenant: &TenantId,
 ) -> Result<Option<String>, ApiError> {
     kv(env)?
-        .get(&format!("tenant:{}", tenant.as_str()))
+        .get(&config_history::document_key(tenant))
         .text()
         .await
         .map_err(|e| ApiError::internal(format!("reading the configuration: {e}")))
@@ -177,38 +153,24 @@ pub(crate) async fn store_version(
     change: String,
 ) -> Result<u64, ApiError> {
     let store = kv(env)?;
-    let mut meta = meta(env, tenant).await?;
-    let version = meta.version + 1;
-    let t = tenant.as_str();
-    let put = |key: String, value: String| {
-        let store = &store;
-        async move {
-            store
+    let meta = meta(env, tenant).await?;
+    let (version, ops) =
+        config_history::store_version(&meta, tenant, document, change, crate::provider::now());
+    for op in ops {
+        match op {
+            KvOp::Put(key, value) => store
                 .put(&key, value)
                 .map_err(|e| ApiError::internal(format!("writing {key}: {e}")))?
                 .execute()
                 .await
-                .map_err(|e| ApiError::internal(format!("writing {key}: {e}")))
+                .map_err(|e| ApiError::internal(format!("writing {key}: {e}")))?,
+            // Only frees space: a failure is harmless.
+            KvOp::Delete(key) => {
+                let _ = store.delete(&key).await;
+            }
         }
-    };
-    // The versioned copy first: a crash before the pointer moves leaves the old config current.
-    put(format!("tenant:{t}:v:{version}"), document.to_owned()).await?;
-    put(format!("tenant:{t}"), document.to_owned()).await?;
-    meta.version = version;
-    meta.history.insert(
-        0,
-        ConfigVersion {
-            version,
-            at: crate::provider::now().to_rfc3339(),
-            change,
-        },
-    );
-    for old in meta.history.split_off(HISTORY.min(meta.history.len())) {
-        let _ = store.delete(&format!("tenant:{t}:v:{}", old.version)).await;
     }
-    let meta_json = serde_json::to_string(&meta).map_err(|e| ApiError::internal(e.to_string()))?;
-    put(format!("tenant:{t}:meta"), meta_json).await?;
-    CACHE.with(|c| c.borrow_mut().remove(t));
+    CACHE.with(|c| c.borrow_mut().remove(tenant.as_str()));
     Ok(version)
 }
 
@@ -219,7 +181,7 @@ pub(crate) async fn version_document(
     version: u64,
 ) -> Result<Option<String>, ApiError> {
     kv(env)?
-        .get(&format!("tenant:{}:v:{version}", tenant.as_str()))
+        .get(&config_history::version_key(tenant, version))
         .text()
         .await
         .map_err(|e| ApiError::internal(format!("reading version {version}: {e}")))

@@ -45,6 +45,39 @@ pub(crate) fn error_response(e: &ApiError) -> worker::Result<Response> {
     }
 }
 
+/// The request headers a cross-origin caller of the API may send.
+const CORS_ALLOW_HEADERS: &str = "content-type, authorization, x-kefu-tenant, x-kefu-visitor-id, x-kefu-visitor-hash, last-event-id";
+/// The response headers a cross-origin caller may read (`Retry-After` above all: the widget
+/// resends a rate-limited message when it says).
+const CORS_EXPOSE_HEADERS: &str =
+    "retry-after, x-kefu-conversation-id, x-kefu-target, x-kefu-attempts, allow";
+
+/// The answer to a CORS preflight (`OPTIONS`) for a route of the API.
+pub(crate) fn preflight() -> worker::Result<Response> {
+    let headers = Headers::new();
+    headers.set("access-control-allow-origin", "*")?;
+    headers.set(
+        "access-control-allow-methods",
+        "GET, POST, PUT, DELETE, OPTIONS",
+    )?;
+    headers.set("access-control-allow-headers", CORS_ALLOW_HEADERS)?;
+    headers.set("access-control-max-age", "86400")?;
+    Ok(Response::empty()?.with_status(204).with_headers(headers))
+}
+
+/// `resp` readable by a page on any origin. A WebSocket upgrade is passed through as it is
+/// (sockets are not subject to CORS).
+pub(crate) fn allow_cross_origin(resp: Response) -> worker::Result<Response> {
+    if resp.status_code() == 101 {
+        return Ok(resp);
+    }
+    // A copy: the headers of an answer forwarded from a Durable Object are immutable.
+    let headers = resp.headers().clone();
+    headers.set("access-control-allow-origin", "*")?;
+    headers.set("access-control-expose-headers", CORS_EXPOSE_HEADERS)?;
+    Ok(resp.with_headers(headers))
+}
+
 pub(crate) fn set(headers: &Headers, name: &str, value: &str) -> Result<(), ApiError> {
     headers.set(name, value).map_err(internal)
 }

@@ -43,7 +43,30 @@ pub(crate) const INBOX: &str = "INBOX";
 pub(crate) const KNOWLEDGE: &str = "KNOWLEDGE";
 
 #[event(fetch)]
-async fn fetch(mut req: Request, env: Env, ctx: Context) -> Result<Response> {
+async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
+    // The visitor widget runs on other sites' pages, so the API answers cross-origin calls.
+    // Credentials travel in headers (tenant, visitor proof, agent token), never in cookies,
+    // so any origin may call: a page gains nothing it could not do with curl.
+    let path = req.path();
+    if path.starts_with("/api/") {
+        if req.method() == Method::Options {
+            // A preflight, or a page asking whether this deployment serves a route at all
+            // (the widget shows its attach button only where uploads exist): a route that
+            // does not exist is `404 not_found`, without calling anything.
+            let wanted = req.headers().get("access-control-request-method")?;
+            return match api::route(wanted.as_deref().unwrap_or("GET"), &path) {
+                Err(e) if e.code == "not_found" && path != webhooks::DELIVERIES_ROUTE => {
+                    http::allow_cross_origin(error_response(&e)?)
+                }
+                _ => http::preflight(),
+            };
+        }
+        return http::allow_cross_origin(serve(req, env, ctx).await?);
+    }
+    serve(req, env, ctx).await
+}
+
+async fn serve(mut req: Request, env: Env, ctx: Context) -> Result<Response> {
     let path = req.path();
     let method = req.method().to_string();
     // Webhook delivery log (tenant API key): a route of this host's delivery object

@@ -269,6 +269,9 @@ pub struct Conversation {
     /// Outside business hours, the visitor was told so for the closed stretch that ends
     /// at this time (the team's next opening): the notice is given once a stretch.
     pub(crate) closed_notice_until: Option<Timestamp>,
+    /// The verified visitor the conversation belongs to (see [`crate::identity`]), for hosts
+    /// that keep it in the state (Spin; the Worker's object keeps it beside).
+    pub(crate) owner: Option<String>,
 }
 
 /// The serialized form's version. Bump it when the layout changes, and keep a decoder for
@@ -355,6 +358,7 @@ impl Conversation {
             no_answers: 0,
             csat: None,
             closed_notice_until: None,
+            owner: None,
         }
     }
 
@@ -381,6 +385,16 @@ impl Conversation {
     /// When it last changed.
     pub fn updated_at(&self) -> Timestamp {
         self.updated_at
+    }
+
+    /// The verified visitor the conversation belongs to, if the host recorded one.
+    pub fn owner(&self) -> Option<&str> {
+        self.owner.as_deref()
+    }
+
+    /// Records the verified visitor the conversation now belongs to.
+    pub fn set_owner(&mut self, visitor: &str) {
+        self.owner = Some(visitor.to_owned());
     }
 
     /// How many messages it holds in all (window and evicted).
@@ -598,6 +612,7 @@ impl Conversation {
                 no_answers: 0,
                 csat: None,
                 closed_notice_until: None,
+                owner: None,
             });
         }
         if let Some((2, rest)) = bytes.split_first() {
@@ -619,6 +634,7 @@ impl Conversation {
                 no_answers: v2.no_answers,
                 csat: v2.csat,
                 closed_notice_until: None,
+                owner: None,
             });
         }
         decode_versioned(bytes)

@@ -21,6 +21,7 @@ pub mod api;
 pub mod attachment;
 pub mod auth;
 pub mod config;
+pub mod config_history;
 pub mod conversation;
 pub mod demo;
 pub mod dialogue;

@@ -1,0 +1,121 @@
+//! The operators' API on Spin: who is calling (the deployment's admin token, or a tenant
+//! key), and the tenant configuration — validated on write, versioned and rolled back with
+//! the engine's rules ([`kefu_engine::config_history`]), as on Workers.
+
+use kefu_engine::api::{self, ApiError, ConfigRoute};
+use kefu_engine::auth;
+use kefu_engine::config_history::{self, ConfigMeta};
+use kefu_engine::{TenantConfig, TenantId};
+use serde_json::{Value, json};
+
+use crate::http::{Incoming, Reply};
+use crate::store::{self, Kv};
+use crate::{log, now, variable};
+
+fn unauthorized(message: &str) -> ApiError {
+    ApiError::new(401, "unauthorized", message.to_owned())
+}
+
+/// The tenant an operator manages: with the deployment's admin token (the `kefu_admin_token`
+/// variable, 16+ characters) the `X-Kefu-Tenant` header names it; otherwise a tenant key
+/// (`Authorization: Bearer kf-<tenant>.<secret>`) does, checked against the tenant's stored
+/// key hashes.
+pub fn operator(kv: &Kv, req: &Incoming) -> Result<(TenantId, TenantConfig), ApiError> {
+    let given = req
+        .header("authorization")
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| {
+            unauthorized("send a tenant key: Authorization: Bearer kf-<tenant>.<secret>")
+        })?;
+    if let Some(token) = variable("kefu_admin_token").filter(|t| t.len() >= 16)
+        && auth::constant_time_eq(
+            auth::hash_key(given).as_bytes(),
+            auth::hash_key(&token).as_bytes(),
+        )
+    {
+        let tenant = api::tenant(req.header(api::TENANT_HEADER))?;
+        let config = store::config(kv, &tenant)?;
+        return Ok((tenant, config));
+    }
+    let tenant = auth::tenant_of_key(given).ok_or_else(|| unauthorized("not a Kefu key"))?;
+    let config = store::config(kv, &tenant)?;
+    auth::verify(given, &config.api_keys).ok_or_else(|| unauthorized("unknown key"))?;
+    Ok((tenant, config))
+}
+
+/// `/api/v1/config…`.
+pub fn config(kv: &Kv, req: &Incoming, route: ConfigRoute) -> Result<Reply, ApiError> {
+    let (tenant, _) = operator(kv, req)?;
+    let meta = ConfigMeta::from_json(kv.get_text(&config_history::meta_key(&tenant))?.as_deref());
+    match route {
+        ConfigRoute::Get => {
+            let document = kv.get_text(&config_history::document_key(&tenant))?;
+            let current: Value = document
+                .as_deref()
+                .and_then(|d| serde_json::from_str(d).ok())
+                .unwrap_or(Value::Null);
+            Ok(Reply::json(
+                200,
+                &json!({"tenant": tenant.as_str(), "version": meta.version, "config": current,
+                        "builtin_default": document.is_none()}),
+            ))
+        }
+        ConfigRoute::Put => {
+            api::parse_config_document(&req.body)?;
+            let document = String::from_utf8_lossy(&req.body).into_owned();
+            let version = store_version(kv, &tenant, &meta, &document, "put".into())?;
+            Ok(Reply::json(
+                200,
+                &json!({"tenant": tenant.as_str(), "version": version}),
+            ))
+        }
+        ConfigRoute::Versions => Ok(Reply::json(
+            200,
+            &json!({"version": meta.version, "history": meta.history}),
+        )),
+        ConfigRoute::Rollback => {
+            let target = api::parse_rollback(&req.body)?;
+            let document = kv
+                .get_text(&config_history::version_key(&tenant, target))?
+                .ok_or_else(|| {
+                    let mut e = ApiError::new(
+                        404,
+                        "version_not_found",
+                        format!("version {target} is not in the history"),
+                    );
+                    e.field = Some("version".into());
+                    e
+                })?;
+            // What was valid then must still be valid now (limits may have changed).
+            api::parse_config_document(document.as_bytes())?;
+            let version = store_version(
+                kv,
+                &tenant,
+                &meta,
+                &document,
+                format!("rollback to {target}"),
+            )?;
+            Ok(Reply::json(
+                200,
+                &json!({"tenant": tenant.as_str(), "version": version, "restored": target}),
+            ))
+        }
+    }
+}
+
+fn store_version(
+    kv: &Kv,
+    tenant: &TenantId,
+    meta: &ConfigMeta,
+    document: &str,
+    change: String,
+) -> Result<u64, ApiError> {
+    let (version, ops) = config_history::store_version(meta, tenant, document, change, now());
+    kv.apply(ops)?;
+    log(
+        "info",
+        json!({"msg": "config changed", "tenant": tenant.as_str(), "version": version}),
+    );
+    Ok(version)
+}

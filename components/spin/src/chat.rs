@@ -1,0 +1,386 @@
+//! `POST /api/v1/chat` on Spin: the same request, decisions and answers as on Workers (all
+//! the engine's), over key-value instead of a Durable Object.
+
+use kefu_engine::api::{self, ApiError};
+use kefu_engine::dialogue::{self, Decision};
+use kefu_engine::handoff::HandoffReason;
+use kefu_engine::offline;
+use kefu_engine::{
+    Conversation, ConversationId, Message, ProviderError, ReplyMode, Status, TenantConfig,
+    TenantId, TurnOptions, TurnReply,
+};
+use serde_json::json;
+use spin_sdk::wit::wasi::http0_2_0::types::ResponseOutparam;
+
+use crate::http::{Incoming, Reply, Stream};
+use crate::store::{self, Kv};
+use crate::{log, now, outbound};
+
+/// How a visitor's message was answered.
+enum Answer {
+    /// The bot replied.
+    Reply(Message, TurnReply),
+    /// A notice or canned reply no model wrote, the status after it, the API's responder.
+    Notice(Message, Status, &'static str),
+    /// A human owns the conversation: the message waits for them.
+    Silent(Status),
+}
+
+/// What went wrong after the visitor's message was stored.
+enum Failure {
+    Provider(ProviderError),
+    Host(ApiError),
+}
+
+/// Serves a chat request: the reply whole, or streamed into `out`.
+pub fn handle(kv: &Kv, req: &Incoming, out: ResponseOutparam) {
+    let prepared = prepare(kv, req);
+    let (tenant, chat, config) = match prepared {
+        Ok(p) => p,
+        Err(e) => return Reply::error(&e).send(out),
+    };
+    let stream = chat.stream;
+    let at = now();
+    let (id, create) = match &chat.conversation_id {
+        Some(id) => (id.clone(), None),
+        None => (new_id(), Some(at)),
+    };
+    let parts = chat.parts();
+    let visitor_id = chat.visitor.as_ref().map(|v| v.id.clone());
+    let stored = kv.change(&id, &tenant, create, |c| {
+        // A verified visitor's conversation takes only them (the engine's rule).
+        kefu_engine::identity::may_continue(c.owner(), visitor_id.as_deref())
+            .map_err(|e| api::identity_error(&e))?;
+        if let (None, Some(v)) = (c.owner(), &visitor_id) {
+            c.set_owner(v);
+        }
+        let r = c
+            .handle_visitor_message(at, parts.clone(), &config)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok((vec![r.message.clone()], r.message))
+    });
+    let (conversation, _, visitor, created) = match stored {
+        Ok(s) => s,
+        Err(e) => return Reply::error(&e).send(out),
+    };
+    let mode = if stream {
+        ReplyMode::Stream
+    } else {
+        ReplyMode::Whole
+    };
+    if !stream {
+        let outcome = answer(kv, &tenant, &config, &conversation, &visitor, mode, |_| {});
+        return whole(&id, created, &visitor, outcome).send(out);
+    }
+    let mut sse = Stream::open(
+        out,
+        200,
+        &[
+            (
+                "content-type".into(),
+                "text/event-stream; charset=utf-8".into(),
+            ),
+            ("cache-control".into(), "no-cache, no-transform".into()),
+            ("x-kefu-conversation-id".into(), id.as_str().to_owned()),
+        ],
+    );
+    sse.write(api::sse_accepted(&id, created, &visitor).as_bytes());
+    let outcome = answer(
+        kv,
+        &tenant,
+        &config,
+        &conversation,
+        &visitor,
+        mode,
+        |text| {
+            sse.write(api::sse_delta(text).as_bytes());
+        },
+    );
+    let last = match outcome {
+        Ok(Answer::Reply(message, reply)) => api::sse_done(&message, &reply),
+        Ok(Answer::Notice(message, status, responder)) => {
+            sse.write(api::sse_delta(&message.text()).as_bytes());
+            api::sse_done_notice(Some(&message), responder, status)
+        }
+        Ok(Answer::Silent(status)) => api::sse_done_notice(None, "none", status),
+        Err(Failure::Provider(e)) => api::sse_error(e.code(), &e.to_string()),
+        Err(Failure::Host(e)) => api::sse_error(e.code, &e.message),
+    };
+    sse.write(last.as_bytes());
+    sse.finish();
+}
+
+/// Validates the request and reads the tenant's configuration; nothing is stored yet.
+fn prepare(
+    kv: &Kv,
+    req: &Incoming,
+) -> Result<(TenantId, api::ChatRequest, TenantConfig), ApiError> {
+    let tenant = api::tenant(req.header(api::TENANT_HEADER))?;
+    api::check_content_length(req.header("content-length").and_then(|v| v.parse().ok()))?;
+    let chat = api::parse_chat_request(&req.body)?;
+    let config = store::config(kv, &tenant)?;
+    crate::supported(&config)?;
+    if !chat.attachments.is_empty() {
+        return Err(crate::not_on_spin(
+            "attachments",
+            "files are stored in R2 on Workers; the Spin component does not take uploads yet",
+        ));
+    }
+    kefu_engine::identity::verify(config.identity.as_ref(), chat.visitor.as_ref())
+        .map_err(|e| api::identity_error(&e))?;
+    Ok((tenant, chat, config))
+}
+
+fn new_id() -> ConversationId {
+    let bytes = wasi::random::random::get_random_bytes(16);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    ConversationId::parse(&hex).expect("32 hex digits are an id")
+}
+
+/// Decides and produces the answer to `visitor` (already stored).
+fn answer(
+    kv: &Kv,
+    tenant: &TenantId,
+    config: &TenantConfig,
+    conversation: &Conversation,
+    visitor: &Message,
+    mode: ReplyMode,
+    mut on_delta: impl FnMut(&str),
+) -> Result<Answer, Failure> {
+    let host = Failure::Host;
+    let id = conversation.id().clone();
+    let rules = kefu_engine::rules::RuleSet::compile(&config.rules)
+        .map_err(|e| host(ApiError::internal(format!("rules: {e}"))))?;
+    let schedule = config
+        .business_hours
+        .as_ref()
+        .and_then(|h| h.compile().ok());
+    let at = now();
+    let text = visitor.text();
+    let decision = dialogue::decide(conversation, config, &rules, schedule.as_ref(), at, &text);
+    // Outside business hours the bot says so (once a closed stretch) before it answers.
+    if matches!(decision, Decision::Model | Decision::Canned { .. })
+        && conversation.closed_notice_due(at, schedule.as_ref())
+    {
+        kv.change(&id, tenant, None, |c| {
+            let changed = c
+                .record_closed_notice(at, config, schedule.as_ref())
+                .map_err(|e| api::handoff_error(&e))?;
+            Ok((changed.messages, ()))
+        })
+        .map_err(host)?;
+    }
+    match decision {
+        Decision::Silent => Ok(Answer::Silent(conversation.status())),
+        Decision::Handoff {
+            reason,
+            queue,
+            notice,
+            reply,
+        } => {
+            if let Some(reply) = reply {
+                kv.change(&id, tenant, None, |c| {
+                    let changed = c
+                        .record_bot_text(at, config, &reply)
+                        .map_err(|e| api::handoff_error(&e))?;
+                    Ok((changed.messages, ()))
+                })
+                .map_err(host)?;
+            }
+            hand_off(kv, tenant, &id, config, &reason, queue, notice).map_err(host)
+        }
+        Decision::Canned {
+            rule,
+            reply,
+            tag,
+            close,
+        } => {
+            let (c, messages, (), _) = kv
+                .change(&id, tenant, None, |c| {
+                    if let Some(tag) = &tag {
+                        c.tag(tag);
+                    }
+                    let mut changed = if reply.is_empty() {
+                        kefu_engine::handoff::Changed::default()
+                    } else {
+                        c.record_bot_text(at, config, &reply)
+                            .map_err(|e| api::handoff_error(&e))?
+                    };
+                    if close {
+                        let closed = c
+                            .resolve(at, config, None)
+                            .map_err(|e| api::handoff_error(&e))?;
+                        changed.messages.extend(closed.messages);
+                    }
+                    Ok((changed.messages, ()))
+                })
+                .map_err(host)?;
+            log("info", json!({"msg": "rule", "rule": rule, "close": close}));
+            match messages.into_iter().next() {
+                Some(m) => Ok(Answer::Notice(m, c.status(), "rule")),
+                None => Ok(Answer::Silent(c.status())),
+            }
+        }
+        Decision::Model => run_turn(kv, tenant, config, &id, visitor, mode, &mut on_delta),
+    }
+}
+
+fn hand_off(
+    kv: &Kv,
+    tenant: &TenantId,
+    id: &ConversationId,
+    config: &TenantConfig,
+    reason: &HandoffReason,
+    queue: Option<String>,
+    notice: Option<String>,
+) -> Result<Answer, ApiError> {
+    let (_, messages, (), _) = kv.change(id, tenant, None, |c| {
+        let changed = c
+            .request_handoff(now(), config, reason, queue.as_deref(), notice.clone())
+            .map_err(|e| api::handoff_error(&e))?;
+        Ok((changed.messages, ()))
+    })?;
+    log("info", json!({"msg": "handoff", "reason": reason.as_str()}));
+    let notice = messages
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::internal("the handoff recorded no notice"))?;
+    Ok(Answer::Notice(notice, Status::WaitingForAgent, "handoff"))
+}
+
+/// The model's turn: plan, call, retry and fall back (the engine's `Turn`), then store the
+/// reply — unless a human took the conversation meanwhile.
+fn run_turn(
+    kv: &Kv,
+    tenant: &TenantId,
+    config: &TenantConfig,
+    id: &ConversationId,
+    visitor: &Message,
+    mode: ReplyMode,
+    on_delta: &mut impl FnMut(&str),
+) -> Result<Answer, Failure> {
+    let conversation = kv
+        .load(id, tenant)
+        .map_err(Failure::Host)?
+        .ok_or_else(|| Failure::Host(ApiError::conversation_not_found()))?;
+    if !conversation.bot_answers() {
+        return Ok(Answer::Silent(conversation.status()));
+    }
+    let mut options = TurnOptions::new(mode);
+    options.secrets = crate::secrets(config);
+    options.seed = u64::from_le_bytes(
+        wasi::random::random::get_random_bytes(8)
+            .try_into()
+            .unwrap_or([7; 8]),
+    );
+    let mut turn = conversation
+        .start_turn(now(), config, visitor, options)
+        .map_err(|e| Failure::Host(ApiError::internal(e.to_string())))?;
+    let result = outbound::drive(&mut turn, |_, text| on_delta(&text));
+    log(
+        "info",
+        json!({"msg": "turn", "conversation_id": id.as_str(), "seq": visitor.seq, "trace": turn.trace()}),
+    );
+    let reply = match result {
+        Ok(reply) => reply,
+        Err(e) if config.handoff.enabled && config.handoff.on_provider_failure => {
+            let notice = after_hours(config, &visitor.text());
+            return hand_off(
+                kv,
+                tenant,
+                id,
+                config,
+                &HandoffReason::ProviderFailure,
+                config.handoff.default_queue.clone(),
+                notice,
+            )
+            .map_err(Failure::Host)
+            .inspect(|_| {
+                log(
+                    "info",
+                    json!({"msg": "provider failed", "error": e.to_string()}),
+                )
+            });
+        }
+        Err(e) => return Err(Failure::Provider(e)),
+    };
+    let handoff = kefu_engine::handoff::model_wants_handoff(&reply)
+        .filter(|_| config.handoff.enabled && config.handoff.model_may_hand_off);
+    let text_reply = !reply.text.trim().is_empty();
+    let stored = kv
+        .change(id, tenant, None, |c| {
+            // A human took the conversation while the model was answering: the bot never
+            // talks over them.
+            if !c.bot_answers() || !text_reply {
+                return Ok((Vec::new(), None));
+            }
+            let r = c
+                .record_reply(now(), &reply, config)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            Ok((vec![r.message.clone()], Some(r.message)))
+        })
+        .map_err(Failure::Host)?;
+    let (latest, _, recorded, _) = stored;
+    if !latest.bot_answers() {
+        return Ok(Answer::Silent(latest.status()));
+    }
+    match (handoff, recorded) {
+        (Some(_), _) => hand_off(
+            kv,
+            tenant,
+            id,
+            config,
+            &HandoffReason::Model,
+            config.handoff.default_queue.clone(),
+            after_hours(config, &visitor.text()),
+        )
+        .map_err(Failure::Host),
+        (None, Some(message)) => Ok(Answer::Reply(message, reply)),
+        (None, None) => Err(Failure::Provider(ProviderError::Malformed {
+            detail: "the model called a tool but wrote no reply".into(),
+        })),
+    }
+}
+
+fn after_hours(config: &TenantConfig, visitor_text: &str) -> Option<String> {
+    let schedule = config.business_hours.as_ref()?.compile().ok()?;
+    dialogue::after_hours_notice(Some(&schedule), now(), offline::detect_lang(visitor_text))
+}
+
+/// The JSON answer for a whole (non-streamed) reply.
+fn whole(
+    id: &ConversationId,
+    created: bool,
+    visitor: &Message,
+    outcome: Result<Answer, Failure>,
+) -> Reply {
+    match outcome {
+        Ok(Answer::Reply(message, reply)) => {
+            let mut r = Reply::json(
+                200,
+                &api::chat_reply_json(id, created, visitor, &message, &reply),
+            )
+            .with_header("x-kefu-conversation-id", id.as_str())
+            .with_header("x-kefu-attempts", &reply.attempts.to_string());
+            if let Some(target) = &reply.target {
+                r = r.with_header("x-kefu-target", target);
+            }
+            r
+        }
+        Ok(Answer::Notice(message, status, responder)) => Reply::json(
+            200,
+            &api::chat_notice_json(id, created, visitor, Some(&message), responder, status),
+        ),
+        Ok(Answer::Silent(status)) => Reply::json(
+            200,
+            &api::chat_notice_json(id, created, visitor, None, "none", status),
+        ),
+        Err(Failure::Provider(e)) => {
+            let (status, body) = api::chat_failure_json(id, created, visitor, &e);
+            Reply::json(status, &body)
+        }
+        Err(Failure::Host(e)) => {
+            Reply::json(e.status, &api::chat_error_json(id, created, visitor, &e))
+        }
+    }
+}

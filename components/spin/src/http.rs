@@ -1,0 +1,230 @@
+//! The component's side of HTTP: reading the incoming request, writing the response whole
+//! or as a stream, and JSON error bodies (the engine's shapes).
+
+use kefu_engine::api::ApiError;
+use serde_json::Value;
+use spin_sdk::wit::wasi::http0_2_0::types::{
+    Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
+use wasi::io::streams::OutputStream;
+
+/// The most request body bytes read (uploads are not served on Spin yet; chat bodies are
+/// limited to 64 KiB by the engine).
+const MAX_REQUEST_BYTES: usize = 1 << 20;
+
+/// An incoming request, read in full.
+pub struct Incoming {
+    /// `GET`, `POST`, …
+    pub method: String,
+    /// The path, without the query.
+    pub path: String,
+    /// The query string, without `?`.
+    pub query: String,
+    /// Header names (lower case) and values.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl Incoming {
+    /// Reads `req`; a body over the limit is an error.
+    pub fn read(req: IncomingRequest) -> Result<Self, ApiError> {
+        let method = match req.method() {
+            Method::Get => "GET".to_owned(),
+            Method::Head => "HEAD".to_owned(),
+            Method::Post => "POST".to_owned(),
+            Method::Put => "PUT".to_owned(),
+            Method::Delete => "DELETE".to_owned(),
+            Method::Patch => "PATCH".to_owned(),
+            Method::Options => "OPTIONS".to_owned(),
+            Method::Connect => "CONNECT".to_owned(),
+            Method::Trace => "TRACE".to_owned(),
+            Method::Other(m) => m,
+        };
+        let target = req.path_with_query().unwrap_or_else(|| "/".to_owned());
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p.to_owned(), q.to_owned()),
+            None => (target, String::new()),
+        };
+        let headers = req
+            .headers()
+            .entries()
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k.to_ascii_lowercase(),
+                    String::from_utf8_lossy(&v).into_owned(),
+                )
+            })
+            .collect();
+        let mut body = Vec::new();
+        if let Ok(incoming) = req.consume()
+            && let Ok(stream) = incoming.stream()
+        {
+            // Reading ends at the end of the body (a closed stream).
+            while let Ok(chunk) = stream.blocking_read(64 * 1024) {
+                body.extend_from_slice(&chunk);
+                if body.len() > MAX_REQUEST_BYTES {
+                    return Err(ApiError::new(
+                        413,
+                        "body_too_large",
+                        format!("the request body exceeds {MAX_REQUEST_BYTES} bytes"),
+                    ));
+                }
+            }
+        }
+        Ok(Self {
+            method,
+            path,
+            query,
+            headers,
+            body,
+        })
+    }
+
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The first value of a query parameter, percent-decoded.
+    pub fn param(&self, name: &str) -> Option<String> {
+        self.query.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(k) == name).then(|| decode(v))
+        })
+    }
+}
+
+fn decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A response to send.
+pub struct Reply {
+    /// The status.
+    pub status: u16,
+    /// Header names and values.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// A JSON response (`nosniff`, as every answer).
+    pub fn json(status: u16, body: &Value) -> Self {
+        Self {
+            status,
+            headers: vec![
+                (
+                    "content-type".into(),
+                    "application/json; charset=utf-8".into(),
+                ),
+                ("x-content-type-options".into(), "nosniff".into()),
+            ],
+            body: body.to_string().into_bytes(),
+        }
+    }
+
+    /// A plain-text response.
+    pub fn text(status: u16, body: String) -> Self {
+        Self {
+            status,
+            headers: vec![
+                ("content-type".into(), "text/plain; charset=utf-8".into()),
+                ("x-content-type-options".into(), "nosniff".into()),
+            ],
+            body: body.into_bytes(),
+        }
+    }
+
+    /// The JSON error response for `e`.
+    pub fn error(e: &ApiError) -> Self {
+        let mut reply = Self::json(e.status, &e.body());
+        if let Some(allow) = e.allow {
+            reply.headers.push(("allow".into(), allow.into()));
+        }
+        reply
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Sends it whole.
+    pub fn send(self, out: ResponseOutparam) {
+        let mut stream = Stream::open(out, self.status, &self.headers);
+        stream.write(&self.body);
+        stream.finish();
+    }
+}
+
+/// A response whose body is written as it is produced (Server-Sent Events).
+pub struct Stream {
+    body: Option<OutgoingBody>,
+    stream: Option<OutputStream>,
+}
+
+impl Stream {
+    /// Sends the head now; the body follows with [`Stream::write`].
+    pub fn open(out: ResponseOutparam, status: u16, headers: &[(String, String)]) -> Self {
+        let fields: Vec<(String, Vec<u8>)> = headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+            .collect();
+        let fields = Fields::from_list(&fields).unwrap_or_else(|_| Fields::new());
+        let response = OutgoingResponse::new(fields);
+        let _ = response.set_status_code(status);
+        let body = response.body().ok();
+        ResponseOutparam::set(out, Ok(response));
+        let stream = body.as_ref().and_then(|b| b.write().ok());
+        Self { body, stream }
+    }
+
+    /// Writes and flushes `bytes` (a client that went away makes it a no-op: the work the
+    /// request started still finishes).
+    pub fn write(&mut self, bytes: &[u8]) {
+        let Some(stream) = &self.stream else { return };
+        for chunk in bytes.chunks(4096) {
+            if stream.blocking_write_and_flush(chunk).is_err() {
+                self.stream = None;
+                return;
+            }
+        }
+    }
+
+    /// Ends the body.
+    pub fn finish(mut self) {
+        drop(self.stream.take());
+        if let Some(body) = self.body.take() {
+            let _ = OutgoingBody::finish(body, None);
+        }
+    }
+}

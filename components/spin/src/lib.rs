@@ -1,0 +1,197 @@
+//! Kefu on Fermyon Spin: an HTTP component that drives `kefu-engine` with Spin's key-value
+//! store (conversations and tenant configurations, made safe for concurrent instances with
+//! compare-and-swap: see [`store`]), variables (settings and provider keys) and
+//! `wasi:http` outbound calls to the providers (limited by the manifest's
+//! `allowed_outbound_hosts`).
+//!
+//! It serves the same API as the Worker for what it supports so far — chat (whole and
+//! streamed), a conversation's transcript, health — with the engine's validation, decisions
+//! (rules, handoff, business hours) and gateway (routes, retries, fallback, timeouts).
+//! Routes it does not serve yet answer `501 not_supported_on_spin` and say what to use
+//! instead; a tenant configuration that needs a feature it lacks is refused the same way,
+//! rather than half-honoured.
+
+mod admin;
+mod chat;
+mod http;
+mod outbound;
+mod store;
+
+use std::collections::BTreeMap;
+
+use kefu_engine::api::{self, ApiError, Route};
+use kefu_engine::{ConversationId, TenantConfig, Timestamp};
+use serde_json::{Value, json};
+use spin_sdk::wit::wasi::http0_2_0::types::{IncomingRequest, ResponseOutparam};
+
+use crate::http::{Incoming, Reply};
+use crate::store::Kv;
+
+#[allow(unsafe_code)]
+mod entry {
+    use spin_sdk::http::ResponseOutparam;
+    use spin_sdk::http_component;
+
+    use super::IncomingRequest;
+
+    /// Every request: one instance each (Spin's model), state only in the stores.
+    #[http_component]
+    async fn handle(req: IncomingRequest, out: ResponseOutparam) {
+        super::serve(req, out.into_inner());
+    }
+}
+
+fn serve(req: IncomingRequest, out: ResponseOutparam) {
+    let req = match Incoming::read(req) {
+        Ok(req) => req,
+        Err(e) => return Reply::error(&e).send(out),
+    };
+    let route = match api::route(&req.method, &req.path) {
+        Ok(route) => route,
+        Err(e) => return Reply::error(&e).send(out),
+    };
+    let kv = match Kv::open() {
+        Ok(kv) => kv,
+        Err(e) => return Reply::error(&e).send(out),
+    };
+    match route {
+        Route::Chat => chat::handle(&kv, &req, out),
+        other => handle(&kv, &req, other)
+            .unwrap_or_else(|e| Reply::error(&e))
+            .send(out),
+    }
+}
+
+fn handle(kv: &Kv, req: &Incoming, route: Route) -> Result<Reply, ApiError> {
+    match route {
+        Route::Healthz => Ok(Reply::json(200, &api::health_json())),
+        Route::Index => Ok(Reply::text(
+            200,
+            "Kefu is running (Spin).\n\n  POST /api/v1/chat                 {\"message\": \"…\", \"conversation_id\"?: \"…\", \"stream\"?: true}\n  \
+             GET  /api/v1/conversations/{id}   a conversation and its messages\n  \
+             GET  /healthz\n"
+                .to_owned(),
+        )),
+        Route::GetConversation(id) => transcript(kv, req, &id),
+        Route::Chat => Err(ApiError::internal("routed before handle")),
+        Route::Demo => Err(not_on_spin("/demo", "use POST /api/v1/chat")),
+        Route::Config(c) => admin::config(kv, req, c),
+        Route::Usage
+        | Route::ConversationAction(..)
+        | Route::Knowledge(_)
+        | Route::ListConversations
+        | Route::ConversationEvents(_)
+        | Route::Typing(_)
+        | Route::AgentToken
+        | Route::Upload
+        | Route::GetAttachment(_)
+        | Route::OpenAiChat
+        | Route::OpenAiModels => Err(not_on_spin(
+            &req.path,
+            "the Spin component serves chat, transcripts, configuration and health so far; \
+             agents, the knowledge base, live updates, files and the OpenAI-compatible API run \
+             on the Worker",
+        )),
+    }
+}
+
+/// `GET /api/v1/conversations/{id}` as a visitor (with the tenant header, and the verified
+/// visitor's proof for their conversation).
+fn transcript(kv: &Kv, req: &Incoming, id: &ConversationId) -> Result<Reply, ApiError> {
+    if req.header("authorization").is_some() {
+        return Err(not_on_spin(
+            "agent credentials",
+            "agents read conversations on the Worker",
+        ));
+    }
+    let tenant = api::tenant(req.header(api::TENANT_HEADER))?;
+    let conversation = kv
+        .load(id, &tenant)?
+        .ok_or_else(ApiError::conversation_not_found)?;
+    if let Some(owner) = conversation.owner() {
+        let config = store::config(kv, &tenant)?;
+        let proof = match (
+            req.header("x-kefu-visitor-id")
+                .map(str::to_owned)
+                .or_else(|| req.param("visitor_id")),
+            req.header("x-kefu-visitor-hash")
+                .map(str::to_owned)
+                .or_else(|| req.param("visitor_hash")),
+        ) {
+            (Some(id), Some(hash)) => Some(kefu_engine::identity::VisitorIdentity { id, hash }),
+            _ => None,
+        };
+        let reader = kefu_engine::identity::verify(config.identity.as_ref(), proof.as_ref())
+            .map_err(|e| api::identity_error(&e))?;
+        kefu_engine::identity::may_continue(Some(owner), reader.as_deref())
+            .map_err(|e| api::identity_error(&e))?;
+    }
+    let messages = kv.transcript(&conversation)?;
+    Ok(Reply::json(
+        200,
+        &api::conversation_json(&conversation, &messages, false, conversation.owner()),
+    ))
+}
+
+/// `501 not_supported_on_spin`: what is not served here yet, and where it is.
+pub(crate) fn not_on_spin(what: &str, instead: &str) -> ApiError {
+    ApiError::new(
+        501,
+        "not_supported_on_spin",
+        format!("{what} is not supported by the Spin component yet: {instead}"),
+    )
+}
+
+/// Refuses a tenant configuration that needs what the Spin component does not do yet, so
+/// nothing is silently half-honoured (quotas unenforced, a knowledge base not searched).
+pub(crate) fn supported(config: &TenantConfig) -> Result<(), ApiError> {
+    let missing = if config.knowledge.enabled {
+        Some("the knowledge base (knowledge.enabled)")
+    } else if config.webhooks.iter().any(|w| w.enabled) {
+        Some("webhooks")
+    } else if config.quotas != kefu_engine::gateway::QuotaPolicy::default() {
+        Some("quotas and budgets")
+    } else {
+        None
+    };
+    match missing {
+        Some(what) => Err(not_on_spin(
+            what,
+            "serve this tenant from the Worker, or remove it from the configuration",
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The host's clock, for the engine.
+pub(crate) fn now() -> Timestamp {
+    let t = wasi::clocks::wall_clock::now();
+    Timestamp::from_millis(t.seconds * 1000 + u64::from(t.nanoseconds / 1_000_000))
+}
+
+/// A Spin variable's value, when set and not empty.
+pub(crate) fn variable(name: &str) -> Option<String> {
+    spin_sdk::variables::get(name)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+}
+
+/// The secrets a configuration names (`api_key_secret`), from Spin variables of the same
+/// name in lower case (Spin variable names are `[a-z0-9_]`): `TEST_PROVIDER_KEY` →
+/// `test_provider_key`.
+pub(crate) fn secrets(config: &TenantConfig) -> BTreeMap<String, String> {
+    config
+        .secret_names()
+        .into_iter()
+        .filter_map(|name| Some((name.clone(), variable(&name.to_ascii_lowercase())?)))
+        .collect()
+}
+
+/// One structured log line on stderr (Spin collects it per component).
+pub(crate) fn log(level: &str, mut fields: Value) {
+    if let Some(obj) = fields.as_object_mut() {
+        obj.insert("level".into(), json!(level));
+        obj.insert("service".into(), json!("kefu-spin"));
+    }
+    eprintln!("{fields}");
+}
