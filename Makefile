@@ -115,7 +115,10 @@ test-engine:
 test-spin-host: rust-targets
 	cargo test -p kefu-spin-host
 
-test-runtime: $(WORKER_OUT)
+# Every scenario on both runtimes: the Worker on workerd, and the Spin component on the
+# Spin test host (built here first).
+test-runtime: $(WORKER_OUT) spin
+	cargo build -p kefu-spin-host
 	cargo test -p kefu-runtime-tests
 
 # The widget in a real browser: Debian's Chromium driven by playwright-core against Kefu on

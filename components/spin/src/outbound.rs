@@ -6,7 +6,8 @@
 use kefu_engine::{Action, AttemptId, HttpRequest, ProviderError, ProviderEvent, Turn, TurnReply};
 use spin_sdk::wit::wasi::http0_2_0::outgoing_handler;
 use spin_sdk::wit::wasi::http0_2_0::types::{
-    Fields, FutureIncomingResponse, IncomingBody, Method, OutgoingBody, OutgoingRequest, Scheme,
+    Fields, FutureIncomingResponse, IncomingBody, IncomingResponse, Method, OutgoingBody,
+    OutgoingRequest, Scheme,
 };
 use wasi::io::streams::{InputStream, StreamError};
 
@@ -16,8 +17,16 @@ use crate::now;
 enum Call {
     /// Waiting for the response head.
     Head(FutureIncomingResponse),
-    /// Reading the body (the body resource must outlive its stream).
-    Body(InputStream, IncomingBody),
+    /// Reading the body.
+    Body(Reading),
+}
+
+/// A response being read. The host refuses to drop a resource whose children are alive, so
+/// the children come first: a struct's fields drop in declaration order.
+struct Reading {
+    stream: InputStream,
+    _body: IncomingBody,
+    _response: IncomingResponse,
 }
 
 struct InFlight {
@@ -82,7 +91,7 @@ fn start(request: &HttpRequest) -> Result<FutureIncomingResponse, String> {
 fn wait(call: &Call, deadline_ms: Option<u64>) -> bool {
     let ready = match call {
         Call::Head(future) => future.subscribe(),
-        Call::Body(stream, _) => stream.subscribe(),
+        Call::Body(reading) => reading.stream.subscribe(),
     };
     let Some(deadline) = deadline_ms else {
         ready.block();
@@ -106,13 +115,15 @@ fn step(call: Call) -> (ProviderEvent, Option<Call>) {
                     .into_iter()
                     .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
                     .collect();
-                let body = response.consume();
-                drop(response);
-                match body {
+                match response.consume() {
                     Ok(body) => match body.stream() {
                         Ok(stream) => (
                             ProviderEvent::Head { status, headers },
-                            Some(Call::Body(stream, body)),
+                            Some(Call::Body(Reading {
+                                stream,
+                                _body: body,
+                                _response: response,
+                            })),
                         ),
                         Err(()) => (failed("no response body stream"), None),
                     },
@@ -123,8 +134,9 @@ fn step(call: Call) -> (ProviderEvent, Option<Call>) {
             Some(Err(())) => (failed("the response was already taken"), None),
             None => (ProviderEvent::Data(Vec::new()), Some(Call::Head(future))),
         },
-        Call::Body(stream, body) => match stream.read(64 * 1024) {
-            Ok(bytes) => (ProviderEvent::Data(bytes), Some(Call::Body(stream, body))),
+        Call::Body(reading) => match reading.stream.read(64 * 1024) {
+            Ok(bytes) => (ProviderEvent::Data(bytes), Some(Call::Body(reading))),
+            // `reading` drops whole, children first.
             Err(StreamError::Closed) => (ProviderEvent::End, None),
             Err(StreamError::LastOperationFailed(e)) => (failed(&e.to_debug_string()), None),
         },

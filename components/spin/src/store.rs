@@ -13,6 +13,12 @@
 //! only writer that holds its number; should an instance die between the two writes, the
 //! message is still in the state's window and the transcript falls back to it.
 //!
+//! The compare-and-swap always runs against a value read first (`current`) of a key that
+//! exists. A conversation is created only under an id the component has just drawn (128
+//! random bits; a client can continue a conversation, never name a new one), so no two
+//! instances create the same key — which matters because Spin's SQLite-backed store swaps
+//! an absent key unconditionally.
+//!
 //! **Its limits, beside Workers'.** On Workers one Durable Object runs a conversation's turns
 //! one after another; on Spin each request runs on its own, so two turns of one conversation
 //! may run at the same time (each sees the messages stored before it started; their replies

@@ -24,6 +24,7 @@ pub mod handoff;
 pub mod knowledge;
 pub mod mock;
 pub mod scenarios;
+pub mod spin;
 pub mod sse;
 pub mod webhooks;
 pub mod worker;

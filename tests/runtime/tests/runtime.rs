@@ -1,13 +1,17 @@
-//! The runtime test runner: Kefu on workerd against the mock provider.
+//! The runtime test runner and conformance suite: Kefu on workerd, then Kefu's Spin
+//! component on the Spin test host, against the mock provider.
 //!
-//! Runs every scenario of `kefu_runtime_tests::scenarios` in order, each under a 60 s
-//! timeout with panics caught, prints `PASS name (ms)` or `FAIL name: error` per scenario and
-//! ends with `N passed, N failed`. An argument filters scenarios by substring:
-//! `cargo test -p kefu-runtime-tests --test runtime -- chat`.
+//! Runs every scenario of `kefu_runtime_tests::scenarios` on each runtime in turn, each
+//! under a 60 s timeout with panics caught, prints `PASS name (ms) [host]` or
+//! `FAIL name [host]: error` per run, then a scenario × runtime table in which a scenario
+//! the Spin component does not support yet says why (`kefu_runtime_tests::spin::not_on_spin`),
+//! and ends with `N passed, N failed` over both runtimes. An argument filters scenarios by
+//! substring: `cargo test -p kefu-runtime-tests --test runtime -- chat`.
 //!
 //! Environment:
 //! - `KEFU_BASE_URL`: run against an already running host instead of starting workerd (its
-//!   tenants must then point at the mock this runner starts: see `KEFU_MOCK_PORT`).
+//!   tenants must then point at the mock this runner starts: see `KEFU_MOCK_PORT`); the Spin
+//!   run is then left out.
 //! - `KEFU_MOCK_PORT`: the port for the mock provider (default: any free port).
 
 use std::process::ExitCode;
@@ -16,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use kefu_runtime_tests::mock::{MOCK_MODEL, MockProvider};
 use kefu_runtime_tests::scenarios::{self, Ctx, SYSTEM_PROMPT, Scenario};
+use kefu_runtime_tests::spin::KefuSpin;
 use kefu_runtime_tests::worker::{KefuWorker, WorkerOptions};
 use serde_json::json;
 
@@ -81,6 +86,7 @@ async fn run(selected: Vec<Scenario>) -> (usize, usize) {
     println!("mock provider at {}", mock.base_url());
 
     let mut worker = None;
+    let mut spin_tenants = Vec::new();
     let base = match std::env::var("KEFU_BASE_URL") {
         Ok(url) => {
             println!(
@@ -115,6 +121,7 @@ async fn run(selected: Vec<Scenario>) -> (usize, usize) {
             tenants.extend(kefu_runtime_tests::knowledge::tenants(&mock.base_url()));
             tenants.extend(kefu_runtime_tests::config::tenants(&mock.base_url()));
             tenants.extend(kefu_runtime_tests::attachments::tenants(&mock.base_url()));
+            spin_tenants = tenants.clone();
             println!("starting Kefu on workerd…");
             let started = Instant::now();
             match KefuWorker::start(WorkerOptions {
@@ -165,31 +172,9 @@ async fn run(selected: Vec<Scenario>) -> (usize, usize) {
         }
     };
 
-    let (mut passed, mut failed) = (0, 0);
-    for scenario in selected {
-        let started = Instant::now();
-        match run_one(scenario, ctx.clone()).await {
-            Ok(()) => {
-                passed += 1;
-                println!(
-                    "PASS {} ({} ms)",
-                    scenario.name,
-                    started.elapsed().as_millis()
-                );
-            }
-            Err(error) => {
-                failed += 1;
-                let mut lines = error.lines();
-                println!("FAIL {}: {}", scenario.name, lines.next().unwrap_or(""));
-                for line in lines {
-                    println!("    {line}");
-                }
-            }
-        }
-    }
-    if failed > 0
-        && let Some(worker) = &worker
-    {
+    let workerd_results = run_suite(&selected, ctx, |_| None).await;
+    let failed_here = workerd_results.iter().any(|r| matches!(r, Outcome::Fail));
+    if failed_here && let Some(worker) = &worker {
         println!(
             "--- last {LOG_TAIL_LINES} lines of {} ---",
             worker.log_path().display()
@@ -197,9 +182,140 @@ async fn run(selected: Vec<Scenario>) -> (usize, usize) {
         println!("{}", worker.log_tail(LOG_TAIL_LINES));
         println!("--- end of the workerd log ---");
     }
-    // Stop the host before the summary line, so nothing it prints can come after it.
+    // Stop the host before the next, so the two never share the machine's cores.
     drop(worker);
+
+    // The same scenarios on the Spin component (on the Spin test host).
+    let spin_results = if std::env::var_os("KEFU_BASE_URL").is_some() {
+        vec![Outcome::NotRun("KEFU_BASE_URL names one host: Spin not started"); selected.len()]
+    } else {
+        println!("starting Kefu's Spin component on the Spin test host…");
+        let started = Instant::now();
+        let origin = mock.base_url().trim_end_matches("/v1").to_owned();
+        match KefuSpin::start(&origin, &kefu_runtime_tests::spin::tenants(&spin_tenants)).await {
+            Ok(mut spin) => {
+                println!(
+                    "Kefu (Spin) at {} after {} ms (log: {})",
+                    spin.base_url(),
+                    started.elapsed().as_millis(),
+                    spin.log_path().display()
+                );
+                let results = match Ctx::new(spin.base_url().to_owned(), Some(mock.clone())) {
+                    Ok(ctx) => {
+                        run_suite(
+                            &selected,
+                            Arc::new(ctx),
+                            kefu_runtime_tests::spin::not_on_spin,
+                        )
+                        .await
+                    }
+                    Err(e) => {
+                        println!("FAIL spin client: {e:#}");
+                        vec![Outcome::Fail; selected.len()]
+                    }
+                };
+                if results.iter().any(|r| matches!(r, Outcome::Fail)) {
+                    let running = spin.running();
+                    println!(
+                        "--- last {LOG_TAIL_LINES} lines of {} (host running: {}) ---",
+                        spin.log_path().display(),
+                        running
+                    );
+                    println!(
+                        "{}",
+                        kefu_runtime_tests::worker::log_tail(spin.log_path(), LOG_TAIL_LINES)
+                    );
+                    println!("--- end of the Spin host log ---");
+                }
+                results
+            }
+            Err(e) => {
+                println!("FAIL spin startup: {e:#}");
+                vec![Outcome::Fail; selected.len()]
+            }
+        }
+    };
+
+    // The scenario × runtime table.
+    let width = selected
+        .iter()
+        .map(|s| s.name.len())
+        .max()
+        .unwrap_or(8)
+        .max(8);
+    println!();
+    println!("{:width$}  {:8}  spin", "scenario", "workerd");
+    let (mut passed, mut failed) = (0, 0);
+    for ((scenario, w), s) in selected.iter().zip(&workerd_results).zip(&spin_results) {
+        for r in [w, s] {
+            match r {
+                Outcome::Pass => passed += 1,
+                Outcome::Fail => failed += 1,
+                Outcome::NotRun(_) => {}
+            }
+        }
+        let note = match s {
+            Outcome::NotRun(why) => format!("—  ({why})"),
+            other => other.label().to_owned(),
+        };
+        println!("{:width$}  {:8}  {note}", scenario.name, w.label());
+    }
+    println!();
     (passed, failed)
+}
+
+/// How a scenario went on one runtime.
+#[derive(Clone, Debug)]
+enum Outcome {
+    Pass,
+    Fail,
+    /// Not supported there, and why.
+    NotRun(&'static str),
+}
+
+impl Outcome {
+    fn label(&self) -> &'static str {
+        match self {
+            Outcome::Pass => "PASS",
+            Outcome::Fail => "FAIL",
+            Outcome::NotRun(_) => "—",
+        }
+    }
+}
+
+/// Runs `selected` against `ctx`'s host, printing a line per scenario; `skip` says why a
+/// scenario does not run on this host.
+async fn run_suite(
+    selected: &[Scenario],
+    ctx: Arc<Ctx>,
+    skip: fn(&str) -> Option<&'static str>,
+) -> Vec<Outcome> {
+    let host = ctx.base.clone();
+    let mut out = Vec::with_capacity(selected.len());
+    for scenario in selected {
+        if let Some(why) = skip(scenario.name) {
+            out.push(Outcome::NotRun(why));
+            continue;
+        }
+        let started = Instant::now();
+        match run_one(*scenario, ctx.clone()).await {
+            Ok(()) => {
+                let ms = started.elapsed().as_millis();
+                println!("PASS {} ({ms} ms) [{host}]", scenario.name);
+                out.push(Outcome::Pass);
+            }
+            Err(error) => {
+                let mut lines = error.lines();
+                let first = lines.next().unwrap_or("").to_owned();
+                println!("FAIL {} [{host}]: {first}", scenario.name);
+                for line in lines {
+                    println!("    {line}");
+                }
+                out.push(Outcome::Fail);
+            }
+        }
+    }
+    out
 }
 
 /// Runs one scenario on its own task, so a panic or a hang fails only that scenario.

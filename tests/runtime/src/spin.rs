@@ -1,0 +1,211 @@
+//! Starts Kefu's Spin component for the runtime tests, on the Spin test host
+//! (`tests/spin-host`: wasmtime with Spin's interfaces — the Spin runtime itself cannot be
+//! installed here; users run real Spin), from the real `spin.toml`, with its state in a
+//! temporary directory, and seeds tenant configurations through the component's own
+//! configuration API (the deployment's admin token).
+//!
+//! Which scenarios the Spin component supports is said here, with the reason for each it
+//! does not ([`not_on_spin`]), so the runner prints a scenario × runtime table instead of
+//! silently skipping.
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::worker::{log_tail, repo_root};
+
+/// The admin token the tests give the component (the `kefu_admin_token` variable): the
+/// Worker's, so the configuration scenario runs unchanged on both.
+pub const ADMIN_TOKEN: &str = crate::config::ADMIN_TOKEN;
+
+/// Why a scenario does not run on the Spin component yet, or `None` when it does.
+pub fn not_on_spin(scenario: &str) -> Option<&'static str> {
+    Some(match scenario {
+        "healthz"
+        | "chat_reply_recorded"
+        | "stream_deltas_in_order"
+        | "history_survives"
+        | "concurrent_posts_one_conversation"
+        | "bad_input_rejected"
+        | "provider_error_is_not_a_reply"
+        | "provider_timeout"
+        | "cut_stream_is_an_error"
+        | "offline_responder"
+        | "tenant_isolation"
+        | "config_versions_and_rollback" => return None,
+        "demo_answers" => "the /demo page is the Worker's",
+        "openai_sdk_python" | "openai_api_errors" => {
+            "the OpenAI-compatible API is not served by the Spin component yet"
+        }
+        "gateway_workers_ai_binding" => "the Workers AI binding exists only on Workers",
+        s if s.starts_with("gateway_") => {
+            "circuit breakers, quotas and usage need a per-tenant gateway store on Spin (not yet)"
+        }
+        s if s.starts_with("knowledge_") || s == "tenant_keys_see_only_their_own" => {
+            "the knowledge base (Spin SQLite with FTS5) is not in the component yet"
+        }
+        s if s.starts_with("attachments_") => {
+            "uploads (R2 on Workers) are not in the component yet"
+        }
+        "webhooks_signed_and_retried" => {
+            "webhook delivery with retries is not in the component yet"
+        }
+        "live_updates_via_websocket" | "typing_over_websocket" => {
+            "Spin has no WebSockets; live updates there will be SSE and polling (not yet)"
+        }
+        "live_updates_via_sse" => "live updates over SSE are not in the component yet",
+        _ => "agents' actions, the inbox and tokens are not in the component yet",
+    })
+}
+
+/// The tenants the Spin scenarios need (the same documents as on workerd).
+pub fn tenants(all: &[(String, Value)]) -> Vec<(String, Value)> {
+    all.iter()
+        .filter(|(id, _)| matches!(id.as_str(), "default" | "fast-timeout" | "cfg"))
+        .cloned()
+        .collect()
+}
+
+/// The Spin component running on the test host, on loopback. Dropping it stops the host.
+#[derive(Debug)]
+pub struct KefuSpin {
+    child: Child,
+    base_url: String,
+    log_path: PathBuf,
+    _state: tempfile::TempDir,
+}
+
+/// A built artifact, or why the runner cannot start without it.
+fn artifact(path: PathBuf, how: &str) -> anyhow::Result<PathBuf> {
+    if path.exists() {
+        Ok(path)
+    } else {
+        bail!(
+            "{} is missing: run `{how}` (or `make test`) first",
+            path.display()
+        )
+    }
+}
+
+/// Where cargo puts build output (`CARGO_TARGET_DIR`, else `target/`).
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
+}
+
+impl KefuSpin {
+    /// Starts the host with `spin.toml`, lets the component call `mock_origin`, seeds the
+    /// tenants and waits until it serves.
+    pub async fn start(mock_origin: &str, tenants: &[(String, Value)]) -> anyhow::Result<Self> {
+        let root = repo_root();
+        let host = artifact(
+            target_dir().join("debug/kefu-spin-host"),
+            "cargo build -p kefu-spin-host",
+        )?;
+        // spin.toml names the component relative to itself, as `spin build` leaves it.
+        artifact(
+            root.join("target/wasm32-wasip2/release/kefu_spin.wasm"),
+            "make spin",
+        )?;
+        let state = tempfile::Builder::new()
+            .prefix("kefu-spin-")
+            .tempdir()
+            .context("creating the state directory")?;
+        let log_dir = root.join("target/runtime-tests");
+        std::fs::create_dir_all(&log_dir)?;
+        let log_path = log_dir.join(format!("spin-{}.log", std::process::id()));
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        let mut child = Command::new(&host)
+            .current_dir(&root)
+            .arg("--from")
+            .arg(root.join("spin.toml"))
+            .args(["--listen", "127.0.0.1:0", "--state-dir"])
+            .arg(state.path())
+            .args(["--variable", &format!("extra_outbound_host={mock_origin}")])
+            .args(["--variable", &format!("kefu_admin_token={ADMIN_TOKEN}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", host.display()))?;
+        let stdout = child.stdout.take().context("the host's stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(120), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(url) = line.strip_prefix("ready ") {
+                    return Ok::<_, anyhow::Error>(Some(url.trim().to_owned()));
+                }
+            }
+            Ok(None)
+        })
+        .await;
+        let base_url = match ready {
+            Ok(Ok(Some(url))) => url,
+            outcome => bail!(
+                "the Spin host did not become ready ({outcome:?}); log {}:\n{}",
+                log_path.display(),
+                log_tail(&log_path, 60)
+            ),
+        };
+        let spin = Self {
+            child,
+            base_url,
+            log_path,
+            _state: state,
+        };
+        spin.seed(tenants).await?;
+        Ok(spin)
+    }
+
+    /// Stores each tenant's configuration through `PUT /api/v1/config`.
+    async fn seed(&self, tenants: &[(String, Value)]) -> anyhow::Result<()> {
+        let client = reqwest::Client::builder().no_proxy().build()?;
+        let started = Instant::now();
+        for (id, config) in tenants {
+            let resp = client
+                .put(format!("{}/api/v1/config", self.base_url))
+                .bearer_auth(ADMIN_TOKEN)
+                .header(crate::scenarios::TENANT_HEADER, id)
+                .json(config)
+                .send()
+                .await
+                .with_context(|| format!("seeding tenant {id}"))?;
+            let status = resp.status();
+            if !status.is_success() {
+                bail!("seeding tenant {id}: {status} {}", resp.text().await?);
+            }
+        }
+        println!(
+            "Spin tenants seeded in {} ms",
+            started.elapsed().as_millis()
+        );
+        Ok(())
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// Where the host's output goes.
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// Whether the host is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
