@@ -36,6 +36,7 @@ use worker::{
 use crate::http::{self, error_response, forward, internal, json_response, set};
 use crate::provider::{self, now};
 use crate::{CONVERSATIONS, attachments, config, gateway, knowledge, log};
+use kefu_engine::api::LiveUpdate;
 
 /// The object's internal route for a chat turn.
 pub(crate) const TURN_PATH: &str = "/turn";
@@ -188,53 +189,6 @@ struct Subscriber {
 const STREAM_LIFETIME: core::time::Duration = core::time::Duration::from_secs(300);
 /// Comment lines keep idle streams from being cut by proxies.
 const HEARTBEAT: core::time::Duration = core::time::Duration::from_secs(15);
-
-/// One live update, written as an SSE frame or a WebSocket JSON text.
-struct LiveUpdate {
-    event: &'static str,
-    id: Option<u32>,
-    data: Value,
-}
-
-impl LiveUpdate {
-    fn message(m: &Message) -> Self {
-        Self {
-            event: "message",
-            id: Some(m.seq),
-            data: api::message_json(m),
-        }
-    }
-
-    fn status(c: &Conversation) -> Self {
-        let data =
-            json!({"status": c.status().as_str(), "assignee": c.assignee(), "queue": c.queue()});
-        Self {
-            event: "status",
-            id: None,
-            data,
-        }
-    }
-
-    fn typing(who: &str, until_ms: u64) -> Self {
-        Self {
-            event: "typing",
-            id: None,
-            data: json!({"who": who, "until_ms": until_ms}),
-        }
-    }
-
-    fn sse(&self) -> Vec<u8> {
-        match self.id {
-            Some(id) => format!("event: {}\nid: {id}\ndata: {}\n\n", self.event, self.data),
-            None => format!("event: {}\ndata: {}\n\n", self.event, self.data),
-        }
-        .into_bytes()
-    }
-
-    fn json(&self) -> String {
-        json!({"event": self.event, "id": self.id, "data": self.data}).to_string()
-    }
-}
 
 impl Inner {
     /// Sends a live update to every open stream and WebSocket (notes only to agents'),

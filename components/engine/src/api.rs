@@ -900,6 +900,62 @@ pub fn message_json(m: &Message) -> Value {
     json!({"seq": m.seq, "role": m.role.as_str(), "parts": parts, "created_at": m.created_at.to_rfc3339()})
 }
 
+/// One live update on a conversation's stream (`GET /api/v1/conversations/{id}/events`):
+/// a Server-Sent Events frame, or the same as a WebSocket JSON text. Every host sends these
+/// shapes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LiveUpdate {
+    /// `message`, `status` or `typing`.
+    pub event: &'static str,
+    /// The cursor a client resumes from (a message's sequence number).
+    pub id: Option<u32>,
+    /// The payload.
+    pub data: Value,
+}
+
+impl LiveUpdate {
+    /// A stored message.
+    pub fn message(m: &Message) -> Self {
+        Self {
+            event: "message",
+            id: Some(m.seq),
+            data: message_json(m),
+        }
+    }
+
+    /// Where the conversation stands.
+    pub fn status(c: &Conversation) -> Self {
+        Self {
+            event: "status",
+            id: None,
+            data: json!({"status": c.status().as_str(), "assignee": c.assignee(), "queue": c.queue()}),
+        }
+    }
+
+    /// Someone is typing, until this time (epoch ms; the indicator clears by itself).
+    pub fn typing(who: &str, until_ms: u64) -> Self {
+        Self {
+            event: "typing",
+            id: None,
+            data: json!({"who": who, "until_ms": until_ms}),
+        }
+    }
+
+    /// As a Server-Sent Events frame.
+    pub fn sse(&self) -> Vec<u8> {
+        match self.id {
+            Some(id) => format!("event: {}\nid: {id}\ndata: {}\n\n", self.event, self.data),
+            None => format!("event: {}\ndata: {}\n\n", self.event, self.data),
+        }
+        .into_bytes()
+    }
+
+    /// As a WebSocket text message.
+    pub fn json(&self) -> String {
+        json!({"event": self.event, "id": self.id, "data": self.data}).to_string()
+    }
+}
+
 /// The verified visitor a conversation belongs to, as the API shows it (`null` when the
 /// visitor is anonymous).
 fn visitor_json(visitor: Option<&str>) -> Value {

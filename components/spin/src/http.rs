@@ -220,6 +220,11 @@ impl Stream {
         }
     }
 
+    /// Whether the client is still reading (a failed write means it went away).
+    pub fn alive(&self) -> bool {
+        self.stream.is_some()
+    }
+
     /// Ends the body.
     pub fn finish(mut self) {
         drop(self.stream.take());

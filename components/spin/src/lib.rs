@@ -5,7 +5,8 @@
 //! `allowed_outbound_hosts`).
 //!
 //! It serves the same API as the Worker for what it supports so far — chat (whole and
-//! streamed), a conversation's transcript, health — with the engine's validation, decisions
+//! streamed), a conversation's transcript and its live updates over Server-Sent Events
+//! (see [`events`]), the configuration API, health — with the engine's validation, decisions
 //! (rules, handoff, business hours) and gateway (routes, retries, fallback, timeouts).
 //! Routes it does not serve yet answer `501 not_supported_on_spin` and say what to use
 //! instead; a tenant configuration that needs a feature it lacks is refused the same way,
@@ -13,6 +14,7 @@
 
 mod admin;
 mod chat;
+mod events;
 mod http;
 mod outbound;
 mod store;
@@ -56,6 +58,7 @@ fn serve(req: IncomingRequest, out: ResponseOutparam) {
     };
     match route {
         Route::Chat => chat::handle(&kv, &req, out),
+        Route::ConversationEvents(id) => events::handle(&kv, &req, &id, out),
         other => handle(&kv, &req, other)
             .unwrap_or_else(|e| Reply::error(&e))
             .send(out),
@@ -73,14 +76,15 @@ fn handle(kv: &Kv, req: &Incoming, route: Route) -> Result<Reply, ApiError> {
                 .to_owned(),
         )),
         Route::GetConversation(id) => transcript(kv, req, &id),
-        Route::Chat => Err(ApiError::internal("routed before handle")),
+        Route::Chat | Route::ConversationEvents(_) => {
+            Err(ApiError::internal("routed before handle"))
+        }
         Route::Demo => Err(not_on_spin("/demo", "use POST /api/v1/chat")),
         Route::Config(c) => admin::config(kv, req, c),
         Route::Usage
         | Route::ConversationAction(..)
         | Route::Knowledge(_)
         | Route::ListConversations
-        | Route::ConversationEvents(_)
         | Route::Typing(_)
         | Route::AgentToken
         | Route::Upload
@@ -88,9 +92,9 @@ fn handle(kv: &Kv, req: &Incoming, route: Route) -> Result<Reply, ApiError> {
         | Route::OpenAiChat
         | Route::OpenAiModels => Err(not_on_spin(
             &req.path,
-            "the Spin component serves chat, transcripts, configuration and health so far; \
-             agents, the knowledge base, live updates, files and the OpenAI-compatible API run \
-             on the Worker",
+            "the Spin component serves chat, transcripts, visitors' live updates (SSE), \
+             configuration and health so far; agents, the knowledge base, files and the \
+             OpenAI-compatible API run on the Worker",
         )),
     }
 }
@@ -108,29 +112,42 @@ fn transcript(kv: &Kv, req: &Incoming, id: &ConversationId) -> Result<Reply, Api
     let conversation = kv
         .load(id, &tenant)?
         .ok_or_else(ApiError::conversation_not_found)?;
-    if let Some(owner) = conversation.owner() {
-        let config = store::config(kv, &tenant)?;
-        let proof = match (
-            req.header("x-kefu-visitor-id")
-                .map(str::to_owned)
-                .or_else(|| req.param("visitor_id")),
-            req.header("x-kefu-visitor-hash")
-                .map(str::to_owned)
-                .or_else(|| req.param("visitor_hash")),
-        ) {
-            (Some(id), Some(hash)) => Some(kefu_engine::identity::VisitorIdentity { id, hash }),
-            _ => None,
-        };
-        let reader = kefu_engine::identity::verify(config.identity.as_ref(), proof.as_ref())
-            .map_err(|e| api::identity_error(&e))?;
-        kefu_engine::identity::may_continue(Some(owner), reader.as_deref())
-            .map_err(|e| api::identity_error(&e))?;
-    }
+    check_reader(kv, req, &tenant, &conversation)?;
     let messages = kv.transcript(&conversation)?;
     Ok(Reply::json(
         200,
         &api::conversation_json(&conversation, &messages, false, conversation.owner()),
     ))
+}
+
+/// A verified visitor's conversation is read only with its owner's proof (the
+/// `X-Kefu-Visitor-Id`/`-Hash` headers, or `visitor_id`/`visitor_hash` in the query for
+/// `EventSource`); an anonymous one by anyone who has its id.
+pub(crate) fn check_reader(
+    kv: &Kv,
+    req: &Incoming,
+    tenant: &kefu_engine::TenantId,
+    conversation: &kefu_engine::Conversation,
+) -> Result<(), ApiError> {
+    let Some(owner) = conversation.owner() else {
+        return Ok(());
+    };
+    let config = store::config(kv, tenant)?;
+    let proof = match (
+        req.header("x-kefu-visitor-id")
+            .map(str::to_owned)
+            .or_else(|| req.param("visitor_id")),
+        req.header("x-kefu-visitor-hash")
+            .map(str::to_owned)
+            .or_else(|| req.param("visitor_hash")),
+    ) {
+        (Some(id), Some(hash)) => Some(kefu_engine::identity::VisitorIdentity { id, hash }),
+        _ => None,
+    };
+    let reader = kefu_engine::identity::verify(config.identity.as_ref(), proof.as_ref())
+        .map_err(|e| api::identity_error(&e))?;
+    kefu_engine::identity::may_continue(Some(owner), reader.as_deref())
+        .map_err(|e| api::identity_error(&e))
 }
 
 /// `501 not_supported_on_spin`: what is not served here yet, and where it is.

@@ -161,9 +161,18 @@ impl Kv {
 
     /// Every message of the conversation, in order.
     pub fn transcript(&self, conversation: &Conversation) -> Result<Vec<Message>, ApiError> {
+        self.messages_after(conversation, 0)
+    }
+
+    /// The conversation's messages after sequence number `after`, in order.
+    pub fn messages_after(
+        &self,
+        conversation: &Conversation,
+        after: u32,
+    ) -> Result<Vec<Message>, ApiError> {
         let id = conversation.id();
         let mut out = Vec::new();
-        for seq in 1..=conversation.message_count() {
+        for seq in after.saturating_add(1)..=conversation.message_count() {
             let stored = self
                 .bucket
                 .get(&message_key(id, seq))

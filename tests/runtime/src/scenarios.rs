@@ -327,6 +327,7 @@ pub fn all() -> Vec<Scenario> {
         offline_responder,
         demo_answers,
         tenant_isolation,
+        live_updates_follow_the_visitor,
         gateway_fallback_order,
         gateway_breaker_opens_and_recovers,
         gateway_quota_exact_under_concurrency,
@@ -1088,6 +1089,96 @@ pub async fn tenant_isolation(ctx: &Ctx) -> anyhow::Result<()> {
         messages.len() == 2,
         "the conversation holds {} messages after the other tenant's POST",
         messages.len()
+    );
+    Ok(())
+}
+
+/// A visitor follows their conversation live over Server-Sent Events, the way a browser's
+/// `EventSource` does (the tenant in the query, no headers): the stream catches up from the
+/// cursor, then carries a new message and the bot's reply as they are stored; reconnecting
+/// with `Last-Event-ID` brings nothing already seen. Runs on both runtimes (on Spin the
+/// stream polls the store; on Workers the conversation's object pushes).
+pub async fn live_updates_follow_the_visitor(ctx: &Ctx) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let first = ctx
+        .chat(None, &json!({"message": unique("follow me")}))
+        .await?;
+    first.expect_status(200)?;
+    let id = str_at(&first.json, "/conversation_id")?.to_owned();
+    let open = |query: String, last: Option<u64>| {
+        let mut req = ctx.http.get(ctx.url(&format!(
+            "/api/v1/conversations/{id}/events?tenant=default{query}"
+        )));
+        if let Some(last) = last {
+            req = req.header("last-event-id", last.to_string());
+        }
+        req.send()
+    };
+    let resp = open("&after=0".into(), None).await?;
+    ensure!(resp.status() == StatusCode::OK, "events: {}", resp.status());
+    let mut body = resp.bytes_stream();
+    let mut parser = sse::SseParser::default();
+    let mut pending = std::collections::VecDeque::new();
+    let mut next = async || -> anyhow::Result<sse::SseEvent> {
+        loop {
+            if let Some(e) = pending.pop_front() {
+                return Ok(e);
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), body.next())
+                .await
+                .context("no live update within 10 s")?
+                .context("the stream ended")??;
+            pending.extend(parser.push(&chunk));
+        }
+    };
+    let (visitor, bot, status) = (next().await?, next().await?, next().await?);
+    ensure!(
+        visitor.event == "message" && visitor.json()?["seq"] == 1 && bot.json()?["seq"] == 2,
+        "catch-up: {visitor:?} {bot:?}"
+    );
+    ensure!(
+        status.event == "status" && status.json()?["status"] == "bot",
+        "{status:?}"
+    );
+
+    // Stored while the stream is open: it arrives.
+    let text = unique("and now");
+    ctx.chat(None, &json!({"message": text, "conversation_id": id}))
+        .await?
+        .expect_status(200)?;
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let e = next().await?;
+        if e.event == "message" {
+            seen.push(e.json()?);
+        }
+    }
+    ensure!(
+        seen[0]["seq"] == 3 && message_text(&seen[0]) == text && seen[1]["role"] == "bot",
+        "live: {seen:?}"
+    );
+
+    // Reconnecting from the last id: only what came after it (here: nothing but the status).
+    let resp = open(String::new(), Some(4)).await?;
+    ensure!(
+        resp.status() == StatusCode::OK,
+        "reconnect: {}",
+        resp.status()
+    );
+    let mut body = resp.bytes_stream();
+    let mut parser = sse::SseParser::default();
+    let first = loop {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), body.next())
+            .await
+            .context("nothing after reconnecting")?
+            .context("the stream ended")??;
+        if let Some(e) = parser.push(&chunk).into_iter().next() {
+            break e;
+        }
+    };
+    ensure!(
+        first.event == "status",
+        "a repeat after the cursor: {first:?}"
     );
     Ok(())
 }

@@ -38,6 +38,7 @@ pub fn not_on_spin(scenario: &str) -> Option<&'static str> {
         | "cut_stream_is_an_error"
         | "offline_responder"
         | "tenant_isolation"
+        | "live_updates_follow_the_visitor"
         | "config_versions_and_rollback" => return None,
         "demo_answers" => "the /demo page is the Worker's",
         "openai_sdk_python" | "openai_api_errors" => {
@@ -59,7 +60,9 @@ pub fn not_on_spin(scenario: &str) -> Option<&'static str> {
         "live_updates_via_websocket" | "typing_over_websocket" => {
             "Spin has no WebSockets; live updates there will be SSE and polling (not yet)"
         }
-        "live_updates_via_sse" => "live updates over SSE are not in the component yet",
+        "live_updates_via_sse" => {
+            "agents' actions (claim, typing, replies) are not in the component yet"
+        }
         _ => "agents' actions, the inbox and tokens are not in the component yet",
     })
 }

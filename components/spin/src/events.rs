@@ -1,0 +1,113 @@
+//! Live updates on Spin: `GET /api/v1/conversations/{id}/events` as Server-Sent Events.
+//!
+//! Spin has no WebSockets and no object that could push to open streams, so a stream here
+//! catches up from the cursor (`?after=` or `Last-Event-ID`: nothing is missed), then looks
+//! for new messages and status changes once a second, sends a heartbeat comment every 15 s,
+//! and ends after [`LIFETIME_MS`]; `EventSource` reconnects by itself with the last id it saw.
+//! The frames are the engine's ([`LiveUpdate`]), the same as the Worker's.
+
+use kefu_engine::api::{self, ApiError, LiveUpdate};
+use kefu_engine::{ConversationId, Role, TenantId};
+use spin_sdk::wit::wasi::http0_2_0::types::ResponseOutparam;
+
+use crate::http::{Incoming, Reply, Stream};
+use crate::store::Kv;
+use crate::{not_on_spin, now};
+
+/// How long one stream stays open before the client reconnects.
+pub const LIFETIME_MS: u64 = 25_000;
+const POLL_MS: u64 = 1_000;
+const HEARTBEAT_MS: u64 = 15_000;
+
+/// Serves a visitor's live-update stream.
+pub fn handle(kv: &Kv, req: &Incoming, id: &ConversationId, out: ResponseOutparam) {
+    let (tenant, after) = match admit(kv, req, id) {
+        Ok(v) => v,
+        Err(e) => return Reply::error(&e).send(out),
+    };
+    let mut sse = Stream::open(
+        out,
+        200,
+        &[
+            (
+                "content-type".into(),
+                "text/event-stream; charset=utf-8".into(),
+            ),
+            ("cache-control".into(), "no-cache, no-transform".into()),
+        ],
+    );
+    follow(kv, &tenant, id, after, &mut sse);
+    sse.finish();
+}
+
+/// Who may follow the conversation, and from where.
+fn admit(kv: &Kv, req: &Incoming, id: &ConversationId) -> Result<(TenantId, u32), ApiError> {
+    if req
+        .header("upgrade")
+        .is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
+    {
+        return Err(not_on_spin(
+            "WebSockets",
+            "Spin has no WebSockets; open the same URL as an EventSource (Server-Sent Events)",
+        ));
+    }
+    if req.header("authorization").is_some() || req.param("access_token").is_some() {
+        return Err(not_on_spin(
+            "agents' live updates",
+            "agents work on the Worker",
+        ));
+    }
+    let tenant = match req.header(api::TENANT_HEADER) {
+        Some(t) => api::tenant(Some(t))?,
+        None => api::tenant(req.param("tenant").as_deref())?,
+    };
+    let conversation = kv
+        .load(id, &tenant)?
+        .ok_or_else(ApiError::conversation_not_found)?;
+    crate::check_reader(kv, req, &tenant, &conversation)?;
+    let after = req
+        .param("after")
+        .or_else(|| req.header("last-event-id").map(str::to_owned))
+        .and_then(|a| a.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    Ok((tenant, after))
+}
+
+/// Sends what came after `after`, then what arrives, until the stream's lifetime ends or
+/// the client goes away.
+fn follow(kv: &Kv, tenant: &TenantId, id: &ConversationId, after: u32, sse: &mut Stream) {
+    let started = now().as_millis();
+    let mut cursor = after;
+    let mut last_status: Option<serde_json::Value> = None;
+    let mut last_write = started;
+    while sse.alive() {
+        let Ok(Some(conversation)) = kv.load(id, tenant) else {
+            return;
+        };
+        if let Ok(messages) = kv.messages_after(&conversation, cursor) {
+            for m in &messages {
+                cursor = m.seq;
+                // Internal notes are for agents only.
+                if m.role != Role::Note {
+                    sse.write(&LiveUpdate::message(m).sse());
+                    last_write = now().as_millis();
+                }
+            }
+        }
+        let status = LiveUpdate::status(&conversation);
+        if last_status.as_ref() != Some(&status.data) {
+            sse.write(&status.sse());
+            last_write = now().as_millis();
+            last_status = Some(status.data);
+        }
+        let at = now().as_millis();
+        if at.saturating_sub(started) >= LIFETIME_MS {
+            return;
+        }
+        if at.saturating_sub(last_write) >= HEARTBEAT_MS {
+            sse.write(b": ping\n\n");
+            last_write = at;
+        }
+        wasi::clocks::monotonic_clock::subscribe_duration(POLL_MS * 1_000_000).block();
+    }
+}
