@@ -167,32 +167,8 @@ async fn handle(
             let visitor = if action.by_agent() { None } else { verified_reader(req, env, &tenant).await? };
             let mut body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
             if let Some(claims) = &claims {
-                // A signed-in agent acts as itself: the token says who, the body may not differ.
-                let mut v: serde_json::Value = if body.iter().all(u8::is_ascii_whitespace) {
-                    json!({})
-                } else {
-                    serde_json::from_slice(&body).map_err(|e| ApiError::internal(format!("the body is not JSON: {e}")))?
-                };
-                if let Some(obj) = v.as_object_mut() {
-                    match obj.get("agent").and_then(|a| a.as_str()) {
-                        Some(a) if a != claims.agent => {
-                            return Err(ApiError {
-                                status: 403,
-                                code: "agent_mismatch",
-                                message: format!("this token is agent {}'s", claims.agent),
-                                field: Some("agent".into()),
-                                allow: None,
-                            });
-                        }
-                        _ => {
-                            obj.insert("agent".into(), claims.agent.clone().into());
-                        }
-                    }
-                    if action == api::ConversationAction::Claim && !obj.contains_key("name") {
-                        obj.insert("name".into(), claims.name.clone().into());
-                    }
-                }
-                body = v.to_string().into_bytes();
+                // A signed-in agent acts as itself: the token says who.
+                body = api::bind_agent(action, &body, claims)?;
             }
             // Validate here so a bad request never reaches the conversation's object.
             let parsed = api::parse_action(action, &body)?;

@@ -656,6 +656,46 @@ fn too_large() -> ApiError {
     )
 }
 
+/// An action's body as a signed-in agent sends it: the token says who acts, so a body that
+/// names another agent is refused (`403 agent_mismatch`), the token's agent is filled in,
+/// and a claim without a name takes the token's.
+pub fn bind_agent(
+    action: ConversationAction,
+    body: &[u8],
+    claims: &crate::auth::AgentClaims,
+) -> Result<Vec<u8>, ApiError> {
+    let mut v: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        serde_json::from_slice(body).map_err(|e| {
+            ApiError::new(
+                400,
+                "invalid_json",
+                format!("the body is not valid JSON: {e}"),
+            )
+        })?
+    };
+    if let Some(obj) = v.as_object_mut() {
+        match obj.get("agent").and_then(Value::as_str) {
+            Some(a) if a != claims.agent => {
+                return Err(ApiError::new(
+                    403,
+                    "agent_mismatch",
+                    format!("this token is agent {}'s", claims.agent),
+                )
+                .field("agent"));
+            }
+            _ => {
+                obj.insert("agent".into(), claims.agent.clone().into());
+            }
+        }
+        if action == ConversationAction::Claim && !obj.contains_key("name") {
+            obj.insert("name".into(), claims.name.clone().into());
+        }
+    }
+    Ok(v.to_string().into_bytes())
+}
+
 /// Parses and validates a chat request body.
 pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
     if body.len() > MAX_BODY_BYTES {

@@ -38,10 +38,77 @@ pub fn operator(kv: &Kv, req: &Incoming) -> Result<(TenantId, TenantConfig), Api
         let config = store::config(kv, &tenant)?;
         return Ok((tenant, config));
     }
+    tenant_key(kv, given)
+}
+
+/// The tenant (and its configuration) a tenant key belongs to, checked against the tenant's
+/// stored key hashes.
+fn tenant_key(kv: &Kv, given: &str) -> Result<(TenantId, TenantConfig), ApiError> {
     let tenant = auth::tenant_of_key(given).ok_or_else(|| unauthorized("not a Kefu key"))?;
     let config = store::config(kv, &tenant)?;
     auth::verify(given, &config.api_keys).ok_or_else(|| unauthorized("unknown key"))?;
     Ok((tenant, config))
+}
+
+/// The deployment's agent-token secret (the `kefu_token_secret` variable, 16+ bytes).
+fn token_secret() -> Option<Vec<u8>> {
+    variable("kefu_token_secret")
+        .filter(|s| s.len() >= 16)
+        .map(String::into_bytes)
+}
+
+/// A caller on the agents' API: the tenant, its configuration, and the agent's claims when
+/// they signed in with a `kfa.` token (`None` for the tenant key).
+pub type Agent = (TenantId, TenantConfig, Option<auth::AgentClaims>);
+
+/// Who is calling the agents' API: an agent with a `kfa.` token, or an operator's back end
+/// with the tenant key.
+pub fn agent(kv: &Kv, req: &Incoming) -> Result<Agent, ApiError> {
+    let given = req
+        .header("authorization")
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| {
+            unauthorized("send an agent token or the tenant key: Authorization: Bearer …")
+        })?;
+    if given.starts_with("kfa.") {
+        let secret =
+            token_secret().ok_or_else(|| unauthorized("agent tokens are not enabled here"))?;
+        let claims = auth::verify_agent_token(&secret, given, now())
+            .map_err(|e| unauthorized(&e.to_string()))?;
+        let tenant = TenantId::parse(&claims.tenant)
+            .ok_or_else(|| unauthorized("the token names no valid tenant"))?;
+        let config = store::config(kv, &tenant)?;
+        return Ok((tenant, config, Some(claims)));
+    }
+    let (tenant, config) = tenant_key(kv, given)?;
+    Ok((tenant, config, None))
+}
+
+/// `POST /api/v1/agents/tokens`: the tenant's back end signs an agent in.
+pub fn mint_token(kv: &Kv, req: &Incoming) -> Result<Reply, ApiError> {
+    let (tenant, _) = operator(kv, req)?;
+    let secret = token_secret().ok_or_else(|| {
+        ApiError::new(
+            503,
+            "agent_tokens_unavailable",
+            "set the kefu_token_secret variable (16 bytes or more) to issue agent tokens",
+        )
+    })?;
+    let (agent, name, ttl_ms) = api::parse_agent_token_request(&req.body)?;
+    let expires = now().as_millis() + ttl_ms;
+    let claims = auth::AgentClaims {
+        tenant: tenant.as_str().to_owned(),
+        agent: agent.clone(),
+        name,
+        expires,
+    };
+    let token = auth::sign_agent_token(&secret, &claims);
+    Ok(Reply::json(
+        200,
+        &json!({"token": token, "agent": agent,
+                "expires_at": kefu_engine::Timestamp::from_millis(expires).to_rfc3339()}),
+    ))
 }
 
 /// `/api/v1/config…`.

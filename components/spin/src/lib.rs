@@ -13,6 +13,7 @@
 //! rather than half-honoured.
 
 mod admin;
+mod agents;
 mod chat;
 mod events;
 mod http;
@@ -81,20 +82,21 @@ fn handle(kv: &Kv, req: &Incoming, route: Route) -> Result<Reply, ApiError> {
         }
         Route::Demo => Err(not_on_spin("/demo", "use POST /api/v1/chat")),
         Route::Config(c) => admin::config(kv, req, c),
+        Route::ConversationAction(id, action) => agents::action(kv, req, &id, action),
+        Route::AgentToken => admin::mint_token(kv, req),
         Route::Usage
-        | Route::ConversationAction(..)
         | Route::Knowledge(_)
         | Route::ListConversations
         | Route::Typing(_)
-        | Route::AgentToken
         | Route::Upload
         | Route::GetAttachment(_)
         | Route::OpenAiChat
         | Route::OpenAiModels => Err(not_on_spin(
             &req.path,
-            "the Spin component serves chat, transcripts, visitors' live updates (SSE), \
-             configuration and health so far; agents, the knowledge base, files and the \
-             OpenAI-compatible API run on the Worker",
+            "the Spin component serves chat, transcripts, handoff and agents' actions, \
+             visitors' live updates (SSE), configuration and health so far; the inbox, \
+             typing, usage, the knowledge base, files and the OpenAI-compatible API run on \
+             the Worker",
         )),
     }
 }
@@ -103,10 +105,7 @@ fn handle(kv: &Kv, req: &Incoming, route: Route) -> Result<Reply, ApiError> {
 /// visitor's proof for their conversation).
 fn transcript(kv: &Kv, req: &Incoming, id: &ConversationId) -> Result<Reply, ApiError> {
     if req.header("authorization").is_some() {
-        return Err(not_on_spin(
-            "agent credentials",
-            "agents read conversations on the Worker",
-        ));
+        return agents::transcript(kv, req, id);
     }
     let tenant = api::tenant(req.header(api::TENANT_HEADER))?;
     let conversation = kv
@@ -144,8 +143,13 @@ pub(crate) fn check_reader(
         (Some(id), Some(hash)) => Some(kefu_engine::identity::VisitorIdentity { id, hash }),
         _ => None,
     };
-    let reader = kefu_engine::identity::verify(config.identity.as_ref(), proof.as_ref())
-        .map_err(|e| api::identity_error(&e))?;
+    // Without a proof the reader is anonymous (not "unauthenticated": the conversation is
+    // someone else's, 403); a proof that does not verify is 401.
+    let reader = match &proof {
+        Some(p) => kefu_engine::identity::verify(config.identity.as_ref(), Some(p))
+            .map_err(|e| api::identity_error(&e))?,
+        None => None,
+    };
     kefu_engine::identity::may_continue(Some(owner), reader.as_deref())
         .map_err(|e| api::identity_error(&e))
 }

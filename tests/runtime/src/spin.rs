@@ -39,7 +39,15 @@ pub fn not_on_spin(scenario: &str) -> Option<&'static str> {
         | "offline_responder"
         | "tenant_isolation"
         | "live_updates_follow_the_visitor"
-        | "config_versions_and_rollback" => return None,
+        | "config_versions_and_rollback"
+        | "handoff_end_to_end"
+        | "handoff_by_the_model"
+        | "rules_and_business_hours" => return None,
+        "agent_tokens" => "the agents' inbox is not in the component yet",
+        "verified_visitor_identity" => {
+            "typing and the agents' inbox are not in the component yet (reads, writes and \
+             visitor actions with the identity proof are)"
+        }
         "demo_answers" => "the /demo page is the Worker's",
         "openai_sdk_python" | "openai_api_errors" => {
             "the OpenAI-compatible API is not served by the Spin component yet"
@@ -70,7 +78,18 @@ pub fn not_on_spin(scenario: &str) -> Option<&'static str> {
 /// The tenants the Spin scenarios need (the same documents as on workerd).
 pub fn tenants(all: &[(String, Value)]) -> Vec<(String, Value)> {
     all.iter()
-        .filter(|(id, _)| matches!(id.as_str(), "default" | "fast-timeout" | "cfg"))
+        .filter(|(id, _)| {
+            matches!(
+                id.as_str(),
+                "default"
+                    | "fast-timeout"
+                    | "cfg"
+                    | "gw-sdk"
+                    | "gw-model-handoff"
+                    | "cs-rules"
+                    | "verified-site"
+            )
+        })
         .cloned()
         .collect()
 }
@@ -137,6 +156,10 @@ impl KefuSpin {
             .arg(state.path())
             .args(["--variable", &format!("extra_outbound_host={mock_origin}")])
             .args(["--variable", &format!("kefu_admin_token={ADMIN_TOKEN}")])
+            .args([
+                "--variable",
+                &format!("kefu_token_secret={}", crate::handoff::TOKEN_SECRET),
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)

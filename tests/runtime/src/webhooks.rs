@@ -290,7 +290,17 @@ pub async fn webhooks_signed_and_retried(ctx: &Ctx) -> anyhow::Result<()> {
         let log = operator_log(ctx, "", Some(WEBHOOK_KEY)).await?;
         let gone_disabled =
             endpoint_state(&log.json, "/gone").is_some_and(|e| e["state"] == "disabled");
-        if failing && gone_disabled {
+        // An attempt already on its way when the endpoint was disabled may still land
+        // (under load, a moment later): count /gone's POSTs only once none is in flight.
+        let gone_settled = log.json["deliveries"].as_array().is_some_and(|ds| {
+            ds.iter()
+                .filter(|d| {
+                    d["payload"]["data"]["conversation_id"] == id.as_str()
+                        && d["endpoint"].as_str().is_some_and(|u| u.contains("/gone"))
+                })
+                .all(|d| d["status"] == "failed")
+        });
+        if failing && gone_disabled && gone_settled {
             break;
         }
         if Instant::now() > deadline {

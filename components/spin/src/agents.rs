@@ -1,0 +1,132 @@
+//! Handoff and agent actions on Spin: `POST /api/v1/conversations/{id}/{action}` (the
+//! engine's state machine, stored with compare-and-swap) and the agents' view of a
+//! transcript (internal notes included).
+
+use kefu_engine::api::{self, ActionRequest, ApiError, ConversationAction};
+use kefu_engine::handoff::{Changed, HandoffError, HandoffReason};
+use kefu_engine::{ConversationId, TenantConfig, TenantId};
+
+use crate::http::{Incoming, Reply};
+use crate::store::{self, Kv};
+use crate::{admin, not_on_spin, now};
+
+/// A conversation action by a visitor (`handoff`, `csat`) or an agent.
+pub fn action(
+    kv: &Kv,
+    req: &Incoming,
+    id: &ConversationId,
+    action: ConversationAction,
+) -> Result<Reply, ApiError> {
+    let (tenant, config, claims) = if action.by_agent() {
+        admin::agent(kv, req)?
+    } else {
+        let tenant = api::tenant(req.header(api::TENANT_HEADER))?;
+        let config = store::config(kv, &tenant)?;
+        (tenant, config, None)
+    };
+    crate::supported(&config)?;
+    let body = match &claims {
+        Some(claims) => api::bind_agent(action, &req.body, claims)?,
+        None => req.body.clone(),
+    };
+    let request = api::parse_action(action, &body)?;
+    if let ActionRequest::Message { attachments, .. } = &request
+        && !attachments.is_empty()
+    {
+        return Err(not_on_spin(
+            "attachments",
+            "files are stored in R2 on Workers; the Spin component does not take uploads yet",
+        ));
+    }
+    let conversation = kv
+        .load(id, &tenant)?
+        .ok_or_else(ApiError::conversation_not_found)?;
+    // A visitor's action takes their identity proof, like their messages.
+    if !action.by_agent() {
+        crate::check_reader(kv, req, &tenant, &conversation)?;
+    }
+    if matches!(request, ActionRequest::Handoff { .. }) && !config.handoff.enabled {
+        return Err(api::handoff_error(&HandoffError::WrongStatus {
+            status: conversation.status().as_str(),
+            action: "a handoff (handoff is turned off for this tenant)",
+        }));
+    }
+    let (conversation, ..) = kv.change(id, &tenant, None, |c| {
+        let changed = apply(c, &config, &request).map_err(|e| api::handoff_error(&e))?;
+        Ok((changed.messages, ()))
+    })?;
+    let messages = kv.transcript(&conversation)?;
+    Ok(Reply::json(
+        200,
+        &api::conversation_json(
+            &conversation,
+            &messages,
+            action.by_agent(),
+            conversation.owner(),
+        ),
+    ))
+}
+
+/// The engine's transition for `request`.
+fn apply(
+    c: &mut kefu_engine::Conversation,
+    config: &TenantConfig,
+    request: &ActionRequest,
+) -> Result<Changed, HandoffError> {
+    let at = now();
+    match request {
+        ActionRequest::Handoff { queue } => {
+            let queue = queue
+                .clone()
+                .or_else(|| config.handoff.default_queue.clone());
+            c.request_handoff(
+                at,
+                config,
+                &HandoffReason::VisitorAsked,
+                queue.as_deref(),
+                None,
+            )
+        }
+        ActionRequest::Claim { agent, name } => c.assign(at, config, agent, name),
+        ActionRequest::Message {
+            agent,
+            text,
+            internal,
+            ..
+        } => c.handle_agent_message(
+            at,
+            config,
+            agent,
+            vec![kefu_engine::conversation::Part::Text(text.clone())],
+            *internal,
+        ),
+        ActionRequest::Transfer {
+            agent,
+            to_agent,
+            to_agent_name,
+            to_queue,
+        } => c.transfer(
+            at,
+            config,
+            agent,
+            to_agent.as_deref().map(|a| (a, to_agent_name.as_str())),
+            to_queue.as_deref(),
+        ),
+        ActionRequest::Resolve { agent } => c.resolve(at, config, agent.as_deref()),
+        ActionRequest::Csat { score } => c.submit_csat(*score),
+    }
+}
+
+/// `GET /api/v1/conversations/{id}` with an agent's token or the tenant key: internal notes
+/// included.
+pub fn transcript(kv: &Kv, req: &Incoming, id: &ConversationId) -> Result<Reply, ApiError> {
+    let (tenant, _, _): (TenantId, _, _) = admin::agent(kv, req)?;
+    let conversation = kv
+        .load(id, &tenant)?
+        .ok_or_else(ApiError::conversation_not_found)?;
+    let messages = kv.transcript(&conversation)?;
+    Ok(Reply::json(
+        200,
+        &api::conversation_json(&conversation, &messages, true, conversation.owner()),
+    ))
+}
