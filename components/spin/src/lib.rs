@@ -17,6 +17,7 @@ mod agents;
 mod chat;
 mod events;
 mod http;
+mod inbox;
 mod outbound;
 mod store;
 
@@ -84,19 +85,18 @@ fn handle(kv: &Kv, req: &Incoming, route: Route) -> Result<Reply, ApiError> {
         Route::Config(c) => admin::config(kv, req, c),
         Route::ConversationAction(id, action) => agents::action(kv, req, &id, action),
         Route::AgentToken => admin::mint_token(kv, req),
+        Route::ListConversations => inbox::list(&admin::agent(kv, req)?.0, req),
         Route::Usage
         | Route::Knowledge(_)
-        | Route::ListConversations
         | Route::Typing(_)
         | Route::Upload
         | Route::GetAttachment(_)
         | Route::OpenAiChat
         | Route::OpenAiModels => Err(not_on_spin(
             &req.path,
-            "the Spin component serves chat, transcripts, handoff and agents' actions, \
-             visitors' live updates (SSE), configuration and health so far; the inbox, \
-             typing, usage, the knowledge base, files and the OpenAI-compatible API run on \
-             the Worker",
+            "the Spin component serves chat, transcripts, handoff, agents' actions and their \
+             inbox, visitors' live updates (SSE), configuration and health so far; typing, \
+             usage, the knowledge base, files and the OpenAI-compatible API run on the Worker",
         )),
     }
 }

@@ -144,6 +144,7 @@ impl Kv {
                             .set(&message_key(id, m.seq), &m.encode())
                             .map_err(|e| internal("storing a message", e))?;
                     }
+                    crate::inbox::touch(&conversation);
                     return Ok((conversation, messages, value, created));
                 }
                 Err(CasError::CasFailed(_)) => continue,

@@ -43,9 +43,9 @@ pub fn not_on_spin(scenario: &str) -> Option<&'static str> {
         | "handoff_end_to_end"
         | "handoff_by_the_model"
         | "rules_and_business_hours" => return None,
-        "agent_tokens" => "the agents' inbox is not in the component yet",
+        "agent_tokens" | "inbox_lists_and_filters" => return None,
         "verified_visitor_identity" => {
-            "typing and the agents' inbox are not in the component yet (reads, writes and \
+            "typing is not in the component yet (reads, writes and \
              visitor actions with the identity proof are)"
         }
         "demo_answers" => "the /demo page is the Worker's",
