@@ -1148,61 +1148,55 @@ async fn run_turn(
                 .load()
                 .map_err(TurnFailure::Host)?
                 .ok_or_else(|| TurnFailure::Host(ApiError::conversation_not_found()))?;
-            if !latest.bot_answers() {
-                // A human took the conversation while the model was answering: the bot
-                // never talks over them.
-                line["dropped"] = "a human owns the conversation".into();
-                Ok(Answer::Silent)
-            } else {
-                let handoff = kefu_engine::handoff::model_wants_handoff(&reply)
-                    .filter(|_| config.handoff.enabled && config.handoff.model_may_hand_off);
-                let no_answer = if retrieved.is_empty() && !config.knowledge.enabled {
-                    None
-                } else {
-                    kefu_engine::knowledge::detect_no_answer(&reply)
-                };
-                if handoff.is_none()
-                    && let Some(reason) = no_answer
-                {
+            match dialogue::after_reply(&latest, config, &reply, !retrieved.is_empty()) {
+                dialogue::AfterReply::Drop => {
+                    // A human took the conversation while the model was answering: the bot
+                    // never talks over them.
+                    line["dropped"] = "a human owns the conversation".into();
+                    Ok(Answer::Silent)
+                }
+                dialogue::AfterReply::NoAnswer(reason) => {
                     line["no_answer"] = reason.clone().into();
                     return no_answer_reply(inner, tenant, config, visitor, &reason, latest).await;
                 }
-                if !retrieved.is_empty() {
-                    let cited = kefu_engine::knowledge::citations(&reply.text, &retrieved);
-                    line["citations"] =
-                        json!(cited.iter().map(|c| &c.chunk_id).collect::<Vec<_>>());
-                }
-                let used_knowledge = !retrieved.is_empty();
-                let recorded = if reply.text.trim().is_empty() {
-                    None
-                } else {
-                    Some(
-                        inner
-                            .record(latest, config, |c| {
-                                if used_knowledge {
-                                    c.note_no_answer(false, 0);
-                                }
-                                c.record_reply(now(), &reply, config)
-                                    .map_err(|e| ApiError::internal(e.to_string()))
-                            })
-                            .map_err(TurnFailure::Host)?,
-                    )
-                };
-                match (handoff, recorded) {
-                    (Some(reason), _) => {
-                        line["handoff"] = reason.into();
-                        hand_off(
-                            inner,
-                            config,
-                            &HandoffReason::Model,
-                            config.handoff.default_queue.clone(),
-                            after_hours(config, &visitor.text()),
-                        )
+                dialogue::AfterReply::Keep { record, handoff } => {
+                    if !retrieved.is_empty() {
+                        let cited = kefu_engine::knowledge::citations(&reply.text, &retrieved);
+                        line["citations"] =
+                            json!(cited.iter().map(|c| &c.chunk_id).collect::<Vec<_>>());
                     }
-                    (None, Some(message)) => Ok(Answer::Reply(message, reply)),
-                    (None, None) => Err(TurnFailure::Provider(ProviderError::Malformed {
-                        detail: "the model called a tool but wrote no reply".into(),
-                    })),
+                    let used_knowledge = !retrieved.is_empty();
+                    let recorded = if record {
+                        Some(
+                            inner
+                                .record(latest, config, |c| {
+                                    if used_knowledge {
+                                        c.note_no_answer(false, 0);
+                                    }
+                                    c.record_reply(now(), &reply, config)
+                                        .map_err(|e| ApiError::internal(e.to_string()))
+                                })
+                                .map_err(TurnFailure::Host)?,
+                        )
+                    } else {
+                        None
+                    };
+                    match (handoff, recorded) {
+                        (Some(reason), _) => {
+                            line["handoff"] = reason.into();
+                            hand_off(
+                                inner,
+                                config,
+                                &HandoffReason::Model,
+                                config.handoff.default_queue.clone(),
+                                after_hours(config, &visitor.text()),
+                            )
+                        }
+                        (None, Some(message)) => Ok(Answer::Reply(message, reply)),
+                        (None, None) => Err(TurnFailure::Provider(ProviderError::Malformed {
+                            detail: "the model called a tool but wrote no reply".into(),
+                        })),
+                    }
                 }
             }
         }

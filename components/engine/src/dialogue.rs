@@ -131,10 +131,125 @@ pub fn decide(
     Decision::Model
 }
 
+/// What becomes of a model's finished reply ([`after_reply`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AfterReply {
+    /// A human took the conversation while the model was answering: the bot never talks
+    /// over them; drop the reply.
+    Drop,
+    /// The knowledge base had no answer (the model's `kb_no_answer` call): say so honestly
+    /// (and hand off after repeated misses) instead of recording the reply.
+    NoAnswer(String),
+    /// Record the reply (when it has text), then hand off if the model asked to.
+    Keep {
+        /// The reply has text to record.
+        record: bool,
+        /// The model's `handoff_to_human` call, when the tenant lets the model hand off.
+        handoff: Option<String>,
+    },
+}
+
+/// Decides what becomes of `reply`, given the conversation as it is now (`latest`) and
+/// whether the turn was grounded in the knowledge base: the rule every host applies after a
+/// model turn.
+pub fn after_reply(
+    latest: &Conversation,
+    config: &TenantConfig,
+    reply: &crate::TurnReply,
+    grounded: bool,
+) -> AfterReply {
+    if !latest.bot_answers() {
+        return AfterReply::Drop;
+    }
+    let handoff = crate::handoff::model_wants_handoff(reply)
+        .filter(|_| config.handoff.enabled && config.handoff.model_may_hand_off);
+    if handoff.is_none()
+        && (grounded || config.knowledge.enabled)
+        && let Some(reason) = crate::knowledge::detect_no_answer(reply)
+    {
+        return AfterReply::NoAnswer(reason);
+    }
+    AfterReply::Keep {
+        record: !reply.text.trim().is_empty(),
+        handoff,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::conversation::{ConversationId, Part, TenantId};
+
+    fn reply(text: &str, tool: Option<&str>) -> crate::TurnReply {
+        crate::TurnReply {
+            text: text.into(),
+            responder: crate::Responder::Provider { model: "m".into() },
+            target: None,
+            route: None,
+            attempts: 1,
+            finish_reason: crate::provider::FinishReason::Stop,
+            usage: None,
+            cost_micros: None,
+            tool_calls: tool
+                .map(|name| crate::wire::ToolCall {
+                    id: "c1".into(),
+                    name: name.into(),
+                    arguments: r#"{"reason": "asked"}"#.into(),
+                })
+                .into_iter()
+                .collect(),
+            time_to_first_token: None,
+            duration: core::time::Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn what_becomes_of_a_finished_reply() {
+        let (mut c, config, _, _) = setup("");
+        let plain = reply("Hello", None);
+        assert_eq!(
+            after_reply(&c, &config, &plain, false),
+            AfterReply::Keep {
+                record: true,
+                handoff: None
+            }
+        );
+        // The model hands off (and may say something first).
+        let asks = reply("", Some(crate::handoff::HANDOFF_TOOL));
+        assert!(matches!(
+            after_reply(&c, &config, &asks, false),
+            AfterReply::Keep {
+                record: false,
+                handoff: Some(_)
+            }
+        ));
+        // A tenant that does not let the model hand off keeps the reply only.
+        let (_, no_model_handoff, _, _) = setup(r#","handoff":{"model_may_hand_off":false}"#);
+        assert!(matches!(
+            after_reply(&c, &no_model_handoff, &asks, false),
+            AfterReply::Keep { handoff: None, .. }
+        ));
+        // "No answer" counts only for a grounded turn (or a tenant with a knowledge base).
+        let none = reply("", Some(crate::knowledge::NO_ANSWER_TOOL));
+        assert!(matches!(
+            after_reply(&c, &config, &none, true),
+            AfterReply::NoAnswer(_)
+        ));
+        assert!(matches!(
+            after_reply(&c, &config, &none, false),
+            AfterReply::Keep { .. }
+        ));
+        // Once a human owns the conversation the reply is dropped.
+        c.request_handoff(
+            Timestamp::from_millis(3),
+            &config,
+            &HandoffReason::VisitorAsked,
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(after_reply(&c, &config, &plain, false), AfterReply::Drop);
+    }
 
     fn setup(extra: &str) -> (Conversation, TenantConfig, RuleSet, Option<Schedule>) {
         let config = TenantConfig::from_json(&format!(

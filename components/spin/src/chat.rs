@@ -304,41 +304,42 @@ fn run_turn(
         }
         Err(e) => return Err(Failure::Provider(e)),
     };
-    let handoff = kefu_engine::handoff::model_wants_handoff(&reply)
-        .filter(|_| config.handoff.enabled && config.handoff.model_may_hand_off);
-    let text_reply = !reply.text.trim().is_empty();
-    let stored = kv
+    // What becomes of the reply is the engine's rule, applied to the conversation as it is
+    // when the reply is stored (with compare-and-swap).
+    let (latest, _, (decision, recorded), _) = kv
         .change(id, tenant, None, |c| {
-            // A human took the conversation while the model was answering: the bot never
-            // talks over them.
-            if !c.bot_answers() || !text_reply {
-                return Ok((Vec::new(), None));
+            let decision = dialogue::after_reply(c, config, &reply, false);
+            if let dialogue::AfterReply::Keep { record: true, .. } = decision {
+                let r = c
+                    .record_reply(now(), &reply, config)
+                    .map_err(|e| ApiError::internal(e.to_string()))?;
+                return Ok((vec![r.message.clone()], (decision, Some(r.message))));
             }
-            let r = c
-                .record_reply(now(), &reply, config)
-                .map_err(|e| ApiError::internal(e.to_string()))?;
-            Ok((vec![r.message.clone()], Some(r.message)))
+            Ok((Vec::new(), (decision, None)))
         })
         .map_err(Failure::Host)?;
-    let (latest, _, recorded, _) = stored;
-    if !latest.bot_answers() {
-        return Ok(Answer::Silent(latest.status()));
-    }
-    match (handoff, recorded) {
-        (Some(_), _) => hand_off(
-            kv,
-            tenant,
-            id,
-            config,
-            &HandoffReason::Model,
-            config.handoff.default_queue.clone(),
-            after_hours(config, &visitor.text()),
-        )
-        .map_err(Failure::Host),
-        (None, Some(message)) => Ok(Answer::Reply(message, reply)),
-        (None, None) => Err(Failure::Provider(ProviderError::Malformed {
-            detail: "the model called a tool but wrote no reply".into(),
-        })),
+    match decision {
+        dialogue::AfterReply::Drop => Ok(Answer::Silent(latest.status())),
+        dialogue::AfterReply::NoAnswer(_) => Err(Failure::Host(crate::not_on_spin(
+            "the knowledge base's no-answer path",
+            "serve this tenant from the Worker",
+        ))),
+        dialogue::AfterReply::Keep { handoff, .. } => match (handoff, recorded) {
+            (Some(_), _) => hand_off(
+                kv,
+                tenant,
+                id,
+                config,
+                &HandoffReason::Model,
+                config.handoff.default_queue.clone(),
+                after_hours(config, &visitor.text()),
+            )
+            .map_err(Failure::Host),
+            (None, Some(message)) => Ok(Answer::Reply(message, reply)),
+            (None, None) => Err(Failure::Provider(ProviderError::Malformed {
+                detail: "the model called a tool but wrote no reply".into(),
+            })),
+        },
     }
 }
 
