@@ -25,10 +25,11 @@ WORKER_OUT := workers/build/index.js
 WORKER_SOURCES := $(shell find workers/src components/engine/src -name '*.rs' 2>/dev/null) \
 	workers/Cargo.toml components/engine/Cargo.toml Cargo.toml Cargo.lock
 
-.PHONY: help setup rust-targets tools dev worker spin test check test-engine test-runtime test-spin-host test-browser screenshots chromium wasm size bench clean
+.PHONY: help setup rust-targets tools dev dev-spin worker spin test check test-engine test-runtime test-spin-host test-browser screenshots chromium wasm size bench clean
 
 help:
 	@echo "make dev    set up everything and run Kefu locally on workerd (http://localhost:$(DEV_PORT)/demo, /widget-demo)"
+	@echo "make dev-spin  run Kefu's Spin component (spin up, or the Spin test host without the CLI)"
 	@echo "make test   set up everything and run every check and test"
 	@echo "make bench  measure Kefu's overhead against a pass-through Worker (writes docs/benchmarks-latest.md)"
 	@echo "make size   report the Worker's and the widget's gzipped sizes"
@@ -106,6 +107,18 @@ wasm:
 # The Spin component (what `spin build` runs, per spin.toml).
 spin: rust-targets
 	cargo build -p kefu-spin --target wasm32-wasip2 --release
+
+# Kefu's Spin build, locally: with the Spin CLI installed, `spin up`; without it (as on our
+# build machines, where Spin cannot be installed), on Kefu's Spin test host, which speaks
+# the same interfaces. State goes to .spin/.
+SPIN_PORT ?= 3000
+dev-spin: spin
+	@if command -v spin >/dev/null 2>&1; then \
+		spin up --listen 127.0.0.1:$(SPIN_PORT); \
+	else \
+		echo "spin is not installed: running the component on tests/spin-host (users run real Spin)"; \
+		cargo run -q -p kefu-spin-host -- --from spin.toml --listen 127.0.0.1:$(SPIN_PORT) --state-dir .spin; \
+	fi
 
 test-engine:
 	cargo test -p kefu-engine
