@@ -542,6 +542,14 @@
       if (open && state.conv && (String(open.tags) !== String(state.conv.tags) || open.csat !== state.conv.csat)) {
         Object.assign(state.conv, { tags: open.tags, csat: open.csat });
         renderConversationState();
+      } else if (!open && state.conv?.status === "resolved" && !state.conv.csat) {
+        // Resolved and out of the lists on screen: look for the visitor's rating directly.
+        const id = state.selected;
+        const c = await api(`/api/v1/conversations/${encodeURIComponent(id)}`);
+        if (state.selected === id && state.conv && c.csat !== state.conv.csat) {
+          Object.assign(state.conv, { tags: c.tags, csat: c.csat });
+          renderConversationState();
+        }
       }
     } catch (e) {
       if (state.token) showError("Inbox", e);
@@ -1158,7 +1166,7 @@
     if (state.note || !isMine(state.conv) || !ui.input.value.trim() || now - state.lastTypingSent < TYPING_EVERY_MS) return;
     state.lastTypingSent = now;
     const ws = state.live;
-    if (ws instanceof WebSocket && ws.readyState === WebSocket.OPEN) ws.send('{"type":"typing"}');
+    if (window.WebSocket && ws instanceof window.WebSocket && ws.readyState === window.WebSocket.OPEN) ws.send('{"type":"typing"}');
     else api(`/api/v1/conversations/${encodeURIComponent(state.selected)}/typing`, { method: "POST", json: { who: "agent" } }).catch(() => {});
   }
 
@@ -1359,12 +1367,23 @@
   // A sign-in page of the tenant's own may hand the token over in the fragment
   // (`/agent/#token=kfa.…`: fragments never reach a server); it is moved to the tab's
   // storage and taken out of the address bar at once.
-  const fragment = new URLSearchParams(location.hash.slice(1));
-  const handed = fragment.get("token");
-  if (handed) {
-    fragment.delete("token");
-    history.replaceState(null, "", location.pathname + (fragment.size ? `#${fragment}` : ""));
+  function takeHandedToken() {
+    const fragment = new URLSearchParams(location.hash.slice(1));
+    const token = fragment.get("token");
+    if (token) {
+      fragment.delete("token");
+      history.replaceState(null, "", location.pathname + (fragment.size ? `#${fragment}` : ""));
+    }
+    return token;
   }
+  window.addEventListener("hashchange", () => {
+    const token = takeHandedToken();
+    if (token && token !== state.token) {
+      if (state.token) signOut("");
+      signIn(token);
+    }
+  });
+  const handed = takeHandedToken();
   let stored = null;
   try {
     stored = sessionStorage.getItem(TOKEN_KEY);
