@@ -226,7 +226,7 @@ describe("agent console", { concurrency: false }, () => {
 
     // The visitor types: the agent sees it.
     await visitor.w("textarea").pressSequentially("Sure, one mo", { delay: 20 });
-    await page.locator("#typing:not([hidden])").filter({ hasText: "is typing" }).waitFor();
+    await page.locator("#typing.on").filter({ hasText: "is typing" }).waitFor();
     await visitor.w("textarea").fill("");
     await page.locator("[data-count='mine']").filter({ hasText: "1" }).waitFor();
   });
@@ -455,7 +455,7 @@ describe("agent console", { concurrency: false }, () => {
       headers: { "content-type": "application/json", "x-kefu-tenant": "northwind", "x-kefu-visitor-id": "maria.schmidt@example.com", "x-kefu-visitor-hash": proof("maria.schmidt@example.com").hash },
       body: JSON.stringify({ who: "visitor" }),
     });
-    await page.locator("#typing:not([hidden])").waitFor();
+    await page.locator("#typing.on").waitFor();
     await page.locator("#input").fill("Thanks, Maria! ");
     await page.waitForTimeout(400);
     await page.screenshot({ path: join(SHOTS, "agent-conversation.png") });

@@ -209,7 +209,9 @@
   }
   const fullDate = (iso) => {
     const d = new Date(iso);
-    return Number.isNaN(d.getTime()) ? "—" : d.toLocaleString([], { dateStyle: "medium", timeStyle: "short" });
+    if (Number.isNaN(d.getTime())) return "—";
+    const year = d.getFullYear() === new Date().getFullYear() ? undefined : "numeric";
+    return d.toLocaleString([], { year, month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
   };
   const textOf = (m) => (m.parts || []).filter((p) => p.type === "text").map((p) => p.text).join("\n");
 
@@ -666,7 +668,7 @@
     ui.conv.hidden = true;
     ui.details.hidden = true;
     ui.emptyState.hidden = false;
-    ui.typing.hidden = true;
+    ui.typing.classList.remove("on");
     renderTray();
   }
 
@@ -734,6 +736,7 @@
 
     ui.dAvatar.replaceWith((ui.dAvatar = avatar(name, "large")));
     ui.dVisitor.textContent = name;
+    ui.dVisitor.title = name;
     ui.dVerified.replaceChildren(
       c.visitor?.verified ? h("span", { class: "verified" }, "✓ Verified visitor") : "Anonymous visitor (not signed in on the site)",
     );
@@ -748,6 +751,7 @@
     ui.dUpdated.textContent = fullDate(c.updated_at);
     ui.dCount.textContent = String(state.messages.size);
     ui.dId.textContent = c.id;
+    ui.dId.title = c.id;
     renderComposer();
   }
 
@@ -790,7 +794,7 @@
 
   // ---- The transcript -----------------------------------------------------------------------
 
-  const nearBottom = () => ui.transcript.scrollHeight - ui.transcript.scrollTop - ui.transcript.clientHeight < 120;
+  const nearBottom = (slack = 0) => ui.transcript.scrollHeight - ui.transcript.scrollTop - ui.transcript.clientHeight < 120 + slack;
   function scrollToEnd(force) {
     if (force || nearBottom()) ui.transcript.scrollTop = ui.transcript.scrollHeight;
   }
@@ -847,10 +851,15 @@
     const src = typeof p.url === "string" ? p.url : "";
     const stored = src.startsWith("/api/v1/attachments/");
     if (p.type === "image" && stored) {
-      const img = h("img", { alt: name, loading: "lazy" });
+      const img = h("img", { alt: name });
+      // A picture that arrives after the transcript scrolled down keeps it scrolled down.
+      const stick = () => nearBottom(img.height || 160);
+      let wasNear = false;
+      img.addEventListener("load", () => wasNear && scrollToEnd(true));
       const link = h("a", { class: "thumb", href: "#", title: `Open ${name}`, "aria-label": `Open ${name}` }, img);
       fileBlob(src).then((url) => {
         if (!url) return;
+        wasNear = stick();
         img.src = url;
         link.href = url;
         link.target = "_blank";
@@ -1008,13 +1017,13 @@
 
   function showVisitorTyping(ms) {
     ui.typingText.textContent = `${visitorName(state.conv || { id: state.selected })} is typing…`;
-    ui.typing.hidden = false;
+    ui.typing.classList.add("on");
     clearTimeout(state.visitorTypingTimer);
     state.visitorTypingTimer = setTimeout(hideVisitorTyping, ms);
   }
   function hideVisitorTyping() {
     clearTimeout(state.visitorTypingTimer);
-    ui.typing.hidden = true;
+    ui.typing.classList.remove("on");
   }
 
   window.addEventListener("online", () => {
