@@ -188,6 +188,11 @@ describe("agent console", { concurrency: false }, () => {
     assert.match(await row.getAttribute("class"), /\bis-new\b/, "the row is marked new");
     await page.locator("#cue:not([hidden])").filter({ hasText: "New conversation waiting" }).waitFor();
     assert.match(await page.title(), /^\(1\) Waiting/, "the title carries the count");
+    // The sound is off until the agent turns it on (the click lets the page play it).
+    assert.equal(await page.locator("#sound-toggle").getAttribute("aria-pressed"), "false");
+    await page.locator("#sound-toggle").click();
+    assert.equal(await page.locator("#sound-toggle").textContent(), "Sound on");
+    assert.equal(await page.evaluate(() => JSON.parse(localStorage.getItem("kefu.agent.prefs")).sound), true);
     assert.equal(await page.locator('[data-count="waiting"]').textContent(), "1");
     assert.equal(await row.locator(".unread-badge").textContent(), "3", "three messages, none read yet");
     assert.match(await row.locator(".row-preview").textContent(), /connecting you/);
@@ -344,7 +349,7 @@ describe("agent console", { concurrency: false }, () => {
     await agent.ctx.close();
   });
 
-  test("without WebSocket the console follows a conversation over Server-Sent Events", async () => {
+  test("without WebSocket the console follows a conversation over Server-Sent Events; transfers", async () => {
     const id = await waitingConversation("default", ["Is the Huila decaf?"]);
     const c = await openConsole("sam", "Sam", { init: () => delete window.WebSocket });
     const { page } = c;
@@ -360,6 +365,27 @@ describe("agent console", { concurrency: false }, () => {
     // (Slowly, so a second announcement follows one the stream may have missed connecting.)
     await page.locator("#input").pressSequentially("Yes, it is decaf", { delay: 220 });
     assert.equal((await heard).data.who, "agent");
+    // Transfer back to a queue: the conversation waits again, in that queue.
+    await page.locator("#transfer").click();
+    await page.locator("#transfer-dialog[open]").waitFor();
+    await page.locator("#transfer-form input[value=queue]").check();
+    await page.locator("#to-queue").fill("billing");
+    await page.locator("#to-queue").press("Enter");
+    await page.locator("#conv-status").filter({ hasText: "Waiting" }).waitFor();
+    assert.equal(await page.locator("#d-queue").textContent(), "billing");
+    assert.equal(await page.locator("#transfer-dialog").isVisible(), false);
+    await page.locator(".msg.system .bubble").filter({ hasText: "passing you to a colleague" }).waitFor();
+    // …and to another agent, after taking it back.
+    await page.locator("#claim").click();
+    await page.locator("#conv-status").filter({ hasText: "With you" }).waitFor();
+    await page.locator("#transfer").click();
+    await page.locator("#transfer-form input[value=agent]").check();
+    await page.locator("#to-agent").fill("kim");
+    await page.locator("#to-agent-name").fill("Kim");
+    await page.locator("#to-agent-name").press("Enter");
+    await page.locator("#conv-status").filter({ hasText: "With kim" }).waitFor();
+    await page.locator(".msg.system .bubble").filter({ hasText: "Kim joined the conversation." }).waitFor();
+    assert.equal(await page.locator("#input").isDisabled(), true, "Kim's now");
     assert.deepEqual(c.errors, []);
     await c.ctx.close();
   });
