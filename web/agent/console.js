@@ -128,7 +128,6 @@
     cannedSlash: false,
     prefs: loadPrefs(),
     audio: null,
-    blobUrls: [],
   };
 
   function loadPrefs() {
@@ -344,7 +343,7 @@
     } catch (_) {
       /* nothing stored */
     }
-    Object.assign(state, { token: null, claims: null, waitingIds: null, entries: [] });
+    Object.assign(state, { token: null, claims: null, waitingIds: null, entries: [], known: { queues: new Set(), assignees: new Set() } });
     state.fresh.clear();
     ui.tokenInput.value = "";
     ui.list.replaceChildren();
@@ -660,8 +659,9 @@
   function closeConversation() {
     disconnectLive();
     clearTimeout(state.visitorTypingTimer);
-    for (const url of state.blobUrls) URL.revokeObjectURL(url);
-    Object.assign(state, { selected: null, conv: null, lastSeq: 0, blobUrls: [], files: [] });
+    for (const pending of blobCache.values()) pending.then((url) => url && URL.revokeObjectURL(url));
+    blobCache.clear();
+    Object.assign(state, { selected: null, conv: null, lastSeq: 0, files: [] });
     state.messages.clear();
     state.mine.clear();
     ui.transcript.replaceChildren();
@@ -695,7 +695,9 @@
       renderConversationState();
       scrollToEnd(true);
       connectLive();
-      ui.input.focus({ preventScroll: true });
+      // The keyboard lands where the work is: the reply box, or Claim before it opens.
+      if (!ui.input.disabled) ui.input.focus({ preventScroll: true });
+      else if (!ui.claim.hidden) ui.claim.focus({ preventScroll: true });
     } catch (e) {
       if (state.selected !== id) return;
       ui.convName.textContent = "This conversation could not be opened";
@@ -794,7 +796,7 @@
 
   // ---- The transcript -----------------------------------------------------------------------
 
-  const nearBottom = (slack = 0) => ui.transcript.scrollHeight - ui.transcript.scrollTop - ui.transcript.clientHeight < 120 + slack;
+  const nearBottom = () => ui.transcript.scrollHeight - ui.transcript.scrollTop - ui.transcript.clientHeight < 120;
   function scrollToEnd(force) {
     if (force || nearBottom()) ui.transcript.scrollTop = ui.transcript.scrollHeight;
   }
@@ -852,14 +854,12 @@
     const stored = src.startsWith("/api/v1/attachments/");
     if (p.type === "image" && stored) {
       const img = h("img", { alt: name });
-      // A picture that arrives after the transcript scrolled down keeps it scrolled down.
-      const stick = () => nearBottom(img.height || 160);
-      let wasNear = false;
-      img.addEventListener("load", () => wasNear && scrollToEnd(true));
       const link = h("a", { class: "thumb", href: "#", title: `Open ${name}`, "aria-label": `Open ${name}` }, img);
       fileBlob(src).then((url) => {
         if (!url) return;
-        wasNear = stick();
+        // A picture that arrives at the end of the transcript keeps it scrolled to the end.
+        const stick = nearBottom();
+        img.addEventListener("load", () => stick && scrollToEnd(true), { once: true });
         img.src = url;
         link.href = url;
         link.target = "_blank";
@@ -895,6 +895,7 @@
       return "#";
     }
   }
+  /** The open conversation's files as blob: URLs, by API path (revoked when it closes). */
   const blobCache = new Map();
   function fileBlob(path) {
     if (!blobCache.has(path)) {
@@ -902,10 +903,7 @@
         path,
         api(path, { raw: true })
           .then((r) => r.blob())
-          .then((b) => {
-            const url = URL.createObjectURL(b);
-            return url;
-          })
+          .then((b) => URL.createObjectURL(b))
           .catch((e) => {
             blobCache.delete(path);
             showError("Loading a file", e);
