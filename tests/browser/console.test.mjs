@@ -170,6 +170,20 @@ describe("agent console", { concurrency: false }, () => {
     await c.ctx.close();
   });
 
+  test("the console warns before the token expires and signs out when it does", async () => {
+    const c = await newPage();
+    await c.page.clock.install();
+    const alex = await new Agent(kefu.base, "alex", "Alex").signIn(); // an hour
+    await c.page.goto(`${kefu.base}/agent/#token=${alex.token}`);
+    await c.page.locator("#app:not([hidden])").waitFor();
+    await c.page.clock.fastForward("52:00");
+    await c.page.locator("#who-expiry.soon").filter({ hasText: /^Session ends in \d+ min$/ }).waitFor();
+    await c.page.clock.fastForward("09:00");
+    await c.page.locator("#signin-error").filter({ hasText: "Your session ended (the agent token expired)" }).waitFor();
+    assert.equal(await c.page.evaluate(() => sessionStorage.getItem("kefu.agent.token")), null);
+    await c.ctx.close();
+  });
+
   test("a visitor asks for a person: the conversation appears under Waiting, with the cue", async () => {
     agent = await openConsole("alex", "Alex");
     // The console has polled once and knows the queue before the visitor arrives.
