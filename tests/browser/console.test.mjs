@@ -404,6 +404,29 @@ describe("agent console", { concurrency: false }, () => {
     await c.ctx.close();
   });
 
+  test("an API error is shown as text, with its code", async () => {
+    const id = await waitingConversation("default", ["Can I change my delivery address?"]);
+    const c = await openConsole("lee", "Lee");
+    const { page } = c;
+    await c.row(id).click();
+    await page.locator(".msg.visitor").first().waitFor();
+    // Someone else was quicker (played here, in the API's error shape, with markup in it).
+    await page.route("**/claim", (route) =>
+      route.fulfill({ status: 409, headers: { "content-type": "application/json" }, body: JSON.stringify({ error: { code: "not_assignee", message: `<b onmouseover="window.__xss=5">sam</b> owns it` } }) }),
+    );
+    await page.locator("#claim").click();
+    const error = page.locator("#errors .error");
+    await error.waitFor();
+    assert.equal(await error.locator("p").textContent(), `Claiming: <b onmouseover="window.__xss=5">sam</b> owns it not_assignee`);
+    assert.equal(await error.locator("p code").textContent(), "not_assignee");
+    assert.equal(await page.locator("#errors b").count(), 0, "the message is text");
+    await error.getByRole("button", { name: "Dismiss" }).click();
+    assert.equal(await error.count(), 0);
+    assert.equal(await page.locator("#conv-status").textContent(), "Waiting", "nothing changed");
+    assert.deepEqual(c.errors.map((e) => e.message).filter((m) => !/status of 409/.test(m)), []);
+    await c.ctx.close();
+  });
+
   test("on a phone the list and the conversation take turns; the keyboard reaches everything", async () => {
     const id = await waitingConversation("default", ["Do you ship to Norway?"]);
     const c = await openConsole("kim", "Kim", { context: { viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true } });
