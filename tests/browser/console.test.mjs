@@ -449,7 +449,7 @@ describe("agent console", { concurrency: false }, () => {
     await c.ctx.close();
   });
 
-  test("screenshots: the inbox with a waiting conversation, a conversation with a note and a reply", async () => {
+  test("screenshots: the inbox with a waiting conversation, a conversation with a note and a reply, dark", async () => {
     mkdirSync(SHOTS, { recursive: true });
     // A photo for the first conversation (the demo page's coffee swatch).
     const shop = await browser.newPage({ viewport: { width: 800, height: 900 } });
@@ -522,6 +522,11 @@ describe("agent console", { concurrency: false }, () => {
     await page.locator("#input").fill("Thanks, Maria! ");
     await page.waitForTimeout(400);
     await page.screenshot({ path: join(SHOTS, "agent-conversation.png") });
+    // The same, in the system's dark theme.
+    await page.emulateMedia({ colorScheme: "dark" });
+    await page.waitForTimeout(200);
+    assert.equal(await page.evaluate(() => getComputedStyle(document.body).backgroundColor), "rgb(12, 17, 29)");
+    await page.screenshot({ path: join(SHOTS, "agent-dark.png") });
     assert.deepEqual(c.errors, []);
     await c.ctx.close();
   });
