@@ -404,6 +404,31 @@ describe("agent console", { concurrency: false }, () => {
     await c.ctx.close();
   });
 
+  test("a lost connection comes back and catches up from the cursor: nothing missed, nothing twice", async () => {
+    const id = await waitingConversation("default", ["Are the beans roasted to order?"]);
+    const c = await openConsole("ana", "Ana");
+    const { page, ctx } = c;
+    await c.row(id).click();
+    await page.locator("#live-state.on").waitFor();
+    const seqs = () => page.locator(".msg").evaluateAll((els) => els.map((e) => Number(e.dataset.seq)));
+    const before = await seqs();
+    await ctx.setOffline(true);
+    await page.evaluate(() => window.dispatchEvent(new Event("offline")));
+    // Meanwhile a colleague leaves a note (any agent may).
+    const sam = await new Agent(kefu.base, "sam", "Sam").signIn();
+    await sam.call(`/api/v1/conversations/${id}/messages`, { text: "Written while Ana was offline", internal: true });
+    await page.waitForTimeout(500);
+    assert.deepEqual(await seqs(), before, "offline, nothing arrives");
+    await ctx.setOffline(false);
+    await page.evaluate(() => window.dispatchEvent(new Event("online")));
+    await page.locator(".msg.note .bubble").filter({ hasText: "Written while Ana was offline" }).waitFor();
+    await page.locator("#live-state.on").waitFor();
+    const after = await seqs();
+    assert.deepEqual(after, [...before, Math.max(...before) + 1], "the note once, in order");
+    assert.deepEqual(c.errors, []);
+    await ctx.close();
+  });
+
   test("an API error is shown as text, with its code", async () => {
     const id = await waitingConversation("default", ["Can I change my delivery address?"]);
     const c = await openConsole("lee", "Lee");
