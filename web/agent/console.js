@@ -473,6 +473,7 @@
     ui.assigneeWrap.hidden = filter === "waiting" || filter === "mine";
     if (ui.assigneeWrap.hidden) ui.assigneeFilter.value = "";
     ui.list.setAttribute("aria-busy", "true");
+    listShown = "";
     refreshInbox();
   }
   for (const t of ui.tabs) t.addEventListener("click", () => setFilter(t.dataset.filter));
@@ -601,7 +602,14 @@
   const unreadOf = (c) => (c.status === "resolved" || c.id === state.selected ? 0 : Math.max(0, (c.messages || 0) - (state.seen[c.id] || 0)));
   const ROLE_PREFIX = { visitor: "", bot: "Bot: ", agent: "Agent: ", system: "", note: "Note: " };
 
+  let listShown = "";
   function renderList() {
+    // Polls mostly bring nothing new: leave the rows alone then (no flicker under the
+    // pointer, nothing re-announced to a screen reader), and only say when it was checked.
+    const shown = JSON.stringify([state.entries, [...state.fresh], state.selected, state.entries.map(unreadOf), state.entries.map((c) => when(c.updated_at))]);
+    ui.listFoot.textContent = `${state.entries.length} conversation${state.entries.length === 1 ? "" : "s"} · updated ${clock(new Date())}`;
+    if (shown === listShown) return;
+    listShown = shown;
     const focusedId = document.activeElement?.closest?.(".row")?.dataset.id;
     const rows = state.entries.map((c) => {
       const unread = unreadOf(c);
@@ -645,7 +653,6 @@
     }[state.filter];
     ui.listEmpty.textContent = empty;
     ui.listEmpty.hidden = rows.length > 0;
-    ui.listFoot.textContent = `${rows.length} conversation${rows.length === 1 ? "" : "s"} · updated ${clock(new Date())}`;
     if (focusedId) ui.list.querySelector(`.row[data-id="${CSS.escape(focusedId)}"]`)?.focus();
   }
 
