@@ -355,7 +355,9 @@ async fn handle(
             }
         }
         Route::Knowledge(k) => {
-            let (tenant, _) = agent_tenant(req, env).await?;
+            // Agents may search and read; changing the knowledge base is the operator's.
+            let writes = matches!(k, api::KnowledgeRoute::PutSource(_) | api::KnowledgeRoute::DeleteSource(_));
+            let (tenant, _) = if writes { admin_tenant(req, env).await? } else { agent_tenant(req, env).await? };
             let t = tenant.as_str();
             let q = |key: &str| {
                 req.url().ok().and_then(|u| http::param(&u, key))
@@ -433,7 +435,21 @@ async fn admin_tenant(
         let config = config::load(env, &tenant).await?;
         return Ok((tenant, config));
     }
-    agent_tenant(req, env).await
+    // An agent's sign-in token is for conversations: it may not configure the tenant, mint
+    // tokens (for itself or anyone) or change the knowledge base.
+    if presented
+        .strip_prefix("Bearer ")
+        .is_some_and(|t| t.trim().starts_with("kfa."))
+    {
+        return Err(ApiError {
+            status: 403,
+            code: "operator_only",
+            message: "this needs the tenant key (or the deployment's admin token); an agent token cannot do it".into(),
+            field: None,
+            allow: None,
+        });
+    }
+    openai_authenticate(req, env).await
 }
 
 /// The tenant (and its configuration) of a caller authenticated with a tenant API key

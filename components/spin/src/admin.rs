@@ -38,6 +38,15 @@ pub fn operator(kv: &Kv, req: &Incoming) -> Result<(TenantId, TenantConfig), Api
         let config = store::config(kv, &tenant)?;
         return Ok((tenant, config));
     }
+    // An agent's sign-in token is for conversations: it may not configure the tenant or
+    // mint tokens (for itself or anyone).
+    if given.starts_with("kfa.") {
+        return Err(ApiError::new(
+            403,
+            "operator_only",
+            "this needs the tenant key (or the deployment's admin token); an agent token cannot do it",
+        ));
+    }
     tenant_key(kv, given)
 }
 

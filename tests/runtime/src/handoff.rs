@@ -533,6 +533,27 @@ pub async fn agent_tokens(ctx: &Ctx) -> anyhow::Result<()> {
     ctx.action(None, Some(&token), &id, "resolve", &json!({}))
         .await?
         .expect_status(200)?;
+    // A sign-in token is for conversations, not the operator's API: it cannot mint tokens
+    // (for itself or another agent) or read the tenant's configuration.
+    let mint = ctx
+        .http
+        .post(ctx.url("/api/v1/agents/tokens"))
+        .bearer_auth(&token)
+        .json(&json!({"agent": "boss", "name": "The Boss"}))
+        .send()
+        .await?;
+    crate::scenarios::Answer::read(mint)
+        .await?
+        .expect_error(403, "operator_only")?;
+    let config = ctx
+        .http
+        .get(ctx.url("/api/v1/config"))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    crate::scenarios::Answer::read(config)
+        .await?
+        .expect_error(403, "operator_only")?;
     Ok(())
 }
 

@@ -174,6 +174,23 @@ pub async fn knowledge_ingest_search_and_ground(ctx: &Ctx) -> anyhow::Result<()>
         put_source(ctx, None, &faq).await?.status() == StatusCode::UNAUTHORIZED,
         "ingest without a key"
     );
+    // Agents may search the knowledge base but not change it.
+    let minted: Value = ctx
+        .http
+        .post(ctx.url("/api/v1/agents/tokens"))
+        .bearer_auth(KB_KEY)
+        .json(&json!({"agent": "kim", "name": "Kim"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let agent_token = minted["token"].as_str().context("an agent token")?;
+    let as_agent = put_source(ctx, Some(agent_token), &faq).await?;
+    ensure!(
+        as_agent.status() == StatusCode::FORBIDDEN,
+        "an agent token changed the knowledge base: {}",
+        as_agent.status()
+    );
     let bad = json!({"id": "faq", "kind": "faq_json", "body": "not json"});
     let resp = put_source(ctx, Some(KB_KEY), &bad).await?;
     ensure!(
