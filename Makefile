@@ -33,7 +33,7 @@ help:
 	@echo "make test   set up everything and run every check and test"
 	@echo "make bench  measure Kefu's overhead against a pass-through Worker (writes docs/benchmarks-latest.md)"
 	@echo "make size   report the Worker's and the widget's gzipped sizes"
-	@echo "make test-browser  the widget's browser tests (Debian's Chromium, installed if missing)"
+	@echo "make test-browser  the widget's and agent console's browser tests (Debian's Chromium, installed if missing)"
 	@echo "make screenshots   the browser tests, renewing docs/screenshots/"
 
 ## Setup ----------------------------------------------------------------------------------
