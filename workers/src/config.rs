@@ -66,16 +66,7 @@ async fn read(env: &Env, tenant: &TenantId) -> Result<TenantConfig, ApiError> {
         Err(_) => None,
     };
     match stored {
-        Some(json) => TenantConfig::from_json(&json).map_err(|e| ApiError {
-            status: 500,
-            code: "tenant_config_invalid",
-            message: format!(
-                "the stored configuration of tenant {} is invalid: {e}",
-                tenant.as_str()
-            ),
-            field: None,
-            allow: None,
-        }),
+        Some(json) => kefu_engine::api::stored_config(tenant, &json),
         None => Ok(TenantConfig::builtin(
             var(env, "KEFU_PROVIDER_BASE_URL").as_deref(),
             var(env, "KEFU_MODEL").as_deref(),

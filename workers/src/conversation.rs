@@ -662,49 +662,13 @@ fn handle_action(inner: &Inner, body: &[u8]) -> Result<Response, ApiError> {
             },
         ));
     }
+    let parts = match &request {
+        api::ActionRequest::Message { text, .. } => message_parts(text, &a.attachments),
+        _ => Vec::new(),
+    };
     inner.record_changed(conversation, config, |c| {
-        let result = match &request {
-            api::ActionRequest::Handoff { queue } => {
-                let queue = queue
-                    .clone()
-                    .or_else(|| config.handoff.default_queue.clone());
-                c.request_handoff(
-                    at,
-                    config,
-                    &HandoffReason::VisitorAsked,
-                    queue.as_deref(),
-                    None,
-                )
-            }
-            api::ActionRequest::Claim { agent, name } => c.assign(at, config, agent, name),
-            api::ActionRequest::Message {
-                agent,
-                text,
-                internal,
-                ..
-            } => c.handle_agent_message(
-                at,
-                config,
-                agent,
-                message_parts(text, &a.attachments),
-                *internal,
-            ),
-            api::ActionRequest::Transfer {
-                agent,
-                to_agent,
-                to_agent_name,
-                to_queue,
-            } => c.transfer(
-                at,
-                config,
-                agent,
-                to_agent.as_deref().map(|a| (a, to_agent_name.as_str())),
-                to_queue.as_deref(),
-            ),
-            api::ActionRequest::Resolve { agent } => c.resolve(at, config, agent.as_deref()),
-            api::ActionRequest::Csat { score } => c.submit_csat(*score),
-        };
-        result.map_err(|e| api::handoff_error(&e))
+        api::apply_action(c, at, config, &request, parts.clone())
+            .map_err(|e| api::handoff_error(&e))
     })?;
     handle_get(inner, &a.tenant, action.by_agent())
 }

@@ -656,6 +656,67 @@ fn too_large() -> ApiError {
     )
 }
 
+/// The tenant's stored configuration document, parsed and validated: a stored document
+/// that fails validation is `500 tenant_config_invalid` naming the field, never a silent
+/// fall-back to another provider.
+pub fn stored_config(tenant: &TenantId, json: &str) -> Result<crate::TenantConfig, ApiError> {
+    crate::TenantConfig::from_json(json).map_err(|e| {
+        ApiError::new(
+            500,
+            "tenant_config_invalid",
+            format!(
+                "the stored configuration of tenant {} is invalid: {e}",
+                tenant.as_str()
+            ),
+        )
+    })
+}
+
+/// Applies a validated conversation action to `c` (the handoff state machine's
+/// transitions); `parts` are an agent message's text and files. What every host runs for
+/// `POST /api/v1/conversations/{id}/{action}` once it has the conversation.
+pub fn apply_action(
+    c: &mut Conversation,
+    now: crate::Timestamp,
+    config: &crate::TenantConfig,
+    request: &ActionRequest,
+    parts: Vec<Part>,
+) -> Result<crate::handoff::Changed, crate::handoff::HandoffError> {
+    use crate::handoff::HandoffReason;
+    match request {
+        ActionRequest::Handoff { queue } => {
+            let queue = queue
+                .clone()
+                .or_else(|| config.handoff.default_queue.clone());
+            c.request_handoff(
+                now,
+                config,
+                &HandoffReason::VisitorAsked,
+                queue.as_deref(),
+                None,
+            )
+        }
+        ActionRequest::Claim { agent, name } => c.assign(now, config, agent, name),
+        ActionRequest::Message {
+            agent, internal, ..
+        } => c.handle_agent_message(now, config, agent, parts, *internal),
+        ActionRequest::Transfer {
+            agent,
+            to_agent,
+            to_agent_name,
+            to_queue,
+        } => c.transfer(
+            now,
+            config,
+            agent,
+            to_agent.as_deref().map(|a| (a, to_agent_name.as_str())),
+            to_queue.as_deref(),
+        ),
+        ActionRequest::Resolve { agent } => c.resolve(now, config, agent.as_deref()),
+        ActionRequest::Csat { score } => c.submit_csat(*score),
+    }
+}
+
 /// An action's body as a signed-in agent sends it: the token says who acts, so a body that
 /// names another agent is refused (`403 agent_mismatch`), the token's agent is filled in,
 /// and a claim without a name takes the token's.

@@ -3,8 +3,8 @@
 //! transcript (internal notes included).
 
 use kefu_engine::api::{self, ActionRequest, ApiError, ConversationAction};
-use kefu_engine::handoff::{Changed, HandoffError, HandoffReason};
-use kefu_engine::{ConversationId, TenantConfig, TenantId};
+use kefu_engine::handoff::HandoffError;
+use kefu_engine::{ConversationId, TenantId};
 
 use crate::http::{Incoming, Reply};
 use crate::store::{self, Kv};
@@ -52,7 +52,14 @@ pub fn action(
         }));
     }
     let (conversation, ..) = kv.change(id, &tenant, None, |c| {
-        let changed = apply(c, &config, &request).map_err(|e| api::handoff_error(&e))?;
+        let parts = match &request {
+            ActionRequest::Message { text, .. } if !text.trim().is_empty() => {
+                vec![kefu_engine::Part::Text(text.clone())]
+            }
+            _ => Vec::new(),
+        };
+        let changed = api::apply_action(c, now(), &config, &request, parts)
+            .map_err(|e| api::handoff_error(&e))?;
         Ok((changed.messages, ()))
     })?;
     let messages = kv.transcript(&conversation)?;
@@ -65,56 +72,6 @@ pub fn action(
             conversation.owner(),
         ),
     ))
-}
-
-/// The engine's transition for `request`.
-fn apply(
-    c: &mut kefu_engine::Conversation,
-    config: &TenantConfig,
-    request: &ActionRequest,
-) -> Result<Changed, HandoffError> {
-    let at = now();
-    match request {
-        ActionRequest::Handoff { queue } => {
-            let queue = queue
-                .clone()
-                .or_else(|| config.handoff.default_queue.clone());
-            c.request_handoff(
-                at,
-                config,
-                &HandoffReason::VisitorAsked,
-                queue.as_deref(),
-                None,
-            )
-        }
-        ActionRequest::Claim { agent, name } => c.assign(at, config, agent, name),
-        ActionRequest::Message {
-            agent,
-            text,
-            internal,
-            ..
-        } => c.handle_agent_message(
-            at,
-            config,
-            agent,
-            vec![kefu_engine::conversation::Part::Text(text.clone())],
-            *internal,
-        ),
-        ActionRequest::Transfer {
-            agent,
-            to_agent,
-            to_agent_name,
-            to_queue,
-        } => c.transfer(
-            at,
-            config,
-            agent,
-            to_agent.as_deref().map(|a| (a, to_agent_name.as_str())),
-            to_queue.as_deref(),
-        ),
-        ActionRequest::Resolve { agent } => c.resolve(at, config, agent.as_deref()),
-        ActionRequest::Csat { score } => c.submit_csat(*score),
-    }
 }
 
 /// `GET /api/v1/conversations/{id}` with an agent's token or the tenant key: internal notes

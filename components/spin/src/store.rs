@@ -193,16 +193,7 @@ impl Kv {
 /// component's variables (`provider_base_url`, `model`).
 pub fn config(kv: &Kv, tenant: &TenantId) -> Result<TenantConfig, ApiError> {
     match kv.config_document(tenant)? {
-        Some(json) => TenantConfig::from_json(&json).map_err(|e| ApiError {
-            status: 500,
-            code: "tenant_config_invalid",
-            message: format!(
-                "the stored configuration of tenant {} is invalid: {e}",
-                tenant.as_str()
-            ),
-            field: None,
-            allow: None,
-        }),
+        Some(json) => kefu_engine::api::stored_config(tenant, &json),
         None => Ok(TenantConfig::builtin(
             crate::variable("provider_base_url").as_deref(),
             crate::variable("model").as_deref(),
