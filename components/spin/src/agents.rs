@@ -87,3 +87,27 @@ pub fn transcript(kv: &Kv, req: &Incoming, id: &ConversationId) -> Result<Reply,
         &api::conversation_json(&conversation, &messages, true, conversation.owner()),
     ))
 }
+
+/// `POST /api/v1/conversations/{id}/typing`: a visitor (with the tenant header, and their
+/// proof on a verified visitor's conversation) or an agent is typing; followers' streams
+/// show it until it expires ([`api::TYPING_TTL_MS`]).
+pub fn typing(kv: &Kv, req: &Incoming, id: &ConversationId) -> Result<Reply, ApiError> {
+    let visitor = api::parse_typing(&req.body)?;
+    let tenant = if visitor {
+        api::tenant(req.header(api::TENANT_HEADER))?
+    } else {
+        admin::agent(kv, req)?.0
+    };
+    let conversation = kv
+        .load(id, &tenant)?
+        .ok_or_else(ApiError::conversation_not_found)?;
+    if visitor {
+        crate::check_reader(kv, req, &tenant, &conversation)?;
+    }
+    let until = now().as_millis() + api::TYPING_TTL_MS;
+    kv.set_typing(id, if visitor { "visitor" } else { "agent" }, until)?;
+    Ok(Reply::json(
+        200,
+        &serde_json::json!({"ok": true, "until_ms": until}),
+    ))
+}

@@ -2,7 +2,7 @@
 //!
 //! Spin has no WebSockets and no object that could push to open streams, so a stream here
 //! catches up from the cursor (`?after=` or `Last-Event-ID`: nothing is missed), then looks
-//! for new messages and status changes once a second, sends a heartbeat comment every 15 s,
+//! for new messages, status changes and typing once a second, sends a heartbeat comment every 15 s,
 //! and ends after [`LIFETIME_MS`]; `EventSource` reconnects by itself with the last id it saw.
 //! The frames are the engine's ([`LiveUpdate`]), the same as the Worker's.
 
@@ -80,6 +80,8 @@ fn follow(kv: &Kv, tenant: &TenantId, id: &ConversationId, after: u32, sse: &mut
     let mut cursor = after;
     let mut last_status: Option<serde_json::Value> = None;
     let mut last_write = started;
+    // The typing indicators already passed on (by who, until when).
+    let mut typing_sent: [(&str, u64); 2] = [("visitor", 0), ("agent", 0)];
     while sse.alive() {
         let Ok(Some(conversation)) = kv.load(id, tenant) else {
             return;
@@ -99,6 +101,15 @@ fn follow(kv: &Kv, tenant: &TenantId, id: &ConversationId, after: u32, sse: &mut
             sse.write(&status.sse());
             last_write = now().as_millis();
             last_status = Some(status.data);
+        }
+        // Then who is typing (a stream opened mid-sentence shows it too).
+        let at = now().as_millis();
+        for (who, sent) in &mut typing_sent {
+            if let Some(until) = kv.typing(id, who).filter(|u| *u > at && *u != *sent) {
+                sse.write(&LiveUpdate::typing(who, until).sse());
+                *sent = until;
+                last_write = at;
+            }
         }
         let at = now().as_millis();
         if at.saturating_sub(started) >= LIFETIME_MS {

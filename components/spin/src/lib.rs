@@ -85,17 +85,17 @@ fn handle(kv: &Kv, req: &Incoming, route: Route) -> Result<Reply, ApiError> {
         Route::Config(c) => admin::config(kv, req, c),
         Route::ConversationAction(id, action) => agents::action(kv, req, &id, action),
         Route::AgentToken => admin::mint_token(kv, req),
+        Route::Typing(id) => agents::typing(kv, req, &id),
         Route::ListConversations => inbox::list(&admin::agent(kv, req)?.0, req),
         Route::Usage
         | Route::Knowledge(_)
-        | Route::Typing(_)
         | Route::Upload
         | Route::GetAttachment(_)
         | Route::OpenAiChat
         | Route::OpenAiModels => Err(not_on_spin(
             &req.path,
             "the Spin component serves chat, transcripts, handoff, agents' actions and their \
-             inbox, visitors' live updates (SSE), configuration and health so far; typing, \
+             inbox, visitors' live updates (SSE), configuration, typing and health so far; \
              usage, the knowledge base, files and the OpenAI-compatible API run on the Worker",
         )),
     }

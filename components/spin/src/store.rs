@@ -65,6 +65,31 @@ impl Kv {
         Ok(bytes.map(|b| String::from_utf8_lossy(&b).into_owned()))
     }
 
+    /// Notes that `who` (`visitor` or `agent`) is typing in the conversation until
+    /// `until_ms`; live-update streams pass it on ([`Kv::typing`]).
+    pub fn set_typing(
+        &self,
+        id: &ConversationId,
+        who: &str,
+        until_ms: u64,
+    ) -> Result<(), ApiError> {
+        self.bucket
+            .set(
+                &format!("conv:{}:typing:{who}", id.as_str()),
+                &until_ms.to_le_bytes(),
+            )
+            .map_err(|e| internal("storing typing", e))
+    }
+
+    /// Until when `who` is typing in the conversation, if they said so.
+    pub fn typing(&self, id: &ConversationId, who: &str) -> Option<u64> {
+        let bytes = self
+            .bucket
+            .get(&format!("conv:{}:typing:{who}", id.as_str()))
+            .ok()??;
+        Some(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?))
+    }
+
     /// Applies configuration writes in order ([`kefu_engine::config_history`]).
     pub fn apply(&self, ops: Vec<kefu_engine::config_history::KvOp>) -> Result<(), ApiError> {
         use kefu_engine::config_history::KvOp;

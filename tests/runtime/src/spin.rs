@@ -39,15 +39,13 @@ pub fn not_on_spin(scenario: &str) -> Option<&'static str> {
         | "offline_responder"
         | "tenant_isolation"
         | "live_updates_follow_the_visitor"
+        | "live_updates_via_sse"
         | "config_versions_and_rollback"
         | "handoff_end_to_end"
         | "handoff_by_the_model"
         | "rules_and_business_hours" => return None,
         "agent_tokens" | "inbox_lists_and_filters" => return None,
-        "verified_visitor_identity" => {
-            "typing is not in the component yet (reads, writes and \
-             visitor actions with the identity proof are)"
-        }
+        "verified_visitor_identity" => return None,
         "demo_answers" => "the /demo page is the Worker's",
         "openai_sdk_python" | "openai_api_errors" => {
             "the OpenAI-compatible API is not served by the Spin component yet"
@@ -66,12 +64,10 @@ pub fn not_on_spin(scenario: &str) -> Option<&'static str> {
             "webhook delivery with retries is not in the component yet"
         }
         "live_updates_via_websocket" | "typing_over_websocket" => {
-            "Spin has no WebSockets; live updates there will be SSE and polling (not yet)"
+            "Spin has no WebSockets: live updates there are Server-Sent Events (the SSE \
+             scenarios run on both)"
         }
-        "live_updates_via_sse" => {
-            "agents' actions (claim, typing, replies) are not in the component yet"
-        }
-        _ => "agents' actions, the inbox and tokens are not in the component yet",
+        _ => "not in the component yet",
     })
 }
 
