@@ -973,24 +973,17 @@ async fn no_answer_reply(
         reason,
     );
     knowledge::log_unanswered(&inner.env, tenant, &entry).await;
-    let lang = offline::detect_lang(&visitor.text());
-    let limit = config.handoff.no_answer_limit;
     let mut reached = false;
     let changed = inner
         .record_changed(latest, config, |c| {
-            reached = c.note_no_answer(true, limit);
-            if reached && config.handoff.enabled {
-                // The handoff itself is recorded next; this step only stores the count.
-                return Ok(kefu_engine::handoff::Changed::default());
-            }
-            let text = config.knowledge.no_answer_message.clone().unwrap_or_else(|| match lang {
-                offline::Lang::Zh => "抱歉，我在帮助中心里没有找到这个问题的答案。需要我为你转接人工客服吗？".to_owned(),
-                offline::Lang::En => "I'm sorry, I couldn't find the answer to that in our help center. Would you like me to connect you with a member of our team?".to_owned(),
-            });
-            c.record_bot_text(now(), config, &text).map_err(|e| api::handoff_error(&e))
+            let (changed, due) = c
+                .record_no_answer(now(), config)
+                .map_err(|e| api::handoff_error(&e))?;
+            reached = due;
+            Ok(changed)
         })
         .map_err(TurnFailure::Host)?;
-    if reached && config.handoff.enabled {
+    if reached {
         return hand_off(
             inner,
             config,

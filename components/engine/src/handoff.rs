@@ -428,6 +428,31 @@ impl Conversation {
         limit > 0 && self.no_answers >= limit
     }
 
+    /// The knowledge base had no answer to the visitor's question: counts it and, unless
+    /// that makes `handoff.no_answer_limit` misses in a row with handoff on (then the
+    /// returned flag is set and the caller hands off, with [`HandoffReason::RepeatedNoAnswer`]),
+    /// records the honest sentence (`knowledge.no_answer_message`, or a built-in one in the
+    /// visitor's language).
+    pub fn record_no_answer(
+        &mut self,
+        now: Timestamp,
+        config: &TenantConfig,
+    ) -> Result<(Changed, bool), HandoffError> {
+        let reached = self.note_no_answer(true, config.handoff.no_answer_limit);
+        if reached && config.handoff.enabled {
+            return Ok((Changed::default(), true));
+        }
+        let text = config
+            .knowledge
+            .no_answer_message
+            .clone()
+            .unwrap_or_else(|| match self.visitor_lang() {
+                Lang::Zh => "抱歉，我在帮助中心里没有找到这个问题的答案。需要我为你转接人工客服吗？".to_owned(),
+                Lang::En => "I'm sorry, I couldn't find the answer to that in our help center. Would you like me to connect you with a member of our team?".to_owned(),
+            });
+        Ok((self.record_bot_text(now, config, &text)?, false))
+    }
+
     /// Records a reply the bot did not get from a model (a rule's canned reply).
     pub fn record_bot_text(
         &mut self,

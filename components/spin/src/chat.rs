@@ -267,6 +267,17 @@ fn run_turn(
         return Ok(Answer::Silent(conversation.status()));
     }
     let mut options = TurnOptions::new(mode);
+    if config.knowledge.enabled && config.has_models() {
+        match crate::knowledge::search(tenant, &visitor.text(), config.knowledge.top_k) {
+            Ok(found) => options.knowledge = found,
+            // Without the knowledge base the model still answers (and may say it does not know).
+            Err(e) => log(
+                "error",
+                json!({"msg": "knowledge search failed", "error": e.message}),
+            ),
+        }
+    }
+    let grounded = !options.knowledge.is_empty();
     options.secrets = crate::secrets(config);
     options.seed = u64::from_le_bytes(
         wasi::random::random::get_random_bytes(8)
@@ -308,8 +319,19 @@ fn run_turn(
     // when the reply is stored (with compare-and-swap).
     let (latest, _, (decision, recorded), _) = kv
         .change(id, tenant, None, |c| {
-            let decision = dialogue::after_reply(c, config, &reply, false);
+            let decision = dialogue::after_reply(c, config, &reply, grounded);
+            if let dialogue::AfterReply::NoAnswer(_) = decision {
+                // Counted (and the honest sentence recorded) in the same swap.
+                let (changed, due) = c
+                    .record_no_answer(now(), config)
+                    .map_err(|e| api::handoff_error(&e))?;
+                let first = changed.messages.first().cloned();
+                return Ok((changed.messages, (decision, first.filter(|_| !due))));
+            }
             if let dialogue::AfterReply::Keep { record: true, .. } = decision {
+                if grounded {
+                    c.note_no_answer(false, 0);
+                }
                 let r = c
                     .record_reply(now(), &reply, config)
                     .map_err(|e| ApiError::internal(e.to_string()))?;
@@ -320,10 +342,31 @@ fn run_turn(
         .map_err(Failure::Host)?;
     match decision {
         dialogue::AfterReply::Drop => Ok(Answer::Silent(latest.status())),
-        dialogue::AfterReply::NoAnswer(_) => Err(Failure::Host(crate::not_on_spin(
-            "the knowledge base's no-answer path",
-            "serve this tenant from the Worker",
-        ))),
+        dialogue::AfterReply::NoAnswer(reason) => {
+            crate::knowledge::log_unanswered(
+                tenant,
+                &kefu_engine::knowledge::Unanswered::new(
+                    &visitor.text(),
+                    now(),
+                    id.clone(),
+                    &reason,
+                ),
+            );
+            match recorded {
+                Some(message) => Ok(Answer::Notice(message, latest.status(), "no_answer")),
+                // The misses reached the limit: a person takes over.
+                None => hand_off(
+                    kv,
+                    tenant,
+                    id,
+                    config,
+                    &HandoffReason::RepeatedNoAnswer,
+                    config.handoff.default_queue.clone(),
+                    after_hours(config, &visitor.text()),
+                )
+                .map_err(Failure::Host),
+            }
+        }
         dialogue::AfterReply::Keep { handoff, .. } => match (handoff, recorded) {
             (Some(_), _) => hand_off(
                 kv,

@@ -18,6 +18,7 @@ mod chat;
 mod events;
 mod http;
 mod inbox;
+mod knowledge;
 mod outbound;
 mod store;
 
@@ -86,17 +87,17 @@ fn handle(kv: &Kv, req: &Incoming, route: Route) -> Result<Reply, ApiError> {
         Route::ConversationAction(id, action) => agents::action(kv, req, &id, action),
         Route::AgentToken => admin::mint_token(kv, req),
         Route::Typing(id) => agents::typing(kv, req, &id),
+        Route::Knowledge(k) => knowledge::route(kv, req, k),
         Route::ListConversations => inbox::list(&admin::agent(kv, req)?.0, req),
         Route::Usage
-        | Route::Knowledge(_)
         | Route::Upload
         | Route::GetAttachment(_)
         | Route::OpenAiChat
         | Route::OpenAiModels => Err(not_on_spin(
             &req.path,
             "the Spin component serves chat, transcripts, handoff, agents' actions and their \
-             inbox, visitors' live updates (SSE), configuration, typing and health so far; \
-             usage, the knowledge base, files and the OpenAI-compatible API run on the Worker",
+             inbox, visitors' live updates (SSE), configuration, typing, the knowledge base \
+             (full text) and health so far; usage, files and the OpenAI-compatible API run on the Worker",
         )),
     }
 }
@@ -166,9 +167,8 @@ pub(crate) fn not_on_spin(what: &str, instead: &str) -> ApiError {
 /// Refuses a tenant configuration that needs what the Spin component does not do yet, so
 /// nothing is silently half-honoured (quotas unenforced, a knowledge base not searched).
 pub(crate) fn supported(config: &TenantConfig) -> Result<(), ApiError> {
-    let missing = if config.knowledge.enabled {
-        Some("the knowledge base (knowledge.enabled)")
-    } else if config.webhooks.iter().any(|w| w.enabled) {
+    knowledge::supported(config)?;
+    let missing = if config.webhooks.iter().any(|w| w.enabled) {
         Some("webhooks")
     } else if config.quotas != kefu_engine::gateway::QuotaPolicy::default() {
         Some("quotas and budgets")

@@ -40,6 +40,8 @@ pub fn not_on_spin(scenario: &str) -> Option<&'static str> {
         | "tenant_isolation"
         | "live_updates_follow_the_visitor"
         | "live_updates_via_sse"
+        | "knowledge_ingest_search_and_ground"
+        | "knowledge_no_answer_falls_back"
         | "config_versions_and_rollback"
         | "handoff_end_to_end"
         | "handoff_by_the_model"
@@ -54,8 +56,8 @@ pub fn not_on_spin(scenario: &str) -> Option<&'static str> {
         s if s.starts_with("gateway_") => {
             "circuit breakers, quotas and usage need a per-tenant gateway store on Spin (not yet)"
         }
-        s if s.starts_with("knowledge_") || s == "tenant_keys_see_only_their_own" => {
-            "the knowledge base (Spin SQLite with FTS5) is not in the component yet"
+        "knowledge_hybrid_vector_search" | "tenant_keys_see_only_their_own" => {
+            "vector search (embeddings) and uploads are not in the component yet"
         }
         s if s.starts_with("attachments_") => {
             "uploads (R2 on Workers) are not in the component yet"
@@ -84,6 +86,8 @@ pub fn tenants(all: &[(String, Value)]) -> Vec<(String, Value)> {
                     | "gw-model-handoff"
                     | "cs-rules"
                     | "verified-site"
+                    | "kb"
+                    | "kb-noanswer"
             )
         })
         .cloned()

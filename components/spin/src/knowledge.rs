@@ -1,0 +1,246 @@
+//! The knowledge base on Spin: sources, chunks and the FTS5 index in Spin SQLite (the
+//! `default` database), with the engine's schema, statements and search query — the same
+//! as the Worker's knowledge object runs. Re-indexing a source is one transaction, so a
+//! search never sees half a source. Vector search (embeddings) is not on Spin yet: a tenant
+//! that configures it is refused rather than served full text alone silently.
+
+use kefu_engine::api::{ApiError, KnowledgeRoute};
+use kefu_engine::knowledge::{self, RetrievedChunk, SearchRow, Source, SqlValue, Statement};
+use kefu_engine::{TenantConfig, TenantId};
+use serde_json::{Value, json};
+use spin_sdk::sqlite3::{Connection, QueryResult, Value as Sql};
+
+use crate::admin;
+use crate::http::{Incoming, Reply};
+use crate::store::Kv;
+
+const UNANSWERED_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS kb_unanswered (id INTEGER PRIMARY KEY AUTOINCREMENT, \
+     tenant_id TEXT NOT NULL, at INTEGER NOT NULL, conversation_id TEXT NOT NULL, \
+     question TEXT NOT NULL, reason TEXT NOT NULL)";
+
+fn sqlite(what: &str, e: impl std::fmt::Debug) -> ApiError {
+    ApiError::internal(format!("{what}: {e:?}"))
+}
+
+fn open() -> Result<Connection, ApiError> {
+    let db = Connection::open_default().map_err(|e| sqlite("opening SQLite", e))?;
+    for stmt in knowledge::SCHEMA.iter().chain([&UNANSWERED_SCHEMA]) {
+        db.execute(stmt, &[])
+            .map_err(|e| sqlite("the knowledge schema", e))?;
+    }
+    Ok(db)
+}
+
+fn bind(v: &SqlValue) -> Sql {
+    match v {
+        SqlValue::Null => Sql::Null,
+        SqlValue::Integer(i) => Sql::Integer(*i),
+        SqlValue::Text(t) => Sql::Text(t.clone()),
+        SqlValue::Blob(b) => Sql::Blob(b.clone()),
+    }
+}
+
+fn run(db: &Connection, st: &Statement) -> Result<QueryResult, ApiError> {
+    let params: Vec<Sql> = st.params.iter().map(bind).collect();
+    db.execute(st.sql, &params)
+        .map_err(|e| sqlite("a knowledge statement", e))
+}
+
+/// Rows as JSON objects by column name (integers, reals and text as such).
+fn objects(result: &QueryResult) -> Vec<Value> {
+    result
+        .rows
+        .iter()
+        .map(|row| {
+            let fields = result.columns.iter().enumerate().map(|(i, name)| {
+                let value = match row.values.get(i) {
+                    Some(Sql::Integer(n)) => json!(n),
+                    Some(Sql::Real(f)) => json!(f),
+                    Some(Sql::Text(t)) => json!(t),
+                    _ => Value::Null,
+                };
+                (name.clone(), value)
+            });
+            Value::Object(fields.collect())
+        })
+        .collect()
+}
+
+/// The operators' and agents' knowledge-base API (`/api/v1/knowledge/…`): agents may read
+/// and search; changing it takes the tenant key or the admin token.
+pub fn route(kv: &Kv, req: &Incoming, route: KnowledgeRoute) -> Result<Reply, ApiError> {
+    let writes = matches!(
+        route,
+        KnowledgeRoute::PutSource(_) | KnowledgeRoute::DeleteSource(_)
+    );
+    let (tenant, config) = if writes {
+        admin::operator(kv, req)?
+    } else {
+        let (tenant, config, _) = admin::agent(kv, req)?;
+        (tenant, config)
+    };
+    crate::supported(&config)?;
+    let db = open()?;
+    let t = || Sql::Text(tenant.as_str().to_owned());
+    match route {
+        KnowledgeRoute::PutSource(id) => put_source(&db, &tenant, &id, &req.body),
+        KnowledgeRoute::DeleteSource(id) => {
+            let existed = db
+                .execute(
+                    "SELECT 1 FROM kb_sources WHERE tenant_id = ? AND source_id = ?",
+                    &[t(), Sql::Text(id.clone())],
+                )
+                .map_err(|e| sqlite("finding the source", e))?;
+            if existed.rows.is_empty() {
+                return Err(ApiError::new(
+                    404,
+                    "source_not_found",
+                    format!("no source `{id}`"),
+                ));
+            }
+            transaction(&db, &knowledge::delete_source_statements(&tenant, &id))?;
+            Ok(Reply::json(200, &json!({"deleted": id})))
+        }
+        KnowledgeRoute::ListSources => {
+            let rows = db
+                .execute(
+                    "SELECT s.source_id AS id, s.title AS title, s.kind AS kind, s.url AS url, \
+                     (SELECT COUNT(*) FROM kb_chunks c WHERE c.tenant_id = s.tenant_id AND c.source_id = s.source_id) AS chunks, \
+                     (SELECT COUNT(*) FROM kb_vectors v WHERE v.tenant_id = s.tenant_id AND v.source_id = s.source_id) AS embedded \
+                     FROM kb_sources s WHERE s.tenant_id = ? ORDER BY s.source_id",
+                    &[t()],
+                )
+                .map_err(|e| sqlite("listing sources", e))?;
+            Ok(Reply::json(200, &json!({"sources": objects(&rows)})))
+        }
+        KnowledgeRoute::Search => {
+            let q = req.param("q").ok_or_else(|| {
+                let mut e = ApiError::new(400, "missing_field", "`q` is required");
+                e.field = Some("q".into());
+                e
+            })?;
+            let k = req
+                .param("k")
+                .and_then(|k| k.parse::<u8>().ok())
+                .unwrap_or(5)
+                .clamp(1, 20);
+            let results = search_in(&db, &tenant, &q, k)?;
+            Ok(Reply::json(200, &json!({"results": results})))
+        }
+        KnowledgeRoute::Unanswered => {
+            let rows = db
+                .execute(
+                    "SELECT at, conversation_id, question, reason FROM kb_unanswered \
+                     WHERE tenant_id = ? ORDER BY id DESC LIMIT 200",
+                    &[t()],
+                )
+                .map_err(|e| sqlite("reading unanswered questions", e))?;
+            Ok(Reply::json(200, &json!({"unanswered": objects(&rows)})))
+        }
+    }
+}
+
+/// Runs `statements` as one transaction.
+fn transaction(db: &Connection, statements: &[Statement]) -> Result<(), ApiError> {
+    db.execute("BEGIN IMMEDIATE", &[])
+        .map_err(|e| sqlite("starting a transaction", e))?;
+    for st in statements {
+        if let Err(e) = run(db, st) {
+            let _ = db.execute("ROLLBACK", &[]);
+            return Err(e);
+        }
+    }
+    db.execute("COMMIT", &[])
+        .map_err(|e| sqlite("committing", e))?;
+    Ok(())
+}
+
+fn invalid_source(e: &kefu_engine::config::ConfigError) -> ApiError {
+    let mut error = ApiError::new(400, "invalid_source", e.to_string());
+    error.field = Some(e.field.clone());
+    error
+}
+
+fn put_source(
+    db: &Connection,
+    tenant: &TenantId,
+    id: &str,
+    body: &[u8],
+) -> Result<Reply, ApiError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| ApiError::new(400, "invalid_json", "the source is not UTF-8"))?;
+    let source = Source::from_json(text).map_err(|e| invalid_source(&e))?;
+    if source.id != id {
+        return Err(invalid_source(&kefu_engine::config::ConfigError {
+            field: "id".into(),
+            message: format!("the body names source `{}` but the path `{id}`", source.id),
+        }));
+    }
+    let chunks = knowledge::chunk(&source).map_err(|e| invalid_source(&e))?;
+    transaction(
+        db,
+        &knowledge::index_statements(tenant, &source, &chunks, crate::now()),
+    )?;
+    Ok(Reply::json(
+        200,
+        &json!({"source": id, "chunks": chunks.len(), "embedded": 0}),
+    ))
+}
+
+fn search_in(
+    db: &Connection,
+    tenant: &TenantId,
+    question: &str,
+    k: u8,
+) -> Result<Vec<RetrievedChunk>, ApiError> {
+    let Some(st) = knowledge::search_statement(tenant, question, u32::from(k)) else {
+        return Ok(Vec::new());
+    };
+    let rows = run(db, &st)?;
+    let rows: Vec<SearchRow> = objects(&rows)
+        .into_iter()
+        .filter_map(|o| serde_json::from_value(o).ok())
+        .collect();
+    Ok(rows.into_iter().map(RetrievedChunk::from).collect())
+}
+
+/// The best `k` chunks for a chat turn's question (full text).
+pub fn search(tenant: &TenantId, question: &str, k: u8) -> Result<Vec<RetrievedChunk>, ApiError> {
+    search_in(&open()?, tenant, question, k)
+}
+
+/// Logs a question the knowledge base could not answer (a failure is logged, never in the
+/// visitor's way).
+pub fn log_unanswered(tenant: &TenantId, entry: &knowledge::Unanswered) {
+    let result = open().and_then(|db| {
+        db.execute(
+            "INSERT INTO kb_unanswered (tenant_id, at, conversation_id, question, reason) \
+             VALUES (?, ?, ?, ?, ?)",
+            &[
+                Sql::Text(tenant.as_str().to_owned()),
+                Sql::Integer(i64::try_from(entry.at.as_millis()).unwrap_or(0)),
+                Sql::Text(entry.conversation_id.as_str().to_owned()),
+                Sql::Text(entry.question.clone()),
+                Sql::Text(entry.reason.clone()),
+            ],
+        )
+        .map_err(|e| sqlite("logging an unanswered question", e))
+    });
+    if let Err(e) = result {
+        crate::log(
+            "error",
+            json!({"msg": "unanswered log failed", "error": e.message}),
+        );
+    }
+}
+
+/// Whether a tenant's knowledge settings are served here (no embeddings yet).
+pub fn supported(config: &TenantConfig) -> Result<(), ApiError> {
+    match &config.knowledge.embeddings {
+        Some(_) => Err(crate::not_on_spin(
+            "vector search (knowledge.embeddings)",
+            "serve this tenant from the Worker, or remove the embeddings setting",
+        )),
+        None => Ok(()),
+    }
+}
