@@ -11,7 +11,7 @@
 use futures::StreamExt;
 use futures::channel::{mpsc, oneshot};
 use kefu_engine::auth;
-use kefu_engine::openai_api::{self as oa, ChunkDelta, OpenAiError, Selection};
+use kefu_engine::openai_api::{self as oa, OpenAiError, Selection};
 use kefu_engine::{ProviderError, ReplyMode, TenantConfig, TenantId, Turn, TurnReply};
 use serde_json::json;
 use worker::{Context, Env, Headers, Request, Response, wasm_bindgen_futures};
@@ -215,10 +215,6 @@ pub(crate) async fn chat(mut req: Request, env: &Env, ctx: &Context) -> worker::
         }
         Some(first) => {
             // Streaming: the first token (or a whole reply) is here; commit to 200.
-            let model = match &first {
-                Out::Done(r) => r.responder.model().unwrap_or("kefu-offline").to_owned(),
-                _ => String::new(),
-            };
             if let Out::Delta {
                 target,
                 route,
@@ -230,69 +226,15 @@ pub(crate) async fn chat(mut req: Request, env: &Env, ctx: &Context) -> worker::
             }
             headers.set("content-type", "text/event-stream; charset=utf-8")?;
             headers.set("cache-control", "no-cache, no-transform")?;
-            let include_usage = request.include_usage;
-            let mut model_name = model;
+            let mut out = oa::StreamFrames::new(&id, created, request.include_usage);
             let frames = futures::stream::once(async move { first })
                 .chain(rx)
-                .map(move |out| {
-                    let mut buf = String::new();
-                    match out {
-                        Out::Delta { text, target, .. } => {
-                            if model_name.is_empty() {
-                                model_name = target
-                                    .as_deref()
-                                    .and_then(|t| t.split_once('/'))
-                                    .map_or("kefu", |(_, m)| m)
-                                    .to_owned();
-                                buf += &oa::sse_data(&oa::chunk_json(
-                                    &id,
-                                    created,
-                                    &model_name,
-                                    ChunkDelta::Role,
-                                ));
-                            }
-                            buf += &oa::sse_data(&oa::chunk_json(
-                                &id,
-                                created,
-                                &model_name,
-                                ChunkDelta::Text(&text),
-                            ));
-                        }
-                        Out::Done(reply) => {
-                            if model_name.is_empty() || model_name == "kefu-offline" {
-                                model_name =
-                                    reply.responder.model().unwrap_or("kefu-offline").to_owned();
-                                buf += &oa::sse_data(&oa::chunk_json(
-                                    &id,
-                                    created,
-                                    &model_name,
-                                    ChunkDelta::Role,
-                                ));
-                                if !reply.text.is_empty() {
-                                    buf += &oa::sse_data(&oa::chunk_json(
-                                        &id,
-                                        created,
-                                        &model_name,
-                                        ChunkDelta::Text(&reply.text),
-                                    ));
-                                }
-                            }
-                            buf += &oa::sse_data(&oa::chunk_json(
-                                &id,
-                                created,
-                                &model_name,
-                                ChunkDelta::Finish(&reply),
-                            ));
-                            if include_usage {
-                                buf += &oa::sse_data(&oa::usage_chunk_json(&id, created, &reply));
-                            }
-                            buf += oa::SSE_DONE;
-                        }
-                        Out::Failed(e) => {
-                            // After text was sent the failure can only be an event; no [DONE].
-                            buf += &oa::sse_data(&OpenAiError::from_provider(&e).body());
-                        }
-                    }
+                .map(move |o| {
+                    let buf = match o {
+                        Out::Delta { text, target, .. } => out.delta(&text, target.as_deref()),
+                        Out::Done(reply) => out.done(&reply),
+                        Out::Failed(e) => out.failed(&e),
+                    };
                     Ok::<Vec<u8>, worker::Error>(buf.into_bytes())
                 });
             Ok(Response::from_stream(frames)?.with_headers(headers))

@@ -438,6 +438,72 @@ pub fn sse_data(v: &Value) -> String {
 /// The stream's terminator.
 pub const SSE_DONE: &str = "data: [DONE]\n\n";
 
+/// The frames of one streamed completion, in order: the role chunk before the first text
+/// (naming the model once the first delta says which target answers), text chunks, then
+/// the finish chunk, the usage chunk when asked for, and `[DONE]`; or, after text went out,
+/// an error event and no `[DONE]` (which the SDKs raise). Hosts feed it what the turn does.
+#[derive(Clone, Debug)]
+pub struct StreamFrames {
+    id: String,
+    created_secs: u64,
+    include_usage: bool,
+    model: String,
+}
+
+impl StreamFrames {
+    /// A stream with this completion id and creation time.
+    pub fn new(id: &str, created_secs: u64, include_usage: bool) -> Self {
+        Self {
+            id: id.to_owned(),
+            created_secs,
+            include_usage,
+            model: String::new(),
+        }
+    }
+
+    fn chunk(&self, delta: ChunkDelta<'_>) -> String {
+        sse_data(&chunk_json(&self.id, self.created_secs, &self.model, delta))
+    }
+
+    /// A text delta from `target` (`provider/model`, when known).
+    pub fn delta(&mut self, text: &str, target: Option<&str>) -> String {
+        let mut out = String::new();
+        if self.model.is_empty() {
+            self.model = target
+                .and_then(|t| t.split_once('/'))
+                .map_or("kefu", |(_, m)| m)
+                .to_owned();
+            out += &self.chunk(ChunkDelta::Role);
+        }
+        out += &self.chunk(ChunkDelta::Text(text));
+        out
+    }
+
+    /// The end of a successful turn (a reply that streamed nothing, e.g. the offline
+    /// responder's, is sent whole first).
+    pub fn done(&mut self, reply: &TurnReply) -> String {
+        let mut out = String::new();
+        if self.model.is_empty() {
+            self.model = reply.responder.model().unwrap_or("kefu-offline").to_owned();
+            out += &self.chunk(ChunkDelta::Role);
+            if !reply.text.is_empty() {
+                out += &self.chunk(ChunkDelta::Text(&reply.text));
+            }
+        }
+        out += &self.chunk(ChunkDelta::Finish(reply));
+        if self.include_usage {
+            out += &sse_data(&usage_chunk_json(&self.id, self.created_secs, reply));
+        }
+        out += SSE_DONE;
+        out
+    }
+
+    /// A failure after text went out: an error event, and no `[DONE]`.
+    pub fn failed(&self, e: &ProviderError) -> String {
+        sse_data(&OpenAiError::from_provider(e).body())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

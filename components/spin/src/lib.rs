@@ -19,6 +19,7 @@ mod events;
 mod http;
 mod inbox;
 mod knowledge;
+mod openai;
 mod outbound;
 mod store;
 
@@ -62,6 +63,7 @@ fn serve(req: IncomingRequest, out: ResponseOutparam) {
     match route {
         Route::Chat => chat::handle(&kv, &req, out),
         Route::ConversationEvents(id) => events::handle(&kv, &req, &id, out),
+        Route::OpenAiChat => openai::chat(&kv, &req, out),
         other => handle(&kv, &req, other)
             .unwrap_or_else(|e| Reply::error(&e))
             .send(out),
@@ -79,7 +81,8 @@ fn handle(kv: &Kv, req: &Incoming, route: Route) -> Result<Reply, ApiError> {
                 .to_owned(),
         )),
         Route::GetConversation(id) => transcript(kv, req, &id),
-        Route::Chat | Route::ConversationEvents(_) => {
+        Route::OpenAiModels => Ok(openai::models(kv, req)),
+        Route::Chat | Route::ConversationEvents(_) | Route::OpenAiChat => {
             Err(ApiError::internal("routed before handle"))
         }
         Route::Demo => Err(not_on_spin("/demo", "use POST /api/v1/chat")),
@@ -91,13 +94,12 @@ fn handle(kv: &Kv, req: &Incoming, route: Route) -> Result<Reply, ApiError> {
         Route::ListConversations => inbox::list(&admin::agent(kv, req)?.0, req),
         Route::Usage
         | Route::Upload
-        | Route::GetAttachment(_)
-        | Route::OpenAiChat
-        | Route::OpenAiModels => Err(not_on_spin(
+        | Route::GetAttachment(_) => Err(not_on_spin(
             &req.path,
             "the Spin component serves chat, transcripts, handoff, agents' actions and their \
              inbox, visitors' live updates (SSE), configuration, typing, the knowledge base \
-             (full text) and health so far; usage, files and the OpenAI-compatible API run on the Worker",
+             (full text), the OpenAI-compatible API and health so far; usage and files run on the \
+             Worker",
         )),
     }
 }

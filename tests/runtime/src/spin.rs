@@ -49,9 +49,7 @@ pub fn not_on_spin(scenario: &str) -> Option<&'static str> {
         "agent_tokens" | "inbox_lists_and_filters" => return None,
         "verified_visitor_identity" => return None,
         "demo_answers" => "the /demo page is the Worker's",
-        "openai_sdk_python" | "openai_api_errors" => {
-            "the OpenAI-compatible API is not served by the Spin component yet"
-        }
+        "openai_sdk_python" | "openai_api_errors" => return None,
         "gateway_workers_ai_binding" => "the Workers AI binding exists only on Workers",
         s if s.starts_with("gateway_") => {
             "circuit breakers, quotas and usage need a per-tenant gateway store on Spin (not yet)"
