@@ -15,7 +15,22 @@ const SHOTS = resolve(ROOT, process.env.KEFU_SCREENSHOTS || "target/browser-scre
 const ACME_KEY = "kf-acme.Kefu0Browser0Admin0Key0000001";
 const QUIET_KEY = "kf-quiet.Kefu0Browser0Admin0Key0000002";
 const XSS = `<img src=x onerror="window.__xss=1">`;
-const XSS_BODY = `# Shipping <script>window.__xss=2</script>\n\nEvery parcel ships within two days. <img src=x onerror="window.__xss=3">\n\n## Returns\n\nReturn any parcel within 30 days for a full refund.`;
+const XSS_BODY = `# Zeppelin <script>window.__xss=2</script>\n\nZeppelin deliveries are not offered. <img src=x onerror="window.__xss=3">`;
+const SHIPPING = `# Shipping
+
+Every parcel ships within two working days from our warehouse in Leipzig. Tracking links arrive by email.
+
+## Returns
+
+Return any parcel within 30 days for a full refund; the label is free inside the EU.
+
+## International orders
+
+We ship to 28 countries. Duties are included at checkout.`;
+const FAQ_CSV = `question,answer
+Do you sell gift cards?,"Yes, from 10 to 200 euros, delivered by email."
+Can I change my order?,You can change it until it ships from the Orders page.
+`;
 
 let kefu;
 let browser;
@@ -64,9 +79,9 @@ async function signIn(key) {
   return a;
 }
 
-async function shot(page, name) {
+async function shot(page, name, options = {}) {
   mkdirSync(SHOTS, { recursive: true });
-  await page.screenshot({ path: resolve(SHOTS, name) });
+  await page.screenshot({ path: resolve(SHOTS, name), ...options });
 }
 
 const apiGet = (path, key = ACME_KEY) => fetch(kefu.base + path, { headers: { authorization: `Bearer ${key}` } });
@@ -110,34 +125,7 @@ describe("admin pages", { concurrency: false }, () => {
     a = await signIn(ACME_KEY);
   });
 
-  test("a bad configuration shows the server's error at its field and changes nothing", async () => {
-    const before = await configNow();
-    await editJson(a.page, (d) => ({ ...d, history_window: 1 }));
-    await a.page.locator("#config-save").click();
-    await a.page.locator("#config-error:not([hidden])").waitFor();
-    assert.equal(await a.page.locator("#config-error-code").textContent(), "invalid_config");
-    assert.equal(await a.page.locator("#config-error-field").textContent(), "history_window");
-    // The offending line is marked and selected.
-    const text = await a.page.locator("#config-text").inputValue();
-    const line = text.split("\n").findIndex((l) => l.includes('"history_window"')) + 1;
-    assert.ok(line > 0);
-    assert.equal(await a.page.locator("#line-mark").getAttribute("data-line"), String(line));
-    assert.equal(await a.page.locator("#line-mark").isVisible(), true);
-    const selected = await a.page.evaluate(() => {
-      const t = document.getElementById("config-text");
-      return t.value.slice(t.selectionStart, t.selectionEnd);
-    });
-    assert.match(selected, /"history_window": 1/);
-    await shot(a.page, "admin-config-error.png");
-    const afterBad = await configNow();
-    assert.equal(afterBad.version, before.version);
-    assert.deepEqual(afterBad.config, before.config);
-    assert.deepEqual(a.errors, []);
-  });
-
   test("a good edit saves as the next version; rollback restores the one before", async () => {
-    await a.page.locator("#config-reload").click();
-    await a.page.locator("#config-error").waitFor({ state: "hidden" });
     const before = await configNow();
     // The shortcut edits the JSON; the prompt carries markup that must stay text.
     await a.page.locator("#sc-prompt").fill(`Be brief. ${XSS}`);
@@ -171,19 +159,55 @@ describe("admin pages", { concurrency: false }, () => {
     assert.deepEqual(a.errors, []);
   });
 
-  test("a Markdown source uploads, is listed and found by search; its markup stays text", async () => {
+  test("a bad configuration shows the server's error at its field and changes nothing", async () => {
+    const before = await configNow();
+    await a.page.locator("#sc-prompt").fill("You are Acme Outfitters' assistant. Answer briefly and kindly, in the visitor's language.");
+    await editJson(a.page, (d) => ({ ...d, history_window: 1 }));
+    await a.page.locator("#config-save").click();
+    await a.page.locator("#config-error:not([hidden])").waitFor();
+    assert.equal(await a.page.locator("#config-error-code").textContent(), "invalid_config");
+    assert.equal(await a.page.locator("#config-error-field").textContent(), "history_window");
+    // The offending line is marked and selected.
+    const text = await a.page.locator("#config-text").inputValue();
+    const line = text.split("\n").findIndex((l) => l.includes('"history_window"')) + 1;
+    assert.ok(line > 0);
+    assert.equal(await a.page.locator("#line-mark").getAttribute("data-line"), String(line));
+    assert.equal(await a.page.locator("#line-mark").isVisible(), true);
+    const selected = await a.page.evaluate(() => {
+      const t = document.getElementById("config-text");
+      return t.value.slice(t.selectionStart, t.selectionEnd);
+    });
+    assert.match(selected, /"history_window": 1/);
+    await shot(a.page, "admin-config-error.png");
+    const afterBad = await configNow();
+    assert.equal(afterBad.version, before.version);
+    assert.deepEqual(afterBad.config, before.config);
+    // Reload brings back what is stored.
+    await a.page.locator("#config-reload").click();
+    await a.page.locator("#config-error").waitFor({ state: "hidden" });
+    assert.equal(await a.page.locator("#line-mark").isVisible(), false);
+    assert.deepEqual(JSON.parse(await a.page.locator("#config-text").inputValue()), before.config);
+    assert.deepEqual(a.errors, []);
+  });
+
+  test("sources upload from a file or pasted text, are listed, found by search and deleted", async () => {
     await a.page.locator('.section-tab[data-section="knowledge"]').click();
     await a.page.locator("#sources-empty:not([hidden])").waitFor();
-    await a.page.locator("#src-file").setInputFiles({ name: "shipping.md", mimeType: "text/markdown", buffer: Buffer.from(XSS_BODY) });
+    await a.page.locator("#src-file").setInputFiles({ name: "Shipping and returns.md", mimeType: "text/markdown", buffer: Buffer.from(SHIPPING) });
     assert.equal(await a.page.locator("#src-kind").inputValue(), "markdown");
-    assert.equal(await a.page.locator("#src-id").inputValue(), "shipping");
-    await a.page.locator("#src-title").fill(`Shipping ${XSS}`);
+    assert.equal(await a.page.locator("#src-id").inputValue(), "shipping-and-returns");
+    assert.equal(await a.page.locator("#src-title").inputValue(), "Shipping and returns");
     await a.page.locator("#source-save").click();
-    const row = a.page.locator('#sources tr[data-id="shipping"]');
+    const row = a.page.locator('#sources tr[data-id="shipping-and-returns"]');
     await row.waitFor();
-    assert.match(await row.textContent(), /Shipping <img src=x/);
-    assert.equal(await row.locator("td.num").first().textContent().then(Number) > 0, true);
-    // A second source, pasted, so the list has more than one.
+    assert.ok(Number(await row.locator("td.num").first().textContent()) > 1);
+    // FAQ CSV from a file: the kind follows the extension.
+    await a.page.locator("#src-file").setInputFiles({ name: "faq.csv", mimeType: "text/csv", buffer: Buffer.from(FAQ_CSV) });
+    assert.equal(await a.page.locator("#src-kind").inputValue(), "faq_csv");
+    await a.page.locator("#src-title").fill("Frequently asked questions");
+    await a.page.locator("#source-save").click();
+    await a.page.locator('#sources tr[data-id="faq"]').waitFor();
+    // Pasted text.
     await a.page.locator("#src-id").fill("hours");
     await a.page.locator("#src-title").fill("Opening hours");
     await a.page.locator("#src-kind").selectOption("text");
@@ -196,17 +220,36 @@ describe("admin pages", { concurrency: false }, () => {
     await a.page.locator("#hits li .score").first().waitFor();
     const hits = await a.page.locator("#hits li").allTextContents();
     assert.ok(hits.some((h) => /parcel/.test(h)), hits.join("\n"));
-    await shot(a.page, "admin-knowledge.png");
+    await a.page.locator("#search-q").blur();
+    await shot(a.page, "admin-knowledge.png", { fullPage: true });
 
     // Delete (after confirming) takes it out of the list and the API.
     await a.page.locator('#sources tr[data-id="hours"]').getByRole("button", { name: "Delete" }).click();
     await a.page.locator("#confirm-ok").click();
     await a.page.locator('#sources tr[data-id="hours"]').waitFor({ state: "detached" });
     const { sources } = await (await apiGet("/api/v1/knowledge/sources")).json();
-    assert.deepEqual(sources.map((s) => s.id), ["shipping"]);
+    assert.deepEqual(sources.map((s) => s.id).sort(), ["faq", "shipping-and-returns"]);
+    assert.deepEqual(a.errors, []);
+  });
 
+  test("markup in a source's title and body stays text, in the list and in search results", async () => {
+    await a.page.locator("#src-id").fill("xss");
+    await a.page.locator("#src-title").fill(`Tricky ${XSS}`);
+    await a.page.locator("#src-kind").selectOption("markdown");
+    await a.page.locator("#src-body").fill(XSS_BODY);
+    await a.page.locator("#source-save").click();
+    const row = a.page.locator('#sources tr[data-id="xss"]');
+    await row.waitFor();
+    assert.match(await row.textContent(), /Tricky <img src=x onerror/);
+    await a.page.locator("#search-q").fill("zeppelin");
+    await a.page.locator("#search-q").press("Enter");
+    await a.page.locator("#hits li").filter({ hasText: "Zeppelin deliveries" }).waitFor();
+    assert.match(await a.page.locator("#hits").textContent(), /<script>window.__xss=2<\/script>|<img src=x onerror="window.__xss=3">/);
     assert.equal(await a.page.evaluate(() => window.__xss), undefined);
     assert.equal(await a.page.locator("#section-knowledge img, #section-knowledge script").count(), 0);
+    await row.getByRole("button", { name: "Delete" }).click();
+    await a.page.locator("#confirm-ok").click();
+    await row.waitFor({ state: "detached" });
     assert.deepEqual(a.errors, []);
   });
 
@@ -275,6 +318,7 @@ describe("admin pages", { concurrency: false }, () => {
     await a.page.locator("#token-out:not([hidden])").waitFor();
     const token = await a.page.locator("#token-value").textContent();
     assert.match(token, /^kfa\./);
+    await shot(a.page, "admin-access.png");
     const href = await a.page.locator("#token-link").getAttribute("href");
     assert.equal(href, `/agent/#token=${encodeURIComponent(token)}`);
     const c = await newPage();

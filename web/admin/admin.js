@@ -75,7 +75,7 @@
   const fmtInt = (n) => new Intl.NumberFormat("en-US").format(n || 0);
   const fmtCost = (micros) => {
     const usd = (micros || 0) / 1e6;
-    return "$" + usd.toFixed(usd !== 0 && usd < 0.01 ? 4 : 2);
+    return "$" + usd.toFixed(usd === 0 || usd >= 1 ? 2 : usd >= 0.01 ? 3 : 4);
   };
   const fmtWhen = (iso) => {
     const d = new Date(iso);
@@ -520,9 +520,12 @@
     const q = $("search-q").value.trim();
     const list = $("hits");
     if (!q) return;
+    clear(list);
+    list.setAttribute("aria-busy", "true");
     try {
       const { results = [] } = await api(`/api/v1/knowledge/search?q=${encodeURIComponent(q)}&k=5`);
       clear(list);
+      list.removeAttribute("aria-busy");
       if (!results.length) list.append(el("li", { class: "muted", text: "Nothing found: a chat turn would get no chunks for this." }));
       for (const r of results) {
         const c = r.chunk || r;
@@ -532,7 +535,8 @@
             el("div", { class: "hit-head" },
               el("span", { class: "strong", text: r.source_title || c.title || c.source_id || "" }),
               heading ? el("span", { class: "muted small", text: heading }) : null,
-              el("span", { class: "score", title: "Search score (only the order matters)", text: Number(r.score ?? 0).toFixed(3) })),
+              // bm25 scores are negative (lower is better), fused ones positive: shown as a magnitude, best first.
+              el("span", { class: "score", title: "Search score (bm25, or fused with vector search); only the order matters", text: Math.abs(Number(r.score ?? 0)).toFixed(3) })),
             el("p", { class: "hit-text", text: c.text || "" }))
         );
       }
@@ -585,12 +589,19 @@
   };
 
   function renderUsage() {
-    const u = state.usage || { usage: [], today: {} };
+    const u = state.usage || { usage: [] };
     const rows = u.usage || [];
-    const t = u.today || {};
+    const today = new Date().toISOString().slice(0, 10);
+    const sum = (rs, f) => rs.reduce((n, r) => n + f(r), 0);
+    const todays = rows.filter((r) => r.day === today);
     const stats = $("today");
     clear(stats);
-    for (const [label, value] of [["Turns today", fmtInt(t.requests)], ["Tokens today", fmtInt(t.tokens)], ["Cost today", fmtCost(t.cost_micros)], ["Days with usage", fmtInt(new Set(rows.map((r) => r.day)).size)]])
+    for (const [label, value] of [
+      ["Requests today", fmtInt(sum(todays, METRICS.requests.of))],
+      ["Tokens today", fmtInt(sum(todays, METRICS.tokens.of))],
+      ["Cost today", fmtCost(sum(todays, METRICS.cost.of))],
+      ["Cost, all days shown", fmtCost(sum(rows, METRICS.cost.of))],
+    ])
       stats.append(el("div", { class: "stat card" }, el("div", { class: "muted small", text: label }), el("div", { class: "stat-value", text: value })));
 
     const m = METRICS[state.metric];
@@ -616,26 +627,35 @@
     }
     const values = days.map((d) => perDay.get(d) || 0);
     const max = Math.max(...values);
-    const W = 840, H = 240, left = 64, bottom = 28, top = 12, right = 8;
+    // A round top for the scale: 4 steps of 1, 2, 2.5 or 5 × a power of ten.
+    const raw = max / 4;
+    const mag = raw > 0 ? 10 ** Math.floor(Math.log10(raw)) : 1;
+    const stepV = [1, 2, 2.5, 5, 10].find((f) => f * mag >= raw) * mag;
+    const scaleMax = max > 0 ? stepV * 4 : 1;
+    const W = 840, H = 240, left = 64, bottom = 28, top = 22, right = 8;
     const plotH = H - top - bottom, plotW = W - left - right, step = plotW / days.length, barW = Math.min(36, step * 0.62);
     const s = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "bars", role: "img", "aria-label": `${m.title}, last 14 days` });
-    const nice = max > 0 ? max : 1;
     for (let g = 0; g <= 4; g++) {
       const y = top + plotH - (plotH * g) / 4;
       s.append(svg("line", { x1: left, x2: W - right, y1: y, y2: y, class: g ? "grid" : "axis" }));
       const label = svg("text", { x: left - 8, y: y + 4, class: "tick", "text-anchor": "end" });
-      label.textContent = max > 0 ? m.fmt((nice * g) / 4) : g === 0 ? m.fmt(0) : "";
+      label.textContent = max > 0 ? m.fmt((scaleMax * g) / 4) : g === 0 ? m.fmt(0) : "";
       s.append(label);
     }
     days.forEach((d, i) => {
       const v = values[i];
-      const h = max > 0 ? (plotH * v) / max : 0;
+      const h = (plotH * v) / scaleMax;
       const x = left + step * i + (step - barW) / 2;
       const bar = svg("rect", { x, y: top + plotH - h, width: barW, height: Math.max(h, v > 0 ? 2 : 0), rx: 4, class: d === today ? "bar today" : "bar", "data-day": d, "data-value": v });
       const tip = svg("title");
       tip.textContent = `${d}: ${m.fmt(v)}`;
       bar.append(tip);
       s.append(bar);
+      if (v > 0) {
+        const value = svg("text", { x: x + barW / 2, y: top + plotH - h - 6, class: "value", "text-anchor": "middle" });
+        value.textContent = m.fmt(v);
+        s.append(value);
+      }
       if (i % 2 === 1 || days.length <= 7) {
         const label = svg("text", { x: x + barW / 2, y: H - 8, class: "tick", "text-anchor": "middle" });
         label.textContent = new Date(`${d}T00:00:00Z`).toLocaleDateString("en-US", { month: "short", day: "numeric", timeZone: "UTC" });
@@ -658,7 +678,7 @@
       groups.set(k, g);
     }
     clear(table);
-    table.append(el("thead", {}, el("tr", {}, ...[label, "Requests", "Prompt tokens", "Completion tokens", "Cost"].map((h, i) => el("th", { class: i ? "num" : "", text: h })))));
+    table.append(el("thead", {}, el("tr", {}, ...[label, "Requests", "Prompt", "Completion", "Cost"].map((h, i) => el("th", { class: i ? "num" : "", text: h })))));
     const body = el("tbody");
     const sorted = [...groups].sort((a, b) => b[1].cost - a[1].cost || b[1].requests - a[1].requests);
     for (const [k, g] of sorted)
