@@ -182,8 +182,10 @@ describe("admin pages", { concurrency: false }, () => {
     const afterBad = await configNow();
     assert.equal(afterBad.version, before.version);
     assert.deepEqual(afterBad.config, before.config);
-    // Reload brings back what is stored.
+    // Reload brings back what is stored (after confirming that the edits go).
     await a.page.locator("#config-reload").click();
+    assert.equal(await a.page.locator("#confirm-title").textContent(), "Discard your edits?");
+    await a.page.locator("#confirm-ok").click();
     await a.page.locator("#config-error").waitFor({ state: "hidden" });
     assert.equal(await a.page.locator("#line-mark").isVisible(), false);
     assert.deepEqual(JSON.parse(await a.page.locator("#config-text").inputValue()), before.config);

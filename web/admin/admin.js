@@ -9,7 +9,7 @@
   const SVG = "http://www.w3.org/2000/svg";
   const $ = (id) => document.getElementById(id);
 
-  const state = { key: null, tenant: null, doc: null, version: null, section: "config", metric: "cost", usage: null };
+  const state = { key: null, tenant: null, doc: null, version: null, dirty: false, section: "config", metric: "cost", usage: null };
 
   // ---- DOM helpers ------------------------------------------------------------------------
 
@@ -154,6 +154,7 @@
 
   function signOut(message) {
     state.key = state.tenant = state.doc = null;
+    state.dirty = false;
     try {
       sessionStorage.removeItem(KEY_STORE);
     } catch (_) {
@@ -204,10 +205,19 @@
   text.addEventListener("input", () => {
     renderGutter();
     markLine(null);
-    $("config-status").textContent = "Unsaved changes";
+    setDirty(true);
     fillShortcuts();
   });
   text.addEventListener("scroll", syncScroll);
+
+  function setDirty(dirty) {
+    state.dirty = dirty;
+    $("config-status").textContent = dirty ? "Unsaved changes" : "Saved";
+  }
+  // Unsaved edits are not lost to a stray reload or a closed tab without a question.
+  window.addEventListener("beforeunload", (e) => {
+    if (state.key && state.dirty) e.preventDefault();
+  });
 
   function markLine(line) {
     const mark = $("line-mark");
@@ -225,7 +235,7 @@
     state.version = cfg.version;
     text.value = JSON.stringify(state.doc, null, 2);
     $("config-version").textContent = cfg.builtin_default ? "Built-in default" : `Version ${cfg.version}`;
-    $("config-status").textContent = "Saved";
+    setDirty(false);
     $("config-error").hidden = true;
     markLine(null);
     renderGutter();
@@ -249,7 +259,7 @@
   function setDoc(doc) {
     text.value = JSON.stringify(doc, null, 2);
     renderGutter();
-    $("config-status").textContent = "Unsaved changes";
+    setDirty(true);
   }
 
   function fillShortcuts() {
@@ -379,7 +389,7 @@
       $("config-status").textContent = `Saved as version ${state.version}`;
       loadVersions();
     } catch (e) {
-      $("config-status").textContent = "Not saved";
+      $("config-status").textContent = "Not saved: the stored configuration is unchanged";
       if (e.status === 400) showFieldError(e.code, e.message, e.field);
       else showError(e);
     } finally {
@@ -388,6 +398,7 @@
   }
   $("config-save").addEventListener("click", saveConfig);
   $("config-reload").addEventListener("click", async () => {
+    if (state.dirty && !(await confirmAction("Discard your edits?", "Reload shows the stored configuration; the edits in the editor are lost.", "Discard"))) return;
     try {
       loadConfig(await api("/api/v1/config"));
       loadVersions();
@@ -748,6 +759,8 @@
 
   /** Edits the stored configuration (fetched fresh) and saves it; the editor follows. */
   async function editStoredConfig(edit) {
+    if (state.dirty && !(await confirmAction("Discard your edits?", "This saves a change to the stored configuration and reloads the editor; its unsaved edits are lost.", "Discard and continue")))
+      throw new ApiError(0, "cancelled", "Nothing changed: the editor has unsaved edits.");
     const cfg = await api("/api/v1/config");
     const doc = cfg.config ?? {};
     edit(doc);
