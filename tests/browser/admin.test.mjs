@@ -182,6 +182,25 @@ describe("admin pages", { concurrency: false }, () => {
     const afterBad = await configNow();
     assert.equal(afterBad.version, before.version);
     assert.deepEqual(afterBad.config, before.config);
+    // A nested field: its own key's line, not its parent's.
+    await editJson(a.page, (d) => ({ ...d, history_window: 20, knowledge: { ...d.knowledge, top_k: 50 } }));
+    await a.page.locator("#config-save").click();
+    await a.page.locator("#config-error-field").filter({ hasText: "knowledge.top_k" }).waitFor();
+    const lines = (await a.page.locator("#config-text").inputValue()).split("\n");
+    assert.match(lines[Number(await a.page.locator("#line-mark").getAttribute("data-line")) - 1], /"top_k": 50/);
+    // A misspelt key is a parse error of the whole document: the line it names is marked.
+    await editJson(a.page, (d) => ({ ...d, knowledge: { ...d.knowledge, top_k: 3 }, histroy_window: 20 }));
+    await a.page.locator("#config-save").click();
+    await a.page.locator("#config-error-field").filter({ hasText: /^line \d+$/ }).waitFor();
+    const text2 = (await a.page.locator("#config-text").inputValue()).split("\n");
+    assert.match(text2[Number(await a.page.locator("#line-mark").getAttribute("data-line")) - 1], /histroy_window/);
+    // Text that is not JSON is caught before it leaves the page.
+    await a.page.locator("#config-text").fill('{\n  "name": "Acme",\n  "history_window": 20,,\n}');
+    await a.page.locator("#config-save").click();
+    await a.page.locator("#config-error-code").filter({ hasText: "invalid_json" }).waitFor();
+    assert.equal(await a.page.locator("#line-mark").getAttribute("data-line"), "3");
+    assert.equal((await configNow()).version, before.version);
+
     // Reload brings back what is stored (after confirming that the edits go).
     await a.page.locator("#config-reload").click();
     assert.equal(await a.page.locator("#confirm-title").textContent(), "Discard your edits?");

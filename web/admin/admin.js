@@ -52,9 +52,11 @@
   async function api(path, { method = "GET", body, key = state.key } = {}) {
     const headers = { authorization: `Bearer ${key}` };
     if (body !== undefined) headers["content-type"] = "application/json";
+    // A string is sent as it is (the editor's text, so the server's line numbers are ours).
+    const payload = body === undefined || typeof body === "string" ? body : JSON.stringify(body);
     let resp;
     try {
-      resp = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), cache: "no-store" });
+      resp = await fetch(path, { method, headers, body: payload, cache: "no-store" });
     } catch (e) {
       throw new ApiError(0, "network_error", `Kefu could not be reached (${e.message}).`);
     }
@@ -358,6 +360,15 @@
     return null;
   }
 
+  /** The offset where line `line` (1-based) of the editor's text starts its content. */
+  function lineOffset(line) {
+    const lines = text.value.split("\n");
+    if (line < 1 || line > lines.length) return null;
+    let offset = 0;
+    for (let i = 0; i < line - 1; i++) offset += lines[i].length + 1;
+    return offset + (lines[line - 1].length - lines[line - 1].trimStart().length);
+  }
+
   function goToOffset(offset) {
     const line = text.value.slice(0, offset).split("\n").length;
     const lineEnd = text.value.indexOf("\n", offset);
@@ -368,14 +379,25 @@
   }
 
   function showFieldError(code, message, field, offset = null) {
+    let target = offset;
+    let label = field || "";
+    if (field && field !== "$") target = fieldOffset(field);
+    else {
+      // The whole document (`$`): a parse error names a line of the text that was sent.
+      const line = /line (\d+)/.exec(message);
+      if (line) {
+        target = lineOffset(Number(line[1]));
+        label = `line ${line[1]}`;
+      } else if (target !== null) label = `line ${text.value.slice(0, target).split("\n").length}`;
+    }
     $("config-error").hidden = false;
     $("config-error-code").textContent = code;
     $("config-error-message").textContent = message;
-    $("config-error-field").textContent = field || "";
-    $("config-error-goto").hidden = !field && offset === null;
-    const target = field ? fieldOffset(field) : offset;
+    $("config-error-field").textContent = label;
+    $("config-error-goto").hidden = target === null;
     $("config-error-goto").onclick = () => target !== null && goToOffset(target);
     if (target !== null) goToOffset(target);
+    else markLine(null);
   }
 
   async function saveConfig() {
@@ -384,7 +406,7 @@
     $("config-save").disabled = true;
     $("config-status").textContent = "Saving…";
     try {
-      await api("/api/v1/config", { method: "PUT", body: doc });
+      await api("/api/v1/config", { method: "PUT", body: text.value });
       loadConfig(await api("/api/v1/config"));
       $("config-status").textContent = `Saved as version ${state.version}`;
       loadVersions();
