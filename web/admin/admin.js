@@ -615,10 +615,25 @@
       renderUsage();
     });
 
+  /** A cost scale's labels, with as many decimals as its step needs (`$0.00025`). */
+  function costTick(micros, stepMicros) {
+    if (micros === 0) return "$0";
+    const step = stepMicros / 1e6;
+    let decimals = Math.max(2, Math.ceil(-Math.log10(step) - 1e-9));
+    if (Math.abs(Math.round(step * 10 ** decimals) - step * 10 ** decimals) > 1e-9) decimals++;
+    return "$" + (micros / 1e6).toFixed(Math.min(decimals, 6));
+  }
+
+  let resizeTimer = 0;
+  window.addEventListener("resize", () => {
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(() => state.section === "usage" && state.usage && renderUsage(), 150);
+  });
+
   const METRICS = {
-    cost: { title: "Cost per day", of: (r) => r.cost_micros || 0, fmt: fmtCost },
-    tokens: { title: "Tokens per day", of: (r) => (r.prompt_tokens || 0) + (r.completion_tokens || 0), fmt: fmtInt },
-    requests: { title: "Requests per day", of: (r) => r.requests || 0, fmt: fmtInt },
+    cost: { title: "Cost per day", of: (r) => r.cost_micros || 0, fmt: fmtCost, tick: costTick },
+    tokens: { title: "Tokens per day", of: (r) => (r.prompt_tokens || 0) + (r.completion_tokens || 0), fmt: fmtInt, integer: true },
+    requests: { title: "Requests per day", of: (r) => r.requests || 0, fmt: fmtInt, integer: true },
   };
 
   function renderUsage() {
@@ -644,7 +659,7 @@
     renderBreakdown($("by-model"), "Model", rows, (r) => r.target || "—");
   }
 
-  /** The last 14 days (UTC) ending today or at the newest day with usage, as bars. */
+  /** The last 14 days (7 on a narrow screen), UTC, ending today or at the newest day with usage, as bars. */
   function drawChart(rows, m) {
     const box = $("chart");
     clear(box);
@@ -652,8 +667,11 @@
     for (const r of rows) perDay.set(r.day, (perDay.get(r.day) || 0) + m.of(r));
     const today = new Date().toISOString().slice(0, 10);
     const newest = [...perDay.keys(), today].sort().pop();
+    // Drawn at the box's own width, so its text stays legible on a phone.
+    const W = Math.max(300, Math.round(box.clientWidth || 840));
+    const span = W < 600 ? 7 : 14;
     const days = [];
-    for (let i = 13; i >= 0; i--) {
+    for (let i = span - 1; i >= 0; i--) {
       const d = new Date(`${newest}T00:00:00Z`);
       d.setUTCDate(d.getUTCDate() - i);
       days.push(d.toISOString().slice(0, 10));
@@ -663,16 +681,18 @@
     // A round top for the scale: 4 steps of 1, 2, 2.5 or 5 × a power of ten.
     const raw = max / 4;
     const mag = raw > 0 ? 10 ** Math.floor(Math.log10(raw)) : 1;
-    const stepV = [1, 2, 2.5, 5, 10].find((f) => f * mag >= raw) * mag;
+    let stepV = [1, 2, 2.5, 5, 10].find((f) => f * mag >= raw) * mag;
+    if (m.integer) stepV = Math.max(1, Math.ceil(stepV));
     const scaleMax = max > 0 ? stepV * 4 : 1;
-    const W = 840, H = 240, left = 64, bottom = 28, top = 22, right = 8;
+    const H = 240, left = 64, bottom = 28, top = 22, right = 8;
     const plotH = H - top - bottom, plotW = W - left - right, step = plotW / days.length, barW = Math.min(36, step * 0.62);
-    const s = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "bars", role: "img", "aria-label": `${m.title}, last 14 days` });
+    const s = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "bars", role: "img", "aria-label": `${m.title}, last ${span} days` });
     for (let g = 0; g <= 4; g++) {
       const y = top + plotH - (plotH * g) / 4;
       s.append(svg("line", { x1: left, x2: W - right, y1: y, y2: y, class: g ? "grid" : "axis" }));
       const label = svg("text", { x: left - 8, y: y + 4, class: "tick", "text-anchor": "end" });
-      label.textContent = max > 0 ? m.fmt((scaleMax * g) / 4) : g === 0 ? m.fmt(0) : "";
+      const tickValue = (scaleMax * g) / 4;
+      label.textContent = max > 0 ? (m.tick ? m.tick(tickValue, stepV) : m.fmt(tickValue)) : g === 0 ? m.fmt(0) : "";
       s.append(label);
     }
     days.forEach((d, i) => {
@@ -689,14 +709,14 @@
         value.textContent = m.fmt(v);
         s.append(value);
       }
-      if (i % 2 === 1 || days.length <= 7) {
+      if (i % 2 === (span - 1) % 2) {
         const label = svg("text", { x: x + barW / 2, y: H - 8, class: "tick", "text-anchor": "middle" });
         label.textContent = new Date(`${d}T00:00:00Z`).toLocaleDateString("en-US", { month: "short", day: "numeric", timeZone: "UTC" });
         s.append(label);
       }
     });
     box.append(s);
-    if (max === 0) box.append(el("p", { class: "chart-empty muted", text: "No usage in these 14 days yet." }));
+    if (max === 0) box.append(el("p", { class: "chart-empty muted", text: `No usage in these ${span} days yet.` }));
   }
 
   function renderBreakdown(table, label, rows, keyOf) {
