@@ -100,6 +100,8 @@ describe("admin pages", { concurrency: false }, () => {
   test("sign in with the tenant key, kept in this tab only, behind a CSP", async () => {
     const resp = await fetch(kefu.base + "/admin/");
     assert.equal(resp.status, 200);
+    const bare = await fetch(kefu.base + "/admin", { redirect: "manual" });
+    assert.ok([200, 301, 307, 308].includes(bare.status), `/admin: ${bare.status}`);
     assert.match(resp.headers.get("content-security-policy") || "", /script-src 'self'/);
     assert.doesNotMatch(resp.headers.get("content-security-policy") || "", /unsafe-inline/);
 
