@@ -42,6 +42,7 @@
   }
 
   function showError(err, where) {
+    if (!state.key) return; // signed out meanwhile (e.g. the key in use was removed): the sign-in says why
     const box = where || $("errors");
     const code = err instanceof ApiError ? err.code : "error";
     const row = el("div", { class: "error" }, el("code", { text: code }), el("p", { text: err.message || String(err) }),
@@ -166,6 +167,9 @@
     $("token-out").hidden = $("key-out").hidden = true;
     $("token-value").textContent = $("key-value").textContent = "";
     $("config-text").value = "";
+    // Nothing of this tenant's stays in the page for whoever signs in next.
+    for (const id of ["versions", "sources", "hits", "unanswered", "today", "chart", "by-route", "by-model", "keys"]) clear($(id));
+    state.usage = null;
     showSignin(message);
   }
 
