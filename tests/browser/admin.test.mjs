@@ -375,4 +375,16 @@ describe("admin pages", { concurrency: false }, () => {
     assert.equal((await apiGet("/api/v1/config")).status, 200);
     assert.deepEqual(a.errors, []);
   });
+
+  test("removing the key one is signed in with signs out, after a warning", async () => {
+    await a.page.locator('#keys tr[data-id="admin"]').getByRole("button", { name: "Remove" }).click();
+    assert.match(await a.page.locator("#confirm-text").textContent(), /the key you are signed in with/);
+    await a.page.locator("#confirm-ok").click();
+    await a.page.locator("#signin:not([hidden])").waitFor();
+    assert.match(await a.page.locator("#signin-error").textContent(), /“admin” you signed in with was removed/);
+    assert.equal(await a.page.evaluate(() => sessionStorage.getItem("kefu.admin.key")), null);
+    assert.equal(await a.page.locator("#sources tr, #keys tr, #versions li").count(), 0);
+    assert.equal((await apiGet("/api/v1/config")).status, 401);
+    assert.deepEqual(a.errors, []);
+  });
 });

@@ -804,13 +804,14 @@
   }
 
   /** Edits the stored configuration (fetched fresh) and saves it; the editor follows. */
-  async function editStoredConfig(edit) {
+  async function editStoredConfig(edit, { reload = true } = {}) {
     if (state.dirty && !(await confirmAction("Discard your edits?", "This saves a change to the stored configuration and reloads the editor; its unsaved edits are lost.", "Discard and continue")))
       throw new ApiError(0, "cancelled", "Nothing changed: the editor has unsaved edits.");
     const cfg = await api("/api/v1/config");
     const doc = cfg.config ?? {};
     edit(doc);
     await api("/api/v1/config", { method: "PUT", body: doc });
+    if (!reload) return;
     loadConfig(await api("/api/v1/config"));
     loadVersions();
   }
@@ -849,10 +850,12 @@
   async function removeKey(id) {
     const self = await sha256Hex(state.key);
     const entry = (state.doc?.api_keys || []).find((k) => k.id === id);
-    const warn = entry && entry.sha256 === self ? " This is the key you are signed in with: you will be signed out." : "";
+    const own = Boolean(entry && entry.sha256 === self);
+    const warn = own ? " This is the key you are signed in with: you will be signed out." : "";
     if (!(await confirmAction(`Remove the key “${id}”?`, `Anything using it gets 401 at once.${warn}`, "Remove"))) return;
     try {
-      await editStoredConfig((doc) => (doc.api_keys = (doc.api_keys || []).filter((k) => k.id !== id)));
+      await editStoredConfig((doc) => (doc.api_keys = (doc.api_keys || []).filter((k) => k.id !== id)), { reload: !own });
+      if (own) signOut(`The key “${id}” you signed in with was removed. Sign in with another key.`);
     } catch (err) {
       showError(err);
     }
