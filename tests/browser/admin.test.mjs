@@ -85,12 +85,12 @@ async function shot(page, name, options = {}) {
 }
 
 const apiGet = (path, key = ACME_KEY) => fetch(kefu.base + path, { headers: { authorization: `Bearer ${key}` } });
-const configNow = async () => (await (await apiGet("/api/v1/config")).json());
+const configNow = async () => (await apiGet("/api/v1/config")).json();
 
 /** Replaces the editor's text, as typing would. */
 async function editJson(page, edit) {
   const text = await page.locator("#config-text").inputValue();
-  const doc = edit(JSON.parse(text)) ;
+  const doc = edit(JSON.parse(text));
   await page.locator("#config-text").fill(JSON.stringify(doc, null, 2));
 }
 
