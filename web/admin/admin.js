@@ -289,7 +289,11 @@
   $("sc-tz").addEventListener("input", () =>
     shortcut((d) => {
       const tz = $("sc-tz").value.trim();
-      if (tz) d.business_hours = { ...(d.business_hours || {}), timezone: tz };
+      // A schedule without weekly hours is closed all week: a new one starts with weekday
+      // office hours, for the operator to adjust in the document.
+      const weekday = [["09:00", "17:00"]];
+      const fresh = { weekly: { mon: weekday, tue: weekday, wed: weekday, thu: weekday, fri: weekday } };
+      if (tz) d.business_hours = { ...(d.business_hours || fresh), timezone: tz };
       else if (d.business_hours) delete d.business_hours.timezone;
     })
   );
