@@ -42,6 +42,8 @@ use kefu_engine::api::LiveUpdate;
 pub(crate) const TURN_PATH: &str = "/turn";
 /// The object's internal route for reading the conversation.
 pub(crate) const TRANSCRIPT_PATH: &str = "/transcript";
+/// The object's internal route for the turns' traces.
+pub(crate) const TRACES_PATH: &str = "/traces";
 /// The object's internal route for handoff and agent actions.
 pub(crate) const ACTION_PATH: &str = "/action";
 /// The object's internal route for live updates.
@@ -499,6 +501,11 @@ impl DurableObject for ConversationObject {
                 Ok(body) => handle_turn(self.inner.clone(), &body).await,
                 Err(e) => Err(internal(e)),
             },
+            (Method::Get, TRACES_PATH) => {
+                let url = req.url().ok();
+                let tenant = url.as_ref().and_then(|u| http::param(u, "tenant"));
+                handle_traces(&self.inner, tenant.as_deref().unwrap_or_default())
+            }
             (Method::Get, TRANSCRIPT_PATH) => {
                 let url = req.url().ok();
                 let query = |key: &str| url.as_ref().and_then(|u| http::param(u, key));
@@ -620,6 +627,33 @@ fn handle_get(inner: &Inner, tenant: &str, with_notes: bool) -> Result<Response,
         200,
         &api::conversation_json(&conversation, &transcript, with_notes, visitor.as_deref()),
     )
+}
+
+/// Every model turn's attempts, by the visitor message it answered (for agents and the
+/// replay console): target, status, latency, time to first token, tokens, cost, and why
+/// each retry or fallback happened.
+fn handle_traces(inner: &Inner, tenant: &str) -> Result<Response, ApiError> {
+    inner
+        .load()?
+        .filter(|c| c.tenant().as_str() == tenant)
+        .ok_or_else(ApiError::conversation_not_found)?;
+    let cursor = inner
+        .sql
+        .exec("SELECT seq, trace FROM traces ORDER BY seq", None)
+        .map_err(internal)?;
+    let mut turns = Vec::new();
+    for row in cursor.raw() {
+        let row = row.map_err(internal)?;
+        if let [
+            SqlStorageValue::Integer(seq),
+            SqlStorageValue::String(trace),
+        ] = row.as_slice()
+        {
+            let attempts: Value = serde_json::from_str(trace).unwrap_or(Value::Null);
+            turns.push(json!({"seq": seq, "attempts": attempts}));
+        }
+    }
+    json_response(200, &json!({"turns": turns}))
 }
 
 /// A validated handoff or agent action, as the front hands it to the object.

@@ -307,6 +307,12 @@ async fn handle(
             );
             http::forward(&stub, Method::Post, &path, None).await
         }
+        Route::ConversationTraces(id) => {
+            let (tenant, _) = agent_tenant(req, env).await?;
+            let stub = conversation::stub_for(env, Some(id.as_str()))?;
+            let path = format!("{}?{}", conversation::TRACES_PATH, http::query_string(&[("tenant", tenant.as_str())]));
+            http::forward(&stub, Method::Get, &path, None).await
+        }
         Route::ListConversations => {
             let (tenant, _) = agent_tenant(req, env).await?;
             let query = req.url().ok().and_then(|u| u.query().map(str::to_owned)).unwrap_or_default();

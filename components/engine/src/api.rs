@@ -99,6 +99,8 @@ pub enum Route {
     ConversationEvents(ConversationId),
     /// `POST /api/v1/conversations/{id}/typing`: someone is typing.
     Typing(ConversationId),
+    /// `GET /api/v1/conversations/{id}/traces`: every model turn's attempts (agents).
+    ConversationTraces(ConversationId),
     /// `POST /api/v1/agents/tokens`: mint an agent's sign-in token (tenant API key).
     AgentToken,
     /// `POST /api/v1/attachments`: upload a file to send with a message.
@@ -192,6 +194,9 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
                 }
                 if action == "typing" {
                     return check_method(method, "POST", id.map(Route::Typing));
+                }
+                if action == "traces" {
+                    return check_method(method, "GET", id.map(Route::ConversationTraces));
                 }
                 let Some(action) = ConversationAction::parse(action) else {
                     return Err(ApiError::new(

@@ -92,6 +92,10 @@ fn handle(kv: &Kv, req: &Incoming, route: Route) -> Result<Reply, ApiError> {
         Route::Typing(id) => agents::typing(kv, req, &id),
         Route::Knowledge(k) => knowledge::route(kv, req, k),
         Route::ListConversations => inbox::list(&admin::agent(kv, req)?.0, req),
+        Route::ConversationTraces(_) => Err(not_on_spin(
+            "turn traces",
+            "the Spin component logs each turn's trace but does not store it yet",
+        )),
         Route::Usage
         | Route::Upload
         | Route::GetAttachment(_) => Err(not_on_spin(

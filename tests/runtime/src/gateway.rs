@@ -65,6 +65,7 @@ pub fn tenants(mock_base: &str) -> Vec<(String, Value)> {
                 "routes": {"default": {"strategy": "fallback", "targets": [target("p1"), target("p2"), target("p3")]}},
                 "retry": one_try,
                 "breaker": {"consecutive_failures": 1000, "min_requests": 64, "window": 64},
+                "api_keys": [{"id": "agents", "sha256": kefu_engine::auth::hash_key(ORDER_KEY)}],
             }),
         ),
         (
@@ -175,8 +176,61 @@ pub async fn gateway_fallback_order(ctx: &Ctx) -> anyhow::Result<()> {
         profiles == ["status=500", "status=503", ""],
         "targets were called in this order: {profiles:?}"
     );
+
+    // Agents (and the replay console) read every attempt of the turn, and why it moved on.
+    let id = a.json["conversation_id"].as_str().context("id")?;
+    let traces = crate::scenarios::Answer::read(
+        ctx.http
+            .get(ctx.url(&format!("/api/v1/conversations/{id}/traces")))
+            .bearer_auth(ORDER_KEY)
+            .send()
+            .await?,
+    )
+    .await?;
+    traces.expect_status(200)?;
+    let turn = &traces.json["turns"][0];
+    let attempts = turn["attempts"].as_array().context("attempts")?;
+    let seen: Vec<(&str, Option<u64>)> = attempts
+        .iter()
+        .map(|t| (t["target"].as_str().unwrap_or("?"), t["status"].as_u64()))
+        .collect();
+    ensure!(
+        turn["seq"] == 1
+            && seen
+                == [
+                    ("p1/mock-gpt", Some(500)),
+                    ("p2/mock-gpt", Some(503)),
+                    ("p3/mock-gpt", Some(200))
+                ]
+            && attempts[0]["outcome"]["next"] == "fallback",
+        "{}",
+        traces.text
+    );
+    // Without an agent's key: 401; another tenant's key: no such conversation.
+    let anonymous = ctx
+        .http
+        .get(ctx.url(&format!("/api/v1/conversations/{id}/traces")))
+        .send()
+        .await?;
+    ensure!(
+        anonymous.status() == 401,
+        "traces without a key: {}",
+        anonymous.status()
+    );
+    crate::scenarios::Answer::read(
+        ctx.http
+            .get(ctx.url(&format!("/api/v1/conversations/{id}/traces")))
+            .bearer_auth(SDK_KEY)
+            .send()
+            .await?,
+    )
+    .await?
+    .expect_error(404, "conversation_not_found")?;
     Ok(())
 }
+
+/// The tenant key of `gw-order` (its agents read traces).
+pub const ORDER_KEY: &str = "kf-gw-order.Kefu0Order0Test0Key000001";
 
 /// A failing target's breaker opens (the target is skipped, not called), and after the
 /// cool-down one probe finds it healthy again and closes it.
