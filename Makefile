@@ -25,12 +25,13 @@ WORKER_OUT := workers/build/index.js
 WORKER_SOURCES := $(shell find workers/src components/engine/src -name '*.rs' 2>/dev/null) \
 	workers/Cargo.toml components/engine/Cargo.toml Cargo.toml Cargo.lock
 
-.PHONY: help setup rust-targets tools dev dev-spin worker spin test check test-engine test-runtime test-spin-host test-browser screenshots chromium wasm size bench clean
+.PHONY: help setup rust-targets tools dev dev-spin worker spin plugins test check test-engine test-plugins test-runtime test-spin-host test-browser screenshots chromium wasm size bench clean
 
 help:
 	@echo "make dev    set up everything and run Kefu locally on workerd (http://localhost:$(DEV_PORT)/demo, /widget-demo)"
 	@echo "make dev-spin  run Kefu's Spin component (spin up, or the Spin test host without the CLI)"
 	@echo "make test   set up everything and run every check and test"
+	@echo "make plugins  build the example plugins (components/plugins) into target/plugins/*.wasm"
 	@echo "make bench  measure Kefu's overhead against a pass-through Worker (writes docs/benchmarks-latest.md)"
 	@echo "make size   report the Worker's and the widget's gzipped sizes"
 	@echo "make test-browser  the widget's and agent console's browser tests (Debian's Chromium, installed if missing)"
@@ -90,7 +91,7 @@ bench: setup $(WORKER_OUT)
 
 ## Checks and tests -----------------------------------------------------------------------
 
-test: setup check test-engine test-spin-host test-runtime test-browser
+test: setup check test-engine test-plugins test-spin-host test-runtime test-browser
 
 check: setup
 	cargo fmt --all --check
@@ -98,7 +99,9 @@ check: setup
 	cargo clippy -p kefu-engine -p kefu-runtime-tests -p kefu-spin-host --all-targets -- -D warnings
 	cargo clippy -p kefu-worker --target wasm32-unknown-unknown -- -D warnings
 	cargo clippy -p kefu-spin --target wasm32-wasip2 -- -D warnings
-	$(MAKE) --no-print-directory wasm
+	cargo clippy $(PLUGIN_PACKAGES) --all-targets -- -D warnings
+	cargo clippy $(PLUGIN_PACKAGES) --target wasm32-unknown-unknown -- -D warnings
+	$(MAKE) --no-print-directory wasm plugins
 
 wasm:
 	cargo build -p kefu-engine --target wasm32-unknown-unknown
@@ -107,6 +110,20 @@ wasm:
 # The Spin component (what `spin build` runs, per spin.toml).
 spin: rust-targets
 	cargo build -p kefu-spin --target wasm32-wasip2 --release
+
+# The example plugins (components/plugins/<name>, crate kefu-plugin-<name>): each crate is
+# built as a core wasm module for wasm32-unknown-unknown (so it imports nothing but Kefu's
+# `host` interface, no WASI) and made a component with jco, which validates it against the
+# kefu:extension WIT it embeds. Output: target/plugins/<name>.wasm.
+PLUGINS := $(patsubst components/plugins/%/Cargo.toml,%,$(wildcard components/plugins/*/Cargo.toml))
+PLUGIN_PACKAGES := $(foreach p,$(PLUGINS),-p kefu-plugin-$(p))
+TARGET_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target))
+plugins: rust-targets node_modules/.package-lock.json
+	cargo build --release --target wasm32-unknown-unknown $(PLUGIN_PACKAGES)
+	@mkdir -p $(TARGET_DIR)/plugins
+	@for p in $(PLUGINS); do \
+		jco new $(TARGET_DIR)/wasm32-unknown-unknown/release/kefu_plugin_$${p//-/_}.wasm -o $(TARGET_DIR)/plugins/$$p.wasm; \
+		echo "target/plugins/$$p.wasm: $$(wc -c < $(TARGET_DIR)/plugins/$$p.wasm) bytes"; done
 
 # Kefu's Spin build, locally: with the Spin CLI installed, `spin up`; without it (as on our
 # build machines, where Spin cannot be installed), on Kefu's Spin test host, which speaks
@@ -122,6 +139,9 @@ dev-spin: spin
 
 test-engine:
 	cargo test -p kefu-engine
+
+test-plugins:
+	cargo test $(PLUGIN_PACKAGES)
 
 # The Spin test host (tests/spin-host): builds its fixture components for wasm32-wasip2 and
 # runs them on the host process. Spin itself cannot be installed here; users run real Spin.
