@@ -68,6 +68,8 @@ pub struct TenantConfig {
     pub identity: Option<crate::identity::IdentityPolicy>,
     /// Files visitors and agents send.
     pub attachments: AttachmentPolicy,
+    /// The plugins this tenant enabled, in the order their hooks run.
+    pub plugins: Vec<crate::plugin::PluginSpec>,
 }
 
 /// A model of one of the named `providers`, for a job beside chat (speech to text,
@@ -247,6 +249,7 @@ impl Default for TenantConfig {
             faq: Vec::new(),
             identity: None,
             attachments: AttachmentPolicy::default(),
+            plugins: Vec::new(),
         }
     }
 }
@@ -448,6 +451,7 @@ impl TenantConfig {
             hours.compile()?;
         }
         crate::webhook::validate_endpoints(&self.webhooks)?;
+        crate::plugin::validate_plugins(&self.plugins)?;
         for (i, k) in self.api_keys.iter().enumerate() {
             let hex = k.sha256.len() == 64 && k.sha256.bytes().all(|b| b.is_ascii_hexdigit());
             if !hex {
