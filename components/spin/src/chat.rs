@@ -368,12 +368,12 @@ fn run_turn(
             }
         }
         dialogue::AfterReply::Keep { handoff, .. } => match (handoff, recorded) {
-            (Some(_), _) => hand_off(
+            (Some(reason), _) => hand_off(
                 kv,
                 tenant,
                 id,
                 config,
-                &HandoffReason::Model,
+                &reason,
                 config.handoff.default_queue.clone(),
                 after_hours(config, &visitor.text()),
             )

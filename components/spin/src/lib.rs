@@ -178,6 +178,8 @@ pub(crate) fn supported(config: &TenantConfig) -> Result<(), ApiError> {
         Some("webhooks")
     } else if config.quotas != kefu_engine::gateway::QuotaPolicy::default() {
         Some("quotas and budgets")
+    } else if config.plugins.iter().any(|p| p.enabled) {
+        Some("plugins")
     } else {
         None
     };

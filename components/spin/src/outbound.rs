@@ -3,6 +3,7 @@
 //! with WASI pollables for "whichever comes first" — the provider's next step or the turn's
 //! own deadline.
 
+use kefu_engine::plugin::{FailureKind, PluginFailure};
 use kefu_engine::{Action, AttemptId, HttpRequest, ProviderError, ProviderEvent, Turn, TurnReply};
 use spin_sdk::wit::wasi::http0_2_0::outgoing_handler;
 use spin_sdk::wit::wasi::http0_2_0::types::{
@@ -179,6 +180,15 @@ pub fn drive(
                 Action::CancelProvider { attempt } => {
                     drop(in_flight.take_if(|c| c.attempt == attempt));
                 }
+                // Tenants with plugins are refused on Spin (`supported`) until it hosts them.
+                Action::CallPlugin { call, spec, .. } => turn.handle_plugin_answer(
+                    now(),
+                    call,
+                    Err(PluginFailure::new(
+                        FailureKind::Unavailable,
+                        format!("plugin {}: plugins do not run on Spin yet", spec.plugin),
+                    )),
+                ),
                 Action::Delta(text) => on_delta(turn, text),
                 Action::Finished(result) => return result,
             }
