@@ -98,7 +98,8 @@ check: setup
 	cargo fmt --manifest-path tests/spin-host/fixtures/Cargo.toml --all --check
 	cargo clippy -p kefu-engine -p kefu-runtime-tests -p kefu-spin-host --all-targets -- -D warnings
 	cargo clippy -p kefu-worker --target wasm32-unknown-unknown -- -D warnings
-	cargo clippy -p kefu-spin --target wasm32-wasip2 -- -D warnings
+	cargo clippy -p kefu-spin -p kefu-spin-plugin-host -p kefu-spin-plugin-entry --target wasm32-wasip2 -- -D warnings
+	cargo clippy -p kefu-spin-plugin-compose --all-targets -- -D warnings
 	cargo clippy $(PLUGIN_PACKAGES) --all-targets -- -D warnings
 	cargo clippy $(PLUGIN_PACKAGES) --target wasm32-unknown-unknown -- -D warnings
 	$(MAKE) --no-print-directory wasm plugins
@@ -107,9 +108,18 @@ wasm:
 	cargo build -p kefu-engine --target wasm32-unknown-unknown
 	cargo build -p kefu-engine --target wasm32-wasip2
 
-# The Spin component (what `spin build` runs, per spin.toml).
-spin: rust-targets
-	cargo build -p kefu-spin --target wasm32-wasip2 --release
+# The Spin component (what `spin build` runs, per spin.toml), and each example plugin as a
+# Spin component of its own: the plugin composed with Kefu's Spin host adapter and entry
+# (components/spin-plugin), into target/plugins/spin/<name>.wasm.
+spin: rust-targets plugins
+	cargo build -p kefu-spin -p kefu-spin-plugin-host -p kefu-spin-plugin-entry --target wasm32-wasip2 --release
+	cargo build -q -p kefu-spin-plugin-compose
+	@mkdir -p $(TARGET_DIR)/plugins/spin
+	@for p in $(PLUGINS); do \
+		$(TARGET_DIR)/debug/kefu-spin-plugin-compose \
+			--host $(TARGET_DIR)/wasm32-wasip2/release/kefu_spin_plugin_host.wasm \
+			--entry $(TARGET_DIR)/wasm32-wasip2/release/kefu_spin_plugin_entry.wasm \
+			--plugin $(TARGET_DIR)/plugins/$$p.wasm -o $(TARGET_DIR)/plugins/spin/$$p.wasm; done
 
 # The example plugins (components/plugins/<name>, crate kefu-plugin-<name>): each crate is
 # built as a core wasm module for wasm32-unknown-unknown (so it imports nothing but Kefu's

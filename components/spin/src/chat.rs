@@ -120,6 +120,7 @@ fn prepare(
     let chat = api::parse_chat_request(&req.body)?;
     let config = store::config(kv, &tenant)?;
     crate::supported(&config)?;
+    crate::plugins::supported(kv, &config)?;
     if !chat.attachments.is_empty() {
         return Err(crate::not_on_spin(
             "attachments",
@@ -278,6 +279,8 @@ fn run_turn(
         }
     }
     let grounded = !options.knowledge.is_empty();
+    options.plugins = crate::plugins::active(kv, config);
+    options.plugin_scope = Some((tenant.as_str().to_owned(), id.as_str().to_owned()));
     options.secrets = crate::secrets(config);
     options.seed = u64::from_le_bytes(
         wasi::random::random::get_random_bytes(8)

@@ -21,6 +21,7 @@ mod inbox;
 mod knowledge;
 mod openai;
 mod outbound;
+mod plugins;
 mod store;
 
 use std::collections::BTreeMap;
@@ -178,8 +179,6 @@ pub(crate) fn supported(config: &TenantConfig) -> Result<(), ApiError> {
         Some("webhooks")
     } else if config.quotas != kefu_engine::gateway::QuotaPolicy::default() {
         Some("quotas and budgets")
-    } else if config.plugins.iter().any(|p| p.enabled) {
-        Some("plugins")
     } else {
         None
     };

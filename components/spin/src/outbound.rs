@@ -3,7 +3,6 @@
 //! with WASI pollables for "whichever comes first" — the provider's next step or the turn's
 //! own deadline.
 
-use kefu_engine::plugin::{FailureKind, PluginFailure};
 use kefu_engine::{Action, AttemptId, HttpRequest, ProviderError, ProviderEvent, Turn, TurnReply};
 use spin_sdk::wit::wasi::http0_2_0::outgoing_handler;
 use spin_sdk::wit::wasi::http0_2_0::types::{
@@ -150,6 +149,53 @@ fn failed(reason: &str) -> ProviderEvent {
     }
 }
 
+/// Why a one-shot request ([`fetch`]) got no whole answer.
+#[derive(Debug)]
+pub enum FetchError {
+    /// The deadline passed first.
+    Timeout,
+    /// The body was over the limit.
+    TooLarge,
+    /// The request failed; why.
+    Failed(String),
+}
+
+/// Sends `request` and reads its whole answer (status and body) before `deadline_ms`
+/// (wall-clock milliseconds), refusing a body over `max_body` bytes.
+pub fn fetch(
+    request: &HttpRequest,
+    deadline_ms: u64,
+    max_body: usize,
+) -> Result<(u16, Vec<u8>), FetchError> {
+    let mut call = Call::Head(start(request).map_err(FetchError::Failed)?);
+    let (mut status, mut body) = (None, Vec::new());
+    loop {
+        if !wait(&call, Some(deadline_ms)) {
+            return Err(FetchError::Timeout);
+        }
+        let (event, next) = step(call);
+        match event {
+            ProviderEvent::Head { status: s, .. } => status = Some(s),
+            ProviderEvent::Data(bytes) => {
+                body.extend_from_slice(&bytes);
+                if body.len() > max_body {
+                    return Err(FetchError::TooLarge);
+                }
+            }
+            ProviderEvent::End => {
+                return status
+                    .map(|s| (s, body))
+                    .ok_or_else(|| FetchError::Failed("no response head".into()));
+            }
+            ProviderEvent::Failed { reason } => return Err(FetchError::Failed(reason)),
+        }
+        match next {
+            Some(n) => call = n,
+            None => return Err(FetchError::Failed("the response ended early".into())),
+        }
+    }
+}
+
 /// Drives `turn` to its end, passing each streamed delta to `on_delta`.
 pub fn drive(
     turn: &mut Turn,
@@ -180,15 +226,12 @@ pub fn drive(
                 Action::CancelProvider { attempt } => {
                     drop(in_flight.take_if(|c| c.attempt == attempt));
                 }
-                // Tenants with plugins are refused on Spin (`supported`) until it hosts them.
-                Action::CallPlugin { call, spec, .. } => turn.handle_plugin_answer(
-                    now(),
-                    call,
-                    Err(PluginFailure::new(
-                        FailureKind::Unavailable,
-                        format!("plugin {}: plugins do not run on Spin yet", spec.plugin),
-                    )),
-                ),
+                // The plugin runs in its own component; the turn waits for it (within its
+                // budget) with nothing else in flight.
+                Action::CallPlugin { call, spec, hook } => {
+                    let answer = crate::plugins::call(&spec, &hook);
+                    turn.handle_plugin_answer(now(), call, answer);
+                }
                 Action::Delta(text) => on_delta(turn, text),
                 Action::Finished(result) => return result,
             }
