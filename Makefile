@@ -97,16 +97,17 @@ check: setup
 	cargo fmt --manifest-path tests/spin-host/fixtures/Cargo.toml --all --check
 	cargo clippy -p kefu-engine -p kefu-runtime-tests -p kefu-spin-host --all-targets -- -D warnings
 	cargo clippy -p kefu-worker --target wasm32-unknown-unknown -- -D warnings
-	cargo clippy -p kefu-spin --target wasm32-wasip2 -- -D warnings
+	cargo clippy -p kefu-spin -p kefu-spin-web --target wasm32-wasip2 -- -D warnings
+	cargo clippy -p kefu-spin-web --all-targets -- -D warnings
 	$(MAKE) --no-print-directory wasm
 
 wasm:
 	cargo build -p kefu-engine --target wasm32-unknown-unknown
 	cargo build -p kefu-engine --target wasm32-wasip2
 
-# The Spin component (what `spin build` runs, per spin.toml).
+# The Spin components (what `spin build` runs, per spin.toml): the API and the web pages.
 spin: rust-targets
-	cargo build -p kefu-spin --target wasm32-wasip2 --release
+	cargo build -p kefu-spin -p kefu-spin-web --target wasm32-wasip2 --release
 
 # Kefu's Spin build, locally: with the Spin CLI installed, `spin up`; without it (as on our
 # build machines, where Spin cannot be installed), on Kefu's Spin test host, which speaks
@@ -120,8 +121,10 @@ dev-spin: spin
 		cargo run -q -p kefu-spin-host -- --from spin.toml --listen 127.0.0.1:$(SPIN_PORT) --state-dir .spin; \
 	fi
 
+# The engine's unit and simulator tests, and the Spin file server's (plain Rust, no runtime).
 test-engine:
 	cargo test -p kefu-engine
+	cargo test -p kefu-spin-web
 
 # The Spin test host (tests/spin-host): builds its fixture components for wasm32-wasip2 and
 # runs them on the host process. Spin itself cannot be installed here; users run real Spin.

@@ -48,6 +48,7 @@ pub fn not_on_spin(scenario: &str) -> Option<&'static str> {
         | "rules_and_business_hours" => return None,
         "agent_tokens" | "inbox_lists_and_filters" => return None,
         "verified_visitor_identity" => return None,
+        "web_pages_served_with_their_policy" => return None,
         "demo_answers" => "the /demo page is the Worker's",
         "openai_sdk_python" | "openai_api_errors" => return None,
         "gateway_workers_ai_binding" => "the Workers AI binding exists only on Workers",
@@ -130,10 +131,12 @@ impl KefuSpin {
             "cargo build -p kefu-spin-host",
         )?;
         // spin.toml names the component relative to itself, as `spin build` leaves it.
-        artifact(
-            root.join("target/wasm32-wasip2/release/kefu_spin.wasm"),
-            "make spin",
-        )?;
+        for wasm in ["kefu_spin.wasm", "kefu_spin_web.wasm"] {
+            artifact(
+                root.join("target/wasm32-wasip2/release").join(wasm),
+                "make spin",
+            )?;
+        }
         let state = tempfile::Builder::new()
             .prefix("kefu-spin-")
             .tempdir()
