@@ -268,7 +268,7 @@ fn run_turn(
     }
     let mut options = TurnOptions::new(mode);
     if config.knowledge.enabled && config.has_models() {
-        match crate::knowledge::search(tenant, &visitor.text(), config.knowledge.top_k) {
+        match crate::knowledge::search(tenant, config, &visitor.text(), config.knowledge.top_k) {
             Ok(found) => options.knowledge = found,
             // Without the knowledge base the model still answers (and may say it does not know).
             Err(e) => log(

@@ -173,7 +173,6 @@ pub(crate) fn not_on_spin(what: &str, instead: &str) -> ApiError {
 /// Refuses a tenant configuration that needs what the Spin component does not do yet, so
 /// nothing is silently half-honoured (quotas unenforced, a knowledge base not searched).
 pub(crate) fn supported(config: &TenantConfig) -> Result<(), ApiError> {
-    knowledge::supported(config)?;
     let missing = if config.webhooks.iter().any(|w| w.enabled) {
         Some("webhooks")
     } else if config.quotas != kefu_engine::gateway::QuotaPolicy::default() {

@@ -55,9 +55,8 @@ pub fn not_on_spin(scenario: &str) -> Option<&'static str> {
         s if s.starts_with("gateway_") => {
             "circuit breakers, quotas and usage need a per-tenant gateway store on Spin (not yet)"
         }
-        "knowledge_hybrid_vector_search" | "tenant_keys_see_only_their_own" => {
-            "vector search (embeddings) and uploads are not in the component yet"
-        }
+        "knowledge_hybrid_vector_search" => return None,
+        "tenant_keys_see_only_their_own" => "uploads are not in the component yet",
         s if s.starts_with("attachments_") => {
             "uploads (R2 on Workers) are not in the component yet"
         }
@@ -87,6 +86,8 @@ pub fn tenants(all: &[(String, Value)]) -> Vec<(String, Value)> {
                     | "verified-site"
                     | "kb"
                     | "kb-noanswer"
+                    | "kb-hybrid"
+                    | "kb-hybrid-down"
             )
         })
         .cloned()
