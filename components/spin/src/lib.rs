@@ -14,6 +14,7 @@
 
 mod admin;
 mod agents;
+mod attachments;
 mod chat;
 mod events;
 mod http;
@@ -96,14 +97,18 @@ fn handle(kv: &Kv, req: &Incoming, route: Route) -> Result<Reply, ApiError> {
             "turn traces",
             "the Spin component logs each turn's trace but does not store it yet",
         )),
-        Route::Usage
-        | Route::Upload
-        | Route::GetAttachment(_) => Err(not_on_spin(
+        Route::Upload => {
+            let (tenant, config) = attachments::uploader(kv, req)?;
+            supported(&config)?;
+            attachments::upload(req, &tenant, &config)
+        }
+        Route::GetAttachment(id) => attachments::download(&attachments::reader(kv, req)?, &id),
+        Route::Usage => Err(not_on_spin(
             &req.path,
             "the Spin component serves chat, transcripts, handoff, agents' actions and their \
              inbox, visitors' live updates (SSE), configuration, typing, the knowledge base \
-             (full text), the OpenAI-compatible API and health so far; usage and files run on the \
-             Worker",
+             (full text and hybrid), files, the OpenAI-compatible API and health so far; usage \
+             runs on the Worker",
         )),
     }
 }

@@ -56,10 +56,8 @@ pub fn not_on_spin(scenario: &str) -> Option<&'static str> {
             "circuit breakers, quotas and usage need a per-tenant gateway store on Spin (not yet)"
         }
         "knowledge_hybrid_vector_search" => return None,
-        "tenant_keys_see_only_their_own" => "uploads are not in the component yet",
-        s if s.starts_with("attachments_") => {
-            "uploads (R2 on Workers) are not in the component yet"
-        }
+        "tenant_keys_see_only_their_own" => return None,
+        s if s.starts_with("attachments_") => return None,
         "webhooks_signed_and_retried" => {
             "webhook delivery with retries is not in the component yet"
         }
@@ -88,6 +86,8 @@ pub fn tenants(all: &[(String, Value)]) -> Vec<(String, Value)> {
                     | "kb-noanswer"
                     | "kb-hybrid"
                     | "kb-hybrid-down"
+                    | "files"
+                    | "files-off"
             )
         })
         .cloned()
