@@ -138,7 +138,7 @@ test-runtime: $(WORKER_OUT) spin
 	cargo test -p kefu-runtime-tests
 
 # The widget in a real browser: Debian's Chromium driven by playwright-core against Kefu on
-# workerd and the mock provider (tests/browser). Playwright's own browser download does not
+# workerd and the mock provider (tests/browser), and the pages on Spin (spin.test.mjs). Playwright's own browser download does not
 # work offline, so Debian's package it is, installed on first use (with CJK fonts, for the
 # Chinese screenshot). Screenshots go to target/browser-screenshots/ (`make screenshots`:
 # docs/screenshots/, for the README).
@@ -155,8 +155,9 @@ chromium:
 		$(SUDO) apt-get update -qq; \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
 
-test-browser: setup $(WORKER_OUT) chromium
+test-browser: setup $(WORKER_OUT) spin chromium
 	cargo build -q -p kefu-runtime-tests --bin kefu-mock-provider
+	cargo build -q -p kefu-spin-host
 	KEFU_CHROMIUM=$(CHROMIUM) node --test --test-reporter=spec tests/browser/
 
 # The same run, keeping its screenshots for the README (otherwise they go to target/).
