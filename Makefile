@@ -98,8 +98,8 @@ check: setup
 	cargo fmt --manifest-path tests/spin-host/fixtures/Cargo.toml --all --check
 	cargo clippy -p kefu-engine -p kefu-runtime-tests -p kefu-spin-host --all-targets -- -D warnings
 	cargo clippy -p kefu-worker --target wasm32-unknown-unknown -- -D warnings
-	cargo clippy -p kefu-spin -p kefu-spin-plugin-host -p kefu-spin-plugin-entry --target wasm32-wasip2 -- -D warnings
-	cargo clippy -p kefu-spin-plugin-compose --all-targets -- -D warnings
+	cargo clippy -p kefu-spin -p kefu-spin-web -p kefu-spin-plugin-host -p kefu-spin-plugin-entry --target wasm32-wasip2 -- -D warnings
+	cargo clippy -p kefu-spin-web -p kefu-spin-plugin-compose --all-targets -- -D warnings
 	cargo clippy $(PLUGIN_PACKAGES) --all-targets -- -D warnings
 	cargo clippy $(PLUGIN_PACKAGES) --target wasm32-unknown-unknown -- -D warnings
 	$(MAKE) --no-print-directory wasm plugins
@@ -108,11 +108,11 @@ wasm:
 	cargo build -p kefu-engine --target wasm32-unknown-unknown
 	cargo build -p kefu-engine --target wasm32-wasip2
 
-# The Spin component (what `spin build` runs, per spin.toml), and each example plugin as a
-# Spin component of its own: the plugin composed with Kefu's Spin host adapter and entry
-# (components/spin-plugin), into target/plugins/spin/<name>.wasm.
+# The Spin components (what `spin build` runs, per spin.toml): the API, the web pages, and
+# each example plugin as a Spin component of its own: the plugin composed with Kefu's Spin
+# host adapter and entry (components/spin-plugin), into target/plugins/spin/<name>.wasm.
 spin: rust-targets plugins
-	cargo build -p kefu-spin -p kefu-spin-plugin-host -p kefu-spin-plugin-entry --target wasm32-wasip2 --release
+	cargo build -p kefu-spin -p kefu-spin-web -p kefu-spin-plugin-host -p kefu-spin-plugin-entry --target wasm32-wasip2 --release
 	cargo build -q -p kefu-spin-plugin-compose
 	@mkdir -p $(TARGET_DIR)/plugins/spin
 	@for p in $(PLUGINS); do \
@@ -147,8 +147,10 @@ dev-spin: spin
 		cargo run -q -p kefu-spin-host -- --from spin.toml --listen 127.0.0.1:$(SPIN_PORT) --state-dir .spin; \
 	fi
 
+# The engine's unit and simulator tests, and the Spin file server's (plain Rust, no runtime).
 test-engine:
 	cargo test -p kefu-engine
+	cargo test -p kefu-spin-web
 
 test-plugins:
 	cargo test $(PLUGIN_PACKAGES)
@@ -165,7 +167,7 @@ test-runtime: $(WORKER_OUT) spin
 	cargo test -p kefu-runtime-tests
 
 # The widget in a real browser: Debian's Chromium driven by playwright-core against Kefu on
-# workerd and the mock provider (tests/browser). Playwright's own browser download does not
+# workerd and the mock provider (tests/browser), and the pages on Spin (spin.test.mjs). Playwright's own browser download does not
 # work offline, so Debian's package it is, installed on first use (with CJK fonts, for the
 # Chinese screenshot). Screenshots go to target/browser-screenshots/ (`make screenshots`:
 # docs/screenshots/, for the README).
@@ -182,8 +184,9 @@ chromium:
 		$(SUDO) apt-get update -qq; \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
 
-test-browser: setup $(WORKER_OUT) chromium
+test-browser: setup $(WORKER_OUT) spin chromium
 	cargo build -q -p kefu-runtime-tests --bin kefu-mock-provider
+	cargo build -q -p kefu-spin-host
 	KEFU_CHROMIUM=$(CHROMIUM) node --test --test-reporter=spec tests/browser/
 
 # The same run, keeping its screenshots for the README (otherwise they go to target/).

@@ -48,18 +48,16 @@ pub fn not_on_spin(scenario: &str) -> Option<&'static str> {
         | "rules_and_business_hours" => return None,
         "agent_tokens" | "inbox_lists_and_filters" => return None,
         "verified_visitor_identity" => return None,
+        "web_pages_served_with_their_policy" => return None,
         "demo_answers" => "the /demo page is the Worker's",
         "openai_sdk_python" | "openai_api_errors" => return None,
         "gateway_workers_ai_binding" => "the Workers AI binding exists only on Workers",
         s if s.starts_with("gateway_") => {
             "circuit breakers, quotas and usage need a per-tenant gateway store on Spin (not yet)"
         }
-        "knowledge_hybrid_vector_search" | "tenant_keys_see_only_their_own" => {
-            "vector search (embeddings) and uploads are not in the component yet"
-        }
-        s if s.starts_with("attachments_") => {
-            "uploads (R2 on Workers) are not in the component yet"
-        }
+        "knowledge_hybrid_vector_search" => return None,
+        "tenant_keys_see_only_their_own" => return None,
+        s if s.starts_with("attachments_") => return None,
         "webhooks_signed_and_retried" => {
             "webhook delivery with retries is not in the component yet"
         }
@@ -86,6 +84,10 @@ pub fn tenants(all: &[(String, Value)]) -> Vec<(String, Value)> {
                     | "verified-site"
                     | "kb"
                     | "kb-noanswer"
+                    | "kb-hybrid"
+                    | "kb-hybrid-down"
+                    | "files"
+                    | "files-off"
             )
         })
         .cloned()
@@ -130,10 +132,12 @@ impl KefuSpin {
             "cargo build -p kefu-spin-host",
         )?;
         // spin.toml names the component relative to itself, as `spin build` leaves it.
-        artifact(
-            root.join("target/wasm32-wasip2/release/kefu_spin.wasm"),
-            "make spin",
-        )?;
+        for wasm in ["kefu_spin.wasm", "kefu_spin_web.wasm"] {
+            artifact(
+                root.join("target/wasm32-wasip2/release").join(wasm),
+                "make spin",
+            )?;
+        }
         let state = tempfile::Builder::new()
             .prefix("kefu-spin-")
             .tempdir()

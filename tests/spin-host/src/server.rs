@@ -21,7 +21,7 @@ use hyper::header::{HeaderName, HeaderValue};
 use tokio::net::TcpListener;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -334,6 +334,11 @@ impl SpinHost {
         wasi.inherit_stdout().inherit_stderr();
         for (k, v) in &config.environment {
             wasi.env(k, v);
+        }
+        // `files`: each directory read-only at its destination, as Spin mounts them.
+        for mount in &config.files {
+            wasi.preopened_dir(&mount.source, &mount.destination, FsPerms::ReadOnly)
+                .map_err(|e| format!("mounting {}: {e:#}", mount.source.display()))?;
         }
         let state = InstanceState {
             table: ResourceTable::new(),
