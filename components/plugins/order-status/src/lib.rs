@@ -462,7 +462,7 @@ pub fn summarize(order: &Map<String, Value>, query: &Query) -> Option<Value> {
     }
     let mut out = Map::new();
     out.insert("found".into(), Value::Bool(true));
-    let order_id = pick(&[order], &["order_id", "number", "order_number", "id"])
+    let order_id = pick(&[order], &["order_id", "order_number", "number", "id"])
         .unwrap_or_else(|| Value::String(query.order_id.clone()));
     out.insert("order_id".into(), order_id);
     for (field, names) in FIELDS {
@@ -904,5 +904,40 @@ mod tests {
         assert_eq!(v["items_omitted"], json!(100 - kept));
         // Multi-byte text is cut on a character boundary.
         assert!(bounded(&"é".repeat(300)).len() <= MAX_TEXT_BYTES);
+    }
+
+    /// The manifest as the engine reads it: its tools must pass the engine's rules.
+    fn engine_manifest(m: Manifest) -> kefu_engine::plugin::Manifest {
+        kefu_engine::plugin::Manifest {
+            name: m.name,
+            version: m.version,
+            description: m.description,
+            hooks: kefu_engine::plugin::HookSet {
+                on_event: m.hooks.contains(Hooks::ON_EVENT),
+                before_model: m.hooks.contains(Hooks::BEFORE_MODEL),
+                after_reply: m.hooks.contains(Hooks::AFTER_REPLY),
+            },
+            tools: m
+                .tools
+                .into_iter()
+                .map(|t| kefu_engine::plugin::PluginTool {
+                    name: t.name,
+                    description: t.description,
+                    parameters: t.parameters,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_manifest_passes_the_engines_rules() {
+        let manifest = engine_manifest(OrderStatus::describe());
+        let registry = kefu_engine::plugin::ToolRegistry::new([("orders", &manifest)]);
+        assert!(registry.refused.is_empty(), "{:?}", registry.refused);
+        let specs = registry.specs();
+        assert_eq!(specs.len(), 1);
+        assert_eq!(specs[0].name, TOOL);
+        assert_eq!(specs[0].parameters["required"], json!(["order_id"]));
+        assert!(!manifest.hooks.on_event && !manifest.hooks.before_model);
     }
 }

@@ -381,4 +381,37 @@ mod tests {
             vec!["sys".to_owned(), "zap".to_owned()]
         );
     }
+
+    /// The manifest as the engine reads it: its tools must pass the engine's rules.
+    fn engine_manifest(m: Manifest) -> kefu_engine::plugin::Manifest {
+        kefu_engine::plugin::Manifest {
+            name: m.name,
+            version: m.version,
+            description: m.description,
+            hooks: kefu_engine::plugin::HookSet {
+                on_event: m.hooks.contains(Hooks::ON_EVENT),
+                before_model: m.hooks.contains(Hooks::BEFORE_MODEL),
+                after_reply: m.hooks.contains(Hooks::AFTER_REPLY),
+            },
+            tools: m
+                .tools
+                .into_iter()
+                .map(|t| kefu_engine::plugin::PluginTool {
+                    name: t.name,
+                    description: t.description,
+                    parameters: t.parameters,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_manifest_passes_the_engines_rules() {
+        let manifest = engine_manifest(Hostile::describe());
+        let registry = kefu_engine::plugin::ToolRegistry::new([("hostile", &manifest)]);
+        assert!(registry.refused.is_empty(), "{:?}", registry.refused);
+        assert_eq!(registry.owner(TOOL), Some("hostile"));
+        let hooks = manifest.hooks;
+        assert!(hooks.on_event && hooks.before_model && hooks.after_reply);
+    }
 }
