@@ -250,9 +250,10 @@ impl Guard {
         if topics.is_empty() {
             problems.push("setting topics lists no topic: nothing is guarded".to_owned());
         }
-        let action = match setting("action").as_deref().map(str::trim) {
-            None | Some("") | Some("handoff") => GuardAction::Handoff,
-            Some("block") => GuardAction::Block,
+        let action = match setting("action").map(|a| a.trim().to_ascii_lowercase()) {
+            None => GuardAction::Handoff,
+            Some(a) if a.is_empty() || a == "handoff" => GuardAction::Handoff,
+            Some(a) if a == "block" => GuardAction::Block,
             Some(other) => {
                 problems.push(format!(
                     "setting action {other:?} is not handoff or block: handing off"
@@ -260,9 +261,11 @@ impl Guard {
                 GuardAction::Handoff
             }
         };
-        let check_question = match setting("check_question").as_deref().map(str::trim) {
-            None | Some("") | Some("true") => true,
-            Some("false") => false,
+        let check_question = match setting("check_question").map(|c| c.trim().to_ascii_lowercase())
+        {
+            None => true,
+            Some(c) if ["", "true", "yes", "on", "1"].contains(&c.as_str()) => true,
+            Some(c) if ["false", "no", "off", "0"].contains(&c.as_str()) => false,
             Some(other) => {
                 problems.push(format!(
                     "setting check_question {other:?} is not true or false: checking"
@@ -476,7 +479,7 @@ mod tests {
                     .into()
             )
         );
-        let b = guard(Some("block"), Some("false"));
+        let b = guard(Some(" Block "), Some("No"));
         assert_eq!(b.after_reply("我想退款", "好的"), ReplyDecision::Keep);
         assert!(matches!(
             b.after_reply("hi", "Refund approved"),
