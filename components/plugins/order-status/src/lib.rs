@@ -7,8 +7,8 @@
 //!
 //! - `200` with a JSON order: `{"found": true, "order_id", "status", "items", "carrier",
 //!   "tracking_number", "eta", …}`, only the fields this plugin knows (never addresses, names
-//!   or payment details the API might also return), each text cut to 200 bytes, the whole
-//!   result under 4 KiB (items beyond that are counted in `items_omitted`);
+//!   or payment details the API might also return), each text cut to 200 bytes, at most
+//!   20 items, the whole result under 4 KiB (items left out are counted in `items_omitted`);
 //! - `404` or `410`: `{"found": false, …}` with a sentence for the model, which can then tell
 //!   the visitor there is no such order;
 //! - anything else (other statuses, a host the operator did not grant, a timeout, a body that
@@ -47,6 +47,8 @@ pub const MAX_ORDER_ID: usize = 64;
 pub const MAX_TEXT_BYTES: usize = 200;
 /// The result for the model stays under this many bytes of JSON.
 pub const MAX_RESULT_BYTES: usize = 4096;
+/// At most this many of an order's items are passed on (the rest are counted).
+pub const MAX_ITEMS: usize = 20;
 
 const PARAMETERS: &str = r#"{"type":"object","properties":{"order_id":{"type":"string","description":"The order number exactly as the visitor gave it, e.g. 1042 or KF-1042.","minLength":1,"maxLength":64},"email":{"type":"string","description":"The email address the order was placed with, if the visitor gave it."}},"required":["order_id"],"additionalProperties":false}"#;
 
@@ -495,8 +497,9 @@ pub fn summarize(order: &Map<String, Value>, query: &Query) -> Option<Value> {
     let mut result = Value::Object(out);
     if !items.is_empty() {
         let total = items.len();
-        // Keep as many items as fit (scalar fields are bounded, so some always do).
-        let mut kept = total;
+        // Keep as many items as fit, trying at most MAX_ITEMS (an order of thousands of
+        // lines must not cost thousands of serialisations).
+        let mut kept = total.min(MAX_ITEMS);
         loop {
             result["items"] = Value::Array(items[..kept].to_vec());
             if kept < total {
@@ -510,6 +513,14 @@ pub fn summarize(order: &Map<String, Value>, query: &Query) -> Option<Value> {
         if kept == 0 {
             result.as_object_mut().map(|m| m.remove("items"));
         }
+    }
+    // Texts full of characters JSON must escape can still be too large: drop the least
+    // useful fields until the result fits.
+    for (field, _) in FIELDS.iter().rev() {
+        if result.to_string().len() <= MAX_RESULT_BYTES {
+            break;
+        }
+        result.as_object_mut().map(|m| m.remove(*field));
     }
     Some(result)
 }
@@ -902,6 +913,27 @@ mod tests {
         let kept = v["items"].as_array().unwrap().len();
         assert!(kept > 0);
         assert_eq!(v["items_omitted"], json!(100 - kept));
+        // Thousands of items, texts that JSON escapes to six times their size: still bounded.
+        let quotes = "\u{1}".repeat(MAX_TEXT_BYTES);
+        let mut order = json!({"items": vec![json!({"name": "x"}); 5000]});
+        for (_, names) in FIELDS {
+            order[names[0]] = json!(quotes);
+        }
+        let (_, outcome) = run(
+            BASE,
+            r#"{"order_id": "1"}"#,
+            response(200, &order.to_string()),
+        );
+        let v = outcome.unwrap();
+        assert!(
+            v.to_string().len() <= MAX_RESULT_BYTES,
+            "{}",
+            v.to_string().len()
+        );
+        assert_eq!(v["found"], true);
+        assert_eq!(v["status"], json!(quotes), "the most useful field stays");
+        assert!(v.get("items").is_none());
+        assert_eq!(v["items_omitted"], json!(5000));
         // Multi-byte text is cut on a character boundary.
         assert!(bounded(&"é".repeat(300)).len() <= MAX_TEXT_BYTES);
     }
