@@ -124,9 +124,13 @@ spin: rust-targets plugins
 # The example plugins (components/plugins/<name>, crate kefu-plugin-<name>): each crate is
 # built as a core wasm module for wasm32-unknown-unknown (so it imports nothing but Kefu's
 # `host` interface, no WASI) and made a component with jco, which validates it against the
-# kefu:extension WIT it embeds. Output: target/plugins/<name>.wasm.
-PLUGINS := $(patsubst components/plugins/%/Cargo.toml,%,$(wildcard components/plugins/*/Cargo.toml))
-PLUGIN_PACKAGES := $(foreach p,$(PLUGINS),-p kefu-plugin-$(p))
+# kefu:extension WIT it embeds. Output: target/plugins/<name>.wasm. Test plugins
+# (tests/plugins/<name>, crate kefu-test-plugin-<name>, library kefu_plugin_<name>) misbehave on
+# purpose for the containment tests; they are built and checked the same way, never shipped.
+EXAMPLE_PLUGINS := $(patsubst components/plugins/%/Cargo.toml,%,$(wildcard components/plugins/*/Cargo.toml))
+TEST_PLUGINS := $(patsubst tests/plugins/%/Cargo.toml,%,$(wildcard tests/plugins/*/Cargo.toml))
+PLUGINS := $(EXAMPLE_PLUGINS) $(TEST_PLUGINS)
+PLUGIN_PACKAGES := $(foreach p,$(EXAMPLE_PLUGINS),-p kefu-plugin-$(p)) $(foreach p,$(TEST_PLUGINS),-p kefu-test-plugin-$(p))
 TARGET_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target))
 plugins: rust-targets node_modules/.package-lock.json
 	cargo build --release --target wasm32-unknown-unknown $(PLUGIN_PACKAGES)
