@@ -25,6 +25,7 @@ pub mod handoff;
 pub mod knowledge;
 pub mod mock;
 pub mod pages;
+pub mod plugins;
 pub mod scenarios;
 pub mod spin;
 pub mod sse;

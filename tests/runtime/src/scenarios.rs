@@ -41,6 +41,10 @@ use crate::knowledge::{
 };
 use crate::mock::{MockProvider, echo_reply};
 use crate::pages::web_pages_served_with_their_policy;
+use crate::plugins::{
+    plugins_guard_hands_off, plugins_hostile_contained, plugins_order_status_tool,
+    plugins_redactor_reaches_the_model_redacted,
+};
 use crate::sse::{self, SseTranscript};
 use crate::webhooks::webhooks_signed_and_retried;
 
@@ -356,6 +360,10 @@ pub fn all() -> Vec<Scenario> {
         config_versions_and_rollback,
         webhooks_signed_and_retried,
         web_pages_served_with_their_policy,
+        plugins_redactor_reaches_the_model_redacted,
+        plugins_order_status_tool,
+        plugins_guard_hands_off,
+        plugins_hostile_contained,
     ]
 }
 
