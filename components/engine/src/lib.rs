@@ -36,6 +36,7 @@ pub mod offline;
 pub mod openai;
 pub mod openai_api;
 pub mod provider;
+pub mod replay;
 pub mod rules;
 #[cfg(feature = "sim")]
 pub mod sim;

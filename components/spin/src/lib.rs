@@ -92,9 +92,11 @@ fn handle(kv: &Kv, req: &Incoming, route: Route) -> Result<Reply, ApiError> {
         Route::Typing(id) => agents::typing(kv, req, &id),
         Route::Knowledge(k) => knowledge::route(kv, req, k),
         Route::ListConversations => inbox::list(&admin::agent(kv, req)?.0, req),
-        Route::ConversationTraces(_) => Err(not_on_spin(
-            "turn traces",
-            "the Spin component logs each turn's trace but does not store it yet",
+        Route::ConversationTraces(_)
+        | Route::ConversationReplay(_)
+        | Route::ConversationExport(_) => Err(not_on_spin(
+            "turn records, replay and export",
+            "the Spin component logs each turn's trace but does not store turn records yet",
         )),
         Route::Usage
         | Route::Upload

@@ -15,6 +15,7 @@
 //!   the tenant configurations they need.
 //! - [`handoff`]: human handoff and the agent actions, end to end.
 //! - [`knowledge`]: the knowledge base: ingestion, recall@3, grounding, no-answer fallback.
+//! - [`replay`]: the replay/debug console's API: turn records, replay, export.
 //! - [`sse`]: a small Server-Sent Events reader used by the scenarios and the mock's tests.
 
 pub mod attachments;
@@ -23,6 +24,7 @@ pub mod gateway;
 pub mod handoff;
 pub mod knowledge;
 pub mod mock;
+pub mod replay;
 pub mod scenarios;
 pub mod spin;
 pub mod sse;

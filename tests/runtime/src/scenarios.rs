@@ -40,6 +40,7 @@ use crate::knowledge::{
     knowledge_no_answer_falls_back, tenant_keys_see_only_their_own,
 };
 use crate::mock::{MockProvider, echo_reply};
+use crate::replay::replay_console_records_and_replays;
 use crate::sse::{self, SseTranscript};
 use crate::webhooks::webhooks_signed_and_retried;
 
@@ -354,6 +355,7 @@ pub fn all() -> Vec<Scenario> {
         tenant_keys_see_only_their_own,
         config_versions_and_rollback,
         webhooks_signed_and_retried,
+        replay_console_records_and_replays,
     ]
 }
 

@@ -60,6 +60,9 @@ pub fn not_on_spin(scenario: &str) -> Option<&'static str> {
         s if s.starts_with("attachments_") => {
             "uploads (R2 on Workers) are not in the component yet"
         }
+        "replay_console_records_and_replays" => {
+            "turn records, replay and export are not in the component yet (it logs each turn's trace)"
+        }
         "webhooks_signed_and_retried" => {
             "webhook delivery with retries is not in the component yet"
         }
