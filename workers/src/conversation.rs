@@ -789,14 +789,10 @@ async fn handle_replay(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiErr
         &inner.records()?,
         r.max_turns,
     )
-    .map_err(|e| {
-        let mut err = ApiError::new(400, "invalid_config", e.to_string());
-        err.field = Some(format!("config.{}", e.field));
-        err
-    })?;
+    .map_err(|e| replay::config_error(&e))?;
     let config = replay.config().clone();
     let mut turns = Vec::new();
-    let mut stopped = Value::Null;
+    let mut stopped = None;
     while let Some(step) = replay.next_turn() {
         if !step.needs_model() {
             turns.push(step.finish(None, None));
@@ -830,7 +826,9 @@ async fn handle_replay(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiErr
                 Ok(grant) => Some(grant),
                 Err(gateway::Refusal::Quota(q)) => {
                     let e = api::quota_error(&q);
-                    stopped = json!({"seq": step.visitor.seq, "error": {"code": e.code, "message": e.message}});
+                    stopped = Some(
+                        json!({"seq": step.visitor.seq, "error": {"code": e.code, "message": e.message}}),
+                    );
                     break;
                 }
                 Err(gateway::Refusal::Host(e)) => return Err(e),
@@ -864,14 +862,13 @@ async fn handle_replay(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiErr
     );
     json_response(
         200,
-        &json!({
-            "conversation_id": conversation.id().as_str(),
-            "model": r.model,
-            "total_turns": replay.total_turns(),
-            "truncated": replay.truncated(),
-            "stopped": stopped,
-            "turns": turns,
-        }),
+        &replay::replay_json(
+            conversation.id(),
+            r.model.as_deref(),
+            &replay,
+            turns,
+            stopped,
+        ),
     )
 }
 

@@ -554,6 +554,34 @@ pub fn with_model(config: &TenantConfig, model: &str) -> Result<TenantConfig, Co
     Ok(out)
 }
 
+/// The `400 invalid_config` for a replay configuration whose rules or hours do not compile.
+pub fn config_error(e: &ConfigError) -> ApiError {
+    bad(
+        "invalid_config",
+        &format!("config.{}", e.field),
+        e.to_string(),
+    )
+}
+
+/// The JSON answer of `POST /api/v1/conversations/{id}/replay`: the turns' side-by-side
+/// entries ([`ReplayTurn::finish`]) and, when the quota refused a turn, where it stopped.
+pub fn replay_json(
+    id: &ConversationId,
+    model: Option<&str>,
+    replay: &Replay,
+    turns: Vec<Value>,
+    stopped: Option<Value>,
+) -> Value {
+    json!({
+        "conversation_id": id.as_str(),
+        "model": model,
+        "total_turns": replay.total_turns(),
+        "truncated": replay.truncated(),
+        "stopped": stopped,
+        "turns": turns,
+    })
+}
+
 /// A recorded conversation being replayed under another configuration.
 #[derive(Debug)]
 pub struct Replay {

@@ -48,6 +48,7 @@ pub fn not_on_spin(scenario: &str) -> Option<&'static str> {
         | "rules_and_business_hours" => return None,
         "agent_tokens" | "inbox_lists_and_filters" => return None,
         "verified_visitor_identity" => return None,
+        "replay_console_records_and_replays" => return None,
         "demo_answers" => "the /demo page is the Worker's",
         "openai_sdk_python" | "openai_api_errors" => return None,
         "gateway_workers_ai_binding" => "the Workers AI binding exists only on Workers",
@@ -59,9 +60,6 @@ pub fn not_on_spin(scenario: &str) -> Option<&'static str> {
         }
         s if s.starts_with("attachments_") => {
             "uploads (R2 on Workers) are not in the component yet"
-        }
-        "replay_console_records_and_replays" => {
-            "turn records, replay and export are not in the component yet (it logs each turn's trace)"
         }
         "webhooks_signed_and_retried" => {
             "webhook delivery with retries is not in the component yet"
@@ -89,6 +87,7 @@ pub fn tenants(all: &[(String, Value)]) -> Vec<(String, Value)> {
                     | "verified-site"
                     | "kb"
                     | "kb-noanswer"
+                    | "replay"
             )
         })
         .cloned()
