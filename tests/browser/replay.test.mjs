@@ -190,6 +190,37 @@ describe("replay console", { concurrency: false }, () => {
     await page.screenshot({ path: join(SHOTS, "replay-console.png") });
   });
 
+  test("on a phone, in the dark theme, the console is one column that fits the screen", async () => {
+    const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, locale: "en-US", colorScheme: "dark", isMobile: true });
+    const p = await phone.newPage();
+    const problems = [];
+    p.on("pageerror", (e) => problems.push(e));
+    // Signed in from this tab's storage, as after the agent console.
+    const token = await page.evaluate(() => sessionStorage.getItem("kefu.replay.credential"));
+    await p.addInitScript((t) => sessionStorage.setItem("kefu.agent.token", t), token);
+    await p.goto(`${kefu.base}/replay/#id=${conversation}`);
+    await p.locator(".timeline > .turn").nth(1).waitFor();
+    await p.locator(".timeline > .turn").first().locator(".turn-details > summary").click();
+    const overflow = await p.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(overflow <= 0, `the page is ${overflow}px wider than the phone`);
+    // The top bar's links and Sign out are all on the screen.
+    const right = await p.evaluate(() => Math.max(...[...document.querySelectorAll(".topbar a, .topbar button")].map((e) => e.getBoundingClientRect().right)));
+    assert.ok(right <= 390, `the top bar reaches ${right}px`);
+    // The record's sections stay inside their turn (tables scroll inside their section).
+    const spill = await p.evaluate(() =>
+      Math.max(...[...document.querySelectorAll(".turn")].flatMap((t) => {
+        const edge = t.getBoundingClientRect().right;
+        return [...t.querySelectorAll(".record-section")].map((s) => s.getBoundingClientRect().right - edge);
+      })));
+    assert.ok(spill <= 0, `a record section spills ${spill}px out of its turn`);
+    const bg = await p.evaluate(() => getComputedStyle(document.body).backgroundColor);
+    assert.equal(bg, "rgb(12, 17, 29)");
+    mkdirSync(SHOTS, { recursive: true });
+    await p.screenshot({ path: join(SHOTS, "replay-phone-dark.png") });
+    await phone.close();
+    assert.deepEqual(problems, []);
+  });
+
   test("export downloads the conversation and its records as JSON", async () => {
     const [download] = await Promise.all([page.waitForEvent("download"), page.locator("#export").click()]);
     assert.equal(download.suggestedFilename(), `kefu-conversation-${conversation}.json`);
