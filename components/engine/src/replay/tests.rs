@@ -525,3 +525,46 @@ fn a_replayed_no_answer_is_said_as_a_live_turn_says_it() {
         "returns#0"
     );
 }
+
+#[test]
+fn a_record_stays_small_however_long_the_prompt() {
+    let config = config();
+    let mut c = Conversation::new(
+        ConversationId::parse("c1").unwrap(),
+        TenantId::default_tenant(),
+        at(1),
+    );
+    // A window full of long messages: a prompt of well over 100 KB.
+    let long = "x".repeat(15_000);
+    let mut visitor = None;
+    for i in 0..10 {
+        let role = if i % 2 == 0 { Role::Visitor } else { Role::Bot };
+        let m = c
+            .append(at(2 + i), role, vec![Part::Text(long.clone())], &config)
+            .unwrap();
+        if role == Role::Visitor {
+            visitor = Some(m);
+        }
+    }
+    let visitor = visitor.unwrap();
+    let mut turn = c
+        .start_turn(
+            at(20),
+            &config,
+            &visitor,
+            TurnOptions::new(ReplyMode::Whole),
+        )
+        .unwrap();
+    let (result, sent) = drive(&mut turn, |_| (200, ok_body("ok")));
+    assert!(result.is_ok());
+    assert!(sent.last().unwrap().1.len() > 100_000);
+    let mut record = TurnRecord {
+        seq: visitor.seq,
+        ..TurnRecord::default()
+    };
+    record.add_turn(&turn, &[]);
+    let prompt = record.prompt.as_ref().unwrap();
+    assert!(prompt.truncated);
+    assert!(prompt.bytes > 100_000);
+    assert!(record.to_stored().len() < MAX_PROMPT_BYTES + 4096);
+}
