@@ -568,3 +568,32 @@ fn a_record_stays_small_however_long_the_prompt() {
     assert!(prompt.bytes > 100_000);
     assert!(record.to_stored().len() < MAX_PROMPT_BYTES + 4096);
 }
+
+#[test]
+fn a_recorded_prompt_never_holds_the_key() {
+    const KEY: &str = "sk-live-Very0Secret0Key0123456789";
+    for kind in ["openai", "anthropic", "gemini", "workers_ai", "mistral"] {
+        let config = TenantConfig::from_json(&format!(
+            r#"{{"providers": {{"p": {{"kind": "{kind}", "base_url": "http://p.test/v1", "api_key_secret": "P_KEY"}}}},
+                "routes": {{"default": {{"targets": [{{"provider": "p", "model": "m"}}]}}}}}}"#
+        ))
+        .unwrap();
+        let (c, visitor) = conversation_with(&config, "hello");
+        let mut options = TurnOptions::new(ReplyMode::Whole);
+        options.secrets.insert("P_KEY".into(), KEY.into());
+        let mut turn = c.start_turn(at(5), &config, &visitor, options).unwrap();
+        // The key does go out, in a header of the request.
+        let Some(Action::CallProvider { request, .. }) = turn.poll_action() else {
+            panic!("{kind}: no call");
+        };
+        assert!(
+            request.headers.iter().any(|h| h.value.contains(KEY)),
+            "{kind}: the key is sent"
+        );
+        let mut record = TurnRecord::default();
+        record.add_turn(&turn, &[]);
+        let stored = record.to_stored();
+        assert!(record.prompt.is_some(), "{kind}: a prompt is recorded");
+        assert!(!stored.contains(KEY), "{kind}: the key is in the record");
+    }
+}
