@@ -719,9 +719,7 @@ impl Replay {
             scratch,
         })
     }
-}
 
-impl Replay {
     /// What a decision taken without a model says, worded as a live turn words it (the
     /// handoff notice from a throwaway copy of the scratch conversation).
     fn immediate(
