@@ -5,6 +5,7 @@ use kefu_engine::api::{self, ApiError};
 use kefu_engine::dialogue::{self, Decision};
 use kefu_engine::handoff::HandoffReason;
 use kefu_engine::offline;
+use kefu_engine::replay::{Outcome, TurnRecord};
 use kefu_engine::{
     Conversation, ConversationId, Message, Part, ProviderError, ReplyMode, Status, TenantConfig,
     TenantId, TurnOptions, TurnReply,
@@ -46,7 +47,10 @@ pub fn handle(kv: &Kv, req: &Incoming, out: ResponseOutparam) {
         None => (new_id(), Some(at)),
     };
     let visitor_id = chat.visitor.as_ref().map(|v| v.id.clone());
+    // The state before the message, for the turn's record (none for a new conversation).
+    let mut before = None;
     let stored = kv.change(&id, &tenant, create, |c| {
+        before = create.is_none().then(|| c.clone());
         // A verified visitor's conversation takes only them (the engine's rule).
         kefu_engine::identity::may_continue(c.owner(), visitor_id.as_deref())
             .map_err(|e| api::identity_error(&e))?;
@@ -68,7 +72,15 @@ pub fn handle(kv: &Kv, req: &Incoming, out: ResponseOutparam) {
         ReplyMode::Whole
     };
     if !stream {
-        let outcome = answer(kv, &tenant, &config, &conversation, &visitor, mode, |_| {});
+        let outcome = answer(
+            kv,
+            &tenant,
+            &config,
+            (before.as_ref(), &conversation),
+            &visitor,
+            mode,
+            |_| {},
+        );
         return whole(&id, created, &visitor, outcome).send(out);
     }
     let mut sse = Stream::open(
@@ -88,7 +100,7 @@ pub fn handle(kv: &Kv, req: &Incoming, out: ResponseOutparam) {
         kv,
         &tenant,
         &config,
-        &conversation,
+        (before.as_ref(), &conversation),
         &visitor,
         mode,
         |text| {
@@ -138,8 +150,56 @@ fn new_id() -> ConversationId {
     ConversationId::parse(&hex).expect("32 hex digits are an id")
 }
 
-/// Decides and produces the answer to `visitor` (already stored).
+/// Decides and produces the answer to `visitor` (already stored in `conversation`, which
+/// was `before` without it), and stores the turn's record for the replay console.
 fn answer(
+    kv: &Kv,
+    tenant: &TenantId,
+    config: &TenantConfig,
+    (before, conversation): (Option<&Conversation>, &Conversation),
+    visitor: &Message,
+    mode: ReplyMode,
+    on_delta: impl FnMut(&str),
+) -> Result<Answer, Failure> {
+    let mut record = TurnRecord {
+        seq: visitor.seq,
+        ..TurnRecord::default()
+    };
+    let outcome = decide_and_answer(
+        kv,
+        tenant,
+        config,
+        conversation,
+        visitor,
+        mode,
+        on_delta,
+        &mut record,
+    );
+    let ended = match &outcome {
+        Ok(Answer::Reply(_, reply)) => Outcome::Reply {
+            responder: reply.responder.kind().to_owned(),
+            target: reply.target.clone(),
+        },
+        Ok(Answer::Notice(_, _, responder)) => Outcome::Reply {
+            responder: (*responder).to_owned(),
+            target: None,
+        },
+        Ok(Answer::Silent(_)) => Outcome::Silent,
+        Err(Failure::Provider(e)) => Outcome::Error {
+            code: e.code().to_owned(),
+            message: e.to_string(),
+        },
+        Err(Failure::Host(e)) => Outcome::Error {
+            code: e.code.to_owned(),
+            message: e.message.clone(),
+        },
+    };
+    crate::replay::finish_turn(kv, tenant, conversation.id(), record, before, ended);
+    outcome
+}
+
+#[allow(clippy::too_many_arguments)]
+fn decide_and_answer(
     kv: &Kv,
     tenant: &TenantId,
     config: &TenantConfig,
@@ -147,6 +207,7 @@ fn answer(
     visitor: &Message,
     mode: ReplyMode,
     mut on_delta: impl FnMut(&str),
+    record: &mut TurnRecord,
 ) -> Result<Answer, Failure> {
     let host = Failure::Host;
     let id = conversation.id().clone();
@@ -158,7 +219,16 @@ fn answer(
         .and_then(|h| h.compile().ok());
     let at = now();
     let text = visitor.text();
-    let decision = dialogue::decide(conversation, config, &rules, schedule.as_ref(), at, &text);
+    let (decision, decided) = dialogue::decide_recorded(
+        conversation,
+        config,
+        &rules,
+        schedule.as_ref(),
+        at,
+        &text,
+        visitor.seq,
+    );
+    *record = decided;
     // Outside business hours the bot says so (once a closed stretch) before it answers.
     if matches!(decision, Decision::Model | Decision::Canned { .. })
         && conversation.closed_notice_due(at, schedule.as_ref())
@@ -222,7 +292,16 @@ fn answer(
                 None => Ok(Answer::Silent(c.status())),
             }
         }
-        Decision::Model => run_turn(kv, tenant, config, &id, visitor, mode, &mut on_delta),
+        Decision::Model => run_turn(
+            kv,
+            tenant,
+            config,
+            &id,
+            visitor,
+            mode,
+            &mut on_delta,
+            record,
+        ),
     }
 }
 
@@ -251,6 +330,7 @@ fn hand_off(
 
 /// The model's turn: plan, call, retry and fall back (the engine's `Turn`), then store the
 /// reply — unless a human took the conversation meanwhile.
+#[allow(clippy::too_many_arguments)]
 fn run_turn(
     kv: &Kv,
     tenant: &TenantId,
@@ -259,6 +339,7 @@ fn run_turn(
     visitor: &Message,
     mode: ReplyMode,
     on_delta: &mut impl FnMut(&str),
+    record: &mut TurnRecord,
 ) -> Result<Answer, Failure> {
     let conversation = kv
         .load(id, tenant)
@@ -281,6 +362,7 @@ fn run_turn(
     let grounded = !options.knowledge.is_empty();
     options.plugins = crate::plugins::active(kv, config);
     options.plugin_scope = Some((tenant.as_str().to_owned(), id.as_str().to_owned()));
+    let retrieved = options.knowledge.clone();
     options.secrets = crate::secrets(config);
     options.attachments =
         crate::attachments::resolve(tenant, &conversation.turn_attachments(visitor));
@@ -293,6 +375,7 @@ fn run_turn(
         .start_turn(now(), config, visitor, options)
         .map_err(|e| Failure::Host(ApiError::internal(e.to_string())))?;
     let result = outbound::drive(&mut turn, |_, text| on_delta(&text));
+    record.add_turn(&turn, &retrieved);
     log(
         "info",
         json!({"msg": "turn", "conversation_id": id.as_str(), "seq": visitor.seq, "trace": turn.trace()}),

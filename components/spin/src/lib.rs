@@ -6,8 +6,9 @@
 //!
 //! It serves the same API as the Worker for what it supports so far — chat (whole and
 //! streamed), a conversation's transcript and its live updates over Server-Sent Events
-//! (see [`events`]), the configuration API, health — with the engine's validation, decisions
-//! (rules, handoff, business hours) and gateway (routes, retries, fallback, timeouts).
+//! (see [`events`]), the replay console's turn records, replay and export (see [`replay`]),
+//! the configuration API, health — with the engine's validation, decisions (rules, handoff,
+//! business hours) and gateway (routes, retries, fallback, timeouts).
 //! Routes it does not serve yet answer `501 not_supported_on_spin` and say what to use
 //! instead; a tenant configuration that needs a feature it lacks is refused the same way,
 //! rather than half-honoured.
@@ -23,6 +24,7 @@ mod knowledge;
 mod openai;
 mod outbound;
 mod plugins;
+mod replay;
 mod store;
 
 use std::collections::BTreeMap;
@@ -94,10 +96,9 @@ fn handle(kv: &Kv, req: &Incoming, route: Route) -> Result<Reply, ApiError> {
         Route::Typing(id) => agents::typing(kv, req, &id),
         Route::Knowledge(k) => knowledge::route(kv, req, k),
         Route::ListConversations => inbox::list(&admin::agent(kv, req)?.0, req),
-        Route::ConversationTraces(_) => Err(not_on_spin(
-            "turn traces",
-            "the Spin component logs each turn's trace but does not store it yet",
-        )),
+        Route::ConversationTraces(id) => replay::traces(kv, req, &id),
+        Route::ConversationReplay(id) => replay::run(kv, req, &id),
+        Route::ConversationExport(id) => replay::export(kv, req, &id),
         Route::Upload => {
             let (tenant, config) = attachments::uploader(kv, req)?;
             supported(&config)?;

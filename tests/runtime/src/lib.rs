@@ -16,6 +16,7 @@
 //! - [`handoff`]: human handoff and the agent actions, end to end.
 //! - [`knowledge`]: the knowledge base: ingestion, recall@3, grounding, no-answer fallback.
 //! - [`pages`]: the web pages and their headers, from the Worker's assets and Spin's file server.
+//! - [`replay`]: the replay/debug console's API: turn records, replay, export.
 //! - [`sse`]: a small Server-Sent Events reader used by the scenarios and the mock's tests.
 
 pub mod attachments;
@@ -26,6 +27,7 @@ pub mod knowledge;
 pub mod mock;
 pub mod pages;
 pub mod plugins;
+pub mod replay;
 pub mod scenarios;
 pub mod spin;
 pub mod sse;

@@ -45,6 +45,7 @@ use crate::plugins::{
     plugins_guard_hands_off, plugins_hostile_contained, plugins_order_status_tool,
     plugins_redactor_reaches_the_model_redacted,
 };
+use crate::replay::replay_console_records_and_replays;
 use crate::sse::{self, SseTranscript};
 use crate::webhooks::webhooks_signed_and_retried;
 
@@ -364,6 +365,7 @@ pub fn all() -> Vec<Scenario> {
         plugins_order_status_tool,
         plugins_guard_hands_off,
         plugins_hostile_contained,
+        replay_console_records_and_replays,
     ]
 }
 

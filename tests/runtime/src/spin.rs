@@ -50,6 +50,7 @@ pub fn not_on_spin(scenario: &str) -> Option<&'static str> {
         "verified_visitor_identity" => return None,
         "web_pages_served_with_their_policy" => return None,
         s if s.starts_with("plugins_") => return None,
+        "replay_console_records_and_replays" => return None,
         "demo_answers" => "the /demo page is the Worker's",
         "openai_sdk_python" | "openai_api_errors" => return None,
         "gateway_workers_ai_binding" => "the Workers AI binding exists only on Workers",
@@ -89,6 +90,7 @@ pub fn tenants(all: &[(String, Value)]) -> Vec<(String, Value)> {
                     | "kb-hybrid-down"
                     | "files"
                     | "files-off"
+                    | "replay"
             ) || id.starts_with("plug-")
         })
         .cloned()
