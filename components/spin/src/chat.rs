@@ -29,6 +29,7 @@ enum Answer {
 /// What went wrong after the visitor's message was stored.
 enum Failure {
     Provider(ProviderError),
+    Quota(kefu_engine::gateway::QuotaError),
     Host(ApiError),
 }
 
@@ -104,6 +105,10 @@ pub fn handle(kv: &Kv, req: &Incoming, out: ResponseOutparam) {
         }
         Ok(Answer::Silent(status)) => api::sse_done_notice(None, "none", status),
         Err(Failure::Provider(e)) => api::sse_error(e.code(), &e.to_string()),
+        Err(Failure::Quota(q)) => {
+            let e = api::quota_error(&q);
+            api::sse_error(e.code, &e.message)
+        }
         Err(Failure::Host(e)) => api::sse_error(e.code, &e.message),
     };
     sse.write(last.as_bytes());
@@ -284,10 +289,32 @@ fn run_turn(
             .try_into()
             .unwrap_or([7; 8]),
     );
-    let mut turn = conversation
-        .start_turn(now(), config, visitor, options)
-        .map_err(|e| Failure::Host(ApiError::internal(e.to_string())))?;
+    let start = |options: TurnOptions| {
+        conversation
+            .start_turn(now(), config, visitor, options)
+            .map_err(|e| Failure::Host(ApiError::internal(e.to_string())))
+    };
+    let mut turn = start(options.clone())?;
+    let grant = if config.has_models() {
+        let grant = crate::gateway::begin(kv, tenant, config, turn.estimated_tokens()).map_err(
+            |r| match r {
+                crate::gateway::Refusal::Quota(q) => Failure::Quota(q),
+                crate::gateway::Refusal::Host(e) => Failure::Host(e),
+            },
+        )?;
+        if !grant.blocked.is_empty() {
+            // Breakers refused some targets: plan again without them.
+            options.blocked = grant.blocked.clone();
+            turn = start(options)?;
+        }
+        Some(grant)
+    } else {
+        None
+    };
     let result = outbound::drive(&mut turn, |_, text| on_delta(&text));
+    if let Some(grant) = &grant {
+        crate::gateway::settle(kv, tenant, config, grant, turn.trace());
+    }
     log(
         "info",
         json!({"msg": "turn", "conversation_id": id.as_str(), "seq": visitor.seq, "trace": turn.trace()}),
@@ -422,6 +449,11 @@ fn whole(
         Err(Failure::Provider(e)) => {
             let (status, body) = api::chat_failure_json(id, created, visitor, &e);
             Reply::json(status, &body)
+        }
+        Err(Failure::Quota(q)) => {
+            let e = api::quota_error(&q);
+            Reply::json(e.status, &api::chat_error_json(id, created, visitor, &e))
+                .with_header("retry-after", &q.retry_after_secs().to_string())
         }
         Err(Failure::Host(e)) => {
             Reply::json(e.status, &api::chat_error_json(id, created, visitor, &e))

@@ -7,7 +7,8 @@
 //! It serves the same API as the Worker for what it supports so far — chat (whole and
 //! streamed), a conversation's transcript and its live updates over Server-Sent Events
 //! (see [`events`]), the configuration API, health — with the engine's validation, decisions
-//! (rules, handoff, business hours) and gateway (routes, retries, fallback, timeouts).
+//! (rules, handoff, business hours) and gateway (routes, retries, fallback, timeouts,
+//! circuit breakers, quotas and usage: see [`gateway`]).
 //! Routes it does not serve yet answer `501 not_supported_on_spin` and say what to use
 //! instead; a tenant configuration that needs a feature it lacks is refused the same way,
 //! rather than half-honoured.
@@ -16,11 +17,13 @@ mod admin;
 mod agents;
 mod chat;
 mod events;
+mod gateway;
 mod http;
 mod inbox;
 mod knowledge;
 mod openai;
 mod outbound;
+mod shared;
 mod store;
 
 use std::collections::BTreeMap;
@@ -96,13 +99,12 @@ fn handle(kv: &Kv, req: &Incoming, route: Route) -> Result<Reply, ApiError> {
             "turn traces",
             "the Spin component logs each turn's trace but does not store it yet",
         )),
-        Route::Usage
-        | Route::Upload
-        | Route::GetAttachment(_) => Err(not_on_spin(
+        Route::Usage => gateway::usage(kv, req),
+        Route::Upload | Route::GetAttachment(_) => Err(not_on_spin(
             &req.path,
             "the Spin component serves chat, transcripts, handoff, agents' actions and their \
              inbox, visitors' live updates (SSE), configuration, typing, the knowledge base \
-             (full text), the OpenAI-compatible API and health so far; usage and files run on the \
+             (full text), the OpenAI-compatible API, usage and health so far; files run on the \
              Worker",
         )),
     }
@@ -171,13 +173,11 @@ pub(crate) fn not_on_spin(what: &str, instead: &str) -> ApiError {
 }
 
 /// Refuses a tenant configuration that needs what the Spin component does not do yet, so
-/// nothing is silently half-honoured (quotas unenforced, a knowledge base not searched).
+/// nothing is silently half-honoured (a knowledge base not searched).
 pub(crate) fn supported(config: &TenantConfig) -> Result<(), ApiError> {
     knowledge::supported(config)?;
     let missing = if config.webhooks.iter().any(|w| w.enabled) {
         Some("webhooks")
-    } else if config.quotas != kefu_engine::gateway::QuotaPolicy::default() {
-        Some("quotas and budgets")
     } else {
         None
     };

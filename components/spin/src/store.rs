@@ -23,6 +23,10 @@
 //! one after another; on Spin each request runs on its own, so two turns of one conversation
 //! may run at the same time (each sees the messages stored before it started; their replies
 //! are both stored, in the order they finish).
+//!
+//! A tenant's gateway state (breakers, quotas, usage) and webhook outbox are documents of
+//! their own, changed the same way: see [`crate::shared`], [`crate::gateway`] and
+//! [`crate::webhooks`] for their guarantees.
 
 use kefu_engine::api::ApiError;
 use kefu_engine::{Conversation, ConversationId, Message, TenantConfig, TenantId};
@@ -54,6 +58,11 @@ impl Kv {
     pub fn open() -> Result<Self, ApiError> {
         let bucket = store::open("default").map_err(|e| internal("opening key-value", e))?;
         Ok(Self { bucket })
+    }
+
+    /// The store itself, for the per-tenant documents of [`crate::shared`].
+    pub fn bucket(&self) -> &Bucket {
+        &self.bucket
     }
 
     /// A value as text, if the key exists.
