@@ -35,6 +35,7 @@ pub mod models;
 pub mod offline;
 pub mod openai;
 pub mod openai_api;
+pub mod outbox;
 pub mod provider;
 pub mod rules;
 #[cfg(feature = "sim")]

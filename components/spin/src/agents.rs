@@ -60,6 +60,7 @@ pub fn action(
         };
         let changed = api::apply_action(c, now(), &config, &request, parts)
             .map_err(|e| api::handoff_error(&e))?;
+        crate::webhooks::stage(&changed.events);
         Ok((changed.messages, ()))
     })?;
     let messages = kv.transcript(&conversation)?;

@@ -58,6 +58,7 @@ pub fn handle(kv: &Kv, req: &Incoming, out: ResponseOutparam) {
         let r = c
             .handle_visitor_message(at, parts.clone(), &config)
             .map_err(|e| ApiError::internal(e.to_string()))?;
+        crate::webhooks::stage(&r.events);
         Ok((vec![r.message.clone()], r.message))
     });
     let (conversation, _, visitor, created) = match stored {
@@ -171,6 +172,7 @@ fn answer(
             let changed = c
                 .record_closed_notice(at, config, schedule.as_ref())
                 .map_err(|e| api::handoff_error(&e))?;
+            crate::webhooks::stage(&changed.events);
             Ok((changed.messages, ()))
         })
         .map_err(host)?;
@@ -188,6 +190,7 @@ fn answer(
                     let changed = c
                         .record_bot_text(at, config, &reply)
                         .map_err(|e| api::handoff_error(&e))?;
+                    crate::webhooks::stage(&changed.events);
                     Ok((changed.messages, ()))
                 })
                 .map_err(host)?;
@@ -216,7 +219,9 @@ fn answer(
                             .resolve(at, config, None)
                             .map_err(|e| api::handoff_error(&e))?;
                         changed.messages.extend(closed.messages);
+                        changed.events.extend(closed.events);
                     }
+                    crate::webhooks::stage(&changed.events);
                     Ok((changed.messages, ()))
                 })
                 .map_err(host)?;
@@ -243,6 +248,7 @@ fn hand_off(
         let changed = c
             .request_handoff(now(), config, reason, queue.as_deref(), notice.clone())
             .map_err(|e| api::handoff_error(&e))?;
+        crate::webhooks::stage(&changed.events);
         Ok((changed.messages, ()))
     })?;
     log("info", json!({"msg": "handoff", "reason": reason.as_str()}));
@@ -352,6 +358,7 @@ fn run_turn(
                 let (changed, due) = c
                     .record_no_answer(now(), config)
                     .map_err(|e| api::handoff_error(&e))?;
+                crate::webhooks::stage(&changed.events);
                 let first = changed.messages.first().cloned();
                 return Ok((changed.messages, (decision, first.filter(|_| !due))));
             }
@@ -362,6 +369,7 @@ fn run_turn(
                 let r = c
                     .record_reply(now(), &reply, config)
                     .map_err(|e| ApiError::internal(e.to_string()))?;
+                crate::webhooks::stage(&r.events);
                 return Ok((vec![r.message.clone()], (decision, Some(r.message))));
             }
             Ok((Vec::new(), (decision, None)))

@@ -8,7 +8,8 @@
 //! streamed), a conversation's transcript and its live updates over Server-Sent Events
 //! (see [`events`]), the configuration API, health — with the engine's validation, decisions
 //! (rules, handoff, business hours) and gateway (routes, retries, fallback, timeouts,
-//! circuit breakers, quotas and usage: see [`gateway`]).
+//! circuit breakers, quotas and usage: see [`gateway`]), and signed webhooks with retries,
+//! sent after the response (see [`webhooks`]).
 //! Routes it does not serve yet answer `501 not_supported_on_spin` and say what to use
 //! instead; a tenant configuration that needs a feature it lacks is refused the same way,
 //! rather than half-honoured.
@@ -25,6 +26,7 @@ mod openai;
 mod outbound;
 mod shared;
 mod store;
+mod webhooks;
 
 use std::collections::BTreeMap;
 
@@ -55,19 +57,30 @@ fn serve(req: IncomingRequest, out: ResponseOutparam) {
         Ok(req) => req,
         Err(e) => return Reply::error(&e).send(out),
     };
-    let route = match api::route(&req.method, &req.path) {
-        Ok(route) => route,
-        Err(e) => return Reply::error(&e).send(out),
-    };
     let kv = match Kv::open() {
         Ok(kv) => kv,
         Err(e) => return Reply::error(&e).send(out),
     };
+    respond(&kv, &req, out);
+    // The client has its answer: now the webhooks this request produced (or that came due).
+    webhooks::after_response(&kv);
+}
+
+fn respond(kv: &Kv, req: &Incoming, out: ResponseOutparam) {
+    if req.path == kefu_engine::outbox::DELIVERIES_ROUTE {
+        return webhooks::deliveries(kv, req)
+            .unwrap_or_else(|e| Reply::error(&e))
+            .send(out);
+    }
+    let route = match api::route(&req.method, &req.path) {
+        Ok(route) => route,
+        Err(e) => return Reply::error(&e).send(out),
+    };
     match route {
-        Route::Chat => chat::handle(&kv, &req, out),
-        Route::ConversationEvents(id) => events::handle(&kv, &req, &id, out),
-        Route::OpenAiChat => openai::chat(&kv, &req, out),
-        other => handle(&kv, &req, other)
+        Route::Chat => chat::handle(kv, req, out),
+        Route::ConversationEvents(id) => events::handle(kv, req, &id, out),
+        Route::OpenAiChat => openai::chat(kv, req, out),
+        other => handle(kv, req, other)
             .unwrap_or_else(|e| Reply::error(&e))
             .send(out),
     }
@@ -175,19 +188,7 @@ pub(crate) fn not_on_spin(what: &str, instead: &str) -> ApiError {
 /// Refuses a tenant configuration that needs what the Spin component does not do yet, so
 /// nothing is silently half-honoured (a knowledge base not searched).
 pub(crate) fn supported(config: &TenantConfig) -> Result<(), ApiError> {
-    knowledge::supported(config)?;
-    let missing = if config.webhooks.iter().any(|w| w.enabled) {
-        Some("webhooks")
-    } else {
-        None
-    };
-    match missing {
-        Some(what) => Err(not_on_spin(
-            what,
-            "serve this tenant from the Worker, or remove it from the configuration",
-        )),
-        None => Ok(()),
-    }
+    knowledge::supported(config)
 }
 
 /// The host's clock, for the engine.

@@ -152,6 +152,8 @@ impl Kv {
     ) -> Result<(Conversation, Vec<Message>, T, bool), ApiError> {
         let key = state_key(id);
         for _ in 0..MAX_SWAPS {
+            // Events the change stages count only once its swap wins.
+            crate::webhooks::discard_staged();
             let cas = atomics::Cas::new(&self.bucket, &key)
                 .map_err(|e| internal("reading the conversation", e))?;
             let current = cas
@@ -179,6 +181,7 @@ impl Kv {
                             .map_err(|e| internal("storing a message", e))?;
                     }
                     crate::inbox::touch(&conversation);
+                    crate::webhooks::commit_staged(tenant);
                     return Ok((conversation, messages, value, created));
                 }
                 Err(CasError::CasFailed(_)) => continue,
@@ -226,11 +229,14 @@ impl Kv {
 /// The tenant's configuration: its stored document, else the built-in default from the
 /// component's variables (`provider_base_url`, `model`).
 pub fn config(kv: &Kv, tenant: &TenantId) -> Result<TenantConfig, ApiError> {
-    match kv.config_document(tenant)? {
-        Some(json) => kefu_engine::api::stored_config(tenant, &json),
-        None => Ok(TenantConfig::builtin(
+    let config = match kv.config_document(tenant)? {
+        Some(json) => kefu_engine::api::stored_config(tenant, &json)?,
+        None => TenantConfig::builtin(
             crate::variable("provider_base_url").as_deref(),
             crate::variable("model").as_deref(),
-        )),
-    }
+        ),
+    };
+    // A request to a tenant with webhooks also retries its due deliveries, after answering.
+    crate::webhooks::touched(tenant, &config);
+    Ok(config)
 }

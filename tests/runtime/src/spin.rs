@@ -50,6 +50,7 @@ pub fn not_on_spin(scenario: &str) -> Option<&'static str> {
         "verified_visitor_identity" => return None,
         "demo_answers" => "the /demo page is the Worker's",
         "openai_sdk_python" | "openai_api_errors" => return None,
+        "webhooks_signed_and_retried" => return None,
         "gateway_breaker_opens_and_recovers"
         | "gateway_quota_exact_under_concurrency"
         | "gateway_300_turns_with_a_flaky_primary"
@@ -68,9 +69,6 @@ pub fn not_on_spin(scenario: &str) -> Option<&'static str> {
         }
         s if s.starts_with("attachments_") => {
             "uploads (R2 on Workers) are not in the component yet"
-        }
-        "webhooks_signed_and_retried" => {
-            "webhook delivery with retries is not in the component yet"
         }
         "live_updates_via_websocket" | "typing_over_websocket" => {
             "Spin has no WebSockets: live updates there are Server-Sent Events (the SSE \
@@ -93,6 +91,7 @@ pub fn tenants(all: &[(String, Value)]) -> Vec<(String, Value)> {
                     | "gw-breaker"
                     | "gw-quota"
                     | "gw-flaky"
+                    | "wh"
                     | "gw-model-handoff"
                     | "cs-rules"
                     | "verified-site"
@@ -165,6 +164,13 @@ impl KefuSpin {
             .args(["--listen", "127.0.0.1:0", "--state-dir"])
             .arg(state.path())
             .args(["--variable", &format!("extra_outbound_host={mock_origin}")])
+            .args([
+                "--variable",
+                &format!(
+                    "webhook_outbound_host=http://127.0.0.1:{}",
+                    crate::webhooks::receiver_port()
+                ),
+            ])
             .args(["--variable", &format!("kefu_admin_token={ADMIN_TOKEN}")])
             .args([
                 "--variable",
