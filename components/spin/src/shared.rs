@@ -90,14 +90,13 @@ pub fn update<D, T>(
 where
     D: Serialize + DeserializeOwned + Default,
 {
-    ensure::<D>(bucket, key)?;
     for attempt in 0..MAX_SWAPS {
         let cas = atomics::Cas::new(bucket, key).map_err(|e| internal("reading key-value", e))?;
         let current = cas
             .current()
             .map_err(|e| internal("reading key-value", e))?;
         let Some(bytes) = current else {
-            // Never swap an absent key (see above).
+            // Never swap an absent key (see above): create it, then read it again.
             ensure::<D>(bucket, key)?;
             continue;
         };
