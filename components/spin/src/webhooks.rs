@@ -6,7 +6,10 @@
 //! **How.** Each stored conversation change stages its events ([`stage`]); they count once
 //! the change's compare-and-swap wins ([`commit_staged`]). After the request's response is
 //! sent — a `wasi:http` handler keeps running once its response body is finished, and the
-//! client already has its answer — [`after_response`] hands the events to the tenant's
+//! client already has its answer (Spin 3.x awaits the guest's task detached from the
+//! response, as the Spin test host does; a host that stopped the guest once the response
+//! is sent would lose the events of that request, which are kept in memory until then) —
+//! [`after_response`] hands the events to the tenant's
 //! outbox (`wh:<tenant>` in key-value, one document changed by compare-and-swap: see
 //! [`crate::shared`]), reserves the due deliveries (a lease, so no other instance sends them
 //! too), sends them concurrently with a 15 s timeout each, and records every answer, which
