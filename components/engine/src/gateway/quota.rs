@@ -3,8 +3,8 @@
 //! Per tenant: token buckets on requests and on tokens per minute (a turn reserves its
 //! estimated tokens before the call and settles with the real usage after), and daily
 //! budgets on requests, tokens and cost (UTC days). The state is plain data kept by one
-//! strongly consistent owner per tenant (a Durable Object on Workers), so concurrent turns
-//! can never over-admit.
+//! strongly consistent owner per tenant (a Durable Object on Workers; on Spin, key-value
+//! changed only by compare-and-swap), so concurrent turns can never over-admit.
 
 use core::time::Duration;
 
