@@ -113,7 +113,11 @@ pub fn settle(
     let settled = needs_ledger
         .then(|| {
             shared::update(kv.bucket(), &ledger_key(tenant), |ledger: &mut Ledger| {
-                Ok((ledger.settle(t, &report), true))
+                // A healthy target's success on a full window changes nothing: no write.
+                let before = ledger.clone();
+                let changes = ledger.settle(t, &report);
+                let write = *ledger != before;
+                Ok((changes, write))
             })
         })
         .transpose();
