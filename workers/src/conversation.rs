@@ -1122,7 +1122,7 @@ async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiError
                 let e = api::quota_error(&q);
                 let mut resp =
                     json_response(e.status, &api::chat_error_json(&id, created, &visitor, &e))?;
-                let secs = q.retry_after.as_millis().div_ceil(1000).max(1);
+                let secs = q.retry_after_secs();
                 resp.headers_mut()
                     .set("retry-after", &secs.to_string())
                     .map_err(internal)?;

@@ -40,6 +40,7 @@ pub mod models;
 pub mod offline;
 pub mod openai;
 pub mod openai_api;
+pub mod outbox;
 pub mod plugin;
 pub mod provider;
 pub mod replay;

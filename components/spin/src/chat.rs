@@ -30,6 +30,7 @@ enum Answer {
 /// What went wrong after the visitor's message was stored.
 enum Failure {
     Provider(ProviderError),
+    Quota(kefu_engine::gateway::QuotaError),
     Host(ApiError),
 }
 
@@ -60,6 +61,7 @@ pub fn handle(kv: &Kv, req: &Incoming, out: ResponseOutparam) {
         let r = c
             .handle_visitor_message(at, parts.clone(), &config)
             .map_err(|e| ApiError::internal(e.to_string()))?;
+        crate::webhooks::stage(&r.events);
         Ok((vec![r.message.clone()], r.message))
     });
     let (conversation, _, visitor, created) = match stored {
@@ -115,6 +117,10 @@ pub fn handle(kv: &Kv, req: &Incoming, out: ResponseOutparam) {
         }
         Ok(Answer::Silent(status)) => api::sse_done_notice(None, "none", status),
         Err(Failure::Provider(e)) => api::sse_error(e.code(), &e.to_string()),
+        Err(Failure::Quota(q)) => {
+            let e = api::quota_error(&q);
+            api::sse_error(e.code, &e.message)
+        }
         Err(Failure::Host(e)) => api::sse_error(e.code, &e.message),
     };
     sse.write(last.as_bytes());
@@ -131,8 +137,6 @@ fn prepare(
     api::check_content_length(req.header("content-length").and_then(|v| v.parse().ok()))?;
     let chat = api::parse_chat_request(&req.body)?;
     let config = store::config(kv, &tenant)?;
-    crate::supported(&config)?;
-    crate::plugins::supported(kv, &config)?;
     kefu_engine::identity::verify(config.identity.as_ref(), chat.visitor.as_ref())
         .map_err(|e| api::identity_error(&e))?;
     let mut parts = chat.parts();
@@ -193,6 +197,10 @@ fn answer(
             code: e.code.to_owned(),
             message: e.message.clone(),
         },
+        Err(Failure::Quota(q)) => Outcome::Error {
+            code: "quota_exceeded".to_owned(),
+            message: q.to_string(),
+        },
     };
     crate::replay::finish_turn(kv, tenant, conversation.id(), record, before, ended);
     outcome
@@ -237,6 +245,7 @@ fn decide_and_answer(
             let changed = c
                 .record_closed_notice(at, config, schedule.as_ref())
                 .map_err(|e| api::handoff_error(&e))?;
+            crate::webhooks::stage(&changed.events);
             Ok((changed.messages, ()))
         })
         .map_err(host)?;
@@ -254,6 +263,7 @@ fn decide_and_answer(
                     let changed = c
                         .record_bot_text(at, config, &reply)
                         .map_err(|e| api::handoff_error(&e))?;
+                    crate::webhooks::stage(&changed.events);
                     Ok((changed.messages, ()))
                 })
                 .map_err(host)?;
@@ -282,7 +292,9 @@ fn decide_and_answer(
                             .resolve(at, config, None)
                             .map_err(|e| api::handoff_error(&e))?;
                         changed.messages.extend(closed.messages);
+                        changed.events.extend(closed.events);
                     }
+                    crate::webhooks::stage(&changed.events);
                     Ok((changed.messages, ()))
                 })
                 .map_err(host)?;
@@ -318,6 +330,7 @@ fn hand_off(
         let changed = c
             .request_handoff(now(), config, reason, queue.as_deref(), notice.clone())
             .map_err(|e| api::handoff_error(&e))?;
+        crate::webhooks::stage(&changed.events);
         Ok((changed.messages, ()))
     })?;
     log("info", json!({"msg": "handoff", "reason": reason.as_str()}));
@@ -371,10 +384,32 @@ fn run_turn(
             .try_into()
             .unwrap_or([7; 8]),
     );
-    let mut turn = conversation
-        .start_turn(now(), config, visitor, options)
-        .map_err(|e| Failure::Host(ApiError::internal(e.to_string())))?;
+    let start = |options: TurnOptions| {
+        conversation
+            .start_turn(now(), config, visitor, options)
+            .map_err(|e| Failure::Host(ApiError::internal(e.to_string())))
+    };
+    let mut turn = start(options.clone())?;
+    let grant = if config.has_models() {
+        let grant = crate::gateway::begin(kv, tenant, config, turn.estimated_tokens()).map_err(
+            |r| match r {
+                crate::gateway::Refusal::Quota(q) => Failure::Quota(q),
+                crate::gateway::Refusal::Host(e) => Failure::Host(e),
+            },
+        )?;
+        if !grant.blocked.is_empty() {
+            // Breakers refused some targets: plan again without them.
+            options.blocked = grant.blocked.clone();
+            turn = start(options)?;
+        }
+        Some(grant)
+    } else {
+        None
+    };
     let result = outbound::drive(&mut turn, |_, text| on_delta(&text));
+    if let Some(grant) = &grant {
+        crate::gateway::settle(kv, tenant, config, grant, turn.trace());
+    }
     record.add_turn(&turn, &retrieved);
     log(
         "info",
@@ -413,6 +448,7 @@ fn run_turn(
                 let (changed, due) = c
                     .record_no_answer(now(), config)
                     .map_err(|e| api::handoff_error(&e))?;
+                crate::webhooks::stage(&changed.events);
                 let first = changed.messages.first().cloned();
                 return Ok((changed.messages, (decision, first.filter(|_| !due))));
             }
@@ -423,6 +459,7 @@ fn run_turn(
                 let r = c
                     .record_reply(now(), &reply, config)
                     .map_err(|e| ApiError::internal(e.to_string()))?;
+                crate::webhooks::stage(&r.events);
                 return Ok((vec![r.message.clone()], (decision, Some(r.message))));
             }
             Ok((Vec::new(), (decision, None)))
@@ -510,6 +547,11 @@ fn whole(
         Err(Failure::Provider(e)) => {
             let (status, body) = api::chat_failure_json(id, created, visitor, &e);
             Reply::json(status, &body)
+        }
+        Err(Failure::Quota(q)) => {
+            let e = api::quota_error(&q);
+            Reply::json(e.status, &api::chat_error_json(id, created, visitor, &e))
+                .with_header("retry-after", &q.retry_after_secs().to_string())
         }
         Err(Failure::Host(e)) => {
             Reply::json(e.status, &api::chat_error_json(id, created, visitor, &e))
