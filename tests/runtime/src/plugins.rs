@@ -8,6 +8,11 @@ use serde_json::{Value, json};
 use crate::mock::MOCK_MODEL;
 use crate::scenarios::{Ctx, message_text, unique};
 
+/// A hostile tenant's key (for reading its turns' records): keys name their tenant.
+pub fn plugin_key(tenant: &str) -> String {
+    format!("kf-{tenant}.Kefu0Plugins0Test0Key0001")
+}
+
 /// The tenants the plugin scenarios use (`mock_base`: the mock's OpenAI base URL).
 pub fn tenants(mock_base: &str) -> Vec<(String, Value)> {
     let provider = json!({"kind": "openai_compatible", "base_url": mock_base, "model": MOCK_MODEL});
@@ -17,6 +22,7 @@ pub fn tenants(mock_base: &str) -> Vec<(String, Value)> {
     let hostile = |mode: &str| {
         json!({
             "provider": provider,
+            "api_keys": [{"id": "ops", "sha256": kefu_engine::auth::hash_key(&plugin_key(&format!("plug-{mode}")))}],
             "plugins": [{"id": "hostile", "plugin": "hostile", "budget_ms": 1500,
                          "settings": {"mode": mode, "hooks": "before_model,after_reply,call_tool"}}],
         })
@@ -178,9 +184,9 @@ pub async fn plugins_guard_hands_off(ctx: &Ctx) -> anyhow::Result<()> {
         )
         .await?;
     b.expect_status(200)?;
-    ensure!(b.json["status"] == "bot", "{}", b.text);
+    // A plain answer, no handoff.
     ensure!(
-        message_text(&b.json["reply"]).starts_with("Echo:"),
+        b.json.get("status").is_none() && message_text(&b.json["reply"]).starts_with("Echo:"),
         "{}",
         b.text
     );
@@ -209,11 +215,48 @@ pub async fn plugins_hostile_contained(ctx: &Ctx) -> anyhow::Result<()> {
                 "{tenant}: the model's answer did not come through untouched: {reply}"
             ),
         }
-        // Nothing the failed plugin said reached the model.
-        let sent = model_request_with(ctx, &marker)?
-            .last_user_text()
+        // The turn's record says what became of each call.
+        let id = a.json["conversation_id"].as_str().context("no id")?;
+        let traces = ctx
+            .http
+            .get(ctx.url(&format!("/api/v1/conversations/{id}/traces")))
+            .bearer_auth(plugin_key(tenant))
+            .send()
+            .await?;
+        ensure!(
+            traces.status().is_success(),
+            "{tenant}: traces: {}",
+            traces.status()
+        );
+        let traces: Value = traces.json().await?;
+        let calls = traces["turns"][0]["plugins"]
+            .as_array()
+            .cloned()
             .unwrap_or_default();
+        let outcomes: Vec<String> = calls
+            .iter()
+            .map(|c| match c["outcome"]["kind"].as_str() {
+                Some("failed") => c["outcome"]["failure"].as_str().unwrap_or("?").to_owned(),
+                other => other.unwrap_or("?").to_owned(),
+            })
+            .collect();
+        let expected = match tenant {
+            "plug-trap" => ["trap", "trap"],
+            "plug-huge" => ["too_large", "too_large"],
+            _ => ["ok", "ok"],
+        };
+        ensure!(
+            outcomes == expected
+                && calls[0]["hook"] == "before_model"
+                && calls[1]["hook"] == "after_reply",
+            "{tenant}: the turn's plugin calls: {calls:?}"
+        );
+        // Nothing the failed plugin said reached the model (the fetching one's rewrite, the
+        // host's denial, did: it replaced the visitor's words).
         if tenant != "plug-fetch" {
+            let sent = model_request_with(ctx, &marker)?
+                .last_user_text()
+                .unwrap_or_default();
             ensure!(sent.ends_with("hello"), "{tenant}: the model got {sent:?}");
         }
     }

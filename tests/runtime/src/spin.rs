@@ -85,6 +85,7 @@ pub fn tenants(all: &[(String, Value)]) -> Vec<(String, Value)> {
                     | "fast-timeout"
                     | "cfg"
                     | "gw-sdk"
+                    | "gw-order"
                     | "gw-breaker"
                     | "gw-quota"
                     | "gw-flaky"
