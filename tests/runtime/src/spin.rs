@@ -60,10 +60,7 @@ pub fn not_on_spin(scenario: &str) -> Option<&'static str> {
         | "gateway_usage_accounted" => return None,
         "gateway_workers_ai_binding" => "the Workers AI binding exists only on Workers",
         "gateway_fallback_order" => return None,
-        "gateway_every_wire_format" => {
-            "its tenant names the provider key `TEST_PROVIDER_KEY`, a variable the real \
-             spin.toml does not declare (on Spin a key is a declared variable)"
-        }
+        "gateway_every_wire_format" => return None,
         "knowledge_hybrid_vector_search" => return None,
         "tenant_keys_see_only_their_own" => return None,
         s if s.starts_with("attachments_") => return None,
@@ -86,6 +83,7 @@ pub fn tenants(all: &[(String, Value)]) -> Vec<(String, Value)> {
                     | "cfg"
                     | "gw-sdk"
                     | "gw-order"
+                    | "gw-formats"
                     | "gw-breaker"
                     | "gw-quota"
                     | "gw-flaky"
@@ -107,8 +105,8 @@ pub fn tenants(all: &[(String, Value)]) -> Vec<(String, Value)> {
 }
 
 /// The application the tests run: the real `spin.toml` plus the hostile test plugin
-/// (`tests/plugins/hostile`, never part of a deployment), with every path made absolute so
-/// the copy can live beside the logs.
+/// (`tests/plugins/hostile`, never part of a deployment) and the test provider key's
+/// variable, with every path made absolute so the copy can live beside the logs.
 fn test_manifest(root: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
     let text = std::fs::read_to_string(root.join("spin.toml")).context("reading spin.toml")?;
     let abs = |p: &str| root.join(p).display().to_string();
@@ -120,6 +118,12 @@ fn test_manifest(root: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
             line.replace("source = \"web\"", &format!("source = \"{}\"", abs("web")))
         } else if line.starts_with("installed_plugins = { default = \"") {
             line.replacen("{ default = \"", "{ default = \"hostile,", 1)
+        } else if line == "[variables]" {
+            // The wire-format tenant's provider key (`api_key_secret: TEST_PROVIDER_KEY`):
+            // on Spin a secret is a declared variable, named in lower case.
+            "[variables]\ntest_provider_key = { default = \"\", secret = true }".to_owned()
+        } else if line == "[component.kefu.variables]" {
+            "[component.kefu.variables]\ntest_provider_key = \"{{ test_provider_key }}\"".to_owned()
         } else {
             line.to_owned()
         };
@@ -209,6 +213,10 @@ impl KefuSpin {
                 ),
             ])
             .args(["--variable", &format!("kefu_admin_token={ADMIN_TOKEN}")])
+            .args([
+                "--variable",
+                &format!("test_provider_key={}", crate::gateway::PROVIDER_KEY),
+            ])
             // The example plugins' business APIs are the mock's shop and CRM.
             .args(["--variable", &format!("order_api_origin={mock_origin}")])
             .args(["--variable", &format!("crm_origin={mock_origin}")])
