@@ -42,8 +42,8 @@ use crate::knowledge::{
 use crate::mock::{MockProvider, echo_reply};
 use crate::pages::web_pages_served_with_their_policy;
 use crate::plugins::{
-    plugins_guard_hands_off, plugins_hostile_contained, plugins_order_status_tool,
-    plugins_redactor_reaches_the_model_redacted,
+    plugins_crm_forwarder_on_resolve, plugins_guard_hands_off, plugins_hostile_contained,
+    plugins_order_status_tool, plugins_redactor_reaches_the_model_redacted,
 };
 use crate::replay::replay_console_records_and_replays;
 use crate::sse::{self, SseTranscript};
@@ -365,6 +365,7 @@ pub fn all() -> Vec<Scenario> {
         plugins_order_status_tool,
         plugins_guard_hands_off,
         plugins_hostile_contained,
+        plugins_crm_forwarder_on_resolve,
         replay_console_records_and_replays,
     ]
 }
