@@ -375,10 +375,10 @@ describe("agent console", { concurrency: false }, () => {
     await fetch(`${kefu.base}/api/v1/chat`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ conversation_id: id, message: "Sent while Sam watches" }) });
     await page.locator(".msg.visitor .bubble").filter({ hasText: "Sent while Sam watches" }).waitFor();
     // Typing goes over HTTP when there is no socket.
-    const heard = c.agent.waitForEvent(id, (e) => e.event === "typing" && e.data.who === "agent");
-    // (Slowly, so a second announcement follows one the stream may have missed connecting.)
-    await page.locator("#input").pressSequentially("Yes, it is decaf", { delay: 220 });
-    assert.equal((await heard).data.who, "agent");
+    const heard = c.agent.listen(id, (e) => e.event === "typing" && e.data.who === "agent");
+    await heard.opened;
+    await page.locator("#input").pressSequentially("Yes, it is decaf", { delay: 40 });
+    assert.equal((await heard.event).data.who, "agent");
     // Transfer back to a queue: the conversation waits again, in that queue.
     await page.locator("#transfer").click();
     await page.locator("#transfer-dialog[open]").waitFor();

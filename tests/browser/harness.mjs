@@ -224,12 +224,28 @@ export class Agent {
   }
 
   /** Follows the conversation's live updates (SSE) until `match(event)`; resolves with it. */
-  async waitForEvent(conversation, match, timeoutMs = 10_000) {
+  waitForEvent(conversation, match, timeoutMs = 10_000) {
+    return this.listen(conversation, match, timeoutMs).event;
+  }
+
+  /** Like `waitForEvent`, and `opened` resolves once the stream is open: a test that waits
+   * for it before acting cannot miss an ephemeral event (typing) sent before it listened. */
+  listen(conversation, match, timeoutMs = 10_000) {
+    let opened;
+    const openedPromise = new Promise((resolve) => { opened = resolve; });
+    const event = this.#follow(conversation, match, timeoutMs, opened);
+    // Whatever happens, `opened` settles (a failed stream reports through `event`).
+    event.catch(() => {}).finally(() => opened());
+    return { opened: openedPromise, event };
+  }
+
+  async #follow(conversation, match, timeoutMs, opened) {
     const abort = new AbortController();
     const timer = setTimeout(() => abort.abort(), timeoutMs);
     try {
       const resp = await fetch(`${this.base}/api/v1/conversations/${conversation}/events?access_token=${this.token}`, { signal: abort.signal });
       if (!resp.ok) throw new Error(`events: ${resp.status} ${await resp.text()}`);
+      opened();
       const decoder = new TextDecoder();
       let buf = "";
       for await (const chunk of resp.body) {

@@ -174,9 +174,10 @@ describe("visitor widget", { concurrency: false }, () => {
     assert.equal(await w(".typing").isVisible(), false, "the agent's message clears the typing indicator");
     assert.equal(await page.evaluate(() => Kefu.status), "with_agent");
     // The other way: the agent's live stream hears the visitor typing.
-    const heard = alex.waitForEvent(conversation, (e) => e.event === "typing" && e.data.who === "visitor");
+    const heard = alex.listen(conversation, (e) => e.event === "typing" && e.data.who === "visitor");
+    await heard.opened;
     await w("textarea").pressSequentially("Great, tha", { delay: 20 });
-    assert.equal((await heard).data.who, "visitor");
+    assert.equal((await heard.event).data.who, "visitor");
     await w("textarea").fill("");
   });
 
