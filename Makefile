@@ -100,6 +100,7 @@ check: setup
 	cargo clippy -p kefu-worker --target wasm32-unknown-unknown -- -D warnings
 	cargo clippy -p kefu-spin --target wasm32-wasip2 -- -D warnings
 	cargo clippy $(PLUGIN_PACKAGES) --all-targets -- -D warnings
+	cargo clippy -p kefu-plugin-meter --all-targets -- -D warnings
 	cargo clippy $(PLUGIN_PACKAGES) --target wasm32-unknown-unknown -- -D warnings
 	$(MAKE) --no-print-directory wasm plugins
 
@@ -113,17 +114,23 @@ spin: rust-targets
 
 # The example plugins (components/plugins/<name>, crate kefu-plugin-<name>): each crate is
 # built as a core wasm module for wasm32-unknown-unknown (so it imports nothing but Kefu's
-# `host` interface, no WASI) and made a component with jco, which validates it against the
-# kefu:extension WIT it embeds. Output: target/plugins/<name>.wasm.
+# `host` interface, no WASI), metered (components/plugin-meter: it traps once it has used
+# PLUGIN_BUDGET units of CPU, since no host can preempt a loop) and made a component with
+# jco, which validates it against the kefu:extension WIT it embeds.
+# Output: target/plugins/<name>.wasm.
 PLUGINS := $(patsubst components/plugins/%/Cargo.toml,%,$(wildcard components/plugins/*/Cargo.toml))
 PLUGIN_PACKAGES := $(foreach p,$(PLUGINS),-p kefu-plugin-$(p))
+PLUGIN_BUDGET ?= 50000000
 TARGET_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target))
 plugins: rust-targets node_modules/.package-lock.json
 	cargo build --release --target wasm32-unknown-unknown $(PLUGIN_PACKAGES)
+	cargo build -q -p kefu-plugin-meter
 	@mkdir -p $(TARGET_DIR)/plugins
 	@for p in $(PLUGINS); do \
-		jco new $(TARGET_DIR)/wasm32-unknown-unknown/release/kefu_plugin_$${p//-/_}.wasm -o $(TARGET_DIR)/plugins/$$p.wasm; \
-		echo "target/plugins/$$p.wasm: $$(wc -c < $(TARGET_DIR)/plugins/$$p.wasm) bytes"; done
+		core=$(TARGET_DIR)/wasm32-unknown-unknown/release/kefu_plugin_$${p//-/_}; \
+		$(TARGET_DIR)/debug/kefu-plugin-meter --budget $(PLUGIN_BUDGET) $$core.wasm $$core.metered.wasm; \
+		jco new $$core.metered.wasm -o $(TARGET_DIR)/plugins/$$p.wasm; \
+		echo "target/plugins/$$p.wasm: $$(wc -c < $(TARGET_DIR)/plugins/$$p.wasm) bytes (metered: $(PLUGIN_BUDGET) units a call)"; done
 
 # Kefu's Spin build, locally: with the Spin CLI installed, `spin up`; without it (as on our
 # build machines, where Spin cannot be installed), on Kefu's Spin test host, which speaks
@@ -142,6 +149,7 @@ test-engine:
 
 test-plugins:
 	cargo test $(PLUGIN_PACKAGES)
+	cargo test -p kefu-plugin-meter
 
 # The Spin test host (tests/spin-host): builds its fixture components for wasm32-wasip2 and
 # runs them on the host process. Spin itself cannot be installed here; users run real Spin.
