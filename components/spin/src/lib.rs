@@ -96,6 +96,10 @@ fn handle(kv: &Kv, req: &Incoming, route: Route) -> Result<Reply, ApiError> {
             "turn traces",
             "the Spin component logs each turn's trace but does not store it yet",
         )),
+        Route::Plugins | Route::PluginTest(_) => Err(not_on_spin(
+            "plugins",
+            "the Spin component does not run plugins yet; they run on the Worker (jco)",
+        )),
         Route::Usage
         | Route::Upload
         | Route::GetAttachment(_) => Err(not_on_spin(
