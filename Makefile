@@ -17,11 +17,13 @@ WASM_BINDGEN_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/ { getline; gsub(
 # worker-build would download these from a code-hosting site; point it at pinned copies.
 export WASM_BINDGEN_BIN := $(CARGO_BIN)/wasm-bindgen
 export WASM_OPT_BIN := $(CURDIR)/node_modules/.bin/wasm-opt
-export ESBUILD_BIN := $(CURDIR)/node_modules/.bin/esbuild
+# esbuild, leaving the plugins' module (workers/build/plugins/) out of the Worker's bundle.
+export ESBUILD_BIN := $(CURDIR)/workers/esbuild-external-plugins.sh
 export WRANGLER_SEND_METRICS := false
 
 DEV_PORT ?= 8080
 WORKER_OUT := workers/build/index.js
+WORKER_PLUGINS := workers/build/plugins/index.mjs
 WORKER_SOURCES := $(shell find workers/src components/engine/src -name '*.rs' 2>/dev/null) \
 	workers/Cargo.toml components/engine/Cargo.toml Cargo.toml Cargo.lock
 
@@ -69,18 +71,26 @@ node_modules/.package-lock.json: package.json package-lock.json
 
 worker: $(WORKER_OUT)
 
-$(WORKER_OUT): $(WORKER_SOURCES) | setup
+# The plugins' module comes first (order-only: a plugin's change does not rebuild the Rust
+# Worker), so everything that runs the Worker runs it with the current plugins.
+$(WORKER_OUT): $(WORKER_SOURCES) | setup $(WORKER_PLUGINS)
 	cd workers && $(CARGO_BIN)/worker-build --release
 	@touch $@
+
+# The installed plugins, transpiled by jco into a module the Worker imports (see
+# workers/plugins/bundle.mjs): every component in target/plugins (`make plugins`).
+$(WORKER_PLUGINS): plugins workers/plugins/bundle.mjs workers/plugins/runner.js
+	node workers/plugins/bundle.mjs $(TARGET_DIR)/plugins workers/build/plugins
 
 dev: setup $(WORKER_OUT)
 	@echo "Kefu on http://localhost:$(DEV_PORT)  —  try: curl http://localhost:$(DEV_PORT)/demo, or open http://localhost:$(DEV_PORT)/widget-demo"
 	wrangler dev --port $(DEV_PORT)
 
 size: $(WORKER_OUT)
-	@raw=$$(cat workers/build/index.js workers/build/*.wasm | wc -c); \
-	 gz=$$(cat workers/build/index.js workers/build/*.wasm | gzip -9 | wc -c); \
-	 echo "worker bundle: $$raw bytes, $$gz bytes gzipped"
+	@files="workers/build/index.js workers/build/*.wasm $$(ls workers/build/plugins/*.mjs workers/build/plugins/*.wasm 2>/dev/null)"; \
+	 raw=$$(cat $$files | wc -c); gz=$$(cat $$files | gzip -9 | wc -c); \
+	 plugins=$$(cat workers/build/plugins/* 2>/dev/null | gzip -9 | wc -c); \
+	 echo "worker bundle: $$raw bytes, $$gz bytes gzipped (of which the plugins, workers/build/plugins: $$plugins)"
 	@echo "widget.js: $$(wc -c < web/widget.js) bytes, $$(gzip -9 < web/widget.js | wc -c) bytes gzipped (bar: 30 KB)"
 
 # Ratios in one run (see docs/benchmarks.md): Kefu against a pass-through Worker on the same

@@ -15,6 +15,7 @@
 //!   the tenant configurations they need.
 //! - [`handoff`]: human handoff and the agent actions, end to end.
 //! - [`knowledge`]: the knowledge base: ingestion, recall@3, grounding, no-answer fallback.
+//! - [`plugins`]: plugins on the Worker (jco): the operators' listing and test routes.
 //! - [`sse`]: a small Server-Sent Events reader used by the scenarios and the mock's tests.
 
 pub mod attachments;
@@ -23,6 +24,7 @@ pub mod gateway;
 pub mod handoff;
 pub mod knowledge;
 pub mod mock;
+pub mod plugins;
 pub mod scenarios;
 pub mod spin;
 pub mod sse;

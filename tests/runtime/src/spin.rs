@@ -60,6 +60,9 @@ pub fn not_on_spin(scenario: &str) -> Option<&'static str> {
         s if s.starts_with("attachments_") => {
             "uploads (R2 on Workers) are not in the component yet"
         }
+        s if s.starts_with("plugins_") => {
+            "the component does not run plugins yet (on Spin: 501 not_supported_on_spin)"
+        }
         "webhooks_signed_and_retried" => {
             "webhook delivery with retries is not in the component yet"
         }

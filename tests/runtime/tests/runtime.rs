@@ -121,6 +121,7 @@ async fn run(selected: Vec<Scenario>) -> (usize, usize) {
             tenants.extend(kefu_runtime_tests::knowledge::tenants(&mock.base_url()));
             tenants.extend(kefu_runtime_tests::config::tenants(&mock.base_url()));
             tenants.extend(kefu_runtime_tests::attachments::tenants(&mock.base_url()));
+            tenants.extend(kefu_runtime_tests::plugins::tenants(&mock.base_url()));
             spin_tenants = tenants.clone();
             println!("starting Kefu on workerd…");
             let started = Instant::now();

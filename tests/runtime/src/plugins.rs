@@ -1,0 +1,183 @@
+//! Plugin scenarios: the example plugins (`make plugins`), transpiled with jco and bundled
+//! with the Worker, run through the operators' routes `GET /api/v1/plugins` and
+//! `POST /api/v1/plugins/{id}/test`, each call in a fresh instance with the engine's rules
+//! (grants, the output limit, the budget) kept by the host.
+
+use anyhow::{Context, ensure};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::scenarios::Ctx;
+
+/// The tenant key of `plg`.
+pub const PLG_KEY: &str = "kf-plg.Kefu0Plugin0Test0Key000001";
+
+/// The tenants these scenarios need.
+pub fn tenants(mock_base: &str) -> Vec<(String, Value)> {
+    vec![(
+        "plg".into(),
+        json!({
+            "provider": {"kind": "openai_compatible", "base_url": mock_base, "model": crate::mock::MOCK_MODEL},
+            "api_keys": [{"id": "t", "sha256": kefu_engine::auth::hash_key(PLG_KEY)}],
+            "plugins": [
+                {"id": "pii", "plugin": "pii-redactor", "settings": {"kinds": "email,card"}},
+                {"id": "pii-all", "plugin": "pii-redactor", "enabled": false},
+                {"id": "pii-tight", "plugin": "pii-redactor", "max_output_bytes": 1024},
+                {"id": "ghost", "plugin": "not-installed"},
+            ],
+        }),
+    )]
+}
+
+async fn test_call(ctx: &Ctx, id: &str, body: &Value) -> anyhow::Result<(StatusCode, Value)> {
+    let resp = ctx
+        .http
+        .post(ctx.url(&format!("/api/v1/plugins/{id}/test")))
+        .bearer_auth(PLG_KEY)
+        .json(body)
+        .send()
+        .await?;
+    Ok((resp.status(), resp.json().await.unwrap_or(Value::Null)))
+}
+
+fn before_model(user: &str) -> Value {
+    json!({"hook": "before_model", "request": {"target": "mock/model", "messages": [
+        {"role": "system", "text": "Write to help@acme.example if stuck."},
+        {"role": "user", "text": user},
+    ]}})
+}
+
+/// The PII redactor, installed in the Worker, describes itself and rewrites a prompt with
+/// the settings of the plugin id it runs under; failures are records, not errors.
+pub async fn plugins_redactor_on_the_worker(ctx: &Ctx) -> anyhow::Result<()> {
+    // Operators only.
+    let resp = ctx.http.get(ctx.url("/api/v1/plugins")).send().await?;
+    ensure!(
+        resp.status() == StatusCode::UNAUTHORIZED,
+        "{}",
+        resp.status()
+    );
+
+    let list: Value = ctx
+        .http
+        .get(ctx.url("/api/v1/plugins"))
+        .bearer_auth(PLG_KEY)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let installed = list["installed"].as_array().context("installed")?;
+    let redactor = installed
+        .iter()
+        .find(|p| p["name"] == "pii-redactor")
+        .with_context(|| format!("pii-redactor is not installed: {list}"))?;
+    ensure!(
+        redactor["manifest"]["hooks"]
+            == json!({"on_event": false, "before_model": true, "after_reply": false}),
+        "the manifest's hooks, through jco's flags: {redactor}"
+    );
+    ensure!(
+        redactor["manifest"]["tools"] == json!([]),
+        "no tools: {redactor}"
+    );
+    let ids: Vec<&str> = list["plugins"]
+        .as_array()
+        .context("plugins")?
+        .iter()
+        .filter_map(|p| p["id"].as_str())
+        .collect();
+    ensure!(ids == ["pii", "pii-all", "pii-tight", "ghost"], "{list}");
+
+    // `pii` redacts emails and cards only (its `kinds` setting); the system message is the
+    // operator's own text and stays.
+    let user = "I am ana@example.com, card 4111 1111 1111 1111, phone +1 415 555 0100";
+    let (status, body) = test_call(ctx, "pii", &before_model(user)).await?;
+    ensure!(status == StatusCode::OK, "{status} {body}");
+    ensure!(
+        body["answer"]
+            == json!({"rewrite": [
+                "Write to help@acme.example if stuck.",
+                "I am [email], card [card], phone +1 415 555 0100",
+            ]}),
+        "{body}"
+    );
+    let record = &body["record"];
+    ensure!(
+        record["plugin_id"] == "pii"
+            && record["plugin"] == "pii-redactor"
+            && record["hook"] == "before_model"
+            && record["outcome"] == json!({"kind": "ok", "effect": "rewrote 1 of 2 messages"}),
+        "{record}"
+    );
+    // The same plugin under another id, with its defaults (every kind); disabled plugins may
+    // be tried before they are enabled.
+    let (_, body) = test_call(ctx, "pii-all", &before_model(user)).await?;
+    ensure!(
+        body["answer"]["rewrite"][1] == "I am [email], card [card], phone [phone]",
+        "{body}"
+    );
+    // Nothing to redact: keep.
+    let (_, body) = test_call(ctx, "pii", &before_model("Where is my order?")).await?;
+    ensure!(body["answer"] == "keep", "{body}");
+    // Other hooks, through jco's variants and results.
+    let (_, body) = test_call(
+        ctx,
+        "pii",
+        &json!({"hook": "after_reply", "question": "q", "reply": "r"}),
+    )
+    .await?;
+    ensure!(body["answer"] == "keep", "{body}");
+    let (_, body) = test_call(
+        ctx,
+        "pii",
+        &json!({"hook": "call_tool", "name": "lookup", "arguments": "{}"}),
+    )
+    .await?;
+    ensure!(
+        body["answer"] == json!({"err": "pii-redactor has no tool named \"lookup\""})
+            && body["record"]["tool"] == "lookup"
+            && body["record"]["outcome"]["kind"] == "ok",
+        "{body}"
+    );
+    let (_, body) = test_call(
+        ctx,
+        "pii",
+        &json!({"hook": "on_event", "event": {"kind": "resolved", "text": null, "transcript": [{"author": "agent", "text": "done"}], "tags": ["vip"]}}),
+    )
+    .await?;
+    ensure!(
+        body["answer"] == json!([]) && body["record"]["outcome"]["effect"] == "no actions",
+        "{body}"
+    );
+
+    // An answer over the plugin's output limit is cut off: the plugin is skipped.
+    let long = "ana@example.com ".repeat(200);
+    let (status, body) = test_call(ctx, "pii-tight", &before_model(&long)).await?;
+    ensure!(
+        status == StatusCode::OK
+            && body["answer"].is_null()
+            && body["record"]["outcome"]["kind"] == "failed"
+            && body["record"]["outcome"]["failure"] == "too_large",
+        "{status} {body}"
+    );
+
+    // A plugin the deployment does not have is unavailable, not an error of the request.
+    let (status, body) = test_call(ctx, "ghost", &before_model(user)).await?;
+    ensure!(
+        status == StatusCode::OK && body["record"]["outcome"]["failure"] == "unavailable",
+        "{status} {body}"
+    );
+
+    // Bad requests change nothing and say why.
+    let (status, body) = test_call(ctx, "nobody", &before_model(user)).await?;
+    ensure!(
+        status == StatusCode::NOT_FOUND && body["error"]["code"] == "plugin_not_found",
+        "{status} {body}"
+    );
+    let (status, body) = test_call(ctx, "pii", &json!({"hook": "before_model"})).await?;
+    ensure!(
+        status == StatusCode::BAD_REQUEST && body["error"]["code"] == "invalid_field",
+        "{status} {body}"
+    );
+    Ok(())
+}
