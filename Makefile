@@ -78,9 +78,10 @@ $(WORKER_OUT): $(WORKER_SOURCES) | setup $(WORKER_PLUGINS)
 	@touch $@
 
 # The installed plugins, transpiled by jco into a module the Worker imports (see
-# workers/plugins/bundle.mjs): every component in target/plugins (`make plugins`).
+# workers/plugins/bundle.mjs): the example plugins (`make plugins`). The test plugins are
+# bundled only into the runtime tests' own copy of the Worker.
 $(WORKER_PLUGINS): plugins workers/plugins/bundle.mjs workers/plugins/runner.js
-	node workers/plugins/bundle.mjs $(TARGET_DIR)/plugins workers/build/plugins
+	node workers/plugins/bundle.mjs $(TARGET_DIR)/plugins workers/build/plugins $(EXAMPLE_PLUGINS)
 
 dev: setup $(WORKER_OUT)
 	@echo "Kefu on http://localhost:$(DEV_PORT)  —  try: curl http://localhost:$(DEV_PORT)/demo, or open http://localhost:$(DEV_PORT)/widget-demo"
@@ -127,9 +128,13 @@ spin: rust-targets
 # `host` interface, no WASI), metered (components/plugin-meter: it traps once it has used
 # PLUGIN_BUDGET units of CPU, since no host can preempt a loop) and made a component with
 # jco, which validates it against the kefu:extension WIT it embeds.
-# Output: target/plugins/<name>.wasm.
-PLUGINS := $(patsubst components/plugins/%/Cargo.toml,%,$(wildcard components/plugins/*/Cargo.toml))
-PLUGIN_PACKAGES := $(foreach p,$(PLUGINS),-p kefu-plugin-$(p))
+# Output: target/plugins/<name>.wasm. Test plugins
+# (tests/plugins/<name>, crate kefu-test-plugin-<name>, library kefu_plugin_<name>) misbehave on
+# purpose for the containment tests; they are built and checked the same way, never shipped.
+EXAMPLE_PLUGINS := $(patsubst components/plugins/%/Cargo.toml,%,$(wildcard components/plugins/*/Cargo.toml))
+TEST_PLUGINS := $(patsubst tests/plugins/%/Cargo.toml,%,$(wildcard tests/plugins/*/Cargo.toml))
+PLUGINS := $(EXAMPLE_PLUGINS) $(TEST_PLUGINS)
+PLUGIN_PACKAGES := $(foreach p,$(EXAMPLE_PLUGINS),-p kefu-plugin-$(p)) $(foreach p,$(TEST_PLUGINS),-p kefu-test-plugin-$(p))
 PLUGIN_BUDGET ?= 50000000
 TARGET_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target))
 plugins: rust-targets node_modules/.package-lock.json

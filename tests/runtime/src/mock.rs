@@ -8,6 +8,9 @@
 //! | Gemini | `POST /v1beta/models/{model}:generateContent`, `…:streamGenerateContent?alt=sse` (key in `x-goog-api-key` or `?key=`; `/v1/models/…` too) |
 //! | Workers AI REST | `POST /client/v4/accounts/{account}/ai/run/{model}` (model may hold `/` and `@`; needs `Authorization: Bearer …`) |
 //!
+//! Beside the models it serves, for the example plugins' tests, a mock order API
+//! (`GET /shop/orders/{id}`) and CRM inbox (`POST /crm/summaries`): see [`shop`].
+//!
 //! Each format answers whole (JSON) and streamed (its own Server-Sent Events framing: OpenAI
 //! `data:` chunks with `[DONE]` and `stream_options.include_usage`; Anthropic named events;
 //! Gemini data-only full-response chunks, the last with `finishReason`, or one JSON array
@@ -91,6 +94,7 @@ mod faults;
 mod gemini;
 mod openai;
 pub mod services;
+pub mod shop;
 mod stream;
 mod template;
 mod wire;
@@ -506,6 +510,27 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
             profile,
         });
         return Ok(response);
+    }
+    if shop::handles(bare) {
+        // The example plugins' order API and CRM inbox (see `shop`): recorded, never faulted.
+        let (status, answer) = shop::answer(
+            method.as_str(),
+            &path,
+            headers.get("authorization").map(String::as_str),
+            &bytes,
+        );
+        state.record(RecordedRequest {
+            index,
+            method: method.to_string(),
+            path,
+            headers,
+            body: serde_json::from_slice(&bytes).ok(),
+            profile,
+        });
+        return Ok(json_response(
+            status,
+            serde_json::to_vec(&answer).unwrap_or_default(),
+        ));
     }
     let call = state.count_call(profile.as_deref().unwrap_or(""));
     let body: Option<Value> = if bytes.is_empty() {

@@ -58,6 +58,8 @@ async fn main() -> anyhow::Result<()> {
          \x20 Gemini            {root}/v1beta     (models/{{model}}:generateContent)\n\
          \x20 Workers AI        {root}/client/v4/accounts/{{account}}/ai/run/{{model}}\n\
          \x20 fault profile     {root}/p/<directives>/… (e.g. {})\n\
+         \x20 order API         {root}/shop/orders/{{id}} (Bearer mock-shop-token; KF-1001, KF-1002, KF-1003)\n\
+         \x20 CRM inbox         {root}/crm/summaries  (POST)\n\
          \x20 request log       {root}/_mock/requests, counters {root}/_mock/counters\n\
          directives: kefu-mock-provider --profile-help",
         mock.profile_base_url("fail_percent=33,seed=7"),

@@ -1201,3 +1201,49 @@ async fn concurrent_plain_requests_are_quick() {
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(mock.calls_for(""), 200);
 }
+
+#[tokio::test]
+async fn the_order_api_and_crm_inbox_answer_over_http_and_are_recorded() {
+    let mock = MockProvider::start().await;
+    let root = mock.root_url();
+    let order = client()
+        .get(format!(
+            "{root}/shop/orders/KF-1002?email=li.wei%40example.cn"
+        ))
+        .bearer_auth(shop::SHOP_TOKEN)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(order.status(), 200);
+    let order: Value = order.json().await.unwrap();
+    assert_eq!(order["order"]["status"], "processing");
+    let unauthorized = client()
+        .get(format!("{root}/shop/orders/KF-1002"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthorized.status(), 401);
+    let posted = client()
+        .post(format!("{root}/crm/summaries"))
+        .header("x-kefu-signature", "sha256=00")
+        .json(&json!({"event": "conversation.resolved", "conversation_id": "c1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 202);
+    let requests = mock.requests();
+    assert_eq!(requests.len(), 3);
+    assert_eq!(
+        requests[0].path,
+        "/shop/orders/KF-1002?email=li.wei%40example.cn"
+    );
+    assert_eq!(
+        requests[0].headers["authorization"],
+        "Bearer mock-shop-token"
+    );
+    assert_eq!(requests[2].body.as_ref().unwrap()["conversation_id"], "c1");
+    assert_eq!(requests[2].headers["x-kefu-signature"], "sha256=00");
+    // None of them is a model call.
+    assert!(mock.model_requests().is_empty());
+}
