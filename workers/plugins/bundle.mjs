@@ -1,6 +1,10 @@
 // Bundles the installed plugins into the Worker (`make worker` runs this before worker-build).
 //
-//   node workers/plugins/bundle.mjs <plugins dir: target/plugins> <out dir: workers/build/plugins>
+//   node workers/plugins/bundle.mjs <plugins dir> <out dir> [name…]
+//
+// `make worker` bundles the example plugins (target/plugins → workers/build/plugins); the
+// runtime tests bundle every component in target/plugins, the test plugins too, into their
+// own copy of the Worker (tests/runtime/src/worker.rs), so those are never shipped.
 //
 // Each component `<name>.wasm` is transpiled by jco to JavaScript plus core wasm modules
 // (`--instantiation async`, so the Worker hands it the modules; `--async-mode jspi`, so the
@@ -15,12 +19,12 @@
 
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync, copyFileSync } from "node:fs";
-import { join, resolve, dirname } from "node:path";
+import { join, resolve, dirname, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, "../..");
-const [pluginsDir = join(root, "target/plugins"), outDir = join(root, "workers/build/plugins")] =
+const [pluginsDir = join(root, "target/plugins"), outDir = join(root, "workers/build/plugins"), ...wanted] =
   process.argv.slice(2);
 const bin = (name) => join(root, "node_modules/.bin", name);
 
@@ -36,12 +40,15 @@ const staging = join(outDir, "..", ".plugins-staging");
 rmSync(staging, { recursive: true, force: true });
 mkdirSync(staging, { recursive: true });
 
-const names = existsSync(pluginsDir)
+const built = existsSync(pluginsDir)
   ? readdirSync(pluginsDir)
       .filter((f) => f.endsWith(".wasm"))
       .map((f) => f.slice(0, -".wasm".length))
-      .sort()
   : [];
+for (const name of wanted) {
+  if (!built.includes(name)) throw new Error(`${pluginsDir}/${name}.wasm is missing: run \`make plugins\``);
+}
+const names = (wanted.length ? wanted : built).sort();
 const entries = [];
 const wasmFiles = [];
 names.forEach((name, i) => {
@@ -110,4 +117,4 @@ execFileSync(
   { stdio: ["ignore", "inherit", "inherit"] },
 );
 rmSync(staging, { recursive: true, force: true });
-console.log(`workers/build/plugins: ${names.length ? names.join(", ") : "no plugins"}`);
+console.log(`${relative(root, outDir)}: ${names.length ? names.join(", ") : "no plugins"}`);

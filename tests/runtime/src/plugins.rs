@@ -12,28 +12,76 @@ use crate::scenarios::Ctx;
 /// The tenant key of `plg`.
 pub const PLG_KEY: &str = "kf-plg.Kefu0Plugin0Test0Key000001";
 
+/// The tenant key of `plh`.
+pub const HOSTILE_KEY: &str = "kf-plh.Kefu0Plugin0Hostile0Key01";
+
 /// The tenants these scenarios need.
 pub fn tenants(mock_base: &str) -> Vec<(String, Value)> {
-    vec![(
-        "plg".into(),
-        json!({
-            "provider": {"kind": "openai_compatible", "base_url": mock_base, "model": crate::mock::MOCK_MODEL},
-            "api_keys": [{"id": "t", "sha256": kefu_engine::auth::hash_key(PLG_KEY)}],
-            "plugins": [
-                {"id": "pii", "plugin": "pii-redactor", "settings": {"kinds": "email,card"}},
-                {"id": "pii-all", "plugin": "pii-redactor", "enabled": false},
-                {"id": "pii-tight", "plugin": "pii-redactor", "max_output_bytes": 1024},
-                {"id": "ghost", "plugin": "not-installed"},
-            ],
-        }),
-    )]
+    // `http://127.0.0.1:PORT/v1` → `127.0.0.1:PORT`, the mock's host as a grant names it.
+    let mock_host = mock_base
+        .trim_start_matches("http://")
+        .trim_end_matches("/v1")
+        .to_owned();
+    let hostile =
+        |id: &str, settings: Value| json!({"id": id, "plugin": "hostile", "settings": settings});
+    let mut granted = hostile(
+        "fetch-granted",
+        json!({"mode": "fetch", "hooks": "after_reply", "fetch_url": format!("{}/models", mock_base)}),
+    );
+    granted["grants"] = json!({"hosts": [mock_host]});
+    let mut other_port = hostile(
+        "fetch-other-port",
+        json!({"mode": "fetch", "hooks": "after_reply", "fetch_url": format!("{}/models", mock_base)}),
+    );
+    other_port["grants"] = json!({"hosts": ["127.0.0.1:1"]});
+    let mut slow = hostile("loop-long-budget", json!({"mode": "loop"}));
+    slow["budget_ms"] = json!(5000);
+    vec![
+        (
+            "plh".into(),
+            json!({
+                "api_keys": [{"id": "t", "sha256": kefu_engine::auth::hash_key(HOSTILE_KEY)}],
+                "plugins": [
+                    hostile("trap", json!({"mode": "trap"})),
+                    hostile("loop", json!({"mode": "loop"})),
+                    slow,
+                    hostile("huge", json!({"mode": "huge", "hooks": "after_reply"})),
+                    hostile("fetch-denied", json!({"mode": "fetch"})),
+                    granted,
+                    other_port,
+                ],
+            }),
+        ),
+        (
+            "plg".into(),
+            json!({
+                "provider": {"kind": "openai_compatible", "base_url": mock_base, "model": crate::mock::MOCK_MODEL},
+                "api_keys": [{"id": "t", "sha256": kefu_engine::auth::hash_key(PLG_KEY)}],
+                "plugins": [
+                    {"id": "pii", "plugin": "pii-redactor", "settings": {"kinds": "email,card"}},
+                    {"id": "pii-all", "plugin": "pii-redactor", "enabled": false},
+                    {"id": "pii-tight", "plugin": "pii-redactor", "max_output_bytes": 1024},
+                    {"id": "ghost", "plugin": "not-installed"},
+                ],
+            }),
+        ),
+    ]
 }
 
 async fn test_call(ctx: &Ctx, id: &str, body: &Value) -> anyhow::Result<(StatusCode, Value)> {
+    test_call_as(ctx, PLG_KEY, id, body).await
+}
+
+async fn test_call_as(
+    ctx: &Ctx,
+    key: &str,
+    id: &str,
+    body: &Value,
+) -> anyhow::Result<(StatusCode, Value)> {
     let resp = ctx
         .http
         .post(ctx.url(&format!("/api/v1/plugins/{id}/test")))
-        .bearer_auth(PLG_KEY)
+        .bearer_auth(key)
         .json(body)
         .send()
         .await?;
@@ -179,5 +227,98 @@ pub async fn plugins_redactor_on_the_worker(ctx: &Ctx) -> anyhow::Result<()> {
         status == StatusCode::BAD_REQUEST && body["error"]["code"] == "invalid_field",
         "{status} {body}"
     );
+    Ok(())
+}
+
+fn after_reply() -> Value {
+    json!({"hook": "after_reply", "question": "Where is my order?", "reply": "On its way."})
+}
+
+/// A plugin that traps, loops, answers megabytes or reaches for a host it was not granted is
+/// cut off (or refused) and recorded; the Worker, and the next plugin call, carry on.
+pub async fn plugins_hostile_contained(ctx: &Ctx) -> anyhow::Result<()> {
+    let failure = |body: &Value| body["record"]["outcome"]["failure"].clone();
+    let input = after_reply();
+    let call = |id: &'static str| test_call_as(ctx, HOSTILE_KEY, id, &input);
+
+    let (status, body) = call("trap").await?;
+    ensure!(
+        status == StatusCode::OK && body["answer"].is_null() && failure(&body) == "trap",
+        "{status} {body}"
+    );
+    ensure!(
+        body["record"]["outcome"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("unreachable")),
+        "a panic is the wasm `unreachable` trap: {body}"
+    );
+
+    // An endless loop cannot be preempted; its CPU allowance (components/plugin-meter) ends
+    // it, well before a generous wall-clock budget would.
+    for id in ["loop", "loop-long-budget"] {
+        let started = std::time::Instant::now();
+        let (status, body) = call(id).await?;
+        ensure!(
+            status == StatusCode::OK && failure(&body) == "timeout",
+            "{id}: {status} {body}"
+        );
+        ensure!(
+            body["record"]["outcome"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("CPU allowance")),
+            "{id}: the metering trap, not a timer: {body}"
+        );
+        ensure!(
+            started.elapsed() < std::time::Duration::from_millis(4000),
+            "{id}: took {:?}",
+            started.elapsed()
+        );
+    }
+
+    let (_, body) = call("huge").await?;
+    ensure!(failure(&body) == "too_large", "{body}");
+
+    // Grants: deny by default, the host and port as granted, and nothing else.
+    let (_, body) = call("fetch-denied").await?;
+    ensure!(
+        body["answer"]
+            == json!({"rewrite": "hostile fetch of https://ungranted.example.net/ denied: ungranted.example.net is not a host this plugin was granted"}),
+        "{body}"
+    );
+    let (_, body) = call("fetch-other-port").await?;
+    ensure!(
+        body["answer"]["rewrite"]
+            .as_str()
+            .is_some_and(|t| t.contains(" denied: 127.0.0.1 is not a host this plugin was granted")),
+        "{body}"
+    );
+    let (_, body) = call("fetch-granted").await?;
+    ensure!(
+        body["answer"]["rewrite"]
+            .as_str()
+            .is_some_and(|t| t.ends_with(": HTTP 200")),
+        "the granted host is reached: {body}"
+    );
+    let models = ctx
+        .mock()?
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/v1/models")
+        .count();
+    ensure!(models >= 1, "the mock saw no GET /v1/models");
+
+    // The Worker is unharmed: the next plugin call and a chat turn work.
+    let (_, body) = test_call(ctx, "pii", &before_model("mail me at ana@example.com")).await?;
+    ensure!(
+        body["answer"]["rewrite"][1] == "mail me at [email]",
+        "{body}"
+    );
+    let answer = ctx
+        .chat(
+            None,
+            &json!({"message": "still there after the hostile plugin?"}),
+        )
+        .await?;
+    answer.expect_status(200)?;
     Ok(())
 }

@@ -40,7 +40,7 @@ use crate::knowledge::{
     knowledge_no_answer_falls_back, tenant_keys_see_only_their_own,
 };
 use crate::mock::{MockProvider, echo_reply};
-use crate::plugins::plugins_redactor_on_the_worker;
+use crate::plugins::{plugins_hostile_contained, plugins_redactor_on_the_worker};
 use crate::sse::{self, SseTranscript};
 use crate::webhooks::webhooks_signed_and_retried;
 
@@ -356,6 +356,7 @@ pub fn all() -> Vec<Scenario> {
         config_versions_and_rollback,
         webhooks_signed_and_retried,
         plugins_redactor_on_the_worker,
+        plugins_hostile_contained,
     ]
 }
 

@@ -142,6 +142,7 @@ async fn run(selected: Vec<Scenario>) -> (usize, usize) {
                     ),
                 ],
                 fake_ai_upstream: Some(mock.base_url().trim_end_matches("/v1").to_owned()),
+                test_plugins: true,
                 ..WorkerOptions::default()
             })
             .await
