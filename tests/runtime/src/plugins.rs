@@ -12,6 +12,9 @@ use crate::scenarios::Ctx;
 /// The tenant key of `plg`.
 pub const PLG_KEY: &str = "kf-plg.Kefu0Plugin0Test0Key000001";
 
+/// The tenant key of `plk`.
+pub const KV_KEY: &str = "kf-plk.Kefu0Plugin0KeyValue0Key01";
+
 /// The tenant key of `plh`.
 pub const HOSTILE_KEY: &str = "kf-plh.Kefu0Plugin0Hostile0Key01";
 
@@ -36,7 +39,20 @@ pub fn tenants(mock_base: &str) -> Vec<(String, Value)> {
     other_port["grants"] = json!({"hosts": ["127.0.0.1:1"]});
     let mut slow = hostile("loop-long-budget", json!({"mode": "loop"}));
     slow["budget_ms"] = json!(5000);
+    let origin = mock_base.trim_end_matches("/v1");
+    let crm = |id: &str, kv: bool| {
+        json!({"id": id, "plugin": "crm-forwarder",
+            "settings": {"endpoint": format!("{origin}/crm/summaries"), "tag": format!("{id}-synced")},
+            "grants": {"hosts": [mock_host], "kv": kv}})
+    };
     vec![
+        (
+            "plk".into(),
+            json!({
+                "api_keys": [{"id": "t", "sha256": kefu_engine::auth::hash_key(KV_KEY)}],
+                "plugins": [crm("crm", true), crm("crm-nokv", false)],
+            }),
+        ),
         (
             "plh".into(),
             json!({
@@ -320,5 +336,60 @@ pub async fn plugins_hostile_contained(ctx: &Ctx) -> anyhow::Result<()> {
         )
         .await?;
     answer.expect_status(200)?;
+    Ok(())
+}
+
+/// A plugin's key-value space (Workers KV, scoped to the tenant and plugin id) holds across
+/// calls, each of which runs in a fresh instance; without the grant the plugin is told
+/// `denied` and carries on. The CRM forwarder remembers a forwarded conversation there.
+pub async fn plugins_key_value_and_outbound_post(ctx: &Ctx) -> anyhow::Result<()> {
+    let resolved = json!({"hook": "on_event", "event": {"kind": "resolved", "text": "refund sent",
+        "transcript": [{"author": "visitor", "text": "Where is my refund?"}, {"author": "agent", "text": "Sent today."}],
+        "tags": []}});
+    let posts = || {
+        ctx.mock().map(|m| {
+            m.requests()
+                .into_iter()
+                .filter(|r| r.path == "/crm/summaries")
+                .count()
+        })
+    };
+    let before = posts()?;
+    // Granted a key-value space: the first resolved event is posted and tagged, the second
+    // is known from the store and not posted again.
+    let (status, body) = test_call_as(ctx, KV_KEY, "crm", &resolved).await?;
+    ensure!(
+        status == StatusCode::OK && body["answer"] == json!([{"tag": "crm-synced"}]),
+        "{status} {body}"
+    );
+    ensure!(posts()? == before + 1, "one summary posted");
+    let (_, body) = test_call_as(ctx, KV_KEY, "crm", &resolved).await?;
+    ensure!(body["answer"] == json!([]), "remembered in KV: {body}");
+    ensure!(posts()? == before + 1, "not posted twice");
+    // Another plugin id has its own space, and one without the grant is denied the store
+    // (the plugin then forwards every time).
+    for _ in 0..2 {
+        let (_, body) = test_call_as(ctx, KV_KEY, "crm-nokv", &resolved).await?;
+        ensure!(
+            body["answer"] == json!([{"tag": "crm-nokv-synced"}]),
+            "{body}"
+        );
+    }
+    ensure!(
+        posts()? == before + 3,
+        "the ungranted plugin posts each time"
+    );
+    let summary = ctx
+        .mock()?
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|r| r.path == "/crm/summaries")
+        .and_then(|r| r.body)
+        .context("the posted summary")?;
+    ensure!(
+        summary.to_string().contains("Where is my refund?"),
+        "the POST body arrived: {summary}"
+    );
     Ok(())
 }

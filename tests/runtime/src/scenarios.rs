@@ -40,7 +40,9 @@ use crate::knowledge::{
     knowledge_no_answer_falls_back, tenant_keys_see_only_their_own,
 };
 use crate::mock::{MockProvider, echo_reply};
-use crate::plugins::{plugins_hostile_contained, plugins_redactor_on_the_worker};
+use crate::plugins::{
+    plugins_hostile_contained, plugins_key_value_and_outbound_post, plugins_redactor_on_the_worker,
+};
 use crate::sse::{self, SseTranscript};
 use crate::webhooks::webhooks_signed_and_retried;
 
@@ -357,6 +359,7 @@ pub fn all() -> Vec<Scenario> {
         webhooks_signed_and_retried,
         plugins_redactor_on_the_worker,
         plugins_hostile_contained,
+        plugins_key_value_and_outbound_post,
     ]
 }
 
