@@ -114,7 +114,8 @@ check: setup
 	cargo fmt --manifest-path tests/spin-host/fixtures/Cargo.toml --all --check
 	cargo clippy -p kefu-engine -p kefu-runtime-tests -p kefu-spin-host --all-targets -- -D warnings
 	cargo clippy -p kefu-worker --target wasm32-unknown-unknown -- -D warnings
-	cargo clippy -p kefu-spin --target wasm32-wasip2 -- -D warnings
+	cargo clippy -p kefu-spin -p kefu-spin-web -p kefu-spin-plugin-host -p kefu-spin-plugin-entry --target wasm32-wasip2 -- -D warnings
+	cargo clippy -p kefu-spin-web -p kefu-spin-plugin-compose --all-targets -- -D warnings
 	cargo clippy $(PLUGIN_PACKAGES) --all-targets -- -D warnings
 	cargo clippy -p kefu-plugin-meter --all-targets -- -D warnings
 	cargo clippy $(PLUGIN_PACKAGES) --target wasm32-unknown-unknown -- -D warnings
@@ -124,9 +125,18 @@ wasm:
 	cargo build -p kefu-engine --target wasm32-unknown-unknown
 	cargo build -p kefu-engine --target wasm32-wasip2
 
-# The Spin component (what `spin build` runs, per spin.toml).
-spin: rust-targets
-	cargo build -p kefu-spin --target wasm32-wasip2 --release
+# The Spin components (what `spin build` runs, per spin.toml): the API, the web pages, and
+# each example plugin as a Spin component of its own: the plugin composed with Kefu's Spin
+# host adapter and entry (components/spin-plugin), into target/plugins/spin/<name>.wasm.
+spin: rust-targets plugins
+	cargo build -p kefu-spin -p kefu-spin-web -p kefu-spin-plugin-host -p kefu-spin-plugin-entry --target wasm32-wasip2 --release
+	cargo build -q -p kefu-spin-plugin-compose
+	@mkdir -p $(TARGET_DIR)/plugins/spin
+	@for p in $(PLUGINS); do \
+		$(TARGET_DIR)/debug/kefu-spin-plugin-compose \
+			--host $(TARGET_DIR)/wasm32-wasip2/release/kefu_spin_plugin_host.wasm \
+			--entry $(TARGET_DIR)/wasm32-wasip2/release/kefu_spin_plugin_entry.wasm \
+			--plugin $(TARGET_DIR)/plugins/$$p.wasm -o $(TARGET_DIR)/plugins/spin/$$p.wasm; done
 
 # The example plugins (components/plugins/<name>, crate kefu-plugin-<name>): each crate is
 # built as a core wasm module for wasm32-unknown-unknown (so it imports nothing but Kefu's
@@ -164,8 +174,10 @@ dev-spin: spin
 		cargo run -q -p kefu-spin-host -- --from spin.toml --listen 127.0.0.1:$(SPIN_PORT) --state-dir .spin; \
 	fi
 
+# The engine's unit and simulator tests, and the Spin file server's (plain Rust, no runtime).
 test-engine:
 	cargo test -p kefu-engine
+	cargo test -p kefu-spin-web
 
 test-plugins:
 	cargo test $(PLUGIN_PACKAGES)
@@ -183,7 +195,7 @@ test-runtime: $(WORKER_OUT) spin
 	cargo test -p kefu-runtime-tests
 
 # The widget in a real browser: Debian's Chromium driven by playwright-core against Kefu on
-# workerd and the mock provider (tests/browser). Playwright's own browser download does not
+# workerd and the mock provider (tests/browser), and the pages on Spin (spin.test.mjs). Playwright's own browser download does not
 # work offline, so Debian's package it is, installed on first use (with CJK fonts, for the
 # Chinese screenshot). Screenshots go to target/browser-screenshots/ (`make screenshots`:
 # docs/screenshots/, for the README).
@@ -200,8 +212,9 @@ chromium:
 		$(SUDO) apt-get update -qq; \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
 
-test-browser: setup $(WORKER_OUT) chromium
+test-browser: setup $(WORKER_OUT) spin chromium
 	cargo build -q -p kefu-runtime-tests --bin kefu-mock-provider
+	cargo build -q -p kefu-spin-host
 	KEFU_CHROMIUM=$(CHROMIUM) node --test --test-reporter=spec tests/browser/
 
 # The same run, keeping its screenshots for the README (otherwise they go to target/).

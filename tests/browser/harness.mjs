@@ -1,5 +1,6 @@
 // The browser tests' world: the mock LLM provider and Kefu on workerd (the runtime tests'
-// pieces: tests/runtime's `kefu-mock-provider` binary and tests/runtime/workerd-host.mjs),
+// pieces: tests/runtime's `kefu-mock-provider` binary and tests/runtime/workerd-host.mjs) or
+// on the Spin test host (tests/spin-host, with the real spin.toml),
 // Debian's Chromium driven by playwright-core, and an agent acting through the HTTP API.
 //
 // Each server runs in its own process group and is stopped with the whole group (workerd is
@@ -105,6 +106,60 @@ export async function startKefu(tenants) {
     },
   });
   const base = host.line.replace(/^ready /, "");
+  return {
+    base,
+    mockRoot,
+    stop() {
+      stopAll();
+      rmSync(scratch, { recursive: true, force: true });
+    },
+  };
+}
+
+/** The deployment's admin token the Spin host is given, to seed tenants through the API. */
+const SPIN_ADMIN_TOKEN = "browser-tests-admin-token-0123456789";
+const SPIN_HOST_BIN = join(ROOT, "target/debug/kefu-spin-host");
+
+/**
+ * Starts the mock provider and Kefu's Spin components (the API and the web pages, from the
+ * real spin.toml) on the Spin test host, and seeds `tenants(mockRoot)` through the
+ * configuration API; returns `{ base, mockRoot, stop }` like {@link startKefu}.
+ */
+export async function startKefuOnSpin(tenants) {
+  for (const [what, path] of [
+    ["the Spin components (run `make spin`)", join(ROOT, "target/wasm32-wasip2/release/kefu_spin.wasm")],
+    ["the Spin components (run `make spin`)", join(ROOT, "target/wasm32-wasip2/release/kefu_spin_web.wasm")],
+    ["the Spin test host (run `cargo build -p kefu-spin-host`)", SPIN_HOST_BIN],
+    ["the mock provider (run `cargo build -p kefu-runtime-tests --bin kefu-mock-provider`)", MOCK_BIN],
+    [`Chromium at ${CHROMIUM} (apt-get install chromium, or set KEFU_CHROMIUM)`, CHROMIUM],
+  ]) {
+    if (!existsSync(path)) throw new Error(`missing ${what}: ${path}`);
+  }
+  const mock = await startServer("mock", MOCK_BIN, ["--port", "0"], { ready: /^http:\/\// });
+  const mockRoot = mock.line.replace(/\/v1\/?$/, "");
+  const scratch = mkdtempSync(join(tmpdir(), "kefu-browser-spin-"));
+  const host = await startServer(
+    "spin",
+    SPIN_HOST_BIN,
+    [
+      "--from", join(ROOT, "spin.toml"),
+      "--listen", "127.0.0.1:0",
+      "--state-dir", scratch,
+      "--variable", `extra_outbound_host=${mockRoot}`,
+      "--variable", `kefu_admin_token=${SPIN_ADMIN_TOKEN}`,
+      "--variable", `kefu_token_secret=${TOKEN_SECRET}`,
+    ],
+    { ready: /^ready http/ },
+  );
+  const base = host.line.replace(/^ready /, "");
+  for (const [tenant, config] of Object.entries(tenants(mockRoot))) {
+    const resp = await fetch(base + "/api/v1/config", {
+      method: "PUT",
+      headers: { authorization: `Bearer ${SPIN_ADMIN_TOKEN}`, "x-kefu-tenant": tenant, "content-type": "application/json" },
+      body: JSON.stringify(config),
+    });
+    if (!resp.ok) throw new Error(`seeding tenant ${tenant} on Spin: ${resp.status} ${await resp.text()}`);
+  }
   return {
     base,
     mockRoot,

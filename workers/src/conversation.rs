@@ -1174,11 +1174,17 @@ async fn run_turn(
                     };
                     match (handoff, recorded) {
                         (Some(reason), _) => {
-                            line["handoff"] = reason.into();
+                            line["handoff"] = match &reason {
+                                HandoffReason::Plugin { id, reason } => {
+                                    format!("plugin {id}: {reason}")
+                                }
+                                other => other.as_str().to_owned(),
+                            }
+                            .into();
                             hand_off(
                                 inner,
                                 config,
-                                &HandoffReason::Model,
+                                &reason,
                                 config.handoff.default_queue.clone(),
                                 after_hours(config, &visitor.text()),
                             )

@@ -9,6 +9,7 @@ use std::pin::pin;
 
 use futures::future::{Either, select};
 use futures::stream::{LocalBoxStream, StreamExt, unfold};
+use kefu_engine::plugin::{FailureKind, PluginFailure};
 use kefu_engine::{
     Action, AttemptId, HttpRequest, ProviderError, ProviderEvent, Timestamp, Turn, TurnReply,
 };
@@ -206,6 +207,17 @@ pub(crate) async fn drive(
                         call.controller.abort();
                     }
                 }
+                Action::CallPlugin { call, spec, .. } => turn.handle_plugin_answer(
+                    now(),
+                    call,
+                    Err(PluginFailure::new(
+                        FailureKind::Unavailable,
+                        format!(
+                            "plugin {}: this deployment runs no plugins yet",
+                            spec.plugin
+                        ),
+                    )),
+                ),
                 Action::Delta(text) => on_delta(turn, text),
                 Action::Finished(result) => {
                     if let Some(call) = in_flight.take() {

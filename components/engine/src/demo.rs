@@ -65,6 +65,7 @@ pub fn transcript_from_json(conversation: &Value) -> Vec<DemoLine> {
 fn responder_line(run: &DemoRun) -> String {
     match &run.responder {
         Some(Responder::Provider { model }) => format!("answered by the model {model}"),
+        Some(Responder::Plugin { id }) => format!("answered by the plugin {id}"),
         Some(Responder::Offline) => {
             "answered by the offline responder (no API key configured)".to_owned()
         }

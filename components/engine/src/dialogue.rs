@@ -140,12 +140,14 @@ pub enum AfterReply {
     /// The knowledge base had no answer (the model's `kb_no_answer` call): say so honestly
     /// (and hand off after repeated misses) instead of recording the reply.
     NoAnswer(String),
-    /// Record the reply (when it has text), then hand off if the model asked to.
+    /// Record the reply (when it has text), then hand off if the model or a plugin asked
+    /// to.
     Keep {
         /// The reply has text to record.
         record: bool,
-        /// The model's `handoff_to_human` call, when the tenant lets the model hand off.
-        handoff: Option<String>,
+        /// Why to hand off: the model's `handoff_to_human` call (when the tenant lets the
+        /// model hand off) or a plugin's request.
+        handoff: Option<crate::handoff::HandoffReason>,
     },
 }
 
@@ -161,8 +163,18 @@ pub fn after_reply(
     if !latest.bot_answers() {
         return AfterReply::Drop;
     }
+    if let Some(h) = &reply.plugin_handoff {
+        return AfterReply::Keep {
+            record: !reply.text.trim().is_empty(),
+            handoff: Some(crate::handoff::HandoffReason::Plugin {
+                id: h.plugin_id.clone(),
+                reason: h.reason.clone(),
+            }),
+        };
+    }
     let handoff = crate::handoff::model_wants_handoff(reply)
-        .filter(|_| config.handoff.enabled && config.handoff.model_may_hand_off);
+        .filter(|_| config.handoff.enabled && config.handoff.model_may_hand_off)
+        .map(|_| crate::handoff::HandoffReason::Model);
     if handoff.is_none()
         && (grounded || config.knowledge.enabled)
         && let Some(reason) = crate::knowledge::detect_no_answer(reply)
@@ -198,6 +210,7 @@ mod tests {
                 })
                 .into_iter()
                 .collect(),
+            plugin_handoff: None,
             time_to_first_token: None,
             duration: core::time::Duration::ZERO,
         }

@@ -69,6 +69,13 @@ pub enum HandoffReason {
     ProviderFailure,
     /// An agent took it over without being asked.
     AgentTookOver,
+    /// A plugin asked for a human (its `before-model` or `after-reply` hook).
+    Plugin {
+        /// The plugin's id in the tenant.
+        id: String,
+        /// Why, as the plugin said.
+        reason: String,
+    },
 }
 
 impl HandoffReason {
@@ -81,6 +88,7 @@ impl HandoffReason {
             HandoffReason::RepeatedNoAnswer => "repeated_no_answer",
             HandoffReason::ProviderFailure => "provider_failure",
             HandoffReason::AgentTookOver => "agent_took_over",
+            HandoffReason::Plugin { .. } => "plugin",
         }
     }
 }

@@ -611,6 +611,7 @@ mod tests {
             usage: None,
             cost_micros: None,
             tool_calls: vec![],
+            plugin_handoff: None,
             time_to_first_token: None,
             duration: Duration::ZERO,
         };

@@ -919,6 +919,163 @@ pub struct PluginCallRecord {
     pub outcome: CallOutcome,
 }
 
+// ---- Events ------------------------------------------------------------------------------
+
+/// The event plugins see: `kind`, its text, the conversation's last [`EVENT_TRANSCRIPT`]
+/// messages (internal notes left out: they are for agents) and its tags.
+pub fn event(
+    kind: EventKind,
+    text: Option<String>,
+    transcript: &[crate::conversation::Message],
+    tags: &[String],
+) -> PluginEvent {
+    use crate::conversation::Role;
+    let messages: Vec<TranscriptMessage> = transcript
+        .iter()
+        .filter_map(|m| {
+            let author = match m.role {
+                Role::Visitor => Author::Visitor,
+                Role::Bot => Author::Bot,
+                Role::Agent => Author::Agent,
+                Role::System => Author::System,
+                Role::Note => return None,
+            };
+            Some(TranscriptMessage {
+                author,
+                text: m.text(),
+            })
+        })
+        .collect();
+    let skip = messages.len().saturating_sub(EVENT_TRANSCRIPT);
+    PluginEvent {
+        kind,
+        text,
+        transcript: messages.into_iter().skip(skip).collect(),
+        tags: tags.to_vec(),
+    }
+}
+
+/// The `on-event` calls an event makes: one per enabled plugin that implements the hook, in
+/// configuration order, each with its spec (for the budget and grants).
+pub fn event_calls(
+    plugins: &[crate::turn::ActivePlugin],
+    tenant: &str,
+    conversation_id: &str,
+    language: Option<&str>,
+    event: &PluginEvent,
+) -> Vec<(PluginSpec, HookCall)> {
+    plugins
+        .iter()
+        .filter(|p| p.spec.enabled && p.manifest.hooks.on_event)
+        .map(|p| {
+            (
+                p.spec.clone(),
+                HookCall::OnEvent {
+                    ctx: PluginContext {
+                        tenant: tenant.to_owned(),
+                        conversation_id: conversation_id.to_owned(),
+                        plugin_id: p.spec.id.clone(),
+                        language: language.map(str::to_owned),
+                    },
+                    event: event.clone(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// A finished call outside a turn (an event's): its answer, parsed within the spec's output
+/// limit, and its trace record (`effect` filled in by whoever applies the answer).
+pub fn finish_call(
+    spec: &PluginSpec,
+    plugin: &str,
+    call: &HookCall,
+    duration_ms: u64,
+    answer: Result<Vec<u8>, PluginFailure>,
+) -> (Result<Answer, PluginFailure>, PluginCallRecord) {
+    let hook = call.hook();
+    let parsed = answer.and_then(|json| parse_answer(hook, &json, spec.max_output_bytes()));
+    let outcome = match &parsed {
+        Ok(_) => CallOutcome::Ok {
+            effect: String::new(),
+        },
+        Err(e) => CallOutcome::Failed {
+            failure: e.kind,
+            message: e.message.clone(),
+        },
+    };
+    let record = PluginCallRecord {
+        plugin_id: spec.id.clone(),
+        plugin: plugin.to_owned(),
+        hook,
+        tool: None,
+        duration_ms,
+        outcome,
+    };
+    (parsed, record)
+}
+
+impl crate::conversation::Conversation {
+    /// Applies what a plugin's `on-event` answer asked for, after [`accept_actions`]: tags
+    /// always; a message to the visitor and a handoff only while the bot answers (a plugin
+    /// never talks over a human). Returns what to persist, and per action what was done or
+    /// why not (for the trace).
+    pub fn apply_plugin_actions(
+        &mut self,
+        now: crate::time::Timestamp,
+        config: &crate::config::TenantConfig,
+        plugin_id: &str,
+        actions: Vec<PluginAction>,
+    ) -> (crate::handoff::Changed, Vec<String>) {
+        let (taken, mut said) = accept_actions(actions);
+        let mut changed = crate::handoff::Changed::default();
+        for action in taken {
+            let outcome = match action {
+                PluginAction::Tag(tag) => {
+                    self.tag(&tag);
+                    Ok(format!("tag {tag}"))
+                }
+                PluginAction::SendMessage(text) if self.bot_answers() => self
+                    .record_bot_text(now, config, &text)
+                    .map(|c| {
+                        changed.messages.extend(c.messages);
+                        changed.events.extend(c.events);
+                        "sent a message".to_owned()
+                    })
+                    .map_err(|e| e.to_string()),
+                PluginAction::Handoff(reason) if self.bot_answers() && config.handoff.enabled => {
+                    let why = crate::handoff::HandoffReason::Plugin {
+                        id: plugin_id.to_owned(),
+                        reason: reason.clone(),
+                    };
+                    self.request_handoff(
+                        now,
+                        config,
+                        &why,
+                        config.handoff.default_queue.as_deref(),
+                        None,
+                    )
+                    .map(|c| {
+                        changed.messages.extend(c.messages);
+                        changed.events.extend(c.events);
+                        format!("handoff: {reason}")
+                    })
+                    .map_err(|e| e.to_string())
+                }
+                PluginAction::SendMessage(_) | PluginAction::Handoff(_) => Err(format!(
+                    "not done: the conversation is {} (the bot does not answer now)",
+                    self.status().as_str()
+                )),
+            };
+            said.push(match outcome {
+                Ok(done) => done,
+                Err(why) => format!("refused: {why}"),
+            });
+        }
+        (changed, said)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1190,6 +1347,91 @@ mod tests {
         assert_eq!(registry.owner("order_status"), Some("orders"));
         assert_eq!(registry.owner("refund"), None);
         assert_eq!(registry.refused.len(), 5, "{:?}", registry.refused);
+    }
+
+    #[test]
+    fn events_and_their_actions() {
+        use crate::conversation::{Conversation, ConversationId, Part, Role, TenantId};
+        use crate::time::Timestamp;
+        let config = crate::config::TenantConfig::default();
+        let now = Timestamp::from_millis(1_795_593_600_000);
+        let mut c = Conversation::new(
+            ConversationId::parse("c-1").unwrap(),
+            TenantId::default_tenant(),
+            now,
+        );
+        let m = c
+            .handle_visitor_message(now, vec![Part::Text("where is KF-1?".into())], &config)
+            .unwrap()
+            .message;
+        let note = crate::conversation::Message {
+            seq: 2,
+            role: Role::Note,
+            parts: vec![Part::Text("vip".into())],
+            created_at: now,
+        };
+        let e = event(EventKind::Resolved, None, &[m, note], &["vip".into()]);
+        assert_eq!(e.transcript.len(), 1, "notes stay with the agents");
+        assert_eq!(e.transcript[0].author, Author::Visitor);
+        let active = |id: &str, on_event| crate::turn::ActivePlugin {
+            spec: serde_json::from_value(json!({"id": id, "plugin": "p"})).unwrap(),
+            manifest: Manifest {
+                name: "p".into(),
+                version: "1".into(),
+                description: String::new(),
+                hooks: HookSet {
+                    on_event,
+                    ..HookSet::default()
+                },
+                tools: vec![],
+            },
+        };
+        let calls = event_calls(
+            &[active("a", true), active("b", false)],
+            "acme",
+            "c-1",
+            Some("en"),
+            &e,
+        );
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].1.hook(), Hook::OnEvent);
+
+        let (answer, record) = finish_call(
+            &calls[0].0,
+            "p",
+            &calls[0].1,
+            3,
+            Ok(br#"[{"tag": "crm-synced"}]"#.to_vec()),
+        );
+        let Ok(Answer::Actions(actions)) = answer else {
+            panic!("{answer:?}")
+        };
+        assert_eq!(record.duration_ms, 3);
+        let mut actions = actions;
+        actions.push(PluginAction::SendMessage("Thanks for waiting!".into()));
+        actions.push(PluginAction::Tag("bad tag!".into()));
+        let (changed, said) = c.apply_plugin_actions(now, &config, "a", actions);
+        assert_eq!(c.tags(), ["crm-synced"]);
+        assert_eq!(changed.messages.len(), 1);
+        assert_eq!(changed.messages[0].role, Role::Bot);
+        assert_eq!(said.len(), 3, "{said:?}");
+        // While a human owns the conversation, a plugin does not talk to the visitor.
+        c.request_handoff(
+            now,
+            &config,
+            &crate::handoff::HandoffReason::VisitorAsked,
+            None,
+            None,
+        )
+        .unwrap();
+        let (changed, said) = c.apply_plugin_actions(
+            now,
+            &config,
+            "a",
+            vec![PluginAction::SendMessage("hi".into())],
+        );
+        assert!(changed.messages.is_empty());
+        assert!(said[0].starts_with("refused:"), "{said:?}");
     }
 
     #[test]

@@ -14,9 +14,10 @@ use crate::conversation::{
     Conversation, ConversationError, ConversationId, Message, Part, TenantId,
 };
 use crate::gateway::{AttemptRecord, BreakerBoard, QuotaError, QuotaState};
+use crate::plugin::{HookCall, PluginCallRecord, PluginFailure};
 use crate::provider::{HttpRequest, ProviderError, ProviderEvent};
 use crate::time::Timestamp;
-use crate::turn::{Action, ReplyMode, TurnOptions, TurnReply};
+use crate::turn::{Action, ActivePlugin, ReplyMode, TurnOptions, TurnReply};
 
 use core::time::Duration;
 
@@ -170,6 +171,42 @@ impl Script {
     }
 }
 
+/// A scripted plugin answer: after `after_ms`, the runner's JSON or a failure; `None` never
+/// answers (the turn's deadline for the call decides).
+#[derive(Clone, Debug)]
+pub struct PluginScript {
+    /// Milliseconds after the call.
+    pub after_ms: u64,
+    /// What the runner reports.
+    pub answer: Option<Result<Vec<u8>, PluginFailure>>,
+}
+
+impl PluginScript {
+    /// Answers `json` after 1 ms.
+    pub fn answer(json: serde_json::Value) -> Self {
+        PluginScript {
+            after_ms: 1,
+            answer: Some(Ok(json.to_string().into_bytes())),
+        }
+    }
+
+    /// Fails after 1 ms.
+    pub fn fail(failure: PluginFailure) -> Self {
+        PluginScript {
+            after_ms: 1,
+            answer: Some(Err(failure)),
+        }
+    }
+
+    /// Never answers.
+    pub fn hang() -> Self {
+        PluginScript {
+            after_ms: 0,
+            answer: None,
+        }
+    }
+}
+
 /// A conversation as the in-memory store holds it: the encoded state and the transcript.
 #[derive(Clone, Debug, Default)]
 pub struct Stored {
@@ -192,6 +229,8 @@ pub struct ChatOutcome {
     pub result: Result<(Message, TurnReply), ProviderError>,
     /// What every attempt did.
     pub trace: Vec<AttemptRecord>,
+    /// What every plugin call did.
+    pub plugin_calls: Vec<PluginCallRecord>,
 }
 
 /// The simulator.
@@ -223,6 +262,12 @@ pub struct Simulator {
     pub events: Vec<Event>,
     /// The store.
     pub store: HashMap<ConversationId, Stored>,
+    /// The tenant's plugins, as the host loaded them.
+    pub plugins: Vec<ActivePlugin>,
+    /// Scripted answers for the next calls to each plugin id, in order.
+    pub plugin_scripts: HashMap<String, VecDeque<PluginScript>>,
+    /// Every hook call made, with the plugin id it went to.
+    pub hook_calls: Vec<(String, HookCall)>,
     next_id: u32,
 }
 
@@ -243,6 +288,9 @@ impl Simulator {
             cancelled: 0,
             events: Vec::new(),
             store: HashMap::new(),
+            plugins: Vec::new(),
+            plugin_scripts: HashMap::new(),
+            hook_calls: Vec::new(),
             next_id: 0,
         }
     }
@@ -262,6 +310,15 @@ impl Simulator {
         self
     }
 
+    /// Queues a scripted answer for the next call to plugin `id`.
+    pub fn plugin_script(&mut self, id: &str, script: PluginScript) -> &mut Self {
+        self.plugin_scripts
+            .entry(id.to_owned())
+            .or_default()
+            .push_back(script);
+        self
+    }
+
     /// The options a host would hand the next turn: secrets, the targets breakers refuse
     /// (claiming half-open probes as the host's store does), a fresh seed.
     pub fn options(&mut self, mode: ReplyMode) -> TurnOptions {
@@ -276,6 +333,8 @@ impl Simulator {
             secrets: self.secrets.clone(),
             blocked,
             seed: self.seed,
+            plugins: self.plugins.clone(),
+            plugin_scope: Some(("default".into(), "sim".into())),
             ..TurnOptions::new(mode)
         }
     }
@@ -341,6 +400,13 @@ impl Simulator {
         let mut deltas = Vec::new();
         // The call in flight: its attempt id, start time and remaining steps.
         let mut call: Option<(crate::turn::AttemptId, Timestamp, VecDeque<Step>)> = None;
+        // The plugin call in flight: its id, when it answers and what.
+        type PendingAnswer = (
+            crate::turn::PluginCallId,
+            Timestamp,
+            Option<Result<Vec<u8>, PluginFailure>>,
+        );
+        let mut plugin_call: Option<PendingAnswer> = None;
         let result = loop {
             let mut finished = None;
             while let Some(action) = turn.poll_action() {
@@ -364,12 +430,47 @@ impl Simulator {
                         self.cancelled += 1;
                         call = None;
                     }
+                    Action::CallPlugin {
+                        call: id,
+                        spec,
+                        hook,
+                    } => {
+                        let script = self
+                            .plugin_scripts
+                            .get_mut(&spec.id)
+                            .and_then(VecDeque::pop_front)
+                            .unwrap_or_else(|| {
+                                panic!("no script for a call to plugin {}", spec.id)
+                            });
+                        self.hook_calls.push((spec.id.clone(), hook));
+                        plugin_call = Some((
+                            id,
+                            self.now + Duration::from_millis(script.after_ms),
+                            script.answer,
+                        ));
+                    }
                     Action::Delta(text) => deltas.push(text),
                     Action::Finished(result) => finished = Some(result),
                 }
             }
             if let Some(result) = finished {
                 break result;
+            }
+            if let Some((id, at, answer)) = plugin_call.take() {
+                match answer {
+                    Some(answer) if turn.poll_timeout().is_none_or(|d| at < d) => {
+                        self.now = self.now.max(at);
+                        turn.handle_plugin_answer(self.now, id, answer);
+                    }
+                    // Too late or never: the turn's deadline for the call decides.
+                    _ => {
+                        self.now = self
+                            .now
+                            .max(turn.poll_timeout().expect("a plugin deadline"));
+                        turn.handle_timeout(self.now);
+                    }
+                }
+                continue;
             }
             let next_step = call.as_ref().and_then(|(_, started, steps)| {
                 steps
@@ -392,6 +493,28 @@ impl Simulator {
             }
         };
         let result = match result {
+            Ok(reply) if reply.plugin_handoff.is_some() => {
+                let mut conversation = self.load(id);
+                let h = reply.plugin_handoff.clone().expect("checked");
+                let changed = conversation
+                    .request_handoff(
+                        self.now,
+                        &self.config,
+                        &crate::handoff::HandoffReason::Plugin {
+                            id: h.plugin_id,
+                            reason: h.reason,
+                        },
+                        None,
+                        None,
+                    )
+                    .expect("handoff recorded");
+                let message = changed.messages.last().cloned().expect("a handoff notice");
+                let stored = self.store.entry(id.clone()).or_default();
+                stored.state = conversation.encode();
+                stored.transcript.extend(changed.messages);
+                self.events.extend(changed.events);
+                Ok((message, reply))
+            }
             Ok(reply) => {
                 // Reload: other visitor messages may have arrived while the turn ran.
                 let mut conversation = self.load(id);
@@ -426,6 +549,7 @@ impl Simulator {
             deltas,
             result,
             trace: turn.trace().to_vec(),
+            plugin_calls: turn.plugin_calls().to_vec(),
         })
     }
 

@@ -30,6 +30,10 @@ use crate::gateway::route::{RouteContext, Target};
 use crate::gateway::trace::{AttemptOutcome, AttemptRecord, error_kind};
 use crate::gateway::{Price, RetryPolicy, Rng};
 use crate::offline;
+use crate::plugin::{
+    self, Answer, FailureKind, Hook, HookCall, Manifest, ModelDecision, PluginCallRecord,
+    PluginContext, PluginFailure, PluginSpec, ReplyDecision, ToolRegistry,
+};
 use crate::provider::{FinishReason, ProviderError, ProviderEvent, TimeoutPhase, Usage};
 use crate::sse::SseParser;
 use crate::time::Timestamp;
@@ -62,14 +66,20 @@ pub enum Responder {
     },
     /// The built-in offline responder.
     Offline,
+    /// A plugin's `before-model` hook answered instead of the model.
+    Plugin {
+        /// The plugin's id in the tenant.
+        id: String,
+    },
 }
 
 impl Responder {
-    /// The API's spelling: `provider` or `offline`.
+    /// The API's spelling: `provider`, `offline` or `plugin`.
     pub fn kind(&self) -> &'static str {
         match self {
             Responder::Provider { .. } => "provider",
             Responder::Offline => "offline",
+            Responder::Plugin { .. } => "plugin",
         }
     }
 
@@ -77,7 +87,7 @@ impl Responder {
     pub fn model(&self) -> Option<&str> {
         match self {
             Responder::Provider { model } => Some(model),
-            Responder::Offline => None,
+            Responder::Offline | Responder::Plugin { .. } => None,
         }
     }
 }
@@ -103,10 +113,35 @@ pub struct TurnReply {
     pub cost_micros: Option<u64>,
     /// Tool calls the model made (carried for plugins; a chat reply needs text).
     pub tool_calls: Vec<ToolCall>,
+    /// A plugin asked for a human instead of this reply (its text is then empty).
+    pub plugin_handoff: Option<PluginHandoff>,
     /// From the start of the turn to the first token.
     pub time_to_first_token: Option<Duration>,
     /// From the start of the turn to its end.
     pub duration: Duration,
+}
+
+/// A plugin's request for a human, carried by the reply it replaced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PluginHandoff {
+    /// The plugin's id in the tenant.
+    pub plugin_id: String,
+    /// Why, as the plugin said.
+    pub reason: String,
+}
+
+/// Identifies one plugin call within a turn; answers to another call are stale.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PluginCallId(pub u32);
+
+/// A plugin enabled for the turn's tenant, with what it said about itself when the host
+/// loaded it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActivePlugin {
+    /// Its configuration.
+    pub spec: PluginSpec,
+    /// Its manifest (`describe`).
+    pub manifest: Manifest,
 }
 
 /// What the turn asks the host to do.
@@ -125,6 +160,16 @@ pub enum Action {
     CancelProvider {
         /// The attempt to abandon.
         attempt: AttemptId,
+    },
+    /// Call a plugin's hook within `spec`'s budget and grants; feed back its answer (the
+    /// JSON the runner produced) or its failure with [`Turn::handle_plugin_answer`].
+    CallPlugin {
+        /// The call the answer belongs to.
+        call: PluginCallId,
+        /// The plugin's configuration: settings, grants, budget, output limit.
+        spec: PluginSpec,
+        /// The hook and its arguments.
+        hook: HookCall,
     },
     /// Show the visitor more text (streamed replies only).
     Delta(String),
@@ -163,6 +208,10 @@ pub struct TurnOptions {
     /// What the host fetched for the stored attachments the prompt refers to, by id (see
     /// [`crate::Conversation::turn_attachments`]).
     pub attachments: BTreeMap<String, crate::attachment::Resolved>,
+    /// The tenant's enabled plugins, in configuration order (see [`crate::plugin`]).
+    pub plugins: Vec<ActivePlugin>,
+    /// The tenant and conversation plugin calls run for.
+    pub plugin_scope: Option<(String, String)>,
 }
 
 impl TurnOptions {
@@ -181,6 +230,8 @@ impl TurnOptions {
             knowledge: Vec::new(),
             context: RouteContext::default(),
             attachments: BTreeMap::new(),
+            plugins: Vec::new(),
+            plugin_scope: None,
         }
     }
 }
@@ -224,7 +275,45 @@ enum State {
     Waiting {
         until: Timestamp,
     },
+    /// Waiting for a plugin's answer.
+    Plugin(Box<PendingPlugin>),
     Done,
+}
+
+/// Where the turn is in its plugin hooks.
+#[derive(Debug)]
+enum Stage {
+    /// `before-model`, the next plugin to ask from this index.
+    BeforeModel,
+    /// Running the model's calls to plugins' tools.
+    Tools {
+        reply: TurnReply,
+        calls: VecDeque<ToolCall>,
+        results: Vec<(ToolCall, String)>,
+    },
+    /// `after-reply` on this reply.
+    AfterReply { reply: TurnReply },
+}
+
+/// What the trace needs of a finished plugin call.
+#[derive(Debug)]
+struct CallInfo {
+    index: usize,
+    hook: Hook,
+    started: Timestamp,
+    tool: Option<ToolCall>,
+}
+
+#[derive(Debug)]
+struct PendingPlugin {
+    call: PluginCallId,
+    /// Index into the turn's plugins.
+    index: usize,
+    hook: Hook,
+    started: Timestamp,
+    deadline: Timestamp,
+    tool: Option<ToolCall>,
+    stage: Stage,
 }
 
 /// One bot turn in flight.
@@ -253,6 +342,19 @@ pub struct Turn {
     last_error: Option<ProviderError>,
     cost_micros: u64,
     all_priced: bool,
+    plugins: Vec<ActivePlugin>,
+    plugin_context: PluginContext,
+    tools: ToolRegistry,
+    plugin_calls: u32,
+    plugin_records: Vec<PluginCallRecord>,
+    /// Rounds of plugin tool calls so far (their attempts do not count against retries).
+    tool_rounds: u32,
+    /// Text of earlier rounds (before a tool call), prefixed to the final reply.
+    earlier_text: String,
+    /// After-reply hooks will judge the reply: stream nothing before they have.
+    hold_deltas: bool,
+    handoff_enabled: bool,
+    question: String,
 }
 
 impl Turn {
@@ -277,7 +379,13 @@ impl Turn {
             knowledge: _,
             mut context,
             attachments: _,
+            plugins,
+            plugin_scope,
         } = options;
+        let plugins: Vec<ActivePlugin> = plugins.into_iter().filter(|p| p.spec.enabled).collect();
+        let registry = ToolRegistry::new(plugins.iter().map(|p| (p.spec.id.as_str(), &p.manifest)));
+        let hold_deltas = plugins.iter().any(|p| p.manifest.hooks.after_reply);
+        let (tenant, conversation_id) = plugin_scope.unwrap_or_default();
         let mut rng = Rng::new(seed);
         let mut turn = Turn {
             mode,
@@ -301,8 +409,24 @@ impl Turn {
             last_error: None,
             cost_micros: 0,
             all_priced: true,
+            plugins,
+            plugin_context: PluginContext {
+                tenant,
+                conversation_id,
+                plugin_id: String::new(),
+                language: None,
+            },
+            tools: registry,
+            plugin_calls: 0,
+            plugin_records: Vec::new(),
+            tool_rounds: 0,
+            earlier_text: String::new(),
+            hold_deltas,
+            handoff_enabled: config.handoff.enabled,
+            question: String::new(),
         };
         let question = last_user_text(&turn.prompt);
+        turn.question.clone_from(&question);
         if !config.has_models() {
             let text = offline::answer(&config.faq, config.name.as_deref(), &question);
             if mode == ReplyMode::Stream {
@@ -320,6 +444,7 @@ impl Turn {
                 usage: None,
                 cost_micros: None,
                 tool_calls: Vec::new(),
+                plugin_handoff: None,
                 time_to_first_token: Some(Duration::ZERO),
                 duration: Duration::ZERO,
             })));
@@ -373,12 +498,14 @@ impl Turn {
         };
         turn.prices = turn.targets.iter().map(|t| config.price_for(t)).collect();
         turn.rng = rng;
+        turn.plugin_context.language.clone_from(&context.language);
+        turn.overrides.2.extend(turn.tools.specs());
         if turn.targets.is_empty() {
             turn.finish(Err(ProviderError::Unreachable {
                 reason: "the route has no targets".into(),
             }));
         } else {
-            turn.start_attempt(now);
+            turn.next_before_model(now, 0);
         }
         turn
     }
@@ -446,8 +573,14 @@ impl Turn {
                 .chain([c.total_deadline])
                 .min(),
             State::Waiting { until } => Some(*until),
+            State::Plugin(p) => Some(p.deadline),
             State::Done => None,
         }
+    }
+
+    /// The plugin calls made so far, for the trace.
+    pub fn plugin_calls(&self) -> &[PluginCallRecord] {
+        &self.plugin_records
     }
 
     /// Whether the turn has produced its final action.
@@ -541,6 +674,17 @@ impl Turn {
                 self.fail(now, ProviderError::Timeout { phase }, true);
             }
             State::Waiting { until } if now >= *until => self.start_attempt(now),
+            State::Plugin(p) if now >= p.deadline => {
+                let (call, budget) = (p.call, ms(p.deadline.since(p.started)));
+                self.handle_plugin_answer(
+                    now,
+                    call,
+                    Err(PluginFailure::new(
+                        FailureKind::Timeout,
+                        format!("no answer within its budget of {budget} ms"),
+                    )),
+                );
+            }
             _ => {}
         }
     }
@@ -593,7 +737,7 @@ impl Turn {
             }),
         };
         match result {
-            Ok(Some(reply)) => self.finish(Ok(reply)),
+            Ok(Some(reply)) => self.reply_ready(now, reply),
             Ok(None) => {}
             Err(e) => self.fail(now, e, still_open),
         }
@@ -635,7 +779,7 @@ impl Turn {
                         call.first_token_deadline = None;
                     }
                     call.text.push_str(&text);
-                    if self.mode == ReplyMode::Stream {
+                    if self.mode == ReplyMode::Stream && !self.hold_deltas {
                         self.streamed = true;
                         self.actions.push_back(Action::Delta(text));
                     }
@@ -694,7 +838,7 @@ impl Turn {
             if let Some(m) = completion.model {
                 call.model = m;
             }
-            if self.mode == ReplyMode::Stream && !completion.text.is_empty() {
+            if self.mode == ReplyMode::Stream && !completion.text.is_empty() && !self.hold_deltas {
                 self.streamed = true;
                 self.actions
                     .push_back(Action::Delta(completion.text.clone()));
@@ -750,6 +894,7 @@ impl Turn {
             usage: call.usage,
             cost_micros: None,
             tool_calls: core::mem::take(&mut call.tool_calls),
+            plugin_handoff: None,
             time_to_first_token: call.first_token_at.map(|t| t.since(self.started)),
             duration: now.since(self.started),
         };
@@ -789,7 +934,7 @@ impl Turn {
             // The visitor saw part of this reply: say it broke rather than splice another
             // model's answer onto it.
             Disposition::Stop
-        } else if self.attempts >= self.retry.max_attempts {
+        } else if self.attempts - self.tool_rounds >= self.retry.max_attempts {
             Disposition::Stop
         } else {
             self.retry.dispose(&error, self.tries, &mut self.rng)
@@ -879,6 +1024,470 @@ impl Turn {
             }
         }
         Disposition::Stop
+    }
+
+    // ---- Plugins ------------------------------------------------------------------------
+
+    fn context_for(&self, index: usize) -> PluginContext {
+        PluginContext {
+            plugin_id: self.plugins[index].spec.id.clone(),
+            ..self.plugin_context.clone()
+        }
+    }
+
+    fn call_plugin(
+        &mut self,
+        now: Timestamp,
+        index: usize,
+        hook: HookCall,
+        tool: Option<ToolCall>,
+        stage: Stage,
+    ) {
+        self.plugin_calls += 1;
+        let call = PluginCallId(self.plugin_calls);
+        let spec = self.plugins[index].spec.clone();
+        self.state = State::Plugin(Box::new(PendingPlugin {
+            call,
+            index,
+            hook: hook.hook(),
+            started: now,
+            deadline: now + Duration::from_millis(spec.budget_ms().into()),
+            tool,
+            stage,
+        }));
+        self.actions
+            .push_back(Action::CallPlugin { call, spec, hook });
+    }
+
+    fn record_plugin(&mut self, now: Timestamp, call: &CallInfo, outcome: plugin::CallOutcome) {
+        let active = &self.plugins[call.index];
+        self.plugin_records.push(PluginCallRecord {
+            plugin_id: active.spec.id.clone(),
+            plugin: active.manifest.name.clone(),
+            hook: call.hook,
+            tool: call.tool.as_ref().map(|t| t.name.clone()),
+            duration_ms: ms(now.since(call.started)),
+            outcome,
+        });
+    }
+
+    /// Asks the next plugin (from `from`) with a `before-model` hook about the prompt, or
+    /// starts the first attempt when none is left.
+    fn next_before_model(&mut self, now: Timestamp, from: usize) {
+        let next =
+            (from..self.plugins.len()).find(|&i| self.plugins[i].manifest.hooks.before_model);
+        let Some(index) = next else {
+            self.start_attempt(now);
+            return;
+        };
+        let target = self
+            .targets
+            .first()
+            .map(|t| t.key.clone())
+            .unwrap_or_default();
+        let hook = HookCall::BeforeModel {
+            ctx: self.context_for(index),
+            request: plugin::plugin_view(&target, &self.prompt),
+        };
+        self.call_plugin(now, index, hook, None, Stage::BeforeModel);
+    }
+
+    /// A model reply arrived: run the plugin tools it called, or let `after-reply` hooks
+    /// judge it, then finish.
+    fn reply_ready(&mut self, now: Timestamp, mut reply: TurnReply) {
+        let wants_handoff = reply
+            .tool_calls
+            .iter()
+            .any(|c| c.name == crate::handoff::HANDOFF_TOOL);
+        let calls: VecDeque<ToolCall> = reply
+            .tool_calls
+            .iter()
+            .filter(|c| self.tools.owner(&c.name).is_some())
+            .cloned()
+            .collect();
+        if !wants_handoff && !calls.is_empty() && self.tool_rounds < plugin::MAX_TOOL_ROUNDS {
+            let stage = Stage::Tools {
+                reply,
+                calls,
+                results: Vec::new(),
+            };
+            self.next_tool(now, stage);
+            return;
+        }
+        if !self.earlier_text.is_empty() {
+            reply.text = format!("{}{}", self.earlier_text, reply.text);
+        }
+        self.next_after_reply(now, 0, reply);
+    }
+
+    fn next_tool(&mut self, now: Timestamp, stage: Stage) {
+        let Stage::Tools {
+            reply,
+            mut calls,
+            results,
+        } = stage
+        else {
+            return;
+        };
+        let Some(tool) = calls.pop_front() else {
+            self.continue_after_tools(now, reply, results);
+            return;
+        };
+        let owner = self.tools.owner(&tool.name).unwrap_or_default().to_owned();
+        let index = self
+            .plugins
+            .iter()
+            .position(|p| p.spec.id == owner)
+            .unwrap_or_default();
+        let hook = HookCall::CallTool {
+            ctx: self.context_for(index),
+            name: tool.name.clone(),
+            arguments: tool.arguments.clone(),
+        };
+        let stage = Stage::Tools {
+            reply,
+            calls,
+            results,
+        };
+        self.call_plugin(now, index, hook, Some(tool), stage);
+    }
+
+    /// Every tool call of the round has its result: show them to the model and ask again
+    /// (on the target that called them).
+    fn continue_after_tools(
+        &mut self,
+        now: Timestamp,
+        reply: TurnReply,
+        results: Vec<(ToolCall, String)>,
+    ) {
+        self.tool_rounds += 1;
+        self.earlier_text.push_str(&reply.text);
+        let mut assistant = PromptMessage::text(PromptRole::Assistant, reply.text);
+        if let Some(crate::conversation::Part::Text(t)) = assistant.parts.first()
+            && t.is_empty()
+        {
+            assistant.parts.clear();
+        }
+        assistant.tool_calls = results.iter().map(|(c, _)| c.clone()).collect();
+        self.prompt.push(assistant);
+        for (call, result) in results {
+            let mut message = PromptMessage::text(PromptRole::Tool, result);
+            message.tool_call_id = Some(call.id);
+            self.prompt.push(message);
+        }
+        if self.tool_rounds >= plugin::MAX_TOOL_ROUNDS {
+            // The last round: the model must answer in words now.
+            let tools = &self.tools;
+            self.overrides.2.retain(|t| tools.owner(&t.name).is_none());
+        }
+        self.tries = 0;
+        self.start_attempt(now);
+    }
+
+    fn next_after_reply(&mut self, now: Timestamp, from: usize, reply: TurnReply) {
+        let next = (from..self.plugins.len()).find(|&i| self.plugins[i].manifest.hooks.after_reply);
+        let Some(index) = next else {
+            self.release(reply);
+            return;
+        };
+        if reply.text.trim().is_empty() {
+            // Nothing to judge (a handoff call without words).
+            self.release(reply);
+            return;
+        }
+        let hook = HookCall::AfterReply {
+            ctx: self.context_for(index),
+            question: self.question.clone(),
+            reply: reply.text.clone(),
+        };
+        self.call_plugin(now, index, hook, None, Stage::AfterReply { reply });
+    }
+
+    /// Finishes with `reply`, streaming it now if deltas were held for the hooks.
+    fn release(&mut self, reply: TurnReply) {
+        if self.mode == ReplyMode::Stream && self.hold_deltas && !reply.text.is_empty() {
+            for piece in split_for_streaming(&reply.text) {
+                self.actions.push_back(Action::Delta(piece.to_owned()));
+            }
+        }
+        self.finish(Ok(reply));
+    }
+
+    /// A reply the plugins replaced by a handoff or a refusal; `text` is what the visitor
+    /// gets instead (empty for a handoff: the host's handoff says the rest).
+    fn replaced_reply(
+        &self,
+        now: Timestamp,
+        text: String,
+        handoff: Option<PluginHandoff>,
+        responder: Option<Responder>,
+        base: Option<TurnReply>,
+    ) -> TurnReply {
+        let mut reply = base.unwrap_or_else(|| TurnReply {
+            text: String::new(),
+            responder: Responder::Offline,
+            target: None,
+            route: None,
+            attempts: self.attempts,
+            finish_reason: FinishReason::Stop,
+            usage: None,
+            cost_micros: None,
+            tool_calls: Vec::new(),
+            plugin_handoff: None,
+            time_to_first_token: Some(now.since(self.started)),
+            duration: now.since(self.started),
+        });
+        reply.text = text;
+        reply.tool_calls.clear();
+        reply.plugin_handoff = handoff;
+        if let Some(r) = responder {
+            reply.responder = r;
+        }
+        reply
+    }
+
+    fn language_is_zh(&self) -> bool {
+        self.plugin_context
+            .language
+            .as_deref()
+            .is_some_and(|l| l.starts_with("zh"))
+    }
+
+    /// What the visitor reads when a plugin blocked a reply.
+    fn blocked_sentence(&self) -> String {
+        if self.language_is_zh() {
+            "抱歉，这个问题我无法在这里回答。还有其他可以帮您的吗？".into()
+        } else {
+            "I'm sorry, I can't help with that here. Is there anything else I can do for you?"
+                .into()
+        }
+    }
+
+    /// A plugin answered (`Ok`: the runner's JSON) or failed: record it, apply what it
+    /// decided, and go on with the next plugin or step. A failed call is skipped.
+    pub fn handle_plugin_answer(
+        &mut self,
+        now: Timestamp,
+        call: PluginCallId,
+        answer: Result<Vec<u8>, PluginFailure>,
+    ) {
+        match &self.state {
+            State::Plugin(p) if p.call == call => {}
+            _ => return,
+        }
+        let State::Plugin(pending) = core::mem::replace(&mut self.state, State::Done) else {
+            return;
+        };
+        let PendingPlugin {
+            index,
+            hook,
+            started,
+            tool,
+            stage,
+            ..
+        } = *pending;
+        let pending = CallInfo {
+            index,
+            hook,
+            started,
+            tool,
+        };
+        let limit = self.plugins[pending.index].spec.max_output_bytes();
+        let parsed = answer.and_then(|json| plugin::parse_answer(pending.hook, &json, limit));
+        let failed = |e: &PluginFailure| plugin::CallOutcome::Failed {
+            failure: e.kind,
+            message: e.message.clone(),
+        };
+        let ok = |effect: String| plugin::CallOutcome::Ok { effect };
+        let plugin_id = self.plugins[pending.index].spec.id.clone();
+        let next_index = pending.index + 1;
+        match stage {
+            Stage::BeforeModel => {
+                let decision = match parsed {
+                    Ok(Answer::Model(d)) => plugin::check_model_decision(&d).map(|()| d),
+                    Ok(_) => Err(PluginFailure::new(
+                        FailureKind::Invalid,
+                        "not a model decision",
+                    )),
+                    Err(e) => Err(e),
+                };
+                let decision = decision.and_then(|d| match d {
+                    ModelDecision::Rewrite(texts) => {
+                        let n = texts.len();
+                        let before = self.prompt.clone();
+                        plugin::apply_rewrite(&mut self.prompt, texts).map(|()| {
+                            let changed = self
+                                .prompt
+                                .iter()
+                                .zip(&before)
+                                .filter(|(a, b)| a != b)
+                                .count();
+                            (
+                                ModelDecision::Keep,
+                                format!("rewrote {changed} of {n} messages"),
+                            )
+                        })
+                    }
+                    ModelDecision::Keep => Ok((ModelDecision::Keep, "kept".to_owned())),
+                    other => Ok((other, String::new())),
+                });
+                match decision {
+                    Err(e) => {
+                        self.record_plugin(now, &pending, failed(&e));
+                        self.next_before_model(now, next_index);
+                    }
+                    Ok((ModelDecision::Answer(text), _)) => {
+                        self.record_plugin(
+                            now,
+                            &pending,
+                            ok("answered instead of the model".into()),
+                        );
+                        let reply = self.replaced_reply(
+                            now,
+                            text,
+                            None,
+                            Some(Responder::Plugin { id: plugin_id }),
+                            None,
+                        );
+                        self.release(reply);
+                    }
+                    Ok((ModelDecision::Handoff(reason), _)) => {
+                        if self.handoff_enabled {
+                            self.record_plugin(now, &pending, ok(format!("handoff: {reason}")));
+                            let handoff = PluginHandoff {
+                                plugin_id: plugin_id.clone(),
+                                reason,
+                            };
+                            let reply = self.replaced_reply(
+                                now,
+                                String::new(),
+                                Some(handoff),
+                                Some(Responder::Plugin { id: plugin_id }),
+                                None,
+                            );
+                            self.finish(Ok(reply));
+                        } else {
+                            self.record_plugin(
+                                now,
+                                &pending,
+                                ok(format!("blocked (handoff is off): {reason}")),
+                            );
+                            let text = self.blocked_sentence();
+                            let reply = self.replaced_reply(
+                                now,
+                                text,
+                                None,
+                                Some(Responder::Plugin { id: plugin_id }),
+                                None,
+                            );
+                            self.release(reply);
+                        }
+                    }
+                    Ok((_, effect)) => {
+                        self.record_plugin(now, &pending, ok(effect));
+                        self.next_before_model(now, next_index);
+                    }
+                }
+            }
+            Stage::Tools {
+                reply,
+                calls,
+                mut results,
+            } => {
+                let tool = pending.tool.clone().unwrap_or(ToolCall {
+                    id: String::new(),
+                    name: String::new(),
+                    arguments: String::new(),
+                });
+                let result = match parsed {
+                    Ok(Answer::Tool(Ok(result))) => {
+                        self.record_plugin(
+                            now,
+                            &pending,
+                            ok(format!("{} bytes for the model", result.len())),
+                        );
+                        result
+                    }
+                    Ok(Answer::Tool(Err(error))) => {
+                        self.record_plugin(now, &pending, ok(format!("tool error: {error}")));
+                        format!("error: {error}")
+                    }
+                    Ok(_) => {
+                        let e = PluginFailure::new(FailureKind::Invalid, "not a tool result");
+                        self.record_plugin(now, &pending, failed(&e));
+                        "error: the tool failed".to_owned()
+                    }
+                    Err(e) => {
+                        self.record_plugin(now, &pending, failed(&e));
+                        "error: the tool is unavailable right now".to_owned()
+                    }
+                };
+                results.push((tool, result));
+                self.next_tool(
+                    now,
+                    Stage::Tools {
+                        reply,
+                        calls,
+                        results,
+                    },
+                );
+            }
+            Stage::AfterReply { reply } => {
+                let decision = match parsed {
+                    Ok(Answer::Reply(d)) => plugin::check_reply_decision(&d).map(|()| d),
+                    Ok(_) => Err(PluginFailure::new(
+                        FailureKind::Invalid,
+                        "not a reply decision",
+                    )),
+                    Err(e) => Err(e),
+                };
+                match decision {
+                    Err(e) => {
+                        self.record_plugin(now, &pending, failed(&e));
+                        self.next_after_reply(now, next_index, reply);
+                    }
+                    Ok(ReplyDecision::Keep) => {
+                        self.record_plugin(now, &pending, ok("kept".into()));
+                        self.next_after_reply(now, next_index, reply);
+                    }
+                    Ok(ReplyDecision::Rewrite(text)) => {
+                        self.record_plugin(now, &pending, ok("rewrote the reply".into()));
+                        let mut reply = reply;
+                        reply.text = text;
+                        self.next_after_reply(now, next_index, reply);
+                    }
+                    Ok(ReplyDecision::Block(reason)) => {
+                        self.record_plugin(now, &pending, ok(format!("blocked: {reason}")));
+                        let text = self.blocked_sentence();
+                        let reply = self.replaced_reply(now, text, None, None, Some(reply));
+                        self.release(reply);
+                    }
+                    Ok(ReplyDecision::Handoff(reason)) => {
+                        if self.handoff_enabled {
+                            self.record_plugin(now, &pending, ok(format!("handoff: {reason}")));
+                            let handoff = PluginHandoff { plugin_id, reason };
+                            let reply = self.replaced_reply(
+                                now,
+                                String::new(),
+                                Some(handoff),
+                                None,
+                                Some(reply),
+                            );
+                            self.finish(Ok(reply));
+                        } else {
+                            self.record_plugin(
+                                now,
+                                &pending,
+                                ok(format!("blocked (handoff is off): {reason}")),
+                            );
+                            let text = self.blocked_sentence();
+                            let reply = self.replaced_reply(now, text, None, None, Some(reply));
+                            self.release(reply);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     fn finish(&mut self, result: Result<TurnReply, ProviderError>) {

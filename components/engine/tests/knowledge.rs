@@ -1174,6 +1174,7 @@ fn reply_with(calls: Vec<ToolCall>) -> TurnReply {
         usage: None,
         cost_micros: None,
         tool_calls: calls,
+        plugin_handoff: None,
         time_to_first_token: None,
         duration: Duration::ZERO,
     }

@@ -8,7 +8,7 @@ use kefu_engine::{ConversationId, TenantId};
 
 use crate::http::{Incoming, Reply};
 use crate::store::{self, Kv};
-use crate::{admin, not_on_spin, now};
+use crate::{admin, now};
 
 /// A conversation action by a visitor (`handoff`, `csat`) or an agent.
 pub fn action(
@@ -30,14 +30,12 @@ pub fn action(
         None => req.body.clone(),
     };
     let request = api::parse_action(action, &body)?;
-    if let ActionRequest::Message { attachments, .. } = &request
-        && !attachments.is_empty()
-    {
-        return Err(not_on_spin(
-            "attachments",
-            "files are stored in R2 on Workers; the Spin component does not take uploads yet",
-        ));
-    }
+    let files = match &request {
+        ActionRequest::Message { attachments, .. } => {
+            crate::attachments::lookup(&tenant, attachments)?
+        }
+        _ => Vec::new(),
+    };
     let conversation = kv
         .load(id, &tenant)?
         .ok_or_else(ApiError::conversation_not_found)?;
@@ -52,12 +50,14 @@ pub fn action(
         }));
     }
     let (conversation, ..) = kv.change(id, &tenant, None, |c| {
-        let parts = match &request {
+        // A message's parts: its text (when it has any), then its files.
+        let mut parts = match &request {
             ActionRequest::Message { text, .. } if !text.trim().is_empty() => {
                 vec![kefu_engine::Part::Text(text.clone())]
             }
             _ => Vec::new(),
         };
+        parts.extend(files.iter().map(kefu_engine::attachment::Attachment::part));
         let changed = api::apply_action(c, now(), &config, &request, parts)
             .map_err(|e| api::handoff_error(&e))?;
         Ok((changed.messages, ()))

@@ -6,7 +6,7 @@ use kefu_engine::dialogue::{self, Decision};
 use kefu_engine::handoff::HandoffReason;
 use kefu_engine::offline;
 use kefu_engine::{
-    Conversation, ConversationId, Message, ProviderError, ReplyMode, Status, TenantConfig,
+    Conversation, ConversationId, Message, Part, ProviderError, ReplyMode, Status, TenantConfig,
     TenantId, TurnOptions, TurnReply,
 };
 use serde_json::json;
@@ -35,7 +35,7 @@ enum Failure {
 /// Serves a chat request: the reply whole, or streamed into `out`.
 pub fn handle(kv: &Kv, req: &Incoming, out: ResponseOutparam) {
     let prepared = prepare(kv, req);
-    let (tenant, chat, config) = match prepared {
+    let (tenant, chat, config, parts) = match prepared {
         Ok(p) => p,
         Err(e) => return Reply::error(&e).send(out),
     };
@@ -45,7 +45,6 @@ pub fn handle(kv: &Kv, req: &Incoming, out: ResponseOutparam) {
         Some(id) => (id.clone(), None),
         None => (new_id(), Some(at)),
     };
-    let parts = chat.parts();
     let visitor_id = chat.visitor.as_ref().map(|v| v.id.clone());
     let stored = kv.change(&id, &tenant, create, |c| {
         // A verified visitor's conversation takes only them (the engine's rule).
@@ -110,25 +109,27 @@ pub fn handle(kv: &Kv, req: &Incoming, out: ResponseOutparam) {
     sse.finish();
 }
 
-/// Validates the request and reads the tenant's configuration; nothing is stored yet.
+/// Validates the request and reads the tenant's configuration; nothing is stored yet. The
+/// message's parts: its text, then the files it names (this tenant's uploads).
 fn prepare(
     kv: &Kv,
     req: &Incoming,
-) -> Result<(TenantId, api::ChatRequest, TenantConfig), ApiError> {
+) -> Result<(TenantId, api::ChatRequest, TenantConfig, Vec<Part>), ApiError> {
     let tenant = api::tenant(req.header(api::TENANT_HEADER))?;
     api::check_content_length(req.header("content-length").and_then(|v| v.parse().ok()))?;
     let chat = api::parse_chat_request(&req.body)?;
     let config = store::config(kv, &tenant)?;
     crate::supported(&config)?;
-    if !chat.attachments.is_empty() {
-        return Err(crate::not_on_spin(
-            "attachments",
-            "files are stored in R2 on Workers; the Spin component does not take uploads yet",
-        ));
-    }
+    crate::plugins::supported(kv, &config)?;
     kefu_engine::identity::verify(config.identity.as_ref(), chat.visitor.as_ref())
         .map_err(|e| api::identity_error(&e))?;
-    Ok((tenant, chat, config))
+    let mut parts = chat.parts();
+    parts.extend(
+        crate::attachments::lookup(&tenant, &chat.attachments)?
+            .iter()
+            .map(kefu_engine::attachment::Attachment::part),
+    );
+    Ok((tenant, chat, config, parts))
 }
 
 fn new_id() -> ConversationId {
@@ -268,7 +269,7 @@ fn run_turn(
     }
     let mut options = TurnOptions::new(mode);
     if config.knowledge.enabled && config.has_models() {
-        match crate::knowledge::search(tenant, &visitor.text(), config.knowledge.top_k) {
+        match crate::knowledge::search(tenant, config, &visitor.text(), config.knowledge.top_k) {
             Ok(found) => options.knowledge = found,
             // Without the knowledge base the model still answers (and may say it does not know).
             Err(e) => log(
@@ -278,7 +279,11 @@ fn run_turn(
         }
     }
     let grounded = !options.knowledge.is_empty();
+    options.plugins = crate::plugins::active(kv, config);
+    options.plugin_scope = Some((tenant.as_str().to_owned(), id.as_str().to_owned()));
     options.secrets = crate::secrets(config);
+    options.attachments =
+        crate::attachments::resolve(tenant, &conversation.turn_attachments(visitor));
     options.seed = u64::from_le_bytes(
         wasi::random::random::get_random_bytes(8)
             .try_into()
@@ -368,12 +373,12 @@ fn run_turn(
             }
         }
         dialogue::AfterReply::Keep { handoff, .. } => match (handoff, recorded) {
-            (Some(_), _) => hand_off(
+            (Some(reason), _) => hand_off(
                 kv,
                 tenant,
                 id,
                 config,
-                &HandoffReason::Model,
+                &reason,
                 config.handoff.default_queue.clone(),
                 after_hours(config, &visitor.text()),
             )

@@ -8,8 +8,8 @@ use spin_sdk::wit::wasi::http0_2_0::types::{
 };
 use wasi::io::streams::OutputStream;
 
-/// The most request body bytes read (uploads are not served on Spin yet; chat bodies are
-/// limited to 64 KiB by the engine).
+/// The most request body bytes read, but for uploads (chat bodies are limited to 64 KiB by
+/// the engine).
 const MAX_REQUEST_BYTES: usize = 1 << 20;
 
 /// An incoming request, read in full.
@@ -57,6 +57,27 @@ impl Incoming {
                 )
             })
             .collect();
+        // An upload may be as large as the largest file the engine accepts.
+        let (limit, too_large) = if path == "/api/v1/attachments" {
+            let max = kefu_engine::attachment::max_upload_bytes();
+            (
+                usize::try_from(max).unwrap_or(usize::MAX),
+                ApiError::new(
+                    413,
+                    "attachment_too_large",
+                    format!("a file may be at most {max} bytes"),
+                ),
+            )
+        } else {
+            (
+                MAX_REQUEST_BYTES,
+                ApiError::new(
+                    413,
+                    "body_too_large",
+                    format!("the request body exceeds {MAX_REQUEST_BYTES} bytes"),
+                ),
+            )
+        };
         let mut body = Vec::new();
         if let Ok(incoming) = req.consume()
             && let Ok(stream) = incoming.stream()
@@ -64,12 +85,8 @@ impl Incoming {
             // Reading ends at the end of the body (a closed stream).
             while let Ok(chunk) = stream.blocking_read(64 * 1024) {
                 body.extend_from_slice(&chunk);
-                if body.len() > MAX_REQUEST_BYTES {
-                    return Err(ApiError::new(
-                        413,
-                        "body_too_large",
-                        format!("the request body exceeds {MAX_REQUEST_BYTES} bytes"),
-                    ));
+                if body.len() > limit {
+                    return Err(too_large);
                 }
             }
         }

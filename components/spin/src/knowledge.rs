@@ -1,8 +1,13 @@
 //! The knowledge base on Spin: sources, chunks and the FTS5 index in Spin SQLite (the
 //! `default` database), with the engine's schema, statements and search query — the same
 //! as the Worker's knowledge object runs. Re-indexing a source is one transaction, so a
-//! search never sees half a source. Vector search (embeddings) is not on Spin yet: a tenant
-//! that configures it is refused rather than served full text alone silently.
+//! search never sees half a source. A tenant with an embedding model
+//! (`knowledge.embeddings`) gets hybrid search as on Workers: each chunk's embedding is
+//! fetched through [`crate::outbound`] before the source's transaction and stored beside it
+//! (`kb_vectors`), and a search fuses the full-text ranking with the chunks nearest the
+//! question's embedding (the engine's `vector_ranking` and `hybrid_results`). An embedding
+//! call that fails leaves the source searchable by its text and says why; a question that
+//! cannot be embedded just now is searched by full text alone.
 
 use kefu_engine::api::{ApiError, KnowledgeRoute};
 use kefu_engine::knowledge::{self, RetrievedChunk, SearchRow, Source, SqlValue, Statement};
@@ -12,6 +17,7 @@ use spin_sdk::sqlite3::{Connection, QueryResult, Value as Sql};
 
 use crate::admin;
 use crate::http::{Incoming, Reply};
+use crate::outbound;
 use crate::store::Kv;
 
 const UNANSWERED_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS kb_unanswered (id INTEGER PRIMARY KEY AUTOINCREMENT, \
@@ -83,7 +89,7 @@ pub fn route(kv: &Kv, req: &Incoming, route: KnowledgeRoute) -> Result<Reply, Ap
     let db = open()?;
     let t = || Sql::Text(tenant.as_str().to_owned());
     match route {
-        KnowledgeRoute::PutSource(id) => put_source(&db, &tenant, &id, &req.body),
+        KnowledgeRoute::PutSource(id) => put_source(&db, &tenant, &config, &id, &req.body),
         KnowledgeRoute::DeleteSource(id) => {
             let existed = db
                 .execute(
@@ -124,7 +130,7 @@ pub fn route(kv: &Kv, req: &Incoming, route: KnowledgeRoute) -> Result<Reply, Ap
                 .and_then(|k| k.parse::<u8>().ok())
                 .unwrap_or(5)
                 .clamp(1, 20);
-            let results = search_in(&db, &tenant, &q, k)?;
+            let results = search_in(&db, &tenant, &config, &q, k)?;
             Ok(Reply::json(200, &json!({"results": results})))
         }
         KnowledgeRoute::Unanswered => {
@@ -164,6 +170,7 @@ fn invalid_source(e: &kefu_engine::config::ConfigError) -> ApiError {
 fn put_source(
     db: &Connection,
     tenant: &TenantId,
+    config: &TenantConfig,
     id: &str,
     body: &[u8],
 ) -> Result<Reply, ApiError> {
@@ -177,36 +184,158 @@ fn put_source(
         }));
     }
     let chunks = knowledge::chunk(&source).map_err(|e| invalid_source(&e))?;
-    transaction(
-        db,
-        &knowledge::index_statements(tenant, &source, &chunks, crate::now()),
-    )?;
-    Ok(Reply::json(
-        200,
-        &json!({"source": id, "chunks": chunks.len(), "embedded": 0}),
-    ))
+    // Embeddings first (the only wait), outside the transaction; a failed call leaves the
+    // source searchable by its text and says why.
+    let texts: Vec<String> = chunks.iter().map(knowledge::embedding_text).collect();
+    let (vectors, embedding_error) = match embed(config, &texts) {
+        Ok(v) => (v, None),
+        Err(e) => (None, Some(e)),
+    };
+    let mut statements = knowledge::index_statements(tenant, &source, &chunks, crate::now());
+    if let Some((model, vectors)) = &vectors {
+        statements.extend(knowledge::vector_statements(
+            tenant, &chunks, vectors, model,
+        ));
+    }
+    transaction(db, &statements)?;
+    let mut answer = json!({"source": id, "chunks": chunks.len(),
+        "embedded": vectors.as_ref().map_or(0, |(_, v)| v.len())});
+    if let Some(e) = embedding_error {
+        crate::log(
+            "error",
+            json!({"msg": "embedding a source failed", "source": id, "error": e}),
+        );
+        answer["embedding_error"] = json!(e);
+    }
+    Ok(Reply::json(200, &answer))
 }
 
+/// The embedding model's name and one unit vector per embedded text.
+type Embedded = (String, Vec<Vec<f32>>);
+
+/// How long one embeddings call may take (as on Workers).
+const EMBEDDING_TIMEOUT_MS: u64 = 30_000;
+
+/// Embeds `texts` with the tenant's embedding model, in batches: the model and a vector per
+/// text, `Ok(None)` when the tenant has no embedding model.
+fn embed(config: &TenantConfig, texts: &[String]) -> Result<Option<Embedded>, String> {
+    let Some(model) = &config.knowledge.embeddings else {
+        return Ok(None);
+    };
+    let secrets = crate::secrets(config);
+    let endpoint = config
+        .model_endpoint(model, &secrets)
+        .ok_or_else(|| format!("no provider `{}`", model.provider))?;
+    let mut vectors = Vec::with_capacity(texts.len());
+    for batch in texts.chunks(kefu_engine::models::MAX_EMBEDDING_INPUTS) {
+        let inputs: Vec<&str> = batch.iter().map(String::as_str).collect();
+        let request = kefu_engine::models::embeddings_request(&endpoint, &inputs);
+        let (status, body) = outbound::send(&request, EMBEDDING_TIMEOUT_MS)?;
+        let got = kefu_engine::models::parse_embeddings(status, &body, inputs.len())
+            .map_err(|e| e.to_string())?;
+        vectors.extend(got);
+    }
+    Ok(Some((model.model.clone(), vectors)))
+}
+
+fn search_rows(db: &Connection, st: &Statement) -> Result<Vec<SearchRow>, ApiError> {
+    let rows = run(db, st)?;
+    Ok(objects(&rows)
+        .into_iter()
+        .filter_map(|o| serde_json::from_value(o).ok())
+        .collect())
+}
+
+/// The best `k` chunks for `question`: full text alone, or fused with the nearest
+/// embeddings when the tenant has an embedding model (full text alone again if the
+/// question cannot be embedded just now).
 fn search_in(
     db: &Connection,
     tenant: &TenantId,
+    config: &TenantConfig,
     question: &str,
     k: u8,
 ) -> Result<Vec<RetrievedChunk>, ApiError> {
-    let Some(st) = knowledge::search_statement(tenant, question, u32::from(k)) else {
-        return Ok(Vec::new());
+    let question_vector = match embed(config, &[question.to_owned()]) {
+        Ok(Some((model, mut v))) => v.pop().map(|v| (model, v)),
+        Ok(None) => None,
+        Err(e) => {
+            crate::log(
+                "error",
+                json!({"msg": "embedding a question failed", "error": e}),
+            );
+            None
+        }
     };
-    let rows = run(db, &st)?;
-    let rows: Vec<SearchRow> = objects(&rows)
-        .into_iter()
-        .filter_map(|o| serde_json::from_value(o).ok())
-        .collect();
-    Ok(rows.into_iter().map(RetrievedChunk::from).collect())
+    // Each list is deeper than `k`, so fusion has something to reorder.
+    let depth = if question_vector.is_some() {
+        u32::from(k) * 4
+    } else {
+        u32::from(k)
+    };
+    let fulltext = match knowledge::search_statement(tenant, question, depth) {
+        Some(st) => search_rows(db, &st)?,
+        None => Vec::new(),
+    };
+    let Some((model, vector)) = question_vector else {
+        return Ok(fulltext.into_iter().map(RetrievedChunk::from).collect());
+    };
+    let nearest =
+        knowledge::vector_ranking(&vector, stored_vectors(db, tenant, &model)?, depth as usize);
+    let ids: Vec<&str> = nearest.iter().map(|(id, _)| id.as_str()).collect();
+    let ids = serde_json::to_string(&ids).map_err(|e| ApiError::internal(e.to_string()))?;
+    let rows = search_rows(
+        db,
+        &Statement {
+            sql: knowledge::CHUNKS_BY_ID_SQL,
+            params: vec![
+                SqlValue::Text(tenant.as_str().to_owned()),
+                SqlValue::Text(ids),
+            ],
+        },
+    )?;
+    let all = fulltext.iter().cloned().chain(rows).collect();
+    Ok(knowledge::hybrid_results(
+        &fulltext,
+        &nearest,
+        all,
+        usize::from(k),
+    ))
 }
 
-/// The best `k` chunks for a chat turn's question (full text).
-pub fn search(tenant: &TenantId, question: &str, k: u8) -> Result<Vec<RetrievedChunk>, ApiError> {
-    search_in(&open()?, tenant, question, k)
+/// The tenant's chunk embeddings by `model`, `(chunk id, vector bytes)`.
+fn stored_vectors(
+    db: &Connection,
+    tenant: &TenantId,
+    model: &str,
+) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
+    let result = db
+        .execute(
+            knowledge::VECTORS_SQL,
+            &[
+                Sql::Text(tenant.as_str().to_owned()),
+                Sql::Text(model.to_owned()),
+            ],
+        )
+        .map_err(|e| sqlite("reading the embeddings", e))?;
+    Ok(result
+        .rows
+        .into_iter()
+        .filter_map(|row| match row.values.as_slice() {
+            [Sql::Text(id), Sql::Blob(vector)] => Some((id.clone(), vector.clone())),
+            _ => None,
+        })
+        .collect())
+}
+
+/// The best `k` chunks for a chat turn's question (hybrid when the tenant embeds).
+pub fn search(
+    tenant: &TenantId,
+    config: &TenantConfig,
+    question: &str,
+    k: u8,
+) -> Result<Vec<RetrievedChunk>, ApiError> {
+    search_in(&open()?, tenant, config, question, k)
 }
 
 /// Logs a question the knowledge base could not answer (a failure is logged, never in the
@@ -231,16 +360,5 @@ pub fn log_unanswered(tenant: &TenantId, entry: &knowledge::Unanswered) {
             "error",
             json!({"msg": "unanswered log failed", "error": e.message}),
         );
-    }
-}
-
-/// Whether a tenant's knowledge settings are served here (no embeddings yet).
-pub fn supported(config: &TenantConfig) -> Result<(), ApiError> {
-    match &config.knowledge.embeddings {
-        Some(_) => Err(crate::not_on_spin(
-            "vector search (knowledge.embeddings)",
-            "serve this tenant from the Worker, or remove the embeddings setting",
-        )),
-        None => Ok(()),
     }
 }

@@ -14,6 +14,7 @@
 
 mod admin;
 mod agents;
+mod attachments;
 mod chat;
 mod events;
 mod http;
@@ -21,6 +22,7 @@ mod inbox;
 mod knowledge;
 mod openai;
 mod outbound;
+mod plugins;
 mod store;
 
 use std::collections::BTreeMap;
@@ -97,17 +99,21 @@ fn handle(kv: &Kv, req: &Incoming, route: Route) -> Result<Reply, ApiError> {
             "the Spin component logs each turn's trace but does not store it yet",
         )),
         Route::Plugins | Route::PluginTest(_) => Err(not_on_spin(
-            "plugins",
-            "the Spin component does not run plugins yet; they run on the Worker (jco)",
+            "the plugin routes",
+            "listing and trying plugins is the Worker's so far; the component runs them in turns",
         )),
-        Route::Usage
-        | Route::Upload
-        | Route::GetAttachment(_) => Err(not_on_spin(
+        Route::Upload => {
+            let (tenant, config) = attachments::uploader(kv, req)?;
+            supported(&config)?;
+            attachments::upload(req, &tenant, &config)
+        }
+        Route::GetAttachment(id) => attachments::download(&attachments::reader(kv, req)?, &id),
+        Route::Usage => Err(not_on_spin(
             &req.path,
             "the Spin component serves chat, transcripts, handoff, agents' actions and their \
              inbox, visitors' live updates (SSE), configuration, typing, the knowledge base \
-             (full text), the OpenAI-compatible API and health so far; usage and files run on the \
-             Worker",
+             (full text and hybrid), files, the OpenAI-compatible API and health so far; usage \
+             runs on the Worker",
         )),
     }
 }
@@ -177,7 +183,6 @@ pub(crate) fn not_on_spin(what: &str, instead: &str) -> ApiError {
 /// Refuses a tenant configuration that needs what the Spin component does not do yet, so
 /// nothing is silently half-honoured (quotas unenforced, a knowledge base not searched).
 pub(crate) fn supported(config: &TenantConfig) -> Result<(), ApiError> {
-    knowledge::supported(config)?;
     let missing = if config.webhooks.iter().any(|w| w.enabled) {
         Some("webhooks")
     } else if config.quotas != kefu_engine::gateway::QuotaPolicy::default() {

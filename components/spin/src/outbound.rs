@@ -72,14 +72,25 @@ fn start(request: &HttpRequest) -> Result<FutureIncomingResponse, String> {
     // Sent first, then the body streams into it (a large body, e.g. an inline image, would
     // otherwise fill the host's buffer before anyone reads it).
     let future = outgoing_handler::handle(outgoing, None).map_err(|e| format!("{e:?}"))?;
+    // A request the host refused (e.g. `HTTP-request-denied` by `allowed_outbound_hosts`)
+    // closes the body stream; its reason comes in the response future (given a moment).
+    let refused = |what: String| {
+        let ready = future.subscribe();
+        let moment = wasi::clocks::monotonic_clock::subscribe_duration(100_000_000);
+        wasi::io::poll::poll(&[&ready, &moment]);
+        match future.get() {
+            Some(Ok(Err(code))) => format!("{code:?}"),
+            _ => what,
+        }
+    };
     {
         let stream = body
             .write()
-            .map_err(|()| "no request body stream".to_owned())?;
+            .map_err(|()| refused("no request body stream".to_owned()))?;
         for chunk in request.body.chunks(4096) {
             stream
                 .blocking_write_and_flush(chunk)
-                .map_err(|e| format!("writing the request: {e:?}"))?;
+                .map_err(|e| refused(format!("writing the request: {e:?}")))?;
         }
     }
     OutgoingBody::finish(body, None).map_err(|e| format!("finishing the request: {e:?}"))?;
@@ -149,6 +160,53 @@ fn failed(reason: &str) -> ProviderEvent {
     }
 }
 
+/// Why a one-shot request ([`fetch`]) got no whole answer.
+#[derive(Debug)]
+pub enum FetchError {
+    /// The deadline passed first.
+    Timeout,
+    /// The body was over the limit.
+    TooLarge,
+    /// The request failed; why.
+    Failed(String),
+}
+
+/// Sends `request` and reads its whole answer (status and body) before `deadline_ms`
+/// (wall-clock milliseconds), refusing a body over `max_body` bytes.
+pub fn fetch(
+    request: &HttpRequest,
+    deadline_ms: u64,
+    max_body: usize,
+) -> Result<(u16, Vec<u8>), FetchError> {
+    let mut call = Call::Head(start(request).map_err(FetchError::Failed)?);
+    let (mut status, mut body) = (None, Vec::new());
+    loop {
+        if !wait(&call, Some(deadline_ms)) {
+            return Err(FetchError::Timeout);
+        }
+        let (event, next) = step(call);
+        match event {
+            ProviderEvent::Head { status: s, .. } => status = Some(s),
+            ProviderEvent::Data(bytes) => {
+                body.extend_from_slice(&bytes);
+                if body.len() > max_body {
+                    return Err(FetchError::TooLarge);
+                }
+            }
+            ProviderEvent::End => {
+                return status
+                    .map(|s| (s, body))
+                    .ok_or_else(|| FetchError::Failed("no response head".into()));
+            }
+            ProviderEvent::Failed { reason } => return Err(FetchError::Failed(reason)),
+        }
+        match next {
+            Some(n) => call = n,
+            None => return Err(FetchError::Failed("the response ended early".into())),
+        }
+    }
+}
+
 /// Drives `turn` to its end, passing each streamed delta to `on_delta`.
 pub fn drive(
     turn: &mut Turn,
@@ -179,6 +237,12 @@ pub fn drive(
                 Action::CancelProvider { attempt } => {
                     drop(in_flight.take_if(|c| c.attempt == attempt));
                 }
+                // The plugin runs in its own component; the turn waits for it (within its
+                // budget) with nothing else in flight.
+                Action::CallPlugin { call, spec, hook } => {
+                    let answer = crate::plugins::call(&spec, &hook);
+                    turn.handle_plugin_answer(now(), call, answer);
+                }
                 Action::Delta(text) => on_delta(turn, text),
                 Action::Finished(result) => return result,
             }
@@ -208,4 +272,43 @@ pub fn drive(
             turn.handle_provider_event(now(), attempt, event);
         }
     }
+}
+
+/// The most response body bytes [`send`] reads (an embeddings answer for a full batch of
+/// inputs is a few megabytes at most).
+const MAX_RESPONSE_BYTES: usize = 16 << 20;
+
+/// One request outside a turn (an embeddings call), read whole, with `timeout_ms` for all
+/// of it: `(status, body)`, or why there is none (refused by `allowed_outbound_hosts`,
+/// unreachable, too slow, too big).
+pub fn send(request: &HttpRequest, timeout_ms: u64) -> Result<(u16, Vec<u8>), String> {
+    let deadline = now().as_millis() + timeout_ms;
+    let mut call = Call::Head(start(request)?);
+    let mut status = None;
+    let mut body = Vec::new();
+    loop {
+        if !wait(&call, Some(deadline)) {
+            // Dropping the call's resources aborts it.
+            return Err(format!("no complete answer within {timeout_ms} ms"));
+        }
+        let (event, next) = step(call);
+        match event {
+            ProviderEvent::Head { status: s, .. } => status = Some(s),
+            ProviderEvent::Data(bytes) => {
+                body.extend_from_slice(&bytes);
+                if body.len() > MAX_RESPONSE_BYTES {
+                    return Err(format!("the answer exceeds {MAX_RESPONSE_BYTES} bytes"));
+                }
+            }
+            ProviderEvent::End => break,
+            ProviderEvent::Failed { reason } => return Err(reason),
+        }
+        match next {
+            Some(next) => call = next,
+            None => break,
+        }
+    }
+    status
+        .map(|s| (s, body))
+        .ok_or_else(|| "the call ended without a response".to_owned())
 }

@@ -65,6 +65,11 @@ impl Kv {
         Ok(bytes.map(|b| String::from_utf8_lossy(&b).into_owned()))
     }
 
+    /// Stores a cache entry (a failure only costs a later re-read, so it is not reported).
+    pub fn set_text(&self, key: &str, value: &str) {
+        let _ = self.bucket.set(key, value.as_bytes());
+    }
+
     /// Notes that `who` (`visitor` or `agent`) is typing in the conversation until
     /// `until_ms`; live-update streams pass it on ([`Kv::typing`]).
     pub fn set_typing(

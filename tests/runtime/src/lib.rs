@@ -15,7 +15,9 @@
 //!   the tenant configurations they need.
 //! - [`handoff`]: human handoff and the agent actions, end to end.
 //! - [`knowledge`]: the knowledge base: ingestion, recall@3, grounding, no-answer fallback.
-//! - [`plugins`]: plugins on the Worker (jco): the operators' listing and test routes.
+//! - [`pages`]: the web pages and their headers, from the Worker's assets and Spin's file server.
+//! - [`plugin_routes`]: the operators' plugin routes (listing, test calls) on the Worker.
+//! - [`plugins`]: plugins in chat turns, on both runtimes.
 //! - [`sse`]: a small Server-Sent Events reader used by the scenarios and the mock's tests.
 
 pub mod attachments;
@@ -24,6 +26,8 @@ pub mod gateway;
 pub mod handoff;
 pub mod knowledge;
 pub mod mock;
+pub mod pages;
+pub mod plugin_routes;
 pub mod plugins;
 pub mod scenarios;
 pub mod spin;

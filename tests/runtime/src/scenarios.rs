@@ -40,8 +40,14 @@ use crate::knowledge::{
     knowledge_no_answer_falls_back, tenant_keys_see_only_their_own,
 };
 use crate::mock::{MockProvider, echo_reply};
+use crate::pages::web_pages_served_with_their_policy;
+use crate::plugin_routes::{
+    plugin_routes_hostile_contained, plugin_routes_key_value_and_outbound_post,
+    plugin_routes_redactor,
+};
 use crate::plugins::{
-    plugins_hostile_contained, plugins_key_value_and_outbound_post, plugins_redactor_on_the_worker,
+    plugins_guard_hands_off, plugins_hostile_contained, plugins_order_status_tool,
+    plugins_redactor_reaches_the_model_redacted,
 };
 use crate::sse::{self, SseTranscript};
 use crate::webhooks::webhooks_signed_and_retried;
@@ -357,9 +363,14 @@ pub fn all() -> Vec<Scenario> {
         tenant_keys_see_only_their_own,
         config_versions_and_rollback,
         webhooks_signed_and_retried,
-        plugins_redactor_on_the_worker,
+        web_pages_served_with_their_policy,
+        plugins_redactor_reaches_the_model_redacted,
+        plugins_order_status_tool,
+        plugins_guard_hands_off,
         plugins_hostile_contained,
-        plugins_key_value_and_outbound_post,
+        plugin_routes_redactor,
+        plugin_routes_hostile_contained,
+        plugin_routes_key_value_and_outbound_post,
     ]
 }
 

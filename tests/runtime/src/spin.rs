@@ -48,20 +48,19 @@ pub fn not_on_spin(scenario: &str) -> Option<&'static str> {
         | "rules_and_business_hours" => return None,
         "agent_tokens" | "inbox_lists_and_filters" => return None,
         "verified_visitor_identity" => return None,
+        "web_pages_served_with_their_policy" => return None,
+        s if s.starts_with("plugins_") => return None,
         "demo_answers" => "the /demo page is the Worker's",
         "openai_sdk_python" | "openai_api_errors" => return None,
         "gateway_workers_ai_binding" => "the Workers AI binding exists only on Workers",
         s if s.starts_with("gateway_") => {
             "circuit breakers, quotas and usage need a per-tenant gateway store on Spin (not yet)"
         }
-        "knowledge_hybrid_vector_search" | "tenant_keys_see_only_their_own" => {
-            "vector search (embeddings) and uploads are not in the component yet"
-        }
-        s if s.starts_with("attachments_") => {
-            "uploads (R2 on Workers) are not in the component yet"
-        }
-        s if s.starts_with("plugins_") => {
-            "the component does not run plugins yet (on Spin: 501 not_supported_on_spin)"
+        "knowledge_hybrid_vector_search" => return None,
+        "tenant_keys_see_only_their_own" => return None,
+        s if s.starts_with("attachments_") => return None,
+        s if s.starts_with("plugin_routes_") => {
+            "the operators' plugin routes are the Worker's so far (on Spin: 501 not_supported_on_spin)"
         }
         "webhooks_signed_and_retried" => {
             "webhook delivery with retries is not in the component yet"
@@ -89,10 +88,45 @@ pub fn tenants(all: &[(String, Value)]) -> Vec<(String, Value)> {
                     | "verified-site"
                     | "kb"
                     | "kb-noanswer"
-            )
+                    | "kb-hybrid"
+                    | "kb-hybrid-down"
+                    | "files"
+                    | "files-off"
+            ) || id.starts_with("plug-")
         })
         .cloned()
         .collect()
+}
+
+/// The application the tests run: the real `spin.toml` plus the hostile test plugin
+/// (`tests/plugins/hostile`, never part of a deployment), with every path made absolute so
+/// the copy can live beside the logs.
+fn test_manifest(root: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
+    let text = std::fs::read_to_string(root.join("spin.toml")).context("reading spin.toml")?;
+    let abs = |p: &str| root.join(p).display().to_string();
+    let mut out = String::new();
+    for line in text.lines() {
+        let line = if let Some(rest) = line.strip_prefix("source = \"") {
+            format!("source = \"{}", abs(rest))
+        } else if line.starts_with("files = [{ source = \"web\"") {
+            line.replace("source = \"web\"", &format!("source = \"{}\"", abs("web")))
+        } else if line.starts_with("installed_plugins = { default = \"") {
+            line.replacen("{ default = \"", "{ default = \"hostile,", 1)
+        } else {
+            line.to_owned()
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "\n# The hostile test plugin (runtime tests only).\n\
+         [[trigger.http]]\nroute = {{ private = true }}\ncomponent = \"plugin-hostile\"\n\n\
+         [component.plugin-hostile]\nsource = \"{}\"\nallowed_outbound_hosts = []\n",
+        target_dir().join("plugins/spin/hostile.wasm").display()
+    ));
+    let path = dir.join(format!("spin-{}.toml", std::process::id()));
+    std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
 }
 
 /// The Spin component running on the test host, on loopback. Dropping it stops the host.
@@ -133,10 +167,12 @@ impl KefuSpin {
             "cargo build -p kefu-spin-host",
         )?;
         // spin.toml names the component relative to itself, as `spin build` leaves it.
-        artifact(
-            root.join("target/wasm32-wasip2/release/kefu_spin.wasm"),
-            "make spin",
-        )?;
+        for wasm in ["kefu_spin.wasm", "kefu_spin_web.wasm"] {
+            artifact(
+                root.join("target/wasm32-wasip2/release").join(wasm),
+                "make spin",
+            )?;
+        }
         let state = tempfile::Builder::new()
             .prefix("kefu-spin-")
             .tempdir()
@@ -149,14 +185,18 @@ impl KefuSpin {
             .append(true)
             .open(&log_path)
             .with_context(|| format!("opening {}", log_path.display()))?;
+        let manifest = test_manifest(&root, &log_dir)?;
         let mut child = Command::new(&host)
             .current_dir(&root)
             .arg("--from")
-            .arg(root.join("spin.toml"))
+            .arg(&manifest)
             .args(["--listen", "127.0.0.1:0", "--state-dir"])
             .arg(state.path())
             .args(["--variable", &format!("extra_outbound_host={mock_origin}")])
             .args(["--variable", &format!("kefu_admin_token={ADMIN_TOKEN}")])
+            // The example plugins' business APIs are the mock's shop and CRM.
+            .args(["--variable", &format!("order_api_origin={mock_origin}")])
+            .args(["--variable", &format!("crm_origin={mock_origin}")])
             .args([
                 "--variable",
                 &format!("kefu_token_secret={}", crate::handoff::TOKEN_SECRET),

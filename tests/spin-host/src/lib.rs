@@ -6,8 +6,9 @@
 //! stands in for `spin up` in tests. It reads the application's `spin.toml`, serves its
 //! HTTP routes with one fresh instance per request (Spin's model), and provides:
 //!
-//! * WASI 0.2 (`wasi:cli`, `io`, `clocks`, `random`, `filesystem` with no directories,
-//!   `sockets` with every address denied) and `wasi:http` from `wasmtime-wasi(-http)`;
+//! * WASI 0.2 (`wasi:cli`, `io`, `clocks`, `random`, `filesystem` with the component's
+//!   `files` directories preopened read-only, `sockets` with every address denied) and
+//!   `wasi:http` from `wasmtime-wasi(-http)`;
 //! * `fermyon:spin/variables@2.0.0`, resolved as Spin resolves them;
 //! * `fermyon:spin/key-value@2.0.0` and `wasi:keyvalue/{store,atomics,batch}@0.2.0-draft2`
 //!   over one SQLite file, with a true compare-and-swap and an atomic increment;
@@ -28,7 +29,9 @@ mod sqlite;
 
 use std::path::PathBuf;
 
-pub use manifest::{Application, ComponentConfig, Route, VariableSources, env_variable_name};
+pub use manifest::{
+    Application, ComponentConfig, Mount, Route, VariableSources, env_variable_name,
+};
 pub use outbound::AllowedHosts;
 pub use server::{HostOptions, SpinHost};
 

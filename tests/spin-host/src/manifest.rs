@@ -1,9 +1,11 @@
 //! Reads a Spin application manifest (`spin.toml`, manifest version 2) and resolves what a
-//! component may see: its variables, stores, databases and outbound hosts.
+//! component may see: its variables, stores, databases, outbound hosts and mounted files.
 //!
 //! Only the parts of the format this host implements are read; a manifest that uses a
 //! feature it does not implement (a non-HTTP trigger, a component source that is not a
-//! local file) is refused with an error saying so, rather than half-run.
+//! local file, a glob or single-file `files` entry, `exclude_files`, component
+//! dependencies, a route with a `:parameter` segment) is refused with an error saying so,
+//! rather than half-run.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -44,6 +46,8 @@ struct RawVariable {
 struct RawTrigger {
     route: RawRoute,
     component: String,
+    /// Refused when present: this host runs only Spin's own HTTP executor.
+    executor: Option<toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -69,9 +73,22 @@ struct RawComponent {
     variables: BTreeMap<String, String>,
     #[serde(default)]
     environment: BTreeMap<String, String>,
-    /// Refused when present: this host mounts no files.
+    /// `files`: only directory mounts (`{ source = "dir", destination = "/path" }`).
     #[serde(default)]
-    files: Vec<toml::Value>,
+    files: Vec<RawFiles>,
+    /// Refused when present (it filters glob mounts, which this host does not make).
+    exclude_files: Option<toml::Value>,
+    /// Refused when present: this host does not compose component dependencies.
+    dependencies: Option<toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawFiles {
+    /// `{ source = "web", destination = "/" }`.
+    Mapping { source: String, destination: String },
+    /// A glob pattern (`"static/**/*"`), or anything else.
+    Other(toml::Value),
 }
 
 #[derive(Debug, Deserialize)]
@@ -169,6 +186,18 @@ pub struct ComponentConfig {
     pub sqlite_databases: Vec<String>,
     /// `allowed_outbound_hosts`, templates expanded and parsed.
     pub allowed_outbound_hosts: AllowedHosts,
+    /// `files`: directories mounted read-only in the guest's filesystem.
+    pub files: Vec<Mount>,
+}
+
+/// One `files` entry: a host directory the guest sees, read-only, at `destination` (Spin
+/// mounts a component's files read-only too).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    /// The directory on the host, resolved against the manifest's directory.
+    pub source: PathBuf,
+    /// Where the guest sees it (an absolute guest path, e.g. `/`).
+    pub destination: String,
 }
 
 impl Application {
@@ -209,11 +238,23 @@ impl Application {
                     )));
                 }
             };
-            if !c.files.is_empty() {
+            if c.exclude_files.is_some() {
                 return Err(invalid(format!(
-                    "component `{id}`: `files` mounts are not supported by this host"
+                    "component `{id}`: `exclude_files` is not supported by this host (it \
+                     mounts whole directories only)"
                 )));
             }
+            if c.dependencies.is_some() {
+                return Err(invalid(format!(
+                    "component `{id}`: component dependencies are not supported by this host"
+                )));
+            }
+            let files = c
+                .files
+                .iter()
+                .map(|f| mount(base_dir, f))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|reason| invalid(format!("component `{id}`: files: {reason}")))?;
             let mut variables = BTreeMap::new();
             for (name, template) in &c.variables {
                 validate_variable_name(name).map_err(|reason| {
@@ -249,6 +290,7 @@ impl Application {
                     key_value_stores: c.key_value_stores.clone(),
                     sqlite_databases: c.sqlite_databases.clone(),
                     allowed_outbound_hosts,
+                    files,
                 },
             );
         }
@@ -261,6 +303,13 @@ impl Application {
                 )));
             }
             for t in triggers {
+                if t.executor.is_some() {
+                    return Err(invalid(format!(
+                        "[[trigger.http]] for `{}`: `executor` is not supported by this host \
+                         (it runs wasi:http components only)",
+                        t.component
+                    )));
+                }
                 if !components.contains_key(&t.component) {
                     return Err(invalid(format!(
                         "[[trigger.http]] names component `{}`, which the manifest does not define",
@@ -295,9 +344,51 @@ impl Application {
     }
 }
 
+/// Checks one `files` entry: a directory mount with an absolute destination.
+fn mount(base_dir: &Path, entry: &RawFiles) -> Result<Mount, String> {
+    let (source, destination) = match entry {
+        RawFiles::Mapping {
+            source,
+            destination,
+        } => (source, destination),
+        RawFiles::Other(value) => {
+            let value = match value {
+                toml::Value::String(glob) => format!("`{glob}`"),
+                other => format!("{other:?}"),
+            };
+            return Err(format!(
+                "{value}: this host mounts only directories, written \
+                 `{{ source = \"dir\", destination = \"/path\" }}` (no glob patterns)"
+            ));
+        }
+    };
+    if !destination.starts_with('/') {
+        return Err(format!(
+            "destination `{destination}` must be an absolute path in the guest"
+        ));
+    }
+    let path = base_dir.join(source);
+    if !path.is_dir() {
+        return Err(format!(
+            "source `{source}` ({}) is not a directory; this host mounts only directories",
+            path.display()
+        ));
+    }
+    Ok(Mount {
+        source: path,
+        destination: destination.clone(),
+    })
+}
+
 fn parse_route(raw: &str, component: &str) -> Result<Route, String> {
     if !raw.starts_with('/') {
         return Err(format!("route `{raw}` must start with `/`"));
+    }
+    if raw.split('/').any(|segment| segment.starts_with(':')) {
+        return Err(format!(
+            "route `{raw}`: `:parameter` segments are not supported by this host (exact and \
+             `/...` routes only)"
+        ));
     }
     let (path, wildcard) = match raw.strip_suffix("/...") {
         Some(prefix) => (prefix.to_owned(), true),

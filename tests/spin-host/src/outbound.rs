@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
@@ -226,10 +226,20 @@ fn in_cidr(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
 }
 
 /// The `wasi:http` hooks of one instance: every outgoing request is checked against the
-/// component's allow-list before it is sent.
+/// component's allow-list before it is sent; a request to `http://<id>.spin.internal` goes,
+/// as Spin's local service chaining does, to component `<id>` of the same application, in a
+/// fresh instance of its own, without leaving the process.
 pub(crate) struct OutboundHooks {
     pub(crate) component: Arc<str>,
     pub(crate) allowed: Arc<AllowedHosts>,
+    pub(crate) chain: Weak<crate::server::SpinHost>,
+}
+
+/// The component a service-chaining URI names (`http://<id>.spin.internal/...`).
+fn chained_component(uri: &http::Uri) -> Option<String> {
+    let host = uri.host()?.to_ascii_lowercase();
+    let id = host.strip_suffix(".spin.internal")?;
+    (uri.scheme_str() == Some("http") && !id.is_empty() && !id.contains('.')).then(|| id.to_owned())
 }
 
 type ResponseFuture = Box<
@@ -260,6 +270,22 @@ impl WasiHttpHooks for OutboundHooks {
                 request.uri()
             );
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
+        }
+        if let Some(id) = chained_component(request.uri()) {
+            let host = self.chain.upgrade();
+            return Box::new(async move {
+                let Some(host) = host else {
+                    return Err(HttpError::DestinationNotFound);
+                };
+                let response = host.chain(&id, request).await.ok_or_else(|| {
+                    eprintln!("kefu-spin-host: service chaining: no component `{id}`");
+                    HttpError::DestinationNotFound
+                })?;
+                Ok((
+                    response,
+                    Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
+                ))
+            });
         }
         Box::new(async move {
             use http_body_util::BodyExt;
@@ -319,6 +345,29 @@ mod tests {
         assert!(allows(&["*://*:*"], "mqtt://anything:1/"));
         assert!(allows(&["insecure:allow-all"], "http://anything:1/"));
         assert!(!allows(&[], "http://127.0.0.1/"));
+    }
+
+    #[test]
+    fn service_chaining_uris_name_a_component() {
+        let id = |u: &str| chained_component(&u.parse().unwrap());
+        assert_eq!(
+            id("http://plugin-x.spin.internal/"),
+            Some("plugin-x".into())
+        );
+        assert_eq!(id("http://PLUGIN-X.spin.internal"), Some("plugin-x".into()));
+        assert_eq!(id("https://plugin-x.spin.internal/"), None);
+        assert_eq!(id("http://a.b.spin.internal/"), None);
+        assert_eq!(id("http://spin.internal/"), None);
+        assert_eq!(id("http://plugin-x.spin.internal.evil.com/"), None);
+        // The allow-list still decides: a component must be granted the chaining host.
+        assert!(allows(
+            &["http://*.spin.internal"],
+            "http://plugin-x.spin.internal/"
+        ));
+        assert!(!allows(
+            &["https://api.openai.com"],
+            "http://plugin-x.spin.internal/"
+        ));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -21,7 +21,7 @@ use hyper::header::{HeaderName, HeaderValue};
 use tokio::net::TcpListener;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -96,6 +96,8 @@ pub struct SpinHost {
     app: Application,
     components: BTreeMap<String, LoadedComponent>,
     storage: Arc<Storage>,
+    /// The host itself, for service chaining (set once it is shared).
+    this: OnceLock<Weak<SpinHost>>,
 }
 
 impl std::fmt::Debug for SpinHost {
@@ -195,6 +197,7 @@ impl SpinHost {
             app,
             components,
             storage,
+            this: OnceLock::new(),
         })
     }
 
@@ -210,6 +213,7 @@ impl SpinHost {
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
         let host = Arc::new(self);
+        let _ = host.this.set(Arc::downgrade(&host));
         let local = listener.local_addr()?;
         tokio::pin!(shutdown);
         loop {
@@ -285,17 +289,56 @@ impl SpinHost {
         }
     }
 
+    /// Service chaining: `request` (to `http://<id>.spin.internal`) served by component `id`
+    /// in a fresh instance, private route or not, as Spin does; a trap answers `500`.
+    /// `None` when the application has no such component.
+    pub(crate) async fn chain(
+        &self,
+        id: &str,
+        mut request: http::Request<wasmtime_wasi_http::WasiBody>,
+    ) -> Option<hyper::Response<HyperOutgoingBody>> {
+        let component = self.components.get(id)?;
+        let path = request.uri().path().to_owned();
+        for (name, value) in [
+            ("spin-full-url", request.uri().to_string()),
+            ("spin-path-info", path),
+            ("spin-base-path", "/".to_owned()),
+        ] {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                request
+                    .headers_mut()
+                    .insert(HeaderName::from_static(name), value);
+            }
+        }
+        Some(match self.run(component, request).await {
+            Ok(response) => response,
+            Err(message) => {
+                eprintln!("kefu-spin-host: component `{id}` (chained): {message}");
+                plain(500, format!("{message}\n"))
+            }
+        })
+    }
+
     /// Instantiates the component afresh and calls its handler with `request`.
-    async fn run(
+    async fn run<B>(
         &self,
         component: &LoadedComponent,
-        request: hyper::Request<Incoming>,
-    ) -> Result<hyper::Response<HyperOutgoingBody>, String> {
+        request: hyper::Request<B>,
+    ) -> Result<hyper::Response<HyperOutgoingBody>, String>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
         let config = &component.config;
         let mut wasi = WasiCtx::builder();
         wasi.inherit_stdout().inherit_stderr();
         for (k, v) in &config.environment {
             wasi.env(k, v);
+        }
+        // `files`: each directory read-only at its destination, as Spin mounts them.
+        for mount in &config.files {
+            wasi.preopened_dir(&mount.source, &mount.destination, FsPerms::ReadOnly)
+                .map_err(|e| format!("mounting {}: {e:#}", mount.source.display()))?;
         }
         let state = InstanceState {
             table: ResourceTable::new(),
@@ -306,6 +349,7 @@ impl SpinHost {
             hooks: OutboundHooks {
                 component: Arc::from(config.id.as_str()),
                 allowed: Arc::new(config.allowed_outbound_hosts.clone()),
+                chain: self.this.get().cloned().unwrap_or_default(),
             },
         };
         let mut store = Store::new(component.pre.engine(), state);

@@ -553,3 +553,192 @@ async fn routes_pick_the_component_and_spin_headers_describe_the_match() {
         "a path outside every route reaches no component"
     );
 }
+
+/// Writes `files` (relative path, content) under the app's directory.
+fn write_tree(app: &App, files: &[(&str, &str)]) {
+    let dir = app
+        .manifest()
+        .parent()
+        .expect("the app directory")
+        .to_owned();
+    for (path, content) in files {
+        let path = dir.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+}
+
+/// Two components from the probe: `pages` at `/...` with two directories mounted, `api`
+/// under `/api/...` and at the exact `/status`, with no files and another greeting.
+fn two_component_manifest() -> String {
+    format!(
+        r#"spin_manifest_version = 2
+[application]
+name = "two"
+[variables]
+api_key = {{ required = true, secret = true }}
+
+[[trigger.http]]
+route = "/..."
+component = "pages"
+[[trigger.http]]
+route = "/api/..."
+component = "api"
+[[trigger.http]]
+route = "/status"
+component = "api"
+
+[component.pages]
+source = "{source}"
+files = [{{ source = "site", destination = "/" }}, {{ source = "data", destination = "/srv/data" }}]
+[component.pages.variables]
+greeting = "from pages"
+
+[component.api]
+source = "{source}"
+[component.api.variables]
+greeting = "from api"
+"#,
+        source = probe_wasm().display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_are_mounted_read_only_where_the_manifest_says() {
+    let app = App::new(&two_component_manifest());
+    write_tree(
+        &app,
+        &[
+            ("site/hello.txt", "hello from the site"),
+            ("site/sub/inner.txt", "inner"),
+            ("data/table.csv", "a,b"),
+            ("outside.txt", "not mounted"),
+        ],
+    );
+    let host = start_probe(&app, "files", &[]);
+    for (path, expected) in [
+        ("/hello.txt", "hello from the site"),
+        ("/sub/inner.txt", "inner"),
+        ("/srv/data/table.csv", "a,b"),
+    ] {
+        assert_eq!(
+            call(&host, &format!("/file?path={path}"), None).await,
+            (200, expected.to_owned()),
+            "{path}"
+        );
+    }
+    // Nothing above the mount is reachable, however the path is written.
+    for path in ["/../outside.txt", "/sub/../../outside.txt", "/outside.txt"] {
+        let (status, text) = call(&host, &format!("/file?path={path}"), None).await;
+        assert_eq!(status, 500, "{path}: {text}");
+        assert!(!text.contains("not mounted"), "{path}: {text}");
+    }
+    // Read-only: neither a new file nor a changed one.
+    for path in ["/new.txt", "/hello.txt", "/srv/data/new.csv"] {
+        let (status, text) = call(&host, &format!("/write-file?path={path}"), Some("x")).await;
+        assert_eq!(status, 500, "{path} was writable: {text}");
+    }
+    assert_eq!(
+        call(&host, "/file?path=/hello.txt", None).await.1,
+        "hello from the site"
+    );
+    let dir = app.manifest().parent().unwrap().to_owned();
+    assert!(!dir.join("site/new.txt").exists());
+    // A component without `files` sees no directory at all.
+    let (status, text) = call(&host, "/api/file?path=/hello.txt", None).await;
+    assert_eq!(status, 500, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_route_reaches_its_own_component() {
+    let app = App::new(&two_component_manifest());
+    write_tree(&app, &[("site/hello.txt", "hi"), ("data/x", "x")]);
+    let host = start_probe(&app, "two-components", &[]);
+    let greeting = |path: &str| {
+        let path = path.to_owned();
+        let host = &host;
+        async move { call(host, &format!("{path}/var?name=greeting"), None).await }
+    };
+    // The most specific route wins: `/api/...` over `/...`, whatever their order.
+    assert_eq!(greeting("").await, (200, "from pages".into()));
+    assert_eq!(greeting("/api").await, (200, "from api".into()));
+    assert_eq!(greeting("/apiary").await.1, "no route /apiary/var");
+    let (status, text) = call(&host, "/status/spin-headers", None).await;
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("spin-matched-route: /..."),
+        "/status is exact, so /status/… falls to the wildcard: {text}"
+    );
+    // The exact route: its path info is empty (under `/...` it would be `/status`).
+    let (status, text) = call(&host, "/status", None).await;
+    assert_eq!((status, text.as_str()), (404, "no route "));
+    let (_, headers) = call(&host, "/api/spin-headers", None).await;
+    assert!(
+        headers.contains("spin-matched-route: /api/..."),
+        "{headers}"
+    );
+}
+
+#[test]
+fn manifest_features_the_host_lacks_stop_startup() {
+    let base = two_component_manifest();
+    let files = r#"files = [{ source = "site", destination = "/" }, { source = "data", destination = "/srv/data" }]"#;
+    assert!(base.contains(files));
+    for (manifest, expected) in [
+        (
+            base.replace(files, r#"files = ["site/*.txt"]"#),
+            "no glob patterns",
+        ),
+        (
+            base.replace(
+                files,
+                r#"files = [{ source = "site/hello.txt", destination = "/hello.txt" }]"#,
+            ),
+            "is not a directory",
+        ),
+        (
+            base.replace(
+                files,
+                r#"files = [{ source = "missing", destination = "/" }]"#,
+            ),
+            "is not a directory",
+        ),
+        (
+            base.replace(
+                files,
+                r#"files = [{ source = "site", destination = "web" }]"#,
+            ),
+            "must be an absolute path",
+        ),
+        (
+            base.replace(
+                files,
+                &format!("{files}\nexclude_files = [\"site/secret\"]"),
+            ),
+            "`exclude_files` is not supported",
+        ),
+        (
+            base.replace(r#"route = "/status""#, r#"route = "/users/:id""#),
+            "`:parameter` segments are not supported",
+        ),
+        (
+            base.replace(
+                r#"route = "/status""#,
+                "route = \"/status\"\nexecutor = { type = \"wagi\" }",
+            ),
+            "`executor` is not supported",
+        ),
+    ] {
+        let app = App::new(&manifest);
+        write_tree(&app, &[("site/hello.txt", "hi"), ("data/x", "x")]);
+        let mut command = app.command();
+        command.env("SPIN_VARIABLE_API_KEY", "k");
+        let (status, stdout, stderr) = run_to_exit(command);
+        assert!(!status.success(), "{expected}: started anyway");
+        assert!(!stdout.contains("ready"), "{stdout}");
+        assert!(
+            stderr.contains(expected),
+            "expected {expected:?} in: {stderr}"
+        );
+    }
+}

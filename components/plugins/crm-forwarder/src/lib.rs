@@ -27,12 +27,12 @@ mod bindings {
 }
 
 use bindings::exports::kefu::extension::hooks::Guest;
+use bindings::exports::kefu::extension::hooks::{
+    Action, Author, Context, ConversationEvent, EventKind, HookSet, Manifest, ModelDecision,
+    ModelRequest, ReplyDecision,
+};
 use bindings::kefu::extension::host::{
     self, HttpError, HttpRequest, HttpResponse, Level, StoreError,
-};
-use bindings::kefu::extension::types::{
-    Action, Author, Context, ConversationEvent, EventKind, Hooks, Manifest, ModelDecision,
-    ModelRequest, ReplyDecision,
 };
 
 /// The tag added after a successful post when the `tag` setting is absent.
@@ -325,7 +325,7 @@ impl Guest for CrmForwarder {
             name: "crm-forwarder".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             description: "Posts a signed summary of each resolved conversation to a CRM and tags it crm-synced.".into(),
-            hooks: Hooks::ON_EVENT,
+            hooks: HookSet::ON_EVENT,
             tools: Vec::new(),
         }
     }
@@ -359,7 +359,7 @@ mod export {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bindings::kefu::extension::types::Message;
+    use crate::bindings::exports::kefu::extension::hooks::Message;
     use std::collections::BTreeMap;
 
     #[derive(Default)]

@@ -31,11 +31,11 @@ mod bindings {
 }
 
 use bindings::exports::kefu::extension::hooks::Guest;
-use bindings::kefu::extension::host::{self, HttpError, HttpRequest, HttpResponse, Level};
-use bindings::kefu::extension::types::{
-    Action, Context, ConversationEvent, Hooks, Manifest, ModelDecision, ModelRequest,
+use bindings::exports::kefu::extension::hooks::{
+    Action, Context, ConversationEvent, HookSet, Manifest, ModelDecision, ModelRequest,
     ReplyDecision, Tool,
 };
+use bindings::kefu::extension::host::{self, HttpError, HttpRequest, HttpResponse, Level};
 
 /// The tool's name.
 pub const TOOL: &str = "order_status";
@@ -603,7 +603,7 @@ impl Guest for OrderStatus {
             name: "order-status".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             description: "Gives the model an order_status tool that looks orders up in the business's own order API.".into(),
-            hooks: Hooks::empty(),
+            hooks: HookSet::empty(),
             tools: vec![Tool {
                 name: TOOL.into(),
                 description: "Look up an order by its number: its status, items, carrier, tracking number and expected delivery. Use it when the visitor asks where their order is or what happened to it.".into(),
@@ -945,9 +945,9 @@ mod tests {
             version: m.version,
             description: m.description,
             hooks: kefu_engine::plugin::HookSet {
-                on_event: m.hooks.contains(Hooks::ON_EVENT),
-                before_model: m.hooks.contains(Hooks::BEFORE_MODEL),
-                after_reply: m.hooks.contains(Hooks::AFTER_REPLY),
+                on_event: m.hooks.contains(HookSet::ON_EVENT),
+                before_model: m.hooks.contains(HookSet::BEFORE_MODEL),
+                after_reply: m.hooks.contains(HookSet::AFTER_REPLY),
             },
             tools: m
                 .tools

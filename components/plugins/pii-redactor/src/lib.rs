@@ -23,11 +23,11 @@ mod bindings {
 }
 
 use bindings::exports::kefu::extension::hooks::Guest;
-use bindings::kefu::extension::host::{self, Level};
-use bindings::kefu::extension::types::{
-    Action, Context, ConversationEvent, Hooks, Manifest, ModelDecision, ModelRequest, PromptRole,
+use bindings::exports::kefu::extension::hooks::{
+    Action, Context, ConversationEvent, HookSet, Manifest, ModelDecision, ModelRequest, PromptRole,
     ReplyDecision,
 };
+use bindings::kefu::extension::host::{self, Level};
 
 /// A kind of personal data the redactor recognises.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -267,7 +267,7 @@ impl Guest for Redactor {
             name: "pii-redactor".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             description: "Replaces email addresses, phone numbers and card numbers with placeholders before the model sees them.".into(),
-            hooks: Hooks::BEFORE_MODEL,
+            hooks: HookSet::BEFORE_MODEL,
             tools: Vec::new(),
         }
     }

@@ -25,11 +25,11 @@ mod bindings {
 }
 
 use bindings::exports::kefu::extension::hooks::Guest;
-use bindings::kefu::extension::host::{self, Level};
-use bindings::kefu::extension::types::{
-    Action, Context, ConversationEvent, Hooks, Manifest, ModelDecision, ModelRequest, PromptRole,
+use bindings::exports::kefu::extension::hooks::{
+    Action, Context, ConversationEvent, HookSet, Manifest, ModelDecision, ModelRequest, PromptRole,
     ReplyDecision,
 };
+use bindings::kefu::extension::host::{self, Level};
 
 /// A topic name or term in a reason is cut to this many characters.
 const MAX_NAME_CHARS: usize = 80;
@@ -333,7 +333,7 @@ impl Guest for ReplyGuard {
             name: "reply-guard".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             description: "Hands off (or blocks) replies and questions on topics the business lists, such as refunds or legal advice.".into(),
-            hooks: Hooks::BEFORE_MODEL | Hooks::AFTER_REPLY,
+            hooks: HookSet::BEFORE_MODEL | HookSet::AFTER_REPLY,
             tools: Vec::new(),
         }
     }

@@ -32,11 +32,11 @@ mod bindings {
 }
 
 use bindings::exports::kefu::extension::hooks::Guest;
-use bindings::kefu::extension::host::{self, HttpError, HttpRequest, Level};
-use bindings::kefu::extension::types::{
-    Action, Context, ConversationEvent, Hooks, Manifest, ModelDecision, ModelRequest,
+use bindings::exports::kefu::extension::hooks::{
+    Action, Context, ConversationEvent, HookSet, Manifest, ModelDecision, ModelRequest,
     ReplyDecision, Tool,
 };
+use bindings::kefu::extension::host::{self, HttpError, HttpRequest, Level};
 
 /// The answer size of `huge` when `huge_bytes` is absent: 4 MiB, over every output limit a
 /// configuration may set (1 MiB at most).
@@ -250,7 +250,7 @@ impl Guest for Hostile {
             name: "hostile".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             description: "Misbehaves on purpose (trap, loop, huge answers, ungranted fetches) for Kefu's containment tests. Never enable it for real visitors.".into(),
-            hooks: Hooks::ON_EVENT | Hooks::BEFORE_MODEL | Hooks::AFTER_REPLY,
+            hooks: HookSet::ON_EVENT | HookSet::BEFORE_MODEL | HookSet::AFTER_REPLY,
             tools: vec![Tool {
                 name: TOOL.into(),
                 description: "A test tool that misbehaves like the rest of the hostile plugin.".into(),
@@ -389,9 +389,9 @@ mod tests {
             version: m.version,
             description: m.description,
             hooks: kefu_engine::plugin::HookSet {
-                on_event: m.hooks.contains(Hooks::ON_EVENT),
-                before_model: m.hooks.contains(Hooks::BEFORE_MODEL),
-                after_reply: m.hooks.contains(Hooks::AFTER_REPLY),
+                on_event: m.hooks.contains(HookSet::ON_EVENT),
+                before_model: m.hooks.contains(HookSet::BEFORE_MODEL),
+                after_reply: m.hooks.contains(HookSet::AFTER_REPLY),
             },
             tools: m
                 .tools
