@@ -1069,6 +1069,13 @@ async fn run_turn(
         return Ok(Answer::Silent);
     }
     let mut options = config::turn_options(&inner.env, config, mode);
+    let plugins = crate::plugins::active(&inner.env, tenant, config).await;
+    let scope = Some((
+        tenant.as_str().to_owned(),
+        conversation.id().as_str().to_owned(),
+    ));
+    options.plugins = plugins.clone();
+    options.plugin_scope = scope.clone();
     if config.knowledge.enabled && config.has_models() {
         match knowledge::search(&inner.env, tenant, &visitor.text(), config.knowledge.top_k).await {
             Ok(found) => options.knowledge = found,
@@ -1100,6 +1107,8 @@ async fn run_turn(
             // The same grounding and files as the first plan.
             options.knowledge = retrieved.clone();
             options.attachments = files;
+            options.plugins = plugins;
+            options.plugin_scope = scope;
             turn = conversation
                 .start_turn(now(), config, visitor, options)
                 .map_err(|e| TurnFailure::Host(ApiError::internal(e.to_string())))?;

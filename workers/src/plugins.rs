@@ -65,19 +65,67 @@ pub(crate) fn installed() -> Vec<String> {
         .collect()
 }
 
-/// Runs `call` on the tenant's plugin `spec` within its budget.
+/// Runs `call` on the tenant's plugin `spec` within its budget; its answer parsed (and held
+/// to the output limit) with [`plugin::parse_answer`].
 pub(crate) async fn call(
     env: &Env,
     tenant: &TenantId,
     spec: &PluginSpec,
     call: &HookCall,
 ) -> Result<Answer, PluginFailure> {
+    let json = call_json(env, tenant.as_str(), spec, call).await?;
+    plugin::parse_answer(call.hook(), &json, spec.max_output_bytes())
+}
+
+/// The tenant's enabled plugins with their manifests, in configuration order, for a turn. A
+/// plugin that cannot describe itself is left out (and logged): the turn goes on without it.
+pub(crate) async fn active(
+    env: &Env,
+    tenant: &TenantId,
+    config: &kefu_engine::TenantConfig,
+) -> Vec<kefu_engine::turn::ActivePlugin> {
+    let mut active = Vec::new();
+    for spec in config.plugins.iter().filter(|s| s.enabled) {
+        match describe(env, tenant, &spec.plugin).await {
+            Ok(manifest) => active.push(kefu_engine::turn::ActivePlugin {
+                spec: spec.clone(),
+                manifest,
+            }),
+            Err(e) => crate::log(
+                "error",
+                json!({"msg": "plugin unavailable", "tenant": tenant.as_str(), "plugin_id": spec.id,
+                    "plugin": spec.plugin, "failure": e}),
+            ),
+        }
+    }
+    active
+}
+
+/// The tenant a hook call runs for (its `ctx`; `describe` has none and needs no host).
+pub(crate) fn tenant_of(call: &HookCall) -> &str {
+    match call {
+        HookCall::Describe => "",
+        HookCall::OnEvent { ctx, .. }
+        | HookCall::BeforeModel { ctx, .. }
+        | HookCall::AfterReply { ctx, .. }
+        | HookCall::CallTool { ctx, .. } => &ctx.tenant,
+    }
+}
+
+/// Runs `call` on the plugin `spec` within its budget: the answer as the engine's JSON (not
+/// yet parsed: the turn parses it with the engine's rules), or how the call failed.
+pub(crate) async fn call_json(
+    env: &Env,
+    tenant: &str,
+    spec: &PluginSpec,
+    call: &HookCall,
+) -> Result<Vec<u8>, PluginFailure> {
     let budget = Duration::from_millis(spec.budget_ms().into());
     let call_json = serde_json::to_string(call)
         .map_err(|e| PluginFailure::new(FailureKind::Unavailable, e.to_string()))?;
     let host = Rc::new(Host {
         env: env.clone(),
-        tenant: tenant.as_str().to_owned(),
+        tenant: tenant.to_owned(),
         plugin_id: spec.id.clone(),
         plugin: spec.plugin.clone(),
         settings: spec.settings.clone(),
@@ -106,7 +154,7 @@ pub(crate) async fn call(
     })?;
     let field = |name: &str| Reflect::get(&outcome, &JsValue::from_str(name)).ok();
     if let Some(answer) = field("answer").and_then(|a| a.as_string()) {
-        return plugin::parse_answer(call.hook(), answer.as_bytes(), spec.max_output_bytes());
+        return Ok(answer.into_bytes());
     }
     let failure = field("failure").unwrap_or(JsValue::UNDEFINED);
     let text = |name: &str| {
