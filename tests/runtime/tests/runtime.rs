@@ -122,6 +122,7 @@ async fn run(selected: Vec<Scenario>) -> (usize, usize) {
             tenants.extend(kefu_runtime_tests::config::tenants(&mock.base_url()));
             tenants.extend(kefu_runtime_tests::attachments::tenants(&mock.base_url()));
             tenants.extend(kefu_runtime_tests::plugins::tenants(&mock.base_url()));
+            tenants.extend(kefu_runtime_tests::plugin_routes::tenants(&mock.base_url()));
             spin_tenants = tenants.clone();
             println!("starting Kefu on workerd…");
             let started = Instant::now();
