@@ -15,6 +15,9 @@ pub const PLG_KEY: &str = "kf-plg.Kefu0Plugin0Test0Key000001";
 /// The tenant key of `plk`.
 pub const KV_KEY: &str = "kf-plk.Kefu0Plugin0KeyValue0Key01";
 
+/// The tenant key of `plt`, whose plugin the budget scenario configures at run time.
+pub const SLOW_KEY: &str = "kf-plt.Kefu0Plugin0Budget0Key001";
+
 /// The tenant key of `plh`.
 pub const HOSTILE_KEY: &str = "kf-plh.Kefu0Plugin0Hostile0Key01";
 
@@ -46,6 +49,10 @@ pub fn tenants(mock_base: &str) -> Vec<(String, Value)> {
             "grants": {"hosts": [mock_host], "kv": kv}})
     };
     vec![
+        (
+            "plt".into(),
+            json!({"api_keys": [{"id": "t", "sha256": kefu_engine::auth::hash_key(SLOW_KEY)}]}),
+        ),
         (
             "plk".into(),
             json!({
@@ -390,6 +397,54 @@ pub async fn plugin_routes_key_value_and_outbound_post(ctx: &Ctx) -> anyhow::Res
     ensure!(
         summary.to_string().contains("Where is my refund?"),
         "the POST body arrived: {summary}"
+    );
+    Ok(())
+}
+
+/// A plugin waiting on the network is bounded by its wall-clock budget: its fetch of a
+/// stream that never ends (this Worker's own live updates, held open for 25 s) is cut off
+/// within the budget, and the call ends either with the plugin told `timeout` or as a
+/// `timeout` failure, whichever of the host's two deadlines fires first.
+pub async fn plugin_routes_budget_bounds_a_slow_fetch(ctx: &Ctx) -> anyhow::Result<()> {
+    let a = ctx
+        .chat(None, &json!({"message": "a conversation to listen to"}))
+        .await?;
+    a.expect_status(200)?;
+    let id = a.json["conversation_id"]
+        .as_str()
+        .context("conversation_id")?;
+    let events = ctx.url(&format!("/api/v1/conversations/{id}/events?tenant=default"));
+    let host = ctx
+        .base
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let document = json!({
+        "api_keys": [{"id": "t", "sha256": kefu_engine::auth::hash_key(SLOW_KEY)}],
+        "plugins": [{"id": "slow", "plugin": "hostile", "budget_ms": 400,
+            "settings": {"mode": "fetch", "hooks": "after_reply", "fetch_url": events},
+            "grants": {"hosts": [host]}}],
+    });
+    let put = ctx
+        .http
+        .put(ctx.url("/api/v1/config"))
+        .bearer_auth(SLOW_KEY)
+        .json(&document)
+        .send()
+        .await?;
+    ensure!(put.status() == StatusCode::OK, "{}", put.text().await?);
+    let started = std::time::Instant::now();
+    let (status, body) = test_call_as(ctx, SLOW_KEY, "slow", &after_reply()).await?;
+    let took = started.elapsed();
+    ensure!(status == StatusCode::OK, "{status} {body}");
+    let told_timeout = body["answer"]["rewrite"]
+        .as_str()
+        .is_some_and(|t| t.ends_with(" timed out"));
+    let timed_out = body["record"]["outcome"]["failure"] == "timeout";
+    ensure!(told_timeout || timed_out, "{body}");
+    ensure!(
+        took < std::time::Duration::from_millis(3000),
+        "a 400 ms budget took {took:?}"
     );
     Ok(())
 }

@@ -42,8 +42,8 @@ use crate::knowledge::{
 use crate::mock::{MockProvider, echo_reply};
 use crate::pages::web_pages_served_with_their_policy;
 use crate::plugin_routes::{
-    plugin_routes_hostile_contained, plugin_routes_key_value_and_outbound_post,
-    plugin_routes_redactor,
+    plugin_routes_budget_bounds_a_slow_fetch, plugin_routes_hostile_contained,
+    plugin_routes_key_value_and_outbound_post, plugin_routes_redactor,
 };
 use crate::plugins::{
     plugins_guard_hands_off, plugins_hostile_contained, plugins_order_status_tool,
@@ -371,6 +371,7 @@ pub fn all() -> Vec<Scenario> {
         plugin_routes_redactor,
         plugin_routes_hostile_contained,
         plugin_routes_key_value_and_outbound_post,
+        plugin_routes_budget_bounds_a_slow_fetch,
     ]
 }
 
