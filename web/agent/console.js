@@ -80,7 +80,7 @@
     "signin", "signin-form", "token-input", "signin-error", "signin-button", "app", "cue", "sound-toggle", "canned-edit",
     "who-avatar", "who-name", "who-expiry", "signout", "errors", "queue-filter", "assignee-filter", "assignee-wrap", "list",
     "list-empty", "list-foot", "conversation", "empty-state", "conv", "back", "conv-name", "conv-status", "conv-meta",
-    "live-state", "claim", "transfer", "resolve", "details-toggle", "transcript", "typing", "typing-text", "composer",
+    "live-state", "claim", "transfer", "resolve", "replay-link", "details-toggle", "transcript", "typing", "typing-text", "composer",
     "mode-reply", "mode-note", "composer-hint", "tray", "canned-menu", "input", "input-label", "attach", "file",
     "canned-open", "send", "details", "d-avatar", "d-visitor", "d-verified", "d-status", "d-queue", "d-assignee", "d-tags",
     "d-csat", "d-created", "d-updated", "d-count", "d-id", "transfer-dialog", "transfer-form", "to-agent", "to-agent-name",
@@ -685,6 +685,7 @@
     state.selected = id;
     state.fresh.delete(id);
     history.replaceState(null, "", `#conversation=${encodeURIComponent(id)}`);
+    ui.replayLink.href = `/replay/#id=${encodeURIComponent(id)}`;
     ui.app.dataset.view = "conversation";
     ui.emptyState.hidden = true;
     ui.conv.hidden = false;

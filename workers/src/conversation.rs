@@ -22,6 +22,7 @@ use kefu_engine::api::{self, ApiError};
 use kefu_engine::dialogue::{self, Decision};
 use kefu_engine::handoff::{Changed, HandoffReason};
 use kefu_engine::offline;
+use kefu_engine::replay::{self, Outcome, TurnRecord};
 use kefu_engine::{
     Conversation, ConversationId, Message, Part, ProviderError, ReplyMode, TenantConfig, TenantId,
     TurnReply,
@@ -44,6 +45,10 @@ pub(crate) const TURN_PATH: &str = "/turn";
 pub(crate) const TRANSCRIPT_PATH: &str = "/transcript";
 /// The object's internal route for the turns' traces.
 pub(crate) const TRACES_PATH: &str = "/traces";
+/// The object's internal route for replaying the conversation.
+pub(crate) const REPLAY_PATH: &str = "/replay";
+/// The object's internal route for exporting the conversation with its turn records.
+pub(crate) const EXPORT_PATH: &str = "/export";
 /// The object's internal route for handoff and agent actions.
 pub(crate) const ACTION_PATH: &str = "/action";
 /// The object's internal route for live updates.
@@ -65,6 +70,17 @@ pub(crate) struct InternalTurn {
     /// The uploaded files the message carries (looked up under the tenant).
     #[serde(default)]
     pub attachments: Vec<kefu_engine::attachment::Attachment>,
+}
+
+/// A validated replay request, as the front hands it to the conversation's object.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct InternalReplay {
+    pub tenant: String,
+    /// The configuration to replay under (the override already applied).
+    pub config: TenantConfig,
+    pub max_turns: u32,
+    /// The model override, as asked (echoed in the answer).
+    pub model: Option<String>,
 }
 
 /// The stub of an existing conversation's object (`Some(id)`), or of a new one.
@@ -439,6 +455,81 @@ impl Inner {
             .map_err(internal)
     }
 
+    /// Every stored turn record, by visitor message (records stored before turn records
+    /// existed read as their attempts).
+    fn records(&self) -> Result<Vec<TurnRecord>, ApiError> {
+        let cursor = self
+            .sql
+            .exec("SELECT seq, trace FROM traces ORDER BY seq", None)
+            .map_err(internal)?;
+        let mut out = Vec::new();
+        for row in cursor.raw() {
+            let row = row.map_err(internal)?;
+            if let [
+                SqlStorageValue::Integer(seq),
+                SqlStorageValue::String(trace),
+            ] = row.as_slice()
+                && let Some(record) = u32::try_from(*seq)
+                    .ok()
+                    .and_then(|seq| TurnRecord::from_stored(seq, trace))
+            {
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Completes a visitor turn's record (the state it changed, how it ended) and stores it.
+    fn store_record(
+        &self,
+        mut record: TurnRecord,
+        before: Option<&Conversation>,
+        outcome: &Result<Answer, TurnFailure>,
+    ) {
+        if let Ok(Some(after)) = self.load() {
+            record.set_state(before, &after);
+        }
+        record.set_outcome(match outcome {
+            Ok(Answer::Reply(_, reply)) => Outcome::Reply {
+                responder: reply.responder.kind().to_owned(),
+                target: reply.target.clone(),
+            },
+            Ok(Answer::Handoff(..)) => Outcome::Reply {
+                responder: "handoff".into(),
+                target: None,
+            },
+            Ok(Answer::Canned(_, _, responder)) => Outcome::Reply {
+                responder: (*responder).to_owned(),
+                target: None,
+            },
+            Ok(Answer::Silent) => Outcome::Silent,
+            Err(TurnFailure::Provider(e)) => Outcome::Error {
+                code: e.code().to_owned(),
+                message: e.to_string(),
+            },
+            Err(TurnFailure::Quota(q)) => {
+                let e = api::quota_error(q);
+                Outcome::Error {
+                    code: e.code.to_owned(),
+                    message: e.message,
+                }
+            }
+            Err(TurnFailure::Host(e)) => Outcome::Error {
+                code: e.code.to_owned(),
+                message: e.message.clone(),
+            },
+        });
+        if let Err(e) = self.sql.exec(
+            "INSERT INTO traces (seq, trace) VALUES (?, ?) ON CONFLICT (seq) DO UPDATE SET trace = excluded.trace",
+            vec![i64::from(record.seq).into(), record.to_stored().into()],
+        ) {
+            log(
+                "error",
+                json!({"msg": "turn record not stored", "seq": record.seq, "error": e.to_string()}),
+            );
+        }
+    }
+
     fn transcript(&self) -> Result<Vec<Message>, ApiError> {
         let cursor = self
             .sql
@@ -471,7 +562,9 @@ impl DurableObject for ConversationObject {
         for stmt in [
             "CREATE TABLE IF NOT EXISTS conversation (id INTEGER PRIMARY KEY CHECK (id = 0), state BLOB NOT NULL)",
             "CREATE TABLE IF NOT EXISTS messages (seq INTEGER PRIMARY KEY, role TEXT NOT NULL, body BLOB NOT NULL, created_at INTEGER NOT NULL)",
-            // Each turn's attempts, by the visitor message it answered (for the replay console).
+            // Each visitor turn's record (replay::TurnRecord: decision, rules, chunks, prompt,
+            // attempts, state changes), by the visitor message it answered (for the replay
+            // console). Rows written before turn records hold the attempts array only.
             "CREATE TABLE IF NOT EXISTS traces (seq INTEGER PRIMARY KEY, trace TEXT NOT NULL)",
             // The verified visitor the conversation belongs to (none: anonymous).
             "CREATE TABLE IF NOT EXISTS owner (id INTEGER PRIMARY KEY CHECK (id = 0), visitor TEXT NOT NULL)",
@@ -506,6 +599,15 @@ impl DurableObject for ConversationObject {
                 let tenant = url.as_ref().and_then(|u| http::param(u, "tenant"));
                 handle_traces(&self.inner, tenant.as_deref().unwrap_or_default())
             }
+            (Method::Get, EXPORT_PATH) => {
+                let url = req.url().ok();
+                let tenant = url.as_ref().and_then(|u| http::param(u, "tenant"));
+                handle_export(&self.inner, tenant.as_deref().unwrap_or_default())
+            }
+            (Method::Post, REPLAY_PATH) => match req.bytes().await {
+                Ok(body) => handle_replay(self.inner.clone(), &body).await,
+                Err(e) => Err(internal(e)),
+            },
             (Method::Get, TRANSCRIPT_PATH) => {
                 let url = req.url().ok();
                 let query = |key: &str| url.as_ref().and_then(|u| http::param(u, key));
@@ -629,31 +731,145 @@ fn handle_get(inner: &Inner, tenant: &str, with_notes: bool) -> Result<Response,
     )
 }
 
-/// Every model turn's attempts, by the visitor message it answered (for agents and the
-/// replay console): target, status, latency, time to first token, tokens, cost, and why
-/// each retry or fallback happened.
+/// Every visitor turn's record, by the visitor message it answered (for agents and the
+/// replay console): the decision, the rule that matched, business hours, the knowledge
+/// chunks, the prompt, every provider attempt (target, status, latency, time to first token,
+/// tokens, cost, and why each retry or fallback happened), the state changes.
 fn handle_traces(inner: &Inner, tenant: &str) -> Result<Response, ApiError> {
     inner
         .load()?
         .filter(|c| c.tenant().as_str() == tenant)
         .ok_or_else(ApiError::conversation_not_found)?;
-    let cursor = inner
-        .sql
-        .exec("SELECT seq, trace FROM traces ORDER BY seq", None)
+    json_response(200, &replay::traces_json(&inner.records()?))
+}
+
+/// The conversation (internal notes included) and its turn records as one JSON document,
+/// to download.
+fn handle_export(inner: &Inner, tenant: &str) -> Result<Response, ApiError> {
+    let conversation = inner
+        .load()?
+        .filter(|c| c.tenant().as_str() == tenant)
+        .ok_or_else(ApiError::conversation_not_found)?;
+    let transcript = inner.transcript()?;
+    let visitor = inner.owner()?;
+    let document = replay::export_json(
+        &conversation,
+        &transcript,
+        visitor.as_deref(),
+        &inner.records()?,
+        now(),
+    );
+    let mut resp = json_response(200, &document)?;
+    resp.headers_mut()
+        .set(
+            "content-disposition",
+            &replay::export_disposition(conversation.id()),
+        )
         .map_err(internal)?;
+    Ok(resp)
+}
+
+/// Replays the conversation under another configuration: each visitor turn planned again
+/// by the engine, model turns sent to the providers (through the tenant's gateway: quotas,
+/// breakers and usage count them like live turns), nothing stored in the conversation.
+async fn handle_replay(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiError> {
+    let r: InternalReplay = serde_json::from_slice(body)
+        .map_err(|e| ApiError::internal(format!("bad internal replay: {e}")))?;
+    let tenant =
+        TenantId::parse(&r.tenant).ok_or_else(|| ApiError::internal("bad internal tenant"))?;
+    let conversation = inner
+        .load()?
+        .filter(|c| c.tenant() == &tenant)
+        .ok_or_else(ApiError::conversation_not_found)?;
+    let mut replay = replay::Replay::new(
+        conversation.id().clone(),
+        tenant.clone(),
+        r.config,
+        inner.transcript()?,
+        &inner.records()?,
+        r.max_turns,
+    )
+    .map_err(|e| replay::config_error(&e))?;
+    let config = replay.config().clone();
     let mut turns = Vec::new();
-    for row in cursor.raw() {
-        let row = row.map_err(internal)?;
-        if let [
-            SqlStorageValue::Integer(seq),
-            SqlStorageValue::String(trace),
-        ] = row.as_slice()
-        {
-            let attempts: Value = serde_json::from_str(trace).unwrap_or(Value::Null);
-            turns.push(json!({"seq": seq, "attempts": attempts}));
+    let mut stopped = None;
+    while let Some(step) = replay.next_turn() {
+        if !step.needs_model() {
+            turns.push(step.finish(None, None));
+            continue;
         }
+        let mut options = config::turn_options(&inner.env, &config, ReplyMode::Whole);
+        if config.knowledge.enabled && config.has_models() {
+            match knowledge::search(
+                &inner.env,
+                &tenant,
+                &step.visitor.text(),
+                config.knowledge.top_k,
+            )
+            .await
+            {
+                Ok(found) => options.knowledge = found,
+                Err(e) => log(
+                    "error",
+                    json!({"msg": "knowledge search failed (replay)", "error": e.message}),
+                ),
+            }
+        }
+        let retrieved = options.knowledge.clone();
+        let files = attachments::resolve(&inner.env, &tenant, &step.attachments()).await;
+        options.attachments = files.clone();
+        let Some(mut turn) = step.start(now(), &config, options) else {
+            return Err(ApiError::internal("the replayed turn did not start"));
+        };
+        let grant = if config.has_models() {
+            match gateway::begin(&inner.env, &tenant, &config, &turn).await {
+                Ok(grant) => Some(grant),
+                Err(gateway::Refusal::Quota(q)) => {
+                    let e = api::quota_error(&q);
+                    stopped = Some(
+                        json!({"seq": step.visitor.seq, "error": {"code": e.code, "message": e.message}}),
+                    );
+                    break;
+                }
+                Err(gateway::Refusal::Host(e)) => return Err(e),
+            }
+        } else {
+            None
+        };
+        if let Some(grant) = grant.as_ref().filter(|g| !g.blocked.is_empty()) {
+            // Breakers refused some targets: plan again without them, as a live turn does.
+            let mut options = config::turn_options(&inner.env, &config, ReplyMode::Whole);
+            options.blocked = grant.blocked.clone();
+            options.knowledge = retrieved.clone();
+            options.attachments = files;
+            if let Some(again) = step.start(now(), &config, options) {
+                turn = again;
+            }
+        }
+        let result = provider::drive(&inner.env, &mut turn, |_, _| {}).await;
+        if let Some(grant) = grant {
+            let env = inner.env.clone();
+            let (tenant, config, trace) = (tenant.clone(), config.clone(), turn.trace().to_vec());
+            inner.state.wait_until(async move {
+                gateway::settle(&env, &tenant, &config, &grant, &trace).await
+            });
+        }
+        turns.push(step.finish(Some((&turn, &retrieved)), Some(&result)));
     }
-    json_response(200, &json!({"turns": turns}))
+    log(
+        "info",
+        json!({"msg": "replay", "conversation_id": conversation.id().as_str(), "turns": turns.len(), "model": r.model}),
+    );
+    json_response(
+        200,
+        &replay::replay_json(
+            conversation.id(),
+            r.model.as_deref(),
+            &replay,
+            turns,
+            stopped,
+        ),
+    )
 }
 
 /// A validated handoff or agent action, as the front hands it to the object.
@@ -730,6 +946,8 @@ async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiError
         TenantId::parse(&t.tenant).ok_or_else(|| ApiError::internal("bad internal tenant"))?;
     let arrived = now();
     let existing = inner.load()?;
+    // The state before the message, for the turn record's state changes.
+    let before = existing.clone().filter(|c| c.tenant() == &tenant);
     let (conversation, created) = match existing {
         Some(c) if c.tenant() == &tenant => (c, false),
         // Another tenant's conversation does not exist for this one.
@@ -766,7 +984,15 @@ async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiError
         .as_ref()
         .and_then(|h| h.compile().ok());
     let current = inner.load()?.ok_or_else(ApiError::conversation_not_found)?;
-    let decision = dialogue::decide(&current, &config, &rules, schedule.as_ref(), arrived, &text);
+    let (decision, mut record) = dialogue::decide_recorded(
+        &current,
+        &config,
+        &rules,
+        schedule.as_ref(),
+        arrived,
+        &text,
+        visitor.seq,
+    );
     // Outside business hours the bot says so (once a closed stretch) before it answers.
     if matches!(decision, Decision::Model | Decision::Canned { .. })
         && current.closed_notice_due(arrived, schedule.as_ref())
@@ -840,9 +1066,19 @@ async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiError
             Some(answer) => Ok(answer),
             None => {
                 let _guard = TurnQueue::acquire(&inner).await;
-                run_turn(&inner, &tenant, &visitor, mode, &config, |_, _| {}).await
+                run_turn(
+                    &inner,
+                    &tenant,
+                    &visitor,
+                    mode,
+                    &config,
+                    &mut record,
+                    |_, _| {},
+                )
+                .await
             }
         };
+        inner.store_record(record, before.as_ref(), &outcome);
         return match outcome {
             Ok(Answer::Reply(reply_message, reply)) => {
                 let mut resp = json_response(
@@ -886,7 +1122,7 @@ async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiError
                 let e = api::quota_error(&q);
                 let mut resp =
                     json_response(e.status, &api::chat_error_json(&id, created, &visitor, &e))?;
-                let secs = q.retry_after.as_millis().div_ceil(1000).max(1);
+                let secs = q.retry_after_secs();
                 resp.headers_mut()
                     .set("retry-after", &secs.to_string())
                     .map_err(internal)?;
@@ -907,12 +1143,21 @@ async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiError
             Some(answer) => Ok(answer),
             None => {
                 let _guard = TurnQueue::acquire(&inner).await;
-                run_turn(&inner, &tenant, &visitor, mode, &config, move |_, text| {
-                    let _ = deltas.unbounded_send(api::sse_delta(&text).into_bytes());
-                })
+                run_turn(
+                    &inner,
+                    &tenant,
+                    &visitor,
+                    mode,
+                    &config,
+                    &mut record,
+                    move |_, text| {
+                        let _ = deltas.unbounded_send(api::sse_delta(&text).into_bytes());
+                    },
+                )
                 .await
             }
         };
+        inner.store_record(record, before.as_ref(), &outcome);
         let last = match outcome {
             Ok(Answer::Reply(reply_message, reply)) => api::sse_done(&reply_message, &reply),
             Ok(Answer::Handoff(notice, status)) => {
@@ -1058,6 +1303,7 @@ async fn run_turn(
     visitor: &Message,
     mode: ReplyMode,
     config: &TenantConfig,
+    record: &mut TurnRecord,
     on_delta: impl FnMut(&kefu_engine::Turn, String),
 ) -> Result<Answer, TurnFailure> {
     let conversation = inner
@@ -1126,14 +1372,9 @@ async fn run_turn(
             gateway::settle(&env, &tenant, &config, &grant, &trace).await
         });
     }
-    let trace = serde_json::to_string(turn.trace()).unwrap_or_default();
+    // The turn's record (stored by the caller with the outcome) and its log line.
+    record.add_turn(&turn, &retrieved);
     let mut line = json!({"msg": "turn", "conversation_id": conversation.id().as_str(), "seq": visitor.seq, "trace": turn.trace()});
-    if let Err(e) = inner.sql.exec(
-        "INSERT INTO traces (seq, trace) VALUES (?, ?) ON CONFLICT (seq) DO UPDATE SET trace = excluded.trace",
-        vec![i64::from(visitor.seq).into(), trace.into()],
-    ) {
-        line["trace_store_error"] = e.to_string().into();
-    }
     let outcome = match result {
         Ok(reply) => {
             line["responder"] = reply.responder.kind().into();

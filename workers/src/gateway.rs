@@ -19,11 +19,13 @@
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 
+use kefu_engine::gateway::ledger::{self, Ledger, Report};
 use kefu_engine::gateway::quota::Limit;
 use kefu_engine::gateway::{
     AttemptRecord, BreakerBoard, BreakerPolicy, QuotaError, QuotaPolicy, QuotaState, Reservation,
+    UsageRow,
 };
-use kefu_engine::{TenantConfig, TenantId, Timestamp, Turn};
+use kefu_engine::{TenantConfig, TenantId, Turn};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use worker::{
@@ -69,47 +71,11 @@ fn cache_board(tenant: &TenantId, board: BreakerBoard) {
 /// The targets the cached board refuses, or `None` when the object must decide (no board
 /// yet, or a breaker is due for its one half-open probe).
 fn blocked_locally(tenant: &TenantId, keys: &[String]) -> Option<BTreeSet<String>> {
-    let t = now();
-    BOARDS.with(|boards| {
-        let boards = boards.borrow();
-        let board = boards.get(tenant.as_str())?;
-        let mut blocked = BTreeSet::new();
-        for k in keys {
-            let closed = board.state(k) == kefu_engine::gateway::BreakerState::Closed;
-            match (closed, board.allows(t, k)) {
-                (true, _) => {}
-                (false, false) => {
-                    blocked.insert(k.clone());
-                }
-                // Cool-down over: the probe must be claimed at the object.
-                (false, true) => return None,
-            }
-        }
-        Some(blocked)
-    })
+    BOARDS.with(|boards| boards.borrow().get(tenant.as_str())?.verdicts(now(), keys))
 }
 
-#[derive(Serialize, Deserialize)]
-struct UsageRow {
-    route: String,
-    target: String,
-    /// Attempts this row sums (one per attempt, more once batched).
-    requests: u64,
-    prompt_tokens: u64,
-    completion_tokens: u64,
-    cost_micros: u64,
-}
-
-#[derive(Serialize, Deserialize)]
-struct SettleRequest {
-    breaker: BreakerPolicy,
-    quotas: QuotaPolicy,
-    reservation: Option<Reservation>,
-    signals: Vec<(String, bool)>,
-    used_tokens: u64,
-    cost_micros: u64,
-    usage: Vec<UsageRow>,
-}
+/// What an isolate reports to the object after turns (one, or a batch of plain successes).
+type SettleRequest = Report;
 
 /// What `begin` granted a turn.
 pub(crate) struct Grant {
@@ -192,33 +158,7 @@ thread_local! {
 }
 
 fn settle_request(config: &TenantConfig, grant: &Grant, trace: &[AttemptRecord]) -> SettleRequest {
-    SettleRequest {
-        breaker: config.breaker.clone(),
-        quotas: config.quotas.clone(),
-        reservation: grant.reservation,
-        signals: trace
-            .iter()
-            .filter_map(|a| a.breaker_signal().map(|ok| (a.target.clone(), ok)))
-            .collect(),
-        used_tokens: trace
-            .iter()
-            .filter_map(|a| a.usage)
-            .map(|u| u64::from(u.total_tokens))
-            .sum(),
-        cost_micros: trace.iter().filter_map(|a| a.cost_micros).sum(),
-        usage: trace
-            .iter()
-            .filter(|a| a.status.is_some())
-            .map(|a| UsageRow {
-                route: a.route.clone(),
-                target: a.target.clone(),
-                requests: 1,
-                prompt_tokens: a.usage.map_or(0, |u| u64::from(u.prompt_tokens)),
-                completion_tokens: a.usage.map_or(0, |u| u64::from(u.completion_tokens)),
-                cost_micros: a.cost_micros.unwrap_or(0),
-            })
-            .collect(),
-    }
+    Report::new(&config.breaker, &config.quotas, grant.reservation, trace)
 }
 
 /// Whether a report must go at once: it settles a quota reservation, carries a failure, or
@@ -237,27 +177,6 @@ fn urgent(tenant: &TenantId, req: &SettleRequest) -> bool {
         })
 }
 
-fn merge(into: &mut SettleRequest, more: SettleRequest) {
-    into.breaker = more.breaker;
-    into.quotas = more.quotas;
-    into.signals.extend(more.signals);
-    for row in more.usage {
-        match into
-            .usage
-            .iter_mut()
-            .find(|r| r.route == row.route && r.target == row.target)
-        {
-            Some(r) => {
-                r.requests += row.requests;
-                r.prompt_tokens += row.prompt_tokens;
-                r.completion_tokens += row.completion_tokens;
-                r.cost_micros += row.cost_micros;
-            }
-            None => into.usage.push(row),
-        }
-    }
-}
-
 /// Reports a finished turn to the tenant's gateway (breakers, quota, usage). Plain
 /// successes are batched per isolate for up to [`BATCH_MS`]; everything that changes a
 /// decision goes at once.
@@ -269,7 +188,7 @@ pub(crate) async fn settle(
     trace: &[AttemptRecord],
 ) {
     let req = settle_request(config, grant, trace);
-    if req.signals.is_empty() && req.usage.is_empty() && req.reservation.is_none() {
+    if req.is_empty() {
         return;
     }
     let now_ms = now().as_millis();
@@ -280,7 +199,7 @@ pub(crate) async fn settle(
             let mine = core::mem::replace(&mut req, pending);
             let reservation = mine.reservation;
             let (used, cost) = (mine.used_tokens, mine.cost_micros);
-            merge(&mut req, mine);
+            req.merge(mine);
             req.reservation = reservation;
             req.used_tokens = used;
             req.cost_micros = cost;
@@ -290,17 +209,10 @@ pub(crate) async fn settle(
     }
     let full = PENDING.with(|p| {
         let mut p = p.borrow_mut();
-        let entry = p.entry(tenant.as_str().to_owned()).or_insert_with(|| {
-            (
-                now_ms,
-                SettleRequest {
-                    signals: Vec::new(),
-                    usage: Vec::new(),
-                    ..req.clone_empty()
-                },
-            )
-        });
-        merge(&mut entry.1, req);
+        let entry = p
+            .entry(tenant.as_str().to_owned())
+            .or_insert_with(|| (now_ms, clone_empty(&req)));
+        entry.1.merge(req);
         entry.1.signals.len() >= BATCH_MAX
     });
     if !full {
@@ -346,18 +258,12 @@ async fn send(env: &Env, tenant: &TenantId, req: SettleRequest) {
     }
 }
 
-impl SettleRequest {
-    /// The same policies, nothing to report.
-    fn clone_empty(&self) -> SettleRequest {
-        SettleRequest {
-            breaker: self.breaker.clone(),
-            quotas: self.quotas.clone(),
-            reservation: None,
-            signals: Vec::new(),
-            used_tokens: 0,
-            cost_micros: 0,
-            usage: Vec::new(),
-        }
+/// The same policies, nothing to report.
+fn clone_empty(req: &SettleRequest) -> SettleRequest {
+    Report {
+        breaker: req.breaker.clone(),
+        quotas: req.quotas.clone(),
+        ..Report::default()
     }
 }
 
@@ -415,55 +321,45 @@ impl Inner {
 
     fn begin(&self, req: BeginRequest) -> Result<BeginAnswer, ApiError> {
         let t = now();
-        let (mut board, mut quota) = self.load()?;
-        let before = (board.clone(), quota.clone());
-        let reservation = if req.quotas.is_limited() {
-            match quota.reserve(t, &req.quotas, req.tokens) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    let ms = u64::try_from(e.retry_after.as_millis()).unwrap_or(u64::MAX);
-                    return Ok(BeginAnswer {
-                        blocked: BTreeSet::new(),
-                        reservation: None,
-                        refused: Some((e.limit, ms)),
-                        board,
-                    });
+        let (breakers, quota) = self.load()?;
+        let mut ledger = Ledger { breakers, quota };
+        let before = ledger.clone();
+        match ledger.admit(t, &req.quotas, &req.breaker, &req.keys, req.tokens) {
+            Ok(admission) => {
+                if ledger != before {
+                    self.store(ledger.breakers.clone(), ledger.quota)?;
                 }
+                Ok(BeginAnswer {
+                    blocked: admission.blocked,
+                    reservation: admission.reservation,
+                    refused: None,
+                    board: ledger.breakers,
+                })
             }
-        } else {
-            None
-        };
-        let blocked = req
-            .keys
-            .into_iter()
-            .filter(|k| !board.admit(t, k, &req.breaker))
-            .collect();
-        if (&board, &quota) != (&before.0, &before.1) {
-            self.store(board.clone(), quota)?;
+            // A refusal changed nothing.
+            Err(e) => {
+                let ms = u64::try_from(e.retry_after.as_millis()).unwrap_or(u64::MAX);
+                Ok(BeginAnswer {
+                    blocked: BTreeSet::new(),
+                    reservation: None,
+                    refused: Some((e.limit, ms)),
+                    board: ledger.breakers,
+                })
+            }
         }
-        Ok(BeginAnswer {
-            blocked,
-            reservation,
-            refused: None,
-            board,
-        })
     }
 
     fn settle(&self, req: SettleRequest) -> Result<BreakerBoard, ApiError> {
         let t = now();
-        let (mut board, mut quota) = self.load()?;
-        for (key, ok) in &req.signals {
-            if let Some(change) = board.record(t, key, *ok, &req.breaker) {
-                log(
-                    "warn",
-                    json!({"msg": "circuit breaker", "target": key, "change": format!("{change:?}")}),
-                );
-            }
+        let (breakers, quota) = self.load()?;
+        let mut ledger = Ledger { breakers, quota };
+        for (key, change) in ledger.settle(t, &req) {
+            log(
+                "warn",
+                json!({"msg": "circuit breaker", "target": key, "change": format!("{change:?}")}),
+            );
         }
-        if let Some(r) = req.reservation {
-            quota.settle(t, &req.quotas, r, Some(req.used_tokens), req.cost_micros);
-        }
-        let day = i64::try_from(t.as_millis() / 86_400_000).unwrap_or(0);
+        let day = i64::try_from(ledger::day_of(t)).unwrap_or(0);
         for u in &req.usage {
             let n = |x: u64| SqlStorageValue::Integer(i64::try_from(x).unwrap_or(i64::MAX));
             self.sql
@@ -485,8 +381,8 @@ impl Inner {
                 )
                 .map_err(internal)?;
         }
-        self.store(board.clone(), quota)?;
-        Ok(board)
+        self.store(ledger.breakers.clone(), ledger.quota)?;
+        Ok(ledger.breakers)
     }
 
     fn usage(&self) -> Result<serde_json::Value, ApiError> {
@@ -494,30 +390,31 @@ impl Inner {
             .sql
             .exec("SELECT day, route, target, requests, prompt_tokens, completion_tokens, cost_micros FROM usage ORDER BY day, route, target", None)
             .map_err(internal)?;
+        let n = |c: Option<&SqlStorageValue>| match c {
+            Some(SqlStorageValue::Integer(i)) => u64::try_from(*i).unwrap_or(0),
+            _ => 0,
+        };
+        let s = |c: Option<&SqlStorageValue>| match c {
+            Some(SqlStorageValue::String(s)) => s.clone(),
+            _ => String::new(),
+        };
         let mut rows = Vec::new();
         for row in cursor.raw() {
             let row = row.map_err(internal)?;
-            let v: Vec<serde_json::Value> = row
-                .into_iter()
-                .map(|c| match c {
-                    SqlStorageValue::Integer(i) => json!(i),
-                    SqlStorageValue::String(s) => json!(s),
-                    SqlStorageValue::Float(f) => json!(f),
-                    _ => serde_json::Value::Null,
-                })
-                .collect();
-            let day_ms = v[0].as_u64().unwrap_or(0) * 86_400_000;
-            rows.push(json!({
-                "day": Timestamp::from_millis(day_ms).to_rfc3339()[..10].to_owned(),
-                "route": v[1], "target": v[2], "requests": v[3],
-                "prompt_tokens": v[4], "completion_tokens": v[5], "cost_micros": v[6],
-            }));
+            rows.push((
+                n(row.first()),
+                UsageRow {
+                    route: s(row.get(1)),
+                    target: s(row.get(2)),
+                    requests: n(row.get(3)),
+                    prompt_tokens: n(row.get(4)),
+                    completion_tokens: n(row.get(5)),
+                    cost_micros: n(row.get(6)),
+                },
+            ));
         }
         let (_, quota) = self.load()?;
-        let (requests, tokens, cost) = quota.today();
-        Ok(
-            json!({"usage": rows, "today": {"requests": requests, "tokens": tokens, "cost_micros": cost}}),
-        )
+        Ok(ledger::usage_json(&rows, &quota))
     }
 }
 

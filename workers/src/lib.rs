@@ -314,6 +314,29 @@ async fn handle(
             let path = format!("{}?{}", conversation::TRACES_PATH, http::query_string(&[("tenant", tenant.as_str())]));
             http::forward(&stub, Method::Get, &path, None).await
         }
+        Route::ConversationReplay(id) => {
+            let (tenant, config) = agent_tenant(req, env).await?;
+            let body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
+            if body.len() > api::MAX_CONFIG_BYTES + 1024 {
+                return Err(ApiError::new(413, "payload_too_large", "the replay request exceeds 257 KiB"));
+            }
+            let request = kefu_engine::replay::parse_replay_request(&body, &config)?;
+            let internal = conversation::InternalReplay {
+                tenant: tenant.as_str().to_owned(),
+                config: request.config,
+                max_turns: request.max_turns,
+                model: request.model,
+            };
+            let body = serde_json::to_vec(&internal).map_err(|e| ApiError::internal(e.to_string()))?;
+            let stub = conversation::stub_for(env, Some(id.as_str()))?;
+            http::forward(&stub, Method::Post, conversation::REPLAY_PATH, Some(body)).await
+        }
+        Route::ConversationExport(id) => {
+            let (tenant, _) = agent_tenant(req, env).await?;
+            let stub = conversation::stub_for(env, Some(id.as_str()))?;
+            let path = format!("{}?{}", conversation::EXPORT_PATH, http::query_string(&[("tenant", tenant.as_str())]));
+            http::forward(&stub, Method::Get, &path, None).await
+        }
         Route::ListConversations => {
             let (tenant, _) = agent_tenant(req, env).await?;
             let query = req.url().ok().and_then(|u| u.query().map(str::to_owned)).unwrap_or_default();

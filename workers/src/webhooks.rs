@@ -36,10 +36,8 @@ use futures::StreamExt;
 use futures::future::{Either, select};
 use futures::stream::FuturesUnordered;
 use kefu_engine::api::ApiError;
-use kefu_engine::webhook::{
-    self, AttemptOutcome, AttemptResult, Delivery, DeliveryStatus, EventPayload, Next,
-    WebhookSecret,
-};
+use kefu_engine::outbox::{self, attempt_json, delivery_json, status_name};
+use kefu_engine::webhook::{self, AttemptOutcome, Delivery, DeliveryStatus, Next, WebhookSecret};
 use kefu_engine::{Event, HttpRequest, TenantConfig, TenantId, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -54,7 +52,7 @@ use crate::provider::now;
 use crate::{WEBHOOKS, log};
 
 /// The operators' route (served by the front in `lib.rs`, before the engine's router).
-pub(crate) const DELIVERIES_ROUTE: &str = "/api/v1/webhooks/deliveries";
+pub(crate) const DELIVERIES_ROUTE: &str = outbox::DELIVERIES_ROUTE;
 /// The object's internal route taking new deliveries.
 const ENQUEUE_PATH: &str = "/enqueue";
 /// The object's internal route listing deliveries.
@@ -67,7 +65,7 @@ const ENQUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = webhook::REQUEST_TIMEOUT;
 /// How long a delivery being sent is reserved for its sender; after that (the sender was
 /// evicted mid-flight) the alarm sends it again.
-const LEASE: Duration = Duration::from_secs(REQUEST_TIMEOUT.as_secs() + 15);
+const LEASE: Duration = outbox::LEASE;
 /// How long an alarm keeps taking deliveries that come due while it sends others.
 const ALARM_WINDOW: Duration = Duration::from_secs(60);
 /// The most deliveries one pass sends at once; more due ones go in the next pass.
@@ -78,8 +76,8 @@ const MAX_PENDING: i64 = 5_000;
 /// How many finished deliveries (succeeded or failed) are kept for the log.
 const KEEP_FINISHED: i64 = 500;
 /// The listing's default and largest page.
-const DEFAULT_LIST: usize = 50;
-const MAX_LIST: usize = 200;
+const DEFAULT_LIST: usize = outbox::DEFAULT_LIST;
+const MAX_LIST: usize = outbox::MAX_LIST;
 /// How much of an endpoint's answer body is read (then the rest is dropped).
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
@@ -102,53 +100,27 @@ struct EnqueueRequest {
     deliveries: Vec<Delivery>,
 }
 
-/// The deliveries `events` make for the tenant's endpoints, and the endpoints they go to.
-/// Empty when no enabled endpoint wants any of the events.
+/// The deliveries `events` make for the tenant's endpoints ([`outbox::plan`]), and the
+/// endpoints they go to. Empty when no enabled endpoint wants any of the events.
 fn plan(
     config: &TenantConfig,
     events: &[Event],
     at: Timestamp,
 ) -> (Vec<Delivery>, Vec<EndpointSecret>) {
-    let mut deliveries = Vec::new();
+    let deliveries = outbox::plan(&config.webhooks, events, at, random_u64);
     let mut endpoints: Vec<EndpointSecret> = Vec::new();
-    for event in events {
-        let payload = EventPayload::from_event(event, at);
-        let mut event_id = None;
-        let mut sent_to: Vec<&str> = Vec::new();
-        for endpoint in &config.webhooks {
-            // Two entries with one URL would send the same message twice: once is enough.
-            if !endpoint.wants(payload.event_type()) || sent_to.contains(&endpoint.url.as_str()) {
-                continue;
-            }
-            sent_to.push(&endpoint.url);
-            // One id per event, the same for every endpoint: the receiver's idempotency key.
-            let id = event_id.get_or_insert_with(|| new_event_id(at));
-            match Delivery::new(id, &endpoint.url, &payload, at, random_u64()) {
-                Ok(d) => deliveries.push(d),
-                Err(e) => log(
-                    "error",
-                    json!({"msg": "webhook delivery not created", "error": e.to_string()}),
-                ),
-            }
-            if !endpoints.iter().any(|e| e.url == endpoint.url) {
-                endpoints.push(EndpointSecret {
-                    url: endpoint.url.clone(),
-                    secret: endpoint.secret.clone(),
-                });
-            }
+    for d in &deliveries {
+        if endpoints.iter().any(|e| e.url == d.endpoint) {
+            continue;
+        }
+        if let Some(e) = config.webhooks.iter().find(|e| e.url == d.endpoint) {
+            endpoints.push(EndpointSecret {
+                url: e.url.clone(),
+                secret: e.secret.clone(),
+            });
         }
     }
     (deliveries, endpoints)
-}
-
-/// A unique event id: the time (so ids sort roughly by time) and 128 random bits.
-fn new_event_id(at: Timestamp) -> String {
-    format!(
-        "{:011x}{:016x}{:016x}",
-        at.as_millis(),
-        random_u64(),
-        random_u64()
-    )
 }
 
 /// Sends `events` to the tenant's webhook endpoints: builds the payloads, picks the enabled
@@ -219,33 +191,15 @@ fn stub(env: &Env, tenant: &TenantId) -> Result<worker::Stub, ApiError> {
 pub(crate) async fn deliveries(mut req: Request, env: &Env) -> worker::Result<Response> {
     let result = async {
         if req.method() != Method::Get {
-            return Err(ApiError {
-                status: 405,
-                code: "method_not_allowed",
-                message: format!("{DELIVERIES_ROUTE} only answers GET"),
-                field: None,
-                allow: Some("GET"),
-            });
+            return Err(outbox::list_method_not_allowed());
         }
         let (tenant, _) = crate::agent_tenant(&req, env).await?;
-        let limit = req
-            .url()
-            .ok()
-            .and_then(|u| crate::http::param(&u, "limit"))
-            .map(|v| {
-                v.parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=MAX_LIST).contains(n))
-                    .ok_or_else(|| ApiError {
-                        status: 400,
-                        code: "invalid_field",
-                        message: format!("`limit` must be a whole number from 1 to {MAX_LIST}"),
-                        field: Some("limit".into()),
-                        allow: None,
-                    })
-            })
-            .transpose()?
-            .unwrap_or(DEFAULT_LIST);
+        let limit = outbox::list_limit(
+            req.url()
+                .ok()
+                .and_then(|u| crate::http::param(&u, "limit"))
+                .as_deref(),
+        )?;
         let mut resp = forward(
             &stub(env, &tenant)?,
             Method::Get,
@@ -314,7 +268,7 @@ async fn send(request: &HttpRequest) -> AttemptOutcome {
                 .get("retry-after")
                 .ok()
                 .flatten()
-                .and_then(|v| retry_after(&v, now()));
+                .and_then(|v| outbox::retry_after(&v, now()));
             drain_answer(&mut resp, deadline).await;
             controller.abort();
             let outcome = AttemptOutcome::status(code, took);
@@ -347,19 +301,6 @@ async fn drain_answer(resp: &mut Response, deadline: Timestamp) {
             _ => return,
         }
     }
-}
-
-/// A `Retry-After` value: delay seconds, or an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
-fn retry_after(value: &str, now: Timestamp) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let ms = worker::js_sys::Date::parse(value);
-    if ms.is_finite() && ms >= 0.0 {
-        return Some(Timestamp::from_millis(ms as u64).since(now));
-    }
-    None
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -396,34 +337,6 @@ fn rfc3339(ms: Option<i64>) -> Value {
         .map_or(Value::Null, |m| {
             Timestamp::from_millis(m).to_rfc3339().into()
         })
-}
-
-fn status_name(status: DeliveryStatus) -> &'static str {
-    match status {
-        DeliveryStatus::Pending => "pending",
-        DeliveryStatus::Succeeded => "succeeded",
-        DeliveryStatus::Failed => "failed",
-    }
-}
-
-/// One attempt for logs and the listing: `{"at", "status_code"|"error", "duration_ms"}`.
-fn attempt_json(at: Timestamp, result: &AttemptResult, duration_ms: u64) -> Value {
-    let mut line = json!({"at": at.to_rfc3339(), "duration_ms": duration_ms});
-    match result {
-        AttemptResult::Status { code } => {
-            line["result"] = "status".into();
-            line["status_code"] = (*code).into();
-        }
-        AttemptResult::Timeout => {
-            line["result"] = "timeout".into();
-            line["error"] = format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()).into();
-        }
-        AttemptResult::Network { error } => {
-            line["result"] = "network".into();
-            line["error"] = error.as_str().into();
-        }
-    }
-    line
 }
 
 struct Inner {
@@ -788,21 +701,20 @@ impl Inner {
             else {
                 continue;
             };
-            let payload: Value = serde_json::from_str(&delivery.payload).unwrap_or(Value::Null);
             let in_flight = integer(row.get(4)).is_some_and(|l| l > ms_i64(t));
-            deliveries.push(json!({
-                "id": delivery.id,
-                "event_type": delivery.event_type,
-                "endpoint": delivery.endpoint,
-                "status": text(row.get(1)).unwrap_or_else(|| status_name(delivery.status).to_owned()),
-                "note": text(row.get(3)),
-                "created_at": rfc3339(integer(row.get(2))),
-                "attempts": delivery.attempts,
-                "in_flight": in_flight,
-                "next_attempt_at": delivery.next_at.map(Timestamp::to_rfc3339),
-                "attempt_log": delivery.log.iter().map(|l| attempt_json(l.at, &l.result, l.duration_ms)).collect::<Vec<_>>(),
-                "payload": payload,
-            }));
+            let created_at = integer(row.get(2))
+                .and_then(|m| u64::try_from(m).ok())
+                .map(Timestamp::from_millis)
+                .unwrap_or_default();
+            let status =
+                text(row.get(1)).unwrap_or_else(|| status_name(delivery.status).to_owned());
+            deliveries.push(delivery_json(
+                &delivery,
+                &status,
+                text(row.get(3)).as_deref(),
+                created_at,
+                in_flight,
+            ));
         }
         let endpoints: Vec<Value> = self
             .exec(

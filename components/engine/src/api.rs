@@ -101,6 +101,12 @@ pub enum Route {
     Typing(ConversationId),
     /// `GET /api/v1/conversations/{id}/traces`: every model turn's attempts (agents).
     ConversationTraces(ConversationId),
+    /// `POST /api/v1/conversations/{id}/replay`: run the conversation again under another
+    /// configuration or model, old and new replies side by side (agents).
+    ConversationReplay(ConversationId),
+    /// `GET /api/v1/conversations/{id}/export`: the conversation and its turn records as one
+    /// JSON document (agents).
+    ConversationExport(ConversationId),
     /// `POST /api/v1/agents/tokens`: mint an agent's sign-in token (tenant API key).
     AgentToken,
     /// `POST /api/v1/attachments`: upload a file to send with a message.
@@ -225,6 +231,12 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
                 }
                 if action == "traces" {
                     return check_method(method, "GET", id.map(Route::ConversationTraces));
+                }
+                if action == "replay" {
+                    return check_method(method, "POST", id.map(Route::ConversationReplay));
+                }
+                if action == "export" {
+                    return check_method(method, "GET", id.map(Route::ConversationExport));
                 }
                 let Some(action) = ConversationAction::parse(action) else {
                     return Err(ApiError::new(

@@ -10,6 +10,7 @@ use crate::conversation::Conversation;
 use crate::handoff::HandoffReason;
 use crate::hours::Schedule;
 use crate::offline::{self, Lang};
+use crate::replay::TurnRecord;
 use crate::rules::{RuleMatch, RuleSet};
 use crate::time::Timestamp;
 
@@ -85,23 +86,54 @@ pub fn decide(
     now: Timestamp,
     text: &str,
 ) -> Decision {
+    decide_with_match(conversation, config, rules, schedule, now, text).0
+}
+
+/// [`decide`], and the start of the turn's record for the replay console (the rule that
+/// matched, business hours, the decision): what every host stores for visitor message
+/// `seq`. The host adds the model turn ([`TurnRecord::add_turn`]), the state changes and
+/// the outcome.
+pub fn decide_recorded(
+    conversation: &Conversation,
+    config: &TenantConfig,
+    rules: &RuleSet,
+    schedule: Option<&Schedule>,
+    now: Timestamp,
+    text: &str,
+    seq: u32,
+) -> (Decision, TurnRecord) {
+    let (decision, matched) = decide_with_match(conversation, config, rules, schedule, now, text);
+    let record = TurnRecord::decided(seq, &decision, matched.as_ref(), schedule, now);
+    (decision, record)
+}
+
+fn decide_with_match(
+    conversation: &Conversation,
+    config: &TenantConfig,
+    rules: &RuleSet,
+    schedule: Option<&Schedule>,
+    now: Timestamp,
+    text: &str,
+) -> (Decision, Option<RuleMatch>) {
     if !conversation.bot_answers() {
-        return Decision::Silent;
+        return (Decision::Silent, None);
     }
     let lang = lang_of(text);
     let handoff_ok = config.handoff.enabled;
     let queue = || config.handoff.default_queue.clone();
+    let matched = rules.evaluate(text);
     if let Some(RuleMatch {
         id, reply, actions, ..
-    }) = rules.evaluate(text)
+    }) = matched.clone()
     {
         if actions.handoff && handoff_ok {
-            return Decision::Handoff {
+            let decision = Decision::Handoff {
                 reason: HandoffReason::Rule(actions.tag.clone().unwrap_or_else(|| id.clone())),
                 queue: actions.queue.clone().or_else(queue),
                 notice: after_hours_notice(schedule, now, lang),
                 reply,
             };
+            return (decision, matched);
         }
         let mut reply = reply.unwrap_or_default();
         if actions.collect_email {
@@ -111,24 +143,26 @@ pub fn decide(
             reply.push_str(collect_email_prompt(lang));
         }
         if !reply.is_empty() || actions.close {
-            return Decision::Canned {
+            let decision = Decision::Canned {
                 rule: id,
                 reply,
                 tag: actions.tag,
                 close: actions.close,
             };
+            return (decision, matched);
         }
         // A rule that only tags still lets the model answer; the host applies the tag.
     }
     if handoff_ok && config.handoff.on_request && offline::wants_human(text) {
-        return Decision::Handoff {
+        let decision = Decision::Handoff {
             reason: HandoffReason::VisitorAsked,
             queue: queue(),
             notice: after_hours_notice(schedule, now, lang),
             reply: None,
         };
+        return (decision, matched);
     }
-    Decision::Model
+    (Decision::Model, matched)
 }
 
 /// What becomes of a model's finished reply ([`after_reply`]).

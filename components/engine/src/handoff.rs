@@ -180,7 +180,7 @@ impl Conversation {
     }
 
     /// The language of the visitor's latest message (for system notices).
-    fn visitor_lang(&self) -> Lang {
+    pub(crate) fn visitor_lang(&self) -> Lang {
         self.window()
             .iter()
             .rev()

@@ -15,6 +15,11 @@
 //!    [`Action::Finished`].
 //! 4. [`Conversation::record_reply`] records the reply, which the host persists; a failed
 //!    turn records nothing, and the visitor gets a typed error instead of a fake reply.
+//!
+//! Each visitor turn also leaves a [`replay::TurnRecord`] for the replay console: started by
+//! [`dialogue::decide_recorded`], completed with the model turn, the state changes and the
+//! outcome; [`replay::Replay`] plans a recorded conversation's turns again under another
+//! configuration without changing it.
 
 pub mod anthropic;
 pub mod api;
@@ -35,8 +40,10 @@ pub mod models;
 pub mod offline;
 pub mod openai;
 pub mod openai_api;
+pub mod outbox;
 pub mod plugin;
 pub mod provider;
+pub mod replay;
 pub mod rules;
 #[cfg(feature = "sim")]
 pub mod sim;

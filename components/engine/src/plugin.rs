@@ -955,6 +955,58 @@ pub fn event(
     }
 }
 
+/// What plugins hear of an engine event: the conversation, the kind, the message's number
+/// (for message events, whose text the host reads from the transcript) and a detail (the
+/// agent who claimed). Events plugins have no hook for (a new conversation, a rating) give
+/// `None`.
+pub fn event_kind(
+    event: &crate::Event,
+) -> Option<(
+    crate::conversation::ConversationId,
+    EventKind,
+    Option<u32>,
+    Option<String>,
+)> {
+    use crate::Event;
+    use crate::conversation::{Role, Status};
+    Some(match event {
+        Event::MessageCreated {
+            conversation,
+            seq,
+            role,
+        } => {
+            let kind = match role {
+                Role::Visitor => EventKind::VisitorMessage,
+                Role::Bot => EventKind::BotReply,
+                Role::Agent => EventKind::AgentMessage,
+                Role::System | Role::Note => return None,
+            };
+            (conversation.clone(), kind, Some(*seq), None)
+        }
+        Event::StatusChanged {
+            conversation,
+            status,
+        } => {
+            let kind = match status {
+                Status::WaitingForAgent => EventKind::HandoffRequested,
+                Status::Resolved => EventKind::Resolved,
+                Status::Bot | Status::WithAgent => return None,
+            };
+            (conversation.clone(), kind, None, None)
+        }
+        Event::Assigned {
+            conversation,
+            agent,
+        } => (
+            conversation.clone(),
+            EventKind::Claimed,
+            None,
+            Some(agent.clone()),
+        ),
+        _ => return None,
+    })
+}
+
 /// The `on-event` calls an event makes: one per enabled plugin that implements the hook, in
 /// configuration order, each with its spec (for the budget and grants).
 pub fn event_calls(
@@ -1016,6 +1068,14 @@ pub fn finish_call(
 }
 
 impl crate::conversation::Conversation {
+    /// The visitor's language as plugins get it (`en` or `zh`, from their latest message).
+    pub fn plugin_language(&self) -> String {
+        match self.visitor_lang() {
+            crate::offline::Lang::Zh => "zh".into(),
+            crate::offline::Lang::En => "en".into(),
+        }
+    }
+
     /// Applies what a plugin's `on-event` answer asked for, after [`accept_actions`]: tags
     /// always; a message to the visitor and a handoff only while the bot answers (a plugin
     /// never talks over a human). Returns what to persist, and per action what was done or
@@ -1432,6 +1492,52 @@ mod tests {
         );
         assert!(changed.messages.is_empty());
         assert!(said[0].starts_with("refused:"), "{said:?}");
+    }
+
+    #[test]
+    fn engine_events_map_to_plugin_events() {
+        use crate::Event;
+        use crate::conversation::{ConversationId, Role, Status};
+        let c = ConversationId::parse("c-1").unwrap();
+        let kind = |e: Event| event_kind(&e).map(|(_, k, seq, detail)| (k, seq, detail));
+        assert_eq!(
+            kind(Event::MessageCreated {
+                conversation: c.clone(),
+                seq: 3,
+                role: Role::Agent
+            }),
+            Some((EventKind::AgentMessage, Some(3), None))
+        );
+        assert_eq!(
+            kind(Event::MessageCreated {
+                conversation: c.clone(),
+                seq: 4,
+                role: Role::Note
+            }),
+            None
+        );
+        assert_eq!(
+            kind(Event::StatusChanged {
+                conversation: c.clone(),
+                status: Status::Resolved
+            }),
+            Some((EventKind::Resolved, None, None))
+        );
+        assert_eq!(
+            kind(Event::StatusChanged {
+                conversation: c.clone(),
+                status: Status::WithAgent
+            }),
+            None
+        );
+        assert_eq!(
+            kind(Event::Assigned {
+                conversation: c.clone(),
+                agent: "ana".into()
+            }),
+            Some((EventKind::Claimed, None, Some("ana".into())))
+        );
+        assert_eq!(kind(Event::ConversationCreated { conversation: c }), None);
     }
 
     #[test]

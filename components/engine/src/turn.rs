@@ -355,6 +355,9 @@ pub struct Turn {
     hold_deltas: bool,
     handoff_enabled: bool,
     question: String,
+    /// The latest request sent: its target and body (for the turn's record; the body holds
+    /// no secret, keys travel in headers).
+    sent: Option<(String, Vec<u8>)>,
 }
 
 impl Turn {
@@ -424,6 +427,7 @@ impl Turn {
             hold_deltas,
             handoff_enabled: config.handoff.enabled,
             question: String::new(),
+            sent: None,
         };
         let question = last_user_text(&turn.prompt);
         turn.question.clone_from(&question);
@@ -545,6 +549,13 @@ impl Turn {
         &self.targets
     }
 
+    /// The latest request the turn sent — the answering one once it finished — as
+    /// (`provider/model`, body bytes): the exact prompt the provider's adapter produced.
+    /// Keys travel in headers, never in the body, so it holds no secret.
+    pub fn sent_request(&self) -> Option<(&str, &[u8])> {
+        self.sent.as_ref().map(|(t, b)| (t.as_str(), b.as_slice()))
+    }
+
     /// What every attempt did so far.
     pub fn trace(&self) -> &[AttemptRecord] {
         &self.trace
@@ -625,6 +636,7 @@ impl Turn {
         );
         self.state = State::Calling(Box::new(self.new_call(attempt, now)));
         let target = self.targets[self.current].key.clone();
+        self.sent = Some((target.clone(), request.body.clone()));
         self.actions.push_back(Action::CallProvider {
             attempt,
             target,

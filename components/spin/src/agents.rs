@@ -24,7 +24,6 @@ pub fn action(
         let config = store::config(kv, &tenant)?;
         (tenant, config, None)
     };
-    crate::supported(&config)?;
     let body = match &claims {
         Some(claims) => api::bind_agent(action, &req.body, claims)?,
         None => req.body.clone(),
@@ -60,6 +59,7 @@ pub fn action(
         parts.extend(files.iter().map(kefu_engine::attachment::Attachment::part));
         let changed = api::apply_action(c, now(), &config, &request, parts)
             .map_err(|e| api::handoff_error(&e))?;
+        crate::webhooks::stage(&changed.events);
         Ok((changed.messages, ()))
     })?;
     let messages = kv.transcript(&conversation)?;

@@ -5,6 +5,7 @@ use kefu_engine::api::{self, ApiError};
 use kefu_engine::dialogue::{self, Decision};
 use kefu_engine::handoff::HandoffReason;
 use kefu_engine::offline;
+use kefu_engine::replay::{Outcome, TurnRecord};
 use kefu_engine::{
     Conversation, ConversationId, Message, Part, ProviderError, ReplyMode, Status, TenantConfig,
     TenantId, TurnOptions, TurnReply,
@@ -29,6 +30,7 @@ enum Answer {
 /// What went wrong after the visitor's message was stored.
 enum Failure {
     Provider(ProviderError),
+    Quota(kefu_engine::gateway::QuotaError),
     Host(ApiError),
 }
 
@@ -46,7 +48,10 @@ pub fn handle(kv: &Kv, req: &Incoming, out: ResponseOutparam) {
         None => (new_id(), Some(at)),
     };
     let visitor_id = chat.visitor.as_ref().map(|v| v.id.clone());
+    // The state before the message, for the turn's record (none for a new conversation).
+    let mut before = None;
     let stored = kv.change(&id, &tenant, create, |c| {
+        before = create.is_none().then(|| c.clone());
         // A verified visitor's conversation takes only them (the engine's rule).
         kefu_engine::identity::may_continue(c.owner(), visitor_id.as_deref())
             .map_err(|e| api::identity_error(&e))?;
@@ -56,6 +61,7 @@ pub fn handle(kv: &Kv, req: &Incoming, out: ResponseOutparam) {
         let r = c
             .handle_visitor_message(at, parts.clone(), &config)
             .map_err(|e| ApiError::internal(e.to_string()))?;
+        crate::webhooks::stage(&r.events);
         Ok((vec![r.message.clone()], r.message))
     });
     let (conversation, _, visitor, created) = match stored {
@@ -68,7 +74,15 @@ pub fn handle(kv: &Kv, req: &Incoming, out: ResponseOutparam) {
         ReplyMode::Whole
     };
     if !stream {
-        let outcome = answer(kv, &tenant, &config, &conversation, &visitor, mode, |_| {});
+        let outcome = answer(
+            kv,
+            &tenant,
+            &config,
+            (before.as_ref(), &conversation),
+            &visitor,
+            mode,
+            |_| {},
+        );
         return whole(&id, created, &visitor, outcome).send(out);
     }
     let mut sse = Stream::open(
@@ -88,7 +102,7 @@ pub fn handle(kv: &Kv, req: &Incoming, out: ResponseOutparam) {
         kv,
         &tenant,
         &config,
-        &conversation,
+        (before.as_ref(), &conversation),
         &visitor,
         mode,
         |text| {
@@ -103,6 +117,10 @@ pub fn handle(kv: &Kv, req: &Incoming, out: ResponseOutparam) {
         }
         Ok(Answer::Silent(status)) => api::sse_done_notice(None, "none", status),
         Err(Failure::Provider(e)) => api::sse_error(e.code(), &e.to_string()),
+        Err(Failure::Quota(q)) => {
+            let e = api::quota_error(&q);
+            api::sse_error(e.code, &e.message)
+        }
         Err(Failure::Host(e)) => api::sse_error(e.code, &e.message),
     };
     sse.write(last.as_bytes());
@@ -119,8 +137,6 @@ fn prepare(
     api::check_content_length(req.header("content-length").and_then(|v| v.parse().ok()))?;
     let chat = api::parse_chat_request(&req.body)?;
     let config = store::config(kv, &tenant)?;
-    crate::supported(&config)?;
-    crate::plugins::supported(kv, &config)?;
     kefu_engine::identity::verify(config.identity.as_ref(), chat.visitor.as_ref())
         .map_err(|e| api::identity_error(&e))?;
     let mut parts = chat.parts();
@@ -138,8 +154,60 @@ fn new_id() -> ConversationId {
     ConversationId::parse(&hex).expect("32 hex digits are an id")
 }
 
-/// Decides and produces the answer to `visitor` (already stored).
+/// Decides and produces the answer to `visitor` (already stored in `conversation`, which
+/// was `before` without it), and stores the turn's record for the replay console.
 fn answer(
+    kv: &Kv,
+    tenant: &TenantId,
+    config: &TenantConfig,
+    (before, conversation): (Option<&Conversation>, &Conversation),
+    visitor: &Message,
+    mode: ReplyMode,
+    on_delta: impl FnMut(&str),
+) -> Result<Answer, Failure> {
+    let mut record = TurnRecord {
+        seq: visitor.seq,
+        ..TurnRecord::default()
+    };
+    let outcome = decide_and_answer(
+        kv,
+        tenant,
+        config,
+        conversation,
+        visitor,
+        mode,
+        on_delta,
+        &mut record,
+    );
+    let ended = match &outcome {
+        Ok(Answer::Reply(_, reply)) => Outcome::Reply {
+            responder: reply.responder.kind().to_owned(),
+            target: reply.target.clone(),
+        },
+        Ok(Answer::Notice(_, _, responder)) => Outcome::Reply {
+            responder: (*responder).to_owned(),
+            target: None,
+        },
+        Ok(Answer::Silent(_)) => Outcome::Silent,
+        Err(Failure::Provider(e)) => Outcome::Error {
+            code: e.code().to_owned(),
+            message: e.to_string(),
+        },
+        Err(Failure::Host(e)) => Outcome::Error {
+            code: e.code.to_owned(),
+            message: e.message.clone(),
+        },
+        Err(Failure::Quota(q)) => Outcome::Error {
+            code: "quota_exceeded".to_owned(),
+            message: q.to_string(),
+        },
+    };
+    crate::replay::finish_turn(kv, tenant, conversation.id(), record, before, ended);
+    outcome
+}
+
+#[allow(clippy::too_many_arguments)]
+fn decide_and_answer(
     kv: &Kv,
     tenant: &TenantId,
     config: &TenantConfig,
@@ -147,6 +215,7 @@ fn answer(
     visitor: &Message,
     mode: ReplyMode,
     mut on_delta: impl FnMut(&str),
+    record: &mut TurnRecord,
 ) -> Result<Answer, Failure> {
     let host = Failure::Host;
     let id = conversation.id().clone();
@@ -158,7 +227,16 @@ fn answer(
         .and_then(|h| h.compile().ok());
     let at = now();
     let text = visitor.text();
-    let decision = dialogue::decide(conversation, config, &rules, schedule.as_ref(), at, &text);
+    let (decision, decided) = dialogue::decide_recorded(
+        conversation,
+        config,
+        &rules,
+        schedule.as_ref(),
+        at,
+        &text,
+        visitor.seq,
+    );
+    *record = decided;
     // Outside business hours the bot says so (once a closed stretch) before it answers.
     if matches!(decision, Decision::Model | Decision::Canned { .. })
         && conversation.closed_notice_due(at, schedule.as_ref())
@@ -167,6 +245,7 @@ fn answer(
             let changed = c
                 .record_closed_notice(at, config, schedule.as_ref())
                 .map_err(|e| api::handoff_error(&e))?;
+            crate::webhooks::stage(&changed.events);
             Ok((changed.messages, ()))
         })
         .map_err(host)?;
@@ -184,6 +263,7 @@ fn answer(
                     let changed = c
                         .record_bot_text(at, config, &reply)
                         .map_err(|e| api::handoff_error(&e))?;
+                    crate::webhooks::stage(&changed.events);
                     Ok((changed.messages, ()))
                 })
                 .map_err(host)?;
@@ -212,7 +292,9 @@ fn answer(
                             .resolve(at, config, None)
                             .map_err(|e| api::handoff_error(&e))?;
                         changed.messages.extend(closed.messages);
+                        changed.events.extend(closed.events);
                     }
+                    crate::webhooks::stage(&changed.events);
                     Ok((changed.messages, ()))
                 })
                 .map_err(host)?;
@@ -222,7 +304,16 @@ fn answer(
                 None => Ok(Answer::Silent(c.status())),
             }
         }
-        Decision::Model => run_turn(kv, tenant, config, &id, visitor, mode, &mut on_delta),
+        Decision::Model => run_turn(
+            kv,
+            tenant,
+            config,
+            &id,
+            visitor,
+            mode,
+            &mut on_delta,
+            record,
+        ),
     }
 }
 
@@ -239,6 +330,7 @@ fn hand_off(
         let changed = c
             .request_handoff(now(), config, reason, queue.as_deref(), notice.clone())
             .map_err(|e| api::handoff_error(&e))?;
+        crate::webhooks::stage(&changed.events);
         Ok((changed.messages, ()))
     })?;
     log("info", json!({"msg": "handoff", "reason": reason.as_str()}));
@@ -251,6 +343,7 @@ fn hand_off(
 
 /// The model's turn: plan, call, retry and fall back (the engine's `Turn`), then store the
 /// reply — unless a human took the conversation meanwhile.
+#[allow(clippy::too_many_arguments)]
 fn run_turn(
     kv: &Kv,
     tenant: &TenantId,
@@ -259,6 +352,7 @@ fn run_turn(
     visitor: &Message,
     mode: ReplyMode,
     on_delta: &mut impl FnMut(&str),
+    record: &mut TurnRecord,
 ) -> Result<Answer, Failure> {
     let conversation = kv
         .load(id, tenant)
@@ -281,6 +375,7 @@ fn run_turn(
     let grounded = !options.knowledge.is_empty();
     options.plugins = crate::plugins::active(kv, config);
     options.plugin_scope = Some((tenant.as_str().to_owned(), id.as_str().to_owned()));
+    let retrieved = options.knowledge.clone();
     options.secrets = crate::secrets(config);
     options.attachments =
         crate::attachments::resolve(tenant, &conversation.turn_attachments(visitor));
@@ -289,10 +384,33 @@ fn run_turn(
             .try_into()
             .unwrap_or([7; 8]),
     );
-    let mut turn = conversation
-        .start_turn(now(), config, visitor, options)
-        .map_err(|e| Failure::Host(ApiError::internal(e.to_string())))?;
+    let start = |options: TurnOptions| {
+        conversation
+            .start_turn(now(), config, visitor, options)
+            .map_err(|e| Failure::Host(ApiError::internal(e.to_string())))
+    };
+    let mut turn = start(options.clone())?;
+    let grant = if config.has_models() {
+        let grant = crate::gateway::begin(kv, tenant, config, turn.estimated_tokens()).map_err(
+            |r| match r {
+                crate::gateway::Refusal::Quota(q) => Failure::Quota(q),
+                crate::gateway::Refusal::Host(e) => Failure::Host(e),
+            },
+        )?;
+        if !grant.blocked.is_empty() {
+            // Breakers refused some targets: plan again without them.
+            options.blocked = grant.blocked.clone();
+            turn = start(options)?;
+        }
+        Some(grant)
+    } else {
+        None
+    };
     let result = outbound::drive(&mut turn, |_, text| on_delta(&text));
+    if let Some(grant) = &grant {
+        crate::gateway::settle(kv, tenant, config, grant, turn.trace());
+    }
+    record.add_turn(&turn, &retrieved);
     log(
         "info",
         json!({"msg": "turn", "conversation_id": id.as_str(), "seq": visitor.seq, "trace": turn.trace()}),
@@ -330,6 +448,7 @@ fn run_turn(
                 let (changed, due) = c
                     .record_no_answer(now(), config)
                     .map_err(|e| api::handoff_error(&e))?;
+                crate::webhooks::stage(&changed.events);
                 let first = changed.messages.first().cloned();
                 return Ok((changed.messages, (decision, first.filter(|_| !due))));
             }
@@ -340,6 +459,7 @@ fn run_turn(
                 let r = c
                     .record_reply(now(), &reply, config)
                     .map_err(|e| ApiError::internal(e.to_string()))?;
+                crate::webhooks::stage(&r.events);
                 return Ok((vec![r.message.clone()], (decision, Some(r.message))));
             }
             Ok((Vec::new(), (decision, None)))
@@ -427,6 +547,11 @@ fn whole(
         Err(Failure::Provider(e)) => {
             let (status, body) = api::chat_failure_json(id, created, visitor, &e);
             Reply::json(status, &body)
+        }
+        Err(Failure::Quota(q)) => {
+            let e = api::quota_error(&q);
+            Reply::json(e.status, &api::chat_error_json(id, created, visitor, &e))
+                .with_header("retry-after", &q.retry_after_secs().to_string())
         }
         Err(Failure::Host(e)) => {
             Reply::json(e.status, &api::chat_error_json(id, created, visitor, &e))

@@ -85,7 +85,6 @@ pub fn route(kv: &Kv, req: &Incoming, route: KnowledgeRoute) -> Result<Reply, Ap
         let (tenant, config, _) = admin::agent(kv, req)?;
         (tenant, config)
     };
-    crate::supported(&config)?;
     let db = open()?;
     let t = || Sql::Text(tenant.as_str().to_owned());
     match route {

@@ -6,8 +6,11 @@
 //!
 //! It serves the same API as the Worker for what it supports so far — chat (whole and
 //! streamed), a conversation's transcript and its live updates over Server-Sent Events
-//! (see [`events`]), the configuration API, health — with the engine's validation, decisions
-//! (rules, handoff, business hours) and gateway (routes, retries, fallback, timeouts).
+//! (see [`events`]), the replay console's turn records, replay and export (see [`replay`]),
+//! the configuration API, health — with the engine's validation, decisions (rules, handoff,
+//! business hours) and gateway (routes, retries, fallback, timeouts, circuit breakers, quotas
+//! and usage: see [`gateway`]), signed webhooks with retries, sent after the response (see
+//! [`webhooks`]), and the tenant's plugins, each in a component of its own (see [`plugins`]).
 //! Routes it does not serve yet answer `501 not_supported_on_spin` and say what to use
 //! instead; a tenant configuration that needs a feature it lacks is refused the same way,
 //! rather than half-honoured.
@@ -17,13 +20,17 @@ mod agents;
 mod attachments;
 mod chat;
 mod events;
+mod gateway;
 mod http;
 mod inbox;
 mod knowledge;
 mod openai;
 mod outbound;
 mod plugins;
+mod replay;
+mod shared;
 mod store;
+mod webhooks;
 
 use std::collections::BTreeMap;
 
@@ -54,19 +61,32 @@ fn serve(req: IncomingRequest, out: ResponseOutparam) {
         Ok(req) => req,
         Err(e) => return Reply::error(&e).send(out),
     };
-    let route = match api::route(&req.method, &req.path) {
-        Ok(route) => route,
-        Err(e) => return Reply::error(&e).send(out),
-    };
     let kv = match Kv::open() {
         Ok(kv) => kv,
         Err(e) => return Reply::error(&e).send(out),
     };
+    respond(&kv, &req, out);
+    // The client has its answer: now the plugins that observe events, then the webhooks
+    // this request produced (the plugins' actions included) or that came due.
+    plugins::after_response(&kv);
+    webhooks::after_response(&kv);
+}
+
+fn respond(kv: &Kv, req: &Incoming, out: ResponseOutparam) {
+    if req.path == kefu_engine::outbox::DELIVERIES_ROUTE {
+        return webhooks::deliveries(kv, req)
+            .unwrap_or_else(|e| Reply::error(&e))
+            .send(out);
+    }
+    let route = match api::route(&req.method, &req.path) {
+        Ok(route) => route,
+        Err(e) => return Reply::error(&e).send(out),
+    };
     match route {
-        Route::Chat => chat::handle(&kv, &req, out),
-        Route::ConversationEvents(id) => events::handle(&kv, &req, &id, out),
-        Route::OpenAiChat => openai::chat(&kv, &req, out),
-        other => handle(&kv, &req, other)
+        Route::Chat => chat::handle(kv, req, out),
+        Route::ConversationEvents(id) => events::handle(kv, req, &id, out),
+        Route::OpenAiChat => openai::chat(kv, req, out),
+        other => handle(kv, req, other)
             .unwrap_or_else(|e| Reply::error(&e))
             .send(out),
     }
@@ -94,27 +114,19 @@ fn handle(kv: &Kv, req: &Incoming, route: Route) -> Result<Reply, ApiError> {
         Route::Typing(id) => agents::typing(kv, req, &id),
         Route::Knowledge(k) => knowledge::route(kv, req, k),
         Route::ListConversations => inbox::list(&admin::agent(kv, req)?.0, req),
-        Route::ConversationTraces(_) => Err(not_on_spin(
-            "turn traces",
-            "the Spin component logs each turn's trace but does not store it yet",
-        )),
+        Route::ConversationTraces(id) => replay::traces(kv, req, &id),
+        Route::ConversationReplay(id) => replay::run(kv, req, &id),
+        Route::ConversationExport(id) => replay::export(kv, req, &id),
         Route::Plugins | Route::PluginTest(_) => Err(not_on_spin(
             "the plugin routes",
             "listing and trying plugins is the Worker's so far; the component runs them in turns",
         )),
         Route::Upload => {
             let (tenant, config) = attachments::uploader(kv, req)?;
-            supported(&config)?;
             attachments::upload(req, &tenant, &config)
         }
         Route::GetAttachment(id) => attachments::download(&attachments::reader(kv, req)?, &id),
-        Route::Usage => Err(not_on_spin(
-            &req.path,
-            "the Spin component serves chat, transcripts, handoff, agents' actions and their \
-             inbox, visitors' live updates (SSE), configuration, typing, the knowledge base \
-             (full text and hybrid), files, the OpenAI-compatible API and health so far; usage \
-             runs on the Worker",
-        )),
+        Route::Usage => gateway::usage(kv, req),
     }
 }
 
@@ -178,25 +190,6 @@ pub(crate) fn not_on_spin(what: &str, instead: &str) -> ApiError {
         "not_supported_on_spin",
         format!("{what} is not supported by the Spin component yet: {instead}"),
     )
-}
-
-/// Refuses a tenant configuration that needs what the Spin component does not do yet, so
-/// nothing is silently half-honoured (quotas unenforced, a knowledge base not searched).
-pub(crate) fn supported(config: &TenantConfig) -> Result<(), ApiError> {
-    let missing = if config.webhooks.iter().any(|w| w.enabled) {
-        Some("webhooks")
-    } else if config.quotas != kefu_engine::gateway::QuotaPolicy::default() {
-        Some("quotas and budgets")
-    } else {
-        None
-    };
-    match missing {
-        Some(what) => Err(not_on_spin(
-            what,
-            "serve this tenant from the Worker, or remove it from the configuration",
-        )),
-        None => Ok(()),
-    }
 }
 
 /// The host's clock, for the engine.

@@ -55,7 +55,6 @@ fn authenticate(kv: &Kv, req: &Incoming) -> Result<(TenantId, TenantConfig), Ope
     if auth::verify(key, &config.api_keys).is_none() {
         return Err(OpenAiError::unauthorized("the API key is not valid"));
     }
-    crate::supported(&config).map_err(|e| from_api(&e))?;
     Ok((tenant, config))
 }
 
@@ -99,7 +98,19 @@ pub fn chat(kv: &Kv, req: &Incoming, out: ResponseOutparam) {
     options.temperature = request.temperature;
     options.max_tokens = request.max_tokens;
     options.tools = request.tools.clone();
-    let mut turn = Turn::new(now(), &config, request.messages.clone(), options);
+    let mut turn = Turn::new(now(), &config, request.messages.clone(), options.clone());
+    let grant = match crate::gateway::begin(kv, &tenant, &config, turn.estimated_tokens()) {
+        Ok(grant) => grant,
+        Err(crate::gateway::Refusal::Quota(q)) => {
+            return error_reply(&OpenAiError::from_quota(&q)).send(out);
+        }
+        Err(crate::gateway::Refusal::Host(e)) => return error_reply(&from_api(&e)).send(out),
+    };
+    if !grant.blocked.is_empty() {
+        // Breakers refused some targets: plan again without them.
+        options.blocked = grant.blocked.clone();
+        turn = Turn::new(now(), &config, request.messages.clone(), options);
+    }
     let random: String = wasi::random::random::get_random_bytes(8)
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -146,6 +157,7 @@ pub fn chat(kv: &Kv, req: &Incoming, out: ResponseOutparam) {
             s.write(frames.delta(&text, target.as_deref()).as_bytes());
         }
     });
+    crate::gateway::settle(kv, &tenant, &config, &grant, turn.trace());
     log(
         if result.is_ok() { "info" } else { "warn" },
         json!({"msg": "completion", "tenant": tenant.as_str(), "trace": turn.trace()}),

@@ -35,7 +35,7 @@ struct InFlight {
 }
 
 /// Starts `request`: the call in flight, or why it could not start.
-fn start(request: &HttpRequest) -> Result<FutureIncomingResponse, String> {
+pub(crate) fn start(request: &HttpRequest) -> Result<FutureIncomingResponse, String> {
     let (scheme, rest) = if let Some(rest) = request.url.strip_prefix("https://") {
         (Scheme::Https, rest)
     } else if let Some(rest) = request.url.strip_prefix("http://") {

@@ -9,7 +9,9 @@
 //! the turn goes on without it; its grants are enforced twice, by the host adapter under the
 //! tenant's configuration and by Spin under the plugin component's manifest.
 
-use kefu_engine::plugin::{FailureKind, HookCall, Manifest, PluginFailure, PluginSpec};
+use kefu_engine::plugin::{
+    self as plugin, Answer, CallOutcome, FailureKind, HookCall, Manifest, PluginFailure, PluginSpec,
+};
 use kefu_engine::provider::Header;
 use kefu_engine::turn::ActivePlugin;
 use kefu_engine::{HttpRequest, TenantConfig};
@@ -158,23 +160,6 @@ pub(crate) fn manifest(kv: &Kv, spec: &PluginSpec) -> Result<Manifest, PluginFai
     Ok(manifest)
 }
 
-/// Refuses a tenant whose enabled plugins need what the Spin component does not do yet:
-/// their turn hooks and tools run here, their `on-event` hooks do not (so a plugin that
-/// observes events is refused, not silently deaf).
-pub(crate) fn supported(kv: &Kv, config: &TenantConfig) -> Result<(), kefu_engine::api::ApiError> {
-    for spec in config.plugins.iter().filter(|s| s.enabled) {
-        if let Ok(manifest) = manifest(kv, spec)
-            && manifest.hooks.on_event
-        {
-            return Err(crate::not_on_spin(
-                &format!("plugin {:?}'s on-event hook", spec.id),
-                "serve this tenant from the Worker, or disable the plugin",
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// The tenant's enabled plugins with their manifests, in configuration order. A plugin that
 /// cannot describe itself is left out of the turn (and logged): the turn goes on without it.
 pub(crate) fn active(kv: &Kv, config: &TenantConfig) -> Vec<ActivePlugin> {
@@ -196,4 +181,77 @@ pub(crate) fn active(kv: &Kv, config: &TenantConfig) -> Vec<ActivePlugin> {
             }
         })
         .collect()
+}
+
+/// After the response: every event the request stored goes to the tenant's plugins that
+/// observe events, and what they ask for (a tag, a message, a handoff) is applied to the
+/// conversation like any change (its events reach the webhooks, which go out next). Events
+/// of the plugins' own actions are not shown to plugins again, so plugins cannot loop. Each
+/// call is logged with its outcome.
+pub(crate) fn after_response(kv: &Kv) {
+    for (tenant, events) in crate::webhooks::committed() {
+        let Ok(config) = crate::store::config(kv, &tenant) else {
+            continue;
+        };
+        if !config.plugins.iter().any(|p| p.enabled) {
+            continue;
+        }
+        let observers: Vec<ActivePlugin> = active(kv, &config)
+            .into_iter()
+            .filter(|p| p.manifest.hooks.on_event)
+            .collect();
+        if observers.is_empty() {
+            continue;
+        }
+        for event in &events {
+            let Some((id, kind, seq, detail)) = plugin::event_kind(event) else {
+                continue;
+            };
+            let Ok(Some(conversation)) = kv.load(&id, &tenant) else {
+                continue;
+            };
+            let transcript = kv.transcript(&conversation).unwrap_or_default();
+            let text = seq
+                .and_then(|s| transcript.iter().find(|m| m.seq == s))
+                .map(kefu_engine::Message::text)
+                .or(detail);
+            let heard = plugin::event(kind, text, &transcript, conversation.tags());
+            let language = conversation.plugin_language();
+            for (spec, call_) in plugin::event_calls(
+                &observers,
+                tenant.as_str(),
+                id.as_str(),
+                Some(&language),
+                &heard,
+            ) {
+                let name = observers
+                    .iter()
+                    .find(|p| p.spec.id == spec.id)
+                    .map_or_else(String::new, |p| p.manifest.name.clone());
+                let started = now();
+                let answer = call(&spec, &call_);
+                let spent = now().since(started).as_millis() as u64;
+                let (parsed, mut record) = plugin::finish_call(&spec, &name, &call_, spent, answer);
+                if let Ok(Answer::Actions(actions)) = parsed
+                    && !actions.is_empty()
+                {
+                    let applied = kv.change(&id, &tenant, None, |c| {
+                        let (changed, said) =
+                            c.apply_plugin_actions(now(), &config, &spec.id, actions.clone());
+                        crate::webhooks::stage(&changed.events);
+                        Ok((changed.messages, said))
+                    });
+                    let effect = match applied {
+                        Ok((_, _, said, _)) => said.join("; "),
+                        Err(e) => format!("not applied: {}", e.message),
+                    };
+                    record.outcome = CallOutcome::Ok { effect };
+                }
+                log(
+                    "info",
+                    json!({"msg": "plugin event", "tenant": tenant.as_str(), "conversation_id": id.as_str(), "event": kind, "call": record}),
+                );
+            }
+        }
+    }
 }

@@ -23,6 +23,10 @@
 //! one after another; on Spin each request runs on its own, so two turns of one conversation
 //! may run at the same time (each sees the messages stored before it started; their replies
 //! are both stored, in the order they finish).
+//!
+//! A tenant's gateway state (breakers, quotas, usage) and webhook outbox are documents of
+//! their own, changed the same way: see [`crate::shared`], [`crate::gateway`] and
+//! [`crate::webhooks`] for their guarantees.
 
 use kefu_engine::api::ApiError;
 use kefu_engine::{Conversation, ConversationId, Message, TenantConfig, TenantId};
@@ -54,6 +58,11 @@ impl Kv {
     pub fn open() -> Result<Self, ApiError> {
         let bucket = store::open("default").map_err(|e| internal("opening key-value", e))?;
         Ok(Self { bucket })
+    }
+
+    /// The store itself, for the per-tenant documents of [`crate::shared`].
+    pub fn bucket(&self) -> &Bucket {
+        &self.bucket
     }
 
     /// A value as text, if the key exists.
@@ -148,6 +157,8 @@ impl Kv {
     ) -> Result<(Conversation, Vec<Message>, T, bool), ApiError> {
         let key = state_key(id);
         for _ in 0..MAX_SWAPS {
+            // Events the change stages count only once its swap wins.
+            crate::webhooks::discard_staged();
             let cas = atomics::Cas::new(&self.bucket, &key)
                 .map_err(|e| internal("reading the conversation", e))?;
             let current = cas
@@ -175,6 +186,7 @@ impl Kv {
                             .map_err(|e| internal("storing a message", e))?;
                     }
                     crate::inbox::touch(&conversation);
+                    crate::webhooks::commit_staged(tenant);
                     return Ok((conversation, messages, value, created));
                 }
                 Err(CasError::CasFailed(_)) => continue,
@@ -222,11 +234,14 @@ impl Kv {
 /// The tenant's configuration: its stored document, else the built-in default from the
 /// component's variables (`provider_base_url`, `model`).
 pub fn config(kv: &Kv, tenant: &TenantId) -> Result<TenantConfig, ApiError> {
-    match kv.config_document(tenant)? {
-        Some(json) => kefu_engine::api::stored_config(tenant, &json),
-        None => Ok(TenantConfig::builtin(
+    let config = match kv.config_document(tenant)? {
+        Some(json) => kefu_engine::api::stored_config(tenant, &json)?,
+        None => TenantConfig::builtin(
             crate::variable("provider_base_url").as_deref(),
             crate::variable("model").as_deref(),
-        )),
-    }
+        ),
+    };
+    // A request to a tenant with webhooks also retries its due deliveries, after answering.
+    crate::webhooks::touched(tenant, &config);
+    Ok(config)
 }

@@ -18,6 +18,7 @@
 //! - [`pages`]: the web pages and their headers, from the Worker's assets and Spin's file server.
 //! - [`plugin_routes`]: the operators' plugin routes (listing, test calls) on the Worker.
 //! - [`plugins`]: plugins in chat turns, on both runtimes.
+//! - [`replay`]: the replay/debug console's API: turn records, replay, export.
 //! - [`sse`]: a small Server-Sent Events reader used by the scenarios and the mock's tests.
 
 pub mod attachments;
@@ -29,6 +30,7 @@ pub mod mock;
 pub mod pages;
 pub mod plugin_routes;
 pub mod plugins;
+pub mod replay;
 pub mod scenarios;
 pub mod spin;
 pub mod sse;

@@ -400,6 +400,12 @@ impl MockProvider {
             .collect()
     }
 
+    /// Starts every profile's call count from zero again, so `fail_first` fails anew: the
+    /// runner does this before it runs the same scenarios on the next runtime.
+    pub fn reset_calls(&self) {
+        self.state.calls.lock().expect("mock lock").clear();
+    }
+
     /// Keeps at most `limit` requests in the log, dropping the oldest (`None`: all, the
     /// default). Long benchmark runs want a limit.
     pub fn set_record_limit(&self, limit: Option<usize>) {

@@ -8,15 +8,25 @@ use serde_json::{Value, json};
 use crate::mock::MOCK_MODEL;
 use crate::scenarios::{Ctx, message_text, unique};
 
+/// The CRM forwarder's signing secret in the tests.
+const CRM_SECRET: &str = "crm-signing-secret-for-the-runtime-tests";
+
+/// A hostile tenant's key (for reading its turns' records): keys name their tenant.
+pub fn plugin_key(tenant: &str) -> String {
+    format!("kf-{tenant}.Kefu0Plugins0Test0Key0001")
+}
+
 /// The tenants the plugin scenarios use (`mock_base`: the mock's OpenAI base URL).
 pub fn tenants(mock_base: &str) -> Vec<(String, Value)> {
     let provider = json!({"kind": "openai_compatible", "base_url": mock_base, "model": MOCK_MODEL});
     let root = mock_base.trim_end_matches("/v1");
     // The mock's `host:port`, the only host a plugin is granted here.
     let mock_host = root.trim_start_matches("http://").to_owned();
+    let mock_host = &mock_host;
     let hostile = |mode: &str| {
         json!({
             "provider": provider,
+            "api_keys": [{"id": "ops", "sha256": kefu_engine::auth::hash_key(&plugin_key(&format!("plug-{mode}")))}],
             "plugins": [{"id": "hostile", "plugin": "hostile", "budget_ms": 1500,
                          "settings": {"mode": mode, "hooks": "before_model,after_reply,call_tool"}}],
         })
@@ -40,6 +50,14 @@ pub fn tenants(mock_base: &str) -> Vec<(String, Value)> {
             json!({"provider": provider,
                    "plugins": [{"id": "guard", "plugin": "reply-guard", "budget_ms": 2000,
                                 "settings": {"topics": "refund|chargeback|退款"}}]}),
+        ),
+        (
+            "plug-crm".into(),
+            json!({"provider": provider,
+                   "api_keys": [{"id": "ops", "sha256": kefu_engine::auth::hash_key(&plugin_key("plug-crm"))}],
+                   "plugins": [{"id": "crm", "plugin": "crm-forwarder", "budget_ms": 3000,
+                                "settings": {"endpoint": format!("{root}/crm/summaries"), "secret": CRM_SECRET},
+                                "grants": {"hosts": [mock_host], "kv": true}}]}),
         ),
         ("plug-trap".into(), hostile("trap")),
         ("plug-huge".into(), hostile("huge")),
@@ -178,9 +196,9 @@ pub async fn plugins_guard_hands_off(ctx: &Ctx) -> anyhow::Result<()> {
         )
         .await?;
     b.expect_status(200)?;
-    ensure!(b.json["status"] == "bot", "{}", b.text);
+    // A plain answer, no handoff.
     ensure!(
-        message_text(&b.json["reply"]).starts_with("Echo:"),
+        b.json.get("status").is_none() && message_text(&b.json["reply"]).starts_with("Echo:"),
         "{}",
         b.text
     );
@@ -209,13 +227,146 @@ pub async fn plugins_hostile_contained(ctx: &Ctx) -> anyhow::Result<()> {
                 "{tenant}: the model's answer did not come through untouched: {reply}"
             ),
         }
-        // Nothing the failed plugin said reached the model.
-        let sent = model_request_with(ctx, &marker)?
-            .last_user_text()
+        // The turn's record says what became of each call.
+        let id = a.json["conversation_id"].as_str().context("no id")?;
+        let traces = ctx
+            .http
+            .get(ctx.url(&format!("/api/v1/conversations/{id}/traces")))
+            .bearer_auth(plugin_key(tenant))
+            .send()
+            .await?;
+        ensure!(
+            traces.status().is_success(),
+            "{tenant}: traces: {}",
+            traces.status()
+        );
+        let traces: Value = traces.json().await?;
+        let calls = traces["turns"][0]["plugins"]
+            .as_array()
+            .cloned()
             .unwrap_or_default();
+        let outcomes: Vec<String> = calls
+            .iter()
+            .map(|c| match c["outcome"]["kind"].as_str() {
+                Some("failed") => c["outcome"]["failure"].as_str().unwrap_or("?").to_owned(),
+                other => other.unwrap_or("?").to_owned(),
+            })
+            .collect();
+        let expected = match tenant {
+            "plug-trap" => ["trap", "trap"],
+            "plug-huge" => ["too_large", "too_large"],
+            _ => ["ok", "ok"],
+        };
+        ensure!(
+            outcomes == expected
+                && calls[0]["hook"] == "before_model"
+                && calls[1]["hook"] == "after_reply",
+            "{tenant}: the turn's plugin calls: {calls:?}"
+        );
+        // Nothing the failed plugin said reached the model (the fetching one's rewrite, the
+        // host's denial, did: it replaced the visitor's words).
         if tenant != "plug-fetch" {
+            let sent = model_request_with(ctx, &marker)?
+                .last_user_text()
+                .unwrap_or_default();
             ensure!(sent.ends_with("hello"), "{tenant}: the model got {sent:?}");
         }
     }
+    Ok(())
+}
+
+/// The CRM forwarder observes events: when an agent resolves a conversation it posts a signed
+/// summary to the (mock) CRM, once, and tags the conversation `crm-synced` — after the
+/// agent's answer, never in its way.
+pub async fn plugins_crm_forwarder_on_resolve(ctx: &Ctx) -> anyhow::Result<()> {
+    let tenant = "plug-crm";
+    let key = plugin_key(tenant);
+    let opening = format!("{} my parcel is late", unique("crm"));
+    let first = ctx.chat(Some(tenant), &json!({"message": opening})).await?;
+    first.expect_status(200)?;
+    let id = first.json["conversation_id"]
+        .as_str()
+        .context("conversation id")?
+        .to_owned();
+    ctx.chat(
+        Some(tenant),
+        &json!({"message": "Can I talk to a human please?", "conversation_id": id}),
+    )
+    .await?
+    .expect_status(200)?;
+    ctx.action(
+        None,
+        Some(&key),
+        &id,
+        "claim",
+        &json!({"agent": "alex", "name": "Alex"}),
+    )
+    .await?
+    .expect_status(200)?;
+    ctx.action(
+        None,
+        Some(&key),
+        &id,
+        "messages",
+        &json!({"agent": "alex", "text": "It ships today."}),
+    )
+    .await?
+    .expect_status(200)?;
+    ctx.action(None, Some(&key), &id, "resolve", &json!({"agent": "alex"}))
+        .await?
+        .expect_status(200)?;
+    // The plugin runs after the answer: wait (bounded) for its post and its tag.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let post = loop {
+        let found = ctx.mock()?.requests().into_iter().find(|r| {
+            r.path == "/crm/summaries"
+                && r.body.as_ref().is_some_and(|b| b.to_string().contains(&id))
+        });
+        if let Some(post) = found {
+            break post;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "no summary reached the CRM for {id}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let body = post.body.clone().unwrap_or_default();
+    let text = body.to_string();
+    ensure!(
+        text.contains(&opening) && text.contains("It ships today."),
+        "the summary misses the conversation: {text}"
+    );
+    let signature = post
+        .headers
+        .get("x-kefu-signature")
+        .cloned()
+        .unwrap_or_default();
+    ensure!(
+        signature.starts_with("sha256=") && signature.len() == 7 + 64,
+        "unsigned summary: {:?}",
+        post.headers
+    );
+    let tagged = loop {
+        let c = ctx.conversation_as_agent(&key, &id).await?;
+        if c.json.to_string().contains("crm-synced") {
+            break true;
+        }
+        if std::time::Instant::now() >= deadline {
+            break false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    ensure!(tagged, "the conversation was not tagged crm-synced");
+    let posts = ctx
+        .mock()?
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.path == "/crm/summaries"
+                && r.body.as_ref().is_some_and(|b| b.to_string().contains(&id))
+        })
+        .count();
+    ensure!(posts == 1, "{posts} summaries posted for one resolve");
     Ok(())
 }

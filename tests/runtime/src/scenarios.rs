@@ -46,9 +46,10 @@ use crate::plugin_routes::{
     plugin_routes_key_value_and_outbound_post, plugin_routes_redactor,
 };
 use crate::plugins::{
-    plugins_guard_hands_off, plugins_hostile_contained, plugins_order_status_tool,
-    plugins_redactor_reaches_the_model_redacted,
+    plugins_crm_forwarder_on_resolve, plugins_guard_hands_off, plugins_hostile_contained,
+    plugins_order_status_tool, plugins_redactor_reaches_the_model_redacted,
 };
+use crate::replay::replay_console_records_and_replays;
 use crate::sse::{self, SseTranscript};
 use crate::webhooks::webhooks_signed_and_retried;
 
@@ -368,6 +369,8 @@ pub fn all() -> Vec<Scenario> {
         plugins_order_status_tool,
         plugins_guard_hands_off,
         plugins_hostile_contained,
+        plugins_crm_forwarder_on_resolve,
+        replay_console_records_and_replays,
         plugin_routes_redactor,
         plugin_routes_hostile_contained,
         plugin_routes_key_value_and_outbound_post,

@@ -50,20 +50,22 @@ pub fn not_on_spin(scenario: &str) -> Option<&'static str> {
         "verified_visitor_identity" => return None,
         "web_pages_served_with_their_policy" => return None,
         s if s.starts_with("plugins_") => return None,
+        "replay_console_records_and_replays" => return None,
         "demo_answers" => "the /demo page is the Worker's",
         "openai_sdk_python" | "openai_api_errors" => return None,
+        "webhooks_signed_and_retried" => return None,
+        "gateway_breaker_opens_and_recovers"
+        | "gateway_quota_exact_under_concurrency"
+        | "gateway_300_turns_with_a_flaky_primary"
+        | "gateway_usage_accounted" => return None,
         "gateway_workers_ai_binding" => "the Workers AI binding exists only on Workers",
-        s if s.starts_with("gateway_") => {
-            "circuit breakers, quotas and usage need a per-tenant gateway store on Spin (not yet)"
-        }
+        "gateway_fallback_order" => return None,
+        "gateway_every_wire_format" => return None,
         "knowledge_hybrid_vector_search" => return None,
         "tenant_keys_see_only_their_own" => return None,
         s if s.starts_with("attachments_") => return None,
         s if s.starts_with("plugin_routes_") => {
             "the operators' plugin routes are the Worker's so far (on Spin: 501 not_supported_on_spin)"
-        }
-        "webhooks_signed_and_retried" => {
-            "webhook delivery with retries is not in the component yet"
         }
         "live_updates_via_websocket" | "typing_over_websocket" => {
             "Spin has no WebSockets: live updates there are Server-Sent Events (the SSE \
@@ -83,6 +85,12 @@ pub fn tenants(all: &[(String, Value)]) -> Vec<(String, Value)> {
                     | "fast-timeout"
                     | "cfg"
                     | "gw-sdk"
+                    | "gw-order"
+                    | "gw-formats"
+                    | "gw-breaker"
+                    | "gw-quota"
+                    | "gw-flaky"
+                    | "wh"
                     | "gw-model-handoff"
                     | "cs-rules"
                     | "verified-site"
@@ -92,6 +100,7 @@ pub fn tenants(all: &[(String, Value)]) -> Vec<(String, Value)> {
                     | "kb-hybrid-down"
                     | "files"
                     | "files-off"
+                    | "replay"
             ) || id.starts_with("plug-")
         })
         .cloned()
@@ -99,8 +108,8 @@ pub fn tenants(all: &[(String, Value)]) -> Vec<(String, Value)> {
 }
 
 /// The application the tests run: the real `spin.toml` plus the hostile test plugin
-/// (`tests/plugins/hostile`, never part of a deployment), with every path made absolute so
-/// the copy can live beside the logs.
+/// (`tests/plugins/hostile`, never part of a deployment) and the test provider key's
+/// variable, with every path made absolute so the copy can live beside the logs.
 fn test_manifest(root: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
     let text = std::fs::read_to_string(root.join("spin.toml")).context("reading spin.toml")?;
     let abs = |p: &str| root.join(p).display().to_string();
@@ -112,6 +121,12 @@ fn test_manifest(root: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
             line.replace("source = \"web\"", &format!("source = \"{}\"", abs("web")))
         } else if line.starts_with("installed_plugins = { default = \"") {
             line.replacen("{ default = \"", "{ default = \"hostile,", 1)
+        } else if line == "[variables]" {
+            // The wire-format tenant's provider key (`api_key_secret: TEST_PROVIDER_KEY`):
+            // on Spin a secret is a declared variable, named in lower case.
+            "[variables]\ntest_provider_key = { default = \"\", secret = true }".to_owned()
+        } else if line == "[component.kefu.variables]" {
+            "[component.kefu.variables]\ntest_provider_key = \"{{ test_provider_key }}\"".to_owned()
         } else {
             line.to_owned()
         };
@@ -193,7 +208,18 @@ impl KefuSpin {
             .args(["--listen", "127.0.0.1:0", "--state-dir"])
             .arg(state.path())
             .args(["--variable", &format!("extra_outbound_host={mock_origin}")])
+            .args([
+                "--variable",
+                &format!(
+                    "webhook_outbound_host=http://127.0.0.1:{}",
+                    crate::webhooks::receiver_port()
+                ),
+            ])
             .args(["--variable", &format!("kefu_admin_token={ADMIN_TOKEN}")])
+            .args([
+                "--variable",
+                &format!("test_provider_key={}", crate::gateway::PROVIDER_KEY),
+            ])
             // The example plugins' business APIs are the mock's shop and CRM.
             .args(["--variable", &format!("order_api_origin={mock_origin}")])
             .args(["--variable", &format!("crm_origin={mock_origin}")])

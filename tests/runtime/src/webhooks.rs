@@ -255,7 +255,8 @@ fn endpoint_state<'a>(log: &'a Value, path: &str) -> Option<&'a Value> {
 /// A chat turn's events reach the endpoints signed (verified by `standardwebhooks`), with
 /// the right payloads; `/fail-twice` gets its deliveries after retries (re-signed, same
 /// id); `/gone` is disabled after its 410 and gets nothing more; the delivery log shows it
-/// all; and the visitor's turns answer at once while a receiver is slow and failing.
+/// all; the visitor's turns answer at once while a receiver is slow and failing; and a
+/// handoff and an agent's claim are sent as status and assignment events.
 pub async fn webhooks_signed_and_retried(ctx: &Ctx) -> anyhow::Result<()> {
     let receiver = Receiver::start(receiver_port()).await?;
     let started = Instant::now();
@@ -593,6 +594,55 @@ pub async fn webhooks_signed_and_retried(ctx: &Ctx) -> anyhow::Result<()> {
         .send()
         .await?;
     ensure!(post.status().as_u16() == 405, "POST: {}", post.status());
+
+    // The conversation's actions are events too: the visitor's handoff and an agent's claim
+    // reach /ok as a status change and an assignment.
+    let handoff = ctx
+        .request(
+            Method::POST,
+            &format!("/api/v1/conversations/{id}/handoff"),
+            Some(TENANT),
+        )
+        .json(&json!({}))
+        .send()
+        .await?;
+    ensure!(handoff.status() == 200, "handoff: {}", handoff.status());
+    let claim = ctx
+        .request(
+            Method::POST,
+            &format!("/api/v1/conversations/{id}/claim"),
+            None,
+        )
+        .bearer_auth(WEBHOOK_KEY)
+        .json(&json!({"agent": "alex"}))
+        .send()
+        .await?;
+    ensure!(claim.status() == 200, "claim: {}", claim.status());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let all = receiver.received(ctx).await?;
+        let on_ok: Vec<&Received> = all
+            .iter()
+            .filter(|r| r.path == "/ok" && r.conversation() == id && r.verified)
+            .collect();
+        let waiting = on_ok.iter().any(|r| {
+            r.event_type() == "conversation.status_changed"
+                && r.payload["data"]["status"] == "waiting_for_agent"
+        });
+        let assigned = on_ok.iter().any(|r| {
+            r.event_type() == "conversation.assigned" && r.payload["data"]["agent"] == "alex"
+        });
+        if waiting && assigned {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the handoff's events did not reach /ok (status change: {waiting}, \
+                 assignment: {assigned}): {on_ok:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     drop(receiver);
     Ok(())
 }

@@ -123,6 +123,7 @@ async fn run(selected: Vec<Scenario>) -> (usize, usize) {
             tenants.extend(kefu_runtime_tests::attachments::tenants(&mock.base_url()));
             tenants.extend(kefu_runtime_tests::plugins::tenants(&mock.base_url()));
             tenants.extend(kefu_runtime_tests::plugin_routes::tenants(&mock.base_url()));
+            tenants.extend(kefu_runtime_tests::replay::tenants(&mock.base_url()));
             spin_tenants = tenants.clone();
             println!("starting Kefu on workerd…");
             let started = Instant::now();
@@ -192,6 +193,8 @@ async fn run(selected: Vec<Scenario>) -> (usize, usize) {
     let spin_results = if std::env::var_os("KEFU_BASE_URL").is_some() {
         vec![Outcome::NotRun("KEFU_BASE_URL names one host: Spin not started"); selected.len()]
     } else {
+        // Fault profiles that count calls (`fail_first`) fail anew for the second runtime.
+        mock.reset_calls();
         println!("starting Kefu's Spin component on the Spin test host…");
         let started = Instant::now();
         let origin = mock.base_url().trim_end_matches("/v1").to_owned();

@@ -6,7 +6,8 @@
 //! failure share reaches `failure_rate`. **Open**, it refuses attempts until `cooldown_ms`
 //! passed, then lets exactly one probe through (**half-open**): the probe's success closes
 //! it, a failure opens it again. The board is plain data, shared by storing it where every
-//! request sees it (the tenant's gateway Durable Object on Workers).
+//! request sees it (the tenant's gateway Durable Object on Workers, a compare-and-swapped
+//! key-value document on Spin).
 
 use std::collections::BTreeMap;
 

@@ -5,15 +5,17 @@
 //!
 //! All of it is pure: time, randomness and shared state come in as arguments, and the
 //! results go out as values the host stores where every request can see them (a Durable
-//! Object on Workers).
+//! Object on Workers, compare-and-swap in key-value on Spin: see [`ledger`]).
 
 pub mod breaker;
+pub mod ledger;
 pub mod quota;
 pub mod retry;
 pub mod route;
 pub mod trace;
 
 pub use breaker::{BreakerBoard, BreakerPolicy, BreakerState};
+pub use ledger::{Admission, Ledger, Report, UsageBook, UsageRow};
 pub use quota::{Price, QuotaError, QuotaPolicy, QuotaState, Reservation};
 pub use retry::RetryPolicy;
 pub use route::{Condition, RouteContext, RouteSpec, Rule, Strategy, Target, TargetSpec};

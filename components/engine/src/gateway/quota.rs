@@ -3,8 +3,8 @@
 //! Per tenant: token buckets on requests and on tokens per minute (a turn reserves its
 //! estimated tokens before the call and settles with the real usage after), and daily
 //! budgets on requests, tokens and cost (UTC days). The state is plain data kept by one
-//! strongly consistent owner per tenant (a Durable Object on Workers), so concurrent turns
-//! can never over-admit.
+//! strongly consistent owner per tenant (a Durable Object on Workers; on Spin, key-value
+//! changed only by compare-and-swap), so concurrent turns can never over-admit.
 
 use core::time::Duration;
 
@@ -158,6 +158,15 @@ pub struct QuotaError {
     pub retry_after: Duration,
 }
 
+impl QuotaError {
+    /// The `Retry-After` header's value: whole seconds, rounded up, at least 1.
+    pub fn retry_after_secs(&self) -> u64 {
+        u64::try_from(self.retry_after.as_millis().div_ceil(1000))
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+}
+
 /// What a turn reserved, to settle after the call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reservation {
@@ -299,6 +308,7 @@ mod tests {
         let e = q.reserve(t(0), &p, 10).unwrap_err();
         assert_eq!(e.limit, Limit::RequestsPerMinute);
         assert_eq!(e.retry_after, Duration::from_secs(1));
+        assert_eq!(e.retry_after_secs(), 1);
         // One per second comes back.
         q.reserve(t(1000), &p, 10).unwrap();
         assert!(q.reserve(t(1000), &p, 10).is_err());
