@@ -14,7 +14,8 @@
 // `AiError: <code>: <message>` on failure), answering from the mock's Workers AI endpoint.
 // Seeds KV `CONFIG` with `tenant:<id>` documents from the file ({"id": {...config}}), prints
 // "ready http://127.0.0.1:PORT" once it serves, and runs until SIGTERM or SIGINT.
-// With PORT "auto" (or 0) a free port is chosen. Storage lives in memory and goes with it.
+// KEFU_WORKER_SCRIPT names another build of the Worker (the runtime tests' copy, which also
+// bundles the test plugins). With PORT "auto" (or 0) a free port is chosen. Storage lives in memory and goes with it.
 
 import { readFileSync } from "node:fs";
 import { Miniflare } from "miniflare";
@@ -36,7 +37,7 @@ const kefu = {
   name: "kefu",
   bindings: { ...(workerOptions.bindings || {}), ...extra },
   modules: true,
-  scriptPath: "workers/build/index.js",
+  scriptPath: process.env.KEFU_WORKER_SCRIPT || "workers/build/index.js",
   modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"] }],
   ...(fakeAi ? { wrappedBindings: { AI: { scriptName: "fake-ai", bindings: { UPSTREAM: fakeAi } } } } : {}),
 };

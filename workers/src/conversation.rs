@@ -185,6 +185,11 @@ impl Drop for TurnGuard {
 }
 
 struct Inner {
+    /// This object, for work that outlives a request (plugins hearing its events).
+    me: std::rc::Weak<Inner>,
+    /// Set while plugins' own actions are applied: their events are not played to plugins
+    /// again, so plugins cannot loop.
+    hearing: Cell<bool>,
     sql: SqlStorage,
     env: Env,
     state: State,
@@ -362,6 +367,7 @@ impl Inner {
                     log("info", e.to_json());
                 }
                 self.emit(&tenant, config, &changed.events);
+                self.play_to_plugins(&tenant, config, &changed.events);
                 self.update_inbox();
                 for m in &changed.messages {
                     self.broadcast(&LiveUpdate::message(m), m.role == kefu_engine::Role::Note);
@@ -417,6 +423,95 @@ impl Inner {
         self.state.wait_until(async move {
             crate::webhooks::emit(&env, &tenant, &config, &events).await
         });
+    }
+
+    /// Plays stored events to the tenant's plugins that observe events (`on-event`), after
+    /// the answer (never in its way), and applies what they ask for (a tag, a message, a
+    /// handoff) like any change. Events of the plugins' own actions are not played again.
+    fn play_to_plugins(
+        &self,
+        tenant: &TenantId,
+        config: &TenantConfig,
+        events: &[kefu_engine::Event],
+    ) {
+        if self.hearing.get() || events.is_empty() || !config.plugins.iter().any(|p| p.enabled) {
+            return;
+        }
+        let Some(me) = self.me.upgrade() else { return };
+        let (tenant, config, events) = (tenant.clone(), config.clone(), events.to_vec());
+        self.state
+            .wait_until(async move { me.hear(&tenant, &config, &events).await });
+    }
+
+    async fn hear(&self, tenant: &TenantId, config: &TenantConfig, events: &[kefu_engine::Event]) {
+        use kefu_engine::plugin::{self, Answer, CallOutcome};
+        let observers: Vec<_> = crate::plugins::active(&self.env, tenant, config)
+            .await
+            .into_iter()
+            .filter(|p| p.manifest.hooks.on_event)
+            .collect();
+        if observers.is_empty() {
+            return;
+        }
+        for event in events {
+            let Some((id, kind, seq, detail)) = plugin::event_kind(event) else {
+                continue;
+            };
+            let Ok(Some(conversation)) = self.load() else {
+                continue;
+            };
+            let transcript = self.transcript().unwrap_or_default();
+            let text = seq
+                .and_then(|s| transcript.iter().find(|m| m.seq == s))
+                .map(Message::text)
+                .or(detail);
+            let heard = plugin::event(kind, text, &transcript, conversation.tags());
+            let language = conversation.plugin_language();
+            for (spec, call) in plugin::event_calls(
+                &observers,
+                tenant.as_str(),
+                id.as_str(),
+                Some(&language),
+                &heard,
+            ) {
+                let name = observers
+                    .iter()
+                    .find(|p| p.spec.id == spec.id)
+                    .map_or_else(String::new, |p| p.manifest.name.clone());
+                let started = now();
+                let answer =
+                    crate::plugins::call_json(&self.env, tenant.as_str(), &spec, &call).await;
+                let spent = now().since(started).as_millis() as u64;
+                let (parsed, mut record) = plugin::finish_call(&spec, &name, &call, spent, answer);
+                if let Ok(Answer::Actions(actions)) = parsed
+                    && !actions.is_empty()
+                {
+                    let effect = match self.load() {
+                        Ok(Some(latest)) => {
+                            let mut said = Vec::new();
+                            self.hearing.set(true);
+                            let applied = self.record_changed(latest, config, |c| {
+                                let (changed, s) =
+                                    c.apply_plugin_actions(now(), config, &spec.id, actions);
+                                said = s;
+                                Ok(changed)
+                            });
+                            self.hearing.set(false);
+                            match applied {
+                                Ok(_) => said.join("; "),
+                                Err(e) => format!("not applied: {}", e.message),
+                            }
+                        }
+                        _ => "not applied: the conversation could not be read".to_owned(),
+                    };
+                    record.outcome = CallOutcome::Ok { effect };
+                }
+                log(
+                    "info",
+                    json!({"msg": "plugin event", "tenant": tenant.as_str(), "conversation_id": id.as_str(), "event": kind, "call": record}),
+                );
+            }
+        }
     }
 
     /// Whether a reader may see (or a visitor act on) the conversation: agents (`notes`)
@@ -577,7 +672,9 @@ impl DurableObject for ConversationObject {
             }
         }
         Self {
-            inner: Rc::new(Inner {
+            inner: Rc::new_cyclic(|me| Inner {
+                me: me.clone(),
+                hearing: Cell::new(false),
                 sql,
                 env,
                 state,
@@ -1315,6 +1412,13 @@ async fn run_turn(
         return Ok(Answer::Silent);
     }
     let mut options = config::turn_options(&inner.env, config, mode);
+    let plugins = crate::plugins::active(&inner.env, tenant, config).await;
+    let scope = Some((
+        tenant.as_str().to_owned(),
+        conversation.id().as_str().to_owned(),
+    ));
+    options.plugins = plugins.clone();
+    options.plugin_scope = scope.clone();
     if config.knowledge.enabled && config.has_models() {
         match knowledge::search(&inner.env, tenant, &visitor.text(), config.knowledge.top_k).await {
             Ok(found) => options.knowledge = found,
@@ -1346,6 +1450,8 @@ async fn run_turn(
             // The same grounding and files as the first plan.
             options.knowledge = retrieved.clone();
             options.attachments = files;
+            options.plugins = plugins;
+            options.plugin_scope = scope;
             turn = conversation
                 .start_turn(now(), config, visitor, options)
                 .map_err(|e| TurnFailure::Host(ApiError::internal(e.to_string())))?;

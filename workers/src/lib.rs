@@ -13,6 +13,7 @@ mod http;
 mod inbox;
 mod knowledge;
 mod openai_compat;
+mod plugins;
 mod provider;
 mod webhooks;
 
@@ -413,6 +414,27 @@ async fn handle(
                     knowledge::operator(env, &tenant, Method::Get, &format!("/unanswered?tenant={t}"), None).await
                 }
             }
+        }
+        Route::Plugins => {
+            let (tenant, config) = admin_tenant(req, env).await?;
+            let mut installed = Vec::new();
+            for name in plugins::installed() {
+                let manifest = plugins::describe(env, &tenant, &name).await;
+                installed.push((name, manifest));
+            }
+            json_response(200, &api::plugins_json(&installed, &config))
+        }
+        Route::PluginTest(id) => {
+            let (tenant, config) = admin_tenant(req, env).await?;
+            let spec = api::plugin_spec(&config, &id)?;
+            let body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
+            let call = api::parse_plugin_test(&body, &tenant, spec)?;
+            let started = provider::now();
+            let result = plugins::call(env, &tenant, spec, &call).await;
+            let took = provider::now().since(started).as_millis() as u64;
+            let record = api::plugin_call_record(spec, &call, took, &result);
+            log("info", json!({"msg": "plugin test", "tenant": tenant.as_str(), "record": record}));
+            json_response(200, &api::plugin_test_json(&result, &record))
         }
         Route::Usage => {
             let (tenant, _) = agent_tenant(req, env).await?;

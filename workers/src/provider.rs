@@ -9,7 +9,6 @@ use std::pin::pin;
 
 use futures::future::{Either, select};
 use futures::stream::{LocalBoxStream, StreamExt, unfold};
-use kefu_engine::plugin::{FailureKind, PluginFailure};
 use kefu_engine::{
     Action, AttemptId, HttpRequest, ProviderError, ProviderEvent, Timestamp, Turn, TurnReply,
 };
@@ -207,17 +206,13 @@ pub(crate) async fn drive(
                         call.controller.abort();
                     }
                 }
-                Action::CallPlugin { call, spec, .. } => turn.handle_plugin_answer(
-                    now(),
-                    call,
-                    Err(PluginFailure::new(
-                        FailureKind::Unavailable,
-                        format!(
-                            "plugin {}: this deployment runs no plugins yet",
-                            spec.plugin
-                        ),
-                    )),
-                ),
+                Action::CallPlugin { call, spec, hook } => {
+                    // The turn waits for the plugin (it holds no provider call meanwhile) and
+                    // enforces the budget itself too.
+                    let tenant = crate::plugins::tenant_of(&hook).to_owned();
+                    let answer = crate::plugins::call_json(env, &tenant, &spec, &hook).await;
+                    turn.handle_plugin_answer(now(), call, answer);
+                }
                 Action::Delta(text) => on_delta(turn, text),
                 Action::Finished(result) => {
                     if let Some(call) = in_flight.take() {

@@ -16,6 +16,8 @@
 //! - [`handoff`]: human handoff and the agent actions, end to end.
 //! - [`knowledge`]: the knowledge base: ingestion, recall@3, grounding, no-answer fallback.
 //! - [`pages`]: the web pages and their headers, from the Worker's assets and Spin's file server.
+//! - [`plugin_routes`]: the operators' plugin routes (listing, test calls) on the Worker.
+//! - [`plugins`]: plugins in chat turns, on both runtimes.
 //! - [`replay`]: the replay/debug console's API: turn records, replay, export.
 //! - [`sse`]: a small Server-Sent Events reader used by the scenarios and the mock's tests.
 
@@ -26,6 +28,7 @@ pub mod handoff;
 pub mod knowledge;
 pub mod mock;
 pub mod pages;
+pub mod plugin_routes;
 pub mod plugins;
 pub mod replay;
 pub mod scenarios;

@@ -41,6 +41,10 @@ use crate::knowledge::{
 };
 use crate::mock::{MockProvider, echo_reply};
 use crate::pages::web_pages_served_with_their_policy;
+use crate::plugin_routes::{
+    plugin_routes_budget_bounds_a_slow_fetch, plugin_routes_hostile_contained,
+    plugin_routes_key_value_and_outbound_post, plugin_routes_redactor,
+};
 use crate::plugins::{
     plugins_crm_forwarder_on_resolve, plugins_guard_hands_off, plugins_hostile_contained,
     plugins_order_status_tool, plugins_redactor_reaches_the_model_redacted,
@@ -367,6 +371,10 @@ pub fn all() -> Vec<Scenario> {
         plugins_hostile_contained,
         plugins_crm_forwarder_on_resolve,
         replay_console_records_and_replays,
+        plugin_routes_redactor,
+        plugin_routes_hostile_contained,
+        plugin_routes_key_value_and_outbound_post,
+        plugin_routes_budget_bounds_a_slow_fetch,
     ]
 }
 

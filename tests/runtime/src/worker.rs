@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
@@ -36,6 +36,9 @@ pub struct WorkerOptions {
     /// The per-visitor message limit (a minute) in place of wrangler.toml's: the suites send
     /// thousands of messages from one loopback address, so the default is out of reach.
     pub visitor_limit: u32,
+    /// Run a copy of the built Worker that also bundles the test plugins (every component
+    /// in `target/plugins`, e.g. `hostile`), which the shipped build leaves out.
+    pub test_plugins: bool,
 }
 
 impl Default for WorkerOptions {
@@ -46,6 +49,7 @@ impl Default for WorkerOptions {
             bindings: Vec::new(),
             fake_ai_upstream: None,
             visitor_limit: 1_000_000,
+            test_plugins: false,
         }
     }
 }
@@ -54,6 +58,29 @@ impl Default for WorkerOptions {
 pub fn repo_root() -> PathBuf {
     let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
     root.canonicalize().unwrap_or(root)
+}
+
+/// Copies the built Worker into `dir` with every plugin component of `target/plugins` (the
+/// test plugins too) bundled beside it (workers/plugins/bundle.mjs); returns its script.
+fn with_test_plugins(root: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let worker = dir.join("worker");
+    std::fs::create_dir_all(&worker)?;
+    for file in ["index.js", "index_bg.wasm"] {
+        std::fs::copy(root.join("workers/build").join(file), worker.join(file))
+            .with_context(|| format!("copying workers/build/{file}"))?;
+    }
+    let status = std::process::Command::new("node")
+        .arg("workers/plugins/bundle.mjs")
+        .arg(root.join("target/plugins"))
+        .arg(worker.join("plugins"))
+        .current_dir(root)
+        .status()
+        .context("running node workers/plugins/bundle.mjs")?;
+    ensure!(
+        status.success(),
+        "bundling the plugins failed ({status}): run `make plugins`"
+    );
+    Ok(worker.join("index.js"))
 }
 
 /// Kefu running on workerd, on loopback. Dropping it stops the process group.
@@ -78,9 +105,18 @@ impl KefuWorker {
                 built.display()
             );
         }
+        // A copy of the Worker must sit under the repository: workerd refuses modules outside
+        // the directory it starts in.
+        let scratch_root = if opts.test_plugins {
+            let dir = root.join("target/runtime-tests");
+            std::fs::create_dir_all(&dir).context("creating target/runtime-tests")?;
+            dir
+        } else {
+            std::env::temp_dir()
+        };
         let scratch = tempfile::Builder::new()
             .prefix("kefu-runtime-")
-            .tempdir()
+            .tempdir_in(scratch_root)
             .context("creating a scratch directory")?;
         let tenants: serde_json::Map<String, Value> = opts.tenants.iter().cloned().collect();
         let tenants_file = scratch.path().join("tenants.json");
@@ -100,6 +136,10 @@ impl KefuWorker {
         ];
         if let Some(upstream) = &opts.fake_ai_upstream {
             env.push(("KEFU_FAKE_AI_UPSTREAM", upstream.clone()));
+        }
+        if opts.test_plugins {
+            let script = with_test_plugins(&root, scratch.path())?;
+            env.push(("KEFU_WORKER_SCRIPT", script.display().to_string()));
         }
         let mut worker = Self::spawn(
             "tests/runtime/workerd-host.mjs",

@@ -122,6 +122,7 @@ async fn run(selected: Vec<Scenario>) -> (usize, usize) {
             tenants.extend(kefu_runtime_tests::config::tenants(&mock.base_url()));
             tenants.extend(kefu_runtime_tests::attachments::tenants(&mock.base_url()));
             tenants.extend(kefu_runtime_tests::plugins::tenants(&mock.base_url()));
+            tenants.extend(kefu_runtime_tests::plugin_routes::tenants(&mock.base_url()));
             tenants.extend(kefu_runtime_tests::replay::tenants(&mock.base_url()));
             spin_tenants = tenants.clone();
             println!("starting Kefu on workerd…");
@@ -143,6 +144,7 @@ async fn run(selected: Vec<Scenario>) -> (usize, usize) {
                     ),
                 ],
                 fake_ai_upstream: Some(mock.base_url().trim_end_matches("/v1").to_owned()),
+                test_plugins: true,
                 ..WorkerOptions::default()
             })
             .await
