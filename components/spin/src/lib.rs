@@ -117,10 +117,8 @@ fn handle(kv: &Kv, req: &Incoming, route: Route) -> Result<Reply, ApiError> {
         Route::ConversationTraces(id) => replay::traces(kv, req, &id),
         Route::ConversationReplay(id) => replay::run(kv, req, &id),
         Route::ConversationExport(id) => replay::export(kv, req, &id),
-        Route::Plugins | Route::PluginTest(_) => Err(not_on_spin(
-            "the plugin routes",
-            "listing and trying plugins is the Worker's so far; the component runs them in turns",
-        )),
+        Route::Plugins => plugins::list(kv, req),
+        Route::PluginTest(id) => plugins::test(kv, req, &id),
         Route::Upload => {
             let (tenant, config) = attachments::uploader(kv, req)?;
             attachments::upload(req, &tenant, &config)

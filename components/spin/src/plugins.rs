@@ -76,18 +76,7 @@ fn call_within(
     let limit = spec.max_output_bytes() as usize + 1;
     match fetch(&request, deadline, limit) {
         Ok((200, body)) => Ok(body),
-        Ok((status, body)) if status >= 500 => {
-            // The plugin's instance died: a trap, or the CPU allowance ran out (the metering
-            // traps). Which one cannot be told from outside; the time spent can hint.
-            let spent = now().as_millis().saturating_sub(started);
-            Err(PluginFailure::new(
-                FailureKind::Trap,
-                format!(
-                    "the plugin's component failed ({status} after {spent} ms): a trap or its CPU allowance ran out{}",
-                    detail(&body)
-                ),
-            ))
-        }
+        Ok((status, body)) if status >= 500 => Err(instance_died(status, &body, started)),
         Ok((status, body)) => Err(PluginFailure::new(
             FailureKind::Unavailable,
             format!("the plugin's component answered {status}{}", detail(&body)),
@@ -107,6 +96,43 @@ fn call_within(
             FailureKind::Unavailable,
             format!("cannot reach the plugin's component: {reason}"),
         )),
+    }
+}
+
+/// The plugin's instance died (Spin answered the chained request with an error status). The
+/// CPU meter's trap is a division by zero (see `components/plugin-meter`): when the error
+/// text says so, the plugin ran out of its CPU allowance, as on Workers; any other trap (a
+/// panic's `unreachable`, an out-of-bounds access) is a trap. Where the platform gives no
+/// text, all that can be said is that it trapped.
+fn instance_died(status: u16, body: &[u8], started: u64) -> PluginFailure {
+    let text = String::from_utf8_lossy(body);
+    let spent = now().as_millis().saturating_sub(started);
+    // wasmtime's error chain ends with the root cause (`wasm trap: …`).
+    let cause = text
+        .lines()
+        .map(str::trim)
+        .rev()
+        .find(|l| l.contains("wasm trap") || l.contains("divide by zero"))
+        .unwrap_or_default()
+        .to_owned();
+    if text.contains("divide by zero") {
+        PluginFailure::new(
+            FailureKind::Timeout,
+            format!("its CPU allowance ran out after {spent} ms ({cause})"),
+        )
+    } else if cause.is_empty() {
+        PluginFailure::new(
+            FailureKind::Trap,
+            format!(
+                "the plugin's component failed ({status} after {spent} ms){}",
+                detail(body)
+            ),
+        )
+    } else {
+        PluginFailure::new(
+            FailureKind::Trap,
+            format!("the plugin trapped after {spent} ms: {cause}"),
+        )
     }
 }
 
@@ -254,4 +280,58 @@ pub(crate) fn after_response(kv: &Kv) {
             }
         }
     }
+}
+
+/// `GET /api/v1/plugins` (operators): the installed plugins with their manifests (or why they
+/// could not describe themselves) and the tenant's plugins as configured — the Worker's JSON.
+pub(crate) fn list(
+    kv: &Kv,
+    req: &crate::http::Incoming,
+) -> Result<crate::http::Reply, kefu_engine::api::ApiError> {
+    let (_, config) = crate::admin::operator(kv, req)?;
+    let installed: Vec<(String, Result<Manifest, PluginFailure>)> = installed()
+        .into_iter()
+        .map(|name| {
+            let spec = PluginSpec {
+                id: name.clone(),
+                plugin: name.clone(),
+                enabled: true,
+                settings: Default::default(),
+                grants: Default::default(),
+                budget_ms: None,
+                max_output_bytes: None,
+            };
+            let manifest = manifest(kv, &spec);
+            (name, manifest)
+        })
+        .collect();
+    Ok(crate::http::Reply::json(
+        200,
+        &kefu_engine::api::plugins_json(&installed, &config),
+    ))
+}
+
+/// `POST /api/v1/plugins/{id}/test` (operators): one hook of one of the tenant's plugins,
+/// with the operator's input, answered as a turn would check it, with the call's record.
+pub(crate) fn test(
+    kv: &Kv,
+    req: &crate::http::Incoming,
+    id: &str,
+) -> Result<crate::http::Reply, kefu_engine::api::ApiError> {
+    let (tenant, config) = crate::admin::operator(kv, req)?;
+    let spec = kefu_engine::api::plugin_spec(&config, id)?;
+    let hook = kefu_engine::api::parse_plugin_test(&req.body, &tenant, spec)?;
+    let started = now();
+    let result = call(spec, &hook)
+        .and_then(|json| plugin::parse_answer(hook.hook(), &json, spec.max_output_bytes()));
+    let took = now().since(started).as_millis() as u64;
+    let record = kefu_engine::api::plugin_call_record(spec, &hook, took, &result);
+    log(
+        "info",
+        json!({"msg": "plugin test", "tenant": tenant.as_str(), "record": record}),
+    );
+    Ok(crate::http::Reply::json(
+        200,
+        &kefu_engine::api::plugin_test_json(&result, &record),
+    ))
 }

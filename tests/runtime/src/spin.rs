@@ -64,9 +64,7 @@ pub fn not_on_spin(scenario: &str) -> Option<&'static str> {
         "knowledge_hybrid_vector_search" => return None,
         "tenant_keys_see_only_their_own" => return None,
         s if s.starts_with("attachments_") => return None,
-        s if s.starts_with("plugin_routes_") => {
-            "the operators' plugin routes are the Worker's so far (on Spin: 501 not_supported_on_spin)"
-        }
+        s if s.starts_with("plugin_routes_") => return None,
         "live_updates_via_websocket" | "typing_over_websocket" => {
             "Spin has no WebSockets: live updates there are Server-Sent Events (the SSE \
              scenarios run on both)"
@@ -101,6 +99,10 @@ pub fn tenants(all: &[(String, Value)]) -> Vec<(String, Value)> {
                     | "files"
                     | "files-off"
                     | "replay"
+                    | "plt"
+                    | "plk"
+                    | "plh"
+                    | "plg"
             ) || id.starts_with("plug-")
         })
         .cloned()
@@ -136,7 +138,9 @@ fn test_manifest(root: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
     out.push_str(&format!(
         "\n# The hostile test plugin (runtime tests only).\n\
          [[trigger.http]]\nroute = {{ private = true }}\ncomponent = \"plugin-hostile\"\n\n\
-         [component.plugin-hostile]\nsource = \"{}\"\nallowed_outbound_hosts = []\n",
+         [component.plugin-hostile]\nsource = \"{}\"\n\
+         # Loopback only: the tests' grants decide which of its fetches go out.\n\
+         allowed_outbound_hosts = [\"http://127.0.0.1:*\"]\n",
         target_dir().join("plugins/spin/hostile.wasm").display()
     ));
     let path = dir.join(format!("spin-{}.toml", std::process::id()));
