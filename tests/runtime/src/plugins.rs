@@ -205,10 +205,10 @@ pub async fn plugins_guard_hands_off(ctx: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A plugin that traps, answers megabytes or reaches for a host it was not granted is cut
-/// off (or refused) and every turn is still answered by the model.
+/// A plugin that traps, loops for ever, answers megabytes or reaches for a host it was not
+/// granted is cut off (or refused) and every turn is still answered by the model.
 pub async fn plugins_hostile_contained(ctx: &Ctx) -> anyhow::Result<()> {
-    for tenant in ["plug-trap", "plug-huge", "plug-fetch"] {
+    for tenant in ["plug-trap", "plug-loop", "plug-huge", "plug-fetch"] {
         let marker = unique(tenant);
         let a = ctx
             .chat(Some(tenant), &json!({"message": format!("{marker} hello")}))
@@ -254,6 +254,8 @@ pub async fn plugins_hostile_contained(ctx: &Ctx) -> anyhow::Result<()> {
             .collect();
         let expected = match tenant {
             "plug-trap" => ["trap", "trap"],
+            // An endless loop is ended by its CPU allowance (the build's meter).
+            "plug-loop" => ["timeout", "timeout"],
             "plug-huge" => ["too_large", "too_large"],
             _ => ["ok", "ok"],
         };
