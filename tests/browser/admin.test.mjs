@@ -416,11 +416,16 @@ describe("admin pages", { concurrency: false }, () => {
     await row("rio").locator(".pill.ok").waitFor();
     assert.deepEqual(await inbox(first), { status: 200, code: null });
 
-    // Signed out everywhere: the old token is refused, a new one works.
+    // Signed out everywhere: the old token is refused, a new one works — even when the
+    // browser's clock is a year behind (the instant is Kefu's).
+    await a.page.clock.setFixedTime(Date.now() - 365 * 86_400_000);
     await row("rio").getByRole("button", { name: /^Sign out everywhere/ }).click();
     await a.page.locator("#confirm-ok").click();
     await row("rio").getByText("Any unexpired token").waitFor({ state: "detached" });
-    assert.ok((await agentNow("rio")).tokens_not_before > 0);
+    // Set by Kefu's clock (the configuration's `server_time`), not the browser's.
+    const notBefore = (await agentNow("rio")).tokens_not_before;
+    const serverNow = Date.parse((await configNow()).server_time);
+    assert.ok(notBefore > 0 && notBefore <= serverNow && serverNow - notBefore < 60_000, `${notBefore} vs ${serverNow}`);
     assert.deepEqual(await inbox(first), { status: 401, code: "token_revoked" });
     await row("rio").getByRole("button", { name: /^Sign-in token/ }).click();
     await a.page.locator("#token-value").filter({ hasNotText: first }).waitFor();

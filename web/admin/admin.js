@@ -916,11 +916,11 @@
 
   /** Saves a change to one listed agent (found fresh by id). */
   async function changeAgent(id, change) {
-    await editStoredConfig((doc) => {
+    await editStoredConfig((doc, cfg) => {
       const agents = agentsOf(doc).slice();
       const i = agents.findIndex((a) => a.id === id);
       if (i < 0) throw new ApiError(409, "agent_not_found", `The agent “${id}” is no longer listed (changed elsewhere?).`);
-      agents[i] = change({ ...agents[i] });
+      agents[i] = change({ ...agents[i] }, cfg);
       doc.agents = agents;
     });
   }
@@ -939,8 +939,13 @@
       "Every sign-in token issued to this agent until now stops working at once. Tokens minted afterwards work.", "Sign out everywhere");
     if (!ok) return;
     try {
-      // The browser's clock: tokens issued (by Kefu's clock) before this instant are refused.
-      await changeAgent(a.id, (x) => ({ ...x, tokens_not_before: Date.now() }));
+      // Kefu's clock, not this browser's (which may be off): the time the configuration was
+      // just read at, which tokens' issue times are compared with.
+      await changeAgent(a.id, (x, cfg) => {
+        const now = Date.parse(cfg.server_time);
+        if (!Number.isFinite(now)) throw new ApiError(0, "no_server_time", "Kefu did not say what time it is; nothing changed.");
+        return { ...x, tokens_not_before: now };
+      });
     } catch (err) {
       showError(err);
     }
@@ -991,7 +996,7 @@
       throw new ApiError(0, "cancelled", "Nothing changed: the editor has unsaved edits.");
     const cfg = await api("/api/v1/config");
     const doc = cfg.config ?? {};
-    edit(doc);
+    edit(doc, cfg);
     await api("/api/v1/config", { method: "PUT", body: doc });
     if (!reload) return;
     loadConfig(await api("/api/v1/config"));

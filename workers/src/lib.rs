@@ -349,7 +349,7 @@ async fn handle(
                         Some(d) => serde_json::from_str(d).unwrap_or(serde_json::Value::Null),
                         None => serde_json::Value::Null,
                     };
-                    json_response(200, &json!({"tenant": tenant.as_str(), "version": meta.version, "config": current, "builtin_default": document.is_none()}))
+                    json_response(200, &json!({"tenant": tenant.as_str(), "version": meta.version, "config": current, "builtin_default": document.is_none(), "server_time": provider::now().to_rfc3339()}))
                 }
                 api::ConfigRoute::Put => {
                     let body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;

@@ -130,7 +130,8 @@ pub fn config(kv: &Kv, req: &Incoming, route: ConfigRoute) -> Result<Reply, ApiE
             Ok(Reply::json(
                 200,
                 &json!({"tenant": tenant.as_str(), "version": meta.version, "config": current,
-                        "builtin_default": document.is_none()}),
+                        "builtin_default": document.is_none(),
+                        "server_time": now().to_rfc3339()}),
             ))
         }
         ConfigRoute::Put => {

@@ -651,13 +651,21 @@ pub async fn agent_roster(ctx: &Ctx) -> anyhow::Result<()> {
         .expect_status(200)?;
     inbox(first.clone()).await?.expect_status(200)?;
 
-    // Signed out everywhere: tokens issued before are refused; a new one works.
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    let now_ms = u64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_millis(),
-    )?;
+    // Signed out everywhere, at Kefu's time (as the admin pages do it): tokens issued before
+    // are refused; a new one works.
+    let config = ctx
+        .http
+        .get(ctx.url("/api/v1/config"))
+        .bearer_auth(ROSTER_KEY)
+        .send()
+        .await?;
+    let config = crate::scenarios::Answer::read(config).await?;
+    config.expect_status(200)?;
+    let now_ms = config.json["server_time"]
+        .as_str()
+        .and_then(kefu_engine::Timestamp::from_rfc3339)
+        .with_context(|| format!("server_time: {}", config.text))?
+        .as_millis();
     put_roster(rio(json!({"tokens_not_before": now_ms})))
         .await?
         .expect_status(200)?;
