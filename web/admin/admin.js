@@ -925,10 +925,13 @@
     });
   }
 
+  /** Keyboard focus back on a row's button after the table was drawn again. */
+  const refocus = (id, nth) => $("agents").querySelector(`tr[data-id="${CSS.escape(String(id))}"] button:nth-child(${nth})`)?.focus();
+
   async function setDisabled(a, disabled) {
     try {
       await changeAgent(a.id, (x) => ({ ...x, disabled }));
-      $("agents").querySelector(`tr[data-id="${CSS.escape(String(a.id))}"] button:nth-child(3)`)?.focus();
+      refocus(a.id, 3);
     } catch (err) {
       showError(err);
     }
@@ -946,6 +949,7 @@
         if (!Number.isFinite(now)) throw new ApiError(0, "no_server_time", "Kefu did not say what time it is; nothing changed.");
         return { ...x, tokens_not_before: now };
       });
+      refocus(a.id, 4);
     } catch (err) {
       showError(err);
     }
