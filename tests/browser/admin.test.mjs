@@ -341,7 +341,6 @@ describe("admin pages", { concurrency: false }, () => {
     await a.page.locator("#token-out:not([hidden])").waitFor();
     const token = await a.page.locator("#token-value").textContent();
     assert.match(token, /^kfa\./);
-    await shot(a.page, "admin-access.png");
     const href = await a.page.locator("#token-link").getAttribute("href");
     assert.equal(href, `/agent/#token=${encodeURIComponent(token)}`);
     const c = await newPage();
@@ -351,6 +350,99 @@ describe("admin pages", { concurrency: false }, () => {
     await c.ctx.close();
     await a.page.locator("#token-hide").click();
     assert.equal(await a.page.locator("#token-value").textContent(), "");
+  });
+
+  test("agents: added, validated at the field, given a token, disabled, signed out everywhere, removed", async () => {
+    const inbox = async (token) => {
+      const r = await fetch(kefu.base + "/api/v1/conversations", { headers: { authorization: `Bearer ${token}` } });
+      return { status: r.status, code: r.ok ? null : (await r.json()).error.code };
+    };
+    const row = (id) => a.page.locator(`#agents tr[data-id="${id}"]`);
+    const agentNow = async (id) => (await configNow()).config.agents?.find((x) => x.id === id);
+    await a.page.locator("#agents").getByText("No agents listed").waitFor();
+
+    // Added with a name that is markup: stored as given, shown as text.
+    await a.page.locator("#af-id").fill("rio");
+    await a.page.locator("#af-name").fill(XSS);
+    await a.page.locator("#af-email").fill("rio@example.com");
+    await a.page.locator("#af-role").selectOption("supervisor");
+    await a.page.getByRole("button", { name: "Add agent" }).click();
+    await row("rio").waitFor();
+    assert.deepEqual(await agentNow("rio"), { id: "rio", name: XSS, email: "rio@example.com", role: "supervisor" });
+    assert.equal(await row("rio").locator("td").nth(1).textContent(), XSS);
+    assert.equal(await a.page.locator("#agents img").count(), 0);
+    assert.equal(await a.page.evaluate(() => window.__xss), undefined);
+    assert.equal(await a.page.locator("#af-id").inputValue(), "", "the form is cleared after adding");
+
+    // The server's validation, shown at the field; nothing is stored.
+    const before = await configNow();
+    await a.page.locator("#af-id").fill("mo");
+    await a.page.locator("#af-name").fill("Mo Okafor");
+    await a.page.locator("#af-email").fill("not an email");
+    await a.page.getByRole("button", { name: "Add agent" }).click();
+    await a.page.locator("#af-email-error").filter({ hasText: "invalid_config" }).waitFor();
+    assert.equal(await a.page.locator("#af-email").getAttribute("aria-invalid"), "true");
+    assert.equal(await a.page.evaluate(() => document.activeElement.id), "af-email");
+    assert.equal((await configNow()).version, before.version);
+    await a.page.locator("#af-email").fill("mo@example.com");
+    await a.page.getByRole("button", { name: "Add agent" }).click();
+    await row("mo").waitFor();
+    assert.equal(await a.page.locator("#af-email").getAttribute("aria-invalid"), null);
+
+    // Edited: a new name, and what the form does not show is kept.
+    await row("rio").getByRole("button", { name: /^Edit/ }).click();
+    assert.equal(await a.page.locator("#af-id").isEditable(), false);
+    await a.page.locator("#af-name").fill("Rio Tanaka");
+    await a.page.getByRole("button", { name: "Save agent" }).click();
+    await row("rio").getByText("Rio Tanaka").waitFor();
+    assert.equal((await agentNow("rio")).role, "supervisor");
+
+    // A sign-in token for a listed agent, shown once; it works.
+    await row("rio").getByRole("button", { name: /^Sign-in token/ }).click();
+    await a.page.locator("#token-out:not([hidden])").waitFor();
+    const first = await a.page.locator("#token-value").textContent();
+    assert.match(first, /^kfa\./);
+    assert.deepEqual(await inbox(first), { status: 200, code: null });
+    await a.page.evaluate(() => window.scrollTo(0, 0));
+    await shot(a.page, "admin-access.png");
+
+    // Disabled (from the keyboard): the token is refused with its code; enabled: it works again.
+    await row("rio").getByRole("button", { name: /^Disable/ }).focus();
+    await a.page.keyboard.press("Enter");
+    await row("rio").locator(".pill.off").waitFor();
+    assert.equal((await agentNow("rio")).disabled, true);
+    assert.deepEqual(await inbox(first), { status: 401, code: "agent_disabled" });
+    await row("rio").getByRole("button", { name: /^Enable/ }).click();
+    await row("rio").locator(".pill.ok").waitFor();
+    assert.deepEqual(await inbox(first), { status: 200, code: null });
+
+    // Signed out everywhere: the old token is refused, a new one works — even when the
+    // browser's clock is a year behind (the instant is Kefu's).
+    await a.page.clock.setFixedTime(Date.now() - 365 * 86_400_000);
+    await row("rio").getByRole("button", { name: /^Sign out everywhere/ }).click();
+    await a.page.locator("#confirm-ok").click();
+    await row("rio").getByText("Any unexpired token").waitFor({ state: "detached" });
+    // Set by Kefu's clock (the configuration's `server_time`), not the browser's.
+    const notBefore = (await agentNow("rio")).tokens_not_before;
+    const serverNow = Date.parse((await configNow()).server_time);
+    assert.ok(notBefore > 0 && notBefore <= serverNow && serverNow - notBefore < 60_000, `${notBefore} vs ${serverNow}`);
+    assert.deepEqual(await inbox(first), { status: 401, code: "token_revoked" });
+    await row("rio").getByRole("button", { name: /^Sign-in token/ }).click();
+    await a.page.locator("#token-value").filter({ hasNotText: first }).waitFor();
+    assert.deepEqual(await inbox(await a.page.locator("#token-value").textContent()), { status: 200, code: null });
+
+    // With a roster, nobody off it gets a token.
+    await a.page.locator("#agent-id").fill("stranger");
+    await a.page.getByRole("button", { name: "Mint token" }).click();
+    await a.page.locator("#token-error").filter({ hasText: "unknown_agent" }).waitFor();
+
+    // Removed, after a confirmation.
+    await row("mo").getByRole("button", { name: /^Remove/ }).click();
+    await a.page.locator("#confirm-ok").click();
+    await row("mo").waitFor({ state: "detached" });
+    assert.equal(await agentNow("mo"), undefined);
+    await a.page.locator("#token-hide").click();
+    assert.deepEqual(a.errors, []);
   });
 
   test("a generated API key works once saved (hashed), and not after removal", async () => {

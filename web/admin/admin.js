@@ -168,7 +168,8 @@
     $("token-value").textContent = $("key-value").textContent = "";
     $("config-text").value = "";
     // Nothing of this tenant's stays in the page for whoever signs in next.
-    for (const id of ["versions", "sources", "hits", "unanswered", "today", "chart", "by-route", "by-model", "keys"]) clear($(id));
+    for (const id of ["versions", "sources", "hits", "unanswered", "today", "chart", "by-route", "by-model", "keys", "agents", "agent-ids"]) clear($(id));
+    resetAgentForm();
     state.usage = null;
     showSignin(message);
   }
@@ -187,7 +188,10 @@
     for (const sec of document.querySelectorAll("section.section")) sec.hidden = sec.dataset.section !== name;
     if (name === "knowledge") loadKnowledge();
     if (name === "usage") loadUsage();
-    if (name === "access") renderKeys();
+    if (name === "access") {
+      renderKeys();
+      renderAgents();
+    }
   }
   for (const tab of document.querySelectorAll(".section-tab")) tab.addEventListener("click", () => showSection(tab.dataset.section));
 
@@ -247,6 +251,7 @@
     renderGutter();
     fillShortcuts();
     renderKeys();
+    renderAgents();
   }
 
   /** The editor's document, or null (with the parse error shown) when it is not JSON. */
@@ -760,16 +765,22 @@
       return;
     }
     try {
-      const body = { agent, ttl_secs: Number($("agent-ttl").value) };
-      if ($("agent-name").value.trim()) body.name = $("agent-name").value.trim();
-      const r = await api("/api/v1/agents/tokens", { method: "POST", body });
-      $("token-value").textContent = r.token;
-      $("token-link").href = `/agent/#token=${encodeURIComponent(r.token)}`;
-      $("token-out").hidden = false;
+      await mintToken(agent, $("agent-name").value.trim());
     } catch (err) {
       $("token-error").textContent = `${err.code}: ${err.message}`;
     }
   });
+  /** Mints a token for `agent` (with the chosen lifetime) and shows it once. */
+  async function mintToken(agent, name) {
+    const body = { agent, ttl_secs: Number($("agent-ttl").value) };
+    if (name) body.name = name;
+    const r = await api("/api/v1/agents/tokens", { method: "POST", body });
+    $("token-value").textContent = r.token;
+    $("token-link").href = `/agent/#token=${encodeURIComponent(r.token)}`;
+    $("token-out").hidden = false;
+    return r;
+  }
+
   $("token-copy").addEventListener("click", () => copy($("token-value").textContent, $("token-copy")));
   $("token-hide").addEventListener("click", () => {
     $("token-out").hidden = true;
@@ -790,6 +801,182 @@
           el("td", { class: "actions" }, el("button", { type: "button", class: "btn small danger-ghost", text: "Remove", onclick: () => removeKey(k.id) })))
       );
     if (!keys.length) body.append(el("tr", {}, el("td", { colspan: 3, class: "muted", text: "No API keys." })));
+  }
+
+  // The roster (`agents` in the configuration). Every change goes through the config API, so
+  // the server's validation decides; its errors are shown at the form's field.
+  const agentsOf = (doc) => (doc && Array.isArray(doc.agents) ? doc.agents : []);
+  let editing = null; // the id of the agent the form edits, or null when it adds one
+
+  function renderAgents() {
+    const body = $("agents");
+    if (!body) return;
+    clear(body);
+    const agents = agentsOf(state.doc);
+    $("agents-count").textContent = agents.length ? `${agents.length} listed` : "";
+    const ids = $("agent-ids");
+    clear(ids);
+    for (const a of agents) ids.append(el("option", { value: String(a.id) }));
+    for (const a of agents) {
+      const since = a.tokens_not_before ? fmtWhen(Number(a.tokens_not_before)) : "Any unexpired token";
+      const label = String(a.name || a.id);
+      const btn = (text, onclick, cls = "btn small ghost") => el("button", { type: "button", class: cls, text, "aria-label": `${text}: ${label}`, onclick });
+      body.append(
+        el("tr", { "data-id": String(a.id) },
+          el("td", { class: "mono", text: String(a.id) }),
+          el("td", { class: "strong", text: label }),
+          el("td", { class: a.email ? "nowrap" : "muted", text: a.email ? String(a.email) : "—" }),
+          el("td", { class: "nowrap", text: a.role === "supervisor" ? "Supervisor" : "Agent" }),
+          el("td", { class: "nowrap" }, el("span", { class: a.disabled ? "pill off" : "pill ok", text: a.disabled ? "Disabled" : "Active" })),
+          el("td", { class: a.tokens_not_before ? "" : "muted", text: since }),
+          el("td", { class: "actions" },
+            btn("Sign-in token", () => mintFor(a), "btn small"),
+            btn("Edit", () => editAgent(a)),
+            btn(a.disabled ? "Enable" : "Disable", () => setDisabled(a, !a.disabled)),
+            btn("Sign out everywhere", () => signOutEverywhere(a)),
+            btn("Remove", () => removeAgent(a), "btn small danger-ghost")))
+      );
+    }
+    if (!agents.length) body.append(el("tr", {}, el("td", { colspan: 7, class: "muted", text: "No agents listed: any agent id can be given a token." })));
+  }
+
+  const AGENT_FIELDS = ["id", "name", "email", "role"];
+  function clearAgentErrors() {
+    for (const f of AGENT_FIELDS) {
+      $(`af-${f}-error`).textContent = "";
+      $(`af-${f}`).removeAttribute("aria-invalid");
+    }
+    $("agent-form-error").textContent = "";
+  }
+  function resetAgentForm() {
+    editing = null;
+    for (const f of ["id", "name", "email"]) $(`af-${f}`).value = "";
+    $("af-role").value = "agent";
+    $("af-id").readOnly = false;
+    $("agent-form-title").textContent = "Add an agent";
+    $("af-submit").textContent = "Add agent";
+    $("af-cancel").hidden = true;
+    clearAgentErrors();
+  }
+  function editAgent(a) {
+    clearAgentErrors();
+    editing = String(a.id);
+    $("af-id").value = String(a.id);
+    // An agent's id is in its tokens and conversations: to change it, remove and add.
+    $("af-id").readOnly = true;
+    $("af-name").value = a.name ?? "";
+    $("af-email").value = a.email ?? "";
+    $("af-role").value = a.role === "supervisor" ? "supervisor" : "agent";
+    $("agent-form-title").textContent = `Edit ${a.id}`;
+    $("af-submit").textContent = "Save agent";
+    $("af-cancel").hidden = false;
+    $("af-name").focus();
+  }
+  $("af-cancel").addEventListener("click", resetAgentForm);
+
+  /** Shows an error from saving the roster: at the form's field when it names one of the
+   *  entry at `index` (`agents[3].email`), otherwise under the form. */
+  function showAgentError(err, index) {
+    const m = /^agents\[(\d+)\]\.(\w+)$/.exec(err.field || "");
+    if (m && Number(m[1]) === index && AGENT_FIELDS.includes(m[2])) {
+      $(`af-${m[2]}-error`).textContent = `${err.code}: ${err.message}`;
+      $(`af-${m[2]}`).setAttribute("aria-invalid", "true");
+      $(`af-${m[2]}`).focus();
+    } else $("agent-form-error").textContent = `${err.code || "error"}: ${err.message}${err.field ? ` (${err.field})` : ""}`;
+  }
+
+  $("agent-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    clearAgentErrors();
+    const entry = { id: $("af-id").value.trim(), name: $("af-name").value.trim() };
+    if ($("af-email").value.trim()) entry.email = $("af-email").value.trim();
+    if ($("af-role").value === "supervisor") entry.role = "supervisor";
+    const was = editing;
+    let index = -1;
+    $("af-submit").disabled = true;
+    try {
+      await editStoredConfig((doc) => {
+        const agents = agentsOf(doc).slice();
+        index = was === null ? agents.length : agents.findIndex((a) => a.id === was);
+        if (index < 0) throw new ApiError(409, "agent_not_found", `The agent “${was}” is no longer listed (changed elsewhere?).`);
+        // An edit keeps what the form does not show (disabled, tokens_not_before).
+        const kept = was === null ? {} : { ...agents[index] };
+        delete kept.email;
+        delete kept.role;
+        agents[index] = { ...kept, ...entry };
+        doc.agents = agents;
+      });
+      resetAgentForm();
+    } catch (err) {
+      showAgentError(err, index);
+    } finally {
+      $("af-submit").disabled = false;
+    }
+  });
+
+  /** Saves a change to one listed agent (found fresh by id). */
+  async function changeAgent(id, change) {
+    await editStoredConfig((doc, cfg) => {
+      const agents = agentsOf(doc).slice();
+      const i = agents.findIndex((a) => a.id === id);
+      if (i < 0) throw new ApiError(409, "agent_not_found", `The agent “${id}” is no longer listed (changed elsewhere?).`);
+      agents[i] = change({ ...agents[i] }, cfg);
+      doc.agents = agents;
+    });
+  }
+
+  /** Keyboard focus back on a row's button after the table was drawn again. */
+  const refocus = (id, nth) => $("agents").querySelector(`tr[data-id="${CSS.escape(String(id))}"] button:nth-child(${nth})`)?.focus();
+
+  async function setDisabled(a, disabled) {
+    try {
+      await changeAgent(a.id, (x) => ({ ...x, disabled }));
+      refocus(a.id, 3);
+    } catch (err) {
+      showError(err);
+    }
+  }
+
+  async function signOutEverywhere(a) {
+    const ok = await confirmAction(`Sign ${a.name || a.id} out everywhere?`,
+      "Every sign-in token issued to this agent until now stops working at once. Tokens minted afterwards work.", "Sign out everywhere");
+    if (!ok) return;
+    try {
+      // Kefu's clock, not this browser's (which may be off): the time the configuration was
+      // just read at, which tokens' issue times are compared with.
+      await changeAgent(a.id, (x, cfg) => {
+        const now = Date.parse(cfg.server_time);
+        if (!Number.isFinite(now)) throw new ApiError(0, "no_server_time", "Kefu did not say what time it is; nothing changed.");
+        return { ...x, tokens_not_before: now };
+      });
+      refocus(a.id, 4);
+    } catch (err) {
+      showError(err);
+    }
+  }
+
+  async function removeAgent(a) {
+    if (!(await confirmAction(`Remove ${a.name || a.id}?`, "They can no longer sign in, and their tokens stop working at once.", "Remove"))) return;
+    try {
+      await editStoredConfig((doc) => (doc.agents = agentsOf(doc).filter((x) => x.id !== a.id)));
+      if (editing === a.id) resetAgentForm();
+    } catch (err) {
+      showError(err);
+    }
+  }
+
+  async function mintFor(a) {
+    $("token-error").textContent = "";
+    $("agent-id").value = String(a.id);
+    $("agent-name").value = "";
+    try {
+      await mintToken(String(a.id), "");
+      $("token-out").scrollIntoView({ block: "nearest" });
+      $("token-copy").focus();
+    } catch (err) {
+      $("token-error").textContent = `${err.code}: ${err.message}`;
+      $("token-error").scrollIntoView({ block: "nearest" });
+    }
   }
 
   const ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
@@ -813,7 +1000,7 @@
       throw new ApiError(0, "cancelled", "Nothing changed: the editor has unsaved edits.");
     const cfg = await api("/api/v1/config");
     const doc = cfg.config ?? {};
-    edit(doc);
+    edit(doc, cfg);
     await api("/api/v1/config", { method: "PUT", body: doc });
     if (!reload) return;
     loadConfig(await api("/api/v1/config"));

@@ -219,7 +219,7 @@ async fn handle(
             attachments::download(env, &tenant, &id).await
         }
         Route::AgentToken => {
-            let (tenant, _) = admin_tenant(req, env).await?;
+            let (tenant, config) = admin_tenant(req, env).await?;
             let secret = token_secret(env).ok_or_else(|| ApiError {
                 status: 503,
                 code: "agent_tokens_unavailable",
@@ -228,11 +228,9 @@ async fn handle(
                 allow: None,
             })?;
             let body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
-            let (agent, name, ttl_ms) = api::parse_agent_token_request(&body)?;
-            let expires = provider::now().as_millis() + ttl_ms;
-            let claims = kefu_engine::auth::AgentClaims { tenant: tenant.as_str().to_owned(), agent: agent.clone(), name, expires };
+            let claims = api::mint_agent_claims(&config, &tenant, &body, provider::now())?;
             let token = kefu_engine::auth::sign_agent_token(&secret, &claims);
-            json_response(200, &json!({"token": token, "agent": agent, "expires_at": kefu_engine::Timestamp::from_millis(expires).to_rfc3339()}))
+            json_response(200, &json!({"token": token, "agent": claims.agent, "expires_at": kefu_engine::Timestamp::from_millis(claims.expires).to_rfc3339()}))
         }
         Route::ConversationEvents(id) => {
             // Browsers' `EventSource` and `WebSocket` cannot set headers, so the stream also
@@ -352,7 +350,7 @@ async fn handle(
                         Some(d) => serde_json::from_str(d).unwrap_or(serde_json::Value::Null),
                         None => serde_json::Value::Null,
                     };
-                    json_response(200, &json!({"tenant": tenant.as_str(), "version": meta.version, "config": current, "builtin_default": document.is_none()}))
+                    json_response(200, &json!({"tenant": tenant.as_str(), "version": meta.version, "config": current, "builtin_default": document.is_none(), "server_time": provider::now().to_rfc3339()}))
                 }
                 api::ConfigRoute::Put => {
                     let body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
@@ -562,10 +560,14 @@ async fn agent_by_token(env: &Env, token: &str) -> std::result::Result<AgentIden
     let secret = token_secret(env)
         .ok_or_else(|| unauthorized("agent tokens are not enabled here".into()))?;
     let claims = kefu_engine::auth::verify_agent_token(&secret, token, provider::now())
-        .map_err(|e| unauthorized(e.to_string()))?;
+        .map_err(|e| api::agent_token_error(&e))?;
     let tenant = TenantId::parse(&claims.tenant)
         .ok_or_else(|| unauthorized("the token names no valid tenant".into()))?;
     let config = config::load(env, &tenant).await?;
+    // The roster rules (disabled, removed, signed out everywhere) need the tenant's
+    // configuration: the one of the tenant the token names.
+    kefu_engine::auth::admit_agent(&config.agents, &claims)
+        .map_err(|e| api::agent_token_error(&e))?;
     Ok((tenant, config, Some(claims)))
 }
 

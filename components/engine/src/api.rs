@@ -305,8 +305,8 @@ pub fn parse_config_document(body: &[u8]) -> Result<crate::TenantConfig, ApiErro
 }
 
 /// A validated `POST /api/v1/agents/tokens` body: `{"agent", "name"?, "ttl_secs"?}`
-/// (default 8 hours, at most 7 days). Returns (agent, name, ttl in ms).
-pub fn parse_agent_token_request(body: &[u8]) -> Result<(String, String, u64), ApiError> {
+/// (default 8 hours, at most 7 days). Returns (agent, name if given, ttl in ms).
+pub fn parse_agent_token_request(body: &[u8]) -> Result<(String, Option<String>, u64), ApiError> {
     let v: Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
             400,
@@ -319,12 +319,7 @@ pub fn parse_agent_token_request(body: &[u8]) -> Result<(String, String, u64), A
         .and_then(Value::as_str)
         .map(str::trim)
         .unwrap_or_default();
-    let valid = !agent.is_empty()
-        && agent.len() <= 64
-        && agent
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b));
-    if !valid {
+    if !crate::auth::valid_agent_id(agent) {
         return Err(ApiError::new(
             400,
             "invalid_field",
@@ -336,9 +331,8 @@ pub fn parse_agent_token_request(body: &[u8]) -> Result<(String, String, u64), A
         .get("name")
         .and_then(Value::as_str)
         .map(str::trim)
-        .filter(|n| !n.is_empty())
-        .unwrap_or(agent);
-    if name.chars().count() > 80 {
+        .filter(|n| !n.is_empty());
+    if name.is_some_and(|n| n.chars().count() > 80) {
         return Err(
             ApiError::new(400, "invalid_field", "`name` is at most 80 characters").field("name"),
         );
@@ -353,7 +347,44 @@ pub fn parse_agent_token_request(body: &[u8]) -> Result<(String, String, u64), A
                     .field("ttl_secs")
             })?,
     };
-    Ok((agent.to_owned(), name.to_owned(), ttl * 1000))
+    Ok((agent.to_owned(), name.map(str::to_owned), ttl * 1000))
+}
+
+/// The claims of the token `POST /api/v1/agents/tokens` mints for `tenant` at `now`: the
+/// body's agent, which must be on the tenant's roster and enabled when the roster is not
+/// empty (`400 unknown_agent`, `403 agent_disabled`); its name is the body's, else the
+/// roster's, else the agent id.
+pub fn mint_agent_claims(
+    config: &crate::TenantConfig,
+    tenant: &TenantId,
+    body: &[u8],
+    now: crate::Timestamp,
+) -> Result<crate::auth::AgentClaims, ApiError> {
+    let (agent, name, ttl_ms) = parse_agent_token_request(body)?;
+    let listed = crate::auth::agent_for_minting(&config.agents, &agent).map_err(|e| {
+        let status = if e == crate::auth::TokenError::AgentDisabled {
+            403
+        } else {
+            400
+        };
+        ApiError::new(status, e.code(), format!("no token for `{agent}`: {e}")).field("agent")
+    })?;
+    let name = name
+        .or_else(|| listed.map(|a| a.name.trim().to_owned()))
+        .unwrap_or_else(|| agent.clone());
+    Ok(crate::auth::AgentClaims {
+        tenant: tenant.as_str().to_owned(),
+        agent,
+        name,
+        expires: now.as_millis() + ttl_ms,
+        issued: now.as_millis(),
+    })
+}
+
+/// `401` for an agent token that was refused, with the reason's stable code
+/// ([`crate::auth::TokenError::code`]).
+pub fn agent_token_error(e: &crate::auth::TokenError) -> ApiError {
+    ApiError::new(401, e.code(), e.to_string())
 }
 
 /// The version a rollback asks for.
@@ -1946,5 +1977,35 @@ mod tests {
             "event: delta\ndata: {\"text\":\"Hi\\n\"}\n\n"
         );
         assert!(sse_error("provider_timeout", "slow").starts_with("event: error\n"));
+    }
+
+    #[test]
+    fn minting_follows_the_roster() {
+        let tenant = TenantId::parse("acme").unwrap();
+        let now = crate::Timestamp::from_millis(1_000);
+        let open = crate::TenantConfig::default();
+        let c = mint_agent_claims(&open, &tenant, br#"{"agent":"anyone"}"#, now).unwrap();
+        assert_eq!(
+            (c.name.as_str(), c.issued, c.expires),
+            ("anyone", 1_000, 1_000 + 8 * 3_600_000)
+        );
+        let listed = crate::TenantConfig::from_json(
+            r#"{"agents":[{"id":"alex","name":"Alex"},{"id":"kim","name":"Kim","disabled":true}]}"#,
+        )
+        .unwrap();
+        let c = mint_agent_claims(&listed, &tenant, br#"{"agent":"alex"}"#, now).unwrap();
+        assert_eq!((c.tenant.as_str(), c.name.as_str()), ("acme", "Alex"));
+        let c =
+            mint_agent_claims(&listed, &tenant, br#"{"agent":"alex","name":"Al"}"#, now).unwrap();
+        assert_eq!(c.name, "Al");
+        let e = mint_agent_claims(&listed, &tenant, br#"{"agent":"anyone"}"#, now).unwrap_err();
+        assert_eq!(
+            (e.status, e.code, e.field.as_deref()),
+            (400, "unknown_agent", Some("agent"))
+        );
+        let e = mint_agent_claims(&listed, &tenant, br#"{"agent":"kim"}"#, now).unwrap_err();
+        assert_eq!((e.status, e.code), (403, "agent_disabled"));
+        let e = agent_token_error(&crate::auth::TokenError::Revoked);
+        assert_eq!((e.status, e.code), (401, "token_revoked"));
     }
 }

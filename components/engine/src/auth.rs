@@ -9,6 +9,15 @@
 //! HMAC-SHA256 under the deployment's token secret. The tenant's own sign-in (SSO, its
 //! staff directory) mints them through Kefu's API with the tenant key; Kefu never stores
 //! agent passwords.
+//!
+//! A tenant may keep a roster of its agents (the configuration's `agents`). With an empty
+//! roster any agent id may be signed in (the behaviour before rosters, so existing tenants
+//! keep working). Once the roster lists anyone, it is the list of who may sign in: tokens are
+//! minted only for listed agents, and a token stops working when its agent is disabled or
+//! removed, or when it was issued before the agent's `tokens_not_before` ("sign out
+//! everywhere"). Tokens carry their issue time (`i`); tokens minted before that claim
+//! existed have none, count as issued at the epoch, and so stop working once their agent is
+//! signed out everywhere (they expire within 7 days anyway).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -91,6 +100,129 @@ pub struct AgentClaims {
     /// When the token stops working (ms since the epoch).
     #[serde(rename = "e")]
     pub expires: u64,
+    /// When the token was minted (ms since the epoch); 0 for tokens minted before this
+    /// claim existed.
+    #[serde(rename = "i", default)]
+    pub issued: u64,
+}
+
+/// What an agent does on the team. Recorded for people (the admin pages show it); Kefu
+/// grants agents and supervisors the same rights today.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentRole {
+    /// Answers conversations.
+    #[default]
+    Agent,
+    /// Leads a team.
+    Supervisor,
+}
+
+/// One agent on the tenant's roster (the configuration's `agents`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentEntry {
+    /// The agent's id, as in tokens and conversations (`[A-Za-z0-9._@-]`, 1 to 64).
+    pub id: String,
+    /// The name visitors see (the default for tokens minted for this agent).
+    pub name: String,
+    /// Where to reach the agent (for people; Kefu sends no mail).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// `agent` (the default) or `supervisor`.
+    #[serde(default)]
+    pub role: AgentRole,
+    /// A disabled agent cannot be minted a token, and its tokens are refused.
+    #[serde(default)]
+    pub disabled: bool,
+    /// Tokens issued before this instant (ms since the epoch) are refused: "sign out
+    /// everywhere" sets it to now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_not_before: Option<Timestamp>,
+}
+
+/// Whether `id` is a valid agent id: 1 to 64 characters of `[A-Za-z0-9._@-]`.
+pub fn valid_agent_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
+}
+
+/// Checks a roster field by field: valid, unique ids; a name of 1 to 80 characters; an
+/// email that looks like one.
+pub fn validate_roster(agents: &[AgentEntry]) -> Result<(), crate::config::ConfigError> {
+    let invalid = |i: usize, field: &str, message: &str| crate::config::ConfigError {
+        field: format!("agents[{i}].{field}"),
+        message: message.to_owned(),
+    };
+    for (i, a) in agents.iter().enumerate() {
+        if !valid_agent_id(&a.id) {
+            return Err(invalid(
+                i,
+                "id",
+                "must be 1 to 64 characters of [A-Za-z0-9._@-]",
+            ));
+        }
+        if agents[..i].iter().any(|b| b.id == a.id) {
+            return Err(invalid(i, "id", "another agent has this id"));
+        }
+        let name = a.name.trim();
+        if name.is_empty() || name.chars().count() > 80 {
+            return Err(invalid(i, "name", "must be 1 to 80 characters"));
+        }
+        if let Some(email) = &a.email {
+            let ok = email.len() <= 254
+                && !email.chars().any(char::is_whitespace)
+                && email
+                    .split_once('@')
+                    .is_some_and(|(user, host)| !user.is_empty() && host.contains('.'));
+            if !ok {
+                return Err(invalid(
+                    i,
+                    "email",
+                    "must be an email address (name@example.com)",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The roster entry for `agent`, when a token may be minted for it: any agent while the
+/// roster is empty (`Ok(None)`), otherwise a listed agent that is not disabled.
+pub fn agent_for_minting<'a>(
+    roster: &'a [AgentEntry],
+    agent: &str,
+) -> Result<Option<&'a AgentEntry>, TokenError> {
+    if roster.is_empty() {
+        return Ok(None);
+    }
+    let entry = roster
+        .iter()
+        .find(|a| a.id == agent)
+        .ok_or(TokenError::UnknownAgent)?;
+    if entry.disabled {
+        return Err(TokenError::AgentDisabled);
+    }
+    Ok(Some(entry))
+}
+
+/// Checks a verified token against its tenant's roster: with a non-empty roster its agent
+/// must be listed and enabled, and the token issued no earlier than the agent's
+/// `tokens_not_before`.
+pub fn admit_agent(roster: &[AgentEntry], claims: &AgentClaims) -> Result<(), TokenError> {
+    let Some(entry) = agent_for_minting(roster, &claims.agent)? else {
+        return Ok(());
+    };
+    if entry
+        .tokens_not_before
+        .is_some_and(|nb| claims.issued < nb.as_millis())
+    {
+        return Err(TokenError::Revoked);
+    }
+    Ok(())
 }
 
 /// Why an agent token was refused.
@@ -106,6 +238,30 @@ pub enum TokenError {
     /// It was valid, and has expired.
     #[error("the token has expired")]
     Expired,
+    /// The tenant keeps a roster and this agent is not on it.
+    #[error("this agent is not on the tenant's roster")]
+    UnknownAgent,
+    /// The agent is on the roster, disabled.
+    #[error("this agent is disabled")]
+    AgentDisabled,
+    /// The token was issued before the agent was signed out everywhere.
+    #[error("this token was revoked (the agent was signed out everywhere); sign in again")]
+    Revoked,
+}
+
+impl TokenError {
+    /// The stable error code: `unauthorized` for a token that is not a valid one at all (or
+    /// has expired), and a code of its own for each roster rule.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TokenError::Malformed | TokenError::BadSignature | TokenError::Expired => {
+                "unauthorized"
+            }
+            TokenError::UnknownAgent => "unknown_agent",
+            TokenError::AgentDisabled => "agent_disabled",
+            TokenError::Revoked => "token_revoked",
+        }
+    }
 }
 
 /// The longest an agent token may live (7 days).
@@ -126,7 +282,8 @@ pub fn sign_agent_token(secret: &[u8], claims: &AgentClaims) -> String {
     format!("{signed}.{signature}")
 }
 
-/// Checks an agent token: its signature (in constant time), then its expiry.
+/// Checks an agent token: its signature (in constant time), then its expiry. The roster
+/// rules need the tenant's configuration: see [`admit_agent`].
 pub fn verify_agent_token(
     secret: &[u8],
     token: &str,
@@ -184,6 +341,7 @@ mod tests {
             agent: "alex".into(),
             name: "Alex".into(),
             expires: 10_000,
+            issued: 1_000,
         };
         let token = sign_agent_token(secret, &claims);
         assert!(token.starts_with("kfa."));
@@ -214,6 +372,140 @@ mod tests {
         assert_eq!(
             verify_agent_token(secret, "kf-acme.abc", Timestamp::from_millis(1)),
             Err(TokenError::Malformed)
+        );
+    }
+
+    fn roster() -> Vec<AgentEntry> {
+        serde_json::from_str(
+            r#"[{"id":"alex","name":"Alex","email":"alex@acme.example","role":"supervisor"},
+                {"id":"kim","name":"Kim","disabled":true},
+                {"id":"sam","name":"Sam","tokens_not_before":5000}]"#,
+        )
+        .unwrap()
+    }
+
+    fn claims_for(agent: &str, issued: u64) -> AgentClaims {
+        AgentClaims {
+            tenant: "acme".into(),
+            agent: agent.into(),
+            name: agent.into(),
+            expires: 100_000,
+            issued,
+        }
+    }
+
+    #[test]
+    fn an_empty_roster_admits_any_agent() {
+        assert_eq!(agent_for_minting(&[], "anyone"), Ok(None));
+        assert_eq!(admit_agent(&[], &claims_for("anyone", 0)), Ok(()));
+    }
+
+    #[test]
+    fn minting_needs_a_listed_enabled_agent() {
+        let r = roster();
+        assert_eq!(agent_for_minting(&r, "alex").unwrap().unwrap().name, "Alex");
+        assert_eq!(
+            agent_for_minting(&r, "nobody"),
+            Err(TokenError::UnknownAgent)
+        );
+        assert_eq!(agent_for_minting(&r, "kim"), Err(TokenError::AgentDisabled));
+        assert_eq!(TokenError::UnknownAgent.code(), "unknown_agent");
+        assert_eq!(TokenError::AgentDisabled.code(), "agent_disabled");
+    }
+
+    #[test]
+    fn verifying_applies_the_roster() {
+        let r = roster();
+        assert_eq!(admit_agent(&r, &claims_for("alex", 1)), Ok(()));
+        // Removed from a non-empty roster, or disabled: refused.
+        assert_eq!(
+            admit_agent(&r, &claims_for("gone", 1)),
+            Err(TokenError::UnknownAgent)
+        );
+        assert_eq!(
+            admit_agent(&r, &claims_for("kim", 9_000)),
+            Err(TokenError::AgentDisabled)
+        );
+        // Signed out everywhere at 5000: earlier tokens are refused, later ones work.
+        assert_eq!(
+            admit_agent(&r, &claims_for("sam", 4_999)),
+            Err(TokenError::Revoked)
+        );
+        assert_eq!(TokenError::Revoked.code(), "token_revoked");
+        assert_eq!(admit_agent(&r, &claims_for("sam", 5_000)), Ok(()));
+        assert_eq!(TokenError::Expired.code(), "unauthorized");
+    }
+
+    #[test]
+    fn tokens_carry_their_issue_time_and_old_ones_count_as_issued_at_the_epoch() {
+        let secret = b"deployment-token-secret-0123456789";
+        let token = sign_agent_token(secret, &claims_for("sam", 6_000));
+        let claims = verify_agent_token(secret, &token, Timestamp::from_millis(7_000)).unwrap();
+        assert_eq!(claims.issued, 6_000);
+        assert_eq!(admit_agent(&roster(), &claims), Ok(()));
+        // A token from before the issue-time claim: `{t,a,n,e}` only.
+        let body = B64.encode(br#"{"t":"acme","a":"sam","n":"Sam","e":100000}"#);
+        let signed = format!("kfa.{body}");
+        let old = format!("{signed}.{}", B64.encode(mac(secret, &signed)));
+        let claims = verify_agent_token(secret, &old, Timestamp::from_millis(7_000)).unwrap();
+        assert_eq!(claims.issued, 0);
+        // It works for an agent never signed out everywhere, and not for one who was.
+        assert_eq!(
+            admit_agent(
+                &roster(),
+                &AgentClaims {
+                    agent: "alex".into(),
+                    ..claims.clone()
+                }
+            ),
+            Ok(())
+        );
+        assert_eq!(admit_agent(&roster(), &claims), Err(TokenError::Revoked));
+    }
+
+    #[test]
+    fn rosters_are_validated_field_by_field() {
+        let check = |doc: &str| {
+            let agents: Vec<AgentEntry> = serde_json::from_str(doc).unwrap();
+            validate_roster(&agents).map_err(|e| e.field)
+        };
+        assert_eq!(check(r#"[{"id":"a.b@c-d_e","name":"A"}]"#), Ok(()));
+        assert_eq!(
+            check(r#"[{"id":"bad id","name":"A"}]"#),
+            Err("agents[0].id".into())
+        );
+        assert_eq!(
+            check(r#"[{"id":"","name":"A"}]"#),
+            Err("agents[0].id".into())
+        );
+        assert_eq!(
+            check(r#"[{"id":"a","name":"A"},{"id":"a","name":"B"}]"#),
+            Err("agents[1].id".into())
+        );
+        assert_eq!(
+            check(r#"[{"id":"a","name":"  "}]"#),
+            Err("agents[0].name".into())
+        );
+        let long = "x".repeat(81);
+        assert_eq!(
+            check(&format!(r#"[{{"id":"a","name":"{long}"}}]"#)),
+            Err("agents[0].name".into())
+        );
+        assert_eq!(
+            check(r#"[{"id":"a","name":"A","email":"not-an-email"}]"#),
+            Err("agents[0].email".into())
+        );
+        assert_eq!(
+            check(r#"[{"id":"a","name":"A","email":"a @b.example"}]"#),
+            Err("agents[0].email".into())
+        );
+        assert!(
+            serde_json::from_str::<Vec<AgentEntry>>(r#"[{"id":"a","name":"A","role":"boss"}]"#)
+                .is_err()
+        );
+        assert!(
+            serde_json::from_str::<Vec<AgentEntry>>(r#"[{"id":"a","name":"A","pasword":"x"}]"#)
+                .is_err()
         );
     }
 }

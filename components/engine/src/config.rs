@@ -48,6 +48,9 @@ pub struct TenantConfig {
     pub plan: Option<String>,
     /// Keys for the OpenAI-compatible API, stored hashed.
     pub api_keys: Vec<crate::auth::ApiKeyEntry>,
+    /// The agents who may sign in (empty: any agent the tenant mints a token for; see
+    /// [`crate::auth`]).
+    pub agents: Vec<crate::auth::AgentEntry>,
     /// When conversations go to a human.
     pub handoff: HandoffPolicy,
     /// Keyword and regex rules checked before the model.
@@ -239,6 +242,7 @@ impl Default for TenantConfig {
             prices: BTreeMap::new(),
             plan: None,
             api_keys: Vec::new(),
+            agents: Vec::new(),
             handoff: HandoffPolicy::default(),
             rules: Vec::new(),
             business_hours: None,
@@ -461,6 +465,7 @@ impl TenantConfig {
                 ));
             }
         }
+        crate::auth::validate_roster(&self.agents)?;
         for (i, entry) in self.faq.iter().enumerate() {
             if entry.question.trim().is_empty() {
                 return Err(invalid(&format!("faq[{i}].question"), "must not be empty"));
@@ -636,6 +641,11 @@ mod tests {
                 r#"{"faq":[{"question":" ","answer":"a"}]}"#,
                 "faq[0].question",
             ),
+            (
+                r#"{"agents":[{"id":"alex","name":"Alex"},{"id":"alex","name":"Al"}]}"#,
+                "agents[1].id",
+            ),
+            (r#"{"agents":[{"id":"alex"}]}"#, "$"),
             (r#"{"sytem_prompt":"typo"}"#, "$"),
             (r#"not json"#, "$"),
         ];

@@ -35,6 +35,14 @@ impl Timestamp {
     pub fn to_rfc3339(self) -> String {
         self.to_string()
     }
+
+    /// Parses RFC 3339 (`2026-11-25T08:00:00.123Z`, or with an offset); `None` when
+    /// malformed or before the epoch.
+    pub fn from_rfc3339(s: &str) -> Option<Self> {
+        crate::provider::parse_rfc3339(s)
+            .and_then(|ms| u64::try_from(ms).ok())
+            .map(Self)
+    }
 }
 
 /// `t + d`, saturating at the far future.
@@ -99,6 +107,10 @@ mod tests {
             Timestamp::from_millis(951_782_400_000).to_rfc3339(),
             "2000-02-29T00:00:00.000Z"
         );
+        let t = Timestamp::from_millis(1_795_593_600_123);
+        assert_eq!(Timestamp::from_rfc3339(&t.to_rfc3339()), Some(t));
+        assert_eq!(Timestamp::from_rfc3339("1969-12-31T23:59:59.000Z"), None);
+        assert_eq!(Timestamp::from_rfc3339("yesterday"), None);
     }
 
     #[test]

@@ -84,10 +84,13 @@ pub fn agent(kv: &Kv, req: &Incoming) -> Result<Agent, ApiError> {
         let secret =
             token_secret().ok_or_else(|| unauthorized("agent tokens are not enabled here"))?;
         let claims = auth::verify_agent_token(&secret, given, now())
-            .map_err(|e| unauthorized(&e.to_string()))?;
+            .map_err(|e| api::agent_token_error(&e))?;
         let tenant = TenantId::parse(&claims.tenant)
             .ok_or_else(|| unauthorized("the token names no valid tenant"))?;
         let config = store::config(kv, &tenant)?;
+        // The roster rules (disabled, removed, signed out everywhere) need the tenant's
+        // configuration: the one of the tenant the token names.
+        auth::admit_agent(&config.agents, &claims).map_err(|e| api::agent_token_error(&e))?;
         return Ok((tenant, config, Some(claims)));
     }
     let (tenant, config) = tenant_key(kv, given)?;
@@ -96,7 +99,7 @@ pub fn agent(kv: &Kv, req: &Incoming) -> Result<Agent, ApiError> {
 
 /// `POST /api/v1/agents/tokens`: the tenant's back end signs an agent in.
 pub fn mint_token(kv: &Kv, req: &Incoming) -> Result<Reply, ApiError> {
-    let (tenant, _) = operator(kv, req)?;
+    let (tenant, config) = operator(kv, req)?;
     let secret = token_secret().ok_or_else(|| {
         ApiError::new(
             503,
@@ -104,19 +107,12 @@ pub fn mint_token(kv: &Kv, req: &Incoming) -> Result<Reply, ApiError> {
             "set the kefu_token_secret variable (16 bytes or more) to issue agent tokens",
         )
     })?;
-    let (agent, name, ttl_ms) = api::parse_agent_token_request(&req.body)?;
-    let expires = now().as_millis() + ttl_ms;
-    let claims = auth::AgentClaims {
-        tenant: tenant.as_str().to_owned(),
-        agent: agent.clone(),
-        name,
-        expires,
-    };
+    let claims = api::mint_agent_claims(&config, &tenant, &req.body, now())?;
     let token = auth::sign_agent_token(&secret, &claims);
     Ok(Reply::json(
         200,
-        &json!({"token": token, "agent": agent,
-                "expires_at": kefu_engine::Timestamp::from_millis(expires).to_rfc3339()}),
+        &json!({"token": token, "agent": claims.agent,
+                "expires_at": kefu_engine::Timestamp::from_millis(claims.expires).to_rfc3339()}),
     ))
 }
 
@@ -134,7 +130,8 @@ pub fn config(kv: &Kv, req: &Incoming, route: ConfigRoute) -> Result<Reply, ApiE
             Ok(Reply::json(
                 200,
                 &json!({"tenant": tenant.as_str(), "version": meta.version, "config": current,
-                        "builtin_default": document.is_none()}),
+                        "builtin_default": document.is_none(),
+                        "server_time": now().to_rfc3339()}),
             ))
         }
         ConfigRoute::Put => {

@@ -31,6 +31,10 @@ pub fn tenants(mock_base: &str) -> Vec<(String, Value)> {
             }),
         ),
         (
+            ROSTER_TENANT.into(),
+            json!({"api_keys": [{"id": "runtime-tests", "sha256": kefu_engine::auth::hash_key(ROSTER_KEY)}]}),
+        ),
+        (
             VERIFIED_SITE.into(),
             json!({"identity": {"secret": IDENTITY_SECRET, "required": true},
                    "api_keys": [{"id": "agents", "sha256": kefu_engine::auth::hash_key(VERIFIED_KEY)}]}),
@@ -43,6 +47,11 @@ pub const VERIFIED_SITE: &str = "verified-site";
 const IDENTITY_SECRET: &str = "a-random-identity-secret-for-the-runtime-tests";
 /// The tenant key of the verified site (its agents).
 const VERIFIED_KEY: &str = "kf-verified-site.Kefu0Verified0Test0Key1";
+
+/// A tenant that keeps a roster of its agents.
+const ROSTER_TENANT: &str = "cs-roster";
+/// The tenant key of `cs-roster`.
+const ROSTER_KEY: &str = "kf-cs-roster.Kefu0Roster0Test0Key00001";
 
 /// The tenant key of `cs-rules`.
 pub const RULES_KEY: &str = "kf-cs-rules.Kefu0Rules0Test0Key000001";
@@ -554,6 +563,127 @@ pub async fn agent_tokens(ctx: &Ctx) -> anyhow::Result<()> {
     crate::scenarios::Answer::read(config)
         .await?
         .expect_error(403, "operator_only")?;
+    Ok(())
+}
+
+/// A roster decides who may sign in: tokens only for listed agents, refused (each with its
+/// code) once the agent is disabled or removed, or when issued before "sign out everywhere";
+/// re-enabling and a fresh token bring the agent back.
+pub async fn agent_roster(ctx: &Ctx) -> anyhow::Result<()> {
+    let put_roster = |agents: Value| async move {
+        let doc = json!({
+            "api_keys": [{"id": "runtime-tests", "sha256": kefu_engine::auth::hash_key(ROSTER_KEY)}],
+            "agents": agents,
+        });
+        let resp = ctx
+            .http
+            .put(ctx.url("/api/v1/config"))
+            .bearer_auth(ROSTER_KEY)
+            .json(&doc)
+            .send()
+            .await?;
+        crate::scenarios::Answer::read(resp).await
+    };
+    let mint = |agent: &'static str| async move {
+        let resp = ctx
+            .http
+            .post(ctx.url("/api/v1/agents/tokens"))
+            .bearer_auth(ROSTER_KEY)
+            .json(&json!({"agent": agent, "ttl_secs": 600}))
+            .send()
+            .await?;
+        crate::scenarios::Answer::read(resp).await
+    };
+    // The agents' inbox: a call any signed-in agent may make.
+    let inbox = |token: String| async move {
+        let resp = ctx
+            .http
+            .get(ctx.url("/api/v1/conversations"))
+            .bearer_auth(token)
+            .send()
+            .await?;
+        crate::scenarios::Answer::read(resp).await
+    };
+    let rio = |extra: Value| {
+        let mut a = json!({"id": "rio", "name": "Rio", "email": "rio@example.com"});
+        if let (Some(a), Some(extra)) = (a.as_object_mut(), extra.as_object()) {
+            a.extend(extra.clone());
+        }
+        json!([a, {"id": "mo", "name": "Mo", "role": "supervisor"}])
+    };
+
+    // The roster is validated like the rest of the configuration, naming the field.
+    put_roster(json!([{"id": "rio", "name": "Rio"}, {"id": "rio", "name": "Rio again"}]))
+        .await?
+        .expect_error(400, "invalid_config")?;
+    let bad = put_roster(json!([{"id": "rio", "name": "Rio", "email": "not an email"}])).await?;
+    ensure!(
+        bad.json["error"]["field"] == "agents[0].email",
+        "the field at fault: {}",
+        bad.text
+    );
+    put_roster(rio(json!({}))).await?.expect_status(200)?;
+
+    let minted = mint("rio").await?;
+    minted.expect_status(200)?;
+    let first = minted.json["token"].as_str().context("token")?.to_owned();
+    inbox(first.clone()).await?.expect_status(200)?;
+    // Nobody off the roster gets a token.
+    let unknown = mint("stranger").await?;
+    unknown.expect_error(400, "unknown_agent")?;
+    ensure!(
+        unknown.json["error"]["field"] == "agent",
+        "{}",
+        unknown.text
+    );
+
+    // Disabled: the token is refused, and no new one is minted.
+    put_roster(rio(json!({"disabled": true})))
+        .await?
+        .expect_status(200)?;
+    inbox(first.clone())
+        .await?
+        .expect_error(401, "agent_disabled")?;
+    mint("rio").await?.expect_error(403, "agent_disabled")?;
+    // Enabled again: the same token works.
+    put_roster(rio(json!({"disabled": false})))
+        .await?
+        .expect_status(200)?;
+    inbox(first.clone()).await?.expect_status(200)?;
+
+    // Signed out everywhere, at Kefu's time (as the admin pages do it): tokens issued before
+    // are refused; a new one works.
+    let config = ctx
+        .http
+        .get(ctx.url("/api/v1/config"))
+        .bearer_auth(ROSTER_KEY)
+        .send()
+        .await?;
+    let config = crate::scenarios::Answer::read(config).await?;
+    config.expect_status(200)?;
+    let now_ms = config.json["server_time"]
+        .as_str()
+        .and_then(kefu_engine::Timestamp::from_rfc3339)
+        .with_context(|| format!("server_time: {}", config.text))?
+        .as_millis();
+    put_roster(rio(json!({"tokens_not_before": now_ms})))
+        .await?
+        .expect_status(200)?;
+    inbox(first.clone())
+        .await?
+        .expect_error(401, "token_revoked")?;
+    let minted = mint("rio").await?;
+    minted.expect_status(200)?;
+    let second = minted.json["token"].as_str().context("token")?.to_owned();
+    inbox(second.clone()).await?.expect_status(200)?;
+
+    // Removed from the roster: refused (while others remain listed).
+    put_roster(json!([{"id": "mo", "name": "Mo"}]))
+        .await?
+        .expect_status(200)?;
+    inbox(second.clone())
+        .await?
+        .expect_error(401, "unknown_agent")?;
     Ok(())
 }
 

@@ -31,7 +31,7 @@ use crate::gateway::{
     gateway_usage_accounted, gateway_workers_ai_binding, openai_api_errors, openai_sdk_python,
 };
 use crate::handoff::{
-    agent_tokens, handoff_by_the_model, handoff_end_to_end, inbox_lists_and_filters,
+    agent_roster, agent_tokens, handoff_by_the_model, handoff_end_to_end, inbox_lists_and_filters,
     live_updates_via_sse, live_updates_via_websocket, rules_and_business_hours,
     typing_over_websocket, verified_visitor_identity,
 };
@@ -352,6 +352,7 @@ pub fn all() -> Vec<Scenario> {
         rules_and_business_hours,
         inbox_lists_and_filters,
         agent_tokens,
+        agent_roster,
         live_updates_via_sse,
         live_updates_via_websocket,
         typing_over_websocket,

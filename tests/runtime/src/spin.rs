@@ -46,7 +46,7 @@ pub fn not_on_spin(scenario: &str) -> Option<&'static str> {
         | "handoff_end_to_end"
         | "handoff_by_the_model"
         | "rules_and_business_hours" => return None,
-        "agent_tokens" | "inbox_lists_and_filters" => return None,
+        "agent_tokens" | "agent_roster" | "inbox_lists_and_filters" => return None,
         "verified_visitor_identity" => return None,
         "web_pages_served_with_their_policy" => return None,
         s if s.starts_with("plugins_") => return None,
@@ -91,6 +91,7 @@ pub fn tenants(all: &[(String, Value)]) -> Vec<(String, Value)> {
                     | "wh"
                     | "gw-model-handoff"
                     | "cs-rules"
+                    | "cs-roster"
                     | "verified-site"
                     | "kb"
                     | "kb-noanswer"
