@@ -445,6 +445,42 @@ describe("admin pages", { concurrency: false }, () => {
     assert.deepEqual(a.errors, []);
   });
 
+  test("plugins: the installed redactor is listed, enabled, tried on a prompt, turned off and removed", async () => {
+    await a.page.locator('.section-tab[data-section="plugins"]').click();
+    const card = a.page.locator("#installed-plugins .plugin").filter({ hasText: "pii-redactor" });
+    await card.waitFor();
+    assert.match(await card.textContent(), /before-model/);
+    await card.getByRole("button", { name: "Enable pii-redactor" }).click();
+    const row = a.page.locator('#tenant-plugins tr[data-id="pii-redactor"]');
+    await row.locator(".pill").filter({ hasText: /^On$/ }).waitFor();
+    const stored = (await configNow()).config.plugins;
+    assert.deepEqual(stored, [{ id: "pii-redactor", plugin: "pii-redactor" }]);
+
+    // Tried before a visitor meets it: the prompt comes back redacted, with Kefu's verdict.
+    await a.page.locator("#try-id").selectOption("pii-redactor");
+    await a.page.locator("#try-hook").selectOption("before_model");
+    await a.page.locator("#try-user").fill(`Mail me at jane@example.com ${XSS}`);
+    await a.page.locator("#try-run").click();
+    await a.page.locator("#try-out:not([hidden])").waitFor();
+    const answer = await a.page.locator("#try-answer").textContent();
+    assert.match(answer, /\[email\]/);
+    assert.doesNotMatch(answer, /jane@example\.com/);
+    assert.match(await a.page.locator("#try-record").textContent(), /rewrote 1 of 2 messages/);
+    assert.equal(await a.page.evaluate(() => window.__xss), undefined);
+    await shot(a.page, "admin-plugins.png", { fullPage: true });
+
+    await row.getByRole("button", { name: "Turn off: pii-redactor" }).click();
+    await row.locator(".pill").filter({ hasText: /^Off$/ }).waitFor();
+    assert.equal((await configNow()).config.plugins[0].enabled, false);
+    await row.getByRole("button", { name: "Remove: pii-redactor" }).click();
+    await a.page.locator("#confirm[open]").waitFor();
+    await a.page.locator("#confirm-ok").click();
+    await a.page.locator("#tenant-plugins").filter({ hasText: "No plugins enabled" }).waitFor();
+    assert.deepEqual((await configNow()).config.plugins ?? [], []);
+    assert.deepEqual(a.errors, []);
+    await a.page.locator('.section-tab[data-section="access"]').click();
+  });
+
   test("a generated API key works once saved (hashed), and not after removal", async () => {
     await a.page.locator("#key-id").fill("backend");
     await a.page.getByRole("button", { name: "Generate key" }).click();

@@ -168,7 +168,9 @@
     $("token-value").textContent = $("key-value").textContent = "";
     $("config-text").value = "";
     // Nothing of this tenant's stays in the page for whoever signs in next.
-    for (const id of ["versions", "sources", "hits", "unanswered", "today", "chart", "by-route", "by-model", "keys", "agents", "agent-ids"]) clear($(id));
+    for (const id of ["versions", "sources", "hits", "unanswered", "today", "chart", "by-route", "by-model", "keys", "agents", "agent-ids", "tenant-plugins", "installed-plugins", "try-id", "try-answer", "try-record"]) clear($(id));
+    $("try-out").hidden = true;
+    state.plugins = null;
     resetAgentForm();
     state.usage = null;
     showSignin(message);
@@ -188,6 +190,7 @@
     for (const sec of document.querySelectorAll("section.section")) sec.hidden = sec.dataset.section !== name;
     if (name === "knowledge") loadKnowledge();
     if (name === "usage") loadUsage();
+    if (name === "plugins") loadPlugins();
     if (name === "access") {
       renderKeys();
       renderAgents();
@@ -1051,6 +1054,177 @@
       showError(err);
     }
   }
+
+  // ---- Plugins ----------------------------------------------------------------------------
+
+  // GET /api/v1/plugins: the installed plugins' manifests and the tenant's `plugins`. Enabling,
+  // disabling and removing edit the stored configuration (the server validates); trying one
+  // is POST /api/v1/plugins/{id}/test. Manifests and answers come from plugins: text only.
+  async function loadPlugins() {
+    try {
+      state.plugins = await api("/api/v1/plugins");
+    } catch (err) {
+      showError(err);
+      return;
+    }
+    renderPlugins();
+  }
+
+  const hookNames = (hooks) =>
+    [["on_event", "on-event"], ["before_model", "before-model"], ["after_reply", "after-reply"]].filter(([k]) => hooks && hooks[k]).map(([, n]) => n);
+
+  function renderPlugins() {
+    const data = state.plugins || { installed: [], plugins: [] };
+    const installed = Array.isArray(data.installed) ? data.installed : [];
+    const mine = Array.isArray(data.plugins) ? data.plugins : [];
+    const list = $("installed-plugins");
+    clear(list);
+    for (const p of installed) {
+      const m = p.manifest;
+      const item = el("li", { class: "plugin" },
+        el("div", { class: "plugin-head" },
+          el("strong", { text: String(p.name) }),
+          m ? el("span", { class: "muted small", text: ` ${m.version}` }) : null,
+          m ? null : el("span", { class: "pill off", text: "Unavailable" })));
+      if (m) {
+        item.append(el("p", { class: "small", text: String(m.description || "") }));
+        const tags = el("p", { class: "plugin-hooks" });
+        for (const h of hookNames(m.hooks)) tags.append(el("span", { class: "pill", text: h }));
+        for (const t of m.tools || []) tags.append(el("span", { class: "pill ok", text: `tool: ${t.name}`, title: String(t.description || "") }));
+        item.append(tags);
+        if (!mine.some((q) => q.plugin === p.name)) {
+          item.append(el("button", { type: "button", class: "btn small", text: "Enable for this tenant", "aria-label": `Enable ${p.name}`, onclick: () => addPlugin(p.name) }));
+        }
+      } else {
+        item.append(el("p", { class: "form-error", text: `${p.error?.kind || "error"}: ${p.error?.message || ""}` }));
+      }
+      list.append(item);
+    }
+    if (!installed.length) list.append(el("li", { class: "muted", text: "No plugins are installed in this deployment." }));
+
+    const body = $("tenant-plugins");
+    clear(body);
+    $("plugins-count").textContent = mine.length ? `${mine.filter((q) => q.enabled !== false).length} of ${mine.length} on` : "";
+    for (const q of mine) {
+      const known = installed.some((p) => p.name === q.plugin && p.manifest);
+      const on = q.enabled !== false;
+      const grants = [...(q.grants?.hosts || []), q.grants?.kv ? "key-value" : null].filter(Boolean).join(", ");
+      const btn = (text, onclick, cls = "btn small ghost") => el("button", { type: "button", class: cls, text, "aria-label": `${text}: ${q.id}`, onclick });
+      body.append(el("tr", { "data-id": String(q.id) },
+        el("td", { class: "mono", text: String(q.id) }),
+        el("td", { text: String(q.plugin) }),
+        el("td", { class: "nowrap" }, el("span", { class: !known ? "pill off" : on ? "pill ok" : "pill", text: !known ? "Not installed" : on ? "On" : "Off" })),
+        el("td", { class: grants ? "" : "muted", text: grants || "none" }),
+        el("td", { class: "nowrap", text: `${q.budget_ms ?? 250} ms` }),
+        el("td", { class: "actions" },
+          btn(on ? "Turn off" : "Turn on", () => setPluginEnabled(q.id, !on)),
+          btn("Remove", () => removePlugin(q.id), "btn small danger-ghost"))));
+    }
+    if (!mine.length) body.append(el("tr", {}, el("td", { colspan: 6, class: "muted", text: "No plugins enabled: visitors' turns run without any." })));
+
+    const select = $("try-id");
+    const before = select.value;
+    clear(select);
+    for (const q of mine) select.append(el("option", { value: String(q.id), text: `${q.id} (${q.plugin})` }));
+    if (mine.some((q) => q.id === before)) select.value = before;
+    $("try-run").disabled = !mine.length;
+    renderTryFields();
+  }
+
+  async function changePlugins(edit) {
+    try {
+      await editStoredConfig((doc) => (doc.plugins = edit(Array.isArray(doc.plugins) ? doc.plugins : [])));
+      await loadPlugins();
+    } catch (err) {
+      showError(err);
+    }
+  }
+  function addPlugin(name) {
+    const mine = state.plugins?.plugins || [];
+    let id = name;
+    for (let n = 2; mine.some((q) => q.id === id); n++) id = `${name}-${n}`;
+    return changePlugins((list) => [...list, { id, plugin: name }]);
+  }
+  const setPluginEnabled = (id, enabled) => changePlugins((list) => list.map((q) => (q.id === id ? { ...q, enabled } : q)));
+  async function removePlugin(id) {
+    if (!(await confirmAction(`Remove the plugin “${id}”?`, "Its settings and grants leave the configuration; the next turn runs without it.", "Remove"))) return;
+    return changePlugins((list) => list.filter((q) => q.id !== id));
+  }
+  $("plugins-reload").addEventListener("click", loadPlugins);
+  $("plugins-edit").addEventListener("click", () => showSection("config"));
+
+  const TRY_FIELDS = {
+    before_model: [["try-user", "The visitor's message", "textarea", "I am jane@example.com, card 4111 1111 1111 1111"]],
+    after_reply: [["try-question", "The visitor's question", "input", "Can I get a refund?"], ["try-reply", "The model's reply", "textarea", "Sure, I'll refund you right away."]],
+    on_event: [["try-kind", "Event", "select", ["visitor_message", "bot_reply", "agent_message", "handoff_requested", "claimed", "resolved"]], ["try-text", "Its text", "input", "Where is my order?"]],
+    call_tool: [["try-tool", "Tool", "input", "order_status"], ["try-args", "Arguments (JSON)", "textarea", '{"order_id": "KF-1001"}']],
+  };
+  function renderTryFields() {
+    const box = $("try-fields");
+    clear(box);
+    for (const [id, label, kind, value] of TRY_FIELDS[$("try-hook").value] || []) {
+      box.append(el("label", { class: "lbl", for: id, text: label }));
+      if (kind === "select") {
+        const sel = el("select", { id });
+        for (const v of value) sel.append(el("option", { value: v, text: v.replace(/_/g, " ") }));
+        box.append(sel);
+      } else {
+        const input = el(kind, { id, spellcheck: "false", rows: kind === "textarea" ? 3 : undefined });
+        input.value = value;
+        box.append(input);
+      }
+    }
+  }
+  $("try-hook").addEventListener("change", renderTryFields);
+
+  function tryBody() {
+    const hook = $("try-hook").value;
+    const v = (id) => $(id).value;
+    if (hook === "before_model")
+      return { hook, request: { target: "preview/model", messages: [{ role: "system", text: state.doc?.system_prompt || "" }, { role: "user", text: v("try-user") }] } };
+    if (hook === "after_reply") return { hook, question: v("try-question"), reply: v("try-reply") };
+    if (hook === "on_event") {
+      const text = v("try-text");
+      return { hook, event: { kind: v("try-kind"), text, transcript: text ? [{ author: "visitor", text }] : [], tags: [] } };
+    }
+    return { hook, name: v("try-tool"), arguments: v("try-args") };
+  }
+
+  $("plugin-try").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    $("try-error").textContent = "";
+    const id = $("try-id").value;
+    if (!id) return;
+    if ($("try-hook").value === "call_tool") {
+      try {
+        JSON.parse($("try-args").value);
+      } catch (err) {
+        $("try-error").textContent = `The arguments are not JSON: ${err.message}`;
+        $("try-args").focus();
+        return;
+      }
+    }
+    $("try-run").disabled = true;
+    try {
+      const out = await api(`/api/v1/plugins/${encodeURIComponent(id)}/test`, { method: "POST", body: tryBody() });
+      $("try-answer").textContent = out.answer === null ? "(no answer)" : JSON.stringify(out.answer, null, 2);
+      const rec = $("try-record");
+      clear(rec);
+      const outcome = out.record?.outcome || {};
+      const rows = [
+        ["Plugin", `${out.record?.plugin_id} (${out.record?.plugin})`],
+        ["Hook", String(out.record?.hook || "")],
+        ["Time", `${out.record?.duration_ms ?? "?"} ms`],
+        ["Outcome", outcome.kind === "ok" ? outcome.effect || "ok" : `${outcome.failure}: ${outcome.message}`],
+      ];
+      for (const [k, val] of rows) rec.append(el("dt", { text: k }), el("dd", { class: outcome.kind !== "ok" && k === "Outcome" ? "form-error" : "", text: val }));
+      $("try-out").hidden = false;
+    } catch (err) {
+      $("try-error").textContent = `${err.code || "error"}: ${err.message}`;
+    } finally {
+      $("try-run").disabled = false;
+    }
+  });
 
   // ---- Start ------------------------------------------------------------------------------
 
