@@ -172,14 +172,19 @@ async fn main() -> anyhow::Result<()> {
     let write = std::env::args().skip_while(|a| a != "--write").nth(1);
     let mock = Arc::new(MockProvider::start().await);
     let mock_origin = mock.base_url().trim_end_matches("/v1").to_owned();
-    let tenants = vec![(
-        "bench".to_owned(),
-        json!({
-            "providers": {"mock": {"kind": "openai_compatible", "base_url": mock.base_url()}},
-            "routes": {"default": {"targets": [{"provider": "mock", "model": MOCK_MODEL}]}},
-            "api_keys": [{"id": "bench", "sha256": kefu_engine::auth::hash_key(KEY)}],
-        }),
-    )];
+    let bench_tenant = json!({
+        "providers": {"mock": {"kind": "openai_compatible", "base_url": mock.base_url()}},
+        "routes": {"default": {"targets": [{"provider": "mock", "model": MOCK_MODEL}]}},
+        "api_keys": [{"id": "bench", "sha256": kefu_engine::auth::hash_key(KEY)}],
+    });
+    // The same tenant with the PII redactor (the Worker's default installed plugin) on every
+    // turn: a plugin call per turn, in a fresh instance, before the model.
+    let mut with_plugin = bench_tenant.clone();
+    with_plugin["plugins"] = json!([{"id": "pii", "plugin": "pii-redactor"}]);
+    let tenants = vec![
+        ("bench".to_owned(), bench_tenant),
+        ("bench-pii".to_owned(), with_plugin),
+    ];
     let kefu = KefuWorker::start(WorkerOptions {
         tenants,
         ..WorkerOptions::default()
@@ -230,28 +235,40 @@ async fn main() -> anyhow::Result<()> {
         rps[i] = throughput(&http, targets.url(*p), 64, THROUGHPUT_REQUESTS).await?;
     }
 
-    eprintln!("chat turns on Kefu's own API…");
-    let mut chat = Vec::new();
+    eprintln!("chat turns on Kefu's own API, without and with a plugin (interleaved)…");
     let chat_url = format!("{}/api/v1/chat", kefu.base_url());
-    let mut conversation: Option<String> = None;
+    let mut turns: [Vec<Duration>; 2] = Default::default();
+    let mut conversations: [Option<String>; 2] = [None, None];
     for i in 0..300 {
-        let mut b = json!({"message": format!("benchmark turn {i}")});
-        if let Some(id) = &conversation {
-            b["conversation_id"] = json!(id);
+        for (k, tenant) in ["bench", "bench-pii"].into_iter().enumerate() {
+            let mut b =
+                json!({"message": format!("benchmark turn {i}, write to jane@example.com")});
+            if let Some(id) = &conversations[k] {
+                b["conversation_id"] = json!(id);
+            }
+            let start = Instant::now();
+            let resp = http
+                .post(&chat_url)
+                .header("x-kefu-tenant", tenant)
+                .json(&b)
+                .send()
+                .await?;
+            ensure!(
+                resp.status().is_success(),
+                "chat ({tenant}): {}",
+                resp.status()
+            );
+            let v: serde_json::Value = resp.json().await?;
+            turns[k].push(start.elapsed());
+            if k == 1 && i == 0 {
+                // The plugin really ran: the model saw the redacted text.
+                let reply = v["reply"]["parts"][0]["text"].as_str().unwrap_or_default();
+                ensure!(reply.contains("[email]"), "the redactor did not run: {v}");
+            }
+            conversations[k] = v["conversation_id"].as_str().map(str::to_owned);
         }
-        let start = Instant::now();
-        let resp = http
-            .post(&chat_url)
-            .header("x-kefu-tenant", "bench")
-            .json(&b)
-            .send()
-            .await?;
-        ensure!(resp.status().is_success(), "chat: {}", resp.status());
-        let v: serde_json::Value = resp.json().await?;
-        chat.push(start.elapsed());
-        conversation = v["conversation_id"].as_str().map(str::to_owned);
     }
-    let chat = summarize(chat);
+    let [chat, chat_pii] = turns.map(summarize);
 
     eprintln!("engine CPU per turn…");
     let cpu_whole = engine_cpu_per_turn(ReplyMode::Whole);
@@ -269,7 +286,8 @@ async fn main() -> anyhow::Result<()> {
          | time to first token p99 (ms) | {:.2} | {:.2} | {:.2} | **{:+.2} ms** |\n\
          | throughput, c=64 (req/s) | {:.0} | {:.0} | {:.0} | {:.2}× |\n\n\
          | Kefu chat turn (`POST /api/v1/chat`, Durable Object + SQLite + gateway) | p50 {:.2} ms | p99 {:.2} ms |\n\
-         |---|---:|---:|\n\n\
+         |---|---:|---:|\n\
+         | the same with a before-model plugin (PII redactor, jco, fresh instance per call) | p50 {:.2} ms ({:+.2}) | p99 {:.2} ms ({:+.2}) |\n\n\
          | engine CPU per turn (native, simulator) | whole reply {:.1} µs | streamed reply {:.1} µs |\n\
          |---|---:|---:|\n",
         direct.p50,
@@ -294,6 +312,10 @@ async fn main() -> anyhow::Result<()> {
         rps[2] / rps[1],
         chat.p50,
         chat.p99,
+        chat_pii.p50,
+        chat_pii.p50 - chat.p50,
+        chat_pii.p99,
+        chat_pii.p99 - chat.p99,
         cpu_whole.as_secs_f64() * 1e6,
         cpu_stream.as_secs_f64() * 1e6,
     );
