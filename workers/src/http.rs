@@ -18,7 +18,7 @@ pub(crate) fn text_response(
         set(
             &headers,
             "content-security-policy",
-            "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            kefu_engine::demo::PAGE_CSP,
         )?;
     }
     Ok(Response::ok(body)

@@ -17,9 +17,9 @@ mod plugins;
 mod provider;
 mod webhooks;
 
+use kefu_engine::TenantId;
 use kefu_engine::api::{self, ApiError, Route};
 use kefu_engine::demo::{self, DemoRun};
-use kefu_engine::{Responder, TenantId};
 use serde_json::{Value, json};
 use worker::{Context, Env, Method, Request, Response, Result, event};
 
@@ -687,12 +687,7 @@ fn tenant_of(req: &Request) -> std::result::Result<TenantId, ApiError> {
 /// the stored transcript back.
 async fn run_demo(env: &Env, tenant: &TenantId) -> std::result::Result<DemoRun, ApiError> {
     let config = config::load(env, tenant).await?;
-    let mut run = DemoRun {
-        conversation_id: String::new(),
-        responder: None,
-        transcript: Vec::new(),
-        error: None,
-    };
+    let mut run = DemoRun::new();
     let mut conversation_id: Option<String> = None;
     for question in demo::QUESTIONS {
         let turn = InternalTurn {
@@ -709,24 +704,13 @@ async fn run_demo(env: &Env, tenant: &TenantId) -> std::result::Result<DemoRun, 
             .json()
             .await
             .map_err(|e| ApiError::internal(format!("demo turn: {e}")))?;
-        if let Some(id) = body.get("conversation_id").and_then(Value::as_str) {
-            conversation_id = Some(id.to_owned());
+        let go_on = run.absorb(resp.status_code(), &body);
+        if !run.conversation_id.is_empty() {
+            conversation_id = Some(run.conversation_id.clone());
         }
-        if resp.status_code() != 200 {
-            run.error = Some(
-                body["error"]["message"]
-                    .as_str()
-                    .unwrap_or("the turn failed")
-                    .to_owned(),
-            );
+        if !go_on {
             break;
         }
-        run.responder = Some(match body.get("model").and_then(Value::as_str) {
-            Some(model) if body["responder"] == "provider" => Responder::Provider {
-                model: model.to_owned(),
-            },
-            _ => Responder::Offline,
-        });
     }
     let Some(id) = conversation_id else {
         return Err(ApiError::internal(

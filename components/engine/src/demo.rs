@@ -10,6 +10,9 @@ use serde_json::Value;
 use crate::conversation::Role;
 use crate::turn::Responder;
 
+/// The demo page's Content-Security-Policy: it has no scripts and loads nothing.
+pub const PAGE_CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
 /// What the demo visitor asks, in order.
 pub const QUESTIONS: &[&str] = &[
     "Hi! What is Kefu?",
@@ -29,6 +32,49 @@ pub struct DemoRun {
     pub transcript: Vec<DemoLine>,
     /// Why the demo stopped early, if it did.
     pub error: Option<String>,
+}
+
+impl DemoRun {
+    /// An empty run.
+    pub fn new() -> Self {
+        Self {
+            conversation_id: String::new(),
+            responder: None,
+            transcript: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// Takes one scripted turn's answer (`status` and the chat API's JSON body): notes the
+    /// conversation and who answered; `false` when the demo must stop (the turn failed, and
+    /// [`DemoRun::error`] says why).
+    pub fn absorb(&mut self, status: u16, body: &Value) -> bool {
+        if let Some(id) = body.get("conversation_id").and_then(Value::as_str) {
+            self.conversation_id = id.to_owned();
+        }
+        if status != 200 {
+            self.error = Some(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap_or("the turn failed")
+                    .to_owned(),
+            );
+            return false;
+        }
+        self.responder = Some(match body.get("model").and_then(Value::as_str) {
+            Some(model) if body["responder"] == "provider" => Responder::Provider {
+                model: model.to_owned(),
+            },
+            _ => Responder::Offline,
+        });
+        true
+    }
+}
+
+impl Default for DemoRun {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// One line of the demo transcript.

@@ -34,23 +34,30 @@ enum Failure {
     Host(ApiError),
 }
 
-/// Serves a chat request: the reply whole, or streamed into `out`.
-pub fn handle(kv: &Kv, req: &Incoming, out: ResponseOutparam) {
-    let prepared = prepare(kv, req);
-    let (tenant, chat, config, parts) = match prepared {
-        Ok(p) => p,
-        Err(e) => return Reply::error(&e).send(out),
-    };
-    let stream = chat.stream;
+/// A visitor's message, stored, before its turn.
+struct Accepted {
+    tenant: TenantId,
+    config: TenantConfig,
+    id: ConversationId,
+    created: bool,
+    stream: bool,
+    /// The state before the message (none for a new conversation), for the turn's record.
+    before: Option<Conversation>,
+    conversation: Conversation,
+    visitor: Message,
+}
+
+/// Validates the request and stores the visitor's message.
+fn accept(kv: &Kv, req: &Incoming) -> Result<Accepted, ApiError> {
+    let (tenant, chat, config, parts) = prepare(kv, req)?;
     let at = now();
     let (id, create) = match &chat.conversation_id {
         Some(id) => (id.clone(), None),
         None => (new_id(), Some(at)),
     };
     let visitor_id = chat.visitor.as_ref().map(|v| v.id.clone());
-    // The state before the message, for the turn's record (none for a new conversation).
     let mut before = None;
-    let stored = kv.change(&id, &tenant, create, |c| {
+    let (conversation, _, visitor, created) = kv.change(&id, &tenant, create, |c| {
         before = create.is_none().then(|| c.clone());
         // A verified visitor's conversation takes only them (the engine's rule).
         kefu_engine::identity::may_continue(c.owner(), visitor_id.as_deref())
@@ -63,28 +70,61 @@ pub fn handle(kv: &Kv, req: &Incoming, out: ResponseOutparam) {
             .map_err(|e| ApiError::internal(e.to_string()))?;
         crate::webhooks::stage(&r.events);
         Ok((vec![r.message.clone()], r.message))
-    });
-    let (conversation, _, visitor, created) = match stored {
-        Ok(s) => s,
+    })?;
+    Ok(Accepted {
+        tenant,
+        config,
+        id,
+        created,
+        stream: chat.stream,
+        before,
+        conversation,
+        visitor,
+    })
+}
+
+/// The whole reply to an accepted message (the chat API's JSON).
+fn reply_whole(kv: &Kv, a: &Accepted) -> Reply {
+    let outcome = answer(
+        kv,
+        &a.tenant,
+        &a.config,
+        (a.before.as_ref(), &a.conversation),
+        &a.visitor,
+        ReplyMode::Whole,
+        |_| {},
+    );
+    whole(&a.id, a.created, &a.visitor, outcome)
+}
+
+/// A chat request answered whole, whatever it asked (for the `/demo` page's scripted turns).
+pub fn whole_turn(kv: &Kv, req: &Incoming) -> Reply {
+    match accept(kv, req) {
+        Ok(a) => reply_whole(kv, &a),
+        Err(e) => Reply::error(&e),
+    }
+}
+
+/// Serves a chat request: the reply whole, or streamed into `out`.
+pub fn handle(kv: &Kv, req: &Incoming, out: ResponseOutparam) {
+    let a = match accept(kv, req) {
+        Ok(a) => a,
         Err(e) => return Reply::error(&e).send(out),
     };
-    let mode = if stream {
-        ReplyMode::Stream
-    } else {
-        ReplyMode::Whole
-    };
-    if !stream {
-        let outcome = answer(
-            kv,
-            &tenant,
-            &config,
-            (before.as_ref(), &conversation),
-            &visitor,
-            mode,
-            |_| {},
-        );
-        return whole(&id, created, &visitor, outcome).send(out);
+    if !a.stream {
+        return reply_whole(kv, &a).send(out);
     }
+    let Accepted {
+        tenant,
+        config,
+        id,
+        created,
+        before,
+        conversation,
+        visitor,
+        ..
+    } = a;
+    let mode = ReplyMode::Stream;
     let mut sse = Stream::open(
         out,
         200,

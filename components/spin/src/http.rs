@@ -180,6 +180,19 @@ impl Reply {
         }
     }
 
+    /// An HTML page under its Content-Security-Policy.
+    pub fn html(status: u16, body: String, csp: &str) -> Self {
+        Self {
+            status,
+            headers: vec![
+                ("content-type".into(), "text/html; charset=utf-8".into()),
+                ("x-content-type-options".into(), "nosniff".into()),
+                ("content-security-policy".into(), csp.to_owned()),
+            ],
+            body: body.into_bytes(),
+        }
+    }
+
     /// The JSON error response for `e`.
     pub fn error(e: &ApiError) -> Self {
         let mut reply = Self::json(e.status, &e.body());

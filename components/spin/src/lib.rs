@@ -107,7 +107,7 @@ fn handle(kv: &Kv, req: &Incoming, route: Route) -> Result<Reply, ApiError> {
         Route::Chat | Route::ConversationEvents(_) | Route::OpenAiChat => {
             Err(ApiError::internal("routed before handle"))
         }
-        Route::Demo => Err(not_on_spin("/demo", "use POST /api/v1/chat")),
+        Route::Demo => demo(kv, req),
         Route::Config(c) => admin::config(kv, req, c),
         Route::ConversationAction(id, action) => agents::action(kv, req, &id, action),
         Route::AgentToken => admin::mint_token(kv, req),
@@ -126,6 +126,74 @@ fn handle(kv: &Kv, req: &Incoming, route: Route) -> Result<Reply, ApiError> {
         Route::GetAttachment(id) => attachments::download(&attachments::reader(kv, req)?, &id),
         Route::Usage => gateway::usage(kv, req),
     }
+}
+
+/// `GET /demo`: the scripted conversation through the real chat path (the tenant's
+/// responder, whatever it is), as text for `curl` or as a page for a browser — the Worker's.
+fn demo(kv: &Kv, req: &Incoming) -> Result<Reply, ApiError> {
+    let tenant = api::tenant(req.header(api::TENANT_HEADER))?;
+    let mut run = kefu_engine::demo::DemoRun::new();
+    for question in kefu_engine::demo::QUESTIONS {
+        let mut body = json!({"message": question});
+        if !run.conversation_id.is_empty() {
+            body["conversation_id"] = json!(run.conversation_id);
+        }
+        let turn = Incoming {
+            method: "POST".into(),
+            path: "/api/v1/chat".into(),
+            query: String::new(),
+            headers: vec![
+                (
+                    api::TENANT_HEADER.to_ascii_lowercase(),
+                    tenant.as_str().to_owned(),
+                ),
+                ("content-type".into(), "application/json".into()),
+            ],
+            body: body.to_string().into_bytes(),
+        };
+        let reply = chat::whole_turn(kv, &turn);
+        let answer: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
+        if !run.absorb(reply.status, &answer) {
+            break;
+        }
+    }
+    let id = ConversationId::parse(&run.conversation_id).ok_or_else(|| {
+        ApiError::internal(
+            run.error
+                .clone()
+                .unwrap_or_else(|| "the demo produced no conversation".into()),
+        )
+    })?;
+    let conversation = kv
+        .load(&id, &tenant)?
+        .ok_or_else(ApiError::conversation_not_found)?;
+    let messages = kv.transcript(&conversation)?;
+    run.transcript = kefu_engine::demo::transcript_from_json(&api::conversation_json(
+        &conversation,
+        &messages,
+        false,
+        conversation.owner(),
+    ));
+    // Spin tells the component the URL it was reached at.
+    let origin = req
+        .header("spin-full-url")
+        .and_then(|u| {
+            let (scheme, rest) = u.split_once("://")?;
+            Some(format!("{scheme}://{}", rest.split('/').next()?))
+        })
+        .unwrap_or_else(|| "http://127.0.0.1:3000".to_owned());
+    let html = req
+        .header("accept")
+        .is_some_and(|a| a.contains("text/html"));
+    Ok(if html {
+        Reply::html(
+            200,
+            kefu_engine::demo::render_html(&run, &origin),
+            kefu_engine::demo::PAGE_CSP,
+        )
+    } else {
+        Reply::text(200, kefu_engine::demo::render_text(&run, &origin))
+    })
 }
 
 /// `GET /api/v1/conversations/{id}` as a visitor (with the tenant header, and the verified
