@@ -244,15 +244,7 @@ async fn handle(
             let (tenant, notes) = if req.headers().has("authorization").unwrap_or(false) {
                 (agent_tenant(req, env).await?.0, 1)
             } else if let Some(token) = query("access_token") {
-                if !token.starts_with("kfa.") {
-                    return Err(ApiError {
-                        status: 401,
-                        code: "unauthorized",
-                        message: "access_token takes an agent token (kfa.…); send the tenant key in the Authorization header".into(),
-                        field: Some("access_token".into()),
-                        allow: None,
-                    });
-                }
+                api::check_access_token(&token)?;
                 (agent_by_token(env, &token).await?.0, 1)
             } else if req.headers().has(api::TENANT_HEADER).unwrap_or(false) {
                 (tenant_of(req)?, 0)

@@ -1570,6 +1570,23 @@ pub fn plugin_call_record(
     }
 }
 
+/// Checks a live-update stream's `access_token` (browsers' `EventSource` and `WebSocket`
+/// cannot set headers): only a short-lived agent token (`kfa.…`), never the tenant key, may
+/// travel in a URL.
+pub fn check_access_token(token: &str) -> Result<(), ApiError> {
+    if token.starts_with("kfa.") {
+        Ok(())
+    } else {
+        Err(ApiError {
+            status: 401,
+            code: "unauthorized",
+            message: "access_token takes an agent token (kfa.…); send the tenant key in the Authorization header".into(),
+            field: Some("access_token".into()),
+            allow: None,
+        })
+    }
+}
+
 /// The answer of `GET /api/v1/plugins`: each installed plugin with its manifest (or why it
 /// could not describe itself), and the tenant's plugins as configured.
 pub fn plugins_json(

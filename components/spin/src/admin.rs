@@ -80,6 +80,11 @@ pub fn agent(kv: &Kv, req: &Incoming) -> Result<Agent, ApiError> {
         .ok_or_else(|| {
             unauthorized("send an agent token or the tenant key: Authorization: Bearer …")
         })?;
+    agent_by(kv, given)
+}
+
+/// The agent (or operator) `given` (an agent token or the tenant key) signs in.
+pub fn agent_by(kv: &Kv, given: &str) -> Result<Agent, ApiError> {
     if given.starts_with("kfa.") {
         let secret =
             token_secret().ok_or_else(|| unauthorized("agent tokens are not enabled here"))?;

@@ -19,9 +19,9 @@ pub const LIFETIME_MS: u64 = 25_000;
 const POLL_MS: u64 = 1_000;
 const HEARTBEAT_MS: u64 = 15_000;
 
-/// Serves a visitor's live-update stream.
+/// Serves a live-update stream (a visitor's, or an agent's with internal notes).
 pub fn handle(kv: &Kv, req: &Incoming, id: &ConversationId, out: ResponseOutparam) {
-    let (tenant, after) = match admit(kv, req, id) {
+    let (tenant, after, notes) = match admit(kv, req, id) {
         Ok(v) => v,
         Err(e) => return Reply::error(&e).send(out),
     };
@@ -36,12 +36,15 @@ pub fn handle(kv: &Kv, req: &Incoming, id: &ConversationId, out: ResponseOutpara
             ("cache-control".into(), "no-cache, no-transform".into()),
         ],
     );
-    follow(kv, &tenant, id, after, &mut sse);
+    follow(kv, &tenant, id, after, notes, &mut sse);
     sse.finish();
 }
 
-/// Who may follow the conversation, and from where.
-fn admit(kv: &Kv, req: &Incoming, id: &ConversationId) -> Result<(TenantId, u32), ApiError> {
+/// Who may follow the conversation, from where, and whether they see internal notes: agents
+/// (the tenant key or an agent token in `Authorization`, or an agent token as `access_token`,
+/// since `EventSource` cannot set headers) do; visitors (the tenant, and a verified
+/// visitor's proof for their conversation) do not.
+fn admit(kv: &Kv, req: &Incoming, id: &ConversationId) -> Result<(TenantId, u32, bool), ApiError> {
     if req
         .header("upgrade")
         .is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
@@ -51,31 +54,43 @@ fn admit(kv: &Kv, req: &Incoming, id: &ConversationId) -> Result<(TenantId, u32)
             "Spin has no WebSockets; open the same URL as an EventSource (Server-Sent Events)",
         ));
     }
-    if req.header("authorization").is_some() || req.param("access_token").is_some() {
-        return Err(not_on_spin(
-            "agents' live updates",
-            "agents work on the Worker",
-        ));
-    }
-    let tenant = match req.header(api::TENANT_HEADER) {
-        Some(t) => api::tenant(Some(t))?,
-        None => api::tenant(req.param("tenant").as_deref())?,
+    let agent = if req.header("authorization").is_some() {
+        Some(crate::admin::agent(kv, req)?.0)
+    } else if let Some(token) = req.param("access_token") {
+        api::check_access_token(&token)?;
+        Some(crate::admin::agent_by(kv, &token)?.0)
+    } else {
+        None
+    };
+    let tenant = match (&agent, req.header(api::TENANT_HEADER)) {
+        (Some(t), _) => t.clone(),
+        (None, Some(t)) => api::tenant(Some(t))?,
+        (None, None) => api::tenant(req.param("tenant").as_deref())?,
     };
     let conversation = kv
         .load(id, &tenant)?
         .ok_or_else(ApiError::conversation_not_found)?;
-    crate::check_reader(kv, req, &tenant, &conversation)?;
+    if agent.is_none() {
+        crate::check_reader(kv, req, &tenant, &conversation)?;
+    }
     let after = req
         .param("after")
         .or_else(|| req.header("last-event-id").map(str::to_owned))
         .and_then(|a| a.trim().parse::<u32>().ok())
         .unwrap_or(0);
-    Ok((tenant, after))
+    Ok((tenant, after, agent.is_some()))
 }
 
 /// Sends what came after `after`, then what arrives, until the stream's lifetime ends or
 /// the client goes away.
-fn follow(kv: &Kv, tenant: &TenantId, id: &ConversationId, after: u32, sse: &mut Stream) {
+fn follow(
+    kv: &Kv,
+    tenant: &TenantId,
+    id: &ConversationId,
+    after: u32,
+    notes: bool,
+    sse: &mut Stream,
+) {
     let started = now().as_millis();
     let mut cursor = after;
     let mut last_status: Option<serde_json::Value> = None;
@@ -90,7 +105,7 @@ fn follow(kv: &Kv, tenant: &TenantId, id: &ConversationId, after: u32, sse: &mut
             for m in &messages {
                 cursor = m.seq;
                 // Internal notes are for agents only.
-                if m.role != Role::Note {
+                if notes || m.role != Role::Note {
                     sse.write(&LiveUpdate::message(m).sse());
                     last_write = now().as_millis();
                 }

@@ -805,6 +805,68 @@ pub async fn live_updates_via_sse(ctx: &Ctx) -> anyhow::Result<()> {
         first_again.event == "status",
         "after the cursor only the status comes: {first_again:?}"
     );
+
+    // An agent's console follows over SSE too, signed in with an agent token in the query
+    // (`EventSource` sets no headers; the tenant key never goes in a URL), and sees the
+    // internal notes the visitor's stream never carries.
+    let in_url = ctx
+        .http
+        .get(ctx.url(&format!(
+            "/api/v1/conversations/{id}/events?after=0&access_token={SDK_KEY}"
+        )))
+        .send()
+        .await?;
+    ensure!(
+        in_url.status() == reqwest::StatusCode::UNAUTHORIZED,
+        "a tenant key in the URL: {}",
+        in_url.status()
+    );
+    let minted: Value = ctx
+        .http
+        .post(ctx.url("/api/v1/agents/tokens"))
+        .bearer_auth(SDK_KEY)
+        .json(&json!({"agent": "alex", "name": "Alex", "ttl_secs": 600}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let token = minted["token"].as_str().context("token")?;
+    let resp = ctx
+        .http
+        .get(ctx.url(&format!(
+            "/api/v1/conversations/{id}/events?after=0&access_token={token}"
+        )))
+        .send()
+        .await?;
+    ensure!(
+        resp.status().is_success(),
+        "agent events: {}",
+        resp.status()
+    );
+    let mut agent_body = resp.bytes_stream();
+    let mut p3 = crate::sse::SseParser::default();
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|e: &crate::sse::SseEvent| e.event == "status")
+    {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), agent_body.next())
+            .await
+            .context("the agent's stream")?
+            .context("ended")??;
+        seen.extend(p3.push(&chunk));
+    }
+    let notes: Vec<String> = seen
+        .iter()
+        .filter(|e| e.event == "message")
+        .filter_map(|e| e.json().ok())
+        .filter(|m| m["role"] == "note")
+        .map(|m| message_text(&m))
+        .collect();
+    ensure!(
+        notes == ["internal only"],
+        "the agent's catch-up lacks the internal note: {notes:?}"
+    );
     Ok(())
 }
 
