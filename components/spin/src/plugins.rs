@@ -215,10 +215,7 @@ pub(crate) fn active(kv: &Kv, config: &TenantConfig) -> Vec<ActivePlugin> {
 /// of the plugins' own actions are not shown to plugins again, so plugins cannot loop. Each
 /// call is logged with its outcome.
 pub(crate) fn after_response(kv: &Kv) {
-    for (tenant, events) in crate::webhooks::committed() {
-        let Ok(config) = crate::store::config(kv, &tenant) else {
-            continue;
-        };
+    for (tenant, config, events) in crate::webhooks::committed() {
         if !config.plugins.iter().any(|p| p.enabled) {
             continue;
         }

@@ -241,7 +241,8 @@ pub fn config(kv: &Kv, tenant: &TenantId) -> Result<TenantConfig, ApiError> {
             crate::variable("model").as_deref(),
         ),
     };
-    // A request to a tenant with webhooks also retries its due deliveries, after answering.
+    // A request to a tenant with webhooks also retries its due deliveries, after answering;
+    // one with plugins has its stored events heard by them (the config read once, here).
     crate::webhooks::touched(tenant, &config);
     Ok(config)
 }

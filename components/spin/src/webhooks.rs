@@ -89,16 +89,28 @@ pub fn commit_staged(tenant: &TenantId) {
     });
 }
 
-/// The events of the changes this request stored so far, by tenant (plugins' on-event
-/// hooks hear them before the webhooks go out: see [`crate::plugins::after_response`]).
-pub fn committed() -> Vec<(TenantId, Vec<Event>)> {
-    PENDING.with(|p| p.borrow().committed.clone())
+/// The events of the changes this request stored so far, by tenant, with the tenant's
+/// configuration as the request read it (plugins' on-event hooks hear them before the
+/// webhooks go out: see [`crate::plugins::after_response`]). Only tenants with enabled
+/// webhooks or plugins are listed.
+pub fn committed() -> Vec<(TenantId, TenantConfig, Vec<Event>)> {
+    PENDING.with(|p| {
+        let p = p.borrow();
+        p.committed
+            .iter()
+            .filter_map(|(tenant, events)| {
+                let (_, config) = p.tenants.iter().find(|(t, _)| t == tenant)?;
+                Some((tenant.clone(), config.clone(), events.clone()))
+            })
+            .collect()
+    })
 }
 
 /// Notes a tenant this request reads the configuration of: one with enabled endpoints gets
-/// its events sent and its due retries tried after the response.
+/// its events sent and its due retries tried after the response; one with enabled plugins
+/// has its events heard by them ([`crate::plugins::after_response`], from [`committed`]).
 pub fn touched(tenant: &TenantId, config: &TenantConfig) {
-    if !config.webhooks.iter().any(|w| w.enabled) {
+    if !config.webhooks.iter().any(|w| w.enabled) && !config.plugins.iter().any(|p| p.enabled) {
         return;
     }
     PENDING.with(|p| {
@@ -123,6 +135,10 @@ fn random_u64() -> u64 {
 pub fn after_response(kv: &Kv) {
     let pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
     for (tenant, config) in &pending.tenants {
+        if !config.webhooks.iter().any(|w| w.enabled) {
+            // Noted for its plugins only.
+            continue;
+        }
         let events: &[Event] = pending
             .committed
             .iter()
