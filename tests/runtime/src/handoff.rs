@@ -821,16 +821,12 @@ pub async fn live_updates_via_sse(ctx: &Ctx) -> anyhow::Result<()> {
         "a tenant key in the URL: {}",
         in_url.status()
     );
-    let minted: Value = ctx
-        .http
-        .post(ctx.url("/api/v1/agents/tokens"))
-        .bearer_auth(SDK_KEY)
-        .json(&json!({"agent": "alex", "name": "Alex", "ttl_secs": 600}))
-        .send()
-        .await?
-        .json()
+    let token = ctx
+        .agent_token(
+            SDK_KEY,
+            &json!({"agent": "alex", "name": "Alex", "ttl_secs": 600}),
+        )
         .await?;
-    let token = minted["token"].as_str().context("token")?;
     let resp = ctx
         .http
         .get(ctx.url(&format!(
@@ -920,16 +916,12 @@ pub async fn live_updates_via_websocket(ctx: &Ctx) -> anyhow::Result<()> {
     let status = next_json(&mut ws).await?;
     ensure!(status["data"]["status"] == "with_agent", "{status}");
     // Alex's console, signed in with an agent token, watches the same conversation.
-    let minted: Value = ctx
-        .http
-        .post(ctx.url("/api/v1/agents/tokens"))
-        .bearer_auth(SDK_KEY)
-        .json(&json!({"agent": "alex", "name": "Alex", "ttl_secs": 600}))
-        .send()
-        .await?
-        .json()
+    let token = ctx
+        .agent_token(
+            SDK_KEY,
+            &json!({"agent": "alex", "name": "Alex", "ttl_secs": 600}),
+        )
         .await?;
-    let token = minted["token"].as_str().context("token")?;
     let mut console = connect(format!("after=999&access_token={token}")).await?;
     let status = next_json(&mut console).await?;
     ensure!(status["data"]["assignee"] == "alex", "{status}");

@@ -175,17 +175,10 @@ pub async fn knowledge_ingest_search_and_ground(ctx: &Ctx) -> anyhow::Result<()>
         "ingest without a key"
     );
     // Agents may search the knowledge base but not change it.
-    let minted: Value = ctx
-        .http
-        .post(ctx.url("/api/v1/agents/tokens"))
-        .bearer_auth(KB_KEY)
-        .json(&json!({"agent": "kim", "name": "Kim"}))
-        .send()
-        .await?
-        .json()
+    let agent_token = ctx
+        .agent_token(KB_KEY, &json!({"agent": "kim", "name": "Kim"}))
         .await?;
-    let agent_token = minted["token"].as_str().context("an agent token")?;
-    let as_agent = put_source(ctx, Some(agent_token), &faq).await?;
+    let as_agent = put_source(ctx, Some(&agent_token), &faq).await?;
     ensure!(
         as_agent.status() == StatusCode::FORBIDDEN,
         "an agent token changed the knowledge base: {}",

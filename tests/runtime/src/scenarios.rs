@@ -182,6 +182,24 @@ impl Ctx {
         }
     }
 
+    /// A sign-in token minted with the tenant `key` for the agent in `body`
+    /// (`POST /api/v1/agents/tokens`).
+    pub async fn agent_token(&self, key: &str, body: &Value) -> anyhow::Result<String> {
+        let minted: Value = self
+            .http
+            .post(self.url("/api/v1/agents/tokens"))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await?
+            .json()
+            .await?;
+        minted["token"]
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("no agent token: {minted}"))
+    }
+
     /// `POST /api/v1/chat` with a JSON body, read in full.
     pub async fn chat(&self, tenant: Option<&str>, body: &Value) -> anyhow::Result<Answer> {
         let response = self
