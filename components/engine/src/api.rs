@@ -285,9 +285,15 @@ pub enum ConfigRoute {
 /// The largest configuration document accepted, in bytes.
 pub const MAX_CONFIG_BYTES: usize = 256 * 1024;
 
-/// Validates a configuration document for `PUT /api/v1/config`: `400 invalid_config` with
-/// the field at fault, or the parsed configuration.
-pub fn parse_config_document(body: &[u8]) -> Result<crate::TenantConfig, ApiError> {
+/// Validates `tenant`'s configuration document for `PUT /api/v1/config` (and a rollback, and
+/// a replay's configuration): `400 invalid_config` with the field at fault, or the parsed
+/// configuration. Besides the document's own rules, it may name only the secrets the
+/// deployment gave this tenant ([`crate::deployment::Deployment::check_config`]).
+pub fn parse_config_document(
+    body: &[u8],
+    tenant: &TenantId,
+    deployment: &crate::deployment::Deployment,
+) -> Result<crate::TenantConfig, ApiError> {
     if body.len() > MAX_CONFIG_BYTES {
         return Err(ApiError::new(
             413,
@@ -297,11 +303,14 @@ pub fn parse_config_document(body: &[u8]) -> Result<crate::TenantConfig, ApiErro
     }
     let text = std::str::from_utf8(body)
         .map_err(|_| ApiError::new(400, "invalid_json", "the body is not UTF-8"))?;
-    crate::TenantConfig::from_json(text).map_err(|e| {
+    let invalid = |e: crate::config::ConfigError| {
         let mut err = ApiError::new(400, "invalid_config", e.to_string());
         err.field = Some(e.field);
         err
-    })
+    };
+    let config = crate::TenantConfig::from_json(text).map_err(invalid)?;
+    deployment.check_config(tenant, &config).map_err(invalid)?;
+    Ok(config)
 }
 
 /// A validated `POST /api/v1/agents/tokens` body: `{"agent", "name"?, "ttl_secs"?}`
@@ -1896,12 +1905,24 @@ mod tests {
             Ok(Route::Config(ConfigRoute::Get))
         ));
         assert_eq!(route("DELETE", "/api/v1/config").unwrap_err().status, 405);
-        let e = parse_config_document(br#"{"history_window": 1}"#).unwrap_err();
+        let e = parse_config_document(
+            br#"{"history_window": 1}"#,
+            &TenantId::default_tenant(),
+            &Default::default(),
+        )
+        .unwrap_err();
         assert_eq!(
             (e.status, e.code, e.field.as_deref()),
             (400, "invalid_config", Some("history_window"))
         );
-        assert!(parse_config_document(br#"{"system_prompt": "Be brief."}"#).is_ok());
+        assert!(
+            parse_config_document(
+                br#"{"system_prompt": "Be brief."}"#,
+                &TenantId::default_tenant(),
+                &Default::default()
+            )
+            .is_ok()
+        );
         assert_eq!(
             parse_rollback(br#"{"version": 0}"#).unwrap_err().code,
             "invalid_field"

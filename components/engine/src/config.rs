@@ -73,6 +73,12 @@ pub struct TenantConfig {
     pub attachments: AttachmentPolicy,
     /// The plugins this tenant enabled, in the order their hooks run.
     pub plugins: Vec<crate::plugin::PluginSpec>,
+    /// Set only on the deployment's built-in configuration ([`TenantConfig::builtin`]),
+    /// which alone may use the deployment's provider key (see [`crate::deployment`]). It
+    /// travels with the configuration between a host's own parts; a tenant's document
+    /// that sets it is refused ([`TenantConfig::from_json`]).
+    #[serde(rename = "_builtin", skip_serializing_if = "std::ops::Not::not")]
+    pub builtin: bool,
 }
 
 /// A model of one of the named `providers`, for a job beside chat (speech to text,
@@ -254,6 +260,7 @@ impl Default for TenantConfig {
             identity: None,
             attachments: AttachmentPolicy::default(),
             plugins: Vec::new(),
+            builtin: false,
         }
     }
 }
@@ -298,14 +305,27 @@ impl TenantConfig {
             });
         Self {
             provider,
+            builtin: true,
             ..Self::default()
         }
+    }
+
+    /// Whether this is the deployment's built-in configuration rather than a tenant's
+    /// document.
+    pub fn is_builtin(&self) -> bool {
+        self.builtin
     }
 
     /// Parses and validates a stored configuration document.
     pub fn from_json(json: &str) -> Result<Self, ConfigError> {
         let config: TenantConfig =
             serde_json::from_str(json).map_err(|e| invalid("$", e.to_string()))?;
+        if config.builtin {
+            return Err(invalid(
+                "_builtin",
+                "is the deployment's to set, not a configuration document's",
+            ));
+        }
         config.validate()?;
         Ok(config)
     }
@@ -395,6 +415,9 @@ impl TenantConfig {
                     "provider.base_url",
                     "must be an http:// or https:// URL",
                 ));
+            }
+            if !binding && let Err(message) = crate::destination::check_provider_url(url) {
+                return Err(invalid("provider.base_url", message));
             }
             if p.model.trim().is_empty() {
                 return Err(invalid("provider.model", "must not be empty"));

@@ -29,6 +29,8 @@ pub mod config;
 pub mod config_history;
 pub mod conversation;
 pub mod demo;
+pub mod deployment;
+pub mod destination;
 pub mod dialogue;
 pub mod gateway;
 pub mod gemini;

@@ -397,14 +397,33 @@ fn bad(code: &'static str, field: &str, message: impl Into<String>) -> ApiError 
     e
 }
 
-/// Validates a replay request body against the tenant's `current` configuration:
+/// Who asks for a replay, as the host authenticated them.
+#[derive(Clone, Copy, Debug)]
+pub struct ReplayCaller<'a> {
+    /// The tenant whose conversation it is.
+    pub tenant: &'a TenantId,
+    /// An operator (the tenant key or the deployment's admin token), not an agent's
+    /// sign-in token: only an operator may replay under another configuration or model.
+    pub operator: bool,
+    /// What the deployment gives the tenant (the secrets a replay configuration may name).
+    pub deployment: &'a crate::deployment::Deployment,
+}
+
+/// Validates a replay request body against the tenant's stored (`current`) configuration:
 /// `{"model"?: "provider/model", "config"?: {…}, "max_turns"?: 1..=20}`. `config` replaces
 /// the tenant's configuration for the replay (validated like `PUT /api/v1/config`); `model`
 /// then sends every model turn to that model of that provider (`default` for a
 /// configuration with a single `provider`).
+///
+/// Replaying under another configuration is an operator's power: an agent (`caller` not an
+/// operator) replays under the stored configuration only (`403 operator_only`). Whoever
+/// asks, the replay is admitted by the stored quotas and budgets and priced by the stored
+/// prices, and its configuration cannot reach what the stored one cannot
+/// ([`confine_replay_config`]).
 pub fn parse_replay_request(
     body: &[u8],
     current: &TenantConfig,
+    caller: ReplayCaller<'_>,
 ) -> Result<ReplayRequest, ApiError> {
     let body = if body.iter().all(u8::is_ascii_whitespace) {
         b"{}".as_slice()
@@ -434,20 +453,40 @@ pub fn parse_replay_request(
             ));
         }
     }
+    if !caller.operator {
+        for key in ["config", "model"] {
+            if fields.get(key).is_some_and(|v| !v.is_null()) {
+                let mut e = ApiError::new(
+                    403,
+                    "operator_only",
+                    format!(
+                        "replaying under another {key} needs the tenant key (or the deployment's admin token); an agent replays under the stored configuration"
+                    ),
+                );
+                e.field = Some(key.to_owned());
+                return Err(e);
+            }
+        }
+    }
+    let in_config = |mut e: ApiError| {
+        e.field = Some(match e.field.take() {
+            Some(f) => format!("config.{f}"),
+            None => "config".to_owned(),
+        });
+        e
+    };
     let mut config = match fields.get("config") {
         None | Some(Value::Null) => current.clone(),
         Some(doc @ Value::Object(_)) => {
             let text = doc.to_string();
-            let mut config =
-                crate::api::parse_config_document(text.as_bytes()).map_err(|mut e| {
-                    e.field = Some(match e.field.take() {
-                        Some(f) => format!("config.{f}"),
-                        None => "config".to_owned(),
-                    });
-                    e
-                })?;
-            // Keys are credentials, not behaviour: a replay cannot bring its own.
-            config.api_keys.clone_from(&current.api_keys);
+            let mut config = crate::api::parse_config_document(
+                text.as_bytes(),
+                caller.tenant,
+                caller.deployment,
+            )
+            .map_err(in_config)?;
+            confine_replay_config(current, &mut config)
+                .map_err(|e| in_config(config_error_plain(&e)))?;
             config
         }
         Some(_) => {
@@ -492,6 +531,104 @@ pub fn parse_replay_request(
         max_turns,
         model,
     })
+}
+
+fn config_error_plain(e: &ConfigError) -> ApiError {
+    let mut err = ApiError::new(400, "invalid_config", e.to_string());
+    err.field = Some(e.field.clone());
+    err
+}
+
+/// Where a configuration's model calls can go: each target's wire format, base URL and
+/// secret name, and the same for every named provider (the jobs beside chat use those).
+fn endpoints(config: &TenantConfig) -> BTreeSet<(String, String, Option<String>)> {
+    let mut out: BTreeSet<(String, String, Option<String>)> = config
+        .all_targets()
+        .into_iter()
+        .map(|t| {
+            (
+                format!("{:?}", t.kind),
+                t.base_url.trim().to_owned(),
+                t.api_key_secret,
+            )
+        })
+        .collect();
+    out.extend(config.providers.values().map(|p| {
+        (
+            format!("{:?}", p.kind),
+            p.base_url.trim().to_owned(),
+            p.api_key_secret.clone(),
+        )
+    }));
+    out
+}
+
+/// Makes a replay configuration `proposed` safe to run beside the tenant's stored
+/// (`current`) one. Credentials and spending come from the stored configuration — its API
+/// keys, agents, quotas and budgets, prices and webhooks replace the proposed ones, so a
+/// replay is admitted and priced as the operator set it up — and the proposed one may not
+/// reach anything the stored one cannot: no provider endpoint (format, URL and secret) the
+/// stored one lacks, no plugin it has not enabled, no grant wider than the stored plugin's.
+pub fn confine_replay_config(
+    current: &TenantConfig,
+    proposed: &mut TenantConfig,
+) -> Result<(), ConfigError> {
+    proposed.api_keys.clone_from(&current.api_keys);
+    proposed.agents.clone_from(&current.agents);
+    proposed.quotas = current.quotas.clone();
+    proposed.prices.clone_from(&current.prices);
+    proposed.webhooks.clone_from(&current.webhooks);
+    // Only the stored built-in configuration may use the deployment's provider key.
+    proposed.builtin = false;
+    let allowed = endpoints(current);
+    for (kind, url, secret) in endpoints(proposed) {
+        if !allowed.contains(&(kind.clone(), url.clone(), secret.clone())) {
+            return Err(ConfigError {
+                field: if proposed.provider.is_some() {
+                    "provider".into()
+                } else {
+                    "providers".into()
+                },
+                message: format!(
+                    "a replay cannot reach a provider the stored configuration does not ({kind} at {url}{}): change the stored configuration first",
+                    secret
+                        .map(|s| format!(" with secret {s}"))
+                        .unwrap_or_default()
+                ),
+            });
+        }
+    }
+    for (i, p) in proposed.plugins.iter().enumerate() {
+        let stored = current
+            .plugins
+            .iter()
+            .find(|s| s.id == p.id && s.plugin == p.plugin && s.enabled);
+        let Some(stored) = stored else {
+            if !p.enabled {
+                continue;
+            }
+            return Err(ConfigError {
+                field: format!("plugins[{i}]"),
+                message: format!(
+                    "a replay cannot run plugin `{}` ({}): the stored configuration does not enable it",
+                    p.id, p.plugin
+                ),
+            });
+        };
+        let wider_hosts = p
+            .grants
+            .hosts
+            .iter()
+            .any(|h| !stored.grants.hosts.contains(h));
+        if wider_hosts || (p.grants.kv && !stored.grants.kv) {
+            return Err(ConfigError {
+                field: format!("plugins[{i}].grants"),
+                message: "a replay cannot grant a plugin more than the stored configuration does"
+                    .into(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// `config` with every chat turn sent to `model` (`provider/model`): the single provider's

@@ -192,6 +192,9 @@ pub fn validate(
                 "must be an http:// or https:// URL (or binding:NAME for workers_ai)",
             ));
         }
+        if !binding && let Err(message) = crate::destination::check_provider_url(url) {
+            return Err(err(format!("providers.{name}.base_url"), message));
+        }
     }
     for (name, route) in routes {
         let here = format!("routes.{name}");

@@ -266,11 +266,91 @@ fn records_stored_before_turn_records_still_read() {
     assert!(TurnRecord::from_stored(4, "not json").is_none());
 }
 
+fn operator() -> ReplayCaller<'static> {
+    static DEPLOYMENT: std::sync::LazyLock<crate::deployment::Deployment> =
+        std::sync::LazyLock::new(|| {
+            crate::deployment::Deployment::from_settings(crate::deployment::Settings {
+                tenant_secrets: Some("*=P_KEY"),
+                ..Default::default()
+            })
+        });
+    static TENANT: std::sync::LazyLock<TenantId> =
+        std::sync::LazyLock::new(TenantId::default_tenant);
+    ReplayCaller {
+        tenant: &TENANT,
+        operator: true,
+        deployment: &DEPLOYMENT,
+    }
+}
+
+#[test]
+fn an_agent_replays_under_the_stored_configuration_only() {
+    let current = config();
+    let agent = ReplayCaller {
+        operator: false,
+        ..operator()
+    };
+    assert!(parse_replay_request(b"", &current, agent).is_ok());
+    assert!(parse_replay_request(br#"{"max_turns": 2}"#, &current, agent).is_ok());
+    for body in [
+        r#"{"config": {"system_prompt": "x"}}"#,
+        r#"{"model": "p2/bigger"}"#,
+    ] {
+        let e = parse_replay_request(body.as_bytes(), &current, agent).unwrap_err();
+        assert_eq!((e.status, e.code), (403, "operator_only"), "{body}");
+    }
+}
+
+#[test]
+fn a_replay_config_reaches_nothing_the_stored_one_does_not() {
+    let current = config();
+    let doc = serde_json::to_value(&current).unwrap();
+    let replay = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut d = doc.clone();
+        f(&mut d);
+        parse_replay_request(
+            serde_json::json!({ "config": d }).to_string().as_bytes(),
+            &current,
+            operator(),
+        )
+    };
+    // The stored configuration as a document replays.
+    assert!(replay(&|_| {}).is_ok());
+    // A provider the stored configuration does not have: refused.
+    let e = replay(&|d| d["providers"]["p1"]["base_url"] = "https://catcher.example/v1".into())
+        .unwrap_err();
+    assert_eq!(
+        (e.code, e.field.as_deref()),
+        ("invalid_config", Some("config.providers"))
+    );
+    // A deployment secret, or one not granted: refused before anything else.
+    let e = replay(&|d| d["providers"]["p1"]["api_key_secret"] = "KEFU_TOKEN_SECRET".into())
+        .unwrap_err();
+    assert_eq!(
+        e.field.as_deref(),
+        Some("config.providers.p1.api_key_secret")
+    );
+    // Quotas and prices are the stored ones, whatever the replay says.
+    let r = replay(&|d| {
+        d["quotas"] = serde_json::json!({"requests_per_minute": 100000});
+        d["prices"] = serde_json::json!({});
+    })
+    .unwrap();
+    assert_eq!(r.config.quotas, current.quotas);
+    assert_eq!(r.config.prices, current.prices);
+    // A plugin the stored configuration does not enable: refused.
+    let e = replay(&|d| {
+        d["plugins"] = serde_json::json!([{"id": "x", "plugin": "pii-redactor"}]);
+    })
+    .unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("config.plugins[0]"));
+}
+
 #[test]
 fn replay_requests_are_validated() {
     let current = config();
     let code = |body: &str| {
-        parse_replay_request(body.as_bytes(), &current)
+        parse_replay_request(body.as_bytes(), &current, operator())
             .map(|_| ())
             .map_err(|e| (e.status, e.code, e.field))
     };
@@ -305,11 +385,16 @@ fn replay_requests_are_validated() {
     assert_eq!(field.as_deref(), Some("config.history_window"));
 
     // An empty body replays under the current configuration.
-    let r = parse_replay_request(b"", &current).unwrap();
+    let r = parse_replay_request(b"", &current, operator()).unwrap();
     assert_eq!(r.config, current);
     assert_eq!(r.max_turns, MAX_REPLAY_TURNS);
     // A model override: one route to that model.
-    let r = parse_replay_request(br#"{"model":"p2/bigger","max_turns":3}"#, &current).unwrap();
+    let r = parse_replay_request(
+        br#"{"model":"p2/bigger","max_turns":3}"#,
+        &current,
+        operator(),
+    )
+    .unwrap();
     assert_eq!(r.max_turns, 3);
     let targets = r
         .config
@@ -320,7 +405,7 @@ fn replay_requests_are_validated() {
     let single =
         TenantConfig::from_json(r#"{"provider":{"base_url":"http://x.test/v1","model":"small"}}"#)
             .unwrap();
-    let r = parse_replay_request(br#"{"model":"default/large"}"#, &single).unwrap();
+    let r = parse_replay_request(br#"{"model":"default/large"}"#, &single, operator()).unwrap();
     assert_eq!(r.config.provider.unwrap().model, "large");
 }
 
@@ -355,7 +440,7 @@ fn recorded(config: &TenantConfig) -> (Vec<Message>, Vec<TurnRecord>) {
 fn a_replay_plans_each_turn_again_under_another_model_and_changes_nothing() {
     let config = config();
     let (transcript, records) = recorded(&config);
-    let request = parse_replay_request(br#"{"model":"p1/m-next"}"#, &config).unwrap();
+    let request = parse_replay_request(br#"{"model":"p1/m-next"}"#, &config, operator()).unwrap();
     let kept = transcript.clone();
     let mut replay = Replay::new(
         ConversationId::parse("c1").unwrap(),
