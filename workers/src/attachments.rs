@@ -127,7 +127,7 @@ pub(crate) async fn upload(
         .map_err(|e| internal(format!("storing the file: {e}")))?;
     let mut answer = described.json();
     let text = match described.kind {
-        attachment::Kind::Audio => transcribe(env, config, &described, &bytes).await,
+        attachment::Kind::Audio => transcribe(env, tenant, config, &described, &bytes).await,
         _ => attachment::extract_text(&described, &bytes),
     };
     if let Some(text) = &text {
@@ -151,12 +151,13 @@ pub(crate) async fn upload(
 /// configured, or it failed: the message still reaches agents, untranscribed).
 async fn transcribe(
     env: &Env,
+    tenant: &TenantId,
     config: &TenantConfig,
     audio: &Attachment,
     bytes: &[u8],
 ) -> Option<String> {
     let model = config.attachments.transcription.as_ref()?;
-    let secrets = crate::config::secrets(env, config);
+    let secrets = crate::config::secrets(env, tenant, config);
     let endpoint = config.model_endpoint(model, &secrets)?;
     let boundary: String = random_bytes()
         .ok()?

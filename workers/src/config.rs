@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use kefu_engine::api::ApiError;
 use kefu_engine::config_history::{self, ConfigMeta, KvOp};
+use kefu_engine::deployment::{Deployment, Settings, settings};
 use kefu_engine::{ReplyMode, TenantConfig, TenantId, TurnOptions};
 use worker::Env;
 
@@ -67,35 +68,82 @@ async fn read(env: &Env, tenant: &TenantId) -> Result<TenantConfig, ApiError> {
     };
     match stored {
         Some(json) => kefu_engine::api::stored_config(tenant, &json),
-        None => Ok(TenantConfig::builtin(
-            var(env, "KEFU_PROVIDER_BASE_URL").as_deref(),
-            var(env, "KEFU_MODEL").as_deref(),
-        )),
+        // No stored document: the built-in configuration, for the tenants the deployment
+        // opens (`404 tenant_not_found` for any other name).
+        None => deployment(env).builtin_config(tenant),
     }
 }
 
-/// The secrets a configuration names, from the Worker's secrets (or, for local
-/// development, plain variables of those names). Missing ones are simply absent: the turn
-/// then treats that target as failing authentication and falls back.
-pub(crate) fn secrets(env: &Env, config: &TenantConfig) -> BTreeMap<String, String> {
-    config
-        .secret_names()
-        .into_iter()
-        .filter_map(|name| {
-            let value = env
-                .secret(&name)
-                .ok()
-                .map(|s| s.to_string())
-                .or_else(|| var(env, &name))?;
-            (!value.is_empty()).then_some((name, value))
+thread_local! {
+    /// The deployment's rules, read once per isolate (its variables cannot change under it).
+    static DEPLOYMENT: std::cell::OnceCell<Deployment> = const { std::cell::OnceCell::new() };
+}
+
+/// What the deployment gives its tenants ([`kefu_engine::deployment`]), from its variables
+/// and secrets (`KEFU_TENANT_SECRETS`, `KEFU_OPEN_TENANTS`, …).
+pub(crate) fn deployment(env: &Env) -> Deployment {
+    DEPLOYMENT.with(|d| {
+        d.get_or_init(|| {
+            let get = |name: &str| {
+                env.secret(name)
+                    .ok()
+                    .map(|s| s.to_string())
+                    .or_else(|| var(env, name))
+            };
+            let (secrets, open, provider, demo, base, model) = (
+                get(settings::TENANT_SECRETS),
+                get(settings::OPEN_TENANTS),
+                get(settings::PROVIDER_TENANTS),
+                get(settings::DEMO_TENANTS),
+                var(env, settings::PROVIDER_BASE_URL),
+                var(env, settings::MODEL),
+            );
+            let deployment = Deployment::from_settings(Settings {
+                tenant_secrets: secrets.as_deref(),
+                open_tenants: open.as_deref(),
+                provider_tenants: provider.as_deref(),
+                demo_tenants: demo.as_deref(),
+                provider_base_url: base.as_deref(),
+                model: model.as_deref(),
+            });
+            for warning in &deployment.warnings {
+                crate::log(
+                    "warn",
+                    serde_json::json!({"msg": "deployment setting ignored", "warning": warning}),
+                );
+            }
+            deployment
         })
-        .collect()
+        .clone()
+    })
+}
+
+/// The secrets a configuration of `tenant` may use, from the Worker's secrets (or, for
+/// local development, plain variables of those names): only those the deployment gave the
+/// tenant ([`Deployment::resolve_secrets`]). Missing ones are simply absent: the turn then
+/// treats that target as failing authentication and falls back.
+pub(crate) fn secrets(
+    env: &Env,
+    tenant: &TenantId,
+    config: &TenantConfig,
+) -> BTreeMap<String, String> {
+    deployment(env).resolve_secrets(tenant, config, |name| {
+        env.secret(name)
+            .ok()
+            .map(|s| s.to_string())
+            .or_else(|| var(env, name))
+    })
 }
 
 /// Options for a turn: the secrets it may need and a fresh random seed.
-pub(crate) fn turn_options(env: &Env, config: &TenantConfig, mode: ReplyMode) -> TurnOptions {
+pub(crate) fn turn_options(
+    env: &Env,
+    tenant: &TenantId,
+    config: &TenantConfig,
+    mode: ReplyMode,
+) -> TurnOptions {
     let mut options = TurnOptions::new(mode);
-    options.secrets = secrets(env, config);
+    options.secrets = secrets(env, tenant, config);
     options.seed = random_u64();
     options
 }

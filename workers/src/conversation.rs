@@ -895,7 +895,7 @@ async fn handle_replay(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiErr
             turns.push(step.finish(None, None));
             continue;
         }
-        let mut options = config::turn_options(&inner.env, &config, ReplyMode::Whole);
+        let mut options = config::turn_options(&inner.env, &tenant, &config, ReplyMode::Whole);
         if config.knowledge.enabled && config.has_models() {
             match knowledge::search(
                 &inner.env,
@@ -935,7 +935,7 @@ async fn handle_replay(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiErr
         };
         if let Some(grant) = grant.as_ref().filter(|g| !g.blocked.is_empty()) {
             // Breakers refused some targets: plan again without them, as a live turn does.
-            let mut options = config::turn_options(&inner.env, &config, ReplyMode::Whole);
+            let mut options = config::turn_options(&inner.env, &tenant, &config, ReplyMode::Whole);
             options.blocked = grant.blocked.clone();
             options.knowledge = retrieved.clone();
             options.attachments = files;
@@ -1411,7 +1411,7 @@ async fn run_turn(
     if !conversation.bot_answers() {
         return Ok(Answer::Silent);
     }
-    let mut options = config::turn_options(&inner.env, config, mode);
+    let mut options = config::turn_options(&inner.env, tenant, config, mode);
     let plugins = crate::plugins::active(&inner.env, tenant, config).await;
     let scope = Some((
         tenant.as_str().to_owned(),
@@ -1445,7 +1445,7 @@ async fn run_turn(
             })?;
         if !grant.blocked.is_empty() {
             // Breakers refused some targets: plan again without them.
-            let mut options = config::turn_options(&inner.env, config, mode);
+            let mut options = config::turn_options(&inner.env, tenant, config, mode);
             options.blocked = grant.blocked.clone();
             // The same grounding and files as the first plan.
             options.knowledge = retrieved.clone();

@@ -89,13 +89,14 @@ const EMBEDDING_TIMEOUT_MS: u64 = 30_000;
 /// configured.
 async fn embed(
     env: &Env,
+    tenant: &TenantId,
     config: &TenantConfig,
     texts: &[String],
 ) -> Result<Option<(String, Vec<Vec<f32>>)>, String> {
     let Some(model) = &config.knowledge.embeddings else {
         return Ok(None);
     };
-    let secrets = crate::config::secrets(env, config);
+    let secrets = crate::config::secrets(env, tenant, config);
     let endpoint = config
         .model_endpoint(model, &secrets)
         .ok_or_else(|| format!("no provider `{}`", model.provider))?;
@@ -148,7 +149,7 @@ impl KnowledgeObject {
         // its text and says why.
         let config = crate::config::load(&self.env, tenant).await?;
         let texts: Vec<String> = chunks.iter().map(knowledge::embedding_text).collect();
-        let (vectors, embedding_error) = match embed(&self.env, &config, &texts).await {
+        let (vectors, embedding_error) = match embed(&self.env, tenant, &config, &texts).await {
             Ok(v) => (v, None),
             Err(e) => (None, Some(e)),
         };
@@ -182,7 +183,8 @@ impl KnowledgeObject {
         k: u8,
     ) -> Result<Vec<RetrievedChunk>, ApiError> {
         let config = crate::config::load(&self.env, tenant).await?;
-        let question_vector = match embed(&self.env, &config, &[question.to_owned()]).await {
+        let question_vector = match embed(&self.env, tenant, &config, &[question.to_owned()]).await
+        {
             Ok(Some((model, mut v))) => v.pop().map(|v| (model, v)),
             Ok(None) => None,
             Err(e) => {

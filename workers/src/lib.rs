@@ -305,12 +305,23 @@ async fn handle(
             http::forward(&stub, Method::Get, &path, None).await
         }
         Route::ConversationReplay(id) => {
-            let (tenant, config) = agent_tenant(req, env).await?;
+            // An agent replays under the stored configuration; an operator (the tenant key or
+            // the admin token) also under another: the engine's rule, given who this is.
+            let by_agent = req
+                .headers()
+                .get("authorization")
+                .ok()
+                .flatten()
+                .and_then(|h| h.strip_prefix("Bearer ").map(|t| t.trim().starts_with("kfa.")))
+                .unwrap_or(false);
+            let (tenant, config) = if by_agent { agent_tenant(req, env).await? } else { admin_tenant(req, env).await? };
             let body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
             if body.len() > api::MAX_CONFIG_BYTES + 1024 {
                 return Err(ApiError::new(413, "payload_too_large", "the replay request exceeds 257 KiB"));
             }
-            let request = kefu_engine::replay::parse_replay_request(&body, &config)?;
+            let deployment = config::deployment(env);
+            let caller = kefu_engine::replay::ReplayCaller { tenant: &tenant, operator: !by_agent, deployment: &deployment };
+            let request = kefu_engine::replay::parse_replay_request(&body, &config, caller)?;
             let internal = conversation::InternalReplay {
                 tenant: tenant.as_str().to_owned(),
                 config: request.config,
@@ -346,7 +357,7 @@ async fn handle(
                 }
                 api::ConfigRoute::Put => {
                     let body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
-                    api::parse_config_document(&body)?;
+                    api::parse_config_document(&body, &tenant, &config::deployment(env))?;
                     let document = String::from_utf8_lossy(&body).into_owned();
                     let version = config::store_version(env, &tenant, &document, "put".into()).await?;
                     log("info", json!({"msg": "config changed", "tenant": tenant.as_str(), "version": version}));
@@ -367,7 +378,7 @@ async fn handle(
                         allow: None,
                     })?;
                     // What was valid then must still be valid now (limits may have changed).
-                    api::parse_config_document(document.as_bytes())?;
+                    api::parse_config_document(document.as_bytes(), &tenant, &config::deployment(env))?;
                     let version = config::store_version(env, &tenant, &document, format!("rollback to {target}")).await?;
                     log("info", json!({"msg": "config rolled back", "tenant": tenant.as_str(), "to": target, "version": version}));
                     json_response(200, &json!({"tenant": tenant.as_str(), "version": version, "restored": target}))
@@ -432,12 +443,13 @@ async fn handle(
         }
         Route::Demo => {
             let tenant = tenant_of(req)?;
+            config::deployment(env).check_demo(&tenant)?;
             let origin = req
                 .url()
                 .map(|u| u.origin().ascii_serialization())
                 .unwrap_or_else(|_| "http://localhost:8080".to_owned());
             let html = req.headers().get("accept").ok().flatten().is_some_and(|a| a.contains("text/html"));
-            let run = run_demo(env, &tenant).await?;
+            let run = run_demo(req, env, &tenant).await?;
             if html {
                 text_response(200, "text/html; charset=utf-8", demo::render_html(&run, &origin))
             } else {
@@ -473,7 +485,7 @@ async fn admin_tenant(
         kefu_engine::auth::hash_key(&token).as_bytes(),
     ) {
         let tenant = tenant_of(req)?;
-        let config = config::load(env, &tenant).await?;
+        let config = kefu_engine::deployment::for_admin(config::load(env, &tenant).await)?;
         return Ok((tenant, config));
     }
     // An agent's sign-in token is for conversations: it may not configure the tenant, mint
@@ -677,11 +689,26 @@ fn tenant_of(req: &Request) -> std::result::Result<TenantId, ApiError> {
 
 /// Runs the demo questions through the real chat path, one turn after another, then reads
 /// the stored transcript back.
-async fn run_demo(env: &Env, tenant: &TenantId) -> std::result::Result<DemoRun, ApiError> {
+async fn run_demo(
+    req: &Request,
+    env: &Env,
+    tenant: &TenantId,
+) -> std::result::Result<DemoRun, ApiError> {
     let config = config::load(env, tenant).await?;
+    // The visitor path's rules: a site that verifies its visitors has no anonymous demo.
+    kefu_engine::identity::verify(config.identity.as_ref(), None)
+        .map_err(|e| api::identity_error(&e))?;
     let mut run = DemoRun::new();
     let mut conversation_id: Option<String> = None;
     for question in demo::QUESTIONS {
+        // Each demo turn counts against the visitor limit like a message posted to chat.
+        if limit_visitor(req, env, tenant).await?.is_some() {
+            return Err(ApiError::new(
+                429,
+                "rate_limited",
+                "too many messages from this visitor; try the demo again in a minute",
+            ));
+        }
         let turn = InternalTurn {
             tenant: tenant.as_str().to_owned(),
             conversation_id: conversation_id.clone(),

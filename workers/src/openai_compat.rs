@@ -61,9 +61,14 @@ pub(crate) async fn authenticate(
         })?;
     let tenant = auth::tenant_of_key(key)
         .ok_or_else(|| OpenAiError::unauthorized("this is not a Kefu API key"))?;
-    let config = config::load(env, &tenant)
-        .await
-        .map_err(|e| host_error(e.message))?;
+    let config =
+        kefu_engine::deployment::for_key(config::load(env, &tenant).await).map_err(|e| {
+            if e.status == 401 {
+                OpenAiError::unauthorized("the API key is not valid")
+            } else {
+                host_error(e.message)
+            }
+        })?;
     if auth::verify(key, &config.api_keys).is_none() {
         return Err(OpenAiError::unauthorized("the API key is not valid"));
     }
@@ -120,7 +125,7 @@ pub(crate) async fn chat(mut req: Request, env: &Env, ctx: &Context) -> worker::
     } else {
         ReplyMode::Whole
     };
-    let mut options = config::turn_options(env, &config, mode);
+    let mut options = config::turn_options(env, &tenant, &config, mode);
     match selection {
         Selection::ChatRoute => {}
         Selection::Route(r) => options.route = Some(r),

@@ -75,7 +75,7 @@ pub fn upload(req: &Incoming, tenant: &TenantId, config: &TenantConfig) -> Resul
     let described = attachment::accept(attachment::new_id(random_bytes()), mime, &name, &req.body)
         .map_err(|e| api::attachment_error(&e))?;
     let extracted = match described.kind {
-        attachment::Kind::Audio => transcribe(config, &described, &req.body),
+        attachment::Kind::Audio => transcribe(tenant, config, &described, &req.body),
         _ => attachment::extract_text(&described, &req.body),
     };
     let meta = serde_json::to_string(&described).map_err(|e| ApiError::internal(e.to_string()))?;
@@ -104,9 +104,14 @@ pub fn upload(req: &Incoming, tenant: &TenantId, config: &TenantConfig) -> Resul
 
 /// A voice message's transcript from the tenant's transcription model, or `None` (no model
 /// configured, or it failed: the message still reaches agents, untranscribed).
-fn transcribe(config: &TenantConfig, audio: &Attachment, bytes: &[u8]) -> Option<String> {
+fn transcribe(
+    tenant: &TenantId,
+    config: &TenantConfig,
+    audio: &Attachment,
+    bytes: &[u8],
+) -> Option<String> {
     let model = config.attachments.transcription.as_ref()?;
-    let secrets = crate::secrets(config);
+    let secrets = crate::secrets(tenant, config);
     let endpoint = config.model_endpoint(model, &secrets)?;
     let boundary: String = random_bytes().iter().map(|b| format!("{b:02x}")).collect();
     let request = kefu_engine::models::transcription_request(

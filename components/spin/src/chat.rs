@@ -416,7 +416,7 @@ fn run_turn(
     options.plugins = crate::plugins::active(kv, config);
     options.plugin_scope = Some((tenant.as_str().to_owned(), id.as_str().to_owned()));
     let retrieved = options.knowledge.clone();
-    options.secrets = crate::secrets(config);
+    options.secrets = crate::secrets(tenant, config);
     options.attachments =
         crate::attachments::resolve(tenant, &conversation.turn_attachments(visitor));
     options.seed = u64::from_le_bytes(

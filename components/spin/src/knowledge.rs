@@ -186,7 +186,7 @@ fn put_source(
     // Embeddings first (the only wait), outside the transaction; a failed call leaves the
     // source searchable by its text and says why.
     let texts: Vec<String> = chunks.iter().map(knowledge::embedding_text).collect();
-    let (vectors, embedding_error) = match embed(config, &texts) {
+    let (vectors, embedding_error) = match embed(tenant, config, &texts) {
         Ok(v) => (v, None),
         Err(e) => (None, Some(e)),
     };
@@ -217,11 +217,15 @@ const EMBEDDING_TIMEOUT_MS: u64 = 30_000;
 
 /// Embeds `texts` with the tenant's embedding model, in batches: the model and a vector per
 /// text, `Ok(None)` when the tenant has no embedding model.
-fn embed(config: &TenantConfig, texts: &[String]) -> Result<Option<Embedded>, String> {
+fn embed(
+    tenant: &TenantId,
+    config: &TenantConfig,
+    texts: &[String],
+) -> Result<Option<Embedded>, String> {
     let Some(model) = &config.knowledge.embeddings else {
         return Ok(None);
     };
-    let secrets = crate::secrets(config);
+    let secrets = crate::secrets(tenant, config);
     let endpoint = config
         .model_endpoint(model, &secrets)
         .ok_or_else(|| format!("no provider `{}`", model.provider))?;
@@ -255,7 +259,7 @@ fn search_in(
     question: &str,
     k: u8,
 ) -> Result<Vec<RetrievedChunk>, ApiError> {
-    let question_vector = match embed(config, &[question.to_owned()]) {
+    let question_vector = match embed(tenant, config, &[question.to_owned()]) {
         Ok(Some((model, mut v))) => v.pop().map(|v| (model, v)),
         Ok(None) => None,
         Err(e) => {

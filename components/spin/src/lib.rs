@@ -35,6 +35,7 @@ mod webhooks;
 use std::collections::BTreeMap;
 
 use kefu_engine::api::{self, ApiError, Route};
+use kefu_engine::deployment::{Deployment, Settings, settings};
 use kefu_engine::{ConversationId, TenantConfig, Timestamp};
 use serde_json::{Value, json};
 use spin_sdk::wit::wasi::http0_2_0::types::{IncomingRequest, ResponseOutparam};
@@ -132,6 +133,7 @@ fn handle(kv: &Kv, req: &Incoming, route: Route) -> Result<Reply, ApiError> {
 /// responder, whatever it is), as text for `curl` or as a page for a browser — the Worker's.
 fn demo(kv: &Kv, req: &Incoming) -> Result<Reply, ApiError> {
     let tenant = api::tenant(req.header(api::TENANT_HEADER))?;
+    crate::deployment().check_demo(&tenant)?;
     let mut run = kefu_engine::demo::DemoRun::new();
     for question in kefu_engine::demo::QUESTIONS {
         let mut body = json!({"message": question});
@@ -271,15 +273,46 @@ pub(crate) fn variable(name: &str) -> Option<String> {
         .filter(|v| !v.trim().is_empty())
 }
 
-/// The secrets a configuration names (`api_key_secret`), from Spin variables of the same
-/// name in lower case (Spin variable names are `[a-z0-9_]`): `TEST_PROVIDER_KEY` →
-/// `test_provider_key`.
-pub(crate) fn secrets(config: &TenantConfig) -> BTreeMap<String, String> {
-    config
-        .secret_names()
-        .into_iter()
-        .filter_map(|name| Some((name.clone(), variable(&name.to_ascii_lowercase())?)))
-        .collect()
+/// What the deployment gives its tenants ([`kefu_engine::deployment`]), from the Spin
+/// variables `kefu_tenant_secrets`, `kefu_open_tenants`, `kefu_provider_tenants`,
+/// `kefu_demo_tenants`, `provider_base_url` and `model`. Read per request: Spin runs a
+/// fresh instance for each.
+pub(crate) fn deployment() -> Deployment {
+    let get = |name: &str| variable(&name.to_ascii_lowercase());
+    let (secrets, open, provider, demo) = (
+        get(settings::TENANT_SECRETS),
+        get(settings::OPEN_TENANTS),
+        get(settings::PROVIDER_TENANTS),
+        get(settings::DEMO_TENANTS),
+    );
+    let (base, model) = (variable("provider_base_url"), variable("model"));
+    let deployment = Deployment::from_settings(Settings {
+        tenant_secrets: secrets.as_deref(),
+        open_tenants: open.as_deref(),
+        provider_tenants: provider.as_deref(),
+        demo_tenants: demo.as_deref(),
+        provider_base_url: base.as_deref(),
+        model: model.as_deref(),
+    });
+    for warning in &deployment.warnings {
+        log(
+            "warn",
+            json!({"msg": "deployment setting ignored", "warning": warning}),
+        );
+    }
+    deployment
+}
+
+/// The secrets a configuration of `tenant` may use, from Spin variables of the same name in
+/// lower case (Spin variable names are `[a-z0-9_]`: `TEST_PROVIDER_KEY` →
+/// `test_provider_key`): only those the deployment gave the tenant
+/// ([`Deployment::resolve_secrets`]), so no configuration reaches the deployment's own
+/// variables (`kefu_admin_token`, …) or another tenant's.
+pub(crate) fn secrets(
+    tenant: &kefu_engine::TenantId,
+    config: &TenantConfig,
+) -> BTreeMap<String, String> {
+    deployment().resolve_secrets(tenant, config, |name| variable(&name.to_ascii_lowercase()))
 }
 
 /// One structured log line on stderr (Spin collects it per component).

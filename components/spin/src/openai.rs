@@ -51,7 +51,13 @@ fn authenticate(kv: &Kv, req: &Incoming) -> Result<(TenantId, TenantConfig), Ope
         })?;
     let tenant = auth::tenant_of_key(key)
         .ok_or_else(|| OpenAiError::unauthorized("this is not a Kefu API key"))?;
-    let config = store::config(kv, &tenant).map_err(|e| from_api(&e))?;
+    let config = kefu_engine::deployment::for_key(store::config(kv, &tenant)).map_err(|e| {
+        if e.status == 401 {
+            OpenAiError::unauthorized("the API key is not valid")
+        } else {
+            from_api(&e)
+        }
+    })?;
     if auth::verify(key, &config.api_keys).is_none() {
         return Err(OpenAiError::unauthorized("the API key is not valid"));
     }
@@ -84,7 +90,7 @@ pub fn chat(kv: &Kv, req: &Incoming, out: ResponseOutparam) {
         ReplyMode::Whole
     };
     let mut options = TurnOptions::new(mode);
-    options.secrets = crate::secrets(&config);
+    options.secrets = crate::secrets(&tenant, &config);
     options.seed = u64::from_le_bytes(
         wasi::random::random::get_random_bytes(8)
             .try_into()

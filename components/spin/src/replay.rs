@@ -3,9 +3,11 @@
 //! traces, replay and export routes over it — the same shapes and rules as on Workers (all
 //! the engine's: [`kefu_engine::replay`]).
 //!
-//! A replay drives the engine's replayed turns with the same outbound calls as a live turn;
-//! nothing of the conversation is written. The Spin component has no per-tenant gateway store
-//! yet, so (as for its live turns) no quota or breaker applies to them.
+//! A replay drives the engine's replayed turns with the same outbound calls as a live turn,
+//! through the tenant's gateway (the stored quotas, budgets and breakers admit each model
+//! turn, and its usage is counted), with the turn's files and plugins; nothing of the
+//! conversation is written. Who may replay under what is the engine's rule
+//! ([`replay::parse_replay_request`]).
 
 use kefu_engine::api::ApiError;
 use kefu_engine::replay::{self, Outcome, Replay, TurnRecord};
@@ -125,10 +127,29 @@ pub fn export(kv: &Kv, req: &Incoming, id: &ConversationId) -> Result<Reply, Api
         .with_header("content-disposition", &replay::export_disposition(id)))
 }
 
-/// `POST /api/v1/conversations/{id}/replay`.
+/// `POST /api/v1/conversations/{id}/replay`: an agent (`kfa.` token) under the stored
+/// configuration; an operator (the tenant key or the admin token) also under another.
 pub fn run(kv: &Kv, req: &Incoming, id: &ConversationId) -> Result<Reply, ApiError> {
-    let (tenant, current, conversation) = conversation(kv, req, id)?;
-    let request = replay::parse_replay_request(&req.body, &current)?;
+    let by_agent = req
+        .header("authorization")
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .is_some_and(|t| t.trim().starts_with("kfa."));
+    let (tenant, current, conversation) = if by_agent {
+        conversation(kv, req, id)?
+    } else {
+        let (tenant, config) = admin::operator(kv, req)?;
+        let conversation = kv
+            .load(id, &tenant)?
+            .ok_or_else(ApiError::conversation_not_found)?;
+        (tenant, config, conversation)
+    };
+    let deployment = crate::deployment();
+    let caller = replay::ReplayCaller {
+        tenant: &tenant,
+        operator: !by_agent,
+        deployment: &deployment,
+    };
+    let request = replay::parse_replay_request(&req.body, &current, caller)?;
     let mut replay = Replay::new(
         id.clone(),
         tenant.clone(),
@@ -140,6 +161,7 @@ pub fn run(kv: &Kv, req: &Incoming, id: &ConversationId) -> Result<Reply, ApiErr
     .map_err(|e| replay::config_error(&e))?;
     let config = replay.config().clone();
     let mut turns = Vec::new();
+    let mut stopped = None;
     while let Some(step) = replay.next_turn() {
         if !step.needs_model() {
             turns.push(step.finish(None, None));
@@ -164,16 +186,44 @@ pub fn run(kv: &Kv, req: &Incoming, id: &ConversationId) -> Result<Reply, ApiErr
         // The replayed turn meets the plugins a live one would (under the replay's config).
         options.plugins = crate::plugins::active(kv, &config);
         options.plugin_scope = Some((tenant.as_str().to_owned(), id.as_str().to_owned()));
-        options.secrets = crate::secrets(&config);
+        options.secrets = crate::secrets(&tenant, &config);
         options.seed = u64::from_le_bytes(
             wasi::random::random::get_random_bytes(8)
                 .try_into()
                 .unwrap_or([7; 8]),
         );
+        options.attachments = crate::attachments::resolve(&tenant, &step.attachments());
         let mut turn = step
-            .start(now(), &config, options)
+            .start(now(), &config, options.clone())
             .ok_or_else(|| ApiError::internal("the replayed turn did not start"))?;
+        // Admitted like a live turn, by the stored quotas and budgets (the engine put them
+        // in the replay's configuration), and its usage counted.
+        let grant = if config.has_models() {
+            match crate::gateway::begin(kv, &tenant, &config, turn.estimated_tokens()) {
+                Ok(grant) => Some(grant),
+                Err(crate::gateway::Refusal::Quota(q)) => {
+                    let e = kefu_engine::api::quota_error(&q);
+                    stopped = Some(
+                        json!({"seq": step.visitor.seq, "error": {"code": e.code, "message": e.message}}),
+                    );
+                    break;
+                }
+                Err(crate::gateway::Refusal::Host(e)) => return Err(e),
+            }
+        } else {
+            None
+        };
+        if let Some(grant) = grant.as_ref().filter(|g| !g.blocked.is_empty()) {
+            // Breakers refused some targets: plan again without them, as a live turn does.
+            options.blocked = grant.blocked.clone();
+            if let Some(again) = step.start(now(), &config, options) {
+                turn = again;
+            }
+        }
         let result = outbound::drive(&mut turn, |_, _| {});
+        if let Some(grant) = &grant {
+            crate::gateway::settle(kv, &tenant, &config, grant, turn.trace());
+        }
         turns.push(step.finish(Some((&turn, &retrieved)), Some(&result)));
     }
     log(
@@ -182,6 +232,6 @@ pub fn run(kv: &Kv, req: &Incoming, id: &ConversationId) -> Result<Reply, ApiErr
     );
     Ok(Reply::json(
         200,
-        &replay::replay_json(id, request.model.as_deref(), &replay, turns, None),
+        &replay::replay_json(id, request.model.as_deref(), &replay, turns, stopped),
     ))
 }

@@ -236,10 +236,9 @@ impl Kv {
 pub fn config(kv: &Kv, tenant: &TenantId) -> Result<TenantConfig, ApiError> {
     let config = match kv.config_document(tenant)? {
         Some(json) => kefu_engine::api::stored_config(tenant, &json)?,
-        None => TenantConfig::builtin(
-            crate::variable("provider_base_url").as_deref(),
-            crate::variable("model").as_deref(),
-        ),
+        // No stored document: the built-in configuration, for the tenants the deployment
+        // opens (`404 tenant_not_found` for any other name).
+        None => crate::deployment().builtin_config(tenant)?,
     };
     // A request to a tenant with webhooks also retries its due deliveries, after answering;
     // one with plugins has its stored events heard by them (the config read once, here).
