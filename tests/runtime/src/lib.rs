@@ -19,6 +19,8 @@
 //! - [`plugin_routes`]: the operators' plugin routes (listing, test calls) on the Worker.
 //! - [`plugins`]: plugins in chat turns, on both runtimes.
 //! - [`replay`]: the replay/debug console's API: turn records, replay, export.
+//! - [`security`]: the attack suite: every trust-boundary attack performed over HTTP, and
+//!   refused, beside the legitimate path.
 //! - [`sse`]: a small Server-Sent Events reader used by the scenarios and the mock's tests.
 
 pub mod attachments;
@@ -32,6 +34,7 @@ pub mod plugin_routes;
 pub mod plugins;
 pub mod replay;
 pub mod scenarios;
+pub mod security;
 pub mod spin;
 pub mod sse;
 pub mod webhooks;

@@ -50,6 +50,10 @@ use crate::plugins::{
     plugins_order_status_tool, plugins_redactor_reaches_the_model_redacted,
 };
 use crate::replay::replay_console_records_and_replays;
+use crate::security::{
+    provider_urls_stay_public, replay_is_an_operators_power, secrets_stay_with_their_owner,
+    unknown_tenants_are_not_found,
+};
 use crate::sse::{self, SseTranscript};
 use crate::webhooks::webhooks_signed_and_retried;
 
@@ -394,6 +398,10 @@ pub fn all() -> Vec<Scenario> {
         plugin_routes_hostile_contained,
         plugin_routes_key_value_and_outbound_post,
         plugin_routes_budget_bounds_a_slow_fetch,
+        secrets_stay_with_their_owner,
+        unknown_tenants_are_not_found,
+        replay_is_an_operators_power,
+        provider_urls_stay_public,
     ]
 }
 

@@ -104,6 +104,8 @@ pub fn tenants(all: &[(String, Value)]) -> Vec<(String, Value)> {
                     | "plk"
                     | "plh"
                     | "plg"
+                    | "sec-a"
+                    | "sec-b"
             ) || id.starts_with("plug-")
         })
         .cloned()
@@ -127,9 +129,9 @@ fn test_manifest(root: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
         } else if line == "[variables]" {
             // The wire-format tenant's provider key (`api_key_secret: TEST_PROVIDER_KEY`):
             // on Spin a secret is a declared variable, named in lower case.
-            "[variables]\ntest_provider_key = { default = \"\", secret = true }".to_owned()
+            "[variables]\ntest_provider_key = { default = \"\", secret = true }\nsec_a_provider_key = { default = \"\", secret = true }".to_owned()
         } else if line == "[component.kefu.variables]" {
-            "[component.kefu.variables]\ntest_provider_key = \"{{ test_provider_key }}\"".to_owned()
+            "[component.kefu.variables]\ntest_provider_key = \"{{ test_provider_key }}\"\nsec_a_provider_key = \"{{ sec_a_provider_key }}\"".to_owned()
         } else {
             line.to_owned()
         };
@@ -221,6 +223,16 @@ impl KefuSpin {
                 ),
             ])
             .args(["--variable", &format!("kefu_admin_token={ADMIN_TOKEN}")])
+            .args(
+                crate::security::deployment_settings()
+                    .into_iter()
+                    .flat_map(|(k, v)| {
+                        [
+                            "--variable".to_owned(),
+                            format!("{}={v}", k.to_ascii_lowercase()),
+                        ]
+                    }),
+            )
             .args([
                 "--variable",
                 &format!("test_provider_key={}", crate::gateway::PROVIDER_KEY),

@@ -124,25 +124,29 @@ async fn run(selected: Vec<Scenario>) -> (usize, usize) {
             tenants.extend(kefu_runtime_tests::plugins::tenants(&mock.base_url()));
             tenants.extend(kefu_runtime_tests::plugin_routes::tenants(&mock.base_url()));
             tenants.extend(kefu_runtime_tests::replay::tenants(&mock.base_url()));
+            tenants.extend(kefu_runtime_tests::security::tenants(&mock.base_url()));
             spin_tenants = tenants.clone();
             println!("starting Kefu on workerd…");
             let started = Instant::now();
             match KefuWorker::start(WorkerOptions {
                 tenants,
-                bindings: vec![
-                    (
-                        "TEST_PROVIDER_KEY".to_owned(),
-                        kefu_runtime_tests::gateway::PROVIDER_KEY.to_owned(),
-                    ),
-                    (
-                        "KEFU_ADMIN_TOKEN".to_owned(),
-                        kefu_runtime_tests::config::ADMIN_TOKEN.to_owned(),
-                    ),
-                    (
-                        "KEFU_TOKEN_SECRET".to_owned(),
-                        kefu_runtime_tests::handoff::TOKEN_SECRET.to_owned(),
-                    ),
-                ],
+                bindings: kefu_runtime_tests::security::deployment_settings()
+                    .into_iter()
+                    .chain([
+                        (
+                            "TEST_PROVIDER_KEY".to_owned(),
+                            kefu_runtime_tests::gateway::PROVIDER_KEY.to_owned(),
+                        ),
+                        (
+                            "KEFU_ADMIN_TOKEN".to_owned(),
+                            kefu_runtime_tests::config::ADMIN_TOKEN.to_owned(),
+                        ),
+                        (
+                            "KEFU_TOKEN_SECRET".to_owned(),
+                            kefu_runtime_tests::handoff::TOKEN_SECRET.to_owned(),
+                        ),
+                    ])
+                    .collect(),
                 fake_ai_upstream: Some(mock.base_url().trim_end_matches("/v1").to_owned()),
                 test_plugins: true,
                 ..WorkerOptions::default()

@@ -1,0 +1,503 @@
+//! The attack suite: each scenario performs an attack on a trust boundary over HTTP and
+//! asserts it fails, beside the legitimate path still working (see `docs/security.md`).
+//!
+//! The deployment these scenarios expect is [`deployment_settings`]: the test provider key
+//! shared with every tenant, one secret given to `sec-a` alone, and the tenants served
+//! without a stored configuration. The mock provider is the catcher: every request that
+//! reaches it is recorded with its headers, and no recorded request may carry a deployment
+//! secret or another tenant's key.
+
+use anyhow::{Context, ensure};
+use serde_json::{Value, json};
+
+use crate::mock::MOCK_MODEL;
+use crate::scenarios::{Answer, Ctx, unique};
+
+/// The secret given to tenant `sec-a` alone (`KEFU_TENANT_SECRETS`).
+pub const SEC_A_SECRET: &str = "SEC_A_PROVIDER_KEY";
+/// Its value, as the deployment holds it.
+pub const SEC_A_SECRET_VALUE: &str = "sk-sec-a-only-0123456789abcdef";
+/// Tenant `sec-a`'s key.
+pub const SEC_A_KEY: &str = "kf-sec-a.Kefu0Security0Test0Key0001";
+/// Tenant `sec-b`'s key.
+pub const SEC_B_KEY: &str = "kf-sec-b.Kefu0Security0Test0Key0002";
+
+/// The deployment settings the runner gives both runtimes (Workers names; Spin's variables
+/// are the same in lower case): which secrets each tenant may name, and which tenants are
+/// served without a stored configuration (the scenarios' `offline-demo` and `other`).
+pub fn deployment_settings() -> Vec<(String, String)> {
+    vec![
+        (
+            "KEFU_TENANT_SECRETS".into(),
+            format!("*=TEST_PROVIDER_KEY; sec-a={SEC_A_SECRET}"),
+        ),
+        (
+            "KEFU_OPEN_TENANTS".into(),
+            "default, offline-demo, other".into(),
+        ),
+        (SEC_A_SECRET.into(), SEC_A_SECRET_VALUE.into()),
+    ]
+}
+
+/// The tenants these scenarios need, for a mock at `mock_base` (`http://127.0.0.1:N/v1`).
+/// `sec-legacy` is a document stored around the API (as one written before these rules
+/// could be), naming deployment secrets: the Worker's runner seeds KV directly; Spin's
+/// seeds through the API, which refuses it (so it is not in Spin's list).
+pub fn tenants(mock_base: &str) -> Vec<(String, Value)> {
+    let origin = mock_base.trim_end_matches('/').trim_end_matches("/v1");
+    let profile = |p: &str| format!("{origin}/p/{p}/v1");
+    let key = |k: &str| json!([{"id": "ops", "sha256": kefu_engine::auth::hash_key(k)}]);
+    vec![
+        (
+            "sec-a".into(),
+            json!({
+                "provider": {"kind": "openai_compatible", "base_url": profile("sec-a"),
+                             "model": MOCK_MODEL, "api_key_secret": SEC_A_SECRET},
+                "api_keys": key(SEC_A_KEY),
+            }),
+        ),
+        (
+            "sec-b".into(),
+            json!({
+                "provider": {"kind": "openai_compatible", "base_url": profile("sec-b"), "model": MOCK_MODEL},
+                "quotas": {"requests_per_minute": 2},
+                "api_keys": key(SEC_B_KEY),
+            }),
+        ),
+        (
+            "sec-legacy".into(),
+            json!({
+                "providers": {
+                    "admin": {"kind": "openai_compatible", "base_url": profile("sec-legacy-admin"), "api_key_secret": "KEFU_ADMIN_TOKEN"},
+                    "signer": {"kind": "openai_compatible", "base_url": profile("sec-legacy-signer"), "api_key_secret": "kefu_token_secret"},
+                    "other": {"kind": "openai_compatible", "base_url": profile("sec-legacy-other"), "api_key_secret": SEC_A_SECRET},
+                },
+                "routes": {"default": {"targets": [
+                    {"provider": "admin", "model": MOCK_MODEL},
+                    {"provider": "signer", "model": MOCK_MODEL},
+                    {"provider": "other", "model": MOCK_MODEL},
+                ]}},
+                "retry": {"attempts_per_target": 1},
+            }),
+        ),
+    ]
+}
+
+/// The values no request leaving the deployment may carry for another owner.
+fn forbidden_values() -> [&'static str; 3] {
+    [
+        crate::config::ADMIN_TOKEN,
+        crate::handoff::TOKEN_SECRET,
+        SEC_A_SECRET_VALUE,
+    ]
+}
+
+/// Fails when any request the mock recorded with one of `profiles` (all when empty) carries
+/// a forbidden value in a header or its body.
+fn assert_no_leak(ctx: &Ctx, profiles: &[&str], allowed: Option<&str>) -> anyhow::Result<()> {
+    let mock = ctx.mock()?;
+    for r in mock.requests() {
+        let profile = r.profile.clone().unwrap_or_default();
+        if !profiles.is_empty() && !profiles.contains(&profile.as_str()) {
+            continue;
+        }
+        let text = format!(
+            "{:?} {}",
+            r.headers,
+            r.body.as_ref().map(Value::to_string).unwrap_or_default()
+        );
+        for secret in forbidden_values() {
+            if Some(secret) == allowed {
+                continue;
+            }
+            ensure!(
+                !text.contains(secret),
+                "a request to profile `{profile}` carried a secret that is not its tenant's: {}",
+                r.path
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn put_config(
+    ctx: &Ctx,
+    bearer: &str,
+    tenant: Option<&str>,
+    doc: &Value,
+) -> anyhow::Result<Answer> {
+    let mut req = ctx
+        .http
+        .put(ctx.url("/api/v1/config"))
+        .bearer_auth(bearer)
+        .json(doc);
+    if let Some(t) = tenant {
+        req = req.header(crate::scenarios::TENANT_HEADER, t);
+    }
+    Answer::read(req.send().await?).await
+}
+
+async fn config_version(ctx: &Ctx, key: &str) -> anyhow::Result<u64> {
+    let got: Value = ctx
+        .http
+        .get(ctx.url("/api/v1/config"))
+        .bearer_auth(key)
+        .send()
+        .await?
+        .json()
+        .await?;
+    got["version"]
+        .as_u64()
+        .with_context(|| format!("no version: {got}"))
+}
+
+/// A tenant's configuration cannot name a deployment secret (`KEFU_*`, in any case) or a
+/// secret the deployment gave another tenant: refused when written, with the field at
+/// fault, and nothing stored; a document stored around the API that names them still never
+/// sends them (the check at use). The tenant's own granted secret reaches its provider.
+pub async fn secrets_stay_with_their_owner(ctx: &Ctx) -> anyhow::Result<()> {
+    let mock_base = ctx.mock()?.base_url();
+    let before = config_version(ctx, SEC_B_KEY).await?;
+    let catcher = format!("{}/p/sec-catcher/v1", mock_base.trim_end_matches("/v1"));
+    let attempts = [
+        (
+            json!({"provider": {"base_url": catcher, "model": "m", "api_key_secret": "KEFU_ADMIN_TOKEN"}}),
+            "provider.api_key_secret",
+        ),
+        (
+            json!({"provider": {"base_url": catcher, "model": "m", "api_key_secret": "KEFU_TOKEN_SECRET"}}),
+            "provider.api_key_secret",
+        ),
+        (
+            json!({"provider": {"base_url": catcher, "model": "m", "api_key_secret": "kefu_admin_token"}}),
+            "provider.api_key_secret",
+        ),
+        (
+            json!({"provider": {"base_url": catcher, "model": "m", "api_key_secret": SEC_A_SECRET}}),
+            "provider.api_key_secret",
+        ),
+        (
+            json!({"providers": {"p": {"kind": "openai", "base_url": catcher}},
+                   "routes": {"default": {"targets": [{"provider": "p", "model": "m", "api_key_secret": "KEFU_PROVIDER_API_KEY"}]}}}),
+            "routes.default.targets[0].api_key_secret",
+        ),
+        (
+            // Embeddings and transcription use the named providers' secrets.
+            json!({"providers": {"e": {"kind": "openai", "base_url": catcher, "api_key_secret": "KEFU_TOKEN_SECRET"},
+                                 "p": {"kind": "openai", "base_url": catcher}},
+                   "routes": {"default": {"targets": [{"provider": "p", "model": "m"}]}},
+                   "knowledge": {"enabled": true, "embeddings": {"provider": "e", "model": "emb"}},
+                   "attachments": {"transcription": {"provider": "e", "model": "whisper-1"}}}),
+            "providers.e.api_key_secret",
+        ),
+    ];
+    for (doc, field) in &attempts {
+        let put = put_config(ctx, SEC_B_KEY, None, doc).await?;
+        put.expect_error(400, "invalid_config")?;
+        ensure!(
+            put.json["error"]["field"] == *field,
+            "expected the field {field}: {}",
+            put.text
+        );
+    }
+    ensure!(
+        config_version(ctx, SEC_B_KEY).await? == before,
+        "a refused configuration was stored"
+    );
+    // Through the admin token too: the deployment's own token does not lift the rule.
+    put_config(
+        ctx,
+        crate::config::ADMIN_TOKEN,
+        Some("sec-b"),
+        &attempts[0].0,
+    )
+    .await?
+    .expect_error(400, "invalid_config")?;
+
+    // A stored document naming them (written around the API): the turn never sends them.
+    let admin_view: Value = ctx
+        .http
+        .get(ctx.url("/api/v1/config"))
+        .bearer_auth(crate::config::ADMIN_TOKEN)
+        .header(crate::scenarios::TENANT_HEADER, "sec-legacy")
+        .send()
+        .await?
+        .json()
+        .await?;
+    if admin_view["config"].is_object() {
+        let a = ctx
+            .chat(Some("sec-legacy"), &json!({"message": unique("legacy")}))
+            .await?;
+        ensure!(
+            a.status.as_u16() != 200,
+            "every target of sec-legacy names a secret it may not use, yet it answered: {}",
+            a.text
+        );
+        for profile in ["sec-legacy-admin", "sec-legacy-signer", "sec-legacy-other"] {
+            ensure!(
+                ctx.mock()?
+                    .requests_for(profile)
+                    .iter()
+                    .all(|r| !r.headers.contains_key("authorization")),
+                "a request to {profile} carried an Authorization header"
+            );
+        }
+    } else {
+        // Spin seeds through the API, which refuses such a document: the check at write.
+        let legacy = tenants(&mock_base)
+            .into_iter()
+            .find(|(t, _)| t == "sec-legacy")
+            .context("sec-legacy")?
+            .1;
+        put_config(ctx, crate::config::ADMIN_TOKEN, Some("sec-legacy"), &legacy)
+            .await?
+            .expect_error(400, "invalid_config")?;
+    }
+
+    // The legitimate path: sec-a's own secret reaches sec-a's provider, and only there.
+    let text = unique("sec-a-turn");
+    ctx.chat(Some("sec-a"), &json!({"message": text}))
+        .await?
+        .expect_status(200)?;
+    let sent = ctx
+        .mock()?
+        .requests_for("sec-a")
+        .into_iter()
+        .rev()
+        .find(|r| r.last_user_text().is_some_and(|t| t.contains(&text)))
+        .context("sec-a's model call")?;
+    ensure!(
+        sent.headers.get("authorization").map(String::as_str)
+            == Some(&format!("Bearer {SEC_A_SECRET_VALUE}") as &str),
+        "sec-a's provider did not get sec-a's key: {:?}",
+        sent.headers.get("authorization")
+    );
+    assert_no_leak(ctx, &[], Some(SEC_A_SECRET_VALUE))?;
+    // …and sec-a's key went to sec-a's profile alone.
+    for r in ctx.mock()?.requests() {
+        if r.profile.as_deref() != Some("sec-a") {
+            let text = format!("{:?}", r.headers);
+            ensure!(
+                !text.contains(SEC_A_SECRET_VALUE),
+                "sec-a's key reached profile {:?}",
+                r.profile
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A tenant name nobody configured is `404 tenant_not_found` for chat, uploads and the
+/// demo, and costs no model call; `default` still answers; the admin token creates a
+/// tenant, which then answers.
+pub async fn unknown_tenants_are_not_found(ctx: &Ctx) -> anyhow::Result<()> {
+    let calls = ctx.mock()?.requests().len();
+    let invented = unique("invented");
+    ctx.chat(Some(&invented), &json!({"message": "free model calls?"}))
+        .await?
+        .expect_error(404, "tenant_not_found")?;
+    let stream = ctx
+        .chat(
+            Some(&invented),
+            &json!({"message": "free model calls?", "stream": true}),
+        )
+        .await?;
+    stream.expect_error(404, "tenant_not_found")?;
+    let upload = ctx
+        .request(
+            reqwest::Method::POST,
+            "/api/v1/attachments?name=note.txt",
+            Some(&invented),
+        )
+        .header("content-type", "text/plain")
+        .body("hello")
+        .send()
+        .await?;
+    Answer::read(upload)
+        .await?
+        .expect_error(404, "tenant_not_found")?;
+    ensure!(
+        ctx.mock()?.requests().len() == calls,
+        "an invented tenant reached the provider"
+    );
+    // A made-up tenant key gets no hint whether the tenant exists.
+    let models = ctx
+        .http
+        .get(ctx.url("/v1/models"))
+        .bearer_auth(format!("kf-{invented}.Kefu0Made0Up0Key0000000001"))
+        .send()
+        .await?;
+    ensure!(
+        models.status().as_u16() == 401,
+        "made-up key: {}",
+        models.status()
+    );
+
+    ctx.chat(None, &json!({"message": "Hello"}))
+        .await?
+        .expect_status(200)?;
+    ctx.chat(Some("offline-demo"), &json!({"message": "Hello"}))
+        .await?
+        .expect_status(200)?;
+
+    // The admin token creates the tenant; then it exists.
+    put_config(
+        ctx,
+        crate::config::ADMIN_TOKEN,
+        Some(&invented),
+        &json!({"system_prompt": "A new tenant."}),
+    )
+    .await?
+    .expect_status(200)?;
+    ctx.chat(Some(&invented), &json!({"message": "Hello"}))
+        .await?
+        .expect_status(200)?;
+    Ok(())
+}
+
+async fn replay(ctx: &Ctx, id: &str, bearer: &str, body: &Value) -> anyhow::Result<Answer> {
+    let resp = ctx
+        .http
+        .post(ctx.url(&format!("/api/v1/conversations/{id}/replay")))
+        .bearer_auth(bearer)
+        .json(body)
+        .send()
+        .await?;
+    Answer::read(resp).await
+}
+
+/// Replaying under another configuration is an operator's power: an agent's token replays
+/// under the stored configuration only; an operator's replay configuration cannot reach a
+/// provider or secret the stored one lacks; every replay is admitted by the stored quota.
+pub async fn replay_is_an_operators_power(ctx: &Ctx) -> anyhow::Result<()> {
+    let first = ctx
+        .chat(Some("sec-b"), &json!({"message": unique("replayed")}))
+        .await?;
+    first.expect_status(200)?;
+    let id = first.json["conversation_id"]
+        .as_str()
+        .context("conversation_id")?
+        .to_owned();
+    let agent = ctx
+        .agent_token(SEC_B_KEY, &json!({"agent": "ana", "name": "Ana"}))
+        .await?;
+    let calls = ctx.mock()?.requests_for("sec-b").len();
+    let catcher = format!(
+        "{}/p/sec-catcher/v1",
+        ctx.mock()?.base_url().trim_end_matches("/v1")
+    );
+    let hostile = json!({"config": {"provider": {"kind": "openai_compatible", "base_url": catcher, "model": "m"},
+                                    "quotas": {"requests_per_minute": 100000}}});
+    replay(ctx, &id, &agent, &hostile)
+        .await?
+        .expect_error(403, "operator_only")?;
+    replay(ctx, &id, &agent, &json!({"model": "default/bigger"}))
+        .await?
+        .expect_error(403, "operator_only")?;
+    // An operator cannot point a replay at a provider the stored configuration lacks.
+    let refused = replay(ctx, &id, SEC_B_KEY, &hostile).await?;
+    refused.expect_error(400, "invalid_config")?;
+    // Nor name a deployment secret, even with the admin token.
+    let resp = ctx
+        .http
+        .post(ctx.url(&format!("/api/v1/conversations/{id}/replay")))
+        .bearer_auth(crate::config::ADMIN_TOKEN)
+        .header(crate::scenarios::TENANT_HEADER, "sec-b")
+        .json(&json!({"config": {"provider": {"kind": "openai_compatible", "base_url": ctx.mock()?.base_url(),
+                                              "model": "m", "api_key_secret": "KEFU_ADMIN_TOKEN"}}}))
+        .send()
+        .await?;
+    let a = Answer::read(resp).await?;
+    a.expect_error(400, "invalid_config")?;
+    ensure!(
+        a.json["error"]["field"] == "config.provider.api_key_secret",
+        "{}",
+        a.text
+    );
+    ensure!(
+        ctx.mock()?.requests_for("sec-catcher").is_empty(),
+        "a replay reached the catcher"
+    );
+    ensure!(
+        ctx.mock()?.requests_for("sec-b").len() == calls,
+        "a refused replay reached the provider"
+    );
+
+    // The agent's replay under the stored configuration works, and is admitted by the
+    // stored quota (2 a minute: the chat took one, this replay takes the other).
+    let ok = replay(ctx, &id, &agent, &json!({})).await?;
+    ok.expect_status(200)?;
+    ensure!(
+        ok.json["stopped"].is_null(),
+        "the first replay was stopped: {}",
+        ok.text
+    );
+    // The operator's replay that raises the quota is still held to the stored one.
+    let raised = replay(
+        ctx,
+        &id,
+        SEC_B_KEY,
+        &json!({"config": {"provider": {"kind": "openai_compatible",
+                                        "base_url": format!("{}/p/sec-b/v1", ctx.mock()?.base_url().trim_end_matches("/v1")),
+                                        "model": MOCK_MODEL},
+                           "quotas": {"requests_per_minute": 100000}}}),
+    )
+    .await?;
+    raised.expect_status(200)?;
+    ensure!(
+        raised.json["stopped"]["error"]["code"].is_string(),
+        "a replay raising its own quota was not held to the stored one: {}",
+        raised.text
+    );
+    assert_no_leak(ctx, &["sec-b", "sec-catcher"], None)?;
+    Ok(())
+}
+
+/// A provider URL must name a public host or loopback: internal names (Spin's
+/// `*.spin.internal` components, cloud metadata), private addresses and spellings that
+/// parsers read differently are refused when written.
+pub async fn provider_urls_stay_public(ctx: &Ctx) -> anyhow::Result<()> {
+    let before = config_version(ctx, SEC_B_KEY).await?;
+    for url in [
+        "http://plugin-pii-redactor.spin.internal/v1",
+        "http://169.254.169.254/latest/meta-data",
+        "http://metadata.google.internal/v1",
+        "http://10.1.2.3/v1",
+        "http://2130706433/v1",
+        "https://evil.net\\.api.openai.com/v1",
+        "https://api.openai.com@evil.net/v1",
+    ] {
+        let put = put_config(
+            ctx,
+            SEC_B_KEY,
+            None,
+            &json!({"provider": {"base_url": url, "model": "m"}}),
+        )
+        .await?;
+        put.expect_error(400, "invalid_config")?;
+        ensure!(
+            put.json["error"]["field"] == "provider.base_url",
+            "{url}: {}",
+            put.text
+        );
+        let put = put_config(
+            ctx,
+            SEC_B_KEY,
+            None,
+            &json!({"providers": {"p": {"kind": "openai", "base_url": url}},
+                    "routes": {"default": {"targets": [{"provider": "p", "model": "m"}]}}}),
+        )
+        .await?;
+        put.expect_error(400, "invalid_config")?;
+        ensure!(
+            put.json["error"]["field"] == "providers.p.base_url",
+            "{url}: {}",
+            put.text
+        );
+    }
+    ensure!(
+        config_version(ctx, SEC_B_KEY).await? == before,
+        "a refused configuration was stored"
+    );
+    Ok(())
+}
