@@ -30,6 +30,8 @@ pub struct ApiError {
     pub field: Option<String>,
     /// For 405: the methods the route allows (the `Allow` header).
     pub allow: Option<&'static str>,
+    /// For 429: when to try again, in seconds (the `Retry-After` header).
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -41,6 +43,7 @@ impl ApiError {
             message: message.into(),
             field: None,
             allow: None,
+            retry_after: None,
         }
     }
 
@@ -52,6 +55,20 @@ impl ApiError {
     /// `404 conversation_not_found`.
     pub fn conversation_not_found() -> Self {
         Self::new(404, "conversation_not_found", "no such conversation")
+    }
+
+    /// `429 rate_limited`: this visitor sent more than the visitor limits allow; nothing was
+    /// stored; try again after `retry_after` seconds.
+    pub fn rate_limited(retry_after: u32) -> Self {
+        let mut e = Self::new(
+            429,
+            "rate_limited",
+            format!(
+                "too many messages from this visitor; nothing was stored, try again in {retry_after} seconds"
+            ),
+        );
+        e.retry_after = Some(retry_after);
+        e
     }
 
     /// `500 internal_error`, with what failed.
@@ -642,7 +659,18 @@ pub fn parse_action(action: ConversationAction, body: &[u8]) -> Result<ActionReq
     })
 }
 
-/// The error for a refused handoff or agent action.
+/// The error answer for a visitor's message the conversation refused: `400 empty_message`,
+/// `409 conversation_full` (start a new conversation).
+pub fn conversation_error(e: &crate::conversation::ConversationError) -> ApiError {
+    use crate::conversation::ConversationError as E;
+    match e {
+        E::EmptyMessage => ApiError::new(400, "empty_message", e.to_string()),
+        E::Full => ApiError::new(409, "conversation_full", e.to_string()),
+        _ => ApiError::internal(e.to_string()),
+    }
+}
+
+/// The error answer for a handoff or agent action the state machine refused.
 pub fn handoff_error(e: &crate::handoff::HandoffError) -> ApiError {
     ApiError::new(e.status(), e.code(), e.to_string())
 }
@@ -678,6 +706,22 @@ pub fn parse_typing(body: &[u8]) -> Result<bool, ApiError> {
         )
         .field("who")),
     }
+}
+
+/// The most live-update streams and sockets open on one conversation at once (a visitor's
+/// tabs and the agents watching it); one more is `429 too_many_subscribers`, so nobody can
+/// hold a conversation's memory hostage with connections.
+pub const MAX_LIVE_SUBSCRIBERS: usize = 32;
+
+/// `429 too_many_subscribers`.
+pub fn too_many_subscribers() -> ApiError {
+    ApiError::new(
+        429,
+        "too_many_subscribers",
+        format!(
+            "this conversation already has {MAX_LIVE_SUBSCRIBERS} live-update connections; close one first"
+        ),
+    )
 }
 
 /// How long a typing indicator lasts unless renewed: clients clear it by themselves after
@@ -835,8 +879,25 @@ pub fn bind_agent(
                 obj.insert("agent".into(), claims.agent.clone().into());
             }
         }
-        if action == ConversationAction::Claim && !obj.contains_key("name") {
-            obj.insert("name".into(), claims.name.clone().into());
+        // The name visitors see is the one the tenant signed into the token: an agent
+        // cannot claim a conversation under another name (a colleague's, "Manager").
+        if action == ConversationAction::Claim {
+            match obj.get("name").and_then(Value::as_str) {
+                Some(n) if n != claims.name => {
+                    return Err(ApiError::new(
+                        403,
+                        "agent_mismatch",
+                        format!(
+                            "this token's agent is named {:?}; the name comes from the token",
+                            claims.name
+                        ),
+                    )
+                    .field("name"));
+                }
+                _ => {
+                    obj.insert("name".into(), claims.name.clone().into());
+                }
+            }
         }
     }
     Ok(v.to_string().into_bytes())
@@ -1289,7 +1350,7 @@ pub fn chat_failure_json(
     (
         error.http_status(),
         json!({
-            "error": {"code": error.code(), "message": error.to_string()},
+            "error": {"code": error.code(), "message": error.visitor_message()},
             "conversation_id": id.as_str(),
             "created": created,
             "message": message_json(visitor),
@@ -1317,6 +1378,12 @@ pub fn chat_error_json(
 /// `Retry-After`).
 pub fn quota_error(e: &crate::gateway::QuotaError) -> ApiError {
     ApiError::new(429, "quota_exceeded", e.to_string())
+}
+
+/// The SSE `error` event for a turn whose provider failed: the stable code and the
+/// visitor's message ([`ProviderError::visitor_message`]), never the upstream's words.
+pub fn sse_provider_error(error: &ProviderError) -> String {
+    sse_error(error.code(), error.visitor_message())
 }
 
 /// One Server-Sent Events frame.
@@ -1592,6 +1659,7 @@ pub fn check_access_token(token: &str) -> Result<(), ApiError> {
             message: "access_token takes an agent token (kfa.…); send the tenant key in the Authorization header".into(),
             field: Some("access_token".into()),
             allow: None,
+            retry_after: None,
         })
     }
 }
@@ -1630,6 +1698,57 @@ pub fn plugin_test_json(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_visitor_never_reads_the_providers_own_error() {
+        let e = ProviderError::Upstream {
+            status: 500,
+            message: "org-1234 over budget; key sk-live-abc".into(),
+        };
+        let id = ConversationId::parse("c1").unwrap();
+        let visitor = Message {
+            seq: 1,
+            role: crate::Role::Visitor,
+            parts: vec![Part::Text("hi".into())],
+            created_at: crate::Timestamp::from_millis(0),
+        };
+        let (status, body) = chat_failure_json(&id, true, &visitor, &e);
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (502, Some("provider_error"))
+        );
+        assert!(!body.to_string().contains("org-1234"), "{body}");
+        assert!(!sse_provider_error(&e).contains("sk-live"));
+    }
+
+    #[test]
+    fn an_agent_acts_under_the_name_and_id_its_token_carries() {
+        let claims = crate::auth::AgentClaims {
+            tenant: "default".into(),
+            agent: "ana".into(),
+            name: "Ana".into(),
+            expires: u64::MAX,
+            issued: 0,
+        };
+        let bound = bind_agent(ConversationAction::Claim, b"", &claims).unwrap();
+        let v: Value = serde_json::from_slice(&bound).unwrap();
+        assert_eq!(
+            (v["agent"].as_str(), v["name"].as_str()),
+            (Some("ana"), Some("Ana"))
+        );
+        let e = bind_agent(
+            ConversationAction::Claim,
+            br#"{"name": "Manager"}"#,
+            &claims,
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.status, e.code, e.field.as_deref()),
+            (403, "agent_mismatch", Some("name"))
+        );
+        let e = bind_agent(ConversationAction::Claim, br#"{"agent": "bob"}"#, &claims).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("agent"));
+    }
 
     fn code(body: &[u8]) -> &'static str {
         parse_chat_request(body).unwrap_err().code

@@ -213,6 +213,29 @@ pub fn agent_for_minting<'a>(
 /// must be listed and enabled, and the token issued no earlier than the agent's
 /// `tokens_not_before`.
 pub fn admit_agent(roster: &[AgentEntry], claims: &AgentClaims) -> Result<(), TokenError> {
+    admit_on_roster(roster, claims)
+}
+
+/// Whether an agent's open session (a live-update stream or socket opened with `claims`)
+/// may go on at `now`: its token has not expired, and the tenant's roster as it is now
+/// still admits it (not removed, disabled or signed out everywhere since). Hosts check it
+/// while the session is open and close the session when it fails.
+pub fn session_continues(
+    roster: &[AgentEntry],
+    claims: &AgentClaims,
+    now: Timestamp,
+) -> Result<(), TokenError> {
+    if now.as_millis() >= claims.expires {
+        return Err(TokenError::Expired);
+    }
+    admit_on_roster(roster, claims)
+}
+
+/// How often a host re-checks an open agent session against the roster, at most: a
+/// disabled, removed or signed-out agent's stream ends within this.
+pub const SESSION_RECHECK_MS: u64 = 15_000;
+
+fn admit_on_roster(roster: &[AgentEntry], claims: &AgentClaims) -> Result<(), TokenError> {
     let Some(entry) = agent_for_minting(roster, &claims.agent)? else {
         return Ok(());
     };
@@ -392,6 +415,34 @@ mod tests {
             expires: 100_000,
             issued,
         }
+    }
+
+    #[test]
+    fn an_open_session_ends_when_its_token_or_the_roster_says_so() {
+        let r = roster();
+        let at = |ms| Timestamp::from_millis(ms);
+        assert_eq!(
+            session_continues(&r, &claims_for("alex", 1), at(50_000)),
+            Ok(())
+        );
+        // The token expired while the stream was open.
+        assert_eq!(
+            session_continues(&r, &claims_for("alex", 1), at(100_000)),
+            Err(TokenError::Expired)
+        );
+        // The roster changed while it was open: disabled, signed out everywhere, removed.
+        assert_eq!(
+            session_continues(&r, &claims_for("kim", 1), at(1)),
+            Err(TokenError::AgentDisabled)
+        );
+        assert_eq!(
+            session_continues(&r, &claims_for("sam", 4_000), at(6_000)),
+            Err(TokenError::Revoked)
+        );
+        assert_eq!(
+            session_continues(&r, &claims_for("gone", 1), at(1)),
+            Err(TokenError::UnknownAgent)
+        );
     }
 
     #[test]

@@ -215,6 +215,15 @@ impl Message {
     }
 }
 
+/// The most messages one conversation holds. A conversation is a support case, not a
+/// channel: past this, the client starts a new conversation on `409 conversation_full`,
+/// so no one conversation grows its storage without bound.
+pub const MAX_MESSAGES: u32 = 5_000;
+
+/// The messages kept free for the bot's reply and the system's notices after the last
+/// message a person may send.
+const REPLY_HEADROOM: u32 = 8;
+
 /// Why the conversation refused a change. Nothing was changed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -222,8 +231,8 @@ pub enum ConversationError {
     /// The message has no content.
     #[error("the message is empty")]
     EmptyMessage,
-    /// The conversation has reached the largest sequence number.
-    #[error("the conversation is full")]
+    /// The conversation holds [`MAX_MESSAGES`] (or people's messages reached it).
+    #[error("the conversation is full ({MAX_MESSAGES} messages): start a new one")]
     Full,
     /// A turn was asked for a message that is not one of this conversation's visitor messages.
     #[error("message {0} is not a visitor message awaiting a reply")]
@@ -564,6 +573,15 @@ impl Conversation {
         config: &TenantConfig,
     ) -> Result<Message, ConversationError> {
         let seq = self.next_seq;
+        // People's messages stop short of the bound, so the turn a message starts always
+        // has room for its reply and notices: a message is refused, never half answered.
+        let bound = match role {
+            Role::Visitor | Role::Agent | Role::Note => MAX_MESSAGES - REPLY_HEADROOM,
+            Role::Bot | Role::System => MAX_MESSAGES,
+        };
+        if seq > bound {
+            return Err(ConversationError::Full);
+        }
         self.next_seq = seq.checked_add(1).ok_or(ConversationError::Full)?;
         let message = Message {
             seq,
@@ -794,6 +812,23 @@ mod tests {
         assert_eq!(r.events.len(), 1);
         assert_eq!(c.updated_at(), Timestamp::from_millis(3_000));
         assert_eq!(c.message_count(), 2);
+    }
+
+    #[test]
+    fn a_full_conversation_refuses_people_but_keeps_room_for_the_reply() {
+        let mut c = conv();
+        let cfg = TenantConfig::default();
+        for i in 0..MAX_MESSAGES - REPLY_HEADROOM {
+            c.handle_visitor_message(Timestamp::from_millis(u64::from(i)), text("m"), &cfg)
+                .unwrap();
+        }
+        let before = c.clone();
+        let err = c.handle_visitor_message(Timestamp::from_millis(1), text("one more"), &cfg);
+        assert_eq!(err, Err(ConversationError::Full));
+        assert_eq!(c, before, "a refused message changes nothing");
+        // The last accepted message still gets its reply.
+        c.append(Timestamp::from_millis(2), Role::Bot, text("reply"), &cfg)
+            .unwrap();
     }
 
     #[test]

@@ -2745,6 +2745,30 @@ pub fn strip_unknown_citations(reply_text: &str, retrieved: &[RetrievedChunk]) -
 // The operator's log
 // ---------------------------------------------------------------------------------------
 
+/// The most unanswered questions kept per tenant: the newest; older ones are dropped as
+/// new ones arrive, so visitors cannot grow the log (and its storage) without bound.
+pub const MAX_UNANSWERED_KEPT: u32 = 1_000;
+
+/// The SQL that drops a tenant's unanswered questions beyond the newest
+/// [`MAX_UNANSWERED_KEPT`], run after each insert: `kb_unanswered` rows ordered by their
+/// `id`, with `tenant_id = ?1` where the table holds several tenants (`per_tenant`).
+pub fn unanswered_trim_sql(per_tenant: bool) -> String {
+    let scope = if per_tenant {
+        "tenant_id = ?1 AND "
+    } else {
+        ""
+    };
+    let inner = if per_tenant {
+        "WHERE tenant_id = ?1 "
+    } else {
+        ""
+    };
+    format!(
+        "DELETE FROM kb_unanswered WHERE {scope}id <= (SELECT id FROM kb_unanswered {inner}\
+         ORDER BY id DESC LIMIT 1 OFFSET {MAX_UNANSWERED_KEPT})"
+    )
+}
+
 /// A question the knowledge base could not answer, for the operator to fill the gap.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Unanswered {

@@ -52,6 +52,7 @@ pub mod sim;
 pub mod sse;
 pub mod time;
 pub mod turn;
+pub mod visitor_limit;
 pub mod webhook;
 pub mod wire;
 pub mod workers_ai;

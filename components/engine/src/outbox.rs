@@ -94,6 +94,7 @@ pub fn list_limit(param: Option<&str>) -> Result<usize, ApiError> {
                 message: format!("`limit` must be a whole number from 1 to {MAX_LIST}"),
                 field: Some("limit".into()),
                 allow: None,
+                retry_after: None,
             }),
     }
 }
@@ -106,6 +107,7 @@ pub fn list_method_not_allowed() -> ApiError {
         message: format!("{DELIVERIES_ROUTE} only answers GET"),
         field: None,
         allow: Some("GET"),
+        retry_after: None,
     }
 }
 

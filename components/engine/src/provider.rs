@@ -252,6 +252,23 @@ impl ProviderError {
         }
     }
 
+    /// What a visitor is told when this failure leaves their turn without a reply: the kind
+    /// of failure, never the provider's own words (they can name accounts, models, limits
+    /// or echo a key), which stay in the turn's trace for the operator.
+    pub fn visitor_message(&self) -> &'static str {
+        match self {
+            Self::Timeout { .. } => {
+                "The assistant took too long to answer. Your message is saved; please try again."
+            }
+            Self::StreamInterrupted { .. } => {
+                "The assistant's answer was cut off. Your message is saved; please try again."
+            }
+            _ => {
+                "The assistant cannot answer just now. Your message is saved; please try again in a moment."
+            }
+        }
+    }
+
     /// HTTP status Kefu answers with when this failure leaves a turn without a reply.
     pub fn http_status(&self) -> u16 {
         match self {

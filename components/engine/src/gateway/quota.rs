@@ -90,7 +90,7 @@ impl Price {
 
 /// A token bucket: `capacity` tokens, refilled continuously at `capacity` per minute.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-struct Bucket {
+pub struct Bucket {
     level: f64,
     last: Timestamp,
     primed: bool,
@@ -113,7 +113,7 @@ impl Bucket {
 
     /// Takes `n`, or says how long until `n` are there. A request larger than the whole
     /// bucket waits for a full bucket (it would otherwise never pass).
-    fn take(&mut self, now: Timestamp, n: f64, capacity: f64) -> Result<(), Duration> {
+    pub fn take(&mut self, now: Timestamp, n: f64, capacity: f64) -> Result<(), Duration> {
         self.refill(now, capacity);
         let n = n.min(capacity);
         if self.level >= n {
