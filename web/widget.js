@@ -826,8 +826,8 @@ textarea{font-size:16px}}
       markFailed(item, t("rate_limited", { s: wait }), wait * 1000);
       return;
     }
-    if (err.code === "conversation_not_found" || err.code === "conversation_not_yours") {
-      // The stored conversation is gone or not this visitor's: start a new one.
+    if (err.code === "conversation_not_found" || err.code === "conversation_not_yours" || err.code === "conversation_full") {
+      // The stored conversation is gone, not this visitor's, or full: start a new one.
       forgetConversation();
       item.tries = 0;
       return deliver(item);

@@ -31,6 +31,7 @@ fn bucket(env: &Env) -> Result<Bucket, ApiError> {
         message: "this deployment has no `UPLOADS` R2 bucket; add it to wrangler.toml".into(),
         field: None,
         allow: None,
+        retry_after: None,
     })
 }
 
@@ -77,6 +78,7 @@ pub(crate) async fn upload(
                 .into(),
             field: None,
             allow: None,
+            retry_after: None,
         });
     }
     let max = attachment::max_upload_bytes();
@@ -93,6 +95,7 @@ pub(crate) async fn upload(
             message: format!("a file may be at most {max} bytes"),
             field: None,
             allow: None,
+            retry_after: None,
         });
     }
     let bytes = req
@@ -197,6 +200,7 @@ pub(crate) async fn download(env: &Env, tenant: &TenantId, id: &str) -> Result<R
         message: "no such attachment".into(),
         field: None,
         allow: None,
+        retry_after: None,
     };
     let object = bucket(env)?
         .get(key(tenant, id))

@@ -38,6 +38,7 @@ use crate::http::{self, error_response, forward, internal, json_response, set};
 use crate::provider::{self, now};
 use crate::{CONVERSATIONS, attachments, config, gateway, knowledge, log};
 use kefu_engine::api::LiveUpdate;
+use kefu_engine::auth::AgentClaims;
 
 /// The object's internal route for a chat turn.
 pub(crate) const TURN_PATH: &str = "/turn";
@@ -208,6 +209,29 @@ struct Subscriber {
     notes: bool,
 }
 
+/// A live-update stream's next frame: another, or the last (the session ended).
+enum Beat {
+    Frame(Vec<u8>),
+    Last(Vec<u8>),
+}
+
+/// Whether an agent's open session may go on (the engine's rule, on the tenant's roster as
+/// stored now). A storage failure keeps the session: it is checked again soon.
+async fn session_continues(
+    env: &Env,
+    tenant: &str,
+    claims: &AgentClaims,
+) -> Result<(), kefu_engine::auth::TokenError> {
+    let Some(tenant) = TenantId::parse(tenant) else {
+        return Err(kefu_engine::auth::TokenError::Malformed);
+    };
+    match config::load(env, &tenant).await {
+        Ok(config) => kefu_engine::auth::session_continues(&config.agents, claims, now()),
+        Err(e) if e.code == "tenant_not_found" => Err(kefu_engine::auth::TokenError::UnknownAgent),
+        Err(_) => Ok(()),
+    }
+}
+
 /// How long a live-update stream stays open; clients reconnect with their cursor.
 const STREAM_LIFETIME: core::time::Duration = core::time::Duration::from_secs(300);
 /// Comment lines keep idle streams from being cut by proxies.
@@ -231,16 +255,85 @@ impl Inner {
         }
     }
 
+    /// Refuses one more live-update connection past the engine's bound (closed streams
+    /// are forgotten first).
+    fn admit_subscriber(&self) -> Result<(), ApiError> {
+        let mut subscribers = self.subscribers.borrow_mut();
+        subscribers.retain(|s| !s.tx.is_closed());
+        if subscribers.len() + self.state.get_websockets().len() >= api::MAX_LIVE_SUBSCRIBERS {
+            return Err(api::too_many_subscribers());
+        }
+        Ok(())
+    }
+
+    /// The agent sockets' sessions: closes the ended ones, and schedules the next check
+    /// while any remain.
+    async fn check_sessions(&self) {
+        let mut remaining = false;
+        let tenant = self
+            .load()
+            .ok()
+            .flatten()
+            .map(|c| c.tenant().as_str().to_owned());
+        for ws in self.state.get_websockets() {
+            let Ok(Some(claims)) = ws.deserialize_attachment::<AgentClaims>() else {
+                continue;
+            };
+            let tenant = tenant.clone().unwrap_or_else(|| claims.tenant.clone());
+            match session_continues(&self.env, &tenant, &claims).await {
+                Ok(()) => remaining = true,
+                Err(e) => {
+                    let error = json!({"event": "error", "data": {"error": {"code": e.code(), "message": e.to_string()}}});
+                    let _ = ws.send_with_str(error.to_string());
+                    let _ = ws.close(Some(4401), Some(e.code()));
+                }
+            }
+        }
+        if remaining {
+            self.schedule_session_check().await;
+        }
+    }
+
+    /// Sets the object's alarm for the next session check (unless one is due sooner).
+    async fn schedule_session_check(&self) {
+        let storage = self.state.storage();
+        let at = now().as_millis() + kefu_engine::auth::SESSION_RECHECK_MS;
+        let due = storage.get_alarm().await.ok().flatten();
+        if due.is_none_or(|d| d > at as i64) {
+            let _ = storage.set_alarm(at as i64).await;
+        }
+    }
+
     /// Accepts a live-update WebSocket (hibernatable: the object may sleep between
     /// messages) and sends it what came after `after`, then the status.
-    fn open_websocket(&self, tenant: &str, after: u32, notes: bool) -> Result<Response, ApiError> {
+    fn open_websocket(
+        &self,
+        tenant: &str,
+        after: u32,
+        notes: bool,
+        claims: Option<AgentClaims>,
+    ) -> Result<Response, ApiError> {
         let conversation = self
             .load()?
             .filter(|c| c.tenant().as_str() == tenant)
             .ok_or_else(ApiError::conversation_not_found)?;
+        self.admit_subscriber()?;
         let pair = worker::WebSocketPair::new().map_err(internal)?;
         self.state
             .accept_websocket_with_tags(&pair.server, &[if notes { "agent" } else { "visitor" }]);
+        if let Some(claims) = claims {
+            // The session lasts while its token and the roster allow: the alarm re-checks
+            // every agent socket (see `alarm`), and the claims ride on the socket so a
+            // hibernated object still has them.
+            pair.server
+                .serialize_attachment(&claims)
+                .map_err(internal)?;
+            if let Some(inner) = self.me.upgrade() {
+                self.state.wait_until(async move {
+                    inner.schedule_session_check().await;
+                });
+            }
+        }
         for m in self
             .transcript()?
             .iter()
@@ -258,11 +351,18 @@ impl Inner {
 
     /// Opens a live-update stream: first what came after `after`, then every change as it
     /// is stored, with heartbeats, for [`STREAM_LIFETIME`].
-    fn open_stream(&self, tenant: &str, after: u32, notes: bool) -> Result<Response, ApiError> {
+    fn open_stream(
+        &self,
+        tenant: &str,
+        after: u32,
+        notes: bool,
+        claims: Option<AgentClaims>,
+    ) -> Result<Response, ApiError> {
         let conversation = self
             .load()?
             .filter(|c| c.tenant().as_str() == tenant)
             .ok_or_else(ApiError::conversation_not_found)?;
+        self.admit_subscriber()?;
         let (tx, rx) = mpsc::unbounded::<Vec<u8>>();
         for m in self
             .transcript()?
@@ -273,12 +373,39 @@ impl Inner {
         }
         let _ = tx.unbounded_send(LiveUpdate::status(&conversation).sse());
         self.subscribers.borrow_mut().push(Subscriber { tx, notes });
-        let heartbeat = futures::stream::unfold((), |()| async {
+        // An agent's stream lasts while its token and the tenant's roster allow: it ends at
+        // the token's expiry, and each heartbeat checks the roster as it is now (disabled,
+        // removed, signed out everywhere), ending the stream with the reason.
+        let lifetime = match &claims {
+            Some(c) => STREAM_LIFETIME.min(core::time::Duration::from_millis(
+                c.expires.saturating_sub(now().as_millis()),
+            )),
+            None => STREAM_LIFETIME,
+        };
+        let session = claims.map(|c| (self.env.clone(), tenant.to_owned(), c));
+        let heartbeat = futures::stream::unfold(session, |session| async move {
             worker::Delay::from(HEARTBEAT).await;
-            Some((b": ping\n\n".to_vec(), ()))
+            if let Some((env, tenant, claims)) = &session
+                && let Err(e) = session_continues(env, tenant, claims).await
+            {
+                let frame = api::sse_error(e.code(), &e.to_string()).into_bytes();
+                return Some((Beat::Last(frame), session));
+            }
+            Some((Beat::Frame(b": ping\n\n".to_vec()), session))
         });
-        let frames = futures::stream::select(rx, heartbeat)
-            .take_until(worker::Delay::from(STREAM_LIFETIME))
+        let frames = futures::stream::select(rx.map(Beat::Frame), heartbeat)
+            .scan(false, |ended, beat| {
+                let out = match beat {
+                    _ if *ended => None,
+                    Beat::Frame(frame) => Some(frame),
+                    Beat::Last(frame) => {
+                        *ended = true;
+                        Some(frame)
+                    }
+                };
+                futures::future::ready(out)
+            })
+            .take_until(worker::Delay::from(lifetime))
             .map(Ok::<Vec<u8>, worker::Error>);
         let headers = Headers::new();
         set(&headers, "content-type", "text/event-stream; charset=utf-8")?;
@@ -737,11 +864,14 @@ impl DurableObject for ConversationObject {
                     .ok()
                     .flatten()
                     .is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
+                // An agent signed in with a token: its claims, for the session's checks.
+                let claims =
+                    query("claims").and_then(|c| serde_json::from_str::<AgentClaims>(&c).ok());
                 reader.and_then(|()| {
                     if upgrade {
-                        self.inner.open_websocket(&tenant, after, notes)
+                        self.inner.open_websocket(&tenant, after, notes, claims)
                     } else {
-                        self.inner.open_stream(&tenant, after, notes)
+                        self.inner.open_stream(&tenant, after, notes, claims)
                     }
                 })
             }
@@ -802,6 +932,14 @@ impl DurableObject for ConversationObject {
             false,
         );
         Ok(())
+    }
+
+    /// Re-checks every agent socket's session (token expiry, the roster as stored now) and
+    /// closes those that ended (`4401` and the reason); while agent sockets remain, checks
+    /// again within [`kefu_engine::auth::SESSION_RECHECK_MS`].
+    async fn alarm(&self) -> worker::Result<Response> {
+        self.inner.check_sessions().await;
+        Response::ok("")
     }
 
     async fn websocket_close(
@@ -1063,7 +1201,7 @@ async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiError
     let parts = message_parts(&t.message, &t.attachments);
     let visitor = inner.record(conversation, &t.config, |c| {
         c.handle_visitor_message(arrived, parts, &t.config)
-            .map_err(|e| ApiError::internal(e.to_string()))
+            .map_err(|e| api::conversation_error(&e))
     })?;
     let mode = if t.stream {
         ReplyMode::Stream
@@ -1273,7 +1411,7 @@ async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiError
                     .map_or(kefu_engine::Status::WaitingForAgent, |c| c.status());
                 api::sse_done_notice(None, "none", status)
             }
-            Err(TurnFailure::Provider(e)) => api::sse_error(e.code(), &e.to_string()),
+            Err(TurnFailure::Provider(e)) => api::sse_provider_error(&e),
             Err(TurnFailure::Quota(q)) => {
                 let e = api::quota_error(&q);
                 api::sse_error(e.code, &e.message)

@@ -36,6 +36,9 @@ pub(crate) fn json_response(status: u16, body: &Value) -> Result<Response, ApiEr
 pub(crate) fn error_response(e: &ApiError) -> worker::Result<Response> {
     match json_response(e.status, &e.body()) {
         Ok(mut resp) => {
+            if let Some(secs) = e.retry_after {
+                resp.headers_mut().set("retry-after", &secs.to_string())?;
+            }
             if let Some(allow) = e.allow {
                 resp.headers_mut().set("allow", allow)?;
             }

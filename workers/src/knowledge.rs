@@ -280,6 +280,7 @@ fn invalid_source(e: &kefu_engine::config::ConfigError) -> ApiError {
         message: e.to_string(),
         field: Some(e.field.clone()),
         allow: None,
+        retry_after: None,
     }
 }
 
@@ -326,6 +327,7 @@ impl DurableObject for KnowledgeObject {
                             u.reason.as_str().into(),
                         ],
                     )
+                    .and_then(|_| self.sql.exec(&knowledge::unanswered_trim_sql(false), None))
                     .map_err(internal)
                     .and_then(|_| json_response(200, &json!({"ok": true}))),
                 Err(e) => Err(internal(e)),
@@ -353,7 +355,7 @@ impl DurableObject for KnowledgeObject {
                     let k = query("k").and_then(|k| k.parse::<u8>().ok()).unwrap_or(5).clamp(1, 20);
                     self.search(t, &q, k).await.and_then(|r| json_response(200, &json!({"results": r})))
                 }
-                _ => Err(ApiError { status: 400, code: "missing_field", message: "`q` is required".into(), field: Some("q".into()), allow: None }),
+                _ => Err(ApiError { status: 400, code: "missing_field", message: "`q` is required".into(), field: Some("q".into()), allow: None, retry_after: None }),
             },
             (method, p) if p.starts_with("/sources/") => {
                 let id = &p["/sources/".len()..];
@@ -373,7 +375,7 @@ impl DurableObject for KnowledgeObject {
                             Ok(true) => self
                                 .run(&knowledge::delete_source_statements(t, id))
                                 .and_then(|()| json_response(200, &json!({"deleted": id}))),
-                            Ok(false) => Err(ApiError { status: 404, code: "source_not_found", message: format!("no source `{id}`"), field: None, allow: None }),
+                            Ok(false) => Err(ApiError { status: 404, code: "source_not_found", message: format!("no source `{id}`"), field: None, allow: None, retry_after: None }),
                             Err(e) => Err(e),
                         }
                     }

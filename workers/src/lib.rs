@@ -116,11 +116,12 @@ async fn handle(
             // The (bounded) body is read even when the limit refuses it: answering before the
             // body is consumed makes the runtime reset the client's keep-alive connection.
             let body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
+            // A tenant nobody configured is not a site: `404` before anything is counted.
+            let config = config::load(env, &tenant).await?;
             if let Some(refused) = limit_visitor(req, env, &tenant).await? {
                 return Ok(refused);
             }
             let chat = api::parse_chat_request(&body)?;
-            let config = config::load(env, &tenant).await?;
             let visitor = kefu_engine::identity::verify(config.identity.as_ref(), chat.visitor.as_ref())
                 .map_err(|e| api::identity_error(&e))?;
             let attachments = attachments::lookup(env, &tenant, &chat.attachments).await?;
@@ -226,6 +227,7 @@ async fn handle(
                 message: "set the KEFU_TOKEN_SECRET secret (16 bytes or more) to issue agent tokens".into(),
                 field: None,
                 allow: None,
+                retry_after: None,
             })?;
             let body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
             let claims = api::mint_agent_claims(&config, &tenant, &body, provider::now())?;
@@ -241,16 +243,21 @@ async fn handle(
                     .ok()
                     .and_then(|u| http::param(&u, name))
             };
-            let (tenant, notes) = if req.headers().has("authorization").unwrap_or(false) {
-                (agent_tenant(req, env).await?.0, 1)
+            // An agent signed in with a token keeps its stream only while the token and the
+            // roster allow: its claims go with the stream (the object checks them).
+            let (tenant, notes, claims) = if req.headers().has("authorization").unwrap_or(false) {
+                let (tenant, _, claims) = agent_identity(req, env).await?;
+                (tenant, 1, claims)
             } else if let Some(token) = query("access_token") {
                 api::check_access_token(&token)?;
-                (agent_by_token(env, &token).await?.0, 1)
+                let (tenant, _, claims) = agent_by_token(env, &token).await?;
+                (tenant, 1, claims)
             } else if req.headers().has(api::TENANT_HEADER).unwrap_or(false) {
-                (tenant_of(req)?, 0)
+                (tenant_of(req)?, 0, None)
             } else {
-                (api::tenant(query("tenant").as_deref())?, 0)
+                (api::tenant(query("tenant").as_deref())?, 0, None)
             };
+            let claims = claims.map(|c| serde_json::to_string(&c).unwrap_or_default()).unwrap_or_default();
             // The cursor: `?after=N`, or the SSE reconnect header.
             let after = query("after")
                 .or_else(|| req.headers().get("last-event-id").ok().flatten())
@@ -266,6 +273,7 @@ async fn handle(
                     ("after", &after.to_string()),
                     ("notes", &notes.to_string()),
                     ("visitor", visitor.as_deref().unwrap_or_default()),
+                    ("claims", &claims),
                 ])
             );
             let upgrade = req.headers().get("upgrade").ok().flatten().is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
@@ -376,6 +384,7 @@ async fn handle(
                         message: format!("version {target} is not in the history"),
                         field: Some("version".into()),
                         allow: None,
+                        retry_after: None,
                     })?;
                     // What was valid then must still be valid now (limits may have changed).
                     api::parse_config_document(document.as_bytes(), &tenant, &config::deployment(env))?;
@@ -500,6 +509,7 @@ async fn admin_tenant(
             message: "this needs the tenant key (or the deployment's admin token); an agent token cannot do it".into(),
             field: None,
             allow: None,
+            retry_after: None,
         });
     }
     openai_authenticate(req, env).await
@@ -560,6 +570,7 @@ async fn agent_by_token(env: &Env, token: &str) -> std::result::Result<AgentIden
         message,
         field: None,
         allow: None,
+        retry_after: None,
     };
     let secret = token_secret(env)
         .ok_or_else(|| unauthorized("agent tokens are not enabled here".into()))?;
@@ -591,6 +602,7 @@ async fn openai_authenticate(
             message: e.message,
             field: None,
             allow: None,
+            retry_after: None,
         })
 }
 
@@ -628,30 +640,44 @@ const VISITOR_LIMITER: &str = "VISITOR_LIMITER";
 /// The limiter's period, for `Retry-After` (wrangler.toml's `simple.period`).
 const VISITOR_LIMIT_PERIOD_SECS: u32 = 60;
 
-/// Counts a visitor's message against the per-visitor limit, keyed on the site (tenant) and
-/// the visitor's real address (`CF-Connecting-IP`, which Cloudflare sets and clients cannot
-/// forge). `Some(429 response)` when over it — before anything is stored, so the visitor's
-/// widget knows to resend. No binding (e.g. a deployment that
+/// The per-address limit's binding, over every site together.
+const ADDRESS_LIMITER: &str = "ADDRESS_LIMITER";
+
+/// Counts a visitor's message (or upload) against the per-visitor limit, keyed on the site
+/// (tenant) and the visitor's real address (`CF-Connecting-IP`, which Cloudflare sets and
+/// clients cannot forge), then against the per-address limit over every site, which naming
+/// another tenant does not reset. `Some(429 response)` when over either — before anything
+/// is stored, so the visitor's widget knows to resend. No binding (e.g. a deployment that
 /// removed it): no limit.
 async fn limit_visitor(
     req: &Request,
     env: &Env,
     tenant: &TenantId,
 ) -> std::result::Result<Option<Response>, ApiError> {
-    let Ok(limiter) = env.rate_limiter(VISITOR_LIMITER) else {
-        return Ok(None);
-    };
     let address = req
         .headers()
         .get("cf-connecting-ip")
         .ok()
         .flatten()
         .unwrap_or_else(|| "unknown".to_owned());
-    let outcome = limiter
-        .limit(format!("{}|{address}", tenant.as_str()))
-        .await
-        .map_err(|e| ApiError::internal(format!("the visitor rate limiter: {e}")))?;
-    if outcome.success {
+    let mut admitted = true;
+    for (binding, key) in [
+        (VISITOR_LIMITER, format!("{}|{address}", tenant.as_str())),
+        (ADDRESS_LIMITER, format!("address|{address}")),
+    ] {
+        let Ok(limiter) = env.rate_limiter(binding) else {
+            continue;
+        };
+        let outcome = limiter
+            .limit(key)
+            .await
+            .map_err(|e| ApiError::internal(format!("the visitor rate limiter: {e}")))?;
+        if !outcome.success {
+            admitted = false;
+            break;
+        }
+    }
+    if admitted {
         return Ok(None);
     }
     let error = ApiError {
@@ -662,6 +688,7 @@ async fn limit_visitor(
         ),
         field: None,
         allow: None,
+        retry_after: None,
     };
     let mut resp = http::error_response(&error).map_err(|e| ApiError::internal(e.to_string()))?;
     http::set(

@@ -193,7 +193,9 @@ pub(crate) async fn deliveries(mut req: Request, env: &Env) -> worker::Result<Re
         if req.method() != Method::Get {
             return Err(outbox::list_method_not_allowed());
         }
-        let (tenant, _) = crate::agent_tenant(&req, env).await?;
+        // The delivery log shows the operator's receivers and their answers: the
+        // operator's (tenant key or admin token), not an agent's.
+        let (tenant, _) = crate::admin_tenant(&req, env).await?;
         let limit = outbox::list_limit(
             req.url()
                 .ok()

@@ -322,6 +322,8 @@ pub fn uploader(kv: &Kv, req: &Incoming) -> Result<(TenantId, TenantConfig), Api
             ));
         }
     }
+    // A visitor's upload counts against their limits, like a message.
+    crate::limit_visitor(kv, req, &tenant)?;
     Ok((tenant, config))
 }
 

@@ -67,7 +67,7 @@ fn accept(kv: &Kv, req: &Incoming) -> Result<Accepted, ApiError> {
         }
         let r = c
             .handle_visitor_message(at, parts.clone(), &config)
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+            .map_err(|e| api::conversation_error(&e))?;
         crate::webhooks::stage(&r.events);
         Ok((vec![r.message.clone()], r.message))
     })?;
@@ -156,7 +156,7 @@ pub fn handle(kv: &Kv, req: &Incoming, out: ResponseOutparam) {
             api::sse_done_notice(Some(&message), responder, status)
         }
         Ok(Answer::Silent(status)) => api::sse_done_notice(None, "none", status),
-        Err(Failure::Provider(e)) => api::sse_error(e.code(), &e.to_string()),
+        Err(Failure::Provider(e)) => api::sse_provider_error(&e),
         Err(Failure::Quota(q)) => {
             let e = api::quota_error(&q);
             api::sse_error(e.code, &e.message)
@@ -177,6 +177,7 @@ fn prepare(
     api::check_content_length(req.header("content-length").and_then(|v| v.parse().ok()))?;
     let chat = api::parse_chat_request(&req.body)?;
     let config = store::config(kv, &tenant)?;
+    crate::limit_visitor(kv, req, &tenant)?;
     kefu_engine::identity::verify(config.identity.as_ref(), chat.visitor.as_ref())
         .map_err(|e| api::identity_error(&e))?;
     let mut parts = chat.parts();

@@ -7,6 +7,7 @@
 //! The frames are the engine's ([`LiveUpdate`]), the same as the Worker's.
 
 use kefu_engine::api::{self, ApiError, LiveUpdate};
+use kefu_engine::auth::{self, AgentClaims};
 use kefu_engine::{ConversationId, Role, TenantId};
 use spin_sdk::wit::wasi::http0_2_0::types::ResponseOutparam;
 
@@ -21,7 +22,7 @@ const HEARTBEAT_MS: u64 = 15_000;
 
 /// Serves a live-update stream (a visitor's, or an agent's with internal notes).
 pub fn handle(kv: &Kv, req: &Incoming, id: &ConversationId, out: ResponseOutparam) {
-    let (tenant, after, notes) = match admit(kv, req, id) {
+    let (tenant, after, notes, claims) = match admit(kv, req, id) {
         Ok(v) => v,
         Err(e) => return Reply::error(&e).send(out),
     };
@@ -36,7 +37,7 @@ pub fn handle(kv: &Kv, req: &Incoming, id: &ConversationId, out: ResponseOutpara
             ("cache-control".into(), "no-cache, no-transform".into()),
         ],
     );
-    follow(kv, &tenant, id, after, notes, &mut sse);
+    follow(kv, &tenant, id, after, notes, claims.as_ref(), &mut sse);
     sse.finish();
 }
 
@@ -44,7 +45,11 @@ pub fn handle(kv: &Kv, req: &Incoming, id: &ConversationId, out: ResponseOutpara
 /// (the tenant key or an agent token in `Authorization`, or an agent token as `access_token`,
 /// since `EventSource` cannot set headers) do; visitors (the tenant, and a verified
 /// visitor's proof for their conversation) do not.
-fn admit(kv: &Kv, req: &Incoming, id: &ConversationId) -> Result<(TenantId, u32, bool), ApiError> {
+/// The stream's tenant, cursor, whether it shows internal notes, and the claims of an agent
+/// who signed in with a token (whose session the stream keeps checking).
+type Admitted = (TenantId, u32, bool, Option<AgentClaims>);
+
+fn admit(kv: &Kv, req: &Incoming, id: &ConversationId) -> Result<Admitted, ApiError> {
     if req
         .header("upgrade")
         .is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
@@ -54,13 +59,15 @@ fn admit(kv: &Kv, req: &Incoming, id: &ConversationId) -> Result<(TenantId, u32,
             "Spin has no WebSockets; open the same URL as an EventSource (Server-Sent Events)",
         ));
     }
-    let agent = if req.header("authorization").is_some() {
-        Some(crate::admin::agent(kv, req)?.0)
+    let (agent, claims) = if req.header("authorization").is_some() {
+        let (tenant, _, claims) = crate::admin::agent(kv, req)?;
+        (Some(tenant), claims)
     } else if let Some(token) = req.param("access_token") {
         api::check_access_token(&token)?;
-        Some(crate::admin::agent_by(kv, &token)?.0)
+        let (tenant, _, claims) = crate::admin::agent_by(kv, &token)?;
+        (Some(tenant), claims)
     } else {
-        None
+        (None, None)
     };
     let tenant = match (&agent, req.header(api::TENANT_HEADER)) {
         (Some(t), _) => t.clone(),
@@ -78,7 +85,7 @@ fn admit(kv: &Kv, req: &Incoming, id: &ConversationId) -> Result<(TenantId, u32,
         .or_else(|| req.header("last-event-id").map(str::to_owned))
         .and_then(|a| a.trim().parse::<u32>().ok())
         .unwrap_or(0);
-    Ok((tenant, after, agent.is_some()))
+    Ok((tenant, after, agent.is_some(), claims))
 }
 
 /// Sends what came after `after`, then what arrives, until the stream's lifetime ends or
@@ -89,9 +96,11 @@ fn follow(
     id: &ConversationId,
     after: u32,
     notes: bool,
+    claims: Option<&AgentClaims>,
     sse: &mut Stream,
 ) {
     let started = now().as_millis();
+    let mut roster_checked = started;
     let mut cursor = after;
     let mut last_status: Option<serde_json::Value> = None;
     let mut last_write = started;
@@ -129,6 +138,28 @@ fn follow(
         let at = now().as_millis();
         if at.saturating_sub(started) >= LIFETIME_MS {
             return;
+        }
+        // An agent's session lasts while its token and the tenant's roster allow: the expiry
+        // every poll, the roster as stored now every `SESSION_RECHECK_MS`.
+        if let Some(claims) = claims {
+            let recheck = at.saturating_sub(roster_checked) >= auth::SESSION_RECHECK_MS;
+            let verdict = if at >= claims.expires {
+                Err(auth::TokenError::Expired)
+            } else if recheck {
+                roster_checked = at;
+                match crate::store::config(kv, tenant) {
+                    Ok(config) => auth::session_continues(&config.agents, claims, now()),
+                    Err(e) if e.code == "tenant_not_found" => Err(auth::TokenError::UnknownAgent),
+                    // A storage failure keeps the session: it is checked again soon.
+                    Err(_) => Ok(()),
+                }
+            } else {
+                Ok(())
+            };
+            if let Err(e) = verdict {
+                sse.write(api::sse_error(e.code(), &e.to_string()).as_bytes());
+                return;
+            }
         }
         if at.saturating_sub(last_write) >= HEARTBEAT_MS {
             sse.write(b": ping\n\n");

@@ -199,6 +199,9 @@ impl Reply {
         if let Some(allow) = e.allow {
             reply.headers.push(("allow".into(), allow.into()));
         }
+        if let Some(secs) = e.retry_after {
+            reply.headers.push(("retry-after".into(), secs.to_string()));
+        }
         reply
     }
 

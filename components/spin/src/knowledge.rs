@@ -356,7 +356,13 @@ pub fn log_unanswered(tenant: &TenantId, entry: &knowledge::Unanswered) {
                 Sql::Text(entry.reason.clone()),
             ],
         )
-        .map_err(|e| sqlite("logging an unanswered question", e))
+        .map_err(|e| sqlite("logging an unanswered question", e))?;
+        db.execute(
+            &knowledge::unanswered_trim_sql(true),
+            &[Sql::Text(tenant.as_str().to_owned())],
+        )
+        .map_err(|e| sqlite("trimming the unanswered questions", e))
+        .map(|_| ())
     });
     if let Err(e) = result {
         crate::log(

@@ -303,6 +303,41 @@ pub(crate) fn deployment() -> Deployment {
     deployment
 }
 
+/// Counts a visitor's message (or upload) against the visitor limits (the engine's
+/// [`kefu_engine::visitor_limit`]: per site and address, then per address over every site),
+/// from the `kefu_visitor_limit` and `kefu_address_limit` variables (messages a minute).
+/// Each bucket is a key-value document changed with compare-and-swap, so concurrent
+/// instances count every message once: the guarantee is the store's (see
+/// `docs/security.md`). `429 rate_limited` with `Retry-After` when over; nothing is stored.
+/// The address is the one Spin saw (`spin-client-addr`), which clients cannot set.
+pub(crate) fn limit_visitor(
+    kv: &Kv,
+    req: &Incoming,
+    tenant: &kefu_engine::TenantId,
+) -> Result<(), ApiError> {
+    use kefu_engine::gateway::quota::Bucket;
+    use kefu_engine::visitor_limit::{self, VisitorLimits};
+    let limits = VisitorLimits::from_settings(
+        variable("kefu_visitor_limit").as_deref(),
+        variable("kefu_address_limit").as_deref(),
+    );
+    let address = req.header("spin-client-addr").unwrap_or("unknown");
+    for (key, per_minute) in limits.keys(tenant, address) {
+        let t = now();
+        let taken = shared::update(kv.bucket(), &key, |bucket: &mut Bucket| {
+            let taken = visitor_limit::take(bucket, t, per_minute);
+            // A refusal changes nothing: no write.
+            let write = taken.is_ok();
+            Ok((taken, write))
+        })?;
+        if let Err(wait) = taken {
+            let secs = u32::try_from(wait.as_secs() + 1).unwrap_or(60);
+            return Err(ApiError::rate_limited(secs));
+        }
+    }
+    Ok(())
+}
+
 /// The secrets a configuration of `tenant` may use, from Spin variables of the same name in
 /// lower case (Spin variable names are `[a-z0-9_]`: `TEST_PROVIDER_KEY` →
 /// `test_provider_key`): only those the deployment gave the tenant

@@ -355,7 +355,9 @@ pub fn deliveries(kv: &Kv, req: &Incoming) -> Result<Reply, ApiError> {
     if req.method != "GET" {
         return Err(outbox::list_method_not_allowed());
     }
-    let (tenant, _, _) = crate::admin::agent(kv, req)?;
+    // The delivery log shows the operator's receivers and their answers: the operator's
+    // (tenant key or admin token), not an agent's.
+    let (tenant, _) = crate::admin::operator(kv, req)?;
     let limit = outbox::list_limit(req.param("limit").as_deref())?;
     let o: Outbox = shared::read(kv.bucket(), &key(&tenant))?;
     Ok(Reply::json(200, &o.to_json(now(), limit)))
