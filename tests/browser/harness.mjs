@@ -148,6 +148,9 @@ export async function startKefuOnSpin(tenants) {
       "--variable", `extra_outbound_host=${mockRoot}`,
       "--variable", `kefu_admin_token=${SPIN_ADMIN_TOKEN}`,
       "--variable", `kefu_token_secret=${TOKEN_SECRET}`,
+      // The browser suites send many messages from one loopback address.
+      "--variable", "kefu_visitor_limit=100000",
+      "--variable", "kefu_address_limit=100000",
     ],
     { ready: /^ready http/ },
   );

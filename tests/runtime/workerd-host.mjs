@@ -31,6 +31,12 @@ const visitorLimit = Number(process.env.KEFU_VISITOR_LIMIT || 0);
 if (visitorLimit > 0 && workerOptions.ratelimits?.VISITOR_LIMITER) {
   workerOptions.ratelimits.VISITOR_LIMITER.simple.limit = visitorLimit;
 }
+// KEFU_ADDRESS_LIMIT replaces the per-address limit (every site together); it follows
+// KEFU_VISITOR_LIMIT when unset.
+const addressLimit = Number(process.env.KEFU_ADDRESS_LIMIT || visitorLimit || 0);
+if (addressLimit > 0 && workerOptions.ratelimits?.ADDRESS_LIMITER) {
+  workerOptions.ratelimits.ADDRESS_LIMITER.simple.limit = addressLimit;
+}
 const fakeAi = process.env.KEFU_FAKE_AI_UPSTREAM;
 const kefu = {
   ...workerOptions,

@@ -223,6 +223,9 @@ impl KefuSpin {
                 ),
             ])
             .args(["--variable", &format!("kefu_admin_token={ADMIN_TOKEN}")])
+            // The suites send thousands of messages from one loopback address.
+            .args(["--variable", "kefu_visitor_limit=1000000"])
+            .args(["--variable", "kefu_address_limit=1000000"])
             .args(
                 crate::security::deployment_settings()
                     .into_iter()

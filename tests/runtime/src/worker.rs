@@ -36,6 +36,8 @@ pub struct WorkerOptions {
     /// The per-visitor message limit (a minute) in place of wrangler.toml's: the suites send
     /// thousands of messages from one loopback address, so the default is out of reach.
     pub visitor_limit: u32,
+    /// The per-address limit over every site (a minute); `0` follows `visitor_limit`.
+    pub address_limit: u32,
     /// Run a copy of the built Worker that also bundles the test plugins (every component
     /// in `target/plugins`, e.g. `hostile`), which the shipped build leaves out.
     pub test_plugins: bool,
@@ -49,6 +51,7 @@ impl Default for WorkerOptions {
             bindings: Vec::new(),
             fake_ai_upstream: None,
             visitor_limit: 1_000_000,
+            address_limit: 0,
             test_plugins: false,
         }
     }
@@ -133,6 +136,7 @@ impl KefuWorker {
         let mut env = vec![
             ("KEFU_EXTRA_BINDINGS", Value::Object(bindings).to_string()),
             ("KEFU_VISITOR_LIMIT", opts.visitor_limit.to_string()),
+            ("KEFU_ADDRESS_LIMIT", opts.address_limit.to_string()),
         ];
         if let Some(upstream) = &opts.fake_ai_upstream {
             env.push(("KEFU_FAKE_AI_UPSTREAM", upstream.clone()));

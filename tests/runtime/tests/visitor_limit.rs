@@ -1,6 +1,7 @@
 //! The per-visitor message limit on workerd (Cloudflare's Rate Limiting binding, emulated by
-//! Miniflare): its own host with a limit of 3 messages a minute, so the rest of the suite's
-//! traffic from the same loopback address cannot interfere.
+//! Miniflare): its own host with a limit of 3 messages a minute per site and 5 per address
+//! over every site, so the rest of the suite's traffic from the same loopback address cannot
+//! interfere. The sites are opened by the deployment (`KEFU_OPEN_TENANTS=site-*`).
 
 use anyhow::{Context, ensure};
 use kefu_runtime_tests::scenarios::Ctx;
@@ -11,6 +12,8 @@ use serde_json::json;
 async fn visitor_messages_beyond_the_limit_are_refused_and_not_stored() -> anyhow::Result<()> {
     let kefu = KefuWorker::start(WorkerOptions {
         visitor_limit: 3,
+        address_limit: 5,
+        bindings: vec![("KEFU_OPEN_TENANTS".into(), "site-*".into())],
         ..WorkerOptions::default()
     })
     .await?;
@@ -66,10 +69,30 @@ async fn visitor_messages_beyond_the_limit_are_refused_and_not_stored() -> anyho
         "the refused message was stored: {messages:?}"
     );
 
-    // The limit is per site: the same address still reaches another site's bot.
-    let other = ctx
-        .chat(Some("site-b"), &json!({"message": "hello"}))
+    // The site's limit is per site: the same address still reaches another site's bot…
+    for n in 1..=2 {
+        let other = ctx
+            .chat(Some("site-b"), &json!({"message": format!("hello {n}")}))
+            .await?;
+        ensure!(other.status == 200, "site-b {n}: {}", other.text);
+    }
+    // …until the address's own limit over every site (5): inventing another site name does
+    // not reset it.
+    for site in ["site-b", "site-c", "site-d"] {
+        let refused = ctx
+            .chat(Some(site), &json!({"message": "past the address limit"}))
+            .await?;
+        ensure!(
+            refused.status == 429 && refused.json["error"]["code"] == "rate_limited",
+            "{site}: {} {}",
+            refused.status,
+            refused.text
+        );
+    }
+    // A name nobody opened is not a site at all.
+    let unknown = ctx
+        .chat(Some("elsewhere"), &json!({"message": "hello"}))
         .await?;
-    ensure!(other.status == 200, "{}", other.text);
+    ensure!(unknown.status == 404, "{} {}", unknown.status, unknown.text);
     Ok(())
 }
