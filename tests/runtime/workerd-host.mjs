@@ -33,7 +33,7 @@ if (visitorLimit > 0 && workerOptions.ratelimits?.VISITOR_LIMITER) {
 }
 // KEFU_ADDRESS_LIMIT replaces the per-address limit (every site together); it follows
 // KEFU_VISITOR_LIMIT when unset.
-const addressLimit = Number(process.env.KEFU_ADDRESS_LIMIT || visitorLimit || 0);
+const addressLimit = Number(process.env.KEFU_ADDRESS_LIMIT) || visitorLimit;
 if (addressLimit > 0 && workerOptions.ratelimits?.ADDRESS_LIMITER) {
   workerOptions.ratelimits.ADDRESS_LIMITER.simple.limit = addressLimit;
 }

@@ -51,8 +51,8 @@ use crate::plugins::{
 };
 use crate::replay::replay_console_records_and_replays;
 use crate::security::{
-    provider_urls_stay_public, replay_is_an_operators_power, secrets_stay_with_their_owner,
-    unknown_tenants_are_not_found,
+    least_privilege_holds, provider_urls_stay_public, replay_is_an_operators_power,
+    secrets_stay_with_their_owner, sessions_end_when_access_ends, unknown_tenants_are_not_found,
 };
 use crate::sse::{self, SseTranscript};
 use crate::webhooks::webhooks_signed_and_retried;
@@ -402,6 +402,8 @@ pub fn all() -> Vec<Scenario> {
         unknown_tenants_are_not_found,
         replay_is_an_operators_power,
         provider_urls_stay_public,
+        sessions_end_when_access_ends,
+        least_privilege_holds,
     ]
 }
 

@@ -17,6 +17,11 @@ use crate::scenarios::{Answer, Ctx, unique};
 pub const SEC_A_SECRET: &str = "SEC_A_PROVIDER_KEY";
 /// Its value, as the deployment holds it.
 pub const SEC_A_SECRET_VALUE: &str = "sk-sec-a-only-0123456789abcdef";
+/// The mock's fault profiles that tell the tenants' model calls apart (a seed changes
+/// nothing but `fail_percent`'s sequence, which these profiles do not use).
+const SEC_A_PROFILE: &str = "seed=101";
+const SEC_B_PROFILE: &str = "seed=102";
+
 /// Tenant `sec-a`'s key.
 pub const SEC_A_KEY: &str = "kf-sec-a.Kefu0Security0Test0Key0001";
 /// Tenant `sec-b`'s key.
@@ -51,7 +56,7 @@ pub fn tenants(mock_base: &str) -> Vec<(String, Value)> {
         (
             "sec-a".into(),
             json!({
-                "provider": {"kind": "openai_compatible", "base_url": profile("sec-a"),
+                "provider": {"kind": "openai_compatible", "base_url": profile(SEC_A_PROFILE),
                              "model": MOCK_MODEL, "api_key_secret": SEC_A_SECRET},
                 "api_keys": key(SEC_A_KEY),
             }),
@@ -59,18 +64,30 @@ pub fn tenants(mock_base: &str) -> Vec<(String, Value)> {
         (
             "sec-b".into(),
             json!({
-                "provider": {"kind": "openai_compatible", "base_url": profile("sec-b"), "model": MOCK_MODEL},
+                "provider": {"kind": "openai_compatible", "base_url": profile(SEC_B_PROFILE), "model": MOCK_MODEL},
                 "quotas": {"requests_per_minute": 2},
                 "api_keys": key(SEC_B_KEY),
             }),
         ),
         (
+            "sec-roster".into(),
+            json!({
+                "provider": {"kind": "openai_compatible", "base_url": mock_base, "model": MOCK_MODEL},
+                "agents": [{"id": "ana", "name": "Ana"}, {"id": "ben", "name": "Ben"}],
+                "api_keys": key(SEC_ROSTER_KEY),
+            }),
+        ),
+        (
+            "sec-fail".into(),
+            json!({"provider": {"kind": "openai_compatible", "base_url": profile("status=500"), "model": MOCK_MODEL}}),
+        ),
+        (
             "sec-legacy".into(),
             json!({
                 "providers": {
-                    "admin": {"kind": "openai_compatible", "base_url": profile("sec-legacy-admin"), "api_key_secret": "KEFU_ADMIN_TOKEN"},
-                    "signer": {"kind": "openai_compatible", "base_url": profile("sec-legacy-signer"), "api_key_secret": "kefu_token_secret"},
-                    "other": {"kind": "openai_compatible", "base_url": profile("sec-legacy-other"), "api_key_secret": SEC_A_SECRET},
+                    "admin": {"kind": "openai_compatible", "base_url": profile("seed=103"), "api_key_secret": "KEFU_ADMIN_TOKEN"},
+                    "signer": {"kind": "openai_compatible", "base_url": profile("seed=104"), "api_key_secret": "kefu_token_secret"},
+                    "other": {"kind": "openai_compatible", "base_url": profile("seed=105"), "api_key_secret": SEC_A_SECRET},
                 },
                 "routes": {"default": {"targets": [
                     {"provider": "admin", "model": MOCK_MODEL},
@@ -158,7 +175,7 @@ async fn config_version(ctx: &Ctx, key: &str) -> anyhow::Result<u64> {
 pub async fn secrets_stay_with_their_owner(ctx: &Ctx) -> anyhow::Result<()> {
     let mock_base = ctx.mock()?.base_url();
     let before = config_version(ctx, SEC_B_KEY).await?;
-    let catcher = format!("{}/p/sec-catcher/v1", mock_base.trim_end_matches("/v1"));
+    let catcher = format!("{}/p/seed=109/v1", mock_base.trim_end_matches("/v1"));
     let attempts = [
         (
             json!({"provider": {"base_url": catcher, "model": "m", "api_key_secret": "KEFU_ADMIN_TOKEN"}}),
@@ -233,7 +250,7 @@ pub async fn secrets_stay_with_their_owner(ctx: &Ctx) -> anyhow::Result<()> {
             "every target of sec-legacy names a secret it may not use, yet it answered: {}",
             a.text
         );
-        for profile in ["sec-legacy-admin", "sec-legacy-signer", "sec-legacy-other"] {
+        for profile in ["seed=103", "seed=104", "seed=105"] {
             ensure!(
                 ctx.mock()?
                     .requests_for(profile)
@@ -261,7 +278,7 @@ pub async fn secrets_stay_with_their_owner(ctx: &Ctx) -> anyhow::Result<()> {
         .expect_status(200)?;
     let sent = ctx
         .mock()?
-        .requests_for("sec-a")
+        .requests_for(SEC_A_PROFILE)
         .into_iter()
         .rev()
         .find(|r| r.last_user_text().is_some_and(|t| t.contains(&text)))
@@ -275,7 +292,7 @@ pub async fn secrets_stay_with_their_owner(ctx: &Ctx) -> anyhow::Result<()> {
     assert_no_leak(ctx, &[], Some(SEC_A_SECRET_VALUE))?;
     // …and sec-a's key went to sec-a's profile alone.
     for r in ctx.mock()?.requests() {
-        if r.profile.as_deref() != Some("sec-a") {
+        if r.profile.as_deref() != Some(SEC_A_PROFILE) {
             let text = format!("{:?}", r.headers);
             ensure!(
                 !text.contains(SEC_A_SECRET_VALUE),
@@ -381,9 +398,9 @@ pub async fn replay_is_an_operators_power(ctx: &Ctx) -> anyhow::Result<()> {
     let agent = ctx
         .agent_token(SEC_B_KEY, &json!({"agent": "ana", "name": "Ana"}))
         .await?;
-    let calls = ctx.mock()?.requests_for("sec-b").len();
+    let calls = ctx.mock()?.requests_for(SEC_B_PROFILE).len();
     let catcher = format!(
-        "{}/p/sec-catcher/v1",
+        "{}/p/seed=109/v1",
         ctx.mock()?.base_url().trim_end_matches("/v1")
     );
     let hostile = json!({"config": {"provider": {"kind": "openai_compatible", "base_url": catcher, "model": "m"},
@@ -415,11 +432,11 @@ pub async fn replay_is_an_operators_power(ctx: &Ctx) -> anyhow::Result<()> {
         a.text
     );
     ensure!(
-        ctx.mock()?.requests_for("sec-catcher").is_empty(),
+        ctx.mock()?.requests_for("seed=109").is_empty(),
         "a replay reached the catcher"
     );
     ensure!(
-        ctx.mock()?.requests_for("sec-b").len() == calls,
+        ctx.mock()?.requests_for(SEC_B_PROFILE).len() == calls,
         "a refused replay reached the provider"
     );
 
@@ -438,7 +455,7 @@ pub async fn replay_is_an_operators_power(ctx: &Ctx) -> anyhow::Result<()> {
         &id,
         SEC_B_KEY,
         &json!({"config": {"provider": {"kind": "openai_compatible",
-                                        "base_url": format!("{}/p/sec-b/v1", ctx.mock()?.base_url().trim_end_matches("/v1")),
+                                        "base_url": format!("{}/p/seed=102/v1", ctx.mock()?.base_url().trim_end_matches("/v1")),
                                         "model": MOCK_MODEL},
                            "quotas": {"requests_per_minute": 100000}}}),
     )
@@ -449,7 +466,7 @@ pub async fn replay_is_an_operators_power(ctx: &Ctx) -> anyhow::Result<()> {
         "a replay raising its own quota was not held to the stored one: {}",
         raised.text
     );
-    assert_no_leak(ctx, &["sec-b", "sec-catcher"], None)?;
+    assert_no_leak(ctx, &[SEC_B_PROFILE, "seed=109"], None)?;
     Ok(())
 }
 
@@ -498,6 +515,203 @@ pub async fn provider_urls_stay_public(ctx: &Ctx) -> anyhow::Result<()> {
     ensure!(
         config_version(ctx, SEC_B_KEY).await? == before,
         "a refused configuration was stored"
+    );
+    Ok(())
+}
+
+/// Tenant `sec-roster`'s key.
+pub const SEC_ROSTER_KEY: &str = "kf-sec-roster.Kefu0Security0Test0Key03";
+
+/// Reads the next event other than heartbeats from an SSE body, within `secs`; `None` when
+/// the stream ended.
+async fn next_event(
+    body: &mut (impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+    parser: &mut crate::sse::SseParser,
+    pending: &mut std::collections::VecDeque<crate::sse::SseEvent>,
+    secs: u64,
+) -> anyhow::Result<Option<crate::sse::SseEvent>> {
+    use futures::StreamExt;
+    loop {
+        if let Some(e) = pending.pop_front() {
+            return Ok(Some(e));
+        }
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(secs), body.next())
+            .await
+            .with_context(|| format!("no live update within {secs} s"))?;
+        match chunk {
+            None => return Ok(None),
+            Some(chunk) => pending.extend(parser.push(&chunk?)),
+        }
+    }
+}
+
+/// An agent's live-update stream is closed, with the reason, when the tenant disables the
+/// agent on its roster while the stream is open; the agent's token then opens nothing; a
+/// colleague's stream goes on and still gets the conversation's updates.
+pub async fn sessions_end_when_access_ends(ctx: &Ctx) -> anyhow::Result<()> {
+    let first = ctx
+        .chat(Some("sec-roster"), &json!({"message": unique("watched")}))
+        .await?;
+    first.expect_status(200)?;
+    let id = first.json["conversation_id"]
+        .as_str()
+        .context("conversation_id")?
+        .to_owned();
+    let ana = ctx
+        .agent_token(SEC_ROSTER_KEY, &json!({"agent": "ana"}))
+        .await?;
+    let ben = ctx
+        .agent_token(SEC_ROSTER_KEY, &json!({"agent": "ben"}))
+        .await?;
+    let open = |token: String| {
+        let url = ctx.url(&format!(
+            "/api/v1/conversations/{id}/events?after=0&access_token={token}"
+        ));
+        ctx.http.get(url).send()
+    };
+    let (a, b) = (open(ana.clone()).await?, open(ben.clone()).await?);
+    ensure!(
+        a.status().is_success() && b.status().is_success(),
+        "{} {}",
+        a.status(),
+        b.status()
+    );
+    let (mut a, mut b) = (a.bytes_stream(), b.bytes_stream());
+    let (mut pa, mut pb) = (
+        crate::sse::SseParser::default(),
+        crate::sse::SseParser::default(),
+    );
+    let (mut qa, mut qb) = (Default::default(), Default::default());
+    // Catch-up: up to the status.
+    for (body, parser, pending) in [(&mut a, &mut pa, &mut qa), (&mut b, &mut pb, &mut qb)] {
+        loop {
+            let e = next_event(body, parser, pending, 10)
+                .await?
+                .context("ended early")?;
+            if e.event == "status" {
+                break;
+            }
+        }
+    }
+    // The operator disables Ana while her stream is open.
+    let doc = tenants(&ctx.mock()?.base_url())
+        .into_iter()
+        .find(|(t, _)| t == "sec-roster")
+        .context("sec-roster")?
+        .1;
+    let mut disabled = doc.clone();
+    disabled["agents"][0]["disabled"] = json!(true);
+    put_config(ctx, SEC_ROSTER_KEY, None, &disabled)
+        .await?
+        .expect_status(200)?;
+    // Within the re-check period (15 s) her stream says why and ends.
+    let mut reason = None;
+    while let Some(e) = next_event(&mut a, &mut pa, &mut qa, 30).await? {
+        if e.event == "error" {
+            reason = Some(
+                e.json()?["error"]["code"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+            break;
+        }
+    }
+    ensure!(
+        reason.as_deref() == Some("agent_disabled"),
+        "Ana's stream did not end for her disabled account: {reason:?}"
+    );
+    ensure!(
+        next_event(&mut a, &mut pa, &mut qa, 10).await?.is_none(),
+        "Ana's stream went on after its error"
+    );
+    // Her token opens nothing now.
+    let again = open(ana).await?;
+    ensure!(
+        again.status().as_u16() == 401,
+        "reopened: {}",
+        again.status()
+    );
+    // Ben's stream goes on: the visitor's next message reaches it.
+    ctx.chat(
+        Some("sec-roster"),
+        &json!({"message": "still there?", "conversation_id": id}),
+    )
+    .await?
+    .expect_status(200)?;
+    let mut seen = false;
+    while let Some(e) = next_event(&mut b, &mut pb, &mut qb, 20).await? {
+        if e.event == "message" && e.json()?.to_string().contains("still there?") {
+            seen = true;
+            break;
+        }
+    }
+    ensure!(seen, "Ben's stream missed the visitor's message");
+    // Put the roster back for a rerun.
+    put_config(ctx, SEC_ROSTER_KEY, None, &doc)
+        .await?
+        .expect_status(200)?;
+    Ok(())
+}
+
+/// Least privilege: the webhook delivery log is the operator's; an agent acts under the
+/// name its token carries; a visitor whose turn failed reads a generic message, never the
+/// provider's own words.
+pub async fn least_privilege_holds(ctx: &Ctx) -> anyhow::Result<()> {
+    let ben = ctx
+        .agent_token(SEC_ROSTER_KEY, &json!({"agent": "ben"}))
+        .await?;
+    let log = |bearer: String| {
+        ctx.http
+            .get(ctx.url("/api/v1/webhooks/deliveries"))
+            .bearer_auth(bearer)
+            .send()
+    };
+    Answer::read(log(ben.clone()).await?)
+        .await?
+        .expect_error(403, "operator_only")?;
+    Answer::read(log(SEC_ROSTER_KEY.to_owned()).await?)
+        .await?
+        .expect_status(200)?;
+
+    // A conversation that waits for a person; Ben may not claim it as "Manager".
+    let waiting = ctx
+        .chat(Some("sec-roster"), &json!({"message": "a person please"}))
+        .await?;
+    waiting.expect_status(200)?;
+    let id = waiting.json["conversation_id"]
+        .as_str()
+        .context("conversation_id")?
+        .to_owned();
+    ctx.action(None, Some(&ben), &id, "claim", &json!({"name": "Manager"}))
+        .await?
+        .expect_error(403, "agent_mismatch")?;
+    ctx.action(None, Some(&ben), &id, "claim", &json!({}))
+        .await?
+        .expect_status(200)?;
+    let transcript = ctx.conversation_as_agent(SEC_ROSTER_KEY, &id).await?;
+    ensure!(
+        transcript.text.contains("Ben") && !transcript.text.contains("Manager"),
+        "{}",
+        transcript.text
+    );
+
+    // The provider fails: the visitor reads the stable code and a generic message.
+    let whole = ctx
+        .chat(Some("sec-fail"), &json!({"message": "hello"}))
+        .await?;
+    whole.expect_error(502, "provider_error")?;
+    ensure!(!whole.text.contains("mock error"), "{}", whole.text);
+    let streamed = ctx
+        .chat(
+            Some("sec-fail"),
+            &json!({"message": "hello", "stream": true}),
+        )
+        .await?;
+    ensure!(
+        streamed.text.contains("provider_error") && !streamed.text.contains("mock error"),
+        "{}",
+        streamed.text
     );
     Ok(())
 }

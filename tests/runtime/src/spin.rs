@@ -52,6 +52,12 @@ pub fn not_on_spin(scenario: &str) -> Option<&'static str> {
         s if s.starts_with("plugins_") => return None,
         "replay_console_records_and_replays" => return None,
         "demo_answers" => return None,
+        "secrets_stay_with_their_owner"
+        | "unknown_tenants_are_not_found"
+        | "replay_is_an_operators_power"
+        | "provider_urls_stay_public"
+        | "sessions_end_when_access_ends"
+        | "least_privilege_holds" => return None,
         "openai_sdk_python" | "openai_api_errors" => return None,
         "webhooks_signed_and_retried" => return None,
         "gateway_breaker_opens_and_recovers"
@@ -106,6 +112,8 @@ pub fn tenants(all: &[(String, Value)]) -> Vec<(String, Value)> {
                     | "plg"
                     | "sec-a"
                     | "sec-b"
+                    | "sec-roster"
+                    | "sec-fail"
             ) || id.starts_with("plug-")
         })
         .cloned()
