@@ -384,7 +384,7 @@ impl Inner {
         };
         let session = claims.map(|c| (self.env.clone(), tenant.to_owned(), c));
         let heartbeat = futures::stream::unfold(session, |session| async move {
-            worker::Delay::from(HEARTBEAT).await;
+            crate::timer::Sleep::new(HEARTBEAT).await;
             if let Some((env, tenant, claims)) = &session
                 && let Err(e) = session_continues(env, tenant, claims).await
             {
@@ -405,7 +405,7 @@ impl Inner {
                 };
                 futures::future::ready(out)
             })
-            .take_until(worker::Delay::from(lifetime))
+            .take_until(crate::timer::Sleep::new(lifetime))
             .map(Ok::<Vec<u8>, worker::Error>);
         let headers = Headers::new();
         set(&headers, "content-type", "text/event-stream; charset=utf-8")?;

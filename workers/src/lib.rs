@@ -15,6 +15,7 @@ mod knowledge;
 mod openai_compat;
 mod plugins;
 mod provider;
+mod timer;
 mod webhooks;
 
 use kefu_engine::TenantId;

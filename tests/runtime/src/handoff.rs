@@ -1141,7 +1141,7 @@ pub async fn verified_visitor_identity(ctx: &Ctx) -> anyhow::Result<()> {
 
 /// A conversation's live-update socket, opened as a browser does (`query` carries the
 /// cursor and the credentials).
-async fn open_socket(
+pub(crate) async fn open_socket(
     ctx: &Ctx,
     id: &str,
     query: String,

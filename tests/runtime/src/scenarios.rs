@@ -52,7 +52,8 @@ use crate::plugins::{
 use crate::replay::replay_console_records_and_replays;
 use crate::security::{
     least_privilege_holds, provider_urls_stay_public, replay_is_an_operators_power,
-    secrets_stay_with_their_owner, sessions_end_when_access_ends, unknown_tenants_are_not_found,
+    secrets_stay_with_their_owner, sessions_end_when_access_ends, sockets_end_when_access_ends,
+    unknown_tenants_are_not_found,
 };
 use crate::sse::{self, SseTranscript};
 use crate::webhooks::webhooks_signed_and_retried;
@@ -404,6 +405,7 @@ pub fn all() -> Vec<Scenario> {
         provider_urls_stay_public,
         sessions_end_when_access_ends,
         least_privilege_holds,
+        sockets_end_when_access_ends,
     ]
 }
 

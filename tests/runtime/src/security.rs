@@ -305,7 +305,8 @@ pub async fn secrets_stay_with_their_owner(ctx: &Ctx) -> anyhow::Result<()> {
 }
 
 /// A tenant name nobody configured is `404 tenant_not_found` for chat, uploads and the
-/// demo, and costs no model call; `default` still answers; the admin token creates a
+/// demo, and costs no model call; a configured tenant the deployment does not list for the
+/// demo gets `403 demo_disabled`; `default` still answers; the admin token creates a
 /// tenant, which then answers.
 pub async fn unknown_tenants_are_not_found(ctx: &Ctx) -> anyhow::Result<()> {
     let calls = ctx.mock()?.requests().len();
@@ -333,9 +334,18 @@ pub async fn unknown_tenants_are_not_found(ctx: &Ctx) -> anyhow::Result<()> {
     Answer::read(upload)
         .await?
         .expect_error(404, "tenant_not_found")?;
+    // The demo runs model turns: only for the tenants the deployment lists.
+    for tenant in [invented.as_str(), "sec-b"] {
+        let demo = ctx
+            .request(reqwest::Method::GET, "/demo", Some(tenant))
+            .send()
+            .await?;
+        let demo = Answer::read(demo).await?;
+        demo.expect_error(403, "demo_disabled")?;
+    }
     ensure!(
         ctx.mock()?.requests().len() == calls,
-        "an invented tenant reached the provider"
+        "an invented tenant (or a demo it may not run) reached the provider"
     );
     // A made-up tenant key gets no hint whether the tenant exists.
     let models = ctx
@@ -712,6 +722,65 @@ pub async fn least_privilege_holds(ctx: &Ctx) -> anyhow::Result<()> {
         streamed.text.contains("provider_error") && !streamed.text.contains("mock error"),
         "{}",
         streamed.text
+    );
+    Ok(())
+}
+
+/// An agent's live-update WebSocket (Workers) is closed (`4401`, with the reason) when the
+/// tenant disables the agent while the socket is open: the conversation's object re-checks
+/// its agents' sockets by alarm.
+pub async fn sockets_end_when_access_ends(ctx: &Ctx) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message as Ws;
+    let first = ctx
+        .chat(Some("sec-roster"), &json!({"message": unique("socket")}))
+        .await?;
+    first.expect_status(200)?;
+    let id = first.json["conversation_id"]
+        .as_str()
+        .context("conversation_id")?
+        .to_owned();
+    let ana = ctx
+        .agent_token(SEC_ROSTER_KEY, &json!({"agent": "ana"}))
+        .await?;
+    let mut ws =
+        crate::handoff::open_socket(ctx, &id, format!("after=0&access_token={ana}")).await?;
+    let doc = tenants(&ctx.mock()?.base_url())
+        .into_iter()
+        .find(|(t, _)| t == "sec-roster")
+        .context("sec-roster")?
+        .1;
+    let mut disabled = doc.clone();
+    disabled["agents"][0]["disabled"] = json!(true);
+    put_config(ctx, SEC_ROSTER_KEY, None, &disabled)
+        .await?
+        .expect_status(200)?;
+    let (mut reason, mut close) = (None, None);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(40);
+    while close.is_none() {
+        let frame = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .context("the socket stayed open 40 s after the agent was disabled")?;
+        match frame {
+            Some(Ok(Ws::Text(text))) => {
+                let v: Value = serde_json::from_str(text.as_str())?;
+                if v["event"] == "error" {
+                    reason = v["data"]["error"]["code"].as_str().map(str::to_owned);
+                }
+            }
+            Some(Ok(Ws::Close(frame))) => {
+                close = Some(frame.map(|f| u16::from(f.code)).unwrap_or(0));
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => close = Some(0),
+        }
+    }
+    put_config(ctx, SEC_ROSTER_KEY, None, &doc)
+        .await?
+        .expect_status(200)?;
+    ensure!(
+        reason.as_deref() == Some("agent_disabled") && close == Some(4401),
+        "the socket ended with {reason:?}, close code {close:?}"
     );
     Ok(())
 }

@@ -71,7 +71,7 @@ pub fn not_on_spin(scenario: &str) -> Option<&'static str> {
         "tenant_keys_see_only_their_own" => return None,
         s if s.starts_with("attachments_") => return None,
         s if s.starts_with("plugin_routes_") => return None,
-        "live_updates_via_websocket" | "typing_over_websocket" => {
+        "live_updates_via_websocket" | "typing_over_websocket" | "sockets_end_when_access_ends" => {
             "Spin has no WebSockets: live updates there are Server-Sent Events (the SSE \
              scenarios run on both)"
         }
@@ -191,6 +191,16 @@ impl KefuSpin {
     /// Starts the host with `spin.toml`, lets the component call `mock_origin`, seeds the
     /// tenants and waits until it serves.
     pub async fn start(mock_origin: &str, tenants: &[(String, Value)]) -> anyhow::Result<Self> {
+        Self::start_with(mock_origin, tenants, &[]).await
+    }
+
+    /// [`Self::start`] with more variables, which override the suite's own (e.g. a test's
+    /// low visitor limits).
+    pub async fn start_with(
+        mock_origin: &str,
+        tenants: &[(String, Value)],
+        variables: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let root = repo_root();
         let host = artifact(
             target_dir().join("debug/kefu-spin-host"),
@@ -255,6 +265,11 @@ impl KefuSpin {
                 "--variable",
                 &format!("kefu_token_secret={}", crate::handoff::TOKEN_SECRET),
             ])
+            .args(
+                variables
+                    .iter()
+                    .flat_map(|(k, v)| ["--variable".to_owned(), format!("{k}={v}")]),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)

@@ -1,10 +1,12 @@
-//! The per-visitor message limit on workerd (Cloudflare's Rate Limiting binding, emulated by
-//! Miniflare): its own host with a limit of 3 messages a minute per site and 5 per address
-//! over every site, so the rest of the suite's traffic from the same loopback address cannot
-//! interfere. The sites are opened by the deployment (`KEFU_OPEN_TENANTS=site-*`).
+//! The visitor limits, on each runtime in a host of its own with a limit of 3 messages a
+//! minute per site and 5 per address over every site, so the rest of the suite's traffic
+//! from the same loopback address cannot interfere: on workerd Cloudflare's Rate Limiting
+//! binding (emulated by Miniflare), on the Spin component its key-value token buckets. The
+//! sites are opened by the deployment (`KEFU_OPEN_TENANTS=site-*`).
 
 use anyhow::{Context, ensure};
 use kefu_runtime_tests::scenarios::Ctx;
+use kefu_runtime_tests::spin::KefuSpin;
 use kefu_runtime_tests::worker::{KefuWorker, WorkerOptions};
 use serde_json::json;
 
@@ -18,7 +20,28 @@ async fn visitor_messages_beyond_the_limit_are_refused_and_not_stored() -> anyho
     })
     .await?;
     let ctx = Ctx::new(kefu.base_url(), None)?;
+    limits_hold(&ctx).await
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spin_visitor_messages_beyond_the_limit_are_refused_and_not_stored() -> anyhow::Result<()> {
+    let kefu = KefuSpin::start_with(
+        "http://127.0.0.1:9",
+        &[],
+        &[
+            ("kefu_visitor_limit", "3"),
+            ("kefu_address_limit", "5"),
+            ("kefu_open_tenants", "site-*"),
+        ],
+    )
+    .await?;
+    let ctx = Ctx::new(kefu.base_url(), None)?;
+    limits_hold(&ctx).await
+}
+
+/// 3 messages a site, 5 an address: the fourth to one site is refused and not stored,
+/// another site still answers until the address's own limit, which no new site name resets.
+async fn limits_hold(ctx: &Ctx) -> anyhow::Result<()> {
     let first = ctx
         .chat(Some("site-a"), &json!({"message": "hello"}))
         .await?;
