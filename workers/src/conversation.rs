@@ -393,20 +393,17 @@ impl Inner {
             }
             Some((Beat::Frame(b": ping\n\n".to_vec()), session))
         });
-        let frames = futures::stream::select(rx.map(Beat::Frame), heartbeat)
-            .scan(false, |ended, beat| {
-                let out = match beat {
-                    _ if *ended => None,
-                    Beat::Frame(frame) => Some(frame),
-                    Beat::Last(frame) => {
-                        *ended = true;
-                        Some(frame)
-                    }
-                };
-                futures::future::ready(out)
-            })
-            .take_until(crate::timer::Sleep::new(lifetime))
-            .map(Ok::<Vec<u8>, worker::Error>);
+        let merged = futures::stream::select(rx.map(Beat::Frame), heartbeat)
+            .take_until(crate::timer::Sleep::new(lifetime));
+        // After the last frame the stream ends at once (not at the next frame's arrival).
+        let frames = futures::stream::unfold(Some(Box::pin(merged)), |merged| async move {
+            let mut merged = merged?;
+            match merged.next().await? {
+                Beat::Frame(frame) => Some((frame, Some(merged))),
+                Beat::Last(frame) => Some((frame, None)),
+            }
+        })
+        .map(Ok::<Vec<u8>, worker::Error>);
         let headers = Headers::new();
         set(&headers, "content-type", "text/event-stream; charset=utf-8")?;
         set(&headers, "cache-control", "no-cache, no-transform")?;

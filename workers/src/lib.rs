@@ -453,7 +453,10 @@ async fn handle(
         }
         Route::Demo => {
             let tenant = tenant_of(req)?;
-            config::deployment(env).check_demo(&tenant)?;
+            // A tenant nobody configured is `404`; a configured one serves the demo only if
+            // the deployment lists it or it turned the demo on.
+            let config = config::load(env, &tenant).await?;
+            config::deployment(env).check_demo(&tenant, &config)?;
             let origin = req
                 .url()
                 .map(|u| u.origin().ascii_serialization())

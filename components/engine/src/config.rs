@@ -73,6 +73,9 @@ pub struct TenantConfig {
     pub attachments: AttachmentPolicy,
     /// The plugins this tenant enabled, in the order their hooks run.
     pub plugins: Vec<crate::plugin::PluginSpec>,
+    /// Serve `/demo` for this tenant (its turns are the tenant's, under its quotas); the
+    /// deployment may also list tenants that serve it (see [`crate::deployment`]).
+    pub demo: bool,
     /// Set only on the deployment's built-in configuration ([`TenantConfig::builtin`]),
     /// which alone may use the deployment's provider key (see [`crate::deployment`]). It
     /// travels with the configuration between a host's own parts; a tenant's document
@@ -260,6 +263,7 @@ impl Default for TenantConfig {
             identity: None,
             attachments: AttachmentPolicy::default(),
             plugins: Vec::new(),
+            demo: false,
             builtin: false,
         }
     }

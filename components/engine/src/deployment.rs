@@ -294,16 +294,17 @@ impl Deployment {
         self.provider_tenants.contains(tenant)
     }
 
-    /// Whether `tenant` serves `/demo`: `403 demo_disabled` otherwise.
-    pub fn check_demo(&self, tenant: &TenantId) -> Result<(), ApiError> {
-        if self.demo_tenants.contains(tenant) {
+    /// Whether `tenant` (with its `config`) serves `/demo`: the deployment lists it, or the
+    /// tenant turned it on; `403 demo_disabled` otherwise.
+    pub fn check_demo(&self, tenant: &TenantId, config: &TenantConfig) -> Result<(), ApiError> {
+        if self.demo_tenants.contains(tenant) || config.demo {
             Ok(())
         } else {
             Err(ApiError::new(
                 403,
                 "demo_disabled",
                 format!(
-                    "/demo is not served for tenant `{}` (the deployment lists the tenants that serve it in {})",
+                    "/demo is not served for tenant `{}` (a tenant turns it on with `\"demo\": true`; the deployment lists others in {})",
                     tenant.as_str(),
                     settings::DEMO_TENANTS
                 ),
@@ -576,10 +577,13 @@ mod tests {
     #[test]
     fn the_demo_is_for_listed_tenants() {
         let d = Deployment::default();
-        assert!(d.check_demo(&tenant("default")).is_ok());
+        let off = TenantConfig::default();
+        assert!(d.check_demo(&tenant("default"), &off).is_ok());
         assert_eq!(
-            d.check_demo(&tenant("acme")).unwrap_err().code,
+            d.check_demo(&tenant("acme"), &off).unwrap_err().code,
             "demo_disabled"
         );
+        let on = config(r#"{"demo": true}"#);
+        assert!(d.check_demo(&tenant("acme"), &on).is_ok());
     }
 }

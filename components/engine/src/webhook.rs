@@ -505,7 +505,15 @@ fn check_url(url: &str) -> Result<(), &'static str> {
     if !secure && !matches!(host, "localhost" | "127.0.0.1" | "::1") {
         return Err(MESSAGE);
     }
-    Ok(())
+    // Deliveries leave from inside the deployment: never to its internal names or private
+    // addresses, nor to a host parsers could read differently (see `crate::destination`).
+    match crate::destination::strict_host(url) {
+        None => Err(MESSAGE),
+        Some(host) if crate::destination::is_internal_host(&host) => {
+            Err(crate::destination::INTERNAL_MESSAGE)
+        }
+        Some(_) => Ok(()),
+    }
 }
 
 /// Where a delivery stands.
@@ -863,6 +871,11 @@ mod tests {
             "https://example.com:/",
             "//example.com",
             "http://[::1]x/",
+            "https://10.0.0.8/hook",
+            "https://169.254.169.254/latest",
+            "https://plugin-x.spin.internal/",
+            "https://intranet/hook",
+            "https://hooks.example.com\\.evil.example/",
         ] {
             assert!(check_url(bad).is_err(), "{bad}");
         }

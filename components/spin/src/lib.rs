@@ -133,7 +133,7 @@ fn handle(kv: &Kv, req: &Incoming, route: Route) -> Result<Reply, ApiError> {
 /// responder, whatever it is), as text for `curl` or as a page for a browser — the Worker's.
 fn demo(kv: &Kv, req: &Incoming) -> Result<Reply, ApiError> {
     let tenant = api::tenant(req.header(api::TENANT_HEADER))?;
-    crate::deployment().check_demo(&tenant)?;
+    crate::deployment().check_demo(&tenant, &store::config(kv, &tenant)?)?;
     let mut run = kefu_engine::demo::DemoRun::new();
     for question in kefu_engine::demo::QUESTIONS {
         let mut body = json!({"message": question});

@@ -306,8 +306,8 @@ pub async fn secrets_stay_with_their_owner(ctx: &Ctx) -> anyhow::Result<()> {
 
 /// A tenant name nobody configured is `404 tenant_not_found` for chat, uploads and the
 /// demo, and costs no model call; a configured tenant the deployment does not list for the
-/// demo gets `403 demo_disabled`; `default` still answers; the admin token creates a
-/// tenant, which then answers.
+/// demo, and that did not turn it on, gets `403 demo_disabled`; `default` still answers; the
+/// admin token creates a tenant, which then answers (and serves the demo it turned on).
 pub async fn unknown_tenants_are_not_found(ctx: &Ctx) -> anyhow::Result<()> {
     let calls = ctx.mock()?.requests().len();
     let invented = unique("invented");
@@ -334,15 +334,21 @@ pub async fn unknown_tenants_are_not_found(ctx: &Ctx) -> anyhow::Result<()> {
     Answer::read(upload)
         .await?
         .expect_error(404, "tenant_not_found")?;
-    // The demo runs model turns: only for the tenants the deployment lists.
-    for tenant in [invented.as_str(), "sec-b"] {
-        let demo = ctx
-            .request(reqwest::Method::GET, "/demo", Some(tenant))
+    // The demo runs model turns: not for a tenant nobody configured, nor for a configured
+    // one the deployment does not list and that did not turn it on.
+    let demo = |tenant: String| async move {
+        let resp = ctx
+            .request(reqwest::Method::GET, "/demo", Some(&tenant))
             .send()
             .await?;
-        let demo = Answer::read(demo).await?;
-        demo.expect_error(403, "demo_disabled")?;
-    }
+        Answer::read(resp).await
+    };
+    demo(invented.clone())
+        .await?
+        .expect_error(404, "tenant_not_found")?;
+    demo("sec-b".into())
+        .await?
+        .expect_error(403, "demo_disabled")?;
     ensure!(
         ctx.mock()?.requests().len() == calls,
         "an invented tenant (or a demo it may not run) reached the provider"
@@ -372,13 +378,15 @@ pub async fn unknown_tenants_are_not_found(ctx: &Ctx) -> anyhow::Result<()> {
         ctx,
         crate::config::ADMIN_TOKEN,
         Some(&invented),
-        &json!({"system_prompt": "A new tenant."}),
+        &json!({"system_prompt": "A new tenant.", "demo": true}),
     )
     .await?
     .expect_status(200)?;
     ctx.chat(Some(&invented), &json!({"message": "Hello"}))
         .await?
         .expect_status(200)?;
+    // It turned the demo on: it serves it.
+    demo(invented.clone()).await?.expect_status(200)?;
     Ok(())
 }
 
@@ -480,7 +488,7 @@ pub async fn replay_is_an_operators_power(ctx: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A provider URL must name a public host or loopback: internal names (Spin's
+/// A provider or webhook URL must name a public host or loopback: internal names (Spin's
 /// `*.spin.internal` components, cloud metadata), private addresses and spellings that
 /// parsers read differently are refused when written.
 pub async fn provider_urls_stay_public(ctx: &Ctx) -> anyhow::Result<()> {
@@ -522,6 +530,26 @@ pub async fn provider_urls_stay_public(ctx: &Ctx) -> anyhow::Result<()> {
             put.text
         );
     }
+    // Webhook deliveries leave from inside the deployment too.
+    for url in [
+        "https://10.0.0.8/hook",
+        "https://169.254.169.254/latest",
+        "https://plugin-crm-forwarder.spin.internal/",
+    ] {
+        let put = put_config(
+            ctx,
+            SEC_B_KEY,
+            None,
+            &json!({"webhooks": [{"url": url, "secret": crate::webhooks::WEBHOOK_SECRET}]}),
+        )
+        .await?;
+        put.expect_error(400, "invalid_config")?;
+        ensure!(
+            put.json["error"]["field"] == "webhooks[0].url",
+            "{url}: {}",
+            put.text
+        );
+    }
     ensure!(
         config_version(ctx, SEC_B_KEY).await? == before,
         "a refused configuration was stored"
@@ -531,6 +559,20 @@ pub async fn provider_urls_stay_public(ctx: &Ctx) -> anyhow::Result<()> {
 
 /// Tenant `sec-roster`'s key.
 pub const SEC_ROSTER_KEY: &str = "kf-sec-roster.Kefu0Security0Test0Key03";
+
+/// `sec-roster`'s document as seeded, stored again (so a scenario that stopped halfway
+/// leaves no agent disabled for the next).
+async fn roster_document(ctx: &Ctx) -> anyhow::Result<Value> {
+    let doc = tenants(&ctx.mock()?.base_url())
+        .into_iter()
+        .find(|(t, _)| t == "sec-roster")
+        .context("sec-roster")?
+        .1;
+    put_config(ctx, SEC_ROSTER_KEY, None, &doc)
+        .await?
+        .expect_status(200)?;
+    Ok(doc)
+}
 
 /// Reads the next event other than heartbeats from an SSE body, within `secs`; `None` when
 /// the stream ended.
@@ -559,6 +601,7 @@ async fn next_event(
 /// agent on its roster while the stream is open; the agent's token then opens nothing; a
 /// colleague's stream goes on and still gets the conversation's updates.
 pub async fn sessions_end_when_access_ends(ctx: &Ctx) -> anyhow::Result<()> {
+    let doc = roster_document(ctx).await?;
     let first = ctx
         .chat(Some("sec-roster"), &json!({"message": unique("watched")}))
         .await?;
@@ -604,11 +647,6 @@ pub async fn sessions_end_when_access_ends(ctx: &Ctx) -> anyhow::Result<()> {
         }
     }
     // The operator disables Ana while her stream is open.
-    let doc = tenants(&ctx.mock()?.base_url())
-        .into_iter()
-        .find(|(t, _)| t == "sec-roster")
-        .context("sec-roster")?
-        .1;
     let mut disabled = doc.clone();
     disabled["agents"][0]["disabled"] = json!(true);
     put_config(ctx, SEC_ROSTER_KEY, None, &disabled)
@@ -730,6 +768,7 @@ pub async fn least_privilege_holds(ctx: &Ctx) -> anyhow::Result<()> {
 /// tenant disables the agent while the socket is open: the conversation's object re-checks
 /// its agents' sockets by alarm.
 pub async fn sockets_end_when_access_ends(ctx: &Ctx) -> anyhow::Result<()> {
+    let doc = roster_document(ctx).await?;
     use futures::StreamExt;
     use tokio_tungstenite::tungstenite::Message as Ws;
     let first = ctx
@@ -745,11 +784,6 @@ pub async fn sockets_end_when_access_ends(ctx: &Ctx) -> anyhow::Result<()> {
         .await?;
     let mut ws =
         crate::handoff::open_socket(ctx, &id, format!("after=0&access_token={ana}")).await?;
-    let doc = tenants(&ctx.mock()?.base_url())
-        .into_iter()
-        .find(|(t, _)| t == "sec-roster")
-        .context("sec-roster")?
-        .1;
     let mut disabled = doc.clone();
     disabled["agents"][0]["disabled"] = json!(true);
     put_config(ctx, SEC_ROSTER_KEY, None, &disabled)
