@@ -98,6 +98,8 @@ async fn handle(
     req: &mut Request,
     env: &Env,
 ) -> std::result::Result<Response, ApiError> {
+    // Every body this route reads is read under its limit, the engine's (413 past it).
+    let limit = api::body_limit(&route);
     match route {
         Route::Healthz => json_response(200, &api::health_json()),
         Route::Index => text_response(
@@ -111,11 +113,10 @@ async fn handle(
         ),
         Route::Chat => {
             let tenant = tenant_of(req)?;
-            let declared = req.headers().get("content-length").ok().flatten().and_then(|v| v.parse().ok());
-            api::check_content_length(declared)?;
-            // The (bounded) body is read even when the limit refuses it: answering before the
-            // body is consumed makes the runtime reset the client's keep-alive connection.
-            let body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
+            // The (bounded) body is read even when the visitor's limit refuses the message:
+            // answering before the body is consumed makes the runtime reset the client's
+            // keep-alive connection.
+            let body = http::read_body(req, limit).await?;
             if let Some(refused) = limit_visitor(req, env, &tenant).await? {
                 return Ok(refused);
             }
@@ -166,7 +167,7 @@ async fn handle(
             // A visitor's action (a handoff request, a rating) takes their identity proof, like
             // their messages: a verified visitor's conversation is theirs alone.
             let visitor = if action.by_agent() { None } else { verified_reader(req, env, &tenant).await? };
-            let mut body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
+            let mut body = http::read_body(req, limit).await?;
             if let Some(claims) = &claims {
                 // A signed-in agent acts as itself: the token says who.
                 body = api::bind_agent(action, &body, claims)?;
@@ -206,7 +207,7 @@ async fn handle(
                 }
                 (tenant, config)
             };
-            attachments::upload(req, env, &tenant, &config).await
+            attachments::upload(req, env, &tenant, &config, limit).await
         }
         Route::GetAttachment(id) => {
             // `<img src>` cannot send headers: the tenant may come in the query. The id (128
@@ -227,7 +228,7 @@ async fn handle(
                 field: None,
                 allow: None,
             })?;
-            let body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
+            let body = http::read_body(req, limit).await?;
             let claims = api::mint_agent_claims(&config, &tenant, &body, provider::now())?;
             let token = kefu_engine::auth::sign_agent_token(&secret, &claims);
             json_response(200, &json!({"token": token, "agent": claims.agent, "expires_at": kefu_engine::Timestamp::from_millis(claims.expires).to_rfc3339()}))
@@ -277,7 +278,7 @@ async fn handle(
             }
         }
         Route::Typing(id) => {
-            let body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
+            let body = http::read_body(req, limit).await?;
             let visitor = api::parse_typing(&body)?;
             let tenant = if visitor {
                 tenant_of(req)?
@@ -306,10 +307,7 @@ async fn handle(
         }
         Route::ConversationReplay(id) => {
             let (tenant, config) = agent_tenant(req, env).await?;
-            let body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
-            if body.len() > api::MAX_CONFIG_BYTES + 1024 {
-                return Err(ApiError::new(413, "payload_too_large", "the replay request exceeds 257 KiB"));
-            }
+            let body = http::read_body(req, limit).await?;
             let request = kefu_engine::replay::parse_replay_request(&body, &config)?;
             let internal = conversation::InternalReplay {
                 tenant: tenant.as_str().to_owned(),
@@ -345,7 +343,7 @@ async fn handle(
                     json_response(200, &json!({"tenant": tenant.as_str(), "version": meta.version, "config": current, "builtin_default": document.is_none(), "server_time": provider::now().to_rfc3339()}))
                 }
                 api::ConfigRoute::Put => {
-                    let body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
+                    let body = http::read_body(req, limit).await?;
                     api::parse_config_document(&body)?;
                     let document = String::from_utf8_lossy(&body).into_owned();
                     let version = config::store_version(env, &tenant, &document, "put".into()).await?;
@@ -357,7 +355,7 @@ async fn handle(
                     json_response(200, &json!({"version": meta.version, "history": meta.history}))
                 }
                 api::ConfigRoute::Rollback => {
-                    let body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
+                    let body = http::read_body(req, limit).await?;
                     let target = api::parse_rollback(&body)?;
                     let document = config::version_document(env, &tenant, target).await?.ok_or_else(|| ApiError {
                         status: 404,
@@ -388,7 +386,7 @@ async fn handle(
                     knowledge::operator(env, &tenant, Method::Get, &format!("/sources?tenant={t}"), None).await
                 }
                 api::KnowledgeRoute::PutSource(id) => {
-                    let body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
+                    let body = http::read_body(req, limit).await?;
                     knowledge::operator(env, &tenant, Method::Put, &format!("/sources/{id}?tenant={t}"), Some(body)).await
                 }
                 api::KnowledgeRoute::DeleteSource(id) => {
@@ -417,7 +415,7 @@ async fn handle(
         Route::PluginTest(id) => {
             let (tenant, config) = admin_tenant(req, env).await?;
             let spec = api::plugin_spec(&config, &id)?;
-            let body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
+            let body = http::read_body(req, limit).await?;
             let call = api::parse_plugin_test(&body, &tenant, spec)?;
             let started = provider::now();
             let result = plugins::call(env, &tenant, spec, &call).await;
