@@ -69,6 +69,7 @@ pub(crate) async fn upload(
     env: &Env,
     tenant: &TenantId,
     config: &TenantConfig,
+    limit: kefu_engine::api::BodyLimit,
 ) -> Result<Response, ApiError> {
     if !config.attachments.enabled {
         return Err(ApiError {
@@ -81,27 +82,7 @@ pub(crate) async fn upload(
             retry_after: None,
         });
     }
-    let max = attachment::max_upload_bytes();
-    let declared: Option<u64> = req
-        .headers()
-        .get("content-length")
-        .ok()
-        .flatten()
-        .and_then(|v| v.parse().ok());
-    if declared.is_some_and(|n| n > max) {
-        return Err(ApiError {
-            status: 413,
-            code: "attachment_too_large",
-            message: format!("a file may be at most {max} bytes"),
-            field: None,
-            allow: None,
-            retry_after: None,
-        });
-    }
-    let bytes = req
-        .bytes()
-        .await
-        .map_err(|e| internal(format!("reading the body: {e}")))?;
+    let bytes = http::read_body(req, limit).await?;
     let mime = req
         .headers()
         .get("content-type")

@@ -811,10 +811,12 @@ impl DurableObject for ConversationObject {
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
         let result = match (req.method(), req.path().as_str()) {
-            (Method::Post, TURN_PATH) => match req.bytes().await {
-                Ok(body) => handle_turn(self.inner.clone(), &body).await,
-                Err(e) => Err(internal(e)),
-            },
+            (Method::Post, TURN_PATH) => {
+                match http::read_body(&mut req, api::INTERNAL_BODY_LIMIT).await {
+                    Ok(body) => handle_turn(self.inner.clone(), &body).await,
+                    Err(e) => Err(e),
+                }
+            }
             (Method::Get, TRACES_PATH) => {
                 let url = req.url().ok();
                 let tenant = url.as_ref().and_then(|u| http::param(u, "tenant"));
@@ -825,10 +827,12 @@ impl DurableObject for ConversationObject {
                 let tenant = url.as_ref().and_then(|u| http::param(u, "tenant"));
                 handle_export(&self.inner, tenant.as_deref().unwrap_or_default())
             }
-            (Method::Post, REPLAY_PATH) => match req.bytes().await {
-                Ok(body) => handle_replay(self.inner.clone(), &body).await,
-                Err(e) => Err(internal(e)),
-            },
+            (Method::Post, REPLAY_PATH) => {
+                match http::read_body(&mut req, api::INTERNAL_BODY_LIMIT).await {
+                    Ok(body) => handle_replay(self.inner.clone(), &body).await,
+                    Err(e) => Err(e),
+                }
+            }
             (Method::Get, TRANSCRIPT_PATH) => {
                 let url = req.url().ok();
                 let query = |key: &str| url.as_ref().and_then(|u| http::param(u, key));
@@ -844,10 +848,12 @@ impl DurableObject for ConversationObject {
                         )
                     })
             }
-            (Method::Post, ACTION_PATH) => match req.bytes().await {
-                Ok(body) => handle_action(&self.inner, &body),
-                Err(e) => Err(internal(e)),
-            },
+            (Method::Post, ACTION_PATH) => {
+                match http::read_body(&mut req, api::INTERNAL_BODY_LIMIT).await {
+                    Ok(body) => handle_action(&self.inner, &body),
+                    Err(e) => Err(e),
+                }
+            }
             (Method::Get, EVENTS_PATH) => {
                 let url = req.url().ok();
                 let query = |key: &str| url.as_ref().and_then(|u| http::param(u, key));

@@ -450,20 +450,23 @@ impl DurableObject for GatewayObject {
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
         let result = match (req.method(), req.path().as_str()) {
-            (Method::Post, "/begin") => match req.json::<BeginRequest>().await {
-                Ok(b) => self
-                    .inner
-                    .begin(b)
-                    .and_then(|a| json_response(200, &serde_json::to_value(a).unwrap_or_default())),
-                Err(e) => Err(internal(e)),
-            },
-            (Method::Post, "/settle") => match req.json::<SettleRequest>().await {
-                Ok(s) => self
-                    .inner
-                    .settle(s)
-                    .and_then(|board| json_response(200, &json!({"board": board}))),
-                Err(e) => Err(internal(e)),
-            },
+            (Method::Post, "/begin") => {
+                match crate::http::read_internal_json::<BeginRequest>(&mut req).await {
+                    Ok(b) => self.inner.begin(b).and_then(|a| {
+                        json_response(200, &serde_json::to_value(a).unwrap_or_default())
+                    }),
+                    Err(e) => Err(e),
+                }
+            }
+            (Method::Post, "/settle") => {
+                match crate::http::read_internal_json::<SettleRequest>(&mut req).await {
+                    Ok(s) => self
+                        .inner
+                        .settle(s)
+                        .and_then(|board| json_response(200, &json!({"board": board}))),
+                    Err(e) => Err(e),
+                }
+            }
             (Method::Get, "/usage") => self.inner.usage().and_then(|u| json_response(200, &u)),
             _ => Err(ApiError::internal("unknown gateway route")),
         };

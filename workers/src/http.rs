@@ -1,6 +1,6 @@
 //! Building responses: JSON bodies, error bodies, and the headers every answer carries.
 
-use kefu_engine::api::ApiError;
+use kefu_engine::api::{ApiError, BodyLimit};
 use serde_json::Value;
 use worker::{Headers, Response};
 
@@ -91,7 +91,8 @@ pub(crate) fn internal(e: impl core::fmt::Display) -> ApiError {
 }
 
 /// Reads and discards what is left of a request body (up to 8 MiB; past that the connection
-/// is simply closed), so a refused request leaves its keep-alive connection usable.
+/// is simply closed), so a refused request leaves its keep-alive connection usable. A body
+/// already read, or refused for its size by [`read_body`], is not read again.
 pub(crate) async fn drain(req: &mut worker::Request) {
     use futures::StreamExt;
     let Ok(mut body) = req.stream() else { return };
@@ -102,6 +103,50 @@ pub(crate) async fn drain(req: &mut worker::Request) {
             break;
         }
     }
+}
+
+/// The request's body, read chunk by chunk under `limit` (the engine's, for the route:
+/// [`kefu_engine::api::body_limit`]). A declared `Content-Length` over the limit is refused
+/// before anything is read, and a body without one (chunked) as soon as the running total
+/// passes it, so at most the limit and one chunk are ever held. Either way the body is
+/// marked used, so that nothing reads the rest of it afterwards ([`drain`] included).
+pub(crate) async fn read_body(
+    req: &mut worker::Request,
+    limit: BodyLimit,
+) -> Result<Vec<u8>, ApiError> {
+    use futures::StreamExt;
+    let declared = req
+        .headers()
+        .get("content-length")
+        .ok()
+        .flatten()
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    // A request without a body (a bodiless POST) has no stream to read.
+    if req.inner().body().is_none() {
+        return Ok(Vec::new());
+    }
+    let mut stream = req
+        .stream()
+        .map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
+    limit.check_declared(declared)?;
+    let mut body = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
+        if !limit.admits((body.len() + chunk.len()) as u64) {
+            return Err(limit.refusal());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// [`read_body`] under [`kefu_engine::api::INTERNAL_BODY_LIMIT`], parsed as JSON: the body of
+/// a Durable Object's request from the Worker in front of it.
+pub(crate) async fn read_internal_json<T: serde::de::DeserializeOwned>(
+    req: &mut worker::Request,
+) -> Result<T, ApiError> {
+    let body = read_body(req, kefu_engine::api::INTERNAL_BODY_LIMIT).await?;
+    serde_json::from_slice(&body).map_err(|e| internal(format!("an internal request: {e}")))
 }
 
 /// Sends a request to a Durable Object (by its stub) and returns its answer unchanged.

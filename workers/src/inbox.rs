@@ -81,17 +81,18 @@ impl DurableObject for InboxObject {
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
         let result = match (req.method(), req.path().as_str()) {
-            (Method::Post, "/touch") => match req.json::<Value>().await {
-                Ok(entry) => {
-                    let text = |k: &str| {
-                        entry[k]
-                            .as_str()
-                            .map(|s| SqlStorageValue::String(s.to_owned()))
-                            .unwrap_or(SqlStorageValue::Null)
-                    };
-                    let updated = entry["updated_ms"].as_i64().unwrap_or(0);
-                    // Changes can arrive out of order: an older snapshot never replaces a newer one.
-                    self.sql
+            (Method::Post, "/touch") => {
+                match crate::http::read_internal_json::<Value>(&mut req).await {
+                    Ok(entry) => {
+                        let text = |k: &str| {
+                            entry[k]
+                                .as_str()
+                                .map(|s| SqlStorageValue::String(s.to_owned()))
+                                .unwrap_or(SqlStorageValue::Null)
+                        };
+                        let updated = entry["updated_ms"].as_i64().unwrap_or(0);
+                        // Changes can arrive out of order: an older snapshot never replaces a newer one.
+                        self.sql
                         .exec(
                             "INSERT INTO inbox (id, status, assignee, queue, updated_ms, entry) VALUES (?, ?, ?, ?, ?, ?) \
                              ON CONFLICT (id) DO UPDATE SET status = excluded.status, assignee = excluded.assignee, \
@@ -108,9 +109,10 @@ impl DurableObject for InboxObject {
                         )
                         .map_err(internal)
                         .and_then(|_| json_response(200, &json!({"ok": true})))
+                    }
+                    Err(e) => Err(e),
                 }
-                Err(e) => Err(internal(e)),
-            },
+            }
             (Method::Get, "/list") => {
                 let url = req.url()?;
                 let q = |k: &str| crate::http::param(&url, k);

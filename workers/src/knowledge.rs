@@ -303,7 +303,7 @@ impl DurableObject for KnowledgeObject {
         let tenant = query("tenant").and_then(|t| TenantId::parse(&t));
         let path = req.path();
         let result = match (req.method(), path.as_str()) {
-            (Method::Post, "/search") => match req.json::<Value>().await {
+            (Method::Post, "/search") => match crate::http::read_internal_json::<Value>(&mut req).await {
                 Ok(v) => {
                     let tenant = v["tenant"].as_str().and_then(TenantId::parse);
                     let q = v["q"].as_str().unwrap_or_default().to_owned();
@@ -313,9 +313,9 @@ impl DurableObject for KnowledgeObject {
                         None => Err(ApiError::internal("search without a tenant")),
                     }
                 }
-                Err(e) => Err(internal(e)),
+                Err(e) => Err(e),
             },
-            (Method::Post, "/unanswered") => match req.json::<Unanswered>().await {
+            (Method::Post, "/unanswered") => match crate::http::read_internal_json::<Unanswered>(&mut req).await {
                 Ok(u) => self
                     .sql
                     .exec(
@@ -330,7 +330,7 @@ impl DurableObject for KnowledgeObject {
                     .and_then(|_| self.sql.exec(&knowledge::unanswered_trim_sql(false), None))
                     .map_err(internal)
                     .and_then(|_| json_response(200, &json!({"ok": true}))),
-                Err(e) => Err(internal(e)),
+                Err(e) => Err(e),
             },
             (Method::Get, "/unanswered") => self
                 .rows(
@@ -360,9 +360,9 @@ impl DurableObject for KnowledgeObject {
             (method, p) if p.starts_with("/sources/") => {
                 let id = &p["/sources/".len()..];
                 match (method, &tenant) {
-                    (Method::Put, Some(t)) => match req.bytes().await {
+                    (Method::Put, Some(t)) => match crate::http::read_body(&mut req, kefu_engine::api::INTERNAL_BODY_LIMIT).await {
                         Ok(body) => self.put_source(t, id, &body).await,
-                        Err(e) => Err(internal(e)),
+                        Err(e) => Err(e),
                     },
                     (Method::Delete, Some(t)) => {
                         let existed = self

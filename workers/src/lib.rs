@@ -99,6 +99,8 @@ async fn handle(
     req: &mut Request,
     env: &Env,
 ) -> std::result::Result<Response, ApiError> {
+    // Every body this route reads is read under its limit, the engine's (413 past it).
+    let limit = api::body_limit(&route);
     match route {
         Route::Healthz => json_response(200, &api::health_json()),
         Route::Index => text_response(
@@ -112,11 +114,10 @@ async fn handle(
         ),
         Route::Chat => {
             let tenant = tenant_of(req)?;
-            let declared = req.headers().get("content-length").ok().flatten().and_then(|v| v.parse().ok());
-            api::check_content_length(declared)?;
-            // The (bounded) body is read even when the limit refuses it: answering before the
-            // body is consumed makes the runtime reset the client's keep-alive connection.
-            let body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
+            // The (bounded) body is read even when the visitor's limit refuses the message:
+            // answering before the body is consumed makes the runtime reset the client's
+            // keep-alive connection.
+            let body = http::read_body(req, limit).await?;
             // A tenant nobody configured is not a site: `404` before anything is counted.
             let config = config::load(env, &tenant).await?;
             if let Some(refused) = limit_visitor(req, env, &tenant).await? {
@@ -168,7 +169,7 @@ async fn handle(
             // A visitor's action (a handoff request, a rating) takes their identity proof, like
             // their messages: a verified visitor's conversation is theirs alone.
             let visitor = if action.by_agent() { None } else { verified_reader(req, env, &tenant).await? };
-            let mut body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
+            let mut body = http::read_body(req, limit).await?;
             if let Some(claims) = &claims {
                 // A signed-in agent acts as itself: the token says who.
                 body = api::bind_agent(action, &body, claims)?;
@@ -208,7 +209,7 @@ async fn handle(
                 }
                 (tenant, config)
             };
-            attachments::upload(req, env, &tenant, &config).await
+            attachments::upload(req, env, &tenant, &config, limit).await
         }
         Route::GetAttachment(id) => {
             // `<img src>` cannot send headers: the tenant may come in the query. The id (128
@@ -230,7 +231,7 @@ async fn handle(
                 allow: None,
                 retry_after: None,
             })?;
-            let body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
+            let body = http::read_body(req, limit).await?;
             let claims = api::mint_agent_claims(&config, &tenant, &body, provider::now())?;
             let token = kefu_engine::auth::sign_agent_token(&secret, &claims);
             json_response(200, &json!({"token": token, "agent": claims.agent, "expires_at": kefu_engine::Timestamp::from_millis(claims.expires).to_rfc3339()}))
@@ -286,7 +287,7 @@ async fn handle(
             }
         }
         Route::Typing(id) => {
-            let body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
+            let body = http::read_body(req, limit).await?;
             let visitor = api::parse_typing(&body)?;
             let tenant = if visitor {
                 tenant_of(req)?
@@ -324,10 +325,7 @@ async fn handle(
                 .and_then(|h| h.strip_prefix("Bearer ").map(|t| t.trim().starts_with("kfa.")))
                 .unwrap_or(false);
             let (tenant, config) = if by_agent { agent_tenant(req, env).await? } else { admin_tenant(req, env).await? };
-            let body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
-            if body.len() > api::MAX_CONFIG_BYTES + 1024 {
-                return Err(ApiError::new(413, "payload_too_large", "the replay request exceeds 257 KiB"));
-            }
+            let body = http::read_body(req, limit).await?;
             let deployment = config::deployment(env);
             let caller = kefu_engine::replay::ReplayCaller { tenant: &tenant, operator: !by_agent, deployment: &deployment };
             let request = kefu_engine::replay::parse_replay_request(&body, &config, caller)?;
@@ -365,7 +363,7 @@ async fn handle(
                     json_response(200, &json!({"tenant": tenant.as_str(), "version": meta.version, "config": current, "builtin_default": document.is_none(), "server_time": provider::now().to_rfc3339()}))
                 }
                 api::ConfigRoute::Put => {
-                    let body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
+                    let body = http::read_body(req, limit).await?;
                     api::parse_config_document(&body, &tenant, &config::deployment(env))?;
                     let document = String::from_utf8_lossy(&body).into_owned();
                     let version = config::store_version(env, &tenant, &document, "put".into()).await?;
@@ -377,7 +375,7 @@ async fn handle(
                     json_response(200, &json!({"version": meta.version, "history": meta.history}))
                 }
                 api::ConfigRoute::Rollback => {
-                    let body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
+                    let body = http::read_body(req, limit).await?;
                     let target = api::parse_rollback(&body)?;
                     let document = config::version_document(env, &tenant, target).await?.ok_or_else(|| ApiError {
                         status: 404,
@@ -409,7 +407,7 @@ async fn handle(
                     knowledge::operator(env, &tenant, Method::Get, &format!("/sources?tenant={t}"), None).await
                 }
                 api::KnowledgeRoute::PutSource(id) => {
-                    let body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
+                    let body = http::read_body(req, limit).await?;
                     knowledge::operator(env, &tenant, Method::Put, &format!("/sources/{id}?tenant={t}"), Some(body)).await
                 }
                 api::KnowledgeRoute::DeleteSource(id) => {
@@ -438,7 +436,7 @@ async fn handle(
         Route::PluginTest(id) => {
             let (tenant, config) = admin_tenant(req, env).await?;
             let spec = api::plugin_spec(&config, &id)?;
-            let body = req.bytes().await.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
+            let body = http::read_body(req, limit).await?;
             let call = api::parse_plugin_test(&body, &tenant, spec)?;
             let started = provider::now();
             let result = plugins::call(env, &tenant, spec, &call).await;

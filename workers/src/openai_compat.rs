@@ -108,9 +108,14 @@ pub(crate) async fn chat(mut req: Request, env: &Env, ctx: &Context) -> worker::
             return error_response(&e);
         }
     };
-    let body = match req.bytes().await {
+    let body = match crate::http::read_body(
+        &mut req,
+        kefu_engine::api::body_limit(&kefu_engine::api::Route::OpenAiChat),
+    )
+    .await
+    {
         Ok(b) => b,
-        Err(e) => return error_response(&host_error(e)),
+        Err(e) => return error_response(&OpenAiError::from_api(&e)),
     };
     let request = match oa::parse_request(&body) {
         Ok(r) => r,

@@ -311,12 +311,9 @@ pub fn parse_config_document(
     tenant: &TenantId,
     deployment: &crate::deployment::Deployment,
 ) -> Result<crate::TenantConfig, ApiError> {
-    if body.len() > MAX_CONFIG_BYTES {
-        return Err(ApiError::new(
-            413,
-            "payload_too_large",
-            format!("the configuration exceeds {MAX_CONFIG_BYTES} bytes"),
-        ));
+    let limit = body_limit(&Route::Config(ConfigRoute::Put));
+    if !limit.admits(body.len() as u64) {
+        return Err(limit.refusal());
     }
     let text = std::str::from_utf8(body)
         .map_err(|_| ApiError::new(400, "invalid_json", "the body is not UTF-8"))?;
@@ -769,20 +766,123 @@ impl ChatRequest {
     }
 }
 
-/// Checks a declared `Content-Length` before the body is read.
-pub fn check_content_length(declared: Option<u64>) -> Result<(), ApiError> {
-    match declared {
-        Some(n) if n > MAX_BODY_BYTES as u64 => Err(too_large()),
-        _ => Ok(()),
+fn too_large() -> ApiError {
+    body_limit(&Route::Chat).refusal()
+}
+
+// ---- Request body limits -----------------------------------------------------------------
+
+/// The largest body of `POST /api/v1/conversations/{id}/replay`, in bytes: a configuration
+/// and a few fields beside it.
+pub const MAX_REPLAY_BYTES: usize = MAX_CONFIG_BYTES + 1024;
+
+/// How much of a request body a route accepts, and the `413` that refuses more.
+///
+/// Both hosts read every body through one capped reader that asks [`request_body_limit`]
+/// first: a declared `Content-Length` over the limit is refused before a byte is read, and a
+/// body that declares no length (`Transfer-Encoding: chunked`) is refused as soon as the
+/// running total passes the limit, so no host ever holds more than the limit (and one
+/// chunk) of a body, and a refused request stores nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyLimit {
+    /// The most bytes accepted.
+    pub max_bytes: usize,
+    /// The refusal's stable code: `payload_too_large`, or `attachment_too_large` for uploads.
+    pub code: &'static str,
+    /// What the body is, for the refusal's message ("the request body", "a file", …).
+    pub subject: &'static str,
+}
+
+impl BodyLimit {
+    const fn payload(max_bytes: usize, subject: &'static str) -> Self {
+        Self {
+            max_bytes,
+            code: "payload_too_large",
+            subject,
+        }
+    }
+
+    /// Whether `bytes` (declared, or read so far) are within the limit.
+    pub fn admits(&self, bytes: u64) -> bool {
+        bytes <= self.max_bytes as u64
+    }
+
+    /// Checks a declared `Content-Length` before the body is read.
+    pub fn check_declared(&self, content_length: Option<u64>) -> Result<(), ApiError> {
+        match content_length {
+            Some(n) if !self.admits(n) => Err(self.refusal()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The `413` for a body over the limit.
+    pub fn refusal(&self) -> ApiError {
+        ApiError::new(
+            413,
+            self.code,
+            format!("{} exceeds {} bytes", self.subject, self.max_bytes),
+        )
     }
 }
 
-fn too_large() -> ApiError {
-    ApiError::new(
-        413,
-        "payload_too_large",
-        format!("the request body exceeds {MAX_BODY_BYTES} bytes"),
-    )
+/// The body limit of a request no route takes a larger body for: every small JSON body
+/// (chat, actions, typing, tokens, rollbacks) and every route that reads none.
+pub const DEFAULT_BODY_LIMIT: BodyLimit = BodyLimit::payload(MAX_BODY_BYTES, "the request body");
+
+/// The body limit of a host's internal hop (the Worker's request to one of its Durable
+/// Objects): a public body already within its route's limit (at most a 12 MiB knowledge
+/// source) with the tenant's configuration and an envelope around it. A backstop: no
+/// stranger reaches these routes.
+pub const INTERNAL_BODY_LIMIT: BodyLimit =
+    BodyLimit::payload(16 << 20, "the internal request body");
+
+/// The body limit of `route`: the one table both hosts enforce while they read.
+pub fn body_limit(route: &Route) -> BodyLimit {
+    match route {
+        Route::Config(ConfigRoute::Put) => {
+            BodyLimit::payload(MAX_CONFIG_BYTES, "the configuration")
+        }
+        Route::ConversationReplay(_) => BodyLimit::payload(MAX_REPLAY_BYTES, "the replay request"),
+        Route::PluginTest(_) => BodyLimit::payload(MAX_PLUGIN_TEST_BYTES, "a plugin test"),
+        Route::Knowledge(KnowledgeRoute::PutSource(_)) => BodyLimit::payload(
+            crate::knowledge::MAX_SOURCE_JSON_BYTES,
+            "the knowledge source",
+        ),
+        Route::OpenAiChat => {
+            BodyLimit::payload(crate::openai_api::MAX_REQUEST_BYTES, "the request body")
+        }
+        Route::Upload => BodyLimit {
+            // The largest file of any accepted type: the type's own limit is checked once
+            // the bytes are in (`attachment::accept`).
+            max_bytes: usize::try_from(crate::attachment::max_upload_bytes()).unwrap_or(usize::MAX),
+            code: "attachment_too_large",
+            subject: "a file",
+        },
+        Route::Chat
+        | Route::ConversationAction(..)
+        | Route::Typing(_)
+        | Route::AgentToken
+        | Route::Config(_)
+        | Route::Index
+        | Route::Healthz
+        | Route::Demo
+        | Route::GetConversation(_)
+        | Route::Usage
+        | Route::Knowledge(_)
+        | Route::ListConversations
+        | Route::ConversationEvents(_)
+        | Route::ConversationTraces(_)
+        | Route::ConversationExport(_)
+        | Route::GetAttachment(_)
+        | Route::Plugins
+        | Route::OpenAiModels => DEFAULT_BODY_LIMIT,
+    }
+}
+
+/// The body limit of a request by its method and path, routed or not (a request the router
+/// refuses, or a host's own route, reads at most [`DEFAULT_BODY_LIMIT`]).
+pub fn request_body_limit(method: &str, path: &str) -> BodyLimit {
+    route(method, path).map_or(DEFAULT_BODY_LIMIT, |r| body_limit(&r))
 }
 
 /// The tenant's stored configuration document, parsed and validated: a stored document
@@ -1460,12 +1560,9 @@ pub fn parse_plugin_test(
     tenant: &TenantId,
     spec: &crate::plugin::PluginSpec,
 ) -> Result<crate::plugin::HookCall, ApiError> {
-    if body.len() > MAX_PLUGIN_TEST_BYTES {
-        return Err(ApiError::new(
-            413,
-            "payload_too_large",
-            format!("a plugin test is at most {MAX_PLUGIN_TEST_BYTES} bytes"),
-        ));
+    let limit = body_limit(&Route::PluginTest(spec.id.clone()));
+    if !limit.admits(body.len() as u64) {
+        return Err(limit.refusal());
     }
     let mut v: Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
@@ -1752,6 +1849,69 @@ mod tests {
 
     fn code(body: &[u8]) -> &'static str {
         parse_chat_request(body).unwrap_err().code
+    }
+
+    #[test]
+    fn body_limits_by_route() {
+        let limit = |method: &str, path: &str| request_body_limit(method, path);
+        let id = "c_0123456789abcdef0123456789abcdef";
+        // Small JSON bodies: 64 KiB.
+        for (method, path) in [
+            ("POST", "/api/v1/chat".to_owned()),
+            ("POST", format!("/api/v1/conversations/{id}/message")),
+            ("POST", format!("/api/v1/conversations/{id}/handoff")),
+            ("POST", format!("/api/v1/conversations/{id}/typing")),
+            ("POST", "/api/v1/agents/tokens".to_owned()),
+            ("POST", "/api/v1/config/rollback".to_owned()),
+            // Routes that read no body, and requests no route takes, read no more.
+            ("GET", "/api/v1/config".to_owned()),
+            ("POST", "/no/such/route".to_owned()),
+            ("DELETE", "/api/v1/chat".to_owned()),
+        ] {
+            assert_eq!(limit(method, &path), DEFAULT_BODY_LIMIT, "{method} {path}");
+        }
+        assert_eq!(DEFAULT_BODY_LIMIT.max_bytes, 64 * 1024);
+        let larger = [
+            ("PUT", "/api/v1/config".to_owned(), 256 * 1024),
+            (
+                "POST",
+                format!("/api/v1/conversations/{id}/replay"),
+                257 * 1024,
+            ),
+            ("POST", "/api/v1/plugins/pii/test".to_owned(), 256 * 1024),
+            ("PUT", "/api/v1/knowledge/sources/faq".to_owned(), 12 << 20),
+            ("POST", "/v1/chat/completions".to_owned(), 4 << 20),
+        ];
+        for (method, path, max) in larger {
+            let l = limit(method, &path);
+            assert_eq!((l.max_bytes, l.code), (max, "payload_too_large"), "{path}");
+        }
+        let upload = limit("POST", "/api/v1/attachments");
+        assert_eq!(upload.max_bytes, 10 << 20);
+        assert_eq!(upload.code, "attachment_too_large");
+    }
+
+    #[test]
+    fn body_limits_refuse_declared_and_read_lengths() {
+        let l = body_limit(&Route::Chat);
+        assert!(l.check_declared(None).is_ok());
+        assert!(l.check_declared(Some(64 * 1024)).is_ok());
+        let refused = l.check_declared(Some(64 * 1024 + 1)).unwrap_err();
+        assert_eq!((refused.status, refused.code), (413, "payload_too_large"));
+        assert_eq!(refused.body()["error"]["code"], "payload_too_large");
+        assert!(refused.message.contains("65536"), "{}", refused.message);
+        assert!(l.admits(64 * 1024) && !l.admits(64 * 1024 + 1));
+        // The parsers refuse with the very same error as the readers.
+        let huge = vec![b' '; MAX_BODY_BYTES + 1];
+        assert_eq!(parse_chat_request(&huge).unwrap_err(), l.refusal());
+        let config = vec![b' '; MAX_CONFIG_BYTES + 1];
+        assert_eq!(
+            parse_config_document(&config, &TenantId::default_tenant(), &Default::default())
+                .unwrap_err(),
+            body_limit(&Route::Config(ConfigRoute::Put)).refusal()
+        );
+        let openai = crate::openai_api::parse_request(&vec![b' '; (4 << 20) + 1]).unwrap_err();
+        assert_eq!((openai.status, openai.code), (413, "payload_too_large"));
     }
 
     #[test]

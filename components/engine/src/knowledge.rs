@@ -46,6 +46,9 @@ use crate::wire::{PromptMessage, PromptRole, ToolSpec};
 
 /// The largest source body, in bytes (2 MB).
 pub const MAX_SOURCE_BYTES: usize = 2 * 1024 * 1024;
+/// The largest source document accepted as JSON, in bytes: JSON escapes at most sextuple a
+/// body's size (`\u0001`), so anything larger cannot hold a valid body.
+pub const MAX_SOURCE_JSON_BYTES: usize = 6 * MAX_SOURCE_BYTES;
 
 /// The most chunks (and, for documents, headings) one source may produce.
 pub const MAX_CHUNKS_PER_SOURCE: usize = 20_000;
@@ -145,9 +148,8 @@ fn invalid(field: &str, message: impl Into<String>) -> ConfigError {
 impl Source {
     /// Parses and validates an uploaded source document.
     pub fn from_json(json: &str) -> Result<Self, ConfigError> {
-        // JSON escapes at most sextuple a body's size (`\u0001`); anything larger cannot
-        // hold a valid body, and is refused before it is parsed.
-        if json.len() > 6 * MAX_SOURCE_BYTES {
+        // Anything larger cannot hold a valid body, and is refused before it is parsed.
+        if json.len() > MAX_SOURCE_JSON_BYTES {
             return Err(invalid("body", "must be at most 2097152 bytes (2 MB)"));
         }
         let source: Source = serde_json::from_str(json).map_err(|e| invalid("$", e.to_string()))?;

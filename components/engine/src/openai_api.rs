@@ -14,6 +14,10 @@ use crate::wire::{PromptMessage, PromptRole, ToolCall, ToolSpec};
 /// The model name that means "the tenant's chat route".
 pub const DEFAULT_MODEL_ALIAS: &str = "kefu";
 
+/// The largest body of `POST /v1/chat/completions`, in bytes (a long conversation with
+/// images inline fits).
+pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+
 /// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OpenAiError {
@@ -39,6 +43,19 @@ impl OpenAiError {
             code: "invalid_request",
             message: message.into(),
             param: Some(param.to_owned()),
+            retry_after_secs: None,
+        }
+    }
+
+    /// One of Kefu's errors in OpenAI's shape: the same status, code and message (a body
+    /// over the route's limit is `413 payload_too_large` on either API).
+    pub fn from_api(e: &crate::api::ApiError) -> Self {
+        Self {
+            status: e.status,
+            kind: "invalid_request_error",
+            code: e.code,
+            message: e.message.clone(),
+            param: e.field.clone(),
             retry_after_secs: None,
         }
     }
@@ -160,11 +177,10 @@ fn text_of(v: &Value, param: &str) -> Result<Vec<Part>, OpenAiError> {
 
 /// Parses and validates a request body.
 pub fn parse_request(body: &[u8]) -> Result<CompletionRequest, OpenAiError> {
-    if body.len() > 4 << 20 {
-        return Err(OpenAiError {
-            status: 413,
-            ..OpenAiError::invalid("the request body exceeds 4 MiB", "messages")
-        });
+    if body.len() > MAX_REQUEST_BYTES {
+        return Err(OpenAiError::from_api(
+            &crate::api::body_limit(&crate::api::Route::OpenAiChat).refusal(),
+        ));
     }
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| OpenAiError::invalid(format!("the body is not valid JSON: {e}"), "body"))?;

@@ -188,12 +188,14 @@ fn none_match_hits(header: &str, etag: &str) -> bool {
 #[cfg(target_arch = "wasm32")]
 #[allow(unsafe_code)]
 mod entry {
-    use spin_sdk::http::{Method, Request, Response};
+    use spin_sdk::http::{IncomingRequest, Method, Response};
     use spin_sdk::http_component;
 
-    /// Every request: a file from the mount at `/`.
+    /// Every request: a file from the mount at `/`. The handler takes the request unread
+    /// (`IncomingRequest`, not `Request`, which would first read the whole body into
+    /// memory): files are only read, never written, so a body here is never looked at.
     #[http_component]
-    fn handle(req: Request) -> Response {
+    fn handle(req: IncomingRequest) -> Response {
         let method = match req.method() {
             Method::Get => "GET".to_owned(),
             Method::Head => "HEAD".to_owned(),
@@ -204,15 +206,23 @@ mod entry {
             Method::Options => "OPTIONS".to_owned(),
             Method::Connect => "CONNECT".to_owned(),
             Method::Trace => "TRACE".to_owned(),
-            Method::Other(m) => m.clone(),
+            Method::Other(m) => m,
         };
+        let target = req.path_with_query().unwrap_or_else(|| "/".to_owned());
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        let if_none_match = req
+            .headers()
+            .get("if-none-match")
+            .into_iter()
+            .next()
+            .and_then(|v| String::from_utf8(v).ok());
         let reply = super::serve(
             std::path::Path::new("/"),
             &super::Request {
                 method: &method,
-                path: req.path(),
-                query: req.query(),
-                if_none_match: req.header("if-none-match").and_then(|v| v.as_str()),
+                path,
+                query,
+                if_none_match: if_none_match.as_deref(),
             },
         );
         let mut response = Response::builder();

@@ -174,7 +174,6 @@ fn prepare(
     req: &Incoming,
 ) -> Result<(TenantId, api::ChatRequest, TenantConfig, Vec<Part>), ApiError> {
     let tenant = api::tenant(req.header(api::TENANT_HEADER))?;
-    api::check_content_length(req.header("content-length").and_then(|v| v.parse().ok()))?;
     let chat = api::parse_chat_request(&req.body)?;
     let config = store::config(kv, &tenant)?;
     crate::limit_visitor(kv, req, &tenant)?;

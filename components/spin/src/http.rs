@@ -1,16 +1,12 @@
 //! The component's side of HTTP: reading the incoming request, writing the response whole
 //! or as a stream, and JSON error bodies (the engine's shapes).
 
-use kefu_engine::api::ApiError;
+use kefu_engine::api::{self, ApiError};
 use serde_json::Value;
 use spin_sdk::wit::wasi::http0_2_0::types::{
     Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 use wasi::io::streams::OutputStream;
-
-/// The most request body bytes read, but for uploads (chat bodies are limited to 64 KiB by
-/// the engine).
-const MAX_REQUEST_BYTES: usize = 1 << 20;
 
 /// An incoming request, read in full.
 pub struct Incoming {
@@ -27,8 +23,9 @@ pub struct Incoming {
 }
 
 impl Incoming {
-    /// Reads `req`; a body over the limit is an error.
-    pub fn read(req: IncomingRequest) -> Result<Self, ApiError> {
+    /// Reads `req`; a body over its route's limit is refused (`413`) without being read
+    /// whole (see [`read_body`]).
+    pub fn read(req: IncomingRequest) -> Result<Self, Refused> {
         let method = match req.method() {
             Method::Get => "GET".to_owned(),
             Method::Head => "HEAD".to_owned(),
@@ -46,7 +43,7 @@ impl Incoming {
             Some((p, q)) => (p.to_owned(), q.to_owned()),
             None => (target, String::new()),
         };
-        let headers = req
+        let headers: Vec<(String, String)> = req
             .headers()
             .entries()
             .into_iter()
@@ -57,39 +54,10 @@ impl Incoming {
                 )
             })
             .collect();
-        // An upload may be as large as the largest file the engine accepts.
-        let (limit, too_large) = if path == "/api/v1/attachments" {
-            let max = kefu_engine::attachment::max_upload_bytes();
-            (
-                usize::try_from(max).unwrap_or(usize::MAX),
-                ApiError::new(
-                    413,
-                    "attachment_too_large",
-                    format!("a file may be at most {max} bytes"),
-                ),
-            )
-        } else {
-            (
-                MAX_REQUEST_BYTES,
-                ApiError::new(
-                    413,
-                    "body_too_large",
-                    format!("the request body exceeds {MAX_REQUEST_BYTES} bytes"),
-                ),
-            )
-        };
-        let mut body = Vec::new();
-        if let Ok(incoming) = req.consume()
-            && let Ok(stream) = incoming.stream()
-        {
-            // Reading ends at the end of the body (a closed stream).
-            while let Ok(chunk) = stream.blocking_read(64 * 1024) {
-                body.extend_from_slice(&chunk);
-                if body.len() > limit {
-                    return Err(too_large);
-                }
-            }
-        }
+        let body = read_body(req, &method, &path, &headers).map_err(|error| Refused {
+            route: api::route(&method, &path).ok(),
+            error,
+        })?;
         Ok(Self {
             method,
             path,
@@ -114,6 +82,51 @@ impl Incoming {
             (decode(k) == name).then(|| decode(v))
         })
     }
+}
+
+/// A request refused while it was read: the error, and the route it was for (whose API
+/// decides the error's shape: OpenAI's for `/v1/chat/completions`).
+pub struct Refused {
+    /// Why (`413` for a body over the limit).
+    pub error: ApiError,
+    /// The route the request was for, when it names one.
+    pub route: Option<api::Route>,
+}
+
+/// The largest chunk asked of the body stream at once.
+const CHUNK_BYTES: u64 = 64 * 1024;
+
+/// The body of `req`, read chunk by chunk under the limit the engine sets for its route
+/// ([`api::request_body_limit`]): a declared `Content-Length` over it is refused before
+/// anything is read, and a body without one (chunked) as soon as the running total passes
+/// it, so at most the limit and one chunk are ever held.
+fn read_body(
+    req: IncomingRequest,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+) -> Result<Vec<u8>, ApiError> {
+    let limit = api::request_body_limit(method, path);
+    let declared = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.trim().parse::<u64>().ok());
+    limit.check_declared(declared)?;
+    let mut body = Vec::new();
+    let Ok(incoming) = req.consume() else {
+        return Ok(body);
+    };
+    let Ok(stream) = incoming.stream() else {
+        return Ok(body);
+    };
+    // Reading ends at the end of the body (a closed stream).
+    while let Ok(chunk) = stream.blocking_read(CHUNK_BYTES) {
+        if !limit.admits((body.len() + chunk.len()) as u64) {
+            return Err(limit.refusal());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 fn decode(s: &str) -> String {

@@ -60,7 +60,11 @@ mod entry {
 fn serve(req: IncomingRequest, out: ResponseOutparam) {
     let req = match Incoming::read(req) {
         Ok(req) => req,
-        Err(e) => return Reply::error(&e).send(out),
+        Err(refused) if refused.route == Some(Route::OpenAiChat) => {
+            return openai::refused(&refused.error).send(out);
+        }
+        // Nothing was stored: the body was refused before any route ran.
+        Err(refused) => return Reply::error(&refused.error).send(out),
     };
     let kv = match Kv::open() {
         Ok(kv) => kv,

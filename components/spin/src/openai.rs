@@ -35,6 +35,11 @@ fn host_error(message: impl Into<String>, status: u16, code: &'static str) -> Op
     }
 }
 
+/// A request refused before it was routed (a body over the limit), in OpenAI's shape.
+pub(crate) fn refused(e: &kefu_engine::api::ApiError) -> Reply {
+    error_reply(&OpenAiError::from_api(e))
+}
+
 fn from_api(e: &kefu_engine::api::ApiError) -> OpenAiError {
     host_error(e.message.clone(), e.status, e.code)
 }

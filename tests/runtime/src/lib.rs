@@ -10,6 +10,8 @@
 //! - [`worker`]: starts Kefu on workerd (through Miniflare), with tenant configs seeded
 //!   into local KV, and stops the whole process group again.
 //! - [`scenarios`]: the checks, written once against a base URL so every host runs the same.
+//! - [`body_limits`]: request bodies over their route's limit, declared or chunked: `413`,
+//!   nothing stored.
 //! - [`config`]: the versioned tenant configuration: validation, effect, rollback.
 //! - [`gateway`]: the gateway's scenarios (fallback, breakers, quotas, the OpenAI SDK) and
 //!   the tenant configurations they need.
@@ -24,6 +26,7 @@
 //! - [`sse`]: a small Server-Sent Events reader used by the scenarios and the mock's tests.
 
 pub mod attachments;
+pub mod body_limits;
 pub mod config;
 pub mod gateway;
 pub mod handoff;

@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 use crate::attachments::{
     attachments_checked_stored_and_seen, attachments_documents_voice_and_agents,
 };
+use crate::body_limits::body_limits_enforced_while_reading;
 use crate::config::config_versions_and_rollback;
 use crate::gateway::{
     gateway_300_turns_with_a_flaky_primary, gateway_breaker_opens_and_recovers,
@@ -354,6 +355,7 @@ pub fn all() -> Vec<Scenario> {
         history_survives,
         concurrent_posts_one_conversation,
         bad_input_rejected,
+        body_limits_enforced_while_reading,
         provider_error_is_not_a_reply,
         provider_timeout,
         cut_stream_is_an_error,

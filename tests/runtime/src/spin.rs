@@ -33,6 +33,7 @@ pub fn not_on_spin(scenario: &str) -> Option<&'static str> {
         | "history_survives"
         | "concurrent_posts_one_conversation"
         | "bad_input_rejected"
+        | "body_limits_enforced_while_reading"
         | "provider_error_is_not_a_reply"
         | "provider_timeout"
         | "cut_stream_is_an_error"
