@@ -331,12 +331,17 @@ pub fn check_url(url: &str, grants: &Grants) -> Result<ApprovedUrl, Denied> {
     }
     // `port_or_known_default` is `Some` for both schemes allowed above.
     let port = parsed.port_or_known_default().unwrap_or(443);
+    let default_port = if secure { 443 } else { 80 };
     let granted = grants.hosts.iter().any(|g| {
         let (g_host, g_port) = match g.rsplit_once(':') {
-            Some((h, p)) => (h, p.parse::<u16>().ok()),
-            None => (g.as_str(), None),
+            // A port no URL can have (`:99999`) grants nothing.
+            Some((h, p)) => match p.parse::<u16>() {
+                Ok(p) => (h, p),
+                Err(_) => return false,
+            },
+            None => (g.as_str(), default_port),
         };
-        let port_ok = g_port.unwrap_or(if secure { 443 } else { 80 }) == port;
+        let port_ok = g_port == port;
         let host_ok = match g_host.strip_prefix("*.") {
             Some(domain) => {
                 is_domain
@@ -1295,7 +1300,7 @@ mod tests {
         );
     }
 
-    fn grants(hosts: &[&str]) -> Grants {
+    fn granting(hosts: &[&str]) -> Grants {
         Grants {
             hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
             kv: false,
@@ -1304,7 +1309,7 @@ mod tests {
 
     #[test]
     fn outbound_requests_only_to_granted_hosts() {
-        let grants = grants(&["shop.example.com", "*.api.example.com", "127.0.0.1:9000"]);
+        let grants = granting(&["shop.example.com", "*.api.example.com", "127.0.0.1:9000"]);
         for (url, fetched) in [
             (
                 "https://shop.example.com/orders/1",
@@ -1361,6 +1366,14 @@ mod tests {
             assert!(check_url(url, &grants).is_err(), "{url} must be denied");
         }
         assert!(check_url("https://shop.example.com/", &Grants::default()).is_err());
+        // A grant whose port no URL can have grants nothing, not the default port.
+        assert!(
+            check_url(
+                "https://shop.example.com/",
+                &granting(&["shop.example.com:99999"])
+            )
+            .is_err()
+        );
         let long = format!("https://shop.example.com/{}", "a".repeat(MAX_URL_BYTES));
         assert!(check_url(&long, &grants).is_err());
     }
@@ -1369,7 +1382,7 @@ mod tests {
     /// decide on the host the WHATWG parse (and so the fetch) uses.
     #[test]
     fn url_tricks_are_judged_by_the_host_the_fetch_would_use() {
-        let grants = grants(&["shop.example.com", "*.api.example.com", "127.0.0.1:9000"]);
+        let grants = granting(&["shop.example.com", "*.api.example.com", "127.0.0.1:9000"]);
         let denied = |url: &str| match check_url(url, &grants) {
             Ok(approved) => panic!("{url} must be denied, was approved as {approved}"),
             Err(Denied(why)) => why,
@@ -1433,7 +1446,7 @@ mod tests {
 
     #[test]
     fn spellings_of_a_granted_host_are_fetched_normalized() {
-        let grants = grants(&["shop.example.com", "*.api.example.com", "127.0.0.1:9000"]);
+        let grants = granting(&["shop.example.com", "*.api.example.com", "127.0.0.1:9000"]);
         for (url, fetched) in [
             // Decoded, folded and IDNA-mapped, the host is a granted one; the fetch uses the
             // normalized form, so no other parser ever reads the original.
