@@ -141,7 +141,8 @@ spin: rust-targets plugins
 # The example plugins (components/plugins/<name>, crate kefu-plugin-<name>): each crate is
 # built as a core wasm module for wasm32-unknown-unknown (so it imports nothing but Kefu's
 # `host` interface, no WASI), metered (components/plugin-meter: it traps once it has used
-# PLUGIN_BUDGET units of CPU, since no host can preempt a loop) and made a component with
+# PLUGIN_BUDGET units of CPU, since no host can preempt a loop, bulk memory operations
+# charged by their size; and its memory may not grow past PLUGIN_MEMORY_MIB) and made a component with
 # jco, which validates it against the kefu:extension WIT it embeds.
 # Output: target/plugins/<name>.wasm. Test plugins
 # (tests/plugins/<name>, crate kefu-test-plugin-<name>, library kefu_plugin_<name>) misbehave on
@@ -151,6 +152,7 @@ TEST_PLUGINS := $(patsubst tests/plugins/%/Cargo.toml,%,$(wildcard tests/plugins
 PLUGINS := $(EXAMPLE_PLUGINS) $(TEST_PLUGINS)
 PLUGIN_PACKAGES := $(foreach p,$(EXAMPLE_PLUGINS),-p kefu-plugin-$(p)) $(foreach p,$(TEST_PLUGINS),-p kefu-test-plugin-$(p))
 PLUGIN_BUDGET ?= 50000000
+PLUGIN_MEMORY_MIB ?= 64
 TARGET_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target))
 plugins: rust-targets node_modules/.package-lock.json
 	cargo build --release --target wasm32-unknown-unknown $(PLUGIN_PACKAGES)
@@ -158,9 +160,9 @@ plugins: rust-targets node_modules/.package-lock.json
 	@mkdir -p $(TARGET_DIR)/plugins
 	@for p in $(PLUGINS); do \
 		core=$(TARGET_DIR)/wasm32-unknown-unknown/release/kefu_plugin_$${p//-/_}; \
-		$(TARGET_DIR)/debug/kefu-plugin-meter --budget $(PLUGIN_BUDGET) $$core.wasm $$core.metered.wasm; \
+		$(TARGET_DIR)/debug/kefu-plugin-meter --budget $(PLUGIN_BUDGET) --max-memory-mib $(PLUGIN_MEMORY_MIB) $$core.wasm $$core.metered.wasm; \
 		jco new $$core.metered.wasm -o $(TARGET_DIR)/plugins/$$p.wasm; \
-		echo "target/plugins/$$p.wasm: $$(wc -c < $(TARGET_DIR)/plugins/$$p.wasm) bytes (metered: $(PLUGIN_BUDGET) units a call)"; done
+		echo "target/plugins/$$p.wasm: $$(wc -c < $(TARGET_DIR)/plugins/$$p.wasm) bytes (metered: $(PLUGIN_BUDGET) units a call, $(PLUGIN_MEMORY_MIB) MiB of memory)"; done
 
 # Kefu's Spin build, locally: with the Spin CLI installed, `spin up`; without it (as on our
 # build machines, where Spin cannot be installed), on Kefu's Spin test host, which speaks

@@ -343,9 +343,12 @@ impl Host {
     }
 
     async fn fetch(&self, method: &str, url: &str, headers: &str, body: JsValue) -> JsValue {
-        if let Err(denied) = plugin::check_url(url, &self.grants) {
-            return err(json!({"denied": denied.0}));
-        }
+        // From here on only the approved serialization is used: the check judged its host,
+        // and fetch must not read the plugin's own spelling some other way.
+        let url = match plugin::check_url(url, &self.grants) {
+            Ok(approved) => approved,
+            Err(denied) => return err(json!({"denied": denied.0})),
+        };
         if !matches!(method, "GET" | "POST" | "PUT" | "PATCH" | "DELETE") {
             return err(json!({"failed": format!("method {method} is not allowed")}));
         }
@@ -367,7 +370,12 @@ impl Host {
         let controller = AbortController::default();
         let request = (|| -> worker::Result<Request> {
             let h = Headers::new();
-            for (name, value) in &pairs {
+            // The request goes to the approved URL's host; a plugin's `Host` header is dropped
+            // (as on Spin) so it cannot name another.
+            for (name, value) in pairs
+                .iter()
+                .filter(|(n, _)| !n.eq_ignore_ascii_case("host"))
+            {
                 h.append(name, value)?;
             }
             let mut init = RequestInit::new();
@@ -377,7 +385,7 @@ impl Host {
                 // the 3xx and may ask for the new location, which is checked like any URL.
                 .with_redirect(RequestRedirect::Manual)
                 .with_body(body.map(Into::into));
-            Request::new_with_init(url, &init)
+            Request::new_with_init(url.as_str(), &init)
         })();
         let request = match request {
             Ok(r) => r,

@@ -85,7 +85,9 @@ fn enabled_by_default() -> bool {
 #[serde(default, deny_unknown_fields)]
 pub struct Grants {
     /// Hosts its outbound requests may go to: `shop.example.com`, or `*.example.com` for any
-    /// subdomain (not the domain itself). `https://` only, except `localhost`/`127.0.0.1`.
+    /// subdomain (not the domain itself), optionally with a `:port` (without one, only the
+    /// scheme's default port). `https://` only, except `localhost`/`127.0.0.1`. See
+    /// [`check_url`].
     pub hosts: Vec<String>,
     /// Whether it has its own key-value space.
     pub kv: bool,
@@ -222,62 +224,147 @@ pub fn validate_plugins(plugins: &[PluginSpec]) -> Result<(), ConfigError> {
 #[error("{0}")]
 pub struct Denied(pub String);
 
-/// Whether `url` may be fetched under `grants`: an `https://` URL whose host a grant names
-/// (or `http://` to `localhost`/`127.0.0.1` when granted, for development and tests), without
-/// credentials. Hosts enforce this before every `host.fetch`.
-pub fn check_url(url: &str, grants: &Grants) -> Result<(), Denied> {
-    let (secure, rest) = if let Some(rest) = url.strip_prefix("https://") {
-        (true, rest)
-    } else if let Some(rest) = url.strip_prefix("http://") {
-        (false, rest)
-    } else {
-        return Err(Denied("only https:// URLs may be fetched".into()));
-    };
-    if url.len() > 4096 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(Denied("malformed URL".into()));
+/// A URL [`check_url`] approved: what a host fetches, in the form the check decided on.
+///
+/// The check parses the plugin's URL by the WHATWG URL rules (the rules `fetch` follows) and
+/// judges the host that parse yields. Hosts then request exactly this serialization, or its
+/// parts, never the plugin's original string, so no difference between two URL parsers
+/// (`\` read as `/`, tabs and newlines dropped, `%2e` in a host, `0x7f.1` as an IPv4
+/// address) can send a request somewhere the check did not see.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApprovedUrl {
+    url: url::Url,
+}
+
+impl ApprovedUrl {
+    /// The URL to fetch: the WHATWG serialization, without a fragment (`https://host/path?q`).
+    pub fn as_str(&self) -> &str {
+        self.url.as_str()
     }
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    if authority.contains('@') {
+
+    /// Whether the scheme is `https` (otherwise it is `http`, to loopback only).
+    pub fn is_https(&self) -> bool {
+        self.url.scheme() == "https"
+    }
+
+    /// The request's authority: the host, with `:port` when it is not the scheme's default
+    /// (`shop.example.com`, `127.0.0.1:9000`). Never carries credentials.
+    pub fn authority(&self) -> String {
+        let host = self.url.host_str().unwrap_or_default();
+        match self.url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        }
+    }
+
+    /// The path and query, as sent on the request line (`/orders/1?x=y`; at least `/`).
+    pub fn path_and_query(&self) -> String {
+        match self.url.query() {
+            Some(query) => format!("{}?{query}", self.url.path()),
+            None => self.url.path().to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for ApprovedUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The longest URL a plugin may fetch, in bytes.
+pub const MAX_URL_BYTES: usize = 4096;
+
+/// Whether `url` may be fetched under `grants`, and if so the URL to fetch.
+///
+/// Allowed: an `https://` URL whose host a grant names (or `http://` to `localhost` or
+/// `127.0.0.1` when granted, for development and tests), without credentials, on the grant's
+/// port (a grant without a port allows only the scheme's default port, 443 or 80). The host
+/// is the one the WHATWG parse yields (see [`ApprovedUrl`]): lower case, percent-decoded,
+/// IDNA-mapped, an IPv4 address in any of its spellings made dotted-decimal. A host ending in
+/// a dot, an IPv6 address and a URL with control characters or whitespace are refused
+/// outright, and a wildcard grant (`*.example.com`) matches domain names only, never an
+/// address. Hosts enforce this before every `host.fetch` and fetch [`ApprovedUrl::as_str`].
+pub fn check_url(url: &str, grants: &Grants) -> Result<ApprovedUrl, Denied> {
+    if url.len() > MAX_URL_BYTES {
+        return Err(Denied(format!(
+            "the URL is longer than {MAX_URL_BYTES} bytes"
+        )));
+    }
+    // WHATWG parsing drops tabs and newlines anywhere and trims controls and spaces at the
+    // ends; a URL that needs that is refused rather than repaired.
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Denied(
+            "malformed URL: whitespace or control characters".into(),
+        ));
+    }
+    let mut parsed = url::Url::parse(url).map_err(|e| Denied(format!("malformed URL: {e}")))?;
+    let secure = match parsed.scheme() {
+        "https" => true,
+        "http" => false,
+        _ => return Err(Denied("only https:// URLs may be fetched".into())),
+    };
+    if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(Denied("URLs with credentials are refused".into()));
     }
-    let authority = authority.to_ascii_lowercase();
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') && !h.contains(':') => (h.to_owned(), Some(p.to_owned())),
-        _ => (authority.clone(), None),
+    let (host, is_domain) = match parsed.host() {
+        Some(url::Host::Domain(name)) => (name.to_owned(), true),
+        Some(url::Host::Ipv4(address)) => (address.to_string(), false),
+        Some(url::Host::Ipv6(_)) => {
+            return Err(Denied("IPv6 addresses are refused".into()));
+        }
+        None => return Err(Denied("the URL has no host".into())),
     };
     if host.is_empty() {
         return Err(Denied("the URL has no host".into()));
     }
-    let loopback = matches!(host.as_str(), "localhost" | "127.0.0.1");
+    if host.ends_with('.') {
+        return Err(Denied(format!(
+            "{host} refused: a host name may not end in a dot"
+        )));
+    }
+    let loopback = host == "localhost" || host == "127.0.0.1";
     if !secure && !loopback {
         return Err(Denied(format!(
             "http://{host} refused: plain http is only for localhost"
         )));
     }
+    // `port_or_known_default` is `Some` for both schemes allowed above.
+    let port = parsed.port_or_known_default().unwrap_or(443);
+    let default_port = if secure { 443 } else { 80 };
     let granted = grants.hosts.iter().any(|g| {
         let (g_host, g_port) = match g.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (g.as_str(), None),
+            // A port no URL can have (`:99999`) grants nothing.
+            Some((h, p)) => match p.parse::<u16>() {
+                Ok(p) => (h, p),
+                Err(_) => return false,
+            },
+            None => (g.as_str(), default_port),
         };
-        let port_ok = match g_port {
-            None => true,
-            Some(p) => port.as_deref() == Some(p),
-        };
+        let port_ok = g_port == port;
         let host_ok = match g_host.strip_prefix("*.") {
-            Some(domain) => host
-                .strip_suffix(domain)
-                .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+            Some(domain) => {
+                is_domain
+                    && host
+                        .strip_suffix(domain)
+                        .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.'))
+            }
             None => host == g_host,
         };
         port_ok && host_ok
     });
-    if granted {
-        Ok(())
-    } else {
-        Err(Denied(format!(
-            "{host} is not a host this plugin was granted"
-        )))
+    if !granted {
+        let shown = match parsed.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host,
+        };
+        return Err(Denied(format!(
+            "{shown} is not a host this plugin was granted"
+        )));
     }
+    // A fragment is never sent; dropping it keeps the approved string the request's own.
+    parsed.set_fragment(None);
+    Ok(ApprovedUrl { url: parsed })
 }
 
 /// The storage key of a plugin's key `key` in a tenant, or why the key is refused. Keys of
@@ -1213,38 +1300,194 @@ mod tests {
         );
     }
 
+    fn granting(hosts: &[&str]) -> Grants {
+        Grants {
+            hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+            kv: false,
+        }
+    }
+
     #[test]
     fn outbound_requests_only_to_granted_hosts() {
-        let grants = Grants {
-            hosts: vec![
-                "shop.example.com".into(),
-                "*.api.example.com".into(),
-                "127.0.0.1:9000".into(),
-            ],
-            kv: false,
-        };
-        for url in [
-            "https://shop.example.com/orders/1",
-            "https://SHOP.example.com",
-            "https://eu.api.example.com/x?y",
-            "http://127.0.0.1:9000/orders",
+        let grants = granting(&["shop.example.com", "*.api.example.com", "127.0.0.1:9000"]);
+        for (url, fetched) in [
+            (
+                "https://shop.example.com/orders/1",
+                "https://shop.example.com/orders/1",
+            ),
+            ("https://SHOP.example.com", "https://shop.example.com/"),
+            (
+                "https://eu.api.example.com/x?y",
+                "https://eu.api.example.com/x?y",
+            ),
+            (
+                "http://127.0.0.1:9000/orders",
+                "http://127.0.0.1:9000/orders",
+            ),
+            // The scheme's default port is the port a grant without one allows.
+            (
+                "https://shop.example.com:443/a",
+                "https://shop.example.com/a",
+            ),
+            // A fragment is never sent.
+            (
+                "https://shop.example.com/a#frag",
+                "https://shop.example.com/a",
+            ),
+            // `@` after the authority is part of the path, not credentials.
+            (
+                "https://shop.example.com/@evil.net",
+                "https://shop.example.com/@evil.net",
+            ),
         ] {
-            check_url(url, &grants).unwrap_or_else(|e| panic!("{url}: {e}"));
+            let approved = check_url(url, &grants).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(approved.as_str(), fetched, "{url}");
         }
         for url in [
             "https://evil.example.com/",
             "https://api.example.com/", // the wildcard needs a subdomain
             "https://shop.example.com.evil.net/",
             "https://xapi.example.com/",
-            "http://shop.example.com/", // plain http off loopback
-            "http://127.0.0.1:9001/",   // another port
+            "http://shop.example.com/",       // plain http off loopback
+            "http://127.0.0.1:9001/",         // another port
+            "http://127.0.0.1/",              // the grant names a port, not the default one
+            "https://shop.example.com:8443/", // a grant without a port: the default only
             "https://user:pw@shop.example.com/",
+            "https://user@shop.example.com/",
+            "https://:pw@shop.example.com/",
             "ftp://shop.example.com/",
+            "file:///etc/passwd",
+            "data:text/plain,hi",
             "https://shop.example.com/ x",
+            "shop.example.com/orders",
+            "/orders",
+            "",
         ] {
             assert!(check_url(url, &grants).is_err(), "{url} must be denied");
         }
         assert!(check_url("https://shop.example.com/", &Grants::default()).is_err());
+        // A grant whose port no URL can have grants nothing, not the default port.
+        assert!(
+            check_url(
+                "https://shop.example.com/",
+                &granting(&["shop.example.com:99999"])
+            )
+            .is_err()
+        );
+        let long = format!("https://shop.example.com/{}", "a".repeat(MAX_URL_BYTES));
+        assert!(check_url(&long, &grants).is_err());
+    }
+
+    /// Each way a URL's real host can differ from what a naive reading sees: the check must
+    /// decide on the host the WHATWG parse (and so the fetch) uses.
+    #[test]
+    fn url_tricks_are_judged_by_the_host_the_fetch_would_use() {
+        let grants = granting(&["shop.example.com", "*.api.example.com", "127.0.0.1:9000"]);
+        let denied = |url: &str| match check_url(url, &grants) {
+            Ok(approved) => panic!("{url} must be denied, was approved as {approved}"),
+            Err(Denied(why)) => why,
+        };
+        // `\` is `/` in special schemes: the host is evil.net, the rest is path.
+        let why = denied(r"https://evil.net\.api.example.com/");
+        assert!(why.starts_with("evil.net "), "{why}");
+        denied(r"https://evil.net\@shop.example.com/");
+        denied(r"https://evil.net\\shop.example.com/");
+        // Userinfo: the host is what follows the last `@`.
+        let why = denied("https://shop.example.com@evil.net/");
+        assert!(why.contains("credentials"), "{why}");
+        denied("https://a.api.example.com@evil.net/");
+        denied("https://shop.example.com:443@evil.net/");
+        denied("https://evil.net#@shop.example.com/");
+        denied("https://evil.net?@shop.example.com/");
+        denied("https://evil.net/shop.example.com");
+        // Percent-encoded and upper-case host characters are decoded and folded first.
+        let why = denied("https://%65vil.net/");
+        assert!(why.starts_with("evil.net "), "{why}");
+        denied("https://evil.net%2f.api.example.com/");
+        denied("https://evil.net%5C.api.example.com/");
+        denied("https://EVIL.NET/");
+        // A trailing dot is refused, granted name or not.
+        denied("https://shop.example.com./");
+        denied("https://a.api.example.com./");
+        // IPv4 in decimal, hex, octal and short forms is an address, not a name: only a
+        // grant of that address (and port) matches, and a wildcard never does.
+        for url in [
+            "http://2130706433/",
+            "http://0x7f000001/",
+            "http://0177.0.0.1/",
+            "http://127.1/",
+            "http://0x7f.1:9001/",
+            "https://2130706433:9001/",
+        ] {
+            denied(url);
+        }
+        let ip_wildcard = Grants {
+            hosts: vec!["*.0.0.1".into(), "*.1".into()],
+            kv: false,
+        };
+        assert!(check_url("https://127.0.0.1/", &ip_wildcard).is_err());
+        assert!(check_url("https://2130706433/", &ip_wildcard).is_err());
+        // IPv6, loopback included, is refused.
+        denied("http://[::1]:9000/");
+        denied("https://[::ffff:127.0.0.1]:9000/");
+        // Tabs and newlines (which WHATWG would drop) and other controls are refused.
+        denied("https://evil.net\t.api.example.com/");
+        denied("https://shop.example.com\n@evil.net/");
+        denied(" https://shop.example.com/");
+        denied("https://shop.example.com/\0");
+        // No host, or an empty one. Special schemes skip extra slashes, so the host of
+        // `https:///evil.net/` is evil.net.
+        let why = denied("https:///evil.net/");
+        assert!(why.starts_with("evil.net "), "{why}");
+        denied("https://");
+        denied("https://:9000/");
+        denied("https://@/");
+    }
+
+    #[test]
+    fn spellings_of_a_granted_host_are_fetched_normalized() {
+        let grants = granting(&["shop.example.com", "*.api.example.com", "127.0.0.1:9000"]);
+        for (url, fetched) in [
+            // Decoded, folded and IDNA-mapped, the host is a granted one; the fetch uses the
+            // normalized form, so no other parser ever reads the original.
+            ("https://shop%2Eexample%2Ecom/", "https://shop.example.com/"),
+            ("HTTPS://Shop.Example.COM/a", "https://shop.example.com/a"),
+            (
+                "https://shop\u{ff0e}example\u{ff0e}com/",
+                "https://shop.example.com/",
+            ),
+            (
+                r"https://eu.api.example.com\orders\1",
+                "https://eu.api.example.com/orders/1",
+            ),
+            ("http://2130706433:9000/x", "http://127.0.0.1:9000/x"),
+            ("http://0x7f.0.0.1:9000/x", "http://127.0.0.1:9000/x"),
+            ("http://0177.0.0.01:9000/x", "http://127.0.0.1:9000/x"),
+            (
+                r"http://127.0.0.1:9000\shop\orders?a=b",
+                "http://127.0.0.1:9000/shop/orders?a=b",
+            ),
+            ("https:shop.example.com/x", "https://shop.example.com/x"),
+            (
+                "https://shop.example.com/a/../b/./c",
+                "https://shop.example.com/b/c",
+            ),
+            (
+                "https://shop.example.com/\u{e9}?q=\u{e9}",
+                "https://shop.example.com/%C3%A9?q=%C3%A9",
+            ),
+        ] {
+            let approved = check_url(url, &grants).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(approved.as_str(), fetched, "{url}");
+        }
+        let approved = check_url(r"http://0x7f.1:9000\shop?q=1#f", &grants).unwrap();
+        assert!(!approved.is_https());
+        assert_eq!(approved.authority(), "127.0.0.1:9000");
+        assert_eq!(approved.path_and_query(), "/shop?q=1");
+        let approved = check_url("https://Shop.example.com:443", &grants).unwrap();
+        assert!(approved.is_https());
+        assert_eq!(approved.authority(), "shop.example.com");
+        assert_eq!(approved.path_and_query(), "/");
     }
 
     #[test]

@@ -308,11 +308,15 @@ pub async fn plugin_routes_hostile_contained(ctx: &Ctx) -> anyhow::Result<()> {
             == json!({"rewrite": "hostile fetch of https://ungranted.example.net/ denied: ungranted.example.net is not a host this plugin was granted"}),
         "{body}"
     );
+    // The denial names the port too: it is the port that was not granted.
     let (_, body) = call("fetch-other-port").await?;
+    let port = ctx.mock()?.addr().port();
     ensure!(
         body["answer"]["rewrite"]
             .as_str()
-            .is_some_and(|t| t.contains(" denied: 127.0.0.1 is not a host this plugin was granted")),
+            .is_some_and(|t| t.contains(&format!(
+                " denied: 127.0.0.1:{port} is not a host this plugin was granted"
+            ))),
         "{body}"
     );
     let (_, body) = call("fetch-granted").await?;

@@ -1,6 +1,8 @@
 //! Plugins (issue 7), written once and run on both runtimes: the example plugins doing their
 //! jobs in real chat turns against the mock provider (and the mock shop), and the hostile
-//! test plugin (`tests/plugins/hostile`) contained — the turn answered whatever it does.
+//! test plugin (`tests/plugins/hostile`) contained — the turn answered whatever it does,
+//! including the attempts to leave its box (a URL that shows the check one host and the
+//! fetch another, a memory bomb).
 
 use anyhow::{Context, ensure};
 use serde_json::{Value, json};
@@ -23,14 +25,20 @@ pub fn tenants(mock_base: &str) -> Vec<(String, Value)> {
     // The mock's `host:port`, the only host a plugin is granted here.
     let mock_host = root.trim_start_matches("http://").to_owned();
     let mock_host = &mock_host;
-    let hostile = |mode: &str| {
+    // The hostile plugin in tenant `plug-{name}`, with `settings` beside its mode and hooks.
+    let hostile_with = |name: &str, mode: &str, settings: Value, grants: Value| {
+        let mut all = json!({"mode": mode, "hooks": "before_model,after_reply,call_tool"});
+        if let (Some(all), Some(extra)) = (all.as_object_mut(), settings.as_object()) {
+            all.extend(extra.clone());
+        }
         json!({
             "provider": provider,
-            "api_keys": [{"id": "ops", "sha256": kefu_engine::auth::hash_key(&plugin_key(&format!("plug-{mode}")))}],
+            "api_keys": [{"id": "ops", "sha256": kefu_engine::auth::hash_key(&plugin_key(&format!("plug-{name}")))}],
             "plugins": [{"id": "hostile", "plugin": "hostile", "budget_ms": 1500,
-                         "settings": {"mode": mode, "hooks": "before_model,after_reply,call_tool"}}],
+                         "settings": all, "grants": grants}],
         })
     };
+    let hostile = |mode: &str| hostile_with(mode, mode, json!({}), json!({}));
     vec![
         (
             "plug-pii".into(),
@@ -63,8 +71,42 @@ pub fn tenants(mock_base: &str) -> Vec<(String, Value)> {
         ("plug-huge".into(), hostile("huge")),
         ("plug-fetch".into(), hostile("fetch")),
         ("plug-loop".into(), hostile("loop")),
+        // A memory bomb: far over the memory maximum, then under it but filling for ever.
+        ("plug-memory".into(), hostile("memory")),
+        (
+            "plug-fill".into(),
+            hostile_with("fill", "memory", json!({"memory_mib": "16"}), json!({})),
+        ),
+        // `\` is `/` to a WHATWG parser: the host is evil.net, whatever a grant of
+        // `*.api.example.com` seems to match.
+        (
+            "plug-escape".into(),
+            hostile_with(
+                "escape",
+                "fetch",
+                json!({"fetch_url": ESCAPE_URL}),
+                json!({"hosts": ["*.api.example.com"]}),
+            ),
+        ),
+        // The legitimate path beside it: a granted host, spelled with backslashes, which
+        // the hosts must fetch as the check normalized it.
+        (
+            "plug-reach".into(),
+            hostile_with(
+                "reach",
+                "fetch",
+                json!({"fetch_url": format!("http://{mock_host}\\shop\\orders\\{REACH_ORDER}")}),
+                json!({"hosts": [mock_host]}),
+            ),
+        ),
     ]
 }
+
+/// The escape attempt: a grant of `*.api.example.com` and a URL whose real host is evil.net.
+const ESCAPE_URL: &str = r"https://evil.net\.api.example.com/shop/orders/KF-ESCAPE";
+/// The order id the legitimate fetch asks the mock shop for (unknown: it answers 401 first,
+/// for want of a token, which is all the scenario needs).
+const REACH_ORDER: &str = "KF-REACH";
 
 /// The last request the model got whose last user message contains `marker`.
 fn model_request_with(ctx: &Ctx, marker: &str) -> anyhow::Result<crate::mock::RecordedRequest> {
@@ -275,6 +317,120 @@ pub async fn plugins_hostile_contained(ctx: &Ctx) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The plugin outcomes of the first turn of conversation `id` in `tenant`, in call order,
+/// as `(hook, outcome)`: `ok`, or a failure kind (`trap`, `timeout`, `too_large`, …).
+async fn turn_outcomes(ctx: &Ctx, tenant: &str, id: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let traces = ctx
+        .http
+        .get(ctx.url(&format!("/api/v1/conversations/{id}/traces")))
+        .bearer_auth(plugin_key(tenant))
+        .send()
+        .await?;
+    ensure!(
+        traces.status().is_success(),
+        "{tenant}: traces: {}",
+        traces.status()
+    );
+    let traces: Value = traces.json().await?;
+    let calls = traces["turns"][0]["plugins"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    Ok(calls
+        .iter()
+        .map(|c| {
+            let outcome = match c["outcome"]["kind"].as_str() {
+                Some("failed") => c["outcome"]["failure"].as_str().unwrap_or("?"),
+                other => other.unwrap_or("?"),
+            };
+            (
+                c["hook"].as_str().unwrap_or("?").to_owned(),
+                outcome.to_owned(),
+            )
+        })
+        .collect())
+}
+
+/// A plugin cannot leave its box: a memory bomb is stopped at the memory maximum (a trap),
+/// filling memory under it for ever spends its CPU allowance (a timeout: bulk memory
+/// operations are charged by the byte), and a URL whose real host is not the one a naive
+/// reading sees (`https://evil.net\.api.example.com/` under a grant of `*.api.example.com`)
+/// is refused, naming the real host. Every turn is still answered, the failures are in its
+/// record, and the refused request never left; beside them, a granted host spelled with
+/// backslashes is fetched, as normalized, and reaches the mock shop.
+pub async fn plugins_stay_in_their_box(ctx: &Ctx) -> anyhow::Result<()> {
+    let escapes_before = shop_requests(ctx, "KF-ESCAPE")?;
+    let reaches_before = shop_requests(ctx, REACH_ORDER)?;
+    for tenant in ["plug-memory", "plug-fill", "plug-escape", "plug-reach"] {
+        let marker = unique(tenant);
+        let a = ctx
+            .chat(Some(tenant), &json!({"message": format!("{marker} hello")}))
+            .await?;
+        a.expect_status(200)
+            .with_context(|| format!("{tenant}: the turn was not answered"))?;
+        let reply = message_text(&a.json["reply"]);
+        let id = a.json["conversation_id"].as_str().context("no id")?;
+        let outcomes = turn_outcomes(ctx, tenant, id).await?;
+        let hooks: Vec<&str> = outcomes.iter().map(|(h, _)| h.as_str()).collect();
+        ensure!(
+            hooks == ["before_model", "after_reply"],
+            "{tenant}: the turn's plugin calls: {outcomes:?}"
+        );
+        let expected = match tenant {
+            "plug-memory" => "trap",
+            "plug-fill" => "timeout",
+            _ => "ok",
+        };
+        ensure!(
+            outcomes.iter().all(|(_, o)| o == expected),
+            "{tenant}: expected every call to end {expected:?}: {outcomes:?}"
+        );
+        match tenant {
+            // The rewrites are the host's denial, naming the host the fetch would have used.
+            "plug-escape" => ensure!(
+                reply.contains("denied")
+                    && reply.contains("evil.net is not a host this plugin was granted"),
+                "{tenant}: {reply}"
+            ),
+            // The fetch went out, normalized, and the mock shop answered (401: no token).
+            "plug-reach" => ensure!(reply.contains(": HTTP 401"), "{tenant}: {reply}"),
+            _ => {
+                ensure!(
+                    reply.starts_with("Echo:") && reply.contains(&marker),
+                    "{tenant}: the model's answer did not come through untouched: {reply}"
+                );
+                let sent = model_request_with(ctx, &marker)?
+                    .last_user_text()
+                    .unwrap_or_default();
+                ensure!(sent.ends_with("hello"), "{tenant}: the model got {sent:?}");
+            }
+        }
+    }
+    // The escape never reached anything on loopback either (its path names the mock's
+    // shop); the legitimate fetch did, once per hook call, at the normalized path.
+    ensure!(
+        shop_requests(ctx, "KF-ESCAPE")? == escapes_before,
+        "the refused URL reached the mock"
+    );
+    let reached = shop_requests(ctx, REACH_ORDER)? - reaches_before;
+    ensure!(
+        reached == 2,
+        "the granted fetch reached the mock shop {reached} times, not twice"
+    );
+    Ok(())
+}
+
+/// How many requests the mock shop got for order `id`, at its normalized path.
+fn shop_requests(ctx: &Ctx, id: &str) -> anyhow::Result<usize> {
+    let path = format!("/shop/orders/{id}");
+    Ok(ctx
+        .mock()?
+        .requests()
+        .iter()
+        .filter(|r| r.path == path)
+        .count())
 }
 
 /// The CRM forwarder observes events: when an agent resolves a conversation it posts a signed

@@ -49,6 +49,7 @@ use crate::plugin_routes::{
 use crate::plugins::{
     plugins_crm_forwarder_on_resolve, plugins_guard_hands_off, plugins_hostile_contained,
     plugins_order_status_tool, plugins_redactor_reaches_the_model_redacted,
+    plugins_stay_in_their_box,
 };
 use crate::replay::replay_console_records_and_replays;
 use crate::security::{
@@ -395,6 +396,7 @@ pub fn all() -> Vec<Scenario> {
         plugins_order_status_tool,
         plugins_guard_hands_off,
         plugins_hostile_contained,
+        plugins_stay_in_their_box,
         plugins_crm_forwarder_on_resolve,
         replay_console_records_and_replays,
         plugin_routes_redactor,

@@ -129,7 +129,7 @@ impl Host for Adapter {
     fn fetch(request: HttpRequest) -> Result<HttpResponse, HttpError> {
         let (grants, deadline_ms) = with_call(|c| (c.spec.grants.clone(), c.deadline_ms))
             .ok_or_else(|| HttpError::Denied("no call in progress".into()))?;
-        plugin::check_url(&request.url, &grants).map_err(|e| HttpError::Denied(e.0))?;
+        let url = plugin::check_url(&request.url, &grants).map_err(|e| HttpError::Denied(e.0))?;
         if request
             .body
             .as_ref()
@@ -137,7 +137,7 @@ impl Host for Adapter {
         {
             return Err(HttpError::TooLarge);
         }
-        fetch(&request, deadline_ms)
+        fetch(&request, &url, deadline_ms)
     }
 }
 
@@ -163,18 +163,21 @@ struct Reading {
     response: IncomingResponse,
 }
 
-fn fetch(request: &HttpRequest, deadline_ms: u64) -> Result<HttpResponse, HttpError> {
+/// Sends `request` to `url`, the engine's approved form of `request.url`: the request is
+/// addressed with its parts (scheme, authority, path and query), never by re-reading the
+/// plugin's string, so it goes to the host the check judged.
+fn fetch(
+    request: &HttpRequest,
+    url: &plugin::ApprovedUrl,
+    deadline_ms: u64,
+) -> Result<HttpResponse, HttpError> {
     let failed = |m: String| HttpError::Failed(m);
-    let (scheme, rest) = match request.url.split_once("://") {
-        Some(("https", rest)) => (Scheme::Https, rest),
-        Some(("http", rest)) => (Scheme::Http, rest),
-        _ => return Err(HttpError::Denied("only http(s) URLs".into())),
+    let scheme = if url.is_https() {
+        Scheme::Https
+    } else {
+        Scheme::Http
     };
-    let (authority, path) = match rest.find(['/', '?']) {
-        Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_owned()),
-        Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
-        None => (rest, "/".to_owned()),
-    };
+    let (authority, path) = (url.authority(), url.path_and_query());
     let method = match request.method.to_ascii_uppercase().as_str() {
         "GET" => Method::Get,
         "POST" => Method::Post,
@@ -193,10 +196,10 @@ fn fetch(request: &HttpRequest, deadline_ms: u64) -> Result<HttpResponse, HttpEr
     let outgoing = OutgoingRequest::new(fields);
     let addressed = outgoing.set_method(&method).is_ok()
         && outgoing.set_scheme(Some(&scheme)).is_ok()
-        && outgoing.set_authority(Some(authority)).is_ok()
+        && outgoing.set_authority(Some(&authority)).is_ok()
         && outgoing.set_path_with_query(Some(&path)).is_ok();
     if !addressed {
-        return Err(failed(format!("cannot address {}", request.url)));
+        return Err(failed(format!("cannot address {url}")));
     }
     let remaining_ns = deadline_ms.saturating_sub(now_ms()) * 1_000_000;
     if remaining_ns == 0 {

@@ -17,7 +17,12 @@
 //!     grants) and answers with what happened, e.g. `hostile fetch of https://… denied: …`,
 //!     as the reply's rewrite, the last prompt message's rewrite, a `send-message` or the
 //!     tool's result — so a test sees the host's denial (or, pointed at a slow URL, its
-//!     timeout) in the conversation.
+//!     timeout) in the conversation;
+//!   - `memory`: a memory bomb. It takes `memory_mib` MiB (default 1024, far over the
+//!     64 MiB maximum the build's meter gives every plugin) a MiB at a time, filling each,
+//!     then fills all it holds over and over, for ever. Over the maximum, growing memory
+//!     fails and the allocation aborts (a trap); under it, the fills spend the CPU
+//!     allowance (bulk memory operations are charged by the byte) and the call times out.
 //! - `hooks`: which hooks misbehave, a comma-separated subset of `on_event`, `before_model`,
 //!   `after_reply`, `call_tool` (default: all four); the others behave.
 //!
@@ -45,6 +50,10 @@ pub const DEFAULT_HUGE_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_HUGE_BYTES: usize = 64 * 1024 * 1024;
 /// Where `fetch` goes when `fetch_url` is absent.
 pub const DEFAULT_FETCH_URL: &str = "https://ungranted.example.net/";
+/// How much `memory` takes when `memory_mib` is absent, in MiB.
+pub const DEFAULT_MEMORY_MIB: usize = 1024;
+/// The largest `memory_mib` accepted (4 GiB, all a 32-bit memory can address).
+pub const MAX_MEMORY_MIB: usize = 4096;
 /// The plugin's tool, so `call-tool` can misbehave too.
 pub const TOOL: &str = "hostile_probe";
 
@@ -61,6 +70,8 @@ pub enum Mode {
     Huge,
     /// Fetch a host that was not granted.
     Fetch,
+    /// Take memory and fill it for ever.
+    Memory,
 }
 
 /// A hook that can misbehave.
@@ -112,6 +123,8 @@ pub struct Plan {
     pub huge_bytes: usize,
     /// Where `fetch` goes.
     pub fetch_url: String,
+    /// How much `memory` takes, in MiB.
+    pub memory_mib: usize,
 }
 
 impl Plan {
@@ -123,9 +136,10 @@ impl Plan {
             Some("loop") => Mode::Loop,
             Some("huge") => Mode::Huge,
             Some("fetch") => Mode::Fetch,
+            Some("memory") => Mode::Memory,
             Some(other) => {
                 return Err(format!(
-                    "setting mode {other:?}: use ok, trap, loop, huge or fetch"
+                    "setting mode {other:?}: use ok, trap, loop, huge, fetch or memory"
                 ));
             }
         };
@@ -153,11 +167,21 @@ impl Plan {
                 .ok_or_else(|| format!("setting huge_bytes {n:?}: 1 to {MAX_HUGE_BYTES}"))?,
         };
         let fetch_url = setting("fetch_url").unwrap_or_else(|| DEFAULT_FETCH_URL.to_owned());
+        let memory_mib = match setting("memory_mib") {
+            None => DEFAULT_MEMORY_MIB,
+            Some(n) => n
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n| (1..=MAX_MEMORY_MIB).contains(n))
+                .ok_or_else(|| format!("setting memory_mib {n:?}: 1 to {MAX_MEMORY_MIB}"))?,
+        };
         Ok(Plan {
             mode,
             hooks,
             huge_bytes,
             fetch_url,
+            memory_mib,
         })
     }
 
@@ -182,6 +206,28 @@ pub fn spin_forever() -> ! {
     let mut n: u64 = 0;
     loop {
         n = std::hint::black_box(n.wrapping_add(1));
+    }
+}
+
+/// Takes `mib` MiB a MiB at a time, writing every byte of each (`fill` becomes a
+/// `memory.fill`), then fills them all again and again. Never returns: it ends when memory
+/// cannot grow (the allocation aborts) or the CPU allowance runs out. `black_box` keeps the
+/// optimiser from dropping writes nobody reads.
+pub fn memory_bomb(mib: usize) -> ! {
+    const MIB: usize = 1024 * 1024;
+    let mut blocks: Vec<Vec<u8>> = Vec::new();
+    for i in 0..mib {
+        let mut block = Vec::with_capacity(MIB);
+        block.resize(MIB, std::hint::black_box(i as u8));
+        blocks.push(std::hint::black_box(block));
+    }
+    let mut round: u8 = 0;
+    loop {
+        round = std::hint::black_box(round.wrapping_add(1));
+        for block in &mut blocks {
+            block.fill(round);
+            std::hint::black_box(&block);
+        }
     }
 }
 
@@ -227,6 +273,7 @@ fn misbehave(hook: Hook) -> Option<String> {
         Mode::Trap => trap(hook),
         Mode::Loop => spin_forever(),
         Mode::Huge => Some(huge_text(plan.huge_bytes)),
+        Mode::Memory => memory_bomb(plan.memory_mib),
         Mode::Fetch => {
             let request = HttpRequest {
                 method: "GET".into(),
@@ -249,7 +296,7 @@ impl Guest for Hostile {
         Manifest {
             name: "hostile".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            description: "Misbehaves on purpose (trap, loop, huge answers, ungranted fetches) for Kefu's containment tests. Never enable it for real visitors.".into(),
+            description: "Misbehaves on purpose (trap, loop, huge answers, ungranted fetches, memory bombs) for Kefu's containment tests. Never enable it for real visitors.".into(),
             hooks: HookSet::ON_EVENT | HookSet::BEFORE_MODEL | HookSet::AFTER_REPLY,
             tools: vec![Tool {
                 name: TOOL.into(),
@@ -323,6 +370,7 @@ mod tests {
         assert_eq!(plan.hooks, Hook::ALL.to_vec());
         assert_eq!(plan.huge_bytes, DEFAULT_HUGE_BYTES);
         assert_eq!(plan.fetch_url, DEFAULT_FETCH_URL);
+        assert_eq!(plan.memory_mib, DEFAULT_MEMORY_MIB);
         let plan = read(&[("mode", "trap"), ("hooks", "after_reply, call_tool")]).unwrap();
         assert_eq!(plan.mode_in(Hook::AfterReply), Mode::Trap);
         assert_eq!(plan.mode_in(Hook::CallTool), Mode::Trap);
@@ -332,6 +380,7 @@ mod tests {
             ("loop", Mode::Loop),
             ("huge", Mode::Huge),
             ("fetch", Mode::Fetch),
+            ("memory", Mode::Memory),
         ] {
             assert_eq!(read(&[("mode", mode)]).unwrap().mode, expected);
         }
@@ -340,6 +389,12 @@ mod tests {
                 .unwrap()
                 .huge_bytes,
             2048
+        );
+        assert_eq!(
+            read(&[("mode", "memory"), ("memory_mib", "16")])
+                .unwrap()
+                .memory_mib,
+            16
         );
     }
 
@@ -351,6 +406,8 @@ mod tests {
             vec![("huge_bytes", "0")],
             vec![("huge_bytes", "lots")],
             vec![("huge_bytes", "999999999999")],
+            vec![("memory_mib", "0")],
+            vec![("memory_mib", "5000")],
         ] {
             assert!(read(&pairs).is_err(), "{pairs:?}");
         }
