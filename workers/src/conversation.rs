@@ -297,10 +297,14 @@ impl Inner {
     /// Sets the object's alarm for the next session check (unless one is due sooner).
     async fn schedule_session_check(&self) {
         let storage = self.state.storage();
-        let at = now().as_millis() + kefu_engine::auth::SESSION_RECHECK_MS;
+        let wait = kefu_engine::auth::SESSION_RECHECK_MS;
+        let at = now().as_millis() + wait;
+        // `get_alarm` answers a time; `set_alarm` with a number takes an offset from now.
         let due = storage.get_alarm().await.ok().flatten();
         if due.is_none_or(|d| d > at as i64) {
-            let _ = storage.set_alarm(at as i64).await;
+            let _ = storage
+                .set_alarm(core::time::Duration::from_millis(wait))
+                .await;
         }
     }
 

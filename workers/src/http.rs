@@ -128,16 +128,50 @@ pub(crate) async fn read_body(
     let mut stream = req
         .stream()
         .map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
-    limit.check_declared(declared)?;
+    if let Err(refused) = limit.check_declared(declared) {
+        if declared.is_some_and(|n| n <= limit.max_bytes as u64 + DISCARD_BYTES) {
+            discard(&mut stream, DISCARD_BYTES).await;
+        }
+        return Err(refused);
+    }
     let mut body = Vec::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
         if !limit.admits((body.len() + chunk.len()) as u64) {
+            discard(&mut stream, DISCARD_BYTES).await;
             return Err(limit.refusal());
         }
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// How much of a refused body is still read (and thrown away) so that a client slightly
+/// over the limit keeps its keep-alive connection (answering before the body is consumed
+/// makes the runtime reset it), and for how long at most: a body that is far over the
+/// limit, or that stalls, gets its answer without being read.
+const DISCARD_BYTES: u64 = 1 << 20;
+const DISCARD_MS: u64 = 500;
+
+/// Reads and throws away up to `bytes` more of `stream`, for at most [`DISCARD_MS`].
+async fn discard(stream: &mut worker::ByteStream, bytes: u64) {
+    use futures::StreamExt;
+    let mut deadline = std::pin::pin!(crate::timer::Sleep::new(core::time::Duration::from_millis(
+        DISCARD_MS
+    )));
+    let mut seen = 0u64;
+    loop {
+        let next = std::pin::pin!(stream.next());
+        match futures::future::select(next, deadline.as_mut()).await {
+            futures::future::Either::Left((Some(Ok(chunk)), _)) => {
+                seen += chunk.len() as u64;
+                if seen > bytes {
+                    return;
+                }
+            }
+            _ => return,
+        }
+    }
 }
 
 /// [`read_body`] under [`kefu_engine::api::INTERNAL_BODY_LIMIT`], parsed as JSON: the body of

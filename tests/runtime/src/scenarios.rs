@@ -53,9 +53,9 @@ use crate::plugins::{
 };
 use crate::replay::replay_console_records_and_replays;
 use crate::security::{
-    least_privilege_holds, provider_urls_stay_public, replay_is_an_operators_power,
-    secrets_stay_with_their_owner, sessions_end_when_access_ends, sockets_end_when_access_ends,
-    unknown_tenants_are_not_found,
+    least_privilege_holds, live_subscribers_are_bounded, provider_urls_stay_public,
+    replay_is_an_operators_power, secrets_stay_with_their_owner, sessions_end_when_access_ends,
+    sockets_end_when_access_ends, unknown_tenants_are_not_found,
 };
 use crate::sse::{self, SseTranscript};
 use crate::webhooks::webhooks_signed_and_retried;
@@ -410,6 +410,7 @@ pub fn all() -> Vec<Scenario> {
         sessions_end_when_access_ends,
         least_privilege_holds,
         sockets_end_when_access_ends,
+        live_subscribers_are_bounded,
     ]
 }
 

@@ -818,3 +818,47 @@ pub async fn sockets_end_when_access_ends(ctx: &Ctx) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A conversation takes a bounded number of live-update connections (Workers keeps each
+/// open stream in the conversation's object): one past the bound is `429
+/// too_many_subscribers`; closing one makes room again.
+pub async fn live_subscribers_are_bounded(ctx: &Ctx) -> anyhow::Result<()> {
+    let first = ctx
+        .chat(Some("sec-b"), &json!({"message": unique("crowded")}))
+        .await?;
+    first.expect_status(200)?;
+    let id = first.json["conversation_id"]
+        .as_str()
+        .context("conversation_id")?
+        .to_owned();
+    let open = || {
+        ctx.request(
+            reqwest::Method::GET,
+            &format!("/api/v1/conversations/{id}/events?after=0"),
+            Some("sec-b"),
+        )
+        .send()
+    };
+    let mut streams = Vec::new();
+    for n in 0..kefu_engine::api::MAX_LIVE_SUBSCRIBERS {
+        let resp = open().await?;
+        ensure!(resp.status().is_success(), "stream {n}: {}", resp.status());
+        streams.push(resp);
+    }
+    Answer::read(open().await?)
+        .await?
+        .expect_error(429, "too_many_subscribers")?;
+    // One goes away: there is room again.
+    drop(streams.pop());
+    let mut reopened = false;
+    for _ in 0..20 {
+        let resp = open().await?;
+        if resp.status().is_success() {
+            reopened = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    ensure!(reopened, "no room after a stream closed");
+    Ok(())
+}

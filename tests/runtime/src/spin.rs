@@ -72,6 +72,9 @@ pub fn not_on_spin(scenario: &str) -> Option<&'static str> {
         "tenant_keys_see_only_their_own" => return None,
         s if s.starts_with("attachments_") => return None,
         s if s.starts_with("plugin_routes_") => return None,
+        "live_subscribers_are_bounded" => {
+            "Spin's live updates are polled requests, not streams an object holds: the visitor limits bound them"
+        }
         "live_updates_via_websocket" | "typing_over_websocket" | "sockets_end_when_access_ends" => {
             "Spin has no WebSockets: live updates there are Server-Sent Events (the SSE \
              scenarios run on both)"
