@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use kefu_engine::api::ApiError;
 use kefu_engine::config_history::{self, ConfigMeta, KvOp};
-use kefu_engine::deployment::{Deployment, Settings, settings};
+use kefu_engine::deployment::Deployment;
 use kefu_engine::{ReplyMode, TenantConfig, TenantId, TurnOptions};
 use worker::Env;
 
@@ -70,7 +70,9 @@ async fn read(env: &Env, tenant: &TenantId) -> Result<TenantConfig, ApiError> {
         Some(json) => kefu_engine::api::stored_config(tenant, &json),
         // No stored document: the built-in configuration, for the tenants the deployment
         // opens (`404 tenant_not_found` for any other name).
-        None => deployment(env).builtin_config(tenant),
+        None => deployment(env)
+            .builtin_config(tenant)
+            .map_err(ApiError::from),
     }
 }
 
@@ -84,27 +86,11 @@ thread_local! {
 pub(crate) fn deployment(env: &Env) -> Deployment {
     DEPLOYMENT.with(|d| {
         d.get_or_init(|| {
-            let get = |name: &str| {
+            let deployment = Deployment::from_lookup(|name| {
                 env.secret(name)
                     .ok()
                     .map(|s| s.to_string())
                     .or_else(|| var(env, name))
-            };
-            let (secrets, open, provider, demo, base, model) = (
-                get(settings::TENANT_SECRETS),
-                get(settings::OPEN_TENANTS),
-                get(settings::PROVIDER_TENANTS),
-                get(settings::DEMO_TENANTS),
-                var(env, settings::PROVIDER_BASE_URL),
-                var(env, settings::MODEL),
-            );
-            let deployment = Deployment::from_settings(Settings {
-                tenant_secrets: secrets.as_deref(),
-                open_tenants: open.as_deref(),
-                provider_tenants: provider.as_deref(),
-                demo_tenants: demo.as_deref(),
-                provider_base_url: base.as_deref(),
-                model: model.as_deref(),
             });
             for warning in &deployment.warnings {
                 crate::log(

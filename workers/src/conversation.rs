@@ -255,15 +255,19 @@ impl Inner {
         }
     }
 
-    /// Refuses one more live-update connection past the engine's bound (closed streams
-    /// are forgotten first).
-    fn admit_subscriber(&self) -> Result<(), ApiError> {
+    /// The conversation a new live-update connection follows (`404` under another tenant),
+    /// or `429` past the engine's bound on connections (closed streams are forgotten first).
+    fn admit_subscriber(&self, tenant: &str) -> Result<Conversation, ApiError> {
+        let conversation = self
+            .load()?
+            .filter(|c| c.tenant().as_str() == tenant)
+            .ok_or_else(ApiError::conversation_not_found)?;
         let mut subscribers = self.subscribers.borrow_mut();
         subscribers.retain(|s| !s.tx.is_closed());
         if subscribers.len() + self.state.get_websockets().len() >= api::MAX_LIVE_SUBSCRIBERS {
             return Err(api::too_many_subscribers());
         }
-        Ok(())
+        Ok(conversation)
     }
 
     /// The agent sockets' sessions: closes the ended ones, and schedules the next check
@@ -317,11 +321,7 @@ impl Inner {
         notes: bool,
         claims: Option<AgentClaims>,
     ) -> Result<Response, ApiError> {
-        let conversation = self
-            .load()?
-            .filter(|c| c.tenant().as_str() == tenant)
-            .ok_or_else(ApiError::conversation_not_found)?;
-        self.admit_subscriber()?;
+        let conversation = self.admit_subscriber(tenant)?;
         let pair = worker::WebSocketPair::new().map_err(internal)?;
         self.state
             .accept_websocket_with_tags(&pair.server, &[if notes { "agent" } else { "visitor" }]);
@@ -362,11 +362,7 @@ impl Inner {
         notes: bool,
         claims: Option<AgentClaims>,
     ) -> Result<Response, ApiError> {
-        let conversation = self
-            .load()?
-            .filter(|c| c.tenant().as_str() == tenant)
-            .ok_or_else(ApiError::conversation_not_found)?;
-        self.admit_subscriber()?;
+        let conversation = self.admit_subscriber(tenant)?;
         let (tx, rx) = mpsc::unbounded::<Vec<u8>>();
         for m in self
             .transcript()?

@@ -496,7 +496,7 @@ async fn admin_tenant(
         kefu_engine::auth::hash_key(&token).as_bytes(),
     ) {
         let tenant = tenant_of(req)?;
-        let config = kefu_engine::deployment::for_admin(config::load(env, &tenant).await)?;
+        let config = kefu_engine::api::config_for_admin(config::load(env, &tenant).await)?;
         return Ok((tenant, config));
     }
     // An agent's sign-in token is for conversations: it may not configure the tenant, mint

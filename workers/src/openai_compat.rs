@@ -62,7 +62,7 @@ pub(crate) async fn authenticate(
     let tenant = auth::tenant_of_key(key)
         .ok_or_else(|| OpenAiError::unauthorized("this is not a Kefu API key"))?;
     let config =
-        kefu_engine::deployment::for_key(config::load(env, &tenant).await).map_err(|e| {
+        kefu_engine::api::config_for_key(config::load(env, &tenant).await).map_err(|e| {
             if e.status == 401 {
                 OpenAiError::unauthorized("the API key is not valid")
             } else {

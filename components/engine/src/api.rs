@@ -10,6 +10,41 @@ use crate::conversation::{Conversation, ConversationId, Message, Part, TenantId}
 use crate::provider::ProviderError;
 use crate::turn::TurnReply;
 
+impl From<crate::deployment::Refusal> for ApiError {
+    fn from(r: crate::deployment::Refusal) -> Self {
+        use crate::deployment::Refusal as R;
+        match &r {
+            R::TenantNotFound(_) => Self::new(404, "tenant_not_found", r.to_string()),
+            R::DemoDisabled(_) => Self::new(403, "demo_disabled", r.to_string()),
+        }
+    }
+}
+
+/// The configuration the deployment's admin token manages: a tenant that does not exist
+/// yet is managed with an empty configuration (the admin token is how tenants are
+/// created); every other error stands.
+pub fn config_for_admin(
+    loaded: Result<crate::TenantConfig, ApiError>,
+) -> Result<crate::TenantConfig, ApiError> {
+    match loaded {
+        Err(e) if e.code == "tenant_not_found" => Ok(crate::TenantConfig::default()),
+        other => other,
+    }
+}
+
+/// A tenant key's tenant must exist: an unknown one is the key's fault (`401`), so a
+/// stranger cannot tell which tenants exist by trying keys.
+pub fn config_for_key(
+    loaded: Result<crate::TenantConfig, ApiError>,
+) -> Result<crate::TenantConfig, ApiError> {
+    match loaded {
+        Err(e) if e.code == "tenant_not_found" => {
+            Err(ApiError::new(401, "unauthorized", "unknown key"))
+        }
+        other => other,
+    }
+}
+
 /// The largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// The longest message accepted, in characters.

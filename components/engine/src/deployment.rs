@@ -24,7 +24,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::api::ApiError;
 use crate::config::{ConfigError, TenantConfig};
 use crate::conversation::TenantId;
 
@@ -206,6 +205,21 @@ pub struct Settings<'a> {
     pub model: Option<&'a str>,
 }
 
+/// Why the deployment refuses a request (the API answers `404 tenant_not_found` and
+/// `403 demo_disabled`: see `crate::api`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The tenant has no stored configuration and the deployment does not open it.
+    #[error("no tenant `{0}` here (an operator creates one with PUT /api/v1/config)")]
+    TenantNotFound(String),
+    /// The tenant does not serve `/demo`.
+    #[error(
+        "/demo is not served for tenant `{0}` (a tenant turns it on with `\"demo\": true`; the deployment lists others in KEFU_DEMO_TENANTS)"
+    )]
+    DemoDisabled(String),
+}
+
 /// What the deployment gives its tenants (see the module's documentation).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Deployment {
@@ -232,6 +246,29 @@ impl Default for Deployment {
 }
 
 impl Deployment {
+    /// The rules from the settings as the host's `lookup` finds them by their Workers names
+    /// ([`settings`]; a Spin host looks up the same names in lower case). Unset or empty:
+    /// `None`.
+    pub fn from_lookup(mut lookup: impl FnMut(&str) -> Option<String>) -> Self {
+        let mut get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let (secrets, open, provider, demo, base, model) = (
+            get(settings::TENANT_SECRETS),
+            get(settings::OPEN_TENANTS),
+            get(settings::PROVIDER_TENANTS),
+            get(settings::DEMO_TENANTS),
+            get(settings::PROVIDER_BASE_URL),
+            get(settings::MODEL),
+        );
+        Self::from_settings(Settings {
+            tenant_secrets: secrets.as_deref(),
+            open_tenants: open.as_deref(),
+            provider_tenants: provider.as_deref(),
+            demo_tenants: demo.as_deref(),
+            provider_base_url: base.as_deref(),
+            model: model.as_deref(),
+        })
+    }
+
     /// The rules from the deployment's settings. Unset lists default to `default` alone, so
     /// a fresh deployment (`make dev`, `/demo`) works with no setup and nothing else.
     pub fn from_settings(s: Settings<'_>) -> Self {
@@ -275,9 +312,9 @@ impl Deployment {
     /// The configuration of a tenant that has no stored document: the built-in one for an
     /// open tenant (with the deployment's provider where the deployment allows it, else the
     /// offline responder), `404 tenant_not_found` for any other name.
-    pub fn builtin_config(&self, tenant: &TenantId) -> Result<TenantConfig, ApiError> {
+    pub fn builtin_config(&self, tenant: &TenantId) -> Result<TenantConfig, Refusal> {
         if !self.open_tenants.contains(tenant) {
-            return Err(tenant_not_found(tenant));
+            return Err(Refusal::TenantNotFound(tenant.as_str().to_owned()));
         }
         if self.uses_deployment_provider(tenant) {
             Ok(TenantConfig::builtin(
@@ -295,20 +332,12 @@ impl Deployment {
     }
 
     /// Whether `tenant` (with its `config`) serves `/demo`: the deployment lists it, or the
-    /// tenant turned it on; `403 demo_disabled` otherwise.
-    pub fn check_demo(&self, tenant: &TenantId, config: &TenantConfig) -> Result<(), ApiError> {
+    /// tenant turned it on.
+    pub fn check_demo(&self, tenant: &TenantId, config: &TenantConfig) -> Result<(), Refusal> {
         if self.demo_tenants.contains(tenant) || config.demo {
             Ok(())
         } else {
-            Err(ApiError::new(
-                403,
-                "demo_disabled",
-                format!(
-                    "/demo is not served for tenant `{}` (a tenant turns it on with `\"demo\": true`; the deployment lists others in {})",
-                    tenant.as_str(),
-                    settings::DEMO_TENANTS
-                ),
-            ))
+            Err(Refusal::DemoDisabled(tenant.as_str().to_owned()))
         }
     }
 
@@ -376,39 +405,6 @@ impl Deployment {
         }
         out
     }
-}
-
-/// The configuration the deployment's admin token manages: a tenant that does not exist
-/// yet is managed with an empty configuration (the admin token is how tenants are
-/// created), every other error stands.
-pub fn for_admin(loaded: Result<TenantConfig, ApiError>) -> Result<TenantConfig, ApiError> {
-    match loaded {
-        Err(e) if e.code == "tenant_not_found" => Ok(TenantConfig::default()),
-        other => other,
-    }
-}
-
-/// A tenant key's tenant must exist: an unknown one is the key's fault (`401`), so a
-/// stranger cannot tell which tenants exist by trying keys.
-pub fn for_key(loaded: Result<TenantConfig, ApiError>) -> Result<TenantConfig, ApiError> {
-    match loaded {
-        Err(e) if e.code == "tenant_not_found" => {
-            Err(ApiError::new(401, "unauthorized", "unknown key"))
-        }
-        other => other,
-    }
-}
-
-/// `404 tenant_not_found`.
-pub fn tenant_not_found(tenant: &TenantId) -> ApiError {
-    ApiError::new(
-        404,
-        "tenant_not_found",
-        format!(
-            "no tenant `{}` here (an operator creates one with PUT /api/v1/config)",
-            tenant.as_str()
-        ),
-    )
 }
 
 /// Every secret name a configuration refers to, with the field that names it.
@@ -560,7 +556,7 @@ mod tests {
         let d = Deployment::default();
         assert!(d.builtin_config(&tenant("default")).is_ok());
         let err = d.builtin_config(&tenant("invented")).unwrap_err();
-        assert_eq!((err.status, err.code), (404, "tenant_not_found"));
+        assert_eq!(err, Refusal::TenantNotFound("invented".into()));
 
         let d = Deployment::from_settings(Settings {
             open_tenants: Some("*"),
@@ -580,8 +576,8 @@ mod tests {
         let off = TenantConfig::default();
         assert!(d.check_demo(&tenant("default"), &off).is_ok());
         assert_eq!(
-            d.check_demo(&tenant("acme"), &off).unwrap_err().code,
-            "demo_disabled"
+            d.check_demo(&tenant("acme"), &off),
+            Err(Refusal::DemoDisabled("acme".into()))
         );
         let on = config(r#"{"demo": true}"#);
         assert!(d.check_demo(&tenant("acme"), &on).is_ok());

@@ -35,7 +35,7 @@ pub fn operator(kv: &Kv, req: &Incoming) -> Result<(TenantId, TenantConfig), Api
         )
     {
         let tenant = api::tenant(req.header(api::TENANT_HEADER))?;
-        let config = kefu_engine::deployment::for_admin(store::config(kv, &tenant))?;
+        let config = kefu_engine::api::config_for_admin(store::config(kv, &tenant))?;
         return Ok((tenant, config));
     }
     // An agent's sign-in token is for conversations: it may not configure the tenant or
@@ -54,7 +54,7 @@ pub fn operator(kv: &Kv, req: &Incoming) -> Result<(TenantId, TenantConfig), Api
 /// stored key hashes.
 fn tenant_key(kv: &Kv, given: &str) -> Result<(TenantId, TenantConfig), ApiError> {
     let tenant = auth::tenant_of_key(given).ok_or_else(|| unauthorized("not a Kefu key"))?;
-    let config = kefu_engine::deployment::for_key(store::config(kv, &tenant))?;
+    let config = kefu_engine::api::config_for_key(store::config(kv, &tenant))?;
     auth::verify(given, &config.api_keys).ok_or_else(|| unauthorized("unknown key"))?;
     Ok((tenant, config))
 }

@@ -35,7 +35,7 @@ mod webhooks;
 use std::collections::BTreeMap;
 
 use kefu_engine::api::{self, ApiError, Route};
-use kefu_engine::deployment::{Deployment, Settings, settings};
+use kefu_engine::deployment::{Deployment, settings};
 use kefu_engine::{ConversationId, TenantConfig, Timestamp};
 use serde_json::{Value, json};
 use spin_sdk::wit::wasi::http0_2_0::types::{IncomingRequest, ResponseOutparam};
@@ -282,21 +282,11 @@ pub(crate) fn variable(name: &str) -> Option<String> {
 /// `kefu_demo_tenants`, `provider_base_url` and `model`. Read per request: Spin runs a
 /// fresh instance for each.
 pub(crate) fn deployment() -> Deployment {
-    let get = |name: &str| variable(&name.to_ascii_lowercase());
-    let (secrets, open, provider, demo) = (
-        get(settings::TENANT_SECRETS),
-        get(settings::OPEN_TENANTS),
-        get(settings::PROVIDER_TENANTS),
-        get(settings::DEMO_TENANTS),
-    );
-    let (base, model) = (variable("provider_base_url"), variable("model"));
-    let deployment = Deployment::from_settings(Settings {
-        tenant_secrets: secrets.as_deref(),
-        open_tenants: open.as_deref(),
-        provider_tenants: provider.as_deref(),
-        demo_tenants: demo.as_deref(),
-        provider_base_url: base.as_deref(),
-        model: model.as_deref(),
+    let deployment = Deployment::from_lookup(|name| match name {
+        // The deployment's provider keeps the names its Spin variables always had.
+        settings::PROVIDER_BASE_URL => variable("provider_base_url"),
+        settings::MODEL => variable("model"),
+        other => variable(&other.to_ascii_lowercase()),
     });
     for warning in &deployment.warnings {
         log(

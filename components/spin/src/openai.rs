@@ -56,7 +56,7 @@ fn authenticate(kv: &Kv, req: &Incoming) -> Result<(TenantId, TenantConfig), Ope
         })?;
     let tenant = auth::tenant_of_key(key)
         .ok_or_else(|| OpenAiError::unauthorized("this is not a Kefu API key"))?;
-    let config = kefu_engine::deployment::for_key(store::config(kv, &tenant)).map_err(|e| {
+    let config = kefu_engine::api::config_for_key(store::config(kv, &tenant)).map_err(|e| {
         if e.status == 401 {
             OpenAiError::unauthorized("the API key is not valid")
         } else {

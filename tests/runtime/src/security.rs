@@ -405,14 +405,7 @@ async fn replay(ctx: &Ctx, id: &str, bearer: &str, body: &Value) -> anyhow::Resu
 /// under the stored configuration only; an operator's replay configuration cannot reach a
 /// provider or secret the stored one lacks; every replay is admitted by the stored quota.
 pub async fn replay_is_an_operators_power(ctx: &Ctx) -> anyhow::Result<()> {
-    let first = ctx
-        .chat(Some("sec-b"), &json!({"message": unique("replayed")}))
-        .await?;
-    first.expect_status(200)?;
-    let id = first.json["conversation_id"]
-        .as_str()
-        .context("conversation_id")?
-        .to_owned();
+    let id = start_conversation(ctx, "sec-b", &unique("replayed")).await?;
     let agent = ctx
         .agent_token(SEC_B_KEY, &json!({"agent": "ana", "name": "Ana"}))
         .await?;
@@ -560,6 +553,26 @@ pub async fn provider_urls_stay_public(ctx: &Ctx) -> anyhow::Result<()> {
 /// Tenant `sec-roster`'s key.
 pub const SEC_ROSTER_KEY: &str = "kf-sec-roster.Kefu0Security0Test0Key03";
 
+/// A new conversation of `tenant` with the visitor's `message` answered; its id.
+async fn start_conversation(ctx: &Ctx, tenant: &str, message: &str) -> anyhow::Result<String> {
+    let first = ctx.chat(Some(tenant), &json!({"message": message})).await?;
+    first.expect_status(200)?;
+    Ok(first.json["conversation_id"]
+        .as_str()
+        .context("conversation_id")?
+        .to_owned())
+}
+
+/// Disables agent `ana` on `sec-roster`'s roster (`doc` as seeded).
+async fn disable_ana(ctx: &Ctx, doc: &Value) -> anyhow::Result<()> {
+    let mut disabled = doc.clone();
+    disabled["agents"][0]["disabled"] = json!(true);
+    put_config(ctx, SEC_ROSTER_KEY, None, &disabled)
+        .await?
+        .expect_status(200)?;
+    Ok(())
+}
+
 /// `sec-roster`'s document as seeded, stored again (so a scenario that stopped halfway
 /// leaves no agent disabled for the next).
 async fn roster_document(ctx: &Ctx) -> anyhow::Result<Value> {
@@ -602,14 +615,7 @@ async fn next_event(
 /// colleague's stream goes on and still gets the conversation's updates.
 pub async fn sessions_end_when_access_ends(ctx: &Ctx) -> anyhow::Result<()> {
     let doc = roster_document(ctx).await?;
-    let first = ctx
-        .chat(Some("sec-roster"), &json!({"message": unique("watched")}))
-        .await?;
-    first.expect_status(200)?;
-    let id = first.json["conversation_id"]
-        .as_str()
-        .context("conversation_id")?
-        .to_owned();
+    let id = start_conversation(ctx, "sec-roster", &unique("watched")).await?;
     let ana = ctx
         .agent_token(SEC_ROSTER_KEY, &json!({"agent": "ana"}))
         .await?;
@@ -647,11 +653,7 @@ pub async fn sessions_end_when_access_ends(ctx: &Ctx) -> anyhow::Result<()> {
         }
     }
     // The operator disables Ana while her stream is open.
-    let mut disabled = doc.clone();
-    disabled["agents"][0]["disabled"] = json!(true);
-    put_config(ctx, SEC_ROSTER_KEY, None, &disabled)
-        .await?
-        .expect_status(200)?;
+    disable_ana(ctx, &doc).await?;
     // Within the re-check period (15 s) her stream says why and ends.
     let mut reason = None;
     while let Some(e) = next_event(&mut a, &mut pa, &mut qa, 30).await? {
@@ -723,14 +725,7 @@ pub async fn least_privilege_holds(ctx: &Ctx) -> anyhow::Result<()> {
         .expect_status(200)?;
 
     // A conversation that waits for a person; Ben may not claim it as "Manager".
-    let waiting = ctx
-        .chat(Some("sec-roster"), &json!({"message": "a person please"}))
-        .await?;
-    waiting.expect_status(200)?;
-    let id = waiting.json["conversation_id"]
-        .as_str()
-        .context("conversation_id")?
-        .to_owned();
+    let id = start_conversation(ctx, "sec-roster", "a person please").await?;
     ctx.action(None, Some(&ben), &id, "claim", &json!({"name": "Manager"}))
         .await?
         .expect_error(403, "agent_mismatch")?;
@@ -771,24 +766,13 @@ pub async fn sockets_end_when_access_ends(ctx: &Ctx) -> anyhow::Result<()> {
     let doc = roster_document(ctx).await?;
     use futures::StreamExt;
     use tokio_tungstenite::tungstenite::Message as Ws;
-    let first = ctx
-        .chat(Some("sec-roster"), &json!({"message": unique("socket")}))
-        .await?;
-    first.expect_status(200)?;
-    let id = first.json["conversation_id"]
-        .as_str()
-        .context("conversation_id")?
-        .to_owned();
+    let id = start_conversation(ctx, "sec-roster", &unique("socket")).await?;
     let ana = ctx
         .agent_token(SEC_ROSTER_KEY, &json!({"agent": "ana"}))
         .await?;
     let mut ws =
         crate::handoff::open_socket(ctx, &id, format!("after=0&access_token={ana}")).await?;
-    let mut disabled = doc.clone();
-    disabled["agents"][0]["disabled"] = json!(true);
-    put_config(ctx, SEC_ROSTER_KEY, None, &disabled)
-        .await?
-        .expect_status(200)?;
+    disable_ana(ctx, &doc).await?;
     let (mut reason, mut close) = (None, None);
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(40);
     while close.is_none() {
@@ -823,14 +807,7 @@ pub async fn sockets_end_when_access_ends(ctx: &Ctx) -> anyhow::Result<()> {
 /// open stream in the conversation's object): one past the bound is `429
 /// too_many_subscribers`; closing one makes room again.
 pub async fn live_subscribers_are_bounded(ctx: &Ctx) -> anyhow::Result<()> {
-    let first = ctx
-        .chat(Some("sec-b"), &json!({"message": unique("crowded")}))
-        .await?;
-    first.expect_status(200)?;
-    let id = first.json["conversation_id"]
-        .as_str()
-        .context("conversation_id")?
-        .to_owned();
+    let id = start_conversation(ctx, "sec-b", &unique("crowded")).await?;
     let open = || {
         ctx.request(
             reqwest::Method::GET,
@@ -848,17 +825,18 @@ pub async fn live_subscribers_are_bounded(ctx: &Ctx) -> anyhow::Result<()> {
     Answer::read(open().await?)
         .await?
         .expect_error(429, "too_many_subscribers")?;
-    // One goes away: there is room again.
+    // One goes away: there is room again once the object notices (at the stream's next
+    // write at the latest: its heartbeat, every 15 s).
     drop(streams.pop());
     let mut reopened = false;
-    for _ in 0..20 {
+    for _ in 0..30 {
         let resp = open().await?;
         if resp.status().is_success() {
             reopened = true;
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
-    ensure!(reopened, "no room after a stream closed");
+    ensure!(reopened, "no room 30 s after a stream closed");
     Ok(())
 }
