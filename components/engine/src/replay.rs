@@ -403,7 +403,7 @@ pub struct ReplayCaller<'a> {
     /// The tenant whose conversation it is.
     pub tenant: &'a TenantId,
     /// An operator (the tenant key or the deployment's admin token), not an agent's
-    /// sign-in token: only an operator may replay under another configuration or model.
+    /// sign-in token: only an operator may replay under another configuration.
     pub operator: bool,
     /// What the deployment gives the tenant (the secrets a replay configuration may name).
     pub deployment: &'a crate::deployment::Deployment,
@@ -416,7 +416,8 @@ pub struct ReplayCaller<'a> {
 /// configuration with a single `provider`).
 ///
 /// Replaying under another configuration is an operator's power: an agent (`caller` not an
-/// operator) replays under the stored configuration only (`403 operator_only`). Whoever
+/// operator) replays under the stored configuration only (`403 operator_only`), though it
+/// may name another model of the stored providers. Whoever
 /// asks, the replay is admitted by the stored quotas and budgets and priced by the stored
 /// prices, and its configuration cannot reach what the stored one cannot
 /// ([`confine_replay_config`]).
@@ -453,20 +454,16 @@ pub fn parse_replay_request(
             ));
         }
     }
-    if !caller.operator {
-        for key in ["config", "model"] {
-            if fields.get(key).is_some_and(|v| !v.is_null()) {
-                let mut e = ApiError::new(
-                    403,
-                    "operator_only",
-                    format!(
-                        "replaying under another {key} needs the tenant key (or the deployment's admin token); an agent replays under the stored configuration"
-                    ),
-                );
-                e.field = Some(key.to_owned());
-                return Err(e);
-            }
-        }
+    // Another configuration is the operator's; an agent replays under the stored one (and
+    // may pick another model of its providers: the same endpoints, keys, quota and prices).
+    if !caller.operator && fields.get("config").is_some_and(|v| !v.is_null()) {
+        let mut e = ApiError::new(
+            403,
+            "operator_only",
+            "replaying under another configuration needs the tenant key (or the deployment's admin token); an agent replays under the stored configuration",
+        );
+        e.field = Some("config".to_owned());
+        return Err(e);
     }
     let in_config = |mut e: ApiError| {
         e.field = Some(match e.field.take() {

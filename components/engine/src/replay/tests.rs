@@ -292,13 +292,11 @@ fn an_agent_replays_under_the_stored_configuration_only() {
     };
     assert!(parse_replay_request(b"", &current, agent).is_ok());
     assert!(parse_replay_request(br#"{"max_turns": 2}"#, &current, agent).is_ok());
-    for body in [
-        r#"{"config": {"system_prompt": "x"}}"#,
-        r#"{"model": "p2/bigger"}"#,
-    ] {
-        let e = parse_replay_request(body.as_bytes(), &current, agent).unwrap_err();
-        assert_eq!((e.status, e.code), (403, "operator_only"), "{body}");
-    }
+    // Another model of the stored providers: the same endpoints, keys, quota and prices.
+    assert!(parse_replay_request(br#"{"model": "p2/bigger"}"#, &current, agent).is_ok());
+    let e = parse_replay_request(br#"{"config": {"system_prompt": "x"}}"#, &current, agent)
+        .unwrap_err();
+    assert_eq!((e.status, e.code), (403, "operator_only"));
 }
 
 #[test]
