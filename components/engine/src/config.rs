@@ -559,25 +559,48 @@ impl TenantConfig {
         out
     }
 
-    /// Every secret name the configuration refers to.
-    pub fn secret_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
+    /// Every secret name the configuration refers to, with the field that names it.
+    pub fn secret_refs(&self) -> Vec<(String, String)> {
+        let mut refs = Vec::new();
+        if let Some(s) = self
             .provider
-            .iter()
-            .filter_map(|p| p.api_key_secret.clone())
-            .chain(
-                self.providers
-                    .values()
-                    .filter_map(|p| p.api_key_secret.clone()),
-            )
-            .chain(self.routes.values().flat_map(|r| {
-                r.targets
-                    .iter()
-                    .chain(r.rules.iter().map(|rule| &rule.then))
-                    .chain(r.default.iter())
-                    .filter_map(|t| t.api_key_secret.clone())
-            }))
-            .collect();
+            .as_ref()
+            .and_then(|p| p.api_key_secret.clone())
+        {
+            refs.push(("provider.api_key_secret".to_owned(), s));
+        }
+        for (name, p) in &self.providers {
+            if let Some(s) = &p.api_key_secret {
+                refs.push((format!("providers.{name}.api_key_secret"), s.clone()));
+            }
+        }
+        for (name, r) in &self.routes {
+            for (i, t) in r.targets.iter().enumerate() {
+                if let Some(s) = &t.api_key_secret {
+                    refs.push((
+                        format!("routes.{name}.targets[{i}].api_key_secret"),
+                        s.clone(),
+                    ));
+                }
+            }
+            for (i, rule) in r.rules.iter().enumerate() {
+                if let Some(s) = &rule.then.api_key_secret {
+                    refs.push((
+                        format!("routes.{name}.rules[{i}].then.api_key_secret"),
+                        s.clone(),
+                    ));
+                }
+            }
+            if let Some(s) = r.default.as_ref().and_then(|d| d.api_key_secret.clone()) {
+                refs.push((format!("routes.{name}.default.api_key_secret"), s));
+            }
+        }
+        refs
+    }
+
+    /// Every secret name the configuration refers to, once each, in order.
+    pub fn secret_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.secret_refs().into_iter().map(|(_, n)| n).collect();
         names.sort();
         names.dedup();
         names

@@ -348,7 +348,7 @@ impl Deployment {
         tenant: &TenantId,
         config: &TenantConfig,
     ) -> Result<(), ConfigError> {
-        for (field, name) in secret_refs(config) {
+        for (field, name) in config.secret_refs() {
             if is_deployment_secret(&name) {
                 return Err(ConfigError {
                     field,
@@ -405,45 +405,6 @@ impl Deployment {
         }
         out
     }
-}
-
-/// Every secret name a configuration refers to, with the field that names it.
-pub fn secret_refs(config: &TenantConfig) -> Vec<(String, String)> {
-    let mut refs = Vec::new();
-    if let Some(s) = config
-        .provider
-        .as_ref()
-        .and_then(|p| p.api_key_secret.clone())
-    {
-        refs.push(("provider.api_key_secret".to_owned(), s));
-    }
-    for (name, p) in &config.providers {
-        if let Some(s) = &p.api_key_secret {
-            refs.push((format!("providers.{name}.api_key_secret"), s.clone()));
-        }
-    }
-    for (name, r) in &config.routes {
-        for (i, t) in r.targets.iter().enumerate() {
-            if let Some(s) = &t.api_key_secret {
-                refs.push((
-                    format!("routes.{name}.targets[{i}].api_key_secret"),
-                    s.clone(),
-                ));
-            }
-        }
-        for (i, rule) in r.rules.iter().enumerate() {
-            if let Some(s) = &rule.then.api_key_secret {
-                refs.push((
-                    format!("routes.{name}.rules[{i}].then.api_key_secret"),
-                    s.clone(),
-                ));
-            }
-        }
-        if let Some(s) = r.default.as_ref().and_then(|d| d.api_key_secret.clone()) {
-            refs.push((format!("routes.{name}.default.api_key_secret"), s));
-        }
-    }
-    refs
 }
 
 #[cfg(test)]
