@@ -19,6 +19,14 @@ fn var(env: &Env, name: &str) -> Option<String> {
         .filter(|v| !v.trim().is_empty())
 }
 
+/// A Worker secret, else (for local development) a plain, non-empty variable of that name.
+fn secret_or_var(env: &Env, name: &str) -> Option<String> {
+    env.secret(name)
+        .ok()
+        .map(|s| s.to_string())
+        .or_else(|| var(env, name))
+}
+
 /// How long an isolate reuses a tenant configuration it read (and parsed and validated)
 /// before reading KV again. KV itself propagates a change to other locations within about a
 /// minute; two more seconds here cost nothing in freshness and save a KV read and a parse
@@ -86,12 +94,7 @@ thread_local! {
 pub(crate) fn deployment(env: &Env) -> Deployment {
     DEPLOYMENT.with(|d| {
         d.get_or_init(|| {
-            let deployment = Deployment::from_lookup(|name| {
-                env.secret(name)
-                    .ok()
-                    .map(|s| s.to_string())
-                    .or_else(|| var(env, name))
-            });
+            let deployment = Deployment::from_lookup(|name| secret_or_var(env, name));
             for warning in &deployment.warnings {
                 crate::log(
                     "warn",
@@ -113,12 +116,7 @@ pub(crate) fn secrets(
     tenant: &TenantId,
     config: &TenantConfig,
 ) -> BTreeMap<String, String> {
-    deployment(env).resolve_secrets(tenant, config, |name| {
-        env.secret(name)
-            .ok()
-            .map(|s| s.to_string())
-            .or_else(|| var(env, name))
-    })
+    deployment(env).resolve_secrets(tenant, config, |name| secret_or_var(env, name))
 }
 
 /// Options for a turn: the secrets it may need and a fresh random seed.

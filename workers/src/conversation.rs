@@ -216,7 +216,7 @@ enum Beat {
 }
 
 /// Whether an agent's open session may go on (the engine's rule, on the tenant's roster as
-/// stored now). A storage failure keeps the session: it is checked again soon.
+/// stored now).
 async fn session_continues(
     env: &Env,
     tenant: &str,
@@ -225,11 +225,7 @@ async fn session_continues(
     let Some(tenant) = TenantId::parse(tenant) else {
         return Err(kefu_engine::auth::TokenError::Malformed);
     };
-    match config::load(env, &tenant).await {
-        Ok(config) => kefu_engine::auth::session_continues(&config.agents, claims, now()),
-        Err(e) if e.code == "tenant_not_found" => Err(kefu_engine::auth::TokenError::UnknownAgent),
-        Err(_) => Ok(()),
-    }
+    api::session_on(config::load(env, &tenant).await, claims, now())
 }
 
 /// How long a live-update stream stays open; clients reconnect with their cursor.
@@ -255,9 +251,15 @@ impl Inner {
         }
     }
 
-    /// The conversation a new live-update connection follows (`404` under another tenant),
-    /// or `429` past the engine's bound on connections (closed streams are forgotten first).
-    fn admit_subscriber(&self, tenant: &str) -> Result<Conversation, ApiError> {
+    /// A new live-update connection's catch-up — what came after `after` (internal notes
+    /// only with `notes`), then the status — or `404` under another tenant, or `429` past
+    /// the engine's bound on connections (closed streams are forgotten first).
+    fn admit_subscriber(
+        &self,
+        tenant: &str,
+        after: u32,
+        notes: bool,
+    ) -> Result<Vec<LiveUpdate>, ApiError> {
         let conversation = self
             .load()?
             .filter(|c| c.tenant().as_str() == tenant)
@@ -267,7 +269,15 @@ impl Inner {
         if subscribers.len() + self.state.get_websockets().len() >= api::MAX_LIVE_SUBSCRIBERS {
             return Err(api::too_many_subscribers());
         }
-        Ok(conversation)
+        drop(subscribers);
+        let mut updates: Vec<LiveUpdate> = self
+            .transcript()?
+            .iter()
+            .filter(|m| m.seq > after && (notes || m.role != kefu_engine::Role::Note))
+            .map(LiveUpdate::message)
+            .collect();
+        updates.push(LiveUpdate::status(&conversation));
+        Ok(updates)
     }
 
     /// The agent sockets' sessions: closes the ended ones, and schedules the next check
@@ -321,7 +331,7 @@ impl Inner {
         notes: bool,
         claims: Option<AgentClaims>,
     ) -> Result<Response, ApiError> {
-        let conversation = self.admit_subscriber(tenant)?;
+        let catch_up = self.admit_subscriber(tenant, after, notes)?;
         let pair = worker::WebSocketPair::new().map_err(internal)?;
         self.state
             .accept_websocket_with_tags(&pair.server, &[if notes { "agent" } else { "visitor" }]);
@@ -338,18 +348,9 @@ impl Inner {
                 });
             }
         }
-        for m in self
-            .transcript()?
-            .iter()
-            .filter(|m| m.seq > after && (notes || m.role != kefu_engine::Role::Note))
-        {
-            pair.server
-                .send_with_str(LiveUpdate::message(m).json())
-                .map_err(internal)?;
+        for update in catch_up {
+            pair.server.send_with_str(update.json()).map_err(internal)?;
         }
-        pair.server
-            .send_with_str(LiveUpdate::status(&conversation).json())
-            .map_err(internal)?;
         Response::from_websocket(pair.client).map_err(internal)
     }
 
@@ -362,16 +363,11 @@ impl Inner {
         notes: bool,
         claims: Option<AgentClaims>,
     ) -> Result<Response, ApiError> {
-        let conversation = self.admit_subscriber(tenant)?;
+        let catch_up = self.admit_subscriber(tenant, after, notes)?;
         let (tx, rx) = mpsc::unbounded::<Vec<u8>>();
-        for m in self
-            .transcript()?
-            .iter()
-            .filter(|m| m.seq > after && (notes || m.role != kefu_engine::Role::Note))
-        {
-            let _ = tx.unbounded_send(LiveUpdate::message(m).sse());
+        for update in catch_up {
+            let _ = tx.unbounded_send(update.sse());
         }
-        let _ = tx.unbounded_send(LiveUpdate::status(&conversation).sse());
         self.subscribers.borrow_mut().push(Subscriber { tx, notes });
         // An agent's stream lasts while its token and the tenant's roster allow: it ends at
         // the token's expiry, and each heartbeat checks the roster as it is now (disabled,

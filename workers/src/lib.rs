@@ -120,9 +120,7 @@ async fn handle(
             let body = http::read_body(req, limit).await?;
             // A tenant nobody configured is not a site: `404` before anything is counted.
             let config = config::load(env, &tenant).await?;
-            if let Some(refused) = limit_visitor(req, env, &tenant).await? {
-                return Ok(refused);
-            }
+            limit_visitor(req, env, &tenant).await?;
             let chat = api::parse_chat_request(&body)?;
             let visitor = kefu_engine::identity::verify(config.identity.as_ref(), chat.visitor.as_ref())
                 .map_err(|e| api::identity_error(&e))?;
@@ -204,9 +202,7 @@ async fn handle(
                 if config.identity.as_ref().is_some_and(|i| i.required) && verified_reader(req, env, &tenant).await?.is_none() {
                     return Err(api::identity_error(&kefu_engine::identity::IdentityError::Required));
                 }
-                if let Some(refused) = limit_visitor(req, env, &tenant).await? {
-                    return Ok(refused);
-                }
+                limit_visitor(req, env, &tenant).await?;
                 (tenant, config)
             };
             attachments::upload(req, env, &tenant, &config, limit).await
@@ -460,7 +456,7 @@ async fn handle(
                 .map(|u| u.origin().ascii_serialization())
                 .unwrap_or_else(|_| "http://localhost:8080".to_owned());
             let html = req.headers().get("accept").ok().flatten().is_some_and(|a| a.contains("text/html"));
-            let run = run_demo(req, env, &tenant).await?;
+            let run = run_demo(req, env, &tenant, config).await?;
             if html {
                 text_response(200, "text/html; charset=utf-8", demo::render_html(&run, &origin))
             } else {
@@ -655,14 +651,13 @@ async fn limit_visitor(
     req: &Request,
     env: &Env,
     tenant: &TenantId,
-) -> std::result::Result<Option<Response>, ApiError> {
+) -> std::result::Result<(), ApiError> {
     let address = req
         .headers()
         .get("cf-connecting-ip")
         .ok()
         .flatten()
         .unwrap_or_else(|| "unknown".to_owned());
-    let mut admitted = true;
     for (binding, key) in [
         (VISITOR_LIMITER, format!("{}|{address}", tenant.as_str())),
         (ADDRESS_LIMITER, format!("address|{address}")),
@@ -675,30 +670,10 @@ async fn limit_visitor(
             .await
             .map_err(|e| ApiError::internal(format!("the visitor rate limiter: {e}")))?;
         if !outcome.success {
-            admitted = false;
-            break;
+            return Err(ApiError::rate_limited(VISITOR_LIMIT_PERIOD_SECS));
         }
     }
-    if admitted {
-        return Ok(None);
-    }
-    let error = ApiError {
-        status: 429,
-        code: "rate_limited",
-        message: format!(
-            "too many messages from this visitor; nothing was stored, try again in {VISITOR_LIMIT_PERIOD_SECS} seconds"
-        ),
-        field: None,
-        allow: None,
-        retry_after: None,
-    };
-    let mut resp = http::error_response(&error).map_err(|e| ApiError::internal(e.to_string()))?;
-    http::set(
-        resp.headers_mut(),
-        "retry-after",
-        &VISITOR_LIMIT_PERIOD_SECS.to_string(),
-    )?;
-    Ok(Some(resp))
+    Ok(())
 }
 
 /// A visitor's tenant: the `X-Kefu-Tenant` header, else the `tenant` query parameter (for
@@ -722,8 +697,8 @@ async fn run_demo(
     req: &Request,
     env: &Env,
     tenant: &TenantId,
+    config: kefu_engine::TenantConfig,
 ) -> std::result::Result<DemoRun, ApiError> {
-    let config = config::load(env, tenant).await?;
     // The visitor path's rules: a site that verifies its visitors has no anonymous demo.
     kefu_engine::identity::verify(config.identity.as_ref(), None)
         .map_err(|e| api::identity_error(&e))?;
@@ -731,13 +706,7 @@ async fn run_demo(
     let mut conversation_id: Option<String> = None;
     for question in demo::QUESTIONS {
         // Each demo turn counts against the visitor limit like a message posted to chat.
-        if limit_visitor(req, env, tenant).await?.is_some() {
-            return Err(ApiError::new(
-                429,
-                "rate_limited",
-                "too many messages from this visitor; try the demo again in a minute",
-            ));
-        }
+        limit_visitor(req, env, tenant).await?;
         let turn = InternalTurn {
             tenant: tenant.as_str().to_owned(),
             conversation_id: conversation_id.clone(),

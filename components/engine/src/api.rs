@@ -45,6 +45,21 @@ pub fn config_for_key(
     }
 }
 
+/// Whether an agent's open session goes on, given the tenant's configuration as the host
+/// just loaded it ([`crate::auth::session_continues`] on its roster). A tenant that no
+/// longer exists ends it; a storage failure keeps it (the host checks again soon).
+pub fn session_on(
+    loaded: Result<crate::TenantConfig, ApiError>,
+    claims: &crate::auth::AgentClaims,
+    now: crate::Timestamp,
+) -> Result<(), crate::auth::TokenError> {
+    match loaded {
+        Ok(config) => crate::auth::session_continues(&config.agents, claims, now),
+        Err(e) if e.code == "tenant_not_found" => Err(crate::auth::TokenError::UnknownAgent),
+        Err(_) => Ok(()),
+    }
+}
+
 /// The largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// The longest message accepted, in characters.
@@ -1830,6 +1845,39 @@ pub fn plugin_test_json(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_agent_session_follows_the_tenant_as_loaded() {
+        let claims = crate::auth::AgentClaims {
+            tenant: "default".into(),
+            agent: "ana".into(),
+            name: "Ana".into(),
+            expires: 10_000,
+            issued: 0,
+        };
+        let now = crate::Timestamp::from_millis(1);
+        let roster = crate::TenantConfig::from_json(
+            r#"{"agents": [{"id": "ana", "name": "Ana", "disabled": true}]}"#,
+        );
+        assert_eq!(
+            session_on(
+                roster.map_err(|e| ApiError::internal(e.to_string())),
+                &claims,
+                now
+            ),
+            Err(crate::auth::TokenError::AgentDisabled)
+        );
+        let gone = Err(ApiError::new(404, "tenant_not_found", "gone"));
+        assert_eq!(
+            session_on(gone, &claims, now),
+            Err(crate::auth::TokenError::UnknownAgent)
+        );
+        // A storage hiccup does not cut an agent off.
+        assert_eq!(
+            session_on(Err(ApiError::internal("kv")), &claims, now),
+            Ok(())
+        );
+    }
 
     #[test]
     fn a_visitor_never_reads_the_providers_own_error() {

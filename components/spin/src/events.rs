@@ -147,12 +147,7 @@ fn follow(
                 Err(auth::TokenError::Expired)
             } else if recheck {
                 roster_checked = at;
-                match crate::store::config(kv, tenant) {
-                    Ok(config) => auth::session_continues(&config.agents, claims, now()),
-                    Err(e) if e.code == "tenant_not_found" => Err(auth::TokenError::UnknownAgent),
-                    // A storage failure keeps the session: it is checked again soon.
-                    Err(_) => Ok(()),
-                }
+                api::session_on(crate::store::config(kv, tenant), claims, now())
             } else {
                 Ok(())
             };

@@ -279,9 +279,16 @@ pub(crate) fn variable(name: &str) -> Option<String> {
 
 /// What the deployment gives its tenants ([`kefu_engine::deployment`]), from the Spin
 /// variables `kefu_tenant_secrets`, `kefu_open_tenants`, `kefu_provider_tenants`,
-/// `kefu_demo_tenants`, `provider_base_url` and `model`. Read per request: Spin runs a
-/// fresh instance for each.
+/// `kefu_demo_tenants`, `provider_base_url` and `model`. Read once per request (Spin runs
+/// a fresh instance for each), however many of its steps ask.
 pub(crate) fn deployment() -> Deployment {
+    thread_local! {
+        static DEPLOYMENT: std::cell::OnceCell<Deployment> = const { std::cell::OnceCell::new() };
+    }
+    DEPLOYMENT.with(|d| d.get_or_init(read_deployment).clone())
+}
+
+fn read_deployment() -> Deployment {
     let deployment = Deployment::from_lookup(|name| match name {
         // The deployment's provider keeps the names its Spin variables always had.
         settings::PROVIDER_BASE_URL => variable("provider_base_url"),
