@@ -568,19 +568,7 @@ mod tests {
     #[test]
     fn each_region_is_charged_for_its_own_instructions() {
         let wasm = fixture(false);
-        let bodies: Vec<Vec<Operator<'_>>> = Parser::new(0)
-            .parse_all(&wasm)
-            .filter_map(|p| match p.unwrap() {
-                Payload::CodeSectionEntry(body) => Some(
-                    body.get_operators_reader()
-                        .unwrap()
-                        .into_iter()
-                        .map(|o| o.unwrap())
-                        .collect(),
-                ),
-                _ => None,
-            })
-            .collect();
+        let bodies = bodies_of(&wasm);
         // spin: `loop` and the final `end` in the function, `br 0` and its `end` in the loop.
         assert_eq!(region_costs(&bodies[0]), vec![2, 2]);
         // count: block, loop, end, local.get, end in the function; 10 in the loop.

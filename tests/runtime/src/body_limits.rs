@@ -129,18 +129,6 @@ async fn state_of(ctx: &Ctx, id: &str) -> anyhow::Result<(usize, Value)> {
     Ok((n, a.json["status"].clone()))
 }
 
-async fn config_version(ctx: &Ctx) -> anyhow::Result<Value> {
-    let v: Value = ctx
-        .http
-        .get(ctx.url("/api/v1/config"))
-        .bearer_auth(CFG_KEY)
-        .send()
-        .await?
-        .json()
-        .await?;
-    Ok(v["version"].clone())
-}
-
 async fn knowledge_sources(ctx: &Ctx) -> anyhow::Result<String> {
     let resp = ctx
         .http
@@ -165,7 +153,7 @@ pub async fn body_limits_enforced_while_reading(ctx: &Ctx) -> anyhow::Result<()>
         .context("conversation_id")?
         .to_owned();
     let before = state_of(ctx, &id).await?;
-    let version = config_version(ctx).await?;
+    let version = ctx.config_version(CFG_KEY).await?;
     let source = unique("body-cap-source").replace(' ', "-");
 
     let json = "application/json";
@@ -273,7 +261,7 @@ pub async fn body_limits_enforced_while_reading(ctx: &Ctx) -> anyhow::Result<()>
         state_of(ctx, &id).await?
     );
     ensure!(
-        config_version(ctx).await? == version,
+        ctx.config_version(CFG_KEY).await? == version,
         "a refused configuration was stored"
     );
     ensure!(

@@ -271,29 +271,7 @@ pub async fn plugins_hostile_contained(ctx: &Ctx) -> anyhow::Result<()> {
         }
         // The turn's record says what became of each call.
         let id = a.json["conversation_id"].as_str().context("no id")?;
-        let traces = ctx
-            .http
-            .get(ctx.url(&format!("/api/v1/conversations/{id}/traces")))
-            .bearer_auth(plugin_key(tenant))
-            .send()
-            .await?;
-        ensure!(
-            traces.status().is_success(),
-            "{tenant}: traces: {}",
-            traces.status()
-        );
-        let traces: Value = traces.json().await?;
-        let calls = traces["turns"][0]["plugins"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let outcomes: Vec<String> = calls
-            .iter()
-            .map(|c| match c["outcome"]["kind"].as_str() {
-                Some("failed") => c["outcome"]["failure"].as_str().unwrap_or("?").to_owned(),
-                other => other.unwrap_or("?").to_owned(),
-            })
-            .collect();
+        let calls = turn_outcomes(ctx, tenant, id).await?;
         let expected = match tenant {
             "plug-trap" => ["trap", "trap"],
             // An endless loop is ended by its CPU allowance (the build's meter).
@@ -301,10 +279,12 @@ pub async fn plugins_hostile_contained(ctx: &Ctx) -> anyhow::Result<()> {
             "plug-huge" => ["too_large", "too_large"],
             _ => ["ok", "ok"],
         };
+        let expected = [
+            ("before_model".to_owned(), expected[0].to_owned()),
+            ("after_reply".to_owned(), expected[1].to_owned()),
+        ];
         ensure!(
-            outcomes == expected
-                && calls[0]["hook"] == "before_model"
-                && calls[1]["hook"] == "after_reply",
+            calls == expected,
             "{tenant}: the turn's plugin calls: {calls:?}"
         );
         // Nothing the failed plugin said reached the model (the fetching one's rewrite, the

@@ -207,6 +207,21 @@ impl Ctx {
             .with_context(|| format!("no agent token: {minted}"))
     }
 
+    /// The version of the configuration the tenant `key` (or the admin token) manages.
+    pub async fn config_version(&self, key: &str) -> anyhow::Result<u64> {
+        let got: Value = self
+            .http
+            .get(self.url("/api/v1/config"))
+            .bearer_auth(key)
+            .send()
+            .await?
+            .json()
+            .await?;
+        got["version"]
+            .as_u64()
+            .with_context(|| format!("no version: {got}"))
+    }
+
     /// `POST /api/v1/chat` with a JSON body, read in full.
     pub async fn chat(&self, tenant: Option<&str>, body: &Value) -> anyhow::Result<Answer> {
         let response = self

@@ -154,27 +154,13 @@ async fn put_config(
     Answer::read(req.send().await?).await
 }
 
-async fn config_version(ctx: &Ctx, key: &str) -> anyhow::Result<u64> {
-    let got: Value = ctx
-        .http
-        .get(ctx.url("/api/v1/config"))
-        .bearer_auth(key)
-        .send()
-        .await?
-        .json()
-        .await?;
-    got["version"]
-        .as_u64()
-        .with_context(|| format!("no version: {got}"))
-}
-
 /// A tenant's configuration cannot name a deployment secret (`KEFU_*`, in any case) or a
 /// secret the deployment gave another tenant: refused when written, with the field at
 /// fault, and nothing stored; a document stored around the API that names them still never
 /// sends them (the check at use). The tenant's own granted secret reaches its provider.
 pub async fn secrets_stay_with_their_owner(ctx: &Ctx) -> anyhow::Result<()> {
     let mock_base = ctx.mock()?.base_url();
-    let before = config_version(ctx, SEC_B_KEY).await?;
+    let before = ctx.config_version(SEC_B_KEY).await?;
     let catcher = format!("{}/p/seed=109/v1", mock_base.trim_end_matches("/v1"));
     let attempts = [
         (
@@ -218,7 +204,7 @@ pub async fn secrets_stay_with_their_owner(ctx: &Ctx) -> anyhow::Result<()> {
         );
     }
     ensure!(
-        config_version(ctx, SEC_B_KEY).await? == before,
+        ctx.config_version(SEC_B_KEY).await? == before,
         "a refused configuration was stored"
     );
     // Through the admin token too: the deployment's own token does not lift the rule.
@@ -490,7 +476,7 @@ pub async fn replay_is_an_operators_power(ctx: &Ctx) -> anyhow::Result<()> {
 /// `*.spin.internal` components, cloud metadata), private addresses and spellings that
 /// parsers read differently are refused when written.
 pub async fn provider_urls_stay_public(ctx: &Ctx) -> anyhow::Result<()> {
-    let before = config_version(ctx, SEC_B_KEY).await?;
+    let before = ctx.config_version(SEC_B_KEY).await?;
     for url in [
         "http://plugin-pii-redactor.spin.internal/v1",
         "http://169.254.169.254/latest/meta-data",
@@ -549,7 +535,7 @@ pub async fn provider_urls_stay_public(ctx: &Ctx) -> anyhow::Result<()> {
         );
     }
     ensure!(
-        config_version(ctx, SEC_B_KEY).await? == before,
+        ctx.config_version(SEC_B_KEY).await? == before,
         "a refused configuration was stored"
     );
     Ok(())
