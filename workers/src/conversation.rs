@@ -18,15 +18,12 @@ use std::rc::Rc;
 
 use futures::StreamExt;
 use futures::channel::{mpsc, oneshot};
+use futures::future::LocalBoxFuture;
+use kefu_engine::api::Changed;
 use kefu_engine::api::{self, ApiError};
-use kefu_engine::dialogue::{self, Decision};
-use kefu_engine::handoff::{Changed, HandoffReason};
-use kefu_engine::offline;
-use kefu_engine::replay::{self, Outcome, TurnRecord};
-use kefu_engine::{
-    Conversation, ConversationId, Message, Part, ProviderError, ReplyMode, TenantConfig, TenantId,
-    TurnReply,
-};
+use kefu_engine::chat::{self, ChatTurn, ReplayRun, Start};
+use kefu_engine::replay::{self, TurnRecord};
+use kefu_engine::{Conversation, ConversationId, Message, Part, ReplyMode, TenantConfig, TenantId};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use worker::{
@@ -36,7 +33,7 @@ use worker::{
 
 use crate::http::{self, error_response, forward, internal, json_response, set};
 use crate::provider::{self, now};
-use crate::{CONVERSATIONS, attachments, config, gateway, knowledge, log};
+use crate::{CONVERSATIONS, config, log};
 use kefu_engine::api::LiveUpdate;
 use kefu_engine::auth::AgentClaims;
 
@@ -695,45 +692,8 @@ impl Inner {
     }
 
     /// Completes a visitor turn's record (the state it changed, how it ended) and stores it.
-    fn store_record(
-        &self,
-        mut record: TurnRecord,
-        before: Option<&Conversation>,
-        outcome: &Result<Answer, TurnFailure>,
-    ) {
-        if let Ok(Some(after)) = self.load() {
-            record.set_state(before, &after);
-        }
-        record.set_outcome(match outcome {
-            Ok(Answer::Reply(_, reply)) => Outcome::Reply {
-                responder: reply.responder.kind().to_owned(),
-                target: reply.target.clone(),
-            },
-            Ok(Answer::Handoff(..)) => Outcome::Reply {
-                responder: "handoff".into(),
-                target: None,
-            },
-            Ok(Answer::Canned(_, _, responder)) => Outcome::Reply {
-                responder: (*responder).to_owned(),
-                target: None,
-            },
-            Ok(Answer::Silent) => Outcome::Silent,
-            Err(TurnFailure::Provider(e)) => Outcome::Error {
-                code: e.code().to_owned(),
-                message: e.to_string(),
-            },
-            Err(TurnFailure::Quota(q)) => {
-                let e = api::quota_error(q);
-                Outcome::Error {
-                    code: e.code.to_owned(),
-                    message: e.message,
-                }
-            }
-            Err(TurnFailure::Host(e)) => Outcome::Error {
-                code: e.code.to_owned(),
-                message: e.message.clone(),
-            },
-        });
+    /// Stores a visitor turn's record (complete: the engine's chat turn filled it in).
+    fn store_record(&self, record: TurnRecord) {
         if let Err(e) = self.sql.exec(
             "INSERT INTO traces (seq, trace) VALUES (?, ?) ON CONFLICT (seq) DO UPDATE SET trace = excluded.trace",
             vec![i64::from(record.seq).into(), record.to_stored().into()],
@@ -1015,95 +975,38 @@ async fn handle_replay(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiErr
         .load()?
         .filter(|c| c.tenant() == &tenant)
         .ok_or_else(ApiError::conversation_not_found)?;
-    let mut replay = replay::Replay::new(
+    let secrets = config::secrets(&inner.env, &tenant, &r.config);
+    let request = replay::ReplayRequest {
+        config: r.config,
+        max_turns: r.max_turns,
+        model: r.model,
+    };
+    let mut run = ReplayRun::new(
+        now(),
         conversation.id().clone(),
         tenant.clone(),
-        r.config,
+        request,
         inner.transcript()?,
         &inner.records()?,
-        r.max_turns,
-    )
-    .map_err(|e| replay::config_error(&e))?;
-    let config = replay.config().clone();
-    let mut turns = Vec::new();
-    let mut stopped = None;
-    while let Some(step) = replay.next_turn() {
-        if !step.needs_model() {
-            turns.push(step.finish(None, None));
-            continue;
-        }
-        let mut options = config::turn_options(&inner.env, &tenant, &config, ReplyMode::Whole);
-        if config.knowledge.enabled && config.has_models() {
-            match knowledge::search(
-                &inner.env,
-                &tenant,
-                &step.visitor.text(),
-                config.knowledge.top_k,
-            )
-            .await
-            {
-                Ok(found) => options.knowledge = found,
-                Err(e) => log(
-                    "error",
-                    json!({"msg": "knowledge search failed (replay)", "error": e.message}),
-                ),
-            }
-        }
-        let retrieved = options.knowledge.clone();
-        let files = attachments::resolve(&inner.env, &tenant, &step.attachments()).await;
-        options.attachments = files.clone();
-        let Some(mut turn) = step.start(now(), &config, options) else {
-            return Err(ApiError::internal("the replayed turn did not start"));
-        };
-        let grant = if config.has_models() {
-            match gateway::begin(&inner.env, &tenant, &config, &turn).await {
-                Ok(grant) => Some(grant),
-                Err(gateway::Refusal::Quota(q)) => {
-                    let e = api::quota_error(&q);
-                    stopped = Some(
-                        json!({"seq": step.visitor.seq, "error": {"code": e.code, "message": e.message}}),
-                    );
-                    break;
-                }
-                Err(gateway::Refusal::Host(e)) => return Err(e),
-            }
-        } else {
-            None
-        };
-        if let Some(grant) = grant.as_ref().filter(|g| !g.blocked.is_empty()) {
-            // Breakers refused some targets: plan again without them, as a live turn does.
-            let mut options = config::turn_options(&inner.env, &tenant, &config, ReplyMode::Whole);
-            options.blocked = grant.blocked.clone();
-            options.knowledge = retrieved.clone();
-            options.attachments = files;
-            if let Some(again) = step.start(now(), &config, options) {
-                turn = again;
-            }
-        }
-        let result = provider::drive(&inner.env, &mut turn, |_, _| {}).await;
-        if let Some(grant) = grant {
-            let env = inner.env.clone();
-            let (tenant, config, trace) = (tenant.clone(), config.clone(), turn.trace().to_vec());
-            inner.state.wait_until(async move {
-                gateway::settle(&env, &tenant, &config, &grant, &trace).await
-            });
-        }
-        turns.push(step.finish(Some((&turn, &retrieved)), Some(&result)));
-    }
+        secrets,
+        config::random_u64(),
+    )?;
+    let config = run.config().clone();
+    let defer = |f: LocalBoxFuture<'static, ()>| inner.state.wait_until(f);
+    let host = provider::Host {
+        env: &inner.env,
+        tenant: &tenant,
+        config: &config,
+        conversation: None,
+        defer: &defer,
+    };
+    provider::drive(&host, &mut run, |_| {}).await;
+    let answer = run.result()?;
     log(
         "info",
-        json!({"msg": "replay", "conversation_id": conversation.id().as_str(), "turns": turns.len(), "model": r.model}),
+        json!({"msg": "replay", "conversation_id": conversation.id().as_str(), "turns": answer["turns"].as_array().map_or(0, Vec::len), "model": answer["model"]}),
     );
-    json_response(
-        200,
-        &replay::replay_json(
-            conversation.id(),
-            r.model.as_deref(),
-            &replay,
-            turns,
-            stopped,
-        ),
-    )
+    json_response(200, &answer)
 }
 
 /// A validated handoff or agent action, as the front hands it to the object.
@@ -1140,7 +1043,7 @@ fn handle_action(inner: &Inner, body: &[u8]) -> Result<Response, ApiError> {
     let at = now();
     if matches!(request, api::ActionRequest::Handoff { .. }) && !config.handoff.enabled {
         return Err(api::handoff_error(
-            &kefu_engine::handoff::HandoffError::WrongStatus {
+            &kefu_engine::api::HandoffError::WrongStatus {
                 status: conversation.status().as_str(),
                 action: "a handoff (handoff is turned off for this tenant)",
             },
@@ -1208,495 +1111,114 @@ async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiError
         ReplyMode::Whole
     };
     let config = t.config;
-    let text = visitor.text();
-    // Decisions that need no model (the engine's, so every host takes them alike): a human
-    // owns the conversation, a rule answers or hands off, or the visitor asks for a person.
-    let rules = kefu_engine::rules::RuleSet::compile(&config.rules)
-        .map_err(|e| ApiError::internal(format!("rules: {e}")))?;
-    let schedule = config
-        .business_hours
-        .as_ref()
-        .and_then(|h| h.compile().ok());
-    let current = inner.load()?.ok_or_else(ApiError::conversation_not_found)?;
-    let (decision, mut record) = dialogue::decide_recorded(
-        &current,
-        &config,
-        &rules,
-        schedule.as_ref(),
-        arrived,
-        &text,
-        visitor.seq,
-    );
-    // Outside business hours the bot says so (once a closed stretch) before it answers.
-    if matches!(decision, Decision::Model | Decision::Canned { .. })
-        && current.closed_notice_due(arrived, schedule.as_ref())
-    {
-        inner.record_changed(current, &config, |c| {
-            c.record_closed_notice(arrived, &config, schedule.as_ref())
-                .map_err(|e| api::handoff_error(&e))
-        })?;
-    }
-    let host = |e: TurnFailure| match e {
-        TurnFailure::Host(e) => e,
-        _ => ApiError::internal("handoff failed"),
+    // Everything after the stored message is the engine's chat turn; this object only
+    // drives it.
+    let start = Start {
+        secrets: config::secrets(&inner.env, &tenant, &config),
+        seed: config::random_u64(),
+        config: config.clone(),
+        mode,
+        conversation: inner.load()?.ok_or_else(ApiError::conversation_not_found)?,
+        before,
+        visitor: visitor.clone(),
     };
-    let immediate = match decision {
-        Decision::Silent => Some(Answer::Silent),
-        Decision::Model => None,
-        Decision::Handoff {
-            reason,
-            queue,
-            notice,
-            reply,
-        } => {
-            if let Some(reply) = reply {
-                let latest = inner.load()?.ok_or_else(ApiError::conversation_not_found)?;
-                inner.record_changed(latest, &config, |c| {
-                    c.record_bot_text(arrived, &config, &reply)
-                        .map_err(|e| api::handoff_error(&e))
-                })?;
-            }
-            Some(hand_off(&inner, &config, &reason, queue, notice).map_err(host)?)
-        }
-        Decision::Canned {
-            rule,
-            reply,
-            tag,
-            close,
-        } => {
-            let latest = inner.load()?.ok_or_else(ApiError::conversation_not_found)?;
-            let changed = inner.record_changed(latest, &config, |c| {
-                if let Some(tag) = &tag {
-                    c.tag(tag);
-                }
-                let mut changed = if reply.is_empty() {
-                    Changed::default()
-                } else {
-                    c.record_bot_text(arrived, &config, &reply)
-                        .map_err(|e| api::handoff_error(&e))?
-                };
-                if close {
-                    let closed = c
-                        .resolve(arrived, &config, None)
-                        .map_err(|e| api::handoff_error(&e))?;
-                    changed.messages.extend(closed.messages);
-                    changed.events.extend(closed.events);
-                }
-                Ok(changed)
-            })?;
-            log("info", json!({"msg": "rule", "rule": rule, "close": close}));
-            let status = inner
-                .load()?
-                .map_or(kefu_engine::Status::Bot, |c| c.status());
-            changed
-                .messages
-                .into_iter()
-                .next()
-                .map(|m| Answer::Canned(m, status, "rule"))
-        }
-    };
+    let mut machine = ChatTurn::new(arrived, start);
     if !t.stream {
-        let outcome = match immediate {
-            Some(answer) => Ok(answer),
-            None => {
-                let _guard = TurnQueue::acquire(&inner).await;
-                run_turn(
-                    &inner,
-                    &tenant,
-                    &visitor,
-                    mode,
-                    &config,
-                    &mut record,
-                    |_, _| {},
-                )
-                .await
-            }
-        };
-        inner.store_record(record, before.as_ref(), &outcome);
-        return match outcome {
-            Ok(Answer::Reply(reply_message, reply)) => {
-                let mut resp = json_response(
-                    200,
-                    &api::chat_reply_json(&id, created, &visitor, &reply_message, &reply),
-                )?;
-                let headers = resp.headers_mut();
-                headers
-                    .set("x-kefu-conversation-id", id.as_str())
-                    .map_err(internal)?;
-                if let Some(target) = &reply.target {
-                    headers.set("x-kefu-target", target).map_err(internal)?;
-                }
-                headers
-                    .set("x-kefu-attempts", &reply.attempts.to_string())
-                    .map_err(internal)?;
-                Ok(resp)
-            }
-            Ok(Answer::Handoff(notice, status)) => json_response(
-                200,
-                &api::chat_notice_json(&id, created, &visitor, Some(&notice), "handoff", status),
-            ),
-            Ok(Answer::Canned(reply, status, responder)) => json_response(
-                200,
-                &api::chat_notice_json(&id, created, &visitor, Some(&reply), responder, status),
-            ),
-            Ok(Answer::Silent) => {
-                let status = inner
-                    .load()?
-                    .map_or(kefu_engine::Status::WaitingForAgent, |c| c.status());
-                json_response(
-                    200,
-                    &api::chat_notice_json(&id, created, &visitor, None, "none", status),
-                )
-            }
-            Err(TurnFailure::Provider(e)) => {
-                let (status, body) = api::chat_failure_json(&id, created, &visitor, &e);
-                json_response(status, &body)
-            }
-            Err(TurnFailure::Quota(q)) => {
-                let e = api::quota_error(&q);
-                let mut resp =
-                    json_response(e.status, &api::chat_error_json(&id, created, &visitor, &e))?;
-                let secs = q.retry_after_secs();
-                resp.headers_mut()
-                    .set("retry-after", &secs.to_string())
-                    .map_err(internal)?;
-                Ok(resp)
-            }
-            Err(TurnFailure::Host(e)) => {
-                json_response(e.status, &api::chat_error_json(&id, created, &visitor, &e))
-            }
-        };
+        run_turn(&inner, &tenant, &config, &mut machine, |_| {}).await;
+        let outcome = machine
+            .outcome()
+            .ok_or_else(|| ApiError::internal("the turn ended without an outcome"))?;
+        return rendered(chat::render(&id, created, &visitor, outcome, mode));
     }
+    let head = chat::render_accepted(&id, created, &visitor);
     let (tx, rx) = mpsc::unbounded::<Vec<u8>>();
-    let _ = tx.unbounded_send(api::sse_accepted(&id, created, &visitor).into_bytes());
+    let _ = tx.unbounded_send(head.body.into_bytes());
     // The turn runs on its own task: if the visitor disconnects, it still finishes and its
     // reply is still recorded.
     wasm_bindgen_futures::spawn_local(async move {
         let deltas = tx.clone();
-        let outcome = match immediate {
-            Some(answer) => Ok(answer),
-            None => {
-                let _guard = TurnQueue::acquire(&inner).await;
-                run_turn(
-                    &inner,
-                    &tenant,
-                    &visitor,
-                    mode,
-                    &config,
-                    &mut record,
-                    move |_, text| {
-                        let _ = deltas.unbounded_send(api::sse_delta(&text).into_bytes());
-                    },
-                )
-                .await
-            }
-        };
-        inner.store_record(record, before.as_ref(), &outcome);
-        let last = match outcome {
-            Ok(Answer::Reply(reply_message, reply)) => api::sse_done(&reply_message, &reply),
-            Ok(Answer::Handoff(notice, status)) => {
-                let _ = tx.unbounded_send(api::sse_delta(&notice.text()).into_bytes());
-                api::sse_done_notice(Some(&notice), "handoff", status)
-            }
-            Ok(Answer::Canned(reply, status, responder)) => {
-                let _ = tx.unbounded_send(api::sse_delta(&reply.text()).into_bytes());
-                api::sse_done_notice(Some(&reply), responder, status)
-            }
-            Ok(Answer::Silent) => {
-                let status = inner
-                    .load()
-                    .ok()
-                    .flatten()
-                    .map_or(kefu_engine::Status::WaitingForAgent, |c| c.status());
-                api::sse_done_notice(None, "none", status)
-            }
-            Err(TurnFailure::Provider(e)) => api::sse_provider_error(&e),
-            Err(TurnFailure::Quota(q)) => {
-                let e = api::quota_error(&q);
-                api::sse_error(e.code, &e.message)
-            }
-            Err(TurnFailure::Host(e)) => api::sse_error(e.code, &e.message),
-        };
-        let _ = tx.unbounded_send(last.into_bytes());
+        run_turn(&inner, &tenant, &config, &mut machine, move |d| {
+            let _ = deltas.unbounded_send(chat::render_delta(&d.text).into_bytes());
+        })
+        .await;
+        if let Some(outcome) = machine.outcome() {
+            let last = chat::render(&id, created, &visitor, outcome, mode);
+            let _ = tx.unbounded_send(last.body.into_bytes());
+        }
     });
     let headers = Headers::new();
-    set(&headers, "content-type", "text/event-stream; charset=utf-8")?;
-    set(&headers, "cache-control", "no-cache, no-transform")?;
-    set(&headers, "x-kefu-conversation-id", id.as_str())?;
+    for (name, value) in &head.headers {
+        set(&headers, name, value)?;
+    }
     let resp = Response::from_stream(rx.map(Ok::<Vec<u8>, worker::Error>)).map_err(internal)?;
     Ok(resp.with_headers(headers))
 }
 
-/// How a visitor's message was answered.
-enum Answer {
-    /// The bot replied.
-    Reply(Message, TurnReply),
-    /// The conversation went to a human; the notice the visitor sees, and the new status.
-    Handoff(Message, kefu_engine::Status),
-    /// A human owns the conversation: the message waits for them, the bot stays silent.
-    Silent,
-    /// A reply no model wrote (a rule's, or the knowledge base's "no answer"), the status
-    /// after it, and the responder the API names (`rule`, `no_answer`).
-    Canned(Message, kefu_engine::Status, &'static str),
-}
-
-/// Hands the conversation to a human and records the notice.
-fn hand_off(
-    inner: &Inner,
-    config: &TenantConfig,
-    reason: &HandoffReason,
-    queue: Option<String>,
-    notice: Option<String>,
-) -> Result<Answer, TurnFailure> {
-    let conversation = inner
-        .load()
-        .map_err(TurnFailure::Host)?
-        .ok_or_else(|| TurnFailure::Host(ApiError::conversation_not_found()))?;
-    let changed = inner
-        .record_changed(conversation, config, |c| {
-            c.request_handoff(now(), config, reason, queue.as_deref(), notice)
-                .map_err(|e| api::handoff_error(&e))
-        })
-        .map_err(TurnFailure::Host)?;
-    log("info", json!({"msg": "handoff", "reason": reason.as_str()}));
-    let notice =
-        changed.messages.into_iter().next().ok_or_else(|| {
-            TurnFailure::Host(ApiError::internal("the handoff recorded no notice"))
-        })?;
-    Ok(Answer::Handoff(
-        notice,
-        kefu_engine::Status::WaitingForAgent,
-    ))
-}
-
-/// The knowledge base had no answer: log the question for the operator, then say so (or,
-/// after `handoff.no_answer_limit` such answers in a row, hand off).
-async fn no_answer_reply(
-    inner: &Inner,
-    tenant: &TenantId,
-    config: &TenantConfig,
-    visitor: &Message,
-    reason: &str,
-    latest: Conversation,
-) -> Result<Answer, TurnFailure> {
-    let entry = kefu_engine::knowledge::Unanswered::new(
-        &visitor.text(),
-        now(),
-        latest.id().clone(),
-        reason,
-    );
-    knowledge::log_unanswered(&inner.env, tenant, &entry).await;
-    let mut reached = false;
-    let changed = inner
-        .record_changed(latest, config, |c| {
-            let (changed, due) = c
-                .record_no_answer(now(), config)
-                .map_err(|e| api::handoff_error(&e))?;
-            reached = due;
-            Ok(changed)
-        })
-        .map_err(TurnFailure::Host)?;
-    if reached {
-        return hand_off(
-            inner,
-            config,
-            &HandoffReason::RepeatedNoAnswer,
-            config.handoff.default_queue.clone(),
-            after_hours(config, &visitor.text()),
-        );
+/// A rendered answer as a response.
+fn rendered(r: chat::Rendered) -> Result<Response, ApiError> {
+    let headers = Headers::new();
+    for (name, value) in &r.headers {
+        set(&headers, name, value)?;
     }
-    let status = inner
-        .load()
-        .ok()
-        .flatten()
-        .map_or(kefu_engine::Status::Bot, |c| c.status());
-    match changed.messages.into_iter().next() {
-        Some(m) => Ok(Answer::Canned(m, status, "no_answer")),
-        None => Err(TurnFailure::Host(ApiError::internal(
-            "no reply was recorded",
-        ))),
-    }
+    let resp = Response::ok(r.body).map_err(internal)?;
+    Ok(resp.with_status(r.status).with_headers(headers))
 }
 
-/// The honest handoff notice outside business hours (`None` inside them).
-fn after_hours(config: &TenantConfig, visitor_text: &str) -> Option<String> {
-    let schedule = config.business_hours.as_ref()?.compile().ok()?;
-    dialogue::after_hours_notice(Some(&schedule), now(), offline::detect_lang(visitor_text))
-}
-
-enum TurnFailure {
-    Provider(ProviderError),
-    Quota(kefu_engine::gateway::QuotaError),
-    Host(ApiError),
-}
-
-/// Runs the bot's turn for `visitor` and records its reply and its trace.
+/// Drives a visitor's chat turn with this object's storage.
 async fn run_turn(
     inner: &Rc<Inner>,
     tenant: &TenantId,
-    visitor: &Message,
-    mode: ReplyMode,
     config: &TenantConfig,
-    record: &mut TurnRecord,
-    on_delta: impl FnMut(&kefu_engine::Turn, String),
-) -> Result<Answer, TurnFailure> {
-    let conversation = inner
-        .load()
-        .map_err(TurnFailure::Host)?
-        .ok_or_else(|| TurnFailure::Host(ApiError::conversation_not_found()))?;
-    // An earlier message in the queue may have handed the conversation to a human.
-    if !conversation.bot_answers() {
-        return Ok(Answer::Silent);
-    }
-    let mut options = config::turn_options(&inner.env, tenant, config, mode);
-    let plugins = crate::plugins::active(&inner.env, tenant, config).await;
-    let scope = Some((
-        tenant.as_str().to_owned(),
-        conversation.id().as_str().to_owned(),
-    ));
-    options.plugins = plugins.clone();
-    options.plugin_scope = scope.clone();
-    if config.knowledge.enabled && config.has_models() {
-        match knowledge::search(&inner.env, tenant, &visitor.text(), config.knowledge.top_k).await {
-            Ok(found) => options.knowledge = found,
-            // Without the knowledge base the model still answers (and may say it does not know).
-            Err(e) => log(
-                "error",
-                json!({"msg": "knowledge search failed", "error": e.message}),
-            ),
-        }
-    }
-    let retrieved = options.knowledge.clone();
-    let wanted = conversation.turn_attachments(visitor);
-    let files = attachments::resolve(&inner.env, tenant, &wanted).await;
-    options.attachments = files.clone();
-    let mut turn = conversation
-        .start_turn(now(), config, visitor, options)
-        .map_err(|e| TurnFailure::Host(ApiError::internal(e.to_string())))?;
-    let grant = if config.has_models() {
-        let grant = gateway::begin(&inner.env, tenant, config, &turn)
-            .await
-            .map_err(|r| match r {
-                gateway::Refusal::Quota(q) => TurnFailure::Quota(q),
-                gateway::Refusal::Host(e) => TurnFailure::Host(e),
-            })?;
-        if !grant.blocked.is_empty() {
-            // Breakers refused some targets: plan again without them.
-            let mut options = config::turn_options(&inner.env, tenant, config, mode);
-            options.blocked = grant.blocked.clone();
-            // The same grounding and files as the first plan.
-            options.knowledge = retrieved.clone();
-            options.attachments = files;
-            options.plugins = plugins;
-            options.plugin_scope = scope;
-            turn = conversation
-                .start_turn(now(), config, visitor, options)
-                .map_err(|e| TurnFailure::Host(ApiError::internal(e.to_string())))?;
-        }
-        Some(grant)
-    } else {
-        None
+    machine: &mut ChatTurn,
+    on_delta: impl FnMut(provider::Delta),
+) {
+    let defer = |f: LocalBoxFuture<'static, ()>| inner.state.wait_until(f);
+    let host = provider::Host {
+        env: &inner.env,
+        tenant,
+        config,
+        conversation: Some(inner),
+        defer: &defer,
     };
-    let result = provider::drive(&inner.env, &mut turn, on_delta).await;
-    if let Some(grant) = grant {
-        let env = inner.env.clone();
-        let (tenant, config, trace) = (tenant.clone(), config.clone(), turn.trace().to_vec());
-        // Reporting to the gateway must not delay the visitor's answer.
-        inner.state.wait_until(async move {
-            gateway::settle(&env, &tenant, &config, &grant, &trace).await
-        });
+    provider::drive(&host, machine, on_delta).await;
+}
+
+impl provider::ConversationStore for Rc<Inner> {
+    fn await_turn(&self) -> LocalBoxFuture<'_, provider::TurnSlot> {
+        Box::pin(async move {
+            let guard = TurnQueue::acquire(self).await;
+            (Box::new(guard) as Box<dyn core::any::Any>, self.load())
+        })
     }
-    // The turn's record (stored by the caller with the outcome) and its log line.
-    record.add_turn(&turn, &retrieved);
-    let mut line = json!({"msg": "turn", "conversation_id": conversation.id().as_str(), "seq": visitor.seq, "trace": turn.trace()});
-    let outcome = match result {
-        Ok(reply) => {
-            line["responder"] = reply.responder.kind().into();
-            line["target"] = reply.target.clone().map_or(Value::Null, Value::from);
-            line["attempts"] = reply.attempts.into();
-            line["duration_ms"] = (reply.duration.as_millis() as u64).into();
-            line["ttft_ms"] = reply
-                .time_to_first_token
-                .map_or(Value::Null, |d| (d.as_millis() as u64).into());
-            line["usage"] = json!(reply.usage);
-            let latest = inner
-                .load()
-                .map_err(TurnFailure::Host)?
-                .ok_or_else(|| TurnFailure::Host(ApiError::conversation_not_found()))?;
-            match dialogue::after_reply(&latest, config, &reply, !retrieved.is_empty()) {
-                dialogue::AfterReply::Drop => {
-                    // A human took the conversation while the model was answering: the bot
-                    // never talks over them.
-                    line["dropped"] = "a human owns the conversation".into();
-                    Ok(Answer::Silent)
-                }
-                dialogue::AfterReply::NoAnswer(reason) => {
-                    line["no_answer"] = reason.clone().into();
-                    return no_answer_reply(inner, tenant, config, visitor, &reason, latest).await;
-                }
-                dialogue::AfterReply::Keep { record, handoff } => {
-                    if !retrieved.is_empty() {
-                        let cited = kefu_engine::knowledge::citations(&reply.text, &retrieved);
-                        line["citations"] =
-                            json!(cited.iter().map(|c| &c.chunk_id).collect::<Vec<_>>());
-                    }
-                    let used_knowledge = !retrieved.is_empty();
-                    let recorded = if record {
-                        Some(
-                            inner
-                                .record(latest, config, |c| {
-                                    if used_knowledge {
-                                        c.note_no_answer(false, 0);
-                                    }
-                                    c.record_reply(now(), &reply, config)
-                                        .map_err(|e| ApiError::internal(e.to_string()))
-                                })
-                                .map_err(TurnFailure::Host)?,
-                        )
-                    } else {
-                        None
-                    };
-                    match (handoff, recorded) {
-                        (Some(reason), _) => {
-                            line["handoff"] = match &reason {
-                                HandoffReason::Plugin { id, reason } => {
-                                    format!("plugin {id}: {reason}")
-                                }
-                                other => other.as_str().to_owned(),
-                            }
-                            .into();
-                            hand_off(
-                                inner,
-                                config,
-                                &reason,
-                                config.handoff.default_queue.clone(),
-                                after_hours(config, &visitor.text()),
-                            )
-                        }
-                        (None, Some(message)) => Ok(Answer::Reply(message, reply)),
-                        (None, None) => Err(TurnFailure::Provider(ProviderError::Malformed {
-                            detail: "the model called a tool but wrote no reply".into(),
-                        })),
-                    }
-                }
-            }
-        }
-        Err(e) if config.handoff.enabled && config.handoff.on_provider_failure => {
-            line["error"] = json!({"code": e.code(), "message": e.to_string()});
-            line["handoff"] = "provider_failure".into();
-            hand_off(
-                inner,
-                config,
-                &HandoffReason::ProviderFailure,
-                config.handoff.default_queue.clone(),
-                after_hours(config, &visitor.text()),
-            )
-        }
-        Err(e) => {
-            line["error"] = json!({"code": e.code(), "message": e.to_string()});
-            Err(TurnFailure::Provider(e))
-        }
-    };
-    log(if outcome.is_ok() { "info" } else { "warn" }, line);
-    outcome
+
+    fn apply(
+        &self,
+        change: &kefu_engine::chat::Change,
+        config: &TenantConfig,
+    ) -> Result<kefu_engine::chat::Applied, ApiError> {
+        let latest = self.load()?.ok_or_else(ApiError::conversation_not_found)?;
+        let mut effect = None;
+        self.record_changed(latest, config, |c| {
+            let e = change.apply(c, now(), config)?;
+            let changed = Changed {
+                messages: e.messages.clone(),
+                events: e.events.clone(),
+            };
+            effect = Some(e);
+            Ok(changed)
+        })?;
+        let conversation = self
+            .conversation
+            .borrow()
+            .clone()
+            .ok_or_else(ApiError::conversation_not_found)?;
+        Ok(kefu_engine::chat::Applied {
+            conversation,
+            effect: effect.unwrap_or_default(),
+        })
+    }
+
+    fn store_record(&self, record: TurnRecord) {
+        Inner::store_record(self, record);
+    }
 }

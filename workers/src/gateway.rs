@@ -19,13 +19,13 @@
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 
+use kefu_engine::chat::{Grant, Refusal};
 use kefu_engine::gateway::ledger::{self, Ledger, Report};
 use kefu_engine::gateway::quota::Limit;
 use kefu_engine::gateway::{
-    AttemptRecord, BreakerBoard, BreakerPolicy, QuotaError, QuotaPolicy, QuotaState, Reservation,
-    UsageRow,
+    BreakerBoard, BreakerPolicy, QuotaError, QuotaPolicy, QuotaState, Reservation, UsageRow,
 };
-use kefu_engine::{TenantConfig, TenantId, Turn};
+use kefu_engine::{TenantConfig, TenantId};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use worker::{
@@ -77,18 +77,6 @@ fn blocked_locally(tenant: &TenantId, keys: &[String]) -> Option<BTreeSet<String
 /// What an isolate reports to the object after turns (one, or a batch of plain successes).
 type SettleRequest = Report;
 
-/// What `begin` granted a turn.
-pub(crate) struct Grant {
-    pub blocked: BTreeSet<String>,
-    reservation: Option<Reservation>,
-}
-
-/// Why a turn may not run.
-pub(crate) enum Refusal {
-    Quota(QuotaError),
-    Host(ApiError),
-}
-
 fn stub(env: &Env, tenant: &TenantId) -> Result<worker::Stub, ApiError> {
     env.durable_object(GATEWAYS)
         .and_then(|ns| ns.get_by_name(&format!("tenant:{}", tenant.as_str())))
@@ -100,7 +88,7 @@ pub(crate) async fn begin(
     env: &Env,
     tenant: &TenantId,
     config: &TenantConfig,
-    turn: &Turn,
+    tokens: u64,
 ) -> Result<Grant, Refusal> {
     let keys: Vec<String> = config.all_targets().into_iter().map(|t| t.key).collect();
     if !config.quotas.is_limited()
@@ -115,7 +103,7 @@ pub(crate) async fn begin(
         breaker: config.breaker.clone(),
         quotas: config.quotas.clone(),
         keys,
-        tokens: turn.estimated_tokens(),
+        tokens,
     };
     let body = serde_json::to_vec(&body).map_err(|e| Refusal::Host(internal(e)))?;
     let mut resp = forward(
@@ -157,10 +145,6 @@ thread_local! {
     static PENDING: RefCell<std::collections::HashMap<String, (u64, SettleRequest)>> = RefCell::default();
 }
 
-fn settle_request(config: &TenantConfig, grant: &Grant, trace: &[AttemptRecord]) -> SettleRequest {
-    Report::new(&config.breaker, &config.quotas, grant.reservation, trace)
-}
-
 /// Whether a report must go at once: it settles a quota reservation, carries a failure, or
 /// is the outcome of a probe (a breaker that is not closed in this isolate's board).
 fn urgent(tenant: &TenantId, req: &SettleRequest) -> bool {
@@ -180,14 +164,7 @@ fn urgent(tenant: &TenantId, req: &SettleRequest) -> bool {
 /// Reports a finished turn to the tenant's gateway (breakers, quota, usage). Plain
 /// successes are batched per isolate for up to [`BATCH_MS`]; everything that changes a
 /// decision goes at once.
-pub(crate) async fn settle(
-    env: &Env,
-    tenant: &TenantId,
-    config: &TenantConfig,
-    grant: &Grant,
-    trace: &[AttemptRecord],
-) {
-    let req = settle_request(config, grant, trace);
+pub(crate) async fn settle(env: &Env, tenant: &TenantId, req: Report) {
     if req.is_empty() {
         return;
     }

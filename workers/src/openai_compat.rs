@@ -8,16 +8,20 @@
 //! SDKs raise as such; a failure after it is an `error` event and the stream ends without
 //! `[DONE]`, which the SDKs also raise.
 
+use std::rc::Rc;
+
 use futures::StreamExt;
-use futures::channel::{mpsc, oneshot};
+use futures::channel::mpsc;
+use futures::future::LocalBoxFuture;
 use kefu_engine::auth;
+use kefu_engine::chat::{Failure, ModelCall};
 use kefu_engine::openai_api::{self as oa, OpenAiError, Selection};
-use kefu_engine::{ProviderError, ReplyMode, TenantConfig, TenantId, Turn, TurnReply};
+use kefu_engine::{ReplyMode, TenantConfig, TenantId, TurnReply};
 use serde_json::json;
 use worker::{Context, Env, Headers, Request, Response, wasm_bindgen_futures};
 
 use crate::provider::{self, now};
-use crate::{config, gateway, log};
+use crate::{config, log};
 
 fn error_response(e: &OpenAiError) -> worker::Result<Response> {
     let headers = Headers::new();
@@ -96,7 +100,7 @@ enum Out {
         attempts: u32,
     },
     Done(Box<TurnReply>),
-    Failed(ProviderError),
+    Failed(Failure),
 }
 
 /// `POST /v1/chat/completions`.
@@ -139,57 +143,52 @@ pub(crate) async fn chat(mut req: Request, env: &Env, ctx: &Context) -> worker::
     options.temperature = request.temperature;
     options.max_tokens = request.max_tokens;
     options.tools = request.tools.clone();
-    let blueprint = options.clone();
-    let mut turn = Turn::new(now(), &config, request.messages.clone(), options);
-    let grant = if config.has_models() {
-        match gateway::begin(env, &tenant, &config, &turn).await {
-            Ok(g) => {
-                if !g.blocked.is_empty() {
-                    let mut options = blueprint;
-                    options.blocked = g.blocked.clone();
-                    turn = Turn::new(now(), &config, request.messages.clone(), options);
-                }
-                Some(g)
-            }
-            Err(gateway::Refusal::Quota(q)) => return error_response(&OpenAiError::from_quota(&q)),
-            Err(gateway::Refusal::Host(e)) => return error_response(&host_error(e.message)),
-        }
-    } else {
-        None
-    };
+    // Admission, the turn and settlement are the engine's model call; this only drives it.
+    let mut call = ModelCall::on_prompt(
+        now(),
+        Rc::new(config.clone()),
+        request.messages.clone(),
+        options,
+    );
     let id = format!("chatcmpl-kefu{:016x}", config::random_u64());
     let created = now().as_millis() / 1000;
 
-    // The turn runs on its own task; what it produces comes through `rx`. Settling with the
+    // The call runs on its own task; what it produces comes through `rx`. Settling with the
     // gateway happens after the answer, in `wait_until`.
     let (tx, mut rx) = mpsc::unbounded::<Out>();
-    let (trace_tx, trace_rx) = oneshot::channel::<Vec<kefu_engine::gateway::AttemptRecord>>();
-    {
-        let env = env.clone();
-        let (tenant, config) = (tenant.clone(), config.clone());
-        ctx.wait_until(async move {
-            if let (Ok(trace), Some(grant)) = (trace_rx.await, grant) {
-                gateway::settle(&env, &tenant, &config, &grant, &trace).await;
-            }
-        });
-    }
+    let (defer_tx, defer_rx) = mpsc::unbounded::<LocalBoxFuture<'static, ()>>();
+    ctx.wait_until(defer_rx.for_each(|f| f));
     let deltas = tx.clone();
     let env_for_turn = env.clone();
     wasm_bindgen_futures::spawn_local(async move {
-        let result = provider::drive(&env_for_turn, &mut turn, |t, text| {
+        let defer = move |f| {
+            let _ = defer_tx.unbounded_send(f);
+        };
+        let host = provider::Host {
+            env: &env_for_turn,
+            tenant: &tenant,
+            config: &config,
+            conversation: None,
+            defer: &defer,
+        };
+        provider::drive(&host, &mut call, |d| {
             let _ = deltas.unbounded_send(Out::Delta {
-                text,
-                target: t.current_target().map(|x| x.key.clone()),
-                route: t.current_target().map(|x| x.route.clone()),
-                attempts: t.attempts(),
+                text: d.text,
+                target: d.target,
+                route: d.route,
+                attempts: d.attempts,
             });
         })
         .await;
+        let result = call.take_result().unwrap_or_else(|| {
+            Err(Failure::Host(kefu_engine::api::ApiError::internal(
+                "the call ended without a result",
+            )))
+        });
         log(
             if result.is_ok() { "info" } else { "warn" },
-            json!({"msg": "completion", "tenant": tenant.as_str(), "trace": turn.trace()}),
+            json!({"msg": "completion", "tenant": tenant.as_str(), "trace": call.turn().trace()}),
         );
-        let _ = trace_tx.send(turn.trace().to_vec());
         let _ = tx.unbounded_send(match result {
             Ok(reply) => Out::Done(Box::new(reply)),
             Err(e) => Out::Failed(e),
@@ -210,7 +209,7 @@ pub(crate) async fn chat(mut req: Request, env: &Env, ctx: &Context) -> worker::
         };
     match first {
         None => error_response(&host_error("the turn ended without an answer")),
-        Some(Out::Failed(e)) => error_response(&OpenAiError::from_provider(&e)),
+        Some(Out::Failed(e)) => error_response(&OpenAiError::from_failure(&e)),
         Some(Out::Done(reply)) if !request.stream => {
             set_meta(
                 reply.target.as_deref(),

@@ -83,11 +83,11 @@ pub(crate) async fn active(
     env: &Env,
     tenant: &TenantId,
     config: &kefu_engine::TenantConfig,
-) -> Vec<kefu_engine::turn::ActivePlugin> {
+) -> Vec<kefu_engine::chat::ActivePlugin> {
     let mut active = Vec::new();
     for spec in config.plugins.iter().filter(|s| s.enabled) {
         match describe(env, tenant, &spec.plugin).await {
-            Ok(manifest) => active.push(kefu_engine::turn::ActivePlugin {
+            Ok(manifest) => active.push(kefu_engine::chat::ActivePlugin {
                 spec: spec.clone(),
                 manifest,
             }),

@@ -1,16 +1,21 @@
-//! Carrying out a turn's provider calls with `fetch` (or, for a Workers AI target whose base
-//! URL is `binding:AI`, with the `AI` binding): the driver loop around [`kefu_engine::Turn`].
-//!
-//! The loop performs each action, then waits for whichever comes first: the next thing the
-//! provider does (head, body chunk, end, failure) or the turn's own deadline. Everything it
-//! observes goes back into the turn; the turn alone decides what it means.
+//! The Worker's driver for the engine's machines ([`kefu_engine::chat`]): one loop for a
+//! chat turn, a replay and the OpenAI-compatible API. It carries out each action with the
+//! platform — the conversation's Durable Object storage, the tenant's gateway, knowledge
+//! and files, plugins, and provider calls with `fetch` (or, for a Workers AI target whose
+//! base URL is `binding:AI`, the `AI` binding) — then waits for whichever comes first: the
+//! next thing the provider does (head, body chunk, end, failure) or the machine's own
+//! deadline. Everything it observes goes back into the machine; the machine alone decides
+//! what it means.
 
 use std::pin::pin;
 
-use futures::future::{Either, select};
+use futures::future::{Either, LocalBoxFuture, select};
 use futures::stream::{LocalBoxStream, StreamExt, unfold};
+use kefu_engine::api::ApiError;
+use kefu_engine::chat::{Action as ChatAction, Applied, Change, Input, Machine};
+use kefu_engine::replay::TurnRecord;
 use kefu_engine::{
-    Action, AttemptId, HttpRequest, ProviderError, ProviderEvent, Timestamp, Turn, TurnReply,
+    AttemptId, Conversation, HttpRequest, ProviderEvent, TenantConfig, TenantId, Timestamp,
 };
 use worker::js_sys::Uint8Array;
 use worker::{
@@ -171,18 +176,87 @@ async fn step(state: Body) -> Option<(ProviderEvent, Body)> {
     }
 }
 
-/// Drives `turn` to its end, passing each streamed delta (and the turn, to see which target
-/// is answering) to `on_delta`.
+/// The conversation's turn slot (held until it drops) and the conversation as stored then.
+pub(crate) type TurnSlot = (
+    Box<dyn core::any::Any>,
+    Result<Option<Conversation>, ApiError>,
+);
+
+/// What a machine's conversation actions reach: the conversation's Durable Object (a chat
+/// turn), or nothing (the OpenAI-compatible API, a replay: they never ask).
+pub(crate) trait ConversationStore {
+    /// Waits for this conversation's earlier turns; the slot is held until the returned
+    /// guard drops. Then the conversation as stored now.
+    fn await_turn(&self) -> LocalBoxFuture<'_, TurnSlot>;
+    /// Applies `change` atomically to the stored conversation and persists it.
+    fn apply(&self, change: &Change, config: &TenantConfig) -> Result<Applied, ApiError>;
+    /// Stores a turn's record.
+    fn store_record(&self, record: TurnRecord);
+}
+
+/// What a machine's host needs: the platform, the tenant, where deferred work goes.
+pub(crate) struct Host<'a> {
+    pub env: &'a worker::Env,
+    pub tenant: &'a TenantId,
+    pub config: &'a TenantConfig,
+    pub conversation: Option<&'a dyn ConversationStore>,
+    /// Runs work that must not delay the answer (`wait_until`).
+    pub defer: &'a dyn Fn(LocalBoxFuture<'static, ()>),
+}
+
+/// One streamed piece of reply text and who is answering.
+pub(crate) struct Delta {
+    pub text: String,
+    pub target: Option<String>,
+    pub route: Option<String>,
+    pub attempts: u32,
+}
+
+/// Drives `machine` to its end: carries out each action with the platform (the Durable
+/// Object's storage, the tenant's objects, fetch, plugins), feeds back what happened, and
+/// waits for the provider or the machine's deadline in between. Every rule is the engine's.
 pub(crate) async fn drive(
-    env: &worker::Env,
-    turn: &mut Turn,
-    mut on_delta: impl FnMut(&Turn, String),
-) -> Result<TurnReply, ProviderError> {
+    host: &Host<'_>,
+    machine: &mut impl Machine,
+    mut on_delta: impl FnMut(Delta),
+) {
     let mut in_flight: Option<InFlight> = None;
+    // The conversation's turn slot, held until the machine finishes.
+    let mut _slot: Option<Box<dyn core::any::Any>> = None;
+    let env = host.env;
     loop {
-        while let Some(action) = turn.poll_action() {
-            match action {
-                Action::CallProvider {
+        while let Some(action) = machine.poll_action() {
+            let input = match action {
+                ChatAction::AwaitTurn => {
+                    let loaded = match host.conversation {
+                        Some(store) => {
+                            let (slot, loaded) = store.await_turn().await;
+                            _slot = Some(slot);
+                            loaded
+                        }
+                        None => Err(ApiError::internal("no conversation to wait for")),
+                    };
+                    Input::Loaded(loaded)
+                }
+                ChatAction::Apply(change) => Input::Applied(match host.conversation {
+                    Some(store) => store.apply(&change, host.config),
+                    None => Err(ApiError::internal("no conversation to change")),
+                }),
+                ChatAction::SearchKnowledge { query, top_k } => Input::Knowledge(
+                    crate::knowledge::search(env, host.tenant, &query, top_k)
+                        .await
+                        .map_err(|e| e.message),
+                ),
+                ChatAction::ReadFiles(wanted) => {
+                    Input::Files(crate::attachments::resolve(env, host.tenant, &wanted).await)
+                }
+                ChatAction::LoadPlugins => {
+                    Input::Plugins(crate::plugins::active(env, host.tenant, host.config).await)
+                }
+                ChatAction::Admit { tokens } => Input::Admission(
+                    crate::gateway::begin(env, host.tenant, host.config, tokens).await,
+                ),
+                ChatAction::CallProvider {
                     attempt, request, ..
                 } => {
                     let controller = AbortController::default();
@@ -192,50 +266,84 @@ pub(crate) async fn drive(
                                 attempt,
                                 controller,
                                 events,
-                            })
+                            });
+                            continue;
                         }
-                        Err(reason) => turn.handle_provider_event(
-                            now(),
+                        Err(reason) => Input::Provider {
                             attempt,
-                            ProviderEvent::Failed { reason },
-                        ),
+                            event: ProviderEvent::Failed { reason },
+                        },
                     }
                 }
-                Action::CancelProvider { attempt } => {
+                ChatAction::CancelProvider { attempt } => {
                     if let Some(call) = in_flight.take_if(|c| c.attempt == attempt) {
                         call.controller.abort();
                     }
+                    continue;
                 }
-                Action::CallPlugin { call, spec, hook } => {
+                ChatAction::CallPlugin { call, spec, hook } => {
                     // The turn waits for the plugin (it holds no provider call meanwhile) and
                     // enforces the budget itself too.
                     let tenant = crate::plugins::tenant_of(&hook).to_owned();
                     let answer = crate::plugins::call_json(env, &tenant, &spec, &hook).await;
-                    turn.handle_plugin_answer(now(), call, answer);
+                    Input::PluginAnswer { call, answer }
                 }
-                Action::Delta(text) => on_delta(turn, text),
-                Action::Finished(result) => {
+                ChatAction::Delta {
+                    text,
+                    target,
+                    route,
+                    attempts,
+                } => {
+                    on_delta(Delta {
+                        text,
+                        target,
+                        route,
+                        attempts,
+                    });
+                    continue;
+                }
+                ChatAction::Settle(report) => {
+                    let (env, tenant) = (env.clone(), host.tenant.clone());
+                    (host.defer)(Box::pin(async move {
+                        crate::gateway::settle(&env, &tenant, report).await
+                    }));
+                    continue;
+                }
+                ChatAction::LogUnanswered(entry) => {
+                    crate::knowledge::log_unanswered(env, host.tenant, &entry).await;
+                    continue;
+                }
+                ChatAction::StoreRecord(record) => {
+                    if let Some(store) = host.conversation {
+                        store.store_record(record);
+                    }
+                    continue;
+                }
+                ChatAction::Log { level, line } => {
+                    crate::log(level, line);
+                    continue;
+                }
+                ChatAction::Finished => {
                     if let Some(call) = in_flight.take() {
                         call.controller.abort();
                     }
-                    return result;
+                    return;
                 }
-            }
+            };
+            machine.handle(now(), input);
         }
-        let wait_ms = turn
+        let wait_ms = machine
             .poll_timeout()
             .map(|t| t.as_millis().saturating_sub(now().as_millis()));
         let Some(call) = in_flight.as_mut() else {
-            // Nothing in flight: only a deadline can move the turn on.
+            // Nothing in flight: only a deadline can move the machine on.
             match wait_ms {
-                Some(ms) => Delay::from(core::time::Duration::from_millis(ms)).await,
-                None => {
-                    return Err(ProviderError::Malformed {
-                        detail: "the turn is waiting on nothing".into(),
-                    });
+                Some(ms) => {
+                    Delay::from(core::time::Duration::from_millis(ms)).await;
+                    machine.handle(now(), Input::Timeout);
                 }
+                None => machine.handle(now(), Input::Stalled),
             }
-            turn.handle_timeout(now());
             continue;
         };
         let attempt = call.attempt;
@@ -246,7 +354,7 @@ pub(crate) async fn drive(
                 match select(next, timer).await {
                     Either::Left((event, _)) => event,
                     Either::Right(((), _)) => {
-                        turn.handle_timeout(now());
+                        machine.handle(now(), Input::Timeout);
                         continue;
                     }
                 }
@@ -254,8 +362,8 @@ pub(crate) async fn drive(
             None => next.await,
         };
         match event {
-            Some(event) => turn.handle_provider_event(now(), attempt, event),
-            // The event stream ends after End/Failed, which the turn has already seen.
+            Some(event) => machine.handle(now(), Input::Provider { attempt, event }),
+            // The event stream ends after End/Failed, which the machine has already seen.
             None => in_flight = None,
         }
     }

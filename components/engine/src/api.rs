@@ -4,6 +4,8 @@
 //! Both hosts call these functions, so a request that one runtime rejects the other rejects
 //! with the same status, code and message.
 
+/// What a handoff or agent action recorded, and why one was refused.
+pub use crate::handoff::{Changed, HandoffError};
 use serde_json::{Map, Value, json};
 
 use crate::conversation::{Conversation, ConversationId, Message, Part, TenantId};
@@ -62,6 +64,10 @@ pub fn session_on(
 
 /// The largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The largest body of `POST /v1/chat/completions`, in bytes (a long conversation with
+/// images inline fits).
+pub const OPENAI_MAX_REQUEST_BYTES: usize = 4 << 20;
 /// The longest message accepted, in characters.
 pub const MAX_MESSAGE_CHARS: usize = 16_000;
 /// The header that names the tenant.
@@ -898,9 +904,7 @@ pub fn body_limit(route: &Route) -> BodyLimit {
             crate::knowledge::MAX_SOURCE_JSON_BYTES,
             "the knowledge source",
         ),
-        Route::OpenAiChat => {
-            BodyLimit::payload(crate::openai_api::MAX_REQUEST_BYTES, "the request body")
-        }
+        Route::OpenAiChat => BodyLimit::payload(OPENAI_MAX_REQUEST_BYTES, "the request body"),
         Route::Upload => BodyLimit {
             // The largest file of any accepted type: the type's own limit is checked once
             // the bytes are in (`attachment::accept`).

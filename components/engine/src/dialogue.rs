@@ -10,7 +10,6 @@ use crate::conversation::Conversation;
 use crate::handoff::HandoffReason;
 use crate::hours::Schedule;
 use crate::offline::{self, Lang};
-use crate::replay::TurnRecord;
 use crate::rules::{RuleMatch, RuleSet};
 use crate::time::Timestamp;
 
@@ -89,22 +88,17 @@ pub fn decide(
     decide_with_match(conversation, config, rules, schedule, now, text).0
 }
 
-/// [`decide`], and the start of the turn's record for the replay console (the rule that
-/// matched, business hours, the decision): what every host stores for visitor message
-/// `seq`. The host adds the model turn ([`TurnRecord::add_turn`]), the state changes and
-/// the outcome.
-pub fn decide_recorded(
+/// [`decide`], and the rule that matched (for the turn's record, and the tag of a rule
+/// whose only action is a tag: the model still answers, and the chat turn applies the tag).
+pub fn decide_matched(
     conversation: &Conversation,
     config: &TenantConfig,
     rules: &RuleSet,
     schedule: Option<&Schedule>,
     now: Timestamp,
     text: &str,
-    seq: u32,
-) -> (Decision, TurnRecord) {
-    let (decision, matched) = decide_with_match(conversation, config, rules, schedule, now, text);
-    let record = TurnRecord::decided(seq, &decision, matched.as_ref(), schedule, now);
-    (decision, record)
+) -> (Decision, Option<RuleMatch>) {
+    decide_with_match(conversation, config, rules, schedule, now, text)
 }
 
 fn decide_with_match(
@@ -151,7 +145,7 @@ fn decide_with_match(
             };
             return (decision, matched);
         }
-        // A rule that only tags still lets the model answer; the host applies the tag.
+        // A rule that only tags still lets the model answer; the chat turn applies the tag.
     }
     if handoff_ok && config.handoff.on_request && offline::wants_human(text) {
         let decision = Decision::Handoff {

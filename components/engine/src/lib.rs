@@ -10,21 +10,21 @@
 //! 1. [`api::parse_chat_request`] validates the request; nothing is stored if it fails.
 //! 2. [`Conversation::handle_visitor_message`] records the visitor's message; the host
 //!    persists the [`Recorded`] message with [`Conversation::encode`] and emits its events.
-//! 3. [`Conversation::start_turn`] returns a [`Turn`]; the host performs its [`Action`]s
-//!    (call the provider, stream deltas), feeds back [`ProviderEvent`]s and timeouts, until
-//!    [`Action::Finished`].
-//! 4. [`Conversation::record_reply`] records the reply, which the host persists; a failed
-//!    turn records nothing, and the visitor gets a typed error instead of a fake reply.
+//! 3. [`chat::ChatTurn`] takes it from there: the host polls it for [`chat::Action`]s (apply
+//!    a change, search the knowledge base, read files, load plugins, admit, call the
+//!    provider or a plugin, stream a delta, settle, log, store the turn's record) and feeds
+//!    back [`chat::Input`]s, until [`chat::Action::Finished`]; [`chat::render`] makes the
+//!    answer. The same loop drives [`chat::ModelCall`] (the OpenAI-compatible API) and
+//!    [`chat::ReplayRun`] (a replay on a scratch copy).
 //!
-//! Each visitor turn also leaves a [`replay::TurnRecord`] for the replay console: started by
-//! [`dialogue::decide_recorded`], completed with the model turn, the state changes and the
-//! outcome; [`replay::Replay`] plans a recorded conversation's turns again under another
-//! configuration without changing it.
+//! Each visitor turn leaves a [`replay::TurnRecord`] for the replay console: the decision,
+//! the model turn, the state changes and the outcome.
 
 pub mod anthropic;
 pub mod api;
 pub mod attachment;
 pub mod auth;
+pub mod chat;
 pub mod config;
 pub mod config_history;
 pub mod conversation;
@@ -61,7 +61,7 @@ pub use config::TenantConfig;
 pub use conversation::{
     Conversation, ConversationId, Message, Part, Recorded, Role, Status, TenantId,
 };
-pub use provider::{HttpRequest, ProviderError, ProviderEvent};
+pub use provider::{Header, HttpRequest, ProviderError, ProviderEvent};
 pub use time::Timestamp;
 pub use turn::{Action, AttemptId, ReplyMode, Responder, Turn, TurnOptions, TurnReply};
 

@@ -14,9 +14,9 @@ use crate::wire::{PromptMessage, PromptRole, ToolCall, ToolSpec};
 /// The model name that means "the tenant's chat route".
 pub const DEFAULT_MODEL_ALIAS: &str = "kefu";
 
-/// The largest body of `POST /v1/chat/completions`, in bytes (a long conversation with
-/// images inline fits).
-pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+/// The largest body of `POST /v1/chat/completions`, in bytes (the route's limit, in the
+/// API's one table: [`crate::api::OPENAI_MAX_REQUEST_BYTES`]).
+pub const MAX_REQUEST_BYTES: usize = crate::api::OPENAI_MAX_REQUEST_BYTES;
 
 /// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,6 +85,23 @@ impl OpenAiError {
             message: e.to_string(),
             param: None,
             retry_after_secs: None,
+        }
+    }
+
+    /// Why a model call ended without a reply ([`crate::chat::ModelCall`]).
+    pub fn from_failure(f: &crate::chat::Failure) -> Self {
+        use crate::chat::Failure;
+        match f {
+            Failure::Provider(e) => Self::from_provider(e),
+            Failure::Quota(q) => Self::from_quota(q),
+            Failure::Host(e) => Self {
+                status: e.status,
+                kind: "api_error",
+                code: e.code,
+                message: e.message.clone(),
+                param: None,
+                retry_after_secs: e.retry_after.map(u64::from),
+            },
         }
     }
 
@@ -515,8 +532,8 @@ impl StreamFrames {
     }
 
     /// A failure after text went out: an error event, and no `[DONE]`.
-    pub fn failed(&self, e: &ProviderError) -> String {
-        sse_data(&OpenAiError::from_provider(e).body())
+    pub fn failed(&self, e: &crate::chat::Failure) -> String {
+        sse_data(&OpenAiError::from_failure(e).body())
     }
 }
 

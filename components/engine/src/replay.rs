@@ -3,7 +3,7 @@
 //! configuration or model ([`Replay`]).
 //!
 //! A record is built where the turn is planned, so every host records the same things:
-//! [`crate::dialogue::decide_recorded`] starts it (the rule that matched, business hours,
+//! [`decide_recorded`] starts it (the rule that matched, business hours,
 //! the decision), [`TurnRecord::add_turn`] adds the model turn (the knowledge chunks with
 //! their scores and whether they reached the prompt, the exact request body the provider's
 //! adapter produced, every attempt), [`TurnRecord::set_state`] the state changes, and
@@ -33,7 +33,7 @@ use crate::knowledge::{MAX_PROMPT_CHUNKS, RetrievedChunk};
 use crate::provider::ProviderError;
 use crate::rules::{RuleMatch, RuleSet};
 use crate::time::Timestamp;
-use crate::turn::{Turn, TurnOptions, TurnReply};
+use crate::turn::{Turn, TurnReply};
 
 /// The most bytes of a turn's request body a record keeps.
 pub const MAX_PROMPT_BYTES: usize = 16 * 1024;
@@ -162,6 +162,25 @@ pub enum Outcome {
         /// The error, for people.
         message: String,
     },
+}
+
+/// [`crate::dialogue::decide`], and the start of the turn's record for the replay console
+/// (the rule that matched, business hours, the decision) for visitor message `seq`. The
+/// chat turn adds the model turn ([`TurnRecord::add_turn`]), the state changes and the
+/// outcome.
+pub fn decide_recorded(
+    conversation: &Conversation,
+    config: &TenantConfig,
+    rules: &RuleSet,
+    schedule: Option<&Schedule>,
+    now: Timestamp,
+    text: &str,
+    seq: u32,
+) -> (Decision, TurnRecord) {
+    let (decision, matched) =
+        crate::dialogue::decide_matched(conversation, config, rules, schedule, now, text);
+    let record = TurnRecord::decided(seq, &decision, matched.as_ref(), schedule, now);
+    (decision, record)
 }
 
 impl TurnRecord {
@@ -708,8 +727,6 @@ pub fn replay_json(
 #[derive(Debug)]
 pub struct Replay {
     config: TenantConfig,
-    rules: RuleSet,
-    schedule: Option<Schedule>,
     id: ConversationId,
     tenant: TenantId,
     transcript: Vec<Message>,
@@ -732,11 +749,11 @@ impl Replay {
         records: &[TurnRecord],
         max_turns: u32,
     ) -> Result<Self, ConfigError> {
-        let rules = RuleSet::compile(&config.rules)?;
-        let schedule = match &config.business_hours {
-            Some(h) => Some(h.compile()?),
-            None => None,
-        };
+        // A configuration whose rules or hours do not compile is refused before any turn.
+        RuleSet::compile(&config.rules)?;
+        if let Some(h) = &config.business_hours {
+            h.compile()?;
+        }
         let silent = records
             .iter()
             .filter(|r| r.decision == "silent")
@@ -752,8 +769,6 @@ impl Replay {
         let turns = all.into_iter().take(max_turns as usize).collect();
         Ok(Replay {
             config,
-            rules,
-            schedule,
             id,
             tenant,
             transcript,
@@ -779,8 +794,8 @@ impl Replay {
         &self.config
     }
 
-    /// The next visitor turn, planned again: its decision and (for a model turn) the
-    /// scratch conversation to start the model turn from.
+    /// The next visitor turn: the scratch conversation as it was recorded up to and
+    /// including the visitor's message, for [`crate::chat::ReplayRun`] to run again.
     pub fn next_turn(&mut self) -> Option<ReplayTurn> {
         let &index = self.turns.get(self.next)?;
         self.next += 1;
@@ -793,8 +808,19 @@ impl Replay {
                 .first()
                 .map_or(visitor.created_at, |m| m.created_at),
         );
+        let owned_by_human = self.silent.contains(&visitor.seq);
+        let status = if owned_by_human {
+            Status::WithAgent
+        } else {
+            Status::Bot
+        };
+        let mut before = None;
         let mut trigger = None;
-        for m in &self.transcript[..=index] {
+        for (i, m) in self.transcript[..=index].iter().enumerate() {
+            if i == index {
+                scratch.set_status(status);
+                before = Some(scratch.clone());
+            }
             // Appending cannot fail short of 2^32 messages; a transcript that long is not
             // replayed past that point.
             match scratch.append(m.created_at, m.role, m.parts.clone(), &self.config) {
@@ -802,217 +828,37 @@ impl Replay {
                 Err(_) => return None,
             }
         }
-        let trigger = trigger?;
-        let owned_by_human = self.silent.contains(&visitor.seq);
-        scratch.set_status(if owned_by_human {
-            Status::WithAgent
-        } else {
-            Status::Bot
-        });
+        scratch.set_status(status);
         let old_reply = self.transcript[index + 1..]
             .iter()
             .take_while(|m| m.role != Role::Visitor)
             .filter(|m| matches!(m.role, Role::Bot | Role::System))
             .map(Message::text)
             .collect::<Vec<_>>();
-        let text = visitor.text();
-        let (decision, record) = crate::dialogue::decide_recorded(
-            &scratch,
-            &self.config,
-            &self.rules,
-            self.schedule.as_ref(),
-            visitor.created_at,
-            &text,
-            visitor.seq,
-        );
-        let immediate = self.immediate(&scratch, &visitor, &decision);
         Some(ReplayTurn {
-            config: self.config.clone(),
-            immediate,
-            visitor,
-            trigger,
+            visitor: trigger?,
             old_reply: if old_reply.is_empty() {
                 None
             } else {
                 Some(old_reply.join("\n\n"))
             },
-            decision,
-            record,
+            before: before?,
             scratch,
         })
     }
-
-    /// What a decision taken without a model says, worded as a live turn words it (the
-    /// handoff notice from a throwaway copy of the scratch conversation).
-    fn immediate(
-        &self,
-        scratch: &Conversation,
-        visitor: &Message,
-        decision: &Decision,
-    ) -> Option<(&'static str, Option<String>)> {
-        let joined = |texts: Vec<String>| (!texts.is_empty()).then(|| texts.join("\n\n"));
-        match decision {
-            Decision::Model => None,
-            Decision::Silent => Some(("none", None)),
-            Decision::Canned { reply, .. } => Some(("rule", joined(vec![reply.clone()]))),
-            Decision::Handoff {
-                reason,
-                queue,
-                notice,
-                reply,
-            } => {
-                let mut texts: Vec<String> = reply.iter().cloned().collect();
-                let mut copy = scratch.clone();
-                if let Ok(changed) = copy.request_handoff(
-                    visitor.created_at,
-                    &self.config,
-                    reason,
-                    queue.as_deref(),
-                    notice.clone(),
-                ) {
-                    texts.extend(changed.messages.iter().map(Message::text));
-                }
-                Some(("handoff", joined(texts)))
-            }
-        }
-    }
 }
 
-/// One visitor turn of a replay.
+/// One visitor turn of a replay, as it was recorded.
 #[derive(Debug)]
 pub struct ReplayTurn {
-    /// The recorded visitor message.
+    /// The recorded visitor message, as the scratch conversation holds it.
     pub visitor: Message,
     /// What the bot (or the system) said after it when it was recorded.
     pub old_reply: Option<String>,
-    /// What the engine decides now.
-    pub decision: Decision,
-    /// The new turn's record so far (the decision's part).
-    pub record: TurnRecord,
-    trigger: Message,
-    scratch: Conversation,
-    immediate: Option<(&'static str, Option<String>)>,
-    config: TenantConfig,
-}
-
-impl ReplayTurn {
-    /// Whether a model answers this turn (the host then starts it with
-    /// [`ReplayTurn::start`]).
-    pub fn needs_model(&self) -> bool {
-        matches!(self.decision, Decision::Model)
-    }
-
-    /// The stored attachments the model turn shows the model, as for a live turn
-    /// ([`Conversation::turn_attachments`]).
-    pub fn attachments(&self) -> Vec<(String, bool)> {
-        self.scratch.turn_attachments(&self.trigger)
-    }
-
-    /// Starts the model turn on the scratch conversation, exactly as a live turn starts.
-    pub fn start(
-        &self,
-        now: Timestamp,
-        config: &TenantConfig,
-        options: TurnOptions,
-    ) -> Option<Turn> {
-        if !self.needs_model() {
-            return None;
-        }
-        self.scratch
-            .start_turn(now, config, &self.trigger, options)
-            .ok()
-    }
-
-    /// What the decision says without a model: the responder and what is said (`None`:
-    /// nothing — a human owns the conversation).
-    pub fn immediate(&self) -> Option<(&'static str, Option<String>)> {
-        self.immediate.clone()
-    }
-
-    /// What a live turn would make of a finished model reply ([`crate::dialogue::after_reply`]):
-    /// the reply, the knowledge base's honest "no answer", or a handoff the model asked for
-    /// (worded on a throwaway copy of the scratch conversation; the count of earlier
-    /// no-answers starts afresh in a replay).
-    fn what_becomes_of(&self, reply: &TurnReply, grounded: bool) -> (Option<String>, &'static str) {
-        use crate::dialogue::AfterReply;
-        let at = self.visitor.created_at;
-        let mut copy = self.scratch.clone();
-        let texts = |changed: Result<crate::handoff::Changed, _>| {
-            changed
-                .map(|c| c.messages.iter().map(Message::text).collect::<Vec<_>>())
-                .unwrap_or_default()
-        };
-        match crate::dialogue::after_reply(&self.scratch, &self.config, reply, grounded) {
-            AfterReply::Drop => (None, "none"),
-            AfterReply::NoAnswer(_) => match copy.record_no_answer(at, &self.config) {
-                Ok((changed, false)) => (changed.messages.first().map(Message::text), "no_answer"),
-                _ => {
-                    let notice = texts(copy.request_handoff(
-                        at,
-                        &self.config,
-                        &crate::handoff::HandoffReason::RepeatedNoAnswer,
-                        self.config.handoff.default_queue.as_deref(),
-                        None,
-                    ));
-                    (notice.first().cloned(), "handoff")
-                }
-            },
-            AfterReply::Keep {
-                handoff: Some(_),
-                record,
-            } => {
-                let mut said: Vec<String> = Vec::new();
-                if record {
-                    said.push(reply.text.clone());
-                }
-                said.extend(texts(copy.request_handoff(
-                    at,
-                    &self.config,
-                    &crate::handoff::HandoffReason::Model,
-                    self.config.handoff.default_queue.as_deref(),
-                    None,
-                )));
-                ((!said.is_empty()).then(|| said.join("\n\n")), "handoff")
-            }
-            AfterReply::Keep { handoff: None, .. } => {
-                (Some(reply.text.clone()), reply.responder.kind())
-            }
-        }
-    }
-
-    /// The turn's side-by-side entry: the old reply and the new one with its record.
-    /// `result` is the model turn's result (`None` for a turn decided without a model).
-    pub fn finish(
-        mut self,
-        turn: Option<(&Turn, &[RetrievedChunk])>,
-        result: Option<&Result<TurnReply, ProviderError>>,
-    ) -> Value {
-        if let Some((turn, knowledge)) = turn {
-            self.record.add_turn(turn, knowledge);
-        }
-        let grounded = turn.is_some_and(|(_, k)| !k.is_empty());
-        let (reply, responder) = match (result, self.immediate()) {
-            (Some(Ok(r)), _) => self.what_becomes_of(r, grounded),
-            (Some(Err(_)), _) => (None, "none"),
-            (None, Some((responder, text))) => (text, responder),
-            (None, None) => (None, "none"),
-        };
-        self.record.set_outcome(match result {
-            Some(r) => TurnRecord::outcome_of(r),
-            None if reply.is_none() && responder == "none" => Outcome::Silent,
-            None => Outcome::Reply {
-                responder: responder.to_owned(),
-                target: None,
-            },
-        });
-        json!({
-            "seq": self.visitor.seq,
-            "at": self.visitor.created_at.to_rfc3339(),
-            "visitor": self.visitor.text(),
-            "old": {"reply": self.old_reply},
-            "new": {"reply": reply, "responder": responder, "record": self.record},
-        })
-    }
+    /// The scratch conversation just before the visitor's message.
+    pub before: Conversation,
+    /// The scratch conversation with the visitor's message.
+    pub scratch: Conversation,
 }
 
 #[cfg(test)]

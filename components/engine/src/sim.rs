@@ -9,15 +9,24 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use crate::Event;
+use crate::attachment::Resolved;
+use crate::chat::{
+    Action as ChatAction, Applied, Change, ChatTurn, Failure, Input, Machine, Outcome, ReplayRun,
+    Start,
+};
+use crate::chat::{Grant, Refusal};
 use crate::config::TenantConfig;
 use crate::conversation::{
     Conversation, ConversationError, ConversationId, Message, Part, TenantId,
 };
+use crate::gateway::Report;
 use crate::gateway::{AttemptRecord, BreakerBoard, QuotaError, QuotaState};
+use crate::knowledge::{RetrievedChunk, Unanswered};
 use crate::plugin::{HookCall, PluginCallRecord, PluginFailure};
 use crate::provider::{HttpRequest, ProviderError, ProviderEvent};
+use crate::replay::TurnRecord;
 use crate::time::Timestamp;
-use crate::turn::{Action, ActivePlugin, ReplyMode, TurnOptions, TurnReply};
+use crate::turn::{ActivePlugin, ReplyMode, TurnOptions, TurnReply};
 
 use core::time::Duration;
 
@@ -231,6 +240,19 @@ pub struct ChatOutcome {
     pub trace: Vec<AttemptRecord>,
     /// What every plugin call did.
     pub plugin_calls: Vec<PluginCallRecord>,
+    /// How the chat turn ended.
+    pub outcome: Outcome,
+}
+
+/// What driving a machine observed besides the store's changes.
+#[derive(Clone, Debug, Default)]
+pub struct Driven {
+    /// Deltas streamed, in order.
+    pub deltas: Vec<String>,
+    /// Whether the gateway was settled.
+    pub settled: bool,
+    /// The model's reply, when one reached the conversation.
+    pub reply: Option<TurnReply>,
 }
 
 /// The simulator.
@@ -268,6 +290,22 @@ pub struct Simulator {
     pub plugin_scripts: HashMap<String, VecDeque<PluginScript>>,
     /// Every hook call made, with the plugin id it went to.
     pub hook_calls: Vec<(String, HookCall)>,
+    /// What a knowledge search finds (`Err`: the search fails).
+    pub knowledge: Result<Vec<RetrievedChunk>, String>,
+    /// Every knowledge search's query.
+    pub searches: Vec<String>,
+    /// The tenant's stored files, as a host resolves them.
+    pub files: BTreeMap<String, Resolved>,
+    /// Questions logged as unanswered.
+    pub unanswered: Vec<Unanswered>,
+    /// Turn records stored, by conversation.
+    pub records: Vec<(ConversationId, TurnRecord)>,
+    /// Every gateway report settled.
+    pub settled: Vec<Report>,
+    /// Every log line the machines wrote.
+    pub logs: Vec<serde_json::Value>,
+    /// The state before each conversation's latest visitor message (for its record).
+    before: HashMap<ConversationId, Conversation>,
     next_id: u32,
 }
 
@@ -291,6 +329,14 @@ impl Simulator {
             plugins: Vec::new(),
             plugin_scripts: HashMap::new(),
             hook_calls: Vec::new(),
+            knowledge: Ok(Vec::new()),
+            searches: Vec::new(),
+            files: BTreeMap::new(),
+            unanswered: Vec::new(),
+            records: Vec::new(),
+            settled: Vec::new(),
+            logs: Vec::new(),
+            before: HashMap::new(),
             next_id: 0,
         }
     }
@@ -358,6 +404,7 @@ impl Simulator {
         id: Option<&ConversationId>,
         text: &str,
     ) -> Result<(ConversationId, Message), ConversationError> {
+        let before = id.map(|id| self.load(id));
         let mut conversation = match id {
             Some(id) => self.load(id),
             None => {
@@ -372,12 +419,17 @@ impl Simulator {
             &self.config,
         )?;
         let id = conversation.id().clone();
+        match before {
+            Some(b) => self.before.insert(id.clone(), b),
+            None => self.before.remove(&id),
+        };
         self.persist(&conversation, recorded.message.clone(), recorded.events);
         Ok((id, recorded.message))
     }
 
-    /// Runs the bot's turn for visitor message `seq`, as a host would: perform actions,
-    /// advance the clock to the next scripted step or deadline, feed events back.
+    /// Runs the chat turn for the stored visitor message, as a host drives the engine's
+    /// [`ChatTurn`]: every action carried out on the simulator's store, gateway, knowledge,
+    /// files and plugins, the clock advanced to the next scripted step or deadline.
     pub fn try_run_turn(
         &mut self,
         id: &ConversationId,
@@ -385,19 +437,50 @@ impl Simulator {
         mode: ReplyMode,
     ) -> Result<ChatOutcome, QuotaError> {
         let conversation = self.load(id);
-        let options = self.options(mode);
-        let mut turn = conversation
-            .start_turn(self.now, &self.config, &visitor, options)
-            .expect("turn starts");
-        let reservation = if self.config.quotas.is_limited() && self.config.has_models() {
-            Some(
-                self.quota
-                    .reserve(self.now, &self.config.quotas, turn.estimated_tokens())?,
-            )
-        } else {
-            None
+        let before = self.before.remove(id);
+        self.seed += 1;
+        let start = Start {
+            config: self.config.clone(),
+            mode,
+            conversation,
+            before,
+            visitor: visitor.clone(),
+            secrets: self.secrets.clone(),
+            seed: self.seed,
         };
-        let mut deltas = Vec::new();
+        let mut turn = ChatTurn::new(self.now, start);
+        let driven = self.drive(Some(id), &mut turn);
+        let outcome = turn
+            .outcome()
+            .cloned()
+            .expect("a finished turn has an outcome");
+        let result = match &outcome {
+            Outcome::Failed(Failure::Quota(q)) => return Err(q.clone()),
+            Outcome::Failed(Failure::Provider(e)) => Err(e.clone()),
+            Outcome::Reply { message, reply } => Ok((message.clone(), reply.clone())),
+            Outcome::Notice { message, .. } if driven.reply.is_some() => {
+                Ok((message.clone(), driven.reply.clone().expect("checked")))
+            }
+            other => Err(ProviderError::Malformed {
+                detail: format!("no model reply: {other:?}"),
+            }),
+        };
+        Ok(ChatOutcome {
+            conversation_id: id.clone(),
+            visitor,
+            deltas: driven.deltas,
+            result,
+            trace: turn.trace().to_vec(),
+            plugin_calls: turn.plugin_calls().to_vec(),
+            outcome,
+        })
+    }
+
+    /// Drives `machine` to its end as a host would, on conversation `id` (when it is about
+    /// one): performs each action, advances the clock to the next scripted step or
+    /// deadline, feeds events back.
+    pub fn drive(&mut self, id: Option<&ConversationId>, machine: &mut impl Machine) -> Driven {
+        let mut driven = Driven::default();
         // The call in flight: its attempt id, start time and remaining steps.
         let mut call: Option<(crate::turn::AttemptId, Timestamp, VecDeque<Step>)> = None;
         // The plugin call in flight: its id, when it answers and what.
@@ -407,11 +490,52 @@ impl Simulator {
             Option<Result<Vec<u8>, PluginFailure>>,
         );
         let mut plugin_call: Option<PendingAnswer> = None;
-        let result = loop {
-            let mut finished = None;
-            while let Some(action) = turn.poll_action() {
+        loop {
+            while let Some(action) = machine.poll_action() {
                 match action {
-                    Action::CallProvider {
+                    ChatAction::AwaitTurn => {
+                        let loaded = id.map(|id| self.load(id));
+                        machine.handle(self.now, Input::Loaded(Ok(loaded)));
+                    }
+                    ChatAction::Apply(change) => {
+                        let id = id.expect("a change belongs to a conversation");
+                        let mut c = self.load(id);
+                        let result = change.apply(&mut c, self.now, &self.config).map(|effect| {
+                            let stored = self.store.entry(id.clone()).or_default();
+                            stored.state = c.encode();
+                            stored.transcript.extend(effect.messages.iter().cloned());
+                            self.events.extend(effect.events.iter().cloned());
+                            if let Change::Reply { reply, .. } = &change {
+                                driven.reply = Some((**reply).clone());
+                            }
+                            Applied {
+                                conversation: c,
+                                effect,
+                            }
+                        });
+                        machine.handle(self.now, Input::Applied(result));
+                    }
+                    ChatAction::SearchKnowledge { query, .. } => {
+                        self.searches.push(query);
+                        let found = self.knowledge.clone();
+                        machine.handle(self.now, Input::Knowledge(found));
+                    }
+                    ChatAction::ReadFiles(wanted) => {
+                        let files = wanted
+                            .iter()
+                            .filter_map(|(id, _)| Some((id.clone(), self.files.get(id)?.clone())))
+                            .collect();
+                        machine.handle(self.now, Input::Files(files));
+                    }
+                    ChatAction::LoadPlugins => {
+                        let plugins = self.plugins.clone();
+                        machine.handle(self.now, Input::Plugins(plugins));
+                    }
+                    ChatAction::Admit { tokens } => {
+                        let admission = self.admit(tokens);
+                        machine.handle(self.now, Input::Admission(admission));
+                    }
+                    ChatAction::CallProvider {
                         attempt,
                         target,
                         request,
@@ -426,11 +550,11 @@ impl Simulator {
                         self.request_targets.push(target);
                         call = Some((attempt, self.now, script.steps.into()));
                     }
-                    Action::CancelProvider { .. } => {
+                    ChatAction::CancelProvider { .. } => {
                         self.cancelled += 1;
                         call = None;
                     }
-                    Action::CallPlugin {
+                    ChatAction::CallPlugin {
                         call: id,
                         spec,
                         hook,
@@ -449,25 +573,34 @@ impl Simulator {
                             script.answer,
                         ));
                     }
-                    Action::Delta(text) => deltas.push(text),
-                    Action::Finished(result) => finished = Some(result),
+                    ChatAction::Delta { text, .. } => driven.deltas.push(text),
+                    ChatAction::Settle(report) => {
+                        driven.settled = true;
+                        self.settle(&report);
+                        self.settled.push(report);
+                    }
+                    ChatAction::LogUnanswered(entry) => self.unanswered.push(entry),
+                    ChatAction::StoreRecord(record) => {
+                        if let Some(id) = id {
+                            self.records.push((id.clone(), record));
+                        }
+                    }
+                    ChatAction::Log { line, .. } => self.logs.push(line),
+                    ChatAction::Finished => return driven,
                 }
             }
-            if let Some(result) = finished {
-                break result;
-            }
-            if let Some((id, at, answer)) = plugin_call.take() {
+            if let Some((pid, at, answer)) = plugin_call.take() {
                 match answer {
-                    Some(answer) if turn.poll_timeout().is_none_or(|d| at < d) => {
+                    Some(answer) if machine.poll_timeout().is_none_or(|d| at < d) => {
                         self.now = self.now.max(at);
-                        turn.handle_plugin_answer(self.now, id, answer);
+                        machine.handle(self.now, Input::PluginAnswer { call: pid, answer });
                     }
                     // Too late or never: the turn's deadline for the call decides.
                     _ => {
                         self.now = self
                             .now
-                            .max(turn.poll_timeout().expect("a plugin deadline"));
-                        turn.handle_timeout(self.now);
+                            .max(machine.poll_timeout().expect("a plugin deadline"));
+                        machine.handle(self.now, Input::Timeout);
                     }
                 }
                 continue;
@@ -477,80 +610,97 @@ impl Simulator {
                     .front()
                     .map(|s| *started + Duration::from_millis(s.at_ms))
             });
-            let deadline = turn.poll_timeout();
+            let deadline = machine.poll_timeout();
             match (next_step, deadline) {
                 (Some(step_at), d) if d.is_none_or(|d| step_at < d) => {
                     self.now = self.now.max(step_at);
                     let (attempt, _, steps) = call.as_mut().expect("a call in flight");
                     let step = steps.pop_front().expect("a step");
-                    turn.handle_provider_event(self.now, *attempt, step.event);
+                    machine.handle(
+                        self.now,
+                        Input::Provider {
+                            attempt: *attempt,
+                            event: step.event,
+                        },
+                    );
                 }
                 (_, Some(d)) => {
                     self.now = self.now.max(d);
-                    turn.handle_timeout(self.now);
+                    machine.handle(self.now, Input::Timeout);
                 }
-                (_, None) => panic!("turn is stuck: no scripted step and no deadline"),
-            }
-        };
-        let result = match result {
-            Ok(reply) if reply.plugin_handoff.is_some() => {
-                let mut conversation = self.load(id);
-                let h = reply.plugin_handoff.clone().expect("checked");
-                let changed = conversation
-                    .request_handoff(
-                        self.now,
-                        &self.config,
-                        &crate::handoff::HandoffReason::Plugin {
-                            id: h.plugin_id,
-                            reason: h.reason,
-                        },
-                        None,
-                        None,
-                    )
-                    .expect("handoff recorded");
-                let message = changed.messages.last().cloned().expect("a handoff notice");
-                let stored = self.store.entry(id.clone()).or_default();
-                stored.state = conversation.encode();
-                stored.transcript.extend(changed.messages);
-                self.events.extend(changed.events);
-                Ok((message, reply))
-            }
-            Ok(reply) => {
-                // Reload: other visitor messages may have arrived while the turn ran.
-                let mut conversation = self.load(id);
-                let recorded = conversation
-                    .record_reply(self.now, &reply, &self.config)
-                    .expect("reply recorded");
-                self.persist(&conversation, recorded.message.clone(), recorded.events);
-                Ok((recorded.message, reply))
-            }
-            Err(e) => Err(e),
-        };
-        // Settle as a host does: breakers learn from every attempt, the quota from the usage.
-        for a in turn.trace() {
-            if let Some(ok) = a.breaker_signal() {
-                self.breakers
-                    .record(self.now, &a.target, ok, &self.config.breaker);
+                (_, None) => machine.handle(self.now, Input::Stalled),
             }
         }
-        if let Some(r) = reservation {
-            let cost = turn.trace().iter().filter_map(|a| a.cost_micros).sum();
+    }
+
+    /// Admission as the hosts' gateway decides it ([`crate::gateway::Ledger::admit`]): the
+    /// quota reserved, the targets the breakers refuse (claiming a due probe).
+    fn admit(&mut self, tokens: u64) -> Result<Grant, Refusal> {
+        let reservation = if self.config.quotas.is_limited() {
+            Some(
+                self.quota
+                    .reserve(self.now, &self.config.quotas, tokens)
+                    .map_err(Refusal::Quota)?,
+            )
+        } else {
+            None
+        };
+        let blocked = self
+            .config
+            .all_targets()
+            .into_iter()
+            .map(|t| t.key)
+            .filter(|k| !self.breakers.admit(self.now, k, &self.config.breaker))
+            .collect();
+        Ok(Grant {
+            blocked,
+            reservation,
+        })
+    }
+
+    /// Settlement as the hosts' gateway applies it ([`crate::gateway::Ledger::settle`]).
+    fn settle(&mut self, report: &Report) {
+        for (key, ok) in &report.signals {
+            self.breakers.record(self.now, key, *ok, &report.breaker);
+        }
+        if let Some(r) = report.reservation {
             self.quota.settle(
                 self.now,
-                &self.config.quotas,
+                &report.quotas,
                 r,
-                Some(turn.used_tokens()),
-                cost,
+                Some(report.used_tokens),
+                report.cost_micros,
             );
         }
-        Ok(ChatOutcome {
-            conversation_id: id.clone(),
-            visitor,
-            deltas,
-            result,
-            trace: turn.trace().to_vec(),
-            plugin_calls: turn.plugin_calls().to_vec(),
-        })
+    }
+
+    /// Replays conversation `id` as `request` asks, with the stored turn records: the
+    /// replay's answer, as both hosts send it.
+    pub fn replay(
+        &mut self,
+        id: &ConversationId,
+        request: crate::replay::ReplayRequest,
+    ) -> Result<serde_json::Value, crate::api::ApiError> {
+        let transcript = self.store[id].transcript.clone();
+        let records: Vec<_> = self
+            .records
+            .iter()
+            .filter(|(c, _)| c == id)
+            .map(|(_, r)| r.clone())
+            .collect();
+        self.seed += 1;
+        let mut run = ReplayRun::new(
+            self.now,
+            id.clone(),
+            TenantId::default_tenant(),
+            request,
+            transcript,
+            &records,
+            self.secrets.clone(),
+            self.seed,
+        )?;
+        self.drive(None, &mut run);
+        run.result()
     }
 
     /// [`Simulator::try_run_turn`] for a turn the quota admits.

@@ -4,6 +4,7 @@
 use kefu_engine::config::{ProviderConfig, Timeouts};
 use kefu_engine::gateway::RetryPolicy;
 
+use kefu_engine::chat::Outcome;
 use kefu_engine::plugin::{
     CallOutcome, FailureKind, Hook, HookCall, HookSet, Manifest, PluginFailure, PluginSpec,
     PluginTool,
@@ -11,7 +12,7 @@ use kefu_engine::plugin::{
 use kefu_engine::sim::{PluginScript, Script, Simulator};
 use kefu_engine::turn::ActivePlugin;
 use kefu_engine::wire::ProviderKind;
-use kefu_engine::{ReplyMode, Responder, Status, TenantConfig};
+use kefu_engine::{ReplyMode, Responder, Role, Status, TenantConfig};
 use serde_json::{Value, json};
 
 fn config() -> TenantConfig {
@@ -68,8 +69,12 @@ fn after_reply() -> HookSet {
     }
 }
 
+/// A simulator whose tenant enables `plugins`: the configuration lists them (the chat turn
+/// loads plugins only when it enables some) and the host loads them with their manifests.
 fn sim(plugins: Vec<ActivePlugin>) -> Simulator {
-    let mut s = Simulator::new(config());
+    let mut config = config();
+    config.plugins = plugins.iter().map(|p| p.spec.clone()).collect();
+    let mut s = Simulator::new(config);
     s.secrets.insert("KEY".into(), "sk-test".into());
     s.plugins = plugins;
     s
@@ -296,6 +301,24 @@ fn a_guard_hands_off_and_nothing_of_the_reply_is_streamed() {
         s.conversation(&out.conversation_id).status(),
         Status::WaitingForAgent
     );
+    // The handoff is the chat turn's own: its notice is the answer, and nothing of the
+    // guarded reply is stored.
+    let Outcome::Notice {
+        message,
+        status,
+        responder,
+    } = &out.outcome
+    else {
+        panic!("{:?}", out.outcome);
+    };
+    assert_eq!((*responder, *status), ("handoff", Status::WaitingForAgent));
+    let roles: Vec<Role> = s
+        .transcript(&out.conversation_id)
+        .iter()
+        .map(|m| m.role)
+        .collect();
+    assert_eq!(roles, [Role::Visitor, Role::System]);
+    assert_eq!(s.transcript(&out.conversation_id)[1].text(), message.text());
     let (
         _,
         HookCall::AfterReply {

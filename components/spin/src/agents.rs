@@ -2,8 +2,8 @@
 //! engine's state machine, stored with compare-and-swap) and the agents' view of a
 //! transcript (internal notes included).
 
+use kefu_engine::api::HandoffError;
 use kefu_engine::api::{self, ActionRequest, ApiError, ConversationAction};
-use kefu_engine::handoff::HandoffError;
 use kefu_engine::{ConversationId, TenantId};
 
 use crate::http::{Incoming, Reply};

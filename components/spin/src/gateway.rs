@@ -24,11 +24,9 @@
 //!   turn is refused with `503 tenant_state_busy` (nothing stored beyond the visitor's
 //!   message); at settlement the report is dropped and logged (that turn's usage is lost).
 
-use std::collections::BTreeSet;
-
 use kefu_engine::api::ApiError;
+use kefu_engine::chat::{Grant, Refusal};
 use kefu_engine::gateway::ledger::{self, Ledger, Report, UsageBook};
-use kefu_engine::gateway::{AttemptRecord, QuotaError, Reservation};
 use kefu_engine::{TenantConfig, TenantId};
 use serde_json::json;
 
@@ -43,21 +41,6 @@ fn ledger_key(tenant: &TenantId) -> String {
 
 fn usage_key(tenant: &TenantId) -> String {
     format!("gw:{}:usage", tenant.as_str())
-}
-
-/// What admission granted a turn.
-pub struct Grant {
-    /// The targets the breakers refuse: plan the turn without them.
-    pub blocked: BTreeSet<String>,
-    reservation: Option<Reservation>,
-}
-
-/// Why a turn may not run.
-pub enum Refusal {
-    /// A quota or budget is used up: `429` with `Retry-After`.
-    Quota(QuotaError),
-    /// The shared state could not be read or changed.
-    Host(ApiError),
 }
 
 /// Admits a turn of the tenant that may try the configuration's targets and is estimated at
@@ -97,14 +80,7 @@ pub fn begin(
 
 /// Settles a finished turn: breaker outcomes and the quota reservation in the ledger, the
 /// attempts' usage in the usage totals. Never fails: a failure is logged.
-pub fn settle(
-    kv: &Kv,
-    tenant: &TenantId,
-    config: &TenantConfig,
-    grant: &Grant,
-    trace: &[AttemptRecord],
-) {
-    let report = Report::new(&config.breaker, &config.quotas, grant.reservation, trace);
+pub fn settle(kv: &Kv, tenant: &TenantId, report: &Report) {
     if report.is_empty() {
         return;
     }
@@ -115,7 +91,7 @@ pub fn settle(
             shared::update(kv.bucket(), &ledger_key(tenant), |ledger: &mut Ledger| {
                 // A healthy target's success on a full window changes nothing: no write.
                 let before = ledger.clone();
-                let changes = ledger.settle(t, &report);
+                let changes = ledger.settle(t, report);
                 let write = *ledger != before;
                 Ok((changes, write))
             })

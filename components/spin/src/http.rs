@@ -166,6 +166,17 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// An answer the engine rendered ([`kefu_engine::chat::render`]).
+    pub fn rendered(r: kefu_engine::chat::Rendered) -> Self {
+        let mut headers = r.headers;
+        headers.push(("x-content-type-options".into(), "nosniff".into()));
+        Self {
+            status: r.status,
+            headers,
+            body: r.body.into_bytes(),
+        }
+    }
+
     /// A JSON response (`nosniff`, as every answer).
     pub fn json(status: u16, body: &Value) -> Self {
         Self {

@@ -264,7 +264,12 @@ pub(crate) fn not_on_spin(what: &str, instead: &str) -> ApiError {
     )
 }
 
-/// The host's clock, for the engine.
+/// 64 random bits from the platform (the engine has no randomness of its own).
+pub(crate) fn random_u64() -> u64 {
+    wasi::random::random::get_random_u64()
+}
+
+/// The host's clock, handed to the engine.
 pub(crate) fn now() -> Timestamp {
     let t = wasi::clocks::wall_clock::now();
     Timestamp::from_millis(t.seconds * 1000 + u64::from(t.nanoseconds / 1_000_000))

@@ -6,9 +6,12 @@
 //! a failure before it is an ordinary HTTP error the SDKs raise as such; a failure after it
 //! is an `error` event without `[DONE]`.
 
+use std::rc::Rc;
+
 use kefu_engine::auth;
+use kefu_engine::chat::{Failure, ModelCall};
 use kefu_engine::openai_api::{self as oa, OpenAiError, Selection};
-use kefu_engine::{ReplyMode, TenantConfig, TenantId, Turn, TurnOptions};
+use kefu_engine::{ReplyMode, TenantConfig, TenantId, TurnOptions};
 use serde_json::json;
 use spin_sdk::wit::wasi::http0_2_0::types::ResponseOutparam;
 
@@ -96,11 +99,7 @@ pub fn chat(kv: &Kv, req: &Incoming, out: ResponseOutparam) {
     };
     let mut options = TurnOptions::new(mode);
     options.secrets = crate::secrets(&tenant, &config);
-    options.seed = u64::from_le_bytes(
-        wasi::random::random::get_random_bytes(8)
-            .try_into()
-            .unwrap_or([7; 8]),
-    );
+    options.seed = crate::random_u64();
     match selection {
         Selection::ChatRoute => {}
         Selection::Route(r) => options.route = Some(r),
@@ -109,19 +108,13 @@ pub fn chat(kv: &Kv, req: &Incoming, out: ResponseOutparam) {
     options.temperature = request.temperature;
     options.max_tokens = request.max_tokens;
     options.tools = request.tools.clone();
-    let mut turn = Turn::new(now(), &config, request.messages.clone(), options.clone());
-    let grant = match crate::gateway::begin(kv, &tenant, &config, turn.estimated_tokens()) {
-        Ok(grant) => grant,
-        Err(crate::gateway::Refusal::Quota(q)) => {
-            return error_reply(&OpenAiError::from_quota(&q)).send(out);
-        }
-        Err(crate::gateway::Refusal::Host(e)) => return error_reply(&from_api(&e)).send(out),
-    };
-    if !grant.blocked.is_empty() {
-        // Breakers refused some targets: plan again without them.
-        options.blocked = grant.blocked.clone();
-        turn = Turn::new(now(), &config, request.messages.clone(), options);
-    }
+    // Admission, the turn and settlement are the engine's model call; this only drives it.
+    let mut call = ModelCall::on_prompt(
+        now(),
+        Rc::new(config.clone()),
+        request.messages.clone(),
+        options,
+    );
     let random: String = wasi::random::random::get_random_bytes(8)
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -150,28 +143,32 @@ pub fn chat(kv: &Kv, req: &Incoming, out: ResponseOutparam) {
         headers.push(("cache-control".into(), "no-cache, no-transform".into()));
         headers
     };
-    let result = outbound::drive(&mut turn, |t, text| {
+    let host = outbound::Host {
+        kv,
+        tenant: &tenant,
+        config: &config,
+        conversation: None,
+    };
+    outbound::drive(&host, &mut call, |d| {
         if sse.is_none()
             && let Some(out) = out.take()
         {
             // The first token: commit to 200.
-            let target = t.current_target();
-            let headers = sse_headers(meta(
-                target.map(|x| x.key.as_str()),
-                target.map(|x| x.route.as_str()),
-                t.attempts(),
-            ));
+            let headers = sse_headers(meta(d.target.as_deref(), d.route.as_deref(), d.attempts));
             sse = Some(Stream::open(out, 200, &headers));
         }
-        let target = t.current_target().map(|x| x.key.clone());
         if let Some(s) = sse.as_mut() {
-            s.write(frames.delta(&text, target.as_deref()).as_bytes());
+            s.write(frames.delta(&d.text, d.target.as_deref()).as_bytes());
         }
     });
-    crate::gateway::settle(kv, &tenant, &config, &grant, turn.trace());
+    let result = call.take_result().unwrap_or_else(|| {
+        Err(Failure::Host(kefu_engine::api::ApiError::internal(
+            "the call ended without a result",
+        )))
+    });
     log(
         if result.is_ok() { "info" } else { "warn" },
-        json!({"msg": "completion", "tenant": tenant.as_str(), "trace": turn.trace()}),
+        json!({"msg": "completion", "tenant": tenant.as_str(), "trace": call.turn().trace()}),
     );
     match (result, sse, out) {
         (Ok(reply), Some(mut s), _) => {
@@ -203,7 +200,7 @@ pub fn chat(kv: &Kv, req: &Incoming, out: ResponseOutparam) {
             }
             r.send(out);
         }
-        (Err(e), None, Some(out)) => error_reply(&OpenAiError::from_provider(&e)).send(out),
+        (Err(e), None, Some(out)) => error_reply(&OpenAiError::from_failure(&e)).send(out),
         // The response was opened exactly when the stream began.
         (_, None, None) => {}
     }

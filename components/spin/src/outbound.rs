@@ -1,9 +1,12 @@
-//! Carrying out a turn's provider calls over `wasi:http/outgoing-handler` (the Spin host
-//! enforces the manifest's `allowed_outbound_hosts`): the same drive loop as on Workers,
-//! with WASI pollables for "whichever comes first" — the provider's next step or the turn's
-//! own deadline.
+//! Spin's driver for the engine's machines ([`kefu_engine::chat`]): the chat turn, a replay
+//! and the OpenAI-compatible API all run through [`drive`], which carries out their actions
+//! (key-value, SQLite, plugins) and their provider calls over `wasi:http/outgoing-handler`
+//! (the Spin host enforces the manifest's `allowed_outbound_hosts`), with WASI pollables for
+//! "whichever comes first" — the provider's next step or the machine's own deadline.
 
-use kefu_engine::{Action, AttemptId, HttpRequest, ProviderError, ProviderEvent, Turn, TurnReply};
+use kefu_engine::api::ApiError;
+use kefu_engine::chat::{Action as ChatAction, Applied, Input, Machine};
+use kefu_engine::{AttemptId, ConversationId, HttpRequest, ProviderEvent, TenantConfig, TenantId};
 use spin_sdk::wit::wasi::http0_2_0::outgoing_handler;
 use spin_sdk::wit::wasi::http0_2_0::types::{
     Fields, FutureIncomingResponse, IncomingBody, IncomingResponse, Method, OutgoingBody,
@@ -12,6 +15,7 @@ use spin_sdk::wit::wasi::http0_2_0::types::{
 use wasi::io::streams::{InputStream, StreamError};
 
 use crate::now;
+use crate::store::Kv;
 
 /// One provider call in flight.
 enum Call {
@@ -207,16 +211,61 @@ pub fn fetch(
     }
 }
 
-/// Drives `turn` to its end, passing each streamed delta to `on_delta`.
-pub fn drive(
-    turn: &mut Turn,
-    mut on_delta: impl FnMut(&Turn, String),
-) -> Result<TurnReply, ProviderError> {
+/// What a machine's host needs on Spin: the store, the tenant, and the conversation (for a
+/// chat turn; the OpenAI-compatible API and a replay never ask for one).
+pub struct Host<'a> {
+    pub kv: &'a Kv,
+    pub tenant: &'a TenantId,
+    pub config: &'a TenantConfig,
+    pub conversation: Option<&'a ConversationId>,
+}
+
+/// One streamed piece of reply text and who is answering.
+pub struct Delta {
+    pub text: String,
+    pub target: Option<String>,
+    pub route: Option<String>,
+    pub attempts: u32,
+}
+
+/// Drives `machine` to its end: carries out each action with Spin (key-value with
+/// compare-and-swap, SQLite, plugins' components, `wasi:http`), feeds back what happened,
+/// and waits on pollables for the provider or the machine's deadline in between. Every rule
+/// is the engine's ([`kefu_engine::chat`]).
+pub fn drive(host: &Host<'_>, machine: &mut impl Machine, mut on_delta: impl FnMut(Delta)) {
+    let (kv, tenant, config) = (host.kv, host.tenant, host.config);
     let mut in_flight: Option<InFlight> = None;
     loop {
-        while let Some(action) = turn.poll_action() {
-            match action {
-                Action::CallProvider {
+        while let Some(action) = machine.poll_action() {
+            let input = match action {
+                ChatAction::AwaitTurn => Input::Loaded(match host.conversation {
+                    Some(id) => kv.load(id, tenant),
+                    None => Err(ApiError::internal("no conversation to wait for")),
+                }),
+                ChatAction::Apply(change) => Input::Applied(match host.conversation {
+                    Some(id) => kv
+                        .change(id, tenant, None, |c| {
+                            let effect = change.apply(c, now(), config)?;
+                            crate::webhooks::stage(&effect.events);
+                            Ok((effect.messages.clone(), effect))
+                        })
+                        .map(|(conversation, _, effect, _)| Applied {
+                            conversation,
+                            effect,
+                        }),
+                    None => Err(ApiError::internal("no conversation to change")),
+                }),
+                ChatAction::SearchKnowledge { query, top_k } => Input::Knowledge(
+                    crate::knowledge::search(tenant, config, &query, top_k).map_err(|e| e.message),
+                ),
+                ChatAction::ReadFiles(wanted) => {
+                    Input::Files(crate::attachments::resolve(tenant, &wanted))
+                }
+                ChatAction::LoadPlugins => Input::Plugins(crate::plugins::active(kv, config)),
+                ChatAction::Admit { tokens } => {
+                    Input::Admission(crate::gateway::begin(kv, tenant, config, tokens))
+                }
+                ChatAction::CallProvider {
                     attempt, request, ..
                 } => match start(&request) {
                     Ok(future) => {
@@ -224,52 +273,83 @@ pub fn drive(
                             attempt,
                             call: Call::Head(future),
                         });
+                        continue;
                     }
-                    Err(reason) => {
-                        turn.handle_provider_event(
-                            now(),
-                            attempt,
-                            ProviderEvent::Failed { reason },
-                        );
-                    }
+                    Err(reason) => Input::Provider {
+                        attempt,
+                        event: ProviderEvent::Failed { reason },
+                    },
                 },
                 // Dropping the call's resources aborts it.
-                Action::CancelProvider { attempt } => {
+                ChatAction::CancelProvider { attempt } => {
                     drop(in_flight.take_if(|c| c.attempt == attempt));
+                    continue;
                 }
                 // The plugin runs in its own component; the turn waits for it (within its
                 // budget) with nothing else in flight.
-                Action::CallPlugin { call, spec, hook } => {
-                    let answer = crate::plugins::call(&spec, &hook);
-                    turn.handle_plugin_answer(now(), call, answer);
+                ChatAction::CallPlugin { call, spec, hook } => Input::PluginAnswer {
+                    call,
+                    answer: crate::plugins::call(&spec, &hook),
+                },
+                ChatAction::Delta {
+                    text,
+                    target,
+                    route,
+                    attempts,
+                } => {
+                    on_delta(Delta {
+                        text,
+                        target,
+                        route,
+                        attempts,
+                    });
+                    continue;
                 }
-                Action::Delta(text) => on_delta(turn, text),
-                Action::Finished(result) => return result,
-            }
+                // Spin has no `wait_until`: settled before the answer goes out.
+                ChatAction::Settle(report) => {
+                    crate::gateway::settle(kv, tenant, &report);
+                    continue;
+                }
+                ChatAction::LogUnanswered(entry) => {
+                    crate::knowledge::log_unanswered(tenant, &entry);
+                    continue;
+                }
+                ChatAction::StoreRecord(record) => {
+                    if let Some(id) = host.conversation {
+                        crate::replay::store_record(tenant, id, &record);
+                    }
+                    continue;
+                }
+                ChatAction::Log { level, line } => {
+                    crate::log(level, line);
+                    continue;
+                }
+                ChatAction::Finished => return,
+            };
+            machine.handle(now(), input);
         }
-        let deadline = turn.poll_timeout().map(|t| t.as_millis());
+        let deadline = machine.poll_timeout().map(|t| t.as_millis());
         let Some(InFlight { attempt, call }) = in_flight.take() else {
-            // Nothing in flight: only a deadline can move the turn on.
+            // Nothing in flight: only a deadline can move the machine on.
             let Some(deadline) = deadline else {
-                return Err(ProviderError::Malformed {
-                    detail: "the turn is waiting on nothing".into(),
-                });
+                machine.handle(now(), Input::Stalled);
+                continue;
             };
             let wait_ns = deadline.saturating_sub(now().as_millis()) * 1_000_000;
             wasi::clocks::monotonic_clock::subscribe_duration(wait_ns).block();
-            turn.handle_timeout(now());
+            machine.handle(now(), Input::Timeout);
             continue;
         };
         if !wait(&call, deadline) {
             in_flight = Some(InFlight { attempt, call });
-            turn.handle_timeout(now());
+            machine.handle(now(), Input::Timeout);
             continue;
         }
         let (event, next) = step(call);
         in_flight = next.map(|call| InFlight { attempt, call });
         // An empty read is no news (the stream was ready but had nothing yet).
         if !matches!(&event, ProviderEvent::Data(bytes) if bytes.is_empty()) {
-            turn.handle_provider_event(now(), attempt, event);
+            machine.handle(now(), Input::Provider { attempt, event });
         }
     }
 }

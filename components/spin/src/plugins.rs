@@ -9,11 +9,11 @@
 //! the turn goes on without it; its grants are enforced twice, by the host adapter under the
 //! tenant's configuration and by Spin under the plugin component's manifest.
 
+use kefu_engine::Header;
+use kefu_engine::chat::ActivePlugin;
 use kefu_engine::plugin::{
     self as plugin, Answer, CallOutcome, FailureKind, HookCall, Manifest, PluginFailure, PluginSpec,
 };
-use kefu_engine::provider::Header;
-use kefu_engine::turn::ActivePlugin;
 use kefu_engine::{HttpRequest, TenantConfig};
 use serde_json::json;
 

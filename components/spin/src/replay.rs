@@ -3,15 +3,17 @@
 //! traces, replay and export routes over it — the same shapes and rules as on Workers (all
 //! the engine's: [`kefu_engine::replay`]).
 //!
-//! A replay drives the engine's replayed turns with the same outbound calls as a live turn,
-//! through the tenant's gateway (the stored quotas, budgets and breakers admit each model
-//! turn, and its usage is counted), with the turn's files and plugins; nothing of the
-//! conversation is written. Who may replay under what is the engine's rule
+//! A replay is the engine's [`ReplayRun`]: each recorded visitor turn runs again through the
+//! same chat-turn machine as a live one, on a scratch copy, driven by the same loop
+//! ([`outbound::drive`]): admitted by the tenant's gateway (the stored quotas, budgets and
+//! breakers; its usage counted), with the turn's knowledge, files and plugins; nothing of
+//! the conversation is written. Who may replay under what is the engine's rule
 //! ([`replay::parse_replay_request`]).
 
 use kefu_engine::api::ApiError;
-use kefu_engine::replay::{self, Outcome, Replay, TurnRecord};
-use kefu_engine::{Conversation, ConversationId, ReplyMode, TenantId, TurnOptions};
+use kefu_engine::chat::ReplayRun;
+use kefu_engine::replay::{self, TurnRecord};
+use kefu_engine::{Conversation, ConversationId, TenantId};
 use serde_json::json;
 use spin_sdk::sqlite3::{Connection, Value as Sql};
 
@@ -31,21 +33,10 @@ fn open() -> Result<Connection, ApiError> {
     Ok(db)
 }
 
-/// Completes a visitor turn's record (the state it changed since `before`, how it ended)
-/// and stores it. A failure is logged, never in the way of the answer.
-pub fn finish_turn(
-    kv: &Kv,
-    tenant: &TenantId,
-    id: &ConversationId,
-    mut record: TurnRecord,
-    before: Option<&Conversation>,
-    outcome: Outcome,
-) {
+/// Stores a visitor turn's record (the engine's chat turn completed it). A failure is
+/// logged, never in the way of the answer.
+pub fn store_record(tenant: &TenantId, id: &ConversationId, record: &TurnRecord) {
     let result = (|| -> Result<(), ApiError> {
-        if let Some(after) = kv.load(id, tenant)? {
-            record.set_state(before, &after);
-        }
-        record.set_outcome(outcome);
         open()?
             .execute(
                 "INSERT INTO turn_records (tenant_id, conversation_id, seq, record) \
@@ -150,88 +141,30 @@ pub fn run(kv: &Kv, req: &Incoming, id: &ConversationId) -> Result<Reply, ApiErr
         deployment: &deployment,
     };
     let request = replay::parse_replay_request(&req.body, &current, caller)?;
-    let mut replay = Replay::new(
+    let model = request.model.clone();
+    let secrets = crate::secrets(&tenant, &request.config);
+    let mut run = ReplayRun::new(
+        now(),
         id.clone(),
         tenant.clone(),
-        request.config,
+        request,
         kv.transcript(&conversation)?,
         &records(&tenant, id)?,
-        request.max_turns,
-    )
-    .map_err(|e| replay::config_error(&e))?;
-    let config = replay.config().clone();
-    let mut turns = Vec::new();
-    let mut stopped = None;
-    while let Some(step) = replay.next_turn() {
-        if !step.needs_model() {
-            turns.push(step.finish(None, None));
-            continue;
-        }
-        let mut options = TurnOptions::new(ReplyMode::Whole);
-        if config.knowledge.enabled && config.has_models() {
-            match crate::knowledge::search(
-                &tenant,
-                &config,
-                &step.visitor.text(),
-                config.knowledge.top_k,
-            ) {
-                Ok(found) => options.knowledge = found,
-                Err(e) => log(
-                    "error",
-                    json!({"msg": "knowledge search failed (replay)", "error": e.message}),
-                ),
-            }
-        }
-        let retrieved = options.knowledge.clone();
-        // The replayed turn meets the plugins a live one would (under the replay's config).
-        options.plugins = crate::plugins::active(kv, &config);
-        options.plugin_scope = Some((tenant.as_str().to_owned(), id.as_str().to_owned()));
-        options.secrets = crate::secrets(&tenant, &config);
-        options.seed = u64::from_le_bytes(
-            wasi::random::random::get_random_bytes(8)
-                .try_into()
-                .unwrap_or([7; 8]),
-        );
-        options.attachments = crate::attachments::resolve(&tenant, &step.attachments());
-        let mut turn = step
-            .start(now(), &config, options.clone())
-            .ok_or_else(|| ApiError::internal("the replayed turn did not start"))?;
-        // Admitted like a live turn, by the stored quotas and budgets (the engine put them
-        // in the replay's configuration), and its usage counted.
-        let grant = if config.has_models() {
-            match crate::gateway::begin(kv, &tenant, &config, turn.estimated_tokens()) {
-                Ok(grant) => Some(grant),
-                Err(crate::gateway::Refusal::Quota(q)) => {
-                    let e = kefu_engine::api::quota_error(&q);
-                    stopped = Some(
-                        json!({"seq": step.visitor.seq, "error": {"code": e.code, "message": e.message}}),
-                    );
-                    break;
-                }
-                Err(crate::gateway::Refusal::Host(e)) => return Err(e),
-            }
-        } else {
-            None
-        };
-        if let Some(grant) = grant.as_ref().filter(|g| !g.blocked.is_empty()) {
-            // Breakers refused some targets: plan again without them, as a live turn does.
-            options.blocked = grant.blocked.clone();
-            if let Some(again) = step.start(now(), &config, options) {
-                turn = again;
-            }
-        }
-        let result = outbound::drive(&mut turn, |_, _| {});
-        if let Some(grant) = &grant {
-            crate::gateway::settle(kv, &tenant, &config, grant, turn.trace());
-        }
-        turns.push(step.finish(Some((&turn, &retrieved)), Some(&result)));
-    }
+        secrets,
+        crate::random_u64(),
+    )?;
+    let config = run.config().clone();
+    let host = outbound::Host {
+        kv,
+        tenant: &tenant,
+        config: &config,
+        conversation: None,
+    };
+    outbound::drive(&host, &mut run, |_| {});
+    let answer = run.result()?;
     log(
         "info",
-        json!({"msg": "replay", "conversation_id": id.as_str(), "turns": turns.len(), "model": request.model}),
+        json!({"msg": "replay", "conversation_id": id.as_str(), "turns": answer["turns"].as_array().map_or(0, Vec::len), "model": model}),
     );
-    Ok(Reply::json(
-        200,
-        &replay::replay_json(id, request.model.as_deref(), &replay, turns, stopped),
-    ))
+    Ok(Reply::json(200, &answer))
 }

@@ -126,10 +126,6 @@ fn key(tenant: &TenantId) -> String {
     format!("wh:{}", tenant.as_str())
 }
 
-fn random_u64() -> u64 {
-    wasi::random::random::get_random_u64()
-}
-
 /// After the response: enqueues the request's events and sends what is due, per tenant.
 /// Never fails: problems are logged.
 pub fn after_response(kv: &Kv) {
@@ -160,7 +156,7 @@ fn deliver(
     events: &[Event],
 ) -> Result<(), ApiError> {
     let at = now();
-    let planned = outbox::plan(&config.webhooks, events, at, random_u64);
+    let planned = outbox::plan(&config.webhooks, events, at, crate::random_u64);
     // Most requests bring nothing new and find nothing due: a plain read settles that.
     if planned.is_empty() && !shared::read::<Outbox>(kv.bucket(), &key(tenant))?.has_due(at) {
         return Ok(());
@@ -213,7 +209,7 @@ fn send_all(kv: &Kv, tenant: &TenantId, claims: Vec<Claim>) {
             .request(core::slice::from_ref(&claim.secret), started);
         // Sized, not chunked: many receivers (Python's `http.server` among them) read a
         // request body by its `Content-Length` only.
-        request.headers.push(kefu_engine::provider::Header {
+        request.headers.push(kefu_engine::Header {
             name: "content-length",
             value: request.body.len().to_string(),
             sensitive: false,

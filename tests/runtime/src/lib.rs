@@ -17,6 +17,8 @@
 //!   the tenant configurations they need.
 //! - [`handoff`]: human handoff and the agent actions, end to end.
 //! - [`knowledge`]: the knowledge base: ingestion, recall@3, grounding, no-answer fallback.
+//! - [`machine`]: the engine's chat-turn machine as both hosts drive it: tag-only rules, the
+//!   same replay on both runtimes, replays admitted by quotas.
 //! - [`pages`]: the web pages and their headers, from the Worker's assets and Spin's file server.
 //! - [`plugin_routes`]: the operators' plugin routes (listing, test calls) on the Worker.
 //! - [`plugins`]: plugins in chat turns, on both runtimes.
@@ -31,6 +33,7 @@ pub mod config;
 pub mod gateway;
 pub mod handoff;
 pub mod knowledge;
+pub mod machine;
 pub mod mock;
 pub mod pages;
 pub mod plugin_routes;

@@ -40,6 +40,9 @@ use crate::knowledge::{
     knowledge_hybrid_vector_search, knowledge_ingest_search_and_ground,
     knowledge_no_answer_falls_back, tenant_keys_see_only_their_own,
 };
+use crate::machine::{
+    replay_is_admitted_by_quotas, replay_matches_across_runtimes, tag_only_rule_tags,
+};
 use crate::mock::{MockProvider, echo_reply};
 use crate::pages::web_pages_served_with_their_policy;
 use crate::plugin_routes::{
@@ -426,6 +429,9 @@ pub fn all() -> Vec<Scenario> {
         least_privilege_holds,
         sockets_end_when_access_ends,
         live_subscribers_are_bounded,
+        tag_only_rule_tags,
+        replay_matches_across_runtimes,
+        replay_is_admitted_by_quotas,
     ]
 }
 

@@ -52,6 +52,11 @@ pub fn not_on_spin(scenario: &str) -> Option<&'static str> {
         "web_pages_served_with_their_policy" => return None,
         s if s.starts_with("plugins_") => return None,
         "replay_console_records_and_replays" => return None,
+        "tag_only_rule_tags"
+        | "replay_matches_across_runtimes"
+        | "replay_is_admitted_by_quotas" => {
+            return None;
+        }
         "demo_answers" => return None,
         "secrets_stay_with_their_owner"
         | "unknown_tenants_are_not_found"
@@ -118,6 +123,8 @@ pub fn tenants(all: &[(String, Value)]) -> Vec<(String, Value)> {
                     | "sec-b"
                     | "sec-roster"
                     | "sec-fail"
+                    | "machine-replay"
+                    | "machine-quota"
             ) || id.starts_with("plug-")
         })
         .cloned()

@@ -124,6 +124,7 @@ async fn run(selected: Vec<Scenario>) -> (usize, usize) {
             tenants.extend(kefu_runtime_tests::plugins::tenants(&mock.base_url()));
             tenants.extend(kefu_runtime_tests::plugin_routes::tenants(&mock.base_url()));
             tenants.extend(kefu_runtime_tests::replay::tenants(&mock.base_url()));
+            tenants.extend(kefu_runtime_tests::machine::tenants(&mock.base_url()));
             tenants.extend(kefu_runtime_tests::security::tenants(&mock.base_url()));
             spin_tenants = tenants.clone();
             println!("starting Kefu on workerd…");

@@ -1,9 +1,10 @@
 use super::*;
 use crate::conversation::Part;
-use crate::dialogue::decide_recorded;
+use crate::dialogue::decide_matched;
 use crate::knowledge::Chunk;
 use crate::provider::ProviderEvent;
-use crate::turn::{Action, ReplyMode};
+use crate::sim::{Script, Simulator, Stored};
+use crate::turn::{Action, ReplyMode, TurnOptions};
 
 const ROUTED: &str = r#"{
     "system_prompt": "Be brief.",
@@ -75,6 +76,21 @@ fn drive(
             }
         }
     }
+}
+
+/// The decision and the start of its record, as a chat turn makes them.
+fn decide_recorded(
+    c: &Conversation,
+    config: &TenantConfig,
+    rules: &RuleSet,
+    schedule: Option<&Schedule>,
+    now: Timestamp,
+    text: &str,
+    seq: u32,
+) -> (Decision, TurnRecord) {
+    let (decision, matched) = decide_matched(c, config, rules, schedule, now, text);
+    let record = TurnRecord::decided(seq, &decision, matched.as_ref(), schedule, now);
+    (decision, record)
 }
 
 fn conversation_with(config: &TenantConfig, text: &str) -> (Conversation, Message) {
@@ -434,81 +450,111 @@ fn recorded(config: &TenantConfig) -> (Vec<Message>, Vec<TurnRecord>) {
     (transcript, vec![silent])
 }
 
+/// A simulator whose store holds `transcript` as conversation `c1`, with its turns'
+/// `records`: what a replay reads.
+fn stored(transcript: Vec<Message>, records: Vec<TurnRecord>) -> (Simulator, ConversationId) {
+    let id = ConversationId::parse("c1").unwrap();
+    let mut sim = Simulator::new(config());
+    let state = Conversation::new(id.clone(), TenantId::default_tenant(), at(1)).encode();
+    sim.store.insert(id.clone(), Stored { state, transcript });
+    sim.records = records.into_iter().map(|r| (id.clone(), r)).collect();
+    (sim, id)
+}
+
+/// The closed notice a live turn says first at `now` (a Thursday in 1970: closed on the
+/// Monday-only schedule), in English.
+fn closed_notice(config: &TenantConfig, now: Timestamp) -> String {
+    let schedule = config.business_hours.as_ref().unwrap().compile().unwrap();
+    let (mut live, _) = conversation_with(config, "hello");
+    let changed = live
+        .record_closed_notice(now, config, Some(&schedule))
+        .unwrap();
+    changed.messages[0].text()
+}
+
 #[test]
 fn a_replay_plans_each_turn_again_under_another_model_and_changes_nothing() {
     let config = config();
     let (transcript, records) = recorded(&config);
     let request = parse_replay_request(br#"{"model":"p1/m-next"}"#, &config, operator()).unwrap();
-    let kept = transcript.clone();
-    let mut replay = Replay::new(
-        ConversationId::parse("c1").unwrap(),
-        TenantId::default_tenant(),
-        request.config.clone(),
-        transcript,
-        &records,
-        request.max_turns,
-    )
-    .unwrap();
-    assert_eq!(replay.total_turns(), 3);
-    assert!(!replay.truncated());
+    let (mut sim, id) = stored(transcript, records);
+    let kept = sim.store[&id].clone();
+    let kept_records = sim.records.clone();
+    sim.script_for("p1/m-next", Script::json("On its way.", 5));
+    let out = sim.replay(&id, request).unwrap();
+    assert_eq!(out["conversation_id"], "c1");
+    assert_eq!(out["model"], "p1/m-next");
+    assert_eq!(out["total_turns"], 3);
+    assert_eq!(out["truncated"], false);
+    assert_eq!(out["stopped"], Value::Null);
+    let turns = out["turns"].as_array().unwrap();
+    assert_eq!(turns.len(), 3);
 
-    // Turn 1: the model, now the override, with the history as recorded.
-    let first = replay.next_turn().unwrap();
-    assert_eq!(first.visitor.seq, 1);
-    assert_eq!(first.old_reply.as_deref(), Some("It left yesterday."));
-    assert!(first.needs_model());
-    let mut turn = first
-        .start(at(50), replay.config(), TurnOptions::new(ReplyMode::Whole))
-        .unwrap();
-    let (result, sent) = drive(&mut turn, |_| (200, ok_body("On its way.")));
-    assert_eq!(sent.len(), 1);
-    assert_eq!(sent[0].0, "p1/m-next");
-    let body: Value = serde_json::from_slice(&sent[0].1).unwrap();
+    // Turn 1: the model, now the override, with the history as recorded. Outside business
+    // hours at the message's own time, the closed notice comes first, as live.
+    let entry = &turns[0];
+    assert_eq!(entry["seq"], 1);
+    assert_eq!(entry["visitor"], "Where is my parcel?");
+    assert_eq!(entry["old"]["reply"], "It left yesterday.");
+    assert_eq!(sim.request_targets, ["p1/m-next"]);
+    let sent = &sim.requests[0].body;
+    let body: Value = serde_json::from_slice(sent).unwrap();
     assert_eq!(body["model"], "m-next");
     let last = body["messages"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["content"], "Where is my parcel?");
-    let entry = first.finish(Some((&turn, &[])), Some(&result));
-    assert_eq!(entry["old"]["reply"], "It left yesterday.");
-    assert_eq!(entry["new"]["reply"], "On its way.");
+    assert_eq!(
+        entry["new"]["reply"],
+        format!("{}\n\nOn its way.", closed_notice(&config, at(1000)))
+    );
+    assert_eq!(entry["new"]["responder"], "provider");
+    assert_eq!(entry["new"]["record"]["decision"], "model");
     assert_eq!(entry["new"]["record"]["attempts"][0]["target"], "p1/m-next");
     assert_eq!(
         entry["new"]["record"]["prompt"]["body"]
             .as_str()
             .unwrap()
             .as_bytes(),
-        sent[0].1.as_slice()
+        sent.as_slice()
     );
+    assert_eq!(entry["new"]["record"]["outcome"]["target"], "p1/m-next");
 
-    // Turn 2: the rule answers again; the model is not asked; the earlier reply (the
+    // Turn 2: the rule answers again; the model is not asked again; the earlier reply (the
     // recorded one) is in its history.
-    let second = replay.next_turn().unwrap();
-    assert_eq!(second.visitor.seq, 3);
-    assert!(!second.needs_model());
-    assert!(
-        second
-            .start(at(60), replay.config(), TurnOptions::new(ReplyMode::Whole))
-            .is_none()
-    );
-    let entry = second.finish(None, None);
+    let entry = &turns[1];
+    assert_eq!(entry["seq"], 3);
     assert_eq!(entry["new"]["responder"], "rule");
-    assert_eq!(entry["new"]["reply"], "Refunds take 5 days.");
+    assert!(
+        entry["new"]["reply"]
+            .as_str()
+            .unwrap()
+            .ends_with("Refunds take 5 days."),
+        "{}",
+        entry["new"]["reply"]
+    );
+    assert_eq!(entry["new"]["record"]["decision"], "rule");
     assert_eq!(entry["new"]["record"]["rules"][0]["id"], "refund");
     assert_eq!(
         entry["old"]["reply"],
         "Refunds take 5 days.\n\nAlex joined the conversation."
     );
+    assert_eq!(sim.requests.len(), 1);
 
     // Turn 3: a human owned it, so the bot stays silent again.
-    let third = replay.next_turn().unwrap();
-    assert_eq!(third.visitor.seq, 6);
-    assert_eq!(third.decision, Decision::Silent);
-    let entry = third.finish(None, None);
+    let entry = &turns[2];
+    assert_eq!(entry["seq"], 6);
     assert_eq!(entry["new"]["reply"], Value::Null);
+    assert_eq!(entry["new"]["responder"], "none");
+    assert_eq!(entry["new"]["record"]["decision"], "silent");
     assert_eq!(entry["new"]["record"]["outcome"]["kind"], "silent");
-    assert!(replay.next_turn().is_none());
 
-    // The recorded conversation is untouched (the replay owned only scratch copies).
-    assert_eq!(kept, replay.transcript);
+    // The recorded conversation is untouched (the replay owned only scratch copies):
+    // nothing stored, recorded, logged or published.
+    assert_eq!(sim.store[&id].transcript, kept.transcript);
+    assert_eq!(sim.store[&id].state, kept.state);
+    assert_eq!(sim.records, kept_records);
+    assert!(sim.events.is_empty());
+    assert!(sim.unanswered.is_empty());
+    assert!(sim.logs.is_empty());
 }
 
 #[test]
@@ -518,8 +564,8 @@ fn a_replay_stops_at_its_cap_and_says_so() {
     let mut replay = Replay::new(
         ConversationId::parse("c1").unwrap(),
         TenantId::default_tenant(),
-        config,
-        transcript,
+        config.clone(),
+        transcript.clone(),
         &records,
         2,
     )
@@ -528,6 +574,26 @@ fn a_replay_stops_at_its_cap_and_says_so() {
     assert!(replay.next_turn().is_some());
     assert!(replay.next_turn().is_some());
     assert!(replay.next_turn().is_none());
+
+    // The run replays two turns of three and says it was cut.
+    let (mut sim, id) = stored(transcript, records);
+    sim.script(Script::json("On its way.", 5));
+    let request = ReplayRequest {
+        config,
+        max_turns: 2,
+        model: None,
+    };
+    let out = sim.replay(&id, request).unwrap();
+    assert_eq!(out["total_turns"], 3);
+    assert_eq!(out["truncated"], true);
+    assert_eq!(out["stopped"], Value::Null);
+    let seqs: Vec<&Value> = out["turns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| &t["seq"])
+        .collect();
+    assert_eq!(seqs, [1, 3]);
 }
 
 #[test]
@@ -539,18 +605,15 @@ fn a_handoff_replayed_gets_the_notice_a_live_turn_gives() {
         parts: vec![Part::Text("I want to talk to a human".into())],
         created_at: at(1000),
     };
-    let mut replay = Replay::new(
-        ConversationId::parse("c1").unwrap(),
-        TenantId::default_tenant(),
-        config.clone(),
-        vec![msg.clone()],
-        &[],
-        5,
-    )
-    .unwrap();
-    let turn = replay.next_turn().unwrap();
-    let (responder, text) = turn.immediate().unwrap();
-    assert_eq!(responder, "handoff");
+    let (mut sim, id) = stored(vec![msg], Vec::new());
+    let request = ReplayRequest {
+        config: config.clone(),
+        max_turns: 5,
+        model: None,
+    };
+    let out = sim.replay(&id, request).unwrap();
+    let entry = &out["turns"][0];
+    assert_eq!(entry["new"]["responder"], "handoff");
     // The words are the live ones: the same call a live handoff makes, honest about the
     // hours at the message's own time (closed: a Thursday on a Monday-only schedule).
     let schedule = config.business_hours.as_ref().unwrap().compile().unwrap();
@@ -567,46 +630,66 @@ fn a_handoff_replayed_gets_the_notice_a_live_turn_gives() {
             notice,
         )
         .unwrap();
-    assert_eq!(text, Some(changed.messages[0].text()));
-    assert_eq!(turn.old_reply, None);
+    assert_eq!(entry["new"]["reply"], changed.messages[0].text());
+    assert_eq!(entry["old"]["reply"], Value::Null);
+    // The record says so: the decision, the new status, no model.
+    let record = &entry["new"]["record"];
+    assert_eq!(record["decision"], "handoff");
+    assert_eq!(record["outcome"]["responder"], "handoff");
+    assert!(
+        record["state"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["field"] == "status" && c["after"] == "waiting_for_agent"),
+        "{record}"
+    );
+    assert!(sim.requests.is_empty());
+    // Nothing stored changed.
+    assert_eq!(sim.store[&id].transcript.len(), 1);
+    assert!(sim.events.is_empty());
 }
 
 #[test]
 fn a_replayed_no_answer_is_said_as_a_live_turn_says_it() {
-    let config = config();
+    let mut config = config();
+    config.knowledge.enabled = true;
     let (transcript, records) = recorded(&config);
-    let mut replay = Replay::new(
-        ConversationId::parse("c1").unwrap(),
-        TenantId::default_tenant(),
+    let (mut sim, id) = stored(transcript, records);
+    sim.knowledge = Ok(vec![chunk("returns", 0.5)]);
+    let body = json!({"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+        "role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+        "function": {"name": crate::knowledge::NO_ANSWER_TOOL, "arguments": "{\"reason\":\"not covered\"}"}}]}}]});
+    sim.script(Script::status(
+        200,
+        &[("content-type", "application/json")],
+        &body.to_string(),
+    ));
+    let request = ReplayRequest {
         config,
-        transcript,
-        &records,
-        1,
-    )
-    .unwrap();
-    let step = replay.next_turn().unwrap();
-    let mut options = TurnOptions::new(ReplyMode::Whole);
-    options.knowledge = vec![chunk("returns", 0.5)];
-    let knowledge = options.knowledge.clone();
-    let mut turn = step.start(at(50), replay.config(), options).unwrap();
-    let (result, _) = drive(&mut turn, |_| {
-        let body = json!({"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
-            "role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
-            "function": {"name": crate::knowledge::NO_ANSWER_TOOL, "arguments": "{\"reason\":\"not covered\"}"}}]}}]});
-        (200, body.to_string().into_bytes())
-    });
-    let entry = step.finish(Some((&turn, &knowledge)), Some(&result));
+        max_turns: 1,
+        model: None,
+    };
+    let out = sim.replay(&id, request).unwrap();
+    let entry = &out["turns"][0];
     assert_eq!(entry["new"]["responder"], "no_answer");
     assert!(
         entry["new"]["reply"]
             .as_str()
             .unwrap()
-            .contains("couldn't find the answer")
+            .ends_with("I'm sorry, I couldn't find the answer to that in our help center. Would you like me to connect you with a member of our team?"),
+        "{}",
+        entry["new"]["reply"]
     );
     assert_eq!(
         entry["new"]["record"]["knowledge"][0]["chunk_id"],
         "returns#0"
     );
+    assert_eq!(entry["new"]["record"]["outcome"]["responder"], "no_answer");
+    // The knowledge base was searched as live; the miss is not logged (a replay stores
+    // nothing).
+    assert_eq!(sim.searches, ["Where is my parcel?"]);
+    assert!(sim.unanswered.is_empty());
 }
 
 #[test]

@@ -1,0 +1,173 @@
+//! The changes a chat turn makes to its conversation, as values: the host applies each one
+//! atomically to the conversation as stored at that moment ([`Change::apply`]), which is
+//! what lets a compare-and-swap store re-apply it after losing a race, and lets a replay
+//! apply it to a scratch copy.
+
+use crate::Event;
+use crate::api::{self, ApiError};
+use crate::config::TenantConfig;
+use crate::conversation::{Conversation, Message};
+use crate::dialogue::{self, AfterReply};
+use crate::handoff::{Changed, HandoffReason};
+use crate::time::Timestamp;
+use crate::turn::TurnReply;
+
+/// One change a chat turn makes to its conversation.
+#[derive(Clone, Debug)]
+pub enum Change {
+    /// Outside business hours: the notice that the team is away (once a closed stretch).
+    ClosedNotice,
+    /// A rule's answer: its tag, its reply (may be empty), and closing the conversation.
+    Rule {
+        /// A tag to add.
+        tag: Option<String>,
+        /// The canned reply (empty: none).
+        reply: String,
+        /// Resolve the conversation after the reply.
+        close: bool,
+    },
+    /// A tag only (a rule whose only action is a tag; the model still answers).
+    Tag(String),
+    /// A reply no model wrote, recorded before a handoff (a rule's).
+    BotText(String),
+    /// Hand the conversation to a human.
+    Handoff {
+        /// Why.
+        reason: HandoffReason,
+        /// The queue.
+        queue: Option<String>,
+        /// The notice instead of the standard one (outside business hours).
+        notice: Option<String>,
+    },
+    /// A model's finished reply: what becomes of it is decided on the conversation as it is
+    /// now ([`dialogue::after_reply`]) — dropped if a human took over, the knowledge base's
+    /// honest "no answer" instead, or recorded.
+    Reply {
+        /// The reply.
+        reply: Box<TurnReply>,
+        /// Whether the turn was grounded in the knowledge base.
+        grounded: bool,
+    },
+}
+
+/// What applying a [`Change`] did.
+#[derive(Clone, Debug, Default)]
+pub struct Effect {
+    /// The messages recorded, in order (to persist with the state).
+    pub messages: Vec<Message>,
+    /// The events to publish.
+    pub events: Vec<Event>,
+    /// For [`Change::Reply`]: what became of the reply.
+    pub(crate) after_reply: Option<AfterReply>,
+    /// For a "no answer": the misses reached the handoff limit (nothing recorded; a person
+    /// takes over).
+    pub(crate) no_answer_limit: bool,
+}
+
+impl From<Changed> for Effect {
+    fn from(c: Changed) -> Self {
+        Effect {
+            messages: c.messages,
+            events: c.events,
+            ..Effect::default()
+        }
+    }
+}
+
+impl Effect {
+    fn extend(&mut self, more: Changed) {
+        self.messages.extend(more.messages);
+        self.events.extend(more.events);
+    }
+}
+
+/// A change as stored: the conversation after it and what it did.
+#[derive(Clone, Debug)]
+pub struct Applied {
+    /// The conversation with the change.
+    pub conversation: Conversation,
+    /// What the change did.
+    pub effect: Effect,
+}
+
+impl Change {
+    /// Applies the change to `c` at `now`: the rule every host (and a replay's scratch copy)
+    /// runs inside its atomic step. An error changes nothing the host keeps.
+    pub fn apply(
+        &self,
+        c: &mut Conversation,
+        now: Timestamp,
+        config: &TenantConfig,
+    ) -> Result<Effect, ApiError> {
+        let handoff = |e| api::handoff_error(&e);
+        match self {
+            Change::ClosedNotice => {
+                let schedule = config
+                    .business_hours
+                    .as_ref()
+                    .and_then(|h| h.compile().ok());
+                Ok(c.record_closed_notice(now, config, schedule.as_ref())
+                    .map_err(handoff)?
+                    .into())
+            }
+            Change::Rule { tag, reply, close } => {
+                if let Some(tag) = tag {
+                    c.tag(tag);
+                }
+                let mut effect = Effect::default();
+                if !reply.is_empty() {
+                    effect.extend(c.record_bot_text(now, config, reply).map_err(handoff)?);
+                }
+                if *close {
+                    effect.extend(c.resolve(now, config, None).map_err(handoff)?);
+                }
+                Ok(effect)
+            }
+            Change::Tag(tag) => {
+                c.tag(tag);
+                Ok(Effect::default())
+            }
+            Change::BotText(text) => Ok(c
+                .record_bot_text(now, config, text)
+                .map_err(handoff)?
+                .into()),
+            // A person already has the conversation (an agent took it, or it waits for
+            // one, since the turn began): nothing to hand off, and the bot says nothing.
+            Change::Handoff { .. } if !c.bot_answers() => Ok(Effect::default()),
+            Change::Handoff {
+                reason,
+                queue,
+                notice,
+            } => Ok(c
+                .request_handoff(now, config, reason, queue.as_deref(), notice.clone())
+                .map_err(handoff)?
+                .into()),
+            Change::Reply { reply, grounded } => {
+                let verdict = dialogue::after_reply(c, config, reply, *grounded);
+                let mut effect = Effect::default();
+                match &verdict {
+                    AfterReply::Drop | AfterReply::Keep { record: false, .. } => {}
+                    AfterReply::NoAnswer(_) => {
+                        // Counted, and the honest sentence recorded, in the same step.
+                        let (changed, reached) =
+                            c.record_no_answer(now, config).map_err(handoff)?;
+                        effect.extend(changed);
+                        effect.no_answer_limit = reached;
+                    }
+                    AfterReply::Keep { record: true, .. } => {
+                        if *grounded {
+                            c.note_no_answer(false, 0);
+                        }
+                        let r = c
+                            .record_reply(now, reply, config)
+                            .map_err(|e| api::conversation_error(&e))?;
+                        effect.messages.push(r.message);
+                        effect.events.extend(r.events);
+                    }
+                }
+                effect.after_reply = Some(verdict);
+                Ok(effect)
+            }
+        }
+    }
+}
