@@ -2,9 +2,11 @@
 //! `spin-sdk` 5.x for `wasm32-wasip2`) on wasmtime, with the Spin interfaces Kefu's
 //! component imports backed by real storage.
 //!
-//! The Spin runtime cannot be installed on the machines Kefu is tested on, so this host
-//! stands in for `spin up` in tests. It reads the application's `spin.toml`, serves its
-//! HTTP routes with one fresh instance per request (Spin's model), and provides:
+//! It stands in for `spin up` in tests where no Spin CLI is found (the runtime tests prefer
+//! a real one), so it refuses and answers what real Spin does: a `files` mount outside the
+//! manifest's folder stops startup, and a component that traps gets its client a plain,
+//! empty `500`. It reads the application's `spin.toml`, serves its HTTP routes with one
+//! fresh instance per request (Spin's model), and provides:
 //!
 //! * WASI 0.2 (`wasi:cli`, `io`, `clocks`, `random`, `filesystem` with the component's
 //!   `files` directories preopened read-only, `sockets` with every address denied) and

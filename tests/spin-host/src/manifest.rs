@@ -368,6 +368,28 @@ fn mount(base_dir: &Path, entry: &RawFiles) -> Result<Mount, String> {
         ));
     }
     let path = base_dir.join(source);
+    // Spin maps every file of a mount to a path relative to the application directory (the
+    // manifest's folder) and refuses the manifest when it cannot, with this message; its
+    // check is lexical (`app/../shared` passes, as here). It only notices once the folder
+    // holds a file; this host refuses the mount itself, empty or not.
+    let source_path = Path::new(source);
+    let app_dir = if base_dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        base_dir
+    };
+    let inside = source_path.is_relative()
+        || [app_dir.canonicalize(), std::path::absolute(app_dir)]
+            .into_iter()
+            .flatten()
+            .any(|app_dir| source_path.starts_with(app_dir));
+    if !inside {
+        return Err(format!(
+            "{}/**/* cannot be mapped because it is outside the application directory. Files \
+             must be within the application directory.",
+            path.display()
+        ));
+    }
     if !path.is_dir() {
         return Err(format!(
             "source `{source}` ({}) is not a directory; this host mounts only directories",

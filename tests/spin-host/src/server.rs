@@ -284,13 +284,14 @@ impl SpinHost {
             Ok(response) => response,
             Err(message) => {
                 eprintln!("kefu-spin-host: component `{}`: {message}", route.component);
-                plain(500, format!("{message}\n"))
+                failed()
             }
         }
     }
 
     /// Service chaining: `request` (to `http://<id>.spin.internal`) served by component `id`
-    /// in a fresh instance, private route or not, as Spin does; a trap answers `500`.
+    /// in a fresh instance, private route or not, as Spin does; a trap answers a plain `500`
+    /// ([`failed`]).
     /// `None` when the application has no such component.
     pub(crate) async fn chain(
         &self,
@@ -314,7 +315,7 @@ impl SpinHost {
             Ok(response) => response,
             Err(message) => {
                 eprintln!("kefu-spin-host: component `{id}` (chained): {message}");
-                plain(500, format!("{message}\n"))
+                failed()
             }
         })
     }
@@ -408,6 +409,20 @@ fn check_labels(
             flag,
         }),
     }
+}
+
+/// What Spin answers when a component fails before it answers (a trap, an error code, no
+/// response): `500` with an empty body and no content type — real Spin 4 says nothing of the
+/// failure to the client (it logs "guest invocation failed"), so neither does this host: a
+/// caller must not be able to rely here on a trap's kind it would not see on Spin.
+fn failed() -> hyper::Response<HyperOutgoingBody> {
+    let mut response = hyper::Response::new(
+        Full::new(Bytes::new())
+            .map_err(|never: Infallible| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+    response
 }
 
 fn plain(status: u16, body: String) -> hyper::Response<HyperOutgoingBody> {

@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use support::{App, Host, Upstream, mqtt_wasm, probe_wasm, run_to_exit};
+use support::{App, Host, Upstream, mqtt_wasm, probe_wasm, real_spin, run_to_exit, spin_up};
 
 /// The probe's manifest, granting the key-value stores `stores` (a TOML array's items):
 /// `upstream_port` is the only port outbound HTTP may reach.
@@ -740,5 +740,142 @@ fn manifest_features_the_host_lacks_stop_startup() {
             stderr.contains(expected),
             "expected {expected:?} in: {stderr}"
         );
+    }
+}
+
+/// A `files` mount whose source lies outside the manifest's folder stops startup, in Spin's
+/// words: real Spin 4 refuses such a manifest ("… cannot be mapped because it is outside
+/// the application directory"), so this host must not run one. An absolute source inside the
+/// folder, or a relative one, is mounted. Where a real Spin CLI is found, it is held to the
+/// same verdicts on the same manifests.
+#[test]
+fn a_files_mount_outside_the_application_directory_stops_startup_as_on_spin() {
+    const REFUSAL: &str = "cannot be mapped because it is outside the application directory";
+    let outside = tempfile::Builder::new()
+        .prefix("kefu-spin-host-outside-")
+        .tempdir()
+        .unwrap();
+    std::fs::write(outside.path().join("hello.txt"), "outside").unwrap();
+    let base = two_component_manifest();
+    let files = r#"files = [{ source = "site", destination = "/" }, { source = "data", destination = "/srv/data" }]"#;
+    let with_site = |source: &str| {
+        base.replace(
+            files,
+            &format!(r#"files = [{{ source = "{source}", destination = "/" }}]"#),
+        )
+    };
+    let refused = with_site(&outside.path().display().to_string());
+    let app = App::new(&refused);
+    write_tree(&app, &[("site/hello.txt", "hi")]);
+    let mut command = app.command();
+    command.env("SPIN_VARIABLE_API_KEY", "k");
+    let (status, stdout, stderr) = run_to_exit(command);
+    assert!(!status.success(), "started anyway: {stdout}");
+    assert!(!stdout.contains("ready"), "{stdout}");
+    assert!(
+        stderr.contains(REFUSAL) && stderr.contains("component `pages`"),
+        "{stderr}"
+    );
+
+    // Inside the folder, written absolute: mounted.
+    let accepted = App::new("");
+    let inside = accepted.manifest().parent().unwrap().join("site");
+    std::fs::write(
+        accepted.manifest(),
+        with_site(&inside.display().to_string()),
+    )
+    .unwrap();
+    write_tree(&accepted, &[("site/hello.txt", "hi")]);
+    let mut command = accepted.command();
+    command.env("SPIN_VARIABLE_API_KEY", "k");
+    let host = Host::start(command, "files-inside").expect("an inside mount runs");
+    drop(host);
+
+    let Some(spin) = real_spin() else {
+        println!("no Spin CLI here: the refusal was checked on this host only");
+        return;
+    };
+    let mut command = spin_up(&spin, &app);
+    command.env("SPIN_VARIABLE_API_KEY", "k");
+    let (status, stdout, stderr) = run_to_exit(command);
+    assert!(
+        !status.success() && (stderr.contains(REFUSAL) || stdout.contains(REFUSAL)),
+        "real Spin ({}) did not refuse as this host does: {status}\n{stdout}\n{stderr}",
+        spin.display()
+    );
+    let mut command = spin_up(&spin, &accepted);
+    command.env("SPIN_VARIABLE_API_KEY", "k");
+    let host =
+        Host::start(command, "files-inside-real-spin").expect("real Spin runs the inside mount");
+    drop(host);
+}
+
+/// An application whose `api` component reaches the private `callee` over service chaining.
+fn chaining_manifest() -> String {
+    format!(
+        r#"spin_manifest_version = 2
+[application]
+name = "chain"
+[variables]
+api_key = {{ default = "k", secret = true }}
+
+[[trigger.http]]
+route = "/..."
+component = "api"
+[[trigger.http]]
+route = {{ private = true }}
+component = "callee"
+
+[component.api]
+source = "{source}"
+allowed_outbound_hosts = ["http://*.spin.internal"]
+[component.callee]
+source = "{source}"
+"#,
+        source = probe_wasm().display()
+    )
+}
+
+/// What a component that traps before answering gets its client: a plain `500` with an
+/// empty body, served directly or through service chaining, and the host serves on. Real
+/// Spin 4 answers exactly so (it logs the trap, and tells the client nothing of its kind),
+/// so nothing tested here may rely on a trap's kind. Where a real Spin CLI is found, it is
+/// held to the same answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_answers_a_plain_500_as_spin_does() {
+    let app = App::new(&chaining_manifest());
+    let mut runtimes = vec![("kefu-spin-host".to_owned(), app.command())];
+    if let Some(spin) = real_spin() {
+        runtimes.push((
+            format!("real Spin ({})", spin.display()),
+            spin_up(&spin, &app),
+        ));
+    } else {
+        println!("no Spin CLI here: the trap's answer was checked on this host only");
+    }
+    for (n, (runtime, command)) in runtimes.into_iter().enumerate() {
+        let host = Host::start(command, &format!("trap-{n}")).expect("starting");
+        let response = client().get(host.url("/trap")).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 500, "{runtime}");
+        assert!(
+            response.headers().get("content-type").is_none(),
+            "{runtime}: {:?}",
+            response.headers()
+        );
+        assert_eq!(response.text().await.unwrap(), "", "{runtime}");
+        // Through service chaining: the caller gets the same plain 500 as a response.
+        let (status, text) = call(&host, "/fetch?url=http://callee.spin.internal/trap", None).await;
+        assert_eq!(
+            (status, text.as_str()),
+            (200, "status=500 body="),
+            "{runtime}"
+        );
+        // The host lives on.
+        assert_eq!(
+            call(&host, "/counter", None).await,
+            (200, "1".to_owned()),
+            "{runtime}"
+        );
+        drop(host);
     }
 }

@@ -117,9 +117,60 @@ pub struct Host {
     log_path: PathBuf,
 }
 
+/// The real Spin CLI, where one is found (`SPIN`, `spin` on `PATH`, `../shared/bin/spin`
+/// beside the workspace), so a test can hold this host to what Spin itself does.
+pub fn real_spin() -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if let Some(path) = std::env::var_os("SPIN").filter(|v| !v.is_empty()) {
+        let path = PathBuf::from(path);
+        assert!(
+            executable(&path),
+            "SPIN={} is not executable",
+            path.display()
+        );
+        return Some(path);
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join("spin"))
+        .chain([workspace_root().join("../shared/bin/spin")])
+        .find(|p| executable(p))
+}
+
+/// A command running `app` on real Spin (`spin up`) on a free port, with its state in the
+/// app's state directory and no `SPIN_VARIABLE_*` inherited.
+pub fn spin_up(spin: &Path, app: &App) -> Command {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut command = Command::new(spin);
+    command
+        .arg("up")
+        .arg("--from")
+        .arg(app.manifest())
+        .arg("--state-dir")
+        .arg(app.state_dir())
+        .args(["--listen", &format!("127.0.0.1:{port}")]);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("SPIN_VARIABLE_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
 impl Host {
-    /// Starts `command` and waits for its `ready http://…` line.
+    /// Starts `command` and waits for its `ready http://…` line (real Spin's `Serving
+    /// http://…`).
     pub fn start(mut command: Command, label: &str) -> anyhow::Result<Self> {
+        use std::os::unix::process::CommandExt;
+        // Its own process group: `spin up` may run its trigger as a child process.
+        command.process_group(0);
         let log_dir = workspace_root().join("target/spin-host-tests");
         std::fs::create_dir_all(&log_dir)?;
         let log_path = log_dir.join(format!("{label}.log"));
@@ -139,7 +190,10 @@ impl Host {
             let mut log = log;
             let mut sent = false;
             while let Some(Ok(line)) = lines.next() {
-                if !sent && let Some(url) = line.strip_prefix("ready ") {
+                let url = line
+                    .strip_prefix("ready ")
+                    .or_else(|| line.strip_prefix("Serving "));
+                if !sent && let Some(url) = url {
                     let _ = ready_tx.send(url.to_owned());
                     sent = true;
                     continue;
@@ -196,7 +250,7 @@ impl Host {
         let mut child = self.child.take()?;
         // `kill` rather than libc: the workspace forbids unsafe code.
         let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+            .args(["-TERM", "--", &format!("-{}", child.id())])
             .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -205,7 +259,9 @@ impl Host {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = child.kill();
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", child.id())])
+            .status();
         let _ = child.wait();
         None
     }
