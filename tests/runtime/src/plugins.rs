@@ -247,8 +247,17 @@ pub async fn plugins_guard_hands_off(ctx: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What Spin says of a trapped plugin (`components/spin/src/plugins.rs`): it answers a
+/// plain `500`, so Kefu records a trap whose kind it does not know.
+pub(crate) const SPIN_TRAP_UNSAID: &str = "which does not say how";
+
 /// A plugin that traps, loops for ever, answers megabytes or reaches for a host it was not
 /// granted is cut off (or refused) and every turn is still answered by the model.
+///
+/// The loop is ended by its CPU allowance (the build's meter) on both runtimes. Workers
+/// names the meter's trap, so the record says `timeout`; Spin answers every trap with a
+/// plain `500`, so there the record says `trap`, that Spin did not say how — and the call
+/// ended long before its wall-clock budget, which only the meter can do.
 pub async fn plugins_hostile_contained(ctx: &Ctx) -> anyhow::Result<()> {
     for tenant in ["plug-trap", "plug-loop", "plug-huge", "plug-fetch"] {
         let marker = unique(tenant);
@@ -275,6 +284,7 @@ pub async fn plugins_hostile_contained(ctx: &Ctx) -> anyhow::Result<()> {
         let expected = match tenant {
             "plug-trap" => ["trap", "trap"],
             // An endless loop is ended by its CPU allowance (the build's meter).
+            "plug-loop" if ctx.spin => ["trap", "trap"],
             "plug-loop" => ["timeout", "timeout"],
             "plug-huge" => ["too_large", "too_large"],
             _ => ["ok", "ok"],
@@ -287,6 +297,22 @@ pub async fn plugins_hostile_contained(ctx: &Ctx) -> anyhow::Result<()> {
             calls == expected,
             "{tenant}: the turn's plugin calls: {calls:?}"
         );
+        if ctx.spin && matches!(tenant, "plug-trap" | "plug-loop") {
+            for record in turn_records(ctx, tenant, id).await? {
+                let message = record["outcome"]["message"].as_str().unwrap_or_default();
+                ensure!(
+                    message.contains(SPIN_TRAP_UNSAID),
+                    "{tenant}: a trap on Spin is recorded without a guessed kind: {record}"
+                );
+                // The hostile plugin's budget is 1500 ms: a loop ended well before it was
+                // ended by the meter, not by Kefu's clock.
+                let took = record["duration_ms"].as_u64().unwrap_or(u64::MAX);
+                ensure!(
+                    tenant != "plug-loop" || took < 1000,
+                    "{tenant}: the loop was not ended by its CPU allowance: {record}"
+                );
+            }
+        }
         // Nothing the failed plugin said reached the model (the fetching one's rewrite, the
         // host's denial, did: it replaced the visitor's words).
         if tenant != "plug-fetch" {
@@ -302,23 +328,8 @@ pub async fn plugins_hostile_contained(ctx: &Ctx) -> anyhow::Result<()> {
 /// The plugin outcomes of the first turn of conversation `id` in `tenant`, in call order,
 /// as `(hook, outcome)`: `ok`, or a failure kind (`trap`, `timeout`, `too_large`, …).
 async fn turn_outcomes(ctx: &Ctx, tenant: &str, id: &str) -> anyhow::Result<Vec<(String, String)>> {
-    let traces = ctx
-        .http
-        .get(ctx.url(&format!("/api/v1/conversations/{id}/traces")))
-        .bearer_auth(plugin_key(tenant))
-        .send()
-        .await?;
-    ensure!(
-        traces.status().is_success(),
-        "{tenant}: traces: {}",
-        traces.status()
-    );
-    let traces: Value = traces.json().await?;
-    let calls = traces["turns"][0]["plugins"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    Ok(calls
+    Ok(turn_records(ctx, tenant, id)
+        .await?
         .iter()
         .map(|c| {
             let outcome = match c["outcome"]["kind"].as_str() {
@@ -333,9 +344,31 @@ async fn turn_outcomes(ctx: &Ctx, tenant: &str, id: &str) -> anyhow::Result<Vec<
         .collect())
 }
 
+/// The plugin call records of the first turn of conversation `id` in `tenant`, in call
+/// order, from its trace.
+async fn turn_records(ctx: &Ctx, tenant: &str, id: &str) -> anyhow::Result<Vec<Value>> {
+    let traces = ctx
+        .http
+        .get(ctx.url(&format!("/api/v1/conversations/{id}/traces")))
+        .bearer_auth(plugin_key(tenant))
+        .send()
+        .await?;
+    ensure!(
+        traces.status().is_success(),
+        "{tenant}: traces: {}",
+        traces.status()
+    );
+    let traces: Value = traces.json().await?;
+    Ok(traces["turns"][0]["plugins"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default())
+}
+
 /// A plugin cannot leave its box: a memory bomb is stopped at the memory maximum (a trap),
-/// filling memory under it for ever spends its CPU allowance (a timeout: bulk memory
-/// operations are charged by the byte), and a URL whose real host is not the one a naive
+/// filling memory under it for ever spends its CPU allowance (a timeout on Workers, bulk
+/// memory operations being charged by the byte; on Spin the meter's trap is a plain 500,
+/// so a trap of unsaid kind), and a URL whose real host is not the one a naive
 /// reading sees (`https://evil.net\.api.example.com/` under a grant of `*.api.example.com`)
 /// is refused, naming the real host. Every turn is still answered, the failures are in its
 /// record, and the refused request never left; beside them, a granted host spelled with
@@ -360,6 +393,8 @@ pub async fn plugins_stay_in_their_box(ctx: &Ctx) -> anyhow::Result<()> {
         );
         let expected = match tenant {
             "plug-memory" => "trap",
+            // The meter's trap: named on Workers (a timeout), a plain 500 on Spin.
+            "plug-fill" if ctx.spin => "trap",
             "plug-fill" => "timeout",
             _ => "ok",
         };
@@ -367,6 +402,15 @@ pub async fn plugins_stay_in_their_box(ctx: &Ctx) -> anyhow::Result<()> {
             outcomes.iter().all(|(_, o)| o == expected),
             "{tenant}: expected every call to end {expected:?}: {outcomes:?}"
         );
+        if ctx.spin && expected == "trap" {
+            for record in turn_records(ctx, tenant, id).await? {
+                let message = record["outcome"]["message"].as_str().unwrap_or_default();
+                ensure!(
+                    message.contains(SPIN_TRAP_UNSAID),
+                    "{tenant}: a trap on Spin is recorded without a guessed kind: {record}"
+                );
+            }
+        }
         match tenant {
             // The rewrites are the host's denial, naming the host the fetch would have used.
             "plug-escape" => ensure!(

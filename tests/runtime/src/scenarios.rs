@@ -77,6 +77,10 @@ pub struct Ctx {
     pub base: String,
     /// The mock provider the host's tenants point at, when this process runs it.
     pub mock: Option<Arc<MockProvider>>,
+    /// Whether the host is Kefu's Spin application (real Spin or the test host, which
+    /// answer alike), for the few verdicts that differ by runtime because Spin shows less:
+    /// a trapped plugin's kind ([`Ctx::on_spin`]).
+    pub spin: bool,
 }
 
 /// An HTTP answer read in full.
@@ -163,7 +167,14 @@ impl Ctx {
             http,
             base: base.into().trim_end_matches('/').to_owned(),
             mock,
+            spin: false,
         })
+    }
+
+    /// This context, for Kefu's Spin application.
+    pub fn on_spin(mut self) -> Self {
+        self.spin = true;
+        self
     }
 
     /// `base` + `path`.

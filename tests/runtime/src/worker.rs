@@ -298,7 +298,7 @@ impl Drop for KefuWorker {
 
 /// Runs `kill <signal> -- <group>`; true when it succeeded (for `-0`: the group still exists).
 /// The `kill` command rather than `libc::kill`, because this workspace forbids `unsafe`.
-fn signal_group(signal: &str, group: &str) -> bool {
+pub(crate) fn signal_group(signal: &str, group: &str) -> bool {
     std::process::Command::new("kill")
         .args([signal, "--", group])
         .stdin(Stdio::null())
@@ -310,7 +310,7 @@ fn signal_group(signal: &str, group: &str) -> bool {
 
 /// Whether any process of group `pgid` is still running. Zombies do not count: once node
 /// is gone, workerd's zombie waits for init to reap it, which may take seconds.
-fn group_alive(pgid: u32) -> bool {
+pub(crate) fn group_alive(pgid: u32) -> bool {
     let Ok(out) = std::process::Command::new("ps")
         .args(["-e", "-o", "pgid=,stat="])
         .stdin(Stdio::null())
@@ -327,7 +327,7 @@ fn group_alive(pgid: u32) -> bool {
 }
 
 /// A free loopback port.
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("picking a free port")?;
     Ok(listener.local_addr()?.port())
 }

@@ -1,17 +1,23 @@
 //! The runtime test runner and conformance suite: Kefu on workerd, then Kefu's Spin
-//! component on the Spin test host, against the mock provider.
+//! application on real Spin (the Spin CLI, wherever one is found) or, where there is none,
+//! on the Spin test host, against the mock provider.
 //!
 //! Runs every scenario of `kefu_runtime_tests::scenarios` on each runtime in turn, each
 //! under a 60 s timeout with panics caught, prints `PASS name (ms) [host]` or
-//! `FAIL name [host]: error` per run, then a scenario × runtime table in which a scenario
-//! the Spin component does not support yet says why (`kefu_runtime_tests::spin::not_on_spin`),
+//! `FAIL name [host]: error` per run, then a scenario × runtime table naming the Spin that
+//! ran, in which a scenario that does not run on Spin says why
+//! (`kefu_runtime_tests::spin::SPIN_SCENARIOS`, by name; a scenario not listed there fails),
 //! and ends with `N passed, N failed` over both runtimes. An argument filters scenarios by
 //! substring: `cargo test -p kefu-runtime-tests --test runtime -- chat`.
 //!
 //! Environment:
-//! - `KEFU_BASE_URL`: run against an already running host instead of starting workerd (its
-//!   tenants must then point at the mock this runner starts: see `KEFU_MOCK_PORT`); the Spin
-//!   run is then left out.
+//! - `KEFU_BASE_URL`: run the workerd half against an already running host instead of
+//!   starting workerd (its tenants must then point at the mock this runner starts: see
+//!   `KEFU_MOCK_PORT`). The Spin half still runs, as always: it starts its own Spin.
+//! - `KEFU_SPIN`: which Spin (`auto`, `cli`, `test-host`; see `kefu_runtime_tests::spin`),
+//!   or `off`, the only way to leave the Spin half out: the runner then says so before and
+//!   after the run and on every line of the table.
+//! - `SPIN`: the Spin CLI to use (else `spin` on `PATH`, else `../shared/bin/spin`).
 //! - `KEFU_MOCK_PORT`: the port for the mock provider (default: any free port).
 
 use std::process::ExitCode;
@@ -20,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use kefu_runtime_tests::mock::{MOCK_MODEL, MockProvider};
 use kefu_runtime_tests::scenarios::{self, Ctx, SYSTEM_PROMPT, Scenario};
-use kefu_runtime_tests::spin::KefuSpin;
+use kefu_runtime_tests::spin::{KefuSpin, SpinRuntime};
 use kefu_runtime_tests::worker::{KefuWorker, WorkerOptions};
 use serde_json::json;
 
@@ -85,48 +91,58 @@ async fn run(selected: Vec<Scenario>) -> (usize, usize) {
     };
     println!("mock provider at {}", mock.base_url());
 
+    let provider = json!({ "base_url": mock.base_url(), "model": MOCK_MODEL });
+    let mut tenants = vec![
+        (
+            "default".to_owned(),
+            json!({ "system_prompt": SYSTEM_PROMPT, "provider": provider }),
+        ),
+        (
+            "fast-timeout".to_owned(),
+            json!({
+                "system_prompt": SYSTEM_PROMPT,
+                "provider": provider,
+                // The engine's `TenantConfig` names the first limit `first_token_ms`
+                // (it rejects unknown fields, so the name matters).
+                "timeouts": { "first_token_ms": 1000, "total_ms": 3000 },
+            }),
+        ),
+    ];
+    tenants.extend(kefu_runtime_tests::gateway::tenants(&mock.base_url()));
+    tenants.extend(kefu_runtime_tests::handoff::tenants(&mock.base_url()));
+    tenants.extend(kefu_runtime_tests::webhooks::tenants(&mock.base_url()));
+    tenants.extend(kefu_runtime_tests::knowledge::tenants(&mock.base_url()));
+    tenants.extend(kefu_runtime_tests::config::tenants(&mock.base_url()));
+    tenants.extend(kefu_runtime_tests::attachments::tenants(&mock.base_url()));
+    tenants.extend(kefu_runtime_tests::plugins::tenants(&mock.base_url()));
+    tenants.extend(kefu_runtime_tests::plugin_routes::tenants(&mock.base_url()));
+    tenants.extend(kefu_runtime_tests::replay::tenants(&mock.base_url()));
+    tenants.extend(kefu_runtime_tests::machine::tenants(&mock.base_url()));
+    tenants.extend(kefu_runtime_tests::security::tenants(&mock.base_url()));
+    let spin_tenants = kefu_runtime_tests::spin::tenants(&tenants);
+
+    let spin_off = SpinRuntime::switched_off();
+    if spin_off {
+        println!("WARNING: KEFU_SPIN=off: the Spin half will NOT run; only workerd is tested");
+    }
+
     let mut worker = None;
-    let mut spin_tenants = Vec::new();
     let base = match std::env::var("KEFU_BASE_URL") {
         Ok(url) => {
             println!(
                 "note: KEFU_BASE_URL is set, so the Worker is not started; the host's tenants \
                  `default` and `fast-timeout` must already use the mock at {} \
-                 (set KEFU_MOCK_PORT to fix its port)",
-                mock.base_url()
+                 (set KEFU_MOCK_PORT to fix its port); the Spin half still runs{}",
+                mock.base_url(),
+                if spin_off {
+                    " unless switched off (it is)"
+                } else {
+                    ""
+                }
             );
             url
         }
         Err(_) => {
-            let provider = json!({ "base_url": mock.base_url(), "model": MOCK_MODEL });
-            let mut tenants = vec![
-                (
-                    "default".to_owned(),
-                    json!({ "system_prompt": SYSTEM_PROMPT, "provider": provider }),
-                ),
-                (
-                    "fast-timeout".to_owned(),
-                    json!({
-                        "system_prompt": SYSTEM_PROMPT,
-                        "provider": provider,
-                        // The engine's `TenantConfig` names the first limit `first_token_ms`
-                        // (it rejects unknown fields, so the name matters).
-                        "timeouts": { "first_token_ms": 1000, "total_ms": 3000 },
-                    }),
-                ),
-            ];
-            tenants.extend(kefu_runtime_tests::gateway::tenants(&mock.base_url()));
-            tenants.extend(kefu_runtime_tests::handoff::tenants(&mock.base_url()));
-            tenants.extend(kefu_runtime_tests::webhooks::tenants(&mock.base_url()));
-            tenants.extend(kefu_runtime_tests::knowledge::tenants(&mock.base_url()));
-            tenants.extend(kefu_runtime_tests::config::tenants(&mock.base_url()));
-            tenants.extend(kefu_runtime_tests::attachments::tenants(&mock.base_url()));
-            tenants.extend(kefu_runtime_tests::plugins::tenants(&mock.base_url()));
-            tenants.extend(kefu_runtime_tests::plugin_routes::tenants(&mock.base_url()));
-            tenants.extend(kefu_runtime_tests::replay::tenants(&mock.base_url()));
-            tenants.extend(kefu_runtime_tests::machine::tenants(&mock.base_url()));
-            tenants.extend(kefu_runtime_tests::security::tenants(&mock.base_url()));
-            spin_tenants = tenants.clone();
             println!("starting Kefu on workerd…");
             let started = Instant::now();
             match KefuWorker::start(WorkerOptions {
@@ -181,7 +197,7 @@ async fn run(selected: Vec<Scenario>) -> (usize, usize) {
         }
     };
 
-    let workerd_results = run_suite(&selected, ctx, |_| None).await;
+    let workerd_results = run_suite(&selected, ctx, |_| Ok(None)).await;
     let failed_here = workerd_results.iter().any(|r| matches!(r, Outcome::Fail));
     if failed_here && let Some(worker) = &worker {
         println!(
@@ -194,24 +210,36 @@ async fn run(selected: Vec<Scenario>) -> (usize, usize) {
     // Stop the host before the next, so the two never share the machine's cores.
     drop(worker);
 
-    // The same scenarios on the Spin component (on the Spin test host).
-    let spin_results = if std::env::var_os("KEFU_BASE_URL").is_some() {
-        vec![Outcome::NotRun("KEFU_BASE_URL names one host: Spin not started"); selected.len()]
+    // The same scenarios on the Spin application: real Spin where a CLI is found, else the
+    // Spin test host.
+    let mut spin_label = "spin".to_owned();
+    let spin_results = if spin_off {
+        vec![Outcome::NotRun("KEFU_SPIN=off: the Spin half was switched off"); selected.len()]
     } else {
         // Fault profiles that count calls (`fail_first`) fail anew for the second runtime.
         mock.reset_calls();
-        println!("starting Kefu's Spin component on the Spin test host…");
+        match SpinRuntime::find() {
+            Ok(runtime) => {
+                println!("Spin runtime: {runtime}");
+                spin_label = runtime.short();
+            }
+            Err(e) => println!("FAIL spin startup: {e:#}"),
+        }
+        println!("starting Kefu's Spin application…");
         let started = Instant::now();
         let origin = mock.base_url().trim_end_matches("/v1").to_owned();
-        match KefuSpin::start(&origin, &kefu_runtime_tests::spin::tenants(&spin_tenants)).await {
+        match KefuSpin::start(&origin, &spin_tenants).await {
             Ok(mut spin) => {
                 println!(
-                    "Kefu (Spin) at {} after {} ms (log: {})",
+                    "Kefu (Spin) at {} on {} after {} ms (log: {})",
                     spin.base_url(),
+                    spin.runtime(),
                     started.elapsed().as_millis(),
                     spin.log_path().display()
                 );
-                let results = match Ctx::new(spin.base_url().to_owned(), Some(mock.clone())) {
+                let results = match Ctx::new(spin.base_url().to_owned(), Some(mock.clone()))
+                    .map(Ctx::on_spin)
+                {
                     Ok(ctx) => {
                         run_suite(
                             &selected,
@@ -228,7 +256,7 @@ async fn run(selected: Vec<Scenario>) -> (usize, usize) {
                 if results.iter().any(|r| matches!(r, Outcome::Fail)) {
                     let running = spin.running();
                     println!(
-                        "--- last {LOG_TAIL_LINES} lines of {} (host running: {}) ---",
+                        "--- last {LOG_TAIL_LINES} lines of {} (running: {}) ---",
                         spin.log_path().display(),
                         running
                     );
@@ -236,7 +264,7 @@ async fn run(selected: Vec<Scenario>) -> (usize, usize) {
                         "{}",
                         kefu_runtime_tests::worker::log_tail(spin.log_path(), LOG_TAIL_LINES)
                     );
-                    println!("--- end of the Spin host log ---");
+                    println!("--- end of the Spin log ---");
                 }
                 results
             }
@@ -255,7 +283,7 @@ async fn run(selected: Vec<Scenario>) -> (usize, usize) {
         .unwrap_or(8)
         .max(8);
     println!();
-    println!("{:width$}  {:8}  spin", "scenario", "workerd");
+    println!("{:width$}  {:8}  {spin_label}", "scenario", "workerd");
     let (mut passed, mut failed) = (0, 0);
     for ((scenario, w), s) in selected.iter().zip(&workerd_results).zip(&spin_results) {
         for r in [w, s] {
@@ -272,6 +300,21 @@ async fn run(selected: Vec<Scenario>) -> (usize, usize) {
         println!("{:width$}  {:8}  {note}", scenario.name, w.label());
     }
     println!();
+    let spin_ran = spin_results
+        .iter()
+        .filter(|r| !matches!(r, Outcome::NotRun(_)))
+        .count();
+    println!(
+        "on workerd: {} run; on {spin_label}: {spin_ran} run, {} not run",
+        workerd_results
+            .iter()
+            .filter(|r| !matches!(r, Outcome::NotRun(_)))
+            .count(),
+        selected.len() - spin_ran
+    );
+    if spin_off {
+        println!("WARNING: KEFU_SPIN=off: the Spin half was NOT run");
+    }
     (passed, failed)
 }
 
@@ -295,18 +338,27 @@ impl Outcome {
 }
 
 /// Runs `selected` against `ctx`'s host, printing a line per scenario; `skip` says why a
-/// scenario does not run on this host.
+/// scenario does not run on this host (`Ok(Some(why))`), or that it does not know the
+/// scenario (`Err`), which fails it.
 async fn run_suite(
     selected: &[Scenario],
     ctx: Arc<Ctx>,
-    skip: fn(&str) -> Option<&'static str>,
+    skip: fn(&str) -> Result<Option<&'static str>, String>,
 ) -> Vec<Outcome> {
     let host = ctx.base.clone();
     let mut out = Vec::with_capacity(selected.len());
     for scenario in selected {
-        if let Some(why) = skip(scenario.name) {
-            out.push(Outcome::NotRun(why));
-            continue;
+        match skip(scenario.name) {
+            Ok(None) => {}
+            Ok(Some(why)) => {
+                out.push(Outcome::NotRun(why));
+                continue;
+            }
+            Err(e) => {
+                println!("FAIL {} [{host}]: {e}", scenario.name);
+                out.push(Outcome::Fail);
+                continue;
+            }
         }
         let started = Instant::now();
         match run_one(*scenario, ctx.clone()).await {
