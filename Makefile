@@ -164,15 +164,18 @@ plugins: rust-targets node_modules/.package-lock.json
 		jco new $$core.metered.wasm -o $(TARGET_DIR)/plugins/$$p.wasm; \
 		echo "target/plugins/$$p.wasm: $$(wc -c < $(TARGET_DIR)/plugins/$$p.wasm) bytes (metered: $(PLUGIN_BUDGET) units a call, $(PLUGIN_MEMORY_MIB) MiB of memory)"; done
 
-# Kefu's Spin build, locally: with the Spin CLI installed, `spin up`; without it (as on our
-# build machines, where Spin cannot be installed), on Kefu's Spin test host, which speaks
-# the same interfaces. State goes to .spin/.
+# Kefu's Spin build, locally: on the real Spin CLI wherever one is found (`SPIN`, else
+# `spin` on PATH, else ../shared/bin/spin beside the repository, as on our build machines);
+# without one, on Kefu's Spin test host, which speaks the same interfaces. State goes to
+# .spin/.
 SPIN_PORT ?= 3000
+SPIN_CLI = $(or $(SPIN),$(shell command -v spin 2>/dev/null),$(wildcard $(abspath $(CURDIR)/../shared/bin/spin)))
 dev-spin: spin
-	@if command -v spin >/dev/null 2>&1; then \
-		spin up --listen 127.0.0.1:$(SPIN_PORT); \
+	@if [ -n "$(SPIN_CLI)" ]; then \
+		echo "running on $$($(SPIN_CLI) --version) ($(SPIN_CLI))"; \
+		$(SPIN_CLI) up --listen 127.0.0.1:$(SPIN_PORT); \
 	else \
-		echo "spin is not installed: running the component on tests/spin-host (users run real Spin)"; \
+		echo "no Spin CLI (SPIN unset, no spin on PATH, no ../shared/bin/spin): running the component on tests/spin-host"; \
 		cargo run -q -p kefu-spin-host -- --from spin.toml --listen 127.0.0.1:$(SPIN_PORT) --state-dir .spin; \
 	fi
 
@@ -186,12 +189,14 @@ test-plugins:
 	cargo test -p kefu-plugin-meter
 
 # The Spin test host (tests/spin-host): builds its fixture components for wasm32-wasip2 and
-# runs them on the host process. Spin itself cannot be installed here; users run real Spin.
+# runs them on the host process; where a real Spin CLI is found (as for test-runtime), the
+# tests of what Spin refuses and answers hold it to the same verdicts.
 test-spin-host: rust-targets
 	cargo test -p kefu-spin-host
 
-# Every scenario on both runtimes: the Worker on workerd, and the Spin component on the
-# Spin test host (built here first).
+# Every scenario on both runtimes: the Worker on workerd, and the Spin application on real
+# Spin (SPIN, else `spin` on PATH, else ../shared/bin/spin), or on the Spin test host (built
+# here first) where no Spin CLI is found; the runner prints which one ran.
 test-runtime: $(WORKER_OUT) spin
 	cargo build -p kefu-spin-host
 	cargo test -p kefu-runtime-tests
