@@ -1,14 +1,17 @@
 //! Runtime tests for Kefu: the real host, spoken to over HTTP.
 //!
 //! The engine's own tests run in milliseconds against a simulator; this crate checks what
-//! they cannot: that a host (the Cloudflare Worker on workerd today, the Spin component
-//! later) wires the engine to real sockets, storage and a real provider connection.
+//! they cannot: that a host (the Cloudflare Worker on workerd, and the Spin application on
+//! real Spin or, where no Spin CLI is found, the Spin test host) wires the engine to real
+//! sockets, storage and a real provider connection.
 //!
 //! - [`mock`]: a mock LLM provider on loopback speaking OpenAI, Anthropic, Gemini, Workers AI
 //!   and Mistral wire formats, whose behaviour (errors, latency,
 //!   cut or malformed streams) is scripted by directives inside the visitor's message.
 //! - [`worker`]: starts Kefu on workerd (through Miniflare), with tenant configs seeded
 //!   into local KV, and stops the whole process group again.
+//! - [`spin`]: starts Kefu's Spin application on real Spin (or the test host), says which,
+//!   and lists by name every scenario that does not run on Spin, with why.
 //! - [`scenarios`]: the checks, written once against a base URL so every host runs the same.
 //! - [`body_limits`]: request bodies over their route's limit, declared or chunked: `413`,
 //!   nothing stored.

@@ -218,17 +218,19 @@ async fn run(selected: Vec<Scenario>) -> (usize, usize) {
     } else {
         // Fault profiles that count calls (`fail_first`) fail anew for the second runtime.
         mock.reset_calls();
-        match SpinRuntime::find() {
+        // Which Spin, said before it starts (a wrong `SPIN` or `KEFU_SPIN` fails here).
+        let started = Instant::now();
+        let origin = mock.base_url().trim_end_matches("/v1").to_owned();
+        let spin = match SpinRuntime::find() {
             Ok(runtime) => {
                 println!("Spin runtime: {runtime}");
                 spin_label = runtime.short();
+                println!("starting Kefu's Spin application…");
+                KefuSpin::start(&origin, &spin_tenants).await
             }
-            Err(e) => println!("FAIL spin startup: {e:#}"),
-        }
-        println!("starting Kefu's Spin application…");
-        let started = Instant::now();
-        let origin = mock.base_url().trim_end_matches("/v1").to_owned();
-        match KefuSpin::start(&origin, &spin_tenants).await {
+            Err(e) => Err(e),
+        };
+        match spin {
             Ok(mut spin) => {
                 println!(
                     "Kefu (Spin) at {} on {} after {} ms (log: {})",

@@ -1,8 +1,9 @@
 //! The visitor limits, on each runtime in a host of its own with a limit of 3 messages a
 //! minute per site and 5 per address over every site, so the rest of the suite's traffic
 //! from the same loopback address cannot interfere: on workerd Cloudflare's Rate Limiting
-//! binding (emulated by Miniflare), on the Spin component its key-value token buckets. The
-//! sites are opened by the deployment (`KEFU_OPEN_TENANTS=site-*`).
+//! binding (emulated by Miniflare), on the Spin component (on real Spin where a CLI is found,
+//! else on the test host; `KEFU_SPIN=off` leaves it out, saying so) its key-value token
+//! buckets. The sites are opened by the deployment (`KEFU_OPEN_TENANTS=site-*`).
 
 use anyhow::{Context, ensure};
 use kefu_runtime_tests::scenarios::Ctx;
