@@ -837,12 +837,13 @@ source = "{source}"
 }
 
 /// What a component that traps before answering gets its client: a plain `500` with an
-/// empty body, served directly or through service chaining, and the host serves on. Real
+/// empty body, served directly or through service chaining, and the host serves on; an
+/// answer it completed before trapping stands. Real
 /// Spin 4 answers exactly so (it logs the trap, and tells the client nothing of its kind),
 /// so nothing tested here may rely on a trap's kind. Where a real Spin CLI is found, it is
 /// held to the same answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_trap_answers_a_plain_500_as_spin_does() {
+async fn a_trap_answers_a_plain_500_as_spin_does_and_a_finished_answer_stands() {
     let app = App::new(&chaining_manifest());
     let mut runtimes = vec![("kefu-spin-host".to_owned(), app.command())];
     if let Some(spin) = real_spin() {
@@ -868,6 +869,23 @@ async fn a_trap_answers_a_plain_500_as_spin_does() {
         assert_eq!(
             (status, text.as_str()),
             (200, "status=500 body="),
+            "{runtime}"
+        );
+        // A component that answered in full before it trapped: the answer stands, served
+        // directly or through service chaining.
+        assert_eq!(
+            call(&host, "/answer-then-trap", None).await,
+            (200, "answered".to_owned()),
+            "{runtime}"
+        );
+        assert_eq!(
+            call(
+                &host,
+                "/fetch?url=http://callee.spin.internal/answer-then-trap",
+                None
+            )
+            .await,
+            (200, "status=200 body=answered".to_owned()),
             "{runtime}"
         );
         // The host lives on.
