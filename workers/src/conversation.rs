@@ -21,7 +21,7 @@ use futures::channel::{mpsc, oneshot};
 use futures::future::LocalBoxFuture;
 use kefu_engine::api::Changed;
 use kefu_engine::api::{self, ApiError};
-use kefu_engine::chat::{self, ChatTurn, ReplayRun, Start};
+use kefu_engine::chat::{self, ChatTurn, EventPass, ReplayRun, Start};
 use kefu_engine::replay::{self, TurnRecord};
 use kefu_engine::{Conversation, ConversationId, Message, Part, ReplyMode, TenantConfig, TenantId};
 use serde::{Deserialize, Serialize};
@@ -420,7 +420,14 @@ impl Inner {
         let Some(SqlStorageValue::Blob(bytes)) = row.into_iter().next() else {
             return Err(ApiError::internal("conversation state is not a blob"));
         };
-        let c = Conversation::decode(&bytes).map_err(internal)?;
+        let mut c = Conversation::decode(&bytes).map_err(internal)?;
+        // Conversations stored before the owner moved into the state keep it in its own
+        // table: read it into the state, which is what every check looks at.
+        if c.owner().is_none()
+            && let Some(owner) = self.owner_row()?
+        {
+            c.set_owner(&owner);
+        }
         *self.conversation.borrow_mut() = Some(c.clone());
         Ok(Some(c))
     }
@@ -557,78 +564,29 @@ impl Inner {
         let Some(me) = self.me.upgrade() else { return };
         let (tenant, config, events) = (tenant.clone(), config.clone(), events.to_vec());
         self.state
-            .wait_until(async move { me.hear(&tenant, &config, &events).await });
+            .wait_until(async move { me.hear(&tenant, &config, events).await });
     }
 
-    async fn hear(&self, tenant: &TenantId, config: &TenantConfig, events: &[kefu_engine::Event]) {
-        use kefu_engine::plugin::{self, Answer, CallOutcome};
-        let observers: Vec<_> = crate::plugins::active(&self.env, tenant, config)
-            .await
-            .into_iter()
-            .filter(|p| p.manifest.hooks.on_event)
-            .collect();
-        if observers.is_empty() {
+    /// Drives the engine's [`EventPass`] over `events` with this object's storage.
+    async fn hear(
+        self: Rc<Self>,
+        tenant: &TenantId,
+        config: &TenantConfig,
+        events: Vec<kefu_engine::Event>,
+    ) {
+        let Some(id) = events.first().map(|e| e.conversation().clone()) else {
             return;
-        }
-        for event in events {
-            let Some((id, kind, seq, detail)) = plugin::event_kind(event) else {
-                continue;
-            };
-            let Ok(Some(conversation)) = self.load() else {
-                continue;
-            };
-            let transcript = self.transcript().unwrap_or_default();
-            let text = seq
-                .and_then(|s| transcript.iter().find(|m| m.seq == s))
-                .map(Message::text)
-                .or(detail);
-            let heard = plugin::event(kind, text, &transcript, conversation.tags());
-            let language = conversation.plugin_language();
-            for (spec, call) in plugin::event_calls(
-                &observers,
-                tenant.as_str(),
-                id.as_str(),
-                Some(&language),
-                &heard,
-            ) {
-                let name = observers
-                    .iter()
-                    .find(|p| p.spec.id == spec.id)
-                    .map_or_else(String::new, |p| p.manifest.name.clone());
-                let started = now();
-                let answer =
-                    crate::plugins::call_json(&self.env, tenant.as_str(), &spec, &call).await;
-                let spent = now().since(started).as_millis() as u64;
-                let (parsed, mut record) = plugin::finish_call(&spec, &name, &call, spent, answer);
-                if let Ok(Answer::Actions(actions)) = parsed
-                    && !actions.is_empty()
-                {
-                    let effect = match self.load() {
-                        Ok(Some(latest)) => {
-                            let mut said = Vec::new();
-                            self.hearing.set(true);
-                            let applied = self.record_changed(latest, config, |c| {
-                                let (changed, s) =
-                                    c.apply_plugin_actions(now(), config, &spec.id, actions);
-                                said = s;
-                                Ok(changed)
-                            });
-                            self.hearing.set(false);
-                            match applied {
-                                Ok(_) => said.join("; "),
-                                Err(e) => format!("not applied: {}", e.message),
-                            }
-                        }
-                        _ => "not applied: the conversation could not be read".to_owned(),
-                    };
-                    record.outcome = CallOutcome::Ok { effect };
-                }
-                log(
-                    "info",
-                    json!({"msg": "plugin event", "tenant": tenant.as_str(), "conversation_id": id.as_str(), "event": kind, "call": record}),
-                );
-            }
-        }
+        };
+        let mut pass = EventPass::new(now(), tenant.clone(), config.clone(), id, events);
+        let defer = |f: LocalBoxFuture<'static, ()>| self.state.wait_until(f);
+        let host = provider::Host {
+            env: &self.env,
+            tenant,
+            config,
+            conversation: Some(&self),
+            defer: &defer,
+        };
+        provider::drive(&host, &mut pass, |_| {}).await;
     }
 
     /// Whether a reader may see (or a visitor act on) the conversation: agents (`notes`)
@@ -645,6 +603,11 @@ impl Inner {
 
     /// The verified visitor the conversation belongs to, if any.
     fn owner(&self) -> Result<Option<String>, ApiError> {
+        Ok(self.load()?.and_then(|c| c.owner().map(str::to_owned)))
+    }
+
+    /// The owner as conversations stored it before it moved into the state.
+    fn owner_row(&self) -> Result<Option<String>, ApiError> {
         let cursor = self
             .sql
             .exec("SELECT visitor FROM owner WHERE id = 0", None)
@@ -655,16 +618,6 @@ impl Inner {
             }
         }
         Ok(None)
-    }
-
-    fn set_owner(&self, visitor: &str) -> Result<(), ApiError> {
-        self.sql
-            .exec(
-                "INSERT INTO owner (id, visitor) VALUES (0, ?) ON CONFLICT (id) DO NOTHING",
-                vec![visitor.into()],
-            )
-            .map(|_| ())
-            .map_err(internal)
     }
 
     /// Every stored turn record, by visitor message (records stored before turn records
@@ -1092,18 +1045,11 @@ async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Response, ApiError
         None if t.create => (Conversation::new(id.clone(), tenant.clone(), arrived), true),
         None => return Err(ApiError::conversation_not_found()),
     };
-    // A verified visitor's conversation takes only that visitor (the engine's rule); an
-    // anonymous one is adopted by the first verified visitor who writes in it.
-    let owner = inner.owner()?;
-    kefu_engine::identity::may_continue(owner.as_deref(), t.visitor.as_deref())
-        .map_err(|e| api::identity_error(&e))?;
-    if let (None, Some(visitor)) = (&owner, &t.visitor) {
-        inner.set_owner(visitor)?;
-    }
+    // Who may write here, and the message's number: the engine's rule, in the same
+    // synchronous step that stores the message.
     let parts = message_parts(&t.message, &t.attachments);
     let visitor = inner.record(conversation, &t.config, |c| {
-        c.handle_visitor_message(arrived, parts, &t.config)
-            .map_err(|e| api::conversation_error(&e))
+        chat::accept(c, arrived, parts, t.visitor.as_deref(), &t.config)
     })?;
     let mode = if t.stream {
         ReplyMode::Stream
@@ -1198,7 +1144,12 @@ impl provider::ConversationStore for Rc<Inner> {
     ) -> Result<kefu_engine::chat::Applied, ApiError> {
         let latest = self.load()?.ok_or_else(ApiError::conversation_not_found)?;
         let mut effect = None;
-        self.record_changed(latest, config, |c| {
+        // A plugin's own actions are not played to plugins again, so plugins cannot loop.
+        let hearing = !change.heard_by_plugins();
+        if hearing {
+            self.hearing.set(true);
+        }
+        let recorded = self.record_changed(latest, config, |c| {
             let e = change.apply(c, now(), config)?;
             let changed = Changed {
                 messages: e.messages.clone(),
@@ -1206,7 +1157,11 @@ impl provider::ConversationStore for Rc<Inner> {
             };
             effect = Some(e);
             Ok(changed)
-        })?;
+        });
+        if hearing {
+            self.hearing.set(false);
+        }
+        recorded?;
         let conversation = self
             .conversation
             .borrow()
@@ -1220,5 +1175,12 @@ impl provider::ConversationStore for Rc<Inner> {
 
     fn store_record(&self, record: TurnRecord) {
         Inner::store_record(self, record);
+    }
+
+    fn read(&self) -> Result<Option<(Conversation, Vec<Message>)>, ApiError> {
+        match self.load()? {
+            Some(c) => Ok(Some((c, self.transcript()?))),
+            None => Ok(None),
+        }
     }
 }

@@ -15,7 +15,7 @@ use kefu_engine::api::ApiError;
 use kefu_engine::chat::{Action as ChatAction, Applied, Change, Input, Machine};
 use kefu_engine::replay::TurnRecord;
 use kefu_engine::{
-    AttemptId, Conversation, HttpRequest, ProviderEvent, TenantConfig, TenantId, Timestamp,
+    AttemptId, Conversation, HttpRequest, Message, ProviderEvent, TenantConfig, TenantId, Timestamp,
 };
 use worker::js_sys::Uint8Array;
 use worker::{
@@ -192,6 +192,8 @@ pub(crate) trait ConversationStore {
     fn apply(&self, change: &Change, config: &TenantConfig) -> Result<Applied, ApiError>;
     /// Stores a turn's record.
     fn store_record(&self, record: TurnRecord);
+    /// The conversation as stored now, with every message.
+    fn read(&self) -> Result<Option<(Conversation, Vec<Message>)>, ApiError>;
 }
 
 /// What a machine's host needs: the platform, the tenant, where deferred work goes.
@@ -241,6 +243,10 @@ pub(crate) async fn drive(
                 ChatAction::Apply(change) => Input::Applied(match host.conversation {
                     Some(store) => store.apply(&change, host.config),
                     None => Err(ApiError::internal("no conversation to change")),
+                }),
+                ChatAction::ReadConversation => Input::Conversation(match host.conversation {
+                    Some(store) => store.read(),
+                    None => Err(ApiError::internal("no conversation to read")),
                 }),
                 ChatAction::SearchKnowledge { query, top_k } => Input::Knowledge(
                     crate::knowledge::search(env, host.tenant, &query, top_k)

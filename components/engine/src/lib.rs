@@ -112,6 +112,17 @@ pub enum Event {
 }
 
 impl Event {
+    /// The conversation the event happened in.
+    pub fn conversation(&self) -> &ConversationId {
+        match self {
+            Event::ConversationCreated { conversation }
+            | Event::MessageCreated { conversation, .. }
+            | Event::StatusChanged { conversation, .. }
+            | Event::Assigned { conversation, .. }
+            | Event::CsatSubmitted { conversation, .. } => conversation,
+        }
+    }
+
     /// The event's type name (as webhooks will spell it).
     pub fn name(&self) -> &'static str {
         match self {

@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use crate::Event;
 use crate::attachment::Resolved;
 use crate::chat::{
-    Action as ChatAction, Applied, Change, ChatTurn, Failure, Input, Machine, Outcome, ReplayRun,
-    Start,
+    Action as ChatAction, Applied, Change, ChatTurn, EventPass, Failure, Input, Machine, Outcome,
+    ReplayRun, Start,
 };
 use crate::chat::{Grant, Refusal};
 use crate::config::TenantConfig;
@@ -515,6 +515,10 @@ impl Simulator {
                         });
                         machine.handle(self.now, Input::Applied(result));
                     }
+                    ChatAction::ReadConversation => {
+                        let read = id.map(|id| (self.load(id), self.store[id].transcript.clone()));
+                        machine.handle(self.now, Input::Conversation(Ok(read)));
+                    }
                     ChatAction::SearchKnowledge { query, .. } => {
                         self.searches.push(query);
                         let found = self.knowledge.clone();
@@ -672,6 +676,24 @@ impl Simulator {
                 report.cost_micros,
             );
         }
+    }
+
+    /// Plays `events` of conversation `id` to the plugins that observe events, as hosts do
+    /// after the answer ([`EventPass`]); returns every call's record.
+    pub fn play_events(
+        &mut self,
+        id: &ConversationId,
+        events: Vec<Event>,
+    ) -> Vec<crate::plugin::PluginCallRecord> {
+        let mut pass = EventPass::new(
+            self.now,
+            TenantId::default_tenant(),
+            self.config.clone(),
+            id.clone(),
+            events,
+        );
+        self.drive(Some(id), &mut pass);
+        pass.records().to_vec()
     }
 
     /// Replays conversation `id` as `request` asks, with the stored turn records: the

@@ -106,6 +106,7 @@ fn kind(action: &Action) -> &'static str {
     match action {
         Action::AwaitTurn => "await",
         Action::Apply(_) => "apply",
+        Action::ReadConversation => "read",
         Action::SearchKnowledge { .. } => "search",
         Action::ReadFiles(_) => "files",
         Action::LoadPlugins => "plugins",

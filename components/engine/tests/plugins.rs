@@ -372,3 +372,83 @@ fn disabled_plugins_are_not_called() {
     assert!(out.result.is_ok());
     assert!(s.hook_calls.is_empty());
 }
+
+fn on_event() -> HookSet {
+    HookSet {
+        on_event: true,
+        ..HookSet::default()
+    }
+}
+
+#[test]
+fn events_reach_observing_plugins_and_their_actions_apply_once() {
+    let mut s = sim(vec![plugin("crm", on_event(), vec![])]);
+    s.script(Script::json("Hello there", 5));
+    let out = s.chat(None, "I need help with my order", ReplyMode::Whole);
+    let id = out.conversation_id.clone();
+    let events = s.events.clone();
+    assert!(events.len() >= 2, "the turn stored events: {events:?}");
+    // The plugin answers each event; on the visitor's message it tags and says something.
+    s.plugin_script(
+        "crm",
+        PluginScript::answer(json!([{"tag": "crm-seen"}, {"send_message": "Your ticket is #42."}])),
+    );
+    for _ in 1..events.len() {
+        s.plugin_script("crm", PluginScript::answer(json!([])));
+    }
+    let stored_before = s.transcript(&id).len();
+    let events_before = s.events.len();
+    let records = s.play_events(&id, events.clone());
+    assert_eq!(
+        records.len(),
+        s.hook_calls.len(),
+        "one record per call: {records:?}"
+    );
+    assert!(
+        s.hook_calls
+            .iter()
+            .all(|(plugin, call)| plugin == "crm"
+                && call.hook() == kefu_engine::plugin::Hook::OnEvent),
+        "{:?}",
+        s.hook_calls
+    );
+    let c = s.conversation(&id);
+    assert_eq!(c.tags(), ["crm-seen"]);
+    let transcript = s.transcript(&id);
+    assert_eq!(transcript.len(), stored_before + 1);
+    assert_eq!(transcript.last().unwrap().text(), "Your ticket is #42.");
+    assert_eq!(transcript.last().unwrap().role, Role::Bot);
+    // What the actions did is in the call's record, and in the log.
+    let first = serde_json::to_value(&records[0]).unwrap();
+    assert!(
+        first["outcome"]["effect"]
+            .as_str()
+            .unwrap_or("")
+            .contains("crm-seen"),
+        "{first}"
+    );
+    assert!(
+        s.logs
+            .iter()
+            .any(|l| l["msg"] == "plugin event" && l["conversation_id"] == id.as_str()),
+        "the calls are logged"
+    );
+    // The plugin's own message produced events; a pass over them is the host's to skip
+    // (`Change::heard_by_plugins`), and the simulator stored them like any change.
+    assert!(s.events.len() > events_before);
+}
+
+#[test]
+fn no_observing_plugin_means_no_call() {
+    let mut s = sim(vec![plugin("rewriter", before_model(), vec![])]);
+    s.plugin_script(
+        "rewriter",
+        PluginScript::answer(json!({"decision": "keep"})),
+    );
+    s.script(Script::json("Hello there", 5));
+    let out = s.chat(None, "hello", ReplyMode::Whole);
+    let calls = s.hook_calls.len();
+    let records = s.play_events(&out.conversation_id, s.events.clone());
+    assert!(records.is_empty());
+    assert_eq!(s.hook_calls.len(), calls, "no on-event call was made");
+}

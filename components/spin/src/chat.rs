@@ -36,15 +36,7 @@ fn accept(kv: &Kv, req: &Incoming) -> Result<Accepted, ApiError> {
     let mut before = None;
     let (conversation, _, visitor, created) = kv.change(&id, &tenant, create, |c| {
         before = create.is_none().then(|| c.clone());
-        // A verified visitor's conversation takes only them (the engine's rule).
-        kefu_engine::identity::may_continue(c.owner(), visitor_id.as_deref())
-            .map_err(|e| api::identity_error(&e))?;
-        if let (None, Some(v)) = (c.owner(), &visitor_id) {
-            c.set_owner(v);
-        }
-        let r = c
-            .handle_visitor_message(at, parts.clone(), &config)
-            .map_err(|e| api::conversation_error(&e))?;
+        let r = chat::accept(c, at, parts.clone(), visitor_id.as_deref(), &config)?;
         crate::webhooks::stage(&r.events);
         Ok((vec![r.message.clone()], r.message))
     })?;

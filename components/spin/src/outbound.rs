@@ -255,6 +255,16 @@ pub fn drive(host: &Host<'_>, machine: &mut impl Machine, mut on_delta: impl FnM
                         }),
                     None => Err(ApiError::internal("no conversation to change")),
                 }),
+                ChatAction::ReadConversation => Input::Conversation(match host.conversation {
+                    Some(id) => kv.load(id, tenant).and_then(|c| match c {
+                        Some(c) => {
+                            let transcript = kv.transcript(&c)?;
+                            Ok(Some((c, transcript)))
+                        }
+                        None => Ok(None),
+                    }),
+                    None => Err(ApiError::internal("no conversation to read")),
+                }),
                 ChatAction::SearchKnowledge { query, top_k } => Input::Knowledge(
                     crate::knowledge::search(tenant, config, &query, top_k).map_err(|e| e.message),
                 ),

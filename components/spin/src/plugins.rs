@@ -10,11 +10,11 @@
 //! tenant's configuration and by Spin under the plugin component's manifest.
 
 use kefu_engine::Header;
-use kefu_engine::chat::ActivePlugin;
+use kefu_engine::chat::{ActivePlugin, EventPass};
 use kefu_engine::plugin::{
-    self as plugin, Answer, CallOutcome, FailureKind, HookCall, Manifest, PluginFailure, PluginSpec,
+    self as plugin, FailureKind, HookCall, Manifest, PluginFailure, PluginSpec,
 };
-use kefu_engine::{HttpRequest, TenantConfig};
+use kefu_engine::{ConversationId, HttpRequest, TenantConfig};
 use serde_json::json;
 
 use crate::outbound::{FetchError, fetch};
@@ -205,62 +205,28 @@ pub(crate) fn after_response(kv: &Kv) {
         if !config.plugins.iter().any(|p| p.enabled) {
             continue;
         }
-        let observers: Vec<ActivePlugin> = active(kv, &config)
-            .into_iter()
-            .filter(|p| p.manifest.hooks.on_event)
-            .collect();
-        if observers.is_empty() {
-            continue;
-        }
-        for event in &events {
-            let Some((id, kind, seq, detail)) = plugin::event_kind(event) else {
-                continue;
-            };
-            let Ok(Some(conversation)) = kv.load(&id, &tenant) else {
-                continue;
-            };
-            let transcript = kv.transcript(&conversation).unwrap_or_default();
-            let text = seq
-                .and_then(|s| transcript.iter().find(|m| m.seq == s))
-                .map(kefu_engine::Message::text)
-                .or(detail);
-            let heard = plugin::event(kind, text, &transcript, conversation.tags());
-            let language = conversation.plugin_language();
-            for (spec, call_) in plugin::event_calls(
-                &observers,
-                tenant.as_str(),
-                id.as_str(),
-                Some(&language),
-                &heard,
-            ) {
-                let name = observers
-                    .iter()
-                    .find(|p| p.spec.id == spec.id)
-                    .map_or_else(String::new, |p| p.manifest.name.clone());
-                let started = now();
-                let answer = call(&spec, &call_);
-                let spent = now().since(started).as_millis() as u64;
-                let (parsed, mut record) = plugin::finish_call(&spec, &name, &call_, spent, answer);
-                if let Ok(Answer::Actions(actions)) = parsed
-                    && !actions.is_empty()
-                {
-                    let applied = kv.change(&id, &tenant, None, |c| {
-                        let (changed, said) =
-                            c.apply_plugin_actions(now(), &config, &spec.id, actions.clone());
-                        crate::webhooks::stage(&changed.events);
-                        Ok((changed.messages, said))
-                    });
-                    let effect = match applied {
-                        Ok((_, _, said, _)) => said.join("; "),
-                        Err(e) => format!("not applied: {}", e.message),
-                    };
-                    record.outcome = CallOutcome::Ok { effect };
-                }
-                log(
-                    "info",
-                    json!({"msg": "plugin event", "tenant": tenant.as_str(), "conversation_id": id.as_str(), "event": kind, "call": record}),
-                );
+        // One pass per conversation, in the order its events were stored.
+        let mut conversations: Vec<ConversationId> = Vec::new();
+        for e in &events {
+            if !conversations.contains(e.conversation()) {
+                conversations.push(e.conversation().clone());
             }
+        }
+        for id in conversations {
+            let mut pass = EventPass::new(
+                now(),
+                tenant.clone(),
+                config.clone(),
+                id.clone(),
+                events.clone(),
+            );
+            let host = crate::outbound::Host {
+                kv,
+                tenant: &tenant,
+                config: &config,
+                conversation: Some(&id),
+            };
+            crate::outbound::drive(&host, &mut pass, |_| {});
         }
     }
 }

@@ -39,6 +39,14 @@ pub enum Change {
         /// The notice instead of the standard one (outside business hours).
         notice: Option<String>,
     },
+    /// What a plugin's `on-event` answer asked for (tags always; a message or a handoff
+    /// only while the bot answers).
+    PluginActions {
+        /// The plugin's id in the tenant.
+        plugin: String,
+        /// Its actions.
+        actions: Vec<crate::plugin::PluginAction>,
+    },
     /// A model's finished reply: what becomes of it is decided on the conversation as it is
     /// now ([`dialogue::after_reply`]) — dropped if a human took over, the knowledge base's
     /// honest "no answer" instead, or recorded.
@@ -62,6 +70,8 @@ pub struct Effect {
     /// For a "no answer": the misses reached the handoff limit (nothing recorded; a person
     /// takes over).
     pub(crate) no_answer_limit: bool,
+    /// For [`Change::PluginActions`]: per action, what was done or why not.
+    pub said: Vec<String>,
 }
 
 impl From<Changed> for Effect {
@@ -90,7 +100,32 @@ pub struct Applied {
     pub effect: Effect,
 }
 
+/// Accepts a visitor's message into `c`, at `now`: a verified visitor's conversation takes
+/// only that visitor, an anonymous one is adopted by the first verified visitor who writes
+/// in it ([`crate::identity::may_continue`]), and the message gets the next sequence number.
+/// The rule every host runs inside the atomic step that stores the message.
+pub fn accept(
+    c: &mut Conversation,
+    now: Timestamp,
+    parts: Vec<crate::conversation::Part>,
+    visitor: Option<&str>,
+    config: &TenantConfig,
+) -> Result<crate::conversation::Recorded, ApiError> {
+    crate::identity::may_continue(c.owner(), visitor).map_err(|e| api::identity_error(&e))?;
+    if let (None, Some(v)) = (c.owner(), visitor) {
+        c.set_owner(v);
+    }
+    c.handle_visitor_message(now, parts, config)
+        .map_err(|e| api::conversation_error(&e))
+}
+
 impl Change {
+    /// Whether the events this change records go to the plugins that observe events. A
+    /// plugin's own actions do not, so plugins cannot loop.
+    pub fn heard_by_plugins(&self) -> bool {
+        !matches!(self, Change::PluginActions { .. })
+    }
+
     /// Applies the change to `c` at `now`: the rule every host (and a replay's scratch copy)
     /// runs inside its atomic step. An error changes nothing the host keeps.
     pub fn apply(
@@ -142,6 +177,12 @@ impl Change {
                 .request_handoff(now, config, reason, queue.as_deref(), notice.clone())
                 .map_err(handoff)?
                 .into()),
+            Change::PluginActions { plugin, actions } => {
+                let (changed, said) = c.apply_plugin_actions(now, config, plugin, actions.clone());
+                let mut effect = Effect::from(changed);
+                effect.said = said;
+                Ok(effect)
+            }
             Change::Reply { reply, grounded } => {
                 let verdict = dialogue::after_reply(c, config, reply, *grounded);
                 let mut effect = Effect::default();

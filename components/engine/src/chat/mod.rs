@@ -16,6 +16,8 @@
 //! - [`ModelCall`]: admission, one [`Turn`] and its settlement — the part of a chat turn the
 //!   OpenAI-compatible API uses on its own. Admission and settlement are actions of the
 //!   call itself, so no path can skip them.
+//! - [`EventPass`]: a conversation's stored events played to the plugins that observe
+//!   them, and what they ask for applied as a change.
 //! - [`ReplayRun`]: a recorded conversation's visitor turns run again through [`ChatTurn`]
 //!   on a scratch copy the machine keeps itself (nothing stored is changed), identical on
 //!   every host.
@@ -24,6 +26,7 @@
 //! [`Outcome`].
 
 mod change;
+mod events;
 mod model;
 mod render;
 mod replay;
@@ -33,7 +36,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// A plugin enabled for the tenant, as [`Input::Plugins`] hands it over.
 pub use crate::turn::ActivePlugin;
-pub use change::{Applied, Change, Effect};
+pub use change::{Applied, Change, Effect, accept};
+pub use events::EventPass;
 pub use model::ModelCall;
 pub use render::{Rendered, render, render_accepted, render_delta};
 pub use replay::ReplayRun;
@@ -65,6 +69,9 @@ pub enum Action {
     /// recorded with the new state, and publish its events (webhooks, plugins' `on-event`,
     /// live updates); feed back [`Input::Applied`].
     Apply(Change),
+    /// Read the conversation as stored now with every message; feed back
+    /// [`Input::Conversation`].
+    ReadConversation,
     /// Search the tenant's knowledge base; feed back [`Input::Knowledge`].
     SearchKnowledge {
         /// The visitor's question.
@@ -143,6 +150,9 @@ pub enum Input {
     Loaded(Result<Option<Conversation>, ApiError>),
     /// After [`Action::Apply`].
     Applied(Result<Applied, ApiError>),
+    /// After [`Action::ReadConversation`]: the conversation and its transcript (`None`: it
+    /// is gone).
+    Conversation(Result<Option<(Conversation, Vec<Message>)>, ApiError>),
     /// After [`Action::SearchKnowledge`]: the chunks, or why the search failed (the model
     /// then answers without them).
     Knowledge(Result<Vec<RetrievedChunk>, String>),
