@@ -26,7 +26,7 @@ use core::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 use crate::offline::Lang;
 use crate::time::{Timestamp, civil_from_days};
 

@@ -37,8 +37,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::config::ConfigError;
 use crate::conversation::{ConversationId, TenantId};
+use crate::error::ConfigError;
 use crate::offline::{self, Lang};
 use crate::time::Timestamp;
 use crate::turn::TurnReply;
