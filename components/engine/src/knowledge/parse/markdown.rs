@@ -1,9 +1,18 @@
 //! Markdown: headings (ATX and setext), fenced code, pipe tables, lists and paragraphs,
 //! each block kept as its source text.
+//!
+//! # Why our own reader, measured
+//!
+//! It is a line-based reader of the block structure only — the chunker needs where
+//! headings, fences, tables and lists are, and keeps every block's Markdown as written, so
+//! inline syntax is never parsed. It costs 2.1 KB of the Worker's gzipped wasm (943,450
+//! bytes with it, 941,394 without). `pulldown-cmark` 0.13.6 with its default features off
+//! (tables on), the maintained CommonMark parser, adds 75.6 KB (1,019,080 bytes): mostly
+//! its HTML entity and Unicode tables, which a block reader does not need, and enough to
+//! take the Worker past its 1 MB gzipped bar (992 KB with the PII plugin before it). So
+//! the reader stays ours; the fixtures in `tests/knowledge.rs` pin what it does.
 
 use super::{Block, Outline};
-
-// Markdown.
 
 pub(in crate::knowledge) fn parse_markdown(text: &str) -> Outline {
     let mut outline = Outline::new();
