@@ -551,11 +551,14 @@ impl DurableObject for WebhookObject {
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
         let result = match (req.method(), req.path().as_str()) {
             // Parsed by serde_json, not as JavaScript: jitter seeds are full 64-bit numbers.
+            // From text, as the stored outbox is: the deliveries' and endpoints' parsers are
+            // then the ones the outbox already needs (a second reader type would compile
+            // each again into the Worker's wasm).
             (Method::Post, ENQUEUE_PATH) => match req
-                .bytes()
+                .text()
                 .await
                 .map_err(internal)
-                .and_then(|b| serde_json::from_slice::<EnqueueRequest>(&b).map_err(internal))
+                .and_then(|t| serde_json::from_str::<EnqueueRequest>(&t).map_err(internal))
             {
                 Ok(r) => match self.inner.enqueue(r) {
                     Ok(answer) => {
