@@ -6,7 +6,8 @@ use crate::error::ConfigError;
 use crate::knowledge::{MAX_CHUNKS_PER_SOURCE, invalid, too_many_chunks};
 
 /// Parses RFC 4180 CSV into records, each with the line it starts on, with `csv-core`'s
-/// reader (a small table-driven state machine, about 2 KB of the Worker's gzipped wasm).
+/// reader (a small table-driven state machine: measured in the Worker's gzipped wasm, it
+/// and this glue take 0.9 KB more than our own reader did, which took 0.5 KB).
 /// Quoted fields may hold delimiters, newlines and doubled quotes; a stray quote inside an
 /// unquoted field is kept as text, and text after a closing quote is appended to the field
 /// (the reader's leniency, which spreadsheets' exports rely on). Line ends inside a field
