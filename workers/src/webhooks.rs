@@ -9,9 +9,11 @@
 //!    endpoint wanting one of the events costs nothing: no object is called. Otherwise the
 //!    payloads are built once and every (event, endpoint) pair becomes a `Delivery`, all
 //!    handed to the tenant's object in one internal request (`/enqueue`).
-//! 2. The object stores them (one synchronous step, so atomically), answers at once, and
-//!    sends the due ones in `wait_until`, concurrently: a slow or failing endpoint delays no
-//!    other endpoint and no caller.
+//! 2. The object stores them in the tenant's outbox — the engine's
+//!    [`kefu_engine::outbox::Outbox`], one document in the object's SQLite, changed in one
+//!    synchronous step and only by the engine's rules and limits, as on Spin — answers at
+//!    once, and sends the due ones in `wait_until`, concurrently: a slow or failing endpoint
+//!    delays no other endpoint and no caller.
 //! 3. Each attempt is recorded by `Delivery::record`, which says what comes next: done, a
 //!    retry at a time (the object's alarm is set to the earliest one), given up, or (`410
 //!    Gone`) disable the endpoint: the object then stops every delivery to it and takes no
@@ -36,8 +38,8 @@ use futures::StreamExt;
 use futures::future::{Either, select};
 use futures::stream::FuturesUnordered;
 use kefu_engine::api::ApiError;
-use kefu_engine::outbox::{self, attempt_json, delivery_json, status_name};
-use kefu_engine::webhook::{self, AttemptOutcome, Delivery, DeliveryStatus, Next, WebhookSecret};
+use kefu_engine::outbox::{self, Claim, Outbox, attempt_json};
+use kefu_engine::webhook::{self, AttemptOutcome, Delivery, Next, WebhookEndpoint};
 use kefu_engine::{Event, HttpRequest, TenantConfig, TenantId, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -63,64 +65,22 @@ const LIST_PATH: &str = "/deliveries";
 const ENQUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one attempt waits for the endpoint's answer (the engine's 15 s).
 const REQUEST_TIMEOUT: Duration = webhook::REQUEST_TIMEOUT;
-/// How long a delivery being sent is reserved for its sender; after that (the sender was
-/// evicted mid-flight) the alarm sends it again.
-const LEASE: Duration = outbox::LEASE;
 /// How long an alarm keeps taking deliveries that come due while it sends others.
 const ALARM_WINDOW: Duration = Duration::from_secs(60);
-/// The most deliveries one pass sends at once; more due ones go in the next pass.
-const MAX_BATCH: usize = 32;
-/// The most pending deliveries a tenant may have: past it new events are dropped (and
-/// logged), so an endpoint that is down for a day cannot grow storage without bound.
-const MAX_PENDING: i64 = 5_000;
-/// How many finished deliveries (succeeded or failed) are kept for the log.
-const KEEP_FINISHED: i64 = 500;
 /// The listing's default and largest page.
 const DEFAULT_LIST: usize = outbox::DEFAULT_LIST;
 const MAX_LIST: usize = outbox::MAX_LIST;
 /// How much of an endpoint's answer body is read (then the rest is dropped).
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
-/// An endpoint's URL and signing secret, as the tenant's configuration has them now.
-#[derive(Serialize, Deserialize)]
-struct EndpointSecret {
-    url: String,
-    secret: String,
-}
-
 /// What `emit` hands the object.
 #[derive(Serialize, Deserialize)]
 struct EnqueueRequest {
     tenant: String,
-    /// The endpoints these deliveries go to, with their current secrets.
-    endpoints: Vec<EndpointSecret>,
-    /// The URLs of every enabled endpoint the tenant has now: pending retries to any other
-    /// (removed or switched off by the tenant) end.
-    configured: Vec<String>,
+    /// The tenant's endpoints as its configuration has them now (with their current
+    /// secrets): pending retries to any endpoint not enabled here end.
+    endpoints: Vec<WebhookEndpoint>,
     deliveries: Vec<Delivery>,
-}
-
-/// The deliveries `events` make for the tenant's endpoints ([`outbox::plan`]), and the
-/// endpoints they go to. Empty when no enabled endpoint wants any of the events.
-fn plan(
-    config: &TenantConfig,
-    events: &[Event],
-    at: Timestamp,
-) -> (Vec<Delivery>, Vec<EndpointSecret>) {
-    let deliveries = outbox::plan(&config.webhooks, events, at, random_u64);
-    let mut endpoints: Vec<EndpointSecret> = Vec::new();
-    for d in &deliveries {
-        if endpoints.iter().any(|e| e.url == d.endpoint) {
-            continue;
-        }
-        if let Some(e) = config.webhooks.iter().find(|e| e.url == d.endpoint) {
-            endpoints.push(EndpointSecret {
-                url: e.url.clone(),
-                secret: e.secret.clone(),
-            });
-        }
-    }
-    (deliveries, endpoints)
 }
 
 /// Sends `events` to the tenant's webhook endpoints: builds the payloads, picks the enabled
@@ -136,20 +96,14 @@ pub(crate) async fn emit(env: &Env, tenant: &TenantId, config: &TenantConfig, ev
     if events.is_empty() || !config.webhooks.iter().any(|e| e.enabled) {
         return;
     }
-    let (deliveries, endpoints) = plan(config, events, now());
+    let deliveries = outbox::plan(&config.webhooks, events, now(), random_u64);
     if deliveries.is_empty() {
         return;
     }
     let count = deliveries.len();
     let request = EnqueueRequest {
         tenant: tenant.as_str().to_owned(),
-        endpoints,
-        configured: config
-            .webhooks
-            .iter()
-            .filter(|e| e.enabled)
-            .map(|e| e.url.clone())
-            .collect(),
+        endpoints: config.webhooks.clone(),
         deliveries,
     };
     let send = async {
@@ -308,39 +262,11 @@ async fn drain_answer(resp: &mut Response, deadline: Timestamp) {
 // ---------------------------------------------------------------------------------------------
 // The object
 
-/// A due delivery, reserved for one sender.
-struct Claim {
-    seq: i64,
-    delivery: Delivery,
-    secret: WebhookSecret,
-}
-
-fn ms(t: Timestamp) -> SqlStorageValue {
-    SqlStorageValue::Integer(i64::try_from(t.as_millis()).unwrap_or(i64::MAX))
-}
-
-fn integer(v: Option<&SqlStorageValue>) -> Option<i64> {
-    match v {
-        Some(SqlStorageValue::Integer(i)) => Some(*i),
-        Some(SqlStorageValue::Float(f)) => Some(*f as i64),
-        _ => None,
-    }
-}
-
-fn text(v: Option<&SqlStorageValue>) -> Option<String> {
-    match v {
-        Some(SqlStorageValue::String(s)) => Some(s.clone()),
-        _ => None,
-    }
-}
-
-fn rfc3339(ms: Option<i64>) -> Value {
-    ms.and_then(|m| u64::try_from(m).ok())
-        .map_or(Value::Null, |m| {
-            Timestamp::from_millis(m).to_rfc3339().into()
-        })
-}
-
+/// The object's storage: the tenant's name (for logs) and the tenant's outbox, the engine's
+/// [`Outbox`] document in one row. Every change is one synchronous read-modify-write
+/// ([`Inner::update`]): a Durable Object runs one request's synchronous code at a time, so
+/// no other request or alarm sees a half-made change, and every rule (limits, what is due,
+/// retries, what ends) is the engine's, as on Spin.
 struct Inner {
     sql: SqlStorage,
     state: State,
@@ -359,16 +285,47 @@ impl Inner {
             .collect::<Result<Vec<_>, _>>()
     }
 
+    fn text_at(&self, query: &str) -> Result<Option<String>, ApiError> {
+        Ok(self
+            .exec(query, vec![])?
+            .into_iter()
+            .next()
+            .and_then(|row| match row.into_iter().next() {
+                Some(SqlStorageValue::String(s)) => Some(s),
+                _ => None,
+            }))
+    }
+
     /// The tenant this object serves (for logs), as the last `/enqueue` named it.
     fn tenant(&self) -> String {
-        self.exec("SELECT value FROM meta WHERE key = 'tenant'", vec![])
+        self.text_at("SELECT value FROM meta WHERE key = 'tenant'")
             .ok()
-            .and_then(|rows| rows.into_iter().next())
-            .and_then(|row| text(row.first()))
+            .flatten()
             .unwrap_or_default()
     }
 
-    /// Stores new deliveries (one synchronous step: all or none).
+    /// The stored outbox (empty before the first delivery).
+    fn load(&self) -> Result<Outbox, ApiError> {
+        match self.text_at("SELECT document FROM outbox WHERE id = 0")? {
+            Some(json) => serde_json::from_str(&json).map_err(internal),
+            None => Ok(Outbox::default()),
+        }
+    }
+
+    /// Applies `change` to the outbox and stores the result, in one synchronous step.
+    fn update<T>(&self, change: impl FnOnce(&mut Outbox) -> T) -> Result<T, ApiError> {
+        let mut outbox = self.load()?;
+        let out = change(&mut outbox);
+        let json = serde_json::to_string(&outbox).map_err(internal)?;
+        self.exec(
+            "INSERT INTO outbox (id, document) VALUES (0, ?) \
+             ON CONFLICT (id) DO UPDATE SET document = excluded.document",
+            vec![json.into()],
+        )?;
+        Ok(out)
+    }
+
+    /// Takes new deliveries ([`Outbox::enqueue`] under the engine's [`outbox::LIMITS`]).
     fn enqueue(&self, req: EnqueueRequest) -> Result<Value, ApiError> {
         let t = now();
         let tenant = req.tenant;
@@ -377,196 +334,49 @@ impl Inner {
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             vec![tenant.as_str().into()],
         )?;
-        for endpoint in &req.endpoints {
-            if WebhookSecret::parse(&endpoint.secret).is_err() {
-                // The engine validates configurations, so this is a bug, not a tenant's slip.
-                log(
-                    "error",
-                    json!({"msg": "webhook endpoint has an invalid secret", "tenant": tenant, "endpoint": endpoint.url}),
-                );
-                continue;
-            }
-            let known = self.exec(
-                "SELECT secret, disabled_at FROM endpoints WHERE url = ?",
-                vec![endpoint.url.as_str().into()],
-            )?;
-            let row = known.into_iter().next();
-            let old_secret = row.as_ref().and_then(|r| text(r.first()));
-            let disabled = row.as_ref().and_then(|r| integer(r.get(1))).is_some();
-            let changed = old_secret.as_deref() != Some(endpoint.secret.as_str());
-            if changed && disabled {
-                log(
-                    "info",
-                    json!({"msg": "webhook endpoint re-enabled: its secret changed", "tenant": tenant, "endpoint": endpoint.url}),
-                );
-            }
-            // A new secret re-enables a disabled endpoint: the tenant configured it anew.
-            self.exec(
-                "INSERT INTO endpoints (url, secret, updated_at) VALUES (?, ?, ?) \
-                 ON CONFLICT (url) DO UPDATE SET secret = excluded.secret, updated_at = excluded.updated_at, \
-                 disabled_at = CASE WHEN endpoints.secret = excluded.secret THEN endpoints.disabled_at END, \
-                 reason = CASE WHEN endpoints.secret = excluded.secret THEN endpoints.reason END",
-                vec![endpoint.url.as_str().into(), endpoint.secret.as_str().into(), ms(t)],
-            )?;
-        }
-        // Retries to endpoints the tenant removed or switched off end here.
-        let stale: Vec<String> = self
-            .exec(
-                "SELECT DISTINCT endpoint FROM deliveries WHERE status = 'pending'",
-                vec![],
-            )?
-            .iter()
-            .filter_map(|r| text(r.first()))
-            .filter(|url| !req.configured.contains(url))
-            .collect();
-        for url in &stale {
-            let cancelled = self.cancel_pending(url, "endpoint_not_configured")?;
+        let q = self.update(|o| o.enqueue(t, &req.endpoints, req.deliveries, outbox::LIMITS))?;
+        for url in &q.reenabled {
             log(
                 "info",
-                json!({"msg": "webhook retries ended: the endpoint is no longer configured", "tenant": tenant, "endpoint": url, "cancelled_deliveries": cancelled}),
+                json!({"msg": "webhook endpoint re-enabled: its secret changed", "tenant": tenant, "endpoint": url}),
             );
         }
-        let disabled: Vec<String> = self
-            .exec(
-                "SELECT url FROM endpoints WHERE disabled_at IS NOT NULL",
-                vec![],
-            )?
-            .iter()
-            .filter_map(|r| text(r.first()))
-            .collect();
-        let mut pending = self
-            .exec(
-                "SELECT COUNT(*) FROM deliveries WHERE status = 'pending'",
-                vec![],
-            )?
-            .first()
-            .and_then(|r| integer(r.first()))
-            .unwrap_or(0);
-        let (mut accepted, mut skipped, mut dropped) = (0u32, Vec::new(), 0u32);
-        for d in req.deliveries {
-            if disabled.contains(&d.endpoint) {
-                if !skipped.contains(&d.endpoint) {
-                    skipped.push(d.endpoint);
-                }
-                continue;
-            }
-            if pending >= MAX_PENDING {
-                dropped += 1;
-                continue;
-            }
-            let json = serde_json::to_string(&d).map_err(internal)?;
-            self.exec(
-                "INSERT INTO deliveries (endpoint, status, due_at, lease_until, created_at, delivery) \
-                 VALUES (?, 'pending', ?, 0, ?, ?)",
-                vec![
-                    d.endpoint.as_str().into(),
-                    ms(d.next_at.unwrap_or(t)),
-                    ms(t),
-                    json.into(),
-                ],
-            )?;
-            pending += 1;
-            accepted += 1;
-        }
-        // The log keeps the newest finished deliveries only.
-        self.exec(
-            "DELETE FROM deliveries WHERE status != 'pending' AND seq NOT IN \
-             (SELECT seq FROM deliveries WHERE status != 'pending' ORDER BY seq DESC LIMIT ?)",
-            vec![KEEP_FINISHED.into()],
-        )?;
-        if !skipped.is_empty() {
+        for (url, n) in &q.cancelled {
             log(
                 "info",
-                json!({"msg": "webhook events not sent to disabled endpoints", "tenant": tenant, "endpoints": skipped}),
+                json!({"msg": "webhook retries ended: the endpoint is no longer configured", "tenant": tenant, "endpoint": url, "cancelled_deliveries": n}),
             );
         }
-        if dropped > 0 {
+        if !q.skipped.is_empty() {
+            log(
+                "info",
+                json!({"msg": "webhook events not sent to disabled endpoints", "tenant": tenant, "endpoints": q.skipped}),
+            );
+        }
+        if q.dropped > 0 {
             log(
                 "error",
-                json!({"msg": "webhook events dropped: too many pending deliveries", "tenant": tenant, "dropped": dropped, "max_pending": MAX_PENDING}),
+                json!({"msg": "webhook events dropped: too many pending deliveries", "tenant": tenant, "dropped": q.dropped, "max_pending": outbox::LIMITS.max_pending}),
             );
         }
-        Ok(json!({"accepted": accepted, "skipped": skipped, "dropped": dropped}))
+        Ok(json!({"accepted": q.accepted, "skipped": q.skipped, "dropped": q.dropped}))
     }
 
-    /// Reserves the due deliveries (up to [`MAX_BATCH`]) for this sender, in one synchronous
-    /// step, so no other sender takes them. Deliveries to an endpoint disabled meanwhile are
-    /// ended instead.
+    /// Reserves the due deliveries (up to the engine's [`outbox::MAX_BATCH`]) for this
+    /// sender, so no other sender takes them; deliveries to an endpoint disabled meanwhile
+    /// end instead.
     fn claim_due(&self) -> Result<Vec<Claim>, ApiError> {
         let t = now();
-        let rows = self.exec(
-            "SELECT d.seq, d.delivery, e.secret, e.disabled_at FROM deliveries d \
-             LEFT JOIN endpoints e ON e.url = d.endpoint \
-             WHERE d.status = 'pending' AND d.due_at <= ? AND d.lease_until <= ? \
-             ORDER BY d.due_at, d.seq LIMIT ?",
-            vec![ms(t), ms(t), i64::try_from(MAX_BATCH).unwrap_or(32).into()],
-        )?;
-        let mut claims = Vec::new();
-        for row in rows {
-            let Some(seq) = integer(row.first()) else {
-                continue;
-            };
-            let delivery: Option<Delivery> =
-                text(row.get(1)).and_then(|j| serde_json::from_str(&j).ok());
-            let Some(mut delivery) = delivery else {
-                self.end(seq, None, "damaged: the stored delivery cannot be read")?;
-                continue;
-            };
-            if integer(row.get(3)).is_some() {
-                delivery.status = DeliveryStatus::Failed;
-                delivery.next_at = None;
-                self.end(seq, Some(&delivery), "endpoint_disabled")?;
-                continue;
-            }
-            let Some(secret) = text(row.get(2)).and_then(|s| WebhookSecret::parse(&s).ok()) else {
-                delivery.status = DeliveryStatus::Failed;
-                delivery.next_at = None;
-                self.end(seq, Some(&delivery), "no signing secret for the endpoint")?;
-                continue;
-            };
-            self.exec(
-                "UPDATE deliveries SET lease_until = ? WHERE seq = ?",
-                vec![ms(t + LEASE), seq.into()],
-            )?;
-            claims.push(Claim {
-                seq,
-                delivery,
-                secret,
-            });
+        if !self.load()?.has_due(t) {
+            return Ok(Vec::new());
         }
-        Ok(claims)
+        self.update(|o| o.claim(t, outbox::MAX_BATCH))
     }
 
-    /// Ends a delivery without another attempt, noting why.
-    fn end(&self, seq: i64, delivery: Option<&Delivery>, note: &str) -> Result<(), ApiError> {
-        let json = delivery
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(internal)?;
-        self.exec(
-            "UPDATE deliveries SET status = 'failed', due_at = NULL, lease_until = 0, note = ?, \
-             delivery = COALESCE(?, delivery) WHERE seq = ?",
-            vec![note.into(), json.into(), seq.into()],
-        )?;
-        Ok(())
-    }
-
-    /// Stores an attempt's result and acts on what the delivery decided.
-    fn finish(&self, seq: i64, delivery: &Delivery, next: Next) -> Result<(), ApiError> {
-        let json = serde_json::to_string(delivery).map_err(internal)?;
-        let due = match next {
-            Next::RetryAt(at) => ms(at),
-            _ => SqlStorageValue::Null,
-        };
-        self.exec(
-            "UPDATE deliveries SET status = ?, due_at = ?, lease_until = 0, delivery = ? WHERE seq = ?",
-            vec![
-                status_name(delivery.status).into(),
-                due,
-                json.into(),
-                seq.into(),
-            ],
-        )?;
+    /// Stores an attempt's result ([`Outbox::finish`]) and logs what the delivery decided.
+    fn finish(&self, seq: u64, delivery: &Delivery, next: Next) -> Result<(), ApiError> {
+        let t = now();
+        let disabled = self.update(|o| o.finish(t, seq, delivery.clone(), next))?;
         let last = delivery.log.last();
         let mut line = json!({
             "tenant": self.tenant(), "endpoint": delivery.endpoint, "webhook_id": delivery.id,
@@ -588,7 +398,7 @@ impl Inner {
                 line["msg"] = "webhook delivery failed: attempts exhausted".into();
                 log("error", line);
             }
-            Next::DisableEndpoint => match self.disable(&delivery.endpoint)? {
+            Next::DisableEndpoint => match disabled {
                 Some(cancelled) => {
                     line["msg"] = "webhook endpoint disabled: it answered 410 Gone".into();
                     line["cancelled_deliveries"] = cancelled.into();
@@ -604,84 +414,20 @@ impl Inner {
         Ok(())
     }
 
-    /// Disables an endpoint and ends its pending deliveries (those being sent end when their
-    /// attempt does: the next pass finds the endpoint disabled). Returns how many it ended,
-    /// or `None` when the endpoint was disabled already.
-    fn disable(&self, url: &str) -> Result<Option<u32>, ApiError> {
-        let already = self
-            .exec(
-                "SELECT disabled_at FROM endpoints WHERE url = ?",
-                vec![url.into()],
-            )?
-            .first()
-            .and_then(|r| integer(r.first()))
-            .is_some();
-        if already {
-            return Ok(None);
-        }
-        self.exec(
-            "UPDATE endpoints SET disabled_at = ?, reason = ? WHERE url = ?",
-            vec![
-                ms(now()),
-                "the endpoint answered 410 Gone".into(),
-                url.into(),
-            ],
-        )?;
-        self.cancel_pending(url, "endpoint_disabled").map(Some)
-    }
-
-    /// Ends the pending deliveries to `url` that are not being sent, noting why; returns how
-    /// many.
-    fn cancel_pending(&self, url: &str, note: &str) -> Result<u32, ApiError> {
-        let rows = self.exec(
-            "SELECT seq, delivery FROM deliveries WHERE endpoint = ? AND status = 'pending' AND lease_until <= ?",
-            vec![url.into(), ms(now())],
-        )?;
-        let mut cancelled = 0;
-        for row in rows {
-            let Some(seq) = integer(row.first()) else {
-                continue;
-            };
-            let delivery = text(row.get(1))
-                .and_then(|j| serde_json::from_str::<Delivery>(&j).ok())
-                .map(|mut d| {
-                    d.status = DeliveryStatus::Failed;
-                    d.next_at = None;
-                    d
-                });
-            self.end(seq, delivery.as_ref(), note)?;
-            cancelled += 1;
-        }
-        Ok(cancelled)
-    }
-
     /// When the next delivery nobody is sending comes due.
     fn next_due(&self) -> Option<Timestamp> {
-        self.exec(
-            "SELECT MIN(due_at) FROM deliveries WHERE status = 'pending' AND lease_until <= ?",
-            vec![ms(now())],
-        )
-        .ok()?
-        .first()
-        .and_then(|r| integer(r.first()))
-        .and_then(|m| u64::try_from(m).ok())
-        .map(Timestamp::from_millis)
+        self.load().ok()?.next_due(now())
     }
 
     /// Sets the alarm to the earliest moment a pending delivery needs attention (its next
-    /// attempt, or the end of its sender's lease), or clears it when nothing is pending.
+    /// attempt, or the end of its sender's lease: [`Outbox::wake_at`]), or clears it when
+    /// nothing is pending.
     async fn reschedule(&self) -> Result<(), ApiError> {
-        let next = self
-            .exec(
-                "SELECT MIN(MAX(COALESCE(due_at, 0), lease_until)) FROM deliveries WHERE status = 'pending'",
-                vec![],
-            )?
-            .first()
-            .and_then(|r| integer(r.first()));
+        let next = self.load()?.wake_at();
         let storage = self.state.storage();
         match next {
             Some(at) => {
-                let date = worker::js_sys::Date::new(&(at as f64).into());
+                let date = worker::js_sys::Date::new(&(at.as_millis() as f64).into());
                 storage.set_alarm(ScheduledTime::new(date)).await
             }
             None => storage.delete_alarm().await,
@@ -690,59 +436,8 @@ impl Inner {
     }
 
     fn list(&self, limit: usize) -> Result<Value, ApiError> {
-        let t = now();
-        let rows = self.exec(
-            "SELECT seq, status, created_at, note, lease_until, delivery FROM deliveries \
-             ORDER BY created_at DESC, seq DESC LIMIT ?",
-            vec![i64::try_from(limit).unwrap_or(50).into()],
-        )?;
-        let mut deliveries = Vec::new();
-        for row in rows {
-            let Some(delivery) =
-                text(row.get(5)).and_then(|j| serde_json::from_str::<Delivery>(&j).ok())
-            else {
-                continue;
-            };
-            let in_flight = integer(row.get(4)).is_some_and(|l| l > ms_i64(t));
-            let created_at = integer(row.get(2))
-                .and_then(|m| u64::try_from(m).ok())
-                .map(Timestamp::from_millis)
-                .unwrap_or_default();
-            let status =
-                text(row.get(1)).unwrap_or_else(|| status_name(delivery.status).to_owned());
-            deliveries.push(delivery_json(
-                &delivery,
-                &status,
-                text(row.get(3)).as_deref(),
-                created_at,
-                in_flight,
-            ));
-        }
-        let endpoints: Vec<Value> = self
-            .exec(
-                "SELECT e.url, e.disabled_at, e.reason, \
-                 (SELECT COUNT(*) FROM deliveries d WHERE d.endpoint = e.url AND d.status = 'pending') \
-                 FROM endpoints e ORDER BY e.url",
-                vec![],
-            )?
-            .into_iter()
-            .map(|r| {
-                let disabled_at = integer(r.get(1));
-                json!({
-                    "url": text(r.first()),
-                    "state": if disabled_at.is_some() { "disabled" } else { "active" },
-                    "disabled_at": rfc3339(disabled_at),
-                    "reason": text(r.get(2)),
-                    "pending": integer(r.get(3)).unwrap_or(0),
-                })
-            })
-            .collect();
-        Ok(json!({"deliveries": deliveries, "endpoints": endpoints}))
+        Ok(self.load()?.to_json(now(), limit))
     }
-}
-
-fn ms_i64(t: Timestamp) -> i64 {
-    i64::try_from(t.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Reserves the due deliveries and sets the alarm for the rest (and for the end of the
@@ -836,15 +531,10 @@ impl DurableObject for WebhookObject {
         let sql = state.storage().sql();
         for stmt in [
             "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-            // `secret` is the endpoint's current signing secret (from the tenant's
-            // configuration at the last enqueue); it is never listed.
-            "CREATE TABLE IF NOT EXISTS endpoints (url TEXT PRIMARY KEY, secret TEXT NOT NULL, \
-             disabled_at INTEGER, reason TEXT, updated_at INTEGER NOT NULL)",
-            "CREATE TABLE IF NOT EXISTS deliveries (seq INTEGER PRIMARY KEY, endpoint TEXT NOT NULL, \
-             status TEXT NOT NULL, due_at INTEGER, lease_until INTEGER NOT NULL DEFAULT 0, \
-             created_at INTEGER NOT NULL, note TEXT, delivery TEXT NOT NULL)",
-            "CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, due_at)",
-            "CREATE INDEX IF NOT EXISTS deliveries_endpoint ON deliveries (endpoint, status)",
+            // The engine's outbox document (JSON), with the endpoints' current signing
+            // secrets, which its log never lists.
+            "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY CHECK (id = 0), \
+             document TEXT NOT NULL)",
         ] {
             if let Err(e) = sql.exec(stmt, None) {
                 log(
@@ -861,11 +551,14 @@ impl DurableObject for WebhookObject {
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
         let result = match (req.method(), req.path().as_str()) {
             // Parsed by serde_json, not as JavaScript: jitter seeds are full 64-bit numbers.
+            // From text, as the stored outbox is: the deliveries' and endpoints' parsers are
+            // then the ones the outbox already needs (a second reader type would compile
+            // each again into the Worker's wasm).
             (Method::Post, ENQUEUE_PATH) => match req
-                .bytes()
+                .text()
                 .await
                 .map_err(internal)
-                .and_then(|b| serde_json::from_slice::<EnqueueRequest>(&b).map_err(internal))
+                .and_then(|t| serde_json::from_str::<EnqueueRequest>(&t).map_err(internal))
             {
                 Ok(r) => match self.inner.enqueue(r) {
                     Ok(answer) => {

@@ -152,8 +152,8 @@ pub fn valid_agent_id(id: &str) -> bool {
 
 /// Checks a roster field by field: valid, unique ids; a name of 1 to 80 characters; an
 /// email that looks like one.
-pub fn validate_roster(agents: &[AgentEntry]) -> Result<(), crate::config::ConfigError> {
-    let invalid = |i: usize, field: &str, message: &str| crate::config::ConfigError {
+pub fn validate_roster(agents: &[AgentEntry]) -> Result<(), crate::error::ConfigError> {
+    let invalid = |i: usize, field: &str, message: &str| crate::error::ConfigError {
         field: format!("agents[{i}].{field}"),
         message: message.to_owned(),
     };

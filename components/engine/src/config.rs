@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::error::ConfigError;
 use crate::gateway::route::{self, ProviderSpec, RouteContext, RouteSpec, Target};
 use crate::gateway::{BreakerPolicy, Price, QuotaPolicy, RetryPolicy, Rng};
 
@@ -267,16 +268,6 @@ impl Default for TenantConfig {
             builtin: false,
         }
     }
-}
-
-/// A configuration document that was rejected, with the field at fault.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct ConfigError {
-    /// A dotted path to the field (`provider.base_url`), or `$` for the whole document.
-    pub field: String,
-    /// What is wrong with it.
-    pub message: String,
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> ConfigError {

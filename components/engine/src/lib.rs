@@ -32,6 +32,7 @@ pub mod demo;
 pub mod deployment;
 pub mod destination;
 pub mod dialogue;
+pub mod error;
 pub mod gateway;
 pub mod gemini;
 pub mod handoff;

@@ -11,6 +11,13 @@
 //! A delivery being sent holds a lease ([`LEASE`]): no other sender takes it meanwhile, and
 //! should its sender die mid-flight the lease runs out and the delivery is due again (at
 //! least once, never lost; receivers deduplicate on `webhook-id`).
+//!
+//! Every host keeps the outbox as this one document — the Spin component in key-value
+//! (compare-and-swap), the Worker's webhook Durable Object in one SQLite row — and changes
+//! it only through [`Outbox`]'s methods, under the same [`LIMITS`] and [`MAX_BATCH`]: which
+//! deliveries are taken, dropped, due, retried and when, and which end, is decided here.
+//! A host stores and fetches the document, sends the claimed requests and sets its timers
+//! ([`Outbox::next_due`], [`Outbox::wake_at`]).
 
 use core::time::Duration;
 
@@ -33,6 +40,30 @@ pub const DEFAULT_LIST: usize = 50;
 pub const MAX_LIST: usize = 200;
 /// The operators' route.
 pub const DELIVERIES_ROUTE: &str = "/api/v1/webhooks/deliveries";
+
+/// How large a tenant's outbox may grow, on every host: 200 pending deliveries, the 50
+/// newest finished ones kept for the log.
+///
+/// Why these: the outbox is one document that every webhook step reads, changes and
+/// writes back whole (Spin's key-value by compare-and-swap, a Durable Object's row in one
+/// synchronous step), so its size is paid on each enqueue, claim and recorded attempt. A
+/// delivery is about 0.5 KB of JSON when its first attempt succeeds and at most 2.5 KB with
+/// a full attempt log ([`crate::webhook::MAX_ATTEMPTS`] attempts, each with the longest
+/// error; `outbox_at_its_limits_stays_small` measures it), so even a full outbox of failing
+/// deliveries stays under 650 KB: a few milliseconds to parse per step, and well inside the
+/// 2 MB a Durable Object's SQLite row may hold.
+/// 200 pending deliveries are what about 70 chat turns make (two or three events each)
+/// while an endpoint is down; past that, new deliveries are dropped and logged rather than
+/// let storage grow without bound, which an endpoint down for a day would otherwise do.
+pub const LIMITS: Limits = Limits {
+    max_pending: 200,
+    keep_finished: 50,
+};
+
+/// The most deliveries one sender claims at once ([`Outbox::claim`]): Spin sends them
+/// after a request's response and waits for them (at most [`REQUEST_TIMEOUT`]), so the
+/// batch bounds that tail; the Worker takes the next batch as soon as this one is sent.
+pub const MAX_BATCH: usize = 16;
 
 /// The deliveries `events` (which happened at `at`) make for the tenant's `endpoints`: one
 /// per (event, enabled endpoint that wants its type), the same `webhook-id` for one event
@@ -230,6 +261,8 @@ pub struct Enqueued {
     pub dropped: u32,
     /// Endpoints no longer configured whose pending retries ended, and how many.
     pub cancelled: Vec<(String, u32)>,
+    /// Disabled endpoints enabled again because the tenant gave them a new secret.
+    pub reenabled: Vec<String>,
 }
 
 /// How big an outbox may grow.
@@ -266,6 +299,27 @@ impl Outbox {
             .any(|e| e.lease_until <= now && e.delivery.is_due(now))
     }
 
+    /// When the next pending delivery nobody holds comes due (`now` or earlier when one is
+    /// due already), or `None` when none is pending outside a lease.
+    pub fn next_due(&self, now: Timestamp) -> Option<Timestamp> {
+        self.entries
+            .iter()
+            .filter(|e| e.lease_until <= now && e.delivery.status == DeliveryStatus::Pending)
+            .filter_map(|e| e.delivery.next_at)
+            .min()
+    }
+
+    /// The earliest moment a pending delivery needs a sender: its next attempt, or the end
+    /// of the lease of one being sent (should that sender have died mid-flight). `None` when
+    /// nothing is pending. A host without its own clock sets its wake-up timer to this.
+    pub fn wake_at(&self) -> Option<Timestamp> {
+        self.entries
+            .iter()
+            .filter(|e| e.delivery.status == DeliveryStatus::Pending)
+            .map(|e| e.delivery.next_at.unwrap_or_default().max(e.lease_until))
+            .min()
+    }
+
     /// Takes new deliveries. The tenant's `configured` endpoints (its configuration now)
     /// update the known secrets — a new secret enables a disabled endpoint again — and
     /// pending retries to endpoints no longer configured (or switched off) end. Deliveries
@@ -281,6 +335,9 @@ impl Outbox {
         for endpoint in configured.iter().filter(|e| e.enabled) {
             match self.endpoints.iter_mut().find(|r| r.url == endpoint.url) {
                 Some(r) if r.secret != endpoint.secret => {
+                    if r.disabled_at.is_some() {
+                        out.reenabled.push(r.url.clone());
+                    }
                     r.secret = endpoint.secret.clone();
                     r.disabled_at = None;
                     r.reason = None;
@@ -563,6 +620,54 @@ mod tests {
     }
 
     #[test]
+    fn outbox_at_its_limits_stays_small() {
+        // The worst case the engine's LIMITS allow: every pending delivery with all but its
+        // last attempt failed on the longest error, every finished one with all of them.
+        let configured = [endpoint("https://receiver.example.com/kefu/webhooks", &[])];
+        let mut outbox = Outbox::default();
+        let mut random = counter();
+        let error = "x".repeat(400);
+        let total = super::LIMITS.max_pending + super::LIMITS.keep_finished;
+        let mut now = t(0);
+        while outbox.entries.len() < total {
+            let d = plan(&configured, &events()[1..], now, &mut random);
+            outbox.enqueue(now, &configured, d, super::LIMITS);
+            let finished = outbox.entries.len() <= super::LIMITS.keep_finished;
+            let e = outbox.entries.last_mut().unwrap();
+            let attempts = crate::webhook::MAX_ATTEMPTS - u32::from(!finished);
+            for _ in 0..attempts {
+                let at = e.delivery.next_at.unwrap_or(now);
+                e.delivery.record(
+                    at,
+                    AttemptOutcome::network(&error, Duration::from_millis(15_000)),
+                );
+            }
+            now = now + Duration::from_secs(1);
+        }
+        let pending = outbox
+            .entries
+            .iter()
+            .filter(|e| e.delivery.status == DeliveryStatus::Pending)
+            .count();
+        assert_eq!(pending, super::LIMITS.max_pending);
+        // The usual delivery: delivered at its first attempt.
+        let mut one = Outbox::default();
+        let d = plan(&configured, &events()[1..], t(0), counter());
+        one.enqueue(t(0), &configured, d, super::LIMITS);
+        let e = &mut one.entries[0];
+        e.delivery
+            .record(t(1), AttemptOutcome::status(200, Duration::from_millis(80)));
+        let usual = serde_json::to_vec(&one.entries[0]).unwrap().len();
+        println!("a delivery delivered at once: {usual} bytes");
+        assert!(usual < 700, "{usual} bytes");
+        let bytes = serde_json::to_vec(&outbox).unwrap().len();
+        let each = bytes / total;
+        println!("outbox at its limits: {bytes} bytes, {each} a delivery");
+        assert!(each < 2_500, "{each} bytes a delivery");
+        assert!(bytes < 650_000, "{bytes} bytes");
+    }
+
+    #[test]
     fn claims_lease_sends_and_retries() {
         let configured = [endpoint("https://a.example/h", &[])];
         let mut outbox = Outbox::default();
@@ -591,6 +696,10 @@ mod tests {
         // Not due before the retry; due after it.
         assert!(!outbox.has_due(t(200)));
         assert!(outbox.has_due(t(10_000)));
+        // The retry is the next due; the other one's lease ends first, so a host wakes then.
+        let retry = outbox.entries[0].delivery.next_at.unwrap();
+        assert_eq!(outbox.next_due(t(200)), Some(retry));
+        assert_eq!(outbox.wake_at(), Some(retry.min(t(1) + LEASE)));
         // A sender that died: its lease runs out and the delivery is due again.
         assert_eq!(outbox.claim(t(1) + LEASE, 10).len(), 2);
     }

@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::ConfigError;
 use crate::conversation::Part;
+use crate::error::ConfigError;
 use crate::wire::{PromptMessage, PromptRole};
 
 /// At most this many plugins per tenant.

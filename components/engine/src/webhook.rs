@@ -29,8 +29,8 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use crate::Event;
-use crate::config::ConfigError;
 use crate::conversation::ConversationId;
+use crate::error::ConfigError;
 use crate::gateway::Rng;
 use crate::provider::{Header, HttpRequest};
 use crate::time::Timestamp;

@@ -23,14 +23,14 @@
 //! them, after its own answer. An instance the platform stops before an answer is recorded
 //! leaves its lease to run out (30 s), and the delivery goes again (at least once, never
 //! lost; receivers deduplicate on `webhook-id`). The outbox keeps at most [`LIMITS`]
-//! pending and finished deliveries. Spin must allow the endpoints' origins
+//! pending and finished deliveries (the engine's, the Worker's too). Spin must allow the endpoints' origins
 //! (`webhook_outbound_host` in `spin.toml`); a refused call is a network error, retried and
 //! logged like any other.
 
 use std::cell::RefCell;
 
 use kefu_engine::api::ApiError;
-use kefu_engine::outbox::{self, Claim, Limits, Outbox};
+use kefu_engine::outbox::{self, Claim, LIMITS, MAX_BATCH, Outbox};
 use kefu_engine::webhook::{self, AttemptOutcome, Next};
 use kefu_engine::{Event, TenantConfig, TenantId, Timestamp};
 use serde_json::json;
@@ -39,15 +39,6 @@ use spin_sdk::wit::wasi::http0_2_0::types::FutureIncomingResponse;
 use crate::http::{Incoming, Reply};
 use crate::store::Kv;
 use crate::{log, now, shared};
-
-/// The most deliveries one request sends.
-pub const MAX_BATCH: usize = 16;
-/// How large a tenant's outbox may grow (it is one key-value document, read by every
-/// request to a tenant with webhooks).
-pub const LIMITS: Limits = Limits {
-    max_pending: 200,
-    keep_finished: 50,
-};
 
 #[derive(Default)]
 struct Pending {
@@ -170,6 +161,12 @@ fn deliver(
                 log(
                     "error",
                     json!({"msg": "webhook events dropped: too many pending deliveries", "tenant": tenant.as_str(), "dropped": q.dropped, "max_pending": LIMITS.max_pending}),
+                );
+            }
+            for url in &q.reenabled {
+                log(
+                    "info",
+                    json!({"msg": "webhook endpoint re-enabled: its secret changed", "tenant": tenant.as_str(), "endpoint": url}),
                 );
             }
             for (url, n) in &q.cancelled {

@@ -50,9 +50,9 @@ impl Default for BreakerPolicy {
 
 impl BreakerPolicy {
     /// Checks the policy's numbers.
-    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+    pub fn validate(&self) -> Result<(), crate::error::ConfigError> {
         let bad = |field: &str, message: &str| {
-            Err(crate::config::ConfigError {
+            Err(crate::error::ConfigError {
                 field: format!("breaker.{field}"),
                 message: message.into(),
             })

@@ -42,9 +42,9 @@ impl QuotaPolicy {
     }
 
     /// Checks the policy's numbers.
-    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+    pub fn validate(&self) -> Result<(), crate::error::ConfigError> {
         let bad = |field: &str| {
-            Err(crate::config::ConfigError {
+            Err(crate::error::ConfigError {
                 field: format!("quotas.{field}"),
                 message: "must be positive".into(),
             })

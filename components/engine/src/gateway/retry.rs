@@ -60,9 +60,9 @@ pub enum Disposition {
 
 impl RetryPolicy {
     /// Checks the policy's numbers.
-    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+    pub fn validate(&self) -> Result<(), crate::error::ConfigError> {
         let bad = |field: &str, message: &str| {
-            Err(crate::config::ConfigError {
+            Err(crate::error::ConfigError {
                 field: format!("retry.{field}"),
                 message: message.into(),
             })

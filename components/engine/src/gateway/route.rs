@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::Rng;
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 use crate::wire::ProviderKind;
 
 /// How a route orders its targets.

@@ -1,0 +1,149 @@
+//! Ranking: vector hits by similarity, and full-text and vector rankings fused by
+//! reciprocal rank fusion.
+
+use std::collections::BTreeMap;
+
+use super::{RRF_K, RetrievedChunk, SearchRow};
+
+/// The `limit` chunks nearest the question's embedding, `(chunk id, similarity)`, best
+/// first. Stored vectors that do not decode or differ in length are skipped.
+pub fn vector_ranking(
+    question: &[f32],
+    stored: impl IntoIterator<Item = (String, Vec<u8>)>,
+    limit: usize,
+) -> Vec<(String, f64)> {
+    let mut scored: Vec<(String, f64)> = stored
+        .into_iter()
+        .filter_map(|(id, bytes)| {
+            let v = crate::models::decode_vector(&bytes)?;
+            (v.len() == question.len())
+                .then(|| (id, f64::from(crate::models::similarity(question, &v))))
+        })
+        .collect();
+    scored.sort_by(|(a_id, a), (b_id, b)| b.total_cmp(a).then_with(|| a_id.cmp(b_id)));
+    scored.truncate(limit);
+    scored
+}
+
+/// Full-text rows and a vector ranking fused into the best `limit` chunks (reciprocal rank
+/// fusion, [`merge_results`]), each with its fused score. `rows` must hold every chunk the
+/// fused list may name: the full-text hits plus the vector hits fetched with
+/// [`CHUNKS_BY_ID_SQL`].
+pub fn hybrid_results(
+    fulltext: &[SearchRow],
+    vector: &[(String, f64)],
+    rows: Vec<SearchRow>,
+    limit: usize,
+) -> Vec<RetrievedChunk> {
+    let ft: Vec<(String, f64)> = fulltext
+        .iter()
+        .map(|r| (r.chunk_id.clone(), r.score))
+        .collect();
+    let fused = merge_results(&ft, vector, limit);
+    let mut by_id: BTreeMap<String, SearchRow> =
+        rows.into_iter().map(|r| (r.chunk_id.clone(), r)).collect();
+    fused
+        .into_iter()
+        .filter_map(|(id, score)| {
+            let mut row = by_id.remove(&id)?;
+            row.score = score;
+            Some(RetrievedChunk::from(row))
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Hybrid ranking
+// ---------------------------------------------------------------------------------------
+
+/// Fuses a full-text ranking and a vector ranking by reciprocal rank fusion: a chunk scores
+/// `Σ 1 / (RRF_K + rank)` over the rankings it appears in (ranks from 1). `fulltext` holds
+/// `(chunk id, bm25)` as [`SEARCH_SQL`] reports it (lower is better), `vector` holds
+/// `(chunk id, cosine similarity)` (higher is better); each is ranked by its score whatever
+/// its order, a chunk listed twice counts once at its better rank, and a NaN ranks last.
+/// The best `limit` come back, best first, equal scores by chunk id: the same hits give
+/// the same answer in any order.
+pub fn merge_results(
+    fulltext: &[(String, f64)],
+    vector: &[(String, f64)],
+    limit: usize,
+) -> Vec<(String, f64)> {
+    fn ranked(hits: &[(String, f64)], higher_is_better: bool) -> Vec<&str> {
+        let mut hits: Vec<(&str, f64)> = hits.iter().map(|(id, s)| (id.as_str(), *s)).collect();
+        hits.sort_by(|(a_id, a), (b_id, b)| {
+            let by_score = match (a.is_nan(), b.is_nan()) {
+                (true, true) => core::cmp::Ordering::Equal,
+                (true, false) => core::cmp::Ordering::Greater,
+                (false, true) => core::cmp::Ordering::Less,
+                (false, false) if higher_is_better => b.total_cmp(a),
+                (false, false) => a.total_cmp(b),
+            };
+            by_score.then_with(|| a_id.cmp(b_id))
+        });
+        let mut seen = std::collections::BTreeSet::new();
+        hits.into_iter()
+            .filter(|(id, _)| seen.insert(*id))
+            .map(|(id, _)| id)
+            .collect()
+    }
+    let mut fused: BTreeMap<&str, f64> = BTreeMap::new();
+    for list in [ranked(fulltext, false), ranked(vector, true)] {
+        for (i, id) in list.into_iter().enumerate() {
+            *fused.entry(id).or_insert(0.0) += 1.0 / (RRF_K + (i + 1) as f64);
+        }
+    }
+    let mut out: Vec<(String, f64)> = fused
+        .into_iter()
+        .map(|(id, s)| (id.to_owned(), s))
+        .collect();
+    out.sort_by(|(a_id, a), (b_id, b)| b.total_cmp(a).then_with(|| a_id.cmp(b_id)));
+    out.truncate(limit);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, score: f64) -> SearchRow {
+        SearchRow {
+            chunk_id: id.into(),
+            source_id: "s".into(),
+            position: 0,
+            heading_path: "[]".into(),
+            text: format!("text of {id}"),
+            source_title: None,
+            source_url: None,
+            score,
+        }
+    }
+
+    #[test]
+    fn vectors_rank_by_similarity_and_fuse_with_full_text() {
+        use crate::models::encode_vector;
+        let q = [1.0_f32, 0.0];
+        let stored = vec![
+            ("far".to_owned(), encode_vector(&[0.0, 1.0])),
+            ("near".to_owned(), encode_vector(&[0.8, 0.6])),
+            ("same".to_owned(), encode_vector(&[1.0, 0.0])),
+            ("broken".to_owned(), vec![1, 2, 3]),
+            ("short".to_owned(), encode_vector(&[1.0])),
+        ];
+        let ranked = vector_ranking(&q, stored, 2);
+        assert_eq!(
+            ranked.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
+            ["same", "near"]
+        );
+        // "same" is found only by vectors, "lex" only by full text, "near" by both: it wins.
+        let fulltext = vec![row("near", -3.0), row("lex", -2.0)];
+        let rows = vec![row("near", -3.0), row("lex", -2.0), row("same", 0.0)];
+        let out = hybrid_results(&fulltext, &ranked, rows, 3);
+        let ids: Vec<&str> = out.iter().map(|c| c.chunk.id.as_str()).collect();
+        assert_eq!(ids[0], "near");
+        assert!(ids.contains(&"same") && ids.contains(&"lex"), "{ids:?}");
+        assert!(out[0].score > out[1].score);
+        // A fused id without a row is dropped rather than invented.
+        let out = hybrid_results(&fulltext, &ranked, vec![row("near", -3.0)], 3);
+        assert_eq!(out.len(), 1);
+    }
+}
