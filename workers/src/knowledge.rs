@@ -11,11 +11,10 @@
 // `#[durable_object]` generates undocumented public JavaScript glue methods.
 #![allow(missing_docs)]
 
+use kefu_engine::TenantId;
 use kefu_engine::api::ApiError;
-use kefu_engine::knowledge::{
-    self, RetrievedChunk, SearchRow, Source, SqlValue, Statement, Unanswered,
-};
-use kefu_engine::{TenantConfig, TenantId};
+use kefu_engine::chat::{EMBEDDING_TIMEOUT_MS, Got, IndexPlan, Need, SearchPlan};
+use kefu_engine::knowledge::{self, RetrievedChunk, SqlValue, Statement, Unanswered};
 use serde_json::{Value, json};
 use worker::{
     DurableObject, Env, Method, Request, Response, SqlStorage, SqlStorageValue, State,
@@ -82,36 +81,6 @@ fn bind(v: &SqlValue) -> SqlStorageValue {
     }
 }
 
-/// How long one embeddings call may take.
-const EMBEDDING_TIMEOUT_MS: u64 = 30_000;
-
-/// Embeds `texts` with the tenant's embedding model, in batches; `Ok(None)` when none is
-/// configured.
-async fn embed(
-    env: &Env,
-    tenant: &TenantId,
-    config: &TenantConfig,
-    texts: &[String],
-) -> Result<Option<(String, Vec<Vec<f32>>)>, String> {
-    let Some(model) = &config.knowledge.embeddings else {
-        return Ok(None);
-    };
-    let secrets = crate::config::secrets(env, tenant, config);
-    let endpoint = config
-        .model_endpoint(model, &secrets)
-        .ok_or_else(|| format!("no provider `{}`", model.provider))?;
-    let mut vectors = Vec::with_capacity(texts.len());
-    for batch in texts.chunks(kefu_engine::models::MAX_EMBEDDING_INPUTS) {
-        let inputs: Vec<&str> = batch.iter().map(String::as_str).collect();
-        let request = kefu_engine::models::embeddings_request(&endpoint, &inputs);
-        let (status, body) = http::send(&request, EMBEDDING_TIMEOUT_MS).await?;
-        let got = kefu_engine::models::parse_embeddings(status, &body, inputs.len())
-            .map_err(|e| e.to_string())?;
-        vectors.extend(got);
-    }
-    Ok(Some((model.model.clone(), vectors)))
-}
-
 /// The Durable Object class that holds one tenant's knowledge base.
 #[durable_object]
 pub struct KnowledgeObject {
@@ -129,53 +98,45 @@ impl KnowledgeObject {
         Ok(())
     }
 
+    /// Answers a knowledge plan's needs with this object's SQLite and `fetch`, until it is
+    /// done. A write runs its statements with no await between them: the runtime commits
+    /// them as one.
+    async fn carry_out(&self, mut step: impl FnMut(Got) -> Need) {
+        let mut got = Got::Start;
+        loop {
+            got = match step(got) {
+                Need::Call(request) => {
+                    Got::Answered(http::send(&request, EMBEDDING_TIMEOUT_MS).await)
+                }
+                Need::Rows(st) => Got::Rows(self.query(st.sql, &st.params)),
+                Need::Vectors(st) => Got::Vectors(self.vectors(&st)),
+                Need::Write(statements) => Got::Written(self.run(&statements)),
+                Need::Done => return,
+            };
+        }
+    }
+
+    /// `PUT …/sources/{id}`: the engine's [`IndexPlan`], carried out.
     async fn put_source(
         &self,
         tenant: &TenantId,
         id: &str,
         body: &[u8],
     ) -> Result<Response, ApiError> {
-        let text =
-            std::str::from_utf8(body).map_err(|_| ApiError::internal("the source is not UTF-8"))?;
-        let source = Source::from_json(text).map_err(|e| invalid_source(&e))?;
-        if source.id != id {
-            return Err(invalid_source(&kefu_engine::config::ConfigError {
-                field: "id".into(),
-                message: format!("the body names source `{}` but the path `{id}`", source.id),
-            }));
-        }
-        let chunks = knowledge::chunk(&source).map_err(|e| invalid_source(&e))?;
-        // Embeddings first (the only wait); a failed call leaves the source searchable by
-        // its text and says why.
         let config = crate::config::load(&self.env, tenant).await?;
-        let texts: Vec<String> = chunks.iter().map(knowledge::embedding_text).collect();
-        let (vectors, embedding_error) = match embed(&self.env, tenant, &config, &texts).await {
-            Ok(v) => (v, None),
-            Err(e) => (None, Some(e)),
-        };
-        // All statements run without an await between them: the runtime commits them as one.
-        let mut statements = knowledge::index_statements(tenant, &source, &chunks, now());
-        if let Some((model, vectors)) = &vectors {
-            statements.extend(knowledge::vector_statements(
-                tenant, &chunks, vectors, model,
-            ));
-        }
-        self.run(&statements)?;
-        let mut answer = json!({"source": id, "chunks": chunks.len(),
-            "embedded": vectors.as_ref().map_or(0, |(_, v)| v.len())});
-        if let Some(e) = embedding_error {
+        let secrets = crate::config::secrets(&self.env, tenant, &config);
+        let mut plan = IndexPlan::new(now(), tenant.clone(), &config, &secrets, id, body)?;
+        self.carry_out(|got| plan.step(got)).await;
+        if let Some(e) = plan.embedding_error() {
             log(
                 "error",
                 json!({"msg": "embedding a source failed", "source": id, "error": e}),
             );
-            answer["embedding_error"] = json!(e);
         }
-        json_response(200, &answer)
+        json_response(200, &plan.take_result()?)
     }
 
-    /// The best `k` chunks for `question`: full-text alone, or fused with the nearest
-    /// embeddings when the tenant has an embedding model (full text alone again if the
-    /// question cannot be embedded just now).
+    /// The best `k` chunks for `question`: the engine's [`SearchPlan`], carried out.
     async fn search(
         &self,
         tenant: &TenantId,
@@ -183,66 +144,23 @@ impl KnowledgeObject {
         k: u8,
     ) -> Result<Vec<RetrievedChunk>, ApiError> {
         let config = crate::config::load(&self.env, tenant).await?;
-        let question_vector = match embed(&self.env, tenant, &config, &[question.to_owned()]).await
-        {
-            Ok(Some((model, mut v))) => v.pop().map(|v| (model, v)),
-            Ok(None) => None,
-            Err(e) => {
-                log(
-                    "error",
-                    json!({"msg": "embedding a question failed", "error": e}),
-                );
-                None
-            }
-        };
-        // Each list is deeper than `k`, so fusion has something to reorder.
-        let depth = if question_vector.is_some() {
-            u32::from(k) * 4
-        } else {
-            u32::from(k)
-        };
-        let fulltext: Vec<SearchRow> = match knowledge::search_statement(tenant, question, depth) {
-            Some(st) => self.query(st.sql, &st.params)?,
-            None => Vec::new(),
-        };
-        let Some((model, vector)) = question_vector else {
-            return Ok(fulltext.into_iter().map(RetrievedChunk::from).collect());
-        };
-        let nearest = knowledge::vector_ranking(
-            &vector,
-            self.stored_vectors(tenant, &model)?,
-            depth as usize,
-        );
-        let ids: Vec<&str> = nearest.iter().map(|(id, _)| id.as_str()).collect();
-        let rows: Vec<SearchRow> = self.query(
-            knowledge::CHUNKS_BY_ID_SQL,
-            &[
-                SqlValue::Text(tenant.as_str().to_owned()),
-                SqlValue::Text(serde_json::to_string(&ids).map_err(internal)?),
-            ],
-        )?;
-        let all = fulltext.iter().cloned().chain(rows).collect();
-        Ok(knowledge::hybrid_results(
-            &fulltext,
-            &nearest,
-            all,
-            usize::from(k),
-        ))
+        let secrets = crate::config::secrets(&self.env, tenant, &config);
+        let mut plan = SearchPlan::new(tenant.clone(), config, secrets, question, k);
+        self.carry_out(|got| plan.step(got)).await;
+        for warning in plan.warnings() {
+            log(
+                "error",
+                json!({"msg": "embedding a question failed", "error": warning}),
+            );
+        }
+        plan.take_result()
     }
 
-    /// The tenant's chunk embeddings by `model`, `(chunk id, vector bytes)` (read raw: the
-    /// vectors are BLOBs).
-    fn stored_vectors(
-        &self,
-        tenant: &TenantId,
-        model: &str,
-    ) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
+    /// A query whose rows are `(text id, blob)` (the vectors are BLOBs: read raw).
+    fn vectors(&self, st: &Statement) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
         let cursor = self
             .sql
-            .exec(
-                knowledge::VECTORS_SQL,
-                vec![tenant.as_str().into(), model.into()],
-            )
+            .exec(st.sql, st.params.iter().map(bind).collect::<Vec<_>>())
             .map_err(internal)?;
         let mut out = Vec::new();
         for row in cursor.raw() {
@@ -270,17 +188,6 @@ impl KnowledgeObject {
     fn rows(&self, sql: &str, params: Vec<SqlStorageValue>) -> Result<Vec<Value>, ApiError> {
         let cursor = self.sql.exec(sql, params).map_err(internal)?;
         cursor.to_array::<Value>().map_err(internal)
-    }
-}
-
-fn invalid_source(e: &kefu_engine::config::ConfigError) -> ApiError {
-    ApiError {
-        status: 400,
-        code: "invalid_source",
-        message: e.to_string(),
-        field: Some(e.field.clone()),
-        allow: None,
-        retry_after: None,
     }
 }
 

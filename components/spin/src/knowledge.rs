@@ -10,7 +10,8 @@
 //! cannot be embedded just now is searched by full text alone.
 
 use kefu_engine::api::{ApiError, KnowledgeRoute};
-use kefu_engine::knowledge::{self, RetrievedChunk, SearchRow, Source, SqlValue, Statement};
+use kefu_engine::chat::{EMBEDDING_TIMEOUT_MS, Got, IndexPlan, Need, SearchPlan};
+use kefu_engine::knowledge::{self, RetrievedChunk, SqlValue, Statement};
 use kefu_engine::{TenantConfig, TenantId};
 use serde_json::{Value, json};
 use spin_sdk::sqlite3::{Connection, QueryResult, Value as Sql};
@@ -160,12 +161,29 @@ fn transaction(db: &Connection, statements: &[Statement]) -> Result<(), ApiError
     Ok(())
 }
 
-fn invalid_source(e: &kefu_engine::config::ConfigError) -> ApiError {
-    let mut error = ApiError::new(400, "invalid_source", e.to_string());
-    error.field = Some(e.field.clone());
-    error
+/// Answers a knowledge plan's needs with Spin SQLite and `wasi:http`, until it is done.
+fn carry_out(db: &Connection, mut step: impl FnMut(Got) -> Need) -> Result<(), ApiError> {
+    let mut got = Got::Start;
+    loop {
+        got = match step(got) {
+            Need::Call(request) => Got::Answered(outbound::send(&request, EMBEDDING_TIMEOUT_MS)),
+            Need::Rows(st) => Got::Rows(run(db, &st).map(|r| objects(&r))),
+            Need::Vectors(st) => Got::Vectors(run(db, &st).map(|r| {
+                r.rows
+                    .into_iter()
+                    .filter_map(|row| match row.values.as_slice() {
+                        [Sql::Text(id), Sql::Blob(vector)] => Some((id.clone(), vector.clone())),
+                        _ => None,
+                    })
+                    .collect()
+            })),
+            Need::Write(statements) => Got::Written(transaction(db, &statements)),
+            Need::Done => return Ok(()),
+        };
+    }
 }
 
+/// `PUT /api/v1/knowledge/sources/{id}`: the engine's [`IndexPlan`], carried out.
 fn put_source(
     db: &Connection,
     tenant: &TenantId,
@@ -173,85 +191,19 @@ fn put_source(
     id: &str,
     body: &[u8],
 ) -> Result<Reply, ApiError> {
-    let text = std::str::from_utf8(body)
-        .map_err(|_| ApiError::new(400, "invalid_json", "the source is not UTF-8"))?;
-    let source = Source::from_json(text).map_err(|e| invalid_source(&e))?;
-    if source.id != id {
-        return Err(invalid_source(&kefu_engine::config::ConfigError {
-            field: "id".into(),
-            message: format!("the body names source `{}` but the path `{id}`", source.id),
-        }));
-    }
-    let chunks = knowledge::chunk(&source).map_err(|e| invalid_source(&e))?;
-    // Embeddings first (the only wait), outside the transaction; a failed call leaves the
-    // source searchable by its text and says why.
-    let texts: Vec<String> = chunks.iter().map(knowledge::embedding_text).collect();
-    let (vectors, embedding_error) = match embed(tenant, config, &texts) {
-        Ok(v) => (v, None),
-        Err(e) => (None, Some(e)),
-    };
-    let mut statements = knowledge::index_statements(tenant, &source, &chunks, crate::now());
-    if let Some((model, vectors)) = &vectors {
-        statements.extend(knowledge::vector_statements(
-            tenant, &chunks, vectors, model,
-        ));
-    }
-    transaction(db, &statements)?;
-    let mut answer = json!({"source": id, "chunks": chunks.len(),
-        "embedded": vectors.as_ref().map_or(0, |(_, v)| v.len())});
-    if let Some(e) = embedding_error {
+    let secrets = crate::secrets(tenant, config);
+    let mut plan = IndexPlan::new(crate::now(), tenant.clone(), config, &secrets, id, body)?;
+    carry_out(db, |got| plan.step(got))?;
+    if let Some(e) = plan.embedding_error() {
         crate::log(
             "error",
             json!({"msg": "embedding a source failed", "source": id, "error": e}),
         );
-        answer["embedding_error"] = json!(e);
     }
-    Ok(Reply::json(200, &answer))
+    Ok(Reply::json(200, &plan.take_result()?))
 }
 
-/// The embedding model's name and one unit vector per embedded text.
-type Embedded = (String, Vec<Vec<f32>>);
-
-/// How long one embeddings call may take (as on Workers).
-const EMBEDDING_TIMEOUT_MS: u64 = 30_000;
-
-/// Embeds `texts` with the tenant's embedding model, in batches: the model and a vector per
-/// text, `Ok(None)` when the tenant has no embedding model.
-fn embed(
-    tenant: &TenantId,
-    config: &TenantConfig,
-    texts: &[String],
-) -> Result<Option<Embedded>, String> {
-    let Some(model) = &config.knowledge.embeddings else {
-        return Ok(None);
-    };
-    let secrets = crate::secrets(tenant, config);
-    let endpoint = config
-        .model_endpoint(model, &secrets)
-        .ok_or_else(|| format!("no provider `{}`", model.provider))?;
-    let mut vectors = Vec::with_capacity(texts.len());
-    for batch in texts.chunks(kefu_engine::models::MAX_EMBEDDING_INPUTS) {
-        let inputs: Vec<&str> = batch.iter().map(String::as_str).collect();
-        let request = kefu_engine::models::embeddings_request(&endpoint, &inputs);
-        let (status, body) = outbound::send(&request, EMBEDDING_TIMEOUT_MS)?;
-        let got = kefu_engine::models::parse_embeddings(status, &body, inputs.len())
-            .map_err(|e| e.to_string())?;
-        vectors.extend(got);
-    }
-    Ok(Some((model.model.clone(), vectors)))
-}
-
-fn search_rows(db: &Connection, st: &Statement) -> Result<Vec<SearchRow>, ApiError> {
-    let rows = run(db, st)?;
-    Ok(objects(&rows)
-        .into_iter()
-        .filter_map(|o| serde_json::from_value(o).ok())
-        .collect())
-}
-
-/// The best `k` chunks for `question`: full text alone, or fused with the nearest
-/// embeddings when the tenant has an embedding model (full text alone again if the
-/// question cannot be embedded just now).
+/// The best `k` chunks for `question`: the engine's [`SearchPlan`], carried out.
 fn search_in(
     db: &Connection,
     tenant: &TenantId,
@@ -259,76 +211,16 @@ fn search_in(
     question: &str,
     k: u8,
 ) -> Result<Vec<RetrievedChunk>, ApiError> {
-    let question_vector = match embed(tenant, config, &[question.to_owned()]) {
-        Ok(Some((model, mut v))) => v.pop().map(|v| (model, v)),
-        Ok(None) => None,
-        Err(e) => {
-            crate::log(
-                "error",
-                json!({"msg": "embedding a question failed", "error": e}),
-            );
-            None
-        }
-    };
-    // Each list is deeper than `k`, so fusion has something to reorder.
-    let depth = if question_vector.is_some() {
-        u32::from(k) * 4
-    } else {
-        u32::from(k)
-    };
-    let fulltext = match knowledge::search_statement(tenant, question, depth) {
-        Some(st) => search_rows(db, &st)?,
-        None => Vec::new(),
-    };
-    let Some((model, vector)) = question_vector else {
-        return Ok(fulltext.into_iter().map(RetrievedChunk::from).collect());
-    };
-    let nearest =
-        knowledge::vector_ranking(&vector, stored_vectors(db, tenant, &model)?, depth as usize);
-    let ids: Vec<&str> = nearest.iter().map(|(id, _)| id.as_str()).collect();
-    let ids = serde_json::to_string(&ids).map_err(|e| ApiError::internal(e.to_string()))?;
-    let rows = search_rows(
-        db,
-        &Statement {
-            sql: knowledge::CHUNKS_BY_ID_SQL,
-            params: vec![
-                SqlValue::Text(tenant.as_str().to_owned()),
-                SqlValue::Text(ids),
-            ],
-        },
-    )?;
-    let all = fulltext.iter().cloned().chain(rows).collect();
-    Ok(knowledge::hybrid_results(
-        &fulltext,
-        &nearest,
-        all,
-        usize::from(k),
-    ))
-}
-
-/// The tenant's chunk embeddings by `model`, `(chunk id, vector bytes)`.
-fn stored_vectors(
-    db: &Connection,
-    tenant: &TenantId,
-    model: &str,
-) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
-    let result = db
-        .execute(
-            knowledge::VECTORS_SQL,
-            &[
-                Sql::Text(tenant.as_str().to_owned()),
-                Sql::Text(model.to_owned()),
-            ],
-        )
-        .map_err(|e| sqlite("reading the embeddings", e))?;
-    Ok(result
-        .rows
-        .into_iter()
-        .filter_map(|row| match row.values.as_slice() {
-            [Sql::Text(id), Sql::Blob(vector)] => Some((id.clone(), vector.clone())),
-            _ => None,
-        })
-        .collect())
+    let secrets = crate::secrets(tenant, config);
+    let mut plan = SearchPlan::new(tenant.clone(), config.clone(), secrets, question, k);
+    carry_out(db, |got| plan.step(got))?;
+    for warning in plan.warnings() {
+        crate::log(
+            "error",
+            json!({"msg": "embedding a question failed", "error": warning}),
+        );
+    }
+    plan.take_result()
 }
 
 /// The best `k` chunks for a chat turn's question (hybrid when the tenant embeds).

@@ -27,6 +27,7 @@
 
 mod change;
 mod events;
+mod knowledge;
 mod model;
 mod render;
 mod replay;
@@ -38,6 +39,7 @@ use std::collections::{BTreeMap, BTreeSet};
 pub use crate::turn::ActivePlugin;
 pub use change::{Applied, Change, Effect, accept};
 pub use events::EventPass;
+pub use knowledge::{EMBEDDING_TIMEOUT_MS, Got, IndexPlan, Need, SearchPlan, invalid_source};
 pub use model::ModelCall;
 pub use render::{Rendered, render, render_accepted, render_delta};
 pub use replay::ReplayRun;
