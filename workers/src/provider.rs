@@ -12,7 +12,7 @@ use std::pin::pin;
 use futures::future::{Either, LocalBoxFuture, select};
 use futures::stream::{LocalBoxStream, StreamExt, unfold};
 use kefu_engine::api::ApiError;
-use kefu_engine::chat::{Action as ChatAction, Applied, Change, Input, Machine};
+use kefu_engine::chat::{Action as ChatAction, Applied, Change, Delta, Input, Machine};
 use kefu_engine::replay::TurnRecord;
 use kefu_engine::{
     AttemptId, Conversation, HttpRequest, Message, ProviderEvent, TenantConfig, TenantId, Timestamp,
@@ -206,14 +206,6 @@ pub(crate) struct Host<'a> {
     pub defer: &'a dyn Fn(LocalBoxFuture<'static, ()>),
 }
 
-/// One streamed piece of reply text and who is answering.
-pub(crate) struct Delta {
-    pub text: String,
-    pub target: Option<String>,
-    pub route: Option<String>,
-    pub attempts: u32,
-}
-
 /// Drives `machine` to its end: carries out each action with the platform (the Durable
 /// Object's storage, the tenant's objects, fetch, plugins), feeds back what happened, and
 /// waits for the provider or the machine's deadline in between. Every rule is the engine's.
@@ -294,18 +286,8 @@ pub(crate) async fn drive(
                     let answer = crate::plugins::call_json(env, &tenant, &spec, &hook).await;
                     Input::PluginAnswer { call, answer }
                 }
-                ChatAction::Delta {
-                    text,
-                    target,
-                    route,
-                    attempts,
-                } => {
-                    on_delta(Delta {
-                        text,
-                        target,
-                        route,
-                        attempts,
-                    });
+                ChatAction::Delta(delta) => {
+                    on_delta(delta);
                     continue;
                 }
                 ChatAction::Settle(report) => {

@@ -577,7 +577,7 @@ impl Simulator {
                             script.answer,
                         ));
                     }
-                    ChatAction::Delta { text, .. } => driven.deltas.push(text),
+                    ChatAction::Delta(d) => driven.deltas.push(d.text),
                     ChatAction::Settle(report) => {
                         driven.settled = true;
                         self.settle(&report);

@@ -114,7 +114,7 @@ fn kind(action: &Action) -> &'static str {
         Action::CallProvider { .. } => "provider",
         Action::CancelProvider { .. } => "cancel",
         Action::CallPlugin { .. } => "plugin",
-        Action::Delta { .. } => "delta",
+        Action::Delta(_) => "delta",
         Action::Settle(_) => "settle",
         Action::LogUnanswered(_) => "unanswered",
         Action::StoreRecord(_) => "record",

@@ -5,7 +5,7 @@
 //! "whichever comes first" — the provider's next step or the machine's own deadline.
 
 use kefu_engine::api::ApiError;
-use kefu_engine::chat::{Action as ChatAction, Applied, Input, Machine};
+use kefu_engine::chat::{Action as ChatAction, Applied, Delta, Input, Machine};
 use kefu_engine::{AttemptId, ConversationId, HttpRequest, ProviderEvent, TenantConfig, TenantId};
 use spin_sdk::wit::wasi::http0_2_0::outgoing_handler;
 use spin_sdk::wit::wasi::http0_2_0::types::{
@@ -220,14 +220,6 @@ pub struct Host<'a> {
     pub conversation: Option<&'a ConversationId>,
 }
 
-/// One streamed piece of reply text and who is answering.
-pub struct Delta {
-    pub text: String,
-    pub target: Option<String>,
-    pub route: Option<String>,
-    pub attempts: u32,
-}
-
 /// Drives `machine` to its end: carries out each action with Spin (key-value with
 /// compare-and-swap, SQLite, plugins' components, `wasi:http`), feeds back what happened,
 /// and waits on pollables for the provider or the machine's deadline in between. Every rule
@@ -301,18 +293,8 @@ pub fn drive(host: &Host<'_>, machine: &mut impl Machine, mut on_delta: impl FnM
                     call,
                     answer: crate::plugins::call(&spec, &hook),
                 },
-                ChatAction::Delta {
-                    text,
-                    target,
-                    route,
-                    attempts,
-                } => {
-                    on_delta(Delta {
-                        text,
-                        target,
-                        route,
-                        attempts,
-                    });
+                ChatAction::Delta(delta) => {
+                    on_delta(delta);
                     continue;
                 }
                 // Spin has no `wait_until`: settled before the answer goes out.

@@ -139,7 +139,7 @@ pub(super) async fn run_turn(
     tenant: &TenantId,
     config: &TenantConfig,
     machine: &mut ChatTurn,
-    on_delta: impl FnMut(provider::Delta),
+    on_delta: impl FnMut(chat::Delta),
 ) {
     let defer = |f: LocalBoxFuture<'static, ()>| inner.state.wait_until(f);
     let host = provider::Host {

@@ -117,16 +117,7 @@ pub enum Action {
         hook: HookCall,
     },
     /// Show the client more reply text (streamed turns only).
-    Delta {
-        /// The text.
-        text: String,
-        /// The target answering, when a provider is.
-        target: Option<String>,
-        /// The route that chose it.
-        route: Option<String>,
-        /// Provider calls so far.
-        attempts: u32,
-    },
+    Delta(Delta),
     /// Report the turn's provider calls to the tenant's gateway (breakers, quota, usage).
     /// It need not delay the answer.
     Settle(Report),
@@ -143,6 +134,19 @@ pub enum Action {
     },
     /// The machine is done; take its outcome.
     Finished,
+}
+
+/// A piece of streamed reply text, and who is answering.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delta {
+    /// The text.
+    pub text: String,
+    /// The target answering, when a provider is.
+    pub target: Option<String>,
+    /// The route that chose it.
+    pub route: Option<String>,
+    /// Provider calls so far.
+    pub attempts: u32,
 }
 
 /// What the host feeds back: the answer to an action, a provider's event, or the time.

@@ -189,12 +189,12 @@ impl ModelCall {
                 }
                 turn::Action::Delta(text) => {
                     let target = self.turn.current_target();
-                    Action::Delta {
+                    Action::Delta(super::Delta {
                         text,
                         target: target.map(|t| t.key.clone()),
                         route: target.map(|t| t.route.clone()),
                         attempts: self.turn.attempts(),
-                    }
+                    })
                 }
                 turn::Action::Finished(result) => {
                     self.finish(result.map_err(Failure::Provider));
