@@ -8,9 +8,10 @@
 pub use crate::handoff::{Changed, HandoffError};
 use serde_json::{Map, Value, json};
 
-use crate::conversation::{Conversation, ConversationId, Message, Part, TenantId};
+use crate::conversation::Conversation;
 use crate::provider::ProviderError;
 use crate::turn::TurnReply;
+use crate::vocab::{ConversationId, Message, Part, TenantId};
 
 impl From<crate::deployment::Refusal> for ApiError {
     fn from(r: crate::deployment::Refusal) -> Self {
@@ -1370,7 +1371,7 @@ pub fn inbox_entry_json(c: &Conversation, visitor: Option<&str>) -> Value {
         .window()
         .iter()
         .rev()
-        .find(|m| m.role != crate::conversation::Role::Note);
+        .find(|m| m.role != crate::vocab::Role::Note);
     let preview: String = last
         .map(|m| m.text())
         .unwrap_or_default()
@@ -1415,7 +1416,7 @@ pub fn conversation_json(
         "updated_at": c.updated_at().to_rfc3339(),
         "messages": transcript
             .iter()
-            .filter(|m| with_notes || m.role != crate::conversation::Role::Note)
+            .filter(|m| with_notes || m.role != crate::vocab::Role::Note)
             .map(message_json)
             .collect::<Vec<_>>(),
     })

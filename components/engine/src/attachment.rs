@@ -17,7 +17,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::conversation::Part;
+use crate::vocab::Part;
 
 /// The URL scheme a message's part uses for a stored attachment (`kefu-attachment:att_…`).
 pub const SCHEME: &str = "kefu-attachment:";

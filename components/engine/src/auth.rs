@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 
 use crate::time::Timestamp;
 
-use crate::conversation::TenantId;
+use crate::vocab::TenantId;
 
 /// A stored API key: an id for people, and the key's SHA-256 in hex.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

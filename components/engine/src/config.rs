@@ -224,18 +224,8 @@ impl Default for HandoffPolicy {
     }
 }
 
-/// A question the offline responder can answer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FaqEntry {
-    /// The question, as a visitor might ask it.
-    pub question: String,
-    /// The answer given.
-    pub answer: String,
-    /// Extra words that point at this entry (the question's own words count too).
-    #[serde(default)]
-    pub keywords: Vec<String>,
-}
+/// A question the offline responder can answer (defined beside it).
+pub use crate::offline::FaqEntry;
 
 impl Default for TenantConfig {
     fn default() -> Self {
@@ -402,7 +392,7 @@ impl TenantConfig {
         if let Some(p) = &self.provider {
             let url = p.base_url.trim();
             let binding = p.kind == crate::wire::ProviderKind::WorkersAi
-                && crate::workers_ai::is_binding_base(url);
+                && crate::wire::workers_ai::is_binding_base(url);
             if !(url.starts_with("https://") || url.starts_with("http://") || binding)
                 || url.len() < 10
             {

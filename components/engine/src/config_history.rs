@@ -9,8 +9,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::conversation::TenantId;
 use crate::time::Timestamp;
+use crate::vocab::TenantId;
 
 /// How many versions the history keeps (older documents are deleted).
 pub const HISTORY: usize = 50;

@@ -7,8 +7,8 @@
 
 use serde_json::Value;
 
-use crate::conversation::Role;
 use crate::turn::Responder;
+use crate::vocab::Role;
 
 /// The demo page's Content-Security-Policy: it has no scripts and loads nothing.
 pub const PAGE_CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
@@ -227,8 +227,8 @@ curl -sN {origin}/api/v1/chat -d '{{\"message\":\"Hello\",\"stream\":true}}'</pr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conversation::{Message, Part};
     use crate::time::Timestamp;
+    use crate::vocab::{Message, Part};
 
     fn run() -> DemoRun {
         let msg = |_seq: u32, role, text: &str| DemoLine {

@@ -25,8 +25,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::TenantConfig;
-use crate::conversation::TenantId;
 use crate::error::ConfigError;
+use crate::vocab::TenantId;
 
 /// The secret holding the deployment's own provider key, used by the built-in
 /// configuration of the tenants [`Deployment::uses_deployment_provider`] allows.

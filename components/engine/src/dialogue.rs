@@ -205,7 +205,7 @@ pub fn after_reply(
         .map(|_| crate::handoff::HandoffReason::Model);
     if handoff.is_none()
         && (grounded || config.knowledge.enabled)
-        && let Some(reason) = crate::knowledge::detect_no_answer(reply)
+        && let Some(reason) = crate::knowledge::detect_no_answer(&reply.tool_calls)
     {
         return AfterReply::NoAnswer(reason);
     }
@@ -218,7 +218,7 @@ pub fn after_reply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conversation::{ConversationId, Part, TenantId};
+    use crate::vocab::{ConversationId, Part, TenantId};
 
     fn reply(text: &str, tool: Option<&str>) -> crate::TurnReply {
         crate::TurnReply {

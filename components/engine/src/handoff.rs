@@ -17,32 +17,14 @@
 
 use crate::Event;
 use crate::config::TenantConfig;
-use crate::conversation::{Conversation, ConversationError, Message, Part, Role, Status};
+use crate::conversation::{Conversation, ConversationError};
 use crate::hours::Schedule;
 use crate::offline::{Lang, detect_lang};
 use crate::time::Timestamp;
 use crate::turn::TurnReply;
-use crate::wire::ToolSpec;
+use crate::vocab::{Message, Part, Role, Status};
 
-/// The tool the model calls to hand the conversation to a person.
-pub const HANDOFF_TOOL: &str = "handoff_to_human";
-
-/// The handoff tool offered to the model on chat turns (when the tenant allows it).
-pub fn handoff_tool() -> ToolSpec {
-    ToolSpec {
-        name: HANDOFF_TOOL.to_owned(),
-        description:
-            "Hand this conversation to a human support agent. Use it when the visitor asks \
-            for a person, when the request needs account access or a decision you cannot make, or \
-            when the visitor is upset. Do not use it for questions you can answer."
-                .to_owned(),
-        parameters: serde_json::json!({
-            "type": "object",
-            "properties": {"reason": {"type": "string", "description": "Why a person is needed, in a few words."}},
-            "required": ["reason"],
-        }),
-    }
-}
+pub use crate::turn::{HANDOFF_TOOL, handoff_tool};
 
 /// The reason the model gave, when its reply asks for a handoff.
 pub fn model_wants_handoff(reply: &TurnReply) -> Option<String> {
@@ -530,10 +512,84 @@ impl Conversation {
     }
 }
 
+/// What plugins see of a conversation, and what their `on-event` actions do to it (the
+/// plugin module holds their specs and calls; the changes are the conversation's).
+impl Conversation {
+    /// The visitor's language as plugins get it (`en` or `zh`, from their latest message).
+    pub fn plugin_language(&self) -> String {
+        match self.visitor_lang() {
+            crate::offline::Lang::Zh => "zh".into(),
+            crate::offline::Lang::En => "en".into(),
+        }
+    }
+
+    /// Applies what a plugin's `on-event` answer asked for, after [`crate::plugin::accept_actions`]: tags
+    /// always; a message to the visitor and a handoff only while the bot answers (a plugin
+    /// never talks over a human). Returns what to persist, and per action what was done or
+    /// why not (for the trace).
+    pub fn apply_plugin_actions(
+        &mut self,
+        now: crate::time::Timestamp,
+        config: &crate::config::TenantConfig,
+        plugin_id: &str,
+        actions: Vec<crate::plugin::PluginAction>,
+    ) -> (Changed, Vec<String>) {
+        let (taken, mut said) = crate::plugin::accept_actions(actions);
+        let mut changed = Changed::default();
+        for action in taken {
+            let outcome = match action {
+                crate::plugin::PluginAction::Tag(tag) => {
+                    self.tag(&tag);
+                    Ok(format!("tag {tag}"))
+                }
+                crate::plugin::PluginAction::SendMessage(text) if self.bot_answers() => self
+                    .record_bot_text(now, config, &text)
+                    .map(|c| {
+                        changed.messages.extend(c.messages);
+                        changed.events.extend(c.events);
+                        "sent a message".to_owned()
+                    })
+                    .map_err(|e| e.to_string()),
+                crate::plugin::PluginAction::Handoff(reason)
+                    if self.bot_answers() && config.handoff.enabled =>
+                {
+                    let why = HandoffReason::Plugin {
+                        id: plugin_id.to_owned(),
+                        reason: reason.clone(),
+                    };
+                    self.request_handoff(
+                        now,
+                        config,
+                        &why,
+                        config.handoff.default_queue.as_deref(),
+                        None,
+                    )
+                    .map(|c| {
+                        changed.messages.extend(c.messages);
+                        changed.events.extend(c.events);
+                        format!("handoff: {reason}")
+                    })
+                    .map_err(|e| e.to_string())
+                }
+                crate::plugin::PluginAction::SendMessage(_)
+                | crate::plugin::PluginAction::Handoff(_) => Err(format!(
+                    "not done: the conversation is {} (the bot does not answer now)",
+                    self.status().as_str()
+                )),
+            };
+            said.push(match outcome {
+                Ok(done) => done,
+                Err(why) => format!("refused: {why}"),
+            });
+        }
+        (changed, said)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conversation::{ConversationId, TenantId};
+    use crate::vocab::{ConversationId, TenantId};
 
     fn conv() -> (Conversation, TenantConfig) {
         let cfg = TenantConfig::default();

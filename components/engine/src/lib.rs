@@ -20,7 +20,6 @@
 //! Each visitor turn leaves a [`replay::TurnRecord`] for the replay console: the decision,
 //! the model turn, the state changes and the outcome.
 
-pub mod anthropic;
 pub mod api;
 pub mod attachment;
 pub mod auth;
@@ -34,14 +33,12 @@ pub mod destination;
 pub mod dialogue;
 pub mod error;
 pub mod gateway;
-pub mod gemini;
 pub mod handoff;
 pub mod hours;
 pub mod identity;
 pub mod knowledge;
 pub mod models;
 pub mod offline;
-pub mod openai;
 pub mod openai_api;
 pub mod outbox;
 pub mod plugin;
@@ -54,9 +51,10 @@ pub mod sse;
 pub mod time;
 pub mod turn;
 pub mod visitor_limit;
+pub mod vocab;
 pub mod webhook;
 pub mod wire;
-pub mod workers_ai;
+pub use wire::{anthropic, gemini, openai, workers_ai};
 
 pub use config::TenantConfig;
 pub use conversation::{

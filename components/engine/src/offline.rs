@@ -6,7 +6,20 @@
 //! built-in FAQ about Kefu itself, and always says that it is the offline responder. It
 //! answers in Chinese when the visitor writes Chinese, in English otherwise.
 
-use crate::config::FaqEntry;
+use serde::{Deserialize, Serialize};
+
+/// A question the offline responder can answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaqEntry {
+    /// The question, as a visitor might ask it.
+    pub question: String,
+    /// The answer given.
+    pub answer: String,
+    /// Extra words that point at this entry (the question's own words count too).
+    #[serde(default)]
+    pub keywords: Vec<String>,
+}
 
 /// The visitor's language, as far as the offline responder can tell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,10 +5,10 @@
 use serde_json::{Map, Value, json};
 
 use crate::TenantConfig;
-use crate::conversation::Part;
 use crate::gateway::QuotaError;
 use crate::provider::ProviderError;
 use crate::turn::TurnReply;
+use crate::vocab::Part;
 use crate::wire::{PromptMessage, PromptRole, ToolCall, ToolSpec};
 
 /// The model name that means "the tenant's chat route".

@@ -546,7 +546,7 @@ fn end(e: &mut Entry, note: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conversation::{ConversationId, Role};
+    use crate::vocab::{ConversationId, Role};
     use crate::webhook::AttemptOutcome;
 
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

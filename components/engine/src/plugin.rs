@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::conversation::Part;
 use crate::error::ConfigError;
+use crate::vocab::Part;
 use crate::wire::{PromptMessage, PromptRole};
 
 /// At most this many plugins per tenant.
@@ -1006,6 +1006,16 @@ pub struct PluginCallRecord {
     pub outcome: CallOutcome,
 }
 
+/// A plugin enabled for the turn's tenant, with what it said about itself when the host
+/// loaded it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActivePlugin {
+    /// Its configuration.
+    pub spec: PluginSpec,
+    /// Its manifest (`describe`).
+    pub manifest: Manifest,
+}
+
 // ---- Events ------------------------------------------------------------------------------
 
 /// The event plugins see: `kind`, its text, the conversation's last [`EVENT_TRANSCRIPT`]
@@ -1013,10 +1023,10 @@ pub struct PluginCallRecord {
 pub fn event(
     kind: EventKind,
     text: Option<String>,
-    transcript: &[crate::conversation::Message],
+    transcript: &[crate::vocab::Message],
     tags: &[String],
 ) -> PluginEvent {
-    use crate::conversation::Role;
+    use crate::vocab::Role;
     let messages: Vec<TranscriptMessage> = transcript
         .iter()
         .filter_map(|m| {
@@ -1049,13 +1059,13 @@ pub fn event(
 pub fn event_kind(
     event: &crate::Event,
 ) -> Option<(
-    crate::conversation::ConversationId,
+    crate::vocab::ConversationId,
     EventKind,
     Option<u32>,
     Option<String>,
 )> {
     use crate::Event;
-    use crate::conversation::{Role, Status};
+    use crate::vocab::{Role, Status};
     Some(match event {
         Event::MessageCreated {
             conversation,
@@ -1097,7 +1107,7 @@ pub fn event_kind(
 /// The `on-event` calls an event makes: one per enabled plugin that implements the hook, in
 /// configuration order, each with its spec (for the budget and grants).
 pub fn event_calls(
-    plugins: &[crate::turn::ActivePlugin],
+    plugins: &[ActivePlugin],
     tenant: &str,
     conversation_id: &str,
     language: Option<&str>,
@@ -1152,75 +1162,6 @@ pub fn finish_call(
         outcome,
     };
     (parsed, record)
-}
-
-impl crate::conversation::Conversation {
-    /// The visitor's language as plugins get it (`en` or `zh`, from their latest message).
-    pub fn plugin_language(&self) -> String {
-        match self.visitor_lang() {
-            crate::offline::Lang::Zh => "zh".into(),
-            crate::offline::Lang::En => "en".into(),
-        }
-    }
-
-    /// Applies what a plugin's `on-event` answer asked for, after [`accept_actions`]: tags
-    /// always; a message to the visitor and a handoff only while the bot answers (a plugin
-    /// never talks over a human). Returns what to persist, and per action what was done or
-    /// why not (for the trace).
-    pub fn apply_plugin_actions(
-        &mut self,
-        now: crate::time::Timestamp,
-        config: &crate::config::TenantConfig,
-        plugin_id: &str,
-        actions: Vec<PluginAction>,
-    ) -> (crate::handoff::Changed, Vec<String>) {
-        let (taken, mut said) = accept_actions(actions);
-        let mut changed = crate::handoff::Changed::default();
-        for action in taken {
-            let outcome = match action {
-                PluginAction::Tag(tag) => {
-                    self.tag(&tag);
-                    Ok(format!("tag {tag}"))
-                }
-                PluginAction::SendMessage(text) if self.bot_answers() => self
-                    .record_bot_text(now, config, &text)
-                    .map(|c| {
-                        changed.messages.extend(c.messages);
-                        changed.events.extend(c.events);
-                        "sent a message".to_owned()
-                    })
-                    .map_err(|e| e.to_string()),
-                PluginAction::Handoff(reason) if self.bot_answers() && config.handoff.enabled => {
-                    let why = crate::handoff::HandoffReason::Plugin {
-                        id: plugin_id.to_owned(),
-                        reason: reason.clone(),
-                    };
-                    self.request_handoff(
-                        now,
-                        config,
-                        &why,
-                        config.handoff.default_queue.as_deref(),
-                        None,
-                    )
-                    .map(|c| {
-                        changed.messages.extend(c.messages);
-                        changed.events.extend(c.events);
-                        format!("handoff: {reason}")
-                    })
-                    .map_err(|e| e.to_string())
-                }
-                PluginAction::SendMessage(_) | PluginAction::Handoff(_) => Err(format!(
-                    "not done: the conversation is {} (the bot does not answer now)",
-                    self.status().as_str()
-                )),
-            };
-            said.push(match outcome {
-                Ok(done) => done,
-                Err(why) => format!("refused: {why}"),
-            });
-        }
-        (changed, said)
-    }
 }
 
 #[cfg(test)]
@@ -1654,8 +1595,9 @@ mod tests {
 
     #[test]
     fn events_and_their_actions() {
-        use crate::conversation::{Conversation, ConversationId, Part, Role, TenantId};
+        use crate::conversation::Conversation;
         use crate::time::Timestamp;
+        use crate::vocab::{ConversationId, Part, Role, TenantId};
         let config = crate::config::TenantConfig::default();
         let now = Timestamp::from_millis(1_795_593_600_000);
         let mut c = Conversation::new(
@@ -1667,7 +1609,7 @@ mod tests {
             .handle_visitor_message(now, vec![Part::Text("where is KF-1?".into())], &config)
             .unwrap()
             .message;
-        let note = crate::conversation::Message {
+        let note = crate::vocab::Message {
             seq: 2,
             role: Role::Note,
             parts: vec![Part::Text("vip".into())],
@@ -1740,7 +1682,7 @@ mod tests {
     #[test]
     fn engine_events_map_to_plugin_events() {
         use crate::Event;
-        use crate::conversation::{ConversationId, Role, Status};
+        use crate::vocab::{ConversationId, Role, Status};
         let c = ConversationId::parse("c-1").unwrap();
         let kind = |e: Event| event_kind(&e).map(|(_, k, seq, detail)| (k, seq, detail));
         assert_eq!(

@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use crate::api::ApiError;
 use crate::config::{ConfigError, TenantConfig};
-use crate::conversation::{Conversation, ConversationId, Message, Role, Status, TenantId};
+use crate::conversation::Conversation;
 use crate::dialogue::Decision;
 use crate::gateway::route::{RouteSpec, Strategy, TargetSpec};
 use crate::gateway::trace::AttemptRecord;
@@ -34,6 +34,7 @@ use crate::provider::ProviderError;
 use crate::rules::{RuleMatch, RuleSet};
 use crate::time::Timestamp;
 use crate::turn::{Turn, TurnReply};
+use crate::vocab::{ConversationId, Message, Role, Status, TenantId};
 
 /// The most bytes of a turn's request body a record keeps.
 pub const MAX_PROMPT_BYTES: usize = 16 * 1024;

@@ -16,9 +16,7 @@ use crate::chat::{
 };
 use crate::chat::{Grant, Refusal};
 use crate::config::TenantConfig;
-use crate::conversation::{
-    Conversation, ConversationError, ConversationId, Message, Part, TenantId,
-};
+use crate::conversation::{Conversation, ConversationError};
 use crate::gateway::Report;
 use crate::gateway::{AttemptRecord, BreakerBoard, QuotaError, QuotaState};
 use crate::knowledge::{RetrievedChunk, Unanswered};
@@ -27,6 +25,7 @@ use crate::provider::{HttpRequest, ProviderError, ProviderEvent};
 use crate::replay::TurnRecord;
 use crate::time::Timestamp;
 use crate::turn::{ActivePlugin, ReplyMode, TurnOptions, TurnReply};
+use crate::vocab::{ConversationId, Message, Part, TenantId};
 
 use core::time::Duration;
 

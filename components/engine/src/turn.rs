@@ -24,24 +24,44 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::config::{TenantConfig, Timeouts};
-use crate::conversation::{Message, Role};
 use crate::gateway::retry::Disposition;
 use crate::gateway::route::{RouteContext, Target};
 use crate::gateway::trace::{AttemptOutcome, AttemptRecord, error_kind};
 use crate::gateway::{Price, RetryPolicy, Rng};
 use crate::offline;
 use crate::plugin::{
-    self, Answer, FailureKind, Hook, HookCall, Manifest, ModelDecision, PluginCallRecord,
-    PluginContext, PluginFailure, PluginSpec, ReplyDecision, ToolRegistry,
+    self, Answer, FailureKind, Hook, HookCall, ModelDecision, PluginCallRecord, PluginContext,
+    PluginFailure, PluginSpec, ReplyDecision, ToolRegistry,
 };
 use crate::provider::{FinishReason, ProviderError, ProviderEvent, TimeoutPhase, Usage};
 use crate::sse::SseParser;
 use crate::time::Timestamp;
+use crate::vocab::{Message, Role};
 use crate::wire::{
     self, Endpoint, ModelRequest, PromptMessage, PromptRole, StreamDecoder, StreamItem, ToolCall,
 };
 
 use core::time::Duration;
+
+/// The tool the model calls to hand the conversation to a person.
+pub const HANDOFF_TOOL: &str = "handoff_to_human";
+
+/// The handoff tool offered to the model on chat turns (when the tenant allows it).
+pub fn handoff_tool() -> crate::wire::ToolSpec {
+    crate::wire::ToolSpec {
+        name: HANDOFF_TOOL.to_owned(),
+        description:
+            "Hand this conversation to a human support agent. Use it when the visitor asks \
+            for a person, when the request needs account access or a decision you cannot make, or \
+            when the visitor is upset. Do not use it for questions you can answer."
+                .to_owned(),
+        parameters: serde_json::json!({
+            "type": "object",
+            "properties": {"reason": {"type": "string", "description": "Why a person is needed, in a few words."}},
+            "required": ["reason"],
+        }),
+    }
+}
 
 /// How the visitor wants the reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,15 +154,8 @@ pub struct PluginHandoff {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PluginCallId(pub u32);
 
-/// A plugin enabled for the turn's tenant, with what it said about itself when the host
-/// loaded it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ActivePlugin {
-    /// Its configuration.
-    pub spec: PluginSpec,
-    /// Its manifest (`describe`).
-    pub manifest: Manifest,
-}
+/// A plugin enabled for the turn's tenant (defined beside the plugins' specs).
+pub use crate::plugin::ActivePlugin;
 
 /// What the turn asks the host to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -469,7 +482,7 @@ impl Turn {
         context.has_images |= turn.prompt.iter().any(|m| {
             m.parts
                 .iter()
-                .any(|p| matches!(p, crate::conversation::Part::Image { .. }))
+                .any(|p| matches!(p, crate::vocab::Part::Image { .. }))
         });
         let plan = match &target {
             Some(key) => config
@@ -522,7 +535,7 @@ impl Turn {
             .iter()
             .flat_map(|m| m.parts.iter())
             .map(|p| match p {
-                crate::conversation::Part::Text(t) => t.chars().count(),
+                crate::vocab::Part::Text(t) => t.chars().count(),
                 _ => 1000,
             })
             .sum();
@@ -1107,10 +1120,7 @@ impl Turn {
     /// A model reply arrived: run the plugin tools it called, or let `after-reply` hooks
     /// judge it, then finish.
     fn reply_ready(&mut self, now: Timestamp, mut reply: TurnReply) {
-        let wants_handoff = reply
-            .tool_calls
-            .iter()
-            .any(|c| c.name == crate::handoff::HANDOFF_TOOL);
+        let wants_handoff = reply.tool_calls.iter().any(|c| c.name == HANDOFF_TOOL);
         let calls: VecDeque<ToolCall> = reply
             .tool_calls
             .iter()
@@ -1175,7 +1185,7 @@ impl Turn {
         self.tool_rounds += 1;
         self.earlier_text.push_str(&reply.text);
         let mut assistant = PromptMessage::text(PromptRole::Assistant, reply.text);
-        if let Some(crate::conversation::Part::Text(t)) = assistant.parts.first()
+        if let Some(crate::vocab::Part::Text(t)) = assistant.parts.first()
             && t.is_empty()
         {
             assistant.parts.clear();
@@ -1521,7 +1531,7 @@ fn last_user_text(prompt: &[PromptMessage]) -> String {
             m.parts
                 .iter()
                 .filter_map(|p| {
-                    if let crate::conversation::Part::Text(t) = p {
+                    if let crate::vocab::Part::Text(t) = p {
                         Some(t.as_str())
                     } else {
                         None

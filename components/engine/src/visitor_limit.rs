@@ -10,9 +10,9 @@
 
 use core::time::Duration;
 
-use crate::conversation::TenantId;
 use crate::gateway::quota::Bucket;
 use crate::time::Timestamp;
+use crate::vocab::TenantId;
 
 /// Messages a minute, per site and address, when the deployment sets none.
 pub const DEFAULT_PER_SITE: u32 = 30;

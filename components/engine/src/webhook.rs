@@ -29,11 +29,11 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use crate::Event;
-use crate::conversation::ConversationId;
 use crate::error::ConfigError;
 use crate::gateway::Rng;
 use crate::provider::{Header, HttpRequest};
 use crate::time::Timestamp;
+use crate::vocab::ConversationId;
 
 type HmacSha256 = Hmac<Sha256>;
 

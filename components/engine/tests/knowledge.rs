@@ -1198,20 +1198,21 @@ fn no_answer_is_detected_from_the_tool_call() {
         ),
     ]);
     assert_eq!(
-        detect_no_answer(&reply).as_deref(),
+        detect_no_answer(&reply.tool_calls).as_deref(),
         Some("The policy says nothing about boats.")
     );
     assert_eq!(
-        detect_no_answer(&reply_with(vec![call("lookup_order", "{}")])),
+        detect_no_answer(&reply_with(vec![call("lookup_order", "{}")]).tool_calls),
         None
     );
-    assert_eq!(detect_no_answer(&reply_with(vec![])), None);
+    assert_eq!(detect_no_answer(&reply_with(vec![]).tool_calls), None);
     assert_eq!(
-        detect_no_answer(&reply_with(vec![call(NO_ANSWER_TOOL, "not json")])).as_deref(),
+        detect_no_answer(&reply_with(vec![call(NO_ANSWER_TOOL, "not json")]).tool_calls).as_deref(),
         Some("")
     );
     assert_eq!(
-        detect_no_answer(&reply_with(vec![call(NO_ANSWER_TOOL, r#"{"reason": 7}"#)])).as_deref(),
+        detect_no_answer(&reply_with(vec![call(NO_ANSWER_TOOL, r#"{"reason": 7}"#)]).tool_calls)
+            .as_deref(),
         Some("")
     );
 }

@@ -6,11 +6,12 @@
 use crate::Event;
 use crate::api::{self, ApiError};
 use crate::config::TenantConfig;
-use crate::conversation::{Conversation, Message};
+use crate::conversation::Conversation;
 use crate::dialogue::{self, AfterReply};
 use crate::handoff::{Changed, HandoffReason};
 use crate::time::Timestamp;
 use crate::turn::TurnReply;
+use crate::vocab::Message;
 
 /// One change a chat turn makes to its conversation.
 #[derive(Clone, Debug)]
@@ -107,7 +108,7 @@ pub struct Applied {
 pub fn accept(
     c: &mut Conversation,
     now: Timestamp,
-    parts: Vec<crate::conversation::Part>,
+    parts: Vec<crate::vocab::Part>,
     visitor: Option<&str>,
     config: &TenantConfig,
 ) -> Result<crate::conversation::Recorded, ApiError> {

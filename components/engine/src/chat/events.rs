@@ -12,10 +12,11 @@ use serde_json::json;
 use crate::Event;
 use crate::api::ApiError;
 use crate::config::TenantConfig;
-use crate::conversation::{Conversation, ConversationId, Message, TenantId};
+use crate::conversation::Conversation;
 use crate::plugin::{self, Answer, CallOutcome, HookCall, PluginCallRecord, PluginSpec};
 use crate::time::Timestamp;
 use crate::turn::{ActivePlugin, PluginCallId};
+use crate::vocab::{ConversationId, Message, TenantId};
 
 use super::{Action, Applied, Change, Input, Machine};
 

@@ -10,11 +10,11 @@ use serde_json::{Value, json};
 
 use crate::api::ApiError;
 use crate::config::TenantConfig;
-use crate::conversation::TenantId;
 use crate::error::ConfigError;
 use crate::knowledge::{self, Chunk, RetrievedChunk, SearchRow, Source, SqlValue, Statement};
 use crate::provider::HttpRequest;
 use crate::time::Timestamp;
+use crate::vocab::TenantId;
 
 /// How long one embeddings call may take, whole.
 pub const EMBEDDING_TIMEOUT_MS: u64 = 30_000;

@@ -49,7 +49,7 @@ use serde_json::Value;
 
 use crate::api::ApiError;
 use crate::attachment::Resolved;
-use crate::conversation::{Conversation, Message, Status};
+use crate::conversation::Conversation;
 use crate::gateway::{QuotaError, Report, Reservation};
 use crate::knowledge::{RetrievedChunk, Unanswered};
 use crate::plugin::{HookCall, PluginFailure, PluginSpec};
@@ -57,6 +57,7 @@ use crate::provider::{HttpRequest, ProviderError, ProviderEvent};
 use crate::replay::TurnRecord;
 use crate::time::Timestamp;
 use crate::turn::{AttemptId, PluginCallId, TurnReply};
+use crate::vocab::{Message, Status};
 
 /// What a machine asks its host to do. Actions that say "feed back" wait for the matching
 /// [`Input`]; the others need no answer.

@@ -8,11 +8,12 @@ use std::rc::Rc;
 
 use crate::api::ApiError;
 use crate::config::TenantConfig;
-use crate::conversation::{Conversation, Message};
+use crate::conversation::Conversation;
 use crate::gateway::Report;
 use crate::provider::ProviderError;
 use crate::time::Timestamp;
 use crate::turn::{self, Turn, TurnOptions, TurnReply};
+use crate::vocab::Message;
 use crate::wire::PromptMessage;
 
 use super::{Action, Failure, Grant, Input, Machine, Refusal};

@@ -3,8 +3,8 @@
 //! Both hosts send exactly these.
 
 use crate::api;
-use crate::conversation::{ConversationId, Message};
 use crate::turn::ReplyMode;
+use crate::vocab::{ConversationId, Message};
 
 use super::{Failure, Outcome};
 

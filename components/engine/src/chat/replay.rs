@@ -10,10 +10,10 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use crate::api::{self, ApiError};
-use crate::conversation::{ConversationId, Message, TenantId};
 use crate::replay::{self, Replay, ReplayRequest, TurnRecord};
 use crate::time::Timestamp;
 use crate::turn::ReplyMode;
+use crate::vocab::{ConversationId, Message, TenantId};
 
 use super::{Action, ChatTurn, Failure, Input, Machine, Outcome, Start};
 

@@ -10,12 +10,12 @@ use serde_json::json;
 
 use super::*;
 use crate::config::TenantConfig;
-use crate::conversation::{ConversationId, Part, Role, TenantId};
 use crate::dialogue::AfterReply;
 use crate::gateway::QuotaError;
 use crate::gateway::quota::{Limit, Reservation};
 use crate::provider::FinishReason;
 use crate::turn::{ReplyMode, Responder, TurnOptions};
+use crate::vocab::{ConversationId, Part, Role, TenantId};
 use crate::wire::{PromptMessage, PromptRole};
 
 const TWO_TARGETS: &str = r#"{

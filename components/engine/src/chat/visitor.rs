@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use crate::api::ApiError;
 use crate::config::TenantConfig;
-use crate::conversation::{Conversation, Message, Status};
+use crate::conversation::Conversation;
 use crate::dialogue::{self, AfterReply, Decision};
 use crate::handoff::HandoffReason;
 use crate::knowledge::{RetrievedChunk, Unanswered};
@@ -28,6 +28,7 @@ use crate::replay::TurnRecord;
 use crate::rules::RuleSet;
 use crate::time::Timestamp;
 use crate::turn::{ReplyMode, TurnOptions, TurnReply};
+use crate::vocab::{Message, Status};
 
 use super::{Action, Applied, Change, Failure, Input, Machine, ModelCall, Outcome};
 

@@ -185,7 +185,7 @@ pub fn validate(
     for (name, spec) in providers {
         let url = spec.base_url.trim();
         let binding =
-            spec.kind == ProviderKind::WorkersAi && crate::workers_ai::is_binding_base(url);
+            spec.kind == ProviderKind::WorkersAi && crate::wire::workers_ai::is_binding_base(url);
         if !(url.starts_with("https://") || url.starts_with("http://") || binding) {
             return Err(err(
                 format!("providers.{name}.base_url"),

@@ -11,7 +11,6 @@ use super::{
 };
 use crate::offline;
 use crate::offline::Lang;
-use crate::turn::TurnReply;
 use crate::wire::{PromptMessage, PromptRole, ToolSpec};
 
 // ---------------------------------------------------------------------------------------
@@ -205,8 +204,8 @@ fn escape_chunk_text(text: &str) -> String {
 
 /// The reason the model gave for not answering, when it called [`NO_ANSWER_TOOL`] (empty
 /// when it gave none or its arguments are not JSON).
-pub fn detect_no_answer(reply: &TurnReply) -> Option<String> {
-    let call = reply.tool_calls.iter().find(|c| c.name == NO_ANSWER_TOOL)?;
+pub fn detect_no_answer(tool_calls: &[crate::wire::ToolCall]) -> Option<String> {
+    let call = tool_calls.iter().find(|c| c.name == NO_ANSWER_TOOL)?;
     let reason = serde_json::from_str::<Value>(&call.arguments)
         .ok()
         .and_then(|v| v.get("reason").and_then(Value::as_str).map(str::to_owned))

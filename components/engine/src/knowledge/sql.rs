@@ -7,9 +7,9 @@ use serde::{Deserialize, Serialize};
 use super::{
     Chunk, INDEX_VERSION, MAX_QUERY_TERMS, RetrievedChunk, Source, is_han, truncate_chars,
 };
-use crate::conversation::TenantId;
 use crate::offline;
 use crate::time::Timestamp;
+use crate::vocab::TenantId;
 
 // ---------------------------------------------------------------------------------------
 // Search

@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::{collapse_ws, truncate_chars};
-use crate::conversation::ConversationId;
 use crate::time::Timestamp;
+use crate::vocab::ConversationId;
 
 // ---------------------------------------------------------------------------------------
 // The operator's log

@@ -1,10 +1,10 @@
 use super::*;
-use crate::conversation::Part;
 use crate::dialogue::decide_matched;
 use crate::knowledge::Chunk;
 use crate::provider::ProviderEvent;
 use crate::sim::{Script, Simulator, Stored};
 use crate::turn::{Action, ReplyMode, TurnOptions};
+use crate::vocab::Part;
 
 const ROUTED: &str = r#"{
     "system_prompt": "Be brief.",

@@ -12,17 +12,17 @@ use core::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-use crate::conversation::Part;
+use super::{
+    Completion, Endpoint, MAX_TOOL_CALLS, ModelRequest, OPENING_TURN, PromptMessage, PromptRole,
+    StreamItem, ToolCall, Turns, arguments_object, arguments_text, data_url, document_mention,
+    image_mention, json_bytes, json_headers, json_u32, malformed, media_type, text_of, usage,
+};
 use crate::provider::{
     self, FinishReason, Header, HttpRequest, ProviderError, classify_parts, error_message_and_code,
     parse_http_date, parse_rfc3339, until_next_utc_month,
 };
 use crate::sse::SseEvent;
-use crate::wire::{
-    Completion, Endpoint, MAX_TOOL_CALLS, ModelRequest, OPENING_TURN, PromptMessage, PromptRole,
-    StreamItem, ToolCall, Turns, arguments_object, arguments_text, data_url, document_mention,
-    image_mention, json_bytes, json_headers, json_u32, malformed, media_type, text_of, usage,
-};
+use crate::vocab::Part;
 
 /// The API version every request names (`anthropic-version`).
 pub const API_VERSION: &str = "2023-06-01";

@@ -15,17 +15,17 @@ use core::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-use crate::conversation::Part;
+use super::{
+    Completion, Endpoint, MAX_TOOL_CALLS, ModelRequest, PromptMessage, PromptRole, ProviderKind,
+    StreamItem, ToolCall, ToolSpec, arguments_text, document_mention, json_bytes, json_headers,
+    json_u32, malformed, usage,
+};
 use crate::provider::{
     self, FinishReason, Header, HttpRequest, ProviderError, Usage, classify_parts,
     error_message_and_code,
 };
 use crate::sse::SseEvent;
-use crate::wire::{
-    Completion, Endpoint, MAX_TOOL_CALLS, ModelRequest, PromptMessage, PromptRole, ProviderKind,
-    StreamItem, ToolCall, ToolSpec, arguments_text, document_mention, json_bytes, json_headers,
-    json_u32, malformed, usage,
-};
+use crate::vocab::Part;
 
 /// The URL of the chat-completions endpoint under a base URL.
 pub fn endpoint(base_url: &str) -> String {
@@ -106,7 +106,7 @@ pub(crate) fn message_json(m: &PromptMessage) -> Value {
     let only_text =
         m.role == PromptRole::Tool || m.parts.iter().all(|p| matches!(p, Part::Text(_)));
     let content = if only_text {
-        Value::String(crate::wire::text_of(&m.parts))
+        Value::String(super::text_of(&m.parts))
     } else {
         Value::Array(
             m.parts
@@ -345,7 +345,7 @@ fn short(s: &str) -> String {
 
 /// Decodes one SSE event of a chat-completions stream into items.
 ///
-/// This reads each event on its own; [`crate::wire::StreamDecoder`] keeps what a stream spreads
+/// This reads each event on its own; [`super::StreamDecoder`] keeps what a stream spreads
 /// across events (which tool call an index-less fragment continues) and is what hosts use.
 pub fn decode_stream_event(
     event: &SseEvent,
@@ -560,7 +560,7 @@ mod tests {
 
     fn endpoint(api_key: Option<&str>) -> Endpoint<'_> {
         Endpoint {
-            kind: crate::wire::ProviderKind::Openai,
+            kind: super::ProviderKind::Openai,
             base_url: "https://api.openai.com/v1/",
             model: "gpt-4o-mini",
             api_key,

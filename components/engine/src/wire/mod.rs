@@ -7,19 +7,22 @@
 //! [`StreamItem`]s; error statuses become typed [`ProviderError`]s ([`classify_error`]).
 //! The turn state machine knows nothing about any one provider's JSON.
 //!
-//! The formats live in their own modules: [`openai`](crate::openai) (OpenAI, compatible
-//! servers, Mistral), [`anthropic`](crate::anthropic), [`gemini`](crate::gemini) and
-//! [`workers_ai`](crate::workers_ai). Each decides, in [`StreamDecoder::is_complete`], what
+//! The formats live in their own modules under this one: [`openai`] (OpenAI, compatible
+//! servers, Mistral), [`anthropic`], [`gemini`] and [`workers_ai`]. Each decides, in [`StreamDecoder::is_complete`], what
 //! "the reply is complete" means in its own terms; an error event mid-stream is always an
 //! `Err`, never a completion.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::conversation::Part;
 use crate::provider::{FinishReason, Header, HttpRequest, ProviderError, Usage};
 use crate::sse::SseEvent;
-use crate::{anthropic, gemini, openai, workers_ai};
+use crate::vocab::Part;
+
+pub mod anthropic;
+pub mod gemini;
+pub mod openai;
+pub mod workers_ai;
 
 /// Which wire format a provider speaks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -18,16 +18,16 @@
 
 use serde_json::{Value, json};
 
-use crate::openai;
+use super::openai;
+use super::{
+    Completion, Endpoint, MAX_TOOL_CALLS, ModelRequest, StreamItem, arguments_text, json_bytes,
+    json_headers, json_u32, malformed, usage,
+};
 use crate::provider::{
     self, FinishReason, Header, HttpRequest, ProviderError, classify_parts, error_message_and_code,
     parse_http_date, until_next_utc_day,
 };
 use crate::sse::SseEvent;
-use crate::wire::{
-    Completion, Endpoint, MAX_TOOL_CALLS, ModelRequest, StreamItem, arguments_text, json_bytes,
-    json_headers, json_u32, malformed, usage,
-};
 
 /// The URL that runs `model` (`@cf/meta/llama-3.1-8b-instruct`) under a base URL
 /// (`https://api.cloudflare.com/client/v4/accounts/{account_id}/ai`).
@@ -242,7 +242,7 @@ pub(crate) struct StreamState {
 impl Default for StreamState {
     fn default() -> Self {
         Self {
-            openai: openai::StreamState::new(crate::wire::ProviderKind::WorkersAi),
+            openai: openai::StreamState::new(super::ProviderKind::WorkersAi),
             native_calls: 0,
             chunk_usage: None,
             native_usage: false,

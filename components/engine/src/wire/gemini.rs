@@ -15,17 +15,17 @@ use core::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-use crate::conversation::Part;
+use super::{
+    Completion, Endpoint, MAX_TOOL_CALLS, ModelRequest, OPENING_TURN, PromptMessage, PromptRole,
+    StreamItem, ToolCall, Turns, arguments_object, data_url, document_mention, image_mention,
+    json_bytes, json_headers, json_u32, malformed, media_type, text_of, usage,
+};
 use crate::provider::{
     self, FinishReason, Header, HttpRequest, ProviderError, classify_parts, error_message_and_code,
     parse_go_duration,
 };
 use crate::sse::SseEvent;
-use crate::wire::{
-    Completion, Endpoint, MAX_TOOL_CALLS, ModelRequest, OPENING_TURN, PromptMessage, PromptRole,
-    StreamItem, ToolCall, Turns, arguments_object, data_url, document_mention, image_mention,
-    json_bytes, json_headers, json_u32, malformed, media_type, text_of, usage,
-};
+use crate::vocab::Part;
 
 /// The URL of the model's `generateContent` (or, streaming, `streamGenerateContent` as SSE)
 /// method under a base URL (`https://generativelanguage.googleapis.com`, with or without the
