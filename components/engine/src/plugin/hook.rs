@@ -68,6 +68,8 @@ pub struct PluginEvent {
     /// The message's text or the event's detail.
     pub text: Option<String>,
     /// The most recent messages, oldest first (at most [`EVENT_TRANSCRIPT`]).
+    ///
+    /// [`EVENT_TRANSCRIPT`]: super::EVENT_TRANSCRIPT
     pub transcript: Vec<TranscriptMessage>,
     /// The conversation's tags.
     pub tags: Vec<String>,

@@ -32,6 +32,8 @@ pub enum Action {
     },
     /// Call a plugin's hook within `spec`'s budget and grants; feed back its answer (the
     /// JSON the runner produced) or its failure with [`Turn::handle_plugin_answer`].
+    ///
+    /// [`Turn::handle_plugin_answer`]: super::Turn::handle_plugin_answer
     CallPlugin {
         /// The call the answer belongs to.
         call: PluginCallId,
@@ -44,5 +46,7 @@ pub enum Action {
     Delta(String),
     /// The turn is over: a finished reply, or why there is none. [`Turn::trace`] says what
     /// every attempt did.
+    ///
+    /// [`Turn::trace`]: super::Turn::trace
     Finished(Result<TurnReply, ProviderError>),
 }
