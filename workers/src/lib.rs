@@ -313,13 +313,8 @@ async fn handle(
         Route::ConversationReplay(id) => {
             // An agent replays under the stored configuration; an operator (the tenant key or
             // the admin token) also under another: the engine's rule, given who this is.
-            let by_agent = req
-                .headers()
-                .get("authorization")
-                .ok()
-                .flatten()
-                .and_then(|h| h.strip_prefix("Bearer ").map(|t| t.trim().starts_with("kfa.")))
-                .unwrap_or(false);
+            let header = req.headers().get("authorization").ok().flatten();
+            let by_agent = kefu_engine::auth::agent_bearer(header.as_deref()).is_some();
             let (tenant, config) = if by_agent { agent_tenant(req, env).await? } else { admin_tenant(req, env).await? };
             let body = http::read_body(req, limit).await?;
             let deployment = config::deployment(env);
@@ -497,18 +492,8 @@ async fn admin_tenant(
     }
     // An agent's sign-in token is for conversations: it may not configure the tenant, mint
     // tokens (for itself or anyone) or change the knowledge base.
-    if presented
-        .strip_prefix("Bearer ")
-        .is_some_and(|t| t.trim().starts_with("kfa."))
-    {
-        return Err(ApiError {
-            status: 403,
-            code: "operator_only",
-            message: "this needs the tenant key (or the deployment's admin token); an agent token cannot do it".into(),
-            field: None,
-            allow: None,
-            retry_after: None,
-        });
+    if kefu_engine::auth::agent_bearer(Some(&presented)).is_some() {
+        return Err(ApiError::operator_only());
     }
     openai_authenticate(req, env).await
 }
@@ -549,11 +534,7 @@ async fn agent_identity(req: &Request, env: &Env) -> std::result::Result<AgentId
         .ok()
         .flatten()
         .unwrap_or_default();
-    if let Some(token) = header
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-        .filter(|t| t.starts_with("kfa."))
-    {
+    if let Some(token) = kefu_engine::auth::agent_bearer(Some(&header)) {
         return agent_by_token(env, token).await;
     }
     let (tenant, config) = openai_authenticate(req, env).await?;

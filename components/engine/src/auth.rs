@@ -235,6 +235,18 @@ pub fn session_continues(
 /// disabled, removed or signed-out agent's stream ends within this.
 pub const SESSION_RECHECK_MS: u64 = 15_000;
 
+/// What every agent sign-in token starts with.
+pub const AGENT_TOKEN_PREFIX: &str = "kfa.";
+
+/// The agent token an `Authorization` header carries (`Bearer kfa.…`), if it carries one:
+/// how every host tells an agent from an operator before checking either.
+pub fn agent_bearer(authorization: Option<&str>) -> Option<&str> {
+    authorization?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| t.starts_with(AGENT_TOKEN_PREFIX))
+}
+
 fn admit_on_roster(roster: &[AgentEntry], claims: &AgentClaims) -> Result<(), TokenError> {
     let Some(entry) = agent_for_minting(roster, &claims.agent)? else {
         return Ok(());
@@ -300,7 +312,7 @@ fn mac(secret: &[u8], signed: &str) -> Vec<u8> {
 /// Mints an agent token.
 pub fn sign_agent_token(secret: &[u8], claims: &AgentClaims) -> String {
     let body = B64.encode(serde_json::to_vec(claims).expect("claims serialize"));
-    let signed = format!("kfa.{body}");
+    let signed = format!("{AGENT_TOKEN_PREFIX}{body}");
     let signature = B64.encode(mac(secret, &signed));
     format!("{signed}.{signature}")
 }
@@ -313,7 +325,9 @@ pub fn verify_agent_token(
     now: Timestamp,
 ) -> Result<AgentClaims, TokenError> {
     let (signed, signature) = token.trim().rsplit_once('.').ok_or(TokenError::Malformed)?;
-    let body = signed.strip_prefix("kfa.").ok_or(TokenError::Malformed)?;
+    let body = signed
+        .strip_prefix(AGENT_TOKEN_PREFIX)
+        .ok_or(TokenError::Malformed)?;
     let given = B64.decode(signature).map_err(|_| TokenError::Malformed)?;
     if !constant_time_eq(&mac(secret, signed), &given) {
         return Err(TokenError::BadSignature);
@@ -330,6 +344,16 @@ pub fn verify_agent_token(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_agent_bearer_is_told_from_an_operator_key() {
+        assert_eq!(agent_bearer(Some("Bearer kfa.abc.def")), Some("kfa.abc.def"));
+        assert_eq!(agent_bearer(Some("Bearer  kfa.abc ")), Some("kfa.abc"));
+        assert_eq!(agent_bearer(Some("Bearer kf-acme.secret")), None);
+        assert_eq!(agent_bearer(Some("kfa.abc")), None, "not a bearer header");
+        assert_eq!(agent_bearer(Some("Basic kfa.abc")), None);
+        assert_eq!(agent_bearer(None), None);
+    }
 
     #[test]
     fn hashes_parse_and_verify() {

@@ -40,12 +40,8 @@ pub fn operator(kv: &Kv, req: &Incoming) -> Result<(TenantId, TenantConfig), Api
     }
     // An agent's sign-in token is for conversations: it may not configure the tenant or
     // mint tokens (for itself or anyone).
-    if given.starts_with("kfa.") {
-        return Err(ApiError::new(
-            403,
-            "operator_only",
-            "this needs the tenant key (or the deployment's admin token); an agent token cannot do it",
-        ));
+    if given.starts_with(auth::AGENT_TOKEN_PREFIX) {
+        return Err(ApiError::operator_only());
     }
     tenant_key(kv, given)
 }
@@ -85,7 +81,7 @@ pub fn agent(kv: &Kv, req: &Incoming) -> Result<Agent, ApiError> {
 
 /// The agent (or operator) `given` (an agent token or the tenant key) signs in.
 pub fn agent_by(kv: &Kv, given: &str) -> Result<Agent, ApiError> {
-    if given.starts_with("kfa.") {
+    if given.starts_with(auth::AGENT_TOKEN_PREFIX) {
         let secret =
             token_secret().ok_or_else(|| unauthorized("agent tokens are not enabled here"))?;
         let claims = auth::verify_agent_token(&secret, given, now())

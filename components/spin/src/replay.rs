@@ -121,10 +121,7 @@ pub fn export(kv: &Kv, req: &Incoming, id: &ConversationId) -> Result<Reply, Api
 /// `POST /api/v1/conversations/{id}/replay`: an agent (`kfa.` token) under the stored
 /// configuration; an operator (the tenant key or the admin token) also under another.
 pub fn run(kv: &Kv, req: &Incoming, id: &ConversationId) -> Result<Reply, ApiError> {
-    let by_agent = req
-        .header("authorization")
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .is_some_and(|t| t.trim().starts_with("kfa."));
+    let by_agent = kefu_engine::auth::agent_bearer(req.header("authorization")).is_some();
     let (tenant, current, conversation) = if by_agent {
         conversation(kv, req, id)?
     } else {

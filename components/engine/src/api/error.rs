@@ -68,6 +68,16 @@ impl ApiError {
         e
     }
 
+    /// `403 operator_only`: an agent's token asked for what only the tenant key (or the
+    /// deployment's admin token) may do.
+    pub fn operator_only() -> Self {
+        Self::new(
+            403,
+            "operator_only",
+            "this needs the tenant key (or the deployment's admin token); an agent token cannot do it",
+        )
+    }
+
     /// `500 internal_error`, with what failed.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "internal_error", message)
