@@ -347,7 +347,10 @@ mod tests {
 
     #[test]
     fn an_agent_bearer_is_told_from_an_operator_key() {
-        assert_eq!(agent_bearer(Some("Bearer kfa.abc.def")), Some("kfa.abc.def"));
+        assert_eq!(
+            agent_bearer(Some("Bearer kfa.abc.def")),
+            Some("kfa.abc.def")
+        );
         assert_eq!(agent_bearer(Some("Bearer  kfa.abc ")), Some("kfa.abc"));
         assert_eq!(agent_bearer(Some("Bearer kf-acme.secret")), None);
         assert_eq!(agent_bearer(Some("kfa.abc")), None, "not a bearer header");
