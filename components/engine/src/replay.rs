@@ -446,25 +446,7 @@ pub fn parse_replay_request(
     current: &TenantConfig,
     caller: ReplayCaller<'_>,
 ) -> Result<ReplayRequest, ApiError> {
-    let body = if body.iter().all(u8::is_ascii_whitespace) {
-        b"{}".as_slice()
-    } else {
-        body
-    };
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            400,
-            "invalid_json",
-            format!("the body is not valid JSON: {e}"),
-        )
-    })?;
-    let Value::Object(fields) = value else {
-        return Err(ApiError::new(
-            400,
-            "invalid_json",
-            "the body must be a JSON object",
-        ));
-    };
+    let fields = crate::api::json_object(crate::api::json_body_or_empty(body)?)?;
     for key in fields.keys() {
         if !matches!(key.as_str(), "model" | "config" | "max_turns") {
             return Err(bad(

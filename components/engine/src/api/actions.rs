@@ -2,7 +2,7 @@
 //! its action, bound to the signed-in agent, and applied to the conversation through the
 //! handoff state machine.
 
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 use super::chat::{MAX_MESSAGE_CHARS, parse_attachment_ids};
 use super::error::ApiError;
@@ -64,24 +64,7 @@ pub fn parse_action(action: ConversationAction, body: &[u8]) -> Result<ActionReq
     if body.len() > MAX_BODY_BYTES {
         return Err(too_large());
     }
-    let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
-        Value::Object(Map::new())
-    } else {
-        serde_json::from_slice(body).map_err(|e| {
-            ApiError::new(
-                400,
-                "invalid_json",
-                format!("the body is not valid JSON: {e}"),
-            )
-        })?
-    };
-    let Value::Object(obj) = value else {
-        return Err(ApiError::new(
-            400,
-            "invalid_json",
-            "the body must be a JSON object",
-        ));
-    };
+    let obj = super::json_object(super::json_body_or_empty(body)?)?;
     let allowed: &[&str] = match action {
         ConversationAction::Handoff => &["queue"],
         ConversationAction::Claim => &["agent", "name"],
@@ -233,17 +216,7 @@ pub fn bind_agent(
     body: &[u8],
     claims: &crate::auth::AgentClaims,
 ) -> Result<Vec<u8>, ApiError> {
-    let mut v: Value = if body.iter().all(u8::is_ascii_whitespace) {
-        json!({})
-    } else {
-        serde_json::from_slice(body).map_err(|e| {
-            ApiError::new(
-                400,
-                "invalid_json",
-                format!("the body is not valid JSON: {e}"),
-            )
-        })?
-    };
+    let mut v = super::json_body_or_empty(body)?;
     if let Some(obj) = v.as_object_mut() {
         match obj.get("agent").and_then(Value::as_str) {
             Some(a) if a != claims.agent => {

@@ -24,13 +24,7 @@ pub fn session_on(
 /// A validated `POST /api/v1/agents/tokens` body: `{"agent", "name"?, "ttl_secs"?}`
 /// (default 8 hours, at most 7 days). Returns (agent, name if given, ttl in ms).
 pub fn parse_agent_token_request(body: &[u8]) -> Result<(String, Option<String>, u64), ApiError> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            400,
-            "invalid_json",
-            format!("the body is not valid JSON: {e}"),
-        )
-    })?;
+    let v = super::json_body(body)?;
     let agent = v
         .get("agent")
         .and_then(Value::as_str)

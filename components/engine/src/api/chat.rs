@@ -46,20 +46,7 @@ pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
     if body.len() > MAX_BODY_BYTES {
         return Err(too_large());
     }
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            400,
-            "invalid_json",
-            format!("the body is not valid JSON: {e}"),
-        )
-    })?;
-    let Value::Object(obj) = value else {
-        return Err(ApiError::new(
-            400,
-            "invalid_json",
-            "the body must be a JSON object",
-        ));
-    };
+    let obj = super::json_object(super::json_body(body)?)?;
     const FIELDS: [&str; 5] = [
         "message",
         "conversation_id",

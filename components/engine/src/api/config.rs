@@ -63,13 +63,7 @@ pub fn parse_config_document(
 
 /// The version a rollback asks for.
 pub fn parse_rollback(body: &[u8]) -> Result<u64, ApiError> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            400,
-            "invalid_json",
-            format!("the body is not valid JSON: {e}"),
-        )
-    })?;
+    let v = super::json_body(body)?;
     v.get("version")
         .and_then(Value::as_u64)
         .filter(|n| *n >= 1)

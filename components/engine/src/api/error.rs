@@ -31,6 +31,38 @@ pub struct ApiError {
     pub retry_after: Option<u32>,
 }
 
+/// A request body as JSON, or `400 invalid_json` saying why it is not.
+pub(crate) fn json_body(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            400,
+            "invalid_json",
+            format!("the body is not valid JSON: {e}"),
+        )
+    })
+}
+
+/// [`json_body`], where an empty (all-whitespace) body stands for `{}`.
+pub(crate) fn json_body_or_empty(body: &[u8]) -> Result<Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        Ok(Value::Object(Map::new()))
+    } else {
+        json_body(body)
+    }
+}
+
+/// A request body that must be a JSON object (`400 invalid_json` otherwise).
+pub(crate) fn json_object(body: Value) -> Result<Map<String, Value>, ApiError> {
+    match body {
+        Value::Object(fields) => Ok(fields),
+        _ => Err(ApiError::new(
+            400,
+            "invalid_json",
+            "the body must be a JSON object",
+        )),
+    }
+}
+
 impl ApiError {
     /// An error with its status, stable code and message.
     pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {

@@ -42,6 +42,7 @@ pub use error::{
     ApiError, agent_token_error, attachment_error, attachment_not_found, conversation_error,
     handoff_error, identity_error, quota_error,
 };
+pub(crate) use error::{json_body, json_body_or_empty, json_object};
 pub use live::{
     LiveUpdate, MAX_LIVE_SUBSCRIBERS, TYPING_TTL_MS, parse_typing, too_many_subscribers,
 };

@@ -40,13 +40,7 @@ pub fn parse_plugin_test(
     if !limit.admits(body.len() as u64) {
         return Err(limit.refusal());
     }
-    let mut v: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            400,
-            "invalid_json",
-            format!("the body is not valid JSON: {e}"),
-        )
-    })?;
+    let mut v = super::json_body(body)?;
     let Some(fields) = v.as_object_mut() else {
         return Err(ApiError::new(
             400,
