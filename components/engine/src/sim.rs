@@ -6,7 +6,7 @@
 //! comes first, the next scripted step or the turn's own deadline, so timeouts, stalls and
 //! cut streams play out in microseconds and the same every time.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::Event;
 use crate::attachment::Resolved;
@@ -24,7 +24,7 @@ use crate::plugin::{HookCall, PluginCallRecord, PluginFailure};
 use crate::provider::{HttpRequest, ProviderError, ProviderEvent};
 use crate::replay::TurnRecord;
 use crate::time::Timestamp;
-use crate::turn::{ActivePlugin, ReplyMode, TurnOptions, TurnReply};
+use crate::turn::{ActivePlugin, ReplyMode, TurnReply};
 use crate::vocab::{ConversationId, Message, Part, TenantId};
 
 use core::time::Duration;
@@ -362,26 +362,6 @@ impl Simulator {
             .or_default()
             .push_back(script);
         self
-    }
-
-    /// The options a host would hand the next turn: secrets, the targets breakers refuse
-    /// (claiming half-open probes as the host's store does), a fresh seed.
-    pub fn options(&mut self, mode: ReplyMode) -> TurnOptions {
-        let mut blocked = BTreeSet::new();
-        for t in self.config.all_targets() {
-            if !self.breakers.admit(self.now, &t.key, &self.config.breaker) {
-                blocked.insert(t.key);
-            }
-        }
-        self.seed += 1;
-        TurnOptions {
-            secrets: self.secrets.clone(),
-            blocked,
-            seed: self.seed,
-            plugins: self.plugins.clone(),
-            plugin_scope: Some(("default".into(), "sim".into())),
-            ..TurnOptions::new(mode)
-        }
     }
 
     fn load(&self, id: &ConversationId) -> Conversation {

@@ -16,8 +16,9 @@ use crate::vocab::Message;
 /// One change a chat turn makes to its conversation.
 #[derive(Clone, Debug)]
 pub enum Change {
-    /// Outside business hours: the notice that the team is away (once a closed stretch).
-    ClosedNotice,
+    /// Outside business hours: the notice that the team is away (once a closed stretch),
+    /// by the tenant's compiled business hours.
+    ClosedNotice(Option<std::rc::Rc<crate::hours::Schedule>>),
     /// A rule's answer: its tag, its reply (may be empty), and closing the conversation.
     Rule {
         /// A tag to add.
@@ -137,15 +138,10 @@ impl Change {
     ) -> Result<Effect, ApiError> {
         let handoff = |e| api::handoff_error(&e);
         match self {
-            Change::ClosedNotice => {
-                let schedule = config
-                    .business_hours
-                    .as_ref()
-                    .and_then(|h| h.compile().ok());
-                Ok(c.record_closed_notice(now, config, schedule.as_ref())
-                    .map_err(handoff)?
-                    .into())
-            }
+            Change::ClosedNotice(schedule) => Ok(c
+                .record_closed_notice(now, config, schedule.as_deref())
+                .map_err(handoff)?
+                .into()),
             Change::Rule { tag, reply, close } => {
                 if let Some(tag) = tag {
                     c.tag(tag);

@@ -163,11 +163,6 @@ impl SearchPlan {
         }
     }
 
-    /// The chunks found (once [`Need::Done`]), or why the search failed.
-    pub fn result(&self) -> Option<&Result<Vec<RetrievedChunk>, ApiError>> {
-        self.result.as_ref()
-    }
-
     /// Takes the result.
     pub fn take_result(&mut self) -> Result<Vec<RetrievedChunk>, ApiError> {
         self.result

@@ -112,14 +112,6 @@ impl ModelCall {
         matches!(self.state, State::Done(_)) && self.actions.is_empty()
     }
 
-    /// The call's result, once [`Action::Finished`] was polled.
-    pub fn result(&self) -> Option<&Result<TurnReply, Failure>> {
-        match &self.state {
-            State::Done(r) => Some(&**r),
-            _ => None,
-        }
-    }
-
     /// Takes the result (once).
     pub fn take_result(&mut self) -> Option<Result<TurnReply, Failure>> {
         match core::mem::replace(&mut self.state, State::Running) {

@@ -21,6 +21,7 @@ use crate::config::TenantConfig;
 use crate::conversation::Conversation;
 use crate::dialogue::{self, AfterReply, Decision};
 use crate::handoff::HandoffReason;
+use crate::hours::Schedule;
 use crate::knowledge::{RetrievedChunk, Unanswered};
 use crate::offline;
 use crate::provider::ProviderError;
@@ -83,7 +84,8 @@ enum Expect {
 #[derive(Debug)]
 pub struct ChatTurn {
     config: Rc<TenantConfig>,
-    mode: ReplyMode,
+    /// The tenant's business hours, compiled once for the turn.
+    schedule: Option<Rc<Schedule>>,
     visitor: Message,
     text: String,
     before: Option<Conversation>,
@@ -167,7 +169,7 @@ impl ChatTurn {
             && conversation.closed_notice_due(at, schedule.as_ref());
         let mut turn = ChatTurn {
             config: Rc::new(config),
-            mode,
+            schedule: schedule.map(Rc::new),
             visitor,
             text,
             before,
@@ -192,7 +194,8 @@ impl ChatTurn {
         if closed_notice {
             // Outside business hours the bot says so (once a closed stretch) before it
             // answers.
-            turn.apply(Change::ClosedNotice, Then::Decide);
+            let schedule = turn.schedule.clone();
+            turn.apply(Change::ClosedNotice(schedule), Then::Decide);
         } else {
             turn.decide();
         }
@@ -232,11 +235,6 @@ impl ChatTurn {
     /// The visitor's message.
     pub fn visitor(&self) -> &Message {
         &self.visitor
-    }
-
-    /// The mode the reply is in.
-    pub fn mode(&self) -> ReplyMode {
-        self.mode
     }
 
     /// The time decisions and changes are made at.
@@ -382,8 +380,11 @@ impl ChatTurn {
     }
 
     fn after_hours(&self) -> Option<String> {
-        let schedule = self.config.business_hours.as_ref()?.compile().ok()?;
-        dialogue::after_hours_notice(Some(&schedule), self.at(), offline::detect_lang(&self.text))
+        dialogue::after_hours_notice(
+            self.schedule.as_deref(),
+            self.at(),
+            offline::detect_lang(&self.text),
+        )
     }
 
     fn hand_off(&mut self, reason: HandoffReason) {
