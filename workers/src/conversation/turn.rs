@@ -1,6 +1,6 @@
-//! The chat turn and the replay: each the engine's machine ([`kefu_engine::chat`]) driven
-//! with this object's storage by [`crate::provider::drive`], answered with the engine's
-//! [`chat::render`].
+//! The chat turn, the replay and the plugins' on-event passes: each the engine's machine
+//! ([`kefu_engine::chat`]) driven with this object's storage by [`crate::provider::drive`];
+//! a chat turn is answered with the engine's [`chat::render`].
 
 use super::*;
 
@@ -33,15 +33,7 @@ pub(super) async fn handle_replay(inner: Rc<Inner>, body: &[u8]) -> Result<Respo
         config::random_u64(),
     )?;
     let config = run.config().clone();
-    let defer = |f: LocalBoxFuture<'static, ()>| inner.state.wait_until(f);
-    let host = provider::Host {
-        env: &inner.env,
-        tenant: &tenant,
-        config: &config,
-        conversation: None,
-        defer: &defer,
-    };
-    provider::drive(&host, &mut run, |_| {}).await;
+    drive(&inner, &tenant, &config, &mut run, |_| {}).await;
     let answer = run.result()?;
     log(
         "info",
@@ -93,7 +85,7 @@ pub(super) async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Respons
     };
     let mut machine = ChatTurn::new(arrived, start);
     if !t.stream {
-        run_turn(&inner, &tenant, &config, &mut machine, |_| {}).await;
+        drive(&inner, &tenant, &config, &mut machine, |_| {}).await;
         let outcome = machine
             .outcome()
             .ok_or_else(|| ApiError::internal("the turn ended without an outcome"))?;
@@ -106,7 +98,7 @@ pub(super) async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Respons
     // reply is still recorded.
     wasm_bindgen_futures::spawn_local(async move {
         let deltas = tx.clone();
-        run_turn(&inner, &tenant, &config, &mut machine, move |d| {
+        drive(&inner, &tenant, &config, &mut machine, move |d| {
             let _ = deltas.unbounded_send(chat::render_delta(&d.text).into_bytes());
         })
         .await;
@@ -133,12 +125,13 @@ pub(super) fn rendered(r: chat::Rendered) -> Result<Response, ApiError> {
     Ok(resp.with_status(r.status).with_headers(headers))
 }
 
-/// Drives a visitor's chat turn with this object's storage.
-pub(super) async fn run_turn(
+/// Drives one of the engine's machines with this object's storage, its tenant's objects,
+/// and `wait_until` for what must not delay the answer.
+pub(super) async fn drive(
     inner: &Rc<Inner>,
     tenant: &TenantId,
     config: &TenantConfig,
-    machine: &mut ChatTurn,
+    machine: &mut impl chat::Machine,
     on_delta: impl FnMut(chat::Delta),
 ) {
     let defer = |f: LocalBoxFuture<'static, ()>| inner.state.wait_until(f);
@@ -164,14 +157,6 @@ impl Inner {
             return;
         };
         let mut pass = EventPass::new(now(), tenant.clone(), config.clone(), id, events);
-        let defer = |f: LocalBoxFuture<'static, ()>| self.state.wait_until(f);
-        let host = provider::Host {
-            env: &self.env,
-            tenant,
-            config,
-            conversation: Some(&self),
-            defer: &defer,
-        };
-        provider::drive(&host, &mut pass, |_| {}).await;
+        drive(&self, tenant, config, &mut pass, |_| {}).await;
     }
 }
