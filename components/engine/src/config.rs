@@ -180,6 +180,10 @@ pub struct KnowledgePolicy {
     /// The embedding model (an OpenAI-shaped `/embeddings` API) for vector search beside
     /// full-text search; the two result lists are merged. Without it, full-text only.
     pub embeddings: Option<ModelRef>,
+    /// The operator's synonyms: when a question mentions an entry's `term` or one of its
+    /// `synonyms`, the search also looks for the others ("amex" and "American Express",
+    /// `退` and `退货`), beside the built-in customer-service thesaurus.
+    pub synonyms: Vec<crate::knowledge::Synonym>,
 }
 
 impl Default for KnowledgePolicy {
@@ -189,6 +193,7 @@ impl Default for KnowledgePolicy {
             top_k: 5,
             no_answer_message: None,
             embeddings: None,
+            synonyms: Vec::new(),
         }
     }
 }
@@ -459,6 +464,7 @@ impl TenantConfig {
         if !(1..=20).contains(&self.knowledge.top_k) {
             return Err(invalid("knowledge.top_k", "must be between 1 and 20"));
         }
+        crate::knowledge::validate_synonyms(&self.knowledge.synonyms)?;
         if let Some(hours) = &self.business_hours {
             hours.compile()?;
         }

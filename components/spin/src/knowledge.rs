@@ -4,8 +4,8 @@
 //! search never sees half a source. A tenant with an embedding model
 //! (`knowledge.embeddings`) gets hybrid search as on Workers: each chunk's embedding is
 //! fetched through [`crate::outbound`] before the source's transaction and stored beside it
-//! (`kb_vectors`), and a search fuses the full-text ranking with the chunks nearest the
-//! question's embedding (the engine's `vector_ranking` and `hybrid_results`). An embedding
+//! (`kb_vectors`), and a search fuses the full-text views with the chunks nearest the
+//! question's embedding (the engine's `SearchPlan`). An embedding
 //! call that fails leaves the source searchable by its text and says why; a question that
 //! cannot be embedded just now is searched by full text alone.
 

@@ -47,7 +47,8 @@ pub fn tenants(mock_base: &str) -> Vec<(String, Value)> {
             json!({
                 "provider": {"kind": "openai_compatible", "base_url": mock_base, "model": model},
                 "api_keys": [{"id": "t", "sha256": kefu_engine::auth::hash_key(KB_KEY)}],
-                "knowledge": {"enabled": true, "top_k": 3},
+                "knowledge": {"enabled": true, "top_k": 3,
+                    "synonyms": [{"term": "uni", "synonyms": ["university"]}]},
             }),
         ),
         (
@@ -222,6 +223,19 @@ pub async fn knowledge_ingest_search_and_ground(ctx: &Ctx) -> anyhow::Result<()>
         PROBES.len()
     );
     ensure!(recall >= 0.8, "recall@3 {recall:.2}; misses: {misses:?}");
+    // What the analyzer adds, each on its own: the tenant's synonym ("uni" is in no
+    // chunk), a misspelled question, and a one-character Chinese word inside `退货`.
+    for (question, pair) in [
+        ("uni email money off", 4),
+        ("pasword resett", 3),
+        ("能退吗", 9),
+    ] {
+        let top = search(ctx, KB_KEY, question, 3).await?;
+        ensure!(
+            top.iter().any(|id| id == &format!("faq#{pair}")),
+            "{question:?} → {top:?}"
+        );
+    }
 
     // A chat turn is grounded in what the search found, clearly delimited.
     let question = format!("How long do refunds take? ({})", unique("kb"));
@@ -349,7 +363,9 @@ pub async fn knowledge_no_answer_falls_back(ctx: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A small help center whose refund answer shares no word with "Could I be reimbursed?".
+/// A small help center whose refund answer shares no word with "Could I be recompensed?"
+/// (nor does Kefu's thesaurus link them: it links "reimbursed" and "refund", so that
+/// question is found by full text).
 const HYBRID_FAQ: &[(&str, &str)] = &[
     (
         "How long do refunds take?",
@@ -374,7 +390,7 @@ const HYBRID_FAQ: &[(&str, &str)] = &[
 ];
 
 /// Vector search beside full-text search: a question with no word in common with its
-/// answer is found through the embeddings (the mock's model folds "reimbursed" and
+/// answer is found through the embeddings (the mock's model folds "recompensed" and
 /// "refunds" into one concept) and grounds the chat turn; with the embedding model down,
 /// ingestion still indexes the text and says why nothing was embedded, and search falls
 /// back to full text.
@@ -403,7 +419,7 @@ pub async fn knowledge_hybrid_vector_search(ctx: &Ctx) -> anyhow::Result<()> {
         "a failed embedding is reported, the text still indexed: {down}"
     );
 
-    let question = "Could I be reimbursed?";
+    let question = "Could I be recompensed?";
     let refund = "hybrid#0";
     let fulltext_only = search(ctx, KB_HYBRID_DOWN_KEY, question, 3).await?;
     ensure!(

@@ -9,47 +9,54 @@
 //!
 //! 1. [`Source::from_json`] validates an upload, [`chunk`] cuts it into [`Chunk`]s, and
 //!    [`index_statements`] says what to write (after [`SCHEMA`], once per database).
-//! 2. [`search_statement`] turns a question into [`SEARCH_SQL`] with a safe [`fts_query`];
-//!    the host reads the rows as [`SearchRow`]s and, when it also has vector hits, fuses the
-//!    two rankings with [`merge_results`].
+//! 2. [`search_statements`] turns a question into [`SEARCH_SQL`] queries, one per view of
+//!    it (its own words; with synonyms and the thesaurus; the trigrams of its longer
+//!    words); the host reads the rows as [`SearchRow`]s and the search fuses the views,
+//!    and the nearest embeddings when there are any, by reciprocal rank fusion
+//!    ([`fuse_rankings`]). [`crate::chat::SearchPlan`] does all of it.
 //! 3. [`grounded_prompt`] builds the system message and the [`NO_ANSWER_TOOL`] tool; after
 //!    the turn, [`detect_no_answer`] and [`citations`] read the reply, and an [`Unanswered`]
 //!    entry goes to the operator's log when the knowledge base had no answer.
 //!
 //! # Which tokenizer, and why
 //!
-//! The index is one FTS5 table with the `unicode61 remove_diacritics 2` tokenizer over text
-//! this module has already tokenized ([`search_text`]): words of alphabetic scripts
-//! lower-cased and lightly stemmed by [`crate::offline::tokens`], Chinese as overlapping
-//! two-character windows (`退款政策` is indexed as `退款 款政 政策`). [`fts_query`] makes the
-//! same tokens of the question, each a quoted string, so a term matches exactly when the
-//! document contains it. The alternatives fail on Chinese: `unicode61` over raw text makes a
-//! whole unspaced run one token (`退款` never matches `申请退款`), and the `trigram` tokenizer
-//! matches only substrings of three or more characters, while most Chinese words, `退款`
-//! among them, have two (a two-character term matches nothing). Two tables (one per
-//! tokenizer) would need two queries whose bm25 scores are not comparable. Tokenizing here
-//! keeps one table, one query and one bm25 scale for every language, and needs nothing
-//! beyond FTS5's default tokenizer (trigram needs SQLite 3.34). The price: the index holds
-//! derived text, so when [`INDEX_VERSION`] changes, hosts re-index every source.
+//! The index is one FTS5 table, `kb_text`, with SQLite's `porter unicode61 remove_diacritics
+//! 2` tokenizer over text this module has already analyzed ([`search_text`], `analyze`):
+//! words lower-cased (Porter stems them in SQLite, at no wasm cost), Chinese as
+//! overlapping two-character windows plus single characters (`退款政策` is indexed as
+//! `退 退款 款 款政 政 政策 策`), and, in a third column, the character trigrams of longer
+//! words, for misspellings. The alternatives fail on Chinese: `unicode61` over raw text
+//! makes a whole unspaced run one token (`退款` never matches `申请退款`), and the `trigram`
+//! tokenizer matches only substrings of three or more characters, while most Chinese
+//! words, `退款` among them, have two. Neither SQLite of Durable Objects nor Spin's loads
+//! extensions, so segmentation is ours. The retrieval benchmark (`tests/retrieval`, numbers
+//! in `docs/benchmarks.md`) measures this against both plain tokenizers. The price: the
+//! index holds derived text, so when [`INDEX_VERSION`] changes, the next searches index
+//! every source again from its stored chunks ([`STALE_SOURCES_SQL`]).
 //!
 //! # Where each rule lives
 //!
 //! This module is the public face (every item is re-exported here) and holds the limits and
 //! the text rules the others share. `source` is the upload model; `parse` reads each format
 //! (`markdown`, `html`, `csv` and JSON FAQs) into one document model; `chunk` packs that
-//! model into chunks; `sql` is every statement a host runs and the text FTS5 sees; `rank`
-//! orders and fuses hits; `prompt` puts them before the model and reads the reply
-//! (citations, no answer); `unanswered` is the operator's log.
+//! model into chunks; `analyze` makes text into terms (stop words, Chinese windows,
+//! trigrams, synonyms) with the built-in `thesaurus`; `sql` is every statement a host runs
+//! and the text FTS5 sees; `rank` orders and fuses hits; `prompt` puts them before the
+//! model and reads the reply (citations, no answer); `unanswered` is the operator's log.
 
 use crate::error::ConfigError;
 
+mod analyze;
 mod chunk;
 mod parse;
 mod prompt;
 mod rank;
 mod source;
 mod sql;
+mod thesaurus;
 mod unanswered;
+
+pub use analyze::{Query, query};
 
 pub use chunk::{Chunk, chunk};
 pub use parse::html::html_text;
@@ -57,13 +64,15 @@ pub use prompt::{
     Citation, RetrievedChunk, citations, detect_no_answer, grounded_prompt, no_answer_tool,
     strip_unknown_citations,
 };
-pub use rank::{hybrid_results, merge_results, vector_ranking};
+pub use rank::{fuse_rankings, merge_results, vector_ranking};
 pub use source::{Source, SourceKind};
 pub use sql::{
     CHUNKS_BY_ID_SQL, DELETE_SOURCE_SQL, INSERT_CHUNK_SQL, INSERT_FTS_SQL, INSERT_SOURCE_SQL,
-    INSERT_VECTOR_SQL, SCHEMA, SEARCH_SQL, SearchRow, SearchText, SqlValue, Statement, VECTORS_SQL,
+    INSERT_VECTOR_SQL, SCHEMA, SEARCH_SQL, SOURCE_CHUNKS_SQL, SOURCE_VERSION_SQL,
+    STALE_SOURCES_SQL, SearchRow, SearchText, SqlValue, Statement, VECTORS_SQL,
     decode_heading_path, delete_source_statements, embedding_text, encode_heading_path, fts_query,
-    index_statements, search_statement, search_text, vector_statements,
+    index_statements, reindex_statements, search_statements, search_text, source_chunks_statement,
+    stale_sources_statement, vector_statements,
 };
 pub use unanswered::{MAX_UNANSWERED_KEPT, Unanswered, unanswered_trim_sql};
 
@@ -88,7 +97,7 @@ pub const MAX_CHUNK_CHARS: usize = 1200;
 /// The longest FAQ question, in characters.
 pub const MAX_QUESTION_CHARS: usize = 300;
 
-/// The most terms [`fts_query`] puts in one query.
+/// The most terms of the question's own, and of related terms, one query holds.
 pub const MAX_QUERY_TERMS: usize = 32;
 
 /// The constant of reciprocal rank fusion: a hit at rank `r` scores `1 / (RRF_K + r)`.
@@ -103,7 +112,66 @@ pub const NO_ANSWER_TOOL: &str = "kb_no_answer";
 
 /// The version of [`search_text`]'s tokenization and [`chunk`]'s cutting. Hosts store it
 /// with every source (`kb_sources.index_version`) and re-index sources of another version.
-pub const INDEX_VERSION: u32 = 1;
+pub const INDEX_VERSION: u32 = 2;
+
+/// The most synonym entries a tenant may configure.
+pub const MAX_SYNONYMS: usize = 500;
+/// The most synonyms one entry may name.
+pub const MAX_SYNONYMS_PER_TERM: usize = 20;
+/// The longest term or synonym, in characters.
+pub const MAX_SYNONYM_CHARS: usize = 80;
+
+/// An operator's synonym entry (`knowledge.synonyms`): words that mean the same for this
+/// tenant ("amex" and "American Express", `退` and `退货`). When a question mentions any of
+/// them (a phrase's words in order, Chinese anywhere in the question), the search also
+/// looks for the others, in either direction: operators list a page's word and a
+/// customer's word in whichever order they think of them.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Synonym {
+    /// What a visitor may write.
+    pub term: String,
+    /// What the pages may say instead.
+    pub synonyms: Vec<String>,
+}
+
+/// Checks `knowledge.synonyms`: bounded in count and length, each term and synonym
+/// searchable (something in it is not a stop word).
+pub fn validate_synonyms(synonyms: &[Synonym]) -> Result<(), ConfigError> {
+    if synonyms.len() > MAX_SYNONYMS {
+        return Err(invalid(
+            "knowledge.synonyms",
+            format!("at most {MAX_SYNONYMS} entries"),
+        ));
+    }
+    for (i, s) in synonyms.iter().enumerate() {
+        let field = format!("knowledge.synonyms[{i}]");
+        if s.synonyms.is_empty() || s.synonyms.len() > MAX_SYNONYMS_PER_TERM {
+            return Err(invalid(
+                &field,
+                format!("name between 1 and {MAX_SYNONYMS_PER_TERM} synonyms"),
+            ));
+        }
+        for text in core::iter::once(&s.term).chain(&s.synonyms) {
+            if char_len(text) > MAX_SYNONYM_CHARS {
+                return Err(invalid(
+                    &field,
+                    format!(
+                        "`{}…` is longer than {MAX_SYNONYM_CHARS} characters",
+                        truncate_chars(text, 20)
+                    ),
+                ));
+            }
+            if query(text, &[]).own.is_empty() {
+                return Err(invalid(
+                    &field,
+                    format!("`{text}` has nothing searchable (only stop words or punctuation)"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
 
 const MAX_TITLE_CHARS: usize = 300;
 const MAX_URL_LEN: usize = 2048;
@@ -168,7 +236,8 @@ fn is_unspaced(c: char) -> bool {
     is_han(c) || matches!(c, '\u{3040}'..='\u{30FF}' | '\u{3000}'..='\u{303F}')
 }
 
-/// Chinese ideographs, as [`crate::offline::tokens`] reads them (two-character windows).
+/// Chinese ideographs, which the search reads as two-character windows and single
+/// characters.
 fn is_han(c: char) -> bool {
     matches!(c, '\u{4E00}'..='\u{9FFF}' | '\u{3400}'..='\u{4DBF}' | '\u{F900}'..='\u{FAFF}')
 }

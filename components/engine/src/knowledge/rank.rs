@@ -1,9 +1,9 @@
-//! Ranking: vector hits by similarity, and full-text and vector rankings fused by
+//! Ranking: vector hits by similarity, and ranked lists (full-text views, vectors) fused by
 //! reciprocal rank fusion.
 
 use std::collections::BTreeMap;
 
-use super::{RRF_K, RetrievedChunk, SearchRow};
+use super::RRF_K;
 
 /// The `limit` chunks nearest the question's embedding, `(chunk id, similarity)`, best
 /// first. Stored vectors that do not decode or differ in length are skipped.
@@ -23,33 +23,6 @@ pub fn vector_ranking(
     scored.sort_by(|(a_id, a), (b_id, b)| b.total_cmp(a).then_with(|| a_id.cmp(b_id)));
     scored.truncate(limit);
     scored
-}
-
-/// Full-text rows and a vector ranking fused into the best `limit` chunks (reciprocal rank
-/// fusion, [`merge_results`]), each with its fused score. `rows` must hold every chunk the
-/// fused list may name: the full-text hits plus the vector hits fetched with
-/// [`CHUNKS_BY_ID_SQL`].
-pub fn hybrid_results(
-    fulltext: &[SearchRow],
-    vector: &[(String, f64)],
-    rows: Vec<SearchRow>,
-    limit: usize,
-) -> Vec<RetrievedChunk> {
-    let ft: Vec<(String, f64)> = fulltext
-        .iter()
-        .map(|r| (r.chunk_id.clone(), r.score))
-        .collect();
-    let fused = merge_results(&ft, vector, limit);
-    let mut by_id: BTreeMap<String, SearchRow> =
-        rows.into_iter().map(|r| (r.chunk_id.clone(), r)).collect();
-    fused
-        .into_iter()
-        .filter_map(|(id, score)| {
-            let mut row = by_id.remove(&id)?;
-            row.score = score;
-            Some(RetrievedChunk::from(row))
-        })
-        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -86,9 +59,23 @@ pub fn merge_results(
             .map(|(id, _)| id)
             .collect()
     }
+    fuse_rankings(&[ranked(fulltext, false), ranked(vector, true)], limit)
+}
+
+/// Ranked lists of chunk ids (best first) fused by reciprocal rank fusion: a chunk scores
+/// `Σ 1 / (RRF_K + rank)` over the lists it appears in (ranks from 1; a chunk listed twice
+/// in one list counts at its first place). The best `limit` come back with their fused
+/// scores, best first, equal scores by chunk id.
+pub fn fuse_rankings<S: AsRef<str>>(lists: &[Vec<S>], limit: usize) -> Vec<(String, f64)> {
     let mut fused: BTreeMap<&str, f64> = BTreeMap::new();
-    for list in [ranked(fulltext, false), ranked(vector, true)] {
-        for (i, id) in list.into_iter().enumerate() {
+    for list in lists {
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, id) in list
+            .iter()
+            .map(AsRef::as_ref)
+            .filter(|id| seen.insert(*id))
+            .enumerate()
+        {
             *fused.entry(id).or_insert(0.0) += 1.0 / (RRF_K + (i + 1) as f64);
         }
     }
@@ -104,19 +91,6 @@ pub fn merge_results(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn row(id: &str, score: f64) -> SearchRow {
-        SearchRow {
-            chunk_id: id.into(),
-            source_id: "s".into(),
-            position: 0,
-            heading_path: "[]".into(),
-            text: format!("text of {id}"),
-            source_title: None,
-            source_url: None,
-            score,
-        }
-    }
 
     #[test]
     fn vectors_rank_by_similarity_and_fuse_with_full_text() {
@@ -135,15 +109,12 @@ mod tests {
             ["same", "near"]
         );
         // "same" is found only by vectors, "lex" only by full text, "near" by both: it wins.
-        let fulltext = vec![row("near", -3.0), row("lex", -2.0)];
-        let rows = vec![row("near", -3.0), row("lex", -2.0), row("same", 0.0)];
-        let out = hybrid_results(&fulltext, &ranked, rows, 3);
-        let ids: Vec<&str> = out.iter().map(|c| c.chunk.id.as_str()).collect();
+        let fulltext = vec!["near", "lex"];
+        let vector: Vec<&str> = ranked.iter().map(|(id, _)| id.as_str()).collect();
+        let out = fuse_rankings(&[fulltext, vector], 3);
+        let ids: Vec<&str> = out.iter().map(|(id, _)| id.as_str()).collect();
         assert_eq!(ids[0], "near");
         assert!(ids.contains(&"same") && ids.contains(&"lex"), "{ids:?}");
-        assert!(out[0].score > out[1].score);
-        // A fused id without a row is dropped rather than invented.
-        let out = hybrid_results(&fulltext, &ranked, vec![row("near", -3.0)], 3);
-        assert_eq!(out.len(), 1);
+        assert!(out[0].1 > out[1].1);
     }
 }

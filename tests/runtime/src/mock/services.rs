@@ -6,7 +6,8 @@
 //!   as an empty string (silence). Without a `file` part: `400`.
 //! - `POST /v1/embeddings` (`input`: a string or strings): a deterministic bag-of-concepts
 //!   vector per input. Words are folded to a crude stem and through a small synonym table
-//!   ("reimbursed" and "refunds" are one concept, "parcel" and "package" another), then
+//!   ("reimbursed", "recompensed" and "refunds" are one concept, "parcel" and "package"
+//!   another), then
 //!   hashed into 64 dimensions; so texts that share concepts but no words are near, which is
 //!   what a scenario needs to tell vector search from full-text search.
 
@@ -18,6 +19,7 @@ pub const DIMS: usize = 64;
 /// Synonyms folded to one concept (after stemming).
 const CONCEPTS: &[(&str, &str)] = &[
     ("reimburs", "refund"),
+    ("recompens", "refund"),
     ("refund", "refund"),
     ("moneyback", "refund"),
     ("parcel", "package"),
