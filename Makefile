@@ -34,7 +34,7 @@ help:
 	@echo "make dev-spin  run Kefu's Spin component (spin up, or the Spin test host without the CLI)"
 	@echo "make test   set up everything and run every check and test"
 	@echo "make plugins  build the example plugins (components/plugins) into target/plugins/*.wasm"
-	@echo "make bench  measure Kefu's overhead against a pass-through Worker (writes docs/benchmarks-latest.md)"
+	@echo "make bench  measure Kefu's overhead against a pass-through Worker, and retrieval quality (writes docs/benchmarks-latest.md)"
 	@echo "make size   report the Worker's and the widget's gzipped sizes"
 	@echo "make test-browser  the widget's and agent console's browser tests (Debian's Chromium, installed if missing)"
 	@echo "make screenshots   the browser tests, renewing docs/screenshots/"
@@ -100,7 +100,8 @@ size: $(WORKER_OUT)
 	@echo "widget.js: $$(wc -c < web/widget.js) bytes, $$(gzip -9 < web/widget.js | wc -c) bytes gzipped (bar: 30 KB)"
 
 # Ratios in one run (see docs/benchmarks.md): Kefu against a pass-through Worker on the same
-# workerd and against the mock provider directly, plus the engine's CPU per turn.
+# workerd and against the mock provider directly, plus the engine's CPU per turn; and the
+# retrieval benchmark (tests/retrieval) beside plain SQLite FTS5.
 bench: setup $(WORKER_OUT)
 	cargo run --release -q -p kefu-runtime-tests --bin kefu-bench -- --write docs/benchmarks-latest.md
 	@$(MAKE) --no-print-directory size

@@ -26,6 +26,8 @@
 //! - [`plugin_routes`]: the operators' plugin routes (listing, test calls) on the Worker.
 //! - [`plugins`]: plugins in chat turns, on both runtimes.
 //! - [`replay`]: the replay/debug console's API: turn records, replay, export.
+//! - [`retrieval`]: the retrieval benchmark: a bilingual help center and customer questions,
+//!   searched through the engine's plans on SQLite FTS5, beside plain FTS5 baselines.
 //! - [`security`]: the attack suite: every trust-boundary attack performed over HTTP, and
 //!   refused, beside the legitimate path.
 //! - [`sse`]: a small Server-Sent Events reader used by the scenarios and the mock's tests.
@@ -42,6 +44,7 @@ pub mod pages;
 pub mod plugin_routes;
 pub mod plugins;
 pub mod replay;
+pub mod retrieval;
 pub mod scenarios;
 pub mod security;
 pub mod spin;

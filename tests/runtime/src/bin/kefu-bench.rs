@@ -7,7 +7,9 @@
 //!   directly, through the pass-through Worker, through Kefu's gateway;
 //! - time to first token of a streamed completion, the same three ways;
 //! - a chat turn on Kefu's own API (`POST /api/v1/chat`: Durable Object, SQLite, gateway);
-//! - the engine's CPU per turn, natively, through the simulator (no I/O at all).
+//! - the engine's CPU per turn, natively, through the simulator (no I/O at all);
+//! - retrieval quality: recall@1, recall@3 and MRR of the knowledge search over the
+//!   bilingual help center in `tests/retrieval`, beside plain FTS5 baselines.
 //!
 //! Prints a Markdown report; with `--write PATH` also writes it there.
 
@@ -319,6 +321,14 @@ async fn main() -> anyhow::Result<()> {
         chat_pii.p99 - chat.p99,
         cpu_whole.as_secs_f64() * 1e6,
         cpu_stream.as_secs_f64() * 1e6,
+    );
+    eprintln!("retrieval…");
+    let corpus =
+        kefu_runtime_tests::retrieval::Corpus::load(&kefu_runtime_tests::retrieval::corpus_dir())?;
+    let rows = kefu_runtime_tests::retrieval::evaluate(&corpus)?;
+    let report = format!(
+        "{report}\n### Retrieval (tests/retrieval)\n\n{}",
+        kefu_runtime_tests::retrieval::table(&corpus, &rows)
     );
     println!("{report}");
     if let Some(path) = write {
