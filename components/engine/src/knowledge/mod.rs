@@ -13,7 +13,8 @@
 //!    the host reads the rows as [`SearchRow`]s and, when it also has vector hits, fuses the
 //!    two rankings with [`merge_results`].
 //! 3. [`grounded_prompt`] builds the system message and the [`NO_ANSWER_TOOL`] tool; after
-//!    the turn, [`detect_no_answer`] and [`citations`] read the reply, and an [`Unanswered`]
+//!    the turn, [`detect_no_answer`] and [`citations`] read the reply (a [`CitationStream`]
+//!    removes the markers that cite nothing while it streams), and an [`Unanswered`]
 //!    entry goes to the operator's log when the knowledge base had no answer.
 //!
 //! # Which tokenizer, and why
@@ -38,12 +39,14 @@
 //! the text rules the others share. `source` is the upload model; `parse` reads each format
 //! (`markdown`, `html`, `csv` and JSON FAQs) into one document model; `chunk` packs that
 //! model into chunks; `sql` is every statement a host runs and the text FTS5 sees; `rank`
-//! orders and fuses hits; `prompt` puts them before the model and reads the reply
-//! (citations, no answer); `unanswered` is the operator's log.
+//! orders and fuses hits; `prompt` puts them before the model and reads the reply's "no
+//! answer"; `cite` resolves the reply's citation markers; `unanswered` is the operator's
+//! log.
 
 use crate::error::ConfigError;
 
 mod chunk;
+mod cite;
 mod parse;
 mod prompt;
 mod rank;
@@ -51,12 +54,12 @@ mod source;
 mod sql;
 mod unanswered;
 
+/// A source a reply cites (stored with the reply, so it lives with the messages).
+pub use crate::vocab::Citation;
 pub use chunk::{Chunk, chunk};
+pub use cite::{CitationStream, MAX_MARKER_BYTES, citations, strip_unknown_citations};
 pub use parse::html::html_text;
-pub use prompt::{
-    Citation, RetrievedChunk, citations, detect_no_answer, grounded_prompt, no_answer_tool,
-    strip_unknown_citations,
-};
+pub use prompt::{RetrievedChunk, detect_no_answer, grounded_prompt, no_answer_tool};
 pub use rank::{hybrid_results, merge_results, vector_ranking};
 pub use source::{Source, SourceKind};
 pub use sql::{
