@@ -91,6 +91,7 @@
       image: "Image",
       unread: "{n} unread",
       powered: "Powered by Kefu",
+      sources: "Sources",
     },
     zh: {
       title: "在线客服",
@@ -135,6 +136,7 @@
       image: "图片",
       unread: "{n} 条新消息",
       powered: "由 Kefu 提供支持",
+      sources: "参考来源",
     },
   };
   const LANG = /^zh/i.test(opts.lang || navigator.language || "") ? "zh" : "en";
@@ -216,6 +218,10 @@ scroll-behavior:smooth;overscroll-behavior:contain}
 .bubble img{display:block;max-width:220px;max-height:220px;border-radius:10px;margin:2px 0}
 .doc{display:inline-flex;align-items:center;gap:6px;text-decoration:none;font-weight:600}
 .doc svg{width:18px;height:18px;flex:none}
+.sources{list-style:none;margin:4px 6px 0;padding:0;font-size:12px;line-height:1.4;color:var(--muted);display:flex;flex-direction:column;gap:2px}
+.sources a{color:var(--a);font-weight:600;text-decoration:none}.sources a:hover{text-decoration:underline}
+.k[data-theme=dark] .sources a{color:color-mix(in srgb,var(--a) 55%,#fff)}
+.src-n{font-variant-numeric:tabular-nums;margin-right:4px}.src-h::before{content:" · "}
 .streaming .bubble::after{content:"";display:inline-block;width:7px;height:15px;margin-left:2px;vertical-align:-2px;
 background:currentColor;opacity:.55;animation:blink 1s steps(2) infinite}
 @keyframes blink{50%{opacity:0}}
@@ -575,6 +581,33 @@ textarea{font-size:16px}}
     return safe;
   }
 
+  /** The sources a bot's answer cites, under it: `[n]` as the answer shows it, the title
+   * (linked when the source has an http(s) URL) and the section, all as text. */
+  function setSources(li, citations) {
+    li.querySelector(".sources")?.remove();
+    if (!Array.isArray(citations) || !citations.length) return;
+    const list = h("ul", { class: "sources", "aria-label": t("sources") });
+    for (const c of citations.slice(0, 20)) {
+      const title = String(c.title || c.source_id || "");
+      const href = sourceUrl(c.url);
+      list.append(h("li", {},
+        h("span", { class: "src-n", text: `[${Number(c.number) || ""}]` }),
+        href ? h("a", { href, target: "_blank", rel: "noopener noreferrer nofollow", text: title }) : h("span", { class: "src-t", text: title }),
+        c.heading ? h("span", { class: "src-h", text: String(c.heading) }) : null));
+    }
+    li.append(list);
+  }
+
+  /** A source's link: only an absolute http(s) URL. */
+  function sourceUrl(url) {
+    try {
+      const u = new URL(String(url || ""));
+      return u.protocol === "https:" || u.protocol === "http:" ? u.href : null;
+    } catch (_) {
+      return null;
+    }
+  }
+
   const textOf = (parts) => (parts || []).filter((p) => p.type === "text").map((p) => p.text).join("\n");
 
   /** Puts a stored message in its place (by seq), once: live updates, catch-up, the
@@ -610,6 +643,7 @@ textarea{font-size:16px}}
       state.stream.adopted = true;
     }
     if (!li) li = messageItem(m.role, m.parts);
+    if (m.role === "bot") setSources(li, m.citations);
     li.dataset.seq = m.seq;
     state.rendered.set(m.seq, li);
     // In order: before the first rendered message with a larger seq, else before the

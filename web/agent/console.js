@@ -850,7 +850,32 @@
       h("div", { class: "meta" }, h("b", {}, role === "note" ? icon("lock") : null, author(m)), Number.isNaN(created.getTime()) ? null : h("time", { datetime: m.created_at, title: fullDate(m.created_at) }, clock(created))),
       h("div", { class: "bubble" }, textOf(m)),
       files.length ? h("div", { class: "files" }, files.map(renderFile)) : null,
+      sourcesList(m.citations),
     );
+  }
+
+  /** The knowledge-base sources a bot's reply cites: `[n]` as the reply shows it, the
+   * title (linked only to an absolute http(s) URL) and the section. */
+  function sourcesList(citations) {
+    if (!Array.isArray(citations) || !citations.length) return null;
+    return h("ul", { class: "sources", "aria-label": "Sources cited" },
+      citations.map((c) => {
+        const title = String(c.title || c.source_id || "");
+        const href = sourceUrl(c.url);
+        return h("li", {},
+          h("span", { class: "src-n" }, `[${Number(c.number) || ""}]`),
+          href ? h("a", { href, target: "_blank", rel: "noopener noreferrer nofollow" }, title) : h("span", { class: "src-t" }, title),
+          c.heading ? h("span", { class: "src-h" }, String(c.heading)) : null,
+          h("code", { class: "src-id" }, String(c.chunk_id || c.source_id || "")));
+      }));
+  }
+  function sourceUrl(u) {
+    try {
+      const url = new URL(String(u || ""));
+      return url.protocol === "https:" || url.protocol === "http:" ? url.href : null;
+    } catch (_) {
+      return null;
+    }
   }
 
   /** A file in a message. Agents read files with their token in the Authorization header

@@ -210,7 +210,32 @@
     const who = m.role === "agent" && m.author?.name ? m.author.name : ROLE[m.role] || m.role;
     return h("div", { class: `bubble ${m.role}` },
       h("div", { class: "bubble-head" }, h("span", { class: "bubble-who" }, who), h("span", { class: "muted small" }, `#${m.seq} · ${clock(m.created_at)}`)),
-      h("div", { class: "bubble-text" }, messageText(m)));
+      h("div", { class: "bubble-text" }, messageText(m)),
+      sourcesList(m.citations));
+  }
+
+  /** The knowledge-base sources a reply cites: `[n]` as the reply shows it, the title
+   * (linked only to an absolute http(s) URL), the section and the chunk. */
+  function sourcesList(citations) {
+    if (!Array.isArray(citations) || !citations.length) return null;
+    return h("ul", { class: "sources", "aria-label": "Sources cited" },
+      citations.map((c) => {
+        const title = String(c.title || c.source_id || "");
+        const href = sourceUrl(c.url);
+        return h("li", {},
+          h("span", { class: "src-n" }, `[${Number(c.number) || ""}]`),
+          href ? h("a", { href, target: "_blank", rel: "noopener noreferrer nofollow" }, title) : h("span", { class: "src-t" }, title),
+          c.heading ? h("span", { class: "src-h" }, String(c.heading)) : null,
+          h("code", { class: "src-id" }, String(c.chunk_id || c.source_id || "")));
+      }));
+  }
+  function sourceUrl(u) {
+    try {
+      const url = new URL(String(u || ""));
+      return url.protocol === "https:" || url.protocol === "http:" ? url.href : null;
+    } catch (_) {
+      return null;
+    }
   }
 
   function renderConversation() {
@@ -295,7 +320,8 @@
       : h("p", { class: "muted" }, "No rule matched.")));
     sections.push(section("Attempts", attemptsTable(r.attempts || [])));
     sections.push(section("Knowledge", r.knowledge?.length
-      ? table(["Chunk", "Source", "Score", "In the prompt"], r.knowledge.map((k) => [h("code", {}, k.chunk_id), k.title || k.source_id, score(k.score), k.in_prompt ? "yes" : "no"]), "knowledge")
+      ? table(["Chunk", "Source", "Score", "In the prompt", "Cited"], r.knowledge.map((k, i) => [h("code", {}, k.chunk_id), k.title || k.source_id, score(k.score), k.in_prompt ? "yes" : "no",
+          (r.citations || []).some((c) => c.chunk_id === k.chunk_id && c.number === i + 1) ? `[${i + 1}]` : ""]), "knowledge")
       : h("p", { class: "muted" }, "No knowledge chunks.")));
     sections.push(section("State changes", r.state?.length
       ? table(["Field", "Before", "After"], r.state.map((s) => [s.field, show(s.before), show(s.after)]))
@@ -426,7 +452,8 @@
           h("div", { class: "side old" }, h("h4", {}, "Recorded"), h("div", { class: "bubble-text" }, t.old.reply ?? "(nothing said)")),
           h("div", { class: `side new${changed ? " changed" : ""}` },
             h("h4", {}, "Replayed ", h("span", { class: "chip" }, n.responder), changed ? h("span", { class: "chip warn" }, "differs") : h("span", { class: "chip" }, "same")),
-            h("div", { class: "bubble-text" }, n.reply ?? (n.record?.outcome?.kind === "error" ? `(error: ${n.record.outcome.code})` : "(nothing said)")))),
+            h("div", { class: "bubble-text" }, n.reply ?? (n.record?.outcome?.kind === "error" ? `(error: ${n.record.outcome.code})` : "(nothing said)")),
+            sourcesList(n.record?.citations))),
         n.record?.attempts?.length ? attemptsTable(n.record.attempts) : null,
         n.record ? recordDetails(n.record, "Details of the replayed turn") : null);
     });

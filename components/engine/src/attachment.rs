@@ -354,7 +354,7 @@ pub fn api_path(id: &str) -> String {
 pub fn part_ref(part: &Part) -> Option<&str> {
     let url = match part {
         Part::Image { url, .. } | Part::Document { url, .. } => url,
-        Part::Text(_) => return None,
+        Part::Text(_) | Part::Citations(_) => return None,
     };
     url.strip_prefix(SCHEME).filter(|id| is_id(id))
 }
@@ -362,7 +362,7 @@ pub fn part_ref(part: &Part) -> Option<&str> {
 /// Whether a part is an image, document or voice message, by its media type.
 pub fn part_kind(part: &Part) -> Option<Kind> {
     match part {
-        Part::Text(_) => None,
+        Part::Text(_) | Part::Citations(_) => None,
         Part::Image { .. } => Some(Kind::Image),
         Part::Document { mime, .. } => Some(match mime.as_deref() {
             Some(m) if m.starts_with("audio/") => Kind::Audio,
@@ -430,7 +430,7 @@ pub fn part_wants_bytes(part: &Part) -> bool {
     match part {
         Part::Image { .. } => true,
         Part::Document { mime, .. } => mime.as_deref() == Some("application/pdf"),
-        Part::Text(_) => false,
+        Part::Text(_) | Part::Citations(_) => false,
     }
 }
 

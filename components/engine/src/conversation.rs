@@ -324,9 +324,14 @@ impl Conversation {
         &mut self,
         now: Timestamp,
         reply: &TurnReply,
+        citations: &[crate::vocab::Citation],
         config: &TenantConfig,
     ) -> Result<Recorded, ConversationError> {
-        let message = self.append(now, Role::Bot, vec![Part::Text(reply.text.clone())], config)?;
+        let mut parts = vec![Part::Text(reply.text.clone())];
+        if !citations.is_empty() {
+            parts.push(Part::Citations(citations.to_vec()));
+        }
+        let message = self.append(now, Role::Bot, parts, config)?;
         let events = vec![Event::MessageCreated {
             conversation: self.id.clone(),
             seq: message.seq,
@@ -363,7 +368,11 @@ impl Conversation {
             parts,
             created_at: now,
         };
-        self.window.push(message.clone());
+        // The window is what prompts are built from; cited sources are for people, so
+        // they stay in the transcript and out of the state.
+        let mut kept = message.clone();
+        kept.parts.retain(|p| !matches!(p, Part::Citations(_)));
+        self.window.push(kept);
         let limit = usize::from(config.history_window.max(1));
         if self.window.len() > limit {
             let drop = self.window.len() - limit;

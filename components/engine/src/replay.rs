@@ -63,6 +63,9 @@ pub struct TurnRecord {
     /// The knowledge-base chunks the search returned, best first.
     #[serde(default)]
     pub knowledge: Vec<ChunkHit>,
+    /// The sources the recorded reply cites (the numbers its text shows).
+    #[serde(default)]
+    pub citations: Vec<crate::vocab::Citation>,
     /// The request the model was sent (the answering attempt's, or the last one tried).
     #[serde(default)]
     pub prompt: Option<PromptRecord>,

@@ -119,7 +119,11 @@ impl Role {
     }
 }
 
-/// One part of a message. Text today; images and documents travel the same way.
+/// One part of a message: its text, images and documents, and the knowledge-base sources a
+/// bot's reply cites.
+///
+/// Messages are stored postcard-encoded ([`Message::encode`]), where a variant is its
+/// index: new variants go at the end, so every stored message still decodes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Part {
     /// Plain text.
@@ -140,6 +144,42 @@ pub enum Part {
         /// Its media type, when known.
         mime: Option<String>,
     },
+    /// The knowledge-base sources a bot's reply cites, in order of first citation: data
+    /// beside the reply's text, never shown to the model.
+    Citations(Vec<Citation>),
+}
+
+/// A source a bot's reply cites: the `[n]` marker in the reply's text and the chunk that
+/// was put before the model as block `n` (see [`crate::knowledge::citations`]).
+///
+/// Stored inside messages ([`Part::Citations`]) in postcard's layout, where fields are
+/// read in order: a change of fields needs a new [`STATE_FORMAT_VERSION`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Citation {
+    /// The number the reply cites (`[n]`), as the reply shows it.
+    pub number: u32,
+    /// The chunk it stands for (`<source id>#<position>`).
+    pub chunk_id: String,
+    /// The chunk's source.
+    pub source_id: String,
+    /// The source's title.
+    pub title: Option<String>,
+    /// The source's URL.
+    pub url: Option<String>,
+    /// The headings above the chunk, joined with ` › ` (`Returns › Refund times`).
+    pub heading: Option<String>,
+}
+
+impl Citation {
+    /// Bytes of text it holds.
+    fn content_len(&self) -> usize {
+        self.chunk_id.len()
+            + self.source_id.len()
+            + [&self.title, &self.url, &self.heading]
+                .iter()
+                .map(|s| s.as_ref().map_or(0, String::len))
+                .sum::<usize>()
+    }
 }
 
 /// One message in a conversation.
@@ -170,6 +210,17 @@ impl Message {
         out
     }
 
+    /// The sources the message cites (a bot's grounded reply; empty otherwise).
+    pub fn citations(&self) -> &[Citation] {
+        self.parts
+            .iter()
+            .find_map(|p| match p {
+                Part::Citations(c) => Some(c.as_slice()),
+                _ => None,
+            })
+            .unwrap_or(&[])
+    }
+
     /// The compact, versioned form hosts store transcript rows in (same scheme as
     /// [`crate::Conversation::encode`]).
     pub fn encode(&self) -> Vec<u8> {
@@ -180,7 +231,8 @@ impl Message {
 
     /// Decodes what [`Message::encode`] wrote (a message's layout is the same in versions 1
     /// to 3; version 2 only added a role at the end, version 3 changed the conversation's
-    /// layout alone).
+    /// layout alone; [`Part::Citations`] came later at the end of its enum, which leaves
+    /// older bytes as they were).
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         match bytes.split_first() {
             Some((1 | 2, rest)) => {
@@ -201,6 +253,7 @@ impl Message {
                 Part::Document { url, name, mime } => {
                     url.len() + name.len() + mime.as_ref().map_or(0, String::len)
                 }
+                Part::Citations(c) => c.iter().map(Citation::content_len).sum(),
             })
             .sum()
     }
@@ -236,5 +289,67 @@ pub(crate) fn decode_versioned<T: serde::de::DeserializeOwned>(
             postcard::from_bytes(rest).map_err(|e| DecodeError::Corrupt(e.to_string()))
         }
         Some((&v, _)) => Err(DecodeError::UnknownVersion(v)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(parts: Vec<Part>) -> Message {
+        Message {
+            seq: 3,
+            role: Role::Bot,
+            parts,
+            created_at: Timestamp::from_millis(1_700_000_000_000),
+        }
+    }
+
+    /// A message as a build before [`Part::Citations`] stored it (text, image, document).
+    const STORED_BEFORE_CITATIONS: [u8; 26] = [
+        3, 3, 1, 3, 0, 2, 72, 105, 1, 1, 117, 0, 2, 1, 100, 1, 110, 1, 1, 109, 128, 208, 149, 255,
+        188, 49,
+    ];
+
+    #[test]
+    fn messages_stored_before_citations_still_decode() {
+        let old = message(vec![
+            Part::Text("Hi".into()),
+            Part::Image {
+                url: "u".into(),
+                mime: None,
+            },
+            Part::Document {
+                url: "d".into(),
+                name: "n".into(),
+                mime: Some("m".into()),
+            },
+        ]);
+        assert_eq!(Message::decode(&STORED_BEFORE_CITATIONS), Ok(old.clone()));
+        // And the variant that came later leaves the earlier ones' bytes as they were.
+        assert_eq!(old.encode(), STORED_BEFORE_CITATIONS);
+        assert!(old.citations().is_empty());
+    }
+
+    #[test]
+    fn a_reply_with_citations_round_trips() {
+        let cited = Citation {
+            number: 2,
+            chunk_id: "returns#4".into(),
+            source_id: "returns".into(),
+            title: Some("Returns".into()),
+            url: Some("https://shop.example/returns".into()),
+            heading: Some("Returns › Refund times".into()),
+        };
+        let m = message(vec![
+            Part::Text("Refunds take 5 days [2].".into()),
+            Part::Citations(vec![cited.clone()]),
+        ]);
+        let decoded = Message::decode(&m.encode()).unwrap();
+        assert_eq!(decoded, m);
+        assert_eq!(decoded.citations(), [cited]);
+        // The citations are not the message's text.
+        assert_eq!(decoded.text(), "Refunds take 5 days [2].");
+        assert!(decoded.content_len() > "Refunds take 5 days [2].".len());
     }
 }

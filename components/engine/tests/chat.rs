@@ -415,6 +415,139 @@ fn the_knowledge_base_no_answer_is_said_honestly_logged_and_hands_off_at_the_lim
     );
 }
 
+/// Two chunks before the model: `[1]` the returns page (with a URL), `[2]` a section of
+/// the shipping page.
+fn cited_sources() -> Vec<RetrievedChunk> {
+    let mut returns = chunk("returns", "Returns are free within 30 days.");
+    returns.source_title = Some("Returns".into());
+    returns.source_url = Some("https://shop.example/returns".into());
+    let mut shipping = chunk("shipping", "Refunds take 5 days.");
+    shipping.chunk.heading_path = vec!["Returns".into(), "Refund times".into()];
+    vec![returns, shipping]
+}
+
+#[test]
+fn a_grounded_reply_carries_the_sources_it_cites_and_loses_the_markers_that_cite_nothing() {
+    let mut s = sim(r#","knowledge":{"enabled":true}"#);
+    s.knowledge = Ok(cited_sources());
+    // The model cites 1 and 2, and a block 9 it was never shown, with markers split across
+    // chunks; `[2024]` is a year.
+    s.script(Script::stream(
+        &[
+            "Returns are free [",
+            "1]. Refunds take 5 days [2",
+            "] [9",
+            "]. Since [20",
+            "24] 【1，",
+            "9】.",
+        ],
+        5,
+    ));
+    let (id, t, _, driven) = turn(&mut s, None, "How long do refunds take?", ReplyMode::Stream);
+    let text = "Returns are free [1]. Refunds take 5 days [2]. Since [2024] 【1】.";
+    // No delta ever showed the unknown marker, and what streamed is what is stored.
+    assert!(
+        driven.deltas.iter().all(|d| !d.contains('9')),
+        "{:?}",
+        driven.deltas
+    );
+    assert_eq!(driven.deltas.concat(), text);
+    let Outcome::Reply { message, .. } = outcome(&t) else {
+        panic!("{:?}", outcome(&t));
+    };
+    assert_eq!(message.text(), text);
+    assert_eq!(texts(&s, &id)[1], text);
+    // The stored reply cites 1 and 2, with the numbers the text shows.
+    let stored = &s.transcript(&id)[1];
+    let numbers: Vec<u32> = stored.citations().iter().map(|c| c.number).collect();
+    assert_eq!(numbers, [1, 2]);
+    assert_eq!(stored.citations()[0].title.as_deref(), Some("Returns"));
+    assert_eq!(
+        stored.citations()[0].url.as_deref(),
+        Some("https://shop.example/returns")
+    );
+    assert_eq!(
+        stored.citations()[1].heading.as_deref(),
+        Some("Returns › Refund times")
+    );
+    // The state's window keeps the text only (sources are for people, not the prompt).
+    let state = s.conversation(&id);
+    assert!(state.window().iter().all(|m| m.citations().is_empty()));
+    // The turn's record and log line name them too.
+    let (_, record) = s.records.last().unwrap();
+    assert_eq!(record.citations, stored.citations());
+    assert!(
+        s.logs
+            .iter()
+            .any(|l| l["msg"] == "turn" && l["citations"] == json!(["returns#0", "shipping#0"])),
+        "{:?}",
+        s.logs
+    );
+    // The SSE `done` frame and the JSON answer carry them.
+    let visitor = t.visitor().clone();
+    let done = frames(&render(&id, true, &visitor, outcome(&t), ReplyMode::Stream).body);
+    let (event, data) = done.last().unwrap();
+    assert_eq!(event, "done");
+    assert_eq!(data["citations"][1]["number"], 2);
+    assert_eq!(data["citations"][1]["heading"], "Returns › Refund times");
+    assert_eq!(data["citations"][1]["url"], Value::Null);
+    assert_eq!(data["reply"]["citations"], data["citations"]);
+    let whole: Value =
+        serde_json::from_str(&render(&id, true, &visitor, outcome(&t), ReplyMode::Whole).body)
+            .unwrap();
+    assert_eq!(
+        whole["citations"][0],
+        json!({"number": 1, "source_id": "returns", "chunk_id": "returns#0", "title": "Returns",
+               "url": "https://shop.example/returns", "heading": null})
+    );
+    assert_eq!(
+        whole["reply"]["parts"],
+        json!([{"type": "text", "text": text}])
+    );
+
+    // The next prompt shows the model the reply's text, and no citation data.
+    s.script(Script::json("You're welcome [1].", 5));
+    turn(&mut s, Some(&id), "Thanks", ReplyMode::Whole);
+    let body: Value = serde_json::from_slice(&s.requests[1].body).unwrap();
+    assert_eq!(body["messages"][2]["content"], text, "{body}");
+    // (The prompt's blocks name sources by title; only the stored citations hold URLs.)
+    assert!(!body.to_string().contains("shop.example"), "{body}");
+}
+
+#[test]
+fn a_reply_citing_only_blocks_it_was_never_shown_cites_nothing() {
+    let mut s = sim(r#","knowledge":{"enabled":true}"#);
+    s.knowledge = Ok(cited_sources());
+    s.script(Script::json(
+        "Refunds are instant [99]. Trust me [3, 0].",
+        5,
+    ));
+    let (id, t, _, _) = turn(&mut s, None, "Refunds?", ReplyMode::Whole);
+    let Outcome::Reply { message, .. } = outcome(&t) else {
+        panic!("{:?}", outcome(&t));
+    };
+    assert_eq!(message.text(), "Refunds are instant. Trust me.");
+    assert!(s.transcript(&id)[1].citations().is_empty());
+    let body: Value =
+        serde_json::from_str(&render(&id, true, t.visitor(), outcome(&t), ReplyMode::Whole).body)
+            .unwrap();
+    assert_eq!(body["citations"], json!([]));
+    assert!(body["reply"].get("citations").is_none(), "{body}");
+}
+
+#[test]
+fn without_the_knowledge_base_brackets_are_left_alone() {
+    let mut s = sim("");
+    s.script(Script::stream(&["See [", "9] and [1]."], 5));
+    let (_, t, _, driven) = turn(&mut s, None, "hi", ReplyMode::Stream);
+    assert_eq!(driven.deltas, ["See [", "9] and [1]."]);
+    let Outcome::Reply { message, .. } = outcome(&t) else {
+        panic!();
+    };
+    assert_eq!(message.text(), "See [9] and [1].");
+    assert!(message.citations().is_empty());
+}
+
 #[test]
 fn the_model_hands_off_with_its_tool() {
     let mut s = sim("");

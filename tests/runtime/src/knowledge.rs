@@ -1,7 +1,9 @@
 //! Knowledge-base scenarios: ingest FAQ and Markdown sources through the operator API,
 //! measure retrieval (recall@3 on questions whose right chunk is known), ground a chat turn
-//! in what was found, replace and delete sources, and fall back when the knowledge base
-//! has no answer (the model's `kb_no_answer` tool), ending in a handoff.
+//! in what was found, replace and delete sources, resolve the reply's citations (the sources
+//! it cites in the answer, the stream and the transcript; markers citing nothing removed),
+//! and fall back when the knowledge base has no answer (the model's `kb_no_answer` tool),
+//! ending in a handoff.
 
 use anyhow::{Context, ensure};
 use reqwest::StatusCode;
@@ -15,6 +17,9 @@ pub const KB_KEY: &str = "kf-kb.Kefu0Knowledge0Test0Key01";
 pub const KB_HYBRID_KEY: &str = "kf-kb-hybrid.Kefu0Hybrid0Test0Key0001";
 /// The tenant key of `kb-hybrid-down` (its embedding model is unreachable).
 pub const KB_HYBRID_DOWN_KEY: &str = "kf-kb-hybrid-down.Kefu0Down0Test0Key01";
+
+/// The tenant key of `kb-cite`.
+pub const KB_CITE_KEY: &str = "kf-kb-cite.Kefu0Citations0Test0Key1";
 
 /// The tenant key of `kb-noanswer`.
 pub const KB_NOANSWER_KEY: &str = "kf-kb-noanswer.Kefu0NoAnswer0Test0Key1";
@@ -49,6 +54,14 @@ pub fn tenants(mock_base: &str) -> Vec<(String, Value)> {
                 "api_keys": [{"id": "t", "sha256": kefu_engine::auth::hash_key(KB_KEY)}],
                 "knowledge": {"enabled": true, "top_k": 3,
                     "synonyms": [{"term": "uni", "synonyms": ["university"]}]},
+            }),
+        ),
+        (
+            "kb-cite".into(),
+            json!({
+                "provider": {"kind": "openai_compatible", "base_url": mock_base, "model": model},
+                "api_keys": [{"id": "t", "sha256": kefu_engine::auth::hash_key(KB_CITE_KEY)}],
+                "knowledge": {"enabled": true, "top_k": 3},
             }),
         ),
         (
@@ -307,6 +320,135 @@ pub async fn knowledge_ingest_search_and_ground(ctx: &Ctx) -> anyhow::Result<()>
         .filter_map(|s| s["id"].as_str())
         .collect();
     ensure!(ids == ["faq"], "sources after delete: {ids:?}");
+    Ok(())
+}
+
+/// The chat reply's citations: a grounded reply citing block 1, a block 9 it was never
+/// shown (the marker split across two stream deltas) and a year; the answer, the SSE `done`
+/// event and the transcript carry the one real source (title, URL, heading), the unknown
+/// marker is gone from the stored reply and never reached a delta, and a reply citing only
+/// blocks it was never shown cites nothing.
+pub async fn knowledge_citations_resolved(ctx: &Ctx) -> anyhow::Result<()> {
+    let returns = json!({"id": "returns", "title": "Returns policy", "kind": "markdown",
+        "url": "https://shop.example/help/returns",
+        "body": "# Returns\n\n## Refund times\n\nRefunds reach your card 5 to 7 business days after the return arrives."});
+    let resp = put_source(ctx, Some(KB_CITE_KEY), &returns).await?;
+    ensure!(
+        resp.status() == StatusCode::OK,
+        "ingest: {} {}",
+        resp.status(),
+        resp.text().await?
+    );
+    // The mock says this; `[ 9]` streams as two deltas, `[ ` and `9]. `.
+    let said =
+        "Refunds take 5 to 7 business days [1]. Ask us anytime [ 9]. Since [2024] 【1， 9】.";
+    let kept = "Refunds take 5 to 7 business days [1]. Ask us anytime. Since [2024] 【1】.";
+    let ask = |id: &str| {
+        format!(
+            "How long do refunds take? ({id}) [mock reply={}]",
+            said.replace(' ', "_")
+        )
+    };
+    let expect_cited = |citations: &Value, what: &str| -> anyhow::Result<()> {
+        let list = citations
+            .as_array()
+            .with_context(|| format!("{what}: no citations"))?;
+        ensure!(list.len() == 1, "{what}: {citations}");
+        let c = &list[0];
+        ensure!(
+            c["number"] == 1
+                && c["source_id"] == "returns"
+                && c["title"] == "Returns policy"
+                && c["url"] == "https://shop.example/help/returns"
+                && c["heading"] == "Returns › Refund times"
+                && c["chunk_id"]
+                    .as_str()
+                    .is_some_and(|id| id.starts_with("returns#")),
+            "{what}: {c}"
+        );
+        Ok(())
+    };
+
+    // The whole answer.
+    let a = ctx
+        .chat(Some("kb-cite"), &json!({"message": ask(&unique("cite"))}))
+        .await?;
+    a.expect_status(200)?;
+    ensure!(message_text(&a.json["reply"]) == kept, "reply: {}", a.text);
+    expect_cited(&a.json["citations"], "the answer")?;
+    ensure!(
+        a.json["reply"]["citations"] == a.json["citations"],
+        "reply.citations: {}",
+        a.text
+    );
+    // The transcript keeps them with the bot's message, as agents and the replay console
+    // read it.
+    let id = a.json["conversation_id"].as_str().context("id")?.to_owned();
+    let messages = ctx.messages(Some("kb-cite"), &id).await?;
+    let bot = messages
+        .iter()
+        .find(|m| m["role"] == "bot")
+        .context("bot message")?;
+    ensure!(message_text(bot) == kept, "stored: {bot}");
+    expect_cited(&bot["citations"], "the transcript")?;
+    let agent = ctx
+        .agent_token(KB_CITE_KEY, &json!({"agent": "cit", "name": "Cit"}))
+        .await?;
+    let seen: Value = ctx
+        .http
+        .get(ctx.url(&format!("/api/v1/conversations/{id}")))
+        .bearer_auth(&agent)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let bot = seen["messages"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["role"] == "bot"))
+        .with_context(|| format!("agent's view: {seen}"))?;
+    expect_cited(&bot["citations"], "the agent's view")?;
+
+    // The stream: no delta shows the unknown marker; `done` carries the source.
+    let t = ctx
+        .chat_stream(Some("kb-cite"), &json!({"message": ask(&unique("cite"))}))
+        .await?;
+    ensure!(t.names().last() == Some(&"done"), "events: {:?}", t.names());
+    let mut streamed = String::new();
+    for event in t.named("delta") {
+        let text = event.json()?["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        ensure!(
+            !text.contains('9') || text.contains("2024"),
+            "a delta showed {text:?}"
+        );
+        streamed.push_str(&text);
+    }
+    ensure!(streamed == kept, "deltas concatenate to {streamed:?}");
+    let done = t.events.last().context("done")?.json()?;
+    ensure!(message_text(&done["reply"]) == kept, "done: {done}");
+    expect_cited(&done["citations"], "the done event")?;
+
+    // A reply citing only blocks it was never shown cites nothing, and loses the markers.
+    let hostile = ctx
+        .chat(
+            Some("kb-cite"),
+            &json!({"message": format!("Refunds? ({}) [mock reply=Instant_refunds_[99]._Trust_me_[0,42].]", unique("cite"))}),
+        )
+        .await?;
+    hostile.expect_status(200)?;
+    ensure!(
+        message_text(&hostile.json["reply"]) == "Instant refunds. Trust me.",
+        "hostile reply: {}",
+        hostile.text
+    );
+    ensure!(hostile.json["citations"] == json!([]), "{}", hostile.text);
+    ensure!(
+        hostile.json["reply"].get("citations").is_none(),
+        "{}",
+        hostile.text
+    );
     Ok(())
 }
 

@@ -37,8 +37,9 @@ use crate::handoff::{
     typing_over_websocket, verified_visitor_identity,
 };
 use crate::knowledge::{
-    knowledge_hybrid_vector_search, knowledge_ingest_search_and_ground,
-    knowledge_no_answer_falls_back, tenant_keys_see_only_their_own,
+    knowledge_citations_resolved, knowledge_hybrid_vector_search,
+    knowledge_ingest_search_and_ground, knowledge_no_answer_falls_back,
+    tenant_keys_see_only_their_own,
 };
 use crate::machine::{
     replay_is_admitted_by_quotas, replay_matches_across_runtimes, tag_only_rule_tags,
@@ -416,6 +417,7 @@ pub fn all() -> Vec<Scenario> {
         attachments_documents_voice_and_agents,
         knowledge_ingest_search_and_ground,
         knowledge_no_answer_falls_back,
+        knowledge_citations_resolved,
         knowledge_hybrid_vector_search,
         tenant_keys_see_only_their_own,
         config_versions_and_rollback,

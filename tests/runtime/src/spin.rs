@@ -73,6 +73,7 @@ pub const SPIN_SCENARIOS: &[(&str, Option<&str>)] = &[
     ("attachments_documents_voice_and_agents", None),
     ("knowledge_ingest_search_and_ground", None),
     ("knowledge_no_answer_falls_back", None),
+    ("knowledge_citations_resolved", None),
     ("knowledge_hybrid_vector_search", None),
     ("tenant_keys_see_only_their_own", None),
     ("config_versions_and_rollback", None),
@@ -148,6 +149,7 @@ pub fn tenants(all: &[(String, Value)]) -> Vec<(String, Value)> {
                     | "verified-site"
                     | "kb"
                     | "kb-noanswer"
+                    | "kb-cite"
                     | "kb-hybrid"
                     | "kb-hybrid-down"
                     | "files"

@@ -239,6 +239,11 @@ fn reply_fields(reply_message: &Message, reply: &TurnReply) -> Map<String, Value
         "usage".into(),
         reply.usage.map_or(Value::Null, |u| json!(u)),
     );
+    // The sources the reply's `[n]` markers cite (empty when it cites none).
+    m.insert(
+        "citations".into(),
+        super::transcript::citations_json(reply_message.citations()),
+    );
     m
 }
 
@@ -279,6 +284,7 @@ pub fn chat_notice_json(
         "model": null,
         "finish_reason": null,
         "usage": null,
+        "citations": [],
     })
 }
 
@@ -286,7 +292,7 @@ pub fn chat_notice_json(
 pub fn sse_done_notice(reply: Option<&Message>, responder: &str, status: crate::Status) -> String {
     sse_frame(
         "done",
-        &json!({"reply": reply.map(message_json), "responder": responder, "status": status.as_str()}),
+        &json!({"reply": reply.map(message_json), "responder": responder, "status": status.as_str(), "citations": []}),
     )
 }
 

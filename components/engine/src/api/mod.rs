@@ -55,7 +55,7 @@ pub use route::{
     KnowledgeRoute, MAX_BODY_BYTES, MAX_REPLAY_BYTES, OPENAI_MAX_REQUEST_BYTES, Route,
     TENANT_HEADER, body_limit, health_json, request_body_limit, route, tenant,
 };
-pub use transcript::{conversation_json, inbox_entry_json, message_json};
+pub use transcript::{citations_json, conversation_json, inbox_entry_json, message_json};
 
 #[cfg(test)]
 mod tests;

@@ -4,13 +4,15 @@
 use serde_json::{Value, json};
 
 use crate::conversation::Conversation;
-use crate::vocab::{Message, Part};
+use crate::vocab::{Citation, Message, Part};
 
-/// A message as the API shows it.
+/// A message as the API shows it: its parts, and the sources it cites (`citations`, only
+/// when it cites some).
 pub fn message_json(m: &Message) -> Value {
     let parts: Vec<Value> = m
         .parts
         .iter()
+        .filter(|p| !matches!(p, Part::Citations(_)))
         .map(|p| match p {
             Part::Text(text) => json!({"type": "text", "text": text}),
             // A stored upload is shown by its API path (and id); other URLs as given.
@@ -20,7 +22,7 @@ pub fn message_json(m: &Message) -> Value {
                 let (name, mime) = match p {
                     Part::Document { name, mime, .. } => (Some(name), mime),
                     Part::Image { mime, .. } => (None, mime),
-                    Part::Text(_) => (None, &None),
+                    Part::Text(_) | Part::Citations(_) => (None, &None),
                 };
                 json!({"type": kind, "attachment_id": id, "url": crate::attachment::api_path(id), "name": name, "mime": mime})
             }
@@ -28,9 +30,34 @@ pub fn message_json(m: &Message) -> Value {
             Part::Document { url, name, mime } => {
                 json!({"type": "document", "url": url, "name": name, "mime": mime})
             }
+            Part::Citations(_) => Value::Null,
         })
         .collect();
-    json!({"seq": m.seq, "role": m.role.as_str(), "parts": parts, "created_at": m.created_at.to_rfc3339()})
+    let mut json = json!({"seq": m.seq, "role": m.role.as_str(), "parts": parts, "created_at": m.created_at.to_rfc3339()});
+    if !m.citations().is_empty() {
+        json["citations"] = citations_json(m.citations());
+    }
+    json
+}
+
+/// Cited sources as the API shows them: `number` (the reply's `[n]`), `source_id`,
+/// `chunk_id`, `title`, `url` and `heading` (`null` when unknown).
+pub fn citations_json(citations: &[Citation]) -> Value {
+    Value::Array(
+        citations
+            .iter()
+            .map(|c| {
+                json!({
+                    "number": c.number,
+                    "source_id": c.source_id,
+                    "chunk_id": c.chunk_id,
+                    "title": c.title,
+                    "url": c.url,
+                    "heading": c.heading,
+                })
+            })
+            .collect(),
+    )
 }
 
 /// The verified visitor a conversation belongs to, as the API shows it (`null` when the

@@ -57,6 +57,8 @@ pub enum Change {
         reply: Box<TurnReply>,
         /// Whether the turn was grounded in the knowledge base.
         grounded: bool,
+        /// The sources the reply cites, stored with it.
+        citations: Vec<crate::vocab::Citation>,
     },
 }
 
@@ -180,7 +182,11 @@ impl Change {
                 effect.said = said;
                 Ok(effect)
             }
-            Change::Reply { reply, grounded } => {
+            Change::Reply {
+                reply,
+                grounded,
+                citations,
+            } => {
                 let verdict = dialogue::after_reply(c, config, reply, *grounded);
                 let mut effect = Effect::default();
                 match &verdict {
@@ -197,7 +203,7 @@ impl Change {
                             c.note_no_answer(false, 0);
                         }
                         let r = c
-                            .record_reply(now, reply, config)
+                            .record_reply(now, reply, citations, config)
                             .map_err(|e| api::conversation_error(&e))?;
                         effect.messages.push(r.message);
                         effect.events.extend(r.events);

@@ -2,6 +2,11 @@
 //! planned without the targets the breakers refuse, its provider and plugin calls, and the
 //! settlement of what it used. A chat turn runs one; the OpenAI-compatible API runs one on
 //! its own.
+//!
+//! A call grounded in the knowledge base also resolves the reply's citation markers: a
+//! marker citing no chunk the model was shown is removed from the reply, and from its
+//! stream before the visitor sees it ([`CitationStream`] holds a marker back until it is
+//! known), so what streamed is what is stored.
 
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -10,6 +15,7 @@ use crate::api::ApiError;
 use crate::config::TenantConfig;
 use crate::conversation::Conversation;
 use crate::gateway::Report;
+use crate::knowledge::{CitationStream, strip_unknown_citations};
 use crate::provider::ProviderError;
 use crate::time::Timestamp;
 use crate::turn::{self, Turn, TurnOptions, TurnReply};
@@ -48,6 +54,8 @@ pub struct ModelCall {
     grant: Option<Grant>,
     state: State,
     actions: VecDeque<Action>,
+    /// For a grounded call: the reply's stream with markers that cite nothing removed.
+    citations: Option<CitationStream>,
 }
 
 impl ModelCall {
@@ -84,10 +92,15 @@ impl ModelCall {
         options: TurnOptions,
     ) -> Result<Self, ApiError> {
         let turn = start(now, &config, &plan, options.clone())?;
+        // Only a prompt with the knowledge base's blocks asks the model to cite; any other
+        // reply's brackets are left alone.
+        let citations =
+            (!options.knowledge.is_empty()).then(|| CitationStream::new(&options.knowledge));
         let mut call = ModelCall {
             state: State::Running,
             grant: None,
             actions: VecDeque::new(),
+            citations,
             config,
             plan,
             options,
@@ -181,21 +194,42 @@ impl ModelCall {
                     Action::CallPlugin { call, spec, hook }
                 }
                 turn::Action::Delta(text) => {
-                    let target = self.turn.current_target();
-                    Action::Delta(super::Delta {
-                        text,
-                        target: target.map(|t| t.key.clone()),
-                        route: target.map(|t| t.route.clone()),
-                        attempts: self.turn.attempts(),
-                    })
+                    let text = match &mut self.citations {
+                        Some(stream) => stream.push(&text),
+                        None => text,
+                    };
+                    if text.is_empty() {
+                        continue;
+                    }
+                    self.delta(text)
                 }
-                turn::Action::Finished(result) => {
+                turn::Action::Finished(mut result) => {
+                    if let (Some(stream), Ok(reply)) = (&mut self.citations, &mut result) {
+                        // What the stream held back at the end is text, and the stored
+                        // reply is what streamed.
+                        let rest = stream.finish();
+                        if !rest.is_empty() {
+                            let delta = self.delta(rest);
+                            self.actions.push_back(delta);
+                        }
+                        reply.text = strip_unknown_citations(&reply.text, &self.options.knowledge);
+                    }
                     self.finish(result.map_err(Failure::Provider));
                     return;
                 }
             };
             self.actions.push_back(out);
         }
+    }
+
+    fn delta(&self, text: String) -> Action {
+        let target = self.turn.current_target();
+        Action::Delta(super::Delta {
+            text,
+            target: target.map(|t| t.key.clone()),
+            route: target.map(|t| t.route.clone()),
+            attempts: self.turn.attempts(),
+        })
     }
 }
 

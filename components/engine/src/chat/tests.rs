@@ -321,6 +321,7 @@ fn a_reply_applied_after_a_human_took_over_records_nothing() {
     let change = Change::Reply {
         reply: Box::new(reply("Hi!")),
         grounded: false,
+        citations: Vec::new(),
     };
     let effect = change.apply(&mut c, at(4), &config).unwrap();
     assert!(effect.messages.is_empty());

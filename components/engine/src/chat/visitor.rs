@@ -420,10 +420,14 @@ impl ChatTurn {
                     .time_to_first_token
                     .map_or(Value::Null, |d| (d.as_millis() as u64).into());
                 line["usage"] = json!(reply.usage);
+                // The reply's markers were resolved by the model call (those citing nothing
+                // are gone): each one left names a chunk the model was shown.
+                let citations = crate::knowledge::citations(&reply.text, &self.retrieved);
                 self.line = Some(line);
                 let change = Change::Reply {
                     reply: Box::new(reply.clone()),
                     grounded: !self.retrieved.is_empty(),
+                    citations,
                 };
                 self.apply(change, Then::Replied(Box::new(reply)));
             }
@@ -531,10 +535,17 @@ impl ChatTurn {
                 }
             }
             AfterReply::Keep { handoff, .. } => {
+                if let Some(message) = &recorded {
+                    self.record.citations = message.citations().to_vec();
+                }
                 if !self.retrieved.is_empty() {
-                    let cited = crate::knowledge::citations(&reply.text, &self.retrieved);
-                    line["citations"] =
-                        json!(cited.iter().map(|c| &c.chunk_id).collect::<Vec<_>>());
+                    let cited: Vec<&str> = self
+                        .record
+                        .citations
+                        .iter()
+                        .map(|c| c.chunk_id.as_str())
+                        .collect();
+                    line["citations"] = json!(cited);
                 }
                 match (handoff, recorded) {
                     (Some(reason), _) => {

@@ -15,7 +15,8 @@
 //!    and the nearest embeddings when there are any, by reciprocal rank fusion
 //!    ([`fuse_rankings`]). [`crate::chat::SearchPlan`] does all of it.
 //! 3. [`grounded_prompt`] builds the system message and the [`NO_ANSWER_TOOL`] tool; after
-//!    the turn, [`detect_no_answer`] and [`citations`] read the reply, and an [`Unanswered`]
+//!    the turn, [`detect_no_answer`] and [`citations`] read the reply (a [`CitationStream`]
+//!    removes the markers that cite nothing while it streams), and an [`Unanswered`]
 //!    entry goes to the operator's log when the knowledge base had no answer.
 //!
 //! # Which tokenizer, and why
@@ -42,12 +43,14 @@
 //! model into chunks; `analyze` makes text into terms (stop words, Chinese windows,
 //! trigrams, synonyms) with the built-in `thesaurus`; `sql` is every statement a host runs
 //! and the text FTS5 sees; `rank` orders and fuses hits; `prompt` puts them before the
-//! model and reads the reply (citations, no answer); `unanswered` is the operator's log.
+//! model and reads the reply's "no answer"; `cite` resolves the reply's citation markers;
+//! `unanswered` is the operator's log.
 
 use crate::error::ConfigError;
 
 mod analyze;
 mod chunk;
+mod cite;
 mod parse;
 mod prompt;
 mod rank;
@@ -56,14 +59,13 @@ mod sql;
 mod thesaurus;
 mod unanswered;
 
+/// A source a reply cites (stored with the reply, so it lives with the messages).
+pub use crate::vocab::Citation;
 pub use analyze::{Query, query};
-
 pub use chunk::{Chunk, chunk};
+pub use cite::{CitationStream, MAX_MARKER_BYTES, citations, strip_unknown_citations};
 pub use parse::html::html_text;
-pub use prompt::{
-    Citation, RetrievedChunk, citations, detect_no_answer, grounded_prompt, no_answer_tool,
-    strip_unknown_citations,
-};
+pub use prompt::{RetrievedChunk, detect_no_answer, grounded_prompt, no_answer_tool};
 pub use rank::{fuse_rankings, merge_results, vector_ranking};
 pub use source::{Source, SourceKind};
 pub use sql::{

@@ -48,7 +48,14 @@ pub(crate) fn build_prompt(
             // System notices are for people, not the model.
             Role::System | Role::Note => continue,
         };
-        prompt.push(PromptMessage::new(role, m.parts.clone()));
+        // Cited sources are for people; the model sees the reply's text and files.
+        let parts = m
+            .parts
+            .iter()
+            .filter(|p| !matches!(p, crate::vocab::Part::Citations(_)))
+            .cloned()
+            .collect();
+        prompt.push(PromptMessage::new(role, parts));
     }
     prompt
 }

@@ -162,6 +162,8 @@ fn content_blocks(parts: &[Part]) -> Vec<Value> {
                     None => json!({"type": "text", "text": document_mention(name, url)}),
                 })
             }
+            // Data for people beside a reply, never the model's.
+            Part::Citations(_) => None,
         })
         .collect()
 }

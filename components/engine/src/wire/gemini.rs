@@ -151,6 +151,8 @@ fn parts(parts: &[Part]) -> Vec<Value> {
                         .unwrap_or_else(|| json!({"text": document_mention(name, url)})),
                 )
             }
+            // Data for people beside a reply, never the model's.
+            Part::Citations(_) => None,
         })
         .collect()
 }

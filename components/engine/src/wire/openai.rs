@@ -103,22 +103,26 @@ pub(crate) fn message_json(m: &PromptMessage) -> Value {
     };
     // Plain text stays a string (every compatible server accepts it); images need the
     // array-of-parts form, which tool messages do not take.
-    let only_text =
-        m.role == PromptRole::Tool || m.parts.iter().all(|p| matches!(p, Part::Text(_)));
+    let only_text = m.role == PromptRole::Tool
+        || m.parts
+            .iter()
+            .all(|p| matches!(p, Part::Text(_) | Part::Citations(_)));
     let content = if only_text {
         Value::String(super::text_of(&m.parts))
     } else {
         Value::Array(
             m.parts
                 .iter()
-                .map(|p| match p {
-                    Part::Text(t) => json!({"type": "text", "text": t}),
+                .filter_map(|p| match p {
+                    Part::Text(t) => Some(json!({"type": "text", "text": t})),
                     Part::Image { url, .. } => {
-                        json!({"type": "image_url", "image_url": {"url": url}})
+                        Some(json!({"type": "image_url", "image_url": {"url": url}}))
                     }
                     Part::Document { name, url, .. } => {
-                        json!({"type": "text", "text": document_mention(name, url)})
+                        Some(json!({"type": "text", "text": document_mention(name, url)}))
                     }
+                    // Data for people beside a reply, never the model's.
+                    Part::Citations(_) => None,
                 })
                 .collect(),
         )
