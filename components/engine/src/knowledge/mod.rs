@@ -39,11 +39,13 @@
 //! (`markdown`, `html`, `csv` and JSON FAQs) into one document model; `chunk` packs that
 //! model into chunks; `sql` is every statement a host runs and the text FTS5 sees; `rank`
 //! orders and fuses hits; `prompt` puts them before the model and reads the reply
-//! (citations, no answer); `unanswered` is the operator's log.
+//! (citations, no answer); `unanswered` is the operator's log and its SQL, and `groups`
+//! gathers the log's near-duplicate questions for the operator to answer once.
 
 use crate::error::ConfigError;
 
 mod chunk;
+mod groups;
 mod parse;
 mod prompt;
 mod rank;
@@ -52,6 +54,11 @@ mod sql;
 mod unanswered;
 
 pub use chunk::{Chunk, chunk};
+pub use groups::{
+    GROUP_SIMILARITY, MAX_CANDIDATES, MAX_CONVERSATIONS, MAX_EXAMPLES, MAX_POSTINGS, MAX_WORDS,
+    QuestionGroup, WEEK_MS, group_unanswered, similarity,
+};
+pub use parse::faq::MAX_ALTERNATES;
 pub use parse::html::html_text;
 pub use prompt::{
     Citation, RetrievedChunk, citations, detect_no_answer, grounded_prompt, no_answer_tool,
@@ -65,7 +72,11 @@ pub use sql::{
     decode_heading_path, delete_source_statements, embedding_text, encode_heading_path, fts_query,
     index_statements, search_statement, search_text, vector_statements,
 };
-pub use unanswered::{MAX_UNANSWERED_KEPT, Unanswered, unanswered_trim_sql};
+pub use unanswered::{
+    ANSWERED_SQL, LOG_UNANSWERED_SQL, LoggedQuestion, MAX_UNANSWERED_KEPT, MAX_UNANSWERED_LISTED,
+    TRIM_UNANSWERED_SQL, UNANSWERED_SCHEMA, UNANSWERED_SQL, Unanswered, answered_statement,
+    unanswered_statement,
+};
 
 /// The largest source body, in bytes (2 MB).
 pub const MAX_SOURCE_BYTES: usize = 2 * 1024 * 1024;
