@@ -299,6 +299,53 @@ describe("admin pages", { concurrency: false }, () => {
     await q.ctx.close();
   });
 
+  test("unanswered questions in groups: asked three times this week, answered once, then found", async () => {
+    const ask = async (message) => {
+      const r = await fetch(kefu.base + "/api/v1/chat", {
+        method: "POST",
+        headers: { "content-type": "application/json", "x-kefu-tenant": "quiet" },
+        body: JSON.stringify({ message }),
+      });
+      assert.equal((await r.json()).responder, "no_answer");
+    };
+    for (const m of ["Do you ship parcels to Mars?", "can you ship parcels to mars please", "Do you deliver parcels to Mars", "寄到火星要几天？", "寄到火星需要几天"]) await ask(m);
+    const q = await signIn(QUIET_KEY);
+    await q.page.locator('.section-tab[data-section="knowledge"]').click();
+    const mars = q.page.locator("#groups > li").filter({ hasText: "Do you ship parcels to Mars?" });
+    await mars.waitFor();
+    assert.match(await mars.textContent(), /Asked 3 times this week/);
+    assert.match(await mars.locator(".wordings").textContent(), /can you ship parcels to mars please/);
+    const chinese = q.page.locator("#groups > li").filter({ hasText: "寄到火星要几天？" });
+    assert.match(await chinese.textContent(), /Asked twice this week/);
+    const { groups } = await (await apiGet("/api/v1/knowledge/unanswered/groups", QUIET_KEY)).json();
+    const key = groups.find((g) => g.question === "Do you ship parcels to Mars?").key;
+    assert.equal(await mars.getAttribute("data-key"), key);
+
+    // An empty answer is refused in the page; a written one closes the group.
+    await mars.getByRole("button", { name: "Answer" }).click();
+    await mars.getByRole("button", { name: "Save answer" }).click();
+    assert.match(await mars.locator(".form-error").textContent(), /Write the answer/);
+    await mars.getByLabel("Answer", { exact: true }).fill("Not yet: parcels go to Earth addresses only, within two days.");
+    assert.equal(await mars.locator(".form-error").textContent(), "", "typing clears the refusal");
+    mkdirSync(SHOTS, { recursive: true });
+    await q.page.locator("#groups-card").screenshot({ path: resolve(SHOTS, "admin-unanswered-groups.png") });
+    await mars.getByRole("button", { name: "Save answer" }).click();
+    await q.page.locator(`#groups > li[data-key="${key}"]`).waitFor({ state: "detached" });
+    assert.match(await q.page.locator("#groups-status").textContent(), new RegExp(`3 questions closed, saved as source unanswered-${key}`));
+    assert.equal(await q.page.locator("#groups > li").filter({ hasText: "寄到火星要几天？" }).count(), 1, "the other group stays");
+    await q.page.locator("#sources").getByText("Do you ship parcels to Mars?").first().waitFor();
+
+    // The group's questions now find the answer.
+    await q.page.locator("#search-q").fill("can you ship parcels to mars please");
+    await q.page.locator("#search-q").press("Enter");
+    const hit = q.page.locator("#hits li").first();
+    await hit.waitFor();
+    assert.match(await hit.textContent(), /Earth addresses only/);
+    assert.equal(await q.page.evaluate(() => window.__xss), undefined, "a question in a group stays text");
+    assert.deepEqual(q.errors, []);
+    await q.ctx.close();
+  });
+
   test("usage renders a bar for today after a chat turn, and tables by route and model", async () => {
     for (const message of ["Where is my parcel?", "Can I return shoes?", "Do you ship abroad?"]) {
       const r = await fetch(kefu.base + "/api/v1/chat", {

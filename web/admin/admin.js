@@ -168,8 +168,9 @@
     $("token-value").textContent = $("key-value").textContent = "";
     $("config-text").value = "";
     // Nothing of this tenant's stays in the page for whoever signs in next.
-    for (const id of ["versions", "sources", "hits", "unanswered", "today", "chart", "by-route", "by-model", "keys", "agents", "agent-ids", "tenant-plugins", "installed-plugins", "try-id", "try-answer", "try-record"]) clear($(id));
+    for (const id of ["versions", "sources", "hits", "groups", "unanswered", "today", "chart", "by-route", "by-model", "keys", "agents", "agent-ids", "tenant-plugins", "installed-plugins", "try-id", "try-answer", "try-record"]) clear($(id));
     $("try-out").hidden = true;
+    $("groups-status").textContent = "";
     state.plugins = null;
     resetAgentForm();
     state.usage = null;
@@ -492,6 +493,7 @@
 
   function loadKnowledge() {
     loadSources();
+    loadGroups();
     loadUnanswered();
   }
 
@@ -593,6 +595,82 @@
       showError(err);
     }
   });
+
+  /** "asked 14 times this week, 20 in all", "asked once". */
+  function askedText(g) {
+    const times = (n) => (n === 1 ? "once" : n === 2 ? "twice" : `${n} times`);
+    const all = Number(g.count || 0);
+    const week = Number(g.last_7_days || 0);
+    if (week === all) return `Asked ${times(all)}${week ? " this week" : ""}`;
+    return week ? `Asked ${times(week)} this week, ${all} in all` : `Asked ${times(all)}, none this week`;
+  }
+
+  async function loadGroups() {
+    try {
+      const { groups = [], total_groups: total = 0 } = await api("/api/v1/knowledge/unanswered/groups");
+      const list = $("groups");
+      clear(list);
+      $("groups-empty").hidden = groups.length > 0;
+      for (const g of groups) list.append(groupItem(g));
+      if (total > groups.length) list.append(el("li", { class: "muted small", text: `…and ${total - groups.length} more groups, asked less.` }));
+    } catch (e) {
+      showError(e);
+    }
+  }
+
+  /** One group: its question, how often it was asked, its other wordings, and a form to answer it. */
+  function groupItem(g) {
+    const others = (g.examples || []).filter((q) => q !== g.question);
+    const id = `group-${g.key}`;
+    const answer = el("textarea", { id: `${id}-answer`, rows: "4", placeholder: "The answer visitors should get", required: true });
+    const question = el("input", { id: `${id}-question`, type: "text", value: g.question || "" });
+    const error = el("p", { class: "form-error", role: "alert" });
+    const save = el("button", { type: "submit", class: "btn primary", text: "Save answer" });
+    const form = el("form", { class: "group-form", hidden: true, novalidate: true },
+      el("label", { class: "lbl", for: answer.id, text: "Answer" }), answer,
+      el("label", { class: "lbl", for: question.id, text: "Filed under the question" }), question,
+      others.length ? el("p", { class: "muted small", text: `Its other wordings are filed with it, so each finds the answer.` }) : null,
+      error, save);
+    const toggle = el("button", { type: "button", class: "btn", text: "Answer", "aria-expanded": "false", "aria-controls": `${id}-form` });
+    form.id = `${id}-form`;
+    answer.addEventListener("input", () => (error.textContent = ""));
+    toggle.addEventListener("click", () => {
+      form.hidden = !form.hidden;
+      toggle.setAttribute("aria-expanded", String(!form.hidden));
+      if (!form.hidden) answer.focus();
+    });
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      error.textContent = "";
+      if (!answer.value.trim()) {
+        error.textContent = "Write the answer first.";
+        return;
+      }
+      const body = { answer: answer.value };
+      if (question.value.trim() && question.value.trim() !== g.question) body.question = question.value.trim();
+      save.disabled = true;
+      try {
+        const r = await api(`/api/v1/knowledge/unanswered/groups/${encodeURIComponent(g.key)}/answer`, { method: "POST", body });
+        $("groups-status").textContent = `Answered “${r.question}”: ${r.answered} ${r.answered === 1 ? "question" : "questions"} closed, saved as source ${r.source}.${r.embedding_error ? ` (Without embeddings: ${r.embedding_error})` : ""}`;
+        loadGroups();
+        loadSources();
+        loadUnanswered();
+      } catch (err) {
+        error.textContent = `${err.code}: ${err.message}${err.field ? ` (${err.field})` : ""}`;
+        save.disabled = false;
+      }
+    });
+    return el("li", { "data-key": g.key },
+      el("div", { class: "group-head" },
+        el("div", {},
+          el("p", { class: "q", text: g.question || "" }),
+          el("p", { class: "asked small" },
+            el("span", { class: "pill", text: askedText(g) }),
+            el("span", { class: "muted", text: ` · last ${fmtWhen(g.last_asked)}` }))),
+        toggle),
+      others.length ? el("ul", { class: "wordings muted small", "aria-label": "Also asked as" }, ...others.map((q) => el("li", { text: q }))) : null,
+      form);
+  }
 
   async function loadUnanswered() {
     try {

@@ -13,7 +13,7 @@
 
 use kefu_engine::TenantId;
 use kefu_engine::api::ApiError;
-use kefu_engine::chat::{EMBEDDING_TIMEOUT_MS, Got, IndexPlan, Need, SearchPlan};
+use kefu_engine::chat::{EMBEDDING_TIMEOUT_MS, Got, IndexPlan, Need, SearchPlan, UnansweredPlan};
 use kefu_engine::knowledge::{self, RetrievedChunk, SqlValue, Statement, Unanswered};
 use serde_json::{Value, json};
 use worker::{
@@ -50,7 +50,8 @@ pub(crate) async fn search(
 pub(crate) async fn log_unanswered(env: &Env, tenant: &TenantId, entry: &Unanswered) {
     let result = async {
         let body = serde_json::to_vec(entry).map_err(internal)?;
-        forward(&stub(env, tenant)?, Method::Post, "/unanswered", Some(body)).await
+        let path = format!("/unanswered?tenant={}", tenant.as_str());
+        forward(&stub(env, tenant)?, Method::Post, &path, Some(body)).await
     }
     .await;
     if let Err(e) = result {
@@ -136,6 +137,33 @@ impl KnowledgeObject {
         json_response(200, &plan.take_result()?)
     }
 
+    /// The operator's requests on the unanswered log: the engine's [`UnansweredPlan`],
+    /// carried out.
+    async fn unanswered(&self, mut plan: UnansweredPlan) -> Result<Response, ApiError> {
+        self.carry_out(|got| plan.step(got)).await;
+        if let Some(e) = plan.embedding_error() {
+            log(
+                "error",
+                json!({"msg": "embedding an answered group failed", "error": e}),
+            );
+        }
+        json_response(200, &plan.take_result()?)
+    }
+
+    /// `POST …/unanswered/groups/{key}/answer`: the plan needs the tenant's configuration
+    /// (its embedding model) and secrets.
+    async fn answer_group(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+        body: &[u8],
+    ) -> Result<Response, ApiError> {
+        let config = crate::config::load(&self.env, tenant).await?;
+        let secrets = crate::config::secrets(&self.env, tenant, &config);
+        let plan = UnansweredPlan::answer(now(), tenant.clone(), &config, &secrets, key, body)?;
+        self.unanswered(plan).await
+    }
+
     /// The best `k` chunks for `question`: the engine's [`SearchPlan`], carried out.
     async fn search(
         &self,
@@ -194,11 +222,12 @@ impl KnowledgeObject {
 impl DurableObject for KnowledgeObject {
     fn new(state: State, env: Env) -> Self {
         let sql = state.storage().sql();
-        for stmt in knowledge::SCHEMA.iter().chain([
-            &"CREATE TABLE IF NOT EXISTS kb_unanswered (id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, conversation_id TEXT NOT NULL, question TEXT NOT NULL, reason TEXT NOT NULL)",
-        ]) {
+        for stmt in knowledge::SCHEMA.iter().chain(knowledge::UNANSWERED_SCHEMA) {
             if let Err(e) = sql.exec(stmt, None) {
-                log("error", json!({"msg": "knowledge schema creation failed", "error": e.to_string()}));
+                log(
+                    "error",
+                    json!({"msg": "knowledge schema creation failed", "error": e.to_string()}),
+                );
             }
         }
         Self { sql, env }
@@ -222,29 +251,27 @@ impl DurableObject for KnowledgeObject {
                 }
                 Err(e) => Err(e),
             },
-            (Method::Post, "/unanswered") => match crate::http::read_internal_json::<Unanswered>(&mut req).await {
-                Ok(u) => self
-                    .sql
-                    .exec(
-                        "INSERT INTO kb_unanswered (at, conversation_id, question, reason) VALUES (?, ?, ?, ?)",
-                        vec![
-                            SqlStorageValue::Integer(i64::try_from(u.at.as_millis()).unwrap_or(0)),
-                            u.conversation_id.as_str().into(),
-                            u.question.as_str().into(),
-                            u.reason.as_str().into(),
-                        ],
-                    )
-                    .and_then(|_| self.sql.exec(&knowledge::unanswered_trim_sql(false), None))
-                    .map_err(internal)
-                    .and_then(|_| json_response(200, &json!({"ok": true}))),
-                Err(e) => Err(e),
+            (Method::Post, "/unanswered") => match (&tenant, crate::http::read_internal_json::<Unanswered>(&mut req).await) {
+                (Some(t), Ok(u)) => self.run(&u.log_statements(t)).and_then(|()| json_response(200, &json!({"ok": true}))),
+                (None, _) => Err(ApiError::internal("no tenant")),
+                (_, Err(e)) => Err(e),
             },
-            (Method::Get, "/unanswered") => self
-                .rows(
-                    "SELECT at, conversation_id, question, reason FROM kb_unanswered ORDER BY id DESC LIMIT 200",
-                    Vec::new(),
-                )
-                .and_then(|rows| json_response(200, &json!({"unanswered": rows}))),
+            (Method::Get, "/unanswered") => match &tenant {
+                Some(t) => self.unanswered(UnansweredPlan::list(t.clone())).await,
+                None => Err(ApiError::internal("no tenant")),
+            },
+            (Method::Get, "/unanswered/groups") => match &tenant {
+                Some(t) => self.unanswered(UnansweredPlan::groups(now(), t.clone())).await,
+                None => Err(ApiError::internal("no tenant")),
+            },
+            (Method::Post, p) if p.starts_with("/unanswered/groups/") => {
+                let key = p["/unanswered/groups/".len()..].trim_end_matches("/answer");
+                match (&tenant, crate::http::read_body(&mut req, kefu_engine::api::INTERNAL_BODY_LIMIT).await) {
+                    (Some(t), Ok(body)) => self.answer_group(t, key, &body).await,
+                    (None, _) => Err(ApiError::internal("no tenant")),
+                    (_, Err(e)) => Err(e),
+                }
+            }
             (Method::Get, "/sources") => match &tenant {
                 Some(t) => self
                     .rows(

@@ -385,9 +385,9 @@ async fn handle(
             }
         }
         Route::Knowledge(k) => {
-            // Agents may search and read; changing the knowledge base is the operator's.
-            let writes = matches!(k, api::KnowledgeRoute::PutSource(_) | api::KnowledgeRoute::DeleteSource(_));
-            let (tenant, _) = if writes { admin_tenant(req, env).await? } else { agent_tenant(req, env).await? };
+            // Agents may search and read; changing the knowledge base, and the unanswered
+            // groups, are the operator's.
+            let (tenant, _) = if k.operator_only() { admin_tenant(req, env).await? } else { agent_tenant(req, env).await? };
             let t = tenant.as_str();
             let q = |key: &str| {
                 req.url().ok().and_then(|u| http::param(&u, key))
@@ -412,6 +412,14 @@ async fn handle(
                 }
                 api::KnowledgeRoute::Unanswered => {
                     knowledge::operator(env, &tenant, Method::Get, &format!("/unanswered?tenant={t}"), None).await
+                }
+                api::KnowledgeRoute::UnansweredGroups => {
+                    knowledge::operator(env, &tenant, Method::Get, &format!("/unanswered/groups?tenant={t}"), None).await
+                }
+                api::KnowledgeRoute::AnswerGroup(key) => {
+                    let body = http::read_body(req, limit).await?;
+                    let path = format!("/unanswered/groups/{key}/answer?tenant={t}");
+                    knowledge::operator(env, &tenant, Method::Post, &path, Some(body)).await
                 }
             }
         }

@@ -10,7 +10,7 @@
 //! cannot be embedded just now is searched by full text alone.
 
 use kefu_engine::api::{ApiError, KnowledgeRoute};
-use kefu_engine::chat::{EMBEDDING_TIMEOUT_MS, Got, IndexPlan, Need, SearchPlan};
+use kefu_engine::chat::{EMBEDDING_TIMEOUT_MS, Got, IndexPlan, Need, SearchPlan, UnansweredPlan};
 use kefu_engine::knowledge::{self, RetrievedChunk, SqlValue, Statement};
 use kefu_engine::{TenantConfig, TenantId};
 use serde_json::{Value, json};
@@ -21,17 +21,13 @@ use crate::http::{Incoming, Reply};
 use crate::outbound;
 use crate::store::Kv;
 
-const UNANSWERED_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS kb_unanswered (id INTEGER PRIMARY KEY AUTOINCREMENT, \
-     tenant_id TEXT NOT NULL, at INTEGER NOT NULL, conversation_id TEXT NOT NULL, \
-     question TEXT NOT NULL, reason TEXT NOT NULL)";
-
 fn sqlite(what: &str, e: impl std::fmt::Debug) -> ApiError {
     ApiError::internal(format!("{what}: {e:?}"))
 }
 
 fn open() -> Result<Connection, ApiError> {
     let db = Connection::open_default().map_err(|e| sqlite("opening SQLite", e))?;
-    for stmt in knowledge::SCHEMA.iter().chain([&UNANSWERED_SCHEMA]) {
+    for stmt in knowledge::SCHEMA.iter().chain(knowledge::UNANSWERED_SCHEMA) {
         db.execute(stmt, &[])
             .map_err(|e| sqlite("the knowledge schema", e))?;
     }
@@ -74,13 +70,10 @@ fn objects(result: &QueryResult) -> Vec<Value> {
 }
 
 /// The operators' and agents' knowledge-base API (`/api/v1/knowledge/…`): agents may read
-/// and search; changing it takes the tenant key or the admin token.
+/// and search; changing it, and the unanswered groups, take the tenant key or the admin
+/// token ([`KnowledgeRoute::operator_only`]).
 pub fn route(kv: &Kv, req: &Incoming, route: KnowledgeRoute) -> Result<Reply, ApiError> {
-    let writes = matches!(
-        route,
-        KnowledgeRoute::PutSource(_) | KnowledgeRoute::DeleteSource(_)
-    );
-    let (tenant, config) = if writes {
+    let (tenant, config) = if route.operator_only() {
         admin::operator(kv, req)?
     } else {
         let (tenant, config, _) = admin::agent(kv, req)?;
@@ -133,17 +126,30 @@ pub fn route(kv: &Kv, req: &Incoming, route: KnowledgeRoute) -> Result<Reply, Ap
             let results = search_in(&db, &tenant, &config, &q, k)?;
             Ok(Reply::json(200, &json!({"results": results})))
         }
-        KnowledgeRoute::Unanswered => {
-            let rows = db
-                .execute(
-                    "SELECT at, conversation_id, question, reason FROM kb_unanswered \
-                     WHERE tenant_id = ? ORDER BY id DESC LIMIT 200",
-                    &[t()],
-                )
-                .map_err(|e| sqlite("reading unanswered questions", e))?;
-            Ok(Reply::json(200, &json!({"unanswered": objects(&rows)})))
+        KnowledgeRoute::Unanswered => unanswered(&db, UnansweredPlan::list(tenant)),
+        KnowledgeRoute::UnansweredGroups => {
+            unanswered(&db, UnansweredPlan::groups(crate::now(), tenant))
+        }
+        KnowledgeRoute::AnswerGroup(key) => {
+            let secrets = crate::secrets(&tenant, &config);
+            let plan =
+                UnansweredPlan::answer(crate::now(), tenant, &config, &secrets, &key, &req.body)?;
+            unanswered(&db, plan)
         }
     }
+}
+
+/// The operator's requests on the unanswered log: the engine's [`UnansweredPlan`],
+/// carried out.
+fn unanswered(db: &Connection, mut plan: UnansweredPlan) -> Result<Reply, ApiError> {
+    carry_out(db, |got| plan.step(got))?;
+    if let Some(e) = plan.embedding_error() {
+        crate::log(
+            "error",
+            json!({"msg": "embedding an answered group failed", "error": e}),
+        );
+    }
+    Ok(Reply::json(200, &plan.take_result()?))
 }
 
 /// Runs `statements` as one transaction.
@@ -234,28 +240,9 @@ pub fn search(
 }
 
 /// Logs a question the knowledge base could not answer (a failure is logged, never in the
-/// visitor's way).
+/// visitor's way): the engine's statements, in one transaction.
 pub fn log_unanswered(tenant: &TenantId, entry: &knowledge::Unanswered) {
-    let result = open().and_then(|db| {
-        db.execute(
-            "INSERT INTO kb_unanswered (tenant_id, at, conversation_id, question, reason) \
-             VALUES (?, ?, ?, ?, ?)",
-            &[
-                Sql::Text(tenant.as_str().to_owned()),
-                Sql::Integer(i64::try_from(entry.at.as_millis()).unwrap_or(0)),
-                Sql::Text(entry.conversation_id.as_str().to_owned()),
-                Sql::Text(entry.question.clone()),
-                Sql::Text(entry.reason.clone()),
-            ],
-        )
-        .map_err(|e| sqlite("logging an unanswered question", e))?;
-        db.execute(
-            &knowledge::unanswered_trim_sql(true),
-            &[Sql::Text(tenant.as_str().to_owned())],
-        )
-        .map_err(|e| sqlite("trimming the unanswered questions", e))
-        .map(|_| ())
-    });
+    let result = open().and_then(|db| transaction(&db, &entry.log_statements(tenant)));
     if let Err(e) = result {
         crate::log(
             "error",

@@ -3,7 +3,8 @@
 //! in what was found, replace and delete sources, resolve the reply's citations (the sources
 //! it cites in the answer, the stream and the transcript; markers citing nothing removed),
 //! and fall back when the knowledge base has no answer (the model's `kb_no_answer` tool),
-//! ending in a handoff.
+//! ending in a handoff; the questions it could not answer, grouped, answered by the
+//! operator and then found.
 
 use anyhow::{Context, ensure};
 use reqwest::StatusCode;
@@ -23,6 +24,9 @@ pub const KB_CITE_KEY: &str = "kf-kb-cite.Kefu0Citations0Test0Key1";
 
 /// The tenant key of `kb-noanswer`.
 pub const KB_NOANSWER_KEY: &str = "kf-kb-noanswer.Kefu0NoAnswer0Test0Key1";
+
+/// The tenant key of `kb-unanswered` (its model never finds the answer).
+pub const KB_UNANSWERED_KEY: &str = "kf-kb-unanswered.Kefu0Unanswered0Key01";
 
 /// The tenants these scenarios need, for a mock at `mock_base` (`http://127.0.0.1:N/v1`).
 pub fn tenants(mock_base: &str) -> Vec<(String, Value)> {
@@ -61,6 +65,15 @@ pub fn tenants(mock_base: &str) -> Vec<(String, Value)> {
             json!({
                 "provider": {"kind": "openai_compatible", "base_url": mock_base, "model": model},
                 "api_keys": [{"id": "t", "sha256": kefu_engine::auth::hash_key(KB_CITE_KEY)}],
+                "knowledge": {"enabled": true, "top_k": 3},
+            }),
+        ),
+        (
+            "kb-unanswered".into(),
+            json!({
+                "provider": {"kind": "openai_compatible", "model": model,
+                    "base_url": format!("{origin}/p/tool=kb_no_answer,args=%7B%22reason%22:%22not_covered%22%7D/v1")},
+                "api_keys": [{"id": "t", "sha256": kefu_engine::auth::hash_key(KB_UNANSWERED_KEY)}],
                 "knowledge": {"enabled": true, "top_k": 3},
             }),
         ),
@@ -734,5 +747,168 @@ pub async fn tenant_keys_see_only_their_own(ctx: &Ctx) -> anyhow::Result<()> {
         "cleanup: {}",
         deleted.status()
     );
+    Ok(())
+}
+
+/// `GET /api/v1/knowledge/unanswered/groups` with `token`.
+async fn unanswered_groups(ctx: &Ctx, token: &str) -> anyhow::Result<Answer> {
+    Answer::read(
+        ctx.http
+            .get(ctx.url("/api/v1/knowledge/unanswered/groups"))
+            .bearer_auth(token)
+            .send()
+            .await?,
+    )
+    .await
+}
+
+/// `POST /api/v1/knowledge/unanswered/groups/{key}/answer` with `token`.
+async fn answer_group(ctx: &Ctx, token: &str, key: &str, body: &Value) -> anyhow::Result<Answer> {
+    Answer::read(
+        ctx.http
+            .post(ctx.url(&format!("/api/v1/knowledge/unanswered/groups/{key}/answer")))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await?,
+    )
+    .await
+}
+
+/// The unanswered loop: three visitors ask one question in other words (and one asks
+/// something else); the knowledge base has no answer, so the operator sees one group asked
+/// three times this week beside the other question; an agent's token or another tenant's
+/// key can neither read nor answer it; the operator's answer becomes a FAQ source, the
+/// group leaves the list, and a search for each of its questions finds the new entry
+/// first. Bad answers are refused with nothing changed.
+pub async fn knowledge_unanswered_groups_answered_then_found(ctx: &Ctx) -> anyhow::Result<()> {
+    // A word of this run's own, so a host that runs the scenario again sees new groups.
+    let thing = unique("zorb").replace('-', "");
+    let other = unique("quux").replace('-', "");
+    let asked = [
+        format!("Do you ship {thing} parcels to Mars?"),
+        format!("can you ship {thing} parcels to mars please"),
+        format!("Do you deliver {thing} parcel to Mars"),
+    ];
+    let unrelated = format!("How do I change the colour of my {other} avatar?");
+    for question in asked.iter().chain([&unrelated]) {
+        let turn = ctx
+            .chat(Some("kb-unanswered"), &json!({"message": question}))
+            .await?;
+        turn.expect_status(200)?;
+        ensure!(turn.json["responder"] == "no_answer", "{}", turn.text);
+    }
+
+    let listed = unanswered_groups(ctx, KB_UNANSWERED_KEY).await?;
+    listed.expect_status(200)?;
+    let groups = listed.json["groups"].as_array().context("groups")?;
+    let ours: Vec<&Value> = groups
+        .iter()
+        .filter(|g| g["question"].as_str().is_some_and(|q| q.contains(&thing)))
+        .collect();
+    ensure!(
+        ours.len() == 1,
+        "one group for the three wordings: {}",
+        listed.text
+    );
+    let group = ours[0];
+    ensure!(
+        group["count"] == 3 && group["last_7_days"] == 3,
+        "asked three times this week: {group}"
+    );
+    ensure!(
+        group["examples"].as_array().is_some_and(|e| e.len() == 3)
+            && group["conversations"]
+                .as_array()
+                .is_some_and(|c| c.len() == 3),
+        "its wordings and conversations: {group}"
+    );
+    let key = group["key"].as_str().context("key")?.to_owned();
+    let apart = groups
+        .iter()
+        .find(|g| g["question"].as_str().is_some_and(|q| q.contains(&other)))
+        .with_context(|| format!("the other question is a group of its own: {}", listed.text))?;
+    ensure!(
+        apart["count"] == 1 && apart["key"] != key.as_str(),
+        "{apart}"
+    );
+
+    // Only the operator: an agent's token is refused, another tenant's key sees its own log.
+    let agent = ctx
+        .agent_token(KB_UNANSWERED_KEY, &json!({"agent": "kim", "name": "Kim"}))
+        .await?;
+    unanswered_groups(ctx, &agent)
+        .await?
+        .expect_error(403, "operator_only")?;
+    let answer = json!({"answer": format!("Yes: {thing} parcels reach Mars in nine days.")});
+    answer_group(ctx, &agent, &key, &answer)
+        .await?
+        .expect_error(403, "operator_only")?;
+    let foreign = Answer::read(
+        ctx.http
+            .get(ctx.url("/api/v1/knowledge/unanswered/groups"))
+            .bearer_auth(KB_KEY)
+            .header(crate::scenarios::TENANT_HEADER, "kb-unanswered")
+            .send()
+            .await?,
+    )
+    .await?;
+    foreign.expect_status(200)?;
+    ensure!(
+        !foreign.text.contains(&thing),
+        "another tenant's key read the groups: {}",
+        foreign.text
+    );
+    answer_group(ctx, KB_KEY, &key, &answer)
+        .await?
+        .expect_error(404, "group_not_found")?;
+
+    // Bad answers change nothing.
+    answer_group(ctx, KB_UNANSWERED_KEY, &key, &json!({}))
+        .await?
+        .expect_error(400, "missing_field")?;
+    answer_group(ctx, KB_UNANSWERED_KEY, &key, &json!({"answer": "  "}))
+        .await?
+        .expect_error(400, "invalid_field")?;
+    answer_group(ctx, KB_UNANSWERED_KEY, "999999999", &answer)
+        .await?
+        .expect_error(404, "group_not_found")?;
+    let still = unanswered_groups(ctx, KB_UNANSWERED_KEY).await?;
+    ensure!(
+        still.json["groups"].as_array().is_some_and(|g| g
+            .iter()
+            .any(|g| g["key"] == key.as_str() && g["count"] == 3)),
+        "the group is still open after the refusals: {}",
+        still.text
+    );
+
+    // The operator answers: a FAQ source of its own, indexed, the group closed.
+    let answered = answer_group(ctx, KB_UNANSWERED_KEY, &key, &answer).await?;
+    answered.expect_status(200)?;
+    let source = format!("unanswered-{key}");
+    ensure!(
+        answered.json["source"] == source.as_str()
+            && answered.json["answered"] == 3
+            && answered.json["chunks"] == 1,
+        "{}",
+        answered.text
+    );
+    let after = unanswered_groups(ctx, KB_UNANSWERED_KEY).await?;
+    after.expect_status(200)?;
+    ensure!(
+        !after.text.contains(&thing) && after.text.contains(&other),
+        "the answered group left the list, the other stays: {}",
+        after.text
+    );
+    answer_group(ctx, KB_UNANSWERED_KEY, &key, &answer)
+        .await?
+        .expect_error(404, "group_not_found")?;
+    for question in &asked {
+        let found = search(ctx, KB_UNANSWERED_KEY, question, 3).await?;
+        ensure!(
+            found.first() == Some(&format!("{source}#0")),
+            "{question:?} finds the answer first: {found:?}"
+        );
+    }
     Ok(())
 }

@@ -39,7 +39,7 @@ use crate::handoff::{
 use crate::knowledge::{
     knowledge_citations_resolved, knowledge_hybrid_vector_search,
     knowledge_ingest_search_and_ground, knowledge_no_answer_falls_back,
-    tenant_keys_see_only_their_own,
+    knowledge_unanswered_groups_answered_then_found, tenant_keys_see_only_their_own,
 };
 use crate::machine::{
     replay_is_admitted_by_quotas, replay_matches_across_runtimes, tag_only_rule_tags,
@@ -419,6 +419,7 @@ pub fn all() -> Vec<Scenario> {
         knowledge_no_answer_falls_back,
         knowledge_citations_resolved,
         knowledge_hybrid_vector_search,
+        knowledge_unanswered_groups_answered_then_found,
         tenant_keys_see_only_their_own,
         config_versions_and_rollback,
         webhooks_signed_and_retried,

@@ -75,6 +75,7 @@ pub const SPIN_SCENARIOS: &[(&str, Option<&str>)] = &[
     ("knowledge_no_answer_falls_back", None),
     ("knowledge_citations_resolved", None),
     ("knowledge_hybrid_vector_search", None),
+    ("knowledge_unanswered_groups_answered_then_found", None),
     ("tenant_keys_see_only_their_own", None),
     ("config_versions_and_rollback", None),
     ("webhooks_signed_and_retried", None),
@@ -150,6 +151,7 @@ pub fn tenants(all: &[(String, Value)]) -> Vec<(String, Value)> {
                     | "kb"
                     | "kb-noanswer"
                     | "kb-cite"
+                    | "kb-unanswered"
                     | "kb-hybrid"
                     | "kb-hybrid-down"
                     | "files"

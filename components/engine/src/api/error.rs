@@ -189,3 +189,14 @@ pub(super) fn plugin_not_found(id: &str) -> ApiError {
         format!("the tenant has no plugin with the id {id:?} (see `plugins` in its configuration)"),
     )
 }
+
+/// `404 group_not_found`: no open group of unanswered questions has this key.
+pub fn group_not_found(key: &str) -> ApiError {
+    ApiError::new(
+        404,
+        "group_not_found",
+        format!(
+            "no open group `{key}`: it was answered, or its questions left the log; read the groups again"
+        ),
+    )
+}

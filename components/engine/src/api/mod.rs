@@ -40,7 +40,7 @@ pub use config::{
 };
 pub use error::{
     ApiError, agent_token_error, attachment_error, attachment_not_found, conversation_error,
-    handoff_error, identity_error, quota_error,
+    group_not_found, handoff_error, identity_error, quota_error,
 };
 pub(crate) use error::{json_body, json_body_or_empty, json_object};
 pub use live::{
@@ -53,7 +53,7 @@ pub use plugins::{
 pub use route::{
     BodyLimit, ConfigRoute, ConversationAction, DEFAULT_BODY_LIMIT, INTERNAL_BODY_LIMIT,
     KnowledgeRoute, MAX_BODY_BYTES, MAX_REPLAY_BYTES, OPENAI_MAX_REQUEST_BYTES, Route,
-    TENANT_HEADER, body_limit, health_json, request_body_limit, route, tenant,
+    TENANT_HEADER, body_limit, health_json, is_group_key, request_body_limit, route, tenant,
 };
 pub use transcript::{citations_json, conversation_json, inbox_entry_json, message_json};
 

@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 
 use super::config::MAX_CONFIG_BYTES;
-use super::error::{ApiError, plugin_not_found};
+use super::error::{ApiError, group_not_found, plugin_not_found};
 use super::plugins::MAX_PLUGIN_TEST_BYTES;
 use crate::vocab::{ConversationId, TenantId};
 
@@ -73,6 +73,12 @@ pub enum Route {
     OpenAiModels,
 }
 
+/// Whether `key` is shaped like the key of a group of unanswered questions (a row id: 1
+/// to 19 digits).
+pub fn is_group_key(key: &str) -> bool {
+    !key.is_empty() && key.len() <= 19 && key.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// Maps a method and path to a route, or to the 404/405 error for it.
 pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
     let path = if path.len() > 1 {
@@ -101,6 +107,28 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         "/api/v1/knowledge/sources" => ("GET", Ok(Route::Knowledge(KnowledgeRoute::ListSources))),
         "/api/v1/knowledge/search" => ("GET", Ok(Route::Knowledge(KnowledgeRoute::Search))),
         "/api/v1/knowledge/unanswered" => ("GET", Ok(Route::Knowledge(KnowledgeRoute::Unanswered))),
+        "/api/v1/knowledge/unanswered/groups" => (
+            "GET",
+            Ok(Route::Knowledge(KnowledgeRoute::UnansweredGroups)),
+        ),
+        _ if path.starts_with("/api/v1/knowledge/unanswered/groups/") => {
+            let rest = &path["/api/v1/knowledge/unanswered/groups/".len()..];
+            let Some(key) = rest.strip_suffix("/answer") else {
+                return Err(ApiError::new(
+                    404,
+                    "not_found",
+                    format!("no route for {path}"),
+                ));
+            };
+            let route = if is_group_key(key) {
+                Ok(Route::Knowledge(KnowledgeRoute::AnswerGroup(
+                    key.to_owned(),
+                )))
+            } else {
+                Err(group_not_found(key))
+            };
+            ("POST", route)
+        }
         _ if path.starts_with("/api/v1/knowledge/sources/") => {
             let id = &path["/api/v1/knowledge/sources/".len()..];
             let valid = !id.is_empty()
@@ -243,6 +271,27 @@ pub enum KnowledgeRoute {
     Search,
     /// `GET /api/v1/knowledge/unanswered`
     Unanswered,
+    /// `GET /api/v1/knowledge/unanswered/groups`: the log in groups of near-duplicate
+    /// questions (the operator's).
+    UnansweredGroups,
+    /// `POST /api/v1/knowledge/unanswered/groups/{key}/answer`: answer a group (the
+    /// operator's).
+    AnswerGroup(String),
+}
+
+impl KnowledgeRoute {
+    /// Whether only the operator (the tenant key or the deployment's admin token) may ask
+    /// for it: changing the knowledge base, and the unanswered groups, which lead to
+    /// changing it. Agents may search and read the rest.
+    pub fn operator_only(&self) -> bool {
+        matches!(
+            self,
+            Self::PutSource(_)
+                | Self::DeleteSource(_)
+                | Self::UnansweredGroups
+                | Self::AnswerGroup(_)
+        )
+    }
 }
 
 /// An action on a conversation.

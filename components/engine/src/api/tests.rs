@@ -253,6 +253,29 @@ fn routes_and_methods() {
 }
 
 #[test]
+fn unanswered_group_routes() {
+    let groups = route("GET", "/api/v1/knowledge/unanswered/groups").unwrap();
+    assert_eq!(groups, Route::Knowledge(KnowledgeRoute::UnansweredGroups));
+    let answer = route("POST", "/api/v1/knowledge/unanswered/groups/17/answer").unwrap();
+    assert_eq!(
+        answer,
+        Route::Knowledge(KnowledgeRoute::AnswerGroup("17".into()))
+    );
+    for r in [&groups, &answer] {
+        let Route::Knowledge(k) = r else { panic!() };
+        assert!(k.operator_only(), "{k:?}");
+    }
+    assert!(!KnowledgeRoute::Unanswered.operator_only());
+    assert!(!KnowledgeRoute::Search.operator_only());
+    let e = route("GET", "/api/v1/knowledge/unanswered/groups/17/answer").unwrap_err();
+    assert_eq!((e.status, e.allow), (405, Some("POST")));
+    let e = route("POST", "/api/v1/knowledge/unanswered/groups/x7/answer").unwrap_err();
+    assert_eq!((e.status, e.code), (404, "group_not_found"));
+    let e = route("POST", "/api/v1/knowledge/unanswered/groups/17").unwrap_err();
+    assert_eq!((e.status, e.code), (404, "not_found"));
+}
+
+#[test]
 fn plugin_routes_and_tests() {
     use crate::plugin::{
         Answer, CallOutcome, FailureKind, HookCall, ModelDecision, PluginFailure, PluginSpec,

@@ -451,6 +451,7 @@ pub struct IndexPlan {
     state: IndexState,
     vectors: Option<(String, Vec<Vec<f32>>)>,
     embedding_error: Option<String>,
+    also: Vec<Statement>,
     result: Option<Result<Value, ApiError>>,
 }
 
@@ -474,6 +475,20 @@ impl IndexPlan {
                 message: format!("the body names source `{}` but the path `{id}`", source.id),
             }));
         }
+        Self::of(now, tenant, config, secrets, source)
+    }
+
+    /// Plans the indexing of a source made here rather than uploaded (an answered group of
+    /// unanswered questions): chunked now, so a source that cannot be is `400` before
+    /// anything is written.
+    pub(crate) fn of(
+        now: Timestamp,
+        tenant: TenantId,
+        config: &TenantConfig,
+        secrets: &BTreeMap<String, String>,
+        source: Source,
+    ) -> Result<Self, ApiError> {
+        source.validate().map_err(|e| invalid_source(&e))?;
         let chunks = knowledge::chunk(&source).map_err(|e| invalid_source(&e))?;
         let texts: Vec<String> = chunks.iter().map(knowledge::embedding_text).collect();
         let (state, embedding_error) = match Embedding::new(config, secrets, &texts) {
@@ -489,8 +504,15 @@ impl IndexPlan {
             state,
             vectors: None,
             embedding_error,
+            also: Vec::new(),
             result: None,
         })
+    }
+
+    /// Statements to run in the source's transaction, after its own: what else the
+    /// indexing makes true (an answered group's questions leave the log).
+    pub(crate) fn also_write(&mut self, statements: Vec<Statement>) {
+        self.also.extend(statements);
     }
 
     /// The answer (once [`Need::Done`]): the source, its chunks, how many were embedded,
@@ -517,6 +539,7 @@ impl IndexPlan {
                 model,
             ));
         }
+        statements.append(&mut self.also);
         self.state = IndexState::Writing;
         Need::Write(statements)
     }
@@ -647,7 +670,10 @@ mod tests {
         let SqlValue::Text(grams) = &views[2] else {
             panic!()
         };
-        assert!(grams.starts_with(r#"grams : ("shi hip" OR "hip ipp""#), "{grams}");
+        assert!(
+            grams.starts_with(r#"grams : ("shi hip" OR "hip ipp""#),
+            "{grams}"
+        );
         let found = plan.take_result().unwrap();
         let ids: Vec<&str> = found.iter().map(|c| c.chunk.id.as_str()).collect();
         // `b` is in all three lists, `a` in two.

@@ -31,6 +31,7 @@ mod knowledge;
 mod model;
 mod render;
 mod replay;
+mod unanswered;
 mod visitor;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -43,6 +44,10 @@ pub use knowledge::{EMBEDDING_TIMEOUT_MS, Got, IndexPlan, Need, SearchPlan, inva
 pub use model::ModelCall;
 pub use render::{Rendered, render, render_accepted, render_delta};
 pub use replay::ReplayRun;
+pub use unanswered::{
+    GroupAnswer, MAX_GROUP_ANSWER_CHARS, MAX_GROUPS_LISTED, UnansweredPlan, answer_source,
+    answer_source_id, group_json, parse_group_answer,
+};
 pub use visitor::{ChatTurn, Start};
 
 use serde_json::Value;

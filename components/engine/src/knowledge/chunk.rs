@@ -476,13 +476,22 @@ fn split_words(text: &str, budget: usize) -> Vec<(String, Sep)> {
 fn faq_chunks(pairs: &[FaqPair]) -> Vec<(Vec<String>, String)> {
     let mut out = Vec::new();
     for pair in pairs {
-        let whole = format!("Q: {}\nA: {}", pair.question, pair.answer);
+        // Other wordings of the question are lines of their own, so that each finds the
+        // entry; as many as fit beside the answer's first part.
+        let mut questions = format!("Q: {}\n", pair.question);
+        for alternate in &pair.alternates {
+            if char_len(&questions) + char_len(alternate) + 4 > MAX_CHUNK_CHARS / 2 {
+                break;
+            }
+            questions.push_str(&format!("Q: {alternate}\n"));
+        }
+        let whole = format!("{questions}A: {}", pair.answer);
         if char_len(&whole) <= MAX_CHUNK_CHARS {
             out.push((Vec::new(), whole));
             continue;
         }
         // A long answer is cut; every part repeats the question it answers.
-        let prefix = format!("Q: {}\nA: ", pair.question);
+        let prefix = format!("{questions}A: ");
         let budget = MAX_CHUNK_CHARS - char_len(&prefix) - MAX_OVERLAP_CHARS - 2;
         let mut pieces = Vec::new();
         for block in parse_text(&pair.answer)

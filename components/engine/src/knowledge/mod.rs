@@ -44,13 +44,15 @@
 //! trigrams, synonyms) with the built-in `thesaurus`; `sql` is every statement a host runs
 //! and the text FTS5 sees; `rank` orders and fuses hits; `prompt` puts them before the
 //! model and reads the reply's "no answer"; `cite` resolves the reply's citation markers;
-//! `unanswered` is the operator's log.
+//! `unanswered` is the operator's log and its SQL, and `groups` gathers the log's
+//! near-duplicate questions for the operator to answer once.
 
 use crate::error::ConfigError;
 
 mod analyze;
 mod chunk;
 mod cite;
+mod groups;
 mod parse;
 mod prompt;
 mod rank;
@@ -64,6 +66,11 @@ pub use crate::vocab::Citation;
 pub use analyze::{Query, query};
 pub use chunk::{Chunk, chunk};
 pub use cite::{CitationStream, MAX_MARKER_BYTES, citations, strip_unknown_citations};
+pub use groups::{
+    GROUP_SIMILARITY, MAX_CANDIDATES, MAX_CONVERSATIONS, MAX_EXAMPLES, MAX_POSTINGS, MAX_WORDS,
+    QuestionGroup, WEEK_MS, group_unanswered, similarity,
+};
+pub use parse::faq::MAX_ALTERNATES;
 pub use parse::html::html_text;
 pub use prompt::{RetrievedChunk, detect_no_answer, grounded_prompt, no_answer_tool};
 pub use rank::{fuse_rankings, merge_results, vector_ranking};
@@ -76,7 +83,11 @@ pub use sql::{
     index_statements, reindex_statements, search_statements, search_text, source_chunks_statement,
     stale_sources_statement, vector_statements,
 };
-pub use unanswered::{MAX_UNANSWERED_KEPT, Unanswered, unanswered_trim_sql};
+pub use unanswered::{
+    ANSWERED_SQL, LOG_UNANSWERED_SQL, LoggedQuestion, MAX_UNANSWERED_KEPT, MAX_UNANSWERED_LISTED,
+    TRIM_UNANSWERED_SQL, UNANSWERED_SCHEMA, UNANSWERED_SQL, Unanswered, answered_statement,
+    unanswered_statement,
+};
 
 /// The largest source body, in bytes (2 MB).
 pub const MAX_SOURCE_BYTES: usize = 2 * 1024 * 1024;

@@ -7,11 +7,16 @@ use crate::knowledge::{MAX_QUESTION_CHARS, char_len, collapse_ws, invalid, norma
 
 // FAQ sources.
 
-/// One question and its answer.
+/// The most other wordings (`alternates`) one FAQ entry may list.
+pub const MAX_ALTERNATES: usize = 20;
+
+/// One question and its answer, with other wordings of the question (JSON only).
 #[derive(Debug)]
 pub(in crate::knowledge) struct FaqPair {
     pub(in crate::knowledge) question: String,
     pub(in crate::knowledge) answer: String,
+    /// The same question as visitors also ask it: indexed with the entry, so each finds it.
+    pub(in crate::knowledge) alternates: Vec<String>,
 }
 
 pub(in crate::knowledge) fn faq_pair(
@@ -33,7 +38,11 @@ pub(in crate::knowledge) fn faq_pair(
     if char_len(&question) > MAX_QUESTION_CHARS {
         return Err(invalid(at, "the question is longer than 300 characters"));
     }
-    Ok(Some(FaqPair { question, answer }))
+    Ok(Some(FaqPair {
+        question,
+        answer,
+        alternates: Vec::new(),
+    }))
 }
 
 pub(in crate::knowledge) fn faq_from_json(body: &str) -> Result<Vec<FaqPair>, ConfigError> {
@@ -63,7 +72,10 @@ pub(in crate::knowledge) fn faq_from_json(body: &str) -> Result<Vec<FaqPair>, Co
         };
         let (q, a) = (text("question")?, text("answer")?);
         match faq_pair(q, a, &at)? {
-            Some(pair) => pairs.push(pair),
+            Some(mut pair) => {
+                pair.alternates = alternates(obj.get("alternates"), &pair.question, &at)?;
+                pairs.push(pair);
+            }
             None => return Err(invalid(&at, "the question and answer are empty")),
         }
     }
@@ -71,4 +83,61 @@ pub(in crate::knowledge) fn faq_from_json(body: &str) -> Result<Vec<FaqPair>, Co
         return Err(invalid("body", "holds no questions"));
     }
     Ok(pairs)
+}
+
+/// An entry's `alternates`: absent, or an array of at most [`MAX_ALTERNATES`] strings of at
+/// most 300 characters; blank ones and repeats of the question are dropped.
+fn alternates(value: Option<&Value>, question: &str, at: &str) -> Result<Vec<String>, ConfigError> {
+    let field = format!("{at}.alternates");
+    let items = match value {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err(invalid(&field, "must be an array of strings")),
+    };
+    if items.len() > MAX_ALTERNATES {
+        return Err(invalid(&field, "must list at most 20 questions"));
+    }
+    let mut out: Vec<String> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let Value::String(s) = item else {
+            return Err(invalid(&format!("{field}[{i}]"), "must be a string"));
+        };
+        let s = collapse_ws(&normalize(s));
+        if char_len(&s) > MAX_QUESTION_CHARS {
+            return Err(invalid(
+                &format!("{field}[{i}]"),
+                "the question is longer than 300 characters",
+            ));
+        }
+        if !s.is_empty() && s != question && !out.contains(&s) {
+            out.push(s);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alternates_are_read_checked_and_deduplicated() {
+        let body = r#"[{"question": "How long is shipping?", "answer": "Three days.",
+            "alternates": ["shipping  time?", "", "How long is shipping?", "shipping time?"]}]"#;
+        let pairs = faq_from_json(body).unwrap();
+        assert_eq!(pairs[0].alternates, ["shipping time?"]);
+        let bad = r#"[{"question": "q", "answer": "a", "alternates": "one"}]"#;
+        assert_eq!(faq_from_json(bad).unwrap_err().field, "body[0].alternates");
+        let bad = r#"[{"question": "q", "answer": "a", "alternates": [1]}]"#;
+        assert_eq!(
+            faq_from_json(bad).unwrap_err().field,
+            "body[0].alternates[0]"
+        );
+        let many = serde_json::json!([{"question": "q", "answer": "a",
+            "alternates": (0..21).map(|i| format!("q{i}")).collect::<Vec<_>>()}]);
+        assert_eq!(
+            faq_from_json(&many.to_string()).unwrap_err().field,
+            "body[0].alternates"
+        );
+    }
 }
