@@ -13,6 +13,8 @@
 
 use std::collections::BTreeMap;
 
+pub mod pdf;
+
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -372,9 +374,15 @@ pub fn part_kind(part: &Part) -> Option<Kind> {
 }
 
 /// The text a model reads instead of a document: the file's text (HTML reduced to its
-/// readable text), at most [`MAX_EXTRACTED_CHARS`] characters. `None` for files without
-/// text of their own (images, PDFs, audio).
+/// readable text, a PDF's text read by [`pdf::text`]), at most [`MAX_EXTRACTED_CHARS`]
+/// characters. `None` for files without text of their own (images, audio, a PDF whose
+/// text cannot be read: a scan, an encrypted or hostile file).
 pub fn extract_text(attachment: &Attachment, bytes: &[u8]) -> Option<String> {
+    if attachment.mime == "application/pdf" {
+        return pdf::text(bytes, MAX_EXTRACTED_CHARS)
+            .ok()
+            .map(|t| truncate(&t));
+    }
     if attachment.kind != Kind::Document || !text(bytes) {
         return None;
     }
