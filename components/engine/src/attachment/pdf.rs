@@ -19,7 +19,6 @@
 //! a [`PdfError`], never a hang.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
 /// At most this many pages are read.
@@ -32,8 +31,11 @@ pub const MAX_INFLATED_TOTAL: usize = 16 * 1024 * 1024;
 pub const MAX_DEPTH: usize = 32;
 /// At most this many values are parsed for one object (or one content stream's operands).
 pub const MAX_VALUES: usize = 200_000;
-/// At most this many objects are indexed.
-const MAX_OBJECTS: usize = 500_000;
+/// Objects numbered from this on are not read (the index is a table by number: at most a
+/// few megabytes).
+const MAX_OBJECTS: usize = 1 << 18;
+/// At most this many fonts are kept decoded per page.
+const MAX_FONTS: usize = 64;
 /// At most this many CMap entries per font.
 const MAX_CMAP_ENTRIES: usize = 100_000;
 
@@ -405,20 +407,21 @@ fn unhex(hex: &[u8]) -> Vec<u8> {
 #[derive(Clone, Copy, Debug)]
 enum Loc {
     /// `N G obj` at this offset of the file (just after `obj`).
-    File(usize),
+    File(u32),
     /// The `index`-th object of object stream `stream`.
-    InStream { stream: u32, index: usize },
+    InStream { stream: u32, index: u32 },
 }
 
 struct Doc<'a> {
     data: &'a [u8],
-    objects: BTreeMap<u32, Loc>,
+    /// Where each object is, by number.
+    objects: Vec<Option<Loc>>,
     root: Option<u32>,
     encrypted: bool,
     /// Bytes inflated so far.
     inflated: RefCell<usize>,
     /// Object streams already inflated, with their (number, offset) headers.
-    object_streams: RefCell<BTreeMap<u32, Rc<ObjectStream>>>,
+    object_streams: RefCell<Vec<(u32, Rc<ObjectStream>)>>,
 }
 
 /// An inflated object stream: its bytes, where its objects start, and each object's number
@@ -437,18 +440,23 @@ impl<'a> Doc<'a> {
     /// file is encrypted. The cross-reference table is not needed for this, so a file with
     /// a broken one reads the same.
     fn index(data: &'a [u8]) -> Result<Self, PdfError> {
-        let mut objects = BTreeMap::new();
+        let mut objects: Vec<Option<Loc>> = Vec::new();
         let mut from = 0;
         while let Some(at) = find(data, b"obj", from) {
             from = at + 3;
             if data.get(at + 3).is_some_and(|b| is_regular(*b)) {
                 continue;
             }
-            if let Some(num) = object_number_before(data, at) {
-                objects.insert(num, Loc::File(at + 3));
-                if objects.len() > MAX_OBJECTS {
-                    return Err(PdfError::TooLarge("too many objects"));
+            let (Some(num), Ok(offset)) = (object_number_before(data, at), u32::try_from(at + 3))
+            else {
+                continue;
+            };
+            let num = num as usize;
+            if num < MAX_OBJECTS {
+                if objects.len() <= num {
+                    objects.resize(num + 1, None);
                 }
+                objects[num] = Some(Loc::File(offset));
             }
         }
         let mut doc = Doc {
@@ -457,7 +465,7 @@ impl<'a> Doc<'a> {
             root: None,
             encrypted: false,
             inflated: RefCell::new(0),
-            object_streams: RefCell::new(BTreeMap::new()),
+            object_streams: RefCell::new(Vec::new()),
         };
         // The trailer (or the cross-reference stream's dictionary) names the catalog and the
         // encryption dictionary; the last one written is the document as it stands.
@@ -471,11 +479,8 @@ impl<'a> Doc<'a> {
                 Ok(Some(Obj::Ref(_) | Obj::Dict(_)))
             )
         });
-        let streams: Vec<u32> = doc
-            .objects
-            .iter()
-            .filter(|(_, loc)| matches!(loc, Loc::File(_)))
-            .map(|(n, _)| *n)
+        let streams: Vec<u32> = (0..doc.objects.len() as u32)
+            .filter(|n| matches!(doc.objects[*n as usize], Some(Loc::File(_))))
             .collect();
         for n in streams {
             let Ok(Some((dict, _))) = doc.stream_at(n) else {
@@ -488,35 +493,32 @@ impl<'a> Doc<'a> {
                 continue;
             };
             for (index, (num, _)) in header.2.iter().enumerate() {
-                doc.objects
-                    .entry(*num)
-                    .or_insert(Loc::InStream { stream: n, index });
+                let num = *num as usize;
+                if num < MAX_OBJECTS {
+                    if doc.objects.len() <= num {
+                        doc.objects.resize(num + 1, None);
+                    }
+                    // An object written outside the stream (an update) wins.
+                    doc.objects[num].get_or_insert(Loc::InStream {
+                        stream: n,
+                        index: index as u32,
+                    });
+                }
             }
-            if doc.objects.len() > MAX_OBJECTS {
-                return Err(PdfError::TooLarge("too many objects"));
-            }
-        }
-        if doc.root.is_none() {
-            // No trailer found: look for the catalog itself.
-            doc.root = doc.objects.keys().copied().find(|n| {
-                doc.object(*n)
-                    .ok()
-                    .and_then(|o| o.get(b"Type").and_then(Obj::name).map(<[u8]>::to_vec))
-                    .as_deref()
-                    == Some(b"Catalog")
-            });
         }
         Ok(doc)
     }
 
     /// Object `n` (a stream's dictionary for a stream); `Null` when it is not there.
     fn object(&self, n: u32) -> Result<Obj, PdfError> {
-        match self.objects.get(&n) {
+        match self.objects.get(n as usize).copied().flatten() {
             None => Ok(Obj::Null),
-            Some(Loc::File(at)) => Ok(Lexer::new(self.data, *at).value(0)?.unwrap_or(Obj::Null)),
+            Some(Loc::File(at)) => Ok(Lexer::new(self.data, at as usize)
+                .value(0)?
+                .unwrap_or(Obj::Null)),
             Some(Loc::InStream { stream, index }) => {
-                let header = self.object_stream(*stream)?;
-                let Some((_, offset)) = header.2.get(*index) else {
+                let header = self.object_stream(stream)?;
+                let Some((_, offset)) = header.2.get(index as usize) else {
                     return Ok(Obj::Null);
                 };
                 let at = header.1.saturating_add(*offset);
@@ -542,10 +544,10 @@ impl<'a> Doc<'a> {
 
     /// Object `n` as a stream: its dictionary and its raw bytes.
     fn stream_at(&self, n: u32) -> Result<Option<(Obj, &'a [u8])>, PdfError> {
-        let Some(Loc::File(at)) = self.objects.get(&n) else {
+        let Some(Some(Loc::File(at))) = self.objects.get(n as usize).copied() else {
             return Ok(None);
         };
-        let mut lexer = Lexer::new(self.data, *at);
+        let mut lexer = Lexer::new(self.data, at as usize);
         let dict = match lexer.value(0)? {
             Some(d @ Obj::Dict(_)) => d,
             _ => return Ok(None),
@@ -646,7 +648,7 @@ impl<'a> Doc<'a> {
 
     /// An object stream's bytes, where its objects start, and their offsets (inflated once).
     fn object_stream(&self, n: u32) -> Result<Rc<ObjectStream>, PdfError> {
-        if let Some(done) = self.object_streams.borrow().get(&n) {
+        if let Some((_, done)) = self.object_streams.borrow().iter().find(|(m, _)| *m == n) {
             return Ok(done.clone());
         }
         let Some((dict, _)) = self.stream_at(n)? else {
@@ -673,7 +675,7 @@ impl<'a> Doc<'a> {
             }
         }
         let done = Rc::new((data, first, offsets));
-        self.object_streams.borrow_mut().insert(n, done.clone());
+        self.object_streams.borrow_mut().push((n, done.clone()));
         Ok(done)
     }
 
@@ -688,15 +690,18 @@ impl<'a> Doc<'a> {
             .cloned()
             .ok_or(PdfError::Malformed("no page tree"))?;
         let mut pages = Vec::new();
-        let mut seen = BTreeSet::new();
+        let mut seen = vec![false; self.objects.len()];
         // Depth-first, in order: (node, inherited resources, depth).
         let mut stack = vec![(top, None::<Obj>, 0usize)];
         let mut visited = 0usize;
         while let Some((node, inherited, depth)) = stack.pop() {
             if let Obj::Ref(n) = node
-                && !seen.insert(n)
+                && let Some(seen) = seen.get_mut(n as usize)
             {
-                continue;
+                if *seen {
+                    continue;
+                }
+                *seen = true;
             }
             visited += 1;
             if visited > 100_000 || depth > MAX_DEPTH {
@@ -752,7 +757,7 @@ impl<'a> Doc<'a> {
             .and_then(|r| r.get(b"Font"))
             .map(|f| self.resolve(f))
             .transpose()?;
-        let mut decoders: BTreeMap<Vec<u8>, Rc<Font>> = BTreeMap::new();
+        let mut decoders: Vec<(Vec<u8>, Rc<Font>)> = Vec::new();
         let mut font = Rc::new(Font::simple());
         let mut lexer = Lexer::new(&content, 0);
         let mut operands: Vec<Obj> = Vec::new();
@@ -769,11 +774,13 @@ impl<'a> Doc<'a> {
                 b"ET" => out.newline(),
                 b"Tf" => {
                     if let Some(name) = operands.first().and_then(Obj::name) {
-                        font = match decoders.get(name) {
-                            Some(f) => f.clone(),
+                        font = match decoders.iter().find(|(n, _)| n == name) {
+                            Some((_, f)) => f.clone(),
                             None => {
                                 let f = Rc::new(self.font(fonts.as_ref(), name)?);
-                                decoders.insert(name.to_vec(), f.clone());
+                                if decoders.len() < MAX_FONTS {
+                                    decoders.push((name.to_vec(), f.clone()));
+                                }
                                 f
                             }
                         };
@@ -930,16 +937,21 @@ impl Font {
 
 /// A `ToUnicode` CMap: codes (of the lengths its code space ranges say) to text.
 struct CMap {
-    /// Code lengths in bytes the code space uses (1 to 4).
-    lengths: BTreeSet<usize>,
-    map: BTreeMap<(usize, u32), String>,
+    /// The code lengths in bytes (1 to 4) the code space uses: `lengths[n]` for `n` bytes.
+    lengths: [bool; 5],
+    /// (the code's length << 32 | the code, its text), sorted once read.
+    map: Vec<(u64, String)>,
+}
+
+fn key(len: usize, code: u32) -> u64 {
+    ((len as u64) << 32) | u64::from(code)
 }
 
 impl CMap {
     fn parse(data: &[u8]) -> Self {
         let mut cmap = CMap {
-            lengths: BTreeSet::new(),
-            map: BTreeMap::new(),
+            lengths: [false; 5],
+            map: Vec::new(),
         };
         let mut lexer = Lexer::new(data, 0);
         let mut operands: Vec<Obj> = Vec::new();
@@ -956,7 +968,7 @@ impl CMap {
                         if let Obj::Str(lo) = &operands[0]
                             && (1..=4).contains(&lo.len())
                         {
-                            cmap.lengths.insert(lo.len());
+                            cmap.lengths[lo.len()] = true;
                         }
                         operands.clear();
                     }
@@ -988,6 +1000,8 @@ impl CMap {
                 break;
             }
         }
+        // (A code mapped twice, which well-formed CMaps never do, reads as either.)
+        cmap.map.sort_unstable_by_key(|(k, _)| *k);
         cmap
     }
 
@@ -996,7 +1010,8 @@ impl CMap {
             return;
         }
         let code = src.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b));
-        self.map.insert((src.len(), code.wrapping_add(plus)), text);
+        self.map
+            .push((key(src.len(), code.wrapping_add(plus)), text));
     }
 
     fn range(&mut self, lo: &Obj, hi: &Obj, dst: &Obj) {
@@ -1011,16 +1026,12 @@ impl CMap {
         let count = (end - start).min(MAX_CMAP_ENTRIES as u32);
         for i in 0..=count {
             let text = match dst {
-                // The destination's last character counts up with the code.
-                Obj::Str(d) => {
+                // The destination's last UTF-16 unit counts up with the code.
+                Obj::Str(d) if d.len() >= 2 => {
                     let mut d = d.clone();
-                    if let Some(last) = d.last_mut() {
-                        let bumped = u32::from(*last) + i;
-                        if bumped > 0xFF {
-                            continue;
-                        }
-                        *last = bumped as u8;
-                    }
+                    let at = d.len() - 2;
+                    let unit = u16::from_be_bytes([d[at], d[at + 1]]).wrapping_add(i as u16);
+                    d[at..].copy_from_slice(&unit.to_be_bytes());
                     utf16(&d)
                 }
                 Obj::Array(items) => match items.get(i as usize) {
@@ -1037,18 +1048,21 @@ impl CMap {
     }
 
     fn decode(&self, bytes: &[u8], composite: bool) -> String {
-        let lengths: Vec<usize> = if self.lengths.is_empty() {
-            vec![if composite { 2 } else { 1 }]
-        } else {
-            self.lengths.iter().copied().collect()
-        };
+        let mut lengths: Vec<usize> = (1..=4).filter(|n| self.lengths[*n]).collect();
+        if lengths.is_empty() {
+            lengths.push(if composite { 2 } else { 1 });
+        }
         let mut out = String::new();
         let mut i = 0;
         while i < bytes.len() {
             let found = lengths.iter().find_map(|&len| {
                 let code = bytes.get(i..i + len)?;
                 let code = code.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b));
-                self.map.get(&(len, code)).map(|t| (len, t))
+                let at = self
+                    .map
+                    .binary_search_by_key(&key(len, code), |(k, _)| *k)
+                    .ok()?;
+                Some((len, &self.map[at].1))
             });
             match found {
                 Some((len, text)) => {

@@ -215,7 +215,7 @@ impl Turn {
     }
 
     /// The images of the prompt's newest user message (the visitor's message this turn
-    /// answers) that came with their bytes, for a description.
+    /// answers), for a description.
     pub(crate) fn newest_images(&self) -> Vec<crate::vocab::Part> {
         self.prompt
             .iter()
@@ -224,9 +224,7 @@ impl Turn {
             .map(|m| {
                 m.parts
                     .iter()
-                    .filter(|p| {
-                        matches!(p, crate::vocab::Part::Image { url, .. } if url.starts_with("data:"))
-                    })
+                    .filter(|p| matches!(p, crate::vocab::Part::Image { .. }))
                     .cloned()
                     .collect()
             })
@@ -251,7 +249,7 @@ impl Turn {
             .filter(|p| !matches!(p, crate::vocab::Part::Text(_)))
             .enumerate()
         {
-            if matches!(part, crate::vocab::Part::Image { url, .. } if url.starts_with("data:")) {
+            if matches!(part, crate::vocab::Part::Image { .. }) {
                 let text = if first { description } else { "" };
                 m.stand_ins.insert(i, text.to_owned());
                 first = false;
