@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 
 use crate::attachments::{
     attachments_checked_stored_and_seen, attachments_documents_voice_and_agents,
+    attachments_pdf_text_and_images_described,
 };
 use crate::body_limits::body_limits_enforced_while_reading;
 use crate::config::config_versions_and_rollback;
@@ -414,6 +415,7 @@ pub fn all() -> Vec<Scenario> {
         verified_visitor_identity,
         attachments_checked_stored_and_seen,
         attachments_documents_voice_and_agents,
+        attachments_pdf_text_and_images_described,
         knowledge_ingest_search_and_ground,
         knowledge_no_answer_falls_back,
         knowledge_hybrid_vector_search,

@@ -71,6 +71,7 @@ pub const SPIN_SCENARIOS: &[(&str, Option<&str>)] = &[
     ("verified_visitor_identity", None),
     ("attachments_checked_stored_and_seen", None),
     ("attachments_documents_voice_and_agents", None),
+    ("attachments_pdf_text_and_images_described", None),
     ("knowledge_ingest_search_and_ground", None),
     ("knowledge_no_answer_falls_back", None),
     ("knowledge_hybrid_vector_search", None),
@@ -152,6 +153,8 @@ pub fn tenants(all: &[(String, Value)]) -> Vec<(String, Value)> {
                     | "kb-hybrid-down"
                     | "files"
                     | "files-off"
+                    | "files-eyes"
+                    | "files-blind"
                     | "replay"
                     | "plt"
                     | "plk"
