@@ -871,18 +871,27 @@ impl<'a> Doc<'a> {
 
 /// Where `needle` occurs in `data` from `from` on.
 fn find(data: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    if from >= data.len() {
-        return None;
+    // Scanning for the first byte alone is several times faster than comparing windows.
+    let mut at = from;
+    loop {
+        at += data.get(at..)?.iter().position(|b| *b == needle[0])?;
+        if data[at..].starts_with(needle) {
+            return Some(at);
+        }
+        at += 1;
     }
-    data[from..]
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .map(|i| i + from)
 }
 
 /// Where `needle` last occurs in `data`.
 fn rfind(data: &[u8], needle: &[u8]) -> Option<usize> {
-    data.windows(needle.len()).rposition(|w| w == needle)
+    let mut end = data.len();
+    loop {
+        let at = data[..end].iter().rposition(|b| *b == needle[0])?;
+        if data[at..].starts_with(needle) {
+            return Some(at);
+        }
+        end = at;
+    }
 }
 
 /// The `N` of `N G obj` ending just before `at` (where `obj` starts).
