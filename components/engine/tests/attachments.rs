@@ -108,6 +108,28 @@ fn models_that_read_pdfs_keep_getting_the_document() {
     }
 }
 
+#[test]
+fn a_fallback_from_a_model_that_reads_pdfs_to_one_that_does_not_gets_the_text() {
+    let mut s = config(
+        r#"{"providers": {"an": {"kind": "anthropic", "base_url": "http://127.0.0.1:9", "api_key_secret": "KEY"},
+                          "oa": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key_secret": "KEY"}},
+            "routes": {"default": {"targets": [{"provider": "an", "model": "claude"}, {"provider": "oa", "model": "gpt"}]}},
+            "retry": {"attempts_per_target": 1}}"#,
+    );
+    let pdf = store_pdf(&mut s);
+    s.script_for("an/claude", Script::status(500, &[], "{}"));
+    s.script_for("oa/gpt", Script::json("About your kettle…", 10));
+    let (id, msg) = s.arrive_parts(None, vec![pdf]).unwrap();
+    let out = s.run_turn(&id, msg, ReplyMode::Whole);
+    assert!(out.result.is_ok(), "{:?}", out.result);
+    assert_eq!(s.request_targets, ["an/claude", "oa/gpt"]);
+    // Each attempt gets the file as its model takes it.
+    assert!(body(&s, 0).contains(r#""type":"document""#));
+    assert!(!body(&s, 0).contains("broken kettle"));
+    assert!(body(&s, 1).contains("broken kettle"));
+    assert!(!body(&s, 1).contains("data:application/pdf"));
+}
+
 fn vision_config(vision_route: bool) -> Simulator {
     let named = if vision_route {
         r#""attachments": {"vision": "eyes"},"#

@@ -1267,9 +1267,16 @@ mod tests {
             &[],
         );
         assert_eq!(text(&scan, 100).unwrap_err(), PdfError::NoText);
-        // Truncated anywhere: an error or some text, never a panic.
+        // Truncated or damaged anywhere: an error or some text, never a panic.
         for cut in (0..ORDER.len()).step_by(7) {
             let _ = text(&ORDER[..cut], 100);
+        }
+        for at in 0..OBJSTM.len() {
+            for byte in [0u8, b'(', b'<', b'[', b'9', 0xFF] {
+                let mut damaged = OBJSTM.to_vec();
+                damaged[at] = byte;
+                let _ = text(&damaged, 100);
+            }
         }
     }
 
