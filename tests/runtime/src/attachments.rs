@@ -482,12 +482,9 @@ pub async fn attachments_pdf_text_and_images_described(ctx: &Ctx) -> anyhow::Res
         up.text
     );
     let tag = unique("pdf-question");
-    ctx.chat(
-        Some(TENANT),
-        &json!({"message": tag, "attachments": [pdf]}),
-    )
-    .await?
-    .expect_status(200)?;
+    ctx.chat(Some(TENANT), &json!({"message": tag, "attachments": [pdf]}))
+        .await?
+        .expect_status(200)?;
     let parts = model_parts_with(ctx, &tag)?;
     let quoted = parts
         .iter()
@@ -502,7 +499,9 @@ pub async fn attachments_pdf_text_and_images_described(ctx: &Ctx) -> anyhow::Res
         "the PDF's text is quoted as the visitor's file: {quoted}"
     );
     ensure!(
-        !parts.iter().any(|p| p.to_string().contains("data:application/pdf")),
+        !parts
+            .iter()
+            .any(|p| p.to_string().contains("data:application/pdf")),
         "no PDF bytes reach a model that does not read PDFs: {parts:?}"
     );
 
@@ -572,7 +571,12 @@ pub async fn attachments_pdf_text_and_images_described(ctx: &Ctx) -> anyhow::Res
     let bot: Vec<String> = messages
         .iter()
         .filter(|m| m["role"] == "bot")
-        .map(|m| m["parts"][0]["text"].as_str().unwrap_or_default().to_owned())
+        .map(|m| {
+            m["parts"][0]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
         .collect();
     ensure!(
         bot.len() == 2 && bot[0].starts_with("Sorry, I can't read images in this chat."),
