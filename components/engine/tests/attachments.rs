@@ -3,11 +3,15 @@
 //! tenant names) for models that cannot see — or a plain notice to the visitor.
 
 use kefu_engine::attachment::{self, Resolved};
-use kefu_engine::sim::{Script, Simulator};
+use kefu_engine::plugin::{ActivePlugin, CallOutcome, HookCall, HookSet, Manifest, PluginSpec};
+use kefu_engine::sim::{PluginScript, Script, Simulator};
 use kefu_engine::vocab::Part;
 use kefu_engine::{ReplyMode, Role, TenantConfig};
+use serde_json::{Value, json};
 
 const ORDER_PDF: &[u8] = include_bytes!("fixtures/order.pdf");
+/// A PDF whose text holds a visitor's e-mail address, `ann.lee@example.com`.
+const CONTACT_PDF: &[u8] = include_bytes!("fixtures/contact.pdf");
 const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDRkettle";
 
 fn config(json: &str) -> Simulator {
@@ -265,4 +269,126 @@ fn the_vision_route_is_checked() {
     ))
     .unwrap_err();
     assert_eq!(e.field, "attachments.vision");
+}
+
+/// A `before-model` plugin, `pii`, enabled in `s`'s tenant: it answers `answer`.
+fn with_redactor(s: &mut Simulator, answer: Value) {
+    let plugin = ActivePlugin {
+        spec: serde_json::from_value::<PluginSpec>(json!({"id": "pii", "plugin": "pii-redactor"}))
+            .unwrap(),
+        manifest: Manifest {
+            name: "pii-redactor".into(),
+            version: "0.1.0".into(),
+            description: String::new(),
+            hooks: HookSet {
+                before_model: true,
+                ..HookSet::default()
+            },
+            tools: Vec::new(),
+        },
+    };
+    s.config.plugins = vec![plugin.spec.clone()];
+    s.plugins = vec![plugin];
+    s.plugin_script("pii", PluginScript::answer(answer));
+}
+
+/// The texts the `pii` plugin was shown in its `n`th call.
+fn shown(s: &Simulator, n: usize) -> Vec<String> {
+    let (_, HookCall::BeforeModel { request, .. }) = &s.hook_calls[n] else {
+        panic!("{:?}", s.hook_calls[n]);
+    };
+    request.messages.iter().map(|m| m.text.clone()).collect()
+}
+
+/// The visitor's question with the contact PDF, on an OpenAI model, through a `pii`
+/// plugin that answers `answer`.
+fn contact_turn(answer: Value) -> (Simulator, kefu_engine::sim::ChatOutcome) {
+    let mut s = one_model("openai", "gpt");
+    with_redactor(&mut s, answer);
+    let described = attachment::accept(
+        attachment::new_id([6; 16]),
+        "application/pdf",
+        "contact.pdf",
+        CONTACT_PDF,
+    )
+    .unwrap();
+    let text = attachment::extract_text(&described, CONTACT_PDF);
+    assert!(text.as_deref().unwrap().contains("ann.lee@example.com"));
+    s.files.insert(
+        described.id.clone(),
+        Resolved::Bytes {
+            mime: described.mime.clone(),
+            bytes: CONTACT_PDF.to_vec(),
+            text,
+        },
+    );
+    s.script(Script::json("We will write to you.", 10));
+    let (id, msg) = s
+        .arrive_parts(
+            None,
+            vec![Part::Text("Here is my contact".into()), described.part()],
+        )
+        .unwrap();
+    let out = s.run_turn(&id, msg, ReplyMode::Whole);
+    (s, out)
+}
+
+#[test]
+fn a_pdfs_text_passes_the_before_model_plugins_like_the_visitors_words() {
+    // What the plugin is shown: the PDF's text, as a message of the visitor's, before the
+    // visitor's own words (still the last user message).
+    let (s, _) = contact_turn(json!("keep"));
+    let texts = shown(&s, 0);
+    assert_eq!(texts.len(), 3, "{texts:?}");
+    assert!(texts[1].contains("ann.lee@example.com"), "{texts:?}");
+    assert_eq!(texts[2], "Here is my contact");
+    // A redactor rewrites every text it was shown, the PDF's included: the model gets the
+    // rewritten text, never the address.
+    let rewrite: Vec<String> = texts
+        .iter()
+        .map(|t| t.replace("ann.lee@example.com", "[email]"))
+        .collect();
+    let (s, out) = contact_turn(json!({"rewrite": rewrite}));
+    assert!(out.result.is_ok(), "{:?}", out.result);
+    let body = body(&s, 0);
+    assert!(!body.contains("ann.lee@example.com"), "{body}");
+    assert!(body.contains("please write to [email]"), "{body}");
+    assert!(!body.contains("data:application/pdf"), "{body}");
+    assert_eq!(
+        out.plugin_calls[0].outcome,
+        CallOutcome::Ok {
+            effect: "rewrote 1 of 3 messages".into()
+        }
+    );
+    // A rewrite of the prompt's messages alone no longer fits: the plugin's answer is
+    // refused (as any miscounted rewrite is) and the turn goes on without it.
+    let (_, out) = contact_turn(json!({"rewrite": ["system", "Here is my contact"]}));
+    assert!(matches!(
+        out.plugin_calls[0].outcome,
+        CallOutcome::Failed { .. }
+    ));
+}
+
+#[test]
+fn an_images_description_passes_the_before_model_plugins() {
+    let mut s = vision_config(true);
+    let image = store_image(&mut s);
+    s.script_for(
+        "p/seeing",
+        Script::json("A label reading ann.lee@example.com.", 10),
+    );
+    s.script_for("p/text-only", Script::json("Thanks.", 10));
+    // The plugin is asked once, about the turn planned with the description.
+    with_redactor(&mut s, json!("keep"));
+    let (id, msg) = s
+        .arrive_parts(None, vec![Part::Text("Look at this".into()), image])
+        .unwrap();
+    s.run_turn(&id, msg, ReplyMode::Whole);
+    assert_eq!(s.hook_calls.len(), 1, "{:?}", s.hook_calls);
+    let texts = shown(&s, 0);
+    assert!(
+        texts[texts.len() - 2].contains("ann.lee@example.com"),
+        "{texts:?}"
+    );
+    assert_eq!(texts[texts.len() - 1], "Look at this");
 }
