@@ -80,7 +80,8 @@ fn wav(spoken: &str) -> Vec<u8> {
     bytes
 }
 
-async fn upload(
+/// Uploads `bytes` as a visitor's file (`key`: as the tenant's back end).
+pub(crate) async fn upload(
     ctx: &Ctx,
     tenant: Option<&str>,
     key: Option<&str>,
@@ -111,7 +112,8 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-fn id_of(answer: &Answer) -> anyhow::Result<String> {
+/// The id of an upload that was taken (`201`).
+pub(crate) fn id_of(answer: &Answer) -> anyhow::Result<String> {
     answer.expect_status(201)?;
     Ok(answer.json["id"].as_str().context("upload id")?.to_owned())
 }

@@ -53,7 +53,7 @@ use crate::plugin_routes::{
 use crate::plugins::{
     plugins_crm_forwarder_on_resolve, plugins_guard_hands_off, plugins_hostile_contained,
     plugins_order_status_tool, plugins_redactor_reaches_the_model_redacted,
-    plugins_stay_in_their_box,
+    plugins_redactor_redacts_a_pdfs_text, plugins_stay_in_their_box,
 };
 use crate::replay::replay_console_records_and_replays;
 use crate::security::{
@@ -424,6 +424,7 @@ pub fn all() -> Vec<Scenario> {
         webhooks_signed_and_retried,
         web_pages_served_with_their_policy,
         plugins_redactor_reaches_the_model_redacted,
+        plugins_redactor_redacts_a_pdfs_text,
         plugins_order_status_tool,
         plugins_guard_hands_off,
         plugins_hostile_contained,

@@ -80,6 +80,7 @@ pub const SPIN_SCENARIOS: &[(&str, Option<&str>)] = &[
     ("webhooks_signed_and_retried", None),
     ("web_pages_served_with_their_policy", None),
     ("plugins_redactor_reaches_the_model_redacted", None),
+    ("plugins_redactor_redacts_a_pdfs_text", None),
     ("plugins_order_status_tool", None),
     ("plugins_guard_hands_off", None),
     ("plugins_hostile_contained", None),
