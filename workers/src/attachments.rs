@@ -257,6 +257,13 @@ pub(crate) async fn lookup(
     Ok(out)
 }
 
+/// The text stored beside a file, if there is any.
+async fn read_text(store: &Bucket, key: &str) -> Option<String> {
+    let object = store.get(key).execute().await.ok()??;
+    let bytes = object.body()?.bytes().await.ok()?;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
 /// What a turn's prompt needs of its attachments (from
 /// [`kefu_engine::Conversation::turn_attachments`]): bytes or text, by id. One that cannot
 /// be read is left out; the engine then mentions it to the model by name.
@@ -292,7 +299,13 @@ pub(crate) async fn resolve(
             continue;
         };
         let resolved = if *wants_bytes {
-            Resolved::Bytes { mime, bytes }
+            // A PDF's text, stored beside it at upload, goes to models that do not read PDFs.
+            let text = if mime == "application/pdf" {
+                read_text(&store, &text_key(tenant, id)).await
+            } else {
+                None
+            };
+            Resolved::Bytes { mime, bytes, text }
         } else {
             Resolved::Text(String::from_utf8_lossy(&bytes).into_owned())
         };

@@ -105,6 +105,11 @@ pub struct AttachmentPolicy {
     /// The speech-to-text model that transcribes voice messages (an OpenAI-shaped
     /// `/audio/transcriptions` API). Without it, voice messages reach agents untranscribed.
     pub transcription: Option<ModelRef>,
+    /// The route (in `routes`) whose models read images, asked to describe a visitor's
+    /// images for the models of the chat route that do not (`"vision": false` on a route
+    /// target or on `provider`). Without it, such a model is told an image cannot be read,
+    /// and when no model of the chat route reads images the visitor is told so.
+    pub vision: Option<String>,
 }
 
 impl Default for AttachmentPolicy {
@@ -112,6 +117,7 @@ impl Default for AttachmentPolicy {
         Self {
             enabled: true,
             transcription: None,
+            vision: None,
         }
     }
 }
@@ -138,6 +144,9 @@ pub struct ProviderConfig {
     /// Upper bound on reply tokens.
     #[serde(default)]
     pub max_tokens: Option<u32>,
+    /// Whether the model reads images (default true); see `attachments.vision`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vision: Option<bool>,
 }
 
 fn default_model() -> String {
@@ -292,6 +301,7 @@ impl TenantConfig {
                 api_key_secret: Some("KEFU_PROVIDER_API_KEY".to_owned()),
                 temperature: None,
                 max_tokens: None,
+                vision: None,
             });
         Self {
             provider,
@@ -383,6 +393,23 @@ impl TenantConfig {
         }
         if let Some(r) = &self.knowledge.embeddings {
             self.check_model_ref("knowledge.embeddings", r)?;
+        }
+        if let Some(name) = &self.attachments.vision {
+            if !self.routes.contains_key(name) {
+                return Err(invalid(
+                    "attachments.vision",
+                    format!("names no route in `routes` (`{name}`)"),
+                ));
+            }
+            let targets = route::all_targets(&self.providers, &self.routes, name);
+            if targets.is_empty() || targets.iter().any(|t| !t.vision) {
+                return Err(invalid(
+                    "attachments.vision",
+                    format!(
+                        "the route `{name}` must lead only to models that read images (none with \"vision\": false)"
+                    ),
+                ));
+            }
         }
         let t = self.timeouts;
         if t.connect_ms == 0 || t.first_token_ms == 0 || t.total_ms == 0 {
@@ -517,6 +544,7 @@ impl TenantConfig {
                 max_tokens: p.max_tokens,
                 temperature: p.temperature,
                 route: "default".into(),
+                vision: p.vision.unwrap_or(true),
             }];
         }
         route::plan(

@@ -309,7 +309,10 @@ impl Conversation {
                 .iter()
                 .any(|p| crate::attachment::part_ref(p).is_some())
             {
-                m.parts = crate::attachment::resolve_parts(&m.parts, &options.attachments);
+                let (parts, stand_ins) =
+                    crate::attachment::resolve_parts(&m.parts, &options.attachments);
+                m.parts = parts;
+                m.stand_ins = stand_ins;
             }
         }
         let h = &config.handoff;
@@ -520,6 +523,7 @@ mod tests {
                 api_key_secret: None,
                 temperature: None,
                 max_tokens: None,
+                vision: None,
             }),
             ..TenantConfig::default()
         };
@@ -544,6 +548,7 @@ mod tests {
             Resolved::Bytes {
                 mime: "image/png".into(),
                 bytes: png.to_vec(),
+                text: None,
             },
         );
         options

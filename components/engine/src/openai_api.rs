@@ -271,6 +271,7 @@ pub fn parse_request(body: &[u8]) -> Result<CompletionRequest, OpenAiError> {
             parts,
             tool_calls,
             tool_call_id,
+            stand_ins: Default::default(),
         });
     }
     let num = |k: &str| obj.get(k).and_then(Value::as_f64);

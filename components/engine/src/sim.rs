@@ -383,6 +383,16 @@ impl Simulator {
         id: Option<&ConversationId>,
         text: &str,
     ) -> Result<(ConversationId, Message), ConversationError> {
+        self.arrive_parts(id, vec![Part::Text(text.to_owned())])
+    }
+
+    /// A visitor message of these parts (text, stored files' references) arrives, as
+    /// [`Simulator::arrive`].
+    pub fn arrive_parts(
+        &mut self,
+        id: Option<&ConversationId>,
+        parts: Vec<Part>,
+    ) -> Result<(ConversationId, Message), ConversationError> {
         let before = id.map(|id| self.load(id));
         let mut conversation = match id {
             Some(id) => self.load(id),
@@ -392,11 +402,7 @@ impl Simulator {
                 Conversation::new(id, TenantId::default_tenant(), self.now)
             }
         };
-        let recorded = conversation.handle_visitor_message(
-            self.now,
-            vec![Part::Text(text.to_owned())],
-            &self.config,
-        )?;
+        let recorded = conversation.handle_visitor_message(self.now, parts, &self.config)?;
         let id = conversation.id().clone();
         match before {
             Some(b) => self.before.insert(id.clone(), b),

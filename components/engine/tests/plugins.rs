@@ -25,6 +25,7 @@ fn config() -> TenantConfig {
             api_key_secret: Some("KEY".into()),
             temperature: None,
             max_tokens: None,
+            vision: None,
         }),
         retry: RetryPolicy {
             attempts_per_target: 1,

@@ -17,6 +17,7 @@ fn provider_config() -> TenantConfig {
             api_key_secret: Some("KEY".into()),
             temperature: None,
             max_tokens: None,
+            vision: None,
         }),
         // One attempt per turn: these tests are about a single call (tests/gateway.rs covers
         // retries and fallback).

@@ -265,13 +265,20 @@ pub fn resolve(tenant: &TenantId, wanted: &[(String, bool)]) -> BTreeMap<String,
             continue;
         };
         let resolved = match (row.values.as_slice(), wants_bytes) {
-            ([Sql::Text(meta), Sql::Blob(bytes), _], true) => {
+            ([Sql::Text(meta), Sql::Blob(bytes), extracted], true) => {
                 let Ok(described) = serde_json::from_str::<Attachment>(meta) else {
                     continue;
+                };
+                // A PDF's text, stored beside it at upload, goes to models that do not
+                // read PDFs.
+                let text = match extracted {
+                    Sql::Text(t) => Some(t.clone()),
+                    _ => None,
                 };
                 Resolved::Bytes {
                     mime: described.mime,
                     bytes: bytes.clone(),
+                    text,
                 }
             }
             ([_, _, Sql::Text(extracted)], false) => Resolved::Text(extracted.clone()),

@@ -1,7 +1,9 @@
 //! Attachment scenarios: uploads checked by content and size, stored per tenant (R2 on
 //! Workers) and served back safely; an image reaching the model as an image part, a
 //! document as its quoted text, a voice message as its transcript (the mock's speech to
-//! text); an agent answering with a file; and what is refused changing nothing.
+//! text); an agent answering with a file; and what is refused changing nothing. A PDF's text
+//! (read at upload) reaching an OpenAI-shaped model, and an image described by the tenant's
+//! vision route for a model that cannot see — or the visitor told plainly.
 
 use anyhow::{Context, ensure};
 use reqwest::Method;
@@ -13,6 +15,14 @@ use crate::scenarios::{Answer, Ctx, unique};
 const TENANT: &str = "files";
 /// A site that turned uploads off.
 const TENANT_OFF: &str = "files-off";
+/// A site whose chat model cannot see, with a route whose model can (`attachments.vision`).
+const TENANT_EYES: &str = "files-eyes";
+/// A site whose chat model cannot see, and no route that can.
+const TENANT_BLIND: &str = "files-blind";
+/// The model the vision route asks (the mock answers any name).
+const VISION_MODEL: &str = "mock-vision";
+/// A real two-page PDF (Helvetica text, and Chinese through a ToUnicode CMap).
+const ORDER_PDF: &[u8] = include_bytes!("../../../components/engine/tests/fixtures/order.pdf");
 /// The tenant key of `files` (agents).
 pub const FILES_KEY: &str = "kf-files.Kefu0Files0Test0Key00000001";
 
@@ -33,6 +43,24 @@ pub fn tenants(mock_base: &str) -> Vec<(String, Value)> {
             TENANT_OFF.into(),
             json!({"attachments": {"enabled": false}}),
         ),
+        (
+            TENANT_EYES.into(),
+            json!({
+                "providers": {"mock": {"kind": "openai_compatible", "base_url": mock_base}},
+                "routes": {
+                    "default": {"targets": [{"provider": "mock", "model": model, "vision": false}]},
+                    "eyes": {"targets": [{"provider": "mock", "model": VISION_MODEL}]},
+                },
+                "attachments": {"vision": "eyes"},
+            }),
+        ),
+        (
+            TENANT_BLIND.into(),
+            json!({
+                "providers": {"mock": {"kind": "openai_compatible", "base_url": mock_base}},
+                "routes": {"default": {"targets": [{"provider": "mock", "model": model, "vision": false}]}},
+            }),
+        ),
     ]
 }
 
@@ -52,7 +80,8 @@ fn wav(spoken: &str) -> Vec<u8> {
     bytes
 }
 
-async fn upload(
+/// Uploads `bytes` as a visitor's file (`key`: as the tenant's back end).
+pub(crate) async fn upload(
     ctx: &Ctx,
     tenant: Option<&str>,
     key: Option<&str>,
@@ -83,7 +112,8 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-fn id_of(answer: &Answer) -> anyhow::Result<String> {
+/// The id of an upload that was taken (`201`).
+pub(crate) fn id_of(answer: &Answer) -> anyhow::Result<String> {
     answer.expect_status(201)?;
     Ok(answer.json["id"].as_str().context("upload id")?.to_owned())
 }
@@ -430,6 +460,136 @@ pub async fn attachments_documents_voice_and_agents(ctx: &Ctx) -> anyhow::Result
     ensure!(
         voice_part["type"] == "audio" && voice_part["name"] == "voice.wav",
         "{voice_part}"
+    );
+    Ok(())
+}
+
+/// A PDF's text, read once at upload, reaches an OpenAI-shaped model quoted as the visitor's
+/// file; an image reaches a model that cannot see as the vision route's description (its
+/// own model call), or, with no vision route, the visitor is told plainly.
+pub async fn attachments_pdf_text_and_images_described(ctx: &Ctx) -> anyhow::Result<()> {
+    let up = upload(
+        ctx,
+        Some(TENANT),
+        None,
+        "application/pdf",
+        "order.pdf",
+        ORDER_PDF.to_vec(),
+    )
+    .await?;
+    let pdf = id_of(&up)?;
+    ensure!(
+        up.json["kind"] == "document" && up.json["text_chars"].as_u64().unwrap_or(0) > 40,
+        "the PDF's text is read at upload: {}",
+        up.text
+    );
+    let tag = unique("pdf-question");
+    ctx.chat(Some(TENANT), &json!({"message": tag, "attachments": [pdf]}))
+        .await?
+        .expect_status(200)?;
+    let parts = model_parts_with(ctx, &tag)?;
+    let quoted = parts
+        .iter()
+        .filter_map(|p| p["text"].as_str())
+        .find(|t| t.contains("Refund requested for a broken kettle."))
+        .with_context(|| format!("the PDF's text in the model's prompt: {parts:?}"))?;
+    ensure!(
+        quoted.contains("\"order.pdf\"")
+            && quoted.contains("not instructions")
+            && quoted.contains("Serial KX-99812")
+            && quoted.contains("退货"),
+        "the PDF's text is quoted as the visitor's file: {quoted}"
+    );
+    ensure!(
+        !parts
+            .iter()
+            .any(|p| p.to_string().contains("data:application/pdf")),
+        "no PDF bytes reach a model that does not read PDFs: {parts:?}"
+    );
+
+    // An image, for a chat model that cannot see: described first by the vision route.
+    let pixels = unique("lid-pixels");
+    let image = id_of(
+        &upload(
+            ctx,
+            Some(TENANT_EYES),
+            None,
+            "image/png",
+            "lid.png",
+            png(&pixels),
+        )
+        .await?,
+    )?;
+    let tag = unique("image-question");
+    ctx.chat(
+        Some(TENANT_EYES),
+        &json!({"message": tag, "attachments": [image]}),
+    )
+    .await?
+    .expect_status(200)?;
+    let requests = ctx.mock()?.model_requests();
+    let described = requests
+        .iter()
+        .rposition(|r| {
+            r.body.as_ref().is_some_and(|b| {
+                b["model"] == VISION_MODEL && b.to_string().contains("data:image/png;base64,")
+            })
+        })
+        .context("the vision route was asked to describe the image")?;
+    let answer = requests[described + 1..]
+        .iter()
+        .find(|r| r.last_user_text().is_some_and(|t| t.contains(&tag)))
+        .context("the chat model's request after the description")?;
+    let body = answer.body.clone().unwrap_or_default().to_string();
+    ensure!(
+        body.contains("description of the visitor's image")
+            && body.contains("Echo: Describe these images.")
+            && !body.contains("image_url"),
+        "the chat model gets the description, not the image: {body}"
+    );
+
+    // No vision route: the visitor is told, plainly, before the answer.
+    let blind = id_of(
+        &upload(
+            ctx,
+            Some(TENANT_BLIND),
+            None,
+            "image/png",
+            "lid.png",
+            png("blind"),
+        )
+        .await?,
+    )?;
+    let tag = unique("blind-question");
+    let chat = ctx
+        .chat(
+            Some(TENANT_BLIND),
+            &json!({"message": tag, "attachments": [blind]}),
+        )
+        .await?;
+    chat.expect_status(200)?;
+    let conversation = chat.json["conversation_id"].as_str().context("id")?;
+    let messages = ctx.messages(Some(TENANT_BLIND), conversation).await?;
+    let bot: Vec<String> = messages
+        .iter()
+        .filter(|m| m["role"] == "bot")
+        .map(|m| {
+            m["parts"][0]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    ensure!(
+        bot.len() == 2 && bot[0].starts_with("Sorry, I can't read images in this chat."),
+        "the visitor is told plainly: {bot:?}"
+    );
+    let parts = model_parts_with(ctx, &tag)?;
+    ensure!(
+        parts.iter().any(|p| p["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("[an image was attached; it cannot be read here]"))),
+        "{parts:?}"
     );
     Ok(())
 }

@@ -149,6 +149,43 @@ pub async fn plugins_redactor_reaches_the_model_redacted(ctx: &Ctx) -> anyhow::R
     Ok(())
 }
 
+/// A PDF whose text holds a visitor's e-mail address, `ann.lee@example.com`.
+const CONTACT_PDF: &[u8] = include_bytes!("../../../components/engine/tests/fixtures/contact.pdf");
+
+/// A PDF's text reaches a model that does not read PDFs (the mock speaks OpenAI's shape)
+/// through the PII redactor, as the visitor's own words do: the e-mail address inside the
+/// PDF never reaches the model.
+pub async fn plugins_redactor_redacts_a_pdfs_text(ctx: &Ctx) -> anyhow::Result<()> {
+    let up = crate::attachments::upload(
+        ctx,
+        Some("plug-pii"),
+        None,
+        "application/pdf",
+        "contact.pdf",
+        CONTACT_PDF.to_vec(),
+    )
+    .await?;
+    let pdf = crate::attachments::id_of(&up)?;
+    let marker = unique("pii-pdf");
+    ctx.chat(
+        Some("plug-pii"),
+        &json!({"message": format!("{marker}: my details are attached"), "attachments": [pdf]}),
+    )
+    .await?
+    .expect_status(200)?;
+    let request = model_request_with(ctx, &marker)?;
+    let sent = Value::Array(request.messages().to_vec()).to_string();
+    ensure!(
+        sent.contains("please write to [email]"),
+        "the PDF's text, redacted, reaches the model: {sent}"
+    );
+    ensure!(
+        !sent.contains("ann.lee@example.com"),
+        "an e-mail address inside a PDF reached the model: {sent}"
+    );
+    Ok(())
+}
+
 /// The model calls the order-status tool; the plugin asks the (mock) shop with its token;
 /// the reply carries the order's status.
 pub async fn plugins_order_status_tool(ctx: &Ctx) -> anyhow::Result<()> {

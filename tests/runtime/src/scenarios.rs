@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 
 use crate::attachments::{
     attachments_checked_stored_and_seen, attachments_documents_voice_and_agents,
+    attachments_pdf_text_and_images_described,
 };
 use crate::body_limits::body_limits_enforced_while_reading;
 use crate::config::config_versions_and_rollback;
@@ -53,7 +54,7 @@ use crate::plugin_routes::{
 use crate::plugins::{
     plugins_crm_forwarder_on_resolve, plugins_guard_hands_off, plugins_hostile_contained,
     plugins_order_status_tool, plugins_redactor_reaches_the_model_redacted,
-    plugins_stay_in_their_box,
+    plugins_redactor_redacts_a_pdfs_text, plugins_stay_in_their_box,
 };
 use crate::replay::replay_console_records_and_replays;
 use crate::security::{
@@ -415,6 +416,7 @@ pub fn all() -> Vec<Scenario> {
         verified_visitor_identity,
         attachments_checked_stored_and_seen,
         attachments_documents_voice_and_agents,
+        attachments_pdf_text_and_images_described,
         knowledge_ingest_search_and_ground,
         knowledge_no_answer_falls_back,
         knowledge_citations_resolved,
@@ -425,6 +427,7 @@ pub fn all() -> Vec<Scenario> {
         webhooks_signed_and_retried,
         web_pages_served_with_their_policy,
         plugins_redactor_reaches_the_model_redacted,
+        plugins_redactor_redacts_a_pdfs_text,
         plugins_order_status_tool,
         plugins_guard_hands_off,
         plugins_hostile_contained,

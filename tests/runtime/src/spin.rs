@@ -71,6 +71,7 @@ pub const SPIN_SCENARIOS: &[(&str, Option<&str>)] = &[
     ("verified_visitor_identity", None),
     ("attachments_checked_stored_and_seen", None),
     ("attachments_documents_voice_and_agents", None),
+    ("attachments_pdf_text_and_images_described", None),
     ("knowledge_ingest_search_and_ground", None),
     ("knowledge_no_answer_falls_back", None),
     ("knowledge_citations_resolved", None),
@@ -81,6 +82,7 @@ pub const SPIN_SCENARIOS: &[(&str, Option<&str>)] = &[
     ("webhooks_signed_and_retried", None),
     ("web_pages_served_with_their_policy", None),
     ("plugins_redactor_reaches_the_model_redacted", None),
+    ("plugins_redactor_redacts_a_pdfs_text", None),
     ("plugins_order_status_tool", None),
     ("plugins_guard_hands_off", None),
     ("plugins_hostile_contained", None),
@@ -156,6 +158,8 @@ pub fn tenants(all: &[(String, Value)]) -> Vec<(String, Value)> {
                     | "kb-hybrid-down"
                     | "files"
                     | "files-off"
+                    | "files-eyes"
+                    | "files-blind"
                     | "replay"
                     | "plt"
                     | "plk"

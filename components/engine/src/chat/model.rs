@@ -7,6 +7,12 @@
 //! marker citing no chunk the model was shown is removed from the reply, and from its
 //! stream before the visitor sees it ([`CitationStream`] holds a marker back until it is
 //! known), so what streamed is what is stored.
+//!
+//! When the newest user message carries images and some model the turn may try does not
+//! read images (`"vision": false`), and the tenant names a route that does
+//! (`attachments.vision`), a description comes first: a call of its own on that route
+//! (admitted, bounded in tokens and time, settled), whose text those models get in the
+//! images' place, marked as a description of the visitor's images.
 
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -18,9 +24,9 @@ use crate::gateway::Report;
 use crate::knowledge::{CitationStream, strip_unknown_citations};
 use crate::provider::ProviderError;
 use crate::time::Timestamp;
-use crate::turn::{self, Turn, TurnOptions, TurnReply};
-use crate::vocab::Message;
-use crate::wire::PromptMessage;
+use crate::turn::{self, ReplyMode, Turn, TurnOptions, TurnReply};
+use crate::vocab::{Message, Part};
+use crate::wire::{PromptMessage, PromptRole};
 
 use super::{Action, Failure, Grant, Input, Machine, Refusal};
 
@@ -36,6 +42,8 @@ enum Plan {
 
 #[derive(Debug)]
 enum State {
+    /// The images are being described (before admission of the call itself).
+    Describing(Box<ModelCall>),
     /// Waiting for the gateway's answer.
     Admitting,
     /// The turn is running.
@@ -56,6 +64,9 @@ pub struct ModelCall {
     actions: VecDeque<Action>,
     /// For a grounded call: the reply's stream with markers that cite nothing removed.
     citations: Option<CitationStream>,
+    /// The time of the latest input (the call is rebuilt then when a description
+    /// arrives).
+    now: Timestamp,
 }
 
 impl ModelCall {
@@ -105,14 +116,102 @@ impl ModelCall {
             plan,
             options,
             turn,
+            now,
         };
         if call.config.has_models() {
-            call.state = State::Admitting;
-            call.actions.push_back(Action::Admit {
-                tokens: call.turn.estimated_tokens(),
-            });
+            match call.describer(now) {
+                Some(describer) => call.state = State::Describing(Box::new(describer)),
+                None => call.admit(),
+            }
         }
         Ok(call)
+    }
+
+    fn admit(&mut self) {
+        self.state = State::Admitting;
+        self.actions.push_back(Action::Admit {
+            tokens: self.turn.estimated_tokens(),
+        });
+    }
+
+    /// The call that describes the newest message's images for the targets that cannot
+    /// read them, when there are such targets and the tenant names a route that reads
+    /// images.
+    fn describer(&self, now: Timestamp) -> Option<ModelCall> {
+        let route = self.config.attachments.vision.as_ref()?;
+        let blind = self.turn.targets().iter().any(|t| !t.vision);
+        // The description's own call is on the vision route: it never describes again.
+        if !blind || self.options.route.as_ref() == Some(route) {
+            return None;
+        }
+        let images = self.turn.newest_images();
+        if images.is_empty() {
+            return None;
+        }
+        let mut config = (*self.config).clone();
+        let t = &mut config.timeouts;
+        t.total_ms = t.total_ms.min(crate::attachment::DESCRIPTION_TIMEOUT_MS);
+        t.first_token_ms = t.first_token_ms.min(t.total_ms);
+        t.connect_ms = t.connect_ms.min(t.total_ms);
+        let mut options = TurnOptions::new(ReplyMode::Whole);
+        options.secrets = self.options.secrets.clone();
+        options.seed = self.options.seed;
+        options.route = Some(route.clone());
+        options.max_tokens = Some(crate::attachment::DESCRIPTION_MAX_TOKENS);
+        let mut parts = images;
+        parts.push(Part::Text("Describe these images.".into()));
+        let prompt = vec![
+            PromptMessage::text(PromptRole::System, crate::attachment::DESCRIBE_INSTRUCTIONS),
+            PromptMessage::new(PromptRole::User, parts),
+        ];
+        Some(ModelCall::on_prompt(now, Rc::new(config), prompt, options))
+    }
+
+    /// Whether the visitor must be told that their images cannot be read: the newest
+    /// message carries images, no model the turn may try reads images, and the tenant
+    /// names no route to describe them.
+    pub(crate) fn images_unread(&self) -> bool {
+        let targets = self.turn.targets();
+        self.config.attachments.vision.is_none()
+            && !targets.is_empty()
+            && targets.iter().all(|t| !t.vision)
+            && !self.turn.newest_images().is_empty()
+    }
+
+    /// The description call ended: its text becomes the images' stand-in, then the call
+    /// itself is admitted.
+    fn described(&mut self, describer: &ModelCall, result: Option<Result<TurnReply, Failure>>) {
+        let route = self.config.attachments.vision.clone().unwrap_or_default();
+        let images = self.turn.newest_images().len();
+        let line = match result {
+            Some(Ok(reply)) if !reply.text.trim().is_empty() => {
+                let text = crate::attachment::quoted_description(images, &reply.text);
+                // The turn is planned again with the description (its first request was
+                // built without it).
+                self.options.image_description = Some(text);
+                match start(self.now, &self.config, &self.plan, self.options.clone()) {
+                    Ok(turn) => self.turn = turn,
+                    Err(e) => return self.finish(Err(Failure::Host(e))),
+                }
+                serde_json::json!({"msg": "images described", "route": route, "images": images,
+                    "trace": describer.turn().trace()})
+            }
+            other => {
+                let error = match other {
+                    Some(Err(f)) => f.code_and_message().1,
+                    _ => "no description was written".to_owned(),
+                };
+                serde_json::json!({"msg": "describing images failed", "route": route,
+                    "error": error, "trace": describer.turn().trace()})
+            }
+        };
+        let level = if self.options.image_description.is_some() {
+            "info"
+        } else {
+            "warn"
+        };
+        self.actions.push_back(Action::Log { level, line });
+        self.admit();
     }
 
     /// The turn (its trace, the request it sent, its plugin calls).
@@ -173,8 +272,29 @@ impl ModelCall {
         self.actions.push_back(Action::Finished);
     }
 
+    /// Moves the description's actions out, all but its end.
+    fn pump_describer(&mut self) {
+        let State::Describing(describer) = &mut self.state else {
+            return;
+        };
+        while let Some(action) = describer.poll_action() {
+            if let Action::Finished = action {
+                let result = describer.take_result();
+                let State::Describing(describer) =
+                    core::mem::replace(&mut self.state, State::Admitting)
+                else {
+                    unreachable!("the state was Describing")
+                };
+                self.described(&describer, result);
+                return;
+            }
+            self.actions.push_back(action);
+        }
+    }
+
     /// Moves the turn's own actions out, translated; stops at its end.
     fn pump(&mut self) {
+        self.pump_describer();
         if !matches!(self.state, State::Running) {
             return;
         }
@@ -257,13 +377,18 @@ impl Machine for ModelCall {
     }
 
     fn poll_timeout(&self) -> Option<Timestamp> {
-        match self.state {
+        match &self.state {
             State::Running => self.turn.poll_timeout(),
+            State::Describing(describer) => describer.poll_timeout(),
             _ => None,
         }
     }
 
     fn handle(&mut self, now: Timestamp, input: Input) {
+        self.now = now;
+        if let State::Describing(describer) = &mut self.state {
+            return describer.handle(now, input);
+        }
         match (input, &self.state) {
             (Input::Admission(a), State::Admitting) => self.admitted(now, a),
             (Input::Provider { attempt, event }, State::Running) => {

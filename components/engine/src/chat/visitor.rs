@@ -67,6 +67,8 @@ enum Then {
     Tagged,
     /// The model's reply went to the conversation.
     Replied(Box<TurnReply>),
+    /// The visitor was told their images cannot be read: the model answers.
+    ImagesNoticed,
 }
 
 #[derive(Debug)]
@@ -104,6 +106,8 @@ pub struct ChatTurn {
     options: TurnOptions,
     retrieved: Vec<RetrievedChunk>,
     model: Option<ModelCall>,
+    /// The model call that waits for the "images cannot be read" notice to be stored.
+    held: Option<ModelCall>,
     line: Option<Value>,
     said: Vec<Message>,
     trace: Vec<crate::gateway::AttemptRecord>,
@@ -185,6 +189,7 @@ impl ChatTurn {
             options,
             retrieved: Vec::new(),
             model: None,
+            held: None,
             line: None,
             said: Vec::new(),
             trace: Vec::new(),
@@ -371,6 +376,14 @@ impl ChatTurn {
             self.visitor.clone(),
             options,
         ) {
+            Ok(call) if call.images_unread() => {
+                // No model here reads images and the tenant names none to describe them:
+                // the visitor is told so, plainly, before the answer.
+                let chinese = offline::detect_lang(&self.text) == offline::Lang::Zh;
+                let notice = crate::attachment::images_unreadable_notice(chinese);
+                self.held = Some(call);
+                self.apply(Change::BotText(notice.into()), Then::ImagesNoticed);
+            }
             Ok(call) => {
                 self.model = Some(call);
                 self.expect = Expect::Model;
@@ -462,6 +475,10 @@ impl ChatTurn {
         match then {
             Then::Decide => self.decide(),
             Then::Tagged => self.await_turn(),
+            Then::ImagesNoticed => {
+                self.model = self.held.take();
+                self.expect = Expect::Model;
+            }
             Then::HandOff(change) => self.apply(change, Then::HandedOff),
             Then::Ruled => match first {
                 Some(message) => self.finish(Outcome::Notice {

@@ -57,6 +57,11 @@ pub struct TargetSpec {
     /// Sampling temperature for this target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f64>,
+    /// Whether the model reads images (default true). A model that does not gets a
+    /// description of each image from `attachments.vision` instead (see
+    /// [`crate::config::AttachmentPolicy`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vision: Option<bool>,
 }
 
 /// When a conditional rule applies. Every field given must hold.
@@ -147,6 +152,8 @@ pub struct Target {
     pub temperature: Option<f64>,
     /// The route that led here (the innermost).
     pub route: String,
+    /// The model reads images.
+    pub vision: bool,
 }
 
 fn err(field: String, message: impl Into<String>) -> ConfigError {
@@ -410,6 +417,7 @@ fn concrete(p: &str, m: &str, spec: &ProviderSpec, t: &TargetSpec, route: &str) 
         max_tokens: t.max_tokens,
         temperature: t.temperature,
         route: route.to_owned(),
+        vision: t.vision.unwrap_or(true),
     }
 }
 

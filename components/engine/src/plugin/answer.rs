@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::hook::{Hook, text_of};
+use super::hook::{Hook, shown_stand_ins, text_of};
 use crate::vocab::Part;
 use crate::wire::PromptMessage;
 
@@ -173,27 +173,43 @@ pub fn parse_answer(hook: Hook, json: &[u8], max_output: u32) -> Result<Answer, 
     })
 }
 
-/// Applies a `rewrite` to a prompt: message `i`'s text parts become `texts[i]` (as one text
-/// part where the first one was, or at the start when it had none), its other parts kept.
-/// Refused when the count differs from the prompt's.
+/// Applies a `rewrite` to a prompt, one text per message of the plugins' view of it
+/// ([`plugin_view`](super::plugin_view)): a stand-in's text replaces that stand-in; a
+/// message's text replaces its text parts (as one text part where the first one was, or at
+/// the start when it had none), its other parts kept. Refused, changing nothing, when the
+/// count differs from the view's. Returns how many of the texts changed.
 pub fn apply_rewrite(
     messages: &mut [PromptMessage],
     texts: Vec<String>,
-) -> Result<(), PluginFailure> {
-    if texts.len() != messages.len() {
+) -> Result<usize, PluginFailure> {
+    let shown: usize = messages
+        .iter()
+        .map(|m| shown_stand_ins(m).count() + 1)
+        .sum();
+    if texts.len() != shown {
         return Err(PluginFailure::new(
             FailureKind::Invalid,
-            format!(
-                "rewrite has {} texts for {} messages",
-                texts.len(),
-                messages.len()
-            ),
+            format!("rewrite has {} texts for {shown} messages", texts.len()),
         ));
     }
-    for (message, text) in messages.iter_mut().zip(texts) {
+    let mut texts = texts.into_iter();
+    let mut changed = 0;
+    for message in messages.iter_mut() {
+        let files: Vec<usize> = shown_stand_ins(message).map(|(file, _)| file).collect();
+        for file in files {
+            let text = texts.next().unwrap_or_default();
+            if let Some(stand_in) = message.stand_ins.get_mut(&file)
+                && *stand_in != text
+            {
+                *stand_in = text;
+                changed += 1;
+            }
+        }
+        let text = texts.next().unwrap_or_default();
         if text_of(&message.parts) == text {
             continue;
         }
+        changed += 1;
         let first = message
             .parts
             .iter()
@@ -215,7 +231,7 @@ pub fn apply_rewrite(
         }
         message.parts = parts;
     }
-    Ok(())
+    Ok(changed)
 }
 
 /// Whether `tag` is a tag a plugin may add.

@@ -118,18 +118,42 @@ pub struct PluginRequest {
     pub messages: Vec<PluginMessage>,
 }
 
-/// The plugins' view of a prompt: each message's text parts joined.
+/// The plugins' view of a prompt: for each message, first the stand-ins of its files (a
+/// PDF's text, a description of its images: [`PromptMessage::stand_ins`]), each as a message
+/// of the same role, then the message's own text parts joined.
+///
+/// A stand-in is text that reaches a model as much as the message's own does, so it passes
+/// the same hooks (a PII redactor must see a PDF's text too); it comes before its message so
+/// the last user message plugins see is still the visitor's own words. A `rewrite` answers
+/// one text per message of this view ([`apply_rewrite`](super::apply_rewrite) maps them
+/// back).
 pub fn plugin_view(target: &str, messages: &[PromptMessage]) -> PluginRequest {
+    let mut view = Vec::with_capacity(messages.len());
+    for m in messages {
+        let role = PluginRole::from(m.role);
+        view.extend(shown_stand_ins(m).map(|(_, text)| PluginMessage {
+            role,
+            text: text.clone(),
+        }));
+        view.push(PluginMessage {
+            role,
+            text: text_of(&m.parts),
+        });
+    }
     PluginRequest {
         target: target.to_owned(),
-        messages: messages
-            .iter()
-            .map(|m| PluginMessage {
-                role: m.role.into(),
-                text: text_of(&m.parts),
-            })
-            .collect(),
+        messages: view,
     }
+}
+
+/// The stand-ins of `message` that plugins see, in file order: all but the empty ones (an
+/// image whose description another image's stand-in carries says nothing of its own).
+pub(super) fn shown_stand_ins(message: &PromptMessage) -> impl Iterator<Item = (usize, &String)> {
+    message
+        .stand_ins
+        .iter()
+        .filter(|(_, text)| !text.is_empty())
+        .map(|(file, text)| (*file, text))
 }
 
 pub(super) fn text_of(parts: &[Part]) -> String {

@@ -382,6 +382,65 @@ fn rewrites_change_text_and_keep_files() {
 }
 
 #[test]
+fn stand_ins_pass_the_hook_before_their_message() {
+    // A PDF's text and an image's description reach models that cannot read the files:
+    // plugins see and rewrite them like the message's own words.
+    let pdf = Part::Document {
+        url: "data:application/pdf;base64,AA".into(),
+        name: "invoice.pdf".into(),
+        mime: Some("application/pdf".into()),
+    };
+    let image = Part::Image {
+        url: "data:image/png;base64,AA".into(),
+        mime: None,
+    };
+    let mut user = PromptMessage::new(
+        PromptRole::User,
+        vec![Part::Text("see attached".into()), pdf, image.clone(), image],
+    );
+    user.stand_ins.insert(0, "write to ann@example.com".into());
+    user.stand_ins.insert(1, "a photo of a receipt".into());
+    // The second image's description is the first's: nothing of its own to show.
+    user.stand_ins.insert(2, String::new());
+    let mut prompt = vec![PromptMessage::text(PromptRole::System, "be kind"), user];
+    let view = plugin_view("p/m", &prompt);
+    let seen: Vec<(PluginRole, &str)> = view
+        .messages
+        .iter()
+        .map(|m| (m.role, m.text.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (PluginRole::System, "be kind"),
+            (PluginRole::User, "write to ann@example.com"),
+            (PluginRole::User, "a photo of a receipt"),
+            (PluginRole::User, "see attached"),
+        ]
+    );
+    // One text per message of the prompt is no longer enough: nothing changes.
+    let before = prompt.clone();
+    let e = apply_rewrite(&mut prompt, vec!["be kind".into(), "see attached".into()]).unwrap_err();
+    assert_eq!(e.kind, FailureKind::Invalid);
+    assert_eq!(prompt, before);
+    let changed = apply_rewrite(
+        &mut prompt,
+        vec![
+            "be kind".into(),
+            "write to [email]".into(),
+            "a photo of a receipt".into(),
+            "see attached".into(),
+        ],
+    )
+    .unwrap();
+    assert_eq!(changed, 1);
+    assert_eq!(prompt[1].stand_ins[&0], "write to [email]");
+    assert_eq!(prompt[1].stand_ins[&1], "a photo of a receipt");
+    assert_eq!(prompt[1].stand_ins[&2], "");
+    assert_eq!(prompt[1].parts, before[1].parts);
+}
+
+#[test]
 fn actions_are_sorted_into_taken_and_refused() {
     let mut actions = vec![
         PluginAction::Tag("vip".into()),

@@ -45,7 +45,14 @@ impl Turn {
                 api_key: api_key.map(String::as_str),
             },
             &ModelRequest {
-                messages: self.prompt.clone(),
+                // Each file as this model can take it: the file, or its text.
+                messages: wire::prompt_for(
+                    &self.prompt,
+                    wire::Reads {
+                        images: target.vision,
+                        pdfs: target.kind.reads_pdfs(),
+                    },
+                ),
                 tools: self.overrides.2.clone(),
                 temperature: self.overrides.0.or(target.temperature),
                 max_tokens: self.overrides.1.or(target.max_tokens),

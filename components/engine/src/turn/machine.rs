@@ -45,6 +45,7 @@ impl Turn {
             attachments: _,
             plugins,
             plugin_scope,
+            image_description,
         } = options;
         let plugins: Vec<ActivePlugin> = plugins.into_iter().filter(|p| p.spec.enabled).collect();
         let registry = ToolRegistry::new(plugins.iter().map(|p| (p.spec.id.as_str(), &p.manifest)));
@@ -90,6 +91,9 @@ impl Turn {
             question: String::new(),
             sent: None,
         };
+        if let Some(description) = &image_description {
+            turn.describe_images(description);
+        }
         let question = last_user_text(&turn.prompt);
         turn.question.clone_from(&question);
         if !config.has_models() {
@@ -208,6 +212,49 @@ impl Turn {
     /// The targets this turn will try, in order (after breakers).
     pub fn targets(&self) -> &[Target] {
         &self.targets
+    }
+
+    /// The images of the prompt's newest user message (the visitor's message this turn
+    /// answers), for a description.
+    pub(crate) fn newest_images(&self) -> Vec<crate::vocab::Part> {
+        self.prompt
+            .iter()
+            .rev()
+            .find(|m| m.role == crate::wire::PromptRole::User)
+            .map(|m| {
+                m.parts
+                    .iter()
+                    .filter(|p| matches!(p, crate::vocab::Part::Image { .. }))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Gives the newest user message's images `description` as their stand-in, for the
+    /// targets that do not read images (the first image carries it, the others nothing).
+    fn describe_images(&mut self, description: &str) {
+        let Some(m) = self
+            .prompt
+            .iter_mut()
+            .rev()
+            .find(|m| m.role == crate::wire::PromptRole::User)
+        else {
+            return;
+        };
+        let mut first = true;
+        for (i, part) in m
+            .parts
+            .iter()
+            .filter(|p| crate::wire::is_file(p))
+            .enumerate()
+        {
+            if matches!(part, crate::vocab::Part::Image { .. }) {
+                let text = if first { description } else { "" };
+                m.stand_ins.insert(i, text.to_owned());
+                first = false;
+            }
+        }
     }
 
     /// The latest request the turn sent — the answering one once it finished — as

@@ -69,6 +69,10 @@ pub struct TurnOptions {
     pub plugins: Vec<ActivePlugin>,
     /// The tenant and conversation plugin calls run for.
     pub plugin_scope: Option<(String, String)>,
+    /// A description of the newest user message's images, for the targets that do not
+    /// read images (made by [`crate::chat::ModelCall`] on the tenant's `attachments.vision`
+    /// route).
+    pub image_description: Option<String>,
 }
 
 impl TurnOptions {
@@ -89,6 +93,7 @@ impl TurnOptions {
             attachments: BTreeMap::new(),
             plugins: Vec::new(),
             plugin_scope: None,
+            image_description: None,
         }
     }
 }

@@ -303,14 +303,9 @@ impl Turn {
                 let decision = decision.and_then(|d| match d {
                     ModelDecision::Rewrite(texts) => {
                         let n = texts.len();
-                        let before = self.prompt.clone();
-                        plugin::apply_rewrite(&mut self.prompt, texts).map(|()| {
-                            let changed = self
-                                .prompt
-                                .iter()
-                                .zip(&before)
-                                .filter(|(a, b)| a != b)
-                                .count();
+                        // The stand-ins (a PDF's text, an image's description) are rewritten
+                        // with the message texts: every text a model may get passed the hook.
+                        plugin::apply_rewrite(&mut self.prompt, texts).map(|changed| {
                             (
                                 ModelDecision::Keep,
                                 format!("rewrote {changed} of {n} messages"),

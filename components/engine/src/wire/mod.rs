@@ -12,6 +12,8 @@
 //! "the reply is complete" means in its own terms; an error event mid-stream is always an
 //! `Err`, never a completion.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -83,6 +85,92 @@ impl ProviderKind {
             ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Mistral
         )
     }
+
+    /// Whether the format takes a PDF itself (Anthropic's `document` blocks, Gemini's
+    /// inline data); the others get the PDF's text.
+    pub fn reads_pdfs(self) -> bool {
+        matches!(self, ProviderKind::Anthropic | ProviderKind::Gemini)
+    }
+}
+
+/// What a model reads besides text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reads {
+    /// Images (a vision model).
+    pub images: bool,
+    /// PDFs, as documents.
+    pub pdfs: bool,
+}
+
+/// The prompt as a model that reads `reads` gets it: each image or PDF it cannot read is
+/// replaced by its stand-in text ([`PromptMessage::stand_ins`]: a PDF's text, a description
+/// of an image), or, without one, by a sentence saying that a file was attached and cannot
+/// be read here. Nothing else changes.
+pub fn prompt_for(prompt: &[PromptMessage], reads: Reads) -> Vec<PromptMessage> {
+    prompt
+        .iter()
+        .map(|m| {
+            let unreadable = |p: &Part| match p {
+                Part::Image { .. } => !reads.images,
+                Part::Document { url, mime, .. } => {
+                    !reads.pdfs
+                        && url.starts_with("data:")
+                        && media_type(url, mime.as_deref(), "") == "application/pdf"
+                }
+                // Citations never reach a prompt (turn::prompt leaves them out); they are
+                // not files either.
+                Part::Text(_) | Part::Citations(_) => false,
+            };
+            if !m.parts.iter().any(unreadable) {
+                return m.clone();
+            }
+            let mut out = PromptMessage {
+                parts: Vec::with_capacity(m.parts.len()),
+                stand_ins: BTreeMap::new(),
+                ..m.clone_without_parts()
+            };
+            let mut file = 0;
+            for part in &m.parts {
+                if !is_file(part) {
+                    out.parts.push(part.clone());
+                    continue;
+                }
+                let here = file;
+                file += 1;
+                if !unreadable(part) {
+                    if let Some(s) = m.stand_ins.get(&here) {
+                        out.stand_ins
+                            .insert(out.parts.len() - text_parts(&out.parts), s.clone());
+                    }
+                    out.parts.push(part.clone());
+                    continue;
+                }
+                match (m.stand_ins.get(&here), part) {
+                    // An empty stand-in: said with another part's (one description of
+                    // several images).
+                    (Some(s), _) if s.is_empty() => {}
+                    (Some(s), _) => out.parts.push(Part::Text(s.clone())),
+                    (None, Part::Image { .. }) => out.parts.push(Part::Text(
+                        "[an image was attached; it cannot be read here]".into(),
+                    )),
+                    (None, Part::Document { name, .. }) => out.parts.push(Part::Text(format!(
+                        "[a PDF was attached ({name}); its text could not be read]"
+                    ))),
+                    (None, Part::Text(_) | Part::Citations(_)) => {}
+                }
+            }
+            out
+        })
+        .collect()
+}
+
+/// Whether a part is a file (an image or a document): stand-ins are numbered by files.
+pub(crate) fn is_file(part: &Part) -> bool {
+    matches!(part, Part::Image { .. } | Part::Document { .. })
+}
+
+fn text_parts(parts: &[Part]) -> usize {
+    parts.iter().filter(|p| !is_file(p)).count()
 }
 
 /// Where and as whom a request goes.
@@ -122,6 +210,10 @@ pub struct PromptMessage {
     pub tool_calls: Vec<ToolCall>,
     /// Which call this message answers (tool messages only).
     pub tool_call_id: Option<String>,
+    /// Text for a model that cannot read one of the message's files, by the file's
+    /// position among the message's non-text parts: a PDF's extracted text, a description
+    /// of an image. A model that reads the file gets the file (see [`prompt_for`]).
+    pub stand_ins: BTreeMap<usize, String>,
 }
 
 impl PromptMessage {
@@ -132,6 +224,17 @@ impl PromptMessage {
             parts,
             tool_calls: Vec::new(),
             tool_call_id: None,
+            stand_ins: BTreeMap::new(),
+        }
+    }
+
+    fn clone_without_parts(&self) -> Self {
+        Self {
+            role: self.role,
+            parts: Vec::new(),
+            tool_calls: self.tool_calls.clone(),
+            tool_call_id: self.tool_call_id.clone(),
+            stand_ins: BTreeMap::new(),
         }
     }
 
@@ -391,9 +494,14 @@ pub(crate) fn image_mention(url: &str) -> String {
     }
 }
 
-/// How a document the model cannot read is mentioned to it instead.
+/// How a document the model cannot read is mentioned to it instead (a `data:` URL's bytes
+/// are not pasted into the prompt).
 pub(crate) fn document_mention(name: &str, url: &str) -> String {
-    format!("[attached document: {name} <{url}>]")
+    if url.starts_with("data:") {
+        format!("[attached document: {name}]")
+    } else {
+        format!("[attached document: {name} <{url}>]")
+    }
 }
 
 /// A number from JSON as a `u32`, saturating.
