@@ -83,7 +83,7 @@
     "live-state", "claim", "transfer", "resolve", "replay-link", "details-toggle", "transcript", "typing", "typing-text", "composer",
     "mode-reply", "mode-note", "composer-hint", "tray", "canned-menu", "input", "input-label", "attach", "file",
     "canned-open", "send", "details", "d-avatar", "d-visitor", "d-verified", "d-status", "d-queue", "d-assignee", "d-tags",
-    "d-csat", "d-created", "d-updated", "d-count", "d-id", "transfer-dialog", "transfer-form", "to-agent", "to-agent-name",
+    "d-csat", "d-created", "d-updated", "d-count", "d-id", "d-summary", "d-summary-note", "d-summary-lines", "transfer-dialog", "transfer-form", "to-agent", "to-agent-name",
     "to-queue", "queue-names", "to-agent-fields", "to-queue-fields", "transfer-error", "transfer-cancel", "canned-dialog",
     "canned-form", "canned-rows", "canned-add", "canned-cancel",
   ]) {
@@ -762,7 +762,17 @@
     ui.dCount.textContent = String(state.messages.size);
     ui.dId.textContent = c.id;
     ui.dId.title = c.id;
+    renderSummary(c.summary);
     renderComposer();
+  }
+
+  /** What the bot remembers of the messages that left its window (the engine's summary). */
+  function renderSummary(summary) {
+    const lines = (summary?.text || "").split("\n").filter((l) => l.trim());
+    ui.dSummary.hidden = !lines.length;
+    const n = summary?.messages || 0;
+    ui.dSummaryNote.textContent = `What the bot remembers of the first ${n} message${n === 1 ? "" : "s"} (the transcript has them all).`;
+    ui.dSummaryLines.replaceChildren(...lines.map((l) => h("li", {}, l)));
   }
 
   function renderComposer() {

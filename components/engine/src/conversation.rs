@@ -190,7 +190,8 @@ impl Conversation {
         &self.window
     }
 
-    /// The running summary of messages that left the window, if one was written.
+    /// The running summary of messages that left the window (see [`crate::summary`]), if
+    /// any was worth keeping: bounded to [`crate::summary::MAX_SUMMARY_CHARS`].
     pub fn summary(&self) -> Option<&str> {
         self.summary.as_deref()
     }
@@ -379,7 +380,10 @@ impl Conversation {
         let limit = usize::from(config.history_window.max(1));
         if self.window.len() > limit {
             let drop = self.window.len() - limit;
-            self.window.drain(..drop);
+            // What leaves the window lives on in the transcript for people, and in the
+            // bounded summary for the bot.
+            let gone: Vec<Message> = self.window.drain(..drop).collect();
+            self.summary = crate::summary::fold(self.summary.as_deref(), &gone);
             self.evicted += drop as u32;
         }
         self.updated_at = now;
@@ -647,6 +651,93 @@ mod tests {
         assert_eq!(c.evicted(), 6);
         assert_eq!(c.window()[0].text(), "m6");
         assert_eq!(c.message_count(), 10);
+    }
+
+    #[test]
+    fn what_leaves_the_window_is_summarised_and_prompted() {
+        let cfg = TenantConfig {
+            history_window: 4,
+            provider: Some(crate::config::ProviderConfig {
+                kind: crate::wire::ProviderKind::Openai,
+                base_url: "https://api.example.test/v1".into(),
+                model: "gpt-4o-mini".into(),
+                api_key_secret: None,
+                temperature: None,
+                max_tokens: None,
+            }),
+            ..TenantConfig::default()
+        };
+        let mut c = conv();
+        c.handle_visitor_message(
+            Timestamp::from_millis(1),
+            text("Where is order #48213? Reach me at jane@example.com."),
+            &cfg,
+        )
+        .unwrap();
+        c.append(
+            Timestamp::from_millis(2),
+            Role::Bot,
+            text("Let me check. I will email you the tracking link today."),
+            &cfg,
+        )
+        .unwrap();
+        assert_eq!(c.summary(), None, "nothing has left the window yet");
+        let mut last = None;
+        for i in 0..4 {
+            last = Some(
+                c.handle_visitor_message(
+                    Timestamp::from_millis(3 + i),
+                    text(&format!("later {i}")),
+                    &cfg,
+                )
+                .unwrap()
+                .message,
+            );
+        }
+        assert_eq!(c.evicted(), 2);
+        assert_eq!(
+            c.summary(),
+            Some(
+                "Visitor: Where is order #48213? Reach me at [email].\n\
+                 Bot: Let me check. I will email you the tracking link today."
+            )
+        );
+        // The summary survives the codec.
+        assert_eq!(Conversation::decode(&c.encode()).unwrap(), c);
+        // And the next turn's prompt carries it, after the system prompt.
+        let mut turn = c
+            .start_turn(Timestamp::from_millis(9), &cfg, &last.unwrap(), opts())
+            .unwrap();
+        let Some(crate::Action::CallProvider { request, .. }) = turn.poll_action() else {
+            panic!("the turn calls the provider first");
+        };
+        let body = String::from_utf8(request.body).unwrap();
+        assert!(
+            body.contains("Summary of the earlier conversation"),
+            "{body}"
+        );
+        assert!(body.contains("#48213") && !body.contains("jane@"), "{body}");
+    }
+
+    #[test]
+    fn a_stored_state_from_before_summaries_starts_one_at_the_next_eviction() {
+        // Version 3 states written before the summary was filled: messages had left the
+        // window, the slot was empty.
+        let cfg = TenantConfig {
+            history_window: 2,
+            ..TenantConfig::default()
+        };
+        let mut c = conv();
+        for i in 0..4 {
+            c.handle_visitor_message(Timestamp::from_millis(i), text(&format!("m{i}")), &cfg)
+                .unwrap();
+        }
+        c.summary = None;
+        let mut old = Conversation::decode(&c.encode()).unwrap();
+        assert_eq!((old.summary(), old.evicted()), (None, 2));
+        old.handle_visitor_message(Timestamp::from_millis(9), text("order 77 please"), &cfg)
+            .unwrap();
+        assert_eq!(old.summary(), Some("Visitor: m2"));
     }
 
     #[test]

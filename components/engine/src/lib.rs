@@ -48,6 +48,7 @@ pub mod rules;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod sse;
+pub mod summary;
 pub mod time;
 pub mod turn;
 pub mod visitor_limit;

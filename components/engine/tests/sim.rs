@@ -329,6 +329,51 @@ fn offline_responder_answers_without_a_provider() {
 }
 
 #[test]
+fn a_long_conversation_keeps_early_facts_in_a_bounded_state() {
+    let mut s = sim();
+    let window = usize::from(s.config.history_window);
+    let mut id = None;
+    // 250 turns: 500 messages, 25 times the default window of 20.
+    for i in 0..250 {
+        s.script(Script::json(
+            &format!("Answer number {i}: here is what you asked, with some detail to it."),
+            5,
+        ));
+        let question = if i == 0 {
+            "My parcel never came: order #48213, mail me at jane@example.com.".to_owned()
+        } else {
+            format!("Follow-up question number {i}: what happens next with my case?")
+        };
+        let out = s.chat(id.as_ref(), &question, ReplyMode::Whole);
+        out.result.unwrap();
+        id = Some(out.conversation_id);
+    }
+    let c = s.conversation(id.as_ref().unwrap());
+    assert_eq!(c.message_count(), 500);
+    assert_eq!(c.window().len(), window);
+    let summary = c.summary().expect("a summary of what left the window");
+    assert!(summary.chars().count() <= kefu_engine::summary::MAX_SUMMARY_CHARS);
+    // The early fact survives condensing; the address never reaches the summary.
+    assert!(summary.contains("#48213"), "{summary}");
+    assert!(!summary.contains("jane@"), "{summary}");
+    // The last turn's prompt carries it.
+    let body = String::from_utf8(s.requests.last().unwrap().body.clone()).unwrap();
+    assert!(
+        body.contains("Summary of the earlier conversation"),
+        "{body}"
+    );
+    assert!(body.contains("#48213"), "{body}");
+    let encoded = c.encode();
+    println!(
+        "500-message conversation: {} bytes serialized, summary {} chars",
+        encoded.len(),
+        summary.chars().count()
+    );
+    // The window (20 messages of ~70 bytes plus bookkeeping) and the bounded summary.
+    assert!(encoded.len() < 4_096, "state {} bytes", encoded.len());
+}
+
+#[test]
 fn ten_turn_state_stays_small() {
     let mut s = sim();
     let mut id = None;

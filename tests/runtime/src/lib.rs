@@ -49,5 +49,6 @@ pub mod scenarios;
 pub mod security;
 pub mod spin;
 pub mod sse;
+pub mod summary;
 pub mod webhooks;
 pub mod worker;

@@ -63,6 +63,7 @@ use crate::security::{
     sockets_end_when_access_ends, unknown_tenants_are_not_found,
 };
 use crate::sse::{self, SseTranscript};
+use crate::summary::long_conversation_summarised;
 use crate::webhooks::webhooks_signed_and_retried;
 
 /// The header naming the tenant.
@@ -449,6 +450,7 @@ pub fn all() -> Vec<Scenario> {
         tag_only_rule_tags,
         replay_matches_across_runtimes,
         replay_is_admitted_by_quotas,
+        long_conversation_summarised,
     ]
 }
 

@@ -109,6 +109,7 @@ pub const SPIN_SCENARIOS: &[(&str, Option<&str>)] = &[
     ),
     ("tag_only_rule_tags", None),
     ("replay_matches_across_runtimes", None),
+    ("long_conversation_summarised", None),
     ("replay_is_admitted_by_quotas", None),
 ];
 
@@ -171,6 +172,7 @@ pub fn tenants(all: &[(String, Value)]) -> Vec<(String, Value)> {
                     | "sec-fail"
                     | "machine-replay"
                     | "machine-quota"
+                    | "cs-summary"
             ) || id.starts_with("plug-")
         })
         .cloned()

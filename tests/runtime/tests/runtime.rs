@@ -119,6 +119,7 @@ async fn run(selected: Vec<Scenario>) -> (usize, usize) {
     tenants.extend(kefu_runtime_tests::replay::tenants(&mock.base_url()));
     tenants.extend(kefu_runtime_tests::machine::tenants(&mock.base_url()));
     tenants.extend(kefu_runtime_tests::security::tenants(&mock.base_url()));
+    tenants.extend(kefu_runtime_tests::summary::tenants(&mock.base_url()));
     let spin_tenants = kefu_runtime_tests::spin::tenants(&tenants);
 
     let spin_off = SpinRuntime::switched_off();

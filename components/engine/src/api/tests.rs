@@ -590,3 +590,33 @@ fn minting_follows_the_roster() {
     let e = agent_token_error(&crate::auth::TokenError::Revoked);
     assert_eq!((e.status, e.code), (401, "token_revoked"));
 }
+
+#[test]
+fn agents_see_the_summary_visitors_do_not() {
+    let cfg = crate::TenantConfig {
+        history_window: 2,
+        ..crate::TenantConfig::default()
+    };
+    let mut c = crate::Conversation::new(
+        ConversationId::parse("c1").unwrap(),
+        TenantId::default_tenant(),
+        crate::Timestamp::from_millis(1),
+    );
+    let fresh = conversation_json(&c, &[], true, None);
+    assert_eq!(fresh["summary"], json!({"text": null, "messages": 0}));
+    for text in ["Order #48213 is late.", "second", "third"] {
+        c.handle_visitor_message(
+            crate::Timestamp::from_millis(2),
+            vec![Part::Text(text.into())],
+            &cfg,
+        )
+        .unwrap();
+    }
+    let agents = conversation_json(&c, &[], true, None);
+    assert_eq!(
+        agents["summary"],
+        json!({"text": "Visitor: Order #48213 is late.", "messages": 1})
+    );
+    let visitors = conversation_json(&c, &[], false, None);
+    assert!(visitors.get("summary").is_none(), "{visitors}");
+}

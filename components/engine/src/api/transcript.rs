@@ -97,7 +97,8 @@ pub fn inbox_entry_json(c: &Conversation, visitor: Option<&str>) -> Value {
 }
 
 /// A conversation and its transcript as the API shows them. Visitors never see internal
-/// notes (`with_notes: false`); agents do. `visitor` is the verified visitor it belongs
+/// notes (`with_notes: false`); agents do, and the bot's running summary of the messages
+/// that left its window (`summary`: its text, or `null`, and how many messages it covers). `visitor` is the verified visitor it belongs
 /// to, if any.
 pub fn conversation_json(
     c: &Conversation,
@@ -105,7 +106,7 @@ pub fn conversation_json(
     with_notes: bool,
     visitor: Option<&str>,
 ) -> Value {
-    json!({
+    let mut out = json!({
         "id": c.id().as_str(),
         "tenant": c.tenant().as_str(),
         "status": c.status().as_str(),
@@ -121,5 +122,11 @@ pub fn conversation_json(
             .filter(|m| with_notes || m.role != crate::vocab::Role::Note)
             .map(message_json)
             .collect::<Vec<_>>(),
-    })
+    });
+    if with_notes {
+        // Agents taking a long conversation over see what the bot remembers of its early
+        // part (the transcript has it all; the summary is what the bot was working from).
+        out["summary"] = json!({"text": c.summary(), "messages": c.evicted()});
+    }
+    out
 }

@@ -1,0 +1,407 @@
+//! The running summary: what the bot remembers of messages that left the history window.
+//!
+//! A [`crate::conversation::Conversation`] keeps only its last `history_window` messages; each
+//! message that falls out of the window is folded into the conversation's summary slot here,
+//! which the prompt carries (as a system message after the operator's prompt) and agents see
+//! when they take the conversation over. The summary is extractive — built from the messages'
+//! own words, with no model call — so it is always available, costs nothing and is the same
+//! every time for the same messages.
+//!
+//! What it keeps, one line per message: the visitor's request (the first sentence) and every
+//! later sentence that carries a fact (a digit: order numbers, dates, amounts), and the bot's
+//! or agent's first sentence and its commitments ("I will…", "we'll…", refunds). System
+//! notices and internal notes are left out, as the prompt leaves them out.
+//!
+//! Personal data is masked: the summary reaches the model as a *system* message, which the
+//! PII-redaction plugin leaves alone on purpose (it is the business's own text), so e-mail
+//! addresses become `[email]` and long digit runs (phone and card numbers: ten digits or more,
+//! or a `+` and seven) become `[number]` before anything is kept. Shorter numbers — order
+//! numbers, dates, amounts — are kept: they are what the summary is for.
+//!
+//! The summary is bounded to [`MAX_SUMMARY_CHARS`]: past it, the oldest lines are condensed
+//! first, to their facts alone (`Visitor: #48213 [email]`), and dropped once condensed lines
+//! are all that is left, oldest first — except the first line, the conversation's opening,
+//! which stays (condensed) as long as the conversation does. So a conversation's state stays bounded however long
+//! it runs: the window plus at most this many characters.
+
+use crate::vocab::{Message, Part, Role};
+
+/// The most characters (Unicode scalar values) a summary holds.
+pub const MAX_SUMMARY_CHARS: usize = 1_500;
+
+/// The most characters one message's line holds before it is cut.
+const MAX_LINE_CHARS: usize = 200;
+
+/// The most characters a condensed line holds.
+const MAX_BRIEF_CHARS: usize = 80;
+
+/// The newest lines that are never condensed (they are dropped only after every older line).
+const WHOLE_LINES: usize = 2;
+
+/// Words that mark a bot's or agent's commitment (compared in lower case).
+const COMMITMENTS: &[&str] = &[
+    "will ",
+    "'ll ",
+    "’ll ",
+    "going to ",
+    "shall ",
+    "promise",
+    "arrange",
+    "refund",
+    "replace",
+    "escalat",
+    "follow up",
+    "会",
+    "将",
+];
+
+/// Folds messages that left the window (oldest first) into the running summary, and bounds
+/// the result. `None` when there is nothing worth remembering yet.
+pub fn fold(summary: Option<&str>, evicted: &[Message]) -> Option<String> {
+    let mut lines: Vec<String> = summary
+        .into_iter()
+        .flat_map(str::lines)
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect();
+    lines.extend(evicted.iter().filter_map(line_for));
+    bound(&mut lines);
+    if lines.is_empty() {
+        None
+    } else {
+        Some(lines.join("\n"))
+    }
+}
+
+/// Masks personal data in `text`: e-mail addresses become `[email]`, phone and card numbers
+/// `[number]`.
+pub fn mask(text: &str) -> String {
+    mask_numbers(&mask_emails(text))
+}
+
+/// One message's line: its role, then what is worth keeping of its words.
+fn line_for(m: &Message) -> Option<String> {
+    let label = label(m.role)?;
+    let mut text = mask(&m.text());
+    if m.parts.iter().any(|p| !matches!(p, Part::Text(_))) {
+        if !text.is_empty() {
+            text.push(' ');
+        }
+        text.push_str("[file]");
+    }
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if text.is_empty() {
+        return None;
+    }
+    let sentences = sentences(&text);
+    let mut kept: Vec<&str> = Vec::new();
+    for (i, s) in sentences.iter().enumerate() {
+        let lower = s.to_lowercase();
+        let keep = i == 0
+            || has_fact(s)
+            || (m.role != Role::Visitor && COMMITMENTS.iter().any(|w| lower.contains(w)));
+        if keep {
+            kept.push(s);
+        }
+    }
+    Some(format!(
+        "{label}: {}",
+        truncate(&kept.join(" "), MAX_LINE_CHARS)
+    ))
+}
+
+fn label(role: Role) -> Option<&'static str> {
+    match role {
+        Role::Visitor => Some("Visitor"),
+        Role::Bot => Some("Bot"),
+        Role::Agent => Some("Agent"),
+        // Notices are for people and notes for agents: neither is what the bot should know.
+        Role::System | Role::Note => None,
+    }
+}
+
+/// Keeps the summary within [`MAX_SUMMARY_CHARS`]: condenses the oldest full line (the
+/// newest [`WHOLE_LINES`] stay whole), and once those are all condensed, drops the oldest
+/// after the first (the conversation's opening, usually the visitor's request).
+fn bound(lines: &mut Vec<String>) {
+    let total = |lines: &[String]| lines.iter().map(|l| l.chars().count() + 1).sum::<usize>();
+    let mut next = 0;
+    // The whole lines kept are far below the bound, so this ends.
+    while total(lines) > MAX_SUMMARY_CHARS + 1 {
+        let condensable = lines.len().saturating_sub(WHOLE_LINES);
+        // Condensing is idempotent, so a line already condensed is passed over.
+        while next < condensable {
+            match brief(&lines[next]) {
+                Some(b) if b == lines[next] => next += 1,
+                Some(b) => {
+                    lines[next] = b;
+                    break;
+                }
+                None => {
+                    lines.remove(next);
+                    break;
+                }
+            }
+        }
+        if next >= condensable {
+            // The first line is how the case opened: the middle goes first.
+            lines.remove(if condensable > 1 { 1 } else { 0 });
+            next = 0;
+        }
+    }
+}
+
+/// A line condensed to its role and its facts (`None`: it has none, so nothing is lost by
+/// dropping it). Condensing a condensed line gives it back unchanged.
+fn brief(line: &str) -> Option<String> {
+    let (label, text) = line.split_once(": ")?;
+    let facts: Vec<&str> = text
+        .split_whitespace()
+        .map(bare)
+        .filter(|w| is_fact(w))
+        .collect();
+    if facts.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "{label}: {}",
+        truncate(&facts.join(" "), MAX_BRIEF_CHARS)
+    ))
+}
+
+fn is_fact(word: &str) -> bool {
+    word.chars().any(|c| c.is_ascii_digit()) || matches!(word, "[email]" | "[number]" | "[file]")
+}
+
+fn has_fact(sentence: &str) -> bool {
+    sentence.split_whitespace().map(bare).any(is_fact)
+}
+
+/// A word without the punctuation around it (`#48213,` is `#48213`).
+fn bare(word: &str) -> &str {
+    word.trim_matches(|c: char| {
+        matches!(
+            c,
+            ',' | '.' | ';' | ':' | '!' | '?' | '(' | ')' | '"' | '\'' | '…' | '，' | '。'
+        )
+    })
+}
+
+/// Splits text after `.`, `!` or `?` followed by a space, and after `。！？`.
+fn sentences(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        let end = i + c.len_utf8();
+        let ends = match c {
+            '。' | '！' | '？' => true,
+            '.' | '!' | '?' => chars.peek().is_none_or(|&(_, n)| n == ' '),
+            _ => false,
+        };
+        if ends {
+            let s = text[start..end].trim();
+            if !s.is_empty() {
+                out.push(s);
+            }
+            start = end;
+        }
+    }
+    let rest = text[start..].trim();
+    if !rest.is_empty() {
+        out.push(rest);
+    }
+    out
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut out: String = text.chars().take(max - 1).collect();
+    out.push('…');
+    out
+}
+
+fn mask_emails(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('@') {
+        let is_local =
+            |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '%' | '+' | '-');
+        let is_domain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-');
+        let start = rest[..at]
+            .char_indices()
+            .rev()
+            .take_while(|&(_, c)| is_local(c))
+            .last()
+            .map_or(at, |(i, _)| i);
+        let domain_len = rest[at + 1..]
+            .char_indices()
+            .take_while(|&(_, c)| is_domain(c))
+            .last()
+            .map_or(0, |(i, c)| i + c.len_utf8());
+        let domain = rest[at + 1..at + 1 + domain_len].trim_end_matches(['.', '-']);
+        if start < at && domain.contains('.') && !domain.starts_with('.') {
+            out.push_str(&rest[..start]);
+            out.push_str("[email]");
+            rest = &rest[at + 1 + domain.len()..];
+        } else {
+            out.push_str(&rest[..=at]);
+            rest = &rest[at + 1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Replaces runs of digits (with spaces, dashes, dots or brackets between groups) that hold
+/// ten digits or more, or a leading `+` and seven or more, and are not glued to letters.
+fn mask_numbers(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let n = chars.len();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < n {
+        let c = chars[i];
+        let next_is_digit = chars.get(i + 1).is_some_and(char::is_ascii_digit);
+        let starts = (c.is_ascii_digit() || (matches!(c, '+' | '(') && next_is_digit))
+            && (i == 0 || !chars[i - 1].is_alphanumeric());
+        if !starts {
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        let mut j = i + 1;
+        let mut digits = usize::from(c.is_ascii_digit());
+        let mut end = i + 1;
+        let mut separators = 0;
+        while j < n {
+            let d = chars[j];
+            if d.is_ascii_digit() {
+                digits += 1;
+                separators = 0;
+                end = j + 1;
+            } else if matches!(d, ' ' | '-' | '.' | '(' | ')') && separators < 2 {
+                separators += 1;
+            } else {
+                break;
+            }
+            j += 1;
+        }
+        let glued = chars.get(end).is_some_and(|c| c.is_alphanumeric());
+        if !glued && (digits >= 10 || (c == '+' && digits >= 7)) {
+            out.push_str("[number]");
+        } else {
+            out.extend(&chars[i..end]);
+        }
+        i = end;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::Timestamp;
+
+    fn msg(seq: u32, role: Role, text: &str) -> Message {
+        Message {
+            seq,
+            role,
+            parts: vec![Part::Text(text.to_owned())],
+            created_at: Timestamp::from_millis(u64::from(seq)),
+        }
+    }
+
+    #[test]
+    fn keeps_requests_facts_and_commitments() {
+        let s = fold(
+            None,
+            &[
+                msg(
+                    1,
+                    Role::Visitor,
+                    "My parcel never came. It was order #48213, placed on 2026-11-02. I am upset.",
+                ),
+                msg(
+                    2,
+                    Role::Bot,
+                    "Sorry to hear that. Let me look. I will send a replacement by Friday.",
+                ),
+                msg(3, Role::System, "An agent joined."),
+                msg(4, Role::Note, "VIP customer"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            s,
+            "Visitor: My parcel never came. It was order #48213, placed on 2026-11-02.\n\
+             Bot: Sorry to hear that. I will send a replacement by Friday."
+        );
+    }
+
+    #[test]
+    fn personal_data_is_masked() {
+        assert_eq!(
+            mask("Mail jane.doe+shop@example.co.uk, call +44 20 7946 0958 or (415) 555-0132."),
+            "Mail [email], call [number] or [number]."
+        );
+        assert_eq!(
+            mask("Card 4111 1111 1111 1111; order 48213 on 2026-11-25, code A1234567890B, a@b"),
+            "Card [number]; order 48213 on 2026-11-25, code A1234567890B, a@b"
+        );
+        let s = fold(
+            None,
+            &[msg(1, Role::Visitor, "I am jane@example.com, 13812345678")],
+        )
+        .unwrap();
+        assert_eq!(s, "Visitor: I am [email], [number]");
+    }
+
+    #[test]
+    fn bounded_oldest_condensed_first_and_deterministic() {
+        let mut summary = None;
+        let mut again = None;
+        for i in 0..300u32 {
+            let m = msg(
+                i,
+                Role::Visitor,
+                &format!(
+                    "Question {i} about my order #{}. It is long enough to matter, really.",
+                    10_000 + i
+                ),
+            );
+            summary = fold(summary.as_deref(), std::slice::from_ref(&m));
+            again = fold(again.as_deref(), std::slice::from_ref(&m));
+            let s = summary.as_deref().unwrap();
+            assert!(
+                s.chars().count() <= MAX_SUMMARY_CHARS,
+                "{} chars",
+                s.chars().count()
+            );
+        }
+        assert_eq!(summary, again);
+        let s = summary.unwrap();
+        // The newest line is whole; older ones are condensed to their facts.
+        assert!(
+            s.ends_with("Visitor: Question 299 about my order #10299."),
+            "{s}"
+        );
+        assert!(s.contains("Visitor: 2"), "{s}");
+        assert!(!s.contains("Question 0 "), "{s}");
+        // The opening stays, condensed; the middle went first.
+        assert!(s.starts_with("Visitor: 0 #10000\n"), "{s}");
+        assert!(!s.contains("#10001"), "{s}");
+    }
+
+    #[test]
+    fn chinese_sentences_split() {
+        let s = fold(
+            None,
+            &[msg(1, Role::Visitor, "我的订单没到。订单号是 48213。谢谢")],
+        )
+        .unwrap();
+        assert_eq!(s, "Visitor: 我的订单没到。 订单号是 48213。");
+    }
+}
