@@ -664,6 +664,7 @@ mod tests {
                 api_key_secret: None,
                 temperature: None,
                 max_tokens: None,
+                vision: None,
             }),
             ..TenantConfig::default()
         };
