@@ -647,7 +647,10 @@ mod tests {
         let SqlValue::Text(grams) = &views[2] else {
             panic!()
         };
-        assert!(grams.starts_with(r#"grams : ("shi hip" OR "hip ipp""#), "{grams}");
+        assert!(
+            grams.starts_with(r#"grams : ("shi hip" OR "hip ipp""#),
+            "{grams}"
+        );
         let found = plan.take_result().unwrap();
         let ids: Vec<&str> = found.iter().map(|c| c.chunk.id.as_str()).collect();
         // `b` is in all three lists, `a` in two.
