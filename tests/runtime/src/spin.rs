@@ -107,6 +107,8 @@ pub const SPIN_SCENARIOS: &[(&str, Option<&str>)] = &[
     ("tag_only_rule_tags", None),
     ("replay_matches_across_runtimes", None),
     ("replay_is_admitted_by_quotas", None),
+    ("draft_suite_gates_publish", None),
+    ("drafts_are_the_operators", None),
 ];
 
 const NO_WEBSOCKETS: &str = "Spin has no WebSockets: live updates there are Server-Sent \
@@ -165,6 +167,7 @@ pub fn tenants(all: &[(String, Value)]) -> Vec<(String, Value)> {
                     | "sec-fail"
                     | "machine-replay"
                     | "machine-quota"
+                    | "draft"
             ) || id.starts_with("plug-")
         })
         .cloned()
