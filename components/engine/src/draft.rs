@@ -46,15 +46,6 @@ pub fn tests_key(tenant: &TenantId) -> String {
     format!("tenant:{}:tests", tenant.as_str())
 }
 
-/// Whether `id` may name a test case: 1 to 64 characters of `[A-Za-z0-9_.-]`.
-pub fn is_case_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-}
-
 /// What must happen in a test conversation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -476,7 +467,11 @@ pub fn case_result(id: &str, case: &TestCase, seen: &CaseSeen) -> Value {
             v
         })
         .collect();
-    let passed = seen.stopped.is_none() && expect.iter().all(|e| e["passed"] == true);
+    // A turn that ended in an error (a quota, every provider failing) fails its case: the
+    // visitor would have had no answer, whatever the expectations say.
+    let passed = seen.stopped.is_none()
+        && seen.turns.iter().all(|t| t.error.is_none())
+        && expect.iter().all(|e| e["passed"] == true);
     let turns: Vec<Value> = seen
         .turns
         .iter()

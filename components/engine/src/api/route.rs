@@ -111,7 +111,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         "/api/v1/config/tests" => ("GET", Ok(Route::Config(ConfigRoute::Tests))),
         _ if path.starts_with("/api/v1/config/tests/") => {
             let id = &path["/api/v1/config/tests/".len()..];
-            let route = if !crate::draft::is_case_id(id) {
+            let route = if !is_test_id(id) {
                 Err(ApiError::new(
                     404,
                     "test_not_found",
@@ -243,6 +243,16 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         return Err(e);
     }
     route
+}
+
+/// Whether `id` may name a test case (`/api/v1/config/tests/{id}`): 1 to 64 characters of
+/// `[A-Za-z0-9_.-]`.
+pub fn is_test_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
 /// A configuration request.

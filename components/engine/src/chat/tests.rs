@@ -500,7 +500,8 @@ fn a_quota_refusal_stops_the_suite_and_fails_what_did_not_run() {
             ),
             (
                 "b",
-                r#"{"messages": ["And my invoice?"], "expect": [{"kind": "mentions", "text": "way"}]}"#,
+                // Holds, but the visitor got no answer: the case fails all the same.
+                r#"{"messages": ["And my invoice?"], "expect": [{"kind": "never_mentions", "text": "refund"}]}"#,
             ),
             (
                 "c",
@@ -512,6 +513,7 @@ fn a_quota_refusal_stops_the_suite_and_fails_what_did_not_run() {
     );
     assert_eq!(result["cases"][0]["passed"], true, "{result}");
     assert_eq!(result["cases"][1]["passed"], false);
+    assert_eq!(result["cases"][1]["expect"][0]["passed"], true);
     assert_eq!(result["cases"][1]["turns"][0]["error"], "quota_exceeded");
     assert_eq!(result["cases"][2]["passed"], false);
     assert!(result["cases"][2]["stopped"].is_string(), "{result}");

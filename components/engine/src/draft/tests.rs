@@ -49,7 +49,7 @@ fn test_cases_are_validated_with_the_field_at_fault() {
         err(r#"{"messages": ["a"], "expect": [{"kind": "handoff"}], "name": "x"}"#).2,
         Some("name".into())
     );
-    assert!(is_case_id("refund-1.b") && !is_case_id("a/b") && !is_case_id(""));
+    assert!(api::is_test_id("refund-1.b") && !api::is_test_id("a/b") && !api::is_test_id(""));
 }
 
 #[test]
