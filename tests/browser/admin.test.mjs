@@ -483,6 +483,7 @@ describe("admin pages", { concurrency: false }, () => {
 
   test("draft & tests: a failing test blocks publishing, shown per case; publish anyway records the reason", async () => {
     const before = await configNow();
+    const section = await a.page.locator('.section-tab[aria-selected="true"]').getAttribute("data-section");
     await a.page.locator('.section-tab[data-section="draft"]').click();
     await a.page.locator("#draft-live").filter({ hasText: `live v${before.version}` }).waitFor();
     await a.page.locator("#draft-from-live").click();
@@ -536,6 +537,8 @@ describe("admin pages", { concurrency: false }, () => {
     assert.equal(history.history[0].publication.reason, "the redactor plugin is enabled tomorrow");
     await a.page.locator('.section-tab[data-section="config"]').click();
     await a.page.locator(".versions li.current").filter({ hasText: "the redactor plugin is enabled tomorrow" }).waitFor();
+    // Back where the tests before left the page.
+    await a.page.locator(`.section-tab[data-section="${section}"]`).click();
     assert.deepEqual(a.errors, []);
   });
 
