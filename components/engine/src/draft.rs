@@ -553,7 +553,10 @@ impl Refused {
 /// The publish rule: a draft whose suite passes is published; a failing one only with an
 /// explicit override (and its reason), which the history keeps. An override of a passing
 /// suite is recorded as a plain publish.
-pub fn decide_publish(suite: &Value, request: &PublishRequest) -> Result<Publication, Refused> {
+pub fn decide_publish(
+    suite: &Value,
+    request: &PublishRequest,
+) -> Result<Publication, Box<Refused>> {
     let failing: Vec<String> = suite["failing"]
         .as_array()
         .map(|f| {
@@ -575,7 +578,7 @@ pub fn decide_publish(suite: &Value, request: &PublishRequest) -> Result<Publica
         failing,
     };
     if publication.failed > 0 && !request.override_failures {
-        return Err(Refused {
+        return Err(Box::new(Refused {
             error: ApiError::new(
                 409,
                 "suite_failed",
@@ -587,7 +590,7 @@ pub fn decide_publish(suite: &Value, request: &PublishRequest) -> Result<Publica
                 ),
             ),
             suite: suite.clone(),
-        });
+        }));
     }
     Ok(publication)
 }
