@@ -66,7 +66,7 @@ async function newPage() {
   const page = await ctx.newPage();
   const errors = [];
   page.on("pageerror", (e) => errors.push(e));
-  page.on("console", (m) => m.type() === "error" && !/status of 40[01]/.test(m.text()) && errors.push(new Error(`${m.text()} (${m.location().url})`)));
+  page.on("console", (m) => m.type() === "error" && !/status of 40[019]/.test(m.text()) && errors.push(new Error(`${m.text()} (${m.location().url})`)));
   return { ctx, page, errors };
 }
 
@@ -526,6 +526,67 @@ describe("admin pages", { concurrency: false }, () => {
     assert.deepEqual((await configNow()).config.plugins ?? [], []);
     assert.deepEqual(a.errors, []);
     await a.page.locator('.section-tab[data-section="access"]').click();
+  });
+
+  test("draft & tests: a failing test blocks publishing, shown per case; publish anyway records the reason", async () => {
+    const before = await configNow();
+    const section = await a.page.locator('.section-tab[aria-selected="true"]').getAttribute("data-section");
+    await a.page.locator('.section-tab[data-section="draft"]').click();
+    await a.page.locator("#draft-live").filter({ hasText: `live v${before.version}` }).waitFor();
+    await a.page.locator("#draft-from-live").click();
+    const draft = JSON.parse(await a.page.locator("#draft-text").inputValue());
+    draft.system_prompt = "Draft: be brief.";
+    await a.page.locator("#draft-text").fill(JSON.stringify(draft, null, 2));
+    await a.page.locator("#draft-save").click();
+    await a.page.locator("#draft-status").filter({ hasText: "saved" }).waitFor();
+
+    const addTest = async (id, messages, expect) => {
+      await a.page.locator("#test-id").fill(id);
+      await a.page.locator("#test-messages").fill(messages.join("\n"));
+      await a.page.locator("#test-expect").fill(JSON.stringify(expect));
+      await a.page.locator("#test-save").click();
+      await a.page.locator(`#tests tr[data-test="${id}"]`).waitFor();
+    };
+    await addTest("shipping", ["Where is my parcel? [mock reply=It_ships_within_2_days]"], [{ kind: "mentions", text: "2 days" }, { kind: "never_mentions", text: "refund" }]);
+    await addTest("email-stays-out", ["Hi, I am ana@example.com", "Where is my order?"], [{ kind: "no_pii_to_model" }]);
+    // A bad expectation is refused at its field.
+    await a.page.locator("#test-id").fill("bad");
+    await a.page.locator("#test-messages").fill("hello");
+    await a.page.locator("#test-expect").fill('[{"kind": "guess"}]');
+    await a.page.locator("#test-save").click();
+    await a.page.locator("#test-error").filter({ hasText: "expect[0].kind" }).waitFor();
+
+    await a.page.locator("#suite-run").click();
+    await a.page.locator("#suite-summary").filter({ hasText: "1 of 2 fail" }).waitFor();
+    assert.equal(await a.page.locator('#tests tr[data-test="shipping"] .pill').textContent(), "pass");
+    assert.equal(await a.page.locator('#tests tr[data-test="email-stays-out"] .pill').textContent(), "fail");
+    assert.match(await a.page.locator('#tests tr[data-test="email-stays-out"] .expects .fail').textContent(), /e-mail address/);
+
+    // Publish is refused; the failing case is shown; nothing went live.
+    await a.page.locator("#draft-publish").click();
+    await a.page.locator("#publish-blocked:not([hidden])").waitFor();
+    assert.match(await a.page.locator("#publish-failing").textContent(), /email-stays-out/);
+    assert.deepEqual((await configNow()).config, before.config);
+    await shot(a.page, "admin-draft-tests.png", { fullPage: true });
+
+    // Publish anyway needs a reason, which the history keeps.
+    await a.page.locator("#publish-anyway").click();
+    await a.page.locator("#override-error").filter({ hasText: "Say why" }).waitFor();
+    await a.page.locator("#override-reason").fill("the redactor plugin is enabled tomorrow");
+    await a.page.locator("#publish-anyway").click();
+    await a.page.locator("#publish-blocked[hidden]").waitFor({ state: "attached" });
+    await a.page.locator("#draft-status").filter({ hasText: "(override)" }).waitFor();
+    const after = await configNow();
+    assert.equal(after.version, before.version + 1);
+    assert.equal(after.config.system_prompt, "Draft: be brief.");
+    const history = await (await apiGet("/api/v1/config/versions")).json();
+    assert.equal(history.history[0].publication.override, true);
+    assert.equal(history.history[0].publication.reason, "the redactor plugin is enabled tomorrow");
+    await a.page.locator('.section-tab[data-section="config"]').click();
+    await a.page.locator(".versions li.current").filter({ hasText: "the redactor plugin is enabled tomorrow" }).waitFor();
+    // Back where the tests before left the page.
+    await a.page.locator(`.section-tab[data-section="${section}"]`).click();
+    assert.deepEqual(a.errors, []);
   });
 
   test("a generated API key works once saved (hashed), and not after removal", async () => {

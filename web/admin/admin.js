@@ -70,7 +70,9 @@
     if (!resp.ok) {
       const e = json && json.error ? json.error : {};
       if (resp.status === 401 && key === state.key) signOut("Your key was not accepted. Sign in again.");
-      throw new ApiError(resp.status, e.code || `http_${resp.status}`, e.message || `${resp.status} ${resp.statusText}`, e.field || e.param);
+      const err = new ApiError(resp.status, e.code || `http_${resp.status}`, e.message || `${resp.status} ${resp.statusText}`, e.field || e.param);
+      err.body = json; // e.g. a refused publish's test results
+      throw err;
     }
     return json;
   }
@@ -166,9 +168,10 @@
     clear($("errors"));
     $("token-out").hidden = $("key-out").hidden = true;
     $("token-value").textContent = $("key-value").textContent = "";
-    $("config-text").value = "";
+    $("config-text").value = $("draft-text").value = "";
+    state.suite = null;
     // Nothing of this tenant's stays in the page for whoever signs in next.
-    for (const id of ["versions", "sources", "hits", "groups", "unanswered", "today", "chart", "by-route", "by-model", "keys", "agents", "agent-ids", "tenant-plugins", "installed-plugins", "try-id", "try-answer", "try-record"]) clear($(id));
+    for (const id of ["versions", "tests", "publish-failing", "draft-live-text", "sources", "hits", "groups", "unanswered", "today", "chart", "by-route", "by-model", "keys", "agents", "agent-ids", "tenant-plugins", "installed-plugins", "try-id", "try-answer", "try-record"]) clear($(id));
     $("try-out").hidden = true;
     $("groups-status").textContent = "";
     state.plugins = null;
@@ -190,6 +193,7 @@
     for (const tab of document.querySelectorAll(".section-tab")) tab.setAttribute("aria-selected", String(tab.dataset.section === name));
     for (const sec of document.querySelectorAll("section.section")) sec.hidden = sec.dataset.section !== name;
     if (name === "knowledge") loadKnowledge();
+    if (name === "draft") loadDraft();
     if (name === "usage") loadUsage();
     if (name === "plugins") loadPlugins();
     if (name === "access") {
@@ -468,6 +472,7 @@
               current ? el("span", { class: "pill ok", text: "current" }) : null,
               el("span", { class: "muted small", text: fmtWhen(v.at) })),
             v.change ? el("div", { class: "v-change muted small", text: String(v.change) }) : null,
+            v.publication && v.publication.override ? el("div", { class: "v-change small form-error", text: `Override: “${v.publication.reason}” (failing: ${(v.publication.failing || []).join(", ")})` }) : null,
             current ? null : el("button", { type: "button", class: "btn small", text: "Roll back", onclick: () => rollback(v.version) }))
         );
       }
@@ -488,6 +493,183 @@
       showError(e);
     }
   }
+
+  // ---- Draft & tests ----------------------------------------------------------------------
+
+  function describeExpectation(e) {
+    const arg = e.source ?? e.text ?? e.rule;
+    return arg === undefined ? e.kind : `${e.kind}: ${arg}`;
+  }
+
+  async function loadDraft() {
+    $("draft-error").textContent = "";
+    try {
+      const [draft, live, tests] = await Promise.all([api("/api/v1/config/draft"), api("/api/v1/config"), api("/api/v1/config/tests")]);
+      $("draft-live").textContent = `live v${live.version}`;
+      $("draft-live-text").textContent = JSON.stringify(live.config, null, 2);
+      if (!state.draftDirty) {
+        $("draft-text").value = draft.draft ? JSON.stringify(draft.draft, null, 2) : "";
+        $("draft-status").textContent = draft.draft ? "saved" : "none yet: copy the live configuration to start";
+      }
+      state.tests = tests.tests || [];
+      renderTests();
+    } catch (e) {
+      showError(e);
+    }
+  }
+
+  function renderTests() {
+    const body = $("tests");
+    clear(body);
+    const results = new Map(((state.suite && state.suite.cases) || []).map((c) => [c.id, c]));
+    $("tests-empty").hidden = state.tests.length > 0;
+    for (const t of state.tests) {
+      const r = results.get(t.id);
+      const expects = el("ul", { class: "expects" });
+      t.test.expect.forEach((e, i) => {
+        const judged = r && r.expect[i];
+        expects.append(el("li", { class: judged ? (judged.passed ? "pass" : "fail") : "" },
+          (judged ? (judged.passed ? "✓ " : "✗ ") : "") + describeExpectation(e),
+          judged && !judged.passed ? el("span", { class: "muted small", text: ` — ${judged.detail}` }) : null));
+      });
+      const result = r ? el("span", { class: r.passed ? "pill ok" : "pill off", text: r.passed ? "pass" : "fail" }) : el("span", { class: "muted small", text: "not run" });
+      body.append(el("tr", { "data-test": t.id },
+        el("td", {}, el("code", { text: t.id })),
+        el("td", { text: t.test.messages.join(" ⏎ ") }),
+        el("td", {}, expects),
+        el("td", {}, result),
+        el("td", { class: "actions" },
+          el("button", { type: "button", class: "btn small ghost", text: "Edit", onclick: () => editTest(t) }),
+          el("button", { type: "button", class: "btn small danger-ghost", text: "Delete", onclick: () => deleteTest(t.id) }))));
+    }
+    const summary = $("suite-summary");
+    if (state.suite) {
+      summary.hidden = false;
+      summary.className = state.suite.passed ? "pill ok" : "pill off";
+      summary.textContent = state.suite.passed ? `all ${state.suite.total} pass` : `${state.suite.failed} of ${state.suite.total} fail`;
+    } else summary.hidden = true;
+  }
+
+  function editTest(t) {
+    $("test-id").value = t.id;
+    $("test-messages").value = t.test.messages.join("\n");
+    $("test-expect").value = JSON.stringify(t.test.expect);
+    $("test-id").focus();
+  }
+
+  async function deleteTest(id) {
+    if (!(await confirmAction(`Delete test ${id}?`, "The test conversation is removed from the suite.", "Delete"))) return;
+    try {
+      await api(`/api/v1/config/tests/${encodeURIComponent(id)}`, { method: "DELETE" });
+      await loadDraft();
+    } catch (e) {
+      showError(e);
+    }
+  }
+
+  $("draft-text").addEventListener("input", () => {
+    state.draftDirty = true;
+    $("draft-status").textContent = "unsaved changes";
+  });
+  $("draft-from-live").addEventListener("click", () => {
+    $("draft-text").value = $("draft-live-text").textContent;
+    state.draftDirty = true;
+    $("draft-status").textContent = "unsaved changes";
+  });
+
+  async function saveDraft() {
+    $("draft-error").textContent = "";
+    try {
+      await api("/api/v1/config/draft", { method: "PUT", body: $("draft-text").value });
+      state.draftDirty = false;
+      $("draft-status").textContent = "saved";
+      return true;
+    } catch (e) {
+      $("draft-error").textContent = `${e.code}${e.field ? ` (${e.field})` : ""}: ${e.message}`;
+      return false;
+    }
+  }
+  $("draft-save").addEventListener("click", saveDraft);
+
+  $("test-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    $("test-error").textContent = "";
+    const id = $("test-id").value.trim();
+    let expect;
+    try {
+      expect = JSON.parse($("test-expect").value || "[]");
+    } catch (_) {
+      $("test-error").textContent = "The expectations are not valid JSON.";
+      return;
+    }
+    const messages = $("test-messages").value.split("\n").map((m) => m.trim()).filter(Boolean);
+    try {
+      await api(`/api/v1/config/tests/${encodeURIComponent(id)}`, { method: "PUT", body: { messages, expect } });
+      $("test-form").reset();
+      await loadDraft();
+    } catch (e) {
+      $("test-error").textContent = `${e.code}${e.field ? ` (${e.field})` : ""}: ${e.message}`;
+    }
+  });
+
+  async function runSuite() {
+    if (state.draftDirty && !(await saveDraft())) return;
+    $("suite-run").disabled = true;
+    try {
+      state.suite = await api("/api/v1/config/draft/test", { method: "POST" });
+      renderTests();
+    } catch (e) {
+      showError(e);
+    } finally {
+      $("suite-run").disabled = false;
+    }
+  }
+  $("suite-run").addEventListener("click", runSuite);
+
+  async function publish(body) {
+    if (state.draftDirty && !(await saveDraft())) return;
+    $("draft-publish").disabled = $("publish-anyway").disabled = true;
+    $("override-error").textContent = "";
+    try {
+      const out = await api("/api/v1/config/draft/publish", { method: "POST", body });
+      state.suite = out.suite;
+      $("publish-blocked").hidden = true;
+      $("override-reason").value = "";
+      renderTests();
+      const cfg = await api("/api/v1/config");
+      loadConfig(cfg);
+      loadVersions();
+      $("draft-live").textContent = `live v${out.version}`;
+      $("draft-live-text").textContent = JSON.stringify(cfg.config, null, 2);
+      $("draft-status").textContent = out.override ? `published as v${out.version} (override)` : `published as v${out.version}`;
+    } catch (e) {
+      if (e.code === "suite_failed" && e.body && e.body.suite) {
+        state.suite = e.body.suite;
+        renderTests();
+        $("publish-blocked-text").textContent = e.message;
+        const list = $("publish-failing");
+        clear(list);
+        for (const c of state.suite.cases.filter((c) => !c.passed)) {
+          const failed = c.expect.filter((x) => !x.passed).map((x) => `${describeExpectation(x)} — ${x.detail}`);
+          list.append(el("li", {}, el("code", { text: c.id }), ` ${failed.join("; ") || c.stopped || ""}`));
+        }
+        $("publish-blocked").hidden = false;
+      } else if (body && body.override) {
+        $("override-error").textContent = `${e.code}: ${e.message}`;
+      } else showError(e);
+    } finally {
+      $("draft-publish").disabled = $("publish-anyway").disabled = false;
+    }
+  }
+  $("draft-publish").addEventListener("click", () => publish(undefined));
+  $("publish-anyway").addEventListener("click", () => {
+    const reason = $("override-reason").value.trim();
+    if (!reason) {
+      $("override-error").textContent = "Say why: the reason is kept in the version history.";
+      return;
+    }
+    publish({ override: true, reason });
+  });
 
   // ---- Knowledge base ---------------------------------------------------------------------
 

@@ -166,19 +166,17 @@ pub(crate) async fn current_document(
         .map_err(|e| ApiError::internal(format!("reading the configuration: {e}")))
 }
 
-/// Stores `document` (already validated) as the next version and makes it current; returns
-/// the new version. The isolate's cache forgets the tenant at once; other isolates see the
-/// change within their cache time and KV's propagation.
-pub(crate) async fn store_version(
-    env: &Env,
-    tenant: &TenantId,
-    document: &str,
-    change: String,
-) -> Result<u64, ApiError> {
-    let store = kv(env)?;
-    let meta = meta(env, tenant).await?;
-    let (version, ops) =
-        config_history::store_version(&meta, tenant, document, change, crate::provider::now());
+/// A document the configuration's storage keeps beside it (the draft, the test cases).
+pub(crate) async fn get_text(env: &Env, key: &str) -> Result<Option<String>, ApiError> {
+    kv(env)?
+        .get(key)
+        .text()
+        .await
+        .map_err(|e| ApiError::internal(format!("reading {key}: {e}")))
+}
+
+/// Applies the engine's writes in order.
+async fn apply(store: &worker::KvStore, ops: Vec<KvOp>) -> Result<(), ApiError> {
     for op in ops {
         match op {
             KvOp::Put(key, value) => store
@@ -193,6 +191,50 @@ pub(crate) async fn store_version(
             }
         }
     }
+    Ok(())
+}
+
+/// Carries out one of the engine's writes to the configuration's storage.
+pub(crate) async fn write(env: &Env, op: KvOp) -> Result<(), ApiError> {
+    apply(&kv(env)?, vec![op]).await
+}
+
+/// Makes `document` (a draft, already validated) the next version, its history entry
+/// keeping how its test suite did ([`config_history::publish_version`]).
+pub(crate) async fn publish_version(
+    env: &Env,
+    tenant: &TenantId,
+    document: &str,
+    publication: config_history::Publication,
+) -> Result<u64, ApiError> {
+    let store = kv(env)?;
+    let meta = meta(env, tenant).await?;
+    let (version, ops) = config_history::publish_version(
+        &meta,
+        tenant,
+        document,
+        publication,
+        crate::provider::now(),
+    );
+    apply(&store, ops).await?;
+    CACHE.with(|c| c.borrow_mut().remove(tenant.as_str()));
+    Ok(version)
+}
+
+/// Stores `document` (already validated) as the next version and makes it current; returns
+/// the new version. The isolate's cache forgets the tenant at once; other isolates see the
+/// change within their cache time and KV's propagation.
+pub(crate) async fn store_version(
+    env: &Env,
+    tenant: &TenantId,
+    document: &str,
+    change: String,
+) -> Result<u64, ApiError> {
+    let store = kv(env)?;
+    let meta = meta(env, tenant).await?;
+    let (version, ops) =
+        config_history::store_version(&meta, tenant, document, change, crate::provider::now());
+    apply(&store, ops).await?;
     CACHE.with(|c| c.borrow_mut().remove(tenant.as_str()));
     Ok(version)
 }

@@ -8,6 +8,7 @@
 mod attachments;
 mod config;
 mod conversation;
+mod drafts;
 mod gateway;
 mod http;
 mod inbox;
@@ -344,6 +345,14 @@ async fn handle(
         Route::Config(c) => {
             let (tenant, _) = admin_tenant(req, env).await?;
             match c {
+                api::ConfigRoute::Draft
+                | api::ConfigRoute::PutDraft
+                | api::ConfigRoute::RunTests
+                | api::ConfigRoute::Publish
+                | api::ConfigRoute::Tests
+                | api::ConfigRoute::Test(_)
+                | api::ConfigRoute::PutTest(_)
+                | api::ConfigRoute::DeleteTest(_) => drafts::handle(c, req, env, &tenant, limit).await,
                 api::ConfigRoute::Get => {
                     let meta = config::meta(env, &tenant).await?;
                     let document = config::current_document(env, &tenant).await?;

@@ -46,8 +46,29 @@ pub struct ConfigVersion {
     pub version: u64,
     /// When it was stored (RFC 3339).
     pub at: String,
-    /// `put` or `rollback to N`.
+    /// `put`, `rollback to N` or `publish draft`.
     pub change: String,
+    /// For a published draft: how its test suite did, and an override's reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publication: Option<Publication>,
+}
+
+/// How a published version came about, kept in its history entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Publication {
+    /// Cases that passed.
+    pub passed: usize,
+    /// Cases that failed.
+    pub failed: usize,
+    /// The failing cases' ids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failing: Vec<String>,
+    /// The operator published a failing draft on purpose.
+    #[serde(default, rename = "override")]
+    pub overridden: bool,
+    /// Why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl ConfigMeta {
@@ -80,6 +101,33 @@ pub fn store_version(
     change: String,
     now: Timestamp,
 ) -> (u64, Vec<KvOp>) {
+    store_entry(meta, tenant, document, change, None, now)
+}
+
+/// [`store_version`] for a published draft: its history entry keeps the [`Publication`].
+pub fn publish_version(
+    meta: &ConfigMeta,
+    tenant: &TenantId,
+    document: &str,
+    publication: Publication,
+    now: Timestamp,
+) -> (u64, Vec<KvOp>) {
+    let change = if publication.overridden {
+        format!("publish draft (override: {} failing)", publication.failed)
+    } else {
+        "publish draft".to_owned()
+    };
+    store_entry(meta, tenant, document, change, Some(publication), now)
+}
+
+fn store_entry(
+    meta: &ConfigMeta,
+    tenant: &TenantId,
+    document: &str,
+    change: String,
+    publication: Option<Publication>,
+    now: Timestamp,
+) -> (u64, Vec<KvOp>) {
     let version = meta.version + 1;
     let mut next = meta.clone();
     next.version = version;
@@ -89,6 +137,7 @@ pub fn store_version(
             version,
             at: now.to_rfc3339(),
             change,
+            publication,
         },
     );
     let dropped = next.history.split_off(HISTORY.min(next.history.len()));

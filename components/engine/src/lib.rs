@@ -31,6 +31,7 @@ pub mod demo;
 pub mod deployment;
 pub mod destination;
 pub mod dialogue;
+pub mod draft;
 pub mod error;
 pub mod gateway;
 pub mod handoff;

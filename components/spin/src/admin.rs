@@ -120,6 +120,12 @@ pub fn mint_token(kv: &Kv, req: &Incoming) -> Result<Reply, ApiError> {
 /// `/api/v1/config…`.
 pub fn config(kv: &Kv, req: &Incoming, route: ConfigRoute) -> Result<Reply, ApiError> {
     let (tenant, _) = operator(kv, req)?;
+    if !matches!(
+        route,
+        ConfigRoute::Get | ConfigRoute::Put | ConfigRoute::Versions | ConfigRoute::Rollback
+    ) {
+        return crate::drafts::route(kv, req, &tenant, route);
+    }
     let meta = ConfigMeta::from_json(kv.get_text(&config_history::meta_key(&tenant))?.as_deref());
     match route {
         ConfigRoute::Get => {
@@ -175,6 +181,7 @@ pub fn config(kv: &Kv, req: &Incoming, route: ConfigRoute) -> Result<Reply, ApiE
                 &json!({"tenant": tenant.as_str(), "version": version, "restored": target}),
             ))
         }
+        _ => Err(ApiError::internal("a draft route")),
     }
 }
 

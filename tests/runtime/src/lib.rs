@@ -35,6 +35,7 @@
 pub mod attachments;
 pub mod body_limits;
 pub mod config;
+pub mod drafts;
 pub mod gateway;
 pub mod handoff;
 pub mod knowledge;

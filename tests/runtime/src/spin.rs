@@ -111,6 +111,8 @@ pub const SPIN_SCENARIOS: &[(&str, Option<&str>)] = &[
     ("replay_matches_across_runtimes", None),
     ("long_conversation_summarised", None),
     ("replay_is_admitted_by_quotas", None),
+    ("draft_suite_gates_publish", None),
+    ("drafts_are_the_operators", None),
 ];
 
 const NO_WEBSOCKETS: &str = "Spin has no WebSockets: live updates there are Server-Sent \
@@ -173,6 +175,7 @@ pub fn tenants(all: &[(String, Value)]) -> Vec<(String, Value)> {
                     | "machine-replay"
                     | "machine-quota"
                     | "cs-summary"
+                    | "draft"
             ) || id.starts_with("plug-")
         })
         .cloned()

@@ -113,6 +113,7 @@ async fn run(selected: Vec<Scenario>) -> (usize, usize) {
     tenants.extend(kefu_runtime_tests::webhooks::tenants(&mock.base_url()));
     tenants.extend(kefu_runtime_tests::knowledge::tenants(&mock.base_url()));
     tenants.extend(kefu_runtime_tests::config::tenants(&mock.base_url()));
+    tenants.extend(kefu_runtime_tests::drafts::tenants(&mock.base_url()));
     tenants.extend(kefu_runtime_tests::attachments::tenants(&mock.base_url()));
     tenants.extend(kefu_runtime_tests::plugins::tenants(&mock.base_url()));
     tenants.extend(kefu_runtime_tests::plugin_routes::tenants(&mock.base_url()));

@@ -76,7 +76,7 @@ impl ApiError {
         }
     }
 
-    pub(super) fn field(mut self, field: &str) -> Self {
+    pub(crate) fn field(mut self, field: &str) -> Self {
         self.field = Some(field.to_owned());
         self
     }

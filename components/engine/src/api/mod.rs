@@ -53,7 +53,8 @@ pub use plugins::{
 pub use route::{
     BodyLimit, ConfigRoute, ConversationAction, DEFAULT_BODY_LIMIT, INTERNAL_BODY_LIMIT,
     KnowledgeRoute, MAX_BODY_BYTES, MAX_REPLAY_BYTES, OPENAI_MAX_REQUEST_BYTES, Route,
-    TENANT_HEADER, body_limit, health_json, is_group_key, request_body_limit, route, tenant,
+    TENANT_HEADER, body_limit, health_json, is_group_key, is_test_id, request_body_limit, route,
+    tenant,
 };
 pub use transcript::{citations_json, conversation_json, inbox_entry_json, message_json};
 

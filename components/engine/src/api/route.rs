@@ -104,6 +104,34 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         ),
         "/api/v1/config/versions" => ("GET", Ok(Route::Config(ConfigRoute::Versions))),
         "/api/v1/config/rollback" => ("POST", Ok(Route::Config(ConfigRoute::Rollback))),
+        "/api/v1/config/draft" => (
+            "GET, PUT",
+            Ok(Route::Config(if method == "PUT" {
+                ConfigRoute::PutDraft
+            } else {
+                ConfigRoute::Draft
+            })),
+        ),
+        "/api/v1/config/draft/test" => ("POST", Ok(Route::Config(ConfigRoute::RunTests))),
+        "/api/v1/config/draft/publish" => ("POST", Ok(Route::Config(ConfigRoute::Publish))),
+        "/api/v1/config/tests" => ("GET", Ok(Route::Config(ConfigRoute::Tests))),
+        _ if path.starts_with("/api/v1/config/tests/") => {
+            let id = &path["/api/v1/config/tests/".len()..];
+            let route = if !is_test_id(id) {
+                Err(ApiError::new(
+                    404,
+                    "test_not_found",
+                    "test ids are 1 to 64 characters of [A-Za-z0-9_.-]",
+                ))
+            } else {
+                Ok(Route::Config(match method {
+                    "PUT" => ConfigRoute::PutTest(id.to_owned()),
+                    "DELETE" => ConfigRoute::DeleteTest(id.to_owned()),
+                    _ => ConfigRoute::Test(id.to_owned()),
+                }))
+            };
+            ("GET, PUT, DELETE", route)
+        }
         "/api/v1/knowledge/sources" => ("GET", Ok(Route::Knowledge(KnowledgeRoute::ListSources))),
         "/api/v1/knowledge/search" => ("GET", Ok(Route::Knowledge(KnowledgeRoute::Search))),
         "/api/v1/knowledge/unanswered" => ("GET", Ok(Route::Knowledge(KnowledgeRoute::Unanswered))),
@@ -245,8 +273,18 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
     route
 }
 
+/// Whether `id` may name a test case (`/api/v1/config/tests/{id}`): 1 to 64 characters of
+/// `[A-Za-z0-9_.-]`.
+pub fn is_test_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
 /// A configuration request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ConfigRoute {
     /// `GET /api/v1/config`: the current document and its version.
     Get,
@@ -256,6 +294,23 @@ pub enum ConfigRoute {
     Versions,
     /// `POST /api/v1/config/rollback` `{"version"}`: make an earlier version current again.
     Rollback,
+    /// `GET /api/v1/config/draft`: the draft beside the live version.
+    Draft,
+    /// `PUT /api/v1/config/draft`: validate and store the draft (nothing goes live).
+    PutDraft,
+    /// `POST /api/v1/config/draft/test`: run the test suite against the draft.
+    RunTests,
+    /// `POST /api/v1/config/draft/publish` `{"override"?, "reason"?}`: run the suite, then
+    /// make the draft the next version if it passes (or the operator overrides).
+    Publish,
+    /// `GET /api/v1/config/tests`: every test case.
+    Tests,
+    /// `GET /api/v1/config/tests/{id}`.
+    Test(String),
+    /// `PUT /api/v1/config/tests/{id}`: add or replace a test case.
+    PutTest(String),
+    /// `DELETE /api/v1/config/tests/{id}`.
+    DeleteTest(String),
 }
 
 /// A knowledge-base request.
@@ -435,7 +490,7 @@ pub const INTERNAL_BODY_LIMIT: BodyLimit =
 /// The body limit of `route`: the one table both hosts enforce while they read.
 pub fn body_limit(route: &Route) -> BodyLimit {
     match route {
-        Route::Config(ConfigRoute::Put) => {
+        Route::Config(ConfigRoute::Put | ConfigRoute::PutDraft) => {
             BodyLimit::payload(MAX_CONFIG_BYTES, "the configuration")
         }
         Route::ConversationReplay(_) => BodyLimit::payload(MAX_REPLAY_BYTES, "the replay request"),

@@ -22,6 +22,9 @@
 //!   on a scratch copy the machine keeps itself (nothing stored is changed), identical on
 //!   every host.
 //!
+//! - [`SuiteRun`]: a tenant's test cases run against its draft configuration, each a
+//!   scratch conversation through [`ChatTurn`], judged by [`crate::draft`].
+//!
 //! [`render`] makes the chat API's JSON answer or its stream's closing frames from an
 //! [`Outcome`].
 
@@ -31,6 +34,7 @@ mod knowledge;
 mod model;
 mod render;
 mod replay;
+mod suite;
 mod unanswered;
 mod visitor;
 
@@ -44,6 +48,7 @@ pub use knowledge::{EMBEDDING_TIMEOUT_MS, Got, IndexPlan, Need, SearchPlan, inva
 pub use model::ModelCall;
 pub use render::{Rendered, render, render_accepted, render_delta};
 pub use replay::ReplayRun;
+pub use suite::SuiteRun;
 pub use unanswered::{
     GroupAnswer, MAX_GROUP_ANSWER_CHARS, MAX_GROUPS_LISTED, UnansweredPlan, answer_source,
     answer_source_id, group_json, parse_group_answer,

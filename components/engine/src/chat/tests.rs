@@ -381,3 +381,141 @@ fn outcomes_are_recorded_as_the_replay_console_reads_them() {
     }));
     assert!(matches!(quota.recorded(), R::Error { code, .. } if code == "quota_exceeded"));
 }
+
+/// Drives a [`SuiteRun`] as a host would, every model call answered by `model(body)`;
+/// `refuse_after` admissions are granted, later ones refused by the quota.
+fn run_suite(
+    suite: &[(&str, &str)],
+    refuse_after: usize,
+    model: impl Fn(&str) -> String,
+) -> serde_json::Value {
+    let cases = suite
+        .iter()
+        .map(|(id, body)| {
+            (
+                (*id).to_owned(),
+                crate::draft::parse_test_case(body.as_bytes()).unwrap(),
+            )
+        })
+        .collect();
+    let tenant = TenantId::parse("acme").unwrap();
+    let mut run = SuiteRun::new(at(5), tenant, config(), cases, Default::default(), 1);
+    let mut admitted = 0;
+    loop {
+        let action = run.poll_action().expect("an action");
+        match action {
+            Action::Admit { .. } => {
+                admitted += 1;
+                let input = if admitted > refuse_after {
+                    Err(Refusal::Quota(QuotaError {
+                        limit: Limit::RequestsPerMinute,
+                        retry_after: Duration::from_millis(1500),
+                    }))
+                } else {
+                    Ok(Grant::default())
+                };
+                run.handle(at(6), Input::Admission(input));
+            }
+            Action::CallProvider {
+                attempt, request, ..
+            } => {
+                let text = model(&String::from_utf8_lossy(&request.body));
+                answer(&mut run, at(7), attempt, &text);
+            }
+            Action::Settle(_) => {}
+            Action::Finished => break,
+            other => panic!("a test run asked for {other:?}"),
+        }
+    }
+    assert!(run.poll_action().is_none());
+    run.result()
+}
+
+#[test]
+fn a_suite_runs_each_case_through_the_chat_turn_and_judges_it() {
+    let result = run_suite(
+        &[
+            (
+                "refund",
+                r#"{"messages": ["I want a refund"], "expect": [{"kind": "rule", "rule": "refund"}, {"kind": "mentions", "text": "5 DAYS"}]}"#,
+            ),
+            (
+                "parcel",
+                r#"{"messages": ["Where is my parcel?", "And the invoice?"], "expect": [{"kind": "mentions", "text": "on its way"}, {"kind": "never_mentions", "text": "refund"}, {"kind": "no_pii_to_model"}]}"#,
+            ),
+            (
+                "person",
+                r#"{"messages": ["hello", "talk to a human please"], "expect": [{"kind": "handoff"}]}"#,
+            ),
+            (
+                "email",
+                r#"{"messages": ["my address is ana@example.com"], "expect": [{"kind": "no_pii_to_model"}, {"kind": "no_answer"}]}"#,
+            ),
+        ],
+        usize::MAX,
+        |_| "It is on its way.".into(),
+    );
+    let case = |id: &str| {
+        result["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(result["total"], 4, "{result}");
+    assert_eq!(case("refund")["passed"], true, "{result}");
+    assert_eq!(case("refund")["turns"][0]["responder"], "rule");
+    // Two messages, two model turns; the second sees the first's reply in its history.
+    let parcel = case("parcel");
+    assert_eq!(parcel["passed"], true, "{parcel}");
+    assert_eq!(parcel["turns"].as_array().unwrap().len(), 2);
+    assert_eq!(parcel["turns"][1]["responder"], "provider");
+    assert_eq!(case("person")["passed"], true, "{result}");
+    assert_eq!(case("person")["turns"][1]["handoff"], true);
+    // The e-mail address reached the model, and the model answered: both fail, with why.
+    let email = case("email");
+    assert_eq!(email["passed"], false);
+    assert_eq!(email["expect"][0]["passed"], false);
+    assert!(
+        email["expect"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("e-mail address"),
+        "{email}"
+    );
+    assert_eq!(email["expect"][1]["passed"], false);
+    assert_eq!(result["passed"], false);
+    assert_eq!(result["failing"], json!(["email"]));
+}
+
+#[test]
+fn a_quota_refusal_stops_the_suite_and_fails_what_did_not_run() {
+    let result = run_suite(
+        &[
+            (
+                "a",
+                r#"{"messages": ["Where is my parcel?"], "expect": [{"kind": "mentions", "text": "way"}]}"#,
+            ),
+            (
+                "b",
+                // Holds, but the visitor got no answer: the case fails all the same.
+                r#"{"messages": ["And my invoice?"], "expect": [{"kind": "never_mentions", "text": "refund"}]}"#,
+            ),
+            (
+                "c",
+                r#"{"messages": ["Hello?"], "expect": [{"kind": "mentions", "text": "way"}]}"#,
+            ),
+        ],
+        1,
+        |_| "On its way.".into(),
+    );
+    assert_eq!(result["cases"][0]["passed"], true, "{result}");
+    assert_eq!(result["cases"][1]["passed"], false);
+    assert_eq!(result["cases"][1]["expect"][0]["passed"], true);
+    assert_eq!(result["cases"][1]["turns"][0]["error"], "quota_exceeded");
+    assert_eq!(result["cases"][2]["passed"], false);
+    assert!(result["cases"][2]["stopped"].is_string(), "{result}");
+    assert_eq!(result["failing"], json!(["b", "c"]));
+}
