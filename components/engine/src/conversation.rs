@@ -516,19 +516,24 @@ mod tests {
         assert_eq!(Message::decode(&message).unwrap(), c.window[0]);
     }
 
+    /// An OpenAI model, as a tenant's single `provider`.
+    fn openai_provider() -> crate::config::ProviderConfig {
+        crate::config::ProviderConfig {
+            kind: crate::wire::ProviderKind::Openai,
+            base_url: "https://api.example.test/v1".into(),
+            model: "gpt-4o-mini".into(),
+            api_key_secret: None,
+            temperature: None,
+            max_tokens: None,
+            vision: None,
+        }
+    }
+
     #[test]
     fn a_turn_sees_stored_files_as_the_host_resolved_them() {
         use crate::attachment::{Resolved, accept, new_id};
         let cfg = TenantConfig {
-            provider: Some(crate::config::ProviderConfig {
-                kind: crate::wire::ProviderKind::Openai,
-                base_url: "https://api.example.test/v1".into(),
-                model: "gpt-4o-mini".into(),
-                api_key_secret: None,
-                temperature: None,
-                max_tokens: None,
-                vision: None,
-            }),
+            provider: Some(openai_provider()),
             ..TenantConfig::default()
         };
         let png = b"\x89PNG\r\n\x1a\nrest".as_slice();
@@ -657,15 +662,7 @@ mod tests {
     fn what_leaves_the_window_is_summarised_and_prompted() {
         let cfg = TenantConfig {
             history_window: 4,
-            provider: Some(crate::config::ProviderConfig {
-                kind: crate::wire::ProviderKind::Openai,
-                base_url: "https://api.example.test/v1".into(),
-                model: "gpt-4o-mini".into(),
-                api_key_secret: None,
-                temperature: None,
-                max_tokens: None,
-                vision: None,
-            }),
+            provider: Some(openai_provider()),
             ..TenantConfig::default()
         };
         let mut c = conv();
