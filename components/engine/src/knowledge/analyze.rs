@@ -179,11 +179,6 @@ const STOP_HAN: &[char] = &[
     '以', '嘛', '哦', '喔', '啦', '没', '不', '里',
 ];
 
-/// Characters of other scripts written without spaces, searched like Chinese.
-fn is_ideograph(c: char) -> bool {
-    is_han(c)
-}
-
 /// A piece of text as the analyzer sees it: words and ideographs in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Piece {
@@ -199,7 +194,7 @@ fn pieces(text: &str) -> Vec<Piece> {
     let mut after_han = false;
     let mut chars = text.chars();
     while let Some(c) = chars.next() {
-        if is_ideograph(c) {
+        if is_han(c) {
             if !word.is_empty() {
                 out.push(Piece::Word(core::mem::take(&mut word)));
             }
@@ -424,7 +419,7 @@ fn phrase_keys(phrase: &str) -> Vec<String> {
 }
 
 fn han_text(phrase: &str) -> String {
-    phrase.chars().filter(|c| is_ideograph(*c)).collect()
+    phrase.chars().filter(|c| is_han(*c)).collect()
 }
 
 /// Whether a phrase of a synonym entry or the thesaurus occurs in the question (its words
