@@ -27,7 +27,7 @@ WORKER_PLUGINS := workers/build/plugins/index.mjs
 WORKER_SOURCES := $(shell find workers/src components/engine/src -name '*.rs' 2>/dev/null) \
 	workers/Cargo.toml components/engine/Cargo.toml Cargo.toml Cargo.lock
 
-.PHONY: help setup rust-targets tools dev dev-spin worker spin plugins test check test-engine test-plugins test-runtime test-spin-host test-browser screenshots chromium wasm size bench clean
+.PHONY: help setup rust-targets tools dev dev-spin worker spin plugins test check test-engine test-plugins test-runtime test-spin-host test-browser screenshots chromium wasm size bench profile clean
 
 help:
 	@echo "make dev    set up everything and run Kefu locally on workerd (http://localhost:$(DEV_PORT)/demo, /widget-demo)"
@@ -35,6 +35,7 @@ help:
 	@echo "make test   set up everything and run every check and test"
 	@echo "make plugins  build the example plugins (components/plugins) into target/plugins/*.wasm"
 	@echo "make bench  measure Kefu's overhead against a pass-through Worker, and retrieval quality (writes docs/benchmarks-latest.md)"
+	@echo "make profile  where a gateway request and a chat turn spend their CPU inside workerd (V8 profiler)"
 	@echo "make size   report the Worker's and the widget's gzipped sizes"
 	@echo "make test-browser  the widget's and agent console's browser tests (Debian's Chromium, installed if missing)"
 	@echo "make screenshots   the browser tests, renewing docs/screenshots/"
@@ -108,6 +109,17 @@ size: $(WORKER_OUT)
 # Ratios in one run (see docs/benchmarks.md): Kefu against a pass-through Worker on the same
 # workerd and against the mock provider directly, plus the engine's CPU per turn; and the
 # retrieval benchmark (tests/retrieval) beside plain SQLite FTS5.
+# Where a request's CPU goes inside workerd (tests/bench/cpu-profile.mjs): a Worker build
+# that keeps its wasm's function names, the gateway and the chat turn sampled by V8's
+# profiler through the inspector.
+PROFILE_WORKER := target/profile-worker
+profile: setup $(WORKER_PLUGINS)
+	cd workers && $(CARGO_BIN)/worker-build --release --out-dir ../$(PROFILE_WORKER)
+	rm -rf $(PROFILE_WORKER)/plugins && cp -r workers/build/plugins $(PROFILE_WORKER)/plugins
+	cargo build --release -q -p kefu-runtime-tests --bin kefu-mock-provider
+	node tests/bench/cpu-profile.mjs --path gateway --requests 3000
+	node tests/bench/cpu-profile.mjs --path chat --requests 1000
+
 bench: setup $(WORKER_OUT)
 	cargo run --release -q -p kefu-runtime-tests --bin kefu-bench -- --write docs/benchmarks-latest.md
 	@$(MAKE) --no-print-directory size
