@@ -41,8 +41,8 @@ pub(crate) async fn search(
     let body = json!({"tenant": tenant.as_str(), "q": question, "k": k})
         .to_string()
         .into_bytes();
-    let mut resp = forward(&stub(env, tenant)?, Method::Post, "/search", Some(body)).await?;
-    let v: Value = resp.json().await.map_err(internal)?;
+    let resp = forward(&stub(env, tenant)?, Method::Post, "/search", Some(body)).await?;
+    let v: Value = crate::http::body_json(&resp).await.map_err(internal)?;
     serde_json::from_value(v["results"].clone()).map_err(internal)
 }
 
@@ -173,7 +173,7 @@ impl KnowledgeObject {
     ) -> Result<Vec<RetrievedChunk>, ApiError> {
         let config = crate::config::load(&self.env, tenant).await?;
         let secrets = crate::config::secrets(&self.env, tenant, &config);
-        let mut plan = SearchPlan::new(tenant.clone(), config, secrets, question, k);
+        let mut plan = SearchPlan::new(tenant.clone(), (*config).clone(), secrets, question, k);
         self.carry_out(|got| plan.step(got)).await;
         for warning in plan.warnings() {
             log(
