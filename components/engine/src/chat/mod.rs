@@ -34,6 +34,7 @@ mod knowledge;
 mod model;
 mod render;
 mod replay;
+mod staged;
 mod suite;
 mod unanswered;
 mod visitor;
@@ -48,6 +49,7 @@ pub use knowledge::{EMBEDDING_TIMEOUT_MS, Got, IndexPlan, Need, SearchPlan, inva
 pub use model::ModelCall;
 pub use render::{Rendered, render, render_accepted, render_delta};
 pub use replay::ReplayRun;
+pub use staged::{DraftSourcesPlan, staged_source_not_found};
 pub use suite::SuiteRun;
 pub use unanswered::{
     GroupAnswer, MAX_GROUP_ANSWER_CHARS, MAX_GROUPS_LISTED, UnansweredPlan, answer_source,
@@ -91,6 +93,9 @@ pub enum Action {
         query: String,
         /// How many chunks.
         top_k: u8,
+        /// Which knowledge base: the live one, or (a draft's test suite) the live one
+        /// overlaid with the draft's staged sources ([`crate::chat::SearchPlan::in_scope`]).
+        scope: crate::knowledge::Scope,
     },
     /// Read these stored files of the tenant (id, and whether the model wants the bytes
     /// rather than the extracted text); feed back [`Input::Files`].
