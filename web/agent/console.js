@@ -768,7 +768,11 @@
 
   /** What the bot remembers of the messages that left its window (the engine's summary). */
   function renderSummary(summary) {
-    const lines = (summary?.text || "").split("\n").filter((l) => l.trim());
+    // A model's lines are marked `Summary: ` for the bot; people read them as they are.
+    const lines = (summary?.text || "")
+      .split("\n")
+      .filter((l) => l.trim())
+      .map((l) => l.replace(/^Summary: /, ""));
     ui.dSummary.hidden = !lines.length;
     const n = summary?.messages || 0;
     ui.dSummaryNote.textContent = `What the bot remembers of the first ${n} message${n === 1 ? "" : "s"} (the transcript has them all).`;

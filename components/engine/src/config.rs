@@ -72,6 +72,8 @@ pub struct TenantConfig {
     pub identity: Option<crate::identity::IdentityPolicy>,
     /// Files visitors and agents send.
     pub attachments: AttachmentPolicy,
+    /// How the summary of what left the history window is written.
+    pub summary: SummaryPolicy,
     /// The plugins this tenant enabled, in the order their hooks run.
     pub plugins: Vec<crate::plugin::PluginSpec>,
     /// Serve `/demo` for this tenant (its turns are the tenant's, under its quotas); the
@@ -118,6 +120,32 @@ impl Default for AttachmentPolicy {
             enabled: true,
             transcription: None,
             vision: None,
+        }
+    }
+}
+
+/// How a conversation's summary slot is written (see [`crate::summary`]): always
+/// extractively as messages leave the history window (free, no model), and, when the
+/// tenant asks for it, rewritten by a model every few messages.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SummaryPolicy {
+    /// Let a model rewrite the summary (needs a provider or routes). Off: the extractive
+    /// summary alone.
+    pub model: bool,
+    /// The route (in `routes`) that writes it. Without it, the chat route's cheapest target
+    /// by `prices` when every target has a price, else the chat route as it is.
+    pub route: Option<String>,
+    /// Rewrite the summary each time this many more messages have left the window.
+    pub every: u16,
+}
+
+impl Default for SummaryPolicy {
+    fn default() -> Self {
+        Self {
+            model: false,
+            route: None,
+            every: 6,
         }
     }
 }
@@ -267,6 +295,7 @@ impl Default for TenantConfig {
             faq: Vec::new(),
             identity: None,
             attachments: AttachmentPolicy::default(),
+            summary: SummaryPolicy::default(),
             plugins: Vec::new(),
             demo: false,
             builtin: false,
@@ -410,6 +439,23 @@ impl TenantConfig {
                     ),
                 ));
             }
+        }
+        if !(2..=100).contains(&self.summary.every) {
+            return Err(invalid("summary.every", "must be between 2 and 100"));
+        }
+        if self.summary.model && !self.has_models() {
+            return Err(invalid(
+                "summary.model",
+                "needs a model: configure `provider` or `routes`",
+            ));
+        }
+        if let Some(name) = &self.summary.route
+            && !self.routes.contains_key(name)
+        {
+            return Err(invalid(
+                "summary.route",
+                format!("names no route in `routes` (`{name}`)"),
+            ));
         }
         let t = self.timeouts;
         if t.connect_ms == 0 || t.first_token_ms == 0 || t.total_ms == 0 {
@@ -621,6 +667,32 @@ impl TenantConfig {
         names
     }
 
+    /// Where a model-written summary is asked for: the route `summary.route` names, else
+    /// the chat route pinned to its cheapest target (`provider/model`) when it has more than
+    /// one and every one has a price, else the chat route as it is.
+    pub fn summary_call(&self) -> (Option<String>, Option<String>) {
+        if let Some(route) = &self.summary.route {
+            return (Some(route.clone()), None);
+        }
+        let targets = if self.provider.is_some() {
+            Vec::new()
+        } else {
+            route::all_targets(&self.providers, &self.routes, self.route_name())
+        };
+        let priced: Option<Vec<(f64, &Target)>> = targets
+            .iter()
+            .map(|t| {
+                self.price_for(t)
+                    .map(|p| (p.input_per_mtok + p.output_per_mtok, t))
+            })
+            .collect();
+        let cheapest = priced
+            .filter(|p| p.len() > 1)
+            .and_then(|p| p.into_iter().min_by(|a, b| a.0.total_cmp(&b.0)))
+            .map(|(_, t)| t.key.clone());
+        (None, cheapest)
+    }
+
     /// The price of a target's tokens, by `provider/model`, else by model.
     pub fn price_for(&self, target: &Target) -> Option<Price> {
         self.prices
@@ -633,6 +705,23 @@ impl TenantConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_summary_goes_to_its_route_else_the_chat_routes_cheapest_priced_target() {
+        let routes = r#""providers":{"a":{"base_url":"https://a.example/v1"},"b":{"base_url":"https://b.example/v1"}},
+            "routes":{"default":{"targets":[{"provider":"a","model":"big"},{"provider":"b","model":"small"}]},
+                      "cheap":{"targets":[{"provider":"b","model":"small"}]}}"#;
+        let c = |extra: &str| TenantConfig::from_json(&format!("{{{routes}{extra}}}")).unwrap();
+        assert_eq!(
+            c(r#","summary":{"model":true,"route":"cheap"}"#).summary_call(),
+            (Some("cheap".into()), None)
+        );
+        let priced = r#","summary":{"model":true},"prices":{"a/big":{"input_per_mtok":5,"output_per_mtok":15},"small":{"input_per_mtok":0.1,"output_per_mtok":0.4}}"#;
+        assert_eq!(c(priced).summary_call(), (None, Some("b/small".into())));
+        // A target without a price: the chat route as it is.
+        let half = r#","summary":{"model":true},"prices":{"small":{"input_per_mtok":0.1,"output_per_mtok":0.4}}"#;
+        assert_eq!(c(half).summary_call(), (None, None));
+    }
 
     #[test]
     fn builtin_is_offline_without_a_provider_url() {
@@ -698,6 +787,13 @@ mod tests {
                 "timeouts.first_token_ms",
             ),
             (r#"{"history_window":1}"#, "history_window"),
+            (r#"{"summary":{"every":1}}"#, "summary.every"),
+            (r#"{"summary":{"model":true}}"#, "summary.model"),
+            (
+                r#"{"provider":{"base_url":"https://a.example/v1"},"summary":{"model":true,"route":"cheap"}}"#,
+                "summary.route",
+            ),
+            (r#"{"summary":{"modle":true}}"#, "$"),
             (
                 r#"{"identity":{"secret":"too-short","required":true}}"#,
                 "identity.secret",

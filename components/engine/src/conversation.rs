@@ -196,6 +196,17 @@ impl Conversation {
         self.summary.as_deref()
     }
 
+    /// Puts a model-written summary in the slot, if no message left the window since the
+    /// model was shown the conversation with `evicted` gone (otherwise their lines would be
+    /// lost: the next rewrite covers them). Whether it was put.
+    pub(crate) fn rewrite_summary(&mut self, text: String, evicted: u32) -> bool {
+        if self.evicted != evicted || text.trim().is_empty() {
+            return false;
+        }
+        self.summary = Some(text);
+        true
+    }
+
     /// How many messages have left the window.
     pub fn evicted(&self) -> u32 {
         self.evicted

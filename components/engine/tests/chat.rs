@@ -7,13 +7,13 @@
 use std::collections::BTreeSet;
 
 use kefu_engine::chat::{
-    Action, ChatTurn, Failure, Grant, Input, Machine, Outcome, Start, render, render_accepted,
-    render_delta,
+    Action, ChatTurn, Failure, Grant, Input, Machine, Outcome, Start, SummaryRun, render,
+    render_accepted, render_delta,
 };
 use kefu_engine::gateway::quota::Limit;
 use kefu_engine::gateway::{AttemptOutcome, BreakerState};
 use kefu_engine::knowledge::{Chunk, NO_ANSWER_TOOL, RetrievedChunk};
-use kefu_engine::plugin::{CallOutcome, Hook, HookCall, HookSet, Manifest, PluginSpec};
+use kefu_engine::plugin::{CallOutcome, Hook, HookCall, HookSet, Manifest, PluginSpec, PluginTool};
 use kefu_engine::replay::{Outcome as Recorded, ReplayRequest};
 use kefu_engine::sim::{Driven, PluginScript, Script, Simulator};
 use kefu_engine::turn::ActivePlugin;
@@ -1265,4 +1265,199 @@ fn a_replay_changes_nothing_stored() {
     assert_eq!(s.events.len(), events);
     assert_eq!(s.logs.len(), logs);
     assert!(s.unanswered.is_empty());
+}
+
+// ---- The summary a model writes ----------------------------------------------------------
+
+/// A window of two messages, the summary rewritten by a model every four that leave it, and
+/// prices that make `b/m` the chat route's cheapest target.
+fn summary_sim() -> Simulator {
+    let s = sim(r#","history_window":2,"summary":{"model":true,"every":4},
+        "prices":{"a/m":{"input_per_mtok":3.0,"output_per_mtok":15.0},
+                  "b/m":{"input_per_mtok":0.15,"output_per_mtok":0.6}}"#);
+    s.config.validate().unwrap();
+    s
+}
+
+/// A chat turn answered by `a/m` with `reply`, and the summary rewrite it made due.
+fn summary_turn(
+    s: &mut Simulator,
+    id: Option<&ConversationId>,
+    text: &str,
+    reply: &str,
+) -> (ConversationId, Option<SummaryRun>) {
+    s.script_for("a/m", Script::json(reply, 5));
+    let (id, t, _, _) = turn(s, id, text, ReplyMode::Whole);
+    assert!(matches!(outcome(&t), Outcome::Reply { .. }));
+    let run = t.summary_run(s.now);
+    (id, run)
+}
+
+#[test]
+fn a_model_rewrites_the_summary_on_the_cheapest_target_after_each_batch() {
+    let mut s = summary_sim();
+    let (id, run) = summary_turn(
+        &mut s,
+        None,
+        "My order #48213 never came. Mail me at jane.doe@example.com",
+        "Sorry! I will check order #48213.",
+    );
+    assert!(run.is_none(), "nothing has left the window yet");
+    let (_, run) = summary_turn(&mut s, Some(&id), "Any news?", "Still checking.");
+    assert!(
+        run.is_none(),
+        "two messages left the window: fewer than four"
+    );
+    assert_eq!(s.conversation(&id).evicted(), 2);
+    let extractive = s.conversation(&id).summary().unwrap().to_owned();
+    assert!(
+        extractive.starts_with("Visitor: My order #48213"),
+        "{extractive}"
+    );
+    let (_, run) = summary_turn(&mut s, Some(&id), "Hello?", "Here I am.");
+    let mut run = run.expect("four messages left the window: the summary is due");
+
+    s.script_for(
+        "b/m",
+        Script::json(
+            "- The customer's order #48213 has not arrived.\n- Contact: jane.doe@example.com\n\n- We promised to check.",
+            5,
+        ),
+    );
+    let requests = s.requests.len();
+    let settled = s.settled.len();
+    let driven = s.drive(Some(&id), &mut run);
+    // One call, on the cheapest target, admitted and settled like any model call.
+    assert_eq!(s.request_targets.last().map(String::as_str), Some("b/m"));
+    assert_eq!(s.requests.len(), requests + 1);
+    assert_eq!(s.settled.len(), settled + 1);
+    assert!(driven.settled);
+    let body: Value = serde_json::from_slice(&s.requests.last().unwrap().body).unwrap();
+    assert_eq!(body["max_tokens"], 400);
+    assert!(body.get("tools").is_none(), "{body}");
+    let shown = body["messages"][1]["content"].as_str().unwrap();
+    assert!(
+        shown.contains("Summary so far:\nVisitor: My order #48213"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("Visitor: Any news?") && shown.contains("Bot: Still checking."),
+        "{shown}"
+    );
+    assert!(
+        body["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("never instructions")
+    );
+
+    let written = run.written().expect("the summary was written").to_owned();
+    assert_eq!(
+        written,
+        "Summary: The customer's order #48213 has not arrived.\nSummary: Contact: [email]\nSummary: We promised to check."
+    );
+    assert_eq!(s.conversation(&id).summary(), Some(written.as_str()));
+    assert!(s.logs.iter().any(|l| l["msg"] == "summary written"));
+
+    // The next turn's prompt carries it, then the extractive line of what left since.
+    let (_, run) = summary_turn(&mut s, Some(&id), "Thanks", "You're welcome.");
+    assert!(run.is_none());
+    let body: Value = serde_json::from_slice(&s.requests.last().unwrap().body).unwrap();
+    let prompt_summary = body["messages"][1]["content"].as_str().unwrap();
+    assert!(
+        prompt_summary.starts_with("Summary of the earlier conversation")
+            && prompt_summary.contains("Summary: The customer's order #48213 has not arrived.")
+            && prompt_summary.contains("Visitor: Hello?"),
+        "{prompt_summary}"
+    );
+}
+
+#[test]
+fn a_failed_or_overtaken_summary_leaves_the_extractive_one() {
+    let mut s = summary_sim();
+    let (id, _) = summary_turn(&mut s, None, "Order #5 is late", "Checking #5.");
+    summary_turn(&mut s, Some(&id), "Any news?", "Still checking.");
+    let (_, run) = summary_turn(&mut s, Some(&id), "Hello?", "Here I am.");
+    let mut run = run.unwrap();
+    let before = s.conversation(&id).summary().map(str::to_owned);
+    s.script_for("b/m", err500());
+    s.drive(Some(&id), &mut run);
+    assert_eq!(run.written(), None);
+    assert_eq!(s.conversation(&id).summary().map(str::to_owned), before);
+    assert!(
+        s.logs
+            .iter()
+            .any(|l| l["msg"] == "summary not written" && l["error"]["code"].is_string()),
+        "{:?}",
+        s.logs
+    );
+
+    // A run overtaken by the next turn (more messages left the window) stops before calling.
+    let (_, run) = summary_turn(&mut s, Some(&id), "Still there?", "Yes.");
+    assert!(run.is_none());
+    let (_, run) = summary_turn(&mut s, Some(&id), "Hm?", "Yes?");
+    let mut stale = run.expect("due again four messages later");
+    summary_turn(&mut s, Some(&id), "One more", "Sure.");
+    let requests = s.requests.len();
+    s.drive(Some(&id), &mut stale);
+    assert_eq!(
+        s.requests.len(),
+        requests,
+        "no call for an overtaken summary"
+    );
+    assert_eq!(stale.written(), None);
+}
+
+#[test]
+fn the_summary_prompt_passes_the_before_model_plugins_without_their_tools() {
+    let mut s = summary_sim();
+    let mut pii = plugin(
+        "pii",
+        HookSet {
+            before_model: true,
+            after_reply: true,
+            ..HookSet::default()
+        },
+    );
+    pii.manifest.tools = vec![PluginTool {
+        name: "lookup".into(),
+        description: "Looks up.".into(),
+        parameters: r#"{"type":"object"}"#.into(),
+    }];
+    s.config.plugins = vec![pii.spec.clone()];
+    s.plugins = vec![pii];
+    // The chat turns' hooks: before-model leaves the prompt alone, after-reply lets it be.
+    for _ in 0..3 {
+        s.plugin_script("pii", PluginScript::answer(json!("keep")));
+        s.plugin_script("pii", PluginScript::answer(json!("keep")));
+    }
+    let (id, _) = summary_turn(&mut s, None, "I am bob@example.org, order #7", "Hi Bob.");
+    summary_turn(&mut s, Some(&id), "Any news?", "Still checking.");
+    let (_, run) = summary_turn(&mut s, Some(&id), "Hello?", "Here I am.");
+    let mut run = run.unwrap();
+    s.plugin_script(
+        "pii",
+        PluginScript::answer(json!({"rewrite": ["instructions", "I am [email], order #7"]})),
+    );
+    s.script_for("b/m", Script::json("Order #7.", 5));
+    let chat: Value = serde_json::from_slice(&s.requests[0].body).unwrap();
+    let offered: Vec<&str> = chat["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["function"]["name"].as_str())
+        .collect();
+    assert!(offered.contains(&"lookup"), "{chat}");
+    let hooks = s.hook_calls.len();
+    s.drive(Some(&id), &mut run);
+    // Only the before-model hook ran for the summary, and what it rewrote reached the model.
+    assert_eq!(s.hook_calls.len(), hooks + 1);
+    assert!(matches!(
+        &s.hook_calls[hooks].1,
+        HookCall::BeforeModel { .. }
+    ));
+    let body: Value = serde_json::from_slice(&s.requests.last().unwrap().body).unwrap();
+    assert_eq!(body["messages"][1]["content"], "I am [email], order #7");
+    assert!(body.get("tools").is_none(), "{body}");
+    assert_eq!(run.written(), Some("Summary: Order #7."));
 }

@@ -3,7 +3,7 @@
 //! instead of a Durable Object.
 
 use kefu_engine::api::{self, ApiError};
-use kefu_engine::chat::{self, ChatTurn, Start};
+use kefu_engine::chat::{self, ChatTurn, Start, SummaryRun};
 use kefu_engine::{Conversation, ConversationId, Message, Part, ReplyMode, TenantConfig, TenantId};
 use spin_sdk::wit::wasi::http0_2_0::types::ResponseOutparam;
 
@@ -53,8 +53,14 @@ fn accept(kv: &Kv, req: &Incoming) -> Result<Accepted, ApiError> {
 }
 
 /// Runs the chat turn for an accepted message, passing its streamed text to `on_delta`;
-/// the rendered answer's end.
-fn run(kv: &Kv, a: &Accepted, mode: ReplyMode, mut on_delta: impl FnMut(&str)) -> chat::Rendered {
+/// the rendered answer's end, and the summary rewrite the turn made due (run it after the
+/// answer is sent: [`summarise`]).
+fn run(
+    kv: &Kv,
+    a: &Accepted,
+    mode: ReplyMode,
+    mut on_delta: impl FnMut(&str),
+) -> (chat::Rendered, Option<SummaryRun>) {
     let start = Start {
         config: a.config.clone(),
         mode,
@@ -65,32 +71,43 @@ fn run(kv: &Kv, a: &Accepted, mode: ReplyMode, mut on_delta: impl FnMut(&str)) -
         seed: crate::random_u64(),
     };
     let mut machine = ChatTurn::new(now(), start);
-    let host = outbound::Host {
-        kv,
-        tenant: &a.tenant,
-        config: &a.config,
-        conversation: Some(&a.id),
-    };
-    outbound::drive(&host, &mut machine, |d| on_delta(&d.text));
-    match machine.outcome() {
+    outbound::drive(&host(kv, a), &mut machine, |d| on_delta(&d.text));
+    let rendered = match machine.outcome() {
         Some(outcome) => chat::render(&a.id, a.created, &a.visitor, outcome, mode),
         None => {
             let e = ApiError::internal("the turn ended without an outcome");
             let failed = chat::Outcome::Failed(chat::Failure::Host(e));
             chat::render(&a.id, a.created, &a.visitor, &failed, mode)
         }
+    };
+    (rendered, machine.summary_run(now()))
+}
+
+fn host<'a>(kv: &'a Kv, a: &'a Accepted) -> outbound::Host<'a> {
+    outbound::Host {
+        kv,
+        tenant: &a.tenant,
+        config: &a.config,
+        conversation: Some(&a.id),
     }
 }
 
-/// The whole reply to an accepted message (the chat API's JSON).
-fn reply_whole(kv: &Kv, a: &Accepted) -> Reply {
-    Reply::rendered(run(kv, a, ReplyMode::Whole, |_| {}))
+/// Rewrites the conversation's summary when the turn made it due. Spin has no
+/// `wait_until`: it runs after the response is finished, before the handler returns.
+fn summarise(kv: &Kv, a: &Accepted, run: Option<SummaryRun>) {
+    if let Some(mut run) = run {
+        outbound::drive(&host(kv, a), &mut run, |_| {});
+    }
 }
 
 /// A chat request answered whole, whatever it asked (for the `/demo` page's scripted turns).
 pub fn whole_turn(kv: &Kv, req: &Incoming) -> Reply {
     match accept(kv, req) {
-        Ok(a) => reply_whole(kv, &a),
+        Ok(a) => {
+            let (rendered, later) = run(kv, &a, ReplyMode::Whole, |_| {});
+            summarise(kv, &a, later);
+            Reply::rendered(rendered)
+        }
         Err(e) => Reply::error(&e),
     }
 }
@@ -102,16 +119,19 @@ pub fn handle(kv: &Kv, req: &Incoming, out: ResponseOutparam) {
         Err(e) => return Reply::error(&e).send(out),
     };
     if !a.stream {
-        return reply_whole(kv, &a).send(out);
+        let (rendered, later) = run(kv, &a, ReplyMode::Whole, |_| {});
+        Reply::rendered(rendered).send(out);
+        return summarise(kv, &a, later);
     }
     let head = chat::render_accepted(&a.id, a.created, &a.visitor);
     let mut sse = Stream::open(out, head.status, &head.headers);
     sse.write(head.body.as_bytes());
-    let last = run(kv, &a, ReplyMode::Stream, |text| {
+    let (last, later) = run(kv, &a, ReplyMode::Stream, |text| {
         sse.write(chat::render_delta(text).as_bytes());
     });
     sse.write(last.body.as_bytes());
     sse.finish();
+    summarise(kv, &a, later);
 }
 
 /// Validates the request and reads the tenant's configuration; nothing is stored yet. The

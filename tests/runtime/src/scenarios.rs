@@ -67,7 +67,7 @@ use crate::security::{
     sockets_end_when_access_ends, unknown_tenants_are_not_found,
 };
 use crate::sse::{self, SseTranscript};
-use crate::summary::long_conversation_summarised;
+use crate::summary::{long_conversation_summarised, long_conversation_summarised_by_model};
 use crate::webhooks::webhooks_signed_and_retried;
 
 /// The header naming the tenant.
@@ -455,6 +455,7 @@ pub fn all() -> Vec<Scenario> {
         replay_matches_across_runtimes,
         replay_is_admitted_by_quotas,
         long_conversation_summarised,
+        long_conversation_summarised_by_model,
         draft_suite_gates_publish,
         drafts_are_the_operators,
         draft_knowledge_sources_staged_tested_published,

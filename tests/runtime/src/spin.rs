@@ -110,6 +110,7 @@ pub const SPIN_SCENARIOS: &[(&str, Option<&str>)] = &[
     ("tag_only_rule_tags", None),
     ("replay_matches_across_runtimes", None),
     ("long_conversation_summarised", None),
+    ("long_conversation_summarised_by_model", None),
     ("replay_is_admitted_by_quotas", None),
     ("draft_suite_gates_publish", None),
     ("drafts_are_the_operators", None),
@@ -176,6 +177,7 @@ pub fn tenants(all: &[(String, Value)]) -> Vec<(String, Value)> {
                     | "machine-replay"
                     | "machine-quota"
                     | "cs-summary"
+                    | "cs-summary-model"
                     | "draft"
                     | "draft-kb"
             ) || id.starts_with("plug-")

@@ -86,6 +86,7 @@ pub(super) async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Respons
     let mut machine = ChatTurn::new(arrived, start);
     if !t.stream {
         drive(&inner, &tenant, &config, &mut machine, |_| {}).await;
+        summarise_later(&inner, &tenant, &config, &machine);
         let outcome = machine
             .outcome()
             .ok_or_else(|| ApiError::internal("the turn ended without an outcome"))?;
@@ -106,6 +107,7 @@ pub(super) async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Respons
             let last = chat::render(&id, created, &visitor, outcome, mode);
             let _ = tx.unbounded_send(last.body.into_bytes());
         }
+        summarise_later(&inner, &tenant, &config, &machine);
     });
     let headers = Headers::new();
     for (name, value) in &head.headers {
@@ -113,6 +115,18 @@ pub(super) async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Respons
     }
     let resp = Response::from_stream(rx.map(Ok::<Vec<u8>, worker::Error>)).map_err(internal)?;
     Ok(resp.with_headers(headers))
+}
+
+/// Runs the summary rewrite the turn made due ([`ChatTurn::summary_run`]) after the answer,
+/// in `wait_until`: the visitor never waits for it.
+fn summarise_later(inner: &Rc<Inner>, tenant: &TenantId, config: &TenantConfig, turn: &ChatTurn) {
+    let Some(mut run) = turn.summary_run(now()) else {
+        return;
+    };
+    let (me, tenant, config) = (inner.clone(), tenant.clone(), config.clone());
+    inner.state.wait_until(async move {
+        drive(&me, &tenant, &config, &mut run, |_| {}).await;
+    });
 }
 
 /// A rendered answer as a response.

@@ -60,6 +60,15 @@ pub enum Change {
         /// The sources the reply cites, stored with it.
         citations: Vec<crate::vocab::Citation>,
     },
+    /// A model-written summary for the slot ([`crate::chat::SummaryRun`]), written from
+    /// the conversation with `evicted` messages out of the window: kept only if none has
+    /// left since.
+    Summary {
+        /// The summary, masked and bounded ([`crate::summary::from_model`]).
+        text: String,
+        /// The evicted count it was written for.
+        evicted: u32,
+    },
 }
 
 /// What applying a [`Change`] did.
@@ -180,6 +189,15 @@ impl Change {
                 let (changed, said) = c.apply_plugin_actions(now, config, plugin, actions.clone());
                 let mut effect = Effect::from(changed);
                 effect.said = said;
+                Ok(effect)
+            }
+            Change::Summary { text, evicted } => {
+                let mut effect = Effect::default();
+                if !c.rewrite_summary(text.clone(), *evicted) {
+                    effect
+                        .said
+                        .push("messages left the window meanwhile: kept as it was".into());
+                }
                 Ok(effect)
             }
             Change::Reply {

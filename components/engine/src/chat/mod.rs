@@ -24,6 +24,8 @@
 //!
 //! - [`SuiteRun`]: a tenant's test cases run against its draft configuration, each a
 //!   scratch conversation through [`ChatTurn`], judged by [`crate::draft`].
+//! - [`SummaryRun`]: a model rewrites a conversation's summary slot, after the answer of
+//!   the turn that made it due ([`ChatTurn::summary_run`]).
 //!
 //! [`render`] makes the chat API's JSON answer or its stream's closing frames from an
 //! [`Outcome`].
@@ -36,6 +38,7 @@ mod render;
 mod replay;
 mod staged;
 mod suite;
+mod summarise;
 mod unanswered;
 mod visitor;
 
@@ -51,6 +54,7 @@ pub use render::{Rendered, render, render_accepted, render_delta};
 pub use replay::ReplayRun;
 pub use staged::{DraftSourcesPlan, staged_source_not_found};
 pub use suite::SuiteRun;
+pub use summarise::SummaryRun;
 pub use unanswered::{
     GroupAnswer, MAX_GROUP_ANSWER_CHARS, MAX_GROUPS_LISTED, UnansweredPlan, answer_source,
     answer_source_id, group_json, parse_group_answer,

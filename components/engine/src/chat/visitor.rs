@@ -92,6 +92,8 @@ pub struct ChatTurn {
     text: String,
     before: Option<Conversation>,
     latest: Conversation,
+    /// Messages out of the window before the visitor's message (for the summary's rewrite).
+    evicted_before: u32,
     decision: Option<Decision>,
     tag: Option<String>,
     record: TurnRecord,
@@ -176,6 +178,9 @@ impl ChatTurn {
             schedule: schedule.map(Rc::new),
             visitor,
             text,
+            evicted_before: before
+                .as_ref()
+                .map_or(conversation.evicted(), Conversation::evicted),
             before,
             latest: conversation,
             decision: Some(decision),
@@ -243,6 +248,26 @@ impl ChatTurn {
     }
 
     /// The time decisions and changes are made at.
+    /// The model's rewrite of the conversation's summary this turn made due: the tenant
+    /// lets a model write it (`summary.model`) and the turn pushed `summary.every` more
+    /// messages out of the window. The host runs it after the answer.
+    pub fn summary_run(&self, now: Timestamp) -> Option<super::SummaryRun> {
+        let policy = &self.config.summary;
+        if self.scratch || self.outcome.is_none() || !policy.model || !self.config.has_models() {
+            return None;
+        }
+        if !crate::summary::model_due(policy.every, self.evicted_before, self.latest.evicted()) {
+            return None;
+        }
+        Some(super::SummaryRun::new(
+            now,
+            self.config.clone(),
+            &self.latest,
+            self.options.secrets.clone(),
+            self.options.seed.wrapping_add(1),
+        ))
+    }
+
     fn at(&self) -> Timestamp {
         self.recorded_at.unwrap_or(self.now)
     }
