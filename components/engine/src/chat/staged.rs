@@ -5,6 +5,11 @@
 //! source indexed live through the same [`IndexPlan`] a live `PUT` runs, every staged
 //! removal carried out, and the staged set cleared, in one transaction. The layout and the
 //! overlay a draft's suite searches are [`crate::knowledge`]'s (`staged`).
+//!
+//! The hosts publish the sources before they write the configuration's version that
+//! records them (the two live in different stores and no transaction spans both): a
+//! version write that fails after the sources went live leaves them live and unrecorded,
+//! and the operator's retry publishes the configuration with no sources to list.
 
 use std::collections::BTreeMap;
 

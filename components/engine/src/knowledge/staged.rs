@@ -16,6 +16,11 @@
 //!   staged — a staged source replaces the live one with its id, a staged removal hides it —
 //!   and every row under the draft's key.
 //!
+//! A staged source is indexed by the engine of the day it was staged; the searches'
+//! re-indexing of an older [`super::INDEX_VERSION`] covers live sources only, so after an
+//! upgrade a staged source is searched by its older terms until it is staged again — and
+//! publishing always indexes it afresh from its document, as an upload.
+//!
 //! One thing the overlay shares with the live search: bm25's statistics are the whole FTS5
 //! table's (on Spin, several tenants' rows already share it), so a staged source moves the
 //! scores of live searches by as much as any other indexed text does; it never adds a row.
