@@ -156,6 +156,20 @@ pub(crate) async fn meta(env: &Env, tenant: &TenantId) -> Result<ConfigMeta, Api
     Ok(ConfigMeta::from_json(text.as_deref()))
 }
 
+/// The configuration a draft's knowledge sources are staged, searched and published under:
+/// the draft configuration while it validates, else the live one
+/// ([`kefu_engine::draft::draft_config`]).
+pub(crate) async fn draft_config(
+    env: &Env,
+    tenant: &TenantId,
+) -> Result<Rc<TenantConfig>, ApiError> {
+    let stored = get_text(env, &kefu_engine::draft::draft_key(tenant)).await?;
+    match kefu_engine::draft::draft_config(tenant, stored.as_deref(), &deployment(env)) {
+        Some(config) => Ok(Rc::new(config)),
+        None => load(env, tenant).await,
+    }
+}
+
 /// The current document as stored (not the built-in default).
 pub(crate) async fn current_document(
     env: &Env,

@@ -353,7 +353,10 @@ async fn handle(
                 | api::ConfigRoute::Tests
                 | api::ConfigRoute::Test(_)
                 | api::ConfigRoute::PutTest(_)
-                | api::ConfigRoute::DeleteTest(_) => drafts::handle(c, req, env, &tenant, limit).await,
+                | api::ConfigRoute::DeleteTest(_)
+                | api::ConfigRoute::DraftSources
+                | api::ConfigRoute::StageSource(_)
+                | api::ConfigRoute::DropSource(_) => drafts::handle(c, req, env, &tenant, limit).await,
                 api::ConfigRoute::Get => {
                     let meta = config::meta(env, &tenant).await?;
                     let document = config::current_document(env, &tenant).await?;

@@ -275,8 +275,12 @@ pub(crate) async fn drive(
                     Some(store) => store.read(),
                     None => Err(ApiError::internal("no conversation to read")),
                 }),
-                ChatAction::SearchKnowledge { query, top_k } => Input::Knowledge(
-                    crate::knowledge::search(env, host.tenant, &query, top_k)
+                ChatAction::SearchKnowledge {
+                    query,
+                    top_k,
+                    scope,
+                } => Input::Knowledge(
+                    crate::knowledge::search(env, host.tenant, &query, top_k, scope)
                         .await
                         .map_err(|e| e.message),
                 ),

@@ -11,7 +11,9 @@ use serde_json::{Value, json};
 use crate::api::ApiError;
 use crate::config::TenantConfig;
 use crate::error::ConfigError;
-use crate::knowledge::{self, Chunk, RetrievedChunk, SearchRow, Source, SqlValue, Statement};
+use crate::knowledge::{
+    self, Chunk, RetrievedChunk, Scope, SearchRow, Source, SqlValue, Statement,
+};
 use crate::provider::HttpRequest;
 use crate::time::Timestamp;
 use crate::vocab::TenantId;
@@ -145,6 +147,7 @@ const REINDEX_PER_SEARCH: u32 = 8;
 #[derive(Debug)]
 pub struct SearchPlan {
     tenant: TenantId,
+    scope: Scope,
     question: String,
     k: u8,
     config: TenantConfig,
@@ -174,6 +177,7 @@ impl SearchPlan {
     ) -> Self {
         SearchPlan {
             tenant,
+            scope: Scope::Live,
             question: question.to_owned(),
             k: k.clamp(1, 20),
             config,
@@ -185,6 +189,13 @@ impl SearchPlan {
             result: None,
             warnings: Vec::new(),
         }
+    }
+
+    /// Searches `scope` instead: [`Scope::Draft`] is the live knowledge base overlaid with
+    /// the tenant's staged sources (what a draft's test suite searches).
+    pub fn in_scope(mut self, scope: Scope) -> Self {
+        self.scope = scope;
+        self
     }
 
     /// Takes the result.
@@ -238,7 +249,8 @@ impl SearchPlan {
     }
 
     fn full_text(&mut self) -> Need {
-        let mut views = knowledge::search_statements(
+        let mut views = knowledge::search_statements_in(
+            self.scope,
             &self.tenant,
             &self.question,
             &self.config.knowledge.synonyms,
@@ -266,12 +278,22 @@ impl SearchPlan {
                 self.done(found.into_iter().map(RetrievedChunk::from).collect())
             }
             Some((model, vector)) => {
-                let st = Statement {
-                    sql: knowledge::VECTORS_SQL,
-                    params: vec![
-                        SqlValue::Text(self.tenant.as_str().to_owned()),
-                        SqlValue::Text(model),
-                    ],
+                let st = match self.scope {
+                    Scope::Live => Statement {
+                        sql: knowledge::VECTORS_SQL,
+                        params: vec![
+                            SqlValue::Text(self.tenant.as_str().to_owned()),
+                            SqlValue::Text(model),
+                        ],
+                    },
+                    Scope::Draft => {
+                        let mut params = knowledge::overlay_params(&self.tenant).to_vec();
+                        params.push(SqlValue::Text(model));
+                        Statement {
+                            sql: knowledge::VECTORS_DRAFT_SQL,
+                            params,
+                        }
+                    }
                 };
                 self.state = SearchState::Vectors { lists, vector };
                 Need::Vectors(st)
@@ -350,12 +372,22 @@ impl SearchPlan {
                     let nearest = knowledge::vector_ranking(&vector, stored, depth);
                     let ids: Vec<&str> = nearest.iter().map(|(id, _)| id.as_str()).collect();
                     let ids = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into());
-                    let st = Statement {
-                        sql: knowledge::CHUNKS_BY_ID_SQL,
-                        params: vec![
-                            SqlValue::Text(self.tenant.as_str().to_owned()),
-                            SqlValue::Text(ids),
-                        ],
+                    let st = match self.scope {
+                        Scope::Live => Statement {
+                            sql: knowledge::CHUNKS_BY_ID_SQL,
+                            params: vec![
+                                SqlValue::Text(self.tenant.as_str().to_owned()),
+                                SqlValue::Text(ids),
+                            ],
+                        },
+                        Scope::Draft => {
+                            let mut params = knowledge::overlay_params(&self.tenant).to_vec();
+                            params.push(SqlValue::Text(ids));
+                            Statement {
+                                sql: knowledge::CHUNKS_BY_ID_DRAFT_SQL,
+                                params,
+                            }
+                        }
                     };
                     self.state = SearchState::ById { lists, nearest };
                     Need::Rows(st)
@@ -445,6 +477,9 @@ enum IndexState {
 #[derive(Debug)]
 pub struct IndexPlan {
     tenant: TenantId,
+    /// [`Scope::Draft`]: the source is staged (indexed under the draft's key and listed in
+    /// `kb_staged`), not live.
+    scope: Scope,
     source: Source,
     chunks: Vec<Chunk>,
     now: Timestamp,
@@ -498,6 +533,7 @@ impl IndexPlan {
         };
         Ok(IndexPlan {
             tenant,
+            scope: Scope::Live,
             source,
             chunks,
             now,
@@ -507,6 +543,38 @@ impl IndexPlan {
             also: Vec::new(),
             result: None,
         })
+    }
+
+    /// Checks the source `body` for path id `id` exactly as [`IndexPlan::new`] does, and
+    /// plans staging it in the tenant's draft (`PUT
+    /// /api/v1/config/draft/knowledge/sources/{id}`): chunked and embedded the same way,
+    /// indexed under the draft's key (so a draft's test suite finds it and no visitor's
+    /// turn does), and its validated document kept for publishing, in one transaction.
+    pub fn staged(
+        now: Timestamp,
+        tenant: TenantId,
+        config: &TenantConfig,
+        secrets: &BTreeMap<String, String>,
+        id: &str,
+        body: &[u8],
+    ) -> Result<Self, ApiError> {
+        let mut plan = Self::new(now, tenant, config, secrets, id, body)?;
+        plan.scope = Scope::Draft;
+        let document = serde_json::to_string(&plan.source)
+            .map_err(|e| ApiError::internal(format!("a source serializes: {e}")))?;
+        let at = i64::try_from(now.as_millis()).unwrap_or(i64::MAX);
+        plan.also.push(knowledge::stage_statement(
+            &plan.tenant,
+            id,
+            Some(document),
+            at,
+        ));
+        Ok(plan)
+    }
+
+    /// The source being indexed.
+    pub(crate) fn source(&self) -> &Source {
+        &self.source
     }
 
     /// Statements to run in the source's transaction, after its own: what else the
@@ -529,11 +597,15 @@ impl IndexPlan {
     }
 
     fn write(&mut self) -> Need {
+        let key = match self.scope {
+            Scope::Live => self.tenant.as_str().to_owned(),
+            Scope::Draft => knowledge::draft_key(&self.tenant),
+        };
         let mut statements =
-            knowledge::index_statements(&self.tenant, &self.source, &self.chunks, self.now);
+            knowledge::index_statements_at(&key, &self.source, &self.chunks, self.now);
         if let Some((model, vectors)) = &self.vectors {
-            statements.extend(knowledge::vector_statements(
-                &self.tenant,
+            statements.extend(knowledge::vector_statements_at(
+                &key,
                 &self.chunks,
                 vectors,
                 model,
@@ -573,6 +645,9 @@ impl IndexPlan {
                         "chunks": self.chunks.len(),
                         "embedded": self.vectors.as_ref().map_or(0, |(_, v)| v.len()),
                     });
+                    if self.scope == Scope::Draft {
+                        answer["staged"] = json!("put");
+                    }
                     if let Some(e) = &self.embedding_error {
                         answer["embedding_error"] = json!(e);
                     }
