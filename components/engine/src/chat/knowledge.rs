@@ -782,6 +782,56 @@ mod tests {
         assert_eq!(ids, ["faq#0", "lex#0"]);
     }
 
+    /// Only the nearest chunks near the first take part ([`knowledge::Fusion::DEFAULT`]),
+    /// at less than a full-text view's weight: a chunk the vectors alone find comes after
+    /// what full text found.
+    #[test]
+    fn a_hybrid_search_fuses_only_the_near_vectors_below_full_text() {
+        let mut plan = SearchPlan::new(tenant(), config(true), BTreeMap::new(), "shipping", 3);
+        assert!(matches!(plan.step(Got::Start), Need::Call(_)));
+        let mut need = nothing_stale(&mut plan, Got::Answered(Ok((200, embeddings(1)))));
+        let mut view = 0;
+        while let Need::Rows(_) = need {
+            // Only the last view finds `lex`, at its first place.
+            let rows = if view == 2 {
+                vec![row("lex#0", -1.0)]
+            } else {
+                Vec::new()
+            };
+            view += 1;
+            need = plan.step(Got::Rows(Ok(rows)));
+        }
+        assert!(matches!(need, Need::Vectors(_)));
+        let v = |x: f32, y: f32| -> Vec<u8> {
+            let n = (x * x + y * y).sqrt();
+            [x / n, y / n, 0.0]
+                .iter()
+                .flat_map(|f| f.to_le_bytes())
+                .collect()
+        };
+        // Cosine 1, 0.99 and 0.6 with the question's [1, 0, 0].
+        let stored = vec![
+            ("same#0".to_owned(), v(1.0, 0.0)),
+            ("near#0".to_owned(), v(0.99, 0.141_067)),
+            ("far#0".to_owned(), v(0.6, 0.8)),
+        ];
+        let Need::Rows(by_id) = plan.step(Got::Vectors(Ok(stored))) else {
+            panic!("then the nearest chunks by id")
+        };
+        assert_eq!(
+            by_id.params[1],
+            SqlValue::Text(r#"["same#0","near#0"]"#.into()),
+            "`far` is not near enough to take part"
+        );
+        let rows = vec![row("near#0", 0.0), row("same#0", 0.0)];
+        assert!(matches!(plan.step(Got::Rows(Ok(rows))), Need::Done));
+        let found = plan.take_result().unwrap();
+        let ids: Vec<&str> = found.iter().map(|c| c.chunk.id.as_str()).collect();
+        assert_eq!(ids, ["lex#0", "same#0", "near#0"]);
+        let w = knowledge::Fusion::DEFAULT.vector_weight;
+        assert!((found[1].score - w / (knowledge::RRF_K + 1.0)).abs() < 1e-12);
+    }
+
     #[test]
     fn a_failed_question_embedding_falls_back_to_full_text_and_says_why() {
         let mut plan = SearchPlan::new(tenant(), config(true), BTreeMap::new(), "shipping", 2);

@@ -159,6 +159,89 @@ pub fn fuse_weighted<S: AsRef<str>>(lists: &[(f64, &[S])], limit: usize) -> Vec<
 mod tests {
     use super::*;
 
+    fn ids(fused: &[(String, f64)]) -> Vec<&str> {
+        fused.iter().map(|(id, _)| id.as_str()).collect()
+    }
+
+    #[test]
+    fn each_list_weighs_what_it_is_given() {
+        let lexical = ["a", "b"];
+        let vector = ["b", "c"];
+        let r = |rank: f64| 1.0 / (RRF_K + rank);
+        let fused = fuse_weighted(&[(1.0, &lexical[..]), (0.5, &vector[..])], 10);
+        assert_eq!(ids(&fused), ["b", "a", "c"]);
+        assert!((fused[0].1 - (r(2.0) + 0.5 * r(1.0))).abs() < 1e-12);
+        assert!((fused[1].1 - r(1.0)).abs() < 1e-12);
+        assert!((fused[2].1 - 0.5 * r(2.0)).abs() < 1e-12);
+        // Weight 0 (or NaN) adds nothing, not even a chunk of its own.
+        for w in [0.0, f64::NAN] {
+            let fused = fuse_weighted(&[(1.0, &lexical[..]), (w, &vector[..])], 10);
+            assert_eq!(ids(&fused), ["a", "b"]);
+        }
+        // Weights of 1 are plain reciprocal rank fusion.
+        assert_eq!(
+            fuse_weighted(&[(1.0, &lexical[..]), (1.0, &vector[..])], 10),
+            fuse_rankings(&[lexical.to_vec(), vector.to_vec()], 10)
+        );
+    }
+
+    #[test]
+    fn only_the_nearest_few_near_the_first_vote() {
+        let nearest: Vec<(String, f64)> = [0.90, 0.88, 0.86, 0.84, 0.80, 0.50]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("c{i}"), *s))
+            .collect();
+        let rule = |vector_depth, vector_margin| Fusion {
+            vector_weight: 1.0,
+            vector_depth,
+            vector_margin,
+        };
+        assert_eq!(rule(40, 0.05).voters(&nearest).len(), 3);
+        assert_eq!(rule(2, 0.05).voters(&nearest).len(), 2);
+        assert_eq!(rule(40, 2.0).voters(&nearest).len(), 6);
+        assert_eq!(rule(40, 0.0).voters(&nearest).len(), 1);
+        assert!(Fusion::DEFAULT.voters(&[]).is_empty());
+        assert_eq!(Fusion::EQUAL.voters(&nearest).len(), 6);
+    }
+
+    /// What the default rule promises: the vectors reorder what full text found (all
+    /// three views list each chunk here, so ranks within them matter little and the
+    /// vectors' second choice comes first); what only the vectors find still comes back,
+    /// but even their first choice after every chunk a view ranks in its first 20
+    /// (`0.75 / (RRF_K + 1) < 1 / (RRF_K + 21)`); a chunk not near enough has no say.
+    #[test]
+    fn the_vectors_reorder_and_add_but_do_not_outvote_full_text() {
+        let views = [
+            vec!["agreed", "split", "other"],
+            vec!["agreed", "other", "split"],
+            vec!["agreed", "other", "split"],
+        ];
+        let nearest: Vec<(String, f64)> = vec![
+            ("unseen".into(), 0.93),
+            ("split".into(), 0.92),
+            ("far".into(), 0.70),
+        ];
+        let voters: Vec<&str> = Fusion::DEFAULT
+            .voters(&nearest)
+            .iter()
+            .map(|(id, _)| id.as_str())
+            .collect();
+        assert_eq!(
+            voters,
+            ["unseen", "split"],
+            "far is not near enough to vote"
+        );
+        let w = Fusion::DEFAULT.vector_weight;
+        let mut lists: Vec<(f64, &[&str])> = views.iter().map(|v| (1.0, v.as_slice())).collect();
+        let without = fuse_weighted(&lists, 10);
+        assert_eq!(ids(&without), ["agreed", "other", "split"]);
+        lists.push((w, &voters));
+        let with = fuse_weighted(&lists, 10);
+        assert_eq!(ids(&with), ["split", "agreed", "other", "unseen"]);
+        assert!(w / (RRF_K + 1.0) < 1.0 / (RRF_K + 21.0));
+    }
+
     #[test]
     fn vectors_rank_by_similarity_and_fuse_with_full_text() {
         use crate::models::encode_vector;
