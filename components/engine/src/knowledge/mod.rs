@@ -12,8 +12,9 @@
 //! 2. [`search_statements`] turns a question into [`SEARCH_SQL`] queries, one per view of
 //!    it (its own words; with synonyms and the thesaurus; the trigrams of its longer
 //!    words); the host reads the rows as [`SearchRow`]s and the search fuses the views,
-//!    and the nearest embeddings when there are any, by reciprocal rank fusion
-//!    ([`fuse_rankings`]). [`crate::chat::SearchPlan`] does all of it.
+//!    and the nearest embeddings when there are any, by weighted reciprocal rank fusion
+//!    ([`fuse_weighted`], the vectors' part set by [`Fusion`]).
+//!    [`crate::chat::SearchPlan`] does all of it.
 //! 3. [`grounded_prompt`] builds the system message and the [`NO_ANSWER_TOOL`] tool; after
 //!    the turn, [`detect_no_answer`] and [`citations`] read the reply (a [`CitationStream`]
 //!    removes the markers that cite nothing while it streams), and an [`Unanswered`]
