@@ -9,6 +9,12 @@
 //! plain FTS5 table over the same chunks' raw text with the `unicode61` tokenizer, and one
 //! with `trigram`, each queried with the question's words joined by `OR`.
 //!
+//! The hybrid search (full text fused with vectors) runs twice: with [`test_embedding`],
+//! which knows spelling and no meaning (the weak list fusion must survive), and with a
+//! real multilingual model's embeddings, recorded once into a [`Fixture`]. Whatever was
+//! chosen by looking at results is chosen on one [`Half`] of the questions and reported
+//! on the other as well as on all.
+//!
 //! Scores are by page: a question is found at rank r when the r-th chunk returned is the
 //! first from a page that answers it. recall@1 and recall@3 count questions found within
 //! the first one and three chunks (what `GET /api/v1/knowledge/search?k=3` shows and a
