@@ -133,7 +133,8 @@ pub fn fuse_rankings<S: AsRef<str>>(lists: &[Vec<S>], limit: usize) -> Vec<(Stri
 pub fn fuse_weighted<S: AsRef<str>>(lists: &[(f64, &[S])], limit: usize) -> Vec<(String, f64)> {
     let mut fused: BTreeMap<&str, f64> = BTreeMap::new();
     for (weight, list) in lists {
-        if !(*weight > 0.0) {
+        // A weight of 0 (or NaN, which compares false) adds nothing, not even a chunk.
+        if weight.partial_cmp(&0.0) != Some(core::cmp::Ordering::Greater) {
             continue;
         }
         let mut seen = std::collections::BTreeSet::new();
