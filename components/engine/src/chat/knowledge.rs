@@ -154,6 +154,7 @@ pub struct SearchPlan {
     secrets: BTreeMap<String, String>,
     state: SearchState,
     question_vector: Option<(String, Vec<f32>)>,
+    fusion: knowledge::Fusion,
     stale: Vec<String>,
     views: Vec<Statement>,
     result: Option<Result<Vec<RetrievedChunk>, ApiError>>,
@@ -184,6 +185,7 @@ impl SearchPlan {
             secrets,
             state: SearchState::Start,
             question_vector: None,
+            fusion: knowledge::Fusion::DEFAULT,
             stale: Vec::new(),
             views: Vec::new(),
             result: None,
@@ -195,6 +197,14 @@ impl SearchPlan {
     /// the tenant's staged sources (what a draft's test suite searches).
     pub fn in_scope(mut self, scope: Scope) -> Self {
         self.scope = scope;
+        self
+    }
+
+    /// The same search with another rule for joining the vectors to full text (the hosts
+    /// keep [`knowledge::Fusion::DEFAULT`]; the retrieval benchmark compares rules).
+    #[must_use]
+    pub fn with_fusion(mut self, fusion: knowledge::Fusion) -> Self {
+        self.fusion = fusion;
         self
     }
 
@@ -274,7 +284,7 @@ impl SearchPlan {
     fn after_full_text(&mut self, lists: Vec<Vec<SearchRow>>) -> Need {
         match self.question_vector.take() {
             None => {
-                let found = fuse_views(lists, Vec::new(), usize::from(self.k));
+                let found = fuse_views(lists, Vec::new(), 0.0, usize::from(self.k));
                 self.done(found.into_iter().map(RetrievedChunk::from).collect())
             }
             Some((model, vector)) => {
@@ -368,8 +378,9 @@ impl SearchPlan {
             },
             (SearchState::Vectors { lists, vector }, Got::Vectors(stored)) => match stored {
                 Ok(stored) => {
-                    let depth = self.depth() as usize;
+                    let depth = self.fusion.vector_depth.min(self.depth() as usize);
                     let nearest = knowledge::vector_ranking(&vector, stored, depth);
+                    let nearest = self.fusion.voters(&nearest).to_vec();
                     let ids: Vec<&str> = nearest.iter().map(|(id, _)| id.as_str()).collect();
                     let ids = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into());
                     let st = match self.scope {
@@ -405,7 +416,8 @@ impl SearchPlan {
                         .iter()
                         .filter_map(|(id, _)| by_id.remove(id))
                         .collect();
-                    let found = fuse_views(lists, near, usize::from(self.k));
+                    let found =
+                        fuse_views(lists, near, self.fusion.vector_weight, usize::from(self.k));
                     self.done(found.into_iter().map(RetrievedChunk::from).collect())
                 }
                 Err(e) => self.fail(e),
@@ -419,18 +431,25 @@ impl SearchPlan {
 }
 
 /// The full-text views' rows, and the nearest chunks by embedding when there are any
-/// (`near`, best first), fused into one ranking by reciprocal rank fusion: best first,
-/// each chunk once, its score the fused one, at most `limit`. One list alone keeps its
-/// order and bm25 scores.
+/// (`near`, best first, weighing `near_weight` beside each view's 1), fused into one
+/// ranking by weighted reciprocal rank fusion: best first, each chunk once, its score the
+/// fused one, at most `limit`. One list alone keeps its order and scores.
 fn fuse_views(
     mut lists: Vec<Vec<SearchRow>>,
     near: Vec<SearchRow>,
+    near_weight: f64,
     limit: usize,
 ) -> Vec<SearchRow> {
-    if !near.is_empty() {
+    let mut weights = vec![1.0; lists.len()];
+    if !near.is_empty() && near_weight > 0.0 {
         lists.push(near);
+        weights.push(near_weight);
     }
-    lists.retain(|l| !l.is_empty());
+    let (weights, lists): (Vec<f64>, Vec<Vec<SearchRow>>) = weights
+        .into_iter()
+        .zip(lists)
+        .filter(|(_, l)| !l.is_empty())
+        .unzip();
     if lists.len() <= 1 {
         let mut rows = lists.into_iter().next().unwrap_or_default();
         rows.truncate(limit);
@@ -440,7 +459,12 @@ fn fuse_views(
         .iter()
         .map(|l| l.iter().map(|r| r.chunk_id.as_str()).collect())
         .collect();
-    let fused = knowledge::fuse_rankings(&ids, limit);
+    let weighted: Vec<(f64, &[&str])> = weights
+        .iter()
+        .copied()
+        .zip(ids.iter().map(Vec::as_slice))
+        .collect();
+    let fused = knowledge::fuse_weighted(&weighted, limit);
     let mut by_id: BTreeMap<&str, &SearchRow> = BTreeMap::new();
     for row in lists.iter().flatten() {
         by_id.entry(row.chunk_id.as_str()).or_insert(row);
@@ -831,6 +855,56 @@ mod tests {
         let mut ids: Vec<&str> = found.iter().map(|c| c.chunk.id.as_str()).collect();
         ids.sort_unstable();
         assert_eq!(ids, ["faq#0", "lex#0"]);
+    }
+
+    /// Only the nearest chunks near the first take part ([`knowledge::Fusion::DEFAULT`]),
+    /// at less than a full-text view's weight: a chunk the vectors alone find comes after
+    /// what full text found.
+    #[test]
+    fn a_hybrid_search_fuses_only_the_near_vectors_below_full_text() {
+        let mut plan = SearchPlan::new(tenant(), config(true), BTreeMap::new(), "shipping", 3);
+        assert!(matches!(plan.step(Got::Start), Need::Call(_)));
+        let mut need = nothing_stale(&mut plan, Got::Answered(Ok((200, embeddings(1)))));
+        let mut view = 0;
+        while let Need::Rows(_) = need {
+            // Only the last view finds `lex`, at its first place.
+            let rows = if view == 2 {
+                vec![row("lex#0", -1.0)]
+            } else {
+                Vec::new()
+            };
+            view += 1;
+            need = plan.step(Got::Rows(Ok(rows)));
+        }
+        assert!(matches!(need, Need::Vectors(_)));
+        let v = |x: f32, y: f32| -> Vec<u8> {
+            let n = (x * x + y * y).sqrt();
+            [x / n, y / n, 0.0]
+                .iter()
+                .flat_map(|f| f.to_le_bytes())
+                .collect()
+        };
+        // Cosine 1, 0.99 and 0.6 with the question's [1, 0, 0].
+        let stored = vec![
+            ("same#0".to_owned(), v(1.0, 0.0)),
+            ("near#0".to_owned(), v(0.99, 0.141_067)),
+            ("far#0".to_owned(), v(0.6, 0.8)),
+        ];
+        let Need::Rows(by_id) = plan.step(Got::Vectors(Ok(stored))) else {
+            panic!("then the nearest chunks by id")
+        };
+        assert_eq!(
+            by_id.params[1],
+            SqlValue::Text(r#"["same#0","near#0"]"#.into()),
+            "`far` is not near enough to take part"
+        );
+        let rows = vec![row("near#0", 0.0), row("same#0", 0.0)];
+        assert!(matches!(plan.step(Got::Rows(Ok(rows))), Need::Done));
+        let found = plan.take_result().unwrap();
+        let ids: Vec<&str> = found.iter().map(|c| c.chunk.id.as_str()).collect();
+        assert_eq!(ids, ["lex#0", "same#0", "near#0"]);
+        let w = knowledge::Fusion::DEFAULT.vector_weight;
+        assert!((found[1].score - w / (knowledge::RRF_K + 1.0)).abs() < 1e-12);
     }
 
     #[test]

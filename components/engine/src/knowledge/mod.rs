@@ -12,8 +12,9 @@
 //! 2. [`search_statements`] turns a question into [`SEARCH_SQL`] queries, one per view of
 //!    it (its own words; with synonyms and the thesaurus; the trigrams of its longer
 //!    words); the host reads the rows as [`SearchRow`]s and the search fuses the views,
-//!    and the nearest embeddings when there are any, by reciprocal rank fusion
-//!    ([`fuse_rankings`]). [`crate::chat::SearchPlan`] does all of it.
+//!    and the nearest embeddings when there are any, by weighted reciprocal rank fusion
+//!    ([`fuse_weighted`], the vectors' part set by [`Fusion`]).
+//!    [`crate::chat::SearchPlan`] does all of it.
 //! 3. [`grounded_prompt`] builds the system message and the [`NO_ANSWER_TOOL`] tool; after
 //!    the turn, [`detect_no_answer`] and [`citations`] read the reply (a [`CitationStream`]
 //!    removes the markers that cite nothing while it streams), and an [`Unanswered`]
@@ -75,7 +76,7 @@ pub use groups::{
 pub use parse::faq::MAX_ALTERNATES;
 pub use parse::html::html_text;
 pub use prompt::{RetrievedChunk, detect_no_answer, grounded_prompt, no_answer_tool};
-pub use rank::{fuse_rankings, merge_results, vector_ranking};
+pub use rank::{Fusion, fuse_rankings, fuse_weighted, merge_results, vector_ranking};
 pub use source::{Source, SourceKind};
 pub use sql::{
     CHUNKS_BY_ID_SQL, DELETE_SOURCE_SQL, INSERT_CHUNK_SQL, INSERT_FTS_SQL, INSERT_SOURCE_SQL,
