@@ -200,6 +200,22 @@ impl SearchPlan {
         self
     }
 
+    /// A statement over this search's scope: `live` with the tenant then `last`, or `draft`
+    /// with the overlay's parameters then `last`.
+    fn scoped(&self, live: &'static str, draft: &'static str, last: SqlValue) -> Statement {
+        match self.scope {
+            Scope::Live => Statement {
+                sql: live,
+                params: vec![SqlValue::Text(self.tenant.as_str().to_owned()), last],
+            },
+            Scope::Draft => {
+                let mut params = knowledge::overlay_params(&self.tenant).to_vec();
+                params.push(last);
+                Statement { sql: draft, params }
+            }
+        }
+    }
+
     /// The same search with another rule for joining the vectors to full text (the hosts
     /// keep [`knowledge::Fusion::DEFAULT`]; the retrieval benchmark compares rules).
     #[must_use]
@@ -288,23 +304,11 @@ impl SearchPlan {
                 self.done(found.into_iter().map(RetrievedChunk::from).collect())
             }
             Some((model, vector)) => {
-                let st = match self.scope {
-                    Scope::Live => Statement {
-                        sql: knowledge::VECTORS_SQL,
-                        params: vec![
-                            SqlValue::Text(self.tenant.as_str().to_owned()),
-                            SqlValue::Text(model),
-                        ],
-                    },
-                    Scope::Draft => {
-                        let mut params = knowledge::overlay_params(&self.tenant).to_vec();
-                        params.push(SqlValue::Text(model));
-                        Statement {
-                            sql: knowledge::VECTORS_DRAFT_SQL,
-                            params,
-                        }
-                    }
-                };
+                let st = self.scoped(
+                    knowledge::VECTORS_SQL,
+                    knowledge::VECTORS_DRAFT_SQL,
+                    SqlValue::Text(model),
+                );
                 self.state = SearchState::Vectors { lists, vector };
                 Need::Vectors(st)
             }
@@ -383,23 +387,11 @@ impl SearchPlan {
                     let nearest = self.fusion.voters(&nearest).to_vec();
                     let ids: Vec<&str> = nearest.iter().map(|(id, _)| id.as_str()).collect();
                     let ids = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into());
-                    let st = match self.scope {
-                        Scope::Live => Statement {
-                            sql: knowledge::CHUNKS_BY_ID_SQL,
-                            params: vec![
-                                SqlValue::Text(self.tenant.as_str().to_owned()),
-                                SqlValue::Text(ids),
-                            ],
-                        },
-                        Scope::Draft => {
-                            let mut params = knowledge::overlay_params(&self.tenant).to_vec();
-                            params.push(SqlValue::Text(ids));
-                            Statement {
-                                sql: knowledge::CHUNKS_BY_ID_DRAFT_SQL,
-                                params,
-                            }
-                        }
-                    };
+                    let st = self.scoped(
+                        knowledge::CHUNKS_BY_ID_SQL,
+                        knowledge::CHUNKS_BY_ID_DRAFT_SQL,
+                        SqlValue::Text(ids),
+                    );
                     self.state = SearchState::ById { lists, nearest };
                     Need::Rows(st)
                 }
