@@ -91,7 +91,7 @@ $(WORKER_OUT): $(WORKER_SOURCES) | setup $(WORKER_PLUGINS)
 # `make worker INSTALL_PLUGINS="pii-redactor reply-guard order-status"`. The runtime tests
 # bundle every plugin, the test plugins too, into their own copy of the Worker.
 INSTALL_PLUGINS ?= pii-redactor
-$(WORKER_PLUGINS): plugins workers/plugins/bundle.mjs workers/plugins/runner.js
+$(WORKER_PLUGINS): plugins workers/plugins/bundle.mjs workers/plugins/jco-share.mjs workers/plugins/runner.js
 	node workers/plugins/bundle.mjs $(TARGET_DIR)/plugins workers/build/plugins $(INSTALL_PLUGINS)
 
 dev: setup $(WORKER_OUT)
@@ -191,9 +191,12 @@ test-engine:
 	cargo test -p kefu-engine
 	cargo test -p kefu-spin-web
 
-test-plugins:
+# The example and test plugins' own tests, the meter's, and the plugin bundler's rewrite of
+# jco's output (workers/plugins/jco-share.test.mjs).
+test-plugins: node_modules/.package-lock.json
 	cargo test $(PLUGIN_PACKAGES)
 	cargo test -p kefu-plugin-meter
+	node --test workers/plugins/
 
 # The Spin test host (tests/spin-host): builds its fixture components for wasm32-wasip2 and
 # runs them on the host process; where a real Spin CLI is found (as for test-runtime), the

@@ -18,9 +18,10 @@
 // worker-build's esbuild leaves external (workers/esbuild-external-plugins.sh).
 
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync, copyFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync, copyFileSync } from "node:fs";
 import { join, resolve, dirname, relative } from "node:path";
 import { fileURLToPath } from "node:url";
+import { shareJcoRuntime } from "./jco-share.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, "../..");
@@ -88,6 +89,19 @@ names.forEach((name, i) => {
   );
   wasmFiles.push(...modules.map((m) => join(dir, m)));
 });
+
+// jco repeats its runtime prelude in every plugin's module (about 20 KB gzipped each, which
+// gzip cannot see across plugins): it goes once into a factory each instantiation calls
+// (jco-share.mjs, which fails the build if jco's output is not shaped as it expects).
+if (names.length) {
+  const jsFiles = names.map((name) => join(staging, name, `${name}.js`));
+  const shared = shareJcoRuntime(
+    jsFiles.map((file) => ({ file: relative(staging, file), source: readFileSync(file, "utf8") })),
+    "../jco-runtime.js",
+  );
+  writeFileSync(join(staging, "jco-runtime.js"), shared.runtime);
+  shared.modules.forEach((m, i) => writeFileSync(jsFiles[i], m.source));
+}
 
 writeFileSync(
   join(staging, "entry.js"),
