@@ -12,10 +12,11 @@
 // return Promises). Workers cannot compile wasm from bytes at run time, so the core modules
 // are imported as modules (`CompiledWasm`: wrangler's default rule for `*.wasm`, and the
 // runtime tests' Miniflare rule). The output is one minified ES module, `index.mjs` (a `.js`
-// file there would be read as CommonJS), holding the runner, every plugin's JS and the
-// name → plugin map, beside the `.wasm` files it imports; the Rust side imports
-// `./plugins/index.mjs` from workers/build/index.js (see workers/src/plugins.rs), which
-// worker-build's esbuild leaves external (workers/esbuild-external-plugins.sh).
+// file there would be read as CommonJS), holding the runner, jco's runtime once (see
+// jco-share.mjs), every plugin's JS and the name → plugin map, beside the `.wasm` files it
+// imports; the Rust side imports `./plugins/index.mjs` from workers/build/index.js (see
+// workers/src/plugins.rs), which worker-build's esbuild leaves external
+// (workers/esbuild-external-plugins.sh).
 
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync, copyFileSync } from "node:fs";
