@@ -474,25 +474,30 @@ export function shareJcoRuntime(inputs, runtimeSpecifier) {
   for (const [name, write] of free([...shared.values()].map((d) => d.node))) if (write && names.has(name)) mutable.add(name);
 
   const order = mergeOrder(plugins, shared);
-  const used = new Set();
-  const modules = plugins.map((p) => {
+  // What each plugin's own code (and its unshared prelude) takes from the shared prelude.
+  const wanted = plugins.map((p) => {
     const kept = p.prelude.filter((d) => !shared.has(d.key));
     const ownShared = new Set(p.prelude.filter((d) => shared.has(d.key)).flatMap((d) => d.names));
-    // What the plugin's own code (and its unshared prelude) takes from the shared prelude.
-    const keptNames = kept.flatMap((d) => d.names);
-    const wants = [];
-    for (const [name, write] of free([...kept.map((d) => d.node), ...p.rest], [...PARAMS, "arguments", ...keptNames, ...varNames(p.rest), ...p.rest.flatMap(lexicalNames)])) {
+    const declared = [...PARAMS, "arguments", ...kept.flatMap((d) => d.names), ...varNames(p.rest), ...p.rest.flatMap(lexicalNames)];
+    const wants = new Set();
+    for (const [name, write] of free([...kept.map((d) => d.node), ...p.rest], declared)) {
       if (!ownShared.has(name)) continue;
       if (write || mutable.has(name)) {
         throw new JcoShapeError(p.file, `instantiate's code uses \`${name}\`, which the prelude may reassign (it would see a stale copy)`);
       }
-      wants.push(name);
-      used.add(name);
+      wants.add(name);
     }
+    return { kept, wants };
+  });
+  // The factory returns an array, which each plugin destructures by position, leaving holes
+  // for what it does not use: minified, that costs no names (property keys would stay).
+  const exported = [...new Set(wanted.flatMap((w) => [...w.wants]))].sort();
+  const modules = plugins.map((p, i) => {
+    const { kept, wants } = wanted[i];
+    const pattern = exported.map((name) => (wants.has(name) ? name : "")).join(", ");
     const first = p.prelude[0].node.start;
     const last = p.prelude[p.prelude.length - 1].node.end;
-    const head =
-      `const { ${wants.join(", ")} } = ${FACTORY}();\n` + kept.map((d) => d.text).join("\n");
+    const head = `const [${pattern}] = ${FACTORY}();\n` + kept.map((d) => d.text).join("\n");
     const source =
       p.source.slice(0, first) +
       head +
@@ -505,7 +510,7 @@ export function shareJcoRuntime(inputs, runtimeSpecifier) {
     `// called once per instantiation, so every instance has its own state.\n` +
     `export function ${FACTORY}() {\n` +
     order.map((k) => shared.get(k).text).join("\n") +
-    `\nreturn { ${[...used].sort().join(", ")} };\n}\n`;
+    `\nreturn [${exported.join(", ")}];\n}\n`;
 
   // Afterwards: nothing refers to a name no longer declared (jco's own code may refer to an
   // undeclared name, e.g. `rep` in 1.35's RepTable#clear: that stays as it was).
