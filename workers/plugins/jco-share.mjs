@@ -10,8 +10,9 @@
 // The prelude lives inside `instantiate`, so each instantiation (each hook call: runner.js)
 // gets fresh state: its Maps, counters and classes. This keeps exactly that: the shared
 // declarations go, once, into a factory `jcoRuntime()` in a module of their own, and each
-// plugin's `instantiate` calls it where its prelude was and destructures the names its own
-// code uses. Nothing moves to module scope; no state is shared between plugins or calls.
+// plugin's `instantiate` calls it where its prelude was and takes (by position) the helpers
+// its own code uses. Nothing moves to module scope; no state is shared between plugins or
+// calls.
 //
 // It is a rewrite of generated code, so it checks what it relies on and throws (failing the
 // build) when jco's output has another shape, e.g. after a jco upgrade:
