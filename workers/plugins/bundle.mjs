@@ -94,6 +94,7 @@ names.forEach((name, i) => {
 // jco repeats its runtime prelude in every plugin's module (about 20 KB gzipped each, which
 // gzip cannot see across plugins): it goes once into a factory each instantiation calls
 // (jco-share.mjs, which fails the build if jco's output is not shaped as it expects).
+let sharing = "";
 if (names.length) {
   const jsFiles = names.map((name) => join(staging, name, `${name}.js`));
   const shared = shareJcoRuntime(
@@ -102,6 +103,9 @@ if (names.length) {
   );
   writeFileSync(join(staging, "jco-runtime.js"), shared.runtime);
   shared.modules.forEach((m, i) => writeFileSync(jsFiles[i], m.source));
+  // What stays per plugin is worth seeing: after a jco upgrade it is where the bytes went.
+  const kept = Object.values(shared.kept).reduce((a, b) => a + b, 0);
+  sharing = ` (jco's runtime: ${shared.shared} declarations shared, ${kept} kept in the plugins)`;
 }
 
 writeFileSync(
@@ -132,4 +136,4 @@ execFileSync(
   { stdio: ["ignore", "inherit", "inherit"] },
 );
 rmSync(staging, { recursive: true, force: true });
-console.log(`${relative(root, outDir)}: ${names.length ? names.join(", ") : "no plugins"}`);
+console.log(`${relative(root, outDir)}: ${names.length ? names.join(", ") : "no plugins"}${sharing}`);
