@@ -217,6 +217,8 @@ function freeReferences(nodes, bound, ref) {
       names.push(...varNames(node.body.body), ...node.body.body.flatMap(lexicalNames));
     }
     const inner = scopeOf(scope, names);
+    // `this`, `arguments`' function and `new.target` are an ordinary function's own.
+    if (node.type !== "ArrowFunctionExpression") inner.ownsThis = true;
     for (const p of node.params) binding(p, inner);
     if (node.body.type === "BlockStatement") for (const s of node.body.body) expr(s, inner);
     else expr(node.body, inner);
@@ -226,11 +228,14 @@ function freeReferences(nodes, bound, ref) {
     switch (node.type) {
       case "Identifier":
         return reference(scope, node.name, false);
-      case "PrivateIdentifier":
-      case "MetaProperty":
-      case "Literal":
       case "ThisExpression":
       case "Super":
+      case "MetaProperty":
+        // Outside any function of its own, these are `instantiate`'s: a name it declares.
+        for (let s = scope; s; s = s.parent) if (s.ownsThis) return;
+        return ref(node.type === "MetaProperty" ? `${node.meta.name}.${node.property.name}` : "this", false);
+      case "PrivateIdentifier":
+      case "Literal":
       case "BreakStatement":
       case "ContinueStatement":
       case "EmptyStatement":
@@ -256,7 +261,14 @@ function freeReferences(nodes, bound, ref) {
       case "ClassExpression": {
         expr(node.superClass, scope);
         const inner = scopeOf(scope, node.id ? [node.id.name] : []);
-        for (const m of node.body.body) expr(m, inner);
+        // A member's computed key is evaluated outside; its value (a method, a field's
+        // initializer, a static block) has the class's `this`.
+        const members = { ...inner, ownsThis: true };
+        for (const m of node.body.body) {
+          if (m.computed) expr(m.key, inner);
+          if (m.type === "StaticBlock") expr(m, members);
+          else expr(m.value, members);
+        }
         return;
       }
       case "StaticBlock": {
@@ -369,6 +381,8 @@ function split(file, source) {
   const local = new Set([
     ...PARAMS,
     "arguments",
+    "this",
+    "new.target",
     ...varNames(rest),
     ...rest.flatMap(lexicalNames),
     ...varNames(ast.body),

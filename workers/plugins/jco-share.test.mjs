@@ -117,6 +117,12 @@ test("a prelude that refers to instantiate's own names fails the build", () => {
     () => share([jcoModule({ prelude: "const load = () => getCoreModule('y');" })]),
     /refers to `getCoreModule`/,
   );
+  // Arrow functions see instantiate's `this` and `arguments`; a factory has its own.
+  assert.throws(() => share([jcoModule({ prelude: "const self = () => this;" })]), /refers to `this`/);
+  assert.throws(() => share([jcoModule({ prelude: "const args = () => arguments[0];" })]), /refers to `arguments`/);
+  assert.throws(() => share([jcoModule({ prelude: "const made = () => new.target;" })]), /refers to `new.target`/);
+  // Their own functions' and classes' `this` is theirs.
+  share([jcoModule({ prelude: "function own() { return this; }\nclass Own { x = this; static { this.y = 1; } m() { return () => this; } }" })]);
 });
 
 test("a prelude helper that would see another plugin's declaration in place of a global fails", () => {
