@@ -25,8 +25,8 @@
 //   plugins stays in each plugin (with everything in the prelude that refers to it);
 // - the shared declarations refer to nothing but each other and globals: never to
 //   `instantiate`'s parameters or locals (nor its `this`, `arguments` or `new.target`) or
-//   the module's names, and never to a name that
-//   another plugin's prelude declares but theirs does not (it would be captured);
+//   the module's names, and never to a name that another plugin's prelude declares but
+//   theirs does not (it would be captured);
 // - the component's code never refers to a binding the prelude may reassign (`let`, `var`,
 //   or any name assigned to), since it gets a copy of each binding's value;
 // - afterwards, the rewritten modules and the runtime refer to no undeclared name that is not
