@@ -12,15 +12,17 @@
 // return Promises). Workers cannot compile wasm from bytes at run time, so the core modules
 // are imported as modules (`CompiledWasm`: wrangler's default rule for `*.wasm`, and the
 // runtime tests' Miniflare rule). The output is one minified ES module, `index.mjs` (a `.js`
-// file there would be read as CommonJS), holding the runner, every plugin's JS and the
-// name → plugin map, beside the `.wasm` files it imports; the Rust side imports
-// `./plugins/index.mjs` from workers/build/index.js (see workers/src/plugins.rs), which
-// worker-build's esbuild leaves external (workers/esbuild-external-plugins.sh).
+// file there would be read as CommonJS), holding the runner, jco's runtime once (see
+// jco-share.mjs), every plugin's JS and the name → plugin map, beside the `.wasm` files it
+// imports; the Rust side imports `./plugins/index.mjs` from workers/build/index.js (see
+// workers/src/plugins.rs), which worker-build's esbuild leaves external
+// (workers/esbuild-external-plugins.sh).
 
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync, copyFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync, copyFileSync } from "node:fs";
 import { join, resolve, dirname, relative } from "node:path";
 import { fileURLToPath } from "node:url";
+import { shareJcoRuntime } from "./jco-share.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, "../..");
@@ -107,6 +109,23 @@ names.forEach((name, i) => {
   wasmFiles.push(...modules.map((m) => join(dir, m)));
 });
 
+// jco repeats its runtime prelude in every plugin's module (about 20 KB gzipped each, which
+// gzip cannot see across plugins): it goes once into a factory each instantiation calls
+// (jco-share.mjs, which fails the build if jco's output is not shaped as it expects).
+let sharing = "";
+if (names.length) {
+  const jsFiles = names.map((name) => join(staging, name, `${name}.js`));
+  const shared = shareJcoRuntime(
+    jsFiles.map((file) => ({ file: relative(staging, file), source: readFileSync(file, "utf8") })),
+    "../jco-runtime.js",
+  );
+  writeFileSync(join(staging, "jco-runtime.js"), shared.runtime);
+  shared.modules.forEach((m, i) => writeFileSync(jsFiles[i], m.source));
+  // What stays per plugin is worth seeing: after a jco upgrade it is where the bytes went.
+  const kept = Object.values(shared.kept).reduce((a, b) => a + b, 0);
+  sharing = ` (jco's runtime: ${shared.shared} declarations shared, ${kept} kept in the plugins)`;
+}
+
 writeFileSync(
   join(staging, "entry.js"),
   `import { runPlugin } from ${JSON.stringify(join(here, "runner.js"))};\n` +
@@ -135,4 +154,4 @@ execFileSync(
   { stdio: ["ignore", "inherit", "inherit"] },
 );
 rmSync(staging, { recursive: true, force: true });
-console.log(`${relative(root, outDir)}: ${names.length ? names.join(", ") : "no plugins"}`);
+console.log(`${relative(root, outDir)}: ${names.length ? names.join(", ") : "no plugins"}${sharing}`);
