@@ -1,0 +1,644 @@
+//! `make load`, `make soak`, `make cold-start`: Kefu under many connections, for a long time,
+//! and from a fresh process, each beside its baseline on the same workerd in the same run.
+//!
+//! ```text
+//! kefu-load load [--connections 1000] [--seconds 20] [--rounds 1] [--write PATH]
+//! kefu-load soak [--minutes 20] [--fraction 0.5] [--interval 10] [--connections 16]
+//!                [--csv docs/soak.csv] [--svg docs/soak.svg] [--write PATH]
+//! kefu-load cold [--reps 7] [--write PATH]
+//! ```
+//!
+//! - `load`: N keep-alive connections (HTTP/1.1, one request at a time each) for a bounded
+//!   time against Kefu's chat API (`POST /api/v1/chat`) and the minimal Durable-Object chat
+//!   Worker (`tests/bench/do-chat-host.mjs`), then against Kefu's gateway
+//!   (`POST /v1/chat/completions`) and the pass-through Worker; requests a second,
+//!   p50/p99/p99.9, errors, and for the chat APIs every conversation read back: the visitor
+//!   messages stored against those accepted.
+//! - `soak`: measures capacity (closed loop, 64 connections, 10 s each for chat and gateway),
+//!   then holds `fraction` of it, half chat turns and half gateway requests, for the given
+//!   time; each interval: requests, errors, p50/p99 and workerd's resident memory (`VmRSS`
+//!   of the workerd processes Miniflare started). Writes a CSV and an SVG plot.
+//! - `cold`: a fresh Miniflare/workerd process each time, Kefu and the pass-through
+//!   alternating: the time from starting the process to the first answered request, and the
+//!   first requests after it; with the Worker's wasm size.
+//!
+//! Everything runs on 127.0.0.1 against the mock provider (zero latency) in this process;
+//! every host is stopped (its whole process group) on exit, on error and on Ctrl-C.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use kefu_runtime_tests::load::{self, Pace, RunResult, SoakRow, Workload};
+use kefu_runtime_tests::mock::{MOCK_MODEL, MockProvider};
+use kefu_runtime_tests::worker::{KefuWorker, WorkerOptions, repo_root};
+use serde_json::json;
+
+const KEY: &str = "kf-bench.Kefu0Bench0Key0000000001";
+const TENANT: &str = "bench";
+
+const USAGE: &str = "usage: kefu-load load|soak|cold [options] (see the source's first lines)";
+
+struct Args(Vec<String>);
+
+impl Args {
+    fn get<T: std::str::FromStr>(&self, flag: &str, default: T) -> anyhow::Result<T> {
+        match self.0.iter().position(|a| a == flag) {
+            None => Ok(default),
+            Some(i) => {
+                let v = self
+                    .0
+                    .get(i + 1)
+                    .with_context(|| format!("{flag} needs a value"))?;
+                v.parse()
+                    .map_err(|_| anyhow::anyhow!("bad value for {flag}: {v:?}"))
+            }
+        }
+    }
+
+    fn opt(&self, flag: &str) -> Option<String> {
+        let i = self.0.iter().position(|a| a == flag)?;
+        self.0.get(i + 1).cloned()
+    }
+}
+
+/// The tenant Kefu runs: one route to the mock, the bench key (the same as `kefu-bench`).
+fn bench_tenant(mock: &MockProvider) -> (String, serde_json::Value) {
+    (
+        TENANT.to_owned(),
+        json!({
+            "providers": {"mock": {"kind": "openai_compatible", "base_url": mock.base_url()}},
+            "routes": {"default": {"targets": [{"provider": "mock", "model": MOCK_MODEL}]}},
+            "api_keys": [{"id": "bench", "sha256": kefu_engine::auth::hash_key(KEY)}],
+        }),
+    )
+}
+
+fn chat_workload(tenant: Option<&str>, turns_per_conversation: u64) -> Workload {
+    Workload::Chat {
+        tenant: tenant.map(str::to_owned),
+        turns_per_conversation,
+    }
+}
+
+fn kefu_gateway() -> Workload {
+    Workload::Gateway {
+        path: "/v1/chat/completions".to_owned(),
+        key: Some(KEY.to_owned()),
+    }
+}
+
+fn passthrough_gateway() -> Workload {
+    Workload::Gateway {
+        path: "/v1/chat/completions".to_owned(),
+        key: None,
+    }
+}
+
+fn header(command: &str) -> String {
+    let date = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let workerd = std::fs::read_to_string(repo_root().join("node_modules/miniflare/package.json"))
+        .ok()
+        .and_then(|p| serde_json::from_str::<serde_json::Value>(&p).ok())
+        .and_then(|p| p["version"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let nofile = std::process::Command::new("bash")
+        .args(["-c", "ulimit -n"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    format!(
+        "`{command}` — {date}, {}, miniflare {workerd}, open files limit (`ulimit -n`) {nofile}\n\n",
+        load::machine()
+    )
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let Some(command) = argv.first().cloned() else {
+        bail!("{USAGE}");
+    };
+    let args = Args(argv[1..].to_vec());
+    let write = args.opt("--write");
+    // Ctrl-C: return from main, so every host (dropped) stops its process group.
+    let work = async {
+        match command.as_str() {
+            "load" => load_cmd(&args).await,
+            "soak" => soak_cmd(&args).await,
+            "cold" => cold_cmd(&args).await,
+            _ => bail!("{USAGE}"),
+        }
+    };
+    let report = tokio::select! {
+        r = work => r?,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+    };
+    println!("{report}");
+    if let Some(path) = write {
+        std::fs::write(&path, &report).with_context(|| format!("writing {path}"))?;
+        eprintln!("wrote {path}");
+    }
+    Ok(())
+}
+
+fn row(name: &str, r: &RunResult, connections: usize) -> String {
+    format!(
+        "| {name} | {connections} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} |\n",
+        r.rps(),
+        r.quantile_ms(0.5),
+        r.quantile_ms(0.99),
+        r.quantile_ms(0.999),
+        r.ok,
+        r.errors_text(),
+    )
+}
+
+async fn load_cmd(args: &Args) -> anyhow::Result<String> {
+    let connections: usize = args.get("--connections", 1000)?;
+    let seconds: u64 = args.get("--seconds", 20)?;
+    let rounds: usize = args.get("--rounds", 1)?;
+    let duration = Duration::from_secs(seconds);
+    let mock = Arc::new(MockProvider::start().await);
+    mock.set_record_limit(Some(1000));
+    let mock_origin = mock.base_url().trim_end_matches("/v1").to_owned();
+    let kefu = KefuWorker::start(WorkerOptions {
+        tenants: vec![bench_tenant(&mock)],
+        ..WorkerOptions::default()
+    })
+    .await?;
+    let passthrough = KefuWorker::start_passthrough(&mock_origin).await?;
+    let do_chat = KefuWorker::start_do_chat(&mock.base_url(), MOCK_MODEL).await?;
+
+    // Warm each path (and the isolates' JIT) with a short run at 64 connections.
+    eprintln!("warming up…");
+    let warm = Duration::from_secs(3);
+    let chat = chat_workload(Some(TENANT), 0);
+    for (origin, w) in [
+        (kefu.base_url(), &chat),
+        (do_chat.base_url(), &chat),
+        (kefu.base_url(), &kefu_gateway()),
+        (passthrough.base_url(), &passthrough_gateway()),
+    ] {
+        load::run(origin, w, 64, warm, Pace::Closed, None).await?;
+    }
+
+    let mut table = String::from(
+        "| target | connections | requests/s | p50 (ms) | p99 (ms) | p99.9 (ms) | answered | errors |\n\
+         |---|---:|---:|---:|---:|---:|---:|---|\n",
+    );
+    let mut stored_lines = String::new();
+    let mut ratios = Vec::new();
+    for round in 0..rounds {
+        eprintln!(
+            "round {}: chat API, {connections} connections, {seconds} s each…",
+            round + 1
+        );
+        // One conversation per connection for the whole run.
+        let k = load::run(
+            kefu.base_url(),
+            &chat,
+            connections,
+            duration,
+            Pace::Closed,
+            None,
+        )
+        .await?;
+        let d = load::run(
+            do_chat.base_url(),
+            &chat,
+            connections,
+            duration,
+            Pace::Closed,
+            None,
+        )
+        .await?;
+        for (name, origin, r) in [
+            ("Kefu chat API", kefu.base_url(), &k),
+            ("DO-chat baseline", do_chat.base_url(), &d),
+        ] {
+            let accepted: u64 = r.accepted.values().sum();
+            let (stored, unreadable) =
+                load::count_stored(origin, Some(TENANT), &r.accepted).await?;
+            stored_lines.push_str(&format!(
+                "| {name} (round {}) | {} | {accepted} | {stored} | {unreadable} | {} |\n",
+                round + 1,
+                r.accepted.len(),
+                if stored == accepted && unreadable == 0 {
+                    "every accepted message stored"
+                } else {
+                    "**mismatch**"
+                }
+            ));
+        }
+        let chat_ratio = k.rps() / d.rps();
+        table.push_str(&row("Kefu chat API `POST /api/v1/chat`", &k, connections));
+        table.push_str(&row("DO-chat baseline", &d, connections));
+
+        eprintln!(
+            "round {}: gateway, {connections} connections, {seconds} s each…",
+            round + 1
+        );
+        let g = load::run(
+            kefu.base_url(),
+            &kefu_gateway(),
+            connections,
+            duration,
+            Pace::Closed,
+            None,
+        )
+        .await?;
+        let p = load::run(
+            passthrough.base_url(),
+            &passthrough_gateway(),
+            connections,
+            duration,
+            Pace::Closed,
+            None,
+        )
+        .await?;
+        let gw_ratio = g.rps() / p.rps();
+        table.push_str(&row(
+            "Kefu gateway `POST /v1/chat/completions`",
+            &g,
+            connections,
+        ));
+        table.push_str(&row("pass-through Worker", &p, connections));
+        ratios.push((chat_ratio, gw_ratio));
+    }
+    drop((kefu, passthrough, do_chat));
+    let ratio_text: Vec<String> = ratios
+        .iter()
+        .map(|(c, g)| format!("chat {c:.2}×, gateway {g:.2}×"))
+        .collect();
+    Ok(format!(
+        "{}{table}\nKefu ÷ baseline, requests/s: {}\n\n\
+         | stored after the run | conversations | accepted (200) | visitor messages stored | conversations unreadable | |\n\
+         |---|---:|---:|---:|---:|---|\n{stored_lines}",
+        header(&format!(
+            "kefu-load load --connections {connections} --seconds {seconds} --rounds {rounds}"
+        )),
+        ratio_text.join("; ")
+    ))
+}
+
+/// Collects the soak's samples between intervals: per workload latencies (µs) and errors.
+#[derive(Default)]
+struct Interval {
+    latencies_us: [Vec<u32>; 2],
+    errors: [u64; 2],
+}
+
+async fn soak_cmd(args: &Args) -> anyhow::Result<String> {
+    let minutes: f64 = args.get("--minutes", 20.0)?;
+    let fraction: f64 = args.get("--fraction", 0.5)?;
+    let interval_s: f64 = args.get("--interval", 10.0)?;
+    let connections: usize = args.get("--connections", 16)?;
+    let csv = args
+        .opt("--csv")
+        .unwrap_or_else(|| "docs/soak.csv".to_owned());
+    let svg = args
+        .opt("--svg")
+        .unwrap_or_else(|| "docs/soak.svg".to_owned());
+    ensure!(
+        fraction > 0.0 && fraction <= 1.0,
+        "--fraction is a share of capacity, 0 < f <= 1"
+    );
+    let duration = Duration::from_secs_f64(minutes * 60.0);
+    let mock = Arc::new(MockProvider::start().await);
+    mock.set_record_limit(Some(1000));
+    let kefu = KefuWorker::start(WorkerOptions {
+        tenants: vec![bench_tenant(&mock)],
+        ..WorkerOptions::default()
+    })
+    .await?;
+    // Conversations of 50 turns: the soak keeps opening new ones, as visitors do.
+    let workloads = [chat_workload(Some(TENANT), 50), kefu_gateway()];
+
+    eprintln!("measuring capacity (64 connections, 10 s each)…");
+    let mut capacity = [0.0; 2];
+    for (i, w) in workloads.iter().enumerate() {
+        load::run(
+            kefu.base_url(),
+            w,
+            64,
+            Duration::from_secs(3),
+            Pace::Closed,
+            None,
+        )
+        .await?;
+        let r = load::run(
+            kefu.base_url(),
+            w,
+            64,
+            Duration::from_secs(10),
+            Pace::Closed,
+            None,
+        )
+        .await?;
+        ensure!(
+            r.error_count() == 0,
+            "errors while measuring capacity: {}",
+            r.errors_text()
+        );
+        capacity[i] = r.rps();
+    }
+    // Half the load each: chat turns and gateway requests at `fraction` of their capacity.
+    let rates = capacity.map(|c| c * fraction / 2.0);
+    eprintln!(
+        "capacity: chat {:.0}/s, gateway {:.0}/s; soaking at {:.0} + {:.0} req/s for {minutes} min…",
+        capacity[0], capacity[1], rates[0], rates[1]
+    );
+    let collector = Arc::new(Mutex::new(Interval::default()));
+    let (rss0, procs) = load::workerd_rss_kib(kefu.pgid());
+    ensure!(
+        procs > 0,
+        "no workerd process in the host's process group {}",
+        kefu.pgid()
+    );
+    let base = kefu.base_url().to_owned();
+    let start = Instant::now();
+    let runs = workloads.iter().enumerate().map(|(i, w)| {
+        let collector = collector.clone();
+        let sample: Arc<dyn Fn(Result<Duration, String>) + Send + Sync> = Arc::new(move |s| {
+            let mut c = collector.lock().expect("collector");
+            match s {
+                Ok(d) => c.latencies_us[i].push(u32::try_from(d.as_micros()).unwrap_or(u32::MAX)),
+                Err(_) => c.errors[i] += 1,
+            }
+        });
+        let period = Duration::from_secs_f64(connections as f64 / rates[i]);
+        load::run(
+            &base,
+            w,
+            connections,
+            duration,
+            Pace::Every(period),
+            Some(sample),
+        )
+    });
+    let all = futures::future::join_all(runs);
+    tokio::pin!(all);
+    let mut rows = vec![SoakRow {
+        t_s: 0.0,
+        ok: [0, 0],
+        errors: [0, 0],
+        p50_ms: [f64::NAN; 2],
+        p99_ms: [f64::NAN; 2],
+        rss_mib: rss0 as f64 / 1024.0,
+    }];
+    let mut ticker = tokio::time::interval_at(
+        (start + Duration::from_secs_f64(interval_s)).into(),
+        Duration::from_secs_f64(interval_s),
+    );
+    let results = loop {
+        tokio::select! {
+            results = &mut all => break results,
+            _ = ticker.tick() => {
+                let taken = std::mem::take(&mut *collector.lock().expect("collector"));
+                let (rss, _) = load::workerd_rss_kib(kefu.pgid());
+                let mut r = SoakRow {
+                    t_s: start.elapsed().as_secs_f64(),
+                    ok: [0, 0],
+                    errors: taken.errors,
+                    p50_ms: [f64::NAN; 2],
+                    p99_ms: [f64::NAN; 2],
+                    rss_mib: rss as f64 / 1024.0,
+                };
+                for (i, mut l) in taken.latencies_us.into_iter().enumerate() {
+                    l.sort_unstable();
+                    r.ok[i] = l.len() as u64;
+                    r.p50_ms[i] = load::quantile_us(&l, 0.5) / 1000.0;
+                    r.p99_ms[i] = load::quantile_us(&l, 0.99) / 1000.0;
+                }
+                eprintln!(
+                    "{:>6.0} s  chat {} ok {} err p50 {:.2} p99 {:.2} | gateway {} ok {} err p50 {:.2} p99 {:.2} | workerd {:.1} MiB",
+                    r.t_s, r.ok[0], r.errors[0], r.p50_ms[0], r.p99_ms[0],
+                    r.ok[1], r.errors[1], r.p50_ms[1], r.p99_ms[1], r.rss_mib
+                );
+                rows.push(r);
+            }
+        }
+    };
+    let results: Vec<RunResult> = results.into_iter().collect::<anyhow::Result<_>>()?;
+    let chat_accepted: u64 = results[0].accepted.values().sum();
+    let (stored, unreadable) =
+        load::count_stored(kefu.base_url(), Some(TENANT), &results[0].accepted).await?;
+    drop(kefu);
+
+    std::fs::write(&csv, load::soak_csv(&rows)).with_context(|| format!("writing {csv}"))?;
+    let title = format!(
+        "Kefu soak: {minutes} min at {:.0}% of capacity ({:.0} chat turns/s + {:.0} gateway req/s), {}",
+        fraction * 100.0,
+        rates[0],
+        rates[1],
+        load::machine()
+    );
+    std::fs::write(&svg, load::soak_svg(&rows, &title))
+        .with_context(|| format!("writing {svg}"))?;
+    eprintln!("wrote {csv} and {svg}");
+
+    let measured: Vec<&SoakRow> = rows.iter().skip(1).collect();
+    let first_full = measured.first().copied();
+    let last = measured.last().copied();
+    let p50_of = |r: Option<&SoakRow>, i: usize| r.map_or(f64::NAN, |r| r.p50_ms[i]);
+    let p99_of = |r: Option<&SoakRow>, i: usize| r.map_or(f64::NAN, |r| r.p99_ms[i]);
+    let rss_max = rows.iter().map(|r| r.rss_mib).fold(0.0, f64::max);
+    let [chat, gateway] = &results[..] else {
+        bail!("two runs")
+    };
+    Ok(format!(
+        "{}capacity at the start (closed loop, 64 connections, 10 s): chat {:.0} turns/s, gateway {:.0} req/s; \
+         soaked at {:.0}% of it: {:.0} chat turns/s + {:.0} gateway req/s, {connections} connections each, \
+         intervals of {interval_s} s (`{csv}`, `{svg}`).\n\n\
+         | measure | chat API | gateway |\n|---|---:|---:|\n\
+         | answered | {} | {} |\n\
+         | errors | {} | {} |\n\
+         | p50 / p99 over the whole soak (ms) | {:.2} / {:.2} | {:.2} / {:.2} |\n\
+         | p50 / p99, first interval (ms) | {:.2} / {:.2} | {:.2} / {:.2} |\n\
+         | p50 / p99, last interval (ms) | {:.2} / {:.2} | {:.2} / {:.2} |\n\n\
+         | workerd resident memory (VmRSS) | MiB |\n|---|---:|\n\
+         | before the soak (after the capacity runs) | {:.1} |\n\
+         | after the first interval | {:.1} |\n\
+         | at the end | {:.1} |\n\
+         | highest | {:.1} |\n\n\
+         Chat messages accepted {chat_accepted}, visitor messages stored {stored} in {} conversations ({unreadable} unreadable).\n",
+        header(&format!(
+            "kefu-load soak --minutes {minutes} --fraction {fraction} --interval {interval_s} --connections {connections}"
+        )),
+        capacity[0],
+        capacity[1],
+        fraction * 100.0,
+        rates[0],
+        rates[1],
+        chat.ok,
+        gateway.ok,
+        chat.errors_text(),
+        gateway.errors_text(),
+        chat.quantile_ms(0.5),
+        chat.quantile_ms(0.99),
+        gateway.quantile_ms(0.5),
+        gateway.quantile_ms(0.99),
+        p50_of(first_full, 0),
+        p99_of(first_full, 0),
+        p50_of(first_full, 1),
+        p99_of(first_full, 1),
+        p50_of(last, 0),
+        p99_of(last, 0),
+        p50_of(last, 1),
+        p99_of(last, 1),
+        rows[0].rss_mib,
+        first_full.map_or(f64::NAN, |r| r.rss_mib),
+        last.map_or(f64::NAN, |r| r.rss_mib),
+        rss_max,
+        chat.accepted.len(),
+    ))
+}
+
+/// Polls `url` every 2 ms until it answers (any status); the time since `since`, and the
+/// moment it answered.
+async fn first_answer(
+    http: &reqwest::Client,
+    url: &str,
+    since: Instant,
+    worker: &mut KefuWorker,
+) -> anyhow::Result<(Duration, std::time::SystemTime)> {
+    loop {
+        if http.get(url).send().await.is_ok() {
+            return Ok((since.elapsed(), std::time::SystemTime::now()));
+        }
+        if !worker.running() {
+            bail!("the host exited; log:\n{}", worker.log_tail(40));
+        }
+        if since.elapsed() > Duration::from_secs(60) {
+            bail!(
+                "no answer from {url} within 60 s; log:\n{}",
+                worker.log_tail(40)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn gateway_call(
+    http: &reqwest::Client,
+    url: &str,
+    key: Option<&str>,
+) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let mut req = http.post(url).json(&json!({
+        "model": "kefu", "messages": [{"role": "user", "content": "cold question"}]
+    }));
+    if let Some(key) = key {
+        req = req.bearer_auth(key);
+    }
+    let resp = req.send().await?;
+    ensure!(resp.status().is_success(), "{url}: {}", resp.status());
+    resp.bytes().await?;
+    Ok(start.elapsed())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+async fn cold_cmd(args: &Args) -> anyhow::Result<String> {
+    let reps: usize = args.get("--reps", 7)?;
+    let mock = Arc::new(MockProvider::start().await);
+    let mock_origin = mock.base_url().trim_end_matches("/v1").to_owned();
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(0)
+        .build()?;
+    // [kefu, pass-through] × [process start to first answer, runtime start to first answer,
+    // first gateway call, second call], ms.
+    let mut samples: [[Vec<f64>; 4]; 2] = Default::default();
+    for rep in 0..reps {
+        for (i, is_kefu) in [(0, true), (1, false)] {
+            // Alternate which goes first, so a warm page cache favours neither.
+            let (i, is_kefu) = if rep % 2 == 1 {
+                (1 - i, !is_kefu)
+            } else {
+                (i, is_kefu)
+            };
+            let since = Instant::now();
+            let mut worker = if is_kefu {
+                KefuWorker::launch(WorkerOptions {
+                    tenants: vec![bench_tenant(&mock)],
+                    ..WorkerOptions::default()
+                })?
+            } else {
+                KefuWorker::launch_passthrough(&mock_origin)?
+            };
+            let base = worker.base_url().to_owned();
+            let (ready, answered_at) =
+                first_answer(&http, &format!("{base}/healthz"), since, &mut worker).await?;
+            let runtime_start = worker
+                .runtime_started_at()
+                .context("the host did not say when it started the runtime")?;
+            let from_runtime = answered_at
+                .duration_since(runtime_start)
+                .unwrap_or_default();
+            // Kefu's first gateway call needs its tenant in KV (the host seeds it on start).
+            let seeded_by = Instant::now() + Duration::from_secs(30);
+            while !worker.seeded() {
+                ensure!(Instant::now() < seeded_by, "the host never said ready");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            let url = format!("{base}/v1/chat/completions");
+            let key = is_kefu.then_some(KEY);
+            let first = gateway_call(&http, &url, key).await?;
+            let second = gateway_call(&http, &url, key).await?;
+            samples[i][0].push(ready.as_secs_f64() * 1000.0);
+            samples[i][1].push(from_runtime.as_secs_f64() * 1000.0);
+            samples[i][2].push(first.as_secs_f64() * 1000.0);
+            samples[i][3].push(second.as_secs_f64() * 1000.0);
+            drop(worker);
+        }
+        eprintln!("cold start {}/{reps} done", rep + 1);
+    }
+    let wasm = std::fs::metadata(repo_root().join("workers/build/index_bg.wasm"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let gz = std::process::Command::new("bash")
+        .args(["-c", "gzip -9 < workers/build/index_bg.wasm | wc -c"])
+        .current_dir(repo_root())
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap_or(0);
+    let [k, p] = samples.map(|s| s.map(median));
+    Ok(format!(
+        "{}median of {reps} fresh processes each, Kefu and the pass-through alternating:\n\n\
+         | measure (ms) | pass-through Worker | Kefu | Kefu − pass-through |\n|---|---:|---:|---:|\n\
+         | host process start → first answered request (`GET /healthz`) | {:.0} | {:.0} | {:+.0} |\n\
+         | runtime start (`new Miniflare`, after Node loaded the host) → first answered request | {:.0} | {:.0} | {:+.0} |\n\
+         | first `POST /v1/chat/completions` after it | {:.2} | {:.2} | {:+.2} |\n\
+         | second `POST /v1/chat/completions` | {:.2} | {:.2} | {:+.2} |\n\n\
+         Kefu's wasm (`workers/build/index_bg.wasm`): {wasm} bytes, {gz} gzipped; the pass-through has none.\n",
+        header(&format!("kefu-load cold --reps {reps}")),
+        p[0],
+        k[0],
+        k[0] - p[0],
+        p[1],
+        k[1],
+        k[1] - p[1],
+        p[2],
+        k[2],
+        k[2] - p[2],
+        p[3],
+        k[3],
+        k[3] - p[3],
+    ))
+}
