@@ -6,6 +6,7 @@
 //! kefu-load soak [--minutes 20] [--fraction 0.5] [--interval 10] [--connections 16]
 //!                [--csv docs/soak.csv] [--svg docs/soak.svg] [--write PATH]
 //! kefu-load cold [--reps 7] [--write PATH]
+//! kefu-load spin [--samples 500] [--seconds 8] [--write PATH]
 //! ```
 //!
 //! - `load`: N keep-alive connections (HTTP/1.1, one request at a time each) for a bounded
@@ -21,6 +22,10 @@
 //! - `cold`: a fresh Miniflare/workerd process each time, Kefu and the pass-through
 //!   alternating: the time from starting the process to the first answered request, and the
 //!   first requests after it; with the Worker's wasm size.
+//! - `spin`: Kefu's Spin component against the pass-through Spin component
+//!   (`tests/bench/spin-passthrough`) on the same Spin (the real CLI where one is found, else
+//!   the Spin test host): the gateway at concurrency 1 (interleaved) and 64, and the chat turn
+//!   beside the pass-through's request as its floor.
 //!
 //! Everything runs on 127.0.0.1 against the mock provider (zero latency) in this process;
 //! every host is stopped (its whole process group) on exit, on error and on Ctrl-C.
@@ -37,7 +42,7 @@ use serde_json::json;
 const KEY: &str = "kf-bench.Kefu0Bench0Key0000000001";
 const TENANT: &str = "bench";
 
-const USAGE: &str = "usage: kefu-load load|soak|cold [options] (see the source's first lines)";
+const USAGE: &str = "usage: kefu-load load|soak|cold|spin [options] (see the source's first lines)";
 
 struct Args(Vec<String>);
 
@@ -131,6 +136,7 @@ async fn main() -> anyhow::Result<()> {
             "load" => load_cmd(&args).await,
             "soak" => soak_cmd(&args).await,
             "cold" => cold_cmd(&args).await,
+            "spin" => spin_cmd(&args).await,
             _ => bail!("{USAGE}"),
         }
     };
@@ -640,5 +646,134 @@ async fn cold_cmd(args: &Args) -> anyhow::Result<String> {
         p[3],
         k[3],
         k[3] - p[3],
+    ))
+}
+
+fn summary_ms(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    let at = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
+    (at(0.5), at(0.99))
+}
+
+async fn spin_cmd(args: &Args) -> anyhow::Result<String> {
+    use kefu_runtime_tests::spin::KefuSpin;
+    let samples: usize = args.get("--samples", 500)?;
+    let seconds: u64 = args.get("--seconds", 8)?;
+    let mock = Arc::new(MockProvider::start().await);
+    mock.set_record_limit(Some(1000));
+    let mock_origin = mock.base_url().trim_end_matches("/v1").to_owned();
+    let kefu = KefuSpin::start(&mock_origin, &[bench_tenant(&mock)]).await?;
+    let pass = KefuSpin::start_passthrough(&mock_origin).await?;
+    let runtime = kefu.runtime().to_string();
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(128)
+        .pool_idle_timeout(Duration::from_secs(2))
+        .build()?;
+    let kefu_gw = format!("{}/v1/chat/completions", kefu.base_url());
+    let pass_gw = format!("{}/v1/chat/completions", pass.base_url());
+    let chat_url = format!("{}/api/v1/chat", kefu.base_url());
+
+    eprintln!("warming up…");
+    for _ in 0..50 {
+        gateway_call(&http, &kefu_gw, Some(KEY)).await?;
+        gateway_call(&http, &pass_gw, None).await?;
+    }
+    eprintln!("gateway and chat turns at concurrency 1 ({samples} each, interleaved)…");
+    // [pass-through, Kefu gateway, Kefu chat turn], ms.
+    let mut lat: [Vec<f64>; 3] = Default::default();
+    let mut conversation: Option<String> = None;
+    for i in 0..samples {
+        lat[0].push(gateway_call(&http, &pass_gw, None).await?.as_secs_f64() * 1000.0);
+        lat[1].push(
+            gateway_call(&http, &kefu_gw, Some(KEY))
+                .await?
+                .as_secs_f64()
+                * 1000.0,
+        );
+        let mut body = json!({"message": format!("spin benchmark turn {i}")});
+        if let Some(id) = &conversation {
+            body["conversation_id"] = json!(id);
+        }
+        let start = Instant::now();
+        let resp = http
+            .post(&chat_url)
+            .header("x-kefu-tenant", TENANT)
+            .json(&body)
+            .send()
+            .await?;
+        ensure!(
+            resp.status().is_success(),
+            "chat turn on Spin: {}",
+            resp.status()
+        );
+        let v: serde_json::Value = resp.json().await?;
+        lat[2].push(start.elapsed().as_secs_f64() * 1000.0);
+        // A new conversation every 100 turns (a conversation's messages are bounded).
+        conversation = if i % 100 == 99 {
+            None
+        } else {
+            v["conversation_id"].as_str().map(str::to_owned)
+        };
+    }
+    let [p, g, c] = lat.map(summary_ms);
+
+    eprintln!("gateway throughput at concurrency 64 ({seconds} s each, alternating twice)…");
+    let mut rps = [0.0f64; 2];
+    for round in 0..2 {
+        for k in if round == 0 { [0, 1] } else { [1, 0] } {
+            let (origin, w) = if k == 0 {
+                (pass.base_url(), passthrough_gateway())
+            } else {
+                (kefu.base_url(), kefu_gateway())
+            };
+            let r = load::run(
+                origin,
+                &w,
+                64,
+                Duration::from_secs(seconds),
+                Pace::Closed,
+                None,
+            )
+            .await?;
+            ensure!(r.error_count() == 0, "Spin throughput: {}", r.errors_text());
+            rps[k] += r.rps() / 2.0;
+        }
+    }
+    drop((kefu, pass));
+    let kefu_wasm =
+        std::fs::metadata(repo_root().join("target/wasm32-wasip2/release/kefu_spin.wasm"))
+            .map_or(0, |m| m.len());
+    Ok(format!(
+        "{}on {runtime}; {samples} requests each at concurrency 1, interleaved; the mock provider at zero latency.\n\n\
+         | measure | pass-through component | Kefu | Kefu over pass-through | pass-through ÷ Kefu |\n|---|---:|---:|---:|---:|\n\
+         | gateway `POST /v1/chat/completions` p50, c=1 (ms) | {:.2} | {:.2} | {:+.2} ms | {:.2}× |\n\
+         | gateway p99, c=1 (ms) | {:.2} | {:.2} | {:+.2} ms | {:.2}× |\n\
+         | gateway throughput, c=64 (req/s) | {:.0} | {:.0} | | Kefu ÷ pass-through **{:.2}×** |\n\
+         | chat turn `POST /api/v1/chat` p50, c=1 (ms; beside the pass-through's request) | {:.2} | {:.2} | {:+.2} ms | {:.2}× |\n\
+         | chat turn p99, c=1 (ms) | {:.2} | {:.2} | {:+.2} ms | {:.2}× |\n\n\
+         Kefu's Spin component (`kefu_spin.wasm`): {kefu_wasm} bytes.\n",
+        header(&format!(
+            "kefu-load spin --samples {samples} --seconds {seconds}"
+        )),
+        p.0,
+        g.0,
+        g.0 - p.0,
+        p.0 / g.0,
+        p.1,
+        g.1,
+        g.1 - p.1,
+        p.1 / g.1,
+        rps[0],
+        rps[1],
+        rps[1] / rps[0],
+        p.0,
+        c.0,
+        c.0 - p.0,
+        p.0 / c.0,
+        p.1,
+        c.1,
+        c.1 - p.1,
+        p.1 / c.1,
     ))
 }
