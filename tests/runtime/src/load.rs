@@ -158,6 +158,9 @@ struct ConnectionResult {
     connects: u64,
 }
 
+/// Sees each request's outcome as it happens: its latency, or the kind of failure.
+pub type OnSample = Arc<dyn Fn(Result<Duration, String>) + Send + Sync>;
+
 /// How a run is paced.
 #[derive(Clone, Copy, Debug)]
 pub enum Pace {
@@ -177,7 +180,7 @@ pub async fn run(
     connections: usize,
     duration: Duration,
     pace: Pace,
-    on_sample: Option<Arc<dyn Fn(Result<Duration, String>) + Send + Sync>>,
+    on_sample: Option<OnSample>,
 ) -> anyhow::Result<RunResult> {
     let host = origin
         .strip_prefix("http://")
@@ -229,7 +232,7 @@ async fn connection(
     barrier: Arc<tokio::sync::Barrier>,
     duration: Duration,
     pace: Pace,
-    on_sample: Option<Arc<dyn Fn(Result<Duration, String>) + Send + Sync>>,
+    on_sample: Option<OnSample>,
 ) -> ConnectionResult {
     let mut out = ConnectionResult::default();
     let fail = |out: &mut ConnectionResult, kind: String| {
@@ -493,7 +496,9 @@ pub fn soak_svg(rows: &[SoakRow], title: &str) -> String {
         h = 2.0 * PANEL_H + 90.0,
         title = escape(title),
     );
-    let panels: [(&str, f64, f64, Vec<(&str, &str, Vec<f64>)>); 2] = [
+    // (label, top, y maximum, [(series name, colour, values)])
+    type Panel<'a> = (&'a str, f64, f64, Vec<(&'a str, &'a str, Vec<f64>)>);
+    let panels: [Panel<'_>; 2] = [
         (
             "latency (ms)",
             30.0,

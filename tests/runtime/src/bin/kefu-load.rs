@@ -370,7 +370,7 @@ async fn soak_cmd(args: &Args) -> anyhow::Result<String> {
     let start = Instant::now();
     let runs = workloads.iter().enumerate().map(|(i, w)| {
         let collector = collector.clone();
-        let sample: Arc<dyn Fn(Result<Duration, String>) + Send + Sync> = Arc::new(move |s| {
+        let sample: load::OnSample = Arc::new(move |s| {
             let mut c = collector.lock().expect("collector");
             match s {
                 Ok(d) => c.latencies_us[i].push(u32::try_from(d.as_micros()).unwrap_or(u32::MAX)),
