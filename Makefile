@@ -27,7 +27,7 @@ WORKER_PLUGINS := workers/build/plugins/index.mjs
 WORKER_SOURCES := $(shell find workers/src components/engine/src -name '*.rs' 2>/dev/null) \
 	workers/Cargo.toml components/engine/Cargo.toml Cargo.toml Cargo.lock
 
-.PHONY: help setup rust-targets tools dev dev-spin worker spin plugins test check test-engine test-plugins test-runtime test-spin-host test-browser screenshots chromium wasm size bench load soak cold-start bench-spin clean
+.PHONY: help setup rust-targets tools dev dev-spin worker spin plugins test check test-engine test-plugins test-runtime test-spin-host test-browser screenshots chromium wasm size bench load soak cold-start bench-spin bench-dev clean
 
 help:
 	@echo "make dev    set up everything and run Kefu locally on workerd (http://localhost:$(DEV_PORT)/demo, /widget-demo)"
@@ -39,6 +39,7 @@ help:
 	@echo "make soak   opt-in: $(SOAK_MINUTES) min at a steady share of capacity, latency and workerd's memory over time (docs/soak.svg, docs/soak.csv)"
 	@echo "make cold-start  a fresh workerd process to the first answered request, Kefu against the pass-through"
 	@echo "make bench-spin  Kefu's Spin component against a pass-through Spin component (gateway, chat turn)"
+	@echo "make bench-dev   make dev's server (wrangler dev) for Kefu against a hello-world Worker"
 	@echo "make size   report the Worker's and the widget's gzipped sizes"
 	@echo "make test-browser  the widget's and agent console's browser tests (Debian's Chromium, installed if missing)"
 	@echo "make screenshots   the browser tests, renewing docs/screenshots/"
@@ -148,6 +149,11 @@ bench-spin: spin
 	cargo build -q -p kefu-bench-spin-passthrough --target wasm32-wasip2 --release
 	@if [ -z "$(SPIN_CLI)" ]; then cargo build -q -p kefu-spin-host; fi
 	cargo run --release -q -p kefu-runtime-tests --bin kefu-load -- spin --write docs/spin-bench-latest.md
+
+# The path users run: `make dev`'s server (wrangler dev) for Kefu against a hello-world Worker
+# on the same wrangler dev, and Kefu on Miniflare directly beside them.
+bench-dev: setup $(WORKER_OUT)
+	cargo run --release -q -p kefu-runtime-tests --bin kefu-load -- dev --write docs/dev-bench-latest.md
 
 cold-start: setup $(WORKER_OUT)
 	cargo run --release -q -p kefu-runtime-tests --bin kefu-load -- cold --reps $(COLD_REPS) --write docs/cold-start-latest.md

@@ -91,6 +91,12 @@ pub struct RunResult {
     pub errors: BTreeMap<String, u64>,
     /// For chat workloads: accepted messages per conversation id.
     pub accepted: BTreeMap<String, u64>,
+    /// For chat workloads: messages answered with an error status that still named their
+    /// conversation (Kefu keeps a message whose reply failed: "Your message is saved").
+    pub failed: BTreeMap<String, u64>,
+    /// The first answer of each failure kind (status and the start of the body, or the
+    /// client's error), to say what the errors were.
+    pub error_examples: BTreeMap<String, String>,
     /// How long the measured part took.
     pub elapsed: Duration,
     /// Connections opened (the first ones and any reopened after a failure).
@@ -106,6 +112,27 @@ impl RunResult {
     /// Every failure, of any kind.
     pub fn error_count(&self) -> u64 {
         self.errors.values().sum()
+    }
+
+    /// Every conversation the run wrote in (accepted or failed messages).
+    pub fn conversations(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .accepted
+            .keys()
+            .chain(self.failed.keys())
+            .cloned()
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    /// What each failure kind looked like, one line each.
+    pub fn error_examples_text(&self) -> String {
+        self.error_examples
+            .iter()
+            .map(|(k, v)| format!("- {k}: {}\n", v.replace(['\n', '|'], " ")))
+            .collect()
     }
 
     /// The failures as `kind×n, …`, or `none`.
@@ -136,6 +163,12 @@ impl RunResult {
         for (id, n) in other.accepted {
             *self.accepted.entry(id).or_default() += n;
         }
+        for (id, n) in other.failed {
+            *self.failed.entry(id).or_default() += n;
+        }
+        for (k, v) in other.error_examples {
+            self.error_examples.entry(k).or_insert(v);
+        }
         self.connects += other.connects;
     }
 }
@@ -155,6 +188,8 @@ struct ConnectionResult {
     latencies_us: Vec<u32>,
     errors: BTreeMap<String, u64>,
     accepted: BTreeMap<String, u64>,
+    failed: BTreeMap<String, u64>,
+    error_examples: BTreeMap<String, String>,
     connects: u64,
 }
 
@@ -235,10 +270,11 @@ async fn connection(
     on_sample: Option<OnSample>,
 ) -> ConnectionResult {
     let mut out = ConnectionResult::default();
-    let fail = |out: &mut ConnectionResult, kind: String| {
+    let fail = |out: &mut ConnectionResult, kind: String, example: String| {
         if let Some(f) = &on_sample {
             f(Err(kind.clone()));
         }
+        out.error_examples.entry(kind.clone()).or_insert(example);
         *out.errors.entry(kind).or_default() += 1;
     };
     let mut sender = match open(host).await {
@@ -247,7 +283,7 @@ async fn connection(
             Some(s)
         }
         Err(kind) => {
-            fail(&mut out, kind);
+            fail(&mut out, kind.clone(), kind);
             None
         }
     };
@@ -280,15 +316,15 @@ async fn connection(
                     sender.insert(s)
                 }
                 Err(kind) => {
-                    fail(&mut out, kind);
+                    fail(&mut out, kind.clone(), kind);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
-        if send.ready().await.is_err() {
+        if let Err(e) = send.ready().await {
             sender = None;
-            fail(&mut out, "connection closed".to_owned());
+            fail(&mut out, "connection closed".to_owned(), e.to_string());
             continue;
         }
         n += 1;
@@ -296,24 +332,47 @@ async fn connection(
         let sent = Instant::now();
         let resp = match send.send_request(req).await {
             Ok(r) => r,
-            Err(_) => {
+            Err(e) => {
                 sender = None;
-                fail(&mut out, "send".to_owned());
+                fail(
+                    &mut out,
+                    "send".to_owned(),
+                    format!("{e} after {:.1} s", sent.elapsed().as_secs_f64()),
+                );
                 continue;
             }
         };
         let status = resp.status();
+        let named = resp
+            .headers()
+            .get("x-kefu-conversation-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let body = match resp.into_body().collect().await {
             Ok(b) => b.to_bytes(),
-            Err(_) => {
+            Err(e) => {
                 sender = None;
-                fail(&mut out, "body".to_owned());
+                fail(&mut out, "body".to_owned(), e.to_string());
                 continue;
             }
         };
         let took = sent.elapsed();
         if !status.is_success() {
-            fail(&mut out, format!("status {}", status.as_u16()));
+            let text = String::from_utf8_lossy(&body);
+            fail(
+                &mut out,
+                format!("status {}", status.as_u16()),
+                format!(
+                    "after {:.1} s: {}",
+                    took.as_secs_f64(),
+                    text.chars().take(200).collect::<String>()
+                ),
+            );
+            if let (Workload::Chat { .. }, Some(id)) = (workload, named) {
+                // The visitor would write again in the same conversation.
+                *out.failed.entry(id.clone()).or_default() += 1;
+                conversation = Some(id);
+            }
             continue;
         }
         out.ok += 1;
@@ -340,7 +399,11 @@ async fn connection(
                         turns_here = 0;
                     }
                 }
-                None => fail(&mut out, "no conversation_id".to_owned()),
+                None => fail(
+                    &mut out,
+                    "no conversation_id".to_owned(),
+                    String::from_utf8_lossy(&body).chars().take(200).collect(),
+                ),
             }
         }
     }
@@ -352,14 +415,13 @@ async fn connection(
 pub async fn count_stored(
     origin: &str,
     tenant: Option<&str>,
-    accepted: &BTreeMap<String, u64>,
+    conversations: &[String],
 ) -> anyhow::Result<(u64, u64)> {
     let http = reqwest::Client::builder()
         .no_proxy()
         .pool_idle_timeout(Duration::from_secs(2))
         .build()?;
-    let ids: Vec<String> = accepted.keys().cloned().collect();
-    let counts = futures::stream::iter(ids)
+    let counts = futures::stream::iter(conversations.to_vec())
         .map(|id| {
             let (http, tenant) = (http.clone(), tenant.map(str::to_owned));
             let url = format!("{origin}/api/v1/conversations/{id}");

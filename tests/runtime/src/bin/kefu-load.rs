@@ -7,6 +7,7 @@
 //!                [--csv docs/soak.csv] [--svg docs/soak.svg] [--write PATH]
 //! kefu-load cold [--reps 7] [--write PATH]
 //! kefu-load spin [--samples 500] [--seconds 8] [--write PATH]
+//! kefu-load dev [--samples 500] [--seconds 5] [--write PATH]
 //! ```
 //!
 //! - `load`: N keep-alive connections (HTTP/1.1, one request at a time each) for a bounded
@@ -26,6 +27,9 @@
 //!   (`tests/bench/spin-passthrough`) on the same Spin (the real CLI where one is found, else
 //!   the Spin test host): the gateway at concurrency 1 (interleaved) and 64, and the chat turn
 //!   beside the pass-through's request as its floor.
+//! - `dev`: the path users run, `make dev`'s server (`wrangler dev`: its proxy, static assets,
+//!   logging as configured), Kefu's `GET /healthz` (which does no work) against a hello-world
+//!   Worker on the same `wrangler dev`, and Kefu's `/healthz` on Miniflare directly beside them.
 //!
 //! Everything runs on 127.0.0.1 against the mock provider (zero latency) in this process;
 //! every host is stopped (its whole process group) on exit, on error and on Ctrl-C.
@@ -137,6 +141,7 @@ async fn main() -> anyhow::Result<()> {
             "soak" => soak_cmd(&args).await,
             "cold" => cold_cmd(&args).await,
             "spin" => spin_cmd(&args).await,
+            "dev" => dev_cmd(&args).await,
             _ => bail!("{USAGE}"),
         }
     };
@@ -198,6 +203,7 @@ async fn load_cmd(args: &Args) -> anyhow::Result<String> {
          |---|---:|---:|---:|---:|---:|---:|---|\n",
     );
     let mut stored_lines = String::new();
+    let mut examples = String::new();
     let mut ratios = Vec::new();
     for round in 0..rounds {
         eprintln!(
@@ -228,18 +234,33 @@ async fn load_cmd(args: &Args) -> anyhow::Result<String> {
             ("DO-chat baseline", do_chat.base_url(), &d),
         ] {
             let accepted: u64 = r.accepted.values().sum();
+            let failed: u64 = r.failed.values().sum();
+            let conversations = r.conversations();
             let (stored, unreadable) =
-                load::count_stored(origin, Some(TENANT), &r.accepted).await?;
+                load::count_stored(origin, Some(TENANT), &conversations).await?;
+            let verdict = if unreadable > 0 {
+                "**conversations unreadable**"
+            } else if stored < accepted {
+                "**accepted messages lost**"
+            } else if stored == accepted + failed {
+                "every accepted message stored (and every failed one kept)"
+            } else if stored == accepted {
+                "every accepted message stored"
+            } else {
+                "every accepted message stored; some failed ones kept"
+            };
             stored_lines.push_str(&format!(
-                "| {name} (round {}) | {} | {accepted} | {stored} | {unreadable} | {} |\n",
+                "| {name} (round {}) | {} | {accepted} | {failed} | {stored} | {unreadable} | {verdict} |\n",
                 round + 1,
-                r.accepted.len(),
-                if stored == accepted && unreadable == 0 {
-                    "every accepted message stored"
-                } else {
-                    "**mismatch**"
-                }
+                conversations.len(),
             ));
+            for line in r.error_examples_text().lines() {
+                examples.push_str(&format!(
+                    "{name}, round {}: {}\n",
+                    round + 1,
+                    line.trim_start_matches("- ")
+                ));
+            }
         }
         let chat_ratio = k.rps() / d.rps();
         table.push_str(&row("Kefu chat API `POST /api/v1/chat`", &k, connections));
@@ -275,6 +296,15 @@ async fn load_cmd(args: &Args) -> anyhow::Result<String> {
         ));
         table.push_str(&row("pass-through Worker", &p, connections));
         ratios.push((chat_ratio, gw_ratio));
+        for (name, r) in [("Kefu gateway", &g), ("pass-through", &p)] {
+            for line in r.error_examples_text().lines() {
+                examples.push_str(&format!(
+                    "{name}, round {}: {}\n",
+                    round + 1,
+                    line.trim_start_matches("- ")
+                ));
+            }
+        }
     }
     drop((kefu, passthrough, do_chat));
     let ratio_text: Vec<String> = ratios
@@ -283,12 +313,18 @@ async fn load_cmd(args: &Args) -> anyhow::Result<String> {
         .collect();
     Ok(format!(
         "{}{table}\nKefu ÷ baseline, requests/s: {}\n\n\
-         | stored after the run | conversations | accepted (200) | visitor messages stored | conversations unreadable | |\n\
-         |---|---:|---:|---:|---:|---|\n{stored_lines}",
+         | stored after the run | conversations | accepted (200) | answered with an error, conversation named | visitor messages stored | conversations unreadable | |\n\
+         |---|---:|---:|---:|---:|---:|---|\n{stored_lines}\n\
+         What the errors were (the first of each kind):\n\n```text\n{}```\n",
         header(&format!(
             "kefu-load load --connections {connections} --seconds {seconds} --rounds {rounds}"
         )),
-        ratio_text.join("; ")
+        ratio_text.join("; "),
+        if examples.is_empty() {
+            "none\n".to_owned()
+        } else {
+            examples
+        }
     ))
 }
 
@@ -433,7 +469,7 @@ async fn soak_cmd(args: &Args) -> anyhow::Result<String> {
     let results: Vec<RunResult> = results.into_iter().collect::<anyhow::Result<_>>()?;
     let chat_accepted: u64 = results[0].accepted.values().sum();
     let (stored, unreadable) =
-        load::count_stored(kefu.base_url(), Some(TENANT), &results[0].accepted).await?;
+        load::count_stored(kefu.base_url(), Some(TENANT), &results[0].conversations()).await?;
     drop(kefu);
 
     std::fs::write(&csv, load::soak_csv(&rows)).with_context(|| format!("writing {csv}"))?;
@@ -501,7 +537,7 @@ async fn soak_cmd(args: &Args) -> anyhow::Result<String> {
         first_full.map_or(f64::NAN, |r| r.rss_mib),
         last.map_or(f64::NAN, |r| r.rss_mib),
         rss_max,
-        chat.accepted.len(),
+        results[0].conversations().len(),
     ))
 }
 
@@ -775,5 +811,184 @@ async fn spin_cmd(args: &Args) -> anyhow::Result<String> {
         c.1,
         c.1 - p.1,
         p.1 / c.1,
+    ))
+}
+
+/// A `wrangler dev` server in its own process group, stopped (the whole group) when dropped.
+struct WranglerDev {
+    child: tokio::process::Child,
+    pgid: u32,
+    base_url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl WranglerDev {
+    /// Runs `wrangler dev` in `cwd` (with `args` after `dev`), persisting into a temporary
+    /// directory, and waits until `GET probe` answers 200.
+    async fn start(cwd: &std::path::Path, args: &[&str], probe: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("kefu-dev-bench-")
+            .tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let log = std::fs::File::create(dir.path().join("wrangler.log"))?;
+        let child = tokio::process::Command::new(repo_root().join("node_modules/.bin/wrangler"))
+            .arg("dev")
+            .args(["--ip", "127.0.0.1", "--port", &port.to_string()])
+            .arg("--persist-to")
+            .arg(dir.path().join("state"))
+            .args(args)
+            .current_dir(cwd)
+            .env("WRANGLER_SEND_METRICS", "false")
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .context("starting wrangler dev")?;
+        let pgid = child.id().context("wrangler exited at once")?;
+        let dev = Self {
+            child,
+            pgid,
+            base_url: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        };
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(5))
+            .build()?;
+        let until = Instant::now() + Duration::from_secs(180);
+        loop {
+            if let Ok(r) = http.get(format!("{}{probe}", dev.base_url)).send().await
+                && r.status().is_success()
+            {
+                return Ok(dev);
+            }
+            ensure!(
+                Instant::now() < until,
+                "wrangler dev in {} did not serve {probe} within 180 s; log:\n{}",
+                cwd.display(),
+                kefu_runtime_tests::worker::log_tail(&dev._dir.path().join("wrangler.log"), 40)
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+impl Drop for WranglerDev {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", "--", &format!("-{}", self.pgid)])
+            .status();
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.pgid)])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = self.child.try_wait();
+    }
+}
+
+async fn get_ms(http: &reqwest::Client, url: &str) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let resp = http.get(url).send().await?;
+    ensure!(resp.status().is_success(), "{url}: {}", resp.status());
+    resp.bytes().await?;
+    Ok(start.elapsed().as_secs_f64() * 1000.0)
+}
+
+async fn dev_cmd(args: &Args) -> anyhow::Result<String> {
+    let samples: usize = args.get("--samples", 500)?;
+    let seconds: u64 = args.get("--seconds", 5)?;
+    let hello_dir = tempfile::Builder::new().prefix("kefu-hello-").tempdir()?;
+    std::fs::write(
+        hello_dir.path().join("wrangler.toml"),
+        "name = \"hello\"\nmain = \"index.js\"\ncompatibility_date = \"2026-04-20\"\n",
+    )?;
+    std::fs::write(
+        hello_dir.path().join("index.js"),
+        "export default { fetch() { return new Response('{\"status\":\"ok\"}', \
+         { headers: { 'content-type': 'application/json' } }); } };\n",
+    )?;
+    eprintln!(
+        "starting wrangler dev for Kefu and for a hello-world Worker, and Kefu on Miniflare…"
+    );
+    let kefu_dev = WranglerDev::start(&repo_root(), &[], "/healthz").await?;
+    let hello_dev = WranglerDev::start(hello_dir.path(), &[], "/").await?;
+    let direct = KefuWorker::start(WorkerOptions::default()).await?;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(128)
+        .pool_idle_timeout(Duration::from_secs(2))
+        .build()?;
+    let urls = [
+        format!("{}/", hello_dev.base_url),
+        format!("{}/healthz", kefu_dev.base_url),
+        format!("{}/healthz", direct.base_url()),
+    ];
+    for _ in 0..100 {
+        for u in &urls {
+            get_ms(&http, u).await?;
+        }
+    }
+    eprintln!("{samples} requests each at concurrency 1, interleaved…");
+    let mut lat: [Vec<f64>; 3] = Default::default();
+    for _ in 0..samples {
+        for (i, u) in urls.iter().enumerate() {
+            lat[i].push(get_ms(&http, u).await?);
+        }
+    }
+    let lat = lat.map(summary_ms);
+    eprintln!("throughput at concurrency 64, {seconds} s each…");
+    let mut rps = [0.0f64; 3];
+    for (i, u) in urls.iter().enumerate() {
+        let next = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..64)
+            .map(|_| {
+                let (http, u, next, count) = (http.clone(), u.clone(), next.clone(), count.clone());
+                tokio::spawn(async move {
+                    while next.load(std::sync::atomic::Ordering::Relaxed) {
+                        get_ms(&http, &u).await?;
+                        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    anyhow::Ok(())
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        next.store(false, std::sync::atomic::Ordering::Relaxed);
+        for t in tasks {
+            t.await??;
+        }
+        rps[i] =
+            count.load(std::sync::atomic::Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    }
+    drop((kefu_dev, hello_dev, direct));
+    Ok(format!(
+        "{}{samples} requests each at concurrency 1 (interleaved), then 64 concurrent for {seconds} s each.\n\n\
+         | measure | hello-world Worker, `wrangler dev` | Kefu `GET /healthz`, `wrangler dev` (`make dev`) | Kefu over hello-world | Kefu `GET /healthz`, Miniflare directly |\n\
+         |---|---:|---:|---:|---:|\n\
+         | p50, c=1 (ms) | {:.2} | {:.2} | {:+.2} ms | {:.2} |\n\
+         | p99, c=1 (ms) | {:.2} | {:.2} | {:+.2} ms | {:.2} |\n\
+         | throughput, c=64 (req/s) | {:.0} | {:.0} | {:.2}× | {:.0} |\n",
+        header(&format!(
+            "kefu-load dev --samples {samples} --seconds {seconds}"
+        )),
+        lat[0].0,
+        lat[1].0,
+        lat[1].0 - lat[0].0,
+        lat[2].0,
+        lat[0].1,
+        lat[1].1,
+        lat[1].1 - lat[0].1,
+        lat[2].1,
+        rps[0],
+        rps[1],
+        rps[1] / rps[0],
+        rps[2],
     ))
 }
