@@ -716,10 +716,17 @@ async fn spin_cmd(args: &Args) -> anyhow::Result<String> {
         gateway_call(&http, &pass_gw, None).await?;
     }
     eprintln!("gateway and chat turns at concurrency 1 ({samples} each, interleaved)…");
-    // [pass-through, Kefu gateway, Kefu chat turn], ms.
-    let mut lat: [Vec<f64>; 3] = Default::default();
+    // [pass-through, Kefu gateway, Kefu chat turn, pass-through /healthz, Kefu /healthz], ms.
+    // Each component answers /healthz itself: a new instance per request and no store.
+    let mut lat: [Vec<f64>; 5] = Default::default();
     let mut conversation: Option<String> = None;
+    let (pass_health, kefu_health) = (
+        format!("{}/healthz", pass.base_url()),
+        format!("{}/healthz", kefu.base_url()),
+    );
     for i in 0..samples {
+        lat[3].push(get_ms(&http, &pass_health).await?);
+        lat[4].push(get_ms(&http, &kefu_health).await?);
         lat[0].push(gateway_call(&http, &pass_gw, None).await?.as_secs_f64() * 1000.0);
         lat[1].push(
             gateway_call(&http, &kefu_gw, Some(KEY))
@@ -752,7 +759,7 @@ async fn spin_cmd(args: &Args) -> anyhow::Result<String> {
             v["conversation_id"].as_str().map(str::to_owned)
         };
     }
-    let [p, g, c] = lat.map(summary_ms);
+    let [p, g, c, ph, kh] = lat.map(summary_ms);
 
     eprintln!("gateway throughput at concurrency 64 ({seconds} s each, alternating twice)…");
     let mut rps = [0.0f64; 2];
@@ -787,7 +794,8 @@ async fn spin_cmd(args: &Args) -> anyhow::Result<String> {
          | gateway p99, c=1 (ms) | {:.2} | {:.2} | {:+.2} ms | {:.2}× |\n\
          | gateway throughput, c=64 (req/s) | {:.0} | {:.0} | | Kefu ÷ pass-through **{:.2}×** |\n\
          | chat turn `POST /api/v1/chat` p50, c=1 (ms; beside the pass-through's request) | {:.2} | {:.2} | {:+.2} ms | {:.2}× |\n\
-         | chat turn p99, c=1 (ms) | {:.2} | {:.2} | {:+.2} ms | {:.2}× |\n\n\
+         | chat turn p99, c=1 (ms) | {:.2} | {:.2} | {:+.2} ms | {:.2}× |\n\
+         | `GET /healthz` p50, c=1 (ms; each answers it itself: an instance, no store, no outbound call) | {:.2} | {:.2} | {:+.2} ms | {:.2}× |\n\n\
          Kefu's Spin component (`kefu_spin.wasm`): {kefu_wasm} bytes.\n",
         header(&format!(
             "kefu-load spin --samples {samples} --seconds {seconds}"
@@ -811,6 +819,10 @@ async fn spin_cmd(args: &Args) -> anyhow::Result<String> {
         c.1,
         c.1 - p.1,
         p.1 / c.1,
+        ph.0,
+        kh.0,
+        kh.0 - ph.0,
+        ph.0 / kh.0,
     ))
 }
 
