@@ -242,10 +242,10 @@ async fn load_cmd(args: &Args) -> anyhow::Result<String> {
                 "**conversations unreadable**"
             } else if stored < accepted {
                 "**accepted messages lost**"
-            } else if stored == accepted + failed {
-                "every accepted message stored (and every failed one kept)"
             } else if stored == accepted {
                 "every accepted message stored"
+            } else if stored == accepted + failed {
+                "every accepted message stored (and every failed one kept)"
             } else {
                 "every accepted message stored; some failed ones kept"
             };
