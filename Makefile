@@ -38,7 +38,7 @@ help:
 	@echo "make load   1,000 connections for a bounded time: Kefu's chat API and gateway against their baselines (docs/load-latest.md)"
 	@echo "make soak   opt-in: $(SOAK_MINUTES) min at a steady share of capacity, latency and workerd's memory over time (docs/soak.svg, docs/soak.csv)"
 	@echo "make cold-start  a fresh workerd process to the first answered request, Kefu against the pass-through"
-	@echo "make bench-spin  Kefu's Spin component against a pass-through Spin component (gateway, chat turn)"
+	@echo "make bench-spin  Kefu's Spin component against a pass-through and a minimal SQLite chat on Spin"
 	@echo "make bench-dev   make dev's server (wrangler dev) for Kefu against a hello-world Worker"
 	@echo "make size   report the Worker's and the widget's gzipped sizes"
 	@echo "make test-browser  the widget's and agent console's browser tests (Debian's Chromium, installed if missing)"
@@ -143,8 +143,9 @@ soak: setup $(WORKER_OUT)
 		--minutes $(SOAK_MINUTES) --fraction $(SOAK_FRACTION) --interval $(SOAK_INTERVAL) \
 		--csv docs/soak.csv --svg docs/soak.svg --write docs/soak-latest.md
 
-# Kefu's Spin component against a pass-through Spin component on the same Spin (the real CLI
-# where one is found, as for test-runtime, else the Spin test host).
+# Kefu's Spin component against the baselines' Spin component (tests/bench/spin-passthrough: a
+# pass-through and a minimal SQLite chat) on the same Spin (the real CLI where one is found,
+# as for test-runtime, else the Spin test host).
 bench-spin: spin
 	cargo build -q -p kefu-bench-spin-passthrough --target wasm32-wasip2 --release
 	@if [ -z "$(SPIN_CLI)" ]; then cargo build -q -p kefu-spin-host; fi

@@ -525,10 +525,10 @@ impl KefuSpin {
         Ok(spin)
     }
 
-    /// Starts the Spin benchmark's baseline: the pass-through component
-    /// (`tests/bench/spin-passthrough`, built by `make bench-spin`) forwarding every request to
-    /// `upstream` (an origin such as `http://127.0.0.1:9090`), on the same runtime
-    /// [`Self::start`] picks.
+    /// Starts the Spin benchmark's baselines: the component `tests/bench/spin-passthrough`
+    /// (built by `make bench-spin`), which forwards every request to `upstream` (an origin
+    /// such as `http://127.0.0.1:9090`) except its minimal SQLite chat
+    /// (`POST /api/v1/chat`), on the same runtime [`Self::start`] picks.
     pub async fn start_passthrough(upstream: &str) -> anyhow::Result<Self> {
         let runtime = SpinRuntime::find()?;
         let root = repo_root();
@@ -546,7 +546,7 @@ impl KefuSpin {
             format!(
                 "spin_manifest_version = 2\n\n[application]\nname = \"passthrough\"\n\n\
                  [[trigger.http]]\nroute = \"/...\"\ncomponent = \"passthrough\"\n\n\
-                 [component.passthrough]\nsource = \"{}\"\nallowed_outbound_hosts = [\"{upstream}\"]\n\n\
+                 [component.passthrough]\nsource = \"{}\"\nallowed_outbound_hosts = [\"{upstream}\"]\nsqlite_databases = [\"default\"]\n\n\
                  [component.passthrough.variables]\nupstream = \"{upstream}\"\n",
                 wasm.display()
             ),

@@ -23,10 +23,10 @@
 //! - `cold`: a fresh Miniflare/workerd process each time, Kefu and the pass-through
 //!   alternating: the time from starting the process to the first answered request, and the
 //!   first requests after it; with the Worker's wasm size.
-//! - `spin`: Kefu's Spin component against the pass-through Spin component
+//! - `spin`: Kefu's Spin component against the baselines' Spin component
 //!   (`tests/bench/spin-passthrough`) on the same Spin (the real CLI where one is found, else
-//!   the Spin test host): the gateway at concurrency 1 (interleaved) and 64, and the chat turn
-//!   beside the pass-through's request as its floor.
+//!   the Spin test host): the gateway against its pass-through at concurrency 1 (interleaved)
+//!   and 64, the chat turn against its minimal SQLite chat, `/healthz` against `/healthz`.
 //! - `dev`: the path users run, `make dev`'s server (`wrangler dev`: its proxy, static assets,
 //!   logging as configured), Kefu's `GET /healthz` (which does no work) against a hello-world
 //!   Worker on the same `wrangler dev`, and Kefu's `/healthz` on Miniflare directly beside them.
@@ -716,10 +716,13 @@ async fn spin_cmd(args: &Args) -> anyhow::Result<String> {
         gateway_call(&http, &pass_gw, None).await?;
     }
     eprintln!("gateway and chat turns at concurrency 1 ({samples} each, interleaved)…");
-    // [pass-through, Kefu gateway, Kefu chat turn, pass-through /healthz, Kefu /healthz], ms.
-    // Each component answers /healthz itself: a new instance per request and no store.
-    let mut lat: [Vec<f64>; 5] = Default::default();
+    // [pass-through, Kefu gateway, Kefu chat turn, pass-through /healthz, Kefu /healthz,
+    // SQLite-chat baseline turn], ms. Each component answers /healthz itself: a new instance
+    // per request and no store.
+    let mut lat: [Vec<f64>; 6] = Default::default();
     let mut conversation: Option<String> = None;
+    let mut base_conversation: Option<String> = None;
+    let base_chat_url = format!("{}/api/v1/chat", pass.base_url());
     let (pass_health, kefu_health) = (
         format!("{}/healthz", pass.base_url()),
         format!("{}/healthz", kefu.base_url()),
@@ -727,6 +730,24 @@ async fn spin_cmd(args: &Args) -> anyhow::Result<String> {
     for i in 0..samples {
         lat[3].push(get_ms(&http, &pass_health).await?);
         lat[4].push(get_ms(&http, &kefu_health).await?);
+        let mut body = json!({"message": format!("spin benchmark turn {i}")});
+        if let Some(id) = &base_conversation {
+            body["conversation_id"] = json!(id);
+        }
+        let start = Instant::now();
+        let resp = http.post(&base_chat_url).json(&body).send().await?;
+        ensure!(
+            resp.status().is_success(),
+            "chat turn on the SQLite-chat baseline: {}",
+            resp.status()
+        );
+        let v: serde_json::Value = resp.json().await?;
+        lat[5].push(start.elapsed().as_secs_f64() * 1000.0);
+        base_conversation = if i % 100 == 99 {
+            None
+        } else {
+            v["conversation_id"].as_str().map(str::to_owned)
+        };
         lat[0].push(gateway_call(&http, &pass_gw, None).await?.as_secs_f64() * 1000.0);
         lat[1].push(
             gateway_call(&http, &kefu_gw, Some(KEY))
@@ -759,7 +780,7 @@ async fn spin_cmd(args: &Args) -> anyhow::Result<String> {
             v["conversation_id"].as_str().map(str::to_owned)
         };
     }
-    let [p, g, c, ph, kh] = lat.map(summary_ms);
+    let [p, g, c, ph, kh, bc] = lat.map(summary_ms);
 
     eprintln!("gateway throughput at concurrency 64 ({seconds} s each, alternating twice)…");
     let mut rps = [0.0f64; 2];
@@ -789,11 +810,11 @@ async fn spin_cmd(args: &Args) -> anyhow::Result<String> {
             .map_or(0, |m| m.len());
     Ok(format!(
         "{}on {runtime}; {samples} requests each at concurrency 1, interleaved; the mock provider at zero latency.\n\n\
-         | measure | pass-through component | Kefu | Kefu over pass-through | pass-through ÷ Kefu |\n|---|---:|---:|---:|---:|\n\
-         | gateway `POST /v1/chat/completions` p50, c=1 (ms) | {:.2} | {:.2} | {:+.2} ms | {:.2}× |\n\
+         | measure | baseline | Kefu | Kefu over baseline | baseline ÷ Kefu |\n|---|---:|---:|---:|---:|\n\
+         | gateway `POST /v1/chat/completions` p50, c=1 (ms; baseline: the pass-through) | {:.2} | {:.2} | {:+.2} ms | {:.2}× |\n\
          | gateway p99, c=1 (ms) | {:.2} | {:.2} | {:+.2} ms | {:.2}× |\n\
-         | gateway throughput, c=64 (req/s) | {:.0} | {:.0} | | Kefu ÷ pass-through **{:.2}×** |\n\
-         | chat turn `POST /api/v1/chat` p50, c=1 (ms; beside the pass-through's request) | {:.2} | {:.2} | {:+.2} ms | {:.2}× |\n\
+         | gateway throughput, c=64 (req/s) | {:.0} | {:.0} | | Kefu ÷ baseline **{:.2}×** |\n\
+         | chat turn `POST /api/v1/chat` p50, c=1 (ms; baseline: the SQLite chat) | {:.2} | {:.2} | {:+.2} ms | {:.2}× |\n\
          | chat turn p99, c=1 (ms) | {:.2} | {:.2} | {:+.2} ms | {:.2}× |\n\
          | `GET /healthz` p50, c=1 (ms; each answers it itself: an instance, no store, no outbound call) | {:.2} | {:.2} | {:+.2} ms | {:.2}× |\n\n\
          Kefu's Spin component (`kefu_spin.wasm`): {kefu_wasm} bytes.\n",
@@ -811,14 +832,14 @@ async fn spin_cmd(args: &Args) -> anyhow::Result<String> {
         rps[0],
         rps[1],
         rps[1] / rps[0],
-        p.0,
+        bc.0,
         c.0,
-        c.0 - p.0,
-        p.0 / c.0,
-        p.1,
+        c.0 - bc.0,
+        bc.0 / c.0,
+        bc.1,
         c.1,
-        c.1 - p.1,
-        p.1 / c.1,
+        c.1 - bc.1,
+        bc.1 / c.1,
         ph.0,
         kh.0,
         kh.0 - ph.0,
