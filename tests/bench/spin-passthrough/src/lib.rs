@@ -95,16 +95,24 @@ mod chat {
             .next()
             .and_then(|r| r.get::<i64>("seq"))
             .unwrap_or(0);
-        Ok(json!({"seq": seq, "role": role, "parts": [{"type": "text", "text": text}], "created_at": created_at}))
+        Ok(
+            json!({"seq": seq, "role": role, "parts": [{"type": "text", "text": text}], "created_at": created_at}),
+        )
     }
 
     /// One chat turn: store, prompt, provider call, store, answer.
     pub(crate) async fn turn(upstream: &str, body: &[u8]) -> anyhow::Result<Response> {
         let Ok(input) = serde_json::from_slice::<Value>(body) else {
-            return Ok(json_response(400, &json!({"error": {"code": "invalid_json"}})));
+            return Ok(json_response(
+                400,
+                &json!({"error": {"code": "invalid_json"}}),
+            ));
         };
         let Some(text) = input["message"].as_str().filter(|t| !t.trim().is_empty()) else {
-            return Ok(json_response(400, &json!({"error": {"code": "missing_field"}})));
+            return Ok(json_response(
+                400,
+                &json!({"error": {"code": "missing_field"}}),
+            ));
         };
         let id = match input["conversation_id"].as_str() {
             Some(id) => id.to_owned(),
@@ -124,7 +132,11 @@ mod chat {
             )?
             .rows()
             .map(|r| {
-                let role = if r.get::<&str>("role") == Some("visitor") { "user" } else { "assistant" };
+                let role = if r.get::<&str>("role") == Some("visitor") {
+                    "user"
+                } else {
+                    "assistant"
+                };
                 json!({"role": role, "content": r.get::<&str>("text").unwrap_or_default()})
             })
             .collect();
@@ -137,10 +149,15 @@ mod chat {
             .build();
         let resp: Response = send(request).await?;
         if *resp.status() != 200 {
-            return Ok(json_response(502, &json!({"error": {"code": "provider_error"}})));
+            return Ok(json_response(
+                502,
+                &json!({"error": {"code": "provider_error"}}),
+            ));
         }
         let answer: Value = serde_json::from_slice(resp.body())?;
-        let reply_text = answer["choices"][0]["message"]["content"].as_str().unwrap_or_default();
+        let reply_text = answer["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or_default();
         let reply = store(&db, &id, "bot", reply_text)?;
         Ok(json_response(
             200,
