@@ -4,7 +4,7 @@
 //! ```text
 //! kefu-load load [--connections 1000] [--seconds 20] [--rounds 1] [--write PATH]
 //! kefu-load soak [--minutes 20] [--fraction 0.5] [--interval 10] [--connections 16]
-//!                [--csv docs/soak.csv] [--svg docs/soak.svg] [--write PATH]
+//!                [--only chat|gateway] [--csv docs/soak.csv] [--svg docs/soak.svg] [--write PATH]
 //! kefu-load cold [--reps 7] [--write PATH]
 //! kefu-load spin [--samples 500] [--seconds 8] [--write PATH]
 //! kefu-load dev [--samples 500] [--seconds 5] [--write PATH]
@@ -343,6 +343,14 @@ async fn soak_cmd(args: &Args) -> anyhow::Result<String> {
     let csv = args
         .opt("--csv")
         .unwrap_or_else(|| "docs/soak.csv".to_owned());
+    // `--only chat` or `--only gateway`: soak one workload alone (at the same rate).
+    let only = args.opt("--only");
+    let enabled = match only.as_deref() {
+        None => [true, true],
+        Some("chat") => [true, false],
+        Some("gateway") => [false, true],
+        Some(other) => bail!("--only chat or --only gateway, not {other:?}"),
+    };
     let svg = args
         .opt("--svg")
         .unwrap_or_else(|| "docs/soak.svg".to_owned());
@@ -364,6 +372,9 @@ async fn soak_cmd(args: &Args) -> anyhow::Result<String> {
     eprintln!("measuring capacity (64 connections, 10 s each)…");
     let mut capacity = [0.0; 2];
     for (i, w) in workloads.iter().enumerate() {
+        if !enabled[i] {
+            continue;
+        }
         load::run(
             kefu.base_url(),
             w,
@@ -413,15 +424,16 @@ async fn soak_cmd(args: &Args) -> anyhow::Result<String> {
                 Err(_) => c.errors[i] += 1,
             }
         });
-        let period = Duration::from_secs_f64(connections as f64 / rates[i]);
-        load::run(
-            &base,
-            w,
-            connections,
-            duration,
-            Pace::Every(period),
-            Some(sample),
-        )
+        // A workload left out runs on no connections (and answers nothing).
+        let (conns, period) = if enabled[i] {
+            (
+                connections,
+                Duration::from_secs_f64(connections as f64 / rates[i]),
+            )
+        } else {
+            (0, Duration::from_secs(1))
+        };
+        load::run(&base, w, conns, duration, Pace::Every(period), Some(sample))
     });
     let all = futures::future::join_all(runs);
     tokio::pin!(all);
@@ -510,7 +522,10 @@ async fn soak_cmd(args: &Args) -> anyhow::Result<String> {
          | highest | {:.1} |\n\n\
          Chat messages accepted {chat_accepted}, visitor messages stored {stored} in {} conversations ({unreadable} unreadable).\n",
         header(&format!(
-            "kefu-load soak --minutes {minutes} --fraction {fraction} --interval {interval_s} --connections {connections}"
+            "kefu-load soak --minutes {minutes} --fraction {fraction} --interval {interval_s} --connections {connections}{}",
+            only.as_deref()
+                .map(|o| format!(" --only {o}"))
+                .unwrap_or_default()
         )),
         capacity[0],
         capacity[1],
