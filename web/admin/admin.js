@@ -171,7 +171,7 @@
     $("config-text").value = $("draft-text").value = "";
     state.suite = null;
     // Nothing of this tenant's stays in the page for whoever signs in next.
-    for (const id of ["versions", "tests", "publish-failing", "draft-live-text", "sources", "hits", "groups", "unanswered", "today", "chart", "by-route", "by-model", "keys", "agents", "agent-ids", "tenant-plugins", "installed-plugins", "try-id", "try-answer", "try-record"]) clear($(id));
+    for (const id of ["versions", "tests", "staged", "stage-remove-id", "publish-failing", "draft-live-text", "sources", "hits", "groups", "unanswered", "today", "chart", "by-route", "by-model", "keys", "agents", "agent-ids", "tenant-plugins", "installed-plugins", "try-id", "try-answer", "try-record"]) clear($(id));
     $("try-out").hidden = true;
     $("groups-status").textContent = "";
     state.plugins = null;
@@ -513,10 +513,71 @@
       }
       state.tests = tests.tests || [];
       renderTests();
+      await loadStaged();
     } catch (e) {
       showError(e);
     }
   }
+
+  // The draft's knowledge sources: staged beside the live ones, listed with a Drop each.
+  async function loadStaged() {
+    const [{ sources = [] }, live] = await Promise.all([api("/api/v1/config/draft/knowledge/sources"), api("/api/v1/knowledge/sources")]);
+    const body = $("staged");
+    clear(body);
+    $("staged-empty").hidden = sources.length > 0;
+    $("staged-table").hidden = sources.length === 0;
+    for (const s of sources) {
+      const change = s.change === "remove" ? "remove" : s.live ? "replace" : "add";
+      body.append(el("tr", { "data-staged": s.id },
+        el("td", {}, el("div", { class: "strong", text: s.title || s.id }), el("div", { class: "muted mono", text: s.id })),
+        el("td", {}, el("span", { class: change === "remove" ? "pill off" : "pill ok", text: change })),
+        el("td", { class: "num", text: change === "remove" ? "" : fmtInt(s.chunks) }),
+        el("td", { class: "actions" }, el("button", { type: "button", class: "btn small danger-ghost", text: "Drop", "aria-label": `Drop: ${s.id}`, onclick: () => dropStaged(s.id) }))));
+    }
+    const select = $("stage-remove-id");
+    clear(select);
+    for (const s of live.sources || []) select.append(el("option", { value: s.id, text: s.title ? `${s.title} (${s.id})` : s.id }));
+    $("stage-remove").disabled = select.options.length === 0;
+  }
+
+  async function stage(id, body) {
+    $("stage-error").textContent = "";
+    try {
+      await api(`/api/v1/config/draft/knowledge/sources/${encodeURIComponent(id)}`, { method: "PUT", body });
+      state.suite = null;
+      renderTests();
+      await loadStaged();
+      return true;
+    } catch (e) {
+      $("stage-error").textContent = `${e.code}${e.field ? ` (${e.field})` : ""}: ${e.message}`;
+      return false;
+    }
+  }
+
+  async function dropStaged(id) {
+    try {
+      await api(`/api/v1/config/draft/knowledge/sources/${encodeURIComponent(id)}`, { method: "DELETE" });
+      await loadStaged();
+    } catch (e) {
+      showError(e);
+    }
+  }
+
+  $("stage-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const id = $("stage-id").value.trim();
+    const source = { id, kind: $("stage-kind").value, body: $("stage-body").value };
+    if ($("stage-title").value.trim()) source.title = $("stage-title").value.trim();
+    if (!id || !source.body.trim()) {
+      $("stage-error").textContent = "A source needs an id and some text.";
+      return;
+    }
+    if (await stage(id, source)) $("stage-form").reset();
+  });
+  $("stage-remove").addEventListener("click", () => {
+    const id = $("stage-remove-id").value;
+    if (id) stage(id, { remove: true });
+  });
 
   function renderTests() {
     const body = $("tests");
@@ -641,7 +702,10 @@
       loadVersions();
       $("draft-live").textContent = `live v${out.version}`;
       $("draft-live-text").textContent = JSON.stringify(cfg.config, null, 2);
-      $("draft-status").textContent = out.override ? `published as v${out.version} (override)` : `published as v${out.version}`;
+      const changed = (out.sources || []).length;
+      const sources = changed ? `, ${changed} knowledge source${changed === 1 ? "" : "s"}` : "";
+      $("draft-status").textContent = out.override ? `published as v${out.version}${sources} (override)` : `published as v${out.version}${sources}`;
+      await loadStaged();
     } catch (e) {
       if (e.code === "suite_failed" && e.body && e.body.suite) {
         state.suite = e.body.suite;

@@ -2,6 +2,7 @@
 //! from the deployment's variables. The engine parses and validates it.
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use kefu_engine::api::ApiError;
 use kefu_engine::config_history::{self, ConfigMeta, KvOp};
@@ -33,8 +34,9 @@ fn secret_or_var(env: &Env, name: &str) -> Option<String> {
 /// on almost every request.
 const CACHE_MS: u64 = 2_000;
 
-/// A configuration read at a time (ms), or the validation error it produced.
-type Cached = (u64, Result<TenantConfig, ApiError>);
+/// A configuration read at a time (ms), or the validation error it produced. Shared, not
+/// copied: every request of the isolate reads the same parsed document.
+type Cached = (u64, Result<Rc<TenantConfig>, ApiError>);
 
 thread_local! {
     static CACHE: std::cell::RefCell<std::collections::HashMap<String, Cached>> = std::cell::RefCell::default();
@@ -42,7 +44,7 @@ thread_local! {
 
 /// The tenant's configuration. A stored document that fails validation is an error that
 /// names the field, never a silent fall-back to another provider.
-pub(crate) async fn load(env: &Env, tenant: &TenantId) -> Result<TenantConfig, ApiError> {
+pub(crate) async fn load(env: &Env, tenant: &TenantId) -> Result<Rc<TenantConfig>, ApiError> {
     let now = crate::provider::now().as_millis();
     let cached = CACHE.with(|c| {
         c.borrow()
@@ -53,7 +55,7 @@ pub(crate) async fn load(env: &Env, tenant: &TenantId) -> Result<TenantConfig, A
     if let Some(result) = cached {
         return result;
     }
-    let result = read(env, tenant).await;
+    let result = read(env, tenant).await.map(Rc::new);
     // Storage failures are not cached: the next request tries again.
     if !matches!(&result, Err(e) if e.code == "internal_error") {
         CACHE.with(|c| {
@@ -152,6 +154,20 @@ pub(crate) async fn meta(env: &Env, tenant: &TenantId) -> Result<ConfigMeta, Api
         .await
         .map_err(|e| ApiError::internal(format!("reading the history: {e}")))?;
     Ok(ConfigMeta::from_json(text.as_deref()))
+}
+
+/// The configuration a draft's knowledge sources are staged, searched and published under:
+/// the draft configuration while it validates, else the live one
+/// ([`kefu_engine::draft::draft_config`]).
+pub(crate) async fn draft_config(
+    env: &Env,
+    tenant: &TenantId,
+) -> Result<Rc<TenantConfig>, ApiError> {
+    let stored = get_text(env, &kefu_engine::draft::draft_key(tenant)).await?;
+    match kefu_engine::draft::draft_config(tenant, stored.as_deref(), &deployment(env)) {
+        Some(config) => Ok(Rc::new(config)),
+        None => load(env, tenant).await,
+    }
 }
 
 /// The current document as stored (not the built-in default).

@@ -106,7 +106,7 @@ pub(crate) async fn begin(
         tokens,
     };
     let body = serde_json::to_vec(&body).map_err(|e| Refusal::Host(internal(e)))?;
-    let mut resp = forward(
+    let resp = forward(
         &stub(env, tenant).map_err(Refusal::Host)?,
         Method::Post,
         "/begin",
@@ -114,7 +114,9 @@ pub(crate) async fn begin(
     )
     .await
     .map_err(Refusal::Host)?;
-    let answer: BeginAnswer = resp.json().await.map_err(|e| Refusal::Host(internal(e)))?;
+    let answer: BeginAnswer = crate::http::body_json(&resp)
+        .await
+        .map_err(|e| Refusal::Host(internal(e)))?;
     cache_board(tenant, answer.board);
     if let Some((limit, retry_after_ms)) = answer.refused {
         return Err(Refusal::Quota(QuotaError {
@@ -130,8 +132,8 @@ pub(crate) async fn begin(
 
 /// The tenant's usage totals per day, route and target, and today's quota counters.
 pub(crate) async fn usage(env: &Env, tenant: &TenantId) -> Result<serde_json::Value, ApiError> {
-    let mut resp = forward(&stub(env, tenant)?, Method::Get, "/usage", None).await?;
-    resp.json().await.map_err(internal)
+    let resp = forward(&stub(env, tenant)?, Method::Get, "/usage", None).await?;
+    crate::http::body_json(&resp).await.map_err(internal)
 }
 
 /// Reports of plain successes wait this long in the isolate to travel to the object
@@ -215,8 +217,10 @@ pub(crate) async fn settle(env: &Env, tenant: &TenantId, req: Report) {
 async fn send(env: &Env, tenant: &TenantId, req: SettleRequest) {
     let result = async {
         let body = serde_json::to_vec(&req).map_err(internal)?;
-        let mut resp = forward(&stub(env, tenant)?, Method::Post, "/settle", Some(body)).await?;
-        let text = resp.text().await.map_err(internal)?;
+        let resp = forward(&stub(env, tenant)?, Method::Post, "/settle", Some(body)).await?;
+        let text =
+            String::from_utf8_lossy(&crate::http::body_bytes(&resp).await.map_err(internal)?)
+                .into_owned();
         let answer: SettleAnswer = serde_json::from_str(&text).map_err(|e| {
             ApiError::internal(format!(
                 "{e}: the gateway answered {} {text}",

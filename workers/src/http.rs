@@ -105,6 +105,28 @@ pub(crate) async fn drain(req: &mut worker::Request) {
     }
 }
 
+/// A response's whole body in one call (`arrayBuffer()` on the platform's stream), rather
+/// than chunk by chunk through a stream reader as `worker::Response::bytes` reads it.
+pub(crate) async fn body_bytes(resp: &worker::Response) -> worker::Result<Vec<u8>> {
+    use worker::wasm_bindgen_futures::JsFuture;
+    match resp.body() {
+        worker::ResponseBody::Empty => Ok(Vec::new()),
+        worker::ResponseBody::Body(bytes) => Ok(bytes.clone()),
+        worker::ResponseBody::Stream(stream) => {
+            let whole = worker::web_sys::Response::new_with_opt_readable_stream(Some(stream))?;
+            let buffer = JsFuture::from(whole.array_buffer()?).await?;
+            Ok(worker::js_sys::Uint8Array::new(&buffer).to_vec())
+        }
+    }
+}
+
+/// A response's body as JSON, read whole ([`body_bytes`]).
+pub(crate) async fn body_json<T: serde::de::DeserializeOwned>(
+    resp: &worker::Response,
+) -> worker::Result<T> {
+    Ok(serde_json::from_slice(&body_bytes(resp).await?)?)
+}
+
 /// The request's body, read chunk by chunk under `limit` (the engine's, for the route:
 /// [`kefu_engine::api::body_limit`]). A declared `Content-Length` over the limit is refused
 /// before anything is read, and a body without one (chunked) as soon as the running total
@@ -124,6 +146,21 @@ pub(crate) async fn read_body(
     // A request without a body (a bodiless POST) has no stream to read.
     if req.inner().body().is_none() {
         return Ok(Vec::new());
+    }
+    // A declared length within the limit: the runtime delivers exactly that many bytes (or
+    // fails the read), so the body is read whole in one call rather than chunk by chunk.
+    if let Some(n) = declared
+        && limit.admits(n)
+    {
+        let body = req
+            .bytes()
+            .await
+            .map_err(|e| ApiError::internal(format!("reading the body: {e}")))?;
+        return if limit.admits(body.len() as u64) {
+            Ok(body)
+        } else {
+            Err(limit.refusal())
+        };
     }
     let mut stream = req
         .stream()
@@ -254,11 +291,11 @@ pub(crate) async fn send(
     let controller = worker::AbortController::default();
     let signal = controller.signal();
     let call = async {
-        let mut resp = worker::Fetch::Request(req)
+        let resp = worker::Fetch::Request(req)
             .send_with_signal(&signal)
             .await
             .map_err(|e| e.to_string())?;
-        let body = resp.bytes().await.map_err(|e| e.to_string())?;
+        let body = body_bytes(&resp).await.map_err(|e| e.to_string())?;
         Ok::<_, String>((resp.status_code(), body))
     };
     let timer = worker::Delay::from(core::time::Duration::from_millis(timeout_ms));

@@ -5,6 +5,9 @@
 //!
 //! Chunking, the schema, the statements, the search query and the ranking are the engine's
 //! (`kefu_engine::knowledge`); this object only runs them and calls the embedding model.
+//! The draft's staged sources live here too (the engine's [`DraftSourcesPlan`], under the
+//! draft's key in the same tables), staged, searched and published under the draft's
+//! configuration ([`crate::config::draft_config`]).
 //! Re-indexing a source replaces it in one synchronous step (the embeddings are computed
 //! first), so a search never sees half a source.
 
@@ -13,8 +16,10 @@
 
 use kefu_engine::TenantId;
 use kefu_engine::api::ApiError;
-use kefu_engine::chat::{EMBEDDING_TIMEOUT_MS, Got, IndexPlan, Need, SearchPlan, UnansweredPlan};
-use kefu_engine::knowledge::{self, RetrievedChunk, SqlValue, Statement, Unanswered};
+use kefu_engine::chat::{
+    DraftSourcesPlan, EMBEDDING_TIMEOUT_MS, Got, IndexPlan, Need, SearchPlan, UnansweredPlan,
+};
+use kefu_engine::knowledge::{self, RetrievedChunk, Scope, SqlValue, Statement, Unanswered};
 use serde_json::{Value, json};
 use worker::{
     DurableObject, Env, Method, Request, Response, SqlStorage, SqlStorageValue, State,
@@ -31,18 +36,21 @@ fn stub(env: &Env, tenant: &TenantId) -> Result<worker::Stub, ApiError> {
         .map_err(internal)
 }
 
-/// Searches the tenant's knowledge base for `question`; the best `k` chunks.
+/// Searches the tenant's knowledge base for `question` (in `scope`: the live one, or
+/// overlaid with the draft's staged sources); the best `k` chunks.
 pub(crate) async fn search(
     env: &Env,
     tenant: &TenantId,
     question: &str,
     k: u8,
+    scope: Scope,
 ) -> Result<Vec<RetrievedChunk>, ApiError> {
-    let body = json!({"tenant": tenant.as_str(), "q": question, "k": k})
+    let draft = scope == Scope::Draft;
+    let body = json!({"tenant": tenant.as_str(), "q": question, "k": k, "draft": draft})
         .to_string()
         .into_bytes();
-    let mut resp = forward(&stub(env, tenant)?, Method::Post, "/search", Some(body)).await?;
-    let v: Value = resp.json().await.map_err(internal)?;
+    let resp = forward(&stub(env, tenant)?, Method::Post, "/search", Some(body)).await?;
+    let v: Value = crate::http::body_json(&resp).await.map_err(internal)?;
     serde_json::from_value(v["results"].clone()).map_err(internal)
 }
 
@@ -60,6 +68,23 @@ pub(crate) async fn log_unanswered(env: &Env, tenant: &TenantId, entry: &Unanswe
             json!({"msg": "unanswered log failed", "error": e.message}),
         );
     }
+}
+
+/// The answer of one of the draft's sources requests (`GET /draft/sources` or `POST
+/// /draft/publish`), as JSON; anything but `200` is the object's error response.
+pub(crate) async fn draft_sources(
+    env: &Env,
+    tenant: &TenantId,
+    method: Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<Result<Value, Response>, ApiError> {
+    let path = format!("{path}?tenant={}", tenant.as_str());
+    let mut resp = forward(&stub(env, tenant)?, method, &path, body).await?;
+    if resp.status_code() != 200 {
+        return Ok(Err(resp));
+    }
+    Ok(Ok(resp.json().await.map_err(internal)?))
 }
 
 /// Forwards an operator's knowledge-base request to the tenant's object.
@@ -164,16 +189,22 @@ impl KnowledgeObject {
         self.unanswered(plan).await
     }
 
-    /// The best `k` chunks for `question`: the engine's [`SearchPlan`], carried out.
+    /// The best `k` chunks for `question` in `scope`: the engine's [`SearchPlan`], carried
+    /// out (the draft's overlay under the draft's configuration).
     async fn search(
         &self,
         tenant: &TenantId,
         question: &str,
         k: u8,
+        scope: Scope,
     ) -> Result<Vec<RetrievedChunk>, ApiError> {
-        let config = crate::config::load(&self.env, tenant).await?;
+        let config = match scope {
+            Scope::Live => crate::config::load(&self.env, tenant).await?,
+            Scope::Draft => crate::config::draft_config(&self.env, tenant).await?,
+        };
         let secrets = crate::config::secrets(&self.env, tenant, &config);
-        let mut plan = SearchPlan::new(tenant.clone(), config, secrets, question, k);
+        let mut plan = SearchPlan::new(tenant.clone(), (*config).clone(), secrets, question, k)
+            .in_scope(scope);
         self.carry_out(|got| plan.step(got)).await;
         for warning in plan.warnings() {
             log(
@@ -182,6 +213,65 @@ impl KnowledgeObject {
             );
         }
         plan.take_result()
+    }
+
+    /// The draft's sources: the engine's [`DraftSourcesPlan`], carried out.
+    async fn draft_sources(&self, mut plan: DraftSourcesPlan) -> Result<Response, ApiError> {
+        self.carry_out(|got| plan.step(got)).await;
+        if let Some(e) = plan.embedding_error() {
+            log(
+                "error",
+                json!({"msg": "embedding a staged source failed", "error": e}),
+            );
+        }
+        json_response(200, &plan.take_result()?)
+    }
+
+    /// `/draft/…`: staging (`PUT`) and dropping (`DELETE`) a source, the list, and
+    /// publishing (`POST /draft/publish` with `{"tested": {id: staged_at}}`).
+    async fn draft(
+        &self,
+        req: &mut Request,
+        tenant: &TenantId,
+        path: &str,
+    ) -> Result<Response, ApiError> {
+        let env = &self.env;
+        match (req.method(), path) {
+            (Method::Get, "/draft/sources") => {
+                self.draft_sources(DraftSourcesPlan::list(tenant.clone()))
+                    .await
+            }
+            (Method::Post, "/draft/publish") => {
+                let v: Value = crate::http::read_internal_json(req).await?;
+                let tested = serde_json::from_value(v["tested"].clone()).ok();
+                let config = crate::config::draft_config(env, tenant).await?;
+                let secrets = crate::config::secrets(env, tenant, &config);
+                let plan = DraftSourcesPlan::publish(
+                    now(),
+                    tenant.clone(),
+                    (*config).clone(),
+                    secrets,
+                    tested,
+                );
+                self.draft_sources(plan).await
+            }
+            (Method::Put, p) if p.starts_with("/draft/sources/") => {
+                let id = &p["/draft/sources/".len()..];
+                let body =
+                    crate::http::read_body(req, kefu_engine::api::INTERNAL_BODY_LIMIT).await?;
+                let config = crate::config::draft_config(env, tenant).await?;
+                let secrets = crate::config::secrets(env, tenant, &config);
+                let plan =
+                    DraftSourcesPlan::stage(now(), tenant.clone(), &config, &secrets, id, &body)?;
+                self.draft_sources(plan).await
+            }
+            (Method::Delete, p) if p.starts_with("/draft/sources/") => {
+                let id = &p["/draft/sources/".len()..];
+                self.draft_sources(DraftSourcesPlan::drop_staged(tenant.clone(), id))
+                    .await
+            }
+            _ => Err(ApiError::internal("unknown draft knowledge route")),
+        }
     }
 
     /// A query whose rows are `(text id, blob)` (the vectors are BLOBs: read raw).
@@ -244,8 +334,9 @@ impl DurableObject for KnowledgeObject {
                     let tenant = v["tenant"].as_str().and_then(TenantId::parse);
                     let q = v["q"].as_str().unwrap_or_default().to_owned();
                     let k = v["k"].as_u64().unwrap_or(5).clamp(1, 20) as u8;
+                    let scope = if v["draft"] == true { Scope::Draft } else { Scope::Live };
                     match tenant {
-                        Some(t) => self.search(&t, &q, k).await.and_then(|r| json_response(200, &json!({"results": r}))),
+                        Some(t) => self.search(&t, &q, k, scope).await.and_then(|r| json_response(200, &json!({"results": r}))),
                         None => Err(ApiError::internal("search without a tenant")),
                     }
                 }
@@ -272,6 +363,10 @@ impl DurableObject for KnowledgeObject {
                     (_, Err(e)) => Err(e),
                 }
             }
+            (_, p) if p.starts_with("/draft/") => match &tenant {
+                Some(t) => self.draft(&mut req, t, p).await,
+                None => Err(ApiError::internal("no tenant")),
+            },
             (Method::Get, "/sources") => match &tenant {
                 Some(t) => self
                     .rows(
@@ -287,7 +382,7 @@ impl DurableObject for KnowledgeObject {
             (Method::Get, "/query") => match (&tenant, query("q")) {
                 (Some(t), Some(q)) => {
                     let k = query("k").and_then(|k| k.parse::<u8>().ok()).unwrap_or(5).clamp(1, 20);
-                    self.search(t, &q, k).await.and_then(|r| json_response(200, &json!({"results": r})))
+                    self.search(t, &q, k, Scope::Live).await.and_then(|r| json_response(200, &json!({"results": r})))
                 }
                 _ => Err(ApiError { status: 400, code: "missing_field", message: "`q` is required".into(), field: Some("q".into()), allow: None, retry_after: None }),
             },

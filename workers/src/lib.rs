@@ -19,6 +19,8 @@ mod provider;
 mod timer;
 mod webhooks;
 
+use std::rc::Rc;
+
 use kefu_engine::TenantId;
 use kefu_engine::api::{self, ApiError, Route};
 use kefu_engine::demo::{self, DemoRun};
@@ -131,7 +133,6 @@ async fn handle(
                 conversation_id: chat.conversation_id.as_ref().map(|c| c.as_str().to_owned()),
                 message: chat.message,
                 stream: chat.stream,
-                config,
                 visitor,
                 attachments,
             };
@@ -183,7 +184,7 @@ async fn handle(
                 tenant: tenant.as_str().to_owned(),
                 action: req.path().rsplit('/').next().unwrap_or_default().to_owned(),
                 request: String::from_utf8_lossy(&body).into_owned(),
-                config,
+                config: (*config).clone(),
                 visitor,
                 attachments,
             };
@@ -352,7 +353,10 @@ async fn handle(
                 | api::ConfigRoute::Tests
                 | api::ConfigRoute::Test(_)
                 | api::ConfigRoute::PutTest(_)
-                | api::ConfigRoute::DeleteTest(_) => drafts::handle(c, req, env, &tenant, limit).await,
+                | api::ConfigRoute::DeleteTest(_)
+                | api::ConfigRoute::DraftSources
+                | api::ConfigRoute::StageSource(_)
+                | api::ConfigRoute::DropSource(_) => drafts::handle(c, req, env, &tenant, limit).await,
                 api::ConfigRoute::Get => {
                     let meta = config::meta(env, &tenant).await?;
                     let document = config::current_document(env, &tenant).await?;
@@ -484,7 +488,7 @@ async fn handle(
 async fn admin_tenant(
     req: &Request,
     env: &Env,
-) -> std::result::Result<(TenantId, kefu_engine::TenantConfig), ApiError> {
+) -> std::result::Result<(TenantId, Rc<kefu_engine::TenantConfig>), ApiError> {
     let presented = req
         .headers()
         .get("authorization")
@@ -520,7 +524,7 @@ async fn admin_tenant(
 async fn agent_tenant(
     req: &Request,
     env: &Env,
-) -> std::result::Result<(TenantId, kefu_engine::TenantConfig), ApiError> {
+) -> std::result::Result<(TenantId, Rc<kefu_engine::TenantConfig>), ApiError> {
     agent_identity(req, env).await.map(|(t, c, _)| (t, c))
 }
 
@@ -538,7 +542,7 @@ fn token_secret(env: &Env) -> Option<Vec<u8>> {
 /// they signed in with a token (`None` for the tenant key).
 type AgentIdentity = (
     TenantId,
-    kefu_engine::TenantConfig,
+    Rc<kefu_engine::TenantConfig>,
     Option<kefu_engine::auth::AgentClaims>,
 );
 
@@ -585,7 +589,7 @@ async fn agent_by_token(env: &Env, token: &str) -> std::result::Result<AgentIden
 async fn openai_authenticate(
     req: &Request,
     env: &Env,
-) -> std::result::Result<(TenantId, kefu_engine::TenantConfig), ApiError> {
+) -> std::result::Result<(TenantId, Rc<kefu_engine::TenantConfig>), ApiError> {
     openai_compat::authenticate(req, env)
         .await
         .map_err(|e| ApiError {
@@ -695,7 +699,7 @@ async fn run_demo(
     req: &Request,
     env: &Env,
     tenant: &TenantId,
-    config: kefu_engine::TenantConfig,
+    config: Rc<kefu_engine::TenantConfig>,
 ) -> std::result::Result<DemoRun, ApiError> {
     // The visitor path's rules: a site that verifies its visitors has no anonymous demo.
     kefu_engine::identity::verify(config.identity.as_ref(), None)
@@ -710,7 +714,6 @@ async fn run_demo(
             conversation_id: conversation_id.clone(),
             message: (*question).to_owned(),
             stream: false,
-            config: config.clone(),
             visitor: None,
             attachments: Vec::new(),
         };

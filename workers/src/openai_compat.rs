@@ -49,7 +49,7 @@ fn host_error(e: impl core::fmt::Display) -> OpenAiError {
 pub(crate) async fn authenticate(
     req: &Request,
     env: &Env,
-) -> Result<(TenantId, TenantConfig), OpenAiError> {
+) -> Result<(TenantId, Rc<TenantConfig>), OpenAiError> {
     let header = req
         .headers()
         .get("authorization")
@@ -90,6 +90,51 @@ pub(crate) async fn models(req: Request, env: &Env) -> worker::Result<Response> 
         }
         Err(e) => error_response(&e),
     }
+}
+
+/// A completion answered whole: the call is driven right here (no task of its own, no
+/// channel), and settling with the gateway happens after the answer, in `wait_until`.
+async fn whole(
+    env: &Env,
+    ctx: &Context,
+    tenant: &TenantId,
+    config: &TenantConfig,
+    mut call: ModelCall,
+    id: &str,
+    created: u64,
+) -> worker::Result<Response> {
+    let defer = |f: LocalBoxFuture<'static, ()>| ctx.wait_until(f);
+    let host = provider::Host {
+        env,
+        tenant,
+        config,
+        conversation: None,
+        defer: &defer,
+    };
+    provider::drive(&host, &mut call, |_| {}).await;
+    let result = call.take_result().unwrap_or_else(|| {
+        Err(Failure::Host(kefu_engine::api::ApiError::internal(
+            "the call ended without a result",
+        )))
+    });
+    log(
+        if result.is_ok() { "info" } else { "warn" },
+        json!({"msg": "completion", "tenant": tenant.as_str(), "trace": call.turn().trace()}),
+    );
+    let reply = match result {
+        Ok(reply) => reply,
+        Err(e) => return error_response(&OpenAiError::from_failure(&e)),
+    };
+    let headers = Headers::new();
+    if let Some(t) = &reply.target {
+        headers.set("x-kefu-target", t)?;
+    }
+    if let Some(r) = &reply.route {
+        headers.set("x-kefu-route", r)?;
+    }
+    headers.set("x-kefu-attempts", &reply.attempts.to_string())?;
+    headers.set("content-type", "application/json; charset=utf-8")?;
+    Ok(Response::ok(oa::completion_json(id, created, &reply).to_string())?.with_headers(headers))
 }
 
 enum Out {
@@ -144,14 +189,12 @@ pub(crate) async fn chat(mut req: Request, env: &Env, ctx: &Context) -> worker::
     options.max_tokens = request.max_tokens;
     options.tools = request.tools.clone();
     // Admission, the turn and settlement are the engine's model call; this only drives it.
-    let mut call = ModelCall::on_prompt(
-        now(),
-        Rc::new(config.clone()),
-        request.messages.clone(),
-        options,
-    );
+    let mut call = ModelCall::on_prompt(now(), config.clone(), request.messages.clone(), options);
     let id = format!("chatcmpl-kefu{:016x}", config::random_u64());
     let created = now().as_millis() / 1000;
+    if !request.stream {
+        return whole(env, ctx, &tenant, &config, call, &id, created).await;
+    }
 
     // The call runs on its own task; what it produces comes through `rx`. Settling with the
     // gateway happens after the answer, in `wait_until`.
@@ -210,18 +253,6 @@ pub(crate) async fn chat(mut req: Request, env: &Env, ctx: &Context) -> worker::
     match first {
         None => error_response(&host_error("the turn ended without an answer")),
         Some(Out::Failed(e)) => error_response(&OpenAiError::from_failure(&e)),
-        Some(Out::Done(reply)) if !request.stream => {
-            set_meta(
-                reply.target.as_deref(),
-                reply.route.as_deref(),
-                reply.attempts,
-            )?;
-            headers.set("content-type", "application/json; charset=utf-8")?;
-            Ok(
-                Response::ok(oa::completion_json(&id, created, &reply).to_string())?
-                    .with_headers(headers),
-            )
-        }
         Some(first) => {
             // Streaming: the first token (or a whole reply) is here; commit to 200.
             if let Out::Delta {

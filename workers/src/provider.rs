@@ -7,8 +7,6 @@
 //! deadline. Everything it observes goes back into the machine; the machine alone decides
 //! what it means.
 
-use std::pin::pin;
-
 use futures::future::{Either, LocalBoxFuture, select};
 use futures::stream::{LocalBoxStream, StreamExt, unfold};
 use kefu_engine::api::ApiError;
@@ -18,13 +16,12 @@ use kefu_engine::{
     AttemptId, Conversation, HttpRequest, Message, ProviderEvent, TenantConfig, TenantId, Timestamp,
 };
 use worker::js_sys::Uint8Array;
-use worker::{
-    AbortController, ByteStream, Date, Delay, Fetch, Headers, Method, Request, RequestInit,
-};
+use worker::{AbortController, ByteStream, Delay, Headers, Method, Request, RequestInit};
 
 /// The host's clock, handed to the engine.
 pub(crate) fn now() -> Timestamp {
-    Timestamp::from_millis(Date::now().as_millis())
+    // `Date.now()` itself: `worker::Date::now()` makes a `Date` object on every call.
+    Timestamp::from_millis(worker::js_sys::Date::now() as u64)
 }
 
 struct InFlight {
@@ -35,6 +32,9 @@ struct InFlight {
 
 enum Body {
     Start(Request, worker::AbortSignal),
+    /// A head arrived whose body is not an event stream: it is read whole, in one call
+    /// (`arrayBuffer()`), rather than chunk by chunk through a stream reader.
+    Buffered(worker::web_sys::Response),
     /// A Workers AI binding call: the binding, the model, the JSON input.
     Binding(worker::Ai, String, worker::wasm_bindgen::JsValue),
     Streaming(ByteStream),
@@ -123,8 +123,14 @@ fn provider_events(
         headers.set(h.name, &h.value).map_err(|e| e.to_string())?;
     }
     let body = Uint8Array::from(request.body.as_slice());
+    let method = match request.method {
+        "GET" => Method::Get,
+        "PUT" => Method::Put,
+        "DELETE" => Method::Delete,
+        _ => Method::Post,
+    };
     let mut init = RequestInit::new();
-    init.with_method(Method::from(request.method.to_owned()))
+    init.with_method(method)
         .with_headers(headers)
         .with_body(Some(body.into()));
     let req = Request::new_with_init(&request.url, &init).map_err(|e| e.to_string())?;
@@ -132,31 +138,58 @@ fn provider_events(
     Ok(unfold(state, step).boxed_local())
 }
 
+/// `fetch(request, {signal})` on the platform's own objects: the response is read as it is,
+/// without the conversion to `worker::Response` (which also reads its `cf` object).
+async fn fetch(
+    request: &Request,
+    signal: &worker::AbortSignal,
+) -> Result<worker::web_sys::Response, String> {
+    use worker::js_sys;
+    use worker::wasm_bindgen::JsCast;
+    use worker::wasm_bindgen_futures::JsFuture;
+    let init = worker::web_sys::RequestInit::new();
+    init.set_signal(Some(signal));
+    let scope: worker::web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
+    let promise = scope.fetch_with_request_and_init(request.inner(), &init);
+    let resp = JsFuture::from(promise).await.map_err(js_reason)?;
+    resp.dyn_into().map_err(js_reason)
+}
+
+/// A response's whole body (`arrayBuffer()`).
+async fn whole_body(resp: &worker::web_sys::Response) -> Result<Vec<u8>, String> {
+    use worker::wasm_bindgen_futures::JsFuture;
+    let promise = resp.array_buffer().map_err(js_reason)?;
+    let buffer = JsFuture::from(promise).await.map_err(js_reason)?;
+    Ok(Uint8Array::new(&buffer).to_vec())
+}
+
+/// What a JavaScript failure says.
+fn js_reason(e: worker::wasm_bindgen::JsValue) -> String {
+    worker::Error::from(e).to_string()
+}
+
 async fn step(state: Body) -> Option<(ProviderEvent, Body)> {
     match state {
-        Body::Start(req, signal) => match Fetch::Request(req).send_with_signal(&signal).await {
-            Ok(mut resp) => {
-                let headers: Vec<(String, String)> = resp.headers().entries().collect();
-                let status = resp.status_code();
-                match resp.stream() {
-                    Ok(body) => Some((
-                        ProviderEvent::Head { status, headers },
-                        Body::Streaming(body),
-                    )),
-                    Err(e) => Some((
-                        ProviderEvent::Failed {
-                            reason: e.to_string(),
-                        },
-                        Body::Over,
-                    )),
-                }
+        Body::Start(req, signal) => match fetch(&req, &signal).await {
+            Ok(resp) => {
+                let headers: Vec<(String, String)> =
+                    worker::Headers(resp.headers()).entries().collect();
+                let status = resp.status();
+                let event_stream = headers.iter().any(|(name, value)| {
+                    name.eq_ignore_ascii_case("content-type") && value.contains("event-stream")
+                });
+                let body = match resp.body() {
+                    Some(stream) if event_stream => Body::Streaming(ByteStream::from(stream)),
+                    Some(_) => Body::Buffered(resp),
+                    None => Body::Whole(Vec::new()),
+                };
+                Some((ProviderEvent::Head { status, headers }, body))
             }
-            Err(e) => Some((
-                ProviderEvent::Failed {
-                    reason: e.to_string(),
-                },
-                Body::Over,
-            )),
+            Err(reason) => Some((ProviderEvent::Failed { reason }, Body::Over)),
+        },
+        Body::Buffered(resp) => match whole_body(&resp).await {
+            Ok(bytes) => Some((ProviderEvent::Data(bytes), Body::Whole(Vec::new()))),
+            Err(reason) => Some((ProviderEvent::Failed { reason }, Body::Over)),
         },
         Body::Streaming(mut body) => match body.next().await {
             Some(Ok(bytes)) => Some((ProviderEvent::Data(bytes), Body::Streaming(body))),
@@ -215,6 +248,8 @@ pub(crate) async fn drive(
     mut on_delta: impl FnMut(Delta),
 ) {
     let mut in_flight: Option<InFlight> = None;
+    // The timer of the deadline being waited for (its time in ms), kept while it stands.
+    let mut timer: Option<(u64, core::pin::Pin<Box<Delay>>)> = None;
     // The conversation's turn slot, held until the machine finishes.
     let mut _slot: Option<Box<dyn core::any::Any>> = None;
     let env = host.env;
@@ -240,8 +275,12 @@ pub(crate) async fn drive(
                     Some(store) => store.read(),
                     None => Err(ApiError::internal("no conversation to read")),
                 }),
-                ChatAction::SearchKnowledge { query, top_k } => Input::Knowledge(
-                    crate::knowledge::search(env, host.tenant, &query, top_k)
+                ChatAction::SearchKnowledge {
+                    query,
+                    top_k,
+                    scope,
+                } => Input::Knowledge(
+                    crate::knowledge::search(env, host.tenant, &query, top_k, scope)
                         .await
                         .map_err(|e| e.message),
                 ),
@@ -320,9 +359,8 @@ pub(crate) async fn drive(
             };
             machine.handle(now(), input);
         }
-        let wait_ms = machine
-            .poll_timeout()
-            .map(|t| t.as_millis().saturating_sub(now().as_millis()));
+        let deadline = machine.poll_timeout().map(|t| t.as_millis());
+        let wait_ms = deadline.map(|t| t.saturating_sub(now().as_millis()));
         let Some(call) = in_flight.as_mut() else {
             // Nothing in flight: only a deadline can move the machine on.
             match wait_ms {
@@ -336,21 +374,35 @@ pub(crate) async fn drive(
         };
         let attempt = call.attempt;
         let next = call.events.next();
-        let event = match wait_ms {
-            Some(ms) => {
-                let timer = pin!(Delay::from(core::time::Duration::from_millis(ms)));
-                match select(next, timer).await {
-                    Either::Left((event, _)) => event,
+        let event = match (deadline, wait_ms) {
+            (Some(at), Some(ms)) => {
+                // One timer per deadline, not one per provider event: a whole answer's
+                // head, body and end wait for the same deadline.
+                let delay = match timer.take() {
+                    Some((set_for, delay)) if set_for == at => delay,
+                    _ => Box::pin(Delay::from(core::time::Duration::from_millis(ms))),
+                };
+                match select(next, delay).await {
+                    Either::Left((event, timer_left)) => {
+                        timer = Some((at, timer_left));
+                        event
+                    }
                     Either::Right(((), _)) => {
                         machine.handle(now(), Input::Timeout);
                         continue;
                     }
                 }
             }
-            None => next.await,
+            _ => next.await,
         };
         match event {
-            Some(event) => machine.handle(now(), Input::Provider { attempt, event }),
+            Some(event) => {
+                // A call that ended needs no abort later: let it go now.
+                if matches!(event, ProviderEvent::End | ProviderEvent::Failed { .. }) {
+                    in_flight = None;
+                }
+                machine.handle(now(), Input::Provider { attempt, event });
+            }
             // The event stream ends after End/Failed, which the machine has already seen.
             None => in_flight = None,
         }

@@ -69,6 +69,28 @@ pub struct Publication {
     /// Why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The draft's knowledge sources this publication made live or removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceChange>,
+}
+
+/// A knowledge source a publication changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceChange {
+    /// The source's id.
+    pub id: String,
+    /// What happened to it.
+    pub change: SourceChangeKind,
+}
+
+/// What a publication did to a knowledge source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceChangeKind {
+    /// The staged source went live (added, or replacing the live one with its id).
+    Put,
+    /// The live source was removed.
+    Remove,
 }
 
 impl ConfigMeta {
@@ -112,11 +134,16 @@ pub fn publish_version(
     publication: Publication,
     now: Timestamp,
 ) -> (u64, Vec<KvOp>) {
-    let change = if publication.overridden {
+    let mut change = if publication.overridden {
         format!("publish draft (override: {} failing)", publication.failed)
     } else {
         "publish draft".to_owned()
     };
+    match publication.sources.len() {
+        0 => {}
+        1 => change.push_str(", 1 knowledge source"),
+        n => change.push_str(&format!(", {n} knowledge sources")),
+    }
     store_entry(meta, tenant, document, change, Some(publication), now)
 }
 

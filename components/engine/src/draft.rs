@@ -226,8 +226,60 @@ pub fn draft_not_found() -> ApiError {
     ApiError::new(
         404,
         "draft_not_found",
-        "the tenant has no draft configuration (PUT /api/v1/config/draft)",
+        "the tenant has no draft: no draft configuration (PUT /api/v1/config/draft) and no staged knowledge source",
     )
+}
+
+/// The document a draft is tested and published under: the draft configuration, or, for a
+/// draft that only stages knowledge sources (`stages_sources`), the live document — its
+/// configuration does not change. `None`: the tenant has no draft (neither), or stages
+/// sources with no configuration of its own to publish them under (the built-in default).
+pub fn draft_document<'a>(
+    draft: Option<&'a str>,
+    live: Option<&'a str>,
+    stages_sources: bool,
+) -> Option<&'a str> {
+    draft.or(live.filter(|_| stages_sources))
+}
+
+/// The configuration a draft's knowledge sources are staged and searched under (its
+/// embedding model, its synonyms): the draft configuration while it validates, else `None`
+/// and the host uses the live one.
+pub fn draft_config(
+    tenant: &TenantId,
+    draft: Option<&str>,
+    deployment: &crate::deployment::Deployment,
+) -> Option<crate::TenantConfig> {
+    api::parse_config_document(draft?.as_bytes(), tenant, deployment).ok()
+}
+
+/// The staged changes the operator's list shows (`GET
+/// /api/v1/config/draft/knowledge/sources`, [`crate::chat::DraftSourcesPlan::list`]), as
+/// `staged_at` by id: what a suite runs against, so that publishing makes exactly those
+/// live ([`crate::chat::DraftSourcesPlan::publish`]).
+pub fn staged_versions(list: &Value) -> BTreeMap<String, i64> {
+    list["sources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| {
+            let at = s["staged_at"]
+                .as_i64()
+                .or_else(|| s["staged_at"].as_f64().map(|f| f as i64))?;
+            Some((s["id"].as_str()?.to_owned(), at))
+        })
+        .collect()
+}
+
+/// The sources a publication changed, from the answer of
+/// [`crate::chat::DraftSourcesPlan::publish`], for its history entry.
+pub fn published_sources(published: &Value) -> Vec<crate::config_history::SourceChange> {
+    published["sources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| serde_json::from_value(s.clone()).ok())
+        .collect()
 }
 
 /// `PUT /api/v1/config/tests/{id}`: the write that stores the case, and the answer.
@@ -576,6 +628,7 @@ pub fn decide_publish(
             request.reason.clone()
         },
         failing,
+        sources: Vec::new(),
     };
     if publication.failed > 0 && !request.override_failures {
         return Err(Box::new(Refused {

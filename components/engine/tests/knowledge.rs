@@ -8,11 +8,14 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kefu_engine::chat::{DraftSourcesPlan, Got, IndexPlan, Need, SearchPlan};
+use kefu_engine::config_history::SourceChangeKind;
 use kefu_engine::conversation::{ConversationId, TenantId};
 use kefu_engine::knowledge::{
     self, Chunk, MAX_CHUNK_CHARS, MAX_PROMPT_CHUNKS, MAX_QUERY_TERMS, NO_ANSWER_TOOL, RRF_K,
-    RetrievedChunk, SCHEMA, SearchRow, Source, SourceKind, Statement, Unanswered, chunk, citations,
-    detect_no_answer, fts_query, grounded_prompt, merge_results, strip_unknown_citations,
+    RetrievedChunk, SCHEMA, Scope, SearchRow, Source, SourceKind, Statement, Unanswered, chunk,
+    citations, detect_no_answer, fts_query, grounded_prompt, merge_results,
+    strip_unknown_citations,
 };
 use kefu_engine::offline::Lang;
 use kefu_engine::provider::FinishReason;
@@ -1513,4 +1516,369 @@ fn schema_statements_and_queries_run_on_real_sqlite_fts5() {
     );
     assert_eq!(count(after_delete + 1), 0);
     assert_eq!(count(after_delete + 2), sources.len() as i64);
+}
+
+// ---------------------------------------------------------------------------------------
+// Draft knowledge sources, on real SQLite FTS5
+// ---------------------------------------------------------------------------------------
+
+/// A database the plans run on: every write so far, replayed through
+/// `sqlite_check.py` (one process per question) before each query.
+struct Replayed {
+    writes: Vec<Value>,
+}
+
+impl Replayed {
+    fn new() -> Self {
+        Replayed {
+            writes: SCHEMA.iter().map(|sql| raw(sql, json!([]))).collect(),
+        }
+    }
+
+    /// The rows of `st` on the database as written so far; `None` without python3.
+    fn rows(&self, st: Value) -> Option<Vec<Value>> {
+        let mut steps = self.writes.clone();
+        steps.push(st);
+        let (_, results) = run_sqlite(&steps)?;
+        for (i, r) in results.iter().enumerate() {
+            assert!(r.get("error").is_none(), "{}: {r}", steps[i]["sql"]);
+        }
+        Some(results.last().unwrap()["rows"].as_array().unwrap().clone())
+    }
+
+    /// Carries out a plan's needs (no embeddings: no calls); `None` without python3.
+    fn carry_out(&mut self, mut step: impl FnMut(Got) -> Need) -> Option<()> {
+        let mut got = Got::Start;
+        loop {
+            got = match step(got) {
+                Need::Rows(st) => Got::Rows(Ok(self.rows(step_of(&st))?)),
+                Need::Write(statements) => {
+                    self.writes.extend(statements.iter().map(step_of));
+                    // Checked now: a failing statement fails this write.
+                    self.rows(raw("SELECT 1 AS ok", json!([])))?;
+                    Got::Written(Ok(()))
+                }
+                Need::Done => return Some(()),
+                other => panic!("no embeddings here: {other:?}"),
+            };
+        }
+    }
+
+    /// The source ids `question` finds in `scope`, best first.
+    fn search(&mut self, tenant: &TenantId, scope: Scope, question: &str) -> Option<Vec<String>> {
+        let mut plan =
+            SearchPlan::new(tenant.clone(), kb_config(), Default::default(), question, 5)
+                .in_scope(scope);
+        self.carry_out(|got| plan.step(got))?;
+        let found = plan.take_result().unwrap();
+        Some(found.into_iter().map(|c| c.chunk.text).collect())
+    }
+
+    fn count(&self, sql: &str) -> Option<i64> {
+        Some(self.rows(raw(sql, json!([])))?[0]["n"].as_i64().unwrap())
+    }
+}
+
+fn step_of(s: &Statement) -> Value {
+    serde_json::to_value(s).unwrap()
+}
+
+fn kb_config() -> kefu_engine::TenantConfig {
+    kefu_engine::TenantConfig::from_json(r#"{"knowledge": {"enabled": true}}"#).unwrap()
+}
+
+fn text_source(id: &str, text: &str) -> Vec<u8> {
+    json!({"id": id, "title": id, "kind": "text", "body": text})
+        .to_string()
+        .into_bytes()
+}
+
+/// Runs `plan` on `db`: its answer.
+fn answer_of(db: &mut Replayed, mut plan: DraftSourcesPlan) -> Option<Result<Value, String>> {
+    db.carry_out(|got| plan.step(got))?;
+    Some(plan.take_result().map_err(|e| e.code.to_owned()))
+}
+
+#[test]
+fn a_drafts_sources_overlay_the_live_ones_for_its_tests_and_go_live_when_published() {
+    let acme = TenantId::parse("acme").unwrap();
+    let other = TenantId::parse("other").unwrap();
+    let config = kb_config();
+    let now = |ms| Timestamp::from_millis(1_764_057_600_000 + ms);
+    let mut db = Replayed::new();
+    let live = |db: &mut Replayed, tenant: &TenantId, id: &str, text: &str| {
+        let mut plan = IndexPlan::new(
+            now(0),
+            tenant.clone(),
+            &config,
+            &Default::default(),
+            id,
+            &text_source(id, text),
+        )
+        .unwrap();
+        db.carry_out(|got| plan.step(got))
+    };
+    let stage = |db: &mut Replayed, tenant: &TenantId, id: &str, body: &[u8], at: u64| {
+        let plan = DraftSourcesPlan::stage(
+            now(at),
+            tenant.clone(),
+            &config,
+            &Default::default(),
+            id,
+            body,
+        );
+        match plan {
+            Ok(plan) => answer_of(db, plan),
+            Err(e) => Some(Err(e.code.to_owned())),
+        }
+    };
+    if live(
+        &mut db,
+        &acme,
+        "shipping",
+        "Parcels ship within five working days.",
+    )
+    .is_none()
+    {
+        return; // no python3
+    }
+    live(
+        &mut db,
+        &acme,
+        "returns",
+        "Returns are accepted within thirty days.",
+    );
+    live(
+        &mut db,
+        &other,
+        "wrapping",
+        "Gift wrapping is free for other's customers.",
+    );
+
+    // Staged: a replacement, a new source, a removal — and the other tenant's own draft.
+    let staged = stage(
+        &mut db,
+        &acme,
+        "shipping",
+        &text_source("shipping", "Parcels ship the next day by drone."),
+        1,
+    )
+    .unwrap();
+    assert_eq!(staged.unwrap()["staged"], "put");
+    stage(
+        &mut db,
+        &acme,
+        "gifts",
+        &text_source("gifts", "Gift wrapping costs three euros."),
+        2,
+    )
+    .unwrap()
+    .unwrap();
+    let removal = stage(&mut db, &acme, "returns", br#"{"remove": true}"#, 3)
+        .unwrap()
+        .unwrap();
+    assert_eq!(removal, json!({"source": "returns", "staged": "remove"}));
+    stage(
+        &mut db,
+        &other,
+        "secret",
+        &text_source("secret", "Drone parcels for other only."),
+        3,
+    )
+    .unwrap()
+    .unwrap();
+    // Refused, nothing written: a removal of a source that is not live, a removal with
+    // more in it, a source whose body names another id, dropping what is not staged.
+    let writes = db.writes.len();
+    assert_eq!(
+        stage(&mut db, &acme, "nope", br#"{"remove": true}"#, 4).unwrap(),
+        Err("source_not_found".into())
+    );
+    assert_eq!(
+        stage(&mut db, &acme, "returns", br#"{"remove": false}"#, 4).unwrap(),
+        Err("invalid_field".into())
+    );
+    assert_eq!(
+        stage(&mut db, &acme, "x", &text_source("y", "text"), 4).unwrap(),
+        Err("invalid_source".into())
+    );
+    let dropped = answer_of(
+        &mut db,
+        DraftSourcesPlan::drop_staged(acme.clone(), "nothing"),
+    )
+    .unwrap();
+    assert_eq!(dropped, Err("staged_source_not_found".into()));
+    assert_eq!(db.writes.len(), writes);
+
+    let list = answer_of(&mut db, DraftSourcesPlan::list(acme.clone()))
+        .unwrap()
+        .unwrap();
+    let listed: Vec<(String, String, bool, i64)> = list["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_str().unwrap().to_owned(),
+                s["change"].as_str().unwrap().to_owned(),
+                s["live"].as_bool().unwrap(),
+                s["chunks"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("gifts".into(), "put".into(), false, 1),
+            ("returns".into(), "remove".into(), true, 0),
+            ("shipping".into(), "put".into(), true, 1),
+        ]
+    );
+    assert_eq!(
+        list["sources"][1]["title"], "returns",
+        "a removal shows the live source"
+    );
+
+    // The live knowledge base is untouched; the overlay replaces, hides and adds. (A
+    // search requires no term, so trigrams may bring other pages after the best one.)
+    let top = |db: &mut Replayed, scope, q: &str| {
+        db.search(&acme, scope, q)
+            .unwrap()
+            .into_iter()
+            .next()
+            .unwrap_or_default()
+    };
+    let finds = |db: &mut Replayed, scope, q: &str, needle: &str| {
+        db.search(&acme, scope, q)
+            .unwrap()
+            .iter()
+            .any(|t| t.contains(needle))
+    };
+    assert_eq!(
+        top(&mut db, Scope::Live, "when do parcels ship"),
+        "Parcels ship within five working days."
+    );
+    assert_eq!(
+        top(&mut db, Scope::Draft, "when do parcels ship"),
+        "Parcels ship the next day by drone."
+    );
+    assert!(!finds(
+        &mut db,
+        Scope::Draft,
+        "when do parcels ship",
+        "five working days"
+    ));
+    assert!(!finds(&mut db, Scope::Live, "gift wrapping", "Gift"));
+    assert_eq!(
+        top(&mut db, Scope::Draft, "gift wrapping"),
+        "Gift wrapping costs three euros."
+    );
+    assert_eq!(
+        top(&mut db, Scope::Live, "returns accepted"),
+        "Returns are accepted within thirty days."
+    );
+    assert!(!finds(&mut db, Scope::Draft, "returns accepted", "Returns"));
+    // Neither sees the other tenant's live or staged sources.
+    assert!(!finds(
+        &mut db,
+        Scope::Draft,
+        "drone parcels other gift wrapping",
+        "other"
+    ));
+
+    // What the suite ran against is published; a change staged after it stays staged.
+    let tested = kefu_engine::draft::staged_versions(&list);
+    stage(
+        &mut db,
+        &acme,
+        "late",
+        &text_source("late", "Late stock arrives on Mondays."),
+        5,
+    )
+    .unwrap()
+    .unwrap();
+    let published = answer_of(
+        &mut db,
+        DraftSourcesPlan::publish(
+            now(6),
+            acme.clone(),
+            config.clone(),
+            Default::default(),
+            Some(tested),
+        ),
+    )
+    .unwrap()
+    .unwrap();
+    let changes = kefu_engine::draft::published_sources(&published);
+    let changes: Vec<(String, SourceChangeKind)> =
+        changes.into_iter().map(|c| (c.id, c.change)).collect();
+    assert_eq!(
+        changes,
+        [
+            ("gifts".into(), SourceChangeKind::Put),
+            ("returns".into(), SourceChangeKind::Remove),
+            ("shipping".into(), SourceChangeKind::Put),
+        ]
+    );
+    assert_eq!(published["sources"][0]["chunks"], 1, "{published}");
+    assert_eq!(
+        top(&mut db, Scope::Live, "when do parcels ship"),
+        "Parcels ship the next day by drone."
+    );
+    assert!(!finds(
+        &mut db,
+        Scope::Live,
+        "when do parcels ship",
+        "five working days"
+    ));
+    assert_eq!(
+        top(&mut db, Scope::Live, "gift wrapping"),
+        "Gift wrapping costs three euros."
+    );
+    assert!(!finds(&mut db, Scope::Live, "returns accepted", "Returns"));
+    assert!(!finds(&mut db, Scope::Live, "late stock", "Late"));
+    assert_eq!(
+        top(&mut db, Scope::Draft, "late stock"),
+        "Late stock arrives on Mondays."
+    );
+    let left = answer_of(&mut db, DraftSourcesPlan::list(acme.clone()))
+        .unwrap()
+        .unwrap();
+    assert_eq!(left["sources"].as_array().unwrap().len(), 1, "{left}");
+    assert_eq!(left["sources"][0]["id"], "late");
+    // The published changes' draft rows went with them; the other tenant's draft stays.
+    assert_eq!(
+        db.count("SELECT count(*) AS n FROM kb_chunks WHERE tenant_id = 'acme:draft'"),
+        Some(1)
+    );
+    assert_eq!(
+        db.count("SELECT count(*) AS n FROM kb_staged WHERE tenant_id = 'other'"),
+        Some(1)
+    );
+    assert_eq!(
+        db.count("SELECT count(*) AS n FROM kb_sources WHERE tenant_id = 'acme'"),
+        Some(2)
+    );
+
+    // Dropping a staged change removes it and its rows; publishing nothing writes nothing.
+    let dropped = answer_of(&mut db, DraftSourcesPlan::drop_staged(acme.clone(), "late"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(dropped, json!({"source": "late", "dropped": true}));
+    assert!(!finds(&mut db, Scope::Draft, "late stock", "Late"));
+    let writes = db.writes.len();
+    let nothing = answer_of(
+        &mut db,
+        DraftSourcesPlan::publish(
+            now(7),
+            acme.clone(),
+            config.clone(),
+            Default::default(),
+            None,
+        ),
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(nothing, json!({"sources": []}));
+    assert_eq!(db.writes.len(), writes);
 }

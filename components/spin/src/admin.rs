@@ -119,12 +119,12 @@ pub fn mint_token(kv: &Kv, req: &Incoming) -> Result<Reply, ApiError> {
 
 /// `/api/v1/config…`.
 pub fn config(kv: &Kv, req: &Incoming, route: ConfigRoute) -> Result<Reply, ApiError> {
-    let (tenant, _) = operator(kv, req)?;
+    let (tenant, live) = operator(kv, req)?;
     if !matches!(
         route,
         ConfigRoute::Get | ConfigRoute::Put | ConfigRoute::Versions | ConfigRoute::Rollback
     ) {
-        return crate::drafts::route(kv, req, &tenant, route);
+        return crate::drafts::route(kv, req, &tenant, &live, route);
     }
     let meta = ConfigMeta::from_json(kv.get_text(&config_history::meta_key(&tenant))?.as_deref());
     match route {

@@ -10,8 +10,10 @@
 //! cannot be embedded just now is searched by full text alone.
 
 use kefu_engine::api::{ApiError, KnowledgeRoute};
-use kefu_engine::chat::{EMBEDDING_TIMEOUT_MS, Got, IndexPlan, Need, SearchPlan, UnansweredPlan};
-use kefu_engine::knowledge::{self, RetrievedChunk, SqlValue, Statement};
+use kefu_engine::chat::{
+    DraftSourcesPlan, EMBEDDING_TIMEOUT_MS, Got, IndexPlan, Need, SearchPlan, UnansweredPlan,
+};
+use kefu_engine::knowledge::{self, RetrievedChunk, Scope, SqlValue, Statement};
 use kefu_engine::{TenantConfig, TenantId};
 use serde_json::{Value, json};
 use spin_sdk::sqlite3::{Connection, QueryResult, Value as Sql};
@@ -123,7 +125,7 @@ pub fn route(kv: &Kv, req: &Incoming, route: KnowledgeRoute) -> Result<Reply, Ap
                 .and_then(|k| k.parse::<u8>().ok())
                 .unwrap_or(5)
                 .clamp(1, 20);
-            let results = search_in(&db, &tenant, &config, &q, k)?;
+            let results = search_in(&db, &tenant, &config, &q, k, Scope::Live)?;
             Ok(Reply::json(200, &json!({"results": results})))
         }
         KnowledgeRoute::Unanswered => unanswered(&db, UnansweredPlan::list(tenant)),
@@ -209,16 +211,18 @@ fn put_source(
     Ok(Reply::json(200, &plan.take_result()?))
 }
 
-/// The best `k` chunks for `question`: the engine's [`SearchPlan`], carried out.
+/// The best `k` chunks for `question` in `scope`: the engine's [`SearchPlan`], carried out.
 fn search_in(
     db: &Connection,
     tenant: &TenantId,
     config: &TenantConfig,
     question: &str,
     k: u8,
+    scope: Scope,
 ) -> Result<Vec<RetrievedChunk>, ApiError> {
     let secrets = crate::secrets(tenant, config);
-    let mut plan = SearchPlan::new(tenant.clone(), config.clone(), secrets, question, k);
+    let mut plan =
+        SearchPlan::new(tenant.clone(), config.clone(), secrets, question, k).in_scope(scope);
     carry_out(db, |got| plan.step(got))?;
     for warning in plan.warnings() {
         crate::log(
@@ -229,14 +233,29 @@ fn search_in(
     plan.take_result()
 }
 
-/// The best `k` chunks for a chat turn's question (hybrid when the tenant embeds).
+/// The best `k` chunks for a chat turn's question (hybrid when the tenant embeds), in the
+/// live knowledge base or, for a draft's test, overlaid with the draft's staged sources.
 pub fn search(
     tenant: &TenantId,
     config: &TenantConfig,
     question: &str,
     k: u8,
+    scope: Scope,
 ) -> Result<Vec<RetrievedChunk>, ApiError> {
-    search_in(&open()?, tenant, config, question, k)
+    search_in(&open()?, tenant, config, question, k, scope)
+}
+
+/// The draft's knowledge sources (staging, dropping, listing, publishing): the engine's
+/// [`DraftSourcesPlan`], carried out in the same database, its answer.
+pub fn draft_sources(mut plan: DraftSourcesPlan) -> Result<Value, ApiError> {
+    carry_out(&open()?, |got| plan.step(got))?;
+    if let Some(e) = plan.embedding_error() {
+        crate::log(
+            "error",
+            json!({"msg": "embedding a staged source failed", "error": e}),
+        );
+    }
+    plan.take_result()
 }
 
 /// Logs a question the knowledge base could not answer (a failure is logged, never in the

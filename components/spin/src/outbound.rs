@@ -257,8 +257,13 @@ pub fn drive(host: &Host<'_>, machine: &mut impl Machine, mut on_delta: impl FnM
                     }),
                     None => Err(ApiError::internal("no conversation to read")),
                 }),
-                ChatAction::SearchKnowledge { query, top_k } => Input::Knowledge(
-                    crate::knowledge::search(tenant, config, &query, top_k).map_err(|e| e.message),
+                ChatAction::SearchKnowledge {
+                    query,
+                    top_k,
+                    scope,
+                } => Input::Knowledge(
+                    crate::knowledge::search(tenant, config, &query, top_k, scope)
+                        .map_err(|e| e.message),
                 ),
                 ChatAction::ReadFiles(wanted) => {
                     Input::Files(crate::attachments::resolve(tenant, &wanted))

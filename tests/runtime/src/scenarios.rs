@@ -27,7 +27,10 @@ use crate::attachments::{
 };
 use crate::body_limits::body_limits_enforced_while_reading;
 use crate::config::config_versions_and_rollback;
-use crate::drafts::{draft_suite_gates_publish, drafts_are_the_operators};
+use crate::drafts::{
+    draft_knowledge_sources_staged_tested_published, draft_suite_gates_publish,
+    drafts_are_the_operators,
+};
 use crate::gateway::{
     gateway_300_turns_with_a_flaky_primary, gateway_breaker_opens_and_recovers,
     gateway_every_wire_format, gateway_fallback_order, gateway_quota_exact_under_concurrency,
@@ -455,6 +458,7 @@ pub fn all() -> Vec<Scenario> {
         long_conversation_summarised_by_model,
         draft_suite_gates_publish,
         drafts_are_the_operators,
+        draft_knowledge_sources_staged_tested_published,
     ]
 }
 

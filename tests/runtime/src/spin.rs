@@ -114,6 +114,7 @@ pub const SPIN_SCENARIOS: &[(&str, Option<&str>)] = &[
     ("replay_is_admitted_by_quotas", None),
     ("draft_suite_gates_publish", None),
     ("drafts_are_the_operators", None),
+    ("draft_knowledge_sources_staged_tested_published", None),
 ];
 
 const NO_WEBSOCKETS: &str = "Spin has no WebSockets: live updates there are Server-Sent \
@@ -178,6 +179,7 @@ pub fn tenants(all: &[(String, Value)]) -> Vec<(String, Value)> {
                     | "cs-summary"
                     | "cs-summary-model"
                     | "draft"
+                    | "draft-kb"
             ) || id.starts_with("plug-")
         })
         .cloned()

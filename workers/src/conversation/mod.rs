@@ -76,7 +76,6 @@ pub(crate) struct InternalTurn {
     pub conversation_id: Option<String>,
     pub message: String,
     pub stream: bool,
-    pub config: TenantConfig,
     /// The visitor's verified id (checked against the tenant's identity secret), if any.
     pub visitor: Option<String>,
     /// The uploaded files the message carries (looked up under the tenant).
@@ -123,7 +122,7 @@ pub(crate) async fn send_turn(env: &Env, turn: &InternalTurn) -> Result<Response
     };
     let body = json!({
         "tenant": turn.tenant, "conversation_id": id, "create": create,
-        "message": turn.message, "stream": turn.stream, "config": turn.config,
+        "message": turn.message, "stream": turn.stream,
         "visitor": turn.visitor, "attachments": turn.attachments,
     });
     forward(
@@ -142,7 +141,6 @@ struct TurnRequest {
     create: bool,
     message: String,
     stream: bool,
-    config: TenantConfig,
     #[serde(default)]
     visitor: Option<String>,
     #[serde(default)]
@@ -164,6 +162,11 @@ struct Inner {
     turns: TurnQueue,
     /// Live-update streams open on this conversation (visitors' and agents').
     subscribers: RefCell<Vec<Subscriber>>,
+    /// Chat turns under way: the tenant's inbox hears of their changes once, when the
+    /// last of them ends ([`InboxHold`]).
+    inbox_hold: Cell<u32>,
+    /// A change the inbox has not heard of yet.
+    inbox_dirty: Cell<bool>,
 }
 
 /// The Durable Object class that holds one conversation.
@@ -203,6 +206,8 @@ impl DurableObject for ConversationObject {
                 conversation: RefCell::new(None),
                 turns: TurnQueue::default(),
                 subscribers: RefCell::new(Vec::new()),
+                inbox_hold: Cell::new(0),
+                inbox_dirty: Cell::new(false),
             }),
         }
     }

@@ -51,6 +51,31 @@ impl Drop for TurnGuard {
     }
 }
 
+/// Held while a chat turn is under way: the inbox updates it asks for wait until the last
+/// hold is released, then go as one.
+pub(super) struct InboxHold {
+    inner: Rc<Inner>,
+}
+
+impl InboxHold {
+    pub(super) fn new(inner: &Rc<Inner>) -> Self {
+        inner.inbox_hold.set(inner.inbox_hold.get() + 1);
+        Self {
+            inner: inner.clone(),
+        }
+    }
+}
+
+impl Drop for InboxHold {
+    fn drop(&mut self) {
+        let held = self.inner.inbox_hold.get().saturating_sub(1);
+        self.inner.inbox_hold.set(held);
+        if held == 0 && self.inner.inbox_dirty.replace(false) {
+            self.inner.update_inbox();
+        }
+    }
+}
+
 impl Inner {
     pub(super) fn load(&self) -> Result<Option<Conversation>, ApiError> {
         if let Some(c) = self.conversation.borrow().as_ref() {
@@ -167,8 +192,14 @@ impl Inner {
         }
     }
 
-    /// Tells the tenant's inbox where this conversation stands now (after the answer).
+    /// Tells the tenant's inbox where this conversation stands now (after the answer). While
+    /// a chat turn is under way it waits for the turn's end ([`InboxHold`]): a turn's
+    /// visitor message and reply reach the inbox in one call, not one each.
     pub(super) fn update_inbox(&self) {
+        if self.inbox_hold.get() > 0 {
+            self.inbox_dirty.set(true);
+            return;
+        }
         let Some(snapshot) = self.conversation.borrow().clone() else {
             return;
         };

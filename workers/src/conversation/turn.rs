@@ -2,6 +2,7 @@
 //! ([`kefu_engine::chat`]) driven with this object's storage by [`crate::provider::drive`];
 //! a chat turn is answered with the engine's [`chat::render`].
 
+use super::store::InboxHold;
 use super::*;
 
 /// Replays the conversation under another configuration: each visitor turn planned again
@@ -50,6 +51,11 @@ pub(super) async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Respons
     let tenant =
         TenantId::parse(&t.tenant).ok_or_else(|| ApiError::internal("bad internal tenant"))?;
     let arrived = now();
+    // The tenant's configuration as the front read it: the same isolate's cache (or KV),
+    // rather than a copy of the document in every turn's request.
+    let config = config::load(&inner.env, &tenant).await?;
+    // The inbox hears of the turn's changes once, at its end.
+    let hold = InboxHold::new(&inner);
     let existing = inner.load()?;
     // The state before the message, for the turn record's state changes.
     let before = existing.clone().filter(|c| c.tenant() == &tenant);
@@ -63,21 +69,20 @@ pub(super) async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Respons
     // Who may write here, and the message's number: the engine's rule, in the same
     // synchronous step that stores the message.
     let parts = message_parts(&t.message, &t.attachments);
-    let visitor = inner.record(conversation, &t.config, |c| {
-        chat::accept(c, arrived, parts, t.visitor.as_deref(), &t.config)
+    let visitor = inner.record(conversation, &config, |c| {
+        chat::accept(c, arrived, parts, t.visitor.as_deref(), &config)
     })?;
     let mode = if t.stream {
         ReplyMode::Stream
     } else {
         ReplyMode::Whole
     };
-    let config = t.config;
     // Everything after the stored message is the engine's chat turn; this object only
     // drives it.
     let start = Start {
         secrets: config::secrets(&inner.env, &tenant, &config),
         seed: config::random_u64(),
-        config: config.clone(),
+        config: (*config).clone(),
         mode,
         conversation: inner.load()?.ok_or_else(ApiError::conversation_not_found)?,
         before,
@@ -98,6 +103,7 @@ pub(super) async fn handle_turn(inner: Rc<Inner>, body: &[u8]) -> Result<Respons
     // The turn runs on its own task: if the visitor disconnects, it still finishes and its
     // reply is still recorded.
     wasm_bindgen_futures::spawn_local(async move {
+        let _hold = hold;
         let deltas = tx.clone();
         drive(&inner, &tenant, &config, &mut machine, move |d| {
             let _ = deltas.unbounded_send(chat::render_delta(&d.text).into_bytes());

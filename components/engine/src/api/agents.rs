@@ -9,13 +9,13 @@ use crate::vocab::TenantId;
 /// Whether an agent's open session goes on, given the tenant's configuration as the host
 /// just loaded it ([`crate::auth::session_continues`] on its roster). A tenant that no
 /// longer exists ends it; a storage failure keeps it (the host checks again soon).
-pub fn session_on(
-    loaded: Result<crate::TenantConfig, ApiError>,
+pub fn session_on<C: core::borrow::Borrow<crate::TenantConfig>>(
+    loaded: Result<C, ApiError>,
     claims: &crate::auth::AgentClaims,
     now: crate::Timestamp,
 ) -> Result<(), crate::auth::TokenError> {
     match loaded {
-        Ok(config) => crate::auth::session_continues(&config.agents, claims, now),
+        Ok(config) => crate::auth::session_continues(&config.borrow().agents, claims, now),
         Err(e) if e.code == "tenant_not_found" => Err(crate::auth::TokenError::UnknownAgent),
         Err(_) => Ok(()),
     }

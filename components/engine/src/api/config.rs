@@ -11,20 +11,18 @@ use crate::vocab::TenantId;
 /// The configuration the deployment's admin token manages: a tenant that does not exist
 /// yet is managed with an empty configuration (the admin token is how tenants are
 /// created); every other error stands.
-pub fn config_for_admin(
-    loaded: Result<crate::TenantConfig, ApiError>,
-) -> Result<crate::TenantConfig, ApiError> {
+pub fn config_for_admin<C: From<crate::TenantConfig>>(
+    loaded: Result<C, ApiError>,
+) -> Result<C, ApiError> {
     match loaded {
-        Err(e) if e.code == "tenant_not_found" => Ok(crate::TenantConfig::default()),
+        Err(e) if e.code == "tenant_not_found" => Ok(crate::TenantConfig::default().into()),
         other => other,
     }
 }
 
 /// A tenant key's tenant must exist: an unknown one is the key's fault (`401`), so a
 /// stranger cannot tell which tenants exist by trying keys.
-pub fn config_for_key(
-    loaded: Result<crate::TenantConfig, ApiError>,
-) -> Result<crate::TenantConfig, ApiError> {
+pub fn config_for_key<C>(loaded: Result<C, ApiError>) -> Result<C, ApiError> {
     match loaded {
         Err(e) if e.code == "tenant_not_found" => {
             Err(ApiError::new(401, "unauthorized", "unknown key"))

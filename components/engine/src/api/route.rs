@@ -115,6 +115,24 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         "/api/v1/config/draft/test" => ("POST", Ok(Route::Config(ConfigRoute::RunTests))),
         "/api/v1/config/draft/publish" => ("POST", Ok(Route::Config(ConfigRoute::Publish))),
         "/api/v1/config/tests" => ("GET", Ok(Route::Config(ConfigRoute::Tests))),
+        "/api/v1/config/draft/knowledge/sources" => {
+            ("GET", Ok(Route::Config(ConfigRoute::DraftSources)))
+        }
+        _ if path.starts_with("/api/v1/config/draft/knowledge/sources/") => {
+            let id = &path["/api/v1/config/draft/knowledge/sources/".len()..];
+            let route = if !is_source_id(id) {
+                Err(ApiError::new(
+                    404,
+                    "source_not_found",
+                    "source ids are 1 to 128 characters of [A-Za-z0-9_.-]",
+                ))
+            } else if method == "DELETE" {
+                Ok(Route::Config(ConfigRoute::DropSource(id.to_owned())))
+            } else {
+                Ok(Route::Config(ConfigRoute::StageSource(id.to_owned())))
+            };
+            ("PUT, DELETE", route)
+        }
         _ if path.starts_with("/api/v1/config/tests/") => {
             let id = &path["/api/v1/config/tests/".len()..];
             let route = if !is_test_id(id) {
@@ -159,12 +177,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         }
         _ if path.starts_with("/api/v1/knowledge/sources/") => {
             let id = &path["/api/v1/knowledge/sources/".len()..];
-            let valid = !id.is_empty()
-                && id.len() <= 128
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-            let route = if !valid {
+            let route = if !is_source_id(id) {
                 Err(ApiError::new(
                     404,
                     "source_not_found",
@@ -283,6 +296,16 @@ pub fn is_test_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
+/// Whether `id` is shaped like a knowledge source's id: 1 to 128 characters of
+/// `[A-Za-z0-9_.-]`.
+fn is_source_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
 /// A configuration request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ConfigRoute {
@@ -311,6 +334,15 @@ pub enum ConfigRoute {
     PutTest(String),
     /// `DELETE /api/v1/config/tests/{id}`.
     DeleteTest(String),
+    /// `GET /api/v1/config/draft/knowledge/sources`: the draft's staged sources.
+    DraftSources,
+    /// `PUT /api/v1/config/draft/knowledge/sources/{id}`: stage a source (the body of a live
+    /// `PUT /api/v1/knowledge/sources/{id}`), or `{"remove": true}`: stage the live
+    /// source's removal.
+    StageSource(String),
+    /// `DELETE /api/v1/config/draft/knowledge/sources/{id}`: drop what the draft stages
+    /// for the source.
+    DropSource(String),
 }
 
 /// A knowledge-base request.
@@ -495,7 +527,8 @@ pub fn body_limit(route: &Route) -> BodyLimit {
         }
         Route::ConversationReplay(_) => BodyLimit::payload(MAX_REPLAY_BYTES, "the replay request"),
         Route::PluginTest(_) => BodyLimit::payload(MAX_PLUGIN_TEST_BYTES, "a plugin test"),
-        Route::Knowledge(KnowledgeRoute::PutSource(_)) => BodyLimit::payload(
+        Route::Knowledge(KnowledgeRoute::PutSource(_))
+        | Route::Config(ConfigRoute::StageSource(_)) => BodyLimit::payload(
             crate::knowledge::MAX_SOURCE_JSON_BYTES,
             "the knowledge source",
         ),

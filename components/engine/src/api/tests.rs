@@ -28,14 +28,18 @@ fn an_agent_session_follows_the_tenant_as_loaded() {
         ),
         Err(crate::auth::TokenError::AgentDisabled)
     );
-    let gone = Err(ApiError::new(404, "tenant_not_found", "gone"));
+    let gone: Result<crate::TenantConfig, _> = Err(ApiError::new(404, "tenant_not_found", "gone"));
     assert_eq!(
         session_on(gone, &claims, now),
         Err(crate::auth::TokenError::UnknownAgent)
     );
     // A storage hiccup does not cut an agent off.
     assert_eq!(
-        session_on(Err(ApiError::internal("kv")), &claims, now),
+        session_on(
+            Err::<crate::TenantConfig, _>(ApiError::internal("kv")),
+            &claims,
+            now
+        ),
         Ok(())
     );
 }

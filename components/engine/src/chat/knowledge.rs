@@ -11,7 +11,9 @@ use serde_json::{Value, json};
 use crate::api::ApiError;
 use crate::config::TenantConfig;
 use crate::error::ConfigError;
-use crate::knowledge::{self, Chunk, RetrievedChunk, SearchRow, Source, SqlValue, Statement};
+use crate::knowledge::{
+    self, Chunk, RetrievedChunk, Scope, SearchRow, Source, SqlValue, Statement,
+};
 use crate::provider::HttpRequest;
 use crate::time::Timestamp;
 use crate::vocab::TenantId;
@@ -145,12 +147,14 @@ const REINDEX_PER_SEARCH: u32 = 8;
 #[derive(Debug)]
 pub struct SearchPlan {
     tenant: TenantId,
+    scope: Scope,
     question: String,
     k: u8,
     config: TenantConfig,
     secrets: BTreeMap<String, String>,
     state: SearchState,
     question_vector: Option<(String, Vec<f32>)>,
+    fusion: knowledge::Fusion,
     stale: Vec<String>,
     views: Vec<Statement>,
     result: Option<Result<Vec<RetrievedChunk>, ApiError>>,
@@ -174,17 +178,34 @@ impl SearchPlan {
     ) -> Self {
         SearchPlan {
             tenant,
+            scope: Scope::Live,
             question: question.to_owned(),
             k: k.clamp(1, 20),
             config,
             secrets,
             state: SearchState::Start,
             question_vector: None,
+            fusion: knowledge::Fusion::DEFAULT,
             stale: Vec::new(),
             views: Vec::new(),
             result: None,
             warnings: Vec::new(),
         }
+    }
+
+    /// Searches `scope` instead: [`Scope::Draft`] is the live knowledge base overlaid with
+    /// the tenant's staged sources (what a draft's test suite searches).
+    pub fn in_scope(mut self, scope: Scope) -> Self {
+        self.scope = scope;
+        self
+    }
+
+    /// The same search with another rule for joining the vectors to full text (the hosts
+    /// keep [`knowledge::Fusion::DEFAULT`]; the retrieval benchmark compares rules).
+    #[must_use]
+    pub fn with_fusion(mut self, fusion: knowledge::Fusion) -> Self {
+        self.fusion = fusion;
+        self
     }
 
     /// Takes the result.
@@ -238,7 +259,8 @@ impl SearchPlan {
     }
 
     fn full_text(&mut self) -> Need {
-        let mut views = knowledge::search_statements(
+        let mut views = knowledge::search_statements_in(
+            self.scope,
             &self.tenant,
             &self.question,
             &self.config.knowledge.synonyms,
@@ -262,16 +284,26 @@ impl SearchPlan {
     fn after_full_text(&mut self, lists: Vec<Vec<SearchRow>>) -> Need {
         match self.question_vector.take() {
             None => {
-                let found = fuse_views(lists, Vec::new(), usize::from(self.k));
+                let found = fuse_views(lists, Vec::new(), 0.0, usize::from(self.k));
                 self.done(found.into_iter().map(RetrievedChunk::from).collect())
             }
             Some((model, vector)) => {
-                let st = Statement {
-                    sql: knowledge::VECTORS_SQL,
-                    params: vec![
-                        SqlValue::Text(self.tenant.as_str().to_owned()),
-                        SqlValue::Text(model),
-                    ],
+                let st = match self.scope {
+                    Scope::Live => Statement {
+                        sql: knowledge::VECTORS_SQL,
+                        params: vec![
+                            SqlValue::Text(self.tenant.as_str().to_owned()),
+                            SqlValue::Text(model),
+                        ],
+                    },
+                    Scope::Draft => {
+                        let mut params = knowledge::overlay_params(&self.tenant).to_vec();
+                        params.push(SqlValue::Text(model));
+                        Statement {
+                            sql: knowledge::VECTORS_DRAFT_SQL,
+                            params,
+                        }
+                    }
                 };
                 self.state = SearchState::Vectors { lists, vector };
                 Need::Vectors(st)
@@ -346,16 +378,27 @@ impl SearchPlan {
             },
             (SearchState::Vectors { lists, vector }, Got::Vectors(stored)) => match stored {
                 Ok(stored) => {
-                    let depth = self.depth() as usize;
+                    let depth = self.fusion.vector_depth.min(self.depth() as usize);
                     let nearest = knowledge::vector_ranking(&vector, stored, depth);
+                    let nearest = self.fusion.voters(&nearest).to_vec();
                     let ids: Vec<&str> = nearest.iter().map(|(id, _)| id.as_str()).collect();
                     let ids = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into());
-                    let st = Statement {
-                        sql: knowledge::CHUNKS_BY_ID_SQL,
-                        params: vec![
-                            SqlValue::Text(self.tenant.as_str().to_owned()),
-                            SqlValue::Text(ids),
-                        ],
+                    let st = match self.scope {
+                        Scope::Live => Statement {
+                            sql: knowledge::CHUNKS_BY_ID_SQL,
+                            params: vec![
+                                SqlValue::Text(self.tenant.as_str().to_owned()),
+                                SqlValue::Text(ids),
+                            ],
+                        },
+                        Scope::Draft => {
+                            let mut params = knowledge::overlay_params(&self.tenant).to_vec();
+                            params.push(SqlValue::Text(ids));
+                            Statement {
+                                sql: knowledge::CHUNKS_BY_ID_DRAFT_SQL,
+                                params,
+                            }
+                        }
                     };
                     self.state = SearchState::ById { lists, nearest };
                     Need::Rows(st)
@@ -373,7 +416,8 @@ impl SearchPlan {
                         .iter()
                         .filter_map(|(id, _)| by_id.remove(id))
                         .collect();
-                    let found = fuse_views(lists, near, usize::from(self.k));
+                    let found =
+                        fuse_views(lists, near, self.fusion.vector_weight, usize::from(self.k));
                     self.done(found.into_iter().map(RetrievedChunk::from).collect())
                 }
                 Err(e) => self.fail(e),
@@ -387,18 +431,25 @@ impl SearchPlan {
 }
 
 /// The full-text views' rows, and the nearest chunks by embedding when there are any
-/// (`near`, best first), fused into one ranking by reciprocal rank fusion: best first,
-/// each chunk once, its score the fused one, at most `limit`. One list alone keeps its
-/// order and bm25 scores.
+/// (`near`, best first, weighing `near_weight` beside each view's 1), fused into one
+/// ranking by weighted reciprocal rank fusion: best first, each chunk once, its score the
+/// fused one, at most `limit`. One list alone keeps its order and scores.
 fn fuse_views(
     mut lists: Vec<Vec<SearchRow>>,
     near: Vec<SearchRow>,
+    near_weight: f64,
     limit: usize,
 ) -> Vec<SearchRow> {
-    if !near.is_empty() {
+    let mut weights = vec![1.0; lists.len()];
+    if !near.is_empty() && near_weight > 0.0 {
         lists.push(near);
+        weights.push(near_weight);
     }
-    lists.retain(|l| !l.is_empty());
+    let (weights, lists): (Vec<f64>, Vec<Vec<SearchRow>>) = weights
+        .into_iter()
+        .zip(lists)
+        .filter(|(_, l)| !l.is_empty())
+        .unzip();
     if lists.len() <= 1 {
         let mut rows = lists.into_iter().next().unwrap_or_default();
         rows.truncate(limit);
@@ -408,7 +459,12 @@ fn fuse_views(
         .iter()
         .map(|l| l.iter().map(|r| r.chunk_id.as_str()).collect())
         .collect();
-    let fused = knowledge::fuse_rankings(&ids, limit);
+    let weighted: Vec<(f64, &[&str])> = weights
+        .iter()
+        .copied()
+        .zip(ids.iter().map(Vec::as_slice))
+        .collect();
+    let fused = knowledge::fuse_weighted(&weighted, limit);
     let mut by_id: BTreeMap<&str, &SearchRow> = BTreeMap::new();
     for row in lists.iter().flatten() {
         by_id.entry(row.chunk_id.as_str()).or_insert(row);
@@ -445,6 +501,9 @@ enum IndexState {
 #[derive(Debug)]
 pub struct IndexPlan {
     tenant: TenantId,
+    /// [`Scope::Draft`]: the source is staged (indexed under the draft's key and listed in
+    /// `kb_staged`), not live.
+    scope: Scope,
     source: Source,
     chunks: Vec<Chunk>,
     now: Timestamp,
@@ -498,6 +557,7 @@ impl IndexPlan {
         };
         Ok(IndexPlan {
             tenant,
+            scope: Scope::Live,
             source,
             chunks,
             now,
@@ -507,6 +567,38 @@ impl IndexPlan {
             also: Vec::new(),
             result: None,
         })
+    }
+
+    /// Checks the source `body` for path id `id` exactly as [`IndexPlan::new`] does, and
+    /// plans staging it in the tenant's draft (`PUT
+    /// /api/v1/config/draft/knowledge/sources/{id}`): chunked and embedded the same way,
+    /// indexed under the draft's key (so a draft's test suite finds it and no visitor's
+    /// turn does), and its validated document kept for publishing, in one transaction.
+    pub fn staged(
+        now: Timestamp,
+        tenant: TenantId,
+        config: &TenantConfig,
+        secrets: &BTreeMap<String, String>,
+        id: &str,
+        body: &[u8],
+    ) -> Result<Self, ApiError> {
+        let mut plan = Self::new(now, tenant, config, secrets, id, body)?;
+        plan.scope = Scope::Draft;
+        let document = serde_json::to_string(&plan.source)
+            .map_err(|e| ApiError::internal(format!("a source serializes: {e}")))?;
+        let at = i64::try_from(now.as_millis()).unwrap_or(i64::MAX);
+        plan.also.push(knowledge::stage_statement(
+            &plan.tenant,
+            id,
+            Some(document),
+            at,
+        ));
+        Ok(plan)
+    }
+
+    /// The source being indexed.
+    pub(crate) fn source(&self) -> &Source {
+        &self.source
     }
 
     /// Statements to run in the source's transaction, after its own: what else the
@@ -529,11 +621,15 @@ impl IndexPlan {
     }
 
     fn write(&mut self) -> Need {
+        let key = match self.scope {
+            Scope::Live => self.tenant.as_str().to_owned(),
+            Scope::Draft => knowledge::draft_key(&self.tenant),
+        };
         let mut statements =
-            knowledge::index_statements(&self.tenant, &self.source, &self.chunks, self.now);
+            knowledge::index_statements_at(&key, &self.source, &self.chunks, self.now);
         if let Some((model, vectors)) = &self.vectors {
-            statements.extend(knowledge::vector_statements(
-                &self.tenant,
+            statements.extend(knowledge::vector_statements_at(
+                &key,
                 &self.chunks,
                 vectors,
                 model,
@@ -573,6 +669,9 @@ impl IndexPlan {
                         "chunks": self.chunks.len(),
                         "embedded": self.vectors.as_ref().map_or(0, |(_, v)| v.len()),
                     });
+                    if self.scope == Scope::Draft {
+                        answer["staged"] = json!("put");
+                    }
                     if let Some(e) = &self.embedding_error {
                         answer["embedding_error"] = json!(e);
                     }
@@ -756,6 +855,56 @@ mod tests {
         let mut ids: Vec<&str> = found.iter().map(|c| c.chunk.id.as_str()).collect();
         ids.sort_unstable();
         assert_eq!(ids, ["faq#0", "lex#0"]);
+    }
+
+    /// Only the nearest chunks near the first take part ([`knowledge::Fusion::DEFAULT`]),
+    /// at less than a full-text view's weight: a chunk the vectors alone find comes after
+    /// what full text found.
+    #[test]
+    fn a_hybrid_search_fuses_only_the_near_vectors_below_full_text() {
+        let mut plan = SearchPlan::new(tenant(), config(true), BTreeMap::new(), "shipping", 3);
+        assert!(matches!(plan.step(Got::Start), Need::Call(_)));
+        let mut need = nothing_stale(&mut plan, Got::Answered(Ok((200, embeddings(1)))));
+        let mut view = 0;
+        while let Need::Rows(_) = need {
+            // Only the last view finds `lex`, at its first place.
+            let rows = if view == 2 {
+                vec![row("lex#0", -1.0)]
+            } else {
+                Vec::new()
+            };
+            view += 1;
+            need = plan.step(Got::Rows(Ok(rows)));
+        }
+        assert!(matches!(need, Need::Vectors(_)));
+        let v = |x: f32, y: f32| -> Vec<u8> {
+            let n = (x * x + y * y).sqrt();
+            [x / n, y / n, 0.0]
+                .iter()
+                .flat_map(|f| f.to_le_bytes())
+                .collect()
+        };
+        // Cosine 1, 0.99 and 0.6 with the question's [1, 0, 0].
+        let stored = vec![
+            ("same#0".to_owned(), v(1.0, 0.0)),
+            ("near#0".to_owned(), v(0.99, 0.141_067)),
+            ("far#0".to_owned(), v(0.6, 0.8)),
+        ];
+        let Need::Rows(by_id) = plan.step(Got::Vectors(Ok(stored))) else {
+            panic!("then the nearest chunks by id")
+        };
+        assert_eq!(
+            by_id.params[1],
+            SqlValue::Text(r#"["same#0","near#0"]"#.into()),
+            "`far` is not near enough to take part"
+        );
+        let rows = vec![row("near#0", 0.0), row("same#0", 0.0)];
+        assert!(matches!(plan.step(Got::Rows(Ok(rows))), Need::Done));
+        let found = plan.take_result().unwrap();
+        let ids: Vec<&str> = found.iter().map(|c| c.chunk.id.as_str()).collect();
+        assert_eq!(ids, ["lex#0", "same#0", "near#0"]);
+        let w = knowledge::Fusion::DEFAULT.vector_weight;
+        assert!((found[1].score - w / (knowledge::RRF_K + 1.0)).abs() < 1e-12);
     }
 
     #[test]

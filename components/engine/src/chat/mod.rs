@@ -36,6 +36,7 @@ mod knowledge;
 mod model;
 mod render;
 mod replay;
+mod staged;
 mod suite;
 mod summarise;
 mod unanswered;
@@ -51,6 +52,7 @@ pub use knowledge::{EMBEDDING_TIMEOUT_MS, Got, IndexPlan, Need, SearchPlan, inva
 pub use model::ModelCall;
 pub use render::{Rendered, render, render_accepted, render_delta};
 pub use replay::ReplayRun;
+pub use staged::{DraftSourcesPlan, staged_source_not_found};
 pub use suite::SuiteRun;
 pub use summarise::SummaryRun;
 pub use unanswered::{
@@ -95,6 +97,9 @@ pub enum Action {
         query: String,
         /// How many chunks.
         top_k: u8,
+        /// Which knowledge base: the live one, or (a draft's test suite) the live one
+        /// overlaid with the draft's staged sources ([`crate::chat::SearchPlan::in_scope`]).
+        scope: crate::knowledge::Scope,
     },
     /// Read these stored files of the tenant (id, and whether the model wants the bytes
     /// rather than the extracted text); feed back [`Input::Files`].

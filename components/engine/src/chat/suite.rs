@@ -3,7 +3,9 @@
 //! [`ChatTurn`] a live message goes through (the replay's way: [`super::ReplayRun`]). The
 //! host carries out the same actions as for a live turn — knowledge, files, plugins,
 //! admission by the tenant's quotas, the provider calls the draft's routes name,
-//! settlement — and nothing is stored. The machine watches every request sent to a model,
+//! settlement — and nothing is stored. Its knowledge searches ask for
+//! [`crate::knowledge::Scope::Draft`]: the live knowledge base overlaid with the draft's
+//! staged sources. The machine watches every request sent to a model,
 //! so an expectation can say what reached it; each case is judged by
 //! [`crate::draft::judge`].
 
@@ -253,6 +255,15 @@ impl Machine for SuiteRun {
                         attempt,
                         request,
                         target,
+                    });
+                }
+                // A test searches the live knowledge base overlaid with the draft's staged
+                // sources; visitors' turns never do.
+                Action::SearchKnowledge { query, top_k, .. } => {
+                    return Some(Action::SearchKnowledge {
+                        query,
+                        top_k,
+                        scope: crate::knowledge::Scope::Draft,
                     });
                 }
                 // A test stores nothing and logs no unanswered question.

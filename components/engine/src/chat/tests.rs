@@ -519,3 +519,58 @@ fn a_quota_refusal_stops_the_suite_and_fails_what_did_not_run() {
     assert!(result["cases"][2]["stopped"].is_string(), "{result}");
     assert_eq!(result["failing"], json!(["b", "c"]));
 }
+
+#[test]
+fn a_suite_searches_the_draft_overlay_and_a_visitors_turn_the_live_knowledge_base() {
+    use crate::knowledge::{Chunk, RetrievedChunk, Scope};
+    let mut config = config();
+    config.knowledge.enabled = true;
+    let mut turn = ChatTurn::scratch(at(5), start(config.clone(), "Where is my parcel?"));
+    let Some(Action::SearchKnowledge { scope, .. }) = turn.poll_action() else {
+        panic!("a turn with a knowledge base searches it first");
+    };
+    assert_eq!(scope, Scope::Live);
+
+    let case = r#"{"messages": ["Where is my parcel?"], "expect": [{"kind": "answered_from", "source": "shipping"}]}"#;
+    let cases = [(
+        "staged".to_owned(),
+        crate::draft::parse_test_case(case.as_bytes()).unwrap(),
+    )]
+    .into_iter()
+    .collect();
+    let tenant = TenantId::parse("acme").unwrap();
+    let mut run = SuiteRun::new(at(5), tenant, config, cases, Default::default(), 1);
+    let mut searches = Vec::new();
+    loop {
+        match run.poll_action().expect("an action") {
+            Action::SearchKnowledge { scope, query, .. } => {
+                searches.push((scope, query));
+                let found = RetrievedChunk {
+                    chunk: Chunk {
+                        id: "shipping#0".into(),
+                        source_id: "shipping".into(),
+                        title: Some("Shipping".into()),
+                        heading_path: Vec::new(),
+                        text: "Parcels ship in 3 days.".into(),
+                        position: 0,
+                    },
+                    score: -1.0,
+                    source_title: Some("Shipping".into()),
+                    source_url: None,
+                };
+                run.handle(at(6), Input::Knowledge(Ok(vec![found])));
+            }
+            Action::Admit { .. } => run.handle(at(6), Input::Admission(Ok(Grant::default()))),
+            Action::CallProvider { attempt, .. } => {
+                answer(&mut run, at(7), attempt, "It ships in 3 days [1].")
+            }
+            Action::Settle(_) => {}
+            Action::Finished => break,
+            other => panic!("a test run asked for {other:?}"),
+        }
+    }
+    // Every search of a test run is the draft's overlay.
+    assert_eq!(searches, [(Scope::Draft, "Where is my parcel?".to_owned())]);
+    let result = run.result();
+    assert_eq!(result["passed"], true, "{result}");
+}

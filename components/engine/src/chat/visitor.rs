@@ -359,6 +359,7 @@ impl ChatTurn {
                     self.actions.push_back(Action::SearchKnowledge {
                         query: self.text.clone(),
                         top_k: self.config.knowledge.top_k,
+                        scope: crate::knowledge::Scope::Live,
                     });
                     self.expect = Expect::Knowledge;
                 } else {

@@ -12,8 +12,9 @@
 //! 2. [`search_statements`] turns a question into [`SEARCH_SQL`] queries, one per view of
 //!    it (its own words; with synonyms and the thesaurus; the trigrams of its longer
 //!    words); the host reads the rows as [`SearchRow`]s and the search fuses the views,
-//!    and the nearest embeddings when there are any, by reciprocal rank fusion
-//!    ([`fuse_rankings`]). [`crate::chat::SearchPlan`] does all of it.
+//!    and the nearest embeddings when there are any, by weighted reciprocal rank fusion
+//!    ([`fuse_weighted`], the vectors' part set by [`Fusion`]).
+//!    [`crate::chat::SearchPlan`] does all of it.
 //! 3. [`grounded_prompt`] builds the system message and the [`NO_ANSWER_TOOL`] tool; after
 //!    the turn, [`detect_no_answer`] and [`citations`] read the reply (a [`CitationStream`]
 //!    removes the markers that cite nothing while it streams), and an [`Unanswered`]
@@ -45,7 +46,8 @@
 //! and the text FTS5 sees; `rank` orders and fuses hits; `prompt` puts them before the
 //! model and reads the reply's "no answer"; `cite` resolves the reply's citation markers;
 //! `unanswered` is the operator's log and its SQL, and `groups` gathers the log's
-//! near-duplicate questions for the operator to answer once.
+//! near-duplicate questions for the operator to answer once; `staged` is the draft's
+//! sources (staged beside the draft configuration) and the overlay a draft's tests search.
 
 use crate::error::ConfigError;
 
@@ -58,6 +60,7 @@ mod prompt;
 mod rank;
 mod source;
 mod sql;
+mod staged;
 mod thesaurus;
 mod unanswered;
 
@@ -73,16 +76,23 @@ pub use groups::{
 pub use parse::faq::MAX_ALTERNATES;
 pub use parse::html::html_text;
 pub use prompt::{RetrievedChunk, detect_no_answer, grounded_prompt, no_answer_tool};
-pub use rank::{fuse_rankings, merge_results, vector_ranking};
+pub use rank::{Fusion, fuse_rankings, fuse_weighted, merge_results, vector_ranking};
 pub use source::{Source, SourceKind};
 pub use sql::{
     CHUNKS_BY_ID_SQL, DELETE_SOURCE_SQL, INSERT_CHUNK_SQL, INSERT_FTS_SQL, INSERT_SOURCE_SQL,
     INSERT_VECTOR_SQL, SCHEMA, SEARCH_SQL, SOURCE_CHUNKS_SQL, SOURCE_VERSION_SQL,
     STALE_SOURCES_SQL, SearchRow, SearchText, SqlValue, Statement, VECTORS_SQL,
     decode_heading_path, delete_source_statements, embedding_text, encode_heading_path, fts_query,
-    index_statements, reindex_statements, search_statements, search_text, source_chunks_statement,
-    stale_sources_statement, vector_statements,
+    index_statements, reindex_statements, search_statements, search_statements_in, search_text,
+    source_chunks_statement, stale_sources_statement, vector_statements,
 };
+pub(crate) use sql::{index_statements_at, vector_statements_at};
+pub use staged::{
+    CHUNKS_BY_ID_DRAFT_SQL, LIVE_SOURCE_SQL, SEARCH_DRAFT_SQL, STAGE_SQL, STAGED_LIST_SQL,
+    STAGED_ONE_SQL, STAGED_SQL, Scope, UNSTAGE_SQL, VECTORS_DRAFT_SQL, draft_key, overlay_params,
+    staged_list_statement, staged_statement,
+};
+pub(crate) use staged::{by_source, stage_statement, unstage_statements};
 pub use unanswered::{
     ANSWERED_SQL, LOG_UNANSWERED_SQL, LoggedQuestion, MAX_UNANSWERED_KEPT, MAX_UNANSWERED_LISTED,
     TRIM_UNANSWERED_SQL, UNANSWERED_SCHEMA, UNANSWERED_SQL, Unanswered, answered_statement,

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::analyze::{grams_text, index_text, query};
+use super::staged::Scope;
 use super::{Chunk, INDEX_VERSION, RetrievedChunk, Source, Synonym};
 use crate::time::Timestamp;
 use crate::vocab::TenantId;
@@ -54,6 +55,17 @@ pub const SCHEMA: &[&str] = &[
     model TEXT NOT NULL,
     vector BLOB NOT NULL,
     PRIMARY KEY (tenant_id, chunk_id)
+)",
+    // A tenant's draft knowledge changes (`super::staged`): a source staged to replace or
+    // add one (its validated document, for publishing; its chunks are indexed under the
+    // draft's scope key), or a live source staged for removal (no document).
+    "CREATE TABLE IF NOT EXISTS kb_staged (
+    tenant_id TEXT NOT NULL,
+    source_id TEXT NOT NULL,
+    removal INTEGER NOT NULL,
+    document TEXT,
+    staged_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, source_id)
 )",
 ];
 
@@ -110,7 +122,7 @@ pub enum SqlValue {
 }
 
 impl SqlValue {
-    fn text(s: &str) -> Self {
+    pub(crate) fn text(s: &str) -> Self {
         SqlValue::Text(s.to_owned())
     }
 
@@ -163,8 +175,18 @@ pub fn index_statements(
     chunks: &[Chunk],
     now: Timestamp,
 ) -> Vec<Statement> {
-    let t = tenant.as_str();
-    let mut out = delete_source_statements(tenant, &source.id);
+    index_statements_at(tenant.as_str(), source, chunks, now)
+}
+
+/// [`index_statements`] under a scope key of the `tenant_id` column (a tenant's id, or its
+/// draft's: [`super::staged`]).
+pub(crate) fn index_statements_at(
+    t: &str,
+    source: &Source,
+    chunks: &[Chunk],
+    now: Timestamp,
+) -> Vec<Statement> {
+    let mut out = delete_source_statements_at(t, &source.id);
     out.push(Statement {
         sql: INSERT_SOURCE_SQL,
         params: vec![
@@ -206,11 +228,16 @@ pub fn index_statements(
 
 /// The statements that remove a source and everything indexed from it.
 pub fn delete_source_statements(tenant: &TenantId, source_id: &str) -> Vec<Statement> {
+    delete_source_statements_at(tenant.as_str(), source_id)
+}
+
+/// [`delete_source_statements`] under a scope key.
+pub(crate) fn delete_source_statements_at(key: &str, source_id: &str) -> Vec<Statement> {
     DELETE_SOURCE_SQL
         .iter()
         .map(|sql| Statement {
             sql,
-            params: vec![SqlValue::text(tenant.as_str()), SqlValue::text(source_id)],
+            params: vec![SqlValue::text(key), SqlValue::text(source_id)],
         })
         .collect()
 }
@@ -250,13 +277,23 @@ pub fn vector_statements(
     vectors: &[Vec<f32>],
     model: &str,
 ) -> Vec<Statement> {
+    vector_statements_at(tenant.as_str(), chunks, vectors, model)
+}
+
+/// [`vector_statements`] under a scope key.
+pub(crate) fn vector_statements_at(
+    key: &str,
+    chunks: &[Chunk],
+    vectors: &[Vec<f32>],
+    model: &str,
+) -> Vec<Statement> {
     chunks
         .iter()
         .zip(vectors)
         .map(|(c, v)| Statement {
             sql: INSERT_VECTOR_SQL,
             params: vec![
-                SqlValue::text(tenant.as_str()),
+                SqlValue::text(key),
                 SqlValue::text(&c.id),
                 SqlValue::text(&c.source_id),
                 SqlValue::text(model),
@@ -287,6 +324,18 @@ pub fn search_statements(
     synonyms: &[Synonym],
     limit: u32,
 ) -> Vec<Statement> {
+    search_statements_in(Scope::Live, tenant, question, synonyms, limit)
+}
+
+/// [`search_statements`] in a [`Scope`]: the live knowledge base, or the live one overlaid
+/// with the tenant's draft ([`super::SEARCH_DRAFT_SQL`]).
+pub fn search_statements_in(
+    scope: Scope,
+    tenant: &TenantId,
+    question: &str,
+    synonyms: &[Synonym],
+    limit: u32,
+) -> Vec<Statement> {
     let q = query(question, synonyms);
     let mut expressions = Vec::new();
     if !q.own.is_empty() {
@@ -299,15 +348,27 @@ pub fn search_statements(
     if !q.grams.is_empty() {
         expressions.push(format!("grams : ({})", q.grams.join(" OR ")));
     }
+    let limit = SqlValue::Integer(i64::from(limit.max(1)));
     expressions
         .into_iter()
-        .map(|expression| Statement {
-            sql: SEARCH_SQL,
-            params: vec![
-                SqlValue::Text(expression),
-                SqlValue::text(tenant.as_str()),
-                SqlValue::Integer(i64::from(limit.max(1))),
-            ],
+        .map(|expression| match scope {
+            Scope::Live => Statement {
+                sql: SEARCH_SQL,
+                params: vec![
+                    SqlValue::Text(expression),
+                    SqlValue::text(tenant.as_str()),
+                    limit.clone(),
+                ],
+            },
+            Scope::Draft => {
+                let mut params = vec![SqlValue::Text(expression)];
+                params.extend(super::staged::overlay_params(tenant));
+                params.push(limit.clone());
+                Statement {
+                    sql: super::staged::SEARCH_DRAFT_SQL,
+                    params,
+                }
+            }
         })
         .collect()
 }
