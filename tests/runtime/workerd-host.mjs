@@ -71,6 +71,8 @@ const fakeAiWorker = {
     export default function (env) { return new Ai(env.UPSTREAM); }
   `,
 };
+// For the cold-start benchmark: when the runtime starts, after Node loaded the host's modules.
+console.log(`starting ${Date.now()}`);
 const mf = new Miniflare({
   host: "127.0.0.1",
   port: portArg === "auto" ? 0 : Number(portArg),

@@ -20,6 +20,8 @@
 //!   the tenant configurations they need.
 //! - [`handoff`]: human handoff and the agent actions, end to end.
 //! - [`knowledge`]: the knowledge base: ingestion, recall@3, grounding, no-answer fallback.
+//! - [`load`]: load generation for the benchmarks: many keep-alive connections for a bounded
+//!   time, percentiles, workerd's resident memory, the soak's plot.
 //! - [`machine`]: the engine's chat-turn machine as both hosts drive it: tag-only rules, the
 //!   same replay on both runtimes, replays admitted by quotas.
 //! - [`pages`]: the web pages and their headers, from the Worker's assets and Spin's file server.
@@ -39,6 +41,7 @@ pub mod drafts;
 pub mod gateway;
 pub mod handoff;
 pub mod knowledge;
+pub mod load;
 pub mod machine;
 pub mod mock;
 pub mod pages;

@@ -527,6 +527,79 @@ impl KefuSpin {
         Ok(spin)
     }
 
+    /// Starts the Spin benchmark's baselines: the component `tests/bench/spin-passthrough`
+    /// (built by `make bench-spin`), which forwards every request to `upstream` (an origin
+    /// such as `http://127.0.0.1:9090`) except its minimal SQLite chat
+    /// (`POST /api/v1/chat`), on the same runtime [`Self::start`] picks.
+    pub async fn start_passthrough(upstream: &str) -> anyhow::Result<Self> {
+        let runtime = SpinRuntime::find()?;
+        let root = repo_root();
+        let wasm = artifact(
+            target_dir().join("wasm32-wasip2/release/kefu_bench_spin_passthrough.wasm"),
+            "make bench-spin",
+        )?;
+        let state = tempfile::Builder::new()
+            .prefix("kefu-spin-bench-")
+            .tempdir()
+            .context("creating the state directory")?;
+        let manifest = TestManifest(state.path().join("spin.toml"));
+        std::fs::write(
+            &manifest.0,
+            format!(
+                "spin_manifest_version = 2\n\n[application]\nname = \"passthrough\"\n\n\
+                 [[trigger.http]]\nroute = \"/...\"\ncomponent = \"passthrough\"\n\n\
+                 [component.passthrough]\nsource = \"{}\"\nallowed_outbound_hosts = [\"{upstream}\"]\nsqlite_databases = [\"default\"]\n\n\
+                 [component.passthrough.variables]\nupstream = \"{upstream}\"\n",
+                wasm.display()
+            ),
+        )
+        .context("writing the pass-through's manifest")?;
+        let log_dir = root.join("target/runtime-tests");
+        std::fs::create_dir_all(&log_dir)?;
+        let port = crate::worker::free_port()?;
+        let log_path = log_dir.join(format!("spin-passthrough-{port}.log"));
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        let listen = format!("127.0.0.1:{port}");
+        let mut command = match &runtime {
+            SpinRuntime::Cli { path, .. } => {
+                let mut c = Command::new(path);
+                c.arg("up");
+                c
+            }
+            SpinRuntime::TestHost { path, .. } => Command::new(path),
+        };
+        command
+            .arg("--from")
+            .arg(&manifest.0)
+            .args(["--listen", &listen])
+            .arg("--state-dir")
+            .arg(state.path());
+        let child = command
+            .current_dir(&root)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {runtime}"))?;
+        let pgid = child.id().context("the Spin runtime exited immediately")?;
+        let mut spin = Self {
+            child,
+            pgid,
+            runtime,
+            base_url: format!("http://{listen}"),
+            log_path,
+            _manifest: manifest,
+            _state: state,
+        };
+        spin.wait_healthy(Duration::from_secs(300)).await?;
+        Ok(spin)
+    }
+
     /// Waits until `GET /healthz` answers 200 (real Spin compiles every component first).
     async fn wait_healthy(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let client = reqwest::Client::builder()

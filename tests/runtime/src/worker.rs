@@ -100,6 +100,16 @@ pub struct KefuWorker {
 impl KefuWorker {
     /// Starts the host with the tenants seeded and waits until `GET /healthz` answers 200.
     pub async fn start(opts: WorkerOptions) -> anyhow::Result<Self> {
+        let timeout = opts.startup_timeout;
+        let mut worker = Self::launch(opts)?;
+        // From here on an early return drops `worker`, which stops the group.
+        worker.wait_healthy(timeout).await?;
+        Ok(worker)
+    }
+
+    /// Starts the host without waiting for it (the cold-start benchmark times that itself):
+    /// it serves once [`Self::seeded`] and `GET /healthz` answers.
+    pub fn launch(opts: WorkerOptions) -> anyhow::Result<Self> {
         let root = repo_root();
         let built = root.join("workers/build/index.js");
         if !built.exists() {
@@ -145,34 +155,84 @@ impl KefuWorker {
             let script = with_test_plugins(&root, scratch.path())?;
             env.push(("KEFU_WORKER_SCRIPT", script.display().to_string()));
         }
-        let mut worker = Self::spawn(
+        Self::spawn(
             "tests/runtime/workerd-host.mjs",
             &args,
             &env,
             port,
             "workerd",
             scratch,
-        )?;
-        // From here on an early return drops `worker`, which stops the group.
-        worker.wait_healthy(opts.startup_timeout).await?;
-        Ok(worker)
+        )
     }
 
     /// Starts the benchmark's pass-through Worker (`tests/bench/passthrough-host.mjs`) on
     /// workerd, forwarding to `upstream` (an origin such as `http://127.0.0.1:9090`).
     pub async fn start_passthrough(upstream: &str) -> anyhow::Result<Self> {
+        let mut worker = Self::launch_passthrough(upstream)?;
+        worker.wait_ready(Duration::from_secs(60), false).await?;
+        Ok(worker)
+    }
+
+    /// [`Self::start_passthrough`] without waiting for it to serve.
+    pub fn launch_passthrough(upstream: &str) -> anyhow::Result<Self> {
         let scratch = tempfile::Builder::new().prefix("kefu-bench-").tempdir()?;
         let port = free_port()?;
         let args = vec![port.to_string(), upstream.to_owned()];
-        let mut worker = Self::spawn(
+        Self::spawn(
             "tests/bench/passthrough-host.mjs",
             &args,
             &[],
             port,
             "passthrough",
             scratch,
+        )
+    }
+
+    /// Whether the host said `ready` (for Kefu: its tenants are in KV).
+    pub fn seeded(&self) -> bool {
+        std::fs::read_to_string(&self.log_path)
+            .is_ok_and(|log| log.lines().any(|l| l.starts_with("ready http")))
+    }
+
+    /// When the host started the runtime (its `starting <epoch ms>` line: after Node loaded
+    /// the host's modules, as Miniflare is created), if it has said so yet.
+    pub fn runtime_started_at(&self) -> Option<std::time::SystemTime> {
+        let log = std::fs::read_to_string(&self.log_path).ok()?;
+        let ms: u64 = log
+            .lines()
+            .find_map(|l| l.strip_prefix("starting "))?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+    }
+
+    /// Whether the host process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Starts the chat turn's baseline (`tests/bench/do-chat-host.mjs`): a minimal Worker
+    /// with one SQLite-backed Durable Object per conversation that stores the message, calls
+    /// the provider at `provider_base_url` (OpenAI shape, e.g. `http://127.0.0.1:9090/v1`)
+    /// with `model`, stores the reply and answers JSON.
+    pub async fn start_do_chat(provider_base_url: &str, model: &str) -> anyhow::Result<Self> {
+        let scratch = tempfile::Builder::new().prefix("kefu-bench-").tempdir()?;
+        let port = free_port()?;
+        let args = vec![
+            port.to_string(),
+            provider_base_url.to_owned(),
+            model.to_owned(),
+        ];
+        let mut worker = Self::spawn(
+            "tests/bench/do-chat-host.mjs",
+            &args,
+            &[],
+            port,
+            "do-chat",
+            scratch,
         )?;
-        worker.wait_ready(Duration::from_secs(60), false).await?;
+        worker.wait_ready(Duration::from_secs(60), true).await?;
         Ok(worker)
     }
 
@@ -265,6 +325,12 @@ impl KefuWorker {
     /// `http://127.0.0.1:<port>`.
     pub fn base_url(&self) -> &str {
         &self.base_url
+    }
+
+    /// The host's process group (node and the workerd it started), e.g. to read workerd's
+    /// memory ([`crate::load::workerd_rss_kib`]).
+    pub fn pgid(&self) -> u32 {
+        self.pgid
     }
 
     /// Where the host's (and the Worker's) output goes.

@@ -6,7 +6,10 @@
 //! - `POST /v1/chat/completions` at concurrency 1 (p50, p99) and 64 (throughput): the mock
 //!   directly, through the pass-through Worker, through Kefu's gateway;
 //! - time to first token of a streamed completion, the same three ways;
-//! - a chat turn on Kefu's own API (`POST /api/v1/chat`: Durable Object, SQLite, gateway);
+//! - a chat turn on Kefu's own API (`POST /api/v1/chat`: Durable Object, SQLite, gateway),
+//!   against the minimal Durable-Object chat Worker (`tests/bench/do-chat-host.mjs`: store
+//!   the message in the object's SQLite, call the provider, store the reply) on the same
+//!   workerd: p50/p99 at concurrency 1 (interleaved) and throughput at concurrency 64;
 //! - the engine's CPU per turn, natively, through the simulator (no I/O at all);
 //! - retrieval quality: recall@1, recall@3 and MRR of the knowledge search over the
 //!   bilingual help center in `tests/retrieval`, beside plain FTS5 baselines.
@@ -21,6 +24,7 @@ use anyhow::{Context, ensure};
 use futures::StreamExt;
 use kefu_engine::sim::{Script, Simulator};
 use kefu_engine::{ReplyMode, TenantConfig};
+use kefu_runtime_tests::load;
 use kefu_runtime_tests::mock::{MOCK_MODEL, MockProvider};
 use kefu_runtime_tests::worker::{KefuWorker, WorkerOptions};
 use serde_json::json;
@@ -29,6 +33,8 @@ const KEY: &str = "kf-bench.Kefu0Bench0Key0000000001";
 const SAMPLES: usize = 1000;
 const STREAM_SAMPLES: usize = 300;
 const THROUGHPUT_REQUESTS: usize = 3000;
+/// Each of the two chat throughput runs per target, at concurrency 64.
+const CHAT_SECONDS: u64 = 8;
 
 #[derive(Clone, Copy)]
 enum Path {
@@ -194,6 +200,7 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     let passthrough = KefuWorker::start_passthrough(&mock_origin).await?;
+    let do_chat = KefuWorker::start_do_chat(&mock.base_url(), MOCK_MODEL).await?;
     let targets = Targets {
         direct: format!("{}/chat/completions", mock.base_url()),
         passthrough: format!("{}/v1/chat/completions", passthrough.base_url()),
@@ -238,12 +245,16 @@ async fn main() -> anyhow::Result<()> {
         rps[i] = throughput(&http, targets.url(*p), 64, THROUGHPUT_REQUESTS).await?;
     }
 
-    eprintln!("chat turns on Kefu's own API, without and with a plugin (interleaved)…");
+    eprintln!(
+        "chat turns on Kefu's own API, without and with a plugin, and on the DO-chat baseline (interleaved)…"
+    );
     let chat_url = format!("{}/api/v1/chat", kefu.base_url());
-    let mut turns: [Vec<Duration>; 2] = Default::default();
-    let mut conversations: [Option<String>; 2] = [None, None];
+    let do_chat_url = format!("{}/api/v1/chat", do_chat.base_url());
+    let mut turns: [Vec<Duration>; 3] = Default::default();
+    let mut conversations: [Option<String>; 3] = [None, None, None];
     for i in 0..300 {
-        for (k, tenant) in ["bench", "bench-pii"].into_iter().enumerate() {
+        for (k, tenant) in ["bench", "bench-pii", "do-chat"].into_iter().enumerate() {
+            let chat_url = if k == 2 { &do_chat_url } else { &chat_url };
             let mut b =
                 json!({"message": format!("benchmark turn {i}, write to jane@example.com")});
             if let Some(id) = &conversations[k] {
@@ -251,7 +262,7 @@ async fn main() -> anyhow::Result<()> {
             }
             let start = Instant::now();
             let resp = http
-                .post(&chat_url)
+                .post(chat_url)
                 .header("x-kefu-tenant", tenant)
                 .json(&b)
                 .send()
@@ -271,28 +282,68 @@ async fn main() -> anyhow::Result<()> {
             conversations[k] = v["conversation_id"].as_str().map(str::to_owned);
         }
     }
-    let [chat, chat_pii] = turns.map(summarize);
+    let [chat, chat_pii, chat_base] = turns.map(summarize);
+
+    eprintln!(
+        "chat throughput at concurrency 64, Kefu and the DO-chat baseline ({CHAT_SECONDS} s each, twice, alternating)…"
+    );
+    let chat_load = load::Workload::Chat {
+        tenant: Some("bench".to_owned()),
+        turns_per_conversation: 100,
+    };
+    let mut chat_rps = [0.0f64; 2];
+    for round in 0..2 {
+        let order = if round == 0 { [0, 1] } else { [1, 0] };
+        for k in order {
+            let origin = if k == 0 {
+                kefu.base_url()
+            } else {
+                do_chat.base_url()
+            };
+            let r = load::run(
+                origin,
+                &chat_load,
+                64,
+                Duration::from_secs(CHAT_SECONDS),
+                load::Pace::Closed,
+                None,
+            )
+            .await?;
+            ensure!(
+                r.error_count() == 0,
+                "chat throughput ({}): {}",
+                if k == 0 { "Kefu" } else { "DO-chat" },
+                r.errors_text()
+            );
+            chat_rps[k] += r.rps() / 2.0;
+        }
+    }
 
     eprintln!("engine CPU per turn…");
     let cpu_whole = engine_cpu_per_turn(ReplyMode::Whole);
     let cpu_stream = engine_cpu_per_turn(ReplyMode::Stream);
     drop(kefu);
     drop(passthrough);
+    drop(do_chat);
 
     let over = |a: f64, b: f64| a - b;
     let report = format!(
-        "| measure | mock directly | pass-through Worker | Kefu gateway | Kefu over pass-through |\n\
+        "{}\n\n| measure | mock directly | pass-through Worker | Kefu gateway | Kefu over pass-through |\n\
          |---|---:|---:|---:|---:|\n\
          | latency p50, c=1 (ms) | {:.2} | {:.2} | {:.2} | **{:+.2} ms** |\n\
          | latency p99, c=1 (ms) | {:.2} | {:.2} | {:.2} | **{:+.2} ms** |\n\
          | time to first token p50 (ms) | {:.2} | {:.2} | {:.2} | **{:+.2} ms** |\n\
          | time to first token p99 (ms) | {:.2} | {:.2} | {:.2} | **{:+.2} ms** |\n\
          | throughput, c=64 (req/s) | {:.0} | {:.0} | {:.0} | {:.2}× |\n\n\
-         | Kefu chat turn (`POST /api/v1/chat`, Durable Object + SQLite + gateway) | p50 {:.2} ms | p99 {:.2} ms |\n\
-         |---|---:|---:|\n\
-         | the same with a before-model plugin (PII redactor, jco, fresh instance per call) | p50 {:.2} ms ({:+.2}) | p99 {:.2} ms ({:+.2}) |\n\n\
+         | chat turn `POST /api/v1/chat` | p50, c=1 | p99, c=1 | throughput, c=64 |\n\
+         |---|---:|---:|---:|\n\
+         | DO-chat baseline (`tests/bench/do-chat-host.mjs`: message and reply in the object's SQLite, provider call) | {:.2} ms | {:.2} ms | {:.0} turns/s |\n\
+         | Kefu (Durable Object + SQLite + gateway) | {:.2} ms | {:.2} ms | {:.0} turns/s |\n\
+         | Kefu ÷ baseline (latency: baseline ÷ Kefu, so higher is better; bar ≥ 0.6×) | {:.2}× | {:.2}× | **{:.2}×** |\n\
+         | Kefu with a before-model plugin (PII redactor, jco, fresh instance per call) | {:.2} ms ({:+.2}) | {:.2} ms ({:+.2}) | |\n\n\
          | engine CPU per turn (native, simulator) | whole reply {:.1} µs | streamed reply {:.1} µs |\n\
          |---|---:|---:|\n",
+        load::machine(),
         direct.p50,
         pass.p50,
         kefu_lat.p50,
@@ -313,8 +364,15 @@ async fn main() -> anyhow::Result<()> {
         rps[1],
         rps[2],
         rps[2] / rps[1],
+        chat_base.p50,
+        chat_base.p99,
+        chat_rps[1],
         chat.p50,
         chat.p99,
+        chat_rps[0],
+        chat_base.p50 / chat.p50,
+        chat_base.p99 / chat.p99,
+        chat_rps[0] / chat_rps[1],
         chat_pii.p50,
         chat_pii.p50 - chat.p50,
         chat_pii.p99,
