@@ -376,6 +376,16 @@ pub struct KefuSpin {
     _state: tempfile::TempDir,
 }
 
+/// What a Spin run is started with, beside its command.
+struct Launch {
+    runtime: SpinRuntime,
+    listen: String,
+    log: std::fs::File,
+    log_path: PathBuf,
+    manifest: TestManifest,
+    state: tempfile::TempDir,
+}
+
 /// A built artifact, or why the runner cannot start without it.
 fn artifact(path: PathBuf, how: &str) -> anyhow::Result<PathBuf> {
     if path.exists() {
@@ -503,27 +513,42 @@ impl KefuSpin {
         for (k, v) in &vars {
             command.env(format!("SPIN_VARIABLE_{}", k.to_ascii_uppercase()), v);
         }
+        let launch = Launch {
+            runtime,
+            listen,
+            log,
+            log_path,
+            manifest,
+            state,
+        };
+        let spin = Self::launch(command, &root, launch).await?;
+        spin.seed(tenants).await?;
+        Ok(spin)
+    }
+
+    /// Runs `command` (the runtime, its arguments set) in `root` with its output in the log,
+    /// in its own process group (so Drop stops `spin up` and its trigger process together),
+    /// and waits until it answers.
+    async fn launch(mut command: Command, root: &Path, l: Launch) -> anyhow::Result<Self> {
         let child = command
-            .current_dir(&root)
+            .current_dir(root)
             .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            // Its own group, so Drop stops `spin up` and its trigger process together.
+            .stdout(l.log.try_clone()?)
+            .stderr(l.log)
             .process_group(0)
             .spawn()
-            .with_context(|| format!("starting {runtime}"))?;
+            .with_context(|| format!("starting {}", l.runtime))?;
         let pgid = child.id().context("the Spin runtime exited immediately")?;
         let mut spin = Self {
             child,
             pgid,
-            runtime,
-            base_url: format!("http://{listen}"),
-            log_path,
-            _manifest: manifest,
-            _state: state,
+            runtime: l.runtime,
+            base_url: format!("http://{}", l.listen),
+            log_path: l.log_path,
+            _manifest: l.manifest,
+            _state: l.state,
         };
         spin.wait_healthy(Duration::from_secs(300)).await?;
-        spin.seed(tenants).await?;
         Ok(spin)
     }
 
@@ -578,26 +603,15 @@ impl KefuSpin {
             .args(["--listen", &listen])
             .arg("--state-dir")
             .arg(state.path());
-        let child = command
-            .current_dir(&root)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("starting {runtime}"))?;
-        let pgid = child.id().context("the Spin runtime exited immediately")?;
-        let mut spin = Self {
-            child,
-            pgid,
+        let launch = Launch {
             runtime,
-            base_url: format!("http://{listen}"),
+            listen,
+            log,
             log_path,
-            _manifest: manifest,
-            _state: state,
+            manifest,
+            state,
         };
-        spin.wait_healthy(Duration::from_secs(300)).await?;
-        Ok(spin)
+        Self::launch(command, &root, launch).await
     }
 
     /// Waits until `GET /healthz` answers 200 (real Spin compiles every component first).
