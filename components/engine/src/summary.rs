@@ -33,6 +33,8 @@
 //! which stays (condensed) as long as the conversation does. So a conversation's state stays bounded however long
 //! it runs: the window plus at most this many characters.
 
+use std::borrow::Cow;
+
 use crate::vocab::{Message, Part, Role};
 use crate::wire::{PromptMessage, PromptRole};
 
@@ -170,13 +172,15 @@ pub fn from_model(text: &str) -> Option<String> {
 /// Folds messages that left the window (oldest first) into the running summary, and bounds
 /// the result. `None` when there is nothing worth remembering yet.
 pub fn fold(summary: Option<&str>, evicted: &[Message]) -> Option<String> {
-    let mut lines: Vec<String> = summary
+    // The summary's lines are borrowed; only a line that changes is written anew. This runs
+    // for every message that leaves the window, so on every turn of a long conversation.
+    let mut lines: Vec<Cow<'_, str>> = summary
         .into_iter()
         .flat_map(str::lines)
         .filter(|l| !l.trim().is_empty())
-        .map(str::to_owned)
+        .map(Cow::Borrowed)
         .collect();
-    lines.extend(evicted.iter().filter_map(line_for));
+    lines.extend(evicted.iter().filter_map(line_for).map(Cow::Owned));
     bound(&mut lines);
     if lines.is_empty() {
         None
@@ -235,32 +239,55 @@ fn label(role: Role) -> Option<&'static str> {
 /// Keeps the summary within [`MAX_SUMMARY_CHARS`]: condenses the oldest full line (the
 /// newest [`WHOLE_LINES`] stay whole), and once those are all condensed, drops the oldest
 /// after the first (the conversation's opening, usually the visitor's request).
-fn bound(lines: &mut Vec<String>) {
-    let total = |lines: &[String]| lines.iter().map(|l| l.chars().count() + 1).sum::<usize>();
-    let mut next = 0;
+fn bound(lines: &mut Vec<Cow<'_, str>>) {
+    let width = |line: &str| line.chars().count() + 1;
+    let mut total: usize = lines.iter().map(|l| width(l)).sum();
+    // Lines before `next` are condensed already: each is looked at once per fold, not once
+    // per line removed.
+    let mut next: usize = 0;
     // The whole lines kept are far below the bound, so this ends.
-    while total(lines) > MAX_SUMMARY_CHARS + 1 {
+    while total > MAX_SUMMARY_CHARS + 1 {
         let condensable = lines.len().saturating_sub(WHOLE_LINES);
         // Condensing is idempotent, so a line already condensed is passed over.
         while next < condensable {
+            if is_brief(&lines[next]) {
+                next += 1;
+                continue;
+            }
             match brief(&lines[next]) {
                 Some(b) if b == lines[next] => next += 1,
                 Some(b) => {
-                    lines[next] = b;
+                    total = total - width(&lines[next]) + width(&b);
+                    lines[next] = Cow::Owned(b);
                     break;
                 }
                 None => {
-                    lines.remove(next);
+                    total -= width(&lines.remove(next));
                     break;
                 }
             }
         }
         if next >= condensable {
-            // The first line is how the case opened: the middle goes first.
-            lines.remove(if condensable > 1 { 1 } else { 0 });
-            next = 0;
+            // The first line is how the case opened: the middle goes first. Every line
+            // before `next` stays condensed, one fewer of them.
+            total -= width(&lines.remove(if condensable > 1 { 1 } else { 0 }));
+            next = next.saturating_sub(1);
         }
     }
+}
+
+/// Whether `line` is its own [`brief`] — told without building it (a summary at its bound
+/// is mostly condensed lines, and every fold passes over them): its text is at most
+/// [`MAX_BRIEF_CHARS`], and nothing but facts, each bare, one space apart. When this says
+/// no, [`brief`] itself decides.
+fn is_brief(line: &str) -> bool {
+    let Some((_, text)) = line.split_once(": ") else {
+        return false;
+    };
+    text.chars().count() <= MAX_BRIEF_CHARS
+        && text.split(' ').all(|w| {
+            !w.is_empty() && !w.contains(char::is_whitespace) && bare(w) == w && is_fact(w)
+        })
 }
 
 /// A line condensed to its role and its facts (`None`: it has none, so nothing is lost by
@@ -505,6 +532,78 @@ mod tests {
         // The opening stays, condensed; the middle went first.
         assert!(s.starts_with("Visitor: 0 #10000\n"), "{s}");
         assert!(!s.contains("#10001"), "{s}");
+    }
+
+    /// The bound as first written: every line rebuilt by [`brief`] to tell whether it is
+    /// condensed, looked at again from the first after each line removed, and the total
+    /// counted again after each change.
+    fn bound_by_rescanning(lines: &mut Vec<String>) {
+        let total = |lines: &[String]| lines.iter().map(|l| l.chars().count() + 1).sum::<usize>();
+        let mut next = 0;
+        while total(lines) > MAX_SUMMARY_CHARS + 1 {
+            let condensable = lines.len().saturating_sub(WHOLE_LINES);
+            while next < condensable {
+                match brief(&lines[next]) {
+                    Some(b) if b == lines[next] => next += 1,
+                    Some(b) => {
+                        lines[next] = b;
+                        break;
+                    }
+                    None => {
+                        lines.remove(next);
+                        break;
+                    }
+                }
+            }
+            if next >= condensable {
+                lines.remove(if condensable > 1 { 1 } else { 0 });
+                next = 0;
+            }
+        }
+    }
+
+    #[test]
+    fn the_bound_keeps_what_rescanning_keeps() {
+        // Lines with and without facts, long and short, cut and whole, in English and
+        // Chinese, condensed already or not, in the orders a long conversation makes.
+        let mut lines: Vec<String> = Vec::new();
+        let mut seed = 7u64;
+        for i in 0..400u32 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let words = 1 + (seed >> 40) as usize % 40;
+            let text: Vec<String> = (0..words)
+                .map(|w| match (seed >> (w % 50)) % 9 {
+                    0 => format!("#{}", 1000 + w),
+                    1 => "[email]".to_owned(),
+                    2 => "订单".to_owned(),
+                    3 => format!("{w}…"),
+                    4 => format!("({w}),"),
+                    _ => format!("word{w}"),
+                })
+                .collect();
+            let label = if i % 3 == 0 { "Bot" } else { "Visitor" };
+            let sep = if i % 13 == 0 { "  " } else { " " };
+            lines.push(format!("{label}: {}", text.join(sep)));
+            if i % 11 == 0 {
+                lines.push(format!("Visitor: {i}"));
+            }
+            let mut expected = lines.clone();
+            bound_by_rescanning(&mut expected);
+            let mut borrowed: Vec<Cow<'_, str>> =
+                lines.iter().map(|l| Cow::Borrowed(l.as_str())).collect();
+            bound(&mut borrowed);
+            let got: Vec<String> = borrowed.into_iter().map(Cow::into_owned).collect();
+            assert_eq!(got, expected, "after line {i}");
+            lines = got;
+        }
+        // What the fast check calls condensed, brief leaves as it is.
+        for line in &lines {
+            if is_brief(line) {
+                assert_eq!(brief(line).as_deref(), Some(line.as_str()));
+            }
+        }
     }
 
     #[test]
