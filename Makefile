@@ -130,7 +130,14 @@ profile: setup $(WORKER_PLUGINS)
 	node tests/bench/cpu-profile.mjs --path gateway --requests 3000
 	node tests/bench/cpu-profile.mjs --path chat --requests 1000
 
-bench: setup $(WORKER_OUT)
+# The gateway's second floor: the pass-through Worker in Rust with workers-rs, as Kefu is
+# written (tests/bench/rust-passthrough), built the way the Worker is.
+RUST_PASSTHROUGH := target/bench-rust-passthrough/index.js
+$(RUST_PASSTHROUGH): tests/bench/rust-passthrough/src/lib.rs tests/bench/rust-passthrough/Cargo.toml Cargo.lock | setup
+	cd tests/bench/rust-passthrough && $(CARGO_BIN)/worker-build --release --out-dir ../../../target/bench-rust-passthrough
+	@touch $@
+
+bench: setup $(WORKER_OUT) $(RUST_PASSTHROUGH)
 	cargo run --release -q -p kefu-runtime-tests --bin kefu-bench -- --write docs/benchmarks-latest.md
 	@$(MAKE) --no-print-directory size
 
@@ -195,7 +202,7 @@ check: setup
 	cargo fmt --all --check
 	cargo fmt --manifest-path tests/spin-host/fixtures/Cargo.toml --all --check
 	cargo clippy -p kefu-engine -p kefu-runtime-tests -p kefu-spin-host --all-targets -- -D warnings
-	cargo clippy -p kefu-worker --target wasm32-unknown-unknown -- -D warnings
+	cargo clippy -p kefu-worker -p kefu-bench-rust-passthrough --target wasm32-unknown-unknown -- -D warnings
 	cargo clippy -p kefu-spin -p kefu-spin-web -p kefu-spin-plugin-host -p kefu-spin-plugin-entry -p kefu-bench-spin-passthrough --target wasm32-wasip2 -- -D warnings
 	cargo clippy -p kefu-spin-web -p kefu-spin-plugin-compose --all-targets -- -D warnings
 	cargo clippy $(PLUGIN_PACKAGES) --all-targets -- -D warnings

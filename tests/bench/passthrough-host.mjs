@@ -3,12 +3,14 @@
 // runtime's own cost (routing a request into an isolate, an outbound fetch) cancels out and
 // what remains is Kefu's.
 //
-// Usage: node tests/bench/passthrough-host.mjs PORT UPSTREAM_ORIGIN
+// Usage: node tests/bench/passthrough-host.mjs PORT UPSTREAM_ORIGIN [RUST_WORKER_DIR]
+// With RUST_WORKER_DIR (worker-build's output of tests/bench/rust-passthrough), the same
+// pass-through written in Rust with workers-rs runs instead of the JavaScript one.
 // Prints "ready http://127.0.0.1:PORT" and runs until SIGTERM or SIGINT.
 
 import { Miniflare } from "miniflare";
 
-const [portArg = "0", upstream] = process.argv.slice(2);
+const [portArg = "0", upstream, rustDir] = process.argv.slice(2);
 if (!upstream) {
   console.error("usage: passthrough-host.mjs PORT UPSTREAM_ORIGIN");
   process.exit(2);
@@ -16,13 +18,13 @@ if (!upstream) {
 
 // For the cold-start benchmark: when the runtime starts, after Node loaded the host's modules.
 console.log(`starting ${Date.now()}`);
-const mf = new Miniflare({
-  host: "127.0.0.1",
-  port: Number(portArg),
-  modules: true,
-  compatibilityDate: "2026-04-20",
-  bindings: { UPSTREAM: upstream },
-  script: `
+const worker = rustDir
+  ? {
+      scriptPath: `${rustDir}/index.js`,
+      modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"] }],
+    }
+  : {
+      script: `
     export default {
       async fetch(request, env) {
         const url = new URL(request.url);
@@ -34,6 +36,14 @@ const mf = new Miniflare({
       },
     };
   `,
+    };
+const mf = new Miniflare({
+  host: "127.0.0.1",
+  port: Number(portArg),
+  modules: true,
+  compatibilityDate: "2026-04-20",
+  bindings: { UPSTREAM: upstream },
+  ...worker,
 });
 
 const url = await mf.ready;

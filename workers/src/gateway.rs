@@ -143,8 +143,8 @@ const BATCH_MS: u64 = 250;
 const BATCH_MAX: usize = 64;
 
 thread_local! {
-    /// Per tenant: when the oldest pending report arrived, and the reports merged so far.
-    static PENDING: RefCell<std::collections::HashMap<String, (u64, SettleRequest)>> = RefCell::default();
+    /// Per tenant: the reports merged so far, waiting for the batch's first report to send them.
+    static PENDING: RefCell<std::collections::HashMap<String, SettleRequest>> = RefCell::default();
 }
 
 /// Whether a report must go at once: it settles a quota reservation, carries a failure, or
@@ -164,17 +164,16 @@ fn urgent(tenant: &TenantId, req: &SettleRequest) -> bool {
 }
 
 /// Reports a finished turn to the tenant's gateway (breakers, quota, usage). Plain
-/// successes are batched per isolate for up to [`BATCH_MS`]; everything that changes a
-/// decision goes at once.
+/// successes are batched per isolate for up to [`BATCH_MS`] (the batch's first report waits
+/// and sends it); everything that changes a decision goes at once.
 pub(crate) async fn settle(env: &Env, tenant: &TenantId, req: Report) {
     if req.is_empty() {
         return;
     }
-    let now_ms = now().as_millis();
     if urgent(tenant, &req) {
         // Take whatever waits for this tenant along.
         let mut req = req;
-        if let Some((_, pending)) = PENDING.with(|p| p.borrow_mut().remove(tenant.as_str())) {
+        if let Some(pending) = PENDING.with(|p| p.borrow_mut().remove(tenant.as_str())) {
             let mine = core::mem::replace(&mut req, pending);
             let reservation = mine.reservation;
             let (used, cost) = (mine.used_tokens, mine.cost_micros);
@@ -186,30 +185,26 @@ pub(crate) async fn settle(env: &Env, tenant: &TenantId, req: Report) {
         send(env, tenant, req).await;
         return;
     }
-    let full = PENDING.with(|p| {
+    let (first, full) = PENDING.with(|p| {
         let mut p = p.borrow_mut();
+        let first = !p.contains_key(tenant.as_str());
         let entry = p
             .entry(tenant.as_str().to_owned())
-            .or_insert_with(|| (now_ms, clone_empty(&req)));
-        entry.1.merge(req);
-        entry.1.signals.len() >= BATCH_MAX
+            .or_insert_with(|| clone_empty(&req));
+        entry.merge(req);
+        (first, entry.signals.len() >= BATCH_MAX)
     });
+    // The batch's first report waits for it (one timer per batch, not one per report); a
+    // later one goes only when it fills the batch.
     if !full {
+        if !first {
+            return;
+        }
         worker::Delay::from(core::time::Duration::from_millis(BATCH_MS)).await;
     }
-    // Whichever waiting turn wakes first sends the batch; the others find it gone.
-    let due = PENDING.with(|p| {
-        let mut p = p.borrow_mut();
-        let ready = p.get(tenant.as_str()).is_some_and(|(since, b)| {
-            b.signals.len() >= BATCH_MAX || now().as_millis().saturating_sub(*since) >= BATCH_MS
-        });
-        if ready {
-            p.remove(tenant.as_str()).map(|(_, b)| b)
-        } else {
-            None
-        }
-    });
-    if let Some(batch) = due {
+    // Whatever waits now goes: the batch this report joined, or (after a full batch went
+    // early) the next one, sooner than its own first report would have sent it.
+    if let Some(batch) = PENDING.with(|p| p.borrow_mut().remove(tenant.as_str())) {
         send(env, tenant, batch).await;
     }
 }

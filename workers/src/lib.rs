@@ -48,41 +48,59 @@ pub(crate) const INBOX: &str = "INBOX";
 pub(crate) const KNOWLEDGE: &str = "KNOWLEDGE";
 
 #[event(fetch)]
-async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
+async fn fetch(raw: worker::web_sys::Request, env: Env, ctx: Context) -> Result<Response> {
+    let url = raw.url();
+    let path = http::url_path(&url);
+    let method = raw.method();
+    // Webhook delivery log (tenant API key): a route of this host's delivery object
+    // (webhooks.rs), not of the engine's router, so it is matched before `api::route`.
+    let route = if path == webhooks::DELIVERIES_ROUTE {
+        None
+    } else {
+        Some(api::route(&method, path))
+    };
+    // The OpenAI-compatible API reads the platform's request as it is (`http::Incoming`).
+    match route {
+        Some(Ok(Route::OpenAiChat)) => {
+            return openai_compat::chat(http::Incoming::new(raw), &env, &ctx).await;
+        }
+        Some(Ok(Route::OpenAiModels)) => {
+            return openai_compat::models(http::Incoming::new(raw), &env).await;
+        }
+        _ => {}
+    }
+    let req = Request::from(raw);
     // The visitor widget runs on other sites' pages, so the API answers cross-origin calls.
     // Credentials travel in headers (tenant, visitor proof, agent token), never in cookies,
     // so any origin may call: a page gains nothing it could not do with curl.
-    let path = req.path();
-    if path.starts_with("/api/") {
+    if req.path().starts_with("/api/") {
         if req.method() == Method::Options {
             // A preflight, or a page asking whether this deployment serves a route at all
             // (the widget shows its attach button only where uploads exist): a route that
             // does not exist is `404 not_found`, without calling anything.
             let wanted = req.headers().get("access-control-request-method")?;
-            return match api::route(wanted.as_deref().unwrap_or("GET"), &path) {
-                Err(e) if e.code == "not_found" && path != webhooks::DELIVERIES_ROUTE => {
+            return match api::route(wanted.as_deref().unwrap_or("GET"), &req.path()) {
+                Err(e) if e.code == "not_found" && req.path() != webhooks::DELIVERIES_ROUTE => {
                     http::allow_cross_origin(error_response(&e)?)
                 }
                 _ => http::preflight(),
             };
         }
-        return http::allow_cross_origin(serve(req, env, ctx).await?);
+        return http::allow_cross_origin(serve(req, route, env).await?);
     }
-    serve(req, env, ctx).await
+    serve(req, route, env).await
 }
 
-async fn serve(mut req: Request, env: Env, ctx: Context) -> Result<Response> {
-    let path = req.path();
-    let method = req.method().to_string();
-    // Webhook delivery log (tenant API key): a route of this host's delivery object
-    // (webhooks.rs), not of the engine's router, so it is matched before `api::route`.
-    if path == webhooks::DELIVERIES_ROUTE {
+/// Serves `req` on its `route` (`None`: the webhook delivery log).
+async fn serve(
+    mut req: Request,
+    route: Option<std::result::Result<Route, ApiError>>,
+    env: Env,
+) -> Result<Response> {
+    let Some(route) = route else {
         return webhooks::deliveries(req, &env).await;
-    }
-    let result = match api::route(&method, &path) {
-        // The OpenAI-compatible API answers in OpenAI's error shape, not Kefu's.
-        Ok(Route::OpenAiChat) => return openai_compat::chat(req, &env, &ctx).await,
-        Ok(Route::OpenAiModels) => return openai_compat::models(req, &env).await,
+    };
+    let result = match route {
         Ok(route) => handle(route, &mut req, &env).await,
         Err(e) => Err(e),
     };

@@ -18,8 +18,9 @@ use kefu_engine::chat::{Failure, ModelCall};
 use kefu_engine::openai_api::{self as oa, OpenAiError, Selection};
 use kefu_engine::{ReplyMode, TenantConfig, TenantId, TurnReply};
 use serde_json::json;
-use worker::{Context, Env, Headers, Request, Response, wasm_bindgen_futures};
+use worker::{Context, Env, Headers, Response, wasm_bindgen_futures};
 
+use crate::http::{Incoming, RequestBody};
 use crate::provider::{self, now};
 use crate::{config, log};
 
@@ -47,15 +48,10 @@ fn host_error(e: impl core::fmt::Display) -> OpenAiError {
 
 /// The tenant and its configuration, from the `Authorization: Bearer kf-…` key.
 pub(crate) async fn authenticate(
-    req: &Request,
+    req: &impl RequestBody,
     env: &Env,
 ) -> Result<(TenantId, Rc<TenantConfig>), OpenAiError> {
-    let header = req
-        .headers()
-        .get("authorization")
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+    let header = req.header("authorization").unwrap_or_default();
     let key = header
         .strip_prefix("Bearer ")
         .map(str::trim)
@@ -80,7 +76,7 @@ pub(crate) async fn authenticate(
 }
 
 /// `GET /v1/models`.
-pub(crate) async fn models(req: Request, env: &Env) -> worker::Result<Response> {
+pub(crate) async fn models(req: Incoming, env: &Env) -> worker::Result<Response> {
     match authenticate(&req, env).await {
         Ok((_, config)) => {
             let body = oa::models_json(&config, now().as_millis() / 1000);
@@ -149,7 +145,7 @@ enum Out {
 }
 
 /// `POST /v1/chat/completions`.
-pub(crate) async fn chat(mut req: Request, env: &Env, ctx: &Context) -> worker::Result<Response> {
+pub(crate) async fn chat(mut req: Incoming, env: &Env, ctx: &Context) -> worker::Result<Response> {
     let (tenant, config) = match authenticate(&req, env).await {
         Ok(t) => t,
         Err(e) => {

@@ -173,11 +173,35 @@ impl KefuWorker {
         Ok(worker)
     }
 
+    /// The same pass-through written in Rust with workers-rs (`tests/bench/rust-passthrough`,
+    /// built by `make bench` into `target/bench-rust-passthrough`), on workerd.
+    pub async fn start_rust_passthrough(upstream: &str) -> anyhow::Result<Self> {
+        let dir = repo_root().join("target/bench-rust-passthrough");
+        anyhow::ensure!(
+            dir.join("index.js").exists(),
+            "{} is not built (make bench builds it)",
+            dir.display()
+        );
+        let mut worker = Self::launch_passthrough_with(upstream, Some(&dir))?;
+        worker.wait_ready(Duration::from_secs(60), false).await?;
+        Ok(worker)
+    }
+
     /// [`Self::start_passthrough`] without waiting for it to serve.
     pub fn launch_passthrough(upstream: &str) -> anyhow::Result<Self> {
+        Self::launch_passthrough_with(upstream, None)
+    }
+
+    fn launch_passthrough_with(
+        upstream: &str,
+        rust_worker: Option<&std::path::Path>,
+    ) -> anyhow::Result<Self> {
         let scratch = tempfile::Builder::new().prefix("kefu-bench-").tempdir()?;
         let port = free_port()?;
-        let args = vec![port.to_string(), upstream.to_owned()];
+        let mut args = vec![port.to_string(), upstream.to_owned()];
+        if let Some(dir) = rust_worker {
+            args.push(dir.display().to_string());
+        }
         Self::spawn(
             "tests/bench/passthrough-host.mjs",
             &args,

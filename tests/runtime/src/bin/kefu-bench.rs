@@ -1,11 +1,13 @@
 //! `make bench`: Kefu's own cost, measured as ratios in one run on this machine.
 //!
 //! Starts the mock provider (zero latency), Kefu on workerd, and a minimal pass-through
-//! Worker on the same workerd, then measures, with the three targets interleaved so noise
-//! hits them alike:
-//! - `POST /v1/chat/completions` at concurrency 1 (p50, p99) and 64 (throughput): the mock
-//!   directly, through the pass-through Worker, through Kefu's gateway;
-//! - time to first token of a streamed completion, the same three ways;
+//! Worker on the same workerd, twice: in JavaScript, and in Rust with workers-rs (as Kefu is
+//! written; `tests/bench/rust-passthrough`). Then measures, with the targets interleaved so
+//! noise hits them alike:
+//! - `POST /v1/chat/completions` at concurrency 1 (p50, p99) and 64 (throughput, each target
+//!   twice, in turn and in reverse): the mock directly, through each pass-through Worker,
+//!   through Kefu's gateway;
+//! - time to first token of a streamed completion, the same four ways;
 //! - a chat turn on Kefu's own API (`POST /api/v1/chat`: Durable Object, SQLite, gateway),
 //!   against the minimal Durable-Object chat Worker (`tests/bench/do-chat-host.mjs`: store
 //!   the message in the object's SQLite, call the provider, store the reply) on the same
@@ -40,12 +42,16 @@ const CHAT_SECONDS: u64 = 8;
 enum Path {
     Direct,
     Passthrough,
+    /// The same pass-through in Rust with workers-rs: what the language, wasm-bindgen and
+    /// the SDK cost before any of Kefu's work.
+    RustPassthrough,
     Kefu,
 }
 
 struct Targets {
     direct: String,
     passthrough: String,
+    rust_passthrough: String,
     kefu: String,
 }
 
@@ -54,6 +60,7 @@ impl Targets {
         match p {
             Path::Direct => &self.direct,
             Path::Passthrough => &self.passthrough,
+            Path::RustPassthrough => &self.rust_passthrough,
             Path::Kefu => &self.kefu,
         }
     }
@@ -200,10 +207,12 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     let passthrough = KefuWorker::start_passthrough(&mock_origin).await?;
+    let rust_passthrough = KefuWorker::start_rust_passthrough(&mock_origin).await?;
     let do_chat = KefuWorker::start_do_chat(&mock.base_url(), MOCK_MODEL).await?;
     let targets = Targets {
         direct: format!("{}/chat/completions", mock.base_url()),
         passthrough: format!("{}/v1/chat/completions", passthrough.base_url()),
+        rust_passthrough: format!("{}/v1/chat/completions", rust_passthrough.base_url()),
         kefu: format!("{}/v1/chat/completions", kefu.base_url()),
     };
     // workerd closes idle keep-alive connections after 5 s: never reuse one idle for 2 s.
@@ -212,7 +221,12 @@ async fn main() -> anyhow::Result<()> {
         .pool_max_idle_per_host(128)
         .pool_idle_timeout(Duration::from_secs(2))
         .build()?;
-    let paths = [Path::Direct, Path::Passthrough, Path::Kefu];
+    let paths = [
+        Path::Direct,
+        Path::Passthrough,
+        Path::RustPassthrough,
+        Path::Kefu,
+    ];
 
     eprintln!("warming up…");
     for _ in 0..200 {
@@ -222,27 +236,37 @@ async fn main() -> anyhow::Result<()> {
     }
 
     eprintln!("latency at concurrency 1 ({SAMPLES} requests each, interleaved)…");
-    let mut lat: [Vec<Duration>; 3] = Default::default();
+    let mut lat: [Vec<Duration>; 4] = Default::default();
     for _ in 0..SAMPLES {
         for (i, p) in paths.iter().enumerate() {
             lat[i].push(one(&http, targets.url(*p)).await?);
         }
     }
-    let [direct, pass, kefu_lat] = lat.map(summarize);
+    let [direct, pass, rust_pass, kefu_lat] = lat.map(summarize);
 
     eprintln!("time to first token ({STREAM_SAMPLES} streams each, interleaved)…");
-    let mut ttft: [Vec<Duration>; 3] = Default::default();
+    let mut ttft: [Vec<Duration>; 4] = Default::default();
     for _ in 0..STREAM_SAMPLES {
         for (i, p) in paths.iter().enumerate() {
             ttft[i].push(first_token(&http, targets.url(*p)).await?);
         }
     }
-    let [t_direct, t_pass, t_kefu] = ttft.map(summarize);
+    let [t_direct, t_pass, t_rust, t_kefu] = ttft.map(summarize);
 
-    eprintln!("throughput at concurrency 64 ({THROUGHPUT_REQUESTS} requests each)…");
-    let mut rps = [0.0; 3];
-    for (i, p) in paths.iter().enumerate() {
-        rps[i] = throughput(&http, targets.url(*p), 64, THROUGHPUT_REQUESTS).await?;
+    eprintln!(
+        "throughput at concurrency 64 ({THROUGHPUT_REQUESTS} requests each, twice, in turn and in reverse)…"
+    );
+    let mut rps = [0.0; 4];
+    for round in 0..2 {
+        let order: Vec<usize> = if round == 0 {
+            (0..4).collect()
+        } else {
+            (0..4).rev().collect()
+        };
+        for i in order {
+            rps[i] +=
+                throughput(&http, targets.url(paths[i]), 64, THROUGHPUT_REQUESTS).await? / 2.0;
+        }
     }
 
     eprintln!(
@@ -324,17 +348,19 @@ async fn main() -> anyhow::Result<()> {
     let cpu_stream = engine_cpu_per_turn(ReplyMode::Stream);
     drop(kefu);
     drop(passthrough);
+    drop(rust_passthrough);
     drop(do_chat);
 
     let over = |a: f64, b: f64| a - b;
     let report = format!(
-        "{}\n\n| measure | mock directly | pass-through Worker | Kefu gateway | Kefu over pass-through |\n\
-         |---|---:|---:|---:|---:|\n\
-         | latency p50, c=1 (ms) | {:.2} | {:.2} | {:.2} | **{:+.2} ms** |\n\
-         | latency p99, c=1 (ms) | {:.2} | {:.2} | {:.2} | **{:+.2} ms** |\n\
-         | time to first token p50 (ms) | {:.2} | {:.2} | {:.2} | **{:+.2} ms** |\n\
-         | time to first token p99 (ms) | {:.2} | {:.2} | {:.2} | **{:+.2} ms** |\n\
-         | throughput, c=64 (req/s) | {:.0} | {:.0} | {:.0} | {:.2}× |\n\n\
+        "{}\n\n| measure | mock directly | pass-through Worker (JS) | pass-through Worker (Rust, workers-rs) | Kefu gateway | Kefu over the JS pass-through | Kefu over the Rust pass-through |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n\
+         | latency p50, c=1 (ms) | {:.2} | {:.2} | {:.2} | {:.2} | **{:+.2} ms** | {:+.2} ms |\n\
+         | latency p99, c=1 (ms) | {:.2} | {:.2} | {:.2} | {:.2} | **{:+.2} ms** | {:+.2} ms |\n\
+         | time to first token p50 (ms) | {:.2} | {:.2} | {:.2} | {:.2} | **{:+.2} ms** | {:+.2} ms |\n\
+         | time to first token p99 (ms) | {:.2} | {:.2} | {:.2} | {:.2} | **{:+.2} ms** | {:+.2} ms |\n\
+         | throughput, c=64 (req/s) | {:.0} | {:.0} | {:.0} | {:.0} | **{:.2}×** | {:.2}× |\n\n\
+         The Rust pass-through against the JS one, throughput at c=64: {:.2}×.\n\n\
          | chat turn `POST /api/v1/chat` | p50, c=1 | p99, c=1 | throughput, c=64 |\n\
          |---|---:|---:|---:|\n\
          | DO-chat baseline (`tests/bench/do-chat-host.mjs`: message and reply in the object's SQLite, provider call) | {:.2} ms | {:.2} ms | {:.0} turns/s |\n\
@@ -346,23 +372,34 @@ async fn main() -> anyhow::Result<()> {
         load::machine(),
         direct.p50,
         pass.p50,
+        rust_pass.p50,
         kefu_lat.p50,
         over(kefu_lat.p50, pass.p50),
+        over(kefu_lat.p50, rust_pass.p50),
         direct.p99,
         pass.p99,
+        rust_pass.p99,
         kefu_lat.p99,
         over(kefu_lat.p99, pass.p99),
+        over(kefu_lat.p99, rust_pass.p99),
         t_direct.p50,
         t_pass.p50,
+        t_rust.p50,
         t_kefu.p50,
         over(t_kefu.p50, t_pass.p50),
+        over(t_kefu.p50, t_rust.p50),
         t_direct.p99,
         t_pass.p99,
+        t_rust.p99,
         t_kefu.p99,
         over(t_kefu.p99, t_pass.p99),
+        over(t_kefu.p99, t_rust.p99),
         rps[0],
         rps[1],
         rps[2],
+        rps[3],
+        rps[3] / rps[1],
+        rps[3] / rps[2],
         rps[2] / rps[1],
         chat_base.p50,
         chat_base.p99,
