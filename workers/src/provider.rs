@@ -16,7 +16,7 @@ use kefu_engine::{
     AttemptId, Conversation, HttpRequest, Message, ProviderEvent, TenantConfig, TenantId, Timestamp,
 };
 use worker::js_sys::Uint8Array;
-use worker::{AbortController, ByteStream, Delay, Headers, Method, Request, RequestInit};
+use worker::{AbortController, ByteStream, Delay};
 
 /// The host's clock, handed to the engine.
 pub(crate) fn now() -> Timestamp {
@@ -31,7 +31,8 @@ struct InFlight {
 }
 
 enum Body {
-    Start(Request, worker::AbortSignal),
+    /// The call, not made yet: its URL and everything else about it.
+    Start(String, worker::web_sys::RequestInit),
     /// A head arrived whose body is not an event stream: it is read whole, in one call
     /// (`arrayBuffer()`), rather than chunk by chunk through a stream reader.
     Buffered(worker::web_sys::Response),
@@ -118,39 +119,35 @@ fn provider_events(
             .map_err(|_| "the request body is not JSON".to_owned())?;
         return Ok(unfold(Body::Binding(ai, model.to_owned(), input), step).boxed_local());
     }
-    let headers = Headers::new();
+    // The platform's own objects: `worker::Request` would parse the URL and read a `cf` for
+    // a request that only goes out.
+    let headers = worker::web_sys::Headers::new().map_err(js_reason)?;
     for h in &request.headers {
-        headers.set(h.name, &h.value).map_err(|e| e.to_string())?;
+        headers.set(h.name, &h.value).map_err(js_reason)?;
     }
-    let body = Uint8Array::from(request.body.as_slice());
-    let method = match request.method {
-        "GET" => Method::Get,
-        "PUT" => Method::Put,
-        "DELETE" => Method::Delete,
-        _ => Method::Post,
-    };
-    let mut init = RequestInit::new();
-    init.with_method(method)
-        .with_headers(headers)
-        .with_body(Some(body.into()));
-    let req = Request::new_with_init(&request.url, &init).map_err(|e| e.to_string())?;
-    let state = Body::Start(req, controller.signal());
+    let init = worker::web_sys::RequestInit::new();
+    init.set_method(match request.method {
+        m @ ("GET" | "PUT" | "DELETE") => m,
+        _ => "POST",
+    });
+    init.set_headers(&headers);
+    init.set_body(&Uint8Array::from(request.body.as_slice()));
+    init.set_signal(Some(&controller.signal()));
+    let state = Body::Start(request.url.clone(), init);
     Ok(unfold(state, step).boxed_local())
 }
 
-/// `fetch(request, {signal})` on the platform's own objects: the response is read as it is,
+/// `fetch(url, init)` on the platform's own objects: the response is read as it is,
 /// without the conversion to `worker::Response` (which also reads its `cf` object).
 async fn fetch(
-    request: &Request,
-    signal: &worker::AbortSignal,
+    url: &str,
+    init: &worker::web_sys::RequestInit,
 ) -> Result<worker::web_sys::Response, String> {
     use worker::js_sys;
     use worker::wasm_bindgen::JsCast;
     use worker::wasm_bindgen_futures::JsFuture;
-    let init = worker::web_sys::RequestInit::new();
-    init.set_signal(Some(signal));
     let scope: worker::web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
-    let promise = scope.fetch_with_request_and_init(request.inner(), &init);
+    let promise = scope.fetch_with_str_and_init(url, init);
     let resp = JsFuture::from(promise).await.map_err(js_reason)?;
     resp.dyn_into().map_err(js_reason)
 }
@@ -170,7 +167,7 @@ fn js_reason(e: worker::wasm_bindgen::JsValue) -> String {
 
 async fn step(state: Body) -> Option<(ProviderEvent, Body)> {
     match state {
-        Body::Start(req, signal) => match fetch(&req, &signal).await {
+        Body::Start(url, init) => match fetch(&url, &init).await {
             Ok(resp) => {
                 let headers: Vec<(String, String)> =
                     worker::Headers(resp.headers()).entries().collect();
