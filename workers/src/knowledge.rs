@@ -80,11 +80,11 @@ pub(crate) async fn draft_sources(
     body: Option<Vec<u8>>,
 ) -> Result<Result<Value, Response>, ApiError> {
     let path = format!("{path}?tenant={}", tenant.as_str());
-    let mut resp = forward(&stub(env, tenant)?, method, &path, body).await?;
+    let resp = forward(&stub(env, tenant)?, method, &path, body).await?;
     if resp.status_code() != 200 {
         return Ok(Err(resp));
     }
-    Ok(Ok(resp.json().await.map_err(internal)?))
+    Ok(Ok(http::body_json(&resp).await.map_err(internal)?))
 }
 
 /// Forwards an operator's knowledge-base request to the tenant's object.

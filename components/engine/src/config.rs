@@ -348,7 +348,7 @@ impl TenantConfig {
     /// Parses and validates a stored configuration document.
     pub fn from_json(json: &str) -> Result<Self, ConfigError> {
         let config: TenantConfig =
-            serde_json::from_str(json).map_err(|e| invalid("$", e.to_string()))?;
+            serde_json::from_slice(json.as_bytes()).map_err(|e| invalid("$", e.to_string()))?;
         if config.builtin {
             return Err(invalid(
                 "_builtin",

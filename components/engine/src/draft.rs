@@ -95,7 +95,7 @@ pub type Suite = BTreeMap<String, TestCase>;
 /// Reads the stored suite (a missing or damaged document is empty).
 pub fn suite_from_json(stored: Option<&str>) -> Suite {
     stored
-        .and_then(|s| serde_json::from_str(s).ok())
+        .and_then(|s| serde_json::from_slice(s.as_bytes()).ok())
         .unwrap_or_default()
 }
 
@@ -352,7 +352,7 @@ pub fn put_draft(
 /// `GET /api/v1/config/draft`: the draft (`null` without one) and the live version.
 pub fn draft_json(tenant: &TenantId, draft: Option<&str>, live_version: u64) -> Value {
     let document = draft
-        .and_then(|d| serde_json::from_str::<Value>(d).ok())
+        .and_then(|d| serde_json::from_slice::<Value>(d.as_bytes()).ok())
         .unwrap_or(Value::Null);
     json!({"tenant": tenant.as_str(), "draft": document, "live_version": live_version})
 }

@@ -180,7 +180,7 @@ pub fn delivery_json(
     created_at: Timestamp,
     in_flight: bool,
 ) -> Value {
-    let payload: Value = serde_json::from_str(&delivery.payload).unwrap_or(Value::Null);
+    let payload: Value = serde_json::from_slice(delivery.payload.as_bytes()).unwrap_or(Value::Null);
     json!({
         "id": delivery.id,
         "event_type": delivery.event_type,

@@ -336,7 +336,7 @@ impl TurnRecord {
     /// Reads a stored record for `seq`: this type's JSON, or the attempts-only array stored
     /// before turn records existed. `None` when it is neither.
     pub fn from_stored(seq: u32, text: &str) -> Option<Self> {
-        let value: Value = serde_json::from_str(text).ok()?;
+        let value: Value = serde_json::from_slice(text.as_bytes()).ok()?;
         if value.is_array() {
             let attempts = serde_json::from_value(value).ok()?;
             return Some(TurnRecord {
