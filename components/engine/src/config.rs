@@ -662,7 +662,7 @@ impl TenantConfig {
     /// Every secret name the configuration refers to, once each, in order.
     pub fn secret_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.secret_refs().into_iter().map(|(_, n)| n).collect();
-        names.sort();
+        crate::sort::sort(&mut names);
         names.dedup();
         names
     }

@@ -48,6 +48,7 @@ pub mod replay;
 pub mod rules;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub(crate) mod sort;
 pub mod sse;
 pub mod summary;
 pub mod time;

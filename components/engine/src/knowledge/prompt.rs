@@ -158,7 +158,7 @@ fn guess_lang(question: &str) -> Option<Lang> {
         .map(str::to_ascii_lowercase)
         .filter(|w| ENGLISH.contains(&w.as_str()))
         .collect();
-    hits.sort();
+    crate::sort::sort(&mut hits);
     hits.dedup();
     // Two distinct English function words: "Wat is de prijs?" has one.
     (letters && hits.len() >= 2).then_some(Lang::En)
