@@ -278,7 +278,7 @@ pub fn published_sources(published: &Value) -> Vec<crate::config_history::Source
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|s| serde_json::from_value(s.clone()).ok())
+        .filter_map(|s| crate::json::from_value(s).ok())
         .collect()
 }
 

@@ -37,6 +37,7 @@ pub mod gateway;
 pub mod handoff;
 pub mod hours;
 pub mod identity;
+pub mod json;
 pub mod knowledge;
 pub mod models;
 pub mod offline;

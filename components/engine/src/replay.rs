@@ -336,16 +336,18 @@ impl TurnRecord {
     /// Reads a stored record for `seq`: this type's JSON, or the attempts-only array stored
     /// before turn records existed. `None` when it is neither.
     pub fn from_stored(seq: u32, text: &str) -> Option<Self> {
-        let value: Value = serde_json::from_slice(text.as_bytes()).ok()?;
-        if value.is_array() {
-            let attempts = serde_json::from_value(value).ok()?;
+        // JSON's whitespace is these four; anything else before the value makes it invalid
+        // either way.
+        let json = text.trim_start_matches([' ', '\t', '\n', '\r']);
+        if json.starts_with('[') {
+            let attempts = serde_json::from_slice(json.as_bytes()).ok()?;
             return Some(TurnRecord {
                 seq,
                 attempts,
                 ..TurnRecord::default()
             });
         }
-        let mut record: TurnRecord = serde_json::from_value(value).ok()?;
+        let mut record: TurnRecord = serde_json::from_slice(json.as_bytes()).ok()?;
         record.seq = seq;
         Some(record)
     }
