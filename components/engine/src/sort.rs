@@ -84,7 +84,7 @@ mod tests {
                 // Each element remembers where it started: ties must keep that order.
                 let items: Vec<(u64, usize)> = keys(n, seed, range).into_iter().zip(0..).collect();
                 let mut want = items.clone();
-                want.sort_by(|a, b| a.0.cmp(&b.0));
+                want.sort_by_key(|e| e.0);
                 let mut got = items.clone();
                 sort_by(&mut got, |a, b| a.0.cmp(&b.0));
                 assert_eq!(got, want, "n {n}, seed {seed}");
