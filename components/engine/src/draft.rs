@@ -258,17 +258,21 @@ pub fn draft_config(
 /// `staged_at` by id: what a suite runs against, so that publishing makes exactly those
 /// live ([`crate::chat::DraftSourcesPlan::publish`]).
 pub fn staged_versions(list: &Value) -> BTreeMap<String, i64> {
-    list["sources"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| {
-            let at = s["staged_at"]
-                .as_i64()
-                .or_else(|| s["staged_at"].as_f64().map(|f| f as i64))?;
-            Some((s["id"].as_str()?.to_owned(), at))
-        })
-        .collect()
+    // Inserted, not collected: see crate::sort.
+    let mut versions = BTreeMap::new();
+    versions.extend(
+        list["sources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| {
+                let at = s["staged_at"]
+                    .as_i64()
+                    .or_else(|| s["staged_at"].as_f64().map(|f| f as i64))?;
+                Some((s["id"].as_str()?.to_owned(), at))
+            }),
+    );
+    versions
 }
 
 /// The sources a publication changed, from the answer of

@@ -546,17 +546,15 @@ fn config_error_plain(e: &ConfigError) -> ApiError {
 /// Where a configuration's model calls can go: each target's wire format, base URL and
 /// secret name, and the same for every named provider (the jobs beside chat use those).
 fn endpoints(config: &TenantConfig) -> BTreeSet<(String, String, Option<String>)> {
-    let mut out: BTreeSet<(String, String, Option<String>)> = config
-        .all_targets()
-        .into_iter()
-        .map(|t| {
-            (
-                format!("{:?}", t.kind),
-                t.base_url.trim().to_owned(),
-                t.api_key_secret,
-            )
-        })
-        .collect();
+    // Inserted, not collected: see crate::sort.
+    let mut out: BTreeSet<(String, String, Option<String>)> = BTreeSet::new();
+    out.extend(config.all_targets().into_iter().map(|t| {
+        (
+            format!("{:?}", t.kind),
+            t.base_url.trim().to_owned(),
+            t.api_key_secret,
+        )
+    }));
     out.extend(config.providers.values().map(|p| {
         (
             format!("{:?}", p.kind),

@@ -10,6 +10,11 @@
 //! stable, so elements that compare equal keep their order. The engine sorts short lists
 //! (search hits, routes and their usage, an outbox's deliveries, a schedule's switches), where
 //! the indirection costs nothing worth a copy of the sort.
+//!
+//! Collecting into a `BTreeMap` or `BTreeSet` sorts the items first (stably, to build the
+//! tree in one pass), another copy of the sort per element type; where that is the only
+//! reason for a copy, the engine extends an empty map instead, which inserts one by one and
+//! keeps the last value for a repeated key, as collecting does.
 
 use core::cmp::Ordering;
 
