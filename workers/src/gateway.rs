@@ -216,7 +216,7 @@ async fn send(env: &Env, tenant: &TenantId, req: SettleRequest) {
         let text =
             String::from_utf8_lossy(&crate::http::body_bytes(&resp).await.map_err(internal)?)
                 .into_owned();
-        let answer: SettleAnswer = serde_json::from_str(&text).map_err(|e| {
+        let answer: SettleAnswer = serde_json::from_slice(text.as_bytes()).map_err(|e| {
             ApiError::internal(format!(
                 "{e}: the gateway answered {} {text}",
                 resp.status_code()
@@ -266,8 +266,8 @@ impl Inner {
                     _ => Err(ApiError::internal("gateway state row is damaged")),
                 };
                 (
-                    serde_json::from_str(&text(0)?).map_err(internal)?,
-                    serde_json::from_str(&text(1)?).map_err(internal)?,
+                    serde_json::from_slice(text(0)?.as_bytes()).map_err(internal)?,
+                    serde_json::from_slice(text(1)?.as_bytes()).map_err(internal)?,
                 )
             }
         };

@@ -132,7 +132,7 @@ impl DurableObject for InboxObject {
                         let mut out = Vec::new();
                         for row in cursor.raw() {
                             if let Some(SqlStorageValue::String(entry)) = row.map_err(internal)?.into_iter().next() {
-                                let mut v: Value = serde_json::from_str(&entry).unwrap_or(Value::Null);
+                                let mut v: Value = serde_json::from_slice(entry.as_bytes()).unwrap_or(Value::Null);
                                 if let Value::Object(m) = &mut v {
                                     m.remove("updated_ms");
                                 }

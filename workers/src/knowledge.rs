@@ -50,8 +50,13 @@ pub(crate) async fn search(
         .to_string()
         .into_bytes();
     let resp = forward(&stub(env, tenant)?, Method::Post, "/search", Some(body)).await?;
-    let v: Value = crate::http::body_json(&resp).await.map_err(internal)?;
-    serde_json::from_value(v["results"].clone()).map_err(internal)
+    /// The object's answer to `/search`.
+    #[derive(serde::Deserialize)]
+    struct Found {
+        results: Vec<RetrievedChunk>,
+    }
+    let found: Found = crate::http::body_json(&resp).await.map_err(internal)?;
+    Ok(found.results)
 }
 
 /// Logs a question the knowledge base could not answer.
@@ -80,11 +85,11 @@ pub(crate) async fn draft_sources(
     body: Option<Vec<u8>>,
 ) -> Result<Result<Value, Response>, ApiError> {
     let path = format!("{path}?tenant={}", tenant.as_str());
-    let mut resp = forward(&stub(env, tenant)?, method, &path, body).await?;
+    let resp = forward(&stub(env, tenant)?, method, &path, body).await?;
     if resp.status_code() != 200 {
         return Ok(Err(resp));
     }
-    Ok(Ok(resp.json().await.map_err(internal)?))
+    Ok(Ok(http::body_json(&resp).await.map_err(internal)?))
 }
 
 /// Forwards an operator's knowledge-base request to the tenant's object.
@@ -243,7 +248,7 @@ impl KnowledgeObject {
             }
             (Method::Post, "/draft/publish") => {
                 let v: Value = crate::http::read_internal_json(req).await?;
-                let tested = serde_json::from_value(v["tested"].clone()).ok();
+                let tested = kefu_engine::json::from_value(&v["tested"]).ok();
                 let config = crate::config::draft_config(env, tenant).await?;
                 let secrets = crate::config::secrets(env, tenant, &config);
                 let plan = DraftSourcesPlan::publish(

@@ -379,7 +379,7 @@ async fn handle(
                     let meta = config::meta(env, &tenant).await?;
                     let document = config::current_document(env, &tenant).await?;
                     let current: serde_json::Value = match &document {
-                        Some(d) => serde_json::from_str(d).unwrap_or(serde_json::Value::Null),
+                        Some(d) => serde_json::from_slice(d.as_bytes()).unwrap_or(serde_json::Value::Null),
                         None => serde_json::Value::Null,
                     };
                     json_response(200, &json!({"tenant": tenant.as_str(), "version": meta.version, "config": current, "builtin_default": document.is_none(), "server_time": provider::now().to_rfc3339()}))
@@ -735,9 +735,8 @@ async fn run_demo(
             visitor: None,
             attachments: Vec::new(),
         };
-        let mut resp = conversation::send_turn(env, &turn).await?;
-        let body: Value = resp
-            .json()
+        let resp = conversation::send_turn(env, &turn).await?;
+        let body: Value = http::body_json(&resp)
             .await
             .map_err(|e| ApiError::internal(format!("demo turn: {e}")))?;
         let go_on = run.absorb(resp.status_code(), &body);
@@ -755,15 +754,14 @@ async fn run_demo(
         ));
     };
     let stub = conversation::stub_for(env, Some(&id))?;
-    let mut resp = http::forward(
+    let resp = http::forward(
         &stub,
         Method::Get,
         &format!("{TRANSCRIPT_PATH}?tenant={}", tenant.as_str()),
         None,
     )
     .await?;
-    let body: Value = resp
-        .json()
+    let body: Value = http::body_json(&resp)
         .await
         .map_err(|e| ApiError::internal(format!("demo transcript: {e}")))?;
     run.transcript = demo::transcript_from_json(&body);

@@ -359,7 +359,7 @@ impl Host {
         {
             return err(json!("too_large"));
         }
-        let pairs: Vec<(String, String)> = match serde_json::from_str(headers) {
+        let pairs: Vec<(String, String)> = match serde_json::from_slice(headers.as_bytes()) {
             Ok(p) => p,
             Err(e) => return err(json!({"failed": format!("headers: {e}")})),
         };

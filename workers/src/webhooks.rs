@@ -156,14 +156,14 @@ pub(crate) async fn deliveries(mut req: Request, env: &Env) -> worker::Result<Re
                 .and_then(|u| crate::http::param(&u, "limit"))
                 .as_deref(),
         )?;
-        let mut resp = forward(
+        let resp = forward(
             &stub(env, &tenant)?,
             Method::Get,
             &format!("{LIST_PATH}?limit={limit}"),
             None,
         )
         .await?;
-        let body: Value = resp.json().await.map_err(internal)?;
+        let body: Value = crate::http::body_json(&resp).await.map_err(internal)?;
         if resp.status_code() != 200 {
             return Err(ApiError::internal(format!(
                 "the webhook object answered {}: {body}",
@@ -307,7 +307,7 @@ impl Inner {
     /// The stored outbox (empty before the first delivery).
     fn load(&self) -> Result<Outbox, ApiError> {
         match self.text_at("SELECT document FROM outbox WHERE id = 0")? {
-            Some(json) => serde_json::from_str(&json).map_err(internal),
+            Some(json) => serde_json::from_slice(json.as_bytes()).map_err(internal),
             None => Ok(Outbox::default()),
         }
     }
@@ -554,12 +554,9 @@ impl DurableObject for WebhookObject {
             // From text, as the stored outbox is: the deliveries' and endpoints' parsers are
             // then the ones the outbox already needs (a second reader type would compile
             // each again into the Worker's wasm).
-            (Method::Post, ENQUEUE_PATH) => match req
-                .text()
-                .await
-                .map_err(internal)
-                .and_then(|t| serde_json::from_str::<EnqueueRequest>(&t).map_err(internal))
-            {
+            (Method::Post, ENQUEUE_PATH) => match req.text().await.map_err(internal).and_then(|t| {
+                serde_json::from_slice::<EnqueueRequest>(t.as_bytes()).map_err(internal)
+            }) {
                 Ok(r) => match self.inner.enqueue(r) {
                     Ok(answer) => {
                         // Send now, without keeping the caller: the answer goes back at

@@ -426,8 +426,8 @@ mod tests {
     }
 
     fn roster() -> Vec<AgentEntry> {
-        serde_json::from_str(
-            r#"[{"id":"alex","name":"Alex","email":"alex@acme.example","role":"supervisor"},
+        serde_json::from_slice(
+            br#"[{"id":"alex","name":"Alex","email":"alex@acme.example","role":"supervisor"},
                 {"id":"kim","name":"Kim","disabled":true},
                 {"id":"sam","name":"Sam","tokens_not_before":5000}]"#,
         )
@@ -544,7 +544,7 @@ mod tests {
     #[test]
     fn rosters_are_validated_field_by_field() {
         let check = |doc: &str| {
-            let agents: Vec<AgentEntry> = serde_json::from_str(doc).unwrap();
+            let agents: Vec<AgentEntry> = serde_json::from_slice(doc.as_bytes()).unwrap();
             validate_roster(&agents).map_err(|e| e.field)
         };
         assert_eq!(check(r#"[{"id":"a.b@c-d_e","name":"A"}]"#), Ok(()));
@@ -578,11 +578,11 @@ mod tests {
             Err("agents[0].email".into())
         );
         assert!(
-            serde_json::from_str::<Vec<AgentEntry>>(r#"[{"id":"a","name":"A","role":"boss"}]"#)
+            serde_json::from_slice::<Vec<AgentEntry>>(br#"[{"id":"a","name":"A","role":"boss"}]"#)
                 .is_err()
         );
         assert!(
-            serde_json::from_str::<Vec<AgentEntry>>(r#"[{"id":"a","name":"A","pasword":"x"}]"#)
+            serde_json::from_slice::<Vec<AgentEntry>>(br#"[{"id":"a","name":"A","pasword":"x"}]"#)
                 .is_err()
         );
     }

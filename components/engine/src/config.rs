@@ -348,7 +348,7 @@ impl TenantConfig {
     /// Parses and validates a stored configuration document.
     pub fn from_json(json: &str) -> Result<Self, ConfigError> {
         let config: TenantConfig =
-            serde_json::from_str(json).map_err(|e| invalid("$", e.to_string()))?;
+            serde_json::from_slice(json.as_bytes()).map_err(|e| invalid("$", e.to_string()))?;
         if config.builtin {
             return Err(invalid(
                 "_builtin",
@@ -662,7 +662,7 @@ impl TenantConfig {
     /// Every secret name the configuration refers to, once each, in order.
     pub fn secret_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.secret_refs().into_iter().map(|(_, n)| n).collect();
-        names.sort();
+        crate::sort::sort(&mut names);
         names.dedup();
         names
     }

@@ -98,7 +98,7 @@ impl ConfigMeta {
     /// after the current number, which a damaged record no longer knows).
     pub fn from_json(stored: Option<&str>) -> Self {
         stored
-            .and_then(|s| serde_json::from_str(s).ok())
+            .and_then(|s| serde_json::from_slice(s.as_bytes()).ok())
             .unwrap_or_default()
     }
 }

@@ -95,7 +95,7 @@ pub type Suite = BTreeMap<String, TestCase>;
 /// Reads the stored suite (a missing or damaged document is empty).
 pub fn suite_from_json(stored: Option<&str>) -> Suite {
     stored
-        .and_then(|s| serde_json::from_str(s).ok())
+        .and_then(|s| serde_json::from_slice(s.as_bytes()).ok())
         .unwrap_or_default()
 }
 
@@ -258,17 +258,21 @@ pub fn draft_config(
 /// `staged_at` by id: what a suite runs against, so that publishing makes exactly those
 /// live ([`crate::chat::DraftSourcesPlan::publish`]).
 pub fn staged_versions(list: &Value) -> BTreeMap<String, i64> {
-    list["sources"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| {
-            let at = s["staged_at"]
-                .as_i64()
-                .or_else(|| s["staged_at"].as_f64().map(|f| f as i64))?;
-            Some((s["id"].as_str()?.to_owned(), at))
-        })
-        .collect()
+    // Inserted, not collected: see crate::sort.
+    let mut versions = BTreeMap::new();
+    versions.extend(
+        list["sources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| {
+                let at = s["staged_at"]
+                    .as_i64()
+                    .or_else(|| s["staged_at"].as_f64().map(|f| f as i64))?;
+                Some((s["id"].as_str()?.to_owned(), at))
+            }),
+    );
+    versions
 }
 
 /// The sources a publication changed, from the answer of
@@ -278,7 +282,7 @@ pub fn published_sources(published: &Value) -> Vec<crate::config_history::Source
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|s| serde_json::from_value(s.clone()).ok())
+        .filter_map(|s| crate::json::from_value(s).ok())
         .collect()
 }
 
@@ -352,7 +356,7 @@ pub fn put_draft(
 /// `GET /api/v1/config/draft`: the draft (`null` without one) and the live version.
 pub fn draft_json(tenant: &TenantId, draft: Option<&str>, live_version: u64) -> Value {
     let document = draft
-        .and_then(|d| serde_json::from_str::<Value>(d).ok())
+        .and_then(|d| serde_json::from_slice::<Value>(d.as_bytes()).ok())
         .unwrap_or(Value::Null);
     json!({"tenant": tenant.as_str(), "draft": document, "live_version": live_version})
 }

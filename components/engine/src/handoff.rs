@@ -29,7 +29,7 @@ pub use crate::turn::{HANDOFF_TOOL, handoff_tool};
 /// The reason the model gave, when its reply asks for a handoff.
 pub fn model_wants_handoff(reply: &TurnReply) -> Option<String> {
     let call = reply.tool_calls.iter().find(|c| c.name == HANDOFF_TOOL)?;
-    let reason = serde_json::from_str::<serde_json::Value>(&call.arguments)
+    let reason = serde_json::from_slice::<serde_json::Value>(call.arguments.as_bytes())
         .ok()
         .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(str::to_owned))
         .unwrap_or_default();
@@ -614,8 +614,8 @@ mod tests {
     #[test]
     fn the_closed_notice_is_said_once_a_closed_stretch() {
         let (mut c, cfg) = conv();
-        let hours: crate::hours::BusinessHours = serde_json::from_str(
-            r#"{"timezone": "Europe/Berlin", "weekly": {"mon": [["09:00", "17:00"]]}}"#,
+        let hours: crate::hours::BusinessHours = serde_json::from_slice(
+            br#"{"timezone": "Europe/Berlin", "weekly": {"mon": [["09:00", "17:00"]]}}"#,
         )
         .unwrap();
         let schedule = hours.compile().unwrap();
@@ -653,7 +653,7 @@ mod tests {
         assert!(!stored.closed_notice_due(saturday_night, Some(&schedule)));
         // A schedule that never opens says it once, for good.
         let never: crate::hours::BusinessHours =
-            serde_json::from_str(r#"{"timezone": "UTC", "weekly": {}}"#).unwrap();
+            serde_json::from_slice(br#"{"timezone": "UTC", "weekly": {}}"#).unwrap();
         let never = never.compile().unwrap();
         let (mut c, cfg) = conv();
         assert_eq!(

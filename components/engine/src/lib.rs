@@ -37,6 +37,7 @@ pub mod gateway;
 pub mod handoff;
 pub mod hours;
 pub mod identity;
+pub mod json;
 pub mod knowledge;
 pub mod models;
 pub mod offline;
@@ -48,6 +49,7 @@ pub mod replay;
 pub mod rules;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub(crate) mod sort;
 pub mod sse;
 pub mod summary;
 pub mod time;

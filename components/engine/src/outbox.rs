@@ -180,7 +180,7 @@ pub fn delivery_json(
     created_at: Timestamp,
     in_flight: bool,
 ) -> Value {
-    let payload: Value = serde_json::from_str(&delivery.payload).unwrap_or(Value::Null);
+    let payload: Value = serde_json::from_slice(delivery.payload.as_bytes()).unwrap_or(Value::Null);
     json!({
         "id": delivery.id,
         "event_type": delivery.event_type,
@@ -424,7 +424,9 @@ impl Outbox {
                 e.lease_until <= now && e.delivery.is_due(now)
             })
             .collect();
-        due.sort_by_key(|&i| (self.entries[i].delivery.next_at, self.entries[i].seq));
+        crate::sort::sort_by_key(&mut due, |&i| {
+            (self.entries[i].delivery.next_at, self.entries[i].seq)
+        });
         let mut claims = Vec::new();
         for i in due {
             if claims.len() >= max {
@@ -512,7 +514,7 @@ impl Outbox {
             })
             .collect();
         let mut endpoints: Vec<&EndpointRecord> = self.endpoints.iter().collect();
-        endpoints.sort_by(|a, b| a.url.cmp(&b.url));
+        crate::sort::sort_by(&mut endpoints, |a, b| a.url.cmp(&b.url));
         let endpoints: Vec<Value> = endpoints
             .into_iter()
             .map(|r| {

@@ -336,16 +336,18 @@ impl TurnRecord {
     /// Reads a stored record for `seq`: this type's JSON, or the attempts-only array stored
     /// before turn records existed. `None` when it is neither.
     pub fn from_stored(seq: u32, text: &str) -> Option<Self> {
-        let value: Value = serde_json::from_str(text).ok()?;
-        if value.is_array() {
-            let attempts = serde_json::from_value(value).ok()?;
+        // JSON's whitespace is these four; anything else before the value makes it invalid
+        // either way.
+        let json = text.trim_start_matches([' ', '\t', '\n', '\r']);
+        if json.starts_with('[') {
+            let attempts = serde_json::from_slice(json.as_bytes()).ok()?;
             return Some(TurnRecord {
                 seq,
                 attempts,
                 ..TurnRecord::default()
             });
         }
-        let mut record: TurnRecord = serde_json::from_value(value).ok()?;
+        let mut record: TurnRecord = serde_json::from_slice(json.as_bytes()).ok()?;
         record.seq = seq;
         Some(record)
     }
@@ -544,17 +546,15 @@ fn config_error_plain(e: &ConfigError) -> ApiError {
 /// Where a configuration's model calls can go: each target's wire format, base URL and
 /// secret name, and the same for every named provider (the jobs beside chat use those).
 fn endpoints(config: &TenantConfig) -> BTreeSet<(String, String, Option<String>)> {
-    let mut out: BTreeSet<(String, String, Option<String>)> = config
-        .all_targets()
-        .into_iter()
-        .map(|t| {
-            (
-                format!("{:?}", t.kind),
-                t.base_url.trim().to_owned(),
-                t.api_key_secret,
-            )
-        })
-        .collect();
+    // Inserted, not collected: see crate::sort.
+    let mut out: BTreeSet<(String, String, Option<String>)> = BTreeSet::new();
+    out.extend(config.all_targets().into_iter().map(|t| {
+        (
+            format!("{:?}", t.kind),
+            t.base_url.trim().to_owned(),
+            t.api_key_secret,
+        )
+    }));
     out.extend(config.providers.values().map(|p| {
         (
             format!("{:?}", p.kind),

@@ -237,7 +237,7 @@ impl RuleSet {
         }
         let mut order: Vec<usize> = (0..set.rules.len()).collect();
         // A stable sort: equal priorities keep the tenant's order, so the earlier rule wins.
-        order.sort_by_key(|&i| core::cmp::Reverse(set.rules[i].priority));
+        crate::sort::sort_by_key(&mut order, |&i| core::cmp::Reverse(set.rules[i].priority));
         set.order = order;
         Ok(set)
     }

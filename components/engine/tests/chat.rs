@@ -492,9 +492,12 @@ fn a_grounded_reply_carries_the_sources_it_cites_and_loses_the_markers_that_cite
     assert_eq!(data["citations"][1]["heading"], "Returns › Refund times");
     assert_eq!(data["citations"][1]["url"], Value::Null);
     assert_eq!(data["reply"]["citations"], data["citations"]);
-    let whole: Value =
-        serde_json::from_str(&render(&id, true, &visitor, outcome(&t), ReplyMode::Whole).body)
-            .unwrap();
+    let whole: Value = serde_json::from_slice(
+        render(&id, true, &visitor, outcome(&t), ReplyMode::Whole)
+            .body
+            .as_bytes(),
+    )
+    .unwrap();
     assert_eq!(
         whole["citations"][0],
         json!({"number": 1, "source_id": "returns", "chunk_id": "returns#0", "title": "Returns",
@@ -528,9 +531,12 @@ fn a_reply_citing_only_blocks_it_was_never_shown_cites_nothing() {
     };
     assert_eq!(message.text(), "Refunds are instant. Trust me.");
     assert!(s.transcript(&id)[1].citations().is_empty());
-    let body: Value =
-        serde_json::from_str(&render(&id, true, t.visitor(), outcome(&t), ReplyMode::Whole).body)
-            .unwrap();
+    let body: Value = serde_json::from_slice(
+        render(&id, true, t.visitor(), outcome(&t), ReplyMode::Whole)
+            .body
+            .as_bytes(),
+    )
+    .unwrap();
     assert_eq!(body["citations"], json!([]));
     assert!(body["reply"].get("citations").is_none(), "{body}");
 }
@@ -1034,7 +1040,7 @@ fn whole_answers_carry_the_status_and_headers_of_each_outcome() {
             Some(id.as_str()),
             "{name}"
         );
-        let body: Value = serde_json::from_str(&r.body).unwrap();
+        let body: Value = serde_json::from_slice(r.body.as_bytes()).unwrap();
         assert_eq!(body["conversation_id"], id.as_str(), "{name}");
         assert_eq!(body["message"]["seq"], visitor.seq, "{name}");
         match name {
@@ -1087,7 +1093,10 @@ fn frames(body: &str) -> Vec<(String, Value)> {
         .map(|f| {
             let event = f.lines().find_map(|l| l.strip_prefix("event: ")).unwrap();
             let data = f.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
-            (event.to_owned(), serde_json::from_str(data).unwrap())
+            (
+                event.to_owned(),
+                serde_json::from_slice(data.as_bytes()).unwrap(),
+            )
         })
         .collect()
 }

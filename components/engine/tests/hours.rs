@@ -21,7 +21,7 @@ fn at(ms: u64) -> Timestamp {
 }
 
 fn schedule(json: &str) -> Schedule {
-    let hours: BusinessHours = serde_json::from_str(json).unwrap();
+    let hours: BusinessHours = serde_json::from_slice(json.as_bytes()).unwrap();
     hours.compile().unwrap_or_else(|e| panic!("{json}: {e}"))
 }
 
@@ -740,17 +740,17 @@ fn rejections_name_the_field() {
         ),
     ];
     for (doc, field) in cases {
-        let hours: BusinessHours = serde_json::from_str(doc).unwrap();
+        let hours: BusinessHours = serde_json::from_slice(doc.as_bytes()).unwrap();
         let err = hours.validate().unwrap_err();
         assert_eq!(err.field, field, "{doc}: {err}");
     }
-    let hours: BusinessHours = serde_json::from_str(r#"{"timezone": "Mars/Olympus"}"#).unwrap();
+    let hours: BusinessHours = serde_json::from_slice(br#"{"timezone": "Mars/Olympus"}"#).unwrap();
     let err = hours.validate().unwrap_err();
     assert!(err.message.contains("POSIX TZ string"), "{err}");
     let long = "x".repeat(2001);
-    let hours: BusinessHours = serde_json::from_str(&format!(
-        r#"{{"timezone": "UTC", "closed_message": "{long}"}}"#
-    ))
+    let hours: BusinessHours = serde_json::from_slice(
+        format!(r#"{{"timezone": "UTC", "closed_message": "{long}"}}"#).as_bytes(),
+    )
     .unwrap();
     assert_eq!(
         hours.validate().unwrap_err().field,
@@ -764,13 +764,16 @@ fn rejections_name_the_field() {
         r#"{"timezone": "UTC", "weekly": {"mon": [["09:00", "10:00", "11:00"]]}}"#,
         r#"{"weekly": {}}"#,
     ] {
-        assert!(serde_json::from_str::<BusinessHours>(doc).is_err(), "{doc}");
+        assert!(
+            serde_json::from_slice::<BusinessHours>(doc.as_bytes()).is_err(),
+            "{doc}"
+        );
     }
 }
 
 #[test]
 fn serializes_as_written() {
-    let hours: BusinessHours = serde_json::from_str(BERLIN).unwrap();
+    let hours: BusinessHours = serde_json::from_slice(BERLIN.as_bytes()).unwrap();
     let json = serde_json::to_value(&hours).unwrap();
     assert_eq!(
         json,

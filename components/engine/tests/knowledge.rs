@@ -463,7 +463,7 @@ fn sources_are_validated_field_by_field() {
     assert_eq!((minimal.title, minimal.url), (None, None));
 
     let with = |field: &str, value: Value| {
-        let mut v: Value = serde_json::from_str(ok).unwrap();
+        let mut v: Value = serde_json::from_slice(ok.as_bytes()).unwrap();
         v[field] = value;
         Source::from_json(&v.to_string())
             .map(|_| ())

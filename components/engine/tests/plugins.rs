@@ -251,7 +251,7 @@ fn the_model_calls_a_plugin_tool_and_answers_with_its_result() {
     };
     assert_eq!(name, "order_status");
     assert_eq!(
-        serde_json::from_str::<Value>(arguments).unwrap()["order_id"],
+        serde_json::from_slice::<Value>(arguments.as_bytes()).unwrap()["order_id"],
         "KF-1042"
     );
     assert_eq!(out.plugin_calls[0].tool.as_deref(), Some("order_status"));

@@ -3,12 +3,12 @@
 use kefu_engine::rules::{Matched, RuleActions, RuleSet, RuleSpec};
 
 fn compile(json: &str) -> RuleSet {
-    let specs: Vec<RuleSpec> = serde_json::from_str(json).expect("valid rule JSON");
+    let specs: Vec<RuleSpec> = serde_json::from_slice(json.as_bytes()).expect("valid rule JSON");
     RuleSet::compile(&specs).expect("valid rules")
 }
 
 fn error_field(json: &str) -> (String, String) {
-    let specs: Vec<RuleSpec> = serde_json::from_str(json).expect("valid rule JSON");
+    let specs: Vec<RuleSpec> = serde_json::from_slice(json.as_bytes()).expect("valid rule JSON");
     let e = RuleSet::compile(&specs).expect_err("invalid rules");
     (e.field, e.message)
 }
@@ -319,7 +319,9 @@ fn regex_errors_stay_on_one_line_and_huge_expansions_are_refused() {
     // The compiled-size budget is shared: one regex may be larger than each of many.
     let wide = r#"{"id": "ID", "when": {"regex": "[a-z ]{1,30}x"}, "then": {"reply": "1"}}"#;
     let one = format!("[{}]", wide.replace("ID", "r0"));
-    assert!(RuleSet::compile(&serde_json::from_str::<Vec<RuleSpec>>(&one).unwrap()).is_ok());
+    assert!(
+        RuleSet::compile(&serde_json::from_slice::<Vec<RuleSpec>>(one.as_bytes()).unwrap()).is_ok()
+    );
     let many: Vec<String> = (0..100)
         .map(|i| wide.replace("ID", &format!("r{i}")))
         .collect();
@@ -342,7 +344,7 @@ fn unknown_fields_are_rejected_by_serde() {
         r#"[{"id": "a", "when": {"keywords": ["x"]}, "then": {"reply": "1"}, "enabled": true}]"#,
     ] {
         assert!(
-            serde_json::from_str::<Vec<RuleSpec>>(json).is_err(),
+            serde_json::from_slice::<Vec<RuleSpec>>(json.as_bytes()).is_err(),
             "{json}"
         );
     }

@@ -309,7 +309,7 @@ fn payloads_have_type_timestamp_and_data() {
         let body = payload.to_body();
         assert!(!body.contains(": "), "{body}");
         assert_eq!(
-            serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+            serde_json::from_slice::<serde_json::Value>(body.as_bytes()).unwrap(),
             expected
         );
     }
@@ -615,9 +615,9 @@ fn deliveries_persist_as_json() {
         AttemptOutcome::network("dns: no such host", MS),
     );
     let stored = serde_json::to_string(&d).unwrap();
-    let back: Delivery = serde_json::from_str(&stored).unwrap();
+    let back: Delivery = serde_json::from_slice(stored.as_bytes()).unwrap();
     assert_eq!(back, d);
-    let v: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(stored.as_bytes()).unwrap();
     assert_eq!(v["status"], "pending");
     assert_eq!(v["log"][0]["result"]["kind"], "network");
     let long = "x".repeat(10_000);

@@ -349,7 +349,7 @@ fn anthropic_stream_assembles_tool_use_blocks() {
         ]
     );
     for c in &a.tool_calls {
-        serde_json::from_str::<Value>(&c.arguments).expect("arguments are JSON");
+        serde_json::from_slice::<Value>(c.arguments.as_bytes()).expect("arguments are JSON");
     }
     assert_eq!(a.finish, Some(FinishReason::ToolCalls));
     // Cached input counts as input.
@@ -1104,7 +1104,10 @@ fn kinds_spell_as_configured() {
     for kind in ProviderKind::ALL {
         let json = serde_json::to_string(&kind).unwrap();
         assert_eq!(json, format!("\"{}\"", kind.as_str()));
-        assert_eq!(serde_json::from_str::<ProviderKind>(&json).unwrap(), kind);
+        assert_eq!(
+            serde_json::from_slice::<ProviderKind>(json.as_bytes()).unwrap(),
+            kind
+        );
         assert_eq!(ProviderKind::parse(kind.as_str()), Some(kind));
     }
     assert_eq!(ProviderKind::WorkersAi.as_str(), "workers_ai");

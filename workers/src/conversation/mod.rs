@@ -271,8 +271,8 @@ impl DurableObject for ConversationObject {
                     .flatten()
                     .is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
                 // An agent signed in with a token: its claims, for the session's checks.
-                let claims =
-                    query("claims").and_then(|c| serde_json::from_str::<AgentClaims>(&c).ok());
+                let claims = query("claims")
+                    .and_then(|c| serde_json::from_slice::<AgentClaims>(c.as_bytes()).ok());
                 reader.and_then(|()| {
                     if upgrade {
                         self.inner.open_websocket(&tenant, after, notes, claims)
@@ -314,9 +314,11 @@ impl DurableObject for ConversationObject {
         // Over the socket a client only says that someone types (messages go through the
         // HTTP API, where they are validated and stored before anything else happens).
         let typing = match &message {
-            worker::WebSocketIncomingMessage::String(text) => serde_json::from_str::<Value>(text)
-                .ok()
-                .is_some_and(|v| v["type"] == "typing"),
+            worker::WebSocketIncomingMessage::String(text) => {
+                serde_json::from_slice::<Value>(text.as_bytes())
+                    .ok()
+                    .is_some_and(|v| v["type"] == "typing")
+            }
             worker::WebSocketIncomingMessage::Binary(_) => false,
         };
         if !typing {

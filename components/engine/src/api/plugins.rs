@@ -81,7 +81,7 @@ pub fn parse_plugin_test(
             serde_json::to_value(ctx).map_err(|e| ApiError::internal(e.to_string()))?,
         );
     }
-    serde_json::from_value(v).map_err(|e| {
+    crate::json::from_value(&v).map_err(|e| {
         ApiError::new(
             400,
             "invalid_field",

@@ -235,7 +235,7 @@ fn a_failing_suite_blocks_publishing_unless_overridden_with_a_reason() {
         panic!()
     };
     assert_eq!(key, "tenant:acme:meta");
-    let meta: Value = serde_json::from_str(meta).unwrap();
+    let meta: Value = serde_json::from_slice(meta.as_bytes()).unwrap();
     let entry = &meta["history"][0];
     assert_eq!(entry["change"], "publish draft (override: 1 failing)");
     assert_eq!(entry["publication"]["override"], true);

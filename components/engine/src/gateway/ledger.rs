@@ -269,7 +269,9 @@ impl UsageBook {
             .iter()
             .flat_map(|(d, rows)| rows.iter().map(move |r| (*d, r.clone())))
             .collect();
-        out.sort_by(|a, b| (a.0, &a.1.route, &a.1.target).cmp(&(b.0, &b.1.route, &b.1.target)));
+        crate::sort::sort_by(&mut out, |a, b| {
+            (a.0, &a.1.route, &a.1.target).cmp(&(b.0, &b.1.route, &b.1.target))
+        });
         out
     }
 }

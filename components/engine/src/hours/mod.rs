@@ -189,7 +189,7 @@ impl BusinessHours {
             })?;
             holidays.push(day);
         }
-        holidays.sort_unstable();
+        crate::sort::sort(&mut holidays);
         holidays.dedup();
         if let Some(m) = &self.closed_message
             && m.chars().count() > MAX_CLOSED_MESSAGE_CHARS
@@ -463,7 +463,7 @@ impl Schedule {
                 }
             }
         }
-        out.sort_unstable();
+        crate::sort::sort(&mut out);
         let mut merged: Vec<(i64, i64)> = Vec::with_capacity(out.len());
         for (a, b) in out {
             match merged.last_mut() {

@@ -213,7 +213,7 @@ impl TimeZone {
         }
         // On a tie the end sorts first, so the start wins: that is how `0/0,J365/25`
         // spells daylight-saving time all year.
-        switches.sort_unstable();
+        crate::sort::sort(&mut switches);
         let mut segments = Vec::with_capacity(switches.len() + 1);
         let state = |is_dst: bool| if is_dst { dst.offset } else { self.std_offset };
         let mut from = i64::MIN;

@@ -222,7 +222,7 @@ impl Vocabulary {
 
     fn sort(&mut self) {
         for list in &mut self.alike {
-            list.sort_unstable();
+            crate::sort::sort(list);
         }
     }
 }
@@ -292,10 +292,10 @@ impl Asked {
                 trigrams.extend(marked.windows(3).map(|t| fnv(t.iter().copied())));
             }
         }
-        trigrams.sort_unstable();
+        crate::sort::sort(&mut trigrams);
         trigrams.dedup();
         let mut words: Vec<u32> = words.into_iter().map(|w| vocabulary.id(w)).collect();
-        words.sort_unstable();
+        crate::sort::sort(&mut words);
         Asked {
             weight: words.iter().map(|&w| vocabulary.len(w)).sum(),
             words,
@@ -310,7 +310,7 @@ impl Asked {
         for &w in &self.words {
             reach.extend_from_slice(&vocabulary.alike[w as usize]);
         }
-        reach.sort_unstable();
+        crate::sort::sort(&mut reach);
         reach.dedup();
         self.reach = reach;
     }
@@ -431,7 +431,7 @@ pub fn similarity(a: &str, b: &str) -> f64 {
 /// come most asked this week first, then most asked in all, then most recently asked.
 pub fn group_unanswered(entries: &[LoggedQuestion], now: Timestamp) -> Vec<QuestionGroup> {
     let mut entries: Vec<&LoggedQuestion> = entries.iter().collect();
-    entries.sort_by_key(|e| core::cmp::Reverse(e.id));
+    crate::sort::sort_by_key(&mut entries, |e| core::cmp::Reverse(e.id));
     entries.truncate(super::MAX_UNANSWERED_KEPT as usize);
     entries.reverse();
 
@@ -485,7 +485,7 @@ pub fn group_unanswered(entries: &[LoggedQuestion], now: Timestamp) -> Vec<Quest
             candidates.select_nth_unstable_by_key(MAX_CANDIDATES, rank);
             candidates.truncate(MAX_CANDIDATES);
         }
-        candidates.sort_unstable_by_key(rank);
+        crate::sort::sort_by_key(&mut candidates, rank);
         let mut best: Option<(f64, usize)> = None;
         for &g in &candidates {
             let score = exemplars[g]
@@ -531,7 +531,7 @@ pub fn group_unanswered(entries: &[LoggedQuestion], now: Timestamp) -> Vec<Quest
                 wordings.entry(texts[i].as_str()).or_insert((0, i)).0 += 1;
             }
             let mut wordings: Vec<(u32, usize)> = wordings.into_values().collect();
-            wordings.sort_by_key(|&(n, first)| (core::cmp::Reverse(n), first));
+            crate::sort::sort_by_key(&mut wordings, |&(n, first)| (core::cmp::Reverse(n), first));
             let examples: Vec<String> = wordings
                 .iter()
                 .take(MAX_EXAMPLES)
@@ -561,7 +561,7 @@ pub fn group_unanswered(entries: &[LoggedQuestion], now: Timestamp) -> Vec<Quest
             }
         })
         .collect();
-    out.sort_by(|a, b| {
+    crate::sort::sort_by(&mut out, |a, b| {
         (b.last_7_days, b.count, b.last_asked)
             .cmp(&(a.last_7_days, a.count, a.last_asked))
             .then_with(|| a.entries[0].cmp(&b.entries[0]))
@@ -602,7 +602,7 @@ mod tests {
                         .collect()
                 })
                 .collect();
-        out.sort();
+        crate::sort::sort(&mut out);
         out
     }
 

@@ -158,7 +158,7 @@ fn guess_lang(question: &str) -> Option<Lang> {
         .map(str::to_ascii_lowercase)
         .filter(|w| ENGLISH.contains(&w.as_str()))
         .collect();
-    hits.sort();
+    crate::sort::sort(&mut hits);
     hits.dedup();
     // Two distinct English function words: "Wat is de prijs?" has one.
     (letters && hits.len() >= 2).then_some(Lang::En)
@@ -207,7 +207,7 @@ fn escape_chunk_text(text: &str) -> String {
 /// when it gave none or its arguments are not JSON).
 pub fn detect_no_answer(tool_calls: &[crate::wire::ToolCall]) -> Option<String> {
     let call = tool_calls.iter().find(|c| c.name == NO_ANSWER_TOOL)?;
-    let reason = serde_json::from_str::<Value>(&call.arguments)
+    let reason = serde_json::from_slice::<Value>(call.arguments.as_bytes())
         .ok()
         .and_then(|v| v.get("reason").and_then(Value::as_str).map(str::to_owned))
         .unwrap_or_default();

@@ -20,7 +20,9 @@ pub fn vector_ranking(
                 .then(|| (id, f64::from(crate::models::similarity(question, &v))))
         })
         .collect();
-    scored.sort_by(|(a_id, a), (b_id, b)| b.total_cmp(a).then_with(|| a_id.cmp(b_id)));
+    crate::sort::sort_by(&mut scored, |(a_id, a), (b_id, b)| {
+        b.total_cmp(a).then_with(|| a_id.cmp(b_id))
+    });
     scored.truncate(limit);
     scored
 }
@@ -98,7 +100,7 @@ pub fn merge_results(
 ) -> Vec<(String, f64)> {
     fn ranked(hits: &[(String, f64)], higher_is_better: bool) -> Vec<&str> {
         let mut hits: Vec<(&str, f64)> = hits.iter().map(|(id, s)| (id.as_str(), *s)).collect();
-        hits.sort_by(|(a_id, a), (b_id, b)| {
+        crate::sort::sort_by(&mut hits, |(a_id, a), (b_id, b)| {
             let by_score = match (a.is_nan(), b.is_nan()) {
                 (true, true) => core::cmp::Ordering::Equal,
                 (true, false) => core::cmp::Ordering::Greater,
@@ -151,7 +153,9 @@ pub fn fuse_weighted<S: AsRef<str>>(lists: &[(f64, &[S])], limit: usize) -> Vec<
         .into_iter()
         .map(|(id, s)| (id.to_owned(), s))
         .collect();
-    out.sort_by(|(a_id, a), (b_id, b)| b.total_cmp(a).then_with(|| a_id.cmp(b_id)));
+    crate::sort::sort_by(&mut out, |(a_id, a), (b_id, b)| {
+        b.total_cmp(a).then_with(|| a_id.cmp(b_id))
+    });
     out.truncate(limit);
     out
 }

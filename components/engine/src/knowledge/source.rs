@@ -61,7 +61,8 @@ impl Source {
         if json.len() > MAX_SOURCE_JSON_BYTES {
             return Err(invalid("body", "must be at most 2097152 bytes (2 MB)"));
         }
-        let source: Source = serde_json::from_str(json).map_err(|e| invalid("$", e.to_string()))?;
+        let source: Source =
+            serde_json::from_slice(json.as_bytes()).map_err(|e| invalid("$", e.to_string()))?;
         source.validate()?;
         Ok(source)
     }

@@ -454,7 +454,7 @@ pub fn encode_heading_path(path: &[String]) -> String {
 
 /// A stored heading path; anything but a JSON array of strings reads as no path.
 pub fn decode_heading_path(json: &str) -> Vec<String> {
-    serde_json::from_str(json).unwrap_or_default()
+    serde_json::from_slice(json.as_bytes()).unwrap_or_default()
 }
 
 /// The question's own terms as one FTS5 `MATCH` expression (each a double-quoted string,

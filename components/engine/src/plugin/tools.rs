@@ -58,7 +58,7 @@ impl ToolRegistry {
                         .push(refuse("the name is taken by an earlier plugin"));
                     continue;
                 }
-                let parameters: Value = match serde_json::from_str(&tool.parameters) {
+                let parameters: Value = match serde_json::from_slice(tool.parameters.as_bytes()) {
                     Ok(v @ Value::Object(_)) => v,
                     _ => {
                         registry

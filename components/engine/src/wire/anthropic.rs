@@ -485,7 +485,7 @@ impl StreamState {
         if data.is_empty() {
             return Ok(());
         }
-        let v: Value = serde_json::from_str(data)
+        let v: Value = serde_json::from_slice(data.as_bytes())
             .map_err(|e| malformed(format!("invalid JSON in stream event: {e}")))?;
         // The data's `type` names the event as well as the `event:` field does.
         let kind = v

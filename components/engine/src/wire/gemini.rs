@@ -177,7 +177,7 @@ fn function_response(m: &PromptMessage, prompt: &[PromptMessage]) -> Value {
         .find(|c| c.id == id)
         .map_or(id, |c| c.name.as_str());
     let text = text_of(&m.parts);
-    let response = match serde_json::from_str::<Value>(&text) {
+    let response = match serde_json::from_slice::<Value>(text.as_bytes()) {
         Ok(v @ Value::Object(_)) => v,
         Ok(v) => json!({ "result": v }),
         Err(_) => json!({ "result": text }),
@@ -358,7 +358,7 @@ impl StreamState {
         if data.is_empty() || data == "[DONE]" {
             return Ok(());
         }
-        let v: Value = serde_json::from_str(data)
+        let v: Value = serde_json::from_slice(data.as_bytes())
             .map_err(|e| malformed(format!("invalid JSON in stream chunk: {e}")))?;
         self.decode_chunk(&v, out)
     }

@@ -558,7 +558,7 @@ pub(crate) fn arguments_object(arguments: &str) -> Value {
     if arguments.trim().is_empty() {
         return Value::Object(serde_json::Map::new());
     }
-    match serde_json::from_str::<Value>(arguments) {
+    match serde_json::from_slice::<Value>(arguments.as_bytes()) {
         Ok(v @ Value::Object(_)) => v,
         _ => serde_json::json!({ "arguments": arguments }),
     }

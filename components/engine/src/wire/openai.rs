@@ -388,7 +388,7 @@ impl StreamState {
         if data.is_empty() {
             return Ok(());
         }
-        let v: Value = serde_json::from_str(data)
+        let v: Value = serde_json::from_slice(data.as_bytes())
             .map_err(|e| malformed(format!("invalid JSON in stream chunk: {e}")))?;
         if v.get("error").is_some_and(|e| !e.is_null())
             || event.event.as_deref() == Some("error")

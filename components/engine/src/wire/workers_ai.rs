@@ -272,7 +272,7 @@ impl StreamState {
         if data.is_empty() {
             return Ok(());
         }
-        let v: Value = serde_json::from_str(data)
+        let v: Value = serde_json::from_slice(data.as_bytes())
             .map_err(|e| malformed(format!("invalid JSON in stream chunk: {e}")))?;
         if is_failure(&v) || event.event.as_deref() == Some("error") {
             return Err(classify_error(200, &[], data.as_bytes()));

@@ -49,7 +49,7 @@ pub(in crate::knowledge) fn faq_from_json(body: &str) -> Result<Vec<FaqPair>, Co
     let body = body.strip_prefix('\u{feff}').unwrap_or(body);
     let shape = "must be a JSON array of {\"question\", \"answer\"} objects, or an object \
                  with such an array under \"faq\"";
-    let value: Value = serde_json::from_str(body)
+    let value: Value = serde_json::from_slice(body.as_bytes())
         .map_err(|e| invalid("body", format!("is not valid JSON: {e}")))?;
     let (items, base) = match &value {
         Value::Array(items) => (items, "body"),
