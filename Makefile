@@ -167,6 +167,9 @@ LOAD_ROUNDS ?= 1
 SOAK_MINUTES ?= 20
 SOAK_FRACTION ?= 0.5
 SOAK_INTERVAL ?= 10
+# Seconds between garbage collections in Miniflare's own isolates during a soak (0: none; see
+# docs/benchmarks.md, "the soak's memory").
+SOAK_RUNTIME_GC ?= 10
 COLD_REPS ?= 7
 RAISE_NOFILE = ulimit -n "$$(ulimit -Hn)"; n=$$(ulimit -n); \
 	if [ "$$n" != unlimited ] && [ "$$n" -lt 4096 ]; then \
@@ -179,7 +182,7 @@ load: setup $(WORKER_OUT)
 # Opt-in (not part of `make test`): SOAK_MINUTES=1 for a try.
 soak: setup $(WORKER_OUT)
 	$(RAISE_NOFILE); cargo run --release -q -p kefu-runtime-tests --bin kefu-load -- soak \
-		--minutes $(SOAK_MINUTES) --fraction $(SOAK_FRACTION) --interval $(SOAK_INTERVAL) \
+		--minutes $(SOAK_MINUTES) --fraction $(SOAK_FRACTION) --interval $(SOAK_INTERVAL) --runtime-gc $(SOAK_RUNTIME_GC) \
 		--csv docs/soak.csv --svg docs/soak.svg --write docs/soak-latest.md
 
 # Kefu's Spin component against the baselines' Spin component (tests/bench/spin-passthrough: a

@@ -26,6 +26,8 @@ if (!baseUrl) {
 console.log(`starting ${Date.now()}`);
 const mf = new Miniflare({
   host: "127.0.0.1",
+  // The V8 inspector on this port (tests/bench/memory-probe.mjs reads the heap through it).
+  ...(process.env.KEFU_INSPECTOR_PORT ? { inspectorPort: Number(process.env.KEFU_INSPECTOR_PORT) } : {}),
   port: Number(portArg),
   modules: true,
   compatibilityDate: "2026-04-20",

@@ -41,6 +41,9 @@ pub struct WorkerOptions {
     /// Run a copy of the built Worker that also bundles the test plugins (every component
     /// in `target/plugins`, e.g. `hostile`), which the shipped build leaves out.
     pub test_plugins: bool,
+    /// Every that many ms, a full garbage collection in Miniflare's own isolates (never
+    /// Kefu's), through the inspector (`KEFU_RUNTIME_GC_MS` of `workerd-host.mjs`); 0: none.
+    pub runtime_gc_ms: u64,
 }
 
 impl Default for WorkerOptions {
@@ -53,6 +56,7 @@ impl Default for WorkerOptions {
             visitor_limit: 1_000_000,
             address_limit: 0,
             test_plugins: false,
+            runtime_gc_ms: 0,
         }
     }
 }
@@ -148,6 +152,9 @@ impl KefuWorker {
             ("KEFU_VISITOR_LIMIT", opts.visitor_limit.to_string()),
             ("KEFU_ADDRESS_LIMIT", opts.address_limit.to_string()),
         ];
+        if opts.runtime_gc_ms > 0 {
+            env.push(("KEFU_RUNTIME_GC_MS", opts.runtime_gc_ms.to_string()));
+        }
         if let Some(upstream) = &opts.fake_ai_upstream {
             env.push(("KEFU_FAKE_AI_UPSTREAM", upstream.clone()));
         }

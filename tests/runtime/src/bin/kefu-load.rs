@@ -4,7 +4,8 @@
 //! ```text
 //! kefu-load load [--connections 1000] [--seconds 20] [--rounds 1] [--write PATH]
 //! kefu-load soak [--minutes 20] [--fraction 0.5] [--interval 10] [--connections 16]
-//!                [--only chat|gateway] [--csv docs/soak.csv] [--svg docs/soak.svg] [--write PATH]
+//!                [--only chat|gateway] [--runtime-gc 10] [--csv docs/soak.csv] [--svg docs/soak.svg]
+//!                [--write PATH]
 //! kefu-load cold [--reps 7] [--write PATH]
 //! kefu-load spin [--samples 500] [--seconds 8] [--write PATH]
 //! kefu-load dev [--samples 500] [--seconds 5] [--write PATH]
@@ -19,7 +20,9 @@
 //! - `soak`: measures capacity (closed loop, 64 connections, 10 s each for chat and gateway),
 //!   then holds `fraction` of it, half chat turns and half gateway requests, for the given
 //!   time; each interval: requests, errors, p50/p99 and workerd's resident memory (`VmRSS`
-//!   of the workerd processes Miniflare started). Writes a CSV and an SVG plot.
+//!   of the workerd processes Miniflare started). Writes a CSV and an SVG plot. Every
+//!   `--runtime-gc` seconds (0: never) the host collects the garbage of Miniflare's own
+//!   isolates, never Kefu's (`KEFU_RUNTIME_GC_MS` of `tests/runtime/workerd-host.mjs`).
 //! - `cold`: a fresh Miniflare/workerd process each time, Kefu and the pass-through
 //!   alternating: the time from starting the process to the first answered request, and the
 //!   first requests after it; with the Worker's wasm size.
@@ -340,6 +343,9 @@ async fn soak_cmd(args: &Args) -> anyhow::Result<String> {
     let fraction: f64 = args.get("--fraction", 0.5)?;
     let interval_s: f64 = args.get("--interval", 10.0)?;
     let connections: usize = args.get("--connections", 16)?;
+    // Seconds between full garbage collections in Miniflare's own isolates (0: none): without
+    // them workerd's memory grows with what those isolates' garbage holds, not Kefu's.
+    let runtime_gc_s: f64 = args.get("--runtime-gc", 10.0)?;
     let csv = args
         .opt("--csv")
         .unwrap_or_else(|| "docs/soak.csv".to_owned());
@@ -363,6 +369,7 @@ async fn soak_cmd(args: &Args) -> anyhow::Result<String> {
     mock.set_record_limit(Some(1000));
     let kefu = KefuWorker::start(WorkerOptions {
         tenants: vec![bench_tenant(&mock)],
+        runtime_gc_ms: (runtime_gc_s * 1000.0) as u64,
         ..WorkerOptions::default()
     })
     .await?;
@@ -502,13 +509,21 @@ async fn soak_cmd(args: &Args) -> anyhow::Result<String> {
     let p50_of = |r: Option<&SoakRow>, i: usize| r.map_or(f64::NAN, |r| r.p50_ms[i]);
     let p99_of = |r: Option<&SoakRow>, i: usize| r.map_or(f64::NAN, |r| r.p99_ms[i]);
     let rss_max = rows.iter().map(|r| r.rss_mib).fold(0.0, f64::max);
+    // After the first interval (warm-up) to the end: the resident memory kept per request.
+    let growth_per_request = match (first_full, last) {
+        (Some(a), Some(b)) => {
+            let after_first: u64 = measured.iter().skip(1).map(|r| r.ok[0] + r.ok[1]).sum();
+            (b.rss_mib - a.rss_mib) * 1_048_576.0 / after_first.max(1) as f64
+        }
+        _ => f64::NAN,
+    };
     let [chat, gateway] = &results[..] else {
         bail!("two runs")
     };
     Ok(format!(
         "{}capacity at the start (closed loop, 64 connections, 10 s): chat {:.0} turns/s, gateway {:.0} req/s; \
          soaked at {:.0}% of it: {:.0} chat turns/s + {:.0} gateway req/s, {connections} connections each, \
-         intervals of {interval_s} s (`{csv}`, `{svg}`).\n\n\
+         intervals of {interval_s} s (`{csv}`, `{svg}`); {}.\n\n\
          | measure | chat API | gateway |\n|---|---:|---:|\n\
          | answered | {} | {} |\n\
          | errors | {} | {} |\n\
@@ -519,10 +534,11 @@ async fn soak_cmd(args: &Args) -> anyhow::Result<String> {
          | before the soak (after the capacity runs) | {:.1} |\n\
          | after the first interval | {:.1} |\n\
          | at the end | {:.1} |\n\
-         | highest | {:.1} |\n\n\
+         | highest | {:.1} |\n\
+         | growth per request, first interval → end (bytes) | {:.0} |\n\n\
          Chat messages accepted {chat_accepted}, visitor messages stored {stored} in {} conversations ({unreadable} unreadable).\n",
         header(&format!(
-            "kefu-load soak --minutes {minutes} --fraction {fraction} --interval {interval_s} --connections {connections}{}",
+            "kefu-load soak --minutes {minutes} --fraction {fraction} --interval {interval_s} --connections {connections} --runtime-gc {runtime_gc_s}{}",
             only.as_deref()
                 .map(|o| format!(" --only {o}"))
                 .unwrap_or_default()
@@ -532,6 +548,13 @@ async fn soak_cmd(args: &Args) -> anyhow::Result<String> {
         fraction * 100.0,
         rates[0],
         rates[1],
+        if runtime_gc_s > 0.0 {
+            format!(
+                "Miniflare's own isolates' garbage collected every {runtime_gc_s} s (never Kefu's)"
+            )
+        } else {
+            "no garbage collection but V8's own".to_owned()
+        },
         chat.ok,
         gateway.ok,
         chat.errors_text(),
@@ -552,6 +575,7 @@ async fn soak_cmd(args: &Args) -> anyhow::Result<String> {
         first_full.map_or(f64::NAN, |r| r.rss_mib),
         last.map_or(f64::NAN, |r| r.rss_mib),
         rss_max,
+        growth_per_request,
         results[0].conversations().len(),
     ))
 }
