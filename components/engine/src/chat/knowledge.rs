@@ -400,13 +400,10 @@ impl SearchPlan {
             (SearchState::ById { lists, nearest }, Got::Rows(rows)) => match rows {
                 Ok(rows) => {
                     // The nearest chunks, in the vector ranking's order, as one more list.
-                    // Inserted, not collected: see crate::sort.
-                    let mut by_id: BTreeMap<String, SearchRow> = BTreeMap::new();
-                    by_id.extend(
-                        search_rows(rows)
-                            .into_iter()
-                            .map(|r| (r.chunk_id.clone(), r)),
-                    );
+                    let mut by_id: BTreeMap<String, SearchRow> = search_rows(rows)
+                        .into_iter()
+                        .map(|r| (r.chunk_id.clone(), r))
+                        .collect();
                     let near: Vec<SearchRow> = nearest
                         .iter()
                         .filter_map(|(id, _)| by_id.remove(id))
