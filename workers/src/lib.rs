@@ -69,26 +69,25 @@ async fn fetch(raw: worker::web_sys::Request, env: Env, ctx: Context) -> Result<
         }
         _ => {}
     }
-    let req = Request::from(raw);
     // The visitor widget runs on other sites' pages, so the API answers cross-origin calls.
     // Credentials travel in headers (tenant, visitor proof, agent token), never in cookies,
     // so any origin may call: a page gains nothing it could not do with curl.
-    if req.path().starts_with("/api/") {
-        if req.method() == Method::Options {
+    if path.starts_with("/api/") {
+        if method == "OPTIONS" {
             // A preflight, or a page asking whether this deployment serves a route at all
             // (the widget shows its attach button only where uploads exist): a route that
             // does not exist is `404 not_found`, without calling anything.
-            let wanted = req.headers().get("access-control-request-method")?;
-            return match api::route(wanted.as_deref().unwrap_or("GET"), &req.path()) {
-                Err(e) if e.code == "not_found" && req.path() != webhooks::DELIVERIES_ROUTE => {
+            let wanted = raw.headers().get("access-control-request-method")?;
+            return match api::route(wanted.as_deref().unwrap_or("GET"), path) {
+                Err(e) if e.code == "not_found" && path != webhooks::DELIVERIES_ROUTE => {
                     http::allow_cross_origin(error_response(&e)?)
                 }
                 _ => http::preflight(),
             };
         }
-        return http::allow_cross_origin(serve(req, route, env).await?);
+        return http::allow_cross_origin(serve(Request::from(raw), route, env).await?);
     }
-    serve(req, route, env).await
+    serve(Request::from(raw), route, env).await
 }
 
 /// Serves `req` on its `route` (`None`: the webhook delivery log).
