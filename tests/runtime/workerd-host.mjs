@@ -37,6 +37,10 @@ const addressLimit = Number(process.env.KEFU_ADDRESS_LIMIT) || visitorLimit;
 if (addressLimit > 0 && workerOptions.ratelimits?.ADDRESS_LIMITER) {
   workerOptions.ratelimits.ADDRESS_LIMITER.simple.limit = addressLimit;
 }
+// KEFU_NO_ASSETS=1: the Worker alone, without Miniflare's asset router in front of it (a
+// JavaScript Worker that sees every request first). On Cloudflare that router is Cloudflare's
+// own and costs the Worker nothing; `make bench` measures Kefu both ways.
+if (process.env.KEFU_NO_ASSETS === "1") delete workerOptions.assets;
 const fakeAi = process.env.KEFU_FAKE_AI_UPSTREAM;
 const kefu = {
   ...workerOptions,

@@ -44,6 +44,12 @@ pub struct WorkerOptions {
     /// Every that many ms, a full garbage collection in Miniflare's own isolates (never
     /// Kefu's), through the inspector (`KEFU_RUNTIME_GC_MS` of `workerd-host.mjs`); 0: none.
     pub runtime_gc_ms: u64,
+    /// Serve wrangler.toml's static assets (`web/`) the way `wrangler dev` does: Miniflare's
+    /// asset router, a JavaScript Worker, takes every request first and hands Kefu's routes
+    /// on to it. On Cloudflare that router runs on Cloudflare's side, outside the Worker's
+    /// isolate and its CPU; `false` runs the Worker alone (`KEFU_NO_ASSETS` of
+    /// `workerd-host.mjs`), which is how the benchmark measures the Worker's own cost.
+    pub static_assets: bool,
 }
 
 impl Default for WorkerOptions {
@@ -57,6 +63,7 @@ impl Default for WorkerOptions {
             address_limit: 0,
             test_plugins: false,
             runtime_gc_ms: 0,
+            static_assets: true,
         }
     }
 }
@@ -154,6 +161,9 @@ impl KefuWorker {
         ];
         if opts.runtime_gc_ms > 0 {
             env.push(("KEFU_RUNTIME_GC_MS", opts.runtime_gc_ms.to_string()));
+        }
+        if !opts.static_assets {
+            env.push(("KEFU_NO_ASSETS", "1".to_owned()));
         }
         if let Some(upstream) = &opts.fake_ai_upstream {
             env.push(("KEFU_FAKE_AI_UPSTREAM", upstream.clone()));

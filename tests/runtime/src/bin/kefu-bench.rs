@@ -2,7 +2,9 @@
 //!
 //! Starts the mock provider (zero latency), Kefu on workerd, and a minimal pass-through
 //! Worker on the same workerd, twice: in JavaScript, and in Rust with workers-rs (as Kefu is
-//! written; `tests/bench/rust-passthrough`). Then measures, with the targets interleaved so
+//! written; `tests/bench/rust-passthrough`). Kefu runs twice too: as `wrangler dev` serves it
+//! (Miniflare's asset router, a JavaScript Worker, in front), and its Worker alone (as on
+//! Cloudflare, where that router is Cloudflare's own and costs the Worker nothing). Then measures, with the targets interleaved so
 //! noise hits them alike:
 //! - `POST /v1/chat/completions` at concurrency 1 (p50, p99) and 64 (throughput, each target
 //!   twice, in turn and in reverse): the mock directly, through each pass-through Worker,
@@ -46,6 +48,9 @@ enum Path {
     /// the SDK cost before any of Kefu's work.
     RustPassthrough,
     Kefu,
+    /// Kefu's Worker alone, without Miniflare's asset router in front of it (on Cloudflare
+    /// the router is Cloudflare's own and costs the Worker nothing).
+    KefuAlone,
 }
 
 struct Targets {
@@ -53,6 +58,7 @@ struct Targets {
     passthrough: String,
     rust_passthrough: String,
     kefu: String,
+    kefu_alone: String,
 }
 
 impl Targets {
@@ -62,6 +68,7 @@ impl Targets {
             Path::Passthrough => &self.passthrough,
             Path::RustPassthrough => &self.rust_passthrough,
             Path::Kefu => &self.kefu,
+            Path::KefuAlone => &self.kefu_alone,
         }
     }
 }
@@ -202,7 +209,13 @@ async fn main() -> anyhow::Result<()> {
         ("bench-pii".to_owned(), with_plugin),
     ];
     let kefu = KefuWorker::start(WorkerOptions {
+        tenants: tenants.clone(),
+        ..WorkerOptions::default()
+    })
+    .await?;
+    let kefu_alone = KefuWorker::start(WorkerOptions {
         tenants,
+        static_assets: false,
         ..WorkerOptions::default()
     })
     .await?;
@@ -214,6 +227,7 @@ async fn main() -> anyhow::Result<()> {
         passthrough: format!("{}/v1/chat/completions", passthrough.base_url()),
         rust_passthrough: format!("{}/v1/chat/completions", rust_passthrough.base_url()),
         kefu: format!("{}/v1/chat/completions", kefu.base_url()),
+        kefu_alone: format!("{}/v1/chat/completions", kefu_alone.base_url()),
     };
     // workerd closes idle keep-alive connections after 5 s: never reuse one idle for 2 s.
     let http = reqwest::Client::builder()
@@ -226,6 +240,7 @@ async fn main() -> anyhow::Result<()> {
         Path::Passthrough,
         Path::RustPassthrough,
         Path::Kefu,
+        Path::KefuAlone,
     ];
 
     eprintln!("warming up…");
@@ -236,32 +251,32 @@ async fn main() -> anyhow::Result<()> {
     }
 
     eprintln!("latency at concurrency 1 ({SAMPLES} requests each, interleaved)…");
-    let mut lat: [Vec<Duration>; 4] = Default::default();
+    let mut lat: [Vec<Duration>; 5] = Default::default();
     for _ in 0..SAMPLES {
         for (i, p) in paths.iter().enumerate() {
             lat[i].push(one(&http, targets.url(*p)).await?);
         }
     }
-    let [direct, pass, rust_pass, kefu_lat] = lat.map(summarize);
+    let [direct, pass, rust_pass, kefu_lat, alone_lat] = lat.map(summarize);
 
     eprintln!("time to first token ({STREAM_SAMPLES} streams each, interleaved)…");
-    let mut ttft: [Vec<Duration>; 4] = Default::default();
+    let mut ttft: [Vec<Duration>; 5] = Default::default();
     for _ in 0..STREAM_SAMPLES {
         for (i, p) in paths.iter().enumerate() {
             ttft[i].push(first_token(&http, targets.url(*p)).await?);
         }
     }
-    let [t_direct, t_pass, t_rust, t_kefu] = ttft.map(summarize);
+    let [t_direct, t_pass, t_rust, t_kefu, t_alone] = ttft.map(summarize);
 
     eprintln!(
         "throughput at concurrency 64 ({THROUGHPUT_REQUESTS} requests each, twice, in turn and in reverse)…"
     );
-    let mut rps = [0.0; 4];
+    let mut rps = [0.0; 5];
     for round in 0..2 {
         let order: Vec<usize> = if round == 0 {
-            (0..4).collect()
+            (0..5).collect()
         } else {
-            (0..4).rev().collect()
+            (0..5).rev().collect()
         };
         for i in order {
             rps[i] +=
@@ -315,15 +330,12 @@ async fn main() -> anyhow::Result<()> {
         tenant: Some("bench".to_owned()),
         turns_per_conversation: 100,
     };
-    let mut chat_rps = [0.0f64; 2];
+    // Kefu, Kefu's Worker alone (no asset router), the DO-chat baseline.
+    let mut chat_rps = [0.0f64; 3];
     for round in 0..2 {
-        let order = if round == 0 { [0, 1] } else { [1, 0] };
+        let order = if round == 0 { [0, 1, 2] } else { [2, 1, 0] };
         for k in order {
-            let origin = if k == 0 {
-                kefu.base_url()
-            } else {
-                do_chat.base_url()
-            };
+            let origin = [kefu.base_url(), kefu_alone.base_url(), do_chat.base_url()][k];
             let r = load::run(
                 origin,
                 &chat_load,
@@ -336,7 +348,7 @@ async fn main() -> anyhow::Result<()> {
             ensure!(
                 r.error_count() == 0,
                 "chat throughput ({}): {}",
-                if k == 0 { "Kefu" } else { "DO-chat" },
+                ["Kefu", "Kefu's Worker alone", "DO-chat"][k],
                 r.errors_text()
             );
             chat_rps[k] += r.rps() / 2.0;
@@ -347,6 +359,7 @@ async fn main() -> anyhow::Result<()> {
     let cpu_whole = engine_cpu_per_turn(ReplyMode::Whole);
     let cpu_stream = engine_cpu_per_turn(ReplyMode::Stream);
     drop(kefu);
+    drop(kefu_alone);
     drop(passthrough);
     drop(rust_passthrough);
     drop(do_chat);
@@ -361,11 +374,16 @@ async fn main() -> anyhow::Result<()> {
          | time to first token p99 (ms) | {:.2} | {:.2} | {:.2} | {:.2} | **{:+.2} ms** | {:+.2} ms |\n\
          | throughput, c=64 (req/s) | {:.0} | {:.0} | {:.0} | {:.0} | **{:.2}×** | {:.2}× |\n\n\
          The Rust pass-through against the JS one, throughput at c=64: {:.2}×.\n\n\
+         Kefu above runs as `wrangler dev` serves it: Miniflare's asset router (a JavaScript Worker, for `web/`) takes every request first and hands Kefu's routes on. On Cloudflare that router is Cloudflare's own, outside the Worker's isolate and its CPU. Kefu's Worker alone, without it:\n\n\
+         | Kefu's Worker alone | latency p50, c=1 | latency p99, c=1 | time to first token p50 | throughput, c=64 | ÷ JS pass-through | ÷ Rust pass-through |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n\
+         | gateway `POST /v1/chat/completions` | {:.2} ms ({:+.2}) | {:.2} ms ({:+.2}) | {:.2} ms ({:+.2}) | {:.0} req/s | **{:.2}×** (bar ≥ 0.8×) | {:.2}× |\n\n\
          | chat turn `POST /api/v1/chat` | p50, c=1 | p99, c=1 | throughput, c=64 |\n\
          |---|---:|---:|---:|\n\
          | DO-chat baseline (`tests/bench/do-chat-host.mjs`: message and reply in the object's SQLite, provider call) | {:.2} ms | {:.2} ms | {:.0} turns/s |\n\
          | Kefu (Durable Object + SQLite + gateway) | {:.2} ms | {:.2} ms | {:.0} turns/s |\n\
-         | Kefu ÷ baseline (latency: baseline ÷ Kefu, so higher is better; bar ≥ 0.6×) | {:.2}× | {:.2}× | **{:.2}×** |\n\
+         | Kefu ÷ baseline (latency: baseline ÷ Kefu, so higher is better; bar ≥ 0.6×) | {:.2}× | {:.2}× | {:.2}× |\n\
+         | Kefu's Worker alone (no asset router in front: as Cloudflare runs it) | | | {:.0} turns/s, **{:.2}×** the baseline |\n\
          | Kefu with a before-model plugin (PII redactor, jco, fresh instance per call) | {:.2} ms ({:+.2}) | {:.2} ms ({:+.2}) | |\n\n\
          | engine CPU per turn (native, simulator) | whole reply {:.1} µs | streamed reply {:.1} µs |\n\
          |---|---:|---:|\n",
@@ -401,15 +419,26 @@ async fn main() -> anyhow::Result<()> {
         rps[3] / rps[1],
         rps[3] / rps[2],
         rps[2] / rps[1],
+        alone_lat.p50,
+        over(alone_lat.p50, pass.p50),
+        alone_lat.p99,
+        over(alone_lat.p99, pass.p99),
+        t_alone.p50,
+        over(t_alone.p50, t_pass.p50),
+        rps[4],
+        rps[4] / rps[1],
+        rps[4] / rps[2],
         chat_base.p50,
         chat_base.p99,
-        chat_rps[1],
+        chat_rps[2],
         chat.p50,
         chat.p99,
         chat_rps[0],
         chat_base.p50 / chat.p50,
         chat_base.p99 / chat.p99,
-        chat_rps[0] / chat_rps[1],
+        chat_rps[0] / chat_rps[2],
+        chat_rps[1],
+        chat_rps[1] / chat_rps[2],
         chat_pii.p50,
         chat_pii.p50 - chat.p50,
         chat_pii.p99,
