@@ -44,7 +44,8 @@ const mf = new Miniflare({
   port: Number(portArg),
   modules: true,
   compatibilityDate: "2026-04-20",
-  bindings: { UPSTREAM: upstream },
+  // PASSTHROUGH_STEPS=kefu: the Rust pass-through takes Kefu's platform steps (its `STEPS`).
+  bindings: { UPSTREAM: upstream, ...(process.env.PASSTHROUGH_STEPS ? { STEPS: process.env.PASSTHROUGH_STEPS } : {}) },
   ...worker,
 });
 

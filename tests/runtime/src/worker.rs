@@ -204,6 +204,35 @@ impl KefuWorker {
         Ok(worker)
     }
 
+    /// The Rust pass-through taking the platform steps Kefu's gateway takes for a whole
+    /// answer (`STEPS=kefu`, see `tests/bench/rust-passthrough`): the floor under Kefu's own work.
+    pub async fn start_rust_steps(upstream: &str) -> anyhow::Result<Self> {
+        let dir = repo_root().join("target/bench-rust-passthrough");
+        anyhow::ensure!(
+            dir.join("index.js").exists(),
+            "{} is not built (make bench builds it)",
+            dir.display()
+        );
+        let scratch = tempfile::Builder::new().prefix("kefu-bench-").tempdir()?;
+        let port = free_port()?;
+        let args = vec![
+            port.to_string(),
+            upstream.to_owned(),
+            dir.display().to_string(),
+        ];
+        let env = [("PASSTHROUGH_STEPS", "kefu".to_owned())];
+        let mut worker = Self::spawn(
+            "tests/bench/passthrough-host.mjs",
+            &args,
+            &env,
+            port,
+            "passthrough",
+            scratch,
+        )?;
+        worker.wait_ready(Duration::from_secs(60), false).await?;
+        Ok(worker)
+    }
+
     /// [`Self::start_passthrough`] without waiting for it to serve.
     pub fn launch_passthrough(upstream: &str) -> anyhow::Result<Self> {
         Self::launch_passthrough_with(upstream, None)

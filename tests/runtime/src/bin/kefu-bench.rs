@@ -51,6 +51,9 @@ enum Path {
     /// Kefu's Worker alone, without Miniflare's asset router in front of it (on Cloudflare
     /// the router is Cloudflare's own and costs the Worker nothing).
     KefuAlone,
+    /// The Rust pass-through taking the platform steps Kefu's gateway takes
+    /// (`tests/bench/rust-passthrough`, `STEPS=kefu`): throughput only.
+    RustSteps,
 }
 
 struct Targets {
@@ -59,6 +62,7 @@ struct Targets {
     rust_passthrough: String,
     kefu: String,
     kefu_alone: String,
+    rust_steps: String,
 }
 
 impl Targets {
@@ -69,6 +73,7 @@ impl Targets {
             Path::RustPassthrough => &self.rust_passthrough,
             Path::Kefu => &self.kefu,
             Path::KefuAlone => &self.kefu_alone,
+            Path::RustSteps => &self.rust_steps,
         }
     }
 }
@@ -221,6 +226,7 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let passthrough = KefuWorker::start_passthrough(&mock_origin).await?;
     let rust_passthrough = KefuWorker::start_rust_passthrough(&mock_origin).await?;
+    let rust_steps = KefuWorker::start_rust_steps(&mock_origin).await?;
     let do_chat = KefuWorker::start_do_chat(&mock.base_url(), MOCK_MODEL).await?;
     let targets = Targets {
         direct: format!("{}/chat/completions", mock.base_url()),
@@ -228,6 +234,7 @@ async fn main() -> anyhow::Result<()> {
         rust_passthrough: format!("{}/v1/chat/completions", rust_passthrough.base_url()),
         kefu: format!("{}/v1/chat/completions", kefu.base_url()),
         kefu_alone: format!("{}/v1/chat/completions", kefu_alone.base_url()),
+        rust_steps: format!("{}/v1/chat/completions", rust_steps.base_url()),
     };
     // workerd closes idle keep-alive connections after 5 s: never reuse one idle for 2 s.
     let http = reqwest::Client::builder()
@@ -271,16 +278,24 @@ async fn main() -> anyhow::Result<()> {
     eprintln!(
         "throughput at concurrency 64 ({THROUGHPUT_REQUESTS} requests each, twice, in turn and in reverse)…"
     );
-    let mut rps = [0.0; 5];
+    // The five paths above, then the Rust pass-through taking Kefu's platform steps.
+    let throughput_paths: Vec<Path> = paths.into_iter().chain([Path::RustSteps]).collect();
+    let mut rps = [0.0; 6];
     for round in 0..2 {
         let order: Vec<usize> = if round == 0 {
-            (0..5).collect()
+            (0..6).collect()
         } else {
-            (0..5).rev().collect()
+            (0..6).rev().collect()
         };
         for i in order {
-            rps[i] +=
-                throughput(&http, targets.url(paths[i]), 64, THROUGHPUT_REQUESTS).await? / 2.0;
+            rps[i] += throughput(
+                &http,
+                targets.url(throughput_paths[i]),
+                64,
+                THROUGHPUT_REQUESTS,
+            )
+            .await?
+                / 2.0;
         }
     }
 
@@ -362,6 +377,7 @@ async fn main() -> anyhow::Result<()> {
     drop(kefu_alone);
     drop(passthrough);
     drop(rust_passthrough);
+    drop(rust_steps);
     drop(do_chat);
 
     let over = |a: f64, b: f64| a - b;
@@ -378,6 +394,7 @@ async fn main() -> anyhow::Result<()> {
          | Kefu's Worker alone | latency p50, c=1 | latency p99, c=1 | time to first token p50 | throughput, c=64 | ÷ JS pass-through | ÷ Rust pass-through |\n\
          |---|---:|---:|---:|---:|---:|---:|\n\
          | gateway `POST /v1/chat/completions` | {:.2} ms ({:+.2}) | {:.2} ms ({:+.2}) | {:.2} ms ({:+.2}) | {:.0} req/s | **{:.2}×** (bar ≥ 0.8×) | {:.2}× |\n\n\
+         The third floor, the Rust pass-through taking the platform steps Kefu's gateway takes for a whole answer (body and answer read into wasm, own headers, abort signal, deadline timer, `waitUntil`; `tests/bench/rust-passthrough` with `STEPS=kefu`): {:.0} req/s, {:.2}× the JS pass-through. Kefu's Worker alone ÷ this floor: **{:.2}×** (what Kefu's own work costs).\n\n\
          | chat turn `POST /api/v1/chat` | p50, c=1 | p99, c=1 | throughput, c=64 |\n\
          |---|---:|---:|---:|\n\
          | DO-chat baseline (`tests/bench/do-chat-host.mjs`: message and reply in the object's SQLite, provider call) | {:.2} ms | {:.2} ms | {:.0} turns/s |\n\
@@ -428,6 +445,9 @@ async fn main() -> anyhow::Result<()> {
         rps[4],
         rps[4] / rps[1],
         rps[4] / rps[2],
+        rps[5],
+        rps[5] / rps[1],
+        rps[4] / rps[5],
         chat_base.p50,
         chat_base.p99,
         chat_rps[2],
