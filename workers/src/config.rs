@@ -88,12 +88,13 @@ async fn read(env: &Env, tenant: &TenantId) -> Result<TenantConfig, ApiError> {
 
 thread_local! {
     /// The deployment's rules, read once per isolate (its variables cannot change under it).
-    static DEPLOYMENT: std::cell::OnceCell<Deployment> = const { std::cell::OnceCell::new() };
+    static DEPLOYMENT: std::cell::OnceCell<Rc<Deployment>> = const { std::cell::OnceCell::new() };
 }
 
 /// What the deployment gives its tenants ([`kefu_engine::deployment`]), from its variables
-/// and secrets (`KEFU_TENANT_SECRETS`, `KEFU_OPEN_TENANTS`, …).
-pub(crate) fn deployment(env: &Env) -> Deployment {
+/// and secrets (`KEFU_TENANT_SECRETS`, `KEFU_OPEN_TENANTS`, …). Shared, not copied: every
+/// request of the isolate reads the same rules.
+pub(crate) fn deployment(env: &Env) -> Rc<Deployment> {
     DEPLOYMENT.with(|d| {
         d.get_or_init(|| {
             let deployment = Deployment::from_lookup(|name| secret_or_var(env, name));
@@ -103,7 +104,7 @@ pub(crate) fn deployment(env: &Env) -> Deployment {
                     serde_json::json!({"msg": "deployment setting ignored", "warning": warning}),
                 );
             }
-            deployment
+            Rc::new(deployment)
         })
         .clone()
     })

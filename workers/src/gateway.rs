@@ -166,11 +166,20 @@ fn urgent(tenant: &TenantId, req: &SettleRequest) -> bool {
 /// Reports a finished turn to the tenant's gateway (breakers, quota, usage). Plain
 /// successes are batched per isolate for up to [`BATCH_MS`] (the batch's first report waits
 /// and sends it); everything that changes a decision goes at once.
-pub(crate) async fn settle(env: &Env, tenant: &TenantId, req: Report) {
+///
+/// The report is taken in right away; what is left to do (send now, or wait for the batch
+/// and send it) is returned, for the host to run after the answer (`waitUntil`). A report
+/// that joins a waiting batch leaves nothing to do, and costs its request no deferred task.
+pub(crate) fn settle(
+    env: &Env,
+    tenant: &TenantId,
+    req: Report,
+) -> Option<futures::future::LocalBoxFuture<'static, ()>> {
     if req.is_empty() {
-        return;
+        return None;
     }
-    if urgent(tenant, &req) {
+    let (env, tenant) = (env.clone(), tenant.clone());
+    if urgent(&tenant, &req) {
         // Take whatever waits for this tenant along.
         let mut req = req;
         if let Some(pending) = PENDING.with(|p| p.borrow_mut().remove(tenant.as_str())) {
@@ -182,8 +191,7 @@ pub(crate) async fn settle(env: &Env, tenant: &TenantId, req: Report) {
             req.used_tokens = used;
             req.cost_micros = cost;
         }
-        send(env, tenant, req).await;
-        return;
+        return Some(Box::pin(async move { send(&env, &tenant, req).await }));
     }
     let (first, full) = PENDING.with(|p| {
         let mut p = p.borrow_mut();
@@ -196,17 +204,19 @@ pub(crate) async fn settle(env: &Env, tenant: &TenantId, req: Report) {
     });
     // The batch's first report waits for it (one timer per batch, not one per report); a
     // later one goes only when it fills the batch.
-    if !full {
-        if !first {
-            return;
+    if !full && !first {
+        return None;
+    }
+    Some(Box::pin(async move {
+        if !full {
+            worker::Delay::from(core::time::Duration::from_millis(BATCH_MS)).await;
         }
-        worker::Delay::from(core::time::Duration::from_millis(BATCH_MS)).await;
-    }
-    // Whatever waits now goes: the batch this report joined, or (after a full batch went
-    // early) the next one, sooner than its own first report would have sent it.
-    if let Some(batch) = PENDING.with(|p| p.borrow_mut().remove(tenant.as_str())) {
-        send(env, tenant, batch).await;
-    }
+        // Whatever waits now goes: the batch this report joined, or (after a full batch went
+        // early) the next one, sooner than its own first report would have sent it.
+        if let Some(batch) = PENDING.with(|p| p.borrow_mut().remove(tenant.as_str())) {
+            send(&env, &tenant, batch).await;
+        }
+    }))
 }
 
 async fn send(env: &Env, tenant: &TenantId, req: SettleRequest) {

@@ -152,6 +152,19 @@ async fn fetch(
     resp.dyn_into().map_err(js_reason)
 }
 
+/// A response's headers, carried across from JavaScript as one JSON text
+/// (`JSON.stringify(Array.from(headers))`) rather than one call per name and per value.
+fn header_pairs(headers: &worker::web_sys::Headers) -> Vec<(String, String)> {
+    use worker::js_sys::{Array, JSON};
+    let text = JSON::stringify(&Array::from(headers)).ok().and_then(|t| t.as_string());
+    match text.map(|t| serde_json::from_slice::<Vec<(String, String)>>(t.as_bytes())) {
+        Some(Ok(pairs)) => pairs,
+        // Header names and values are strings, so this cannot happen; if it did, the headers
+        // are read one by one instead.
+        _ => worker::Headers(headers.clone()).entries().collect(),
+    }
+}
+
 /// A response's whole body (`arrayBuffer()`).
 async fn whole_body(resp: &worker::web_sys::Response) -> Result<Vec<u8>, String> {
     use worker::wasm_bindgen_futures::JsFuture;
@@ -169,8 +182,7 @@ async fn step(state: Body) -> Option<(ProviderEvent, Body)> {
     match state {
         Body::Start(url, init) => match fetch(&url, &init).await {
             Ok(resp) => {
-                let headers: Vec<(String, String)> =
-                    worker::Headers(resp.headers()).entries().collect();
+                let headers = header_pairs(&resp.headers());
                 let status = resp.status();
                 let event_stream = headers.iter().any(|(name, value)| {
                     name.eq_ignore_ascii_case("content-type") && value.contains("event-stream")
@@ -327,10 +339,9 @@ pub(crate) async fn drive(
                     continue;
                 }
                 ChatAction::Settle(report) => {
-                    let (env, tenant) = (env.clone(), host.tenant.clone());
-                    (host.defer)(Box::pin(async move {
-                        crate::gateway::settle(&env, &tenant, report).await
-                    }));
+                    if let Some(rest) = crate::gateway::settle(env, host.tenant, report) {
+                        (host.defer)(rest);
+                    }
                     continue;
                 }
                 ChatAction::LogUnanswered(entry) => {
