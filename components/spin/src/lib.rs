@@ -19,6 +19,7 @@ mod admin;
 mod agents;
 mod attachments;
 mod chat;
+mod db;
 mod drafts;
 mod events;
 mod gateway;
