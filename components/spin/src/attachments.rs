@@ -8,6 +8,7 @@
 //! ([`kefu_engine::attachment`]), as on Workers (R2 there); this module only moves bytes.
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use kefu_engine::api::{self, ApiError};
 use kefu_engine::attachment::{self, Attachment, Resolved};
@@ -30,11 +31,8 @@ fn sqlite(what: &str, e: impl std::fmt::Debug) -> ApiError {
     ApiError::internal(format!("{what}: {e:?}"))
 }
 
-fn open() -> Result<Connection, ApiError> {
-    let db = Connection::open_default().map_err(|e| sqlite("opening SQLite", e))?;
-    db.execute(SCHEMA, &[])
-        .map_err(|e| sqlite("the attachments schema", e))?;
-    Ok(db)
+fn open() -> Result<Rc<Connection>, ApiError> {
+    crate::db::open("the attachments schema", &[SCHEMA])
 }
 
 fn text(s: &str) -> Sql {

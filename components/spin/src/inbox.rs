@@ -2,6 +2,8 @@
 //! database), kept current after every stored change, listed by status, queue and assignee
 //! — the same entries (the engine's `inbox_entry_json`) and filters as on Workers.
 
+use std::rc::Rc;
+
 use kefu_engine::api::{self, ApiError};
 use kefu_engine::{Conversation, TenantId};
 use serde_json::{Value, json};
@@ -17,14 +19,8 @@ const SCHEMA: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS inbox_by_time ON inbox (tenant_id, updated_ms)",
 ];
 
-fn open() -> Result<Connection, ApiError> {
-    let db = Connection::open_default()
-        .map_err(|e| ApiError::internal(format!("opening SQLite: {e:?}")))?;
-    for stmt in SCHEMA {
-        db.execute(stmt, &[])
-            .map_err(|e| ApiError::internal(format!("the inbox schema: {e:?}")))?;
-    }
-    Ok(db)
+fn open() -> Result<Rc<Connection>, ApiError> {
+    crate::db::open("the inbox schema", SCHEMA)
 }
 
 fn text(v: Option<&str>) -> Sql {

@@ -9,6 +9,8 @@
 //! call that fails leaves the source searchable by its text and says why; a question that
 //! cannot be embedded just now is searched by full text alone.
 
+use std::rc::Rc;
+
 use kefu_engine::api::{ApiError, KnowledgeRoute};
 use kefu_engine::chat::{
     DraftSourcesPlan, EMBEDDING_TIMEOUT_MS, Got, IndexPlan, Need, SearchPlan, UnansweredPlan,
@@ -27,13 +29,13 @@ fn sqlite(what: &str, e: impl std::fmt::Debug) -> ApiError {
     ApiError::internal(format!("{what}: {e:?}"))
 }
 
-fn open() -> Result<Connection, ApiError> {
-    let db = Connection::open_default().map_err(|e| sqlite("opening SQLite", e))?;
-    for stmt in knowledge::SCHEMA.iter().chain(knowledge::UNANSWERED_SCHEMA) {
-        db.execute(stmt, &[])
-            .map_err(|e| sqlite("the knowledge schema", e))?;
-    }
-    Ok(db)
+fn open() -> Result<Rc<Connection>, ApiError> {
+    let schema: Vec<&str> = knowledge::SCHEMA
+        .iter()
+        .chain(knowledge::UNANSWERED_SCHEMA)
+        .copied()
+        .collect();
+    crate::db::open("the knowledge schema", &schema)
 }
 
 fn bind(v: &SqlValue) -> Sql {
@@ -242,13 +244,13 @@ pub fn search(
     k: u8,
     scope: Scope,
 ) -> Result<Vec<RetrievedChunk>, ApiError> {
-    search_in(&open()?, tenant, config, question, k, scope)
+    search_in(&*open()?, tenant, config, question, k, scope)
 }
 
 /// The draft's knowledge sources (staging, dropping, listing, publishing): the engine's
 /// [`DraftSourcesPlan`], carried out in the same database, its answer.
 pub fn draft_sources(mut plan: DraftSourcesPlan) -> Result<Value, ApiError> {
-    carry_out(&open()?, |got| plan.step(got))?;
+    carry_out(&*open()?, |got| plan.step(got))?;
     if let Some(e) = plan.embedding_error() {
         crate::log(
             "error",

@@ -19,6 +19,7 @@ mod admin;
 mod agents;
 mod attachments;
 mod chat;
+mod db;
 mod drafts;
 mod events;
 mod gateway;
@@ -363,5 +364,10 @@ pub(crate) fn log(level: &str, mut fields: Value) {
         obj.insert("level".into(), json!(level));
         obj.insert("service".into(), json!("kefu-spin"));
     }
-    eprintln!("{fields}");
+    // One write for the whole line: stderr is unbuffered, and formatting straight into it
+    // hands the host each token of the JSON as a write of its own (hundreds for a turn's
+    // trace, each a call into the host and two writes there).
+    let mut line = fields.to_string();
+    line.push('\n');
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
 }

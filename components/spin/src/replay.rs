@@ -10,6 +10,8 @@
 //! the conversation is written. Who may replay under what is the engine's rule
 //! ([`replay::parse_replay_request`]).
 
+use std::rc::Rc;
+
 use kefu_engine::api::ApiError;
 use kefu_engine::chat::ReplayRun;
 use kefu_engine::replay::{self, TurnRecord};
@@ -25,12 +27,8 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS turn_records (tenant_id TEXT NO
      conversation_id TEXT NOT NULL, seq INTEGER NOT NULL, record TEXT NOT NULL, \
      PRIMARY KEY (tenant_id, conversation_id, seq))";
 
-fn open() -> Result<Connection, ApiError> {
-    let db = Connection::open_default()
-        .map_err(|e| ApiError::internal(format!("opening SQLite: {e:?}")))?;
-    db.execute(SCHEMA, &[])
-        .map_err(|e| ApiError::internal(format!("the turn records' schema: {e:?}")))?;
-    Ok(db)
+fn open() -> Result<Rc<Connection>, ApiError> {
+    crate::db::open("the turn records' schema", &[SCHEMA])
 }
 
 /// Stores a visitor turn's record (the engine's chat turn completed it). A failure is
