@@ -1,15 +1,20 @@
 //! One inbox Durable Object per tenant: a row per conversation (status, assignee, queue,
 //! tags, last message) for the agents' queue and filters, kept current by every stored
-//! change of every conversation (sent after the visitor's answer, never in its way).
+//! change of every conversation (sent after the visitor's answer, never in its way, and
+//! gathered in each isolate for up to 250 ms so that a busy isolate's changes arrive together).
 
 // `#[durable_object]` generates undocumented public JavaScript glue methods.
 #![allow(missing_docs)]
 
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+
+use futures::future::LocalBoxFuture;
 use kefu_engine::api::{self, ApiError};
 use kefu_engine::{Conversation, TenantId};
 use serde_json::{Value, json};
 use worker::{
-    DurableObject, Env, Method, Request, Response, SqlStorage, SqlStorageValue, State,
+    Delay, DurableObject, Env, Method, Request, Response, SqlStorage, SqlStorageValue, State,
     durable_object,
 };
 
@@ -22,25 +27,69 @@ fn stub(env: &Env, tenant: &TenantId) -> Result<worker::Stub, ApiError> {
         .map_err(internal)
 }
 
+/// How long an isolate gathers the changes of its conversations before they reach the
+/// tenant's inbox together (one request, one write, one commit). Every stored change of a
+/// conversation touches the inbox; a request and a commit each, at a busy isolate's rate,
+/// was a good part of a chat turn's CPU.
+const BATCH_MS: u64 = 250;
+
+thread_local! {
+    /// Per tenant: the newest entry of each conversation changed since the last batch went.
+    static PENDING: RefCell<HashMap<String, BTreeMap<String, Value>>> = RefCell::default();
+}
+
 /// Records where `conversation` stands now (and whose it is, for a verified visitor's).
-pub(crate) async fn touch(env: &Env, conversation: &Conversation, visitor: Option<&str>) {
+/// The entry joins the tenant's batch in this isolate; the batch's first entry returns the
+/// work that sends it [`BATCH_MS`] later, for the host to run after the answer
+/// (`waitUntil`). Agents see a change in their inbox at most that much later.
+pub(crate) fn touch(
+    env: &Env,
+    conversation: &Conversation,
+    visitor: Option<&str>,
+) -> Option<LocalBoxFuture<'static, ()>> {
     let entry = api::inbox_entry_json(conversation, visitor);
-    let result = async {
-        forward(
-            &stub(env, conversation.tenant())?,
-            Method::Post,
-            "/touch",
-            Some(entry.to_string().into_bytes()),
-        )
-        .await
+    let tenant = conversation.tenant().clone();
+    let id = conversation.id().as_str().to_owned();
+    let first = PENDING.with(|p| {
+        let mut p = p.borrow_mut();
+        let first = !p.contains_key(tenant.as_str());
+        let batch = p.entry(tenant.as_str().to_owned()).or_default();
+        // The newest snapshot of a conversation wins, as in the inbox itself.
+        let newer = batch
+            .get(&id)
+            .is_none_or(|old| old["updated_ms"].as_i64() <= entry["updated_ms"].as_i64());
+        if newer {
+            batch.insert(id, entry);
+        }
+        first
+    });
+    if !first {
+        return None;
     }
-    .await;
-    if let Err(e) = result {
-        log(
-            "error",
-            json!({"msg": "inbox update failed", "error": e.message}),
-        );
-    }
+    let env = env.clone();
+    Some(Box::pin(async move {
+        Delay::from(core::time::Duration::from_millis(BATCH_MS)).await;
+        let Some(batch) = PENDING.with(|p| p.borrow_mut().remove(tenant.as_str())) else {
+            return;
+        };
+        let entries = Value::Array(batch.into_values().collect());
+        let result = async {
+            forward(
+                &stub(&env, &tenant)?,
+                Method::Post,
+                "/touch",
+                Some(entries.to_string().into_bytes()),
+            )
+            .await
+        }
+        .await;
+        if let Err(e) = result {
+            log(
+                "error",
+                json!({"msg": "inbox update failed", "error": e.message}),
+            );
+        }
+    }))
 }
 
 /// Lists the tenant's conversations, newest activity first, filtered by the query string
@@ -59,6 +108,37 @@ pub(crate) async fn list(env: &Env, tenant: &TenantId, query: &str) -> Result<Re
 #[durable_object]
 pub struct InboxObject {
     sql: SqlStorage,
+}
+
+impl InboxObject {
+    /// Stores one conversation's entry. Changes can arrive out of order: an older snapshot
+    /// never replaces a newer one.
+    fn upsert(&self, entry: &Value) -> Result<(), ApiError> {
+        let text = |k: &str| {
+            entry[k]
+                .as_str()
+                .map(|s| SqlStorageValue::String(s.to_owned()))
+                .unwrap_or(SqlStorageValue::Null)
+        };
+        let updated = entry["updated_ms"].as_i64().unwrap_or(0);
+        self.sql
+            .exec(
+                "INSERT INTO inbox (id, status, assignee, queue, updated_ms, entry) VALUES (?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (id) DO UPDATE SET status = excluded.status, assignee = excluded.assignee, \
+                 queue = excluded.queue, updated_ms = excluded.updated_ms, entry = excluded.entry \
+                 WHERE excluded.updated_ms >= inbox.updated_ms",
+                vec![
+                    text("id"),
+                    text("status"),
+                    text("assignee"),
+                    text("queue"),
+                    SqlStorageValue::Integer(updated),
+                    SqlStorageValue::String(entry.to_string()),
+                ],
+            )
+            .map(|_| ())
+            .map_err(internal)
+    }
 }
 
 impl DurableObject for InboxObject {
@@ -81,35 +161,16 @@ impl DurableObject for InboxObject {
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
         let result = match (req.method(), req.path().as_str()) {
+            // One conversation's entry, or a batch of them (one commit for all).
             (Method::Post, "/touch") => {
                 match crate::http::read_internal_json::<Value>(&mut req).await {
-                    Ok(entry) => {
-                        let text = |k: &str| {
-                            entry[k]
-                                .as_str()
-                                .map(|s| SqlStorageValue::String(s.to_owned()))
-                                .unwrap_or(SqlStorageValue::Null)
-                        };
-                        let updated = entry["updated_ms"].as_i64().unwrap_or(0);
-                        // Changes can arrive out of order: an older snapshot never replaces a newer one.
-                        self.sql
-                        .exec(
-                            "INSERT INTO inbox (id, status, assignee, queue, updated_ms, entry) VALUES (?, ?, ?, ?, ?, ?) \
-                             ON CONFLICT (id) DO UPDATE SET status = excluded.status, assignee = excluded.assignee, \
-                             queue = excluded.queue, updated_ms = excluded.updated_ms, entry = excluded.entry \
-                             WHERE excluded.updated_ms >= inbox.updated_ms",
-                            vec![
-                                text("id"),
-                                text("status"),
-                                text("assignee"),
-                                text("queue"),
-                                SqlStorageValue::Integer(updated),
-                                SqlStorageValue::String(entry.to_string()),
-                            ],
-                        )
-                        .map_err(internal)
-                        .and_then(|_| json_response(200, &json!({"ok": true})))
-                    }
+                    Ok(Value::Array(entries)) => entries
+                        .iter()
+                        .try_for_each(|entry| self.upsert(entry))
+                        .and_then(|()| json_response(200, &json!({"ok": true}))),
+                    Ok(entry) => self
+                        .upsert(&entry)
+                        .and_then(|()| json_response(200, &json!({"ok": true}))),
                     Err(e) => Err(e),
                 }
             }

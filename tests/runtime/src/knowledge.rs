@@ -696,15 +696,31 @@ pub async fn tenant_keys_see_only_their_own(ctx: &Ctx) -> anyhow::Result<()> {
     ctx.action(None, Some(A), &id, "claim", &json!({"agent": "mallory"}))
         .await?
         .expect_error(404, "conversation_not_found")?;
-    let inbox = ctx
-        .http
-        .get(ctx.url("/api/v1/conversations?limit=200"))
-        .bearer_auth(A)
-        .send()
-        .await?
-        .text()
-        .await?;
-    ensure!(!inbox.contains(&id), "A's inbox lists B's conversation");
+    let inbox = |key: &'static str| async move {
+        anyhow::Ok(
+            ctx.http
+                .get(ctx.url("/api/v1/conversations?limit=200"))
+                .bearer_auth(key)
+                .send()
+                .await?
+                .text()
+                .await?,
+        )
+    };
+    // The inbox hears of a change shortly after the answer: once B's lists it, A's must not.
+    let mut listed = false;
+    for _ in 0..50 {
+        if inbox(B).await?.contains(&id) {
+            listed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    ensure!(listed, "B's inbox never listed B's conversation");
+    ensure!(
+        !inbox(A).await?.contains(&id),
+        "A's inbox lists B's conversation"
+    );
     ensure!(
         ctx.conversation_as_agent(B, &id).await?.status == StatusCode::OK,
         "B reads its own conversation"

@@ -209,10 +209,9 @@ impl Inner {
             return;
         };
         let visitor = self.owner().ok().flatten();
-        let env = self.env.clone();
-        self.state.wait_until(async move {
-            crate::inbox::touch(&env, &snapshot, visitor.as_deref()).await;
-        });
+        if let Some(rest) = crate::inbox::touch(&self.env, &snapshot, visitor.as_deref()) {
+            self.state.wait_until(rest);
+        }
     }
 
     /// Hands stored events to the tenant's webhooks, after the visitor's answer (never in
