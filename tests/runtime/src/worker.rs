@@ -74,6 +74,17 @@ pub fn repo_root() -> PathBuf {
     root.canonicalize().unwrap_or(root)
 }
 
+/// Where `make bench` builds the Rust pass-through (`tests/bench/rust-passthrough`).
+fn rust_passthrough_dir() -> anyhow::Result<PathBuf> {
+    let dir = repo_root().join("target/bench-rust-passthrough");
+    ensure!(
+        dir.join("index.js").exists(),
+        "{} is not built (make bench builds it)",
+        dir.display()
+    );
+    Ok(dir)
+}
+
 /// Copies the built Worker into `dir` with every plugin component of `target/plugins` (the
 /// test plugins too) bundled beside it (workers/plugins/bundle.mjs); returns its script.
 fn with_test_plugins(root: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<PathBuf> {
@@ -193,13 +204,8 @@ impl KefuWorker {
     /// The same pass-through written in Rust with workers-rs (`tests/bench/rust-passthrough`,
     /// built by `make bench` into `target/bench-rust-passthrough`), on workerd.
     pub async fn start_rust_passthrough(upstream: &str) -> anyhow::Result<Self> {
-        let dir = repo_root().join("target/bench-rust-passthrough");
-        anyhow::ensure!(
-            dir.join("index.js").exists(),
-            "{} is not built (make bench builds it)",
-            dir.display()
-        );
-        let mut worker = Self::launch_passthrough_with(upstream, Some(&dir))?;
+        let mut worker =
+            Self::launch_passthrough_with(upstream, Some(&rust_passthrough_dir()?), None)?;
         worker.wait_ready(Duration::from_secs(60), false).await?;
         Ok(worker)
     }
@@ -207,40 +213,23 @@ impl KefuWorker {
     /// The Rust pass-through taking the platform steps Kefu's gateway takes for a whole
     /// answer (`STEPS=kefu`, see `tests/bench/rust-passthrough`): the floor under Kefu's own work.
     pub async fn start_rust_steps(upstream: &str) -> anyhow::Result<Self> {
-        let dir = repo_root().join("target/bench-rust-passthrough");
-        anyhow::ensure!(
-            dir.join("index.js").exists(),
-            "{} is not built (make bench builds it)",
-            dir.display()
-        );
-        let scratch = tempfile::Builder::new().prefix("kefu-bench-").tempdir()?;
-        let port = free_port()?;
-        let args = vec![
-            port.to_string(),
-            upstream.to_owned(),
-            dir.display().to_string(),
-        ];
-        let env = [("PASSTHROUGH_STEPS", "kefu".to_owned())];
-        let mut worker = Self::spawn(
-            "tests/bench/passthrough-host.mjs",
-            &args,
-            &env,
-            port,
-            "passthrough",
-            scratch,
-        )?;
+        let mut worker =
+            Self::launch_passthrough_with(upstream, Some(&rust_passthrough_dir()?), Some("kefu"))?;
         worker.wait_ready(Duration::from_secs(60), false).await?;
         Ok(worker)
     }
 
     /// [`Self::start_passthrough`] without waiting for it to serve.
     pub fn launch_passthrough(upstream: &str) -> anyhow::Result<Self> {
-        Self::launch_passthrough_with(upstream, None)
+        Self::launch_passthrough_with(upstream, None, None)
     }
 
+    /// The pass-through host, with the Rust Worker in `rust_worker` (else the JavaScript one)
+    /// and its `STEPS` (`PASSTHROUGH_STEPS` of the host).
     fn launch_passthrough_with(
         upstream: &str,
         rust_worker: Option<&std::path::Path>,
+        steps: Option<&str>,
     ) -> anyhow::Result<Self> {
         let scratch = tempfile::Builder::new().prefix("kefu-bench-").tempdir()?;
         let port = free_port()?;
@@ -248,10 +237,14 @@ impl KefuWorker {
         if let Some(dir) = rust_worker {
             args.push(dir.display().to_string());
         }
+        let env: Vec<(&str, String)> = steps
+            .map(|s| ("PASSTHROUGH_STEPS", s.to_owned()))
+            .into_iter()
+            .collect();
         Self::spawn(
             "tests/bench/passthrough-host.mjs",
             &args,
-            &[],
+            &env,
             port,
             "passthrough",
             scratch,
