@@ -156,7 +156,9 @@ async fn fetch(
 /// (`JSON.stringify(Array.from(headers))`) rather than one call per name and per value.
 fn header_pairs(headers: &worker::web_sys::Headers) -> Vec<(String, String)> {
     use worker::js_sys::{Array, JSON};
-    let text = JSON::stringify(&Array::from(headers)).ok().and_then(|t| t.as_string());
+    let text = JSON::stringify(&Array::from(headers))
+        .ok()
+        .and_then(|t| t.as_string());
     match text.map(|t| serde_json::from_slice::<Vec<(String, String)>>(t.as_bytes())) {
         Some(Ok(pairs)) => pairs,
         // Header names and values are strings, so this cannot happen; if it did, the headers
