@@ -9,7 +9,7 @@ use spin_sdk::wit::wasi::http0_2_0::types::ResponseOutparam;
 
 use crate::http::{Incoming, Reply, Stream};
 use crate::store::{self, Kv};
-use crate::{inbox, now, outbound};
+use crate::{db, now, outbound};
 
 /// A visitor's message, stored, before its turn.
 struct Accepted {
@@ -102,7 +102,7 @@ fn summarise(kv: &Kv, a: &Accepted, run: Option<SummaryRun>) {
 
 /// A chat request answered whole, whatever it asked (for the `/demo` page's scripted turns).
 pub fn whole_turn(kv: &Kv, req: &Incoming) -> Reply {
-    let hold = inbox::hold();
+    let hold = db::hold();
     match accept(kv, req) {
         Ok(a) => {
             let (rendered, later) = run(kv, &a, ReplyMode::Whole, |_| {});
@@ -116,10 +116,11 @@ pub fn whole_turn(kv: &Kv, req: &Incoming) -> Reply {
 
 /// Serves a chat request: the reply whole, or streamed into `out`.
 ///
-/// The inbox is held for the turn ([`inbox::hold`]): its row is written once, after the
-/// reply is stored and before the reply (or the stream's last event) is sent.
+/// The database is held for the turn ([`db::hold`]): its inbox row and record are written
+/// in one commit, after the reply is stored and before the reply (or the stream's last
+/// event) is sent.
 pub fn handle(kv: &Kv, req: &Incoming, out: ResponseOutparam) {
-    let hold = inbox::hold();
+    let hold = db::hold();
     let a = match accept(kv, req) {
         Ok(a) => a,
         Err(e) => {

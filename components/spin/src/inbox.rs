@@ -2,11 +2,10 @@
 //! database), kept current after every stored change, listed by status, queue and assignee
 //! — the same entries (the engine's `inbox_entry_json`) and filters as on Workers.
 //!
-//! A chat turn holds its updates ([`hold`]) and writes its row once, when the turn is over
-//! and before it is answered: its visitor message and reply reach the inbox in one write,
-//! not one each (as on Workers, whose `InboxHold` does the same).
+//! A chat turn holds its updates ([`crate::db::hold`]) and writes its row once, when the
+//! turn is over and before it is answered: its visitor message and reply reach the inbox in
+//! one write, not one each (as on Workers, whose `InboxHold` does the same).
 
-use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use kefu_engine::api::{self, ApiError};
@@ -32,57 +31,13 @@ fn text(v: Option<&str>) -> Sql {
     v.map_or(Sql::Null, |s| Sql::Text(s.to_owned()))
 }
 
-thread_local! {
-    // One instance serves one request: the holds taken by its chat turn, and the newest
-    // state they held back.
-    static HOLDS: Cell<u32> = const { Cell::new(0) };
-    static HELD: RefCell<Option<Conversation>> = const { RefCell::new(None) };
-}
-
-/// Held while a chat turn is under way: [`touch`] keeps the newest state instead of
-/// writing it, and releasing the last hold writes that state once. Release it after the
-/// turn's reply is stored and before the turn is answered, so that an agent listing the
-/// inbox after the answer sees where the conversation stands.
-pub struct Hold(());
-
-/// Holds the inbox's updates until the returned [`Hold`] is dropped.
-pub fn hold() -> Hold {
-    HOLDS.with(|h| h.set(h.get() + 1));
-    Hold(())
-}
-
-impl Drop for Hold {
-    fn drop(&mut self) {
-        let left = HOLDS.with(|h| {
-            let left = h.get().saturating_sub(1);
-            h.set(left);
-            left
-        });
-        if left == 0
-            && let Some(conversation) = HELD.with(|held| held.borrow_mut().take())
-        {
-            write(&conversation);
-        }
-    }
-}
-
 /// Records where `conversation` stands now (an older snapshot never replaces a newer one:
-/// concurrent instances may finish in any order), or, while a chat turn holds the inbox,
-/// when the turn is over. A failure is logged, never in the way of the answer.
+/// concurrent instances may finish in any order), or, while a chat turn holds the database
+/// ([`crate::db::hold`]), when the turn is over. A failure is logged, never in the way of
+/// the answer.
 pub fn touch(conversation: &Conversation) {
-    if HOLDS.with(Cell::get) > 0 {
-        HELD.with(|held| {
-            let mut held = held.borrow_mut();
-            let newer = held
-                .as_ref()
-                .is_none_or(|h| conversation.updated_at() >= h.updated_at());
-            if newer {
-                *held = Some(conversation.clone());
-            }
-        });
-        return;
-    }
-    write(conversation);
+    let conversation = conversation.clone();
+    crate::db::write(Some("inbox"), move || write(&conversation));
 }
 
 fn write(conversation: &Conversation) {
