@@ -9,7 +9,7 @@ use spin_sdk::wit::wasi::http0_2_0::types::ResponseOutparam;
 
 use crate::http::{Incoming, Reply, Stream};
 use crate::store::{self, Kv};
-use crate::{now, outbound};
+use crate::{db, now, outbound};
 
 /// A visitor's message, stored, before its turn.
 struct Accepted {
@@ -102,9 +102,11 @@ fn summarise(kv: &Kv, a: &Accepted, run: Option<SummaryRun>) {
 
 /// A chat request answered whole, whatever it asked (for the `/demo` page's scripted turns).
 pub fn whole_turn(kv: &Kv, req: &Incoming) -> Reply {
+    let hold = db::hold();
     match accept(kv, req) {
         Ok(a) => {
             let (rendered, later) = run(kv, &a, ReplyMode::Whole, |_| {});
+            drop(hold);
             summarise(kv, &a, later);
             Reply::rendered(rendered)
         }
@@ -113,13 +115,22 @@ pub fn whole_turn(kv: &Kv, req: &Incoming) -> Reply {
 }
 
 /// Serves a chat request: the reply whole, or streamed into `out`.
+///
+/// The database is held for the turn ([`db::hold`]): its inbox row and record are written
+/// in one commit, after the reply is stored and before the reply (or the stream's last
+/// event) is sent.
 pub fn handle(kv: &Kv, req: &Incoming, out: ResponseOutparam) {
+    let hold = db::hold();
     let a = match accept(kv, req) {
         Ok(a) => a,
-        Err(e) => return Reply::error(&e).send(out),
+        Err(e) => {
+            drop(hold);
+            return Reply::error(&e).send(out);
+        }
     };
     if !a.stream {
         let (rendered, later) = run(kv, &a, ReplyMode::Whole, |_| {});
+        drop(hold);
         Reply::rendered(rendered).send(out);
         return summarise(kv, &a, later);
     }
@@ -129,6 +140,7 @@ pub fn handle(kv: &Kv, req: &Incoming, out: ResponseOutparam) {
     let (last, later) = run(kv, &a, ReplyMode::Stream, |text| {
         sse.write(chat::render_delta(text).as_bytes());
     });
+    drop(hold);
     sse.write(last.body.as_bytes());
     sse.finish();
     summarise(kv, &a, later);

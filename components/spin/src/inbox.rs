@@ -1,6 +1,10 @@
 //! The agents' inbox on Spin: a row per conversation in Spin SQLite (the `default`
 //! database), kept current after every stored change, listed by status, queue and assignee
 //! — the same entries (the engine's `inbox_entry_json`) and filters as on Workers.
+//!
+//! A chat turn holds its updates ([`crate::db::hold`]) and writes its row once, when the
+//! turn is over and before it is answered: its visitor message and reply reach the inbox in
+//! one write, not one each (as on Workers, whose `InboxHold` does the same).
 
 use std::rc::Rc;
 
@@ -28,9 +32,15 @@ fn text(v: Option<&str>) -> Sql {
 }
 
 /// Records where `conversation` stands now (an older snapshot never replaces a newer one:
-/// concurrent instances may finish in any order). A failure is logged, never in the way of
+/// concurrent instances may finish in any order), or, while a chat turn holds the database
+/// ([`crate::db::hold`]), when the turn is over. A failure is logged, never in the way of
 /// the answer.
 pub fn touch(conversation: &Conversation) {
+    let conversation = conversation.clone();
+    crate::db::write(Some("inbox"), move || write(&conversation));
+}
+
+fn write(conversation: &Conversation) {
     let result = (|| -> Result<(), ApiError> {
         let db = open()?;
         let entry = api::inbox_entry_json(conversation, conversation.owner());

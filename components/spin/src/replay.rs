@@ -31,9 +31,15 @@ fn open() -> Result<Rc<Connection>, ApiError> {
     crate::db::open("the turn records' schema", &[SCHEMA])
 }
 
-/// Stores a visitor turn's record (the engine's chat turn completed it). A failure is
-/// logged, never in the way of the answer.
+/// Stores a visitor turn's record (the engine's chat turn completed it) — while the turn
+/// holds the database ([`crate::db::hold`]), when it is over. A failure is logged, never in
+/// the way of the answer.
 pub fn store_record(tenant: &TenantId, id: &ConversationId, record: &TurnRecord) {
+    let (tenant, id, record) = (tenant.clone(), id.clone(), record.clone());
+    crate::db::write(None, move || store(&tenant, &id, &record));
+}
+
+fn store(tenant: &TenantId, id: &ConversationId, record: &TurnRecord) {
     let result = (|| -> Result<(), ApiError> {
         open()?
             .execute(
