@@ -105,12 +105,12 @@ fn connection() -> Result<Rc<Connection>, ApiError> {
                 Connection::open_default()
                     .map_err(|e| ApiError::internal(format!("opening SQLite: {e:?}")))?,
             );
-            // Write-ahead logging: as durable under SQLite's default `synchronous=FULL` (left as it is), and a
-            // commit costs one sync of the log instead of the journal's several (about 0.5
-            // against 1.5 ms a commit on the benchmark machine). The mode stays with the
-            // file, so the database lives in three files (`-wal`, `-shm`) while connections
-            // are open. A database that refuses it keeps the rollback journal and works as
-            // before, so the answer is not needed.
+            // Write-ahead logging: as durable under SQLite's default `synchronous=FULL`
+            // (left as it is), and a commit costs one sync of the log instead of the
+            // journal's several (about 0.5 against 1.5 ms a commit on the benchmark machine).
+            // The mode stays with the file, so the database lives in three files (`-wal`,
+            // `-shm`) while connections are open. A database that refuses it keeps the
+            // rollback journal and works as before, so the answer is not needed.
             let _ = db.execute("PRAGMA journal_mode=WAL", &[]);
             DB.with(|d| *d.borrow_mut() = Some(Rc::clone(&db)));
             Ok(db)

@@ -30,12 +30,12 @@ fn sqlite(what: &str, e: impl std::fmt::Debug) -> ApiError {
 }
 
 fn open() -> Result<Rc<Connection>, ApiError> {
-    let schema: Vec<&str> = knowledge::SCHEMA
-        .iter()
-        .chain(knowledge::UNANSWERED_SCHEMA)
-        .copied()
-        .collect();
-    crate::db::open("the knowledge schema", &schema)
+    // Two schemas, each made sure of once an instance: no list built on every search.
+    crate::db::open("the knowledge schema", knowledge::SCHEMA)?;
+    crate::db::open(
+        "the unanswered questions' schema",
+        knowledge::UNANSWERED_SCHEMA,
+    )
 }
 
 fn bind(v: &SqlValue) -> Sql {
