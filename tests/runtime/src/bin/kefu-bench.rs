@@ -4,8 +4,8 @@
 //! Worker on the same workerd, twice: in JavaScript, and in Rust with workers-rs (as Kefu is
 //! written; `tests/bench/rust-passthrough`). Kefu runs twice too: as `wrangler dev` serves it
 //! (Miniflare's asset router, a JavaScript Worker, in front), and its Worker alone (as on
-//! Cloudflare, where that router is Cloudflare's own and costs the Worker nothing). Then measures, with the targets interleaved so
-//! noise hits them alike:
+//! Cloudflare, where that router is Cloudflare's own and costs the Worker nothing). Then
+//! measures, with the targets interleaved so noise hits them alike:
 //! - `POST /v1/chat/completions` at concurrency 1 (p50, p99) and 64 (throughput, each target
 //!   twice, in turn and in reverse): the mock directly, through each pass-through Worker,
 //!   through Kefu's gateway;
