@@ -12,6 +12,7 @@
 //   js          the JavaScript pass-through (the floor of `make bench`)
 //   rust        the Rust pass-through (tests/bench/rust-passthrough, built by `make bench`)
 //   rust-steps  the Rust pass-through taking Kefu's platform steps (its STEPS=kefu)
+//   do-chat     the minimal Durable-Object chat (tests/bench/do-chat-worker.mjs), for --path chat
 //   DIR         a build of Kefu's Worker (index.js, index_bg.wasm and plugins/, e.g.
 //               workers/build), alone, as Cloudflare runs it
 //   DIR+router  the same behind Miniflare's asset router for web/, as `wrangler dev` runs it
@@ -91,6 +92,14 @@ async function start(name) {
           { method: request.method, headers: request.headers, body: request.body }); } };`,
     });
   }
+  if (name === "do-chat") {
+    return new Miniflare({
+      ...base,
+      bindings: { PROVIDER_BASE_URL: `${mockOrigin}/v1`, MODEL: "mock-gpt" },
+      durableObjects: { CHAT: { className: "ChatObject", useSQLite: true } },
+      scriptPath: "tests/bench/do-chat-worker.mjs",
+    });
+  }
   if (name === "rust" || name === "rust-steps") {
     return new Miniflare({
       ...base,
@@ -136,6 +145,7 @@ for (const name of names) {
   if (path === "chat" && ["js", "rust", "rust-steps"].includes(name)) {
     throw new Error(`${name} has no chat API`);
   }
+  if (path !== "chat" && name === "do-chat") throw new Error("do-chat has only the chat API");
   const mf = await start(name);
   const origin = (await mf.ready).origin;
   targets.push({ name, origin, mf, pid: newWorkerd(), cpu: 0, requests: 0, rps: [] });
@@ -189,10 +199,11 @@ for (let r = 0; r < rounds; r++) {
   }
 }
 
-const floor = targets.find((t) => t.name === "js");
+// The floor each ratio is taken against: the JS pass-through, or for chat turns the DO chat.
+const floor = targets.find((t) => t.name === (path === "chat" ? "do-chat" : "js"));
 const perRequest = (t) => (t.cpu * 1000) / t.requests;
 console.log(`# CPU per request (${path}, ${concurrency} connections, ${rounds} rounds of ${seconds} s)\n`);
-console.log(`| target | requests | workerd CPU per request | ${floor ? "÷ JS pass-through's CPU | " : ""}req/s (mean) |`);
+console.log(`| target | requests | workerd CPU per request | ${floor ? `${floor.name}'s CPU ÷ this | ` : ""}req/s (mean) |`);
 console.log(`|---|---:|---:|${floor ? "---:|" : ""}---:|`);
 for (const t of targets) {
   const rps = t.rps.reduce((a, b) => a + b, 0) / t.rps.length;
