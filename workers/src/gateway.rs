@@ -33,6 +33,7 @@ use worker::{
     durable_object,
 };
 
+use crate::batch::{self, Batches};
 use crate::http::{forward, internal, json_response};
 use crate::provider::now;
 use crate::{GATEWAYS, log};
@@ -136,10 +137,8 @@ pub(crate) async fn usage(env: &Env, tenant: &TenantId) -> Result<serde_json::Va
     crate::http::body_json(&resp).await.map_err(internal)
 }
 
-/// Reports of plain successes wait this long in the isolate to travel to the object
-/// together; a failure, a quota reservation or a probe's result goes at once.
-const BATCH_MS: u64 = 250;
-/// A batch this large goes at once. Each batch costs the object a request, a write and a
+/// A batch of plain successes this large goes at once, without waiting out
+/// [`batch::WAIT`]. Each batch costs the object a request, a write and a
 /// commit, so at a busy isolate's rate (a thousand reports a second) the time bound, not
 /// this one, should send them: 64 sent a batch every 64 ms there, and cost each gateway
 /// request about 6 % of its CPU (`tests/bench/cpu-per-request.mjs`).
@@ -147,7 +146,7 @@ const BATCH_MAX: usize = 512;
 
 thread_local! {
     /// Per tenant: the reports merged so far, waiting for the batch's first report to send them.
-    static PENDING: RefCell<std::collections::HashMap<String, SettleRequest>> = RefCell::default();
+    static PENDING: Batches<SettleRequest> = Batches::default();
 }
 
 /// Whether a report must go at once: it settles a quota reservation, carries a failure, or
@@ -167,8 +166,9 @@ fn urgent(tenant: &TenantId, req: &SettleRequest) -> bool {
 }
 
 /// Reports a finished turn to the tenant's gateway (breakers, quota, usage). Plain
-/// successes are batched per isolate for up to [`BATCH_MS`] (the batch's first report waits
-/// and sends it); everything that changes a decision goes at once.
+/// successes are batched per isolate for up to [`batch::WAIT`] (the batch's first report
+/// waits and sends it); a failure, a quota reservation or a probe's result, which change a
+/// decision, go at once.
 ///
 /// The report is taken in right away; what is left to do (send now, or wait for the batch
 /// and send it) is returned, for the host to run after the answer (`waitUntil`). A report
@@ -185,7 +185,7 @@ pub(crate) fn settle(
     if urgent(&tenant, &req) {
         // Take whatever waits for this tenant along.
         let mut req = req;
-        if let Some(pending) = PENDING.with(|p| p.borrow_mut().remove(tenant.as_str())) {
+        if let Some(pending) = PENDING.with(|p| p.take(tenant.as_str())) {
             let mine = core::mem::replace(&mut req, pending);
             let reservation = mine.reservation;
             let (used, cost) = (mine.used_tokens, mine.cost_micros);
@@ -197,29 +197,27 @@ pub(crate) fn settle(
         return Some(Box::pin(async move { send(&env, &tenant, req).await }));
     }
     let (first, full) = PENDING.with(|p| {
-        let mut p = p.borrow_mut();
-        let first = !p.contains_key(tenant.as_str());
-        let entry = p
-            .entry(tenant.as_str().to_owned())
-            .or_insert_with(|| clone_empty(&req));
-        entry.merge(req);
-        (first, entry.signals.len() >= BATCH_MAX)
+        p.add(tenant.as_str(), req, clone_empty, |batch, req| {
+            batch.merge(req);
+            batch.signals.len() >= BATCH_MAX
+        })
     });
     // The batch's first report waits for it (one timer per batch, not one per report); a
-    // later one goes only when it fills the batch.
+    // later one goes only when it fills the batch. Whatever waits then goes: the batch this
+    // report joined, or (after a full batch went early) the next one, sooner than its own
+    // first report would have sent it.
     if !full && !first {
         return None;
     }
-    Some(Box::pin(async move {
-        if !full {
-            worker::Delay::from(core::time::Duration::from_millis(BATCH_MS)).await;
-        }
-        // Whatever waits now goes: the batch this report joined, or (after a full batch went
-        // early) the next one, sooner than its own first report would have sent it.
-        if let Some(batch) = PENDING.with(|p| p.borrow_mut().remove(tenant.as_str())) {
+    let key = tenant.as_str().to_owned();
+    Some(batch::send_later(
+        &PENDING,
+        key,
+        !full,
+        move |batch| async move {
             send(&env, &tenant, batch).await;
-        }
-    }))
+        },
+    ))
 }
 
 async fn send(env: &Env, tenant: &TenantId, req: SettleRequest) {

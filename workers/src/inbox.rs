@@ -1,23 +1,24 @@
 //! One inbox Durable Object per tenant: a row per conversation (status, assignee, queue,
 //! tags, last message) for the agents' queue and filters, kept current by every stored
 //! change of every conversation (sent after the visitor's answer, never in its way, and
-//! gathered in each isolate for up to 250 ms so that a busy isolate's changes arrive together).
+//! gathered in each isolate for up to [`batch::WAIT`] so that a busy isolate's changes
+//! arrive together).
 
 // `#[durable_object]` generates undocumented public JavaScript glue methods.
 #![allow(missing_docs)]
 
-use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use futures::future::LocalBoxFuture;
 use kefu_engine::api::{self, ApiError};
 use kefu_engine::{Conversation, TenantId};
 use serde_json::{Value, json};
 use worker::{
-    Delay, DurableObject, Env, Method, Request, Response, SqlStorage, SqlStorageValue, State,
+    DurableObject, Env, Method, Request, Response, SqlStorage, SqlStorageValue, State,
     durable_object,
 };
 
+use crate::batch::{self, Batches};
 use crate::http::{forward, internal, json_response};
 use crate::{INBOX, log};
 
@@ -27,20 +28,16 @@ fn stub(env: &Env, tenant: &TenantId) -> Result<worker::Stub, ApiError> {
         .map_err(internal)
 }
 
-/// How long an isolate gathers the changes of its conversations before they reach the
-/// tenant's inbox together (one request, one write, one commit). Every stored change of a
-/// conversation touches the inbox; a request and a commit each, at a busy isolate's rate,
-/// was a good part of a chat turn's CPU.
-const BATCH_MS: u64 = 250;
-
 thread_local! {
     /// Per tenant: the newest entry of each conversation changed since the last batch went.
-    static PENDING: RefCell<HashMap<String, BTreeMap<String, Value>>> = RefCell::default();
+    /// Every stored change of a conversation touches the inbox; a request and a commit each,
+    /// at a busy isolate's rate, was a good part of a chat turn's CPU.
+    static PENDING: Batches<BTreeMap<String, Value>> = Batches::default();
 }
 
 /// Records where `conversation` stands now (and whose it is, for a verified visitor's).
 /// The entry joins the tenant's batch in this isolate; the batch's first entry returns the
-/// work that sends it [`BATCH_MS`] later, for the host to run after the answer
+/// work that sends it [`batch::WAIT`] later, for the host to run after the answer
 /// (`waitUntil`). Agents see a change in their inbox at most that much later.
 pub(crate) fn touch(
     env: &Env,
@@ -50,46 +47,51 @@ pub(crate) fn touch(
     let entry = api::inbox_entry_json(conversation, visitor);
     let tenant = conversation.tenant().clone();
     let id = conversation.id().as_str().to_owned();
-    let first = PENDING.with(|p| {
-        let mut p = p.borrow_mut();
-        let first = !p.contains_key(tenant.as_str());
-        let batch = p.entry(tenant.as_str().to_owned()).or_default();
-        // The newest snapshot of a conversation wins, as in the inbox itself.
-        let newer = batch
-            .get(&id)
-            .is_none_or(|old| old["updated_ms"].as_i64() <= entry["updated_ms"].as_i64());
-        if newer {
-            batch.insert(id, entry);
-        }
-        first
+    let (first, ()) = PENDING.with(|p| {
+        p.add(
+            tenant.as_str(),
+            entry,
+            |_| BTreeMap::new(),
+            |batch, entry| {
+                // The newest snapshot of a conversation wins, as in the inbox itself.
+                let newer = batch
+                    .get(&id)
+                    .is_none_or(|old| old["updated_ms"].as_i64() <= entry["updated_ms"].as_i64());
+                if newer {
+                    batch.insert(id, entry);
+                }
+            },
+        )
     });
     if !first {
         return None;
     }
+    let key = tenant.as_str().to_owned();
     let env = env.clone();
-    Some(Box::pin(async move {
-        Delay::from(core::time::Duration::from_millis(BATCH_MS)).await;
-        let Some(batch) = PENDING.with(|p| p.borrow_mut().remove(tenant.as_str())) else {
-            return;
-        };
-        let entries = Value::Array(batch.into_values().collect());
-        let result = async {
-            forward(
-                &stub(&env, &tenant)?,
-                Method::Post,
-                "/touch",
-                Some(entries.to_string().into_bytes()),
-            )
-            .await
-        }
-        .await;
-        if let Err(e) = result {
-            log(
-                "error",
-                json!({"msg": "inbox update failed", "error": e.message}),
-            );
-        }
+    Some(batch::send_later(&PENDING, key, true, move |batch| {
+        send(env, tenant, batch)
     }))
+}
+
+/// Sends one batch of `tenant`'s conversation entries to its inbox.
+async fn send(env: Env, tenant: TenantId, batch: BTreeMap<String, Value>) {
+    let entries = Value::Array(batch.into_values().collect());
+    let result = async {
+        forward(
+            &stub(&env, &tenant)?,
+            Method::Post,
+            "/touch",
+            Some(entries.to_string().into_bytes()),
+        )
+        .await
+    }
+    .await;
+    if let Err(e) = result {
+        log(
+            "error",
+            json!({"msg": "inbox update failed", "error": e.message}),
+        );
+    }
 }
 
 /// Lists the tenant's conversations, newest activity first, filtered by the query string

@@ -6,6 +6,7 @@
 //! stores it in SQLite and calls the provider. No business rule lives here.
 
 mod attachments;
+mod batch;
 mod config;
 mod conversation;
 mod drafts;
