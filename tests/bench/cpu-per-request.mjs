@@ -7,7 +7,7 @@
 // leaves out the runtime's own threads.
 //
 // Usage: node tests/bench/cpu-per-request.mjs [--rounds N] [--seconds S] [--concurrency C]
-//                                             [--path gateway|chat] TARGET...
+//                                             [--path gateway|chat] [--warm S] TARGET...
 // TARGET is one of
 //   js          the JavaScript pass-through (the floor of `make bench`)
 //   rust        the Rust pass-through (tests/bench/rust-passthrough, built by `make bench`)
@@ -38,8 +38,9 @@ const rounds = Number(flags.rounds || 4);
 const seconds = Number(flags.seconds || 5);
 const concurrency = Number(flags.concurrency || 64);
 const path = flags.path || "gateway";
+const warm = Number(flags.warm || 20);
 if (names.length === 0) {
-  console.error("usage: cpu-per-request.mjs [--rounds N] [--seconds S] [--concurrency C] [--path gateway|chat] TARGET...");
+  console.error("usage: cpu-per-request.mjs [--rounds N] [--seconds S] [--concurrency C] [--path gateway|chat] [--warm S] TARGET...");
   process.exit(2);
 }
 
@@ -186,7 +187,12 @@ async function load(target, ms) {
   return done;
 }
 
-for (const t of targets) await load(t, 2000); // warm: compiled code, cached configuration
+// Warm: cached configuration, and compiled code. V8 runs wasm in its baseline compiler
+// (Liftoff) first and moves each function to the optimising one (TurboFan) only once the
+// function has run enough: a Worker with much wasm, like Kefu's, runs partly in Liftoff for
+// tens of seconds of load (under perf, after 3 s of load Kefu's gateway spent 13 µs a request
+// in Liftoff's frame setup alone; after 40 s, a seventh of that).
+for (const t of targets) await load(t, warm * 1000);
 for (let r = 0; r < rounds; r++) {
   const order = r % 2 ? [...targets].reverse() : targets;
   for (const t of order) {
