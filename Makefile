@@ -34,7 +34,7 @@ help:
 	@echo "make dev-spin  run Kefu's Spin component (spin up, or the Spin test host without the CLI)"
 	@echo "make test   set up everything and run every check and test"
 	@echo "make plugins  build the example plugins (components/plugins) into target/plugins/*.wasm"
-	@echo "make bench  measure Kefu's overhead against a pass-through Worker, and retrieval quality (writes docs/benchmarks-latest.md)"
+	@echo "make bench  measure Kefu's overhead against a pass-through Worker, the engine's CPU per turn (native and wasm), and retrieval quality (writes docs/benchmarks-latest.md)"
 	@echo "make load   1,000 connections for a bounded time: Kefu's chat API and gateway against their baselines (docs/load-latest.md)"
 	@echo "make soak   opt-in: $(SOAK_MINUTES) min at a steady share of capacity, latency and workerd's memory over time (docs/soak.svg, docs/soak.csv)"
 	@echo "make cold-start  a fresh workerd process to the first answered request, Kefu against the pass-through"
@@ -132,8 +132,8 @@ test-size: $(WORKER_OUT)
 	 if [ $$gz -ge $(SIZE_BAR) ]; then echo "over our 1 MB bar by $$(( gz - $(SIZE_BAR) + 1 )) bytes"; exit 1; fi
 
 # Ratios in one run (see docs/benchmarks.md): Kefu against a pass-through Worker on the same
-# workerd and against the mock provider directly, plus the engine's CPU per turn; and the
-# retrieval benchmark (tests/retrieval) beside plain SQLite FTS5.
+# workerd and against the mock provider directly, plus the engine's CPU per turn natively and
+# in wasm on workerd; and the retrieval benchmark (tests/retrieval) beside plain SQLite FTS5.
 # Where a request's CPU goes inside workerd (tests/bench/cpu-profile.mjs): a Worker build
 # that keeps its wasm's function names, the gateway and the chat turn sampled by V8's
 # profiler through the inspector.
