@@ -34,7 +34,7 @@ help:
 	@echo "make dev-spin  run Kefu's Spin component (spin up, or the Spin test host without the CLI)"
 	@echo "make test   set up everything and run every check and test"
 	@echo "make plugins  build the example plugins (components/plugins) into target/plugins/*.wasm"
-	@echo "make bench  measure Kefu's overhead against a pass-through Worker, and retrieval quality (writes docs/benchmarks-latest.md)"
+	@echo "make bench  measure Kefu's overhead against a pass-through Worker, the engine's CPU per turn (native and wasm), and retrieval quality (writes docs/benchmarks-latest.md)"
 	@echo "make load   1,000 connections for a bounded time: Kefu's chat API and gateway against their baselines (docs/load-latest.md)"
 	@echo "make soak   opt-in: $(SOAK_MINUTES) min at a steady share of capacity, latency and workerd's memory over time (docs/soak.svg, docs/soak.csv)"
 	@echo "make cold-start  a fresh workerd process to the first answered request, Kefu against the pass-through"
@@ -132,8 +132,8 @@ test-size: $(WORKER_OUT)
 	 if [ $$gz -ge $(SIZE_BAR) ]; then echo "over our 1 MB bar by $$(( gz - $(SIZE_BAR) + 1 )) bytes"; exit 1; fi
 
 # Ratios in one run (see docs/benchmarks.md): Kefu against a pass-through Worker on the same
-# workerd and against the mock provider directly, plus the engine's CPU per turn; and the
-# retrieval benchmark (tests/retrieval) beside plain SQLite FTS5.
+# workerd and against the mock provider directly, plus the engine's CPU per turn natively and
+# in wasm on workerd; and the retrieval benchmark (tests/retrieval) beside plain SQLite FTS5.
 # Where a request's CPU goes inside workerd (tests/bench/cpu-profile.mjs): a Worker build
 # that keeps its wasm's function names, the gateway and the chat turn sampled by V8's
 # profiler through the inspector.
@@ -152,7 +152,17 @@ $(RUST_PASSTHROUGH): tests/bench/rust-passthrough/src/lib.rs tests/bench/rust-pa
 	cd tests/bench/rust-passthrough && $(CARGO_BIN)/worker-build --release --out-dir ../../../target/bench-rust-passthrough
 	@touch $@
 
-bench: setup $(WORKER_OUT) $(RUST_PASSTHROUGH)
+# The engine's CPU per turn in wasm on workerd: the simulator's turns that kefu-bench times
+# natively, run inside a Worker (tests/bench/engine-wasm) built the way the Worker is (the
+# same release profile and worker-build). For `make bench` only: `make test` never builds it.
+ENGINE_WASM := target/bench-engine-wasm/index.js
+ENGINE_WASM_SOURCES := tests/bench/engine-wasm/src/lib.rs tests/bench/engine-wasm/Cargo.toml \
+	$(shell find components/engine/src -name '*.rs' 2>/dev/null) components/engine/Cargo.toml Cargo.toml Cargo.lock
+$(ENGINE_WASM): $(ENGINE_WASM_SOURCES) | setup
+	cd tests/bench/engine-wasm && $(CARGO_BIN)/worker-build --release --out-dir ../../../target/bench-engine-wasm
+	@touch $@
+
+bench: setup $(WORKER_OUT) $(RUST_PASSTHROUGH) $(ENGINE_WASM)
 	cargo run --release -q -p kefu-runtime-tests --bin kefu-bench -- --write docs/benchmarks-latest.md
 	@$(MAKE) --no-print-directory size
 
@@ -221,6 +231,9 @@ check: setup
 	cargo fmt --manifest-path tests/spin-host/fixtures/Cargo.toml --all --check
 	cargo clippy -p kefu-engine -p kefu-runtime-tests -p kefu-spin-host --all-targets -- -D warnings
 	cargo clippy -p kefu-worker -p kefu-bench-rust-passthrough --target wasm32-unknown-unknown -- -D warnings
+# On a line of its own: beside kefu-worker its `sim` feature would be unified into the
+# engine kefu-worker is checked with, and nothing would lint the engine as it ships (no `sim`).
+	cargo clippy -p kefu-bench-engine-wasm --target wasm32-unknown-unknown -- -D warnings
 	cargo clippy -p kefu-spin -p kefu-spin-web -p kefu-spin-plugin-host -p kefu-spin-plugin-entry -p kefu-bench-spin-passthrough --target wasm32-wasip2 -- -D warnings
 	cargo clippy -p kefu-spin-web -p kefu-spin-plugin-compose --all-targets -- -D warnings
 	cargo clippy $(PLUGIN_PACKAGES) --all-targets -- -D warnings

@@ -747,3 +747,47 @@ impl Simulator {
         self.load(id)
     }
 }
+
+/// The tenant configuration [`bench_turns`] runs with: one OpenAI-compatible provider (the
+/// model named as `make bench`'s mock provider names it) and a system prompt.
+pub const BENCH_CONFIG: &str = r#"{"provider":{"base_url":"http://mock.test/v1","model":"mock-gpt"},"system_prompt":"You are a helpful support bot."}"#;
+
+/// The engine's share of `make bench`: `turns` chat turns through a fresh simulator, each
+/// with a scripted reply in `mode` (a whole JSON answer, or seven streamed pieces), so the
+/// engine does all of a turn's work (state decode and encode, prompt and request building,
+/// response parsing, the turn's record) with no network and no runtime around it.
+///
+/// Conversations run long, as a busy support chat does: each takes 1,000 turns before the
+/// next starts, so the prompt window stays at its bound (20 messages) and no conversation
+/// nears the most messages one holds.
+///
+/// Returns how many turns ended with a stored reply; it stops at the first that did not, so
+/// anything short of `turns` is a fault. The same code runs natively (`kefu-bench`) and in
+/// wasm on workerd (`tests/bench/engine-wasm`); the caller times it, since the engine reads
+/// no clock.
+pub fn bench_turns(turns: u32, mode: ReplyMode) -> u32 {
+    let config = TenantConfig::from_json(BENCH_CONFIG).expect("BENCH_CONFIG is a valid config");
+    let mut sim = Simulator::new(config);
+    let mut id = None;
+    for i in 0..turns {
+        sim.script(match mode {
+            ReplyMode::Stream => Script::stream(
+                &[
+                    "Thanks ", "for ", "asking! ", "Here ", "is ", "the ", "answer.",
+                ],
+                1,
+            ),
+            ReplyMode::Whole => Script::json("Thanks for asking! Here is the answer.", 1),
+        });
+        let out = sim.chat(
+            id.as_ref(),
+            &format!("How do I reset my password? ({i})"),
+            mode,
+        );
+        if out.result.is_err() {
+            return i;
+        }
+        id = (i % 1000 != 999).then_some(out.conversation_id);
+    }
+    turns
+}

@@ -402,3 +402,16 @@ fn ten_turn_state_stays_small() {
     // Bookkeeping per message is a few bytes (seq, role, timestamp varints).
     assert!(overhead < 300, "overhead {overhead} bytes");
 }
+
+#[test]
+fn bench_turns_runs_every_turn_in_both_modes() {
+    // 1,001 turns: the first conversation's 1,000, then one in a fresh conversation.
+    for mode in [ReplyMode::Whole, ReplyMode::Stream] {
+        assert_eq!(
+            kefu_engine::sim::bench_turns(1_001, mode),
+            1_001,
+            "{mode:?}"
+        );
+    }
+    assert_eq!(kefu_engine::sim::bench_turns(0, ReplyMode::Whole), 0);
+}

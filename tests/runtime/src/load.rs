@@ -451,14 +451,13 @@ pub async fn count_stored(
     Ok((stored, unreadable))
 }
 
-/// The resident memory (`VmRSS`, KiB) of every `workerd` process in process group `pgid`,
-/// summed, with how many there are.
-pub fn workerd_rss_kib(pgid: u32) -> (u64, usize) {
-    let mut total = 0;
-    let mut count = 0;
+/// The `workerd` processes of process group `pgid`: each one's pid and the fields of its
+/// `/proc/<pid>/stat` after the command name (the first is its state, field 3).
+fn workerd_stats(pgid: u32) -> Vec<(u32, Vec<String>)> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return (0, 0);
+        return Vec::new();
     };
+    let mut found = Vec::new();
     for entry in dir.flatten() {
         let name = entry.file_name();
         let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
@@ -472,13 +471,21 @@ pub fn workerd_rss_kib(pgid: u32) -> (u64, usize) {
             continue;
         };
         let comm = head.split_once('(').map_or("", |(_, c)| c);
-        let pgrp = rest
-            .split_whitespace()
-            .nth(2)
-            .and_then(|g| g.parse::<u32>().ok());
-        if pgrp != Some(pgid) || !comm.starts_with("workerd") {
-            continue;
+        let fields: Vec<String> = rest.split_whitespace().map(str::to_owned).collect();
+        let pgrp = fields.get(2).and_then(|g| g.parse::<u32>().ok());
+        if pgrp == Some(pgid) && comm.starts_with("workerd") {
+            found.push((pid, fields));
         }
+    }
+    found
+}
+
+/// The resident memory (`VmRSS`, KiB) of every `workerd` process in process group `pgid`,
+/// summed, with how many there are.
+pub fn workerd_rss_kib(pgid: u32) -> (u64, usize) {
+    let mut total = 0;
+    let mut count = 0;
+    for (pid, _) in workerd_stats(pgid) {
         let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
             continue;
         };
@@ -492,6 +499,51 @@ pub fn workerd_rss_kib(pgid: u32) -> (u64, usize) {
         }
     }
     (total, count)
+}
+
+/// The CPU time (user and system, every thread, exited ones too) of every `workerd` process
+/// in process group `pgid`, summed, with how many there are. The kernel counts it in clock
+/// ticks ([`clock_tick`], 10 ms here), so a difference is only as fine as one tick.
+pub fn workerd_cpu(pgid: u32) -> (Duration, usize) {
+    let stats = workerd_stats(pgid);
+    let ticks: u64 = stats.iter().map(|(_, fields)| cpu_ticks(fields)).sum();
+    (clock_tick() * ticks as u32, stats.len())
+}
+
+/// The CPU time (user and system) of the calling thread, from `/proc/thread-self/stat`: as
+/// coarse as [`workerd_cpu`], one clock tick.
+pub fn thread_cpu() -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat")
+        .context("reading /proc/thread-self/stat")?;
+    let (_, rest) = stat
+        .rsplit_once(')')
+        .context("no command name in /proc/thread-self/stat")?;
+    let fields: Vec<String> = rest.split_whitespace().map(str::to_owned).collect();
+    Ok(clock_tick() * cpu_ticks(&fields) as u32)
+}
+
+/// `utime` and `stime` (fields 14 and 15 of `/proc/<pid>/stat`; 11 and 12 after the state).
+fn cpu_ticks(fields: &[String]) -> u64 {
+    [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum()
+}
+
+/// The length of the kernel's clock tick, the unit of `/proc`'s CPU times (`getconf
+/// CLK_TCK`; Linux's USER_HZ is 100 almost everywhere, so 10 ms if `getconf` fails).
+pub fn clock_tick() -> Duration {
+    static TICK: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *TICK.get_or_init(|| {
+        let hz = std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse::<u32>().ok())
+            .filter(|&hz| hz > 0)
+            .unwrap_or(100);
+        Duration::from_secs(1) / hz
+    })
 }
 
 /// One interval of a soak: the chat API's and the gateway's requests, and workerd's memory.

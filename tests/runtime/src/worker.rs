@@ -85,6 +85,17 @@ fn rust_passthrough_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// Where `make bench` builds the engine's benchmark Worker (`tests/bench/engine-wasm`).
+fn engine_wasm_dir() -> anyhow::Result<PathBuf> {
+    let dir = repo_root().join("target/bench-engine-wasm");
+    ensure!(
+        dir.join("index.js").exists(),
+        "{} is not built (make bench builds it)",
+        dir.display()
+    );
+    Ok(dir)
+}
+
 /// Copies the built Worker into `dir` with every plugin component of `target/plugins` (the
 /// test plugins too) bundled beside it (workers/plugins/bundle.mjs); returns its script.
 fn with_test_plugins(root: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<PathBuf> {
@@ -251,6 +262,25 @@ impl KefuWorker {
         )
     }
 
+    /// The engine's benchmark Worker (`tests/bench/engine-wasm`, built by `make bench` into
+    /// `target/bench-engine-wasm`) on workerd (`tests/bench/engine-wasm-host.mjs`): the
+    /// simulator's chat turns in wasm, `GET /turns?n=N&mode=whole|stream`.
+    pub async fn start_engine_wasm() -> anyhow::Result<Self> {
+        let scratch = tempfile::Builder::new().prefix("kefu-bench-").tempdir()?;
+        let port = free_port()?;
+        let args = vec![port.to_string(), engine_wasm_dir()?.display().to_string()];
+        let mut worker = Self::spawn(
+            "tests/bench/engine-wasm-host.mjs",
+            &args,
+            &[],
+            port,
+            "engine-wasm",
+            scratch,
+        )?;
+        worker.wait_ready(Duration::from_secs(60), false).await?;
+        Ok(worker)
+    }
+
     /// Whether the host said `ready` (for Kefu: its tenants are in KV).
     pub fn seeded(&self) -> bool {
         std::fs::read_to_string(&self.log_path)
@@ -391,7 +421,7 @@ impl KefuWorker {
     }
 
     /// The host's process group (node and the workerd it started), e.g. to read workerd's
-    /// memory ([`crate::load::workerd_rss_kib`]).
+    /// memory ([`crate::load::workerd_rss_kib`]) or CPU time ([`crate::load::workerd_cpu`]).
     pub fn pgid(&self) -> u32 {
         self.pgid
     }

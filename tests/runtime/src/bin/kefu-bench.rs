@@ -14,7 +14,8 @@
 //!   against the minimal Durable-Object chat Worker (`tests/bench/do-chat-host.mjs`: store
 //!   the message in the object's SQLite, call the provider, store the reply) on the same
 //!   workerd: p50/p99 at concurrency 1 (interleaved) and throughput at concurrency 64;
-//! - the engine's CPU per turn, natively, through the simulator (no I/O at all);
+//! - the engine's CPU per turn through the simulator (no I/O at all), natively and in wasm on
+//!   workerd (`tests/bench/engine-wasm`: the same turns, `kefu_engine::sim::bench_turns`);
 //! - retrieval quality: recall@1, recall@3 and MRR of the knowledge search over the
 //!   bilingual help center in `tests/retrieval`, beside plain FTS5 baselines.
 //!
@@ -26,8 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use futures::StreamExt;
-use kefu_engine::sim::{Script, Simulator};
-use kefu_engine::{ReplyMode, TenantConfig};
+use kefu_engine::ReplyMode;
 use kefu_runtime_tests::load;
 use kefu_runtime_tests::mock::{MOCK_MODEL, MockProvider};
 use kefu_runtime_tests::worker::{KefuWorker, WorkerOptions};
@@ -168,38 +168,99 @@ async fn throughput(
     Ok(total as f64 / start.elapsed().as_secs_f64())
 }
 
-/// The engine alone: whole chat turns through the simulator (state decode and encode, prompt
-/// building, request building, response parsing), no network, no runtime.
-fn engine_cpu_per_turn(mode: ReplyMode) -> Duration {
-    let config = TenantConfig::from_json(&format!(
-        r#"{{"provider":{{"base_url":"http://mock.test/v1","model":"{MOCK_MODEL}"}},"system_prompt":"You are a helpful support bot."}}"#
-    ))
-    .expect("bench config");
-    let mut sim = Simulator::new(config);
-    let turns = 5000;
-    let mut id = None;
-    let start = Instant::now();
-    for i in 0..turns {
-        sim.script(match mode {
-            ReplyMode::Stream => Script::stream(
-                &[
-                    "Thanks ", "for ", "asking! ", "Here ", "is ", "the ", "answer.",
-                ],
-                1,
-            ),
-            ReplyMode::Whole => Script::json("Thanks for asking! Here is the answer.", 1),
-        });
-        let out = sim.chat(
-            id.as_ref(),
-            &format!("How do I reset my password? ({i})"),
-            mode,
-        );
-        assert!(out.result.is_ok());
-        // Long-running conversations (the window stays at its bound, 20 messages), each
-        // well inside the most messages one conversation holds.
-        id = (i % 1000 != 999).then_some(out.conversation_id);
+/// Chat turns in each of the engine's measured runs, natively and in wasm.
+const ENGINE_TURNS: u32 = 5000;
+/// Natively, each round repeats [`ENGINE_TURNS`] until this thread has spent this much CPU:
+/// `/proc` counts CPU in 10 ms ticks, and the native turns are fast.
+const NATIVE_CPU_PER_ROUND: Duration = Duration::from_secs(1);
+/// Rounds of the engine's measurement, native and wasm interleaved.
+const ENGINE_ROUNDS: u32 = 2;
+
+fn mode_name(mode: ReplyMode) -> &'static str {
+    match mode {
+        ReplyMode::Whole => "whole",
+        ReplyMode::Stream => "stream",
     }
-    start.elapsed() / turns
+}
+
+/// The engine's CPU for one round, natively: [`kefu_engine::sim::bench_turns`] (whole chat
+/// turns through the simulator: state decode and encode, prompt building, request building,
+/// response parsing; no network, no runtime), [`ENGINE_TURNS`] at a time until this thread
+/// has used [`NATIVE_CPU_PER_ROUND`] of CPU. Returns the CPU and how many turns it bought.
+fn engine_native(mode: ReplyMode) -> anyhow::Result<(Duration, u32)> {
+    let start = load::thread_cpu()?;
+    let mut turns = 0;
+    loop {
+        let ran = kefu_engine::sim::bench_turns(ENGINE_TURNS, mode);
+        ensure!(ran == ENGINE_TURNS, "{ran} of {ENGINE_TURNS} turns ran");
+        turns += ran;
+        let used = load::thread_cpu()? - start;
+        if used >= NATIVE_CPU_PER_ROUND {
+            return Ok((used, turns));
+        }
+    }
+}
+
+/// `GET /turns` on the engine's benchmark Worker: runs `n` turns there.
+async fn engine_wasm_turns(
+    http: &reqwest::Client,
+    origin: &str,
+    n: u32,
+    mode: ReplyMode,
+) -> anyhow::Result<()> {
+    let url = format!("{origin}/turns?n={n}&mode={}", mode_name(mode));
+    let resp = http.get(&url).send().await?;
+    ensure!(resp.status().is_success(), "{url}: {}", resp.status());
+    let v: serde_json::Value = resp.json().await?;
+    ensure!(v["turns"] == n, "{url}: {v}");
+    Ok(())
+}
+
+/// The same turns in wasm on workerd, for one round: the workerd process's CPU time (every
+/// thread, from `/proc`) around one request of [`ENGINE_TURNS`] turns. The request's own
+/// handling is noise beside about a second of turns.
+async fn engine_wasm(
+    http: &reqwest::Client,
+    worker: &KefuWorker,
+    mode: ReplyMode,
+) -> anyhow::Result<Duration> {
+    let (before, procs) = load::workerd_cpu(worker.pgid());
+    ensure!(procs > 0, "no workerd process in the engine Worker's group");
+    engine_wasm_turns(http, worker.base_url(), ENGINE_TURNS, mode).await?;
+    let (after, _) = load::workerd_cpu(worker.pgid());
+    Ok(after - before)
+}
+
+/// The engine's CPU per turn, natively and in wasm on workerd, whole and streamed replies:
+/// `[native whole, native stream, wasm whole, wasm stream]`. The two run interleaved, round
+/// after round, so the machine's noise falls on both alike.
+async fn engine_cpu_per_turn(http: &reqwest::Client) -> anyhow::Result<[Duration; 4]> {
+    let wasm = KefuWorker::start_engine_wasm().await?;
+    // Warm-up: the wasm compiled by V8's optimising tier (and the native caches warm).
+    for mode in [ReplyMode::Whole, ReplyMode::Stream] {
+        engine_wasm_turns(http, wasm.base_url(), 500, mode).await?;
+        kefu_engine::sim::bench_turns(500, mode);
+    }
+    let mut native = [(Duration::ZERO, 0u32); 2];
+    let mut in_wasm = [Duration::ZERO; 2];
+    for _ in 0..ENGINE_ROUNDS {
+        for (i, mode) in [ReplyMode::Whole, ReplyMode::Stream]
+            .into_iter()
+            .enumerate()
+        {
+            let (cpu, turns) = engine_native(mode)?;
+            native[i].0 += cpu;
+            native[i].1 += turns;
+            in_wasm[i] += engine_wasm(http, &wasm, mode).await?;
+        }
+    }
+    let wasm_turns = ENGINE_ROUNDS * ENGINE_TURNS;
+    Ok([
+        native[0].0 / native[0].1,
+        native[1].0 / native[1].1,
+        in_wasm[0] / wasm_turns,
+        in_wasm[1] / wasm_turns,
+    ])
 }
 
 #[tokio::main]
@@ -416,15 +477,16 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    eprintln!("engine CPU per turn…");
-    let cpu_whole = engine_cpu_per_turn(ReplyMode::Whole);
-    let cpu_stream = engine_cpu_per_turn(ReplyMode::Stream);
     drop(kefu);
     drop(kefu_alone);
     drop(passthrough);
     drop(rust_passthrough);
     drop(rust_steps);
     drop(do_chat);
+    eprintln!(
+        "engine CPU per turn, natively and in wasm on workerd ({ENGINE_ROUNDS} rounds, interleaved)…"
+    );
+    let [native_whole, native_stream, wasm_whole, wasm_stream] = engine_cpu_per_turn(&http).await?;
 
     let over = |a: f64, b: f64| a - b;
     let report = format!(
@@ -448,8 +510,12 @@ async fn main() -> anyhow::Result<()> {
          | Kefu ÷ baseline (latency: baseline ÷ Kefu, so higher is better; bar ≥ 0.6×) | {:.2}× | {:.2}× | {:.2}× |\n\
          | Kefu's Worker alone (no asset router in front: as Cloudflare runs it) | | | {:.0} turns/s, **{:.2}×** the baseline |\n\
          | Kefu with a before-model plugin (PII redactor, jco, fresh instance per call) | {:.2} ms ({:+.2}) | {:.2} ms ({:+.2}) | |\n\n\
-         | engine CPU per turn (native, simulator) | whole reply {:.1} µs | streamed reply {:.1} µs |\n\
-         |---|---:|---:|\n",
+         | engine CPU per turn (`kefu_engine::sim::bench_turns`, 5,000-turn runs) | whole reply | streamed reply |\n\
+         |---|---:|---:|\n\
+         | engine CPU per turn (native, simulator) | {:.1} µs | {:.1} µs |\n\
+         | engine CPU per turn (wasm, workerd) | {:.1} µs | {:.1} µs |\n\
+         | wasm ÷ native | **{:.2}×** | **{:.2}×** |\n\n\
+         Native: this thread's CPU time; wasm: the workerd process's (tests/bench/engine-wasm, warmed by 500 turns a mode), around one request of 5,000 turns. `/proc` counts both in {} ms ticks, so each figure is good to about one tick in its round's total.\n",
         load::machine(),
         direct.p50,
         pass.p50,
@@ -509,8 +575,13 @@ async fn main() -> anyhow::Result<()> {
         chat_pii.p50 - chat.p50,
         chat_pii.p99,
         chat_pii.p99 - chat.p99,
-        cpu_whole.as_secs_f64() * 1e6,
-        cpu_stream.as_secs_f64() * 1e6,
+        native_whole.as_secs_f64() * 1e6,
+        native_stream.as_secs_f64() * 1e6,
+        wasm_whole.as_secs_f64() * 1e6,
+        wasm_stream.as_secs_f64() * 1e6,
+        wasm_whole.as_secs_f64() / native_whole.as_secs_f64(),
+        wasm_stream.as_secs_f64() / native_stream.as_secs_f64(),
+        load::clock_tick().as_millis(),
     );
     eprintln!("retrieval…");
     let corpus =
