@@ -5,9 +5,9 @@
 //! drops it or its instance ends, as on Spin: one instance's transaction holds no other
 //! instance's statements, and a rollback takes back only its own. Connections are opened as
 //! Spin 4 opens them (rusqlite's `Connection::open`, nothing set beyond rusqlite's default
-//! busy timeout of 5 s), so a writer meeting another instance's write lock waits up to 5 s
-//! for it before it fails with `database is locked`; a journal mode the guest sets (Kefu's
-//! component asks for WAL) is the file's, as on Spin.
+//! busy timeout of 5 s, and `ATTACH` of a file refused), so a writer meeting another
+//! instance's write lock waits up to 5 s for it before it fails with `database is locked`;
+//! a journal mode the guest sets (Kefu's component asks for WAL) is the file's, as on Spin.
 //!
 //! SQLite is compiled in (`rusqlite`'s `bundled` feature), with FTS5, so full-text search
 //! with `bm25()` behaves as it does on Spin.
@@ -99,8 +99,18 @@ impl SqliteDatabases {
 }
 
 fn connect(path: &Path) -> rusqlite::Result<Connection> {
+    use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
     let connection = Connection::open(path)?;
     connection.busy_timeout(BUSY_TIMEOUT)?;
+    // Spin's databases refuse to `ATTACH` a file (`allow_attach_file`, off unless a runtime
+    // configuration turns it on, which this host has none of); a temporary (`''`) or
+    // in-memory database may still be attached. The statement fails with `not authorized`.
+    connection.authorizer(Some(|context: AuthContext<'_>| match context.action {
+        AuthAction::Attach { filename } if !matches!(filename, "" | ":memory:") => {
+            Authorization::Deny
+        }
+        _ => Authorization::Allow,
+    }))?;
     Ok(connection)
 }
 
