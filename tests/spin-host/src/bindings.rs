@@ -8,6 +8,8 @@
 
 use std::sync::Arc;
 
+use crate::sqlite::Database;
+
 wasmtime::component::bindgen!({
     path: "wit",
     world: "spin-host",
@@ -44,17 +46,15 @@ pub struct CasHandle {
     pub seen: Option<Vec<u8>>,
 }
 
-/// An open `spin:sqlite@3.0.0` connection, with the row id and change count of its last
-/// statement.
+/// An open `spin:sqlite@3.0.0` connection: a database connection of its own, closed when
+/// the guest drops it (or its instance ends).
 #[derive(Debug)]
 pub struct OpenDatabase {
-    pub label: Arc<str>,
-    pub last_insert_rowid: i64,
-    pub changes: u64,
+    pub database: Database,
 }
 
-/// An open `fermyon:spin/sqlite@2.0.0` connection.
+/// An open `fermyon:spin/sqlite@2.0.0` connection, the same as [`OpenDatabase`].
 #[derive(Debug)]
 pub struct OpenDatabaseV2 {
-    pub label: Arc<str>,
+    pub database: Database,
 }

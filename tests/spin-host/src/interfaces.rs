@@ -17,7 +17,7 @@ use crate::bindings::{
 use crate::key_value::Swap;
 use crate::manifest::validate_variable_name;
 use crate::server::InstanceState;
-use crate::sqlite::{Executed, Value};
+use crate::sqlite::{Database, Executed, Value};
 
 type Trappable<T> = wasmtime::Result<T>;
 
@@ -56,9 +56,23 @@ impl InstanceState {
         Ok(self.table.get(bucket)?.label.clone())
     }
 
-    fn run_sql(&self, label: &str, sql: &str, parameters: &[Value]) -> Result<Executed, String> {
-        self.storage.sqlite.execute(label, sql, parameters)
+    /// A new connection to a granted database, for one `open`: every guest connection is
+    /// its own, as on Spin.
+    fn connect(&self, label: &str) -> Result<Database, String> {
+        self.storage.sqlite.connect(label)
     }
+}
+
+/// Runs one statement on a guest's connection.
+///
+/// The statement may wait up to the busy timeout for a lock another instance holds, and
+/// that instance runs on this host's few runtime workers too: `block_in_place` hands this
+/// worker's other tasks to another thread meanwhile, so the lock's holder can go on to its
+/// `COMMIT`. (Blocking the worker instead, two waiters on two workers would starve the
+/// holder until both timed out with `database is locked`.) Spin runs each statement on a
+/// blocking thread for the same reason.
+fn run_sql(database: &Database, sql: &str, parameters: &[Value]) -> Result<Executed, String> {
+    tokio::task::block_in_place(|| database.execute(sql, parameters))
 }
 
 // fermyon:spin/variables@2.0.0 ------------------------------------------------------------
@@ -413,11 +427,10 @@ impl v3_sqlite::HostConnection for InstanceState {
         database: String,
     ) -> Trappable<Result<Resource<OpenDatabase>, v3_sqlite::Error>> {
         Ok(match self.check_database(&database) {
-            Ok(label) => Ok(self.table.push(OpenDatabase {
-                label,
-                last_insert_rowid: 0,
-                changes: 0,
-            })?),
+            Ok(label) => match self.connect(&label) {
+                Ok(database) => Ok(self.table.push(OpenDatabase { database })?),
+                Err(e) => Err(v3_sqlite::Error::Io(e)),
+            },
             Err(Refusal::AccessDenied) => Err(v3_sqlite::Error::AccessDenied),
             Err(Refusal::Undefined) => Err(v3_sqlite::Error::NoSuchDatabase),
         })
@@ -429,15 +442,12 @@ impl v3_sqlite::HostConnection for InstanceState {
         statement: String,
         parameters: Vec<v3_sqlite::Value>,
     ) -> Trappable<Result<v3_sqlite::QueryResult, v3_sqlite::Error>> {
-        let label = self.table.get(&connection)?.label.clone();
         let parameters: Vec<Value> = parameters.into_iter().map(Value::from).collect();
-        let executed = match self.run_sql(&label, &statement, &parameters) {
+        let open = self.table.get(&connection)?;
+        let executed = match run_sql(&open.database, &statement, &parameters) {
             Ok(executed) => executed,
             Err(e) => return Ok(Err(v3_sqlite::Error::Io(e))),
         };
-        let open = self.table.get_mut(&connection)?;
-        open.last_insert_rowid = executed.last_insert_rowid;
-        open.changes = executed.changes;
         Ok(Ok(v3_sqlite::QueryResult {
             columns: executed.columns,
             rows: executed
@@ -451,11 +461,11 @@ impl v3_sqlite::HostConnection for InstanceState {
     }
 
     fn last_insert_rowid(&mut self, connection: Resource<OpenDatabase>) -> Trappable<i64> {
-        Ok(self.table.get(&connection)?.last_insert_rowid)
+        Ok(self.table.get(&connection)?.database.last_insert_rowid())
     }
 
     fn changes(&mut self, connection: Resource<OpenDatabase>) -> Trappable<u64> {
-        Ok(self.table.get(&connection)?.changes)
+        Ok(self.table.get(&connection)?.database.changes())
     }
 
     fn drop(&mut self, connection: Resource<OpenDatabase>) -> Trappable<()> {
@@ -500,7 +510,10 @@ impl v2_sqlite::HostConnection for InstanceState {
         database: String,
     ) -> Trappable<Result<Resource<OpenDatabaseV2>, v2_sqlite::Error>> {
         Ok(match self.check_database(&database) {
-            Ok(label) => Ok(self.table.push(OpenDatabaseV2 { label })?),
+            Ok(label) => match self.connect(&label) {
+                Ok(database) => Ok(self.table.push(OpenDatabaseV2 { database })?),
+                Err(e) => Err(v2_sqlite::Error::Io(e)),
+            },
             Err(Refusal::AccessDenied) => Err(v2_sqlite::Error::AccessDenied),
             Err(Refusal::Undefined) => Err(v2_sqlite::Error::NoSuchDatabase),
         })
@@ -512,9 +525,9 @@ impl v2_sqlite::HostConnection for InstanceState {
         statement: String,
         parameters: Vec<v2_sqlite::Value>,
     ) -> Trappable<Result<v2_sqlite::QueryResult, v2_sqlite::Error>> {
-        let label = self.table.get(&connection)?.label.clone();
         let parameters: Vec<Value> = parameters.into_iter().map(Value::from).collect();
-        Ok(match self.run_sql(&label, &statement, &parameters) {
+        let open = self.table.get(&connection)?;
+        Ok(match run_sql(&open.database, &statement, &parameters) {
             Ok(executed) => Ok(v2_sqlite::QueryResult {
                 columns: executed.columns,
                 rows: executed

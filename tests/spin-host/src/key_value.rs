@@ -5,6 +5,10 @@
 //! (increment, compare-and-swap, batches) also run in a transaction, so a crash leaves no
 //! half-written batch. Both `fermyon:spin/key-value` and `wasi:keyvalue` use this storage:
 //! a component sees the same data through either.
+//!
+//! One connection for every instance is what Spin's own SQLite key-value store has too.
+//! Unlike SQLite's interface, none of these operations leaves a transaction open between
+//! two guest calls, so sharing the connection never mixes two requests' writes.
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -15,7 +15,7 @@
 //! * `fermyon:spin/key-value@2.0.0` and `wasi:keyvalue/{store,atomics,batch}@0.2.0-draft2`
 //!   over one SQLite file, with a true compare-and-swap and an atomic increment;
 //! * `spin:sqlite/sqlite@3.0.0` and `fermyon:spin/sqlite@2.0.0` over SQLite files (FTS5
-//!   included);
+//!   included), a connection of its own for each `open`, as on Spin;
 //! * outbound HTTP gated by `allowed_outbound_hosts`.
 //!
 //! A component importing anything else is refused at startup with an error naming the

@@ -1,17 +1,30 @@
-//! SQLite databases by label, each its own file and connection: `default` is
-//! `<state-dir>/sqlite_db.db` (Spin's name for it), any other label `<state-dir>/<label>.db`.
+//! SQLite databases by label, each its own file: `default` is `<state-dir>/sqlite_db.db`
+//! (Spin's name for it), any other label `<state-dir>/<label>.db`.
+//!
+//! Every `open` by a guest gets its own connection ([`Database`]), closed when the guest
+//! drops it or its instance ends, as on Spin: one instance's transaction holds no other
+//! instance's statements, and a rollback takes back only its own. Connections are opened as
+//! Spin 4 opens them (rusqlite's `Connection::open`, nothing set beyond rusqlite's default
+//! busy timeout of 5 s, and `ATTACH` of a file refused), so a writer meeting another
+//! instance's write lock waits up to 5 s for it before it fails with `database is locked`;
+//! a journal mode the guest sets (Kefu's component asks for WAL) is the file's, as on Spin.
 //!
 //! SQLite is compiled in (`rusqlite`'s `bundled` feature), with FTS5, so full-text search
 //! with `bm25()` behaves as it does on Spin.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use rusqlite::Connection;
 use rusqlite::types::{Value as SqlValue, ValueRef};
 
 use crate::HostError;
+
+/// How long a statement waits for another connection's lock before it fails: rusqlite's
+/// default, which Spin 4 (rusqlite 0.34) leaves as it is. Set here by name all the same, so
+/// a rusqlite upgrade that changed its default would not change this host.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A value crossing the interface, the same in `spin:sqlite@3.0.0` and
 /// `fermyon:spin/sqlite@2.0.0`.
@@ -29,72 +42,91 @@ pub enum Value {
     Null,
 }
 
-/// The rows one statement returned, with what it changed.
+/// The rows one statement returned.
 #[derive(Debug)]
 pub struct Executed {
     /// Column names.
     pub columns: Vec<String>,
     /// Each row's values, in column order.
     pub rows: Vec<Vec<Value>>,
-    /// `last_insert_rowid()` of the connection right after the statement.
-    pub last_insert_rowid: i64,
-    /// `changes()` of the connection right after the statement.
-    pub changes: u64,
 }
 
-/// The databases this host defines.
+/// The databases this host defines: their files, each connected to anew by every `open`.
 #[derive(Debug)]
 pub struct SqliteDatabases {
-    databases: BTreeMap<String, Mutex<Connection>>,
+    files: BTreeMap<String, PathBuf>,
 }
 
 impl SqliteDatabases {
-    /// Opens (creating if needed) a file in `dir` for each label.
+    /// Creates (if needed) a file in `dir` for each label, and checks that each opens, so
+    /// that a state directory that cannot hold a database stops startup instead of failing
+    /// a guest's first statement.
     pub fn open(dir: &Path, labels: impl IntoIterator<Item = String>) -> Result<Self, HostError> {
-        let mut databases = BTreeMap::new();
+        let mut files = BTreeMap::new();
         for label in labels {
             let path = if label == "default" {
                 dir.join("sqlite_db.db")
             } else {
                 dir.join(format!("{label}.db"))
             };
-            let storage_error = |source| HostError::Storage {
+            connect(&path).map_err(|source| HostError::Storage {
                 path: path.clone(),
                 source,
-            };
-            let connection = Connection::open(&path).map_err(storage_error)?;
-            connection
-                .busy_timeout(std::time::Duration::from_secs(5))
-                .map_err(storage_error)?;
-            databases.insert(label, Mutex::new(connection));
+            })?;
+            files.insert(label, path);
         }
-        Ok(Self { databases })
+        Ok(Self { files })
     }
 
     /// Whether a database with this label exists.
     pub fn defines(&self, label: &str) -> bool {
-        self.databases.contains_key(label)
+        self.files.contains_key(label)
     }
 
-    /// Runs one statement with positional parameters (`?1`, `?` …).
+    /// A new connection to the database `label`, for one guest `open`.
     ///
-    /// The statement runs under the database's lock, and the row id and change count are
-    /// read under the same lock, so they are this statement's even when other requests use
-    /// the database at the same time.
-    pub fn execute(
-        &self,
-        label: &str,
-        sql: &str,
-        parameters: &[Value],
-    ) -> Result<Executed, String> {
-        let database = self
-            .databases
+    /// Spin opens it at the connection's first statement rather than at `open`; the two
+    /// differ only for a file that cannot be opened, which [`SqliteDatabases::open`] has
+    /// ruled out at startup.
+    pub fn connect(&self, label: &str) -> Result<Database, String> {
+        let path = self
+            .files
             .get(label)
             .ok_or_else(|| format!("no database `{label}`"))?;
-        let conn = database
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut statement = conn.prepare(sql).map_err(|e| e.to_string())?;
+        let connection = connect(path).map_err(|e| e.to_string())?;
+        Ok(Database { connection })
+    }
+}
+
+fn connect(path: &Path) -> rusqlite::Result<Connection> {
+    use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+    let connection = Connection::open(path)?;
+    connection.busy_timeout(BUSY_TIMEOUT)?;
+    // Spin's databases refuse to `ATTACH` a file (`allow_attach_file`, off unless a runtime
+    // configuration turns it on, which this host has none of); a temporary (`''`) or
+    // in-memory database may still be attached. The statement fails with `not authorized`.
+    connection.authorizer(Some(|context: AuthContext<'_>| match context.action {
+        AuthAction::Attach { filename } if !matches!(filename, "" | ":memory:") => {
+            Authorization::Deny
+        }
+        _ => Authorization::Allow,
+    }))?;
+    Ok(connection)
+}
+
+/// One guest's connection to a database: its transactions, row id and change count are its
+/// own. Dropping it closes it (rolling back a transaction left open).
+#[derive(Debug)]
+pub struct Database {
+    connection: Connection,
+}
+
+impl Database {
+    /// Runs one statement with positional parameters (`?1`, `?` …).
+    ///
+    /// It blocks while another connection holds a lock it needs, up to the busy timeout.
+    pub fn execute(&self, sql: &str, parameters: &[Value]) -> Result<Executed, String> {
+        let mut statement = self.connection.prepare(sql).map_err(|e| e.to_string())?;
         let columns: Vec<String> = statement
             .column_names()
             .into_iter()
@@ -112,14 +144,17 @@ impl SqliteDatabases {
             }
             rows.push(values);
         }
-        drop(cursor);
-        drop(statement);
-        Ok(Executed {
-            columns,
-            rows,
-            last_insert_rowid: conn.last_insert_rowid(),
-            changes: conn.changes(),
-        })
+        Ok(Executed { columns, rows })
+    }
+
+    /// The row id of this connection's last successful `INSERT`.
+    pub fn last_insert_rowid(&self) -> i64 {
+        self.connection.last_insert_rowid()
+    }
+
+    /// The rows this connection's last `INSERT`, `UPDATE` or `DELETE` changed.
+    pub fn changes(&self) -> u64 {
+        self.connection.changes()
     }
 }
 
@@ -151,7 +186,8 @@ mod tests {
     fn fts5_and_bm25_are_compiled_in() {
         let dir = tempfile::tempdir().unwrap();
         let dbs = SqliteDatabases::open(dir.path(), ["default".to_owned()]).unwrap();
-        let run = |sql: &str, params: &[Value]| dbs.execute("default", sql, params).unwrap();
+        let db = dbs.connect("default").unwrap();
+        let run = |sql: &str, params: &[Value]| db.execute(sql, params).unwrap();
         run("CREATE VIRTUAL TABLE docs USING fts5(title, body)", &[]);
         run(
             "INSERT INTO docs (title, body) VALUES (?1, ?2), (?3, ?4)",
@@ -170,5 +206,35 @@ mod tests {
         assert_eq!(found.rows.len(), 2);
         assert_eq!(found.rows[0][0], Value::Text("Deploy".into()));
         assert!(matches!(found.rows[0][1], Value::Real(score) if score < 0.0));
+    }
+
+    /// Two guests' connections: a write by one while the other is in a transaction waits
+    /// for it (the busy timeout) instead of joining it, so the other's rollback leaves it.
+    #[test]
+    fn each_connection_has_its_own_transactions() {
+        let dir = tempfile::tempdir().unwrap();
+        let dbs = SqliteDatabases::open(dir.path(), ["default".to_owned()]).unwrap();
+        let first = dbs.connect("default").unwrap();
+        first.execute("CREATE TABLE t (v TEXT)", &[]).unwrap();
+        first.execute("BEGIN IMMEDIATE", &[]).unwrap();
+        first
+            .execute("INSERT INTO t VALUES ('first')", &[])
+            .unwrap();
+        let second = dbs.connect("default").unwrap();
+        std::thread::scope(|scope| {
+            let writer = scope.spawn(move || {
+                second.execute("BEGIN IMMEDIATE", &[])?;
+                second.execute("INSERT INTO t VALUES ('second')", &[])?;
+                second.execute("COMMIT", &[])?;
+                Ok::<_, String>(second.changes())
+            });
+            // The writer is waiting for the lock (or has not asked yet): either way its
+            // insert is not part of this transaction.
+            std::thread::sleep(Duration::from_millis(200));
+            first.execute("ROLLBACK", &[]).unwrap();
+            assert_eq!(writer.join().unwrap(), Ok(1));
+        });
+        let rows = first.execute("SELECT v FROM t", &[]).unwrap().rows;
+        assert_eq!(rows, [[Value::Text("second".into())]]);
     }
 }

@@ -445,6 +445,126 @@ async fn sqlite_with_fts5_and_bm25() {
     );
 }
 
+/// `app` on this host and, where a Spin CLI is found, on real Spin: each runtime's name and
+/// the command that starts it. Says so when `checked` could be checked on this host only.
+fn this_host_and_real_spin(app: &App, checked: &str) -> Vec<(String, std::process::Command)> {
+    let mut runtimes = vec![("kefu-spin-host".to_owned(), app.command())];
+    if let Some(spin) = real_spin() {
+        runtimes.push((
+            format!("real Spin ({})", spin.display()),
+            spin_up(&spin, app),
+        ));
+    } else {
+        println!("no Spin CLI here: {checked} checked on this host only");
+    }
+    runtimes
+}
+
+/// A database refuses to `ATTACH` a file, as Spin's do unless a runtime configuration
+/// allows it; a temporary or in-memory database may be attached. Held to real Spin where a
+/// CLI is found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attaching_a_file_is_refused_as_on_spin() {
+    let app = App::new(&probe_manifest(r#""default""#));
+    for (n, (runtime, mut command)) in this_host_and_real_spin(&app, "ATTACH")
+        .into_iter()
+        .enumerate()
+    {
+        command.env("SPIN_VARIABLE_API_KEY", "k");
+        let host = Host::start(command, &format!("attach-{n}")).expect("starting");
+        // A path in the app's folder, so that a host that attached it leaves nothing behind.
+        let elsewhere = app.manifest().with_file_name("elsewhere.db");
+        let attach = format!("ATTACH '{}' AS elsewhere", elsewhere.display());
+        let (status, text) = call(&host, "/sql", Some(&attach)).await;
+        assert_eq!(status, 500, "{runtime}: {text}");
+        assert!(text.contains("not authorized"), "{runtime}: {text}");
+        for allowed in ["ATTACH ':memory:' AS scratch", "ATTACH '' AS temporary"] {
+            let (status, text) = call(&host, "/sql", Some(allowed)).await;
+            assert_eq!(status, 200, "{runtime}: {allowed}: {text}");
+        }
+        drop(host);
+    }
+}
+
+/// Every `open` is a connection of its own, as on Spin. While one request holds a
+/// transaction, another request's transaction waits for it (SQLite's busy timeout) instead
+/// of failing to begin or running inside it, so a rollback takes back only its own writes;
+/// and concurrent writers, each holding the write lock a while, all commit, in WAL mode as
+/// Kefu's component sets it. Where a real Spin CLI is found, it is held to the same
+/// outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_open_is_a_connection_of_its_own_as_on_spin() {
+    let app = App::new(&probe_manifest(r#""default""#));
+    let runtimes = this_host_and_real_spin(&app, "connections");
+    // Both runtimes use the app's state directory: each starts from empty tables, and
+    // counts in key-value counters of its own.
+    for (n, (runtime, mut command)) in runtimes.into_iter().enumerate() {
+        command.env("SPIN_VARIABLE_API_KEY", "k");
+        let host = Host::start(command, &format!("connections-{n}")).expect("starting");
+        let steps = |body: String| {
+            let host = &host;
+            async move { call(host, "/sql-steps", Some(&body)).await }
+        };
+        let ok = (200, String::new());
+        assert_eq!(
+            steps("CREATE TABLE IF NOT EXISTS t (v TEXT)\nDELETE FROM t".into()).await,
+            ok,
+            "{runtime}"
+        );
+
+        // The holder writes in a transaction, lets two writers start (one in a transaction
+        // of its own, one a single statement), waits a little longer and rolls back.
+        let holder = format!(
+            "BEGIN IMMEDIATE\nINSERT INTO t VALUES ('rolled back')\nsignal begun-{n}\n\
+             wait arrived-{n} 2\nsleep 300\nROLLBACK"
+        );
+        let in_transaction = format!(
+            "wait begun-{n} 1\nsignal arrived-{n}\nBEGIN IMMEDIATE\n\
+             INSERT INTO t VALUES ('committed')\nCOMMIT"
+        );
+        let alone =
+            format!("wait begun-{n} 1\nsignal arrived-{n}\nINSERT INTO t VALUES ('autocommitted')");
+        let (held, committed, autocommitted) =
+            tokio::join!(steps(holder), steps(in_transaction), steps(alone));
+        assert_eq!(held, ok, "{runtime}: the holder");
+        assert_eq!(committed, ok, "{runtime}: the writer in a transaction");
+        assert_eq!(autocommitted, ok, "{runtime}: the single statement");
+        assert_eq!(
+            steps("SELECT v FROM t ORDER BY v".into()).await,
+            (
+                200,
+                "Value::Text(\"autocommitted\")\nValue::Text(\"committed\")".to_owned()
+            ),
+            "{runtime}: the rollback took back the holder's write only"
+        );
+
+        // Writers queue for the write lock, each holding it 100 ms: none fails.
+        assert_eq!(
+            steps("PRAGMA journal_mode=WAL\nDELETE FROM t".into()).await,
+            ok,
+            "{runtime}"
+        );
+        let writers = (0..8).map(|i| {
+            steps(format!(
+                "BEGIN IMMEDIATE\nINSERT INTO t VALUES ('w{i}')\nsleep 100\nCOMMIT"
+            ))
+        });
+        for (i, outcome) in futures::future::join_all(writers)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            assert_eq!(outcome, ok, "{runtime}: writer {i}");
+        }
+        assert_eq!(
+            steps("SELECT count(*) FROM t".into()).await,
+            (200, "Value::Integer(8)".to_owned()),
+            "{runtime}"
+        );
+        drop(host);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_http_is_limited_to_allowed_hosts() {
     let allowed = Upstream::start();
@@ -845,15 +965,7 @@ source = "{source}"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trap_answers_a_plain_500_as_spin_does_and_a_finished_answer_stands() {
     let app = App::new(&chaining_manifest());
-    let mut runtimes = vec![("kefu-spin-host".to_owned(), app.command())];
-    if let Some(spin) = real_spin() {
-        runtimes.push((
-            format!("real Spin ({})", spin.display()),
-            spin_up(&spin, &app),
-        ));
-    } else {
-        println!("no Spin CLI here: the trap's answer was checked on this host only");
-    }
+    let runtimes = this_host_and_real_spin(&app, "the trap's answer");
     for (n, (runtime, command)) in runtimes.into_iter().enumerate() {
         let host = Host::start(command, &format!("trap-{n}")).expect("starting");
         let response = client().get(host.url("/trap")).send().await.unwrap();
