@@ -12,7 +12,7 @@
 //! ```
 //!
 //! - `load`: N keep-alive connections (HTTP/1.1, one request at a time each) for a bounded
-//!   time against Kefu's chat API (`POST /api/v1/chat`) and the minimal Durable-Object chat
+//!   time against Kefu's Worker alone (no asset router, as Cloudflare runs it): its chat API (`POST /api/v1/chat`) and the minimal Durable-Object chat
 //!   Worker (`tests/bench/do-chat-host.mjs`), then against Kefu's gateway
 //!   (`POST /v1/chat/completions`) and the pass-through Worker; requests a second,
 //!   p50/p99/p99.9, errors, and for the chat APIs every conversation read back: the visitor
@@ -23,9 +23,10 @@
 //!   of the workerd processes Miniflare started). Writes a CSV and an SVG plot. Every
 //!   `--runtime-gc` seconds (0: never) the host collects the garbage of Miniflare's own
 //!   isolates, never Kefu's (`KEFU_RUNTIME_GC_MS` of `tests/runtime/workerd-host.mjs`).
-//! - `cold`: a fresh Miniflare/workerd process each time, Kefu and the pass-through
-//!   alternating: the time from starting the process to the first answered request, and the
-//!   first requests after it; with the Worker's wasm size.
+//! - `cold`: a fresh Miniflare/workerd process each time, Kefu (alone) and the pass-through
+//!   alternating: the time from starting the process to the first answered request, the
+//!   first requests after it, and then a second tenant's first call (what a tenant's first
+//!   call costs in an isolate already warm); with the Worker's wasm size.
 //! - `spin`: Kefu's Spin component against the baselines' Spin component
 //!   (`tests/bench/spin-passthrough`) on the same Spin (the real CLI where one is found, else
 //!   the Spin test host): the gateway against its pass-through at concurrency 1 (interleaved)
