@@ -388,6 +388,18 @@ async fn main() -> anyhow::Result<()> {
     // The five paths above, then the Rust pass-through taking Kefu's platform steps.
     let throughput_paths: Vec<Path> = paths.into_iter().chain([Path::RustSteps]).collect();
     let mut rps = [0.0; 6];
+    // Beside requests a second, the CPU each request cost the target's own workerd (from
+    // `/proc`), which holds steadier on a shared machine: another process taking a core
+    // halves a target's requests a second, not what each request costs. The mock has none.
+    let hosts = [
+        None,
+        Some(&passthrough),
+        Some(&rust_passthrough),
+        Some(&kefu),
+        Some(&kefu_alone),
+        Some(&rust_steps),
+    ];
+    let mut cpu = [Duration::ZERO; 6];
     for round in 0..2 {
         let order: Vec<usize> = if round == 0 {
             (0..6).collect()
@@ -395,6 +407,7 @@ async fn main() -> anyhow::Result<()> {
             (0..6).rev().collect()
         };
         for i in order {
+            let before = hosts[i].map(|h| load::workerd_cpu(h.pgid()).0);
             rps[i] += throughput(
                 &http,
                 targets.url(throughput_paths[i]),
@@ -403,8 +416,12 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?
                 / 2.0;
+            if let (Some(h), Some(before)) = (hosts[i], before) {
+                cpu[i] += load::workerd_cpu(h.pgid()).0 - before;
+            }
         }
     }
+    let cpu_us = cpu.map(|c| c.as_secs_f64() * 1e6 / (2 * THROUGHPUT_REQUESTS) as f64);
 
     eprintln!(
         "chat turns on Kefu's own API, without and with a plugin, and on the DO-chat baseline (interleaved)…"
@@ -454,12 +471,15 @@ async fn main() -> anyhow::Result<()> {
     };
     // Kefu, Kefu's Worker alone (no asset router), the DO-chat baseline.
     let mut chat_rps = [0.0f64; 3];
+    // The workerd CPU of each target's chat runs, and the turns they answered.
+    let mut chat_cpu = [(Duration::ZERO, 0u64); 3];
     for round in 0..2 {
         let order = if round == 0 { [0, 1, 2] } else { [2, 1, 0] };
         for k in order {
-            let origin = [kefu.base_url(), kefu_alone.base_url(), do_chat.base_url()][k];
+            let host = [&kefu, &kefu_alone, &do_chat][k];
+            let before = load::workerd_cpu(host.pgid()).0;
             let r = load::run(
-                origin,
+                host.base_url(),
                 &chat_load,
                 64,
                 Duration::from_secs(CHAT_SECONDS),
@@ -474,8 +494,11 @@ async fn main() -> anyhow::Result<()> {
                 r.errors_text()
             );
             chat_rps[k] += r.rps() / 2.0;
+            chat_cpu[k].0 += load::workerd_cpu(host.pgid()).0 - before;
+            chat_cpu[k].1 += r.ok;
         }
     }
+    let chat_cpu_us = chat_cpu.map(|(c, n)| c.as_secs_f64() * 1e6 / n.max(1) as f64);
 
     drop(kefu);
     drop(kefu_alone);
@@ -488,6 +511,22 @@ async fn main() -> anyhow::Result<()> {
     );
     let [native_whole, native_stream, wasm_whole, wasm_stream] = engine_cpu_per_turn(&http).await?;
 
+    let gateway_cpu = format!(
+        "workerd CPU per request in those runs at c=64 (`/proc`, each target's own workerd): JS pass-through {:.0} µs, Rust pass-through {:.0} µs, Rust with Kefu's steps {:.0} µs, **Kefu's Worker alone {:.0} µs** (the JS pass-through's ÷ Kefu's: {:.2}×), Kefu behind the router {:.0} µs.\n\n",
+        cpu_us[1],
+        cpu_us[2],
+        cpu_us[5],
+        cpu_us[4],
+        cpu_us[1] / cpu_us[4],
+        cpu_us[3],
+    );
+    let chat_cpu_text = format!(
+        "workerd CPU per turn in the c=64 runs (`/proc`, each target's own workerd): DO-chat baseline {:.0} µs, **Kefu's Worker alone {:.0} µs** (the baseline's ÷ Kefu's: {:.2}×), Kefu behind the router {:.0} µs.\n\n",
+        chat_cpu_us[2],
+        chat_cpu_us[1],
+        chat_cpu_us[2] / chat_cpu_us[1],
+        chat_cpu_us[0],
+    );
     let over = |a: f64, b: f64| a - b;
     let report = format!(
         "{}\n\n| measure | mock directly | pass-through Worker (JS) | pass-through Worker (Rust, workers-rs) | Kefu gateway | Kefu over the JS pass-through | Kefu over the Rust pass-through |\n\
@@ -503,6 +542,7 @@ async fn main() -> anyhow::Result<()> {
          |---|---:|---:|---:|---:|---:|---:|\n\
          | gateway `POST /v1/chat/completions` | {:.2} ms ({:+.2}) | {:.2} ms ({:+.2}) | {:.2} ms ({:+.2}) | {:.0} req/s | **{:.2}×** (bar ≥ 0.8×) | {:.2}× |\n\n\
          The third floor, the Rust pass-through taking the platform steps Kefu's gateway takes for a whole answer (body and answer read into wasm, own headers, abort signal, deadline timer, `waitUntil`; `tests/bench/rust-passthrough` with `STEPS=kefu`): {:.0} req/s, {:.2}× the JS pass-through. Kefu's Worker alone ÷ this floor: **{:.2}×** (what Kefu's own work costs).\n\n\
+         {gateway_cpu}\
          | chat turn `POST /api/v1/chat` | p50, c=1 | p99, c=1 | throughput, c=64 |\n\
          |---|---:|---:|---:|\n\
          | DO-chat baseline (`tests/bench/do-chat-host.mjs`: message and reply in the object's SQLite, provider call) | {:.2} ms | {:.2} ms | {:.0} turns/s |\n\
@@ -510,6 +550,7 @@ async fn main() -> anyhow::Result<()> {
          | Kefu ÷ baseline (latency: baseline ÷ Kefu, so higher is better; bar ≥ 0.6×) | {:.2}× | {:.2}× | {:.2}× |\n\
          | Kefu's Worker alone (no asset router in front: as Cloudflare runs it) | | | {:.0} turns/s, **{:.2}×** the baseline |\n\
          | Kefu with a before-model plugin (PII redactor, jco, fresh instance per call) | {:.2} ms ({:+.2}) | {:.2} ms ({:+.2}) | |\n\n\
+         {chat_cpu_text}\
          | engine CPU per turn (`kefu_engine::sim::bench_turns`, 5,000-turn runs) | whole reply | streamed reply |\n\
          |---|---:|---:|\n\
          | engine CPU per turn (native, simulator) | {:.1} µs | {:.1} µs |\n\
