@@ -74,20 +74,10 @@ pub fn repo_root() -> PathBuf {
     root.canonicalize().unwrap_or(root)
 }
 
-/// Where `make bench` builds the Rust pass-through (`tests/bench/rust-passthrough`).
-fn rust_passthrough_dir() -> anyhow::Result<PathBuf> {
-    let dir = repo_root().join("target/bench-rust-passthrough");
-    ensure!(
-        dir.join("index.js").exists(),
-        "{} is not built (make bench builds it)",
-        dir.display()
-    );
-    Ok(dir)
-}
-
-/// Where `make bench` builds the engine's benchmark Worker (`tests/bench/engine-wasm`).
-fn engine_wasm_dir() -> anyhow::Result<PathBuf> {
-    let dir = repo_root().join("target/bench-engine-wasm");
+/// Where `make bench` builds one of the benchmark's Workers (`target/<dir>`, e.g.
+/// `bench-rust-passthrough` from `tests/bench/rust-passthrough`), once it is there.
+fn bench_worker_dir(dir: &str) -> anyhow::Result<PathBuf> {
+    let dir = repo_root().join("target").join(dir);
     ensure!(
         dir.join("index.js").exists(),
         "{} is not built (make bench builds it)",
@@ -215,8 +205,11 @@ impl KefuWorker {
     /// The same pass-through written in Rust with workers-rs (`tests/bench/rust-passthrough`,
     /// built by `make bench` into `target/bench-rust-passthrough`), on workerd.
     pub async fn start_rust_passthrough(upstream: &str) -> anyhow::Result<Self> {
-        let mut worker =
-            Self::launch_passthrough_with(upstream, Some(&rust_passthrough_dir()?), None)?;
+        let mut worker = Self::launch_passthrough_with(
+            upstream,
+            Some(&bench_worker_dir("bench-rust-passthrough")?),
+            None,
+        )?;
         worker.wait_ready(Duration::from_secs(60), false).await?;
         Ok(worker)
     }
@@ -224,8 +217,11 @@ impl KefuWorker {
     /// The Rust pass-through taking the platform steps Kefu's gateway takes for a whole
     /// answer (`STEPS=kefu`, see `tests/bench/rust-passthrough`): the floor under Kefu's own work.
     pub async fn start_rust_steps(upstream: &str) -> anyhow::Result<Self> {
-        let mut worker =
-            Self::launch_passthrough_with(upstream, Some(&rust_passthrough_dir()?), Some("kefu"))?;
+        let mut worker = Self::launch_passthrough_with(
+            upstream,
+            Some(&bench_worker_dir("bench-rust-passthrough")?),
+            Some("kefu"),
+        )?;
         worker.wait_ready(Duration::from_secs(60), false).await?;
         Ok(worker)
     }
@@ -268,7 +264,10 @@ impl KefuWorker {
     pub async fn start_engine_wasm() -> anyhow::Result<Self> {
         let scratch = tempfile::Builder::new().prefix("kefu-bench-").tempdir()?;
         let port = free_port()?;
-        let args = vec![port.to_string(), engine_wasm_dir()?.display().to_string()];
+        let args = vec![
+            port.to_string(),
+            bench_worker_dir("bench-engine-wasm")?.display().to_string(),
+        ];
         let mut worker = Self::spawn(
             "tests/bench/engine-wasm-host.mjs",
             &args,

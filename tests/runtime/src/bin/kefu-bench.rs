@@ -326,36 +326,29 @@ async fn main() -> anyhow::Result<()> {
     }
 
     eprintln!("warming up at concurrency 64 ({TIER_UP_SECONDS} s each)…");
-    let warm_chat = load::Workload::Chat {
+    // Kefu's chat turns at 64 connections: the warm-up's and the throughput runs'.
+    let chat_load = load::Workload::Chat {
         tenant: Some("bench".to_owned()),
         turns_per_conversation: 100,
     };
-    let gateway_origins = [
-        (passthrough.base_url(), None),
-        (rust_passthrough.base_url(), None),
-        (rust_steps.base_url(), None),
-        (kefu.base_url(), Some(KEY)),
-        (kefu_alone.base_url(), Some(KEY)),
+    let gateway = |key: Option<&str>| load::Workload::Gateway {
+        path: "/v1/chat/completions".to_owned(),
+        key: key.map(str::to_owned),
+    };
+    let warm = [
+        (passthrough.base_url(), gateway(None)),
+        (rust_passthrough.base_url(), gateway(None)),
+        (rust_steps.base_url(), gateway(None)),
+        (kefu.base_url(), gateway(Some(KEY))),
+        (kefu_alone.base_url(), gateway(Some(KEY))),
+        (kefu.base_url(), chat_load.clone()),
+        (kefu_alone.base_url(), chat_load.clone()),
+        (do_chat.base_url(), chat_load.clone()),
     ];
-    for (origin, key) in gateway_origins {
-        let gateway = load::Workload::Gateway {
-            path: "/v1/chat/completions".to_owned(),
-            key: key.map(str::to_owned),
-        };
+    for (origin, workload) in &warm {
         load::run(
             origin,
-            &gateway,
-            64,
-            Duration::from_secs(TIER_UP_SECONDS),
-            load::Pace::Closed,
-            None,
-        )
-        .await?;
-    }
-    for origin in [kefu.base_url(), kefu_alone.base_url(), do_chat.base_url()] {
-        load::run(
-            origin,
-            &warm_chat,
+            workload,
             64,
             Duration::from_secs(TIER_UP_SECONDS),
             load::Pace::Closed,
@@ -465,10 +458,6 @@ async fn main() -> anyhow::Result<()> {
     eprintln!(
         "chat throughput at concurrency 64, Kefu and the DO-chat baseline ({CHAT_SECONDS} s each, twice, alternating)…"
     );
-    let chat_load = load::Workload::Chat {
-        tenant: Some("bench".to_owned()),
-        turns_per_conversation: 100,
-    };
     // Kefu, Kefu's Worker alone (no asset router), the DO-chat baseline.
     let mut chat_rps = [0.0f64; 3];
     // The workerd CPU of each target's chat runs, and the turns they answered.
